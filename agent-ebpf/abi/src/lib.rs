@@ -1,0 +1,410 @@
+//! The one home of the kernel/user ABI of mcptap.
+//!
+//! Everything that crosses the boundary between the eBPF programs (`agent-ebpf`) and the
+//! userspace agent (`agent`) is defined here, once: the records in the ring buffer, the values
+//! of the maps that userspace reads or writes, the globals userspace sets before load, and the
+//! indices of the per-CPU counters. The crate is `no_std` and has no dependencies so that both
+//! the `bpfel-unknown-none` build and the host build compile the very same layout.
+//!
+//! Every struct is `#[repr(C)]`, has explicit padding and a size that the tests pin down, so a
+//! change to the layout is a deliberate, visible act.
+#![no_std]
+#![deny(missing_docs)]
+
+/// Ring buffer record: payload bytes of one read or write (one chunk of it).
+pub const RECORD_DATA: u8 = 1;
+/// Ring buffer record: a tracked fd was closed; no payload.
+pub const RECORD_CLOSE: u8 = 2;
+/// Ring buffer record: a watched process called execve; no payload.
+pub const RECORD_EXEC: u8 = 3;
+/// Ring buffer record: the leader thread of a watched process exited; no payload.
+pub const RECORD_EXIT: u8 = 4;
+
+/// Direction: bytes the process read (received).
+pub const DIR_IN: u8 = 0;
+/// Direction: bytes the process wrote (sent).
+pub const DIR_OUT: u8 = 1;
+
+/// fd kind: not something mcptap captures (regular file, tty, eventfd, UDP, ...).
+pub const FD_OTHER: u8 = 0;
+/// fd kind: an anonymous pipe or a FIFO.
+pub const FD_PIPE: u8 = 1;
+/// fd kind: an AF_UNIX stream socket (socketpair or path-connected).
+pub const FD_UNIX: u8 = 2;
+/// fd kind: an AF_INET or AF_INET6 stream socket.
+pub const FD_TCP: u8 = 3;
+
+/// Record flag: data of this fd was lost in the kernel (ring buffer full, a read fault, a
+/// missed syscall exit) between the previous record of this fd and this one. Userspace must
+/// resynchronise the stream at the next frame boundary.
+pub const FLAG_LOST_BEFORE: u8 = 1 << 0;
+/// Record flag: this is the last record of its syscall and the syscall's bytes after
+/// `offset + len` were not shipped (per-syscall chunk limit or a fault). `total` still says
+/// how many bytes the syscall moved.
+pub const FLAG_TRUNCATED: u8 = 1 << 1;
+
+/// `FdState::flags`: userspace decided this fd does not carry MCP; the kernel ships nothing
+/// more for it until it is closed or its fd is reused for another file.
+pub const FDSTATE_REJECTED: u8 = 1 << 0;
+/// `FdState::flags`: data was lost for this fd; the next record carries [`FLAG_LOST_BEFORE`].
+pub const FDSTATE_LOST: u8 = 1 << 1;
+
+/// Syscall that carried a [`RECORD_DATA`] record.
+pub mod syscall {
+    /// read(2)
+    pub const READ: u8 = 1;
+    /// write(2)
+    pub const WRITE: u8 = 2;
+    /// readv(2)
+    pub const READV: u8 = 3;
+    /// writev(2)
+    pub const WRITEV: u8 = 4;
+    /// recvfrom(2), and recv(3) which is built on it
+    pub const RECVFROM: u8 = 5;
+    /// sendto(2), and send(3) which is built on it
+    pub const SENDTO: u8 = 6;
+    /// recvmsg(2)
+    pub const RECVMSG: u8 = 7;
+    /// sendmsg(2)
+    pub const SENDMSG: u8 = 8;
+}
+
+/// Size of one per-CPU scratch value. The kernel refuses per-CPU values above 32 KiB.
+pub const SCRATCH_SIZE: usize = 32 * 1024;
+/// Most payload bytes one ring buffer record carries.
+pub const CHUNK_MAX: usize = SCRATCH_SIZE - core::mem::size_of::<EventHeader>();
+/// Chunks one program invocation ships before it tail-calls itself for the rest.
+pub const CHUNKS_PER_CALL: u32 = 24;
+/// Tail calls one syscall may use (the kernel's limit is 33).
+pub const MAX_TAIL_CALLS: u32 = 32;
+/// Most bytes one syscall can have shipped; beyond this it is truncated, flagged and counted.
+pub const MAX_SYSCALL_BYTES: u64 =
+    (CHUNK_MAX as u64) * (CHUNKS_PER_CALL as u64) * (MAX_TAIL_CALLS as u64 + 1);
+/// Most iovec entries walked for one readv/writev/recvmsg/sendmsg.
+pub const MAX_IOVECS: u32 = 1024;
+
+/// Header of every ring buffer record. For [`RECORD_DATA`] `len` payload bytes follow it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// One of the `RECORD_*` constants.
+    pub record: u8,
+    /// [`DIR_IN`] or [`DIR_OUT`].
+    pub dir: u8,
+    /// One of the `FD_*` constants.
+    pub fd_kind: u8,
+    /// `FLAG_*` bits.
+    pub flags: u8,
+    /// One of the [`syscall`] constants (0 for records that are not data).
+    pub syscall: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 3],
+    /// Process id (thread group id).
+    pub tgid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// File descriptor in the process.
+    pub fd: i32,
+    /// Payload bytes following this header.
+    pub len: u32,
+    /// CLOCK_MONOTONIC (bpf_ktime_get_ns) at syscall entry.
+    pub ts_enter_ns: u64,
+    /// CLOCK_MONOTONIC at syscall exit.
+    pub ts_exit_ns: u64,
+    /// Inode number of the pipe or socket behind the fd.
+    pub inode: u64,
+    /// For a connected AF_UNIX socket, the inode number of its peer socket; otherwise 0.
+    pub peer_inode: u64,
+    /// Bytes the whole syscall moved (its return value).
+    pub total: u64,
+    /// Offset of this chunk within the syscall's bytes.
+    pub offset: u64,
+    /// The thread's comm at the time of the syscall.
+    pub comm: [u8; 16],
+}
+
+/// Size in bytes of [`EventHeader`].
+pub const HEADER_SIZE: usize = core::mem::size_of::<EventHeader>();
+
+/// Key of the per-fd state map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FdKey {
+    /// Process id.
+    pub tgid: u32,
+    /// File descriptor.
+    pub fd: i32,
+}
+
+/// What the kernel knows about one (tgid, fd): its classification, cached, and userspace's
+/// verdict. The `file` pointer validates the cache: when the fd now points at another
+/// `struct file` (close and reuse, dup2, exec), the entry is rebuilt.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FdState {
+    /// Kernel address of the `struct file` this entry describes (an identity, never
+    /// dereferenced by userspace).
+    pub file: u64,
+    /// Inode of the pipe or socket.
+    pub inode: u64,
+    /// Peer socket inode for connected AF_UNIX sockets.
+    pub peer_inode: u64,
+    /// One of the `FD_*` constants.
+    pub kind: u8,
+    /// `FDSTATE_*` bits.
+    pub flags: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 6],
+}
+
+/// Arguments of a data syscall saved at entry until its exit, keyed by thread id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stash {
+    /// User address of the buffer, of the iovec array, or of the msghdr.
+    pub ptr: u64,
+    /// Buffer length, or iovec count.
+    pub count: u64,
+    /// CLOCK_MONOTONIC at entry.
+    pub ts_enter_ns: u64,
+    /// Classification of the fd at entry.
+    pub fd: FdState,
+    /// The file descriptor.
+    pub fdnum: i32,
+    /// One of the [`syscall`] constants.
+    pub syscall: u8,
+    /// [`DIR_IN`] or [`DIR_OUT`].
+    pub dir: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 2],
+}
+
+/// Field offsets inside kernel structures, resolved by userspace from the running kernel's
+/// BTF and handed to the programs as a read-only global. Offsets are in bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `task_struct.tgid`
+    pub task_tgid: u32,
+    /// `task_struct.files`
+    pub task_files: u32,
+    /// `files_struct.fdt`
+    pub files_fdt: u32,
+    /// `fdtable.max_fds`
+    pub fdt_max_fds: u32,
+    /// `fdtable.fd`
+    pub fdt_fd: u32,
+    /// `file.f_inode`
+    pub file_inode: u32,
+    /// `file.private_data`
+    pub file_private_data: u32,
+    /// `inode.i_mode`
+    pub inode_mode: u32,
+    /// `inode.i_ino`
+    pub inode_ino: u32,
+    /// `socket.type`
+    pub socket_type: u32,
+    /// `socket.sk`
+    pub socket_sk: u32,
+    /// `sock.__sk_common.skc_family`
+    pub sock_family: u32,
+    /// `sock.sk_socket`
+    pub sock_socket: u32,
+    /// `unix_sock.peer`
+    pub unix_peer: u32,
+    /// `socket_alloc.vfs_inode` minus `socket_alloc.socket`: from a `struct socket *` to its
+    /// inode.
+    pub socket_to_inode: u32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
+}
+
+impl KernelOffsets {
+    /// All offsets zero: the value compiled into the object before userspace overrides it.
+    pub const ZERO: Self = Self {
+        task_tgid: 0,
+        task_files: 0,
+        files_fdt: 0,
+        fdt_max_fds: 0,
+        fdt_fd: 0,
+        file_inode: 0,
+        file_private_data: 0,
+        inode_mode: 0,
+        inode_ino: 0,
+        socket_type: 0,
+        socket_sk: 0,
+        sock_family: 0,
+        sock_socket: 0,
+        unix_peer: 0,
+        socket_to_inode: 0,
+        _pad: 0,
+    };
+}
+
+/// Run-time configuration handed to the programs as a read-only global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// 1: every process is a candidate; 0: only processes marked in the watch map.
+    pub all_processes: u8,
+    /// 1: a comm filter is set, so exec re-evaluates whether a process is watched.
+    pub comm_filter: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 2],
+    /// The agent's own process id, never captured.
+    pub self_tgid: u32,
+}
+
+impl Config {
+    /// Watch nothing: the value compiled into the object before userspace overrides it.
+    pub const ZERO: Self = Self {
+        all_processes: 0,
+        comm_filter: 0,
+        _pad: [0; 2],
+        self_tgid: 0,
+    };
+}
+
+/// Names of the maps and globals, shared so that neither side spells them by hand.
+pub mod names {
+    /// Ring buffer of records.
+    pub const EVENTS: &str = "EVENTS";
+    /// Per-fd state, LRU hash of [`super::FdKey`] to [`super::FdState`].
+    pub const FDS: &str = "FDS";
+    /// In-flight data syscalls, hash of tid to [`super::Stash`].
+    pub const STASH: &str = "STASH";
+    /// Watched processes: array of `u64` words, one byte per tgid.
+    pub const WATCH: &str = "WATCH";
+    /// Comm names to watch: hash of `[u8; 16]` to `u8`.
+    pub const COMMS: &str = "COMMS";
+    /// Process ids to watch: hash of `u32` to `u8`.
+    pub const PIDS: &str = "PIDS";
+    /// Per-CPU counters, indexed by [`super::counter`].
+    pub const COUNTERS: &str = "COUNTERS";
+    /// Program array for the chunk-shipping tail call.
+    pub const TAILS: &str = "TAILS";
+    /// Self-test results, array of [`super::SelfTest`].
+    pub const SELFTEST: &str = "SELFTEST";
+    /// Global: [`super::KernelOffsets`].
+    pub const OFFSETS: &str = "OFFSETS";
+    /// Global: [`super::Config`].
+    pub const CONFIG: &str = "CONFIG";
+    /// Program on `raw_tp/sys_enter`.
+    pub const PROG_SYS_ENTER: &str = "sys_enter";
+    /// Program on `raw_tp/sys_exit`.
+    pub const PROG_SYS_EXIT: &str = "sys_exit";
+    /// Tail-called program that ships the rest of a large syscall.
+    pub const PROG_SHIP_MORE: &str = "ship_more";
+    /// Program on `raw_tp/sched_process_fork`.
+    pub const PROG_FORK: &str = "sched_fork";
+    /// Program on `raw_tp/sched_process_exec`.
+    pub const PROG_EXEC: &str = "sched_exec";
+    /// Program on `raw_tp/sched_process_exit`.
+    pub const PROG_EXIT: &str = "sched_exit";
+    /// Start-up self-test program, on `raw_tp/sys_enter` for a moment.
+    pub const PROG_SELFTEST: &str = "selftest";
+}
+
+/// Index of the one tail-call slot in `TAILS`.
+pub const TAIL_SHIP_MORE: u32 = 0;
+
+/// Indices of the per-CPU counters in `COUNTERS`.
+pub mod counter {
+    /// Records written to the ring buffer.
+    pub const RECORDS: u32 = 0;
+    /// Payload bytes written to the ring buffer.
+    pub const BYTES: u32 = 1;
+    /// Records the ring buffer had no room for.
+    pub const RINGBUF_FULL: u32 = 2;
+    /// Payload bytes lost because the ring buffer was full.
+    pub const RINGBUF_FULL_BYTES: u32 = 3;
+    /// Syscalls shipped only in part (per-syscall limit reached).
+    pub const TRUNCATED: u32 = 4;
+    /// Bytes not shipped because of that limit.
+    pub const TRUNCATED_BYTES: u32 = 5;
+    /// `bpf_probe_read_user` failures on payload.
+    pub const READ_FAULTS: u32 = 6;
+    /// Data syscalls not tracked because the stash map was full.
+    pub const STASH_FULL: u32 = 7;
+    /// Syscall exits that never ran for a stashed entry (found stale at the next entry).
+    pub const EXIT_MISSED: u32 = 8;
+    /// Data syscalls skipped because userspace rejected their fd as not MCP.
+    pub const REJECTED_SKIPS: u32 = 9;
+    /// Kernel structure reads that failed while classifying an fd.
+    pub const CLASSIFY_FAULTS: u32 = 10;
+    /// Tail calls that failed (the rest of that syscall is lost and flagged).
+    pub const TAIL_CALL_FAILED: u32 = 11;
+    /// Number of counters.
+    pub const COUNT: u32 = 12;
+
+    /// Human names, in index order, as exported.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "records",
+        "bytes",
+        "ringbuf_full_records",
+        "ringbuf_full_bytes",
+        "truncated_syscalls",
+        "truncated_bytes",
+        "read_faults",
+        "stash_full",
+        "exit_missed",
+        "rejected_skips",
+        "classify_faults",
+        "tail_call_failed",
+    ];
+}
+
+/// Result of the start-up self-test: can this kernel's lockdown mode let a program read
+/// kernel memory with `bpf_probe_read_kernel`?
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SelfTest {
+    /// 1 once the program ran for the agent's own thread.
+    pub ran: u32,
+    /// Return value of `bpf_probe_read_kernel` reading `task_struct.tgid`.
+    pub read_ret: i32,
+    /// The tgid read through `bpf_get_current_task()` at the BTF offset.
+    pub tgid_read: u32,
+    /// The tgid from `bpf_get_current_pid_tgid()`.
+    pub tgid_helper: u32,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all of these are `repr(C)`, made only of integers and arrays of integers, with
+    // explicit padding, so every bit pattern is valid and there are no uninitialised bytes.
+    unsafe impl aya::Pod for super::EventHeader {}
+    unsafe impl aya::Pod for super::FdKey {}
+    unsafe impl aya::Pod for super::FdState {}
+    unsafe impl aya::Pod for super::Stash {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::SelfTest {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_are_pinned() {
+        assert_eq!(size_of::<EventHeader>(), 88);
+        assert_eq!(size_of::<FdKey>(), 8);
+        assert_eq!(size_of::<FdState>(), 32);
+        assert_eq!(size_of::<Stash>(), 64);
+        assert_eq!(size_of::<KernelOffsets>(), 64);
+        assert_eq!(size_of::<Config>(), 8);
+        assert_eq!(size_of::<SelfTest>(), 16);
+        // The ring buffer aligns records to 8 bytes; a header that is a multiple of 8 keeps
+        // the payload aligned too.
+        assert_eq!(HEADER_SIZE % 8, 0);
+    }
+
+    #[test]
+    fn chunking_covers_the_largest_python_write() {
+        // The Python SDK sends a 4 MiB result as one 8 MiB write (JSON escaping doubles it).
+        assert!(MAX_SYSCALL_BYTES >= 16 * 1024 * 1024);
+        assert_eq!(counter::NAMES.len(), counter::COUNT as usize);
+    }
+}

@@ -1,0 +1,684 @@
+//! mcptap's kernel programs.
+//!
+//! Data path: `raw_tp/sys_enter` filters by process, classifies the fd (pipe, AF_UNIX or TCP
+//! stream socket; anything else is ignored) and stashes the syscall's arguments by thread;
+//! `raw_tp/sys_exit` picks the stash up and ships the bytes the syscall moved into the ring
+//! buffer in chunks of up to [`CHUNK_MAX`] bytes, from a per-CPU scratch buffer so that a small
+//! write makes a small record. A syscall larger than one program invocation can ship continues
+//! in `ship_more`, which tail-calls itself.
+//!
+//! Kernel structures are read with `bpf_probe_read_kernel` at offsets that userspace resolved
+//! from the running kernel's BTF (the `OFFSETS` global); nothing here depends on one kernel's
+//! headers.
+//!
+//! Nothing is dropped silently: every loss increments a per-CPU counter and marks the fd, so
+//! the next record of that fd carries [`FLAG_LOST_BEFORE`].
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    Global,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_user, generated,
+    },
+    macros::{map, raw_tracepoint},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
+    programs::RawTracePointContext,
+};
+use mcptap_abi::{
+    CHUNK_MAX, CHUNKS_PER_CALL, Config, DIR_IN, DIR_OUT, EventHeader, FD_OTHER, FD_PIPE, FD_TCP,
+    FD_UNIX, FDSTATE_LOST, FDSTATE_REJECTED, FLAG_LOST_BEFORE, FLAG_TRUNCATED, FdKey, FdState,
+    HEADER_SIZE, KernelOffsets, MAX_IOVECS, MAX_TAIL_CALLS, RECORD_CLOSE, RECORD_DATA,
+    RECORD_EXEC, RECORD_EXIT, SCRATCH_SIZE, SelfTest, Stash, TAIL_SHIP_MORE, counter, syscall,
+};
+
+#[unsafe(no_mangle)]
+static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets::ZERO);
+#[unsafe(no_mangle)]
+static CONFIG: Global<Config> = Global::new(Config::ZERO);
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+#[map]
+static FDS: LruHashMap<FdKey, FdState> = LruHashMap::with_max_entries(65536, 0);
+#[map]
+static STASH: HashMap<u32, Stash> = HashMap::with_max_entries(32768, 0);
+/// One byte per tgid, eight to a word; userspace sizes it from pid_max. Byte stores keep
+/// concurrent updates of neighbouring tgids from clobbering each other.
+#[map]
+static WATCH: Array<u64> = Array::with_max_entries(4096, 0);
+#[map]
+static COMMS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(256, 0);
+#[map]
+static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+#[map]
+static SCRATCH: PerCpuArray<[u8; SCRATCH_SIZE]> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static JOBS: PerCpuArray<Job> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static TAILS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+#[map]
+static SELFTEST: Array<SelfTest> = Array::with_max_entries(1, 0);
+
+/// Progress of shipping one syscall's bytes, carried across tail calls on one CPU.
+#[repr(C)]
+struct Job {
+    hdr: EventHeader,
+    /// User address of the next iovec to read, or 0 for a single buffer.
+    iov_ptr: u64,
+    /// iovecs left to read.
+    iov_left: u64,
+    /// Current buffer and bytes left in it.
+    cur_base: u64,
+    cur_left: u64,
+    /// Bytes shipped so far (the next chunk's offset).
+    shipped: u64,
+    tail_calls: u32,
+    _pad: u32,
+}
+
+#[cfg(bpf_target_arch = "x86_64")]
+mod arch {
+    pub const NR_READ: i64 = 0;
+    pub const NR_WRITE: i64 = 1;
+    pub const NR_CLOSE: i64 = 3;
+    pub const NR_READV: i64 = 19;
+    pub const NR_WRITEV: i64 = 20;
+    pub const NR_SENDTO: i64 = 44;
+    pub const NR_RECVFROM: i64 = 45;
+    pub const NR_SENDMSG: i64 = 46;
+    pub const NR_RECVMSG: i64 = 47;
+    /// `struct pt_regs` is UAPI: dx, si, di (args 2, 1, 0) sit together at offset 96.
+    pub const ARGS_OFFSET: usize = 96;
+    pub const ARG0: usize = 2;
+    pub const ARG1: usize = 1;
+    pub const ARG2: usize = 0;
+}
+
+#[cfg(bpf_target_arch = "aarch64")]
+mod arch {
+    pub const NR_CLOSE: i64 = 57;
+    pub const NR_READ: i64 = 63;
+    pub const NR_WRITE: i64 = 64;
+    pub const NR_READV: i64 = 65;
+    pub const NR_WRITEV: i64 = 66;
+    pub const NR_SENDTO: i64 = 206;
+    pub const NR_RECVFROM: i64 = 207;
+    pub const NR_SENDMSG: i64 = 211;
+    pub const NR_RECVMSG: i64 = 212;
+    /// `struct user_pt_regs`: regs[0..3] hold args 0, 1, 2 at entry.
+    pub const ARGS_OFFSET: usize = 0;
+    pub const ARG0: usize = 0;
+    pub const ARG1: usize = 1;
+    pub const ARG2: usize = 2;
+}
+
+const S_IFMT: u16 = 0o170000;
+const S_IFIFO: u16 = 0o010000;
+const S_IFSOCK: u16 = 0o140000;
+const SOCK_STREAM: i16 = 1;
+const AF_UNIX: u16 = 1;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+#[inline(always)]
+fn count(idx: u32, n: u64) {
+    if let Some(p) = COUNTERS.get_ptr_mut(idx) {
+        unsafe { *p += n };
+    }
+}
+
+#[inline(always)]
+fn read_kernel<T>(base: u64, off: u32) -> Option<T> {
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
+}
+
+/// Is `tgid` a process we capture? The agent itself never is.
+#[inline(always)]
+fn watched(tgid: u32) -> bool {
+    let cfg = CONFIG.load();
+    if tgid == cfg.self_tgid {
+        return false;
+    }
+    if cfg.all_processes != 0 {
+        return true;
+    }
+    match WATCH.get_ptr(tgid >> 3) {
+        Some(word) => unsafe { *(word as *const u8).add((tgid & 7) as usize) != 0 },
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn set_watched(tgid: u32, on: bool) {
+    if let Some(word) = WATCH.get_ptr_mut(tgid >> 3) {
+        unsafe { *(word as *mut u8).add((tgid & 7) as usize) = on as u8 };
+    }
+}
+
+/// The `struct file *` behind `fd` in the current task, or 0.
+#[inline(always)]
+fn current_file(fd: i32) -> u64 {
+    if fd < 0 {
+        return 0;
+    }
+    let off = OFFSETS.load();
+    let task = unsafe { bpf_get_current_task() };
+    let Some(files) = read_kernel::<u64>(task, off.task_files) else {
+        return 0;
+    };
+    let Some(fdt) = read_kernel::<u64>(files, off.files_fdt) else {
+        return 0;
+    };
+    let Some(max_fds) = read_kernel::<u32>(fdt, off.fdt_max_fds) else {
+        return 0;
+    };
+    if fd as u32 >= max_fds {
+        return 0;
+    }
+    let Some(array) = read_kernel::<u64>(fdt, off.fdt_fd) else {
+        return 0;
+    };
+    read_kernel::<u64>(array + (fd as u64) * 8, 0).unwrap_or(0)
+}
+
+/// Classify `file` (pipe, AF_UNIX/TCP stream socket, other) from its inode and socket.
+#[inline(always)]
+fn classify(file: u64) -> FdState {
+    let off = OFFSETS.load();
+    let mut st = FdState {
+        file,
+        ..FdState::default()
+    };
+    let Some(inode) = read_kernel::<u64>(file, off.file_inode) else {
+        count(counter::CLASSIFY_FAULTS, 1);
+        return st;
+    };
+    let (Some(mode), Some(ino)) = (
+        read_kernel::<u16>(inode, off.inode_mode),
+        read_kernel::<u64>(inode, off.inode_ino),
+    ) else {
+        count(counter::CLASSIFY_FAULTS, 1);
+        return st;
+    };
+    st.inode = ino;
+    match mode & S_IFMT {
+        S_IFIFO => st.kind = FD_PIPE,
+        S_IFSOCK => {
+            let Some(sock) = read_kernel::<u64>(file, off.file_private_data) else {
+                count(counter::CLASSIFY_FAULTS, 1);
+                return st;
+            };
+            if read_kernel::<i16>(sock, off.socket_type) != Some(SOCK_STREAM) {
+                return st;
+            }
+            let Some(sk) = read_kernel::<u64>(sock, off.socket_sk) else {
+                return st;
+            };
+            match read_kernel::<u16>(sk, off.sock_family) {
+                Some(AF_UNIX) => {
+                    st.kind = FD_UNIX;
+                    // The peer's inode pairs the two ends of a socketpair (Node hands its
+                    // children stdio over those) the way the shared inode pairs a pipe.
+                    let peer = read_kernel::<u64>(sk, off.unix_peer).unwrap_or(0);
+                    if peer != 0 {
+                        let psock = read_kernel::<u64>(peer, off.sock_socket).unwrap_or(0);
+                        if psock != 0 {
+                            st.peer_inode = read_kernel::<u64>(
+                                psock + off.socket_to_inode as u64,
+                                off.inode_ino,
+                            )
+                            .unwrap_or(0);
+                        }
+                    }
+                }
+                Some(AF_INET) | Some(AF_INET6) => st.kind = FD_TCP,
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+    st
+}
+
+/// The state of (tgid, fd), from the cache when it still describes the same file.
+#[inline(always)]
+fn fd_state(tgid: u32, fd: i32) -> Option<*mut FdState> {
+    let file = current_file(fd);
+    if file == 0 {
+        return None;
+    }
+    let key = FdKey { tgid, fd };
+    if let Some(st) = FDS.get_ptr_mut(&key) {
+        if unsafe { (*st).file } == file {
+            return Some(st);
+        }
+    }
+    let st = classify(file);
+    FDS.insert(&key, &st, 0).ok()?;
+    FDS.get_ptr_mut(&key)
+}
+
+#[inline(always)]
+fn mark_lost(tgid: u32, fd: i32) {
+    if let Some(st) = FDS.get_ptr_mut(&FdKey { tgid, fd }) {
+        unsafe { (*st).flags |= FDSTATE_LOST };
+    }
+}
+
+/// Syscall arguments 0..3 from the `struct pt_regs` of `raw_tp/sys_enter`.
+#[inline(always)]
+fn syscall_args(regs: u64) -> Option<[u64; 3]> {
+    let raw: [u64; 3] = unsafe {
+        bpf_probe_read_kernel((regs + arch::ARGS_OFFSET as u64) as *const [u64; 3]).ok()?
+    };
+    Some([raw[arch::ARG0], raw[arch::ARG1], raw[arch::ARG2]])
+}
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
+    let id: i64 = ctx.arg(1);
+    let (sc, dir) = match id {
+        arch::NR_READ => (syscall::READ, DIR_IN),
+        arch::NR_WRITE => (syscall::WRITE, DIR_OUT),
+        arch::NR_READV => (syscall::READV, DIR_IN),
+        arch::NR_WRITEV => (syscall::WRITEV, DIR_OUT),
+        arch::NR_RECVFROM => (syscall::RECVFROM, DIR_IN),
+        arch::NR_SENDTO => (syscall::SENDTO, DIR_OUT),
+        arch::NR_RECVMSG => (syscall::RECVMSG, DIR_IN),
+        arch::NR_SENDMSG => (syscall::SENDMSG, DIR_OUT),
+        arch::NR_CLOSE => (0, 0),
+        _ => return 0,
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !watched(tgid) {
+        return 0;
+    }
+    let regs: u64 = ctx.arg(0);
+    let Some(args) = syscall_args(regs) else {
+        return 0;
+    };
+    let fd = args[0] as i32;
+    if sc == 0 {
+        on_close(tgid, pid_tgid as u32, fd);
+        return 0;
+    }
+    let Some(st) = fd_state(tgid, fd) else {
+        return 0;
+    };
+    let mut state = unsafe { *st };
+    if state.kind == FD_OTHER {
+        return 0;
+    }
+    if state.flags & FDSTATE_REJECTED != 0 {
+        count(counter::REJECTED_SKIPS, 1);
+        return 0;
+    }
+    let tid = pid_tgid as u32;
+    if let Some(stale) = STASH.get_ptr(tid) {
+        // The exit of this thread's previous syscall never ran (the program was busy on this
+        // CPU): its bytes are gone, so the fd it was on restarts at a frame boundary.
+        count(counter::EXIT_MISSED, 1);
+        let stale = unsafe { *stale };
+        mark_lost(tgid, stale.fdnum);
+        if stale.fdnum == fd {
+            state.flags |= FDSTATE_LOST;
+        }
+    }
+    // The loss flag travels with this syscall's first record; clear it in the map.
+    unsafe { (*st).flags &= !FDSTATE_LOST };
+    let stash = Stash {
+        ptr: args[1],
+        count: args[2],
+        ts_enter_ns: unsafe { bpf_ktime_get_ns() },
+        fd: state,
+        fdnum: fd,
+        syscall: sc,
+        dir,
+        _pad: [0; 2],
+    };
+    if STASH.insert(&tid, &stash, 0).is_err() {
+        count(counter::STASH_FULL, 1);
+        mark_lost(tgid, fd);
+    }
+    0
+}
+
+#[inline(always)]
+fn on_close(tgid: u32, tid: u32, fd: i32) {
+    let key = FdKey { tgid, fd };
+    let Some(st) = FDS.get_ptr(&key) else {
+        return;
+    };
+    let st = unsafe { *st };
+    let _ = FDS.remove(&key);
+    if st.kind == FD_OTHER || st.flags & FDSTATE_REJECTED != 0 {
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let hdr = EventHeader {
+        record: RECORD_CLOSE,
+        fd_kind: st.kind,
+        tgid,
+        tid,
+        fd,
+        ts_enter_ns: now,
+        ts_exit_ns: now,
+        inode: st.inode,
+        peer_inode: st.peer_inode,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+        ..EventHeader::default()
+    };
+    output_header(&hdr);
+}
+
+#[inline(always)]
+fn output_header(hdr: &EventHeader) {
+    if EVENTS.output::<EventHeader>(hdr, 0).is_ok() {
+        count(counter::RECORDS, 1);
+    } else {
+        count(counter::RINGBUF_FULL, 1);
+    }
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !watched(tgid) {
+        return 0;
+    }
+    let tid = pid_tgid as u32;
+    let Some(stash) = STASH.get_ptr(tid) else {
+        return 0;
+    };
+    let stash = unsafe { *stash };
+    let _ = STASH.remove(&tid);
+    let ret: i64 = ctx.arg(1);
+    if ret <= 0 {
+        return 0;
+    }
+    let Some(job) = JOBS.get_ptr_mut(0) else {
+        return 0;
+    };
+    let job = unsafe { &mut *job };
+    job.hdr = EventHeader {
+        record: RECORD_DATA,
+        dir: stash.dir,
+        fd_kind: stash.fd.kind,
+        flags: if stash.fd.flags & FDSTATE_LOST != 0 {
+            FLAG_LOST_BEFORE
+        } else {
+            0
+        },
+        syscall: stash.syscall,
+        _pad: [0; 3],
+        tgid,
+        tid,
+        fd: stash.fdnum,
+        len: 0,
+        ts_enter_ns: stash.ts_enter_ns,
+        ts_exit_ns: unsafe { bpf_ktime_get_ns() },
+        inode: stash.fd.inode,
+        peer_inode: stash.fd.peer_inode,
+        total: ret as u64,
+        offset: 0,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+    };
+    job.shipped = 0;
+    job.tail_calls = 0;
+    match stash.syscall {
+        syscall::READV | syscall::WRITEV => {
+            job.iov_ptr = stash.ptr;
+            job.iov_left = stash.count;
+            job.cur_base = 0;
+            job.cur_left = 0;
+        }
+        syscall::RECVMSG | syscall::SENDMSG => {
+            // struct user_msghdr: msg_iov at 16, msg_iovlen at 24 on 64-bit.
+            let iov: [u64; 2] =
+                unsafe { bpf_probe_read_user((stash.ptr + 16) as *const [u64; 2]) }
+                    .unwrap_or([0, 0]);
+            job.iov_ptr = iov[0];
+            job.iov_left = iov[1];
+            job.cur_base = 0;
+            job.cur_left = 0;
+        }
+        _ => {
+            job.iov_ptr = 0;
+            job.iov_left = 0;
+            job.cur_base = stash.ptr;
+            job.cur_left = ret as u64;
+        }
+    }
+    ship(&ctx, job);
+    0
+}
+
+/// Continues shipping a syscall that [`sys_exit`] (or a previous `ship_more`) began.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn ship_more(ctx: RawTracePointContext) -> i32 {
+    if let Some(job) = JOBS.get_ptr_mut(0) {
+        let job = unsafe { &mut *job };
+        job.tail_calls += 1;
+        ship(&ctx, job);
+    }
+    0
+}
+
+/// Ship up to [`CHUNKS_PER_CALL`] chunks of `job`, then tail-call `ship_more` for the rest.
+#[inline(always)]
+fn ship(ctx: &RawTracePointContext, job: &mut Job) {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let scratch = scratch as *mut u8;
+    for _ in 0..CHUNKS_PER_CALL {
+        if job.shipped >= job.hdr.total {
+            return;
+        }
+        if job.cur_left == 0 {
+            if job.iov_left == 0 || job.iov_ptr == 0 {
+                // The iovecs hold fewer bytes than the syscall returned: nothing more to send.
+                return;
+            }
+            let iov: [u64; 2] =
+                match unsafe { bpf_probe_read_user(job.iov_ptr as *const [u64; 2]) } {
+                    Ok(v) => v,
+                    Err(_) => {
+                        count(counter::READ_FAULTS, 1);
+                        truncate(job);
+                        return;
+                    }
+                };
+            job.iov_ptr += 16;
+            job.iov_left -= 1;
+            job.cur_base = iov[0];
+            job.cur_left = iov[1];
+            continue;
+        }
+        let mut n = job.hdr.total - job.shipped;
+        if n > job.cur_left {
+            n = job.cur_left;
+        }
+        if n > CHUNK_MAX as u64 {
+            n = CHUNK_MAX as u64;
+        }
+        let hdr = EventHeader {
+            offset: job.shipped,
+            len: n as u32,
+            ..job.hdr
+        };
+        unsafe {
+            *(scratch as *mut EventHeader) = hdr;
+            let rc = generated::bpf_probe_read_user(
+                scratch.add(HEADER_SIZE) as *mut _,
+                n as u32,
+                job.cur_base as *const _,
+            );
+            if rc != 0 {
+                count(counter::READ_FAULTS, 1);
+                truncate(job);
+                return;
+            }
+            let record = core::slice::from_raw_parts(scratch, HEADER_SIZE + n as usize);
+            if EVENTS.output::<[u8]>(record, 0).is_err() {
+                count(counter::RINGBUF_FULL, 1);
+                count(counter::RINGBUF_FULL_BYTES, job.hdr.total - job.shipped);
+                // The rest of this syscall is useless to userspace after a hole.
+                mark_lost(job.hdr.tgid, job.hdr.fd);
+                return;
+            }
+        }
+        count(counter::RECORDS, 1);
+        count(counter::BYTES, n);
+        // Only the first record of a syscall carries the loss flag.
+        job.hdr.flags &= !FLAG_LOST_BEFORE;
+        job.shipped += n;
+        job.cur_base += n;
+        job.cur_left -= n;
+    }
+    if job.shipped < job.hdr.total {
+        if job.tail_calls >= MAX_TAIL_CALLS || job.iov_left > MAX_IOVECS as u64 {
+            truncate(job);
+            return;
+        }
+        unsafe { TAILS.tail_call(ctx, TAIL_SHIP_MORE) };
+        count(counter::TAIL_CALL_FAILED, 1);
+        truncate(job);
+    }
+}
+
+/// Stop shipping `job` and say so: a header-only record flagged truncated, at the offset
+/// where shipping stopped, and the counters.
+#[inline(always)]
+fn truncate(job: &mut Job) {
+    count(counter::TRUNCATED, 1);
+    count(counter::TRUNCATED_BYTES, job.hdr.total - job.shipped);
+    let hdr = EventHeader {
+        flags: job.hdr.flags | FLAG_TRUNCATED,
+        offset: job.shipped,
+        len: 0,
+        ..job.hdr
+    };
+    if EVENTS.output::<EventHeader>(&hdr, 0).is_ok() {
+        count(counter::RECORDS, 1);
+    } else {
+        count(counter::RINGBUF_FULL, 1);
+        mark_lost(job.hdr.tgid, job.hdr.fd);
+    }
+}
+
+/// A new process inherits whether its parent is watched.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_fork(ctx: RawTracePointContext) -> i32 {
+    if CONFIG.load().all_processes != 0 {
+        return 0;
+    }
+    let child: u64 = ctx.arg(1);
+    let off = OFFSETS.load();
+    let Some(child_tgid) = read_kernel::<u32>(child, off.task_tgid) else {
+        return 0;
+    };
+    let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if child_tgid != parent_tgid {
+        set_watched(child_tgid, watched(parent_tgid));
+    }
+    0
+}
+
+/// After exec the comm is the new program's: re-evaluate the comm filter, and tell userspace
+/// to refresh what it knows of the process.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_exec(_ctx: RawTracePointContext) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let cfg = CONFIG.load();
+    let comm = bpf_get_current_comm().unwrap_or_default();
+    if cfg.all_processes == 0 && cfg.comm_filter != 0 {
+        let by_comm = unsafe { COMMS.get(&comm) }.is_some();
+        let by_pid = unsafe { PIDS.get(&tgid) }.is_some();
+        set_watched(tgid, by_comm || by_pid);
+    }
+    if watched(tgid) {
+        let now = unsafe { bpf_ktime_get_ns() };
+        output_header(&EventHeader {
+            record: RECORD_EXEC,
+            tgid,
+            tid: pid_tgid as u32,
+            fd: -1,
+            ts_enter_ns: now,
+            ts_exit_ns: now,
+            comm,
+            ..EventHeader::default()
+        });
+    }
+    0
+}
+
+/// The leader of a watched process exited: userspace ends its streams and pending calls.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_exit(_ctx: RawTracePointContext) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if pid_tgid as u32 != tgid || !watched(tgid) {
+        return 0;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    output_header(&EventHeader {
+        record: RECORD_EXIT,
+        tgid,
+        tid: tgid,
+        fd: -1,
+        ts_enter_ns: now,
+        ts_exit_ns: now,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+        ..EventHeader::default()
+    });
+    0
+}
+
+/// Start-up self-test: read this task's tgid through `bpf_get_current_task()` and
+/// `bpf_probe_read_kernel` at the BTF offset, for the agent's own thread only. It tells
+/// userspace whether lockdown lets programs read kernel memory and whether the offset is right.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn selftest(_ctx: RawTracePointContext) -> i32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if tgid != CONFIG.load().self_tgid {
+        return 0;
+    }
+    let Some(out) = SELFTEST.get_ptr_mut(0) else {
+        return 0;
+    };
+    let task = unsafe { bpf_get_current_task() };
+    let off = OFFSETS.load();
+    let (read_ret, tgid_read) = match unsafe {
+        bpf_probe_read_kernel((task + off.task_tgid as u64) as *const u32)
+    } {
+        Ok(v) => (0, v),
+        Err(e) => (e as i32, 0),
+    };
+    unsafe {
+        *out = SelfTest {
+            ran: 1,
+            read_ret,
+            tgid_read,
+            tgid_helper: tgid,
+        };
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,403 @@
+//! Loading, configuring and draining the kernel programs. Needs root (or CAP_BPF, CAP_PERFMON
+//! and read access to /proc); everything downstream of [`Probes::drain`] does not.
+
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsFd as _, AsRawFd as _},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
+    programs::RawTracePoint,
+};
+use log::{debug, info, warn};
+use mcptap_abi::{
+    Config, FDSTATE_REJECTED, FdKey, FdState, KernelOffsets, SelfTest, TAIL_SHIP_MORE, counter,
+    names,
+};
+
+use super::{btf::Btf, comm_key};
+
+/// The kernel programs, built by `agent/build.rs`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mcptap"));
+
+/// Which processes to capture.
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    /// Comm names (matched on the first 15 bytes, as the kernel stores them).
+    pub comms: Vec<String>,
+    /// Process ids.
+    pub pids: Vec<u32>,
+}
+
+impl Scope {
+    /// No filter: every process is a candidate.
+    pub fn is_all(&self) -> bool {
+        self.comms.is_empty() && self.pids.is_empty()
+    }
+}
+
+/// Settings for [`Probes::load`].
+#[derive(Clone, Debug)]
+pub struct ProbeSettings {
+    /// Processes to watch.
+    pub scope: Scope,
+    /// Ring buffer size in bytes (a power of two, at least one page).
+    pub ring_bytes: u32,
+}
+
+/// What the start-up checks found, for the log and for `/ready`.
+#[derive(Clone, Debug, Default)]
+pub struct StartupReport {
+    /// `/sys/kernel/security/lockdown`'s current mode, if the file exists.
+    pub lockdown: Option<String>,
+    /// Whether `bpf_probe_read_kernel` worked in the self-test.
+    pub probe_read_kernel: bool,
+    /// The offsets handed to the programs.
+    pub offsets: KernelOffsets,
+    /// Attached programs, by name.
+    pub attached: Vec<String>,
+}
+
+/// The loaded, attached programs and the maps userspace uses.
+pub struct Probes {
+    ebpf: Ebpf,
+    ring: RingBuf<MapData>,
+    fds: HashMap<MapData, FdKey, FdState>,
+    counters: PerCpuArray<MapData, u64>,
+    prog_fds: Vec<(String, aya::programs::ProgramFd)>,
+}
+
+fn lockdown_mode() -> Option<String> {
+    let s = std::fs::read_to_string("/sys/kernel/security/lockdown").ok()?;
+    // "none [integrity] confidentiality": the bracketed word is the current mode.
+    let start = s.find('[')?;
+    let end = s[start..].find(']')? + start;
+    Some(s[start + 1..end].to_string())
+}
+
+fn check_privileges() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(());
+    }
+    let caps = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = caps
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .unwrap_or(0);
+    const CAP_SYS_ADMIN: u64 = 1 << 21;
+    const CAP_PERFMON: u64 = 1 << 38;
+    const CAP_BPF: u64 = 1 << 39;
+    if eff & CAP_SYS_ADMIN != 0 || (eff & CAP_BPF != 0 && eff & CAP_PERFMON != 0) {
+        return Ok(());
+    }
+    bail!(
+        "mcptap must run as root, or with CAP_BPF and CAP_PERFMON (plus CAP_SYS_PTRACE and \
+         CAP_DAC_READ_SEARCH to name processes): try `sudo mcptap ...`"
+    )
+}
+
+fn explain_load_error(e: aya::EbpfError) -> anyhow::Error {
+    let text = format!("{e:#}");
+    if text.contains("Operation not permitted") || text.contains("EPERM") {
+        anyhow!(
+            "the kernel refused to load mcptap's programs ({text}); run as root or grant \
+             CAP_BPF and CAP_PERFMON"
+        )
+    } else if text.contains("RINGBUF") || text.contains("ring") {
+        anyhow!(
+            "loading failed: {text}; mcptap needs BPF ring buffers (Linux 5.8 or newer)"
+        )
+    } else {
+        anyhow!("loading mcptap's programs failed: {text}")
+    }
+}
+
+impl Probes {
+    /// Resolve offsets, load the programs, self-test, attach, and mark watched processes.
+    pub fn load(settings: &ProbeSettings) -> Result<(Self, StartupReport)> {
+        check_privileges()?;
+        let btf = Btf::from_sys_fs()?;
+        let offsets = btf
+            .kernel_offsets()
+            .context("this kernel's BTF lacks a structure mcptap reads")?;
+        debug!("kernel offsets from BTF: {offsets:?}");
+        let lockdown = lockdown_mode();
+
+        let self_tgid = std::process::id();
+        let scope = &settings.scope;
+        let config = Config {
+            all_processes: scope.is_all() as u8,
+            comm_filter: (!scope.comms.is_empty()) as u8,
+            _pad: [0; 2],
+            self_tgid,
+        };
+        let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(4 << 20);
+        let watch_words = pid_max.div_ceil(8).max(1);
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::OFFSETS, &offsets, true)
+            .override_global(names::CONFIG, &config, true)
+            .map_max_entries(names::EVENTS, settings.ring_bytes)
+            .map_max_entries(names::WATCH, watch_words)
+            .load(EBPF_OBJECT)
+            .map_err(explain_load_error)?;
+
+        let mut report = StartupReport {
+            lockdown,
+            offsets,
+            ..Default::default()
+        };
+        report.probe_read_kernel = self_test(&mut ebpf)?;
+
+        // Mark watched processes before attaching, so their first syscalls are seen.
+        if !scope.is_all() {
+            let mut comms: HashMap<_, [u8; 16], u8> =
+                HashMap::try_from(ebpf.map_mut(names::COMMS).context("COMMS map")?)?;
+            for c in &scope.comms {
+                if c.len() > 15 {
+                    warn!("--comm {c:?} is longer than the kernel's 15-byte comm; matching {:?}", &c[..15]);
+                }
+                comms.insert(comm_key(c), 1, 0)?;
+            }
+            let mut pids: HashMap<_, u32, u8> =
+                HashMap::try_from(ebpf.map_mut(names::PIDS).context("PIDS map")?)?;
+            for &p in &scope.pids {
+                pids.insert(p, 1, 0)?;
+            }
+        }
+
+        let mut prog_fds = Vec::new();
+        {
+            let prog: &mut RawTracePoint = ebpf
+                .program_mut(names::PROG_SHIP_MORE)
+                .context("ship_more program missing")?
+                .try_into()?;
+            prog.load().context("verifier rejected ship_more")?;
+            let fd = prog.fd()?.try_clone()?;
+            prog_fds.push((names::PROG_SHIP_MORE.to_string(), prog.fd()?.try_clone()?));
+            let mut tails = ProgramArray::try_from(ebpf.map_mut(names::TAILS).context("TAILS")?)?;
+            tails.set(TAIL_SHIP_MORE, &fd, 0)?;
+        }
+        // Fork and exec first, so no process slips between the /proc scan and the data hooks.
+        for (prog_name, tp) in [
+            (names::PROG_FORK, "sched_process_fork"),
+            (names::PROG_EXEC, "sched_process_exec"),
+            (names::PROG_EXIT, "sched_process_exit"),
+            (names::PROG_SYS_EXIT, "sys_exit"),
+            (names::PROG_SYS_ENTER, "sys_enter"),
+        ] {
+            let prog: &mut RawTracePoint = ebpf
+                .program_mut(prog_name)
+                .with_context(|| format!("{prog_name} program missing"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("the kernel's verifier rejected {prog_name}"))?;
+            prog.attach(tp)
+                .with_context(|| format!("attaching {prog_name} to raw tracepoint {tp}"))?;
+            prog_fds.push((prog_name.to_string(), prog.fd()?.try_clone()?));
+            report.attached.push(format!("{prog_name}@raw_tp/{tp}"));
+        }
+        if !scope.is_all() {
+            let mut watch: Array<_, u64> =
+                Array::try_from(ebpf.map_mut(names::WATCH).context("WATCH map")?)?;
+            // Twice: a process that forked during the first pass is caught by the second.
+            for _ in 0..2 {
+                mark_existing(&mut watch, scope)?;
+            }
+        }
+
+        let ring = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("EVENTS map")?)?;
+        let fds = HashMap::try_from(ebpf.take_map(names::FDS).context("FDS map")?)?;
+        let counters =
+            PerCpuArray::try_from(ebpf.take_map(names::COUNTERS).context("COUNTERS map")?)?;
+        Ok((
+            Probes {
+                ebpf,
+                ring,
+                fds,
+                counters,
+                prog_fds,
+            },
+            report,
+        ))
+    }
+
+    /// Wait until the ring buffer has data or `timeout` passes.
+    pub fn wait(&self, timeout: Duration) -> Result<()> {
+        let mut pfd = libc::pollfd {
+            fd: self.ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let rc = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+        if rc < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(err).context("poll on the ring buffer");
+            }
+        }
+        Ok(())
+    }
+
+    /// Hand up to `max` pending records to `f`; returns how many there were.
+    pub fn drain(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some(item) = self.ring.next() else { break };
+            f(&item);
+            n += 1;
+        }
+        n
+    }
+
+    /// The kernel counters, summed over CPUs, by name.
+    pub fn counters(&self) -> BTreeMap<&'static str, u64> {
+        let mut out = BTreeMap::new();
+        for (i, name) in counter::NAMES.iter().enumerate() {
+            let sum = self
+                .counters
+                .get(&(i as u32), 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0);
+            out.insert(*name, sum);
+        }
+        out.insert("prog_recursion_misses", self.recursion_misses());
+        out
+    }
+
+    /// Runs of our programs the kernel skipped because one was already running on that CPU
+    /// (a preempted program). Each is a syscall mcptap did not see.
+    fn recursion_misses(&self) -> u64 {
+        self.prog_fds
+            .iter()
+            .filter_map(|(_, fd)| prog_recursion_misses(fd))
+            .sum()
+    }
+
+    /// Tell the kernel to stop shipping (tgid, fd): userspace found it is not MCP. Ignored when
+    /// the fd has since been reused for another inode.
+    pub fn reject(&mut self, tgid: u32, fd: i32, inode: u64) {
+        let key = FdKey { tgid, fd };
+        if let Ok(mut st) = self.fds.get(&key, 0) {
+            if st.inode == inode {
+                st.flags |= FDSTATE_REJECTED;
+                if let Err(e) = self.fds.insert(key, st, 0) {
+                    debug!("could not reject {tgid}/{fd}: {e}");
+                }
+            }
+        }
+    }
+
+    /// Names of attached programs.
+    pub fn program_count(&self) -> usize {
+        self.ebpf.programs().count()
+    }
+}
+
+/// Set the watch byte of every running process in scope.
+fn mark_existing(watch: &mut Array<&mut MapData, u64>, scope: &Scope) -> Result<()> {
+    let keys: Vec<[u8; 16]> = scope.comms.iter().map(|c| comm_key(c)).collect();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        bail!("cannot list /proc: mcptap needs procfs mounted to find processes");
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let by_pid = scope.pids.contains(&pid);
+        let by_comm = !keys.is_empty()
+            && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map(|c| keys.contains(&comm_key(c.trim_end_matches('\n'))))
+                .unwrap_or(false);
+        if by_pid || by_comm {
+            let word = pid / 8;
+            let mut v = watch.get(&word, 0).unwrap_or(0);
+            v |= 1u64 << ((pid % 8) * 8);
+            watch.set(word, v, 0)?;
+        }
+    }
+    Ok(())
+}
+
+/// Load only the self-test, run it on one of our own syscalls, and report whether
+/// `bpf_probe_read_kernel` read the right tgid through the BTF offset.
+fn self_test(ebpf: &mut Ebpf) -> Result<bool> {
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut(names::PROG_SELFTEST)
+        .context("selftest program missing")?
+        .try_into()?;
+    if let Err(e) = prog.load() {
+        warn!(
+            "self-test: the kernel refused a program that calls bpf_probe_read_kernel ({e}); \
+             lockdown may forbid reading kernel memory"
+        );
+        return Err(anyhow!(e).context(
+            "bpf_probe_read_kernel is not permitted here (kernel lockdown in confidentiality \
+             mode?); mcptap needs it to classify file descriptors",
+        ));
+    }
+    let link = prog.attach("sys_enter")?;
+    // Any syscall of ours triggers it.
+    for _ in 0..3 {
+        let _ = std::fs::metadata("/proc/self");
+    }
+    prog.detach(link)?;
+    let results: Array<_, SelfTest> =
+        Array::try_from(ebpf.map(names::SELFTEST).context("SELFTEST map")?)?;
+    let st = results.get(&0, 0)?;
+    if st.ran == 0 {
+        warn!("self-test program did not run; cannot confirm bpf_probe_read_kernel works");
+        return Ok(false);
+    }
+    if st.read_ret != 0 {
+        bail!(
+            "self-test: bpf_probe_read_kernel failed with {} under this kernel's lockdown mode; \
+             mcptap cannot classify file descriptors",
+            st.read_ret
+        );
+    }
+    if st.tgid_read != st.tgid_helper {
+        bail!(
+            "self-test: task_struct.tgid read at the BTF offset gave {} but the process is {}; \
+             the BTF offsets do not match this kernel",
+            st.tgid_read,
+            st.tgid_helper
+        );
+    }
+    info!(
+        "self-test: bpf_probe_read_kernel permitted; task_struct.tgid read through BTF offset matches ({})",
+        st.tgid_read
+    );
+    Ok(true)
+}
+
+/// `bpf_prog_info.recursion_misses` of a program (Linux 5.12+), via the bpf syscall.
+fn prog_recursion_misses(fd: &aya::programs::ProgramFd) -> Option<u64> {
+    // SAFETY: both are plain C structs/unions for which all-zero is the documented initial value.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr: aya_obj::generated::bpf_attr = unsafe { std::mem::zeroed() };
+    attr.info.bpf_fd = fd.as_fd().as_raw_fd() as u32;
+    attr.info.info_len = std::mem::size_of_val(&info) as u32;
+    attr.info.info = &mut info as *mut _ as u64;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    // SAFETY: attr points at a valid bpf_attr whose info buffer is `info`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut attr as *mut _,
+            std::mem::size_of_val(&attr),
+        )
+    };
+    (rc == 0).then_some(info.recursion_misses)
+}

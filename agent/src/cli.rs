@@ -1,0 +1,186 @@
+//! Command-line interface.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// mcptap sees every MCP (Model Context Protocol) conversation on this Linux host, from the
+/// kernel, with no change to any application: eBPF probes on pipe and socket reads and writes
+/// capture the JSON-RPC bytes, and mcptap puts each exchange back together.
+///
+/// Without a filter it watches every process. Run it as root (or with CAP_BPF, CAP_PERFMON,
+/// CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH).
+///
+/// Examples:
+///   mcptap                                   # watch everything, print exchanges
+///   mcptap --comm node --comm python3        # only these programs
+///   mcptap --jsonl /var/log/mcp.jsonl        # also write JSON lines
+///   mcptap --jsonl - --quiet | jq .          # JSON lines on stdout
+///   mcptap --record bug.mcptap               # save raw events for a bug report
+///   mcptap replay bug.mcptap                 # run the pipeline on them again (no root)
+#[derive(Parser, Debug)]
+#[command(name = "mcptap", version, verbatim_doc_comment)]
+pub struct Cli {
+    /// Subcommand (default: capture live).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Live capture options.
+    #[command(flatten)]
+    pub live: LiveArgs,
+    /// Output options.
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the pipeline on a file saved with --record. Needs no privileges.
+    Replay {
+        /// The file written by `mcptap --record FILE`.
+        file: PathBuf,
+        /// Output options.
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+/// Options of live capture.
+#[derive(Args, Debug, Clone)]
+pub struct LiveArgs {
+    /// Watch only processes whose command name (comm) is NAME. Repeatable. The kernel keeps
+    /// the first 15 bytes of a name; children inherit the choice until they exec.
+    #[arg(long = "comm", value_name = "NAME")]
+    pub comms: Vec<String>,
+
+    /// Watch only the process PID. Repeatable; combines with --comm.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Save every raw captured event, with the process metadata needed to name it, to FILE;
+    /// `mcptap replay FILE` reruns the pipeline on it without root.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+
+    /// Serve /health and /ready on ADDR. "off" disables the endpoints.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464", value_parser = parse_listen)]
+    pub listen: Listen,
+
+    /// Kernel ring buffer size (power of two; suffixes K, M, G). Bigger absorbs longer
+    /// bursts; loss is always counted and reported.
+    #[arg(long, value_name = "BYTES", default_value = "16M", value_parser = parse_ring)]
+    pub ring_buffer_size: u32,
+}
+
+/// Options of outputs (live and replay).
+#[derive(Args, Debug, Clone)]
+pub struct OutputArgs {
+    /// Write one JSON object per line to PATH ("-" for standard output). The schema is in
+    /// the README.
+    #[arg(long, value_name = "PATH")]
+    pub jsonl: Option<String>,
+
+    /// Do not print the console view.
+    #[arg(long, short)]
+    pub quiet: bool,
+
+    /// Longest message accepted (suffixes K, M, G). A longer one is dropped and reported as a
+    /// `message_truncated` event, never half-parsed.
+    #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_size)]
+    pub max_message_bytes: u64,
+
+    /// A request with no response after this many seconds is reported as `no_response`.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300.0, value_parser = parse_seconds)]
+    pub response_timeout: f64,
+}
+
+/// Where to listen, if at all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// No endpoints.
+    Off,
+    /// This address.
+    Addr(SocketAddr),
+}
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    if s == "off" {
+        return Ok(Listen::Off);
+    }
+    s.parse()
+        .map(Listen::Addr)
+        .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:9464 (or \"off\")"))
+}
+
+/// Parse a byte size: a number with an optional K/M/G (powers of 1024) and optional "iB"/"B".
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let lower = lower
+        .strip_suffix("ib")
+        .or_else(|| lower.strip_suffix('b'))
+        .unwrap_or(&lower);
+    let (num, mult) = match lower.chars().last() {
+        Some('k') => (&lower[..lower.len() - 1], 1u64 << 10),
+        Some('m') => (&lower[..lower.len() - 1], 1 << 20),
+        Some('g') => (&lower[..lower.len() - 1], 1 << 30),
+        _ => (lower, 1),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 65536, 64K or 16M"))?;
+    n.checked_mul(mult)
+        .filter(|&v| v > 0)
+        .ok_or_else(|| format!("{s:?} must be above zero and fit in 64 bits"))
+}
+
+fn parse_ring(s: &str) -> Result<u32, String> {
+    let v = parse_size(s)?;
+    if !v.is_power_of_two() || !(4096..=(1 << 30)).contains(&v) {
+        return Err(format!(
+            "{s:?}: the ring buffer size must be a power of two between 4K and 1G"
+        ));
+    }
+    Ok(v as u32)
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("lots").is_err());
+        assert!(parse_ring("3M").is_err());
+        assert!(parse_ring("1K").is_err());
+        assert_eq!(parse_ring("8M"), Ok(8 << 20));
+    }
+
+    #[test]
+    fn cli_is_consistent_and_parses() {
+        Cli::command().debug_assert();
+        let c = Cli::try_parse_from(["mcptap", "--comm", "node", "--comm", "python3", "--pid", "7"]).unwrap();
+        assert_eq!(c.live.comms, ["node", "python3"]);
+        assert_eq!(c.live.listen, Listen::Addr("127.0.0.1:9464".parse().unwrap()));
+        let c = Cli::try_parse_from(["mcptap", "replay", "x.mcptap", "--jsonl", "-"]).unwrap();
+        assert!(matches!(c.command, Some(Command::Replay { .. })));
+        assert!(Cli::try_parse_from(["mcptap", "--listen", "nope"]).is_err());
+        assert!(Cli::try_parse_from(["mcptap", "--ring-buffer-size", "3M"]).is_err());
+        assert!(Cli::try_parse_from(["mcptap", "--response-timeout", "-1"]).is_err());
+    }
+}

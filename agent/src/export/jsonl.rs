@@ -1,0 +1,133 @@
+//! JSON lines: one object per signal. The schema is documented in the README; every record
+//! has `kind` (`exchange`, `notification` or `event`) and `ts` (RFC 3339 UTC, microseconds).
+
+use std::io::Write;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::rfc3339_micros;
+use crate::signals::{Signal, Sink};
+
+#[derive(Serialize)]
+struct Line<'a, T: Serialize> {
+    kind: &'static str,
+    ts: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<Box<RawValue>>,
+    #[serde(flatten)]
+    body: &'a T,
+}
+
+/// Encode one signal as a JSON line (without the newline).
+pub fn encode(signal: &Signal) -> String {
+    let r = match signal {
+        Signal::Exchange(x) => serde_json::to_string(&Line {
+            kind: "exchange",
+            ts: rfc3339_micros(x.ts_ns),
+            // The id exactly as it was on the wire: a number stays a number.
+            id: RawValue::from_string(x.id.clone()).ok(),
+            body: x,
+        }),
+        Signal::Notification(n) => serde_json::to_string(&Line {
+            kind: "notification",
+            ts: rfc3339_micros(n.ts_ns),
+            id: None,
+            body: n,
+        }),
+        Signal::Event(e) => serde_json::to_string(&Line {
+            kind: "event",
+            ts: rfc3339_micros(e.ts_ns),
+            id: None,
+            body: e,
+        }),
+    };
+    r.unwrap_or_else(|e| format!(r#"{{"kind":"event","event":"encode_error","error":{:?}}}"#, e.to_string()))
+}
+
+/// Writes JSON lines to a file or stdout.
+pub struct JsonLines {
+    out: Box<dyn Write + Send>,
+    /// Lines that could not be written.
+    pub write_errors: u64,
+}
+
+impl JsonLines {
+    /// Lines to `out`.
+    pub fn new(out: Box<dyn Write + Send>) -> Self {
+        JsonLines {
+            out,
+            write_errors: 0,
+        }
+    }
+}
+
+impl Sink for JsonLines {
+    fn emit(&mut self, signal: &Signal) {
+        let mut line = encode(signal);
+        line.push('\n');
+        if let Err(e) = self.out.write_all(line.as_bytes()) {
+            self.write_errors += 1;
+            if self.write_errors == 1 {
+                log::error!("--jsonl: write failed: {e} (further failures are only counted)");
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Err(e) = self.out.flush() {
+            log::error!("--jsonl: flush failed: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signals::{Endpoint, Exchange, Role, Status};
+
+    #[test]
+    fn exchange_line_has_the_documented_fields() {
+        let x = Exchange {
+            ts_ns: 1_795_255_005_123_456_789,
+            transport: "stdio",
+            session: "stdio:1-2".into(),
+            method: "tools/call".into(),
+            id: "\"a-1\"".into(),
+            tool: Some("echo".into()),
+            resource_uri: None,
+            prompt: None,
+            status: Status::ToolError,
+            error_code: None,
+            requester: Role::Client,
+            duration_ms: Some(1.5),
+            client_duration_ms: Some(1.5),
+            server_duration_ms: Some(1.0),
+            client: Endpoint {
+                pid: Some(1),
+                comm: "node".into(),
+                ..Default::default()
+            },
+            server: Endpoint {
+                pid: Some(2),
+                comm: "python3".into(),
+                name: Some("demo".into()),
+                version: Some("1.0".into()),
+                ..Default::default()
+            },
+            protocol_version: Some("2025-06-18".into()),
+            request_bytes: 80,
+            response_bytes: Some(40),
+        };
+        let v: serde_json::Value = serde_json::from_str(&encode(&Signal::Exchange(x))).unwrap();
+        assert_eq!(v["kind"], "exchange");
+        assert_eq!(v["ts"], "2026-11-21T09:56:45.123456Z");
+        assert_eq!(v["id"], "a-1");
+        assert_eq!(v["status"], "tool_error");
+        assert_eq!(v["tool"], "echo");
+        assert_eq!(v["server"]["name"], "demo");
+        assert_eq!(v["client"]["pid"], 1);
+        assert!(v.get("resource_uri").is_none());
+        assert!(v.get("error_code").is_none());
+    }
+}

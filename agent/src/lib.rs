@@ -1,0 +1,24 @@
+//! mcptap sees every MCP conversation on a Linux host, from the kernel.
+//!
+//! The modules are the pipeline's stages, in order; each is a pure step from bytes to signals
+//! with its own tests, and only `capture::kernel` touches the kernel:
+//!
+//! 1. [`capture`]: kernel records in (ring buffer, or a replay file), typed records out.
+//! 2. [`streams`]: ordered bytes per (process, fd, direction), holes named.
+//! 3. [`wire`]: framing (newline-delimited JSON for stdio).
+//! 4. [`mcp`]: JSON-RPC messages, sessions, request/response correlation.
+//! 5. [`signals`]: the one model of what is reported.
+//! 6. [`export`]: console, JSON lines, HTTP endpoints.
+//!
+//! [`pipeline`] wires the stages; [`run`] drives them live or in replay.
+#![warn(missing_docs)]
+
+pub mod capture;
+pub mod cli;
+pub mod export;
+pub mod mcp;
+pub mod pipeline;
+pub mod run;
+pub mod signals;
+pub mod streams;
+pub mod wire;

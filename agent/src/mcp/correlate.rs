@@ -1,0 +1,431 @@
+//! Correlation: requests meet their responses by id within a session, and the two views of
+//! each message (the sender's write and the receiver's read) meet each other.
+//!
+//! When both processes are watched every message is seen twice. The two views are matched by
+//! a hash of the message bytes, so that one exchange yields one record carrying both sides'
+//! timings: the client's (request sent → response received) and the server's (request received
+//! → response sent). A record is emitted once every view that can arrive has arrived, or after
+//! a grace period; a view arriving after its exchange was emitted is recognised and dropped,
+//! never turned into a second exchange.
+
+use std::collections::{HashMap, VecDeque};
+
+use super::message::{Id, Kind, Message, Target};
+use super::session::{Side, other};
+
+/// One view's slot in an exchange: when that side sent or received the message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Times {
+    /// The sender's time (entry of its first write).
+    pub sent: Option<u64>,
+    /// The receiver's time (exit of its last read).
+    pub received: Option<u64>,
+}
+
+impl Times {
+    fn get(&self, viewer_is_sender: bool) -> Option<u64> {
+        if viewer_is_sender {
+            self.sent
+        } else {
+            self.received
+        }
+    }
+
+    fn slot(&mut self, viewer_is_sender: bool) -> &mut Option<u64> {
+        if viewer_is_sender {
+            &mut self.sent
+        } else {
+            &mut self.received
+        }
+    }
+}
+
+/// What the response said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    /// Result or error.
+    pub kind: Kind,
+    /// `isError` of a result.
+    pub is_error: bool,
+    /// Error code.
+    pub error_code: Option<i64>,
+    /// Hash of its bytes.
+    pub hash: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// A request on its way to a record.
+#[derive(Clone, Debug)]
+pub struct Pending {
+    /// Id.
+    pub id: Id,
+    /// Method.
+    pub method: String,
+    /// What it is about.
+    pub target: Target,
+    /// Side that sent the request.
+    pub requester: Side,
+    /// Hash of the request bytes.
+    pub req_hash: u64,
+    /// Size of the request.
+    pub req_bytes: u64,
+    /// Request views.
+    pub req: Times,
+    /// Response views.
+    pub resp: Times,
+    /// The response, once seen.
+    pub response: Option<Response>,
+    /// When the requester cancelled it.
+    pub cancelled_ns: Option<u64>,
+    /// When a side of the session exited with this still open.
+    pub abandoned_ns: Option<u64>,
+    /// When the response was first seen.
+    pub response_seen_ns: Option<u64>,
+}
+
+impl Pending {
+    /// Earliest time the request was seen by anyone.
+    pub fn first_seen(&self) -> u64 {
+        match (self.req.sent, self.req.received) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or(0),
+        }
+    }
+}
+
+/// What [`Correlator::request`] and [`Correlator::response`] made of a view.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new exchange.
+    New,
+    /// The other view of a message already known.
+    Twin,
+    /// A view of a message whose exchange was already reported.
+    Late,
+    /// A new request reusing the id of one still open.
+    DuplicateId,
+    /// A response no request is known for (held a while in case its request is late).
+    Orphan,
+}
+
+#[derive(Clone, Debug)]
+struct Done {
+    requester: Side,
+    id: Id,
+    req_hash: u64,
+    resp_hash: Option<u64>,
+    /// Views of the request and response still allowed to arrive late.
+    req: Times,
+    resp: Times,
+}
+
+/// A response waiting for its request.
+#[derive(Clone, Debug)]
+pub struct Orphan {
+    /// Side that sent the response.
+    pub responder: Side,
+    /// The response.
+    pub msg: Message,
+    /// Whether the view was the responder's.
+    pub viewer_is_sender: bool,
+    /// View time.
+    pub ts: u64,
+    /// Hash of its bytes.
+    pub hash: u64,
+    /// Size.
+    pub bytes: u64,
+    /// When it arrived.
+    pub since: u64,
+}
+
+/// Completed exchanges remembered per session to absorb late views.
+const RECENT: usize = 512;
+
+/// Request/response state of one session.
+#[derive(Default, Debug)]
+pub struct Correlator {
+    /// Open exchanges by (requester side, id), oldest first.
+    pub open: HashMap<(Side, Id), VecDeque<Pending>>,
+    recent: VecDeque<Done>,
+    /// Responses waiting for a late request view.
+    pub orphans: Vec<Orphan>,
+}
+
+impl Correlator {
+    /// A request view from `sender`.
+    pub fn request(
+        &mut self,
+        sender: Side,
+        msg: &Message,
+        viewer_is_sender: bool,
+        ts: u64,
+        hash: u64,
+        bytes: u64,
+    ) -> Outcome {
+        let id = msg.id.clone().expect("requests have ids");
+        let key = (sender, id.clone());
+        let list = self.open.entry(key.clone()).or_default();
+        if let Some(p) = list
+            .iter_mut()
+            .find(|p| p.req_hash == hash && p.req.get(viewer_is_sender).is_none())
+        {
+            *p.req.slot(viewer_is_sender) = Some(ts);
+            return Outcome::Twin;
+        }
+        if let Some(d) = self.recent.iter_mut().find(|d| {
+            d.requester == sender
+                && d.id == id
+                && d.req_hash == hash
+                && d.req.get(viewer_is_sender).is_none()
+        }) {
+            *d.req.slot(viewer_is_sender) = Some(ts);
+            if list.is_empty() {
+                self.open.remove(&key);
+            }
+            return Outcome::Late;
+        }
+        let outcome = if list.is_empty() {
+            Outcome::New
+        } else {
+            Outcome::DuplicateId
+        };
+        let mut p = Pending {
+            id: id.clone(),
+            method: msg.method.clone().unwrap_or_default(),
+            target: msg.target.clone(),
+            requester: sender,
+            req_hash: hash,
+            req_bytes: bytes,
+            req: Times::default(),
+            resp: Times::default(),
+            response: None,
+            cancelled_ns: None,
+            abandoned_ns: None,
+            response_seen_ns: None,
+        };
+        *p.req.slot(viewer_is_sender) = Some(ts);
+        list.push_back(p);
+        // A response that arrived before this request view belongs to it.
+        let responder = other(sender);
+        let mut adopted = Vec::new();
+        self.orphans.retain(|o| {
+            if o.responder == responder && o.msg.id.as_ref() == Some(&id) {
+                adopted.push(o.clone());
+                false
+            } else {
+                true
+            }
+        });
+        for o in adopted {
+            self.response(o.responder, &o.msg, o.viewer_is_sender, o.ts, o.hash, o.bytes, o.since);
+        }
+        outcome
+    }
+
+    /// A response (result or error) view from `sender`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn response(
+        &mut self,
+        sender: Side,
+        msg: &Message,
+        viewer_is_sender: bool,
+        ts: u64,
+        hash: u64,
+        bytes: u64,
+        now: u64,
+    ) -> Outcome {
+        let Some(id) = msg.id.clone() else {
+            return Outcome::Orphan;
+        };
+        let requester = other(sender);
+        if let Some(list) = self.open.get_mut(&(requester, id.clone())) {
+            if let Some(p) = list.iter_mut().find(|p| {
+                p.resp.get(viewer_is_sender).is_none()
+                    && p.response.as_ref().is_none_or(|r| r.hash == hash)
+            }) {
+                let outcome = if p.response.is_some() {
+                    Outcome::Twin
+                } else {
+                    Outcome::New
+                };
+                *p.resp.slot(viewer_is_sender) = Some(ts);
+                if p.response.is_none() {
+                    p.response = Some(Response {
+                        kind: msg.kind,
+                        is_error: msg.is_error,
+                        error_code: msg.error_code,
+                        hash,
+                        bytes,
+                    });
+                    p.response_seen_ns = Some(now);
+                }
+                return outcome;
+            }
+        }
+        if let Some(d) = self.recent.iter_mut().find(|d| {
+            d.requester == requester
+                && d.id == id
+                && d.resp_hash.is_none_or(|h| h == hash)
+                && d.resp.get(viewer_is_sender).is_none()
+        }) {
+            *d.resp.slot(viewer_is_sender) = Some(ts);
+            return Outcome::Late;
+        }
+        self.orphans.push(Orphan {
+            responder: sender,
+            msg: msg.clone(),
+            viewer_is_sender,
+            ts,
+            hash,
+            bytes,
+            since: now,
+        });
+        Outcome::Orphan
+    }
+
+    /// The requester cancelled `id`.
+    pub fn cancel(&mut self, requester: Side, id: &Id, ts: u64) {
+        if let Some(list) = self.open.get_mut(&(requester, id.clone())) {
+            if let Some(p) = list.iter_mut().find(|p| p.cancelled_ns.is_none()) {
+                p.cancelled_ns = Some(ts);
+            }
+        }
+    }
+
+    /// Mark every open exchange abandoned (a side exited).
+    pub fn abandon_all(&mut self, now: u64) {
+        for list in self.open.values_mut() {
+            for p in list.iter_mut() {
+                p.abandoned_ns.get_or_insert(now);
+            }
+        }
+    }
+
+    /// Remove and return the exchanges `ready` says are done, remembering them as recent.
+    pub fn take_ready(&mut self, mut ready: impl FnMut(&Pending) -> bool) -> Vec<Pending> {
+        let mut out = Vec::new();
+        self.open.retain(|_, list| {
+            let mut i = 0;
+            while i < list.len() {
+                if ready(&list[i]) {
+                    out.push(list.remove(i).expect("index in range"));
+                } else {
+                    i += 1;
+                }
+            }
+            !list.is_empty()
+        });
+        for p in &out {
+            if self.recent.len() == RECENT {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(Done {
+                requester: p.requester,
+                id: p.id.clone(),
+                req_hash: p.req_hash,
+                resp_hash: p.response.as_ref().map(|r| r.hash),
+                req: p.req,
+                resp: p.resp,
+            });
+        }
+        out.sort_by_key(|p| p.first_seen());
+        out
+    }
+
+    /// Remove orphans older than `grace` before `now` and return them.
+    pub fn expire_orphans(&mut self, now: u64, grace: u64) -> Vec<Orphan> {
+        let mut gone = Vec::new();
+        self.orphans.retain(|o| {
+            if now.saturating_sub(o.since) >= grace {
+                gone.push(o.clone());
+                false
+            } else {
+                true
+            }
+        });
+        gone
+    }
+
+    /// Open exchanges.
+    pub fn open_count(&self) -> usize {
+        self.open.values().map(VecDeque::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mcp::message::{Parsed, parse};
+
+    fn msg(s: &str) -> Message {
+        match parse(s.as_bytes()).unwrap() {
+            Parsed::One(m) => m,
+            _ => unreachable!(),
+        }
+    }
+
+    const REQ: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#;
+    const RESP: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#;
+
+    #[test]
+    fn four_views_make_one_exchange_with_both_timings() {
+        let mut c = Correlator::default();
+        let (req, resp) = (msg(REQ), msg(RESP));
+        assert_eq!(c.request(0, &req, true, 100, 7, 70), Outcome::New);
+        assert_eq!(c.request(0, &req, false, 110, 7, 70), Outcome::Twin);
+        assert_eq!(c.response(1, &resp, true, 150, 9, 40, 150), Outcome::New);
+        assert_eq!(c.response(1, &resp, false, 160, 9, 40, 160), Outcome::Twin);
+        let done = c.take_ready(|_| true);
+        assert_eq!(done.len(), 1);
+        let p = &done[0];
+        assert_eq!((p.req.sent, p.req.received, p.resp.sent, p.resp.received), (Some(100), Some(110), Some(150), Some(160)));
+        // A straggler of an emitted exchange is late, not a new exchange.
+        assert_eq!(c.open_count(), 0);
+    }
+
+    #[test]
+    fn late_views_after_emission_are_absorbed() {
+        let mut c = Correlator::default();
+        let (req, resp) = (msg(REQ), msg(RESP));
+        c.request(0, &req, false, 110, 7, 70);
+        c.response(1, &resp, true, 150, 9, 40, 150);
+        assert_eq!(c.take_ready(|_| true).len(), 1);
+        assert_eq!(c.request(0, &req, true, 100, 7, 70), Outcome::Late);
+        assert_eq!(c.response(1, &resp, false, 160, 9, 40, 200), Outcome::Late);
+        assert_eq!(c.open_count(), 0);
+        // The same id with new content is a new exchange.
+        assert_eq!(c.request(0, &req, true, 300, 8, 70), Outcome::New);
+    }
+
+    #[test]
+    fn orphan_response_is_adopted_by_a_late_request() {
+        let mut c = Correlator::default();
+        let (req, resp) = (msg(REQ), msg(RESP));
+        assert_eq!(c.response(1, &resp, false, 160, 9, 40, 160), Outcome::Orphan);
+        assert_eq!(c.request(0, &req, true, 100, 7, 70), Outcome::New);
+        let done = c.take_ready(|p| p.response.is_some());
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].resp.received, Some(160));
+        assert!(c.orphans.is_empty());
+        // The responder's own view of it arrives after the exchange was reported: late.
+        assert_eq!(c.response(1, &resp, true, 155, 9, 40, 400), Outcome::Late);
+        // A different response nobody asked for is an orphan, and expires.
+        assert_eq!(c.response(1, &resp, true, 400, 10, 40, 400), Outcome::Orphan);
+        assert!(c.expire_orphans(500, 1000).is_empty());
+        assert_eq!(c.expire_orphans(1400, 1000).len(), 1);
+    }
+
+    #[test]
+    fn duplicate_ids_are_both_kept_and_answered_in_order() {
+        let mut c = Correlator::default();
+        let req = msg(REQ);
+        assert_eq!(c.request(0, &req, true, 100, 7, 70), Outcome::New);
+        assert_eq!(c.request(0, &req, true, 101, 8, 71), Outcome::DuplicateId);
+        c.response(1, &msg(RESP), true, 150, 9, 40, 150);
+        let done = c.take_ready(|p| p.response.is_some());
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].req_hash, 7);
+        assert_eq!(c.open_count(), 1);
+    }
+}

@@ -1,0 +1,410 @@
+//! JSON-RPC 2.0 / MCP message parsing: one frame's bytes in, the few facts mcptap needs out.
+//!
+//! Only the fields that matter are extracted (id, method, the tool/resource/prompt named by
+//! the params, error code, `isError`, initialize identities, `_meta`); everything else is
+//! skipped without being materialised. Argument and result values are never kept.
+//! serde_json's recursion limit makes deeply nested input an error, not a stack overflow.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// A JSON-RPC id exactly as it appeared on the wire (`1`, `"abc"`): the raw JSON text.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Id(pub String);
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Name and version from `clientInfo` or `serverInfo`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// `name`
+    pub name: String,
+    /// `version`
+    pub version: String,
+}
+
+/// What a request or notification is about.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Target {
+    /// Nothing in particular.
+    #[default]
+    None,
+    /// `tools/call` params.name
+    Tool(String),
+    /// `resources/read` (and subscribe) params.uri
+    Resource(String),
+    /// `prompts/get` params.name
+    Prompt(String),
+}
+
+/// Kind of JSON-RPC message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Has `method` and `id`.
+    Request,
+    /// Has `method`, no `id`.
+    Notification,
+    /// Has `result`.
+    Response,
+    /// Has `error`.
+    Error,
+}
+
+/// The facts of one JSON-RPC message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Kind.
+    pub kind: Kind,
+    /// Id, for requests and responses (absent for notifications and `"id": null` errors).
+    pub id: Option<Id>,
+    /// Method, for requests and notifications.
+    pub method: Option<String>,
+    /// Tool, resource or prompt named by the params.
+    pub target: Target,
+    /// `result.isError == true`.
+    pub is_error: bool,
+    /// `error.code`.
+    pub error_code: Option<i64>,
+    /// `error.message`.
+    pub error_message: Option<String>,
+    /// `protocolVersion` of an initialize request/result, or of 2026-07-28 `_meta`.
+    pub protocol_version: Option<String>,
+    /// `clientInfo` (initialize params or `_meta`) or `serverInfo` (results).
+    pub peer_info: Option<PeerInfo>,
+    /// Which of the two `peer_info` is: true for serverInfo.
+    pub peer_info_is_server: bool,
+    /// `notifications/cancelled` params.requestId.
+    pub cancels: Option<Id>,
+}
+
+/// Result of parsing one frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// A single message.
+    One(Message),
+    /// A batch (protocol 2025-03-26 only).
+    Batch(Vec<Message>),
+}
+
+/// Why a frame is not a JSON-RPC message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// Not JSON at all (includes invalid UTF-8 and nesting beyond serde_json's limit).
+    NotJson(String),
+    /// Valid JSON but not a JSON-RPC 2.0 object (no `"jsonrpc": "2.0"`).
+    NotJsonRpc,
+    /// Claims JSON-RPC 2.0 but is malformed (e.g. neither method nor result nor error).
+    Invalid(&'static str),
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParseError::NotJson(e) => write!(f, "not JSON: {e}"),
+            ParseError::NotJsonRpc => f.write_str("JSON but not JSON-RPC 2.0"),
+            ParseError::Invalid(why) => write!(f, "invalid JSON-RPC: {why}"),
+        }
+    }
+}
+
+impl ParseError {
+    /// Short name used in events and metrics.
+    pub fn class(&self) -> &'static str {
+        match self {
+            ParseError::NotJson(_) => "not_json",
+            ParseError::NotJsonRpc => "not_jsonrpc",
+            ParseError::Invalid(_) => "invalid_jsonrpc",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    jsonrpc: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    method: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    params: Option<&'a RawValue>,
+    #[serde(borrow)]
+    result: Option<&'a RawValue>,
+    #[serde(borrow)]
+    error: Option<ErrorObject<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ErrorObject<'a> {
+    code: Option<i64>,
+    #[serde(borrow)]
+    message: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Params<'a> {
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    uri: Option<Cow<'a, str>>,
+    #[serde(rename = "protocolVersion", borrow)]
+    protocol_version: Option<Cow<'a, str>>,
+    #[serde(rename = "clientInfo", borrow)]
+    client_info: Option<Info<'a>>,
+    #[serde(rename = "requestId", borrow)]
+    request_id: Option<&'a RawValue>,
+    #[serde(rename = "_meta", borrow)]
+    meta: Option<Meta<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Meta<'a> {
+    #[serde(rename = "io.modelcontextprotocol/protocolVersion", borrow)]
+    protocol_version: Option<Cow<'a, str>>,
+    #[serde(rename = "io.modelcontextprotocol/clientInfo", borrow)]
+    client_info: Option<Info<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Info<'a> {
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    version: Option<Cow<'a, str>>,
+}
+
+impl From<Info<'_>> for PeerInfo {
+    fn from(i: Info<'_>) -> Self {
+        PeerInfo {
+            name: i.name.map(Cow::into_owned).unwrap_or_default(),
+            version: i.version.map(Cow::into_owned).unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ResultFields<'a> {
+    #[serde(rename = "isError")]
+    is_error: Option<bool>,
+    #[serde(rename = "protocolVersion", borrow)]
+    protocol_version: Option<Cow<'a, str>>,
+    #[serde(rename = "serverInfo", borrow)]
+    server_info: Option<Info<'a>>,
+}
+
+/// Parse one frame.
+pub fn parse(bytes: &[u8]) -> Result<Parsed, ParseError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        Some(b'[') => {
+            let items: Vec<&RawValue> =
+                serde_json::from_slice(bytes).map_err(|e| ParseError::NotJson(e.to_string()))?;
+            if items.is_empty() {
+                return Err(ParseError::Invalid("empty batch"));
+            }
+            let msgs = items
+                .into_iter()
+                .map(|raw| parse_one(raw.get().as_bytes()))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Parsed::Batch(msgs))
+        }
+        Some(b'{') => parse_one(bytes).map(Parsed::One),
+        _ => {
+            // Not an object or array: a JSON scalar is still "JSON but not JSON-RPC".
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => Err(ParseError::NotJsonRpc),
+                Err(e) => Err(ParseError::NotJson(e.to_string())),
+            }
+        }
+    }
+}
+
+fn parse_one(bytes: &[u8]) -> Result<Message, ParseError> {
+    let env: Envelope<'_> = match serde_json::from_slice(bytes) {
+        Ok(e) => e,
+        Err(e) if e.is_data() => return Err(ParseError::NotJsonRpc),
+        Err(e) => return Err(ParseError::NotJson(e.to_string())),
+    };
+    if env.jsonrpc.as_deref() != Some("2.0") {
+        return Err(ParseError::NotJsonRpc);
+    }
+    let id = env.id.map(|r| Id(r.get().to_string()));
+    let mut msg = Message {
+        kind: Kind::Notification,
+        id,
+        method: None,
+        target: Target::None,
+        is_error: false,
+        error_code: None,
+        error_message: None,
+        protocol_version: None,
+        peer_info: None,
+        peer_info_is_server: false,
+        cancels: None,
+    };
+    if let Some(method) = env.method {
+        msg.kind = if msg.id.is_some() {
+            Kind::Request
+        } else {
+            Kind::Notification
+        };
+        let params: Params<'_> = match env.params {
+            Some(raw) => serde_json::from_str(raw.get()).unwrap_or_default(),
+            None => Params::default(),
+        };
+        msg.target = match method.as_ref() {
+            "tools/call" => params
+                .name
+                .as_deref()
+                .map_or(Target::None, |n| Target::Tool(n.to_string())),
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => params
+                .uri
+                .as_deref()
+                .map_or(Target::None, |u| Target::Resource(u.to_string())),
+            "prompts/get" => params
+                .name
+                .as_deref()
+                .map_or(Target::None, |n| Target::Prompt(n.to_string())),
+            _ => Target::None,
+        };
+        if method == "initialize" {
+            msg.protocol_version = params.protocol_version.map(Cow::into_owned);
+            msg.peer_info = params.client_info.map(PeerInfo::from);
+        }
+        if let Some(meta) = params.meta {
+            // Protocol 2026-07-28 has no initialize: every request says who and which version.
+            if msg.protocol_version.is_none() {
+                msg.protocol_version = meta.protocol_version.map(Cow::into_owned);
+            }
+            if msg.peer_info.is_none() {
+                msg.peer_info = meta.client_info.map(PeerInfo::from);
+            }
+        }
+        if method == "notifications/cancelled" {
+            msg.cancels = params.request_id.map(|r| Id(r.get().to_string()));
+        }
+        msg.method = Some(method.into_owned());
+    } else if let Some(err) = env.error {
+        msg.kind = Kind::Error;
+        msg.error_code = err.code;
+        msg.error_message = err.message.map(Cow::into_owned);
+    } else if let Some(result) = env.result {
+        msg.kind = Kind::Response;
+        if msg.id.is_none() {
+            return Err(ParseError::Invalid("response without id"));
+        }
+        let r: ResultFields<'_> = serde_json::from_str(result.get()).unwrap_or_default();
+        msg.is_error = r.is_error == Some(true);
+        msg.protocol_version = r.protocol_version.map(Cow::into_owned);
+        if let Some(info) = r.server_info {
+            msg.peer_info = Some(info.into());
+            msg.peer_info_is_server = true;
+        }
+    } else {
+        return Err(ParseError::Invalid("neither method, result nor error"));
+    }
+    Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(s: &str) -> Message {
+        match parse(s.as_bytes()).unwrap() {
+            Parsed::One(m) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn requests_in_every_sdk_key_order() {
+        // Node SDK / mcp 1.x order, then mcp 2.x order.
+        let a = one(r#"{"method":"tools/call","params":{"name":"echo","arguments":{"x":1}},"jsonrpc":"2.0","id":3}"#);
+        let b = one(r#"{"jsonrpc":"2.0","id":"s-3","method":"tools/call","params":{"name":"echo"}}"#);
+        assert_eq!(a.kind, Kind::Request);
+        assert_eq!(a.id, Some(Id("3".into())));
+        assert_eq!(a.target, Target::Tool("echo".into()));
+        assert_eq!(b.id, Some(Id("\"s-3\"".into())));
+        assert_eq!(b.method.as_deref(), Some("tools/call"));
+        let r = one(r#"{"jsonrpc":"2.0","id":0,"method":"resources/read","params":{"uri":"file:///a b"}}"#);
+        assert_eq!(r.target, Target::Resource("file:///a b".into()));
+        let p = one(r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"greet","arguments":{}}}"#);
+        assert_eq!(p.target, Target::Prompt("greet".into()));
+    }
+
+    #[test]
+    fn responses_errors_and_tool_errors() {
+        let ok = one(r#"{"result":{"content":[{"type":"text","text":"hi"}],"isError":false},"jsonrpc":"2.0","id":3}"#);
+        assert_eq!((ok.kind, ok.is_error), (Kind::Response, false));
+        let te = one(r#"{"jsonrpc":"2.0","id":3,"result":{"content":[],"isError":true}}"#);
+        assert!(te.is_error);
+        let e = one(r#"{"jsonrpc":"2.0","id":4,"error":{"code":-32602,"message":"Unknown tool: nope"}}"#);
+        assert_eq!((e.kind, e.error_code), (Kind::Error, Some(-32602)));
+        let null_id = one(r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error"}}"#);
+        assert_eq!(null_id.id, None);
+        assert_eq!(null_id.error_code, Some(-32700));
+    }
+
+    #[test]
+    fn initialize_and_2026_meta_name_both_ends() {
+        let init = one(r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"mcp","version":"0.1.0"}}}"#);
+        assert_eq!(init.protocol_version.as_deref(), Some("2025-06-18"));
+        assert_eq!(init.peer_info.as_ref().unwrap().name, "mcp");
+        assert!(!init.peer_info_is_server);
+        let res = one(r#"{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":"2025-06-18","capabilities":{},"serverInfo":{"name":"demo","version":"1.2"}}}"#);
+        assert!(res.peer_info_is_server);
+        assert_eq!(res.peer_info.unwrap().version, "1.2");
+        let meta = one(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"c","version":"2"}}}}"#);
+        assert_eq!(meta.protocol_version.as_deref(), Some("2026-07-28"));
+        assert_eq!(meta.peer_info.unwrap().name, "c");
+    }
+
+    #[test]
+    fn notifications_batches_and_cancellation() {
+        let n = one(r#"{"method":"notifications/cancelled","params":{"requestId":7,"reason":"x"},"jsonrpc":"2.0"}"#);
+        assert_eq!(n.kind, Kind::Notification);
+        assert_eq!(n.cancels, Some(Id("7".into())));
+        match parse(br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"notifications/initialized"}]"#).unwrap() {
+            Parsed::Batch(v) => {
+                assert_eq!(v.len(), 2);
+                assert_eq!(v[1].kind, Kind::Notification);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_input_is_classified_not_crashed() {
+        assert!(matches!(parse(b"hello world"), Err(ParseError::NotJson(_))));
+        assert!(matches!(parse(b"{\"a\":"), Err(ParseError::NotJson(_))));
+        assert_eq!(parse(br#"{"level":"info","msg":"started"}"#), Err(ParseError::NotJsonRpc));
+        assert_eq!(parse(br#"{"jsonrpc":"1.0","id":1,"method":"x"}"#), Err(ParseError::NotJsonRpc));
+        assert_eq!(parse(b"42"), Err(ParseError::NotJsonRpc));
+        assert_eq!(parse(br#"{"jsonrpc":"2.0","id":1}"#), Err(ParseError::Invalid("neither method, result nor error")));
+        assert!(matches!(parse(b"[]"), Err(ParseError::Invalid(_))));
+        assert!(matches!(parse(b"\xff\xfe{}"), Err(ParseError::NotJson(_))));
+        assert!(matches!(parse(b"{\"jsonrpc\":\"2.0\",\"method\":\"\xff\"}"), Err(ParseError::NotJson(_))));
+        // 100k levels of nesting: skipped without recursion (params are never materialised),
+        // so no stack overflow; nested where serde would recurse, an error.
+        let deep = format!("{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"x\",\"params\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(matches!(parse(deep.as_bytes()), Ok(Parsed::One(m)) if m.method.as_deref() == Some("x")));
+        let deep_info = format!("{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\",\"params\":{{\"clientInfo\":{{\"name\":{}1{}}}}}}}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(parse(deep_info.as_bytes()).is_ok());
+        let deep_batch = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(parse(deep_batch.as_bytes()).is_err());
+        // A mid-message fragment, as after a hole in the stream.
+        assert!(parse(br#""x":1}}"#).is_err());
+    }
+}

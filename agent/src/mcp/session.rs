@@ -1,0 +1,362 @@
+//! Sessions: which two processes a message travels between, and who is client and server.
+//!
+//! A stdio session is the pair of one-way links between one client process and one server
+//! process: two pipes, or two AF_UNIX socketpairs when a Node parent spawned the server. Each
+//! observed message belongs to a *link* (a pipe inode, or a socket and its peer). The process
+//! at the other end of the link is learned from the other side's own records when it is
+//! watched, or from `/proc/*/fd` otherwise; the session is then keyed by the two processes, so
+//! that the request pipe and the response pipe meet.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::capture::procinfo::{Host, HolderKind, ProcInfo};
+use crate::capture::{Dir, FdKind};
+use crate::signals::{Endpoint, Role};
+
+use super::message::PeerInfo;
+
+/// Which of a session's two ends: 0 is the lower process id.
+pub type Side = usize;
+
+/// The other side.
+pub fn other(side: Side) -> Side {
+    1 - side
+}
+
+/// Identity of a session: its two processes, lower pid first; 0 stands for an unknown peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionKey {
+    /// Lower pid (or 0 when the peer is unknown).
+    pub lo: u32,
+    /// Higher pid.
+    pub hi: u32,
+}
+
+/// One end of a link: a pipe's read or write end, or a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LinkEnd {
+    /// Read end of a pipe.
+    PipeRead(u64),
+    /// Write end of a pipe.
+    PipeWrite(u64),
+    /// A socket, by inode.
+    Socket(u64),
+}
+
+/// Where a record's bytes came from: the view of one process on one link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct View {
+    /// Process.
+    pub tgid: u32,
+    /// File descriptor.
+    pub fd: i32,
+    /// Whether the process wrote or read the bytes.
+    pub dir: Dir,
+    /// Pipe or socket.
+    pub kind: FdKind,
+    /// Inode of the pipe or of the process's socket.
+    pub inode: u64,
+    /// Peer socket inode (AF_UNIX), or 0.
+    pub peer_inode: u64,
+    /// Entry time of the syscall that carried the first byte.
+    pub first_enter_ns: u64,
+    /// Exit time of the syscall that carried the last byte.
+    pub last_exit_ns: u64,
+}
+
+impl View {
+    /// When this side sent (entry of the first write) or received (exit of the last read).
+    pub fn ts(&self) -> u64 {
+        match self.dir {
+            Dir::Out => self.first_enter_ns,
+            Dir::In => self.last_exit_ns,
+        }
+    }
+
+    /// The end of the link this view's process is on.
+    pub fn own_end(&self) -> LinkEnd {
+        match (self.kind, self.dir) {
+            (FdKind::Pipe, Dir::Out) => LinkEnd::PipeWrite(self.inode),
+            (FdKind::Pipe, Dir::In) => LinkEnd::PipeRead(self.inode),
+            _ => LinkEnd::Socket(self.inode),
+        }
+    }
+
+    /// The opposite end, if it can be named.
+    pub fn far_end(&self) -> Option<LinkEnd> {
+        match (self.kind, self.dir) {
+            (FdKind::Pipe, Dir::Out) => Some(LinkEnd::PipeRead(self.inode)),
+            (FdKind::Pipe, Dir::In) => Some(LinkEnd::PipeWrite(self.inode)),
+            _ => (self.peer_inode != 0).then_some(LinkEnd::Socket(self.peer_inode)),
+        }
+    }
+
+    /// The link, independent of which end is looking at it.
+    pub fn link(&self) -> (FdKind, u64, u64) {
+        match self.kind {
+            FdKind::Pipe => (FdKind::Pipe, self.inode, 0),
+            k => (
+                k,
+                self.inode.min(self.peer_inode),
+                self.inode.max(self.peer_inode),
+            ),
+        }
+    }
+}
+
+/// Processes seen, by pid, from the host and, failing that, from the kernel's comm.
+#[derive(Default)]
+pub struct ProcTable {
+    procs: HashMap<u32, Arc<ProcInfo>>,
+}
+
+impl ProcTable {
+    /// Make sure `pid` is known; `comm` is the kernel's word for it if /proc has none.
+    pub fn note(&mut self, host: &mut dyn Host, pid: u32, comm: &str) {
+        if self.procs.contains_key(&pid) {
+            return;
+        }
+        let info = host.process(pid).unwrap_or_else(|| ProcInfo {
+            pid,
+            comm: comm.to_string(),
+            ..Default::default()
+        });
+        self.procs.insert(pid, Arc::new(info));
+    }
+
+    /// The process called exec: forget what we knew.
+    pub fn exec(&mut self, host: &mut dyn Host, pid: u32, comm: &str) {
+        self.procs.remove(&pid);
+        self.note(host, pid, comm);
+    }
+
+    /// The process is gone.
+    pub fn forget(&mut self, pid: u32) {
+        self.procs.remove(&pid);
+    }
+
+    /// What we know of `pid`.
+    pub fn get(&self, pid: u32) -> Option<&Arc<ProcInfo>> {
+        self.procs.get(&pid)
+    }
+
+    /// Number of processes known.
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    /// True when no process is known.
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+}
+
+/// One end of a session.
+#[derive(Clone, Debug, Default)]
+pub struct End {
+    /// Its process, when known.
+    pub pid: Option<u32>,
+    /// Its MCP role, once known.
+    pub role: Option<Role>,
+    /// `clientInfo` or `serverInfo`.
+    pub info: Option<PeerInfo>,
+    /// Whether any of this end's own records were seen (it is watched).
+    pub observed: bool,
+    /// Monotonic time it exited, if it did.
+    pub exited_ns: Option<u64>,
+}
+
+/// A session: the conversation between two processes.
+#[derive(Debug)]
+pub struct Session {
+    /// Key.
+    pub key: SessionKey,
+    /// Ends, by side.
+    pub ends: [End; 2],
+    /// Transport name.
+    pub transport: &'static str,
+    /// Negotiated protocol version.
+    pub protocol_version: Option<String>,
+    /// Label used in outputs, fixed once first used.
+    label: Option<String>,
+    /// Monotonic time of the first message.
+    pub started_ns: u64,
+    /// Monotonic time of the latest message.
+    pub last_ns: u64,
+}
+
+impl Session {
+    /// A session between `key.lo` and `key.hi`.
+    pub fn new(key: SessionKey, transport: &'static str, now: u64) -> Self {
+        let mut ends: [End; 2] = Default::default();
+        ends[0].pid = (key.lo != 0).then_some(key.lo);
+        ends[1].pid = (key.hi != 0).then_some(key.hi);
+        Session {
+            key,
+            ends,
+            transport,
+            protocol_version: None,
+            label: None,
+            started_ns: now,
+            last_ns: now,
+        }
+    }
+
+    /// The side of `pid`, filling an unknown end if needed.
+    pub fn side_of(&mut self, pid: u32) -> Side {
+        if self.ends[0].pid == Some(pid) {
+            return 0;
+        }
+        if self.ends[1].pid == Some(pid) {
+            return 1;
+        }
+        let side = if self.ends[0].pid.is_none() { 0 } else { 1 };
+        self.ends[side].pid = Some(pid);
+        side
+    }
+
+    /// Record that `side` has the MCP role `role` (first evidence wins).
+    pub fn set_role(&mut self, side: Side, role: Role) {
+        if self.ends[side].role.is_none() && self.ends[other(side)].role != Some(role) {
+            self.ends[side].role = Some(role);
+            let opposite = match role {
+                Role::Client => Role::Server,
+                Role::Server => Role::Client,
+                Role::Unknown => return,
+            };
+            if self.ends[other(side)].role.is_none() {
+                self.ends[other(side)].role = Some(opposite);
+            }
+        }
+    }
+
+    /// The side playing `role`, deciding it if nothing has yet: stdio servers are the
+    /// children of their clients, so a parent is the client.
+    pub fn side_with_role(&mut self, role: Role, procs: &ProcTable, requester: Side) -> Side {
+        if self.ends[0].role.is_none() && self.ends[1].role.is_none() {
+            let parent_of = |a: Side, b: Side| -> bool {
+                match (self.ends[a].pid, self.ends[b].pid) {
+                    (Some(pa), Some(pb)) => procs.get(pb).is_some_and(|p| p.ppid == pa),
+                    _ => false,
+                }
+            };
+            let client = if parent_of(0, 1) {
+                0
+            } else if parent_of(1, 0) {
+                1
+            } else {
+                requester
+            };
+            self.set_role(client, Role::Client);
+        }
+        if self.ends[0].role == Some(role) {
+            0
+        } else {
+            1
+        }
+    }
+
+    /// The label used in outputs: `transport:clientpid-serverpid`.
+    pub fn label(&mut self, procs: &ProcTable) -> String {
+        if let Some(l) = &self.label {
+            return l.clone();
+        }
+        let c = self.side_with_role(Role::Client, procs, 0);
+        let pid = |s: Side| {
+            self.ends[s]
+                .pid
+                .map_or_else(|| "?".to_string(), |p| p.to_string())
+        };
+        let l = format!("{}:{}-{}", self.transport, pid(c), pid(other(c)));
+        self.label = Some(l.clone());
+        l
+    }
+
+    /// The reported identity of one side.
+    pub fn endpoint(&self, side: Side, procs: &ProcTable) -> Endpoint {
+        let end = &self.ends[side];
+        let proc = end.pid.and_then(|p| procs.get(p));
+        Endpoint {
+            pid: end.pid,
+            comm: proc.map(|p| p.comm.clone()).unwrap_or_default(),
+            exe: proc.map(|p| p.exe.clone()).unwrap_or_default(),
+            name: end.info.as_ref().map(|i| i.name.clone()),
+            version: end.info.as_ref().map(|i| i.version.clone()),
+        }
+    }
+}
+
+/// Learns which process is at each end of each link, and which session each link is in.
+#[derive(Default)]
+pub struct Links {
+    ends: HashMap<LinkEnd, u32>,
+    sessions: HashMap<(FdKind, u64, u64), SessionKey>,
+    scanned: HashMap<LinkEnd, u32>,
+}
+
+impl Links {
+    /// The session a view belongs to, and the side its process is on.
+    pub fn resolve(&mut self, host: &mut dyn Host, v: &View) -> SessionKey {
+        self.ends.insert(v.own_end(), v.tgid);
+        let link = v.link();
+        if let Some(key) = self.sessions.get(&link) {
+            return *key;
+        }
+        let peer = v.far_end().and_then(|far| self.process_at(host, far, v.tgid));
+        let p = peer.unwrap_or(0);
+        let key = SessionKey {
+            lo: v.tgid.min(p),
+            hi: v.tgid.max(p),
+        };
+        // Pin the link to the session only once its peer is known; until then a later
+        // message may still find it.
+        if peer.is_some() {
+            self.sessions.insert(link, key);
+        }
+        key
+    }
+
+    fn process_at(&mut self, host: &mut dyn Host, end: LinkEnd, not: u32) -> Option<u32> {
+        if let Some(&p) = self.ends.get(&end) {
+            if p != not {
+                return Some(p);
+            }
+        }
+        if let Some(&p) = self.scanned.get(&end) {
+            return Some(p);
+        }
+        let (kind, inode, writes) = match end {
+            LinkEnd::PipeRead(i) => (HolderKind::Pipe, i, Some(false)),
+            LinkEnd::PipeWrite(i) => (HolderKind::Pipe, i, Some(true)),
+            LinkEnd::Socket(i) => (HolderKind::Socket, i, None),
+        };
+        let found = host
+            .holders(kind, inode)
+            .into_iter()
+            .filter(|h| h.pid != not && writes.is_none_or(|w| h.writes == w))
+            .map(|h| h.pid)
+            .min();
+        if let Some(p) = found {
+            self.scanned.insert(end, p);
+        }
+        found
+    }
+
+    /// Forget what involves `pid`.
+    pub fn forget_process(&mut self, pid: u32) {
+        self.ends.retain(|_, p| *p != pid);
+        self.scanned.retain(|_, p| *p != pid);
+        self.sessions.retain(|_, k| k.lo != pid && k.hi != pid);
+    }
+
+    /// Entries held (for memory accounting).
+    pub fn len(&self) -> usize {
+        self.ends.len() + self.sessions.len() + self.scanned.len()
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,212 @@
+//! Stage 5, signals: the one internal model of what mcptap reports. Every exporter (console,
+//! JSON lines, and the metric and trace exporters) encodes these same values; none of them
+//! looks further upstream.
+
+use serde::Serialize;
+
+/// One side of a conversation, as reported.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    /// Process id, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Short command name ("" when unknown).
+    pub comm: String,
+    /// Executable path ("" when unknown).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub exe: String,
+    /// `clientInfo.name` / `serverInfo.name`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `clientInfo.version` / `serverInfo.version`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// How an exchange ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// A result.
+    Ok,
+    /// A JSON-RPC error object.
+    Error,
+    /// A result with `isError: true` (the tool failed).
+    ToolError,
+    /// No response: timed out, or a side exited first.
+    NoResponse,
+    /// The requester sent `notifications/cancelled`.
+    Cancelled,
+}
+
+impl Status {
+    /// The name used in every output.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Error => "error",
+            Status::ToolError => "tool_error",
+            Status::NoResponse => "no_response",
+            Status::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Which MCP role sent a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The MCP client.
+    Client,
+    /// The MCP server.
+    Server,
+    /// Not yet known.
+    Unknown,
+}
+
+/// A request and its response (or the lack of one), seen from one or both sides.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Exchange {
+    /// Wall-clock nanoseconds when the request was first seen.
+    #[serde(skip)]
+    pub ts_ns: u64,
+    /// `stdio`, `unix`, `http` or `sse`.
+    pub transport: &'static str,
+    /// Session identity.
+    pub session: String,
+    /// JSON-RPC method.
+    pub method: String,
+    /// The id as it appeared on the wire (raw JSON text).
+    #[serde(skip)]
+    pub id: String,
+    /// `tools/call` tool name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// `resources/read` URI.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource_uri: Option<String>,
+    /// `prompts/get` prompt name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// How it ended.
+    pub status: Status,
+    /// JSON-RPC error code when `status` is `error`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<i64>,
+    /// Which role sent the request (servers send sampling, roots and elicitation requests).
+    pub requester: Role,
+    /// Duration in milliseconds: the client's view when it was seen, else the server's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<f64>,
+    /// Request sent to response received, on the client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_duration_ms: Option<f64>,
+    /// Request received to response sent, on the server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_duration_ms: Option<f64>,
+    /// The MCP client.
+    pub client: Endpoint,
+    /// The MCP server.
+    pub server: Endpoint,
+    /// Negotiated (or `_meta`-declared) protocol version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<String>,
+    /// Size of the request message in bytes.
+    pub request_bytes: u64,
+    /// Size of the response message in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_bytes: Option<u64>,
+}
+
+/// A notification, reported once even when both sides saw it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Notification {
+    /// Wall-clock nanoseconds when it was first seen.
+    #[serde(skip)]
+    pub ts_ns: u64,
+    /// Transport.
+    pub transport: &'static str,
+    /// Session identity.
+    pub session: String,
+    /// Method.
+    pub method: String,
+    /// Which role sent it.
+    pub from: Role,
+    /// The MCP client.
+    pub client: Endpoint,
+    /// The MCP server.
+    pub server: Endpoint,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// Something about the capture itself: loss, corruption, resynchronisation, lifecycle.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Event {
+    /// Wall-clock nanoseconds.
+    #[serde(skip)]
+    pub ts_ns: u64,
+    /// What happened (`stream_corruption`, `stream_gap`, `kernel_loss`, ...).
+    pub event: &'static str,
+    /// Process, when the event is about one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Its comm.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    /// File descriptor, when the event is about a stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fd: Option<i32>,
+    /// Session, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// Event-specific details.
+    #[serde(flatten)]
+    pub detail: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Event {
+    /// An event with no process and no details yet.
+    pub fn new(ts_ns: u64, event: &'static str) -> Self {
+        Event {
+            ts_ns,
+            event,
+            pid: None,
+            comm: None,
+            fd: None,
+            session: None,
+            detail: serde_json::Map::new(),
+        }
+    }
+
+    /// Add a detail.
+    pub fn with(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.detail.insert(key.to_string(), value.into());
+        self
+    }
+}
+
+/// Everything mcptap reports.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Signal {
+    /// An exchange.
+    Exchange(Exchange),
+    /// A notification.
+    Notification(Notification),
+    /// An agent event.
+    Event(Event),
+}
+
+/// A consumer of signals: an exporter.
+pub trait Sink {
+    /// Take one signal.
+    fn emit(&mut self, signal: &Signal);
+    /// Write out anything buffered.
+    fn flush(&mut self) {}
+}
+
+impl Sink for Vec<Signal> {
+    fn emit(&mut self, signal: &Signal) {
+        self.push(signal.clone());
+    }
+}
