@@ -29,8 +29,8 @@ use aya_ebpf::{
 use mcptap_abi::{
     CHUNK_MAX, CHUNKS_PER_CALL, Config, DIR_IN, DIR_OUT, EventHeader, FD_OTHER, FD_PIPE, FD_TCP,
     FD_UNIX, FDSTATE_LOST, FDSTATE_REJECTED, FLAG_LOST_BEFORE, FLAG_TRUNCATED, FdKey, FdState,
-    HEADER_SIZE, KernelOffsets, MAX_IOVECS, MAX_TAIL_CALLS, RECORD_CLOSE, RECORD_DATA,
-    RECORD_EXEC, RECORD_EXIT, SCRATCH_SIZE, SelfTest, Stash, TAIL_SHIP_MORE, counter, syscall,
+    HEADER_SIZE, KernelOffsets, MAX_IOVECS, MAX_TAIL_CALLS, RECORD_CLOSE, RECORD_DATA, RECORD_EXEC,
+    RECORD_EXIT, SCRATCH_SIZE, SelfTest, Stash, TAIL_SHIP_MORE, counter, syscall,
 };
 
 #[unsafe(no_mangle)]
@@ -440,9 +440,8 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         }
         syscall::RECVMSG | syscall::SENDMSG => {
             // struct user_msghdr: msg_iov at 16, msg_iovlen at 24 on 64-bit.
-            let iov: [u64; 2] =
-                unsafe { bpf_probe_read_user((stash.ptr + 16) as *const [u64; 2]) }
-                    .unwrap_or([0, 0]);
+            let iov: [u64; 2] = unsafe { bpf_probe_read_user((stash.ptr + 16) as *const [u64; 2]) }
+                .unwrap_or([0, 0]);
             job.iov_ptr = iov[0];
             job.iov_left = iov[1];
             job.cur_base = 0;
@@ -486,15 +485,15 @@ fn ship(ctx: &RawTracePointContext, job: &mut Job) {
                 // The iovecs hold fewer bytes than the syscall returned: nothing more to send.
                 return;
             }
-            let iov: [u64; 2] =
-                match unsafe { bpf_probe_read_user(job.iov_ptr as *const [u64; 2]) } {
-                    Ok(v) => v,
-                    Err(_) => {
-                        count(counter::READ_FAULTS, 1);
-                        truncate(job);
-                        return;
-                    }
-                };
+            let iov: [u64; 2] = match unsafe { bpf_probe_read_user(job.iov_ptr as *const [u64; 2]) }
+            {
+                Ok(v) => v,
+                Err(_) => {
+                    count(counter::READ_FAULTS, 1);
+                    truncate(job);
+                    return;
+                }
+            };
             job.iov_ptr += 16;
             job.iov_left -= 1;
             job.cur_base = iov[0];
@@ -600,8 +599,12 @@ pub fn sched_exec(_ctx: RawTracePointContext) -> i32 {
     let cfg = CONFIG.load();
     let comm = bpf_get_current_comm().unwrap_or_default();
     if cfg.all_processes == 0 && cfg.comm_filter != 0 {
-        let by_comm = unsafe { COMMS.get(&comm) }.is_some();
-        let by_pid = unsafe { PIDS.get(&tgid) }.is_some();
+        // Materialise each test as a bool: LLVM would otherwise OR the two map pointers,
+        // which the verifier forbids.
+        let by_comm = COMMS.get_ptr(&comm).is_some();
+        let by_comm = unsafe { core::ptr::read_volatile(&by_comm) };
+        let by_pid = PIDS.get_ptr(&tgid).is_some();
+        let by_pid = unsafe { core::ptr::read_volatile(&by_pid) };
         set_watched(tgid, by_comm || by_pid);
     }
     if watched(tgid) {
@@ -656,12 +659,11 @@ pub fn selftest(_ctx: RawTracePointContext) -> i32 {
     };
     let task = unsafe { bpf_get_current_task() };
     let off = OFFSETS.load();
-    let (read_ret, tgid_read) = match unsafe {
-        bpf_probe_read_kernel((task + off.task_tgid as u64) as *const u32)
-    } {
-        Ok(v) => (0, v),
-        Err(e) => (e as i32, 0),
-    };
+    let (read_ret, tgid_read) =
+        match unsafe { bpf_probe_read_kernel((task + off.task_tgid as u64) as *const u32) } {
+            Ok(v) => (0, v),
+            Err(e) => (e as i32, 0),
+        };
     unsafe {
         *out = SelfTest {
             ran: 1,

@@ -174,9 +174,15 @@ mod tests {
     #[test]
     fn cli_is_consistent_and_parses() {
         Cli::command().debug_assert();
-        let c = Cli::try_parse_from(["mcptap", "--comm", "node", "--comm", "python3", "--pid", "7"]).unwrap();
+        let c = Cli::try_parse_from([
+            "mcptap", "--comm", "node", "--comm", "python3", "--pid", "7",
+        ])
+        .unwrap();
         assert_eq!(c.live.comms, ["node", "python3"]);
-        assert_eq!(c.live.listen, Listen::Addr("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(
+            c.live.listen,
+            Listen::Addr("127.0.0.1:9464".parse().unwrap())
+        );
         let c = Cli::try_parse_from(["mcptap", "replay", "x.mcptap", "--jsonl", "-"]).unwrap();
         assert!(matches!(c.command, Some(Command::Replay { .. })));
         assert!(Cli::try_parse_from(["mcptap", "--listen", "nope"]).is_err());

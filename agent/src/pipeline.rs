@@ -137,7 +137,14 @@ fn looks_binary(b: &[u8]) -> bool {
 
 fn looks_http(b: &[u8]) -> bool {
     const STARTS: &[&[u8]] = &[
-        b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"HTTP/1.",
+        b"GET ",
+        b"POST ",
+        b"PUT ",
+        b"DELETE ",
+        b"HEAD ",
+        b"OPTIONS ",
+        b"PATCH ",
+        b"HTTP/1.",
         b"PRI * HTTP/2",
     ];
     STARTS
@@ -239,7 +246,13 @@ impl Pipeline {
         self.streams.insert(key, stream);
     }
 
-    fn data_in(&mut self, host: &mut dyn Host, rec: &Record<'_>, key: &StreamKey, stream: &mut Stream) {
+    fn data_in(
+        &mut self,
+        host: &mut dyn Host,
+        rec: &Record<'_>,
+        key: &StreamKey,
+        stream: &mut Stream,
+    ) {
         let step = stream.reasm.step(rec);
         if let Some(gap) = step.gap {
             let dropped = stream.framer.gap();
@@ -451,7 +464,10 @@ impl Pipeline {
         if let Some(reason) = reason {
             *self.stats.rejected.entry(reason).or_default() += 1;
         }
-        debug!("stream {key:?} is not MCP ({})", reason.unwrap_or("see counters"));
+        debug!(
+            "stream {key:?} is not MCP ({})",
+            reason.unwrap_or("see counters")
+        );
         stream.verdict = Verdict::Rejected;
         stream.framer = Framer::new(0);
         let other = StreamKey {
@@ -546,7 +562,8 @@ impl Pipeline {
         self.tick(now);
         let open = self.tracker.open_exchanges();
         if open > 0 {
-            let e = Event::new(self.wall(self.now), "in_flight_at_stop").with("exchanges", open as u64);
+            let e =
+                Event::new(self.wall(self.now), "in_flight_at_stop").with("exchanges", open as u64);
             self.out.push(Signal::Event(e));
         }
     }

@@ -1,1 +1,368 @@
+//! Harness for mcptap's end-to-end tests: start the real agent on the real kernel, drive real
+//! MCP peers (the official Python and TypeScript SDKs, installed by `cargo xtask peers`), and
+//! compare what the agent reports with what the clients measured themselves.
+//!
+//! Run through `cargo xtask test`, which sets `MCPTAP_BIN` and `MCPTAP_PEERS` and runs these
+//! tests one at a time, as root.
 
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Where the peers are installed.
+pub fn peers() -> PathBuf {
+    PathBuf::from(
+        std::env::var("MCPTAP_PEERS")
+            .expect("MCPTAP_PEERS is not set: run the end-to-end tests through `cargo xtask test`"),
+    )
+}
+
+/// The mcptap binary under test.
+pub fn mcptap_bin() -> PathBuf {
+    PathBuf::from(
+        std::env::var("MCPTAP_BIN")
+            .expect("MCPTAP_BIN is not set: run the end-to-end tests through `cargo xtask test`"),
+    )
+}
+
+/// The test fixtures directory.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// A scratch directory for one test, kept after the run for inspection.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("target")
+        .join("e2e")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The tests need root to load eBPF programs; say so instead of failing obscurely.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "end-to-end tests load eBPF programs and must run as root"
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Status code of `GET path` on 127.0.0.1:port, if the port answers.
+pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    buf.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A running mcptap.
+pub struct Agent {
+    child: Child,
+    /// Its JSON lines output.
+    pub jsonl: PathBuf,
+    /// Its /health and /ready port.
+    pub port: u16,
+    stderr: PathBuf,
+}
+
+impl Agent {
+    /// Start mcptap with `args` (plus --jsonl, --listen, --quiet) and wait until /ready says
+    /// every probe is attached.
+    pub fn start(dir: &Path, args: &[&str]) -> Agent {
+        require_root();
+        let jsonl = dir.join("out.jsonl");
+        let stderr = dir.join("agent.log");
+        let port = free_port();
+        let child = Command::new(mcptap_bin())
+            .args(args)
+            .arg("--jsonl")
+            .arg(&jsonl)
+            .args(["--quiet", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("start mcptap");
+        let mut agent = Agent {
+            child,
+            jsonl,
+            port,
+            stderr,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = agent.child.try_wait().unwrap() {
+                panic!("mcptap exited early ({st}):\n{}", agent.log());
+            }
+            if http_status(port, "/ready") == Some(200) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mcptap not ready in 30 s:\n{}",
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(http_status(port, "/health"), Some(200), "/health");
+        agent
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// SIGTERM, expect exit 0, return every JSON line it wrote.
+    pub fn stop(mut self) -> Records {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "mcptap did not exit within 30 s of SIGTERM:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            status.success(),
+            "mcptap exited with {status}:\n{}",
+            self.log()
+        );
+        Records::read(&self.jsonl)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every JSON line of an mcptap output.
+#[derive(Debug, Clone)]
+pub struct Records(pub Vec<Value>);
+
+impl Records {
+    /// Parse a JSON lines file; every line must be a JSON object with `kind` and `ts`.
+    pub fn read(path: &Path) -> Records {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        Records(
+            text.lines()
+                .map(|l| {
+                    let v: Value = serde_json::from_str(l)
+                        .unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}"));
+                    assert!(v["kind"].is_string() && v["ts"].is_string(), "{l}");
+                    v
+                })
+                .collect(),
+        )
+    }
+
+    /// Records of one kind.
+    pub fn kind(&self, kind: &str) -> Vec<&Value> {
+        self.0.iter().filter(|r| r["kind"] == kind).collect()
+    }
+
+    /// Exchanges whose client is `pid`.
+    pub fn exchanges_of_client(&self, pid: u32) -> Vec<&Value> {
+        self.kind("exchange")
+            .into_iter()
+            .filter(|r| r["client"]["pid"] == pid)
+            .collect()
+    }
+
+    /// Records that mention `pid` as client, server or event subject.
+    pub fn mentioning(&self, pid: u32) -> Vec<&Value> {
+        self.0
+            .iter()
+            .filter(|r| r["client"]["pid"] == pid || r["server"]["pid"] == pid || r["pid"] == pid)
+            .collect()
+    }
+}
+
+/// One call as the client measured it.
+#[derive(Debug, Deserialize, Clone)]
+pub struct Call {
+    /// JSON-RPC method.
+    pub method: String,
+    /// Tool, resource URI or prompt.
+    pub target: String,
+    /// ok, error or tool_error.
+    pub status: String,
+    /// JSON-RPC error code when status is error.
+    pub code: Option<i64>,
+    /// The client's own measurement, in ms.
+    pub ms: f64,
+}
+
+/// What a client fixture reports.
+#[derive(Debug, Deserialize, Clone)]
+pub struct ClientRun {
+    /// Client process id.
+    pub pid: u32,
+    /// Server process id.
+    pub server_pid: u32,
+    /// Negotiated protocol version, when the client says.
+    pub protocol_version: Option<String>,
+    /// Calls, in order.
+    pub calls: Vec<Call>,
+}
+
+/// Run a client fixture command and parse its report.
+pub fn run_client(cmd: &mut Command, dir: &Path) -> ClientRun {
+    let out = cmd
+        .stderr(std::fs::File::create(dir.join("client.log")).unwrap())
+        .output()
+        .expect("start client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "client failed ({}): {stdout}\n{}",
+        out.status,
+        std::fs::read_to_string(dir.join("client.log")).unwrap_or_default()
+    );
+    let line = stdout.lines().last().expect("client printed nothing");
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("client output {line:?}: {e}"))
+}
+
+/// A Python SDK client (`venv` is `mcp1` or `mcp2`) driving the fixture server over stdio.
+pub fn python_client(venv: &str, server_python: &Path, extra: &[&str]) -> Command {
+    let py = peers().join(venv).join("bin/python");
+    let mut c = Command::new(&py);
+    c.arg(fixtures().join("py_client.py"))
+        .args(extra)
+        .arg("--")
+        .arg(server_python)
+        .arg(fixtures().join("py_server.py"));
+    c
+}
+
+/// The TypeScript SDK client driving @modelcontextprotocol/server-everything over stdio.
+pub fn node_client(extra: &[&str]) -> Command {
+    let node_dir = peers().join("node");
+    // ESM resolves packages next to the script, so the script runs from the peers' tree.
+    std::fs::copy(
+        fixtures().join("node_client.mjs"),
+        node_dir.join("node_client.mjs"),
+    )
+    .expect("copy node client");
+    let mut c = Command::new("node");
+    c.current_dir(&node_dir)
+        .arg("node_client.mjs")
+        .arg("node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    c.args(extra);
+    c
+}
+
+fn target_of(r: &Value) -> String {
+    for k in ["tool", "resource_uri", "prompt"] {
+        if let Some(s) = r[k].as_str() {
+            return s.to_string();
+        }
+    }
+    String::new()
+}
+
+/// Which durations a record must carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sides {
+    /// Both ends watched: client and server durations.
+    Both,
+    /// Only the server watched.
+    ServerOnly,
+}
+
+/// Every tools/call, resources/read and prompts/get the client made appears exactly once,
+/// with the right name, status, code, processes, and a duration no longer than the client's
+/// own measurement.
+pub fn check_calls(records: &Records, run: &ClientRun, sides: Sides) {
+    const CHECKED: [&str; 3] = ["tools/call", "resources/read", "prompts/get"];
+    let mine: Vec<&Value> = records
+        .exchanges_of_client(run.pid)
+        .into_iter()
+        .filter(|r| CHECKED.contains(&r["method"].as_str().unwrap_or("")))
+        .collect();
+    let mut used = vec![false; mine.len()];
+    for call in &run.calls {
+        let found = mine.iter().enumerate().find(|(i, r)| {
+            !used[*i]
+                && r["method"] == call.method.as_str()
+                && target_of(r) == call.target
+                && r["status"] == call.status.as_str()
+        });
+        let Some((i, r)) = found else {
+            panic!(
+                "call {call:?} not reported once;\nreports for client {}: {:#?}",
+                run.pid, mine
+            );
+        };
+        used[i] = true;
+        if call.status == "error" {
+            assert_eq!(r["error_code"].as_i64(), call.code, "{r}");
+        }
+        assert_eq!(r["server"]["pid"], run.server_pid, "server pid in {r}");
+        let d = r["duration_ms"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no duration: {r}"));
+        assert!(
+            d <= call.ms + 0.001,
+            "reported {d} ms but the client measured {} ms: {r}",
+            call.ms
+        );
+        match sides {
+            Sides::Both => {
+                let c = r["client_duration_ms"].as_f64().expect("client view");
+                let s = r["server_duration_ms"].as_f64().expect("server view");
+                assert!(s <= c, "server {s} ms > client {c} ms: {r}");
+                assert_eq!(c, d);
+            }
+            Sides::ServerOnly => {
+                assert!(r.get("client_duration_ms").is_none(), "{r}");
+                assert!(r["server_duration_ms"].as_f64().is_some(), "{r}");
+            }
+        }
+    }
+    let extra: Vec<_> = mine
+        .iter()
+        .zip(&used)
+        .filter(|(_, u)| !**u)
+        .map(|(r, _)| *r)
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "records for calls the client never made: {extra:#?}"
+    );
+}

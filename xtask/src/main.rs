@@ -1,1 +1,193 @@
-fn main() {}
+//! mcptap's tasks: `cargo xtask <task>`.
+//!
+//! - `bootstrap`: install and check the toolchain and kernel mounts (idempotent).
+//! - `run [-- ARGS]`: bootstrap, build (release) and run mcptap watching the host.
+//! - `test`: bootstrap, install the real MCP peers, build, and run every test.
+//! - `peers`: install the real MCP peers the end-to-end tests drive.
+//! - `lint`: rustfmt check and clippy (the eBPF crate separately, on nightly).
+
+mod bootstrap;
+mod peers;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "mcptap's build, run, test and bootstrap tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install and check what building and running mcptap needs: LLVM 22, bpf-linker,
+    /// nightly rust-src, and the tracefs, debugfs, bpffs and securityfs mounts.
+    Bootstrap,
+    /// Bootstrap, build mcptap (release) and run it watching the host. Arguments after `--`
+    /// go to mcptap, e.g. `cargo xtask run -- --comm node --jsonl -`.
+    Run {
+        /// Arguments for mcptap.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Bootstrap, install the MCP peers, build, and run every test (unit and end-to-end).
+    Test {
+        /// Only tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Install the real MCP peers used by the end-to-end tests into target/peers.
+    Peers,
+    /// Check formatting and run clippy on every crate.
+    Lint,
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// The cargo that runs us.
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+/// Run a command, failing with its name when it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Print a step.
+pub fn step(msg: &str) {
+    eprintln!("xtask: {msg}");
+}
+
+fn build(release: bool) -> Result<PathBuf> {
+    let mut c = cargo();
+    c.args(["build", "--package", "mcptap"]);
+    if release {
+        c.arg("--release");
+    }
+    run(&mut c)?;
+    Ok(root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("mcptap"))
+}
+
+fn test(filter: Option<String>) -> Result<()> {
+    bootstrap::all()?;
+    let peers = peers::install()?;
+    step("checking formatting");
+    run(cargo().args(["fmt", "--all", "--check"]))
+        .context("code is not formatted: run `cargo fmt --all`")?;
+    let bin = build(false)?;
+    step("running unit tests");
+    let mut unit = cargo();
+    unit.args(["test", "--workspace", "--exclude", "mcptap-e2e"]);
+    if let Some(f) = &filter {
+        unit.arg(f);
+    }
+    run(&mut unit)?;
+    step("running end-to-end tests (root, real kernel, real MCP peers)");
+    let mut e2e = cargo();
+    e2e.args(["test", "--package", "mcptap-e2e"])
+        .env("MCPTAP_BIN", &bin)
+        .env("MCPTAP_PEERS", &peers)
+        .arg("--");
+    if let Some(f) = &filter {
+        e2e.arg(f);
+    }
+    // One agent at a time: each test starts its own mcptap watching the whole host.
+    e2e.arg("--test-threads=1");
+    run(&mut e2e)?;
+    step("all tests passed");
+    Ok(())
+}
+
+fn lint() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "mcptap-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The no_std eBPF crate only builds for the BPF target, on nightly.
+    run(Command::new("rustup")
+        .current_dir(root().join("agent-ebpf"))
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "--package",
+            "mcptap-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--bins",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.task {
+        Task::Bootstrap => bootstrap::all(),
+        Task::Run { args } => bootstrap::all().and_then(|()| {
+            let bin = build(true)?;
+            step(&format!("running {} {}", bin.display(), args.join(" ")));
+            let mut child = Command::new(bin)
+                .args(&args)
+                .spawn()
+                .context("cannot start mcptap")?;
+            // Ctrl-C reaches mcptap too; it flushes, detaches and exits 0. Wait for that
+            // instead of dying first.
+            // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+            unsafe {
+                libc::signal(libc::SIGINT, libc::SIG_IGN);
+                libc::signal(libc::SIGTERM, libc::SIG_IGN);
+            }
+            let status = child.wait().context("waiting for mcptap")?;
+            if !status.success() {
+                bail!("mcptap exited with {status}");
+            }
+            Ok(())
+        }),
+        Task::Test { filter } => test(filter),
+        Task::Peers => peers::install().map(|_| ()),
+        Task::Lint => lint(),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -136,8 +136,8 @@ impl Btf {
                 }
                 KIND_ENUM | KIND_FUNC_PROTO => pos += vlen * 8,
                 KIND_DATASEC | KIND_ENUM64 => pos += vlen * 12,
-                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST
-                | KIND_RESTRICT | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => {}
+                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
+                | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => {}
                 other => bail!("unknown BTF kind {other} at type id {}", types.len()),
             }
             types.push(Type {
@@ -296,7 +296,13 @@ mod tests {
             self.types.extend_from_slice(&(bytes * 8).to_le_bytes());
             id
         }
-        fn strukt(&mut self, name: &str, size: u32, kflag: bool, members: &[(&str, u32, u32)]) -> u32 {
+        fn strukt(
+            &mut self,
+            name: &str,
+            size: u32,
+            kflag: bool,
+            members: &[(&str, u32, u32)],
+        ) -> u32 {
             let id = self.push(name, KIND_STRUCT, members.len() as u32, kflag, size);
             for &(m, ty, off) in members {
                 let n = self.s(m);
@@ -311,7 +317,13 @@ mod tests {
             out.extend_from_slice(&MAGIC.to_le_bytes());
             out.push(1);
             out.push(0);
-            for v in [24u32, 0, self.types.len() as u32, self.types.len() as u32, self.strings.len() as u32] {
+            for v in [
+                24u32,
+                0,
+                self.types.len() as u32,
+                self.types.len() as u32,
+                self.strings.len() as u32,
+            ] {
                 out.extend_from_slice(&v.to_le_bytes());
             }
             out.extend_from_slice(&self.types);
@@ -326,7 +338,12 @@ mod tests {
         let u16t = b.int("unsigned short", 2);
         let u32t = b.int("unsigned int", 4);
         // struct sock_common { u32 skc_daddr; u16 skc_family @ 128 bits }
-        let common = b.strukt("sock_common", 24, false, &[("skc_daddr", u32t, 0), ("skc_family", u16t, 128)]);
+        let common = b.strukt(
+            "sock_common",
+            24,
+            false,
+            &[("skc_daddr", u32t, 0), ("skc_family", u16t, 128)],
+        );
         // anonymous struct { u32 hidden @ 32 }
         let anon = b.strukt("", 8, false, &[("hidden", u32t, 32)]);
         // struct sock { sock_common __sk_common @0; anon @ 256; bitfield @ 320 (kflag) }
@@ -334,12 +351,21 @@ mod tests {
             "sock",
             64,
             true,
-            &[("__sk_common", common, 0), ("", anon, 256), ("bits", u32t, (3 << 24) | 323)],
+            &[
+                ("__sk_common", common, 0),
+                ("", anon, 256),
+                ("bits", u32t, (3 << 24) | 323),
+            ],
         );
         let btf = Btf::parse(&b.build()).unwrap();
         assert_eq!(btf.offset_of("sock", "__sk_common.skc_family").unwrap(), 16);
         assert_eq!(btf.offset_of("sock", "hidden").unwrap(), 36);
-        assert!(btf.offset_of("sock", "bits").unwrap_err().to_string().contains("bitfield"));
+        assert!(
+            btf.offset_of("sock", "bits")
+                .unwrap_err()
+                .to_string()
+                .contains("bitfield")
+        );
         assert!(btf.offset_of("sock", "nope").is_err());
         assert!(btf.offset_of("nostruct", "x").is_err());
     }

@@ -110,9 +110,7 @@ fn explain_load_error(e: aya::EbpfError) -> anyhow::Error {
              CAP_BPF and CAP_PERFMON"
         )
     } else if text.contains("RINGBUF") || text.contains("ring") {
-        anyhow!(
-            "loading failed: {text}; mcptap needs BPF ring buffers (Linux 5.8 or newer)"
-        )
+        anyhow!("loading failed: {text}; mcptap needs BPF ring buffers (Linux 5.8 or newer)")
     } else {
         anyhow!("loading mcptap's programs failed: {text}")
     }
@@ -164,7 +162,10 @@ impl Probes {
                 HashMap::try_from(ebpf.map_mut(names::COMMS).context("COMMS map")?)?;
             for c in &scope.comms {
                 if c.len() > 15 {
-                    warn!("--comm {c:?} is longer than the kernel's 15-byte comm; matching {:?}", &c[..15]);
+                    warn!(
+                        "--comm {c:?} is longer than the kernel's 15-byte comm; matching {:?}",
+                        &c[..15]
+                    );
                 }
                 comms.insert(comm_key(c), 1, 0)?;
             }
@@ -311,7 +312,11 @@ fn mark_existing(watch: &mut Array<&mut MapData, u64>, scope: &Scope) -> Result<
         bail!("cannot list /proc: mcptap needs procfs mounted to find processes");
     };
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let by_pid = scope.pids.contains(&pid);

@@ -90,7 +90,10 @@ impl fmt::Display for RecordError {
         match self {
             RecordError::Short(n) => write!(f, "record of {n} bytes is shorter than a header"),
             RecordError::LengthMismatch { header, actual } => {
-                write!(f, "record header says {header} payload bytes, {actual} follow")
+                write!(
+                    f,
+                    "record header says {header} payload bytes, {actual} follow"
+                )
             }
             RecordError::Unknown(what, v) => write!(f, "unknown {what} {v}"),
         }
@@ -170,9 +173,8 @@ pub fn encode_record(hdr: &EventHeader, data: &[u8]) -> Vec<u8> {
     hdr.len = data.len() as u32;
     let mut out = Vec::with_capacity(HEADER_SIZE + data.len());
     // SAFETY: EventHeader is repr(C) plain integers with explicit padding.
-    let bytes: &[u8] = unsafe {
-        std::slice::from_raw_parts((&hdr as *const EventHeader).cast(), HEADER_SIZE)
-    };
+    let bytes: &[u8] =
+        unsafe { std::slice::from_raw_parts((&hdr as *const EventHeader).cast(), HEADER_SIZE) };
     out.extend_from_slice(bytes);
     out.extend_from_slice(data);
     out
@@ -215,19 +217,31 @@ mod tests {
         assert_eq!(rec.fd_kind().unwrap(), FdKind::Pipe);
         assert_eq!(rec.to_bytes(), raw);
 
-        assert_eq!(Record::parse(&raw[..10]).err(), Some(RecordError::Short(10)));
+        assert_eq!(
+            Record::parse(&raw[..10]).err(),
+            Some(RecordError::Short(10))
+        );
         assert!(matches!(
             Record::parse(&raw[..raw.len() - 1]),
-            Err(RecordError::LengthMismatch { header: 3, actual: 2 })
+            Err(RecordError::LengthMismatch {
+                header: 3,
+                actual: 2
+            })
         ));
         let mut bad = raw.clone();
         bad[0] = 99;
-        assert!(matches!(Record::parse(&bad), Err(RecordError::Unknown(_, 99))));
+        assert!(matches!(
+            Record::parse(&bad),
+            Err(RecordError::Unknown(_, 99))
+        ));
     }
 
     #[test]
     fn comm_keys_truncate_like_the_kernel() {
-        assert_eq!(comm_str(&comm_key("a-very-long-process-name")), "a-very-long-pro");
+        assert_eq!(
+            comm_str(&comm_key("a-very-long-process-name")),
+            "a-very-long-pro"
+        );
         assert_eq!(comm_key("node")[4..], [0u8; 12]);
     }
 }

@@ -69,7 +69,10 @@ impl ProcHost {
             return;
         };
         for entry in dir.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok())
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
             else {
                 continue;
             };
@@ -162,7 +165,10 @@ impl Host for FixedHost {
         self.processes.get(&pid).cloned()
     }
     fn holders(&mut self, kind: HolderKind, inode: u64) -> Vec<Holder> {
-        self.holders.get(&(kind, inode)).cloned().unwrap_or_default()
+        self.holders
+            .get(&(kind, inode))
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -181,10 +187,19 @@ mod tests {
         // SAFETY: a valid two-int array.
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
         let target = std::fs::read_link(format!("/proc/self/fd/{}", fds[0])).unwrap();
-        let ino: u64 = target.to_str().unwrap()[6..].trim_end_matches(']').parse().unwrap();
+        let ino: u64 = target.to_str().unwrap()[6..]
+            .trim_end_matches(']')
+            .parse()
+            .unwrap();
         let holders = host.holders(HolderKind::Pipe, ino);
-        assert!(holders.contains(&Holder { pid: me.pid, writes: false }));
-        assert!(holders.contains(&Holder { pid: me.pid, writes: true }));
+        assert!(holders.contains(&Holder {
+            pid: me.pid,
+            writes: false
+        }));
+        assert!(holders.contains(&Holder {
+            pid: me.pid,
+            writes: true
+        }));
         // SAFETY: closing fds we opened.
         unsafe {
             libc::close(fds[0]);

@@ -204,10 +204,12 @@ impl<R: Read> Reader<R> {
                 return Err(ReadError::FrameTooLarge(len));
             }
             let mut payload = vec![0u8; len];
-            self.inp.read_exact(&mut payload).map_err(|e| match e.kind() {
-                io::ErrorKind::UnexpectedEof => ReadError::Truncated,
-                _ => ReadError::Io(e),
-            })?;
+            self.inp
+                .read_exact(&mut payload)
+                .map_err(|e| match e.kind() {
+                    io::ErrorKind::UnexpectedEof => ReadError::Truncated,
+                    _ => ReadError::Io(e),
+                })?;
             let bad = |e: serde_json::Error| ReadError::BadFrame(tag, e.to_string());
             return Ok(Some(match tag {
                 TAG_RECORD => Frame::Record(payload),
@@ -277,7 +279,10 @@ mod tests {
         }
         let mut r = Reader::new(&buf[..]).unwrap();
         assert!(matches!(r.next_frame().unwrap(), Some(Frame::Clock(c)) if c.wall_ns(5) == 12));
-        assert_eq!(r.next_frame().unwrap(), Some(Frame::Record(b"abc".to_vec())));
+        assert_eq!(
+            r.next_frame().unwrap(),
+            Some(Frame::Record(b"abc".to_vec()))
+        );
         assert!(matches!(r.next_frame().unwrap(), Some(Frame::Process(p)) if p.pid == 5));
         assert_eq!(r.next_frame().unwrap(), None);
 
@@ -288,9 +293,15 @@ mod tests {
             while let Ok(Some(_)) = last {
                 last = r.next_frame();
             }
-            assert!(matches!(last, Err(ReadError::Truncated)), "cut at {cut}: {last:?}");
+            assert!(
+                matches!(last, Err(ReadError::Truncated)),
+                "cut at {cut}: {last:?}"
+            );
         }
-        assert!(matches!(Reader::new(&b"nope"[..]), Err(ReadError::BadMagic)));
+        assert!(matches!(
+            Reader::new(&b"nope"[..]),
+            Err(ReadError::BadMagic)
+        ));
         let mut huge = MAGIC.to_vec();
         huge.extend_from_slice(&[1, 0xff, 0xff, 0xff, 0xff]);
         assert!(matches!(

@@ -7,7 +7,7 @@
 use std::io::Write;
 
 use super::rfc3339_micros;
-use crate::signals::{Endpoint, Signal, Sink};
+use crate::signals::{Endpoint, Role, Signal, Sink};
 
 fn who(e: &Endpoint) -> String {
     let comm = if e.comm.is_empty() { "?" } else { &e.comm };
@@ -46,8 +46,9 @@ pub fn render(signal: &Signal) -> String {
         }
         Signal::Notification(n) => {
             let time = &rfc3339_micros(n.ts_ns)[11..];
+            let arrow = if n.from == Role::Server { "←" } else { "→" };
             format!(
-                "{time} {} → {} {} (notification)",
+                "{time} {} {arrow} {} {} (notification)",
                 who(&n.client),
                 who(&n.server),
                 n.method

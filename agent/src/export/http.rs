@@ -75,7 +75,10 @@ fn respond(health: &Health, path: &str) -> Response<Full<Bytes>> {
 }
 
 /// Serve the endpoints on an already-bound listener until the process exits.
-pub fn spawn(listener: StdListener, health: Arc<Health>) -> std::io::Result<std::thread::JoinHandle<()>> {
+pub fn spawn(
+    listener: StdListener,
+    health: Arc<Health>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
     listener.set_nonblocking(true)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()

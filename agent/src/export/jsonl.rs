@@ -42,7 +42,12 @@ pub fn encode(signal: &Signal) -> String {
             body: e,
         }),
     };
-    r.unwrap_or_else(|e| format!(r#"{{"kind":"event","event":"encode_error","error":{:?}}}"#, e.to_string()))
+    r.unwrap_or_else(|e| {
+        format!(
+            r#"{{"kind":"event","event":"encode_error","error":{:?}}}"#,
+            e.to_string()
+        )
+    })
 }
 
 /// Writes JSON lines to a file or stdout.

@@ -218,7 +218,15 @@ impl Correlator {
             }
         });
         for o in adopted {
-            self.response(o.responder, &o.msg, o.viewer_is_sender, o.ts, o.hash, o.bytes, o.since);
+            self.response(
+                o.responder,
+                &o.msg,
+                o.viewer_is_sender,
+                o.ts,
+                o.hash,
+                o.bytes,
+                o.since,
+            );
         }
         outcome
     }
@@ -379,7 +387,10 @@ mod tests {
         let done = c.take_ready(|_| true);
         assert_eq!(done.len(), 1);
         let p = &done[0];
-        assert_eq!((p.req.sent, p.req.received, p.resp.sent, p.resp.received), (Some(100), Some(110), Some(150), Some(160)));
+        assert_eq!(
+            (p.req.sent, p.req.received, p.resp.sent, p.resp.received),
+            (Some(100), Some(110), Some(150), Some(160))
+        );
         // A straggler of an emitted exchange is late, not a new exchange.
         assert_eq!(c.open_count(), 0);
     }
@@ -402,7 +413,10 @@ mod tests {
     fn orphan_response_is_adopted_by_a_late_request() {
         let mut c = Correlator::default();
         let (req, resp) = (msg(REQ), msg(RESP));
-        assert_eq!(c.response(1, &resp, false, 160, 9, 40, 160), Outcome::Orphan);
+        assert_eq!(
+            c.response(1, &resp, false, 160, 9, 40, 160),
+            Outcome::Orphan
+        );
         assert_eq!(c.request(0, &req, true, 100, 7, 70), Outcome::New);
         let done = c.take_ready(|p| p.response.is_some());
         assert_eq!(done.len(), 1);
@@ -411,7 +425,10 @@ mod tests {
         // The responder's own view of it arrives after the exchange was reported: late.
         assert_eq!(c.response(1, &resp, true, 155, 9, 40, 400), Outcome::Late);
         // A different response nobody asked for is an orphan, and expires.
-        assert_eq!(c.response(1, &resp, true, 400, 10, 40, 400), Outcome::Orphan);
+        assert_eq!(
+            c.response(1, &resp, true, 400, 10, 40, 400),
+            Outcome::Orphan
+        );
         assert!(c.expire_orphans(500, 1000).is_empty());
         assert_eq!(c.expire_orphans(1400, 1000).len(), 1);
     }

@@ -201,6 +201,16 @@ struct ResultFields<'a> {
     protocol_version: Option<Cow<'a, str>>,
     #[serde(rename = "serverInfo", borrow)]
     server_info: Option<Info<'a>>,
+    #[serde(rename = "_meta", borrow)]
+    meta: Option<ResultMeta<'a>>,
+}
+
+/// `_meta` of a 2026-07-28 result (`server/discover` names the server there).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ResultMeta<'a> {
+    #[serde(rename = "io.modelcontextprotocol/serverInfo", borrow)]
+    server_info: Option<Info<'a>>,
 }
 
 /// Parse one frame.
@@ -307,7 +317,7 @@ fn parse_one(bytes: &[u8]) -> Result<Message, ParseError> {
         let r: ResultFields<'_> = serde_json::from_str(result.get()).unwrap_or_default();
         msg.is_error = r.is_error == Some(true);
         msg.protocol_version = r.protocol_version.map(Cow::into_owned);
-        if let Some(info) = r.server_info {
+        if let Some(info) = r.server_info.or(r.meta.and_then(|m| m.server_info)) {
             msg.peer_info = Some(info.into());
             msg.peer_info_is_server = true;
         }
@@ -331,49 +341,74 @@ mod tests {
     #[test]
     fn requests_in_every_sdk_key_order() {
         // Node SDK / mcp 1.x order, then mcp 2.x order.
-        let a = one(r#"{"method":"tools/call","params":{"name":"echo","arguments":{"x":1}},"jsonrpc":"2.0","id":3}"#);
-        let b = one(r#"{"jsonrpc":"2.0","id":"s-3","method":"tools/call","params":{"name":"echo"}}"#);
+        let a = one(
+            r#"{"method":"tools/call","params":{"name":"echo","arguments":{"x":1}},"jsonrpc":"2.0","id":3}"#,
+        );
+        let b =
+            one(r#"{"jsonrpc":"2.0","id":"s-3","method":"tools/call","params":{"name":"echo"}}"#);
         assert_eq!(a.kind, Kind::Request);
         assert_eq!(a.id, Some(Id("3".into())));
         assert_eq!(a.target, Target::Tool("echo".into()));
         assert_eq!(b.id, Some(Id("\"s-3\"".into())));
         assert_eq!(b.method.as_deref(), Some("tools/call"));
-        let r = one(r#"{"jsonrpc":"2.0","id":0,"method":"resources/read","params":{"uri":"file:///a b"}}"#);
+        let r = one(
+            r#"{"jsonrpc":"2.0","id":0,"method":"resources/read","params":{"uri":"file:///a b"}}"#,
+        );
         assert_eq!(r.target, Target::Resource("file:///a b".into()));
-        let p = one(r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"greet","arguments":{}}}"#);
+        let p = one(
+            r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"greet","arguments":{}}}"#,
+        );
         assert_eq!(p.target, Target::Prompt("greet".into()));
     }
 
     #[test]
     fn responses_errors_and_tool_errors() {
-        let ok = one(r#"{"result":{"content":[{"type":"text","text":"hi"}],"isError":false},"jsonrpc":"2.0","id":3}"#);
+        let ok = one(
+            r#"{"result":{"content":[{"type":"text","text":"hi"}],"isError":false},"jsonrpc":"2.0","id":3}"#,
+        );
         assert_eq!((ok.kind, ok.is_error), (Kind::Response, false));
         let te = one(r#"{"jsonrpc":"2.0","id":3,"result":{"content":[],"isError":true}}"#);
         assert!(te.is_error);
-        let e = one(r#"{"jsonrpc":"2.0","id":4,"error":{"code":-32602,"message":"Unknown tool: nope"}}"#);
+        let e = one(
+            r#"{"jsonrpc":"2.0","id":4,"error":{"code":-32602,"message":"Unknown tool: nope"}}"#,
+        );
         assert_eq!((e.kind, e.error_code), (Kind::Error, Some(-32602)));
-        let null_id = one(r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error"}}"#);
+        let null_id =
+            one(r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error"}}"#);
         assert_eq!(null_id.id, None);
         assert_eq!(null_id.error_code, Some(-32700));
     }
 
     #[test]
     fn initialize_and_2026_meta_name_both_ends() {
-        let init = one(r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"mcp","version":"0.1.0"}}}"#);
+        let init = one(
+            r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"mcp","version":"0.1.0"}}}"#,
+        );
         assert_eq!(init.protocol_version.as_deref(), Some("2025-06-18"));
         assert_eq!(init.peer_info.as_ref().unwrap().name, "mcp");
         assert!(!init.peer_info_is_server);
-        let res = one(r#"{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":"2025-06-18","capabilities":{},"serverInfo":{"name":"demo","version":"1.2"}}}"#);
+        let res = one(
+            r#"{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":"2025-06-18","capabilities":{},"serverInfo":{"name":"demo","version":"1.2"}}}"#,
+        );
         assert!(res.peer_info_is_server);
         assert_eq!(res.peer_info.unwrap().version, "1.2");
-        let meta = one(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"c","version":"2"}}}}"#);
+        let meta = one(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"c","version":"2"}}}}"#,
+        );
         assert_eq!(meta.protocol_version.as_deref(), Some("2026-07-28"));
         assert_eq!(meta.peer_info.unwrap().name, "c");
+        let discover = one(
+            r#"{"jsonrpc":"2.0","id":1,"result":{"capabilities":{},"resultType":"complete","supportedVersions":["2026-07-28"],"_meta":{"io.modelcontextprotocol/serverInfo":{"name":"mcptap-fixture","version":""}}}}"#,
+        );
+        assert!(discover.peer_info_is_server);
+        assert_eq!(discover.peer_info.unwrap().name, "mcptap-fixture");
     }
 
     #[test]
     fn notifications_batches_and_cancellation() {
-        let n = one(r#"{"method":"notifications/cancelled","params":{"requestId":7,"reason":"x"},"jsonrpc":"2.0"}"#);
+        let n = one(
+            r#"{"method":"notifications/cancelled","params":{"requestId":7,"reason":"x"},"jsonrpc":"2.0"}"#,
+        );
         assert_eq!(n.kind, Kind::Notification);
         assert_eq!(n.cancels, Some(Id("7".into())));
         match parse(br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"notifications/initialized"}]"#).unwrap() {
@@ -389,18 +424,40 @@ mod tests {
     fn bad_input_is_classified_not_crashed() {
         assert!(matches!(parse(b"hello world"), Err(ParseError::NotJson(_))));
         assert!(matches!(parse(b"{\"a\":"), Err(ParseError::NotJson(_))));
-        assert_eq!(parse(br#"{"level":"info","msg":"started"}"#), Err(ParseError::NotJsonRpc));
-        assert_eq!(parse(br#"{"jsonrpc":"1.0","id":1,"method":"x"}"#), Err(ParseError::NotJsonRpc));
+        assert_eq!(
+            parse(br#"{"level":"info","msg":"started"}"#),
+            Err(ParseError::NotJsonRpc)
+        );
+        assert_eq!(
+            parse(br#"{"jsonrpc":"1.0","id":1,"method":"x"}"#),
+            Err(ParseError::NotJsonRpc)
+        );
         assert_eq!(parse(b"42"), Err(ParseError::NotJsonRpc));
-        assert_eq!(parse(br#"{"jsonrpc":"2.0","id":1}"#), Err(ParseError::Invalid("neither method, result nor error")));
+        assert_eq!(
+            parse(br#"{"jsonrpc":"2.0","id":1}"#),
+            Err(ParseError::Invalid("neither method, result nor error"))
+        );
         assert!(matches!(parse(b"[]"), Err(ParseError::Invalid(_))));
         assert!(matches!(parse(b"\xff\xfe{}"), Err(ParseError::NotJson(_))));
-        assert!(matches!(parse(b"{\"jsonrpc\":\"2.0\",\"method\":\"\xff\"}"), Err(ParseError::NotJson(_))));
+        assert!(matches!(
+            parse(b"{\"jsonrpc\":\"2.0\",\"method\":\"\xff\"}"),
+            Err(ParseError::NotJson(_))
+        ));
         // 100k levels of nesting: skipped without recursion (params are never materialised),
         // so no stack overflow; nested where serde would recurse, an error.
-        let deep = format!("{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"x\",\"params\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
-        assert!(matches!(parse(deep.as_bytes()), Ok(Parsed::One(m)) if m.method.as_deref() == Some("x")));
-        let deep_info = format!("{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\",\"params\":{{\"clientInfo\":{{\"name\":{}1{}}}}}}}", "[".repeat(100_000), "]".repeat(100_000));
+        let deep = format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"x\",\"params\":{}{}}}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(
+            matches!(parse(deep.as_bytes()), Ok(Parsed::One(m)) if m.method.as_deref() == Some("x"))
+        );
+        let deep_info = format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\",\"params\":{{\"clientInfo\":{{\"name\":{}1{}}}}}}}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
         assert!(parse(deep_info.as_bytes()).is_ok());
         let deep_batch = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(parse(deep_batch.as_bytes()).is_err());

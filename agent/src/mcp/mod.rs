@@ -138,6 +138,10 @@ impl Tracker {
         st.session.last_ns = st.session.last_ns.max(now);
         let viewer = st.session.side_of(v.tgid);
         st.session.ends[viewer].observed = true;
+        // The far end may be a process that is not watched: name it from /proc.
+        if let Some(peer) = st.session.ends[other(viewer)].pid {
+            self.procs.note(host, peer, "");
+        }
         let sender = match v.dir {
             crate::capture::Dir::Out => viewer,
             crate::capture::Dir::In => other(viewer),
@@ -198,7 +202,10 @@ impl Tracker {
                         self.stats.duplicate_ids += 1;
                         let label = st.session.label(&self.procs);
                         let e = Event::new(self.cfg.clock.wall_ns(v.ts()), "duplicate_id")
-                            .with("id", msg.id.as_ref().map(|i| i.0.clone()).unwrap_or_default())
+                            .with(
+                                "id",
+                                msg.id.as_ref().map(|i| i.0.clone()).unwrap_or_default(),
+                            )
                             .with("method", msg.method.clone().unwrap_or_default());
                         out.push(Signal::Event(Event {
                             session: Some(label),
@@ -317,7 +324,8 @@ impl Tracker {
                         .with("id", o.msg.id.map(|i| i.0).unwrap_or_default())
                 }));
             }
-            st.seen.retain(|_, (_, last)| now.saturating_sub(*last) < 10 * grace);
+            st.seen
+                .retain(|_, (_, last)| now.saturating_sub(*last) < 10 * grace);
             let exited = st.session.ends.iter().any(|e| e.exited_ns.is_some());
             let idle = now.saturating_sub(st.session.last_ns);
             if st.corr.open_count() == 0

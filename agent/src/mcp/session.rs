@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::capture::procinfo::{Host, HolderKind, ProcInfo};
+use crate::capture::procinfo::{HolderKind, Host, ProcInfo};
 use crate::capture::{Dir, FdKind};
 use crate::signals::{Endpoint, Role};
 
@@ -114,7 +114,10 @@ pub struct ProcTable {
 impl ProcTable {
     /// Make sure `pid` is known; `comm` is the kernel's word for it if /proc has none.
     pub fn note(&mut self, host: &mut dyn Host, pid: u32, comm: &str) {
-        if self.procs.contains_key(&pid) {
+        if let Some(p) = self.procs.get(&pid) {
+            if p.comm.is_empty() && !comm.is_empty() {
+                Arc::make_mut(self.procs.get_mut(&pid).expect("present")).comm = comm.to_string();
+            }
             return;
         }
         let info = host.process(pid).unwrap_or_else(|| ProcInfo {
@@ -303,7 +306,9 @@ impl Links {
         if let Some(key) = self.sessions.get(&link) {
             return *key;
         }
-        let peer = v.far_end().and_then(|far| self.process_at(host, far, v.tgid));
+        let peer = v
+            .far_end()
+            .and_then(|far| self.process_at(host, far, v.tgid));
         let p = peer.unwrap_or(0);
         let key = SessionKey {
             lo: v.tgid.min(p),

@@ -225,7 +225,11 @@ mod tests {
     #[test]
     fn split_at_every_boundary() {
         let stream = b"{\"a\":1}\n{\"b\":2}\r\n\n{\"c\":3}\n";
-        let want: Vec<Vec<u8>> = vec![b"{\"a\":1}".to_vec(), b"{\"b\":2}".to_vec(), b"{\"c\":3}".to_vec()];
+        let want: Vec<Vec<u8>> = vec![
+            b"{\"a\":1}".to_vec(),
+            b"{\"b\":2}".to_vec(),
+            b"{\"c\":3}".to_vec(),
+        ];
         let lines = |g: Vec<Got>| -> Vec<Vec<u8>> {
             g.into_iter()
                 .map(|g| match g {
@@ -268,7 +272,10 @@ mod tests {
             let mut f = Framer::new(16);
             let got = feed(&mut f, &[&stream[..cut], &stream[cut..]]);
             assert_eq!(got[0], Got::Big(28, 28), "cut {cut}");
-            assert!(matches!(&got[1], Got::Line(l, ..) if l == b"{\"ok\":1}"), "cut {cut}");
+            assert!(
+                matches!(&got[1], Got::Line(l, ..) if l == b"{\"ok\":1}"),
+                "cut {cut}"
+            );
             assert_eq!(got.len(), 2);
         }
     }

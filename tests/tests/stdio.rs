@@ -1,0 +1,299 @@
+//! stdio MCP, end to end: real SDK clients and servers, the real kernel, the real agent.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use mcptap_e2e::*;
+
+fn python(venv: &str) -> std::path::PathBuf {
+    peers().join(venv).join("bin/python")
+}
+
+/// mcp 1.x (FastMCP) client and server: initialize handshake, both ends named.
+#[test]
+fn python_mcp1_fastmcp_over_pipes() {
+    let dir = scratch("python_mcp1");
+    let agent = Agent::start(&dir, &[]);
+    let run = run_client(
+        &mut python_client("mcp1", &python("mcp1"), &["--echo", "5"]),
+        &dir,
+    );
+    let recs = agent.stop();
+    check_calls(&recs, &run, Sides::Both);
+
+    let init: Vec<_> = recs
+        .exchanges_of_client(run.pid)
+        .into_iter()
+        .filter(|r| r["method"] == "initialize")
+        .collect();
+    assert_eq!(init.len(), 1, "{init:#?}");
+    let i = init[0];
+    assert_eq!(i["status"], "ok");
+    assert_eq!(i["transport"], "stdio");
+    assert_eq!(i["server"]["name"], "mcptap-fixture");
+    assert_eq!(i["client"]["name"], "mcp");
+    assert_eq!(
+        i["protocol_version"].as_str(),
+        run.protocol_version.as_deref()
+    );
+    assert_eq!(i["client"]["comm"], "python");
+    assert!(i["client"]["exe"].as_str().unwrap().contains("python"));
+    assert_eq!(
+        i["session"],
+        format!("stdio:{}-{}", run.pid, run.server_pid).as_str()
+    );
+    // notifications/initialized is reported once although both ends saw it.
+    let n: Vec<_> = recs
+        .kind("notification")
+        .into_iter()
+        .filter(|r| r["client"]["pid"] == run.pid && r["method"] == "notifications/initialized")
+        .collect();
+    assert_eq!(n.len(), 1, "{n:#?}");
+    assert_eq!(n[0]["from"], "client");
+}
+
+/// mcp 2.x: protocol 2026-07-28, no initialize; identities come from `_meta`.
+#[test]
+fn python_mcp2_modern_protocol_over_pipes() {
+    let dir = scratch("python_mcp2");
+    let agent = Agent::start(&dir, &[]);
+    let run = run_client(
+        &mut python_client("mcp2", &python("mcp2"), &["--echo", "5"]),
+        &dir,
+    );
+    let recs = agent.stop();
+    check_calls(&recs, &run, Sides::Both);
+    assert_eq!(run.protocol_version.as_deref(), Some("2026-07-28"));
+    let mine = recs.exchanges_of_client(run.pid);
+    assert!(mine.iter().all(|r| r["method"] != "initialize"));
+    let call = mine
+        .iter()
+        .find(|r| r["tool"] == "echo")
+        .expect("an echo call");
+    assert_eq!(call["protocol_version"], "2026-07-28");
+    assert_eq!(call["client"]["name"], "mcp");
+    assert_eq!(call["server"]["name"], "mcptap-fixture");
+}
+
+/// The TypeScript SDK client spawns server-everything over Unix socketpairs, not pipes.
+#[test]
+fn typescript_sdk_and_server_everything_over_socketpairs() {
+    let dir = scratch("node_everything");
+    let agent = Agent::start(&dir, &[]);
+    let run = run_client(&mut node_client(&["--echo", "5"]), &dir);
+    let recs = agent.stop();
+    check_calls(&recs, &run, Sides::Both);
+    let init = recs
+        .exchanges_of_client(run.pid)
+        .into_iter()
+        .find(|r| r["method"] == "initialize")
+        .expect("initialize");
+    assert_eq!(init["client"]["name"], "mcptap-e2e-node");
+    assert_eq!(init["server"]["name"], "mcp-servers/everything");
+    assert_eq!(init["transport"], "stdio");
+}
+
+/// A 1 MiB argument and a 4 MiB result (an 8 MiB write from the Python server) arrive
+/// intact, correlated, with nothing lost or truncated in the kernel.
+#[test]
+fn one_mib_argument_and_four_mib_result_are_captured_intact() {
+    let dir = scratch("large_messages");
+    let agent = Agent::start(&dir, &[]);
+    let run = run_client(
+        &mut python_client(
+            "mcp2",
+            &python("mcp2"),
+            &[
+                "--echo",
+                "1",
+                "--big-arg",
+                "1048576",
+                "--big-result",
+                "4194304",
+            ],
+        ),
+        &dir,
+    );
+    let node = run_client(
+        &mut node_client(&["--echo", "1", "--big-arg", "1048576"]),
+        &dir,
+    );
+    let log = agent.log();
+    let recs = agent.stop();
+    check_calls(&recs, &run, Sides::Both);
+    check_calls(&recs, &node, Sides::Both);
+    let big_arg = recs
+        .exchanges_of_client(run.pid)
+        .into_iter()
+        .find(|r| r["tool"] == "echo" && r["request_bytes"].as_u64().unwrap() > 1 << 20)
+        .expect("the 1 MiB echo");
+    assert!(
+        big_arg["response_bytes"].as_u64().unwrap() > 1 << 20,
+        "{big_arg}"
+    );
+    let big_result = recs
+        .exchanges_of_client(run.pid)
+        .into_iter()
+        .find(|r| r["tool"] == "big")
+        .expect("the 4 MiB result");
+    assert!(
+        big_result["response_bytes"].as_u64().unwrap() > 4 << 20,
+        "{big_result}"
+    );
+    assert!(
+        recs.exchanges_of_client(node.pid)
+            .iter()
+            .any(|r| r["tool"] == "echo" && r["request_bytes"].as_u64().unwrap() > 1 << 20),
+        "node's 1 MiB echo over a socketpair"
+    );
+    let losses: Vec<_> = recs
+        .kind("event")
+        .into_iter()
+        .filter(|e| {
+            e["event"] == "kernel_loss"
+                || e["event"] == "stream_gap"
+                || e["event"] == "message_truncated"
+        })
+        .collect();
+    assert!(losses.is_empty(), "{losses:#?}\n{log}");
+}
+
+/// Watching every process, a pipe of JSON log lines and plain HTTP (python3 -m http.server
+/// serving curl) produce no MCP records.
+#[test]
+fn unrelated_processes_produce_no_records() {
+    let dir = scratch("unrelated");
+    let agent = Agent::start(&dir, &[]);
+    let mut log_pipe = Command::new("sh")
+        .arg("-c")
+        .arg(r#"python3 -c 'import json,sys
+for i in range(300): print(json.dumps({"level":"info","msg":"tick","i":i}), flush=True)' | cat > /dev/null"#)
+        .spawn()
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut ok = false;
+    for _ in 0..100 {
+        let out = Command::new("curl")
+            .args(["-sf", &format!("http://127.0.0.1:{port}/")])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ok, "http.server did not answer");
+    for _ in 0..20 {
+        assert!(
+            Command::new("curl")
+                .args([
+                    "-sf",
+                    "-o",
+                    "/dev/null",
+                    &format!("http://127.0.0.1:{port}/")
+                ])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    assert!(log_pipe.wait().unwrap().success());
+    let server_pid = server.id();
+    let _ = server.kill();
+    let _ = server.wait();
+    let recs = agent.stop();
+    let mcp: Vec<_> = recs
+        .0
+        .iter()
+        .filter(|r| r["kind"] == "exchange" || r["kind"] == "notification")
+        .collect();
+    assert!(mcp.is_empty(), "records from non-MCP traffic: {mcp:#?}");
+    assert!(recs.mentioning(server_pid).is_empty());
+    let corrupt: Vec<_> = recs
+        .kind("event")
+        .into_iter()
+        .filter(|e| e["event"] == "stream_corruption")
+        .collect();
+    assert!(corrupt.is_empty(), "{corrupt:#?}");
+}
+
+/// `--record` then `mcptap replay` (no root needed) reproduces the live exchanges exactly.
+#[test]
+fn replay_reproduces_live_records() {
+    let dir = scratch("replay");
+    let rec_file = dir.join("capture.mcptap");
+    let agent = Agent::start(&dir, &["--record", rec_file.to_str().unwrap()]);
+    let run = run_client(
+        &mut python_client("mcp1", &python("mcp1"), &["--echo", "3"]),
+        &dir,
+    );
+    let live = agent.stop();
+    check_calls(&live, &run, Sides::Both);
+
+    let replayed = dir.join("replayed.jsonl");
+    let st = Command::new(mcptap_bin())
+        .args(["replay", rec_file.to_str().unwrap(), "--quiet", "--jsonl"])
+        .arg(&replayed)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let again = Records::read(&replayed);
+    check_calls(&again, &run, Sides::Both);
+    let key = |r: &&serde_json::Value| {
+        (
+            r["session"].to_string(),
+            r["id"].to_string(),
+            r["method"].to_string(),
+            r["status"].to_string(),
+            r["client_duration_ms"].to_string(),
+            r["server_duration_ms"].to_string(),
+            r["client"].to_string(),
+            r["server"].to_string(),
+        )
+    };
+    let mut a: Vec<_> = live.exchanges_of_client(run.pid).iter().map(key).collect();
+    let mut b: Vec<_> = again.exchanges_of_client(run.pid).iter().map(key).collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+}
+
+/// Watching only the server (by comm): every call still appears once, with the server's
+/// view of its duration, and the client is named from /proc.
+#[test]
+fn comm_filter_watches_one_side() {
+    let dir = scratch("comm_filter");
+    // A venv interpreter under another name gets that name as its comm.
+    let server_py = peers().join("mcp1").join("bin").join("mcpsrv");
+    if !server_py.exists() {
+        std::os::unix::fs::symlink(python("mcp1"), &server_py).unwrap();
+    }
+    let agent = Agent::start(&dir, &["--comm", "mcpsrv"]);
+    let run = run_client(
+        &mut python_client("mcp1", &server_py, &["--echo", "3"]),
+        &dir,
+    );
+    let recs = agent.stop();
+    check_calls(&recs, &run, Sides::ServerOnly);
+    let any = recs.exchanges_of_client(run.pid)[0].clone();
+    assert_eq!(any["server"]["comm"], "mcpsrv");
+    assert_eq!(any["client"]["comm"], "python");
+}

@@ -1,0 +1,74 @@
+//! The real MCP peers the end-to-end tests drive, installed from PyPI and npm into a cache
+//! under `target/peers`. Versions are pinned so that a test run means the same thing on every
+//! machine; a stamp file per peer makes reinstalling a no-op.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, Result};
+
+use crate::{root, run, step};
+
+/// Python virtualenvs: (directory, pip requirement).
+const PYTHON: &[(&str, &str)] = &[
+    // The 1.x line: FastMCP, initialize handshake.
+    ("mcp1", "mcp[cli]==1.30.0"),
+    // The 2.x line: MCPServer, protocol 2026-07-28 without initialize.
+    ("mcp2", "mcp==2.3.0"),
+];
+
+/// npm packages installed together in `node/`.
+const NPM: &[&str] = &[
+    "@modelcontextprotocol/sdk@1.32.2",
+    "@modelcontextprotocol/server-everything@2026.8.31",
+];
+
+fn stamped(dir: &Path, spec: &str) -> bool {
+    std::fs::read_to_string(dir.join(".mcptap-stamp")).is_ok_and(|s| s == spec)
+}
+
+fn stamp(dir: &Path, spec: &str) -> Result<()> {
+    std::fs::write(dir.join(".mcptap-stamp"), spec).context("writing the peer stamp")
+}
+
+/// Install every peer; returns the cache directory.
+pub fn install() -> Result<PathBuf> {
+    let base = root().join("target").join("peers");
+    std::fs::create_dir_all(&base)?;
+    for (name, req) in PYTHON {
+        let dir = base.join(name);
+        if stamped(&dir, req) {
+            step(&format!("ok: {req} in {}", dir.display()));
+            continue;
+        }
+        step(&format!("installing {req} into {}", dir.display()));
+        let _ = std::fs::remove_dir_all(&dir);
+        run(Command::new("python3").args(["-m", "venv"]).arg(&dir))
+            .context("python3 -m venv failed")?;
+        run(Command::new(dir.join("bin/pip")).args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            req,
+        ]))
+        .with_context(|| format!("pip install {req}"))?;
+        stamp(&dir, req)?;
+    }
+    let node = base.join("node");
+    let spec = NPM.join(" ");
+    if stamped(&node, &spec) {
+        step(&format!("ok: {spec} in {}", node.display()));
+    } else {
+        step(&format!("installing {spec} into {}", node.display()));
+        let _ = std::fs::remove_dir_all(&node);
+        std::fs::create_dir_all(&node)?;
+        std::fs::write(node.join("package.json"), "{\"private\":true}\n")?;
+        run(Command::new("npm")
+            .current_dir(&node)
+            .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
+            .args(NPM))
+        .context("npm install of the MCP peers failed")?;
+        stamp(&node, &spec)?;
+    }
+    Ok(base)
+}
