@@ -55,7 +55,18 @@ enum Verdict {
     Rejected,
 }
 
+/// A line that did not parse while the stream was still being classified: reported as
+/// corruption if the stream turns out to carry MCP.
+struct Junk {
+    view: View,
+    hash: u64,
+    len: u64,
+    class: &'static str,
+}
+
 struct Stream {
+    /// Lines that did not parse before the first message (at most one: a second rejects).
+    junk: Vec<Junk>,
     kind: FdKind,
     peer_inode: u64,
     reasm: Reassembly,
@@ -229,6 +240,7 @@ impl Pipeline {
         // Taken out of the map while it is worked on, so that frames can borrow its buffer
         // while the rest of the pipeline is mutated.
         let mut stream = self.streams.remove(&key).unwrap_or_else(|| Stream {
+            junk: Vec::new(),
             kind: rec.fd_kind().expect("checked by parse"),
             peer_inode: rec.hdr.peer_inode,
             reasm: Reassembly::default(),
@@ -291,6 +303,7 @@ impl Pipeline {
         };
         let mut verdict = stream.verdict;
         let mut framer = std::mem::replace(&mut stream.framer, Framer::new(0));
+        let junk = &mut stream.junk;
         framer.push(rec.data, rec.hdr.ts_enter_ns, rec.hdr.ts_exit_ns, |o| {
             if verdict == Verdict::Rejected {
                 return;
@@ -302,7 +315,7 @@ impl Pipeline {
                         last_exit_ns: f.last_exit_ns,
                         ..base
                     };
-                    verdict = self.frame(host, key, &v, f.bytes, f.after_gap, verdict);
+                    verdict = self.frame(host, key, &v, f.bytes, f.after_gap, verdict, junk);
                 }
                 ndjson::Output::Oversize {
                     len,
@@ -378,14 +391,16 @@ impl Pipeline {
         bytes: &[u8],
         after_gap: bool,
         verdict: Verdict,
+        early_junk: &mut Vec<Junk>,
     ) -> Verdict {
         self.stats.frames += 1;
         match message::parse(bytes) {
             Ok(parsed) => {
-                if let Verdict::Probing { junk } = verdict {
-                    if junk > 0 {
-                        debug!("stream {key:?} accepted after {junk} non-JSON-RPC line(s)");
-                    }
+                // Lines that did not parse before this first message were on an MCP stream
+                // after all: stray output (or the tail of a message the agent started in the
+                // middle of). Either way, unparsed bytes on the stream: report them.
+                for j in early_junk.drain(..) {
+                    self.corruption(host, key, &j, true);
                 }
                 let hash = xxh3_64(bytes);
                 let size = bytes.len() as u64 + 1;
@@ -420,6 +435,12 @@ impl Pipeline {
                         *self.stats.rejected.entry(reason).or_default() += 1;
                         Verdict::Rejected
                     } else {
+                        early_junk.push(Junk {
+                            view: *v,
+                            hash: xxh3_64(bytes),
+                            len: bytes.len() as u64,
+                            class: err.class(),
+                        });
                         Verdict::Probing { junk: junk + 1 }
                     }
                 }
@@ -429,19 +450,34 @@ impl Pipeline {
                     Verdict::Mcp
                 }
                 Verdict::Mcp => {
-                    *self.stats.parse_errors.entry(err.class()).or_default() += 1;
-                    if self.tracker.observe_junk(host, v, xxh3_64(bytes)) {
-                        let mut e = self
-                            .stream_event("stream_corruption", key, v.ts())
-                            .with("bytes", bytes.len() as u64)
-                            .with("reason", err.class());
-                        e.session = Some(self.tracker.session_label(host, v));
-                        self.out.push(Signal::Event(e));
-                    }
+                    let j = Junk {
+                        view: *v,
+                        hash: xxh3_64(bytes),
+                        len: bytes.len() as u64,
+                        class: err.class(),
+                    };
+                    self.corruption(host, key, &j, false);
                     Verdict::Mcp
                 }
                 Verdict::Rejected => Verdict::Rejected,
             },
+        }
+    }
+
+    /// A line on an MCP stream that is not a JSON-RPC message; reported once even when both
+    /// ends saw it.
+    fn corruption(&mut self, host: &mut dyn Host, key: &StreamKey, j: &Junk, before_first: bool) {
+        *self.stats.parse_errors.entry(j.class).or_default() += 1;
+        if self.tracker.observe_junk(host, &j.view, j.hash) {
+            let mut e = self
+                .stream_event("stream_corruption", key, j.view.ts())
+                .with("bytes", j.len)
+                .with("reason", j.class);
+            if before_first {
+                e = e.with("before_first_message", true);
+            }
+            e.session = Some(self.tracker.session_label(host, &j.view));
+            self.out.push(Signal::Event(e));
         }
     }
 
@@ -566,10 +602,357 @@ impl Pipeline {
                 Event::new(self.wall(self.now), "in_flight_at_stop").with("exchanges", open as u64);
             self.out.push(Signal::Event(e));
         }
+        let e = Event::new(self.wall(self.now), "agent_stop").with("stats", self.summary());
+        self.out.push(Signal::Event(e));
+    }
+
+    /// Everything counted so far, userspace and kernel, as one JSON object.
+    pub fn summary(&self) -> serde_json::Value {
+        let s = &self.stats;
+        let t = &self.tracker.stats;
+        serde_json::json!({
+            "records": s.records,
+            "bytes": s.bytes,
+            "bad_records": s.bad_records,
+            "frames": s.frames,
+            "messages": s.messages,
+            "exchanges": t.exchanges,
+            "notifications": t.notifications,
+            "late_views": t.late_views,
+            "orphan_responses": t.orphan_responses,
+            "duplicate_ids": t.duplicate_ids,
+            "missing_twins": t.missing_twins,
+            "parse_errors": s.parse_errors,
+            "streams_rejected": s.rejected,
+            "gaps": s.gaps,
+            "resync_dropped_bytes": s.resync_dropped_bytes,
+            "messages_truncated": s.oversize,
+            "streams_unterminated": s.unterminated,
+            "kernel": self.kernel_totals,
+        })
     }
 
     /// Streams currently tracked.
     pub fn stream_count(&self) -> usize {
         self.streams.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::encode_record;
+    use crate::capture::procinfo::{FixedHost, Holder, HolderKind, ProcInfo};
+    use crate::signals::Status;
+    use mcptap_abi::{
+        DIR_IN, DIR_OUT, EventHeader, FD_PIPE, FLAG_LOST_BEFORE, RECORD_DATA, RECORD_EXIT,
+    };
+
+    const CLIENT: u32 = 100;
+    const SERVER: u32 = 200;
+    const REQ_PIPE: u64 = 1;
+    const RESP_PIPE: u64 = 2;
+    const REQ: &[u8] =
+        b"{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"tools/call\",\"params\":{\"name\":\"echo\",\"arguments\":{\"text\":\"hi\"}}}\n";
+    const RESP: &[u8] =
+        b"{\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"hi\"}]}}\n";
+
+    fn host() -> FixedHost {
+        let mut h = FixedHost::default();
+        h.processes.insert(
+            CLIENT,
+            ProcInfo {
+                pid: CLIENT,
+                comm: "client".into(),
+                ..Default::default()
+            },
+        );
+        h.processes.insert(
+            SERVER,
+            ProcInfo {
+                pid: SERVER,
+                ppid: CLIENT,
+                comm: "server".into(),
+                ..Default::default()
+            },
+        );
+        let hold = |pid, writes| Holder { pid, writes };
+        h.holders.insert(
+            (HolderKind::Pipe, REQ_PIPE),
+            vec![hold(CLIENT, true), hold(SERVER, false)],
+        );
+        h.holders.insert(
+            (HolderKind::Pipe, RESP_PIPE),
+            vec![hold(SERVER, true), hold(CLIENT, false)],
+        );
+        h
+    }
+
+    /// One syscall's record: `(tgid, fd, dir, pipe, enter, exit, bytes)`.
+    fn rec(tgid: u32, fd: i32, dir: u8, inode: u64, enter: u64, exit: u64, data: &[u8]) -> Vec<u8> {
+        encode_record(
+            &EventHeader {
+                record: RECORD_DATA,
+                dir,
+                fd_kind: FD_PIPE,
+                tgid,
+                tid: tgid,
+                fd,
+                ts_enter_ns: enter,
+                ts_exit_ns: exit,
+                inode,
+                total: data.len() as u64,
+                ..Default::default()
+            },
+            data,
+        )
+    }
+
+    fn run(records: &[Vec<u8>], host: &mut FixedHost) -> (Vec<Signal>, Pipeline) {
+        let mut p = Pipeline::new(PipelineConfig::default());
+        for r in records {
+            p.ingest(host, r);
+        }
+        p.finish(10_000_000_000);
+        let out = p.drain_signals().collect();
+        (out, p)
+    }
+
+    fn exchanges(s: &[Signal]) -> Vec<&crate::signals::Exchange> {
+        s.iter()
+            .filter_map(|s| match s {
+                Signal::Exchange(x) => Some(x),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The server reads the request in two pieces split at every possible byte: always one
+    /// exchange, with both sides' durations from the right syscalls.
+    #[test]
+    fn both_views_split_at_every_boundary_make_one_exchange() {
+        for cut in 1..REQ.len() {
+            let recs = vec![
+                rec(CLIENT, 5, DIR_OUT, REQ_PIPE, 1_000, 1_100, REQ),
+                rec(SERVER, 0, DIR_IN, REQ_PIPE, 900, 1_200, &REQ[..cut]),
+                rec(SERVER, 0, DIR_IN, REQ_PIPE, 1_250, 1_300, &REQ[cut..]),
+                rec(SERVER, 1, DIR_OUT, RESP_PIPE, 5_000, 5_100, RESP),
+                rec(CLIENT, 6, DIR_IN, RESP_PIPE, 4_000, 5_200, RESP),
+            ];
+            let (out, p) = run(&recs, &mut host());
+            let xs = exchanges(&out);
+            assert_eq!(xs.len(), 1, "cut {cut}: {out:#?}");
+            let x = xs[0];
+            assert_eq!(x.method, "tools/call");
+            assert_eq!(x.tool.as_deref(), Some("echo"));
+            assert_eq!(x.status, Status::Ok);
+            assert_eq!(x.id, "7");
+            // Client: write entry 1000 → read exit 5200. Server: last read exit 1300 → write
+            // entry 5000.
+            assert_eq!(x.client_duration_ms, Some(0.0042));
+            assert_eq!(x.server_duration_ms, Some(0.0037));
+            assert_eq!(x.client.pid, Some(CLIENT));
+            assert_eq!(x.server.pid, Some(SERVER));
+            assert_eq!(x.client.comm, "client");
+            assert_eq!(x.request_bytes, REQ.len() as u64);
+            assert_eq!(x.session, format!("stdio:{CLIENT}-{SERVER}"));
+            assert_eq!(p.tracker.stats.late_views, 0);
+        }
+    }
+
+    /// Records from the two processes interleave in any order the ring buffer may produce:
+    /// still one exchange.
+    #[test]
+    fn view_order_does_not_matter() {
+        let base = [
+            rec(CLIENT, 5, DIR_OUT, REQ_PIPE, 1_000, 1_100, REQ),
+            rec(SERVER, 0, DIR_IN, REQ_PIPE, 900, 1_200, REQ),
+            rec(SERVER, 1, DIR_OUT, RESP_PIPE, 5_000, 5_100, RESP),
+            rec(CLIENT, 6, DIR_IN, RESP_PIPE, 4_000, 5_200, RESP),
+        ];
+        // Every permutation that keeps each process's own records in order.
+        let orders: [[usize; 4]; 6] = [
+            [0, 1, 2, 3],
+            [1, 0, 2, 3],
+            [1, 2, 0, 3],
+            [1, 2, 3, 0],
+            [0, 1, 3, 2],
+            [1, 0, 3, 2],
+        ];
+        for order in orders {
+            let recs: Vec<Vec<u8>> = order.iter().map(|&i| base[i].clone()).collect();
+            let (out, _) = run(&recs, &mut host());
+            let xs = exchanges(&out);
+            assert_eq!(xs.len(), 1, "order {order:?}: {out:#?}");
+            assert_eq!(xs[0].client_duration_ms, Some(0.0042), "order {order:?}");
+            assert_eq!(xs[0].server_duration_ms, Some(0.0038), "order {order:?}");
+        }
+    }
+
+    /// Only the server is watched: one exchange with the server's view; the client is named
+    /// from the pipe's holders.
+    #[test]
+    fn one_side_watched() {
+        let recs = vec![
+            rec(SERVER, 0, DIR_IN, REQ_PIPE, 900, 1_200, REQ),
+            rec(SERVER, 1, DIR_OUT, RESP_PIPE, 5_000, 5_100, RESP),
+        ];
+        let (out, _) = run(&recs, &mut host());
+        let xs = exchanges(&out);
+        assert_eq!(xs.len(), 1);
+        assert_eq!(xs[0].client_duration_ms, None);
+        assert_eq!(xs[0].server_duration_ms, Some(0.0038));
+        assert_eq!(xs[0].duration_ms, Some(0.0038));
+        assert_eq!(xs[0].client.pid, Some(CLIENT));
+        assert_eq!(xs[0].client.comm, "client");
+    }
+
+    /// Stray output on the server's stdout: reported once as corruption, framing resyncs and
+    /// the next response still correlates.
+    #[test]
+    fn stray_stdout_is_corruption_and_framing_resyncs() {
+        let recs = vec![
+            rec(CLIENT, 5, DIR_OUT, REQ_PIPE, 1_000, 1_100, REQ),
+            rec(SERVER, 0, DIR_IN, REQ_PIPE, 900, 1_200, REQ),
+            rec(
+                SERVER,
+                1,
+                DIR_OUT,
+                RESP_PIPE,
+                2_000,
+                2_100,
+                b"debug: got a call\n",
+            ),
+            rec(
+                CLIENT,
+                6,
+                DIR_IN,
+                RESP_PIPE,
+                1_500,
+                2_200,
+                b"debug: got a call\n",
+            ),
+            rec(SERVER, 1, DIR_OUT, RESP_PIPE, 5_000, 5_100, RESP),
+            rec(CLIENT, 6, DIR_IN, RESP_PIPE, 4_000, 5_200, RESP),
+        ];
+        let (out, p) = run(&recs, &mut host());
+        assert_eq!(exchanges(&out).len(), 1);
+        let corrupt: Vec<&Signal> = out
+            .iter()
+            .filter(|s| matches!(s, Signal::Event(e) if e.event == "stream_corruption"))
+            .collect();
+        assert_eq!(corrupt.len(), 1, "{out:#?}");
+        assert_eq!(p.stats.parse_errors.get("not_json"), Some(&2));
+    }
+
+    /// JSON that is not JSON-RPC on a pipe: the stream is rejected, the kernel is told, and
+    /// nothing is reported.
+    #[test]
+    fn json_logs_are_rejected() {
+        let lines = b"{\"level\":\"info\",\"msg\":\"a\"}\n{\"level\":\"info\",\"msg\":\"b\"}\n";
+        let mut p = Pipeline::new(PipelineConfig::default());
+        let mut h = host();
+        p.ingest(&mut h, &rec(300, 1, DIR_OUT, 9, 1, 2, lines));
+        p.ingest(&mut h, &rec(300, 1, DIR_OUT, 9, 3, 4, lines));
+        p.finish(10);
+        let reported: Vec<Signal> = p
+            .drain_signals()
+            .filter(|s| !matches!(s, Signal::Event(e) if e.event == "agent_stop"))
+            .collect();
+        assert!(reported.is_empty(), "{reported:#?}");
+        assert_eq!(
+            p.take_rejects(),
+            vec![Reject {
+                tgid: 300,
+                fd: 1,
+                inode: 9
+            }]
+        );
+        assert_eq!(p.stats.rejected.get("json_not_jsonrpc"), Some(&1));
+        // Binary and HTTP are rejected from their first bytes.
+        p.ingest(
+            &mut h,
+            &rec(301, 1, DIR_OUT, 10, 1, 2, b"\x16\x03\x01\x02\x00"),
+        );
+        p.ingest(
+            &mut h,
+            &rec(302, 1, DIR_OUT, 11, 1, 2, b"GET / HTTP/1.1\r\n"),
+        );
+        assert_eq!(p.take_rejects().len(), 2);
+    }
+
+    /// The server dies before answering: the call ends as no_response.
+    #[test]
+    fn server_exit_ends_open_calls() {
+        let exit = encode_record(
+            &EventHeader {
+                record: RECORD_EXIT,
+                tgid: SERVER,
+                tid: SERVER,
+                fd: -1,
+                ts_enter_ns: 3_000,
+                ts_exit_ns: 3_000,
+                ..Default::default()
+            },
+            &[],
+        );
+        let recs = vec![
+            rec(CLIENT, 5, DIR_OUT, REQ_PIPE, 1_000, 1_100, REQ),
+            rec(SERVER, 0, DIR_IN, REQ_PIPE, 900, 1_200, REQ),
+            exit,
+        ];
+        let (out, _) = run(&recs, &mut host());
+        let xs = exchanges(&out);
+        assert_eq!(xs.len(), 1);
+        assert_eq!(xs[0].status, Status::NoResponse);
+    }
+
+    /// After a kernel loss, the partial line is dropped, the hole reported, and the next
+    /// whole message is used again; no exchange is invented from mismatched halves.
+    #[test]
+    fn kernel_loss_resyncs_at_the_next_line() {
+        let with_id = |m: &[u8], id: &str| {
+            String::from_utf8_lossy(m)
+                .replace("\"id\":7", &format!("\"id\":{id}"))
+                .into_bytes()
+        };
+        let mut lost = rec(SERVER, 0, DIR_IN, REQ_PIPE, 900, 1_200, &REQ[40..]);
+        lost[3] = FLAG_LOST_BEFORE;
+        let recs = vec![
+            // A whole exchange first: the streams are known to carry MCP.
+            rec(SERVER, 0, DIR_IN, REQ_PIPE, 100, 200, &with_id(REQ, "6")),
+            rec(SERVER, 1, DIR_OUT, RESP_PIPE, 300, 400, &with_id(RESP, "6")),
+            rec(SERVER, 0, DIR_IN, REQ_PIPE, 800, 850, &REQ[..20]),
+            // The hole: the tail of request 7 arrives after a loss.
+            lost,
+            rec(
+                SERVER,
+                0,
+                DIR_IN,
+                REQ_PIPE,
+                1_300,
+                1_400,
+                &with_id(REQ, "8"),
+            ),
+            rec(SERVER, 1, DIR_OUT, RESP_PIPE, 5_000, 5_100, RESP),
+            rec(
+                SERVER,
+                1,
+                DIR_OUT,
+                RESP_PIPE,
+                6_000,
+                6_100,
+                &with_id(RESP, "8"),
+            ),
+        ];
+        let (out, p) = run(&recs, &mut host());
+        let xs = exchanges(&out);
+        assert_eq!(xs.len(), 2, "{out:#?}");
+        assert_eq!((xs[0].id.as_str(), xs[1].id.as_str()), ("6", "8"));
+        assert_eq!(p.tracker.stats.orphan_responses, 1);
+        assert!(
+            out.iter()
+                .any(|s| matches!(s, Signal::Event(e) if e.event == "stream_gap"))
+        );
     }
 }

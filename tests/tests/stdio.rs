@@ -15,11 +15,23 @@ fn python_mcp1_fastmcp_over_pipes() {
     let dir = scratch("python_mcp1");
     let agent = Agent::start(&dir, &[]);
     let run = run_client(
-        &mut python_client("mcp1", &python("mcp1"), &["--echo", "5"]),
+        &mut python_client("mcp1", &python("mcp1"), &["--echo", "5", "--stray"]),
         &dir,
     );
     let recs = agent.stop();
     check_calls(&recs, &run, Sides::Both);
+
+    // The `stray` tool wrote a debug line to fd 1, the transport on mcp 1.x: reported once as
+    // corruption of that session (both ends saw it), and the next call still correlated.
+    let session = format!("stdio:{}-{}", run.pid, run.server_pid);
+    let corrupt: Vec<_> = recs
+        .kind("event")
+        .into_iter()
+        .filter(|e| e["event"] == "stream_corruption" && e["session"] == session.as_str())
+        .collect();
+    assert_eq!(corrupt.len(), 1, "{corrupt:#?}");
+    assert_eq!(corrupt[0]["bytes"], "debug: stray output from a tool".len());
+    assert_eq!(corrupt[0]["reason"], "not_json");
 
     let init: Vec<_> = recs
         .exchanges_of_client(run.pid)
@@ -233,6 +245,22 @@ for i in range(300): print(json.dumps({"level":"info","msg":"tick","i":i}), flus
         .filter(|e| e["event"] == "stream_corruption")
         .collect();
     assert!(corrupt.is_empty(), "{corrupt:#?}");
+    // The streams were recognised as not MCP, and the kernel stopped shipping them.
+    let stop = recs
+        .kind("event")
+        .into_iter()
+        .find(|e| e["event"] == "agent_stop")
+        .expect("agent_stop summary");
+    let rejected = &stop["stats"]["streams_rejected"];
+    assert!(
+        rejected["json_not_jsonrpc"].as_u64().unwrap_or(0) >= 1,
+        "{stop}"
+    );
+    assert!(rejected["http"].as_u64().unwrap_or(0) >= 1, "{stop}");
+    assert!(
+        stop["stats"]["kernel"]["rejected_skips"].as_u64().unwrap() > 0,
+        "{stop}"
+    );
 }
 
 /// `--record` then `mcptap replay` (no root needed) reproduces the live exchanges exactly.

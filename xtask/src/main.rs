@@ -101,7 +101,14 @@ fn test(filter: Option<String>) -> Result<()> {
     let bin = build(false)?;
     step("running unit tests");
     let mut unit = cargo();
-    unit.args(["test", "--workspace", "--exclude", "mcptap-e2e"]);
+    unit.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "mcptap-e2e",
+        "--exclude",
+        "mcptap-ebpf",
+    ]);
     if let Some(f) = &filter {
         unit.arg(f);
     }

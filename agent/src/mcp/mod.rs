@@ -111,7 +111,7 @@ fn server_method(m: &str) -> bool {
 }
 
 fn ms(ns: u64) -> f64 {
-    (ns as f64 / 1e6 * 1000.0).round() / 1000.0
+    ns as f64 / 1e6
 }
 
 impl Tracker {
