@@ -252,19 +252,19 @@ fn fd_state(tgid: u32, fd: i32) -> Option<*mut FdState> {
         return None;
     }
     let key = FdKey { tgid, fd };
-    if let Some(st) = FDS.get_ptr_mut(&key) {
-        if unsafe { (*st).file } == file {
-            return Some(st);
-        }
+    if let Some(st) = FDS.get_ptr_mut(key)
+        && unsafe { (*st).file } == file
+    {
+        return Some(st);
     }
     let st = classify(file);
-    FDS.insert(&key, &st, 0).ok()?;
-    FDS.get_ptr_mut(&key)
+    FDS.insert(key, st, 0).ok()?;
+    FDS.get_ptr_mut(key)
 }
 
 #[inline(always)]
 fn mark_lost(tgid: u32, fd: i32) {
-    if let Some(st) = FDS.get_ptr_mut(&FdKey { tgid, fd }) {
+    if let Some(st) = FDS.get_ptr_mut(FdKey { tgid, fd }) {
         unsafe { (*st).flags |= FDSTATE_LOST };
     }
 }
@@ -341,7 +341,7 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
         dir,
         _pad: [0; 2],
     };
-    if STASH.insert(&tid, &stash, 0).is_err() {
+    if STASH.insert(tid, stash, 0).is_err() {
         count(counter::STASH_FULL, 1);
         mark_lost(tgid, fd);
     }
@@ -351,11 +351,11 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn on_close(tgid: u32, tid: u32, fd: i32) {
     let key = FdKey { tgid, fd };
-    let Some(st) = FDS.get_ptr(&key) else {
+    let Some(st) = FDS.get_ptr(key) else {
         return;
     };
     let st = unsafe { *st };
-    let _ = FDS.remove(&key);
+    let _ = FDS.remove(key);
     if st.kind == FD_OTHER || st.flags & FDSTATE_REJECTED != 0 {
         return;
     }
@@ -397,7 +397,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         return 0;
     };
     let stash = unsafe { *stash };
-    let _ = STASH.remove(&tid);
+    let _ = STASH.remove(tid);
     let ret: i64 = ctx.arg(1);
     if ret <= 0 {
         return 0;
@@ -601,9 +601,9 @@ pub fn sched_exec(_ctx: RawTracePointContext) -> i32 {
     if cfg.all_processes == 0 && cfg.comm_filter != 0 {
         // Materialise each test as a bool: LLVM would otherwise OR the two map pointers,
         // which the verifier forbids.
-        let by_comm = COMMS.get_ptr(&comm).is_some();
+        let by_comm = COMMS.get_ptr(comm).is_some();
         let by_comm = unsafe { core::ptr::read_volatile(&by_comm) };
-        let by_pid = PIDS.get_ptr(&tgid).is_some();
+        let by_pid = PIDS.get_ptr(tgid).is_some();
         let by_pid = unsafe { core::ptr::read_volatile(&by_pid) };
         set_watched(tgid, by_comm || by_pid);
     }
@@ -662,7 +662,7 @@ pub fn selftest(_ctx: RawTracePointContext) -> i32 {
     let (read_ret, tgid_read) =
         match unsafe { bpf_probe_read_kernel((task + off.task_tgid as u64) as *const u32) } {
             Ok(v) => (0, v),
-            Err(e) => (e as i32, 0),
+            Err(e) => (e, 0),
         };
     unsafe {
         *out = SelfTest {

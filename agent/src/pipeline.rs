@@ -301,11 +301,9 @@ impl Pipeline {
             first_enter_ns: 0,
             last_exit_ns: 0,
         };
-        let mut verdict = stream.verdict;
         let mut framer = std::mem::replace(&mut stream.framer, Framer::new(0));
-        let junk = &mut stream.junk;
         framer.push(rec.data, rec.hdr.ts_enter_ns, rec.hdr.ts_exit_ns, |o| {
-            if verdict == Verdict::Rejected {
+            if stream.verdict == Verdict::Rejected {
                 return;
             }
             match o {
@@ -315,7 +313,7 @@ impl Pipeline {
                         last_exit_ns: f.last_exit_ns,
                         ..base
                     };
-                    verdict = self.frame(host, key, &v, f.bytes, f.after_gap, verdict, junk);
+                    self.frame(host, key, &v, &f, stream);
                 }
                 ndjson::Output::Oversize {
                     len,
@@ -328,17 +326,16 @@ impl Pipeline {
                         last_exit_ns,
                         ..base
                     };
-                    verdict = self.oversize(host, key, &v, len, &prefix, verdict);
+                    stream.verdict = self.oversize(host, key, &v, len, &prefix, stream.verdict);
                 }
             }
         });
         stream.framer = framer;
-        stream.verdict = verdict;
-        if verdict == Verdict::Rejected {
+        if stream.verdict == Verdict::Rejected {
             self.reject(key, stream, None);
             return;
         }
-        let stuck = matches!(verdict, Verdict::Probing { .. })
+        let stuck = matches!(stream.verdict, Verdict::Probing { .. })
             && stream.framer.pending() > PROBE_LIMIT
             && !matches!(
                 stream.framer.pending_bytes().trim_ascii_start().first(),
@@ -382,19 +379,19 @@ impl Pipeline {
         verdict
     }
 
-    /// One line of a stream; returns the stream's verdict after it.
+    /// One line of a stream; updates the stream's verdict.
     fn frame(
         &mut self,
         host: &mut dyn Host,
         key: &StreamKey,
         v: &View,
-        bytes: &[u8],
-        after_gap: bool,
-        verdict: Verdict,
-        early_junk: &mut Vec<Junk>,
-    ) -> Verdict {
+        f: &ndjson::Frame<'_>,
+        stream: &mut Stream,
+    ) {
+        let (bytes, after_gap, verdict) = (f.bytes, f.after_gap, stream.verdict);
+        let early_junk = &mut stream.junk;
         self.stats.frames += 1;
-        match message::parse(bytes) {
+        stream.verdict = match message::parse(bytes) {
             Ok(parsed) => {
                 // Lines that did not parse before this first message were on an MCP stream
                 // after all: stray output (or the tail of a message the agent started in the

@@ -196,10 +196,10 @@ impl Btf {
             }
         }
         for m in &t.members {
-            if m.name == 0 {
-                if let Some((off, ty)) = self.find_member(m.ty, field) {
-                    return Some((m.bit_offset + off, ty));
-                }
+            if m.name == 0
+                && let Some((off, ty)) = self.find_member(m.ty, field)
+            {
+                return Some((m.bit_offset + off, ty));
             }
         }
         None

@@ -289,12 +289,12 @@ impl Probes {
     /// the fd has since been reused for another inode.
     pub fn reject(&mut self, tgid: u32, fd: i32, inode: u64) {
         let key = FdKey { tgid, fd };
-        if let Ok(mut st) = self.fds.get(&key, 0) {
-            if st.inode == inode {
-                st.flags |= FDSTATE_REJECTED;
-                if let Err(e) = self.fds.insert(key, st, 0) {
-                    debug!("could not reject {tgid}/{fd}: {e}");
-                }
+        if let Ok(mut st) = self.fds.get(&key, 0)
+            && st.inode == inode
+        {
+            st.flags |= FDSTATE_REJECTED;
+            if let Err(e) = self.fds.insert(key, st, 0) {
+                debug!("could not reject {tgid}/{fd}: {e}");
             }
         }
     }

@@ -247,29 +247,29 @@ impl Correlator {
             return Outcome::Orphan;
         };
         let requester = other(sender);
-        if let Some(list) = self.open.get_mut(&(requester, id.clone())) {
-            if let Some(p) = list.iter_mut().find(|p| {
+        if let Some(list) = self.open.get_mut(&(requester, id.clone()))
+            && let Some(p) = list.iter_mut().find(|p| {
                 p.resp.get(viewer_is_sender).is_none()
                     && p.response.as_ref().is_none_or(|r| r.hash == hash)
-            }) {
-                let outcome = if p.response.is_some() {
-                    Outcome::Twin
-                } else {
-                    Outcome::New
-                };
-                *p.resp.slot(viewer_is_sender) = Some(ts);
-                if p.response.is_none() {
-                    p.response = Some(Response {
-                        kind: msg.kind,
-                        is_error: msg.is_error,
-                        error_code: msg.error_code,
-                        hash,
-                        bytes,
-                    });
-                    p.response_seen_ns = Some(now);
-                }
-                return outcome;
+            })
+        {
+            let outcome = if p.response.is_some() {
+                Outcome::Twin
+            } else {
+                Outcome::New
+            };
+            *p.resp.slot(viewer_is_sender) = Some(ts);
+            if p.response.is_none() {
+                p.response = Some(Response {
+                    kind: msg.kind,
+                    is_error: msg.is_error,
+                    error_code: msg.error_code,
+                    hash,
+                    bytes,
+                });
+                p.response_seen_ns = Some(now);
             }
+            return outcome;
         }
         if let Some(d) = self.recent.iter_mut().find(|d| {
             d.requester == requester
@@ -294,10 +294,10 @@ impl Correlator {
 
     /// The requester cancelled `id`.
     pub fn cancel(&mut self, requester: Side, id: &Id, ts: u64) {
-        if let Some(list) = self.open.get_mut(&(requester, id.clone())) {
-            if let Some(p) = list.iter_mut().find(|p| p.cancelled_ns.is_none()) {
-                p.cancelled_ns = Some(ts);
-            }
+        if let Some(list) = self.open.get_mut(&(requester, id.clone()))
+            && let Some(p) = list.iter_mut().find(|p| p.cancelled_ns.is_none())
+        {
+            p.cancelled_ns = Some(ts);
         }
     }
 

@@ -323,10 +323,10 @@ impl Links {
     }
 
     fn process_at(&mut self, host: &mut dyn Host, end: LinkEnd, not: u32) -> Option<u32> {
-        if let Some(&p) = self.ends.get(&end) {
-            if p != not {
-                return Some(p);
-            }
+        if let Some(&p) = self.ends.get(&end)
+            && p != not
+        {
+            return Some(p);
         }
         if let Some(&p) = self.scanned.get(&end) {
             return Some(p);
