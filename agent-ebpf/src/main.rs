@@ -30,7 +30,8 @@ use mcptap_abi::{
     CHUNK_MAX, CHUNKS_PER_CALL, Config, DIR_IN, DIR_OUT, EventHeader, FD_OTHER, FD_PIPE, FD_TCP,
     FD_UNIX, FDSTATE_LOST, FDSTATE_REJECTED, FLAG_LOST_BEFORE, FLAG_TRUNCATED, FdKey, FdState,
     HEADER_SIZE, KernelOffsets, MAX_IOVECS, MAX_TAIL_CALLS, RECORD_CLOSE, RECORD_DATA, RECORD_EXEC,
-    RECORD_EXIT, SCRATCH_SIZE, SelfTest, Stash, TAIL_SHIP_MORE, counter, syscall,
+    RECORD_EXIT, SCRATCH_SIZE, SelfTest, Stash, TAIL_SHIP_MORE, WATCH_BY_COMM, WATCH_BY_PID,
+    counter, syscall,
 };
 
 #[unsafe(no_mangle)]
@@ -50,8 +51,6 @@ static STASH: HashMap<u32, Stash> = HashMap::with_max_entries(32768, 0);
 static WATCH: Array<u64> = Array::with_max_entries(4096, 0);
 #[map]
 static COMMS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(256, 0);
-#[map]
-static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 #[map]
@@ -136,6 +135,15 @@ fn read_kernel<T>(base: u64, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
 }
 
+/// The watch byte of `tgid`: 0 or a combination of [`WATCH_BY_COMM`] and [`WATCH_BY_PID`].
+#[inline(always)]
+fn watch_byte(tgid: u32) -> u8 {
+    match WATCH.get_ptr(tgid >> 3) {
+        Some(word) => unsafe { *(word as *const u8).add((tgid & 7) as usize) },
+        None => 0,
+    }
+}
+
 /// Is `tgid` a process we capture? The agent itself never is.
 #[inline(always)]
 fn watched(tgid: u32) -> bool {
@@ -143,19 +151,13 @@ fn watched(tgid: u32) -> bool {
     if tgid == cfg.self_tgid {
         return false;
     }
-    if cfg.all_processes != 0 {
-        return true;
-    }
-    match WATCH.get_ptr(tgid >> 3) {
-        Some(word) => unsafe { *(word as *const u8).add((tgid & 7) as usize) != 0 },
-        None => false,
-    }
+    cfg.all_processes != 0 || watch_byte(tgid) != 0
 }
 
 #[inline(always)]
-fn set_watched(tgid: u32, on: bool) {
+fn set_watch_byte(tgid: u32, value: u8) {
     if let Some(word) = WATCH.get_ptr_mut(tgid >> 3) {
-        unsafe { *(word as *mut u8).add((tgid & 7) as usize) = on as u8 };
+        unsafe { *(word as *mut u8).add((tgid & 7) as usize) = value };
     }
 }
 
@@ -572,7 +574,8 @@ fn truncate(job: &mut Job) {
     }
 }
 
-/// A new process inherits whether its parent is watched.
+/// A new process inherits its parent's watch byte: a `--pid` tree stays watched, and a child
+/// of a `--comm` process is watched until it execs something else.
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn sched_fork(ctx: RawTracePointContext) -> i32 {
     if CONFIG.load().all_processes != 0 {
@@ -585,7 +588,7 @@ pub fn sched_fork(ctx: RawTracePointContext) -> i32 {
     };
     let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if child_tgid != parent_tgid {
-        set_watched(child_tgid, watched(parent_tgid));
+        set_watch_byte(child_tgid, watch_byte(parent_tgid));
     }
     0
 }
@@ -599,13 +602,13 @@ pub fn sched_exec(_ctx: RawTracePointContext) -> i32 {
     let cfg = CONFIG.load();
     let comm = bpf_get_current_comm().unwrap_or_default();
     if cfg.all_processes == 0 && cfg.comm_filter != 0 {
-        // Materialise each test as a bool: LLVM would otherwise OR the two map pointers,
-        // which the verifier forbids.
-        let by_comm = COMMS.get_ptr(comm).is_some();
-        let by_comm = unsafe { core::ptr::read_volatile(&by_comm) };
-        let by_pid = PIDS.get_ptr(tgid).is_some();
-        let by_pid = unsafe { core::ptr::read_volatile(&by_pid) };
-        set_watched(tgid, by_comm || by_pid);
+        let by_pid = watch_byte(tgid) & WATCH_BY_PID;
+        let by_comm = if COMMS.get_ptr(comm).is_some() {
+            WATCH_BY_COMM
+        } else {
+            0
+        };
+        set_watch_byte(tgid, by_pid | by_comm);
     }
     if watched(tgid) {
         let now = unsafe { bpf_ktime_get_ns() };

@@ -9,8 +9,7 @@ use clap::{Args, Parser, Subcommand};
 /// kernel, with no change to any application: eBPF probes on pipe and socket reads and writes
 /// capture the JSON-RPC bytes, and mcptap puts each exchange back together.
 ///
-/// Without a filter it watches every process. Run it as root (or with CAP_BPF, CAP_PERFMON,
-/// CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH).
+/// Without a filter it watches every process. Run it as root.
 ///
 /// Examples:
 ///   mcptap                                   # watch everything, print exchanges
@@ -50,11 +49,12 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct LiveArgs {
     /// Watch only processes whose command name (comm) is NAME. Repeatable. The kernel keeps
-    /// the first 15 bytes of a name; children inherit the choice until they exec.
+    /// the first 15 bytes of a name. A child is watched until it execs another program.
     #[arg(long = "comm", value_name = "NAME")]
     pub comms: Vec<String>,
 
-    /// Watch only the process PID. Repeatable; combines with --comm.
+    /// Watch only the running process PID and every process it starts from then on (for
+    /// example a client and the servers it spawns). Repeatable; combines with --comm.
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
 

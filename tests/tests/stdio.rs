@@ -276,13 +276,32 @@ fn replay_reproduces_live_records() {
     let live = agent.stop();
     check_calls(&live, &run, Sides::Both);
 
+    // Replay needs no privileges: run it as `nobody`, with no capabilities.
     let replayed = dir.join("replayed.jsonl");
-    let st = Command::new(mcptap_bin())
-        .args(["replay", rec_file.to_str().unwrap(), "--quiet", "--jsonl"])
-        .arg(&replayed)
-        .status()
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--",
+        ])
+        .arg(mcptap_bin())
+        .args([
+            "replay",
+            rec_file.to_str().unwrap(),
+            "--quiet",
+            "--jsonl",
+            "-",
+        ])
+        .output()
         .unwrap();
-    assert!(st.success());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(&replayed, &out.stdout).unwrap();
     let again = Records::read(&replayed);
     check_calls(&again, &run, Sides::Both);
     let key = |r: &&serde_json::Value| {
@@ -324,4 +343,60 @@ fn comm_filter_watches_one_side() {
     let any = recs.exchanges_of_client(run.pid)[0].clone();
     assert_eq!(any["server"]["comm"], "mcpsrv");
     assert_eq!(any["client"]["comm"], "python");
+}
+
+/// `--pid` watches a running process and everything it starts: here a launcher that execs the
+/// SDK client, which spawns its server. A concurrent session outside that tree is not seen.
+#[test]
+fn pid_filter_watches_a_process_tree() {
+    let dir = scratch("pid_filter");
+    let client = python_client("mcp1", &python("mcp1"), &["--echo", "3"]);
+    let mut launcher = Command::new("python3")
+        .arg("-c")
+        .arg("import os, sys; sys.stdin.readline(); os.execv(sys.argv[1], sys.argv[1:])")
+        .arg(client.get_program())
+        .args(client.get_args())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = launcher.id().to_string();
+    let agent = Agent::start(&dir, &["--pid", &pid]);
+    let outsider = std::thread::spawn({
+        let dir = dir.clone();
+        move || {
+            run_client(
+                &mut python_client("mcp1", &python("mcp1"), &["--echo", "3"]),
+                &dir,
+            )
+        }
+    });
+    use std::io::Write as _;
+    launcher.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    let out = launcher.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let run: ClientRun =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    let outsider = outsider.join().unwrap();
+    let recs = agent.stop();
+    check_calls(&recs, &run, Sides::Both);
+    assert!(
+        recs.mentioning(outsider.pid).is_empty(),
+        "the outsider was watched"
+    );
+    assert!(recs.mentioning(outsider.server_pid).is_empty());
+}
+
+/// A `--pid` that does not exist is a clear error before anything is loaded.
+#[test]
+fn pid_filter_rejects_a_missing_process() {
+    require_root();
+    let out = Command::new(mcptap_bin())
+        .args(["--pid", "4194303", "--listen", "off", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--pid 4194303: no such process"), "{err}");
 }

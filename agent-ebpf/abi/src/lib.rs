@@ -278,12 +278,10 @@ pub mod names {
     pub const FDS: &str = "FDS";
     /// In-flight data syscalls, hash of tid to [`super::Stash`].
     pub const STASH: &str = "STASH";
-    /// Watched processes: array of `u64` words, one byte per tgid.
+    /// Watched processes: array of `u64` words, one byte per tgid (see [`super::WATCH_BY_COMM`]).
     pub const WATCH: &str = "WATCH";
     /// Comm names to watch: hash of `[u8; 16]` to `u8`.
     pub const COMMS: &str = "COMMS";
-    /// Process ids to watch: hash of `u32` to `u8`.
-    pub const PIDS: &str = "PIDS";
     /// Per-CPU counters, indexed by [`super::counter`].
     pub const COUNTERS: &str = "COUNTERS";
     /// Program array for the chunk-shipping tail call.
@@ -309,6 +307,11 @@ pub mod names {
     /// Start-up self-test program, on `raw_tp/sys_enter` for a moment.
     pub const PROG_SELFTEST: &str = "selftest";
 }
+
+/// Watch byte bit: the process's comm is in `--comm`; re-evaluated at exec.
+pub const WATCH_BY_COMM: u8 = 1 << 0;
+/// Watch byte bit: the process is a `--pid` or one of its descendants; kept across exec.
+pub const WATCH_BY_PID: u8 = 1 << 1;
 
 /// Index of the one tail-call slot in `TAILS`.
 pub const TAIL_SHIP_MORE: u32 = 0;

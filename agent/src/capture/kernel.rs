@@ -15,8 +15,8 @@ use aya::{
 };
 use log::{debug, info, warn};
 use mcptap_abi::{
-    Config, FDSTATE_REJECTED, FdKey, FdState, KernelOffsets, SelfTest, TAIL_SHIP_MORE, counter,
-    names,
+    Config, FDSTATE_REJECTED, FdKey, FdState, KernelOffsets, SelfTest, TAIL_SHIP_MORE,
+    WATCH_BY_COMM, WATCH_BY_PID, counter, names,
 };
 
 use super::{btf::Btf, comm_key};
@@ -97,8 +97,8 @@ fn check_privileges() -> Result<()> {
         return Ok(());
     }
     bail!(
-        "mcptap must run as root, or with CAP_BPF and CAP_PERFMON (plus CAP_SYS_PTRACE and \
-         CAP_DAC_READ_SEARCH to name processes): try `sudo mcptap ...`"
+        "mcptap loads eBPF programs and must run as root (at least CAP_BPF and CAP_PERFMON): \
+         try `sudo mcptap ...`"
     )
 }
 
@@ -120,6 +120,13 @@ impl Probes {
     /// Resolve offsets, load the programs, self-test, attach, and mark watched processes.
     pub fn load(settings: &ProbeSettings) -> Result<(Self, StartupReport)> {
         check_privileges()?;
+        for pid in &settings.scope.pids {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                bail!(
+                    "--pid {pid}: no such process (--pid watches a running process and the children it starts)"
+                );
+            }
+        }
         let btf = Btf::from_sys_fs()?;
         let offsets = btf
             .kernel_offsets()
@@ -168,11 +175,6 @@ impl Probes {
                     );
                 }
                 comms.insert(comm_key(c), 1, 0)?;
-            }
-            let mut pids: HashMap<_, u32, u8> =
-                HashMap::try_from(ebpf.map_mut(names::PIDS).context("PIDS map")?)?;
-            for &p in &scope.pids {
-                pids.insert(p, 1, 0)?;
             }
         }
 
@@ -311,6 +313,8 @@ fn mark_existing(watch: &mut Array<&mut MapData, u64>, scope: &Scope) -> Result<
     let Ok(dir) = std::fs::read_dir("/proc") else {
         bail!("cannot list /proc: mcptap needs procfs mounted to find processes");
     };
+    // pid → (parent, comm), to find the descendants of every --pid as well.
+    let mut procs: std::collections::HashMap<u32, (u32, String)> = Default::default();
     for entry in dir.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -319,15 +323,45 @@ fn mark_existing(watch: &mut Array<&mut MapData, u64>, scope: &Scope) -> Result<
         else {
             continue;
         };
-        let by_pid = scope.pids.contains(&pid);
-        let by_comm = !keys.is_empty()
-            && std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .map(|c| keys.contains(&comm_key(c.trim_end_matches('\n'))))
-                .unwrap_or(false);
-        if by_pid || by_comm {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": the comm may hold spaces and parentheses.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_string();
+        let ppid = stat[close + 1..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        procs.insert(pid, (ppid, comm));
+    }
+    let in_pid_tree = |mut pid: u32| {
+        for _ in 0..64 {
+            if scope.pids.contains(&pid) {
+                return true;
+            }
+            match procs.get(&pid) {
+                Some(&(ppid, _)) if ppid != 0 && ppid != pid => pid = ppid,
+                _ => return false,
+            }
+        }
+        false
+    };
+    for (&pid, (_, comm)) in &procs {
+        let mut byte = 0u8;
+        if in_pid_tree(pid) {
+            byte |= WATCH_BY_PID;
+        }
+        if keys.contains(&comm_key(comm)) {
+            byte |= WATCH_BY_COMM;
+        }
+        if byte != 0 {
             let word = pid / 8;
             let mut v = watch.get(&word, 0).unwrap_or(0);
-            v |= 1u64 << ((pid % 8) * 8);
+            v |= (byte as u64) << ((pid % 8) * 8);
             watch.set(word, v, 0)?;
         }
     }
