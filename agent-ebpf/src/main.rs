@@ -29,9 +29,9 @@ use aya_ebpf::{
 use mcptap_abi::{
     CHUNK_MAX, CHUNKS_PER_CALL, Config, DIR_IN, DIR_OUT, EventHeader, FD_OTHER, FD_PIPE, FD_TCP,
     FD_UNIX, FDSTATE_LOST, FDSTATE_REJECTED, FLAG_LOST_BEFORE, FLAG_TRUNCATED, FdKey, FdState,
-    HEADER_SIZE, KernelOffsets, MAX_IOVECS, MAX_TAIL_CALLS, RECORD_CLOSE, RECORD_DATA, RECORD_EXEC,
-    RECORD_EXIT, SCRATCH_SIZE, SelfTest, Stash, TAIL_SHIP_MORE, WATCH_BY_COMM, WATCH_BY_PID,
-    counter, syscall,
+    HEADER_SIZE, KernelOffsets, MAX_IOVECS, MAX_TAIL_CALLS, OFFSET_MISSING, RECORD_CLOSE,
+    RECORD_DATA, RECORD_EXEC, RECORD_EXIT, RECORD_SOCKET, SCRATCH_SIZE, SelfTest, SocketInfo,
+    Stash, TAIL_SHIP_MORE, UNIX_PATH_MAX, WATCH_BY_COMM, WATCH_BY_PID, counter, syscall,
 };
 
 #[unsafe(no_mangle)]
@@ -54,7 +54,7 @@ static COMMS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(256, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 #[map]
-static SCRATCH: PerCpuArray<[u8; SCRATCH_SIZE]> = PerCpuArray::with_max_entries(1, 0);
+static SCRATCH: PerCpuArray<[u8; SCRATCH_SIZE]> = PerCpuArray::with_max_entries(2, 0);
 #[map]
 static JOBS: PerCpuArray<Job> = PerCpuArray::with_max_entries(1, 0);
 #[map]
@@ -188,8 +188,9 @@ fn current_file(fd: i32) -> u64 {
 }
 
 /// Classify `file` (pipe, AF_UNIX/TCP stream socket, other) from its inode and socket.
+/// Returns the state and, for sockets, the `struct sock *` and the AF_UNIX peer's.
 #[inline(always)]
-fn classify(file: u64) -> FdState {
+fn classify(file: u64) -> (FdState, u64, u64) {
     let off = OFFSETS.load();
     let mut st = FdState {
         file,
@@ -197,14 +198,14 @@ fn classify(file: u64) -> FdState {
     };
     let Some(inode) = read_kernel::<u64>(file, off.file_inode) else {
         count(counter::CLASSIFY_FAULTS, 1);
-        return st;
+        return (st, 0, 0);
     };
     let (Some(mode), Some(ino)) = (
         read_kernel::<u16>(inode, off.inode_mode),
         read_kernel::<u64>(inode, off.inode_ino),
     ) else {
         count(counter::CLASSIFY_FAULTS, 1);
-        return st;
+        return (st, 0, 0);
     };
     st.inode = ino;
     match mode & S_IFMT {
@@ -212,20 +213,21 @@ fn classify(file: u64) -> FdState {
         S_IFSOCK => {
             let Some(sock) = read_kernel::<u64>(file, off.file_private_data) else {
                 count(counter::CLASSIFY_FAULTS, 1);
-                return st;
+                return (st, 0, 0);
             };
             if read_kernel::<i16>(sock, off.socket_type) != Some(SOCK_STREAM) {
-                return st;
+                return (st, 0, 0);
             }
             let Some(sk) = read_kernel::<u64>(sock, off.socket_sk) else {
-                return st;
+                return (st, 0, 0);
             };
+            let mut peer = 0;
             match read_kernel::<u16>(sk, off.sock_family) {
                 Some(AF_UNIX) => {
                     st.kind = FD_UNIX;
                     // The peer's inode pairs the two ends of a socketpair (Node hands its
                     // children stdio over those) the way the shared inode pairs a pipe.
-                    let peer = read_kernel::<u64>(sk, off.unix_peer).unwrap_or(0);
+                    peer = read_kernel::<u64>(sk, off.unix_peer).unwrap_or(0);
                     if peer != 0 {
                         let psock = read_kernel::<u64>(peer, off.sock_socket).unwrap_or(0);
                         if psock != 0 {
@@ -240,15 +242,16 @@ fn classify(file: u64) -> FdState {
                 Some(AF_INET) | Some(AF_INET6) => st.kind = FD_TCP,
                 _ => {}
             }
+            return (st, sk, peer);
         }
         _ => {}
     }
-    st
+    (st, 0, 0)
 }
 
 /// The state of (tgid, fd), from the cache when it still describes the same file.
 #[inline(always)]
-fn fd_state(tgid: u32, fd: i32) -> Option<*mut FdState> {
+fn fd_state(tgid: u32, tid: u32, fd: i32) -> Option<*mut FdState> {
     let file = current_file(fd);
     if file == 0 {
         return None;
@@ -259,9 +262,101 @@ fn fd_state(tgid: u32, fd: i32) -> Option<*mut FdState> {
     {
         return Some(st);
     }
-    let st = classify(file);
+    let (st, sk, peer) = classify(file);
     FDS.insert(key, st, 0).ok()?;
+    if st.kind == FD_TCP || st.kind == FD_UNIX {
+        emit_socket(tgid, tid, fd, &st, sk, peer);
+    }
     FDS.get_ptr_mut(key)
+}
+
+/// Read the path of AF_UNIX `sk` (if bound) into `path`; returns its length.
+#[inline(always)]
+fn unix_path(sk: u64, path: *mut u8) -> u16 {
+    let off = OFFSETS.load();
+    if sk == 0 {
+        return 0;
+    }
+    let Some(addr) = read_kernel::<u64>(sk, off.unix_addr) else {
+        return 0;
+    };
+    if addr == 0 {
+        return 0;
+    }
+    let Some(len) = read_kernel::<i32>(addr, off.unix_address_len) else {
+        return 0;
+    };
+    // `len` counts sun_family (2 bytes) and the path.
+    let mut n = (len - 2) as i64;
+    if n <= 0 {
+        return 0;
+    }
+    if n > UNIX_PATH_MAX as i64 {
+        n = UNIX_PATH_MAX as i64;
+    }
+    let src = addr + off.unix_address_name as u64 + 2;
+    let rc = unsafe { generated::bpf_probe_read_kernel(path as *mut _, n as u32, src as *const _) };
+    if rc == 0 { n as u16 } else { 0 }
+}
+
+/// Tell userspace where a newly seen socket's two ends are: a [`RECORD_SOCKET`] record.
+#[inline(always)]
+fn emit_socket(tgid: u32, tid: u32, fd: i32, st: &FdState, sk: u64, peer: u64) {
+    // Slot 1: sys_exit and ship_more own slot 0, and they may run on this CPU while this
+    // program is preempted.
+    let Some(buf) = SCRATCH.get_ptr_mut(1) else {
+        return;
+    };
+    let buf = buf as *mut u8;
+    let off = OFFSETS.load();
+    let info = unsafe { &mut *(buf.add(HEADER_SIZE) as *mut SocketInfo) };
+    *info = SocketInfo::default();
+    if st.kind == FD_TCP {
+        let family = read_kernel::<u16>(sk, off.sock_family).unwrap_or(0);
+        info.family = family;
+        info.local_port = read_kernel::<u16>(sk, off.sock_num).unwrap_or(0);
+        info.remote_port = u16::from_be(read_kernel::<u16>(sk, off.sock_dport).unwrap_or(0));
+        if family == AF_INET {
+            let l = read_kernel::<[u8; 4]>(sk, off.sock_rcv_saddr).unwrap_or([0; 4]);
+            let r = read_kernel::<[u8; 4]>(sk, off.sock_daddr).unwrap_or([0; 4]);
+            info.local_addr[..4].copy_from_slice(&l);
+            info.remote_addr[..4].copy_from_slice(&r);
+        } else if off.sock_v6_daddr != OFFSET_MISSING && off.sock_v6_rcv_saddr != OFFSET_MISSING {
+            info.local_addr = read_kernel::<[u8; 16]>(sk, off.sock_v6_rcv_saddr).unwrap_or([0; 16]);
+            info.remote_addr = read_kernel::<[u8; 16]>(sk, off.sock_v6_daddr).unwrap_or([0; 16]);
+        }
+    } else {
+        info.family = AF_UNIX;
+        info.local_path_len = unix_path(sk, info.local_path.as_mut_ptr());
+        info.remote_path_len = unix_path(peer, info.remote_path.as_mut_ptr());
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let hdr = EventHeader {
+        record: RECORD_SOCKET,
+        fd_kind: st.kind,
+        tgid,
+        tid,
+        fd,
+        len: core::mem::size_of::<SocketInfo>() as u32,
+        ts_enter_ns: now,
+        ts_exit_ns: now,
+        inode: st.inode,
+        peer_inode: st.peer_inode,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+        ..EventHeader::default()
+    };
+    unsafe {
+        *(buf as *mut EventHeader) = hdr;
+        let record = core::slice::from_raw_parts(
+            buf as *const u8,
+            HEADER_SIZE + core::mem::size_of::<SocketInfo>(),
+        );
+        if EVENTS.output::<[u8]>(record, 0).is_ok() {
+            count(counter::RECORDS, 1);
+        } else {
+            count(counter::RINGBUF_FULL, 1);
+        }
+    }
 }
 
 #[inline(always)]
@@ -309,7 +404,7 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
         on_close(tgid, pid_tgid as u32, fd);
         return 0;
     }
-    let Some(st) = fd_state(tgid, fd) else {
+    let Some(st) = fd_state(tgid, pid_tgid as u32, fd) else {
         return 0;
     };
     let mut state = unsafe { *st };

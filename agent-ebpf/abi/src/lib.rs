@@ -19,6 +19,9 @@ pub const RECORD_CLOSE: u8 = 2;
 pub const RECORD_EXEC: u8 = 3;
 /// Ring buffer record: the leader thread of a watched process exited; no payload.
 pub const RECORD_EXIT: u8 = 4;
+/// Ring buffer record: the addresses of a socket, sent once when its fd is first classified;
+/// the payload is a [`SocketInfo`].
+pub const RECORD_SOCKET: u8 = 5;
 
 /// Direction: bytes the process read (received).
 pub const DIR_IN: u8 = 0;
@@ -220,8 +223,73 @@ pub struct KernelOffsets {
     /// `socket_alloc.vfs_inode` minus `socket_alloc.socket`: from a `struct socket *` to its
     /// inode.
     pub socket_to_inode: u32,
+    /// `sock.__sk_common.skc_daddr` (IPv4 peer address)
+    pub sock_daddr: u32,
+    /// `sock.__sk_common.skc_rcv_saddr` (IPv4 local address)
+    pub sock_rcv_saddr: u32,
+    /// `sock.__sk_common.skc_dport` (peer port, network order)
+    pub sock_dport: u32,
+    /// `sock.__sk_common.skc_num` (local port, host order)
+    pub sock_num: u32,
+    /// `sock.__sk_common.skc_v6_daddr`, or [`OFFSET_MISSING`] without IPv6
+    pub sock_v6_daddr: u32,
+    /// `sock.__sk_common.skc_v6_rcv_saddr`, or [`OFFSET_MISSING`] without IPv6
+    pub sock_v6_rcv_saddr: u32,
+    /// `unix_sock.addr`
+    pub unix_addr: u32,
+    /// `unix_address.len`
+    pub unix_address_len: u32,
+    /// `unix_address.name` (a `struct sockaddr_un`)
+    pub unix_address_name: u32,
+}
+
+/// A field this kernel does not have (e.g. IPv6 addresses when IPv6 is compiled out).
+pub const OFFSET_MISSING: u32 = u32::MAX;
+
+/// Longest AF_UNIX path (`sizeof(sun_path)`).
+pub const UNIX_PATH_MAX: usize = 108;
+
+/// Payload of a [`RECORD_SOCKET`] record: where a socket's two ends are.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketInfo {
+    /// AF_INET (2), AF_INET6 (10) or AF_UNIX (1).
+    pub family: u16,
+    /// Local port, host order (TCP).
+    pub local_port: u16,
+    /// Peer port, host order (TCP).
+    pub remote_port: u16,
+    /// Bytes of `local_path` in use (AF_UNIX; 0 when unbound).
+    pub local_path_len: u16,
+    /// Bytes of `remote_path` in use (AF_UNIX; 0 when the peer is unbound).
+    pub remote_path_len: u16,
     /// Explicit padding; always zero.
-    pub _pad: u32,
+    pub _pad: [u8; 6],
+    /// Local address: IPv4 in the first four bytes, or IPv6; network order.
+    pub local_addr: [u8; 16],
+    /// Peer address, as `local_addr`.
+    pub remote_addr: [u8; 16],
+    /// Local AF_UNIX path (a leading NUL marks an abstract name).
+    pub local_path: [u8; UNIX_PATH_MAX],
+    /// Peer AF_UNIX path.
+    pub remote_path: [u8; UNIX_PATH_MAX],
+}
+
+impl Default for SocketInfo {
+    fn default() -> Self {
+        SocketInfo {
+            family: 0,
+            local_port: 0,
+            remote_port: 0,
+            local_path_len: 0,
+            remote_path_len: 0,
+            _pad: [0; 6],
+            local_addr: [0; 16],
+            remote_addr: [0; 16],
+            local_path: [0; UNIX_PATH_MAX],
+            remote_path: [0; UNIX_PATH_MAX],
+        }
+    }
 }
 
 impl KernelOffsets {
@@ -242,7 +310,15 @@ impl KernelOffsets {
         sock_socket: 0,
         unix_peer: 0,
         socket_to_inode: 0,
-        _pad: 0,
+        sock_daddr: 0,
+        sock_rcv_saddr: 0,
+        sock_dport: 0,
+        sock_num: 0,
+        sock_v6_daddr: 0,
+        sock_v6_rcv_saddr: 0,
+        unix_addr: 0,
+        unix_address_len: 0,
+        unix_address_name: 0,
     };
 }
 
@@ -388,6 +464,7 @@ mod user {
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::SelfTest {}
+    unsafe impl aya::Pod for super::SocketInfo {}
 }
 
 #[cfg(test)]
@@ -401,7 +478,8 @@ mod tests {
         assert_eq!(size_of::<FdKey>(), 8);
         assert_eq!(size_of::<FdState>(), 32);
         assert_eq!(size_of::<Stash>(), 64);
-        assert_eq!(size_of::<KernelOffsets>(), 64);
+        assert_eq!(size_of::<KernelOffsets>(), 96);
+        assert_eq!(size_of::<SocketInfo>(), 264);
         assert_eq!(size_of::<Config>(), 8);
         assert_eq!(size_of::<SelfTest>(), 16);
         // The ring buffer aligns records to 8 bytes; a header that is a multiple of 8 keeps

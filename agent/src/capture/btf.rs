@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 
-use mcptap_abi::KernelOffsets;
+use mcptap_abi::{KernelOffsets, OFFSET_MISSING};
 
 const MAGIC: u16 = 0xeb9f;
 
@@ -227,6 +227,11 @@ impl Btf {
         Ok(bits / 8)
     }
 
+    /// Like [`Btf::offset_of`], with [`OFFSET_MISSING`] for a field this kernel lacks.
+    fn optional_offset(&self, strukt: &str, path: &str) -> u32 {
+        self.offset_of(strukt, path).unwrap_or(OFFSET_MISSING)
+    }
+
     /// The offsets mcptap's programs need, resolved for this kernel.
     pub fn kernel_offsets(&self) -> Result<KernelOffsets> {
         let socket_in_alloc = self.offset_of("socket_alloc", "socket")?;
@@ -249,7 +254,15 @@ impl Btf {
             socket_to_inode: inode_in_alloc
                 .checked_sub(socket_in_alloc)
                 .ok_or_else(|| anyhow!("socket_alloc places vfs_inode before socket"))?,
-            _pad: 0,
+            sock_daddr: self.offset_of("sock", "__sk_common.skc_daddr")?,
+            sock_rcv_saddr: self.offset_of("sock", "__sk_common.skc_rcv_saddr")?,
+            sock_dport: self.offset_of("sock", "__sk_common.skc_dport")?,
+            sock_num: self.offset_of("sock", "__sk_common.skc_num")?,
+            sock_v6_daddr: self.optional_offset("sock", "__sk_common.skc_v6_daddr"),
+            sock_v6_rcv_saddr: self.optional_offset("sock", "__sk_common.skc_v6_rcv_saddr"),
+            unix_addr: self.offset_of("unix_sock", "addr")?,
+            unix_address_len: self.offset_of("unix_address", "len")?,
+            unix_address_name: self.offset_of("unix_address", "name")?,
         })
     }
 }

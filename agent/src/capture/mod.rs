@@ -14,7 +14,7 @@ use std::fmt;
 
 use mcptap_abi::{
     DIR_OUT, EventHeader, FD_PIPE, FD_TCP, FD_UNIX, HEADER_SIZE, RECORD_CLOSE, RECORD_DATA,
-    RECORD_EXEC, RECORD_EXIT,
+    RECORD_EXEC, RECORD_EXIT, RECORD_SOCKET, SocketInfo,
 };
 
 /// What a kernel record says happened.
@@ -28,6 +28,8 @@ pub enum RecordKind {
     Exec,
     /// A watched process exited.
     Exit,
+    /// Where a socket's two ends are (payload: [`mcptap_abi::SocketInfo`]).
+    Socket,
 }
 
 /// Which way bytes moved, from the point of view of the process that made the syscall.
@@ -119,9 +121,20 @@ impl<'a> Record<'a> {
             });
         }
         let rec = Record { hdr, data };
-        rec.kind()?;
-        if rec.kind()? == RecordKind::Data || rec.kind()? == RecordKind::Close {
-            rec.fd_kind()?;
+        match rec.kind()? {
+            RecordKind::Data | RecordKind::Close => {
+                rec.fd_kind()?;
+            }
+            RecordKind::Socket => {
+                rec.fd_kind()?;
+                if data.len() != std::mem::size_of::<SocketInfo>() {
+                    return Err(RecordError::LengthMismatch {
+                        header: std::mem::size_of::<SocketInfo>() as u32,
+                        actual: data.len(),
+                    });
+                }
+            }
+            RecordKind::Exec | RecordKind::Exit => {}
         }
         Ok(rec)
     }
@@ -133,6 +146,7 @@ impl<'a> Record<'a> {
             RECORD_CLOSE => RecordKind::Close,
             RECORD_EXEC => RecordKind::Exec,
             RECORD_EXIT => RecordKind::Exit,
+            RECORD_SOCKET => RecordKind::Socket,
             other => return Err(RecordError::Unknown("record kind", other)),
         })
     }
@@ -154,6 +168,16 @@ impl<'a> Record<'a> {
             FD_TCP => FdKind::Tcp,
             other => return Err(RecordError::Unknown("fd kind", other)),
         })
+    }
+
+    /// The addresses carried by a [`RecordKind::Socket`] record.
+    pub fn socket_info(&self) -> Option<SocketInfo> {
+        if self.hdr.record != RECORD_SOCKET || self.data.len() != std::mem::size_of::<SocketInfo>()
+        {
+            return None;
+        }
+        // SAFETY: SocketInfo is repr(C) plain integers and arrays; length checked above.
+        Some(unsafe { std::ptr::read_unaligned(self.data.as_ptr().cast()) })
     }
 
     /// The thread's comm as text.

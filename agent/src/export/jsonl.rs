@@ -96,7 +96,7 @@ mod tests {
         let x = Exchange {
             ts_ns: 1_795_255_005_123_456_789,
             transport: "stdio",
-            session: "stdio:1-2".into(),
+            session: Some("stdio:1-2".into()),
             method: "tools/call".into(),
             id: "\"a-1\"".into(),
             tool: Some("echo".into()),
@@ -123,6 +123,11 @@ mod tests {
             protocol_version: Some("2025-06-18".into()),
             request_bytes: 80,
             response_bytes: Some(40),
+            http_status: None,
+            server_address: None,
+            server_port: None,
+            client_address: None,
+            client_port: None,
         };
         let v: serde_json::Value = serde_json::from_str(&encode(&Signal::Exchange(x))).unwrap();
         assert_eq!(v["kind"], "exchange");

@@ -11,7 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::message::{Id, Kind, Message, Target};
-use super::session::{Side, other};
+use super::session::{Addrs, Side, other};
 
 /// One view's slot in an exchange: when that side sent or received the message.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -53,6 +53,8 @@ pub struct Response {
     pub hash: u64,
     /// Size in bytes.
     pub bytes: u64,
+    /// Status of the HTTP response that carried it.
+    pub http_status: Option<u16>,
 }
 
 /// A request on its way to a record.
@@ -82,6 +84,8 @@ pub struct Pending {
     pub abandoned_ns: Option<u64>,
     /// When the response was first seen.
     pub response_seen_ns: Option<u64>,
+    /// Addresses of the connection that carried the request (network transports).
+    pub addrs: Option<Addrs>,
 }
 
 impl Pending {
@@ -137,6 +141,8 @@ pub struct Orphan {
     pub bytes: u64,
     /// When it arrived.
     pub since: u64,
+    /// Status of the HTTP response that carried it.
+    pub http_status: Option<u16>,
 }
 
 /// Completed exchanges remembered per session to absorb late views.
@@ -154,6 +160,7 @@ pub struct Correlator {
 
 impl Correlator {
     /// A request view from `sender`.
+    #[allow(clippy::too_many_arguments)]
     pub fn request(
         &mut self,
         sender: Side,
@@ -162,6 +169,7 @@ impl Correlator {
         ts: u64,
         hash: u64,
         bytes: u64,
+        addrs: Option<&Addrs>,
     ) -> Outcome {
         let id = msg.id.clone().expect("requests have ids");
         let key = (sender, id.clone());
@@ -203,6 +211,7 @@ impl Correlator {
             cancelled_ns: None,
             abandoned_ns: None,
             response_seen_ns: None,
+            addrs: addrs.cloned(),
         };
         *p.req.slot(viewer_is_sender) = Some(ts);
         list.push_back(p);
@@ -226,6 +235,7 @@ impl Correlator {
                 o.hash,
                 o.bytes,
                 o.since,
+                o.http_status,
             );
         }
         outcome
@@ -242,6 +252,7 @@ impl Correlator {
         hash: u64,
         bytes: u64,
         now: u64,
+        http_status: Option<u16>,
     ) -> Outcome {
         let Some(id) = msg.id.clone() else {
             return Outcome::Orphan;
@@ -266,6 +277,7 @@ impl Correlator {
                     error_code: msg.error_code,
                     hash,
                     bytes,
+                    http_status,
                 });
                 p.response_seen_ns = Some(now);
             }
@@ -288,6 +300,7 @@ impl Correlator {
             hash,
             bytes,
             since: now,
+            http_status,
         });
         Outcome::Orphan
     }
@@ -380,10 +393,16 @@ mod tests {
     fn four_views_make_one_exchange_with_both_timings() {
         let mut c = Correlator::default();
         let (req, resp) = (msg(REQ), msg(RESP));
-        assert_eq!(c.request(0, &req, true, 100, 7, 70), Outcome::New);
-        assert_eq!(c.request(0, &req, false, 110, 7, 70), Outcome::Twin);
-        assert_eq!(c.response(1, &resp, true, 150, 9, 40, 150), Outcome::New);
-        assert_eq!(c.response(1, &resp, false, 160, 9, 40, 160), Outcome::Twin);
+        assert_eq!(c.request(0, &req, true, 100, 7, 70, None), Outcome::New);
+        assert_eq!(c.request(0, &req, false, 110, 7, 70, None), Outcome::Twin);
+        assert_eq!(
+            c.response(1, &resp, true, 150, 9, 40, 150, None),
+            Outcome::New
+        );
+        assert_eq!(
+            c.response(1, &resp, false, 160, 9, 40, 160, None),
+            Outcome::Twin
+        );
         let done = c.take_ready(|_| true);
         assert_eq!(done.len(), 1);
         let p = &done[0];
@@ -399,14 +418,17 @@ mod tests {
     fn late_views_after_emission_are_absorbed() {
         let mut c = Correlator::default();
         let (req, resp) = (msg(REQ), msg(RESP));
-        c.request(0, &req, false, 110, 7, 70);
-        c.response(1, &resp, true, 150, 9, 40, 150);
+        c.request(0, &req, false, 110, 7, 70, None);
+        c.response(1, &resp, true, 150, 9, 40, 150, None);
         assert_eq!(c.take_ready(|_| true).len(), 1);
-        assert_eq!(c.request(0, &req, true, 100, 7, 70), Outcome::Late);
-        assert_eq!(c.response(1, &resp, false, 160, 9, 40, 200), Outcome::Late);
+        assert_eq!(c.request(0, &req, true, 100, 7, 70, None), Outcome::Late);
+        assert_eq!(
+            c.response(1, &resp, false, 160, 9, 40, 200, None),
+            Outcome::Late
+        );
         assert_eq!(c.open_count(), 0);
         // The same id with new content is a new exchange.
-        assert_eq!(c.request(0, &req, true, 300, 8, 70), Outcome::New);
+        assert_eq!(c.request(0, &req, true, 300, 8, 70, None), Outcome::New);
     }
 
     #[test]
@@ -414,19 +436,22 @@ mod tests {
         let mut c = Correlator::default();
         let (req, resp) = (msg(REQ), msg(RESP));
         assert_eq!(
-            c.response(1, &resp, false, 160, 9, 40, 160),
+            c.response(1, &resp, false, 160, 9, 40, 160, None),
             Outcome::Orphan
         );
-        assert_eq!(c.request(0, &req, true, 100, 7, 70), Outcome::New);
+        assert_eq!(c.request(0, &req, true, 100, 7, 70, None), Outcome::New);
         let done = c.take_ready(|p| p.response.is_some());
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].resp.received, Some(160));
         assert!(c.orphans.is_empty());
         // The responder's own view of it arrives after the exchange was reported: late.
-        assert_eq!(c.response(1, &resp, true, 155, 9, 40, 400), Outcome::Late);
+        assert_eq!(
+            c.response(1, &resp, true, 155, 9, 40, 400, None),
+            Outcome::Late
+        );
         // A different response nobody asked for is an orphan, and expires.
         assert_eq!(
-            c.response(1, &resp, true, 400, 10, 40, 400),
+            c.response(1, &resp, true, 400, 10, 40, 400, None),
             Outcome::Orphan
         );
         assert!(c.expire_orphans(500, 1000).is_empty());
@@ -437,9 +462,12 @@ mod tests {
     fn duplicate_ids_are_both_kept_and_answered_in_order() {
         let mut c = Correlator::default();
         let req = msg(REQ);
-        assert_eq!(c.request(0, &req, true, 100, 7, 70), Outcome::New);
-        assert_eq!(c.request(0, &req, true, 101, 8, 71), Outcome::DuplicateId);
-        c.response(1, &msg(RESP), true, 150, 9, 40, 150);
+        assert_eq!(c.request(0, &req, true, 100, 7, 70, None), Outcome::New);
+        assert_eq!(
+            c.request(0, &req, true, 101, 8, 71, None),
+            Outcome::DuplicateId
+        );
+        c.response(1, &msg(RESP), true, 150, 9, 40, 150, None);
         let done = c.take_ready(|p| p.response.is_some());
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].req_hash, 7);

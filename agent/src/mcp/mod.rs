@@ -17,7 +17,7 @@ use crate::signals::{self, Event, Role, Signal, Status};
 
 use correlate::{Correlator, Outcome, Pending};
 use message::{Kind, Message, Target};
-use session::{Links, ProcTable, Session, SessionKey, Side, View, other};
+use session::{Links, ProcTable, Route, Session, SessionKey, Side, View, other};
 
 /// Timing rules of the tracker, in nanoseconds.
 #[derive(Clone, Debug)]
@@ -127,32 +127,63 @@ impl Tracker {
         }
     }
 
-    fn state(&mut self, host: &mut dyn Host, v: &View) -> (SessionKey, Side, Side) {
+    /// The route of a view of a newline-delimited link (stdio pipes and socketpairs, Unix
+    /// sockets): the session is the pair of processes at the link's two ends.
+    pub fn link_route(&mut self, host: &mut dyn Host, v: &View, transport: &'static str) -> Route {
         let key = self.links.resolve(host, v);
-        let now = v.ts();
-        let st = self.states.entry(key).or_insert_with(|| State {
-            session: Session::new(key, "stdio", now),
-            corr: Correlator::default(),
-            seen: HashMap::new(),
-        });
-        st.session.last_ns = st.session.last_ns.max(now);
-        let viewer = st.session.side_of(v.tgid);
-        st.session.ends[viewer].observed = true;
-        // The far end may be a process that is not watched: name it from /proc.
-        if let Some(peer) = st.session.ends[other(viewer)].pid {
-            self.procs.note(host, peer, "");
-        }
+        let (lo, hi) = match key {
+            SessionKey::Procs { lo, hi } => (lo, hi),
+            _ => unreachable!("links resolve to process pairs"),
+        };
+        // Sides of a process pair follow pid order; an unknown peer (0) takes the free side.
+        let viewer = if lo == v.tgid && lo != 0 { 0 } else { 1 };
+        let viewer = if hi == v.tgid { 1 } else { viewer };
+        let peer = if viewer == 0 { hi } else { lo };
         let sender = match v.dir {
             crate::capture::Dir::Out => viewer,
             crate::capture::Dir::In => other(viewer),
         };
-        (key, viewer, sender)
+        Route {
+            key,
+            transport,
+            sender,
+            viewer,
+            viewer_pid: v.tgid,
+            peer_pid: (peer != 0).then_some(peer),
+            roles_fixed: false,
+            label: None,
+            http_status: None,
+            addrs: None,
+        }
+    }
+
+    fn state(&mut self, host: &mut dyn Host, route: &Route, now: u64) -> &mut State {
+        let st = self
+            .states
+            .entry(route.key.clone())
+            .or_insert_with(|| State {
+                session: Session::new(route, now),
+                corr: Correlator::default(),
+                seen: HashMap::new(),
+            });
+        st.session.last_ns = st.session.last_ns.max(now);
+        let end = &mut st.session.ends[route.viewer];
+        end.observed = true;
+        end.pid.get_or_insert(route.viewer_pid);
+        if let Some(peer) = route.peer_pid {
+            st.session.ends[other(route.viewer)].pid.get_or_insert(peer);
+            // The far end may be a process that is not watched: name it from /proc.
+            self.procs.note(host, peer, "");
+        }
+        st
     }
 
     /// One view of one message.
+    #[allow(clippy::too_many_arguments)]
     pub fn observe(
         &mut self,
         host: &mut dyn Host,
+        route: &Route,
         v: &View,
         msg: &Message,
         hash: u64,
@@ -162,9 +193,11 @@ impl Tracker {
         self.stats.views += 1;
         self.now = self.now.max(v.ts());
         let now = self.now;
-        let (key, viewer, sender) = self.state(host, v);
+        let (viewer, sender) = (route.viewer, route.sender);
         let viewer_is_sender = viewer == sender;
-        let st = self.states.get_mut(&key).expect("just inserted");
+        let clock = self.cfg.clock;
+        self.state(host, route, v.ts());
+        let st = self.states.get_mut(&route.key).expect("just inserted");
         let s = &mut st.session;
 
         if let Some(m) = msg.method.as_deref() {
@@ -175,13 +208,10 @@ impl Tracker {
             }
         }
         if let Some(info) = &msg.peer_info {
-            let side = if msg.peer_info_is_server {
+            if msg.peer_info_is_server {
                 s.set_role(sender, Role::Server);
-                sender
-            } else {
-                sender
-            };
-            s.ends[side].info.get_or_insert_with(|| info.clone());
+            }
+            s.ends[sender].info.get_or_insert_with(|| info.clone());
         }
         if let Some(pv) = &msg.protocol_version {
             // The initialize result's version is the negotiated one; a request's is a proposal
@@ -193,43 +223,52 @@ impl Tracker {
 
         match msg.kind {
             Kind::Request => {
-                match st
-                    .corr
-                    .request(sender, msg, viewer_is_sender, v.ts(), hash, bytes)
-                {
-                    Outcome::Late => self.stats.late_views += 1,
-                    Outcome::DuplicateId => {
-                        self.stats.duplicate_ids += 1;
-                        let label = st.session.label(&self.procs);
-                        let e = Event::new(self.cfg.clock.wall_ns(v.ts()), "duplicate_id")
-                            .with(
-                                "id",
-                                msg.id.as_ref().map(|i| i.0.clone()).unwrap_or_default(),
-                            )
-                            .with("method", msg.method.clone().unwrap_or_default());
-                        out.push(Signal::Event(Event {
-                            session: Some(label),
-                            ..e
-                        }));
-                    }
-                    _ => {}
+                let outcome = st.corr.request(
+                    sender,
+                    msg,
+                    viewer_is_sender,
+                    v.ts(),
+                    hash,
+                    bytes,
+                    route.addrs.as_ref(),
+                );
+                if outcome == Outcome::Late {
+                    self.stats.late_views += 1;
+                }
+                if outcome == Outcome::DuplicateId {
+                    self.stats.duplicate_ids += 1;
+                    let e = Event::new(clock.wall_ns(v.ts()), "duplicate_id")
+                        .with(
+                            "id",
+                            msg.id.as_ref().map(|i| i.0.clone()).unwrap_or_default(),
+                        )
+                        .with("method", msg.method.clone().unwrap_or_default());
+                    out.push(Signal::Event(Event {
+                        session: st.session.label(&self.procs),
+                        ..e
+                    }));
                 }
             }
             Kind::Response | Kind::Error => {
                 if msg.id.is_none() {
                     // e.g. -32700 parse errors: nothing to correlate with.
-                    let label = st.session.label(&self.procs);
                     if viewer_is_sender || !st.session.ends[sender].observed {
                         out.push(Signal::Event(Event {
-                            session: Some(label),
-                            ..Event::new(self.cfg.clock.wall_ns(v.ts()), "error_without_id")
+                            session: st.session.label(&self.procs),
+                            ..Event::new(clock.wall_ns(v.ts()), "error_without_id")
                                 .with("error_code", msg.error_code.unwrap_or(0))
                         }));
                     }
-                } else if st
-                    .corr
-                    .response(sender, msg, viewer_is_sender, v.ts(), hash, bytes, now)
-                    == Outcome::Late
+                } else if st.corr.response(
+                    sender,
+                    msg,
+                    viewer_is_sender,
+                    v.ts(),
+                    hash,
+                    bytes,
+                    now,
+                    route.http_status,
+                ) == Outcome::Late
                 {
                     self.stats.late_views += 1;
                 }
@@ -250,7 +289,7 @@ impl Tracker {
                     let from = s.ends[sender].role.unwrap_or(Role::Unknown);
                     let c = s.side_with_role(Role::Client, &self.procs, sender);
                     out.push(Signal::Notification(signals::Notification {
-                        ts_ns: self.cfg.clock.wall_ns(v.ts()),
+                        ts_ns: clock.wall_ns(v.ts()),
                         transport: s.transport,
                         session: s.label(&self.procs),
                         method,
@@ -262,25 +301,38 @@ impl Tracker {
                 }
             }
         }
-        self.emit_ready(key, out);
+        self.emit_ready(&route.key, out);
     }
 
     /// A line that is not a JSON-RPC message on a stream that carries MCP. Returns false when
     /// it is the other side's view of a line already reported.
-    pub fn observe_junk(&mut self, host: &mut dyn Host, v: &View, hash: u64) -> bool {
-        let (key, viewer, sender) = self.state(host, v);
-        let st = self.states.get_mut(&key).expect("just inserted");
-        let slot = if viewer == sender { 0 } else { 1 };
-        let entry = st.seen.entry((sender, hash)).or_insert(([0, 0], v.ts()));
+    pub fn observe_junk(
+        &mut self,
+        host: &mut dyn Host,
+        route: &Route,
+        v: &View,
+        hash: u64,
+    ) -> bool {
+        let slot = if route.viewer == route.sender { 0 } else { 1 };
+        let st = self.state(host, route, v.ts());
+        let entry = st
+            .seen
+            .entry((route.sender, hash))
+            .or_insert(([0, 0], v.ts()));
         entry.0[slot] += 1;
         entry.1 = v.ts();
         entry.0[slot] > entry.0[1 - slot]
     }
 
-    /// The session label of a view's session, for events about it.
-    pub fn session_label(&mut self, host: &mut dyn Host, v: &View) -> String {
-        let (key, ..) = self.state(host, v);
-        let st = self.states.get_mut(&key).expect("just inserted");
+    /// The label of a route's session, for events about it.
+    pub fn session_label(
+        &mut self,
+        host: &mut dyn Host,
+        route: &Route,
+        now: u64,
+    ) -> Option<String> {
+        self.state(host, route, now);
+        let st = self.states.get_mut(&route.key).expect("just inserted");
         st.session.label(&self.procs)
     }
 
@@ -290,9 +342,9 @@ impl Tracker {
         self.now = self.now.max(ts);
         let keys: Vec<SessionKey> = self
             .states
-            .keys()
-            .filter(|k| k.lo == pid || k.hi == pid)
-            .copied()
+            .iter()
+            .filter(|(_, st)| st.session.involves(pid))
+            .map(|(k, _)| k.clone())
             .collect();
         for key in keys {
             let st = self.states.get_mut(&key).expect("listed");
@@ -302,16 +354,16 @@ impl Tracker {
                 }
             }
             st.corr.abandon_all(ts);
-            self.emit_ready(key, out);
+            self.emit_ready(&key, out);
         }
     }
 
     /// Time passes: emit what waited long enough, expire orphans and idle sessions.
     pub fn tick(&mut self, now: u64, out: &mut Vec<Signal>) {
         self.now = self.now.max(now);
-        let keys: Vec<SessionKey> = self.states.keys().copied().collect();
+        let keys: Vec<SessionKey> = self.states.keys().cloned().collect();
         for key in keys {
-            self.emit_ready(key, out);
+            self.emit_ready(&key, out);
             let grace = self.cfg.twin_grace_ns;
             let now = self.now;
             let st = self.states.get_mut(&key).expect("listed");
@@ -319,7 +371,7 @@ impl Tracker {
                 self.stats.orphan_responses += 1;
                 let label = st.session.label(&self.procs);
                 out.push(Signal::Event(Event {
-                    session: Some(label),
+                    session: label,
                     ..Event::new(self.cfg.clock.wall_ns(o.ts), "orphan_response")
                         .with("id", o.msg.id.map(|i| i.0).unwrap_or_default())
                 }));
@@ -335,7 +387,7 @@ impl Tracker {
                 let ends = [st.session.ends[0].pid, st.session.ends[1].pid];
                 self.states.remove(&key);
                 for pid in ends.into_iter().flatten() {
-                    if !self.states.keys().any(|k| k.lo == pid || k.hi == pid) {
+                    if !self.states.values().any(|st| st.session.involves(pid)) {
                         self.links.forget_process(pid);
                     }
                 }
@@ -353,10 +405,10 @@ impl Tracker {
         self.states.len()
     }
 
-    fn emit_ready(&mut self, key: SessionKey, out: &mut Vec<Signal>) {
+    fn emit_ready(&mut self, key: &SessionKey, out: &mut Vec<Signal>) {
         let cfg = &self.cfg;
         let now = self.now;
-        let Some(st) = self.states.get_mut(&key) else {
+        let Some(st) = self.states.get_mut(key) else {
             return;
         };
         let observed = [st.session.ends[0].observed, st.session.ends[1].observed];
@@ -454,6 +506,8 @@ fn build_exchange(
         Target::Prompt(n) => (None, None, Some(n.clone())),
         Target::None => (None, None, None),
     };
+    let (server_address, server_port) = split_addr(p.addrs.as_ref().map(|a| &a.server));
+    let (client_address, client_port) = split_addr(p.addrs.as_ref().map(|a| &a.client));
     signals::Exchange {
         ts_ns: cfg.clock.wall_ns(p.first_seen()),
         transport: s.transport,
@@ -469,6 +523,7 @@ fn build_exchange(
             .as_ref()
             .filter(|r| r.kind == Kind::Error)
             .and_then(|r| r.error_code),
+        http_status: p.response.as_ref().and_then(|r| r.http_status),
         requester,
         duration_ms: duration,
         client_duration_ms: client_d,
@@ -478,5 +533,17 @@ fn build_exchange(
         protocol_version: s.protocol_version.clone(),
         request_bytes: p.req_bytes,
         response_bytes: p.response.as_ref().map(|r| r.bytes),
+        server_address,
+        server_port,
+        client_address,
+        client_port,
+    }
+}
+
+fn split_addr(a: Option<&session::Addr>) -> (Option<String>, Option<u16>) {
+    match a {
+        Some(session::Addr::Ip(ip, port)) => (Some(ip.to_string()), Some(*port)),
+        Some(session::Addr::Unix(path)) => (Some(path.clone()), None),
+        None => (None, None),
     }
 }

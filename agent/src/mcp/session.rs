@@ -24,13 +24,85 @@ pub fn other(side: Side) -> Side {
     1 - side
 }
 
-/// Identity of a session: its two processes, lower pid first; 0 stands for an unknown peer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionKey {
-    /// Lower pid (or 0 when the peer is unknown).
-    pub lo: u32,
-    /// Higher pid.
-    pub hi: u32,
+/// Identity of a session.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SessionKey {
+    /// stdio and other newline-delimited links: the two processes, lower pid first; 0 stands
+    /// for a peer that could not be named.
+    Procs {
+        /// Lower pid (or 0).
+        lo: u32,
+        /// Higher pid.
+        hi: u32,
+    },
+    /// An HTTP session: the server's address and the `Mcp-Session-Id` (or, for the legacy
+    /// HTTP+SSE transport, the session named in the endpoint URI).
+    Http {
+        /// Server address (`ip:port` or a Unix socket path).
+        server: String,
+        /// Session id.
+        id: String,
+    },
+    /// One connection without a session id (stateless HTTP, newline-delimited JSON over TCP).
+    Conn {
+        /// Client address.
+        client: String,
+        /// Server address.
+        server: String,
+    },
+}
+
+/// Where one end of a network connection is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Addr {
+    /// IP address and port.
+    Ip(std::net::IpAddr, u16),
+    /// Unix socket path ("" when unbound; `@name` for abstract names).
+    Unix(String),
+}
+
+impl std::fmt::Display for Addr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Addr::Ip(std::net::IpAddr::V6(a), p) => write!(f, "[{a}]:{p}"),
+            Addr::Ip(a, p) => write!(f, "{a}:{p}"),
+            Addr::Unix(p) => f.write_str(p),
+        }
+    }
+}
+
+/// Both ends of a network connection.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Addrs {
+    /// The client's end.
+    pub client: Addr,
+    /// The server's end.
+    pub server: Addr,
+}
+
+/// Where a message belongs: which session, which side sent it, which side is looking.
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// The session.
+    pub key: SessionKey,
+    /// Transport name for outputs.
+    pub transport: &'static str,
+    /// Side that sent the message.
+    pub sender: Side,
+    /// Side whose view this is.
+    pub viewer: Side,
+    /// The viewing process.
+    pub viewer_pid: u32,
+    /// The process at the other side, when known.
+    pub peer_pid: Option<u32>,
+    /// Side 0 is the client and side 1 the server (HTTP); stdio learns roles from messages.
+    pub roles_fixed: bool,
+    /// Session label for outputs (stdio computes its own).
+    pub label: Option<String>,
+    /// HTTP status of the response that carried this message.
+    pub http_status: Option<u16>,
+    /// Connection addresses (network transports).
+    pub addrs: Option<Addrs>,
 }
 
 /// One end of a link: a pipe's read or write end, or a socket.
@@ -170,11 +242,13 @@ pub struct End {
     pub exited_ns: Option<u64>,
 }
 
-/// A session: the conversation between two processes.
+/// A session: the conversation between two ends.
 #[derive(Debug)]
 pub struct Session {
     /// Key.
     pub key: SessionKey,
+    /// Sides are fixed roles (0 client, 1 server).
+    pub roles_fixed: bool,
     /// Ends, by side.
     pub ends: [End; 2],
     /// Transport name.
@@ -190,20 +264,32 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session between `key.lo` and `key.hi`.
-    pub fn new(key: SessionKey, transport: &'static str, now: u64) -> Self {
+    /// A session for `route`.
+    pub fn new(route: &Route, now: u64) -> Self {
         let mut ends: [End; 2] = Default::default();
-        ends[0].pid = (key.lo != 0).then_some(key.lo);
-        ends[1].pid = (key.hi != 0).then_some(key.hi);
+        if let SessionKey::Procs { lo, hi } = route.key {
+            ends[0].pid = (lo != 0).then_some(lo);
+            ends[1].pid = (hi != 0).then_some(hi);
+        }
+        if route.roles_fixed {
+            ends[0].role = Some(Role::Client);
+            ends[1].role = Some(Role::Server);
+        }
         Session {
-            key,
+            key: route.key.clone(),
+            roles_fixed: route.roles_fixed,
             ends,
-            transport,
+            transport: route.transport,
             protocol_version: None,
-            label: None,
+            label: route.label.clone(),
             started_ns: now,
             last_ns: now,
         }
+    }
+
+    /// Whether `pid` is one of this session's processes.
+    pub fn involves(&self, pid: u32) -> bool {
+        self.ends.iter().any(|e| e.pid == Some(pid))
     }
 
     /// The side of `pid`, filling an unknown end if needed.
@@ -260,10 +346,11 @@ impl Session {
         }
     }
 
-    /// The label used in outputs: `transport:clientpid-serverpid`.
-    pub fn label(&mut self, procs: &ProcTable) -> String {
-        if let Some(l) = &self.label {
-            return l.clone();
+    /// The label used in outputs: `stdio:CLIENTPID-SERVERPID` for process pairs, the session
+    /// id for HTTP sessions, none for single connections.
+    pub fn label(&mut self, procs: &ProcTable) -> Option<String> {
+        if self.label.is_some() || !matches!(self.key, SessionKey::Procs { .. }) {
+            return self.label.clone();
         }
         let c = self.side_with_role(Role::Client, procs, 0);
         let pid = |s: Side| {
@@ -273,7 +360,7 @@ impl Session {
         };
         let l = format!("{}:{}-{}", self.transport, pid(c), pid(other(c)));
         self.label = Some(l.clone());
-        l
+        Some(l)
     }
 
     /// The reported identity of one side.
@@ -304,20 +391,20 @@ impl Links {
         self.ends.insert(v.own_end(), v.tgid);
         let link = v.link();
         if let Some(key) = self.sessions.get(&link) {
-            return *key;
+            return key.clone();
         }
         let peer = v
             .far_end()
             .and_then(|far| self.process_at(host, far, v.tgid));
         let p = peer.unwrap_or(0);
-        let key = SessionKey {
+        let key = SessionKey::Procs {
             lo: v.tgid.min(p),
             hi: v.tgid.max(p),
         };
         // Pin the link to the session only once its peer is known; until then a later
         // message may still find it.
         if peer.is_some() {
-            self.sessions.insert(link, key);
+            self.sessions.insert(link, key.clone());
         }
         key
     }
@@ -352,7 +439,8 @@ impl Links {
     pub fn forget_process(&mut self, pid: u32) {
         self.ends.retain(|_, p| *p != pid);
         self.scanned.retain(|_, p| *p != pid);
-        self.sessions.retain(|_, k| k.lo != pid && k.hi != pid);
+        self.sessions
+            .retain(|_, k| !matches!(k, SessionKey::Procs { lo, hi } if *lo == pid || *hi == pid));
     }
 
     /// Entries held (for memory accounting).

@@ -70,10 +70,12 @@ pub struct Exchange {
     /// Wall-clock nanoseconds when the request was first seen.
     #[serde(skip)]
     pub ts_ns: u64,
-    /// `stdio`, `unix`, `http` or `sse`.
+    /// `stdio`, `unix`, `http`, `sse` or `tcp`.
     pub transport: &'static str,
-    /// Session identity.
-    pub session: String,
+    /// Session identity: `stdio:CLIENTPID-SERVERPID`, or the HTTP session id; absent for
+    /// stateless HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
     /// JSON-RPC method.
     pub method: String,
     /// The id as it appeared on the wire (raw JSON text).
@@ -90,9 +92,12 @@ pub struct Exchange {
     pub prompt: Option<String>,
     /// How it ended.
     pub status: Status,
-    /// JSON-RPC error code when `status` is `error`.
+    /// JSON-RPC error code when `status` is `error` (absent when the error was HTTP-level).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_code: Option<i64>,
+    /// Status of the HTTP response to the request (network transports).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
     /// Which role sent the request (servers send sampling, roots and elicitation requests).
     pub requester: Role,
     /// Duration in milliseconds: the client's view when it was seen, else the server's.
@@ -116,6 +121,18 @@ pub struct Exchange {
     /// Size of the response message in bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_bytes: Option<u64>,
+    /// Server address: IP, or Unix socket path (network transports).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_address: Option<String>,
+    /// Server port (TCP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_port: Option<u16>,
+    /// Client address (network transports).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_address: Option<String>,
+    /// Client port (TCP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_port: Option<u16>,
 }
 
 /// A notification, reported once even when both sides saw it.
@@ -126,8 +143,9 @@ pub struct Notification {
     pub ts_ns: u64,
     /// Transport.
     pub transport: &'static str,
-    /// Session identity.
-    pub session: String,
+    /// Session identity (as for exchanges).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
     /// Method.
     pub method: String,
     /// Which role sent it.

@@ -1,6 +1,8 @@
 //! Stage 3, wire framing: a stream's bytes in, whole messages out.
 //!
-//! stdio speaks newline-delimited JSON ([`ndjson`]). The network transports (HTTP/1.1 with
-//! JSON or SSE bodies) join here.
+//! stdio speaks newline-delimited JSON ([`ndjson`]); the network transports speak HTTP/1.1
+//! ([`http`]) whose bodies are JSON or server-sent events ([`sse`]).
 
+pub mod http;
 pub mod ndjson;
+pub mod sse;

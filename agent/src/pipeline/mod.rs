@@ -4,6 +4,13 @@
 //! replay file) and pushes it through every stage; finished signals queue up for the
 //! exporters. It never blocks and never needs root: what it asks of the host goes through
 //! [`Host`], which replay answers from the recording.
+//!
+//! Each stream picks its framing from its first bytes: HTTP/1.x (the network transports, in
+//! [`http`]) or newline-delimited JSON (stdio, and MCP over plain sockets). Until a stream is
+//! known to carry MCP it is probing; a stream found to carry something else is rejected, and
+//! the kernel is told to stop shipping its fd.
+
+mod http;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -13,11 +20,12 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::capture::procinfo::Host;
 use crate::capture::{Dir, FdKind, Record, RecordKind};
 use crate::mcp::message::{self, ParseError, Parsed};
-use crate::mcp::session::View;
+use crate::mcp::session::{Addr, Addrs, Route, SessionKey, View};
 use crate::mcp::{Tracker, TrackerConfig};
 use crate::signals::{Event, Signal};
 use crate::streams::{Gap, Reassembly, StreamKey};
 use crate::wire::ndjson::{self, Framer};
+use mcptap_abi::SocketInfo;
 
 /// Settings of the pipeline.
 #[derive(Clone, Debug)]
@@ -55,6 +63,17 @@ enum Verdict {
     Rejected,
 }
 
+/// How a stream's bytes are framed.
+#[derive(Debug)]
+enum Framing {
+    /// No bytes yet.
+    Undecided,
+    /// Newline-delimited JSON.
+    Ndjson(Framer),
+    /// HTTP/1.x: the connection state lives in `Pipeline::conns`, shared by both directions.
+    Http,
+}
+
 /// A line that did not parse while the stream was still being classified: reported as
 /// corruption if the stream turns out to carry MCP.
 struct Junk {
@@ -70,9 +89,27 @@ struct Stream {
     kind: FdKind,
     peer_inode: u64,
     reasm: Reassembly,
-    framer: Framer,
+    framing: Framing,
     verdict: Verdict,
     last_ns: u64,
+}
+
+/// One process's fd: the key of everything both directions of a socket share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct FdKey {
+    tgid: u32,
+    fd: i32,
+    inode: u64,
+}
+
+impl FdKey {
+    fn of(k: &StreamKey) -> Self {
+        FdKey {
+            tgid: k.tgid,
+            fd: k.fd,
+            inode: k.inode,
+        }
+    }
 }
 
 /// The kernel should stop shipping this fd.
@@ -95,7 +132,7 @@ pub struct PipelineStats {
     pub bytes: u64,
     /// Records that did not have the ABI's shape.
     pub bad_records: u64,
-    /// Frames (lines) produced by framing.
+    /// Frames produced by framing (lines, HTTP bodies, SSE events).
     pub frames: u64,
     /// Messages parsed (batch elements count one each).
     pub messages: u64,
@@ -111,12 +148,18 @@ pub struct PipelineStats {
     pub oversize: u64,
     /// Streams that ended inside a message.
     pub unterminated: u64,
+    /// HTTP connections whose framing could not be parsed.
+    pub http_errors: u64,
 }
 
 /// The whole userspace pipeline.
 pub struct Pipeline {
     cfg: PipelineConfig,
     streams: HashMap<StreamKey, Stream>,
+    /// HTTP connections, per process fd.
+    conns: HashMap<FdKey, http::ConnState>,
+    /// Socket addresses, per process fd, from the kernel's socket records.
+    sockets: HashMap<FdKey, SocketInfo>,
     /// The tracker (sessions and correlation).
     pub tracker: Tracker,
     out: Vec<Signal>,
@@ -146,21 +189,9 @@ fn looks_binary(b: &[u8]) -> bool {
         .any(|&c| c < 0x09 || (0x0e..0x20).contains(&c) || c == 0x7f)
 }
 
-fn looks_http(b: &[u8]) -> bool {
-    const STARTS: &[&[u8]] = &[
-        b"GET ",
-        b"POST ",
-        b"PUT ",
-        b"DELETE ",
-        b"HEAD ",
-        b"OPTIONS ",
-        b"PATCH ",
-        b"HTTP/1.",
-        b"PRI * HTTP/2",
-    ];
-    STARTS
-        .iter()
-        .any(|s| b.len() >= s.len() && &b[..s.len()] == *s)
+fn looks_tls(b: &[u8]) -> bool {
+    // A TLS record header: handshake (22) or application data (23), version 3.x.
+    b.len() >= 3 && (b[0] == 0x16 || b[0] == 0x17) && b[1] == 3 && b[2] <= 4
 }
 
 /// `"method":"..."` from the start of a message too long to parse whole.
@@ -172,6 +203,48 @@ fn sniff_method(prefix: &[u8]) -> Option<String> {
     Some(rest[..rest.find('"')?].to_string())
 }
 
+/// The two ends of a socket as the kernel saw them: (local, remote).
+fn socket_addrs(si: &SocketInfo) -> (Addr, Addr) {
+    fn ip(family: u16, raw: &[u8; 16]) -> std::net::IpAddr {
+        if family == 2 {
+            std::net::IpAddr::from([raw[0], raw[1], raw[2], raw[3]])
+        } else {
+            let v6 = std::net::Ipv6Addr::from(*raw);
+            // Dual-stack sockets show IPv4 peers as ::ffff:a.b.c.d.
+            v6.to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4)
+        }
+    }
+    fn path(raw: &[u8], len: u16) -> String {
+        let raw = &raw[..(len as usize).min(raw.len())];
+        match raw.first() {
+            Some(0) => format!(
+                "@{}",
+                String::from_utf8_lossy(&raw[1..]).trim_end_matches('\0')
+            ),
+            _ => String::from_utf8_lossy(raw)
+                .trim_end_matches('\0')
+                .to_string(),
+        }
+    }
+    if si.family == 1 {
+        (
+            Addr::Unix(path(&si.local_path, si.local_path_len)),
+            Addr::Unix(path(&si.remote_path, si.remote_path_len)),
+        )
+    } else {
+        (
+            Addr::Ip(ip(si.family, &si.local_addr), si.local_port),
+            Addr::Ip(ip(si.family, &si.remote_addr), si.remote_port),
+        )
+    }
+}
+
+/// A named AF_UNIX socket (either end bound to a path) rather than a socketpair.
+fn named_unix(si: Option<&SocketInfo>) -> bool {
+    si.is_some_and(|s| s.family == 1 && (s.local_path_len > 0 || s.remote_path_len > 0))
+}
+
 impl Pipeline {
     /// An empty pipeline.
     pub fn new(cfg: PipelineConfig) -> Self {
@@ -179,6 +252,8 @@ impl Pipeline {
             tracker: Tracker::new(cfg.tracker.clone()),
             cfg,
             streams: HashMap::new(),
+            conns: HashMap::new(),
+            sockets: HashMap::new(),
             out: Vec::new(),
             rejects: Vec::new(),
             stats: PipelineStats::default(),
@@ -226,12 +301,17 @@ impl Pipeline {
         let kind = rec.kind().expect("checked by parse");
         match kind {
             RecordKind::Data => self.data(host, &rec),
-            RecordKind::Close => self.close(&rec),
+            RecordKind::Close => self.close(host, &rec),
             RecordKind::Exec => {
                 let comm = rec.comm();
                 self.tracker.procs.exec(host, rec.hdr.tgid, &comm);
             }
-            RecordKind::Exit => self.exit(rec.hdr.tgid, rec.hdr.ts_exit_ns),
+            RecordKind::Exit => self.exit(host, rec.hdr.tgid, rec.hdr.ts_exit_ns),
+            RecordKind::Socket => {
+                if let Some(si) = rec.socket_info() {
+                    self.sockets.insert(FdKey::of(&StreamKey::of(&rec)), si);
+                }
+            }
         }
     }
 
@@ -244,7 +324,7 @@ impl Pipeline {
             kind: rec.fd_kind().expect("checked by parse"),
             peer_inode: rec.hdr.peer_inode,
             reasm: Reassembly::default(),
-            framer: Framer::new(self.cfg.max_message_bytes),
+            framing: Framing::Undecided,
             verdict: Verdict::Probing { junk: 0 },
             last_ns: 0,
         });
@@ -267,7 +347,19 @@ impl Pipeline {
     ) {
         let step = stream.reasm.step(rec);
         if let Some(gap) = step.gap {
-            let dropped = stream.framer.gap();
+            let dropped = match &mut stream.framing {
+                Framing::Ndjson(f) => f.gap(),
+                // HTTP framing cannot find its next boundary after a hole.
+                Framing::Http => {
+                    if stream.verdict == Verdict::Mcp {
+                        self.report_gap(key, gap, 0, rec.hdr.ts_exit_ns);
+                    }
+                    self.http_lost(host, key, rec.hdr.ts_exit_ns);
+                    self.reject(key, stream, Some("http_gap"));
+                    return;
+                }
+                Framing::Undecided => 0,
+            };
             if stream.verdict == Verdict::Mcp {
                 self.report_gap(key, gap, dropped, rec.hdr.ts_exit_ns);
             }
@@ -276,21 +368,135 @@ impl Pipeline {
             return;
         }
         self.tracker.procs.note(host, key.tgid, &rec.comm());
-        if matches!(stream.verdict, Verdict::Probing { .. }) && stream.framer.pending() == 0 {
-            let head = rec.data.trim_ascii_start();
-            let reason = if looks_http(head) {
-                // Streamable HTTP and HTTP+SSE are parsed by the network transports.
-                Some("http")
-            } else if looks_binary(rec.data) {
-                Some("binary")
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
-                self.reject(key, stream, Some(reason));
+        if matches!(stream.framing, Framing::Undecided) {
+            if !self.choose_framing(key, stream, rec.data) {
                 return;
             }
         }
+        match stream.framing {
+            Framing::Http => {
+                self.http_data(host, key, stream, rec);
+            }
+            Framing::Ndjson(_) => self.ndjson_data(host, rec, key, stream),
+            Framing::Undecided => unreachable!("chosen above"),
+        }
+    }
+
+    /// Pick how to frame a stream from its first bytes; false when it was rejected instead.
+    fn choose_framing(&mut self, key: &StreamKey, stream: &mut Stream, first: &[u8]) -> bool {
+        let head = first.trim_ascii_start();
+        let fk = FdKey::of(key);
+        if self.conns.contains_key(&fk) {
+            // The other direction of this fd already found HTTP.
+            stream.framing = Framing::Http;
+            return true;
+        }
+        if stream.kind != FdKind::Pipe {
+            if let Some(conn) =
+                crate::wire::http::Conn::detect(key.dir, head, self.cfg.max_message_bytes)
+            {
+                self.conns.insert(fk, http::ConnState::new(conn));
+                stream.framing = Framing::Http;
+                return true;
+            }
+        }
+        let reason = if head.starts_with(b"PRI * HTTP/2") {
+            Some("http2")
+        } else if looks_tls(head) {
+            Some("tls")
+        } else if looks_binary(first) {
+            Some("binary")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            self.reject(key, stream, Some(reason));
+            return false;
+        }
+        stream.framing = Framing::Ndjson(Framer::new(self.cfg.max_message_bytes));
+        true
+    }
+
+    /// The route of a newline-delimited view: stdio pipes and socketpairs and named Unix
+    /// sockets join the two processes at the link's ends; TCP joins the connection.
+    fn ndjson_route(&mut self, host: &mut dyn Host, v: &View) -> Route {
+        let fk = FdKey {
+            tgid: v.tgid,
+            fd: v.fd,
+            inode: v.inode,
+        };
+        let si = self.sockets.get(&fk).copied();
+        match v.kind {
+            FdKind::Pipe => self.tracker.link_route(host, v, "stdio"),
+            FdKind::Unix => {
+                let transport = if named_unix(si.as_ref()) {
+                    "unix"
+                } else {
+                    "stdio"
+                };
+                let mut r = self.tracker.link_route(host, v, transport);
+                if transport == "unix" {
+                    r.addrs = si.map(|si| {
+                        let (local, remote) = socket_addrs(&si);
+                        // The bound path is the server's.
+                        if si.local_path_len > 0 {
+                            Addrs {
+                                client: remote,
+                                server: local,
+                            }
+                        } else {
+                            Addrs {
+                                client: local,
+                                server: remote,
+                            }
+                        }
+                    });
+                }
+                r
+            }
+            FdKind::Tcp => {
+                // No standard transport frames MCP this way; roles come from the messages,
+                // sides from the address order so that both ends agree.
+                let (local, remote) = si.map(|si| socket_addrs(&si)).unwrap_or((
+                    Addr::Unix(format!("inode:{}", v.inode)),
+                    Addr::Unix("?".into()),
+                ));
+                let (l, r) = (local.to_string(), remote.to_string());
+                let viewer = if l <= r { 0 } else { 1 };
+                let sender = match v.dir {
+                    Dir::Out => viewer,
+                    Dir::In => 1 - viewer,
+                };
+                let (a, b) = if l <= r { (l, r) } else { (r, l) };
+                Route {
+                    key: SessionKey::Conn {
+                        client: a,
+                        server: b,
+                    },
+                    transport: "tcp",
+                    sender,
+                    viewer,
+                    viewer_pid: v.tgid,
+                    peer_pid: None,
+                    roles_fixed: false,
+                    label: None,
+                    http_status: None,
+                    addrs: Some(Addrs {
+                        client: local,
+                        server: remote,
+                    }),
+                }
+            }
+        }
+    }
+
+    fn ndjson_data(
+        &mut self,
+        host: &mut dyn Host,
+        rec: &Record<'_>,
+        key: &StreamKey,
+        stream: &mut Stream,
+    ) {
         let base = View {
             tgid: key.tgid,
             fd: key.fd,
@@ -301,7 +507,10 @@ impl Pipeline {
             first_enter_ns: 0,
             last_exit_ns: 0,
         };
-        let mut framer = std::mem::replace(&mut stream.framer, Framer::new(0));
+        let Framing::Ndjson(framer) = &mut stream.framing else {
+            return;
+        };
+        let mut framer = std::mem::replace(framer, Framer::new(0));
         framer.push(rec.data, rec.hdr.ts_enter_ns, rec.hdr.ts_exit_ns, |o| {
             if stream.verdict == Verdict::Rejected {
                 return;
@@ -326,31 +535,36 @@ impl Pipeline {
                         last_exit_ns,
                         ..base
                     };
-                    stream.verdict = self.oversize(host, key, &v, len, &prefix, stream.verdict);
+                    stream.verdict =
+                        self.oversize(host, key, &v, None, len, &prefix, stream.verdict);
                 }
             }
         });
-        stream.framer = framer;
         if stream.verdict == Verdict::Rejected {
             self.reject(key, stream, None);
             return;
         }
         let stuck = matches!(stream.verdict, Verdict::Probing { .. })
-            && stream.framer.pending() > PROBE_LIMIT
+            && framer.pending() > PROBE_LIMIT
             && !matches!(
-                stream.framer.pending_bytes().trim_ascii_start().first(),
+                framer.pending_bytes().trim_ascii_start().first(),
                 Some(b'{') | Some(b'[')
             );
+        stream.framing = Framing::Ndjson(framer);
         if stuck {
             self.reject(key, stream, Some("no_json_lines"));
         }
     }
 
+    /// A message over the size limit. `route` is given by HTTP, which knows it; `None` asks
+    /// for the newline-delimited route.
+    #[allow(clippy::too_many_arguments)]
     fn oversize(
         &mut self,
         host: &mut dyn Host,
         key: &StreamKey,
         v: &View,
+        route: Option<&Route>,
         len: u64,
         prefix: &[u8],
         verdict: Verdict,
@@ -372,14 +586,21 @@ impl Pipeline {
         if let Some(m) = sniff_method(prefix) {
             e = e.with("method", m);
         }
-        if self.tracker.observe_junk(host, v, xxh3_64(prefix) ^ len) {
-            e.session = Some(self.tracker.session_label(host, v));
+        let route = match route {
+            Some(r) => r.clone(),
+            None => self.ndjson_route(host, v),
+        };
+        if self
+            .tracker
+            .observe_junk(host, &route, v, xxh3_64(prefix) ^ len)
+        {
+            e.session = self.tracker.session_label(host, &route, v.ts());
             self.out.push(Signal::Event(e));
         }
         verdict
     }
 
-    /// One line of a stream; updates the stream's verdict.
+    /// One line of a newline-delimited stream; updates the stream's verdict.
     fn frame(
         &mut self,
         host: &mut dyn Host,
@@ -397,25 +618,11 @@ impl Pipeline {
                 // after all: stray output (or the tail of a message the agent started in the
                 // middle of). Either way, unparsed bytes on the stream: report them.
                 for j in early_junk.drain(..) {
-                    self.corruption(host, key, &j, true);
+                    self.corruption(host, key, &j, None, true);
                 }
-                let hash = xxh3_64(bytes);
-                let size = bytes.len() as u64 + 1;
-                match parsed {
-                    Parsed::One(m) => {
-                        self.stats.messages += 1;
-                        self.tracker.observe(host, v, &m, hash, size, &mut self.out);
-                    }
-                    Parsed::Batch(ms) => {
-                        let n = ms.len() as u64;
-                        for (i, m) in ms.iter().enumerate() {
-                            self.stats.messages += 1;
-                            // Each element needs its own identity for matching the two views.
-                            let h = (hash ^ (i as u64 + 1)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-                            self.tracker.observe(host, v, m, h, size / n, &mut self.out);
-                        }
-                    }
-                }
+                let route = self.ndjson_route(host, v);
+                // The newline counts: it is part of what the sender wrote.
+                self.deliver(host, &route, v, &parsed, bytes, bytes.len() as u64 + 1);
                 Verdict::Mcp
             }
             Err(err) => match verdict {
@@ -453,7 +660,7 @@ impl Pipeline {
                         len: bytes.len() as u64,
                         class: err.class(),
                     };
-                    self.corruption(host, key, &j, false);
+                    self.corruption(host, key, &j, None, false);
                     Verdict::Mcp
                 }
                 Verdict::Rejected => Verdict::Rejected,
@@ -461,11 +668,55 @@ impl Pipeline {
         }
     }
 
-    /// A line on an MCP stream that is not a JSON-RPC message; reported once even when both
-    /// ends saw it.
-    fn corruption(&mut self, host: &mut dyn Host, key: &StreamKey, j: &Junk, before_first: bool) {
+    /// Hand parsed messages to the tracker, `size` being the bytes they took on the wire;
+    /// returns how many there were.
+    fn deliver(
+        &mut self,
+        host: &mut dyn Host,
+        route: &Route,
+        v: &View,
+        parsed: &Parsed,
+        bytes: &[u8],
+        size: u64,
+    ) -> usize {
+        let hash = xxh3_64(bytes);
+        match parsed {
+            Parsed::One(m) => {
+                self.stats.messages += 1;
+                self.tracker
+                    .observe(host, route, v, m, hash, size, &mut self.out);
+                1
+            }
+            Parsed::Batch(ms) => {
+                let n = ms.len() as u64;
+                for (i, m) in ms.iter().enumerate() {
+                    self.stats.messages += 1;
+                    // Each element needs its own identity for matching the two views.
+                    let h = (hash ^ (i as u64 + 1)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                    self.tracker
+                        .observe(host, route, v, m, h, size / n, &mut self.out);
+                }
+                ms.len()
+            }
+        }
+    }
+
+    /// Something on an MCP stream that is not a JSON-RPC message; reported once even when
+    /// both ends saw it.
+    fn corruption(
+        &mut self,
+        host: &mut dyn Host,
+        key: &StreamKey,
+        j: &Junk,
+        route: Option<&Route>,
+        before_first: bool,
+    ) {
         *self.stats.parse_errors.entry(j.class).or_default() += 1;
-        if self.tracker.observe_junk(host, &j.view, j.hash) {
+        let route = match route {
+            Some(r) => r.clone(),
+            None => self.ndjson_route(host, &j.view),
+        };
+        if self.tracker.observe_junk(host, &route, &j.view, j.hash) {
             let mut e = self
                 .stream_event("stream_corruption", key, j.view.ts())
                 .with("bytes", j.len)
@@ -473,7 +724,7 @@ impl Pipeline {
             if before_first {
                 e = e.with("before_first_message", true);
             }
-            e.session = Some(self.tracker.session_label(host, &j.view));
+            e.session = self.tracker.session_label(host, &route, j.view.ts());
             self.out.push(Signal::Event(e));
         }
     }
@@ -502,7 +753,7 @@ impl Pipeline {
             reason.unwrap_or("see counters")
         );
         stream.verdict = Verdict::Rejected;
-        stream.framer = Framer::new(0);
+        stream.framing = Framing::Undecided;
         let other = StreamKey {
             dir: match key.dir {
                 Dir::In => Dir::Out,
@@ -512,8 +763,9 @@ impl Pipeline {
         };
         if let Some(s) = self.streams.get_mut(&other) {
             s.verdict = Verdict::Rejected;
-            s.framer = Framer::new(0);
+            s.framing = Framing::Undecided;
         }
+        self.conns.remove(&FdKey::of(key));
         self.rejects.push(Reject {
             tgid: key.tgid,
             fd: key.fd,
@@ -528,7 +780,9 @@ impl Pipeline {
         if let Some(gap) = s.reasm.finish() {
             self.report_gap(&key, gap, 0, ts);
         }
-        if let Some(n) = s.framer.finish() {
+        if let Framing::Ndjson(f) = &mut s.framing
+            && let Some(n) = f.finish()
+        {
             self.stats.unterminated += 1;
             let e = self
                 .stream_event("stream_unterminated", &key, ts)
@@ -537,19 +791,34 @@ impl Pipeline {
         }
     }
 
-    fn close(&mut self, rec: &Record<'_>) {
+    fn close(&mut self, host: &mut dyn Host, rec: &Record<'_>) {
+        let base = StreamKey::of(rec);
+        self.http_close(host, &base, rec.hdr.ts_exit_ns);
         for dir in [Dir::In, Dir::Out] {
-            let key = StreamKey {
-                dir,
-                ..StreamKey::of(rec)
-            };
+            let key = StreamKey { dir, ..base };
             if let Some(s) = self.streams.remove(&key) {
                 self.finish_stream(key, s, rec.hdr.ts_exit_ns);
             }
         }
+        self.sockets.remove(&FdKey::of(&base));
     }
 
-    fn exit(&mut self, tgid: u32, ts: u64) {
+    fn exit(&mut self, host: &mut dyn Host, tgid: u32, ts: u64) {
+        let conns: Vec<FdKey> = self
+            .conns
+            .keys()
+            .filter(|k| k.tgid == tgid)
+            .copied()
+            .collect();
+        for fk in conns {
+            let key = StreamKey {
+                tgid: fk.tgid,
+                fd: fk.fd,
+                dir: Dir::In,
+                inode: fk.inode,
+            };
+            self.http_close(host, &key, ts);
+        }
         let keys: Vec<StreamKey> = self
             .streams
             .keys()
@@ -560,6 +829,7 @@ impl Pipeline {
             let s = self.streams.remove(&key).expect("listed");
             self.finish_stream(key, s, ts);
         }
+        self.sockets.retain(|k, _| k.tgid != tgid);
         self.tracker.process_exit(tgid, ts, &mut self.out);
     }
 
@@ -571,6 +841,20 @@ impl Pipeline {
         let idle = self.cfg.stream_idle_ns;
         self.streams
             .retain(|_, s| now.saturating_sub(s.last_ns) < idle);
+        let streams = &self.streams;
+        self.conns.retain(|k, _| {
+            streams.contains_key(&StreamKey {
+                tgid: k.tgid,
+                fd: k.fd,
+                dir: Dir::In,
+                inode: k.inode,
+            }) || streams.contains_key(&StreamKey {
+                tgid: k.tgid,
+                fd: k.fd,
+                dir: Dir::Out,
+                inode: k.inode,
+            })
+        });
     }
 
     /// New kernel counter totals: report every loss counter that went up.
@@ -625,6 +909,7 @@ impl Pipeline {
             "resync_dropped_bytes": s.resync_dropped_bytes,
             "messages_truncated": s.oversize,
             "streams_unterminated": s.unterminated,
+            "http_errors": s.http_errors,
             "kernel": self.kernel_totals,
         })
     }
@@ -636,320 +921,4 @@ impl Pipeline {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::capture::encode_record;
-    use crate::capture::procinfo::{FixedHost, Holder, HolderKind, ProcInfo};
-    use crate::signals::Status;
-    use mcptap_abi::{
-        DIR_IN, DIR_OUT, EventHeader, FD_PIPE, FLAG_LOST_BEFORE, RECORD_DATA, RECORD_EXIT,
-    };
-
-    const CLIENT: u32 = 100;
-    const SERVER: u32 = 200;
-    const REQ_PIPE: u64 = 1;
-    const RESP_PIPE: u64 = 2;
-    const REQ: &[u8] =
-        b"{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"tools/call\",\"params\":{\"name\":\"echo\",\"arguments\":{\"text\":\"hi\"}}}\n";
-    const RESP: &[u8] =
-        b"{\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"hi\"}]}}\n";
-
-    fn host() -> FixedHost {
-        let mut h = FixedHost::default();
-        h.processes.insert(
-            CLIENT,
-            ProcInfo {
-                pid: CLIENT,
-                comm: "client".into(),
-                ..Default::default()
-            },
-        );
-        h.processes.insert(
-            SERVER,
-            ProcInfo {
-                pid: SERVER,
-                ppid: CLIENT,
-                comm: "server".into(),
-                ..Default::default()
-            },
-        );
-        let hold = |pid, writes| Holder { pid, writes };
-        h.holders.insert(
-            (HolderKind::Pipe, REQ_PIPE),
-            vec![hold(CLIENT, true), hold(SERVER, false)],
-        );
-        h.holders.insert(
-            (HolderKind::Pipe, RESP_PIPE),
-            vec![hold(SERVER, true), hold(CLIENT, false)],
-        );
-        h
-    }
-
-    /// One syscall's record: `(tgid, fd, dir, pipe, enter, exit, bytes)`.
-    fn rec(tgid: u32, fd: i32, dir: u8, inode: u64, enter: u64, exit: u64, data: &[u8]) -> Vec<u8> {
-        encode_record(
-            &EventHeader {
-                record: RECORD_DATA,
-                dir,
-                fd_kind: FD_PIPE,
-                tgid,
-                tid: tgid,
-                fd,
-                ts_enter_ns: enter,
-                ts_exit_ns: exit,
-                inode,
-                total: data.len() as u64,
-                ..Default::default()
-            },
-            data,
-        )
-    }
-
-    fn run(records: &[Vec<u8>], host: &mut FixedHost) -> (Vec<Signal>, Pipeline) {
-        let mut p = Pipeline::new(PipelineConfig::default());
-        for r in records {
-            p.ingest(host, r);
-        }
-        p.finish(10_000_000_000);
-        let out = p.drain_signals().collect();
-        (out, p)
-    }
-
-    fn exchanges(s: &[Signal]) -> Vec<&crate::signals::Exchange> {
-        s.iter()
-            .filter_map(|s| match s {
-                Signal::Exchange(x) => Some(x),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// The server reads the request in two pieces split at every possible byte: always one
-    /// exchange, with both sides' durations from the right syscalls.
-    #[test]
-    fn both_views_split_at_every_boundary_make_one_exchange() {
-        for cut in 1..REQ.len() {
-            let recs = vec![
-                rec(CLIENT, 5, DIR_OUT, REQ_PIPE, 1_000, 1_100, REQ),
-                rec(SERVER, 0, DIR_IN, REQ_PIPE, 900, 1_200, &REQ[..cut]),
-                rec(SERVER, 0, DIR_IN, REQ_PIPE, 1_250, 1_300, &REQ[cut..]),
-                rec(SERVER, 1, DIR_OUT, RESP_PIPE, 5_000, 5_100, RESP),
-                rec(CLIENT, 6, DIR_IN, RESP_PIPE, 4_000, 5_200, RESP),
-            ];
-            let (out, p) = run(&recs, &mut host());
-            let xs = exchanges(&out);
-            assert_eq!(xs.len(), 1, "cut {cut}: {out:#?}");
-            let x = xs[0];
-            assert_eq!(x.method, "tools/call");
-            assert_eq!(x.tool.as_deref(), Some("echo"));
-            assert_eq!(x.status, Status::Ok);
-            assert_eq!(x.id, "7");
-            // Client: write entry 1000 → read exit 5200. Server: last read exit 1300 → write
-            // entry 5000.
-            assert_eq!(x.client_duration_ms, Some(0.0042));
-            assert_eq!(x.server_duration_ms, Some(0.0037));
-            assert_eq!(x.client.pid, Some(CLIENT));
-            assert_eq!(x.server.pid, Some(SERVER));
-            assert_eq!(x.client.comm, "client");
-            assert_eq!(x.request_bytes, REQ.len() as u64);
-            assert_eq!(x.session, format!("stdio:{CLIENT}-{SERVER}"));
-            assert_eq!(p.tracker.stats.late_views, 0);
-        }
-    }
-
-    /// Records from the two processes interleave in any order the ring buffer may produce:
-    /// still one exchange.
-    #[test]
-    fn view_order_does_not_matter() {
-        let base = [
-            rec(CLIENT, 5, DIR_OUT, REQ_PIPE, 1_000, 1_100, REQ),
-            rec(SERVER, 0, DIR_IN, REQ_PIPE, 900, 1_200, REQ),
-            rec(SERVER, 1, DIR_OUT, RESP_PIPE, 5_000, 5_100, RESP),
-            rec(CLIENT, 6, DIR_IN, RESP_PIPE, 4_000, 5_200, RESP),
-        ];
-        // Every permutation that keeps each process's own records in order.
-        let orders: [[usize; 4]; 6] = [
-            [0, 1, 2, 3],
-            [1, 0, 2, 3],
-            [1, 2, 0, 3],
-            [1, 2, 3, 0],
-            [0, 1, 3, 2],
-            [1, 0, 3, 2],
-        ];
-        for order in orders {
-            let recs: Vec<Vec<u8>> = order.iter().map(|&i| base[i].clone()).collect();
-            let (out, _) = run(&recs, &mut host());
-            let xs = exchanges(&out);
-            assert_eq!(xs.len(), 1, "order {order:?}: {out:#?}");
-            assert_eq!(xs[0].client_duration_ms, Some(0.0042), "order {order:?}");
-            assert_eq!(xs[0].server_duration_ms, Some(0.0038), "order {order:?}");
-        }
-    }
-
-    /// Only the server is watched: one exchange with the server's view; the client is named
-    /// from the pipe's holders.
-    #[test]
-    fn one_side_watched() {
-        let recs = vec![
-            rec(SERVER, 0, DIR_IN, REQ_PIPE, 900, 1_200, REQ),
-            rec(SERVER, 1, DIR_OUT, RESP_PIPE, 5_000, 5_100, RESP),
-        ];
-        let (out, _) = run(&recs, &mut host());
-        let xs = exchanges(&out);
-        assert_eq!(xs.len(), 1);
-        assert_eq!(xs[0].client_duration_ms, None);
-        assert_eq!(xs[0].server_duration_ms, Some(0.0038));
-        assert_eq!(xs[0].duration_ms, Some(0.0038));
-        assert_eq!(xs[0].client.pid, Some(CLIENT));
-        assert_eq!(xs[0].client.comm, "client");
-    }
-
-    /// Stray output on the server's stdout: reported once as corruption, framing resyncs and
-    /// the next response still correlates.
-    #[test]
-    fn stray_stdout_is_corruption_and_framing_resyncs() {
-        let recs = vec![
-            rec(CLIENT, 5, DIR_OUT, REQ_PIPE, 1_000, 1_100, REQ),
-            rec(SERVER, 0, DIR_IN, REQ_PIPE, 900, 1_200, REQ),
-            rec(
-                SERVER,
-                1,
-                DIR_OUT,
-                RESP_PIPE,
-                2_000,
-                2_100,
-                b"debug: got a call\n",
-            ),
-            rec(
-                CLIENT,
-                6,
-                DIR_IN,
-                RESP_PIPE,
-                1_500,
-                2_200,
-                b"debug: got a call\n",
-            ),
-            rec(SERVER, 1, DIR_OUT, RESP_PIPE, 5_000, 5_100, RESP),
-            rec(CLIENT, 6, DIR_IN, RESP_PIPE, 4_000, 5_200, RESP),
-        ];
-        let (out, p) = run(&recs, &mut host());
-        assert_eq!(exchanges(&out).len(), 1);
-        let corrupt: Vec<&Signal> = out
-            .iter()
-            .filter(|s| matches!(s, Signal::Event(e) if e.event == "stream_corruption"))
-            .collect();
-        assert_eq!(corrupt.len(), 1, "{out:#?}");
-        assert_eq!(p.stats.parse_errors.get("not_json"), Some(&2));
-    }
-
-    /// JSON that is not JSON-RPC on a pipe: the stream is rejected, the kernel is told, and
-    /// nothing is reported.
-    #[test]
-    fn json_logs_are_rejected() {
-        let lines = b"{\"level\":\"info\",\"msg\":\"a\"}\n{\"level\":\"info\",\"msg\":\"b\"}\n";
-        let mut p = Pipeline::new(PipelineConfig::default());
-        let mut h = host();
-        p.ingest(&mut h, &rec(300, 1, DIR_OUT, 9, 1, 2, lines));
-        p.ingest(&mut h, &rec(300, 1, DIR_OUT, 9, 3, 4, lines));
-        p.finish(10);
-        let reported: Vec<Signal> = p
-            .drain_signals()
-            .filter(|s| !matches!(s, Signal::Event(e) if e.event == "agent_stop"))
-            .collect();
-        assert!(reported.is_empty(), "{reported:#?}");
-        assert_eq!(
-            p.take_rejects(),
-            vec![Reject {
-                tgid: 300,
-                fd: 1,
-                inode: 9
-            }]
-        );
-        assert_eq!(p.stats.rejected.get("json_not_jsonrpc"), Some(&1));
-        // Binary and HTTP are rejected from their first bytes.
-        p.ingest(
-            &mut h,
-            &rec(301, 1, DIR_OUT, 10, 1, 2, b"\x16\x03\x01\x02\x00"),
-        );
-        p.ingest(
-            &mut h,
-            &rec(302, 1, DIR_OUT, 11, 1, 2, b"GET / HTTP/1.1\r\n"),
-        );
-        assert_eq!(p.take_rejects().len(), 2);
-    }
-
-    /// The server dies before answering: the call ends as no_response.
-    #[test]
-    fn server_exit_ends_open_calls() {
-        let exit = encode_record(
-            &EventHeader {
-                record: RECORD_EXIT,
-                tgid: SERVER,
-                tid: SERVER,
-                fd: -1,
-                ts_enter_ns: 3_000,
-                ts_exit_ns: 3_000,
-                ..Default::default()
-            },
-            &[],
-        );
-        let recs = vec![
-            rec(CLIENT, 5, DIR_OUT, REQ_PIPE, 1_000, 1_100, REQ),
-            rec(SERVER, 0, DIR_IN, REQ_PIPE, 900, 1_200, REQ),
-            exit,
-        ];
-        let (out, _) = run(&recs, &mut host());
-        let xs = exchanges(&out);
-        assert_eq!(xs.len(), 1);
-        assert_eq!(xs[0].status, Status::NoResponse);
-    }
-
-    /// After a kernel loss, the partial line is dropped, the hole reported, and the next
-    /// whole message is used again; no exchange is invented from mismatched halves.
-    #[test]
-    fn kernel_loss_resyncs_at_the_next_line() {
-        let with_id = |m: &[u8], id: &str| {
-            String::from_utf8_lossy(m)
-                .replace("\"id\":7", &format!("\"id\":{id}"))
-                .into_bytes()
-        };
-        let mut lost = rec(SERVER, 0, DIR_IN, REQ_PIPE, 900, 1_200, &REQ[40..]);
-        lost[3] = FLAG_LOST_BEFORE;
-        let recs = vec![
-            // A whole exchange first: the streams are known to carry MCP.
-            rec(SERVER, 0, DIR_IN, REQ_PIPE, 100, 200, &with_id(REQ, "6")),
-            rec(SERVER, 1, DIR_OUT, RESP_PIPE, 300, 400, &with_id(RESP, "6")),
-            rec(SERVER, 0, DIR_IN, REQ_PIPE, 800, 850, &REQ[..20]),
-            // The hole: the tail of request 7 arrives after a loss.
-            lost,
-            rec(
-                SERVER,
-                0,
-                DIR_IN,
-                REQ_PIPE,
-                1_300,
-                1_400,
-                &with_id(REQ, "8"),
-            ),
-            rec(SERVER, 1, DIR_OUT, RESP_PIPE, 5_000, 5_100, RESP),
-            rec(
-                SERVER,
-                1,
-                DIR_OUT,
-                RESP_PIPE,
-                6_000,
-                6_100,
-                &with_id(RESP, "8"),
-            ),
-        ];
-        let (out, p) = run(&recs, &mut host());
-        let xs = exchanges(&out);
-        assert_eq!(xs.len(), 2, "{out:#?}");
-        assert_eq!((xs[0].id.as_str(), xs[1].id.as_str()), ("6", "8"));
-        assert_eq!(p.tracker.stats.orphan_responses, 1);
-        assert!(
-            out.iter()
-                .any(|s| matches!(s, Signal::Event(e) if e.event == "stream_gap"))
-        );
-    }
-}
+mod tests;

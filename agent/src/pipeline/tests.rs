@@ -1,0 +1,599 @@
+//! Pipeline tests: synthetic kernel records through every stage.
+
+use super::*;
+use crate::capture::encode_record;
+use crate::capture::procinfo::{FixedHost, Holder, HolderKind, ProcInfo};
+use crate::signals::Status;
+use mcptap_abi::{
+    DIR_IN, DIR_OUT, EventHeader, FD_PIPE, FLAG_LOST_BEFORE, RECORD_DATA, RECORD_EXIT,
+};
+
+const CLIENT: u32 = 100;
+const SERVER: u32 = 200;
+const REQ_PIPE: u64 = 1;
+const RESP_PIPE: u64 = 2;
+const REQ: &[u8] =
+    b"{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"tools/call\",\"params\":{\"name\":\"echo\",\"arguments\":{\"text\":\"hi\"}}}\n";
+const RESP: &[u8] =
+    b"{\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"hi\"}]}}\n";
+
+fn host() -> FixedHost {
+    let mut h = FixedHost::default();
+    h.processes.insert(
+        CLIENT,
+        ProcInfo {
+            pid: CLIENT,
+            comm: "client".into(),
+            ..Default::default()
+        },
+    );
+    h.processes.insert(
+        SERVER,
+        ProcInfo {
+            pid: SERVER,
+            ppid: CLIENT,
+            comm: "server".into(),
+            ..Default::default()
+        },
+    );
+    let hold = |pid, writes| Holder { pid, writes };
+    h.holders.insert(
+        (HolderKind::Pipe, REQ_PIPE),
+        vec![hold(CLIENT, true), hold(SERVER, false)],
+    );
+    h.holders.insert(
+        (HolderKind::Pipe, RESP_PIPE),
+        vec![hold(SERVER, true), hold(CLIENT, false)],
+    );
+    h
+}
+
+/// A TCP socket's data record.
+fn tcp(tgid: u32, fd: i32, dir: u8, inode: u64, enter: u64, exit: u64, data: &[u8]) -> Vec<u8> {
+    let mut r = rec(tgid, fd, dir, inode, enter, exit, data);
+    r[2] = mcptap_abi::FD_TCP;
+    r
+}
+
+/// A socket record: the kernel's word on where a TCP socket's ends are.
+fn sock(tgid: u32, fd: i32, inode: u64, local: ([u8; 4], u16), remote: ([u8; 4], u16)) -> Vec<u8> {
+    let mut si = mcptap_abi::SocketInfo {
+        family: 2,
+        local_port: local.1,
+        remote_port: remote.1,
+        ..Default::default()
+    };
+    si.local_addr[..4].copy_from_slice(&local.0);
+    si.remote_addr[..4].copy_from_slice(&remote.0);
+    // SAFETY: SocketInfo is repr(C) plain integers.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            (&si as *const mcptap_abi::SocketInfo).cast::<u8>(),
+            std::mem::size_of::<mcptap_abi::SocketInfo>(),
+        )
+    };
+    encode_record(
+        &EventHeader {
+            record: mcptap_abi::RECORD_SOCKET,
+            fd_kind: mcptap_abi::FD_TCP,
+            tgid,
+            tid: tgid,
+            fd,
+            inode,
+            ..Default::default()
+        },
+        bytes,
+    )
+}
+
+/// One syscall's record: `(tgid, fd, dir, pipe, enter, exit, bytes)`.
+fn rec(tgid: u32, fd: i32, dir: u8, inode: u64, enter: u64, exit: u64, data: &[u8]) -> Vec<u8> {
+    encode_record(
+        &EventHeader {
+            record: RECORD_DATA,
+            dir,
+            fd_kind: FD_PIPE,
+            tgid,
+            tid: tgid,
+            fd,
+            ts_enter_ns: enter,
+            ts_exit_ns: exit,
+            inode,
+            total: data.len() as u64,
+            ..Default::default()
+        },
+        data,
+    )
+}
+
+fn run(records: &[Vec<u8>], host: &mut FixedHost) -> (Vec<Signal>, Pipeline) {
+    let mut p = Pipeline::new(PipelineConfig::default());
+    for r in records {
+        p.ingest(host, r);
+    }
+    p.finish(10_000_000_000);
+    let out = p.drain_signals().collect();
+    (out, p)
+}
+
+fn exchanges(s: &[Signal]) -> Vec<&crate::signals::Exchange> {
+    s.iter()
+        .filter_map(|s| match s {
+            Signal::Exchange(x) => Some(x),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The server reads the request in two pieces split at every possible byte: always one
+/// exchange, with both sides' durations from the right syscalls.
+#[test]
+fn both_views_split_at_every_boundary_make_one_exchange() {
+    for cut in 1..REQ.len() {
+        let recs = vec![
+            rec(CLIENT, 5, DIR_OUT, REQ_PIPE, 1_000, 1_100, REQ),
+            rec(SERVER, 0, DIR_IN, REQ_PIPE, 900, 1_200, &REQ[..cut]),
+            rec(SERVER, 0, DIR_IN, REQ_PIPE, 1_250, 1_300, &REQ[cut..]),
+            rec(SERVER, 1, DIR_OUT, RESP_PIPE, 5_000, 5_100, RESP),
+            rec(CLIENT, 6, DIR_IN, RESP_PIPE, 4_000, 5_200, RESP),
+        ];
+        let (out, p) = run(&recs, &mut host());
+        let xs = exchanges(&out);
+        assert_eq!(xs.len(), 1, "cut {cut}: {out:#?}");
+        let x = xs[0];
+        assert_eq!(x.method, "tools/call");
+        assert_eq!(x.tool.as_deref(), Some("echo"));
+        assert_eq!(x.status, Status::Ok);
+        assert_eq!(x.id, "7");
+        // Client: write entry 1000 → read exit 5200. Server: last read exit 1300 → write
+        // entry 5000.
+        assert_eq!(x.client_duration_ms, Some(0.0042));
+        assert_eq!(x.server_duration_ms, Some(0.0037));
+        assert_eq!(x.client.pid, Some(CLIENT));
+        assert_eq!(x.server.pid, Some(SERVER));
+        assert_eq!(x.client.comm, "client");
+        assert_eq!(x.request_bytes, REQ.len() as u64);
+        assert_eq!(x.session, Some(format!("stdio:{CLIENT}-{SERVER}")));
+        assert_eq!(p.tracker.stats.late_views, 0);
+    }
+}
+
+/// Records from the two processes interleave in any order the ring buffer may produce:
+/// still one exchange.
+#[test]
+fn view_order_does_not_matter() {
+    let base = [
+        rec(CLIENT, 5, DIR_OUT, REQ_PIPE, 1_000, 1_100, REQ),
+        rec(SERVER, 0, DIR_IN, REQ_PIPE, 900, 1_200, REQ),
+        rec(SERVER, 1, DIR_OUT, RESP_PIPE, 5_000, 5_100, RESP),
+        rec(CLIENT, 6, DIR_IN, RESP_PIPE, 4_000, 5_200, RESP),
+    ];
+    // Every permutation that keeps each process's own records in order.
+    let orders: [[usize; 4]; 6] = [
+        [0, 1, 2, 3],
+        [1, 0, 2, 3],
+        [1, 2, 0, 3],
+        [1, 2, 3, 0],
+        [0, 1, 3, 2],
+        [1, 0, 3, 2],
+    ];
+    for order in orders {
+        let recs: Vec<Vec<u8>> = order.iter().map(|&i| base[i].clone()).collect();
+        let (out, _) = run(&recs, &mut host());
+        let xs = exchanges(&out);
+        assert_eq!(xs.len(), 1, "order {order:?}: {out:#?}");
+        assert_eq!(xs[0].client_duration_ms, Some(0.0042), "order {order:?}");
+        assert_eq!(xs[0].server_duration_ms, Some(0.0038), "order {order:?}");
+    }
+}
+
+/// Only the server is watched: one exchange with the server's view; the client is named
+/// from the pipe's holders.
+#[test]
+fn one_side_watched() {
+    let recs = vec![
+        rec(SERVER, 0, DIR_IN, REQ_PIPE, 900, 1_200, REQ),
+        rec(SERVER, 1, DIR_OUT, RESP_PIPE, 5_000, 5_100, RESP),
+    ];
+    let (out, _) = run(&recs, &mut host());
+    let xs = exchanges(&out);
+    assert_eq!(xs.len(), 1);
+    assert_eq!(xs[0].client_duration_ms, None);
+    assert_eq!(xs[0].server_duration_ms, Some(0.0038));
+    assert_eq!(xs[0].duration_ms, Some(0.0038));
+    assert_eq!(xs[0].client.pid, Some(CLIENT));
+    assert_eq!(xs[0].client.comm, "client");
+}
+
+/// Stray output on the server's stdout: reported once as corruption, framing resyncs and
+/// the next response still correlates.
+#[test]
+fn stray_stdout_is_corruption_and_framing_resyncs() {
+    let recs = vec![
+        rec(CLIENT, 5, DIR_OUT, REQ_PIPE, 1_000, 1_100, REQ),
+        rec(SERVER, 0, DIR_IN, REQ_PIPE, 900, 1_200, REQ),
+        rec(
+            SERVER,
+            1,
+            DIR_OUT,
+            RESP_PIPE,
+            2_000,
+            2_100,
+            b"debug: got a call\n",
+        ),
+        rec(
+            CLIENT,
+            6,
+            DIR_IN,
+            RESP_PIPE,
+            1_500,
+            2_200,
+            b"debug: got a call\n",
+        ),
+        rec(SERVER, 1, DIR_OUT, RESP_PIPE, 5_000, 5_100, RESP),
+        rec(CLIENT, 6, DIR_IN, RESP_PIPE, 4_000, 5_200, RESP),
+    ];
+    let (out, p) = run(&recs, &mut host());
+    assert_eq!(exchanges(&out).len(), 1);
+    let corrupt: Vec<&Signal> = out
+        .iter()
+        .filter(|s| matches!(s, Signal::Event(e) if e.event == "stream_corruption"))
+        .collect();
+    assert_eq!(corrupt.len(), 1, "{out:#?}");
+    assert_eq!(p.stats.parse_errors.get("not_json"), Some(&2));
+}
+
+/// JSON that is not JSON-RPC on a pipe: the stream is rejected, the kernel is told, and
+/// nothing is reported.
+#[test]
+fn json_logs_are_rejected() {
+    let lines = b"{\"level\":\"info\",\"msg\":\"a\"}\n{\"level\":\"info\",\"msg\":\"b\"}\n";
+    let mut p = Pipeline::new(PipelineConfig::default());
+    let mut h = host();
+    p.ingest(&mut h, &rec(300, 1, DIR_OUT, 9, 1, 2, lines));
+    p.ingest(&mut h, &rec(300, 1, DIR_OUT, 9, 3, 4, lines));
+    p.finish(10);
+    let reported: Vec<Signal> = p
+        .drain_signals()
+        .filter(|s| !matches!(s, Signal::Event(e) if e.event == "agent_stop"))
+        .collect();
+    assert!(reported.is_empty(), "{reported:#?}");
+    assert_eq!(
+        p.take_rejects(),
+        vec![Reject {
+            tgid: 300,
+            fd: 1,
+            inode: 9
+        }]
+    );
+    assert_eq!(p.stats.rejected.get("json_not_jsonrpc"), Some(&1));
+    // TLS and binary are rejected from their first bytes; plain REST over TCP by its head.
+    p.ingest(
+        &mut h,
+        &rec(301, 1, DIR_OUT, 10, 1, 2, b"\x16\x03\x01\x02\x00"),
+    );
+    p.ingest(&mut h, &rec(303, 1, DIR_OUT, 12, 1, 2, b"\x00\x01binary"));
+    p.ingest(
+        &mut h,
+        &tcp(
+            302,
+            4,
+            DIR_OUT,
+            11,
+            1,
+            2,
+            b"GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n",
+        ),
+    );
+    p.ingest(
+        &mut h,
+        &tcp(
+            304,
+            4,
+            DIR_OUT,
+            13,
+            1,
+            2,
+            b"POST /v1/chat HTTP/1.1\r\nContent-Length: 13\r\n\r\n{\"model\":\"x\"}",
+        ),
+    );
+    assert_eq!(p.take_rejects().len(), 4);
+    assert_eq!(p.stats.rejected.get("tls"), Some(&1));
+    assert_eq!(p.stats.rejected.get("binary"), Some(&1));
+    assert_eq!(p.stats.rejected.get("http_not_mcp"), Some(&2));
+}
+
+/// The server dies before answering: the call ends as no_response.
+#[test]
+fn server_exit_ends_open_calls() {
+    let exit = encode_record(
+        &EventHeader {
+            record: RECORD_EXIT,
+            tgid: SERVER,
+            tid: SERVER,
+            fd: -1,
+            ts_enter_ns: 3_000,
+            ts_exit_ns: 3_000,
+            ..Default::default()
+        },
+        &[],
+    );
+    let recs = vec![
+        rec(CLIENT, 5, DIR_OUT, REQ_PIPE, 1_000, 1_100, REQ),
+        rec(SERVER, 0, DIR_IN, REQ_PIPE, 900, 1_200, REQ),
+        exit,
+    ];
+    let (out, _) = run(&recs, &mut host());
+    let xs = exchanges(&out);
+    assert_eq!(xs.len(), 1);
+    assert_eq!(xs[0].status, Status::NoResponse);
+}
+
+/// After a kernel loss, the partial line is dropped, the hole reported, and the next
+/// whole message is used again; no exchange is invented from mismatched halves.
+#[test]
+fn kernel_loss_resyncs_at_the_next_line() {
+    let with_id = |m: &[u8], id: &str| {
+        String::from_utf8_lossy(m)
+            .replace("\"id\":7", &format!("\"id\":{id}"))
+            .into_bytes()
+    };
+    let mut lost = rec(SERVER, 0, DIR_IN, REQ_PIPE, 900, 1_200, &REQ[40..]);
+    lost[3] = FLAG_LOST_BEFORE;
+    let recs = vec![
+        // A whole exchange first: the streams are known to carry MCP.
+        rec(SERVER, 0, DIR_IN, REQ_PIPE, 100, 200, &with_id(REQ, "6")),
+        rec(SERVER, 1, DIR_OUT, RESP_PIPE, 300, 400, &with_id(RESP, "6")),
+        rec(SERVER, 0, DIR_IN, REQ_PIPE, 800, 850, &REQ[..20]),
+        // The hole: the tail of request 7 arrives after a loss.
+        lost,
+        rec(
+            SERVER,
+            0,
+            DIR_IN,
+            REQ_PIPE,
+            1_300,
+            1_400,
+            &with_id(REQ, "8"),
+        ),
+        rec(SERVER, 1, DIR_OUT, RESP_PIPE, 5_000, 5_100, RESP),
+        rec(
+            SERVER,
+            1,
+            DIR_OUT,
+            RESP_PIPE,
+            6_000,
+            6_100,
+            &with_id(RESP, "8"),
+        ),
+    ];
+    let (out, p) = run(&recs, &mut host());
+    let xs = exchanges(&out);
+    assert_eq!(xs.len(), 2, "{out:#?}");
+    assert_eq!((xs[0].id.as_str(), xs[1].id.as_str()), ("6", "8"));
+    assert_eq!(p.tracker.stats.orphan_responses, 1);
+    assert!(
+        out.iter()
+            .any(|s| matches!(s, Signal::Event(e) if e.event == "stream_gap"))
+    );
+}
+
+const LO: [u8; 4] = [127, 0, 0, 1];
+const HTTP_CLIENT: u32 = 500;
+const HTTP_SERVER: u32 = 600;
+
+/// Both views of one HTTP connection: the client's fd 5 (inode 51) and the server's fd 7
+/// (inode 71), client port `cport`, server 8000.
+struct Conn {
+    cport: u16,
+    recs: Vec<Vec<u8>>,
+    t: u64,
+}
+
+impl Conn {
+    fn new(cport: u16) -> Self {
+        let mut c = Conn {
+            cport,
+            recs: Vec::new(),
+            t: 1_000 * cport as u64,
+        };
+        let (ci, si) = c.inodes();
+        c.recs
+            .push(sock(HTTP_CLIENT, 5, ci, (LO, cport), (LO, 8000)));
+        c.recs
+            .push(sock(HTTP_SERVER, 7, si, (LO, 8000), (LO, cport)));
+        c
+    }
+    fn inodes(&self) -> (u64, u64) {
+        (self.cport as u64 * 10 + 1, self.cport as u64 * 10 + 2)
+    }
+    /// The client writes, the server reads.
+    fn request(&mut self, bytes: &[u8]) -> &mut Self {
+        let (ci, si) = self.inodes();
+        self.t += 100;
+        let t = self.t;
+        self.recs
+            .push(tcp(HTTP_CLIENT, 5, DIR_OUT, ci, t, t + 10, bytes));
+        self.recs
+            .push(tcp(HTTP_SERVER, 7, DIR_IN, si, t - 50, t + 20, bytes));
+        self
+    }
+    /// The server writes, the client reads.
+    fn response(&mut self, bytes: &[u8]) -> &mut Self {
+        let (ci, si) = self.inodes();
+        self.t += 1_000;
+        let t = self.t;
+        self.recs
+            .push(tcp(HTTP_SERVER, 7, DIR_OUT, si, t, t + 10, bytes));
+        self.recs
+            .push(tcp(HTTP_CLIENT, 5, DIR_IN, ci, t - 500, t + 20, bytes));
+        self
+    }
+}
+
+fn post(session: Option<&str>, body: &str) -> Vec<u8> {
+    let sid = session
+        .map(|s| format!("Mcp-Session-Id: {s}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nAccept: application/json, text/event-stream\r\nContent-Type: application/json\r\n{sid}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn json_reply(status: &str, session: Option<&str>, body: &str) -> Vec<u8> {
+    let sid = session
+        .map(|s| format!("mcp-session-id: {s}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{sid}content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn sse_reply(session: Option<&str>, events: &[&str]) -> Vec<u8> {
+    let sid = session
+        .map(|s| format!("mcp-session-id: {s}\r\n"))
+        .unwrap_or_default();
+    let mut out = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n{sid}transfer-encoding: chunked\r\n\r\n"
+    );
+    for e in events {
+        let ev = format!("event: message\r\ndata: {e}\r\n\r\n");
+        out.push_str(&format!("{:x}\r\n{ev}\r\n", ev.len()));
+    }
+    out.push_str("0\r\n\r\n");
+    out.into_bytes()
+}
+
+const INIT: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+const INIT_OK: &str = r#"{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":"2025-06-18","capabilities":{},"serverInfo":{"name":"s","version":"2"}}}"#;
+const CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{},"_meta":{"progressToken":1}}}"#;
+const PROGRESS: &str = r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}"#;
+const CALL_OK: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#;
+
+/// Streamable HTTP, both ends watched, the Python client's way: a new connection per POST.
+/// The initialize request waits for the response that names the session; an SSE reply with a
+/// progress notification then the result; a notification answered 202; a 404 for a request
+/// on an unknown session.
+#[test]
+fn streamable_http_session_across_connections() {
+    let mut recs = Vec::new();
+    let mut c = Conn::new(40001);
+    c.request(&post(None, INIT))
+        .response(&sse_reply(Some("S1"), &[INIT_OK]));
+    recs.extend(c.recs);
+    let mut c = Conn::new(40002);
+    c.request(&post(
+        Some("S1"),
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+    ))
+    .response(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n");
+    recs.extend(c.recs);
+    let mut c = Conn::new(40003);
+    // Head and body in separate writes.
+    let req = post(Some("S1"), CALL);
+    let split = req.len() - CALL.len();
+    c.request(&req[..split])
+        .request(&req[split..])
+        .response(&sse_reply(Some("S1"), &[PROGRESS, CALL_OK]));
+    recs.extend(c.recs);
+    let mut c = Conn::new(40004);
+    c.request(&post(Some("gone"), r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#))
+        .response(&json_reply("404 Not Found", None, r#"{"jsonrpc":"2.0","id":"server-error","error":{"code":-32600,"message":"Session not found"}}"#));
+    recs.extend(c.recs);
+
+    let (out, p) = run(&recs, &mut FixedHost::default());
+    let xs = exchanges(&out);
+    assert_eq!(xs.len(), 3, "{out:#?}");
+    let init = xs.iter().find(|x| x.method == "initialize").unwrap();
+    assert_eq!(init.session.as_deref(), Some("S1"));
+    assert_eq!(init.transport, "http");
+    assert_eq!(init.http_status, Some(200));
+    assert_eq!(init.server.name.as_deref(), Some("s"));
+    assert_eq!(init.client.pid, Some(HTTP_CLIENT));
+    assert_eq!(init.server.pid, Some(HTTP_SERVER));
+    assert_eq!(init.server_address.as_deref(), Some("127.0.0.1"));
+    assert_eq!(init.server_port, Some(8000));
+    assert_eq!(init.client_port, Some(40001));
+    assert!(init.client_duration_ms.is_some() && init.server_duration_ms.is_some());
+    let call = xs.iter().find(|x| x.method == "tools/call").unwrap();
+    assert_eq!(call.session.as_deref(), Some("S1"));
+    assert_eq!(call.status, Status::Ok);
+    assert_eq!(call.client_port, Some(40003));
+    assert_eq!(call.protocol_version.as_deref(), Some("2025-06-18"));
+    let gone = xs.iter().find(|x| x.method == "tools/list").unwrap();
+    assert_eq!(gone.status, Status::Error);
+    assert_eq!(gone.http_status, Some(404));
+    assert_eq!(gone.session.as_deref(), Some("gone"));
+    let notes: Vec<_> = out
+        .iter()
+        .filter_map(|s| match s {
+            Signal::Notification(n) => Some(n.method.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        notes,
+        vec!["notifications/initialized", "notifications/progress"]
+    );
+    assert_eq!(p.tracker.stats.late_views, 0);
+}
+
+/// Stateless HTTP (no session id): each connection is its own scope, so equal ids on two
+/// connections do not collide.
+#[test]
+fn stateless_http_scopes_by_connection() {
+    let mut recs = Vec::new();
+    for port in [41001, 41002] {
+        let mut c = Conn::new(port);
+        c.request(&post(None, CALL))
+            .response(&json_reply("200 OK", None, CALL_OK));
+        recs.extend(c.recs);
+    }
+    let (out, _) = run(&recs, &mut FixedHost::default());
+    let xs = exchanges(&out);
+    assert_eq!(xs.len(), 2, "{out:#?}");
+    assert!(
+        xs.iter()
+            .all(|x| x.session.is_none() && x.status == Status::Ok)
+    );
+    assert_ne!(xs[0].client_port, xs[1].client_port);
+}
+
+/// Legacy HTTP+SSE: the endpoint event names the session; the POST is answered 202 and its
+/// response arrives on the GET stream.
+#[test]
+fn legacy_sse_correlates_on_the_get_stream() {
+    let mut get = Conn::new(42001);
+    get.request(b"GET /sse HTTP/1.1\r\nAccept: text/event-stream\r\n\r\n")
+        .response(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\nevent: endpoint\r\ndata: /messages/?session_id=abc\r\n\r\n");
+    let mut post_conn = Conn::new(42002);
+    let body = CALL;
+    post_conn
+        .request(
+            format!(
+                "POST /messages/?session_id=abc HTTP/1.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .response(b"HTTP/1.1 202 Accepted\r\ncontent-length: 8\r\n\r\nAccepted");
+    get.t = post_conn.t + 1_000;
+    get.response(format!("event: message\r\ndata: {CALL_OK}\r\n\r\n").as_bytes());
+    let mut recs = get.recs.clone();
+    // The POST's records come before the answer on the GET stream.
+    let n = recs.len();
+    recs.truncate(n - 2);
+    recs.extend(post_conn.recs);
+    recs.extend(get.recs[n - 2..].iter().cloned());
+    let (out, _) = run(&recs, &mut FixedHost::default());
+    let xs = exchanges(&out);
+    assert_eq!(xs.len(), 1, "{out:#?}");
+    assert_eq!(xs[0].transport, "sse");
+    assert_eq!(xs[0].session.as_deref(), Some("abc"));
+    assert_eq!(xs[0].status, Status::Ok);
+    assert!(xs[0].client_duration_ms.is_some() && xs[0].server_duration_ms.is_some());
+}

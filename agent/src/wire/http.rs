@@ -1,0 +1,973 @@
+//! HTTP/1.1 framing for MCP's network transports (Streamable HTTP and the 2024-11-05 HTTP+SSE).
+//!
+//! [`Parser`] frames one direction of a connection: heads (parsed with `httparse`), then
+//! bodies delimited by Content-Length, chunked encoding, or the end of the connection.
+//! [`Conn`] pairs the two directions of one process's view of a connection into transactions,
+//! in order (keep-alive and pipelining), and delivers what MCP needs: request bodies,
+//! JSON response bodies, and the events of `text/event-stream` responses, each with the
+//! syscall times of its first and last byte.
+//!
+//! Bounded: heads over 64 KiB and bodies over the message limit are reported, not buffered;
+//! anything that is not HTTP/1.1 stops the parser for that connection.
+
+use std::collections::VecDeque;
+
+use memchr::memmem;
+
+use super::sse;
+use crate::capture::Dir;
+
+/// Largest request or response head accepted.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Largest chunk-size or trailer line accepted.
+const MAX_LINE: usize = 4096;
+/// Headers parsed per head.
+const MAX_HEADERS: usize = 96;
+
+/// The headers MCP cares about.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Headers {
+    /// `Content-Type`, lower-cased, without parameters.
+    pub content_type: Option<String>,
+    /// `Content-Length`.
+    pub content_length: Option<u64>,
+    /// `Transfer-Encoding: chunked`.
+    pub chunked: bool,
+    /// `Mcp-Session-Id`.
+    pub session_id: Option<String>,
+    /// `MCP-Protocol-Version`.
+    pub protocol_version: Option<String>,
+    /// `Accept` includes `text/event-stream`.
+    pub accept_sse: bool,
+    /// `Mcp-Method` (protocol 2026-07-28).
+    pub mcp_method: Option<String>,
+    /// `Mcp-Name` (protocol 2026-07-28).
+    pub mcp_name: Option<String>,
+    /// `Connection: close`.
+    pub close: bool,
+}
+
+impl Headers {
+    fn from(headers: &[httparse::Header<'_>]) -> Result<Self, &'static str> {
+        let mut h = Headers::default();
+        for hd in headers {
+            let value = || String::from_utf8_lossy(hd.value).trim().to_string();
+            let name = hd.name;
+            if name.eq_ignore_ascii_case("content-type") {
+                let v = value().to_ascii_lowercase();
+                h.content_type = Some(v.split(';').next().unwrap_or("").trim().to_string());
+            } else if name.eq_ignore_ascii_case("content-length") {
+                let n = value().parse::<u64>().map_err(|_| "bad Content-Length")?;
+                if h.content_length.is_some_and(|old| old != n) {
+                    return Err("conflicting Content-Length headers");
+                }
+                h.content_length = Some(n);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                h.chunked |= value().to_ascii_lowercase().contains("chunked");
+            } else if name.eq_ignore_ascii_case("mcp-session-id") {
+                h.session_id = Some(value());
+            } else if name.eq_ignore_ascii_case("mcp-protocol-version") {
+                h.protocol_version = Some(value());
+            } else if name.eq_ignore_ascii_case("accept") {
+                h.accept_sse |= value().to_ascii_lowercase().contains("text/event-stream");
+            } else if name.eq_ignore_ascii_case("mcp-method") {
+                h.mcp_method = Some(value());
+            } else if name.eq_ignore_ascii_case("mcp-name") {
+                h.mcp_name = Some(value());
+            } else if name.eq_ignore_ascii_case("connection") {
+                h.close |= value().to_ascii_lowercase().contains("close");
+            }
+        }
+        Ok(h)
+    }
+
+    /// The body is an event stream.
+    pub fn is_sse(&self) -> bool {
+        self.content_type.as_deref() == Some("text/event-stream")
+    }
+}
+
+/// A request line or status line with its headers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Head {
+    /// Request method.
+    pub method: Option<String>,
+    /// Request target (path and query).
+    pub target: Option<String>,
+    /// Response status.
+    pub status: Option<u16>,
+    /// Headers of interest.
+    pub headers: Headers,
+    /// Entry time of the syscall that carried the head's first byte.
+    pub first_enter_ns: u64,
+    /// Exit time of the syscall that completed the head.
+    pub last_exit_ns: u64,
+}
+
+/// Which side of HTTP a parser reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Requests.
+    Request,
+    /// Responses.
+    Response,
+}
+
+/// What a [`Parser`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A head.
+    Head(Head),
+    /// Body bytes, de-chunked.
+    Body {
+        /// The bytes.
+        data: &'a [u8],
+        /// Entry time of the syscall that carried them.
+        enter_ns: u64,
+        /// Its exit time.
+        exit_ns: u64,
+    },
+    /// The message (head and body) is complete.
+    End {
+        /// Exit time of the syscall that completed it.
+        exit_ns: u64,
+    },
+    /// Not HTTP/1.1, or broken framing: the parser stops.
+    Error(&'static str),
+}
+
+#[derive(Debug)]
+enum Chunk {
+    Size(Vec<u8>),
+    Data(u64),
+    DataEnd(bool),
+    Trailer(Vec<u8>),
+}
+
+#[derive(Debug)]
+enum State {
+    Head,
+    Length(u64),
+    Chunked(Chunk),
+    UntilClose,
+    Broken,
+}
+
+/// Frames one direction of an HTTP/1.1 connection.
+#[derive(Debug)]
+pub struct Parser {
+    kind: Kind,
+    state: State,
+    buf: Vec<u8>,
+    head_start_ns: Option<u64>,
+    /// For responses: whether each outstanding request was a HEAD (its response has no body).
+    expect_head_method: VecDeque<bool>,
+}
+
+impl Parser {
+    /// A parser for requests or responses.
+    pub fn new(kind: Kind) -> Self {
+        Parser {
+            kind,
+            state: State::Head,
+            buf: Vec::new(),
+            head_start_ns: None,
+            expect_head_method: VecDeque::new(),
+        }
+    }
+
+    /// A request was sent on this connection (responses to HEAD have no body).
+    pub fn expect_response(&mut self, method_is_head: bool) {
+        self.expect_head_method.push_back(method_is_head);
+    }
+
+    /// The parser gave up on this connection.
+    pub fn is_broken(&self) -> bool {
+        matches!(self.state, State::Broken)
+    }
+
+    /// Feed bytes one syscall moved.
+    pub fn push(
+        &mut self,
+        mut data: &[u8],
+        enter_ns: u64,
+        exit_ns: u64,
+        emit: &mut impl FnMut(Event<'_>),
+    ) {
+        while !data.is_empty() {
+            match &mut self.state {
+                State::Broken => return,
+                State::Head => {
+                    if self.head_start_ns.is_none() {
+                        // Tolerate the blank lines some clients send between messages.
+                        let skip = data
+                            .iter()
+                            .take_while(|&&b| b == b'\r' || b == b'\n')
+                            .count();
+                        if self.buf.is_empty() && skip > 0 {
+                            data = &data[skip..];
+                            continue;
+                        }
+                        self.head_start_ns = Some(enter_ns);
+                    }
+                    let from = self.buf.len().saturating_sub(3);
+                    self.buf.extend_from_slice(data);
+                    let Some(end) =
+                        memmem::find(&self.buf[from..], b"\r\n\r\n").map(|i| from + i + 4)
+                    else {
+                        if self.buf.len() > MAX_HEAD {
+                            self.fail("head larger than 64 KiB", emit);
+                        }
+                        return;
+                    };
+                    // What followed the head in this syscall.
+                    let consumed_here = data.len() - (self.buf.len() - end);
+                    data = &data[consumed_here..];
+                    let head = std::mem::take(&mut self.buf);
+                    let first = self.head_start_ns.take().unwrap_or(enter_ns);
+                    if let Err(e) = self.head(&head[..end], first, exit_ns, emit) {
+                        self.fail(e, emit);
+                        return;
+                    }
+                }
+                State::Length(left) => {
+                    let n = (*left).min(data.len() as u64) as usize;
+                    *left -= n as u64;
+                    let done = *left == 0;
+                    emit(Event::Body {
+                        data: &data[..n],
+                        enter_ns,
+                        exit_ns,
+                    });
+                    data = &data[n..];
+                    if done {
+                        self.state = State::Head;
+                        emit(Event::End { exit_ns });
+                    }
+                }
+                State::UntilClose => {
+                    emit(Event::Body {
+                        data,
+                        enter_ns,
+                        exit_ns,
+                    });
+                    return;
+                }
+                State::Chunked(chunk) => match chunk {
+                    Chunk::Size(line) | Chunk::Trailer(line) => {
+                        let nl = data.iter().position(|&b| b == b'\n');
+                        let take = nl.map_or(data.len(), |i| i + 1);
+                        line.extend_from_slice(&data[..take]);
+                        data = &data[take..];
+                        if line.len() > MAX_LINE {
+                            self.fail("chunk-size or trailer line too long", emit);
+                            return;
+                        }
+                        if nl.is_none() {
+                            continue;
+                        }
+                        let text = std::mem::take(line);
+                        let text = text.strip_suffix(b"\n").unwrap_or(&text);
+                        let text = text.strip_suffix(b"\r").unwrap_or(text);
+                        if matches!(chunk, Chunk::Trailer(_)) {
+                            if text.is_empty() {
+                                self.state = State::Head;
+                                emit(Event::End { exit_ns });
+                            }
+                            continue;
+                        }
+                        let hex = text.split(|&b| b == b';').next().unwrap_or(b"");
+                        let hex = std::str::from_utf8(hex).unwrap_or("").trim();
+                        match u64::from_str_radix(hex, 16) {
+                            Ok(0) => *chunk = Chunk::Trailer(Vec::new()),
+                            Ok(n) => *chunk = Chunk::Data(n),
+                            Err(_) => {
+                                self.fail("bad chunk size", emit);
+                                return;
+                            }
+                        }
+                    }
+                    Chunk::Data(left) => {
+                        let n = (*left).min(data.len() as u64) as usize;
+                        *left -= n as u64;
+                        if *left == 0 {
+                            *chunk = Chunk::DataEnd(false);
+                        }
+                        emit(Event::Body {
+                            data: &data[..n],
+                            enter_ns,
+                            exit_ns,
+                        });
+                        data = &data[n..];
+                    }
+                    Chunk::DataEnd(seen_cr) => {
+                        match (data[0], *seen_cr) {
+                            (b'\r', false) => *seen_cr = true,
+                            (b'\n', _) => *chunk = Chunk::Size(Vec::new()),
+                            _ => {
+                                self.fail("chunk data not followed by CRLF", emit);
+                                return;
+                            }
+                        }
+                        data = &data[1..];
+                    }
+                },
+            }
+        }
+    }
+
+    fn head(
+        &mut self,
+        raw: &[u8],
+        first_enter_ns: u64,
+        exit_ns: u64,
+        emit: &mut impl FnMut(Event<'_>),
+    ) -> Result<(), &'static str> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut head = Head {
+            first_enter_ns,
+            last_exit_ns: exit_ns,
+            ..Head::default()
+        };
+        let body_len: Option<u64>;
+        match self.kind {
+            Kind::Request => {
+                let mut req = httparse::Request::new(&mut headers);
+                match req.parse(raw) {
+                    Ok(httparse::Status::Complete(_)) => {}
+                    _ => return Err("not an HTTP/1.x request"),
+                }
+                head.method = req.method.map(str::to_string);
+                head.target = req.path.map(str::to_string);
+                head.headers = Headers::from(req.headers)?;
+                body_len = if head.headers.chunked {
+                    None
+                } else {
+                    Some(head.headers.content_length.unwrap_or(0))
+                };
+            }
+            Kind::Response => {
+                let mut resp = httparse::Response::new(&mut headers);
+                match resp.parse(raw) {
+                    Ok(httparse::Status::Complete(_)) => {}
+                    _ => return Err("not an HTTP/1.x response"),
+                }
+                let code = resp.code.unwrap_or(0);
+                head.status = Some(code);
+                head.headers = Headers::from(resp.headers)?;
+                if (100..200).contains(&code) {
+                    // Interim (100 Continue): the real response follows.
+                    return Ok(());
+                }
+                let to_head = self.expect_head_method.pop_front().unwrap_or(false);
+                body_len = if to_head || code == 204 || code == 304 {
+                    Some(0)
+                } else if head.headers.chunked {
+                    None
+                } else {
+                    head.headers.content_length
+                };
+                if body_len.is_none() && !head.headers.chunked {
+                    emit(Event::Head(head));
+                    self.state = State::UntilClose;
+                    return Ok(());
+                }
+            }
+        }
+        emit(Event::Head(head));
+        match body_len {
+            Some(0) => {
+                self.state = State::Head;
+                emit(Event::End { exit_ns });
+            }
+            Some(n) => self.state = State::Length(n),
+            None => self.state = State::Chunked(Chunk::Size(Vec::new())),
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, why: &'static str, emit: &mut impl FnMut(Event<'_>)) {
+        self.state = State::Broken;
+        self.buf = Vec::new();
+        emit(Event::Error(why));
+    }
+
+    /// The connection ended: a body delimited by the close ends now; anything else in
+    /// progress is cut short. Returns false when a message was cut short.
+    pub fn finish(&mut self, exit_ns: u64, emit: &mut impl FnMut(Event<'_>)) -> bool {
+        let clean = match self.state {
+            State::UntilClose => {
+                emit(Event::End { exit_ns });
+                true
+            }
+            State::Head => self.buf.is_empty(),
+            State::Broken => true,
+            _ => false,
+        };
+        self.state = State::Broken;
+        clean
+    }
+}
+
+/// Which end of the connection this process is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Sends requests.
+    Client,
+    /// Answers them.
+    Server,
+}
+
+/// One request and its response.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Txn {
+    /// Position on the connection, from 0.
+    pub seq: u64,
+    /// The request head.
+    pub request: Head,
+    /// The response head, once seen.
+    pub response: Option<Head>,
+}
+
+/// What a [`Conn`] delivers.
+#[derive(Debug)]
+pub enum ConnEvent<'a> {
+    /// A request head was parsed.
+    RequestHead(&'a Txn),
+    /// A complete request body (not delivered when empty).
+    RequestBody {
+        /// The transaction.
+        txn: &'a Txn,
+        /// The body.
+        body: &'a [u8],
+        /// Entry time of the request's first byte (its head).
+        first_enter_ns: u64,
+        /// Exit time of the body's last byte.
+        last_exit_ns: u64,
+    },
+    /// A response head was parsed.
+    ResponseHead(&'a Txn),
+    /// A complete response body that is not an event stream (not delivered when empty).
+    ResponseBody {
+        /// The transaction.
+        txn: &'a Txn,
+        /// The body.
+        body: &'a [u8],
+        /// Entry time of the response's first byte (its head).
+        first_enter_ns: u64,
+        /// Exit time of the body's last byte.
+        last_exit_ns: u64,
+    },
+    /// An event of a `text/event-stream` response.
+    Sse {
+        /// The transaction.
+        txn: &'a Txn,
+        /// The event.
+        event: sse::Event<'a>,
+    },
+    /// A response is complete.
+    Done(&'a Txn),
+    /// A body or event over the size limit, dropped.
+    Oversize {
+        /// The transaction.
+        txn: &'a Txn,
+        /// Its size so far.
+        len: u64,
+    },
+    /// The connection's HTTP could not be parsed; nothing more is delivered.
+    Error(&'static str),
+}
+
+/// One process's view of one HTTP/1.1 connection: both directions, paired.
+#[derive(Debug)]
+pub struct Conn {
+    role: Role,
+    requests: Parser,
+    responses: Parser,
+    seq: u64,
+    /// The request being received, and its body so far.
+    req: Option<(Txn, Vec<u8>, bool)>,
+    /// Requests awaiting (or receiving) their response, oldest first.
+    open: VecDeque<Txn>,
+    resp_body: Vec<u8>,
+    resp_oversize: bool,
+    resp_first_enter_ns: u64,
+    sse: Option<sse::Parser>,
+    max_body: usize,
+}
+
+/// Does this look like the start of an HTTP/1.x request?
+pub fn starts_request(b: &[u8]) -> bool {
+    const METHODS: &[&[u8]] = &[
+        b"GET ",
+        b"POST ",
+        b"PUT ",
+        b"DELETE ",
+        b"HEAD ",
+        b"OPTIONS ",
+        b"PATCH ",
+    ];
+    METHODS.iter().any(|m| b.starts_with(m))
+}
+
+/// Does this look like the start of an HTTP/1.x response?
+pub fn starts_response(b: &[u8]) -> bool {
+    b.starts_with(b"HTTP/1.")
+}
+
+impl Conn {
+    /// A connection seen from a process whose first bytes in direction `dir` were `first`;
+    /// `None` when they are not the start of an HTTP/1.x message.
+    pub fn detect(dir: Dir, first: &[u8], max_body: usize) -> Option<Conn> {
+        let role = match (dir, starts_request(first), starts_response(first)) {
+            (Dir::Out, true, _) | (Dir::In, _, true) => Role::Client,
+            (Dir::In, true, _) | (Dir::Out, _, true) => Role::Server,
+            _ => return None,
+        };
+        Some(Conn {
+            role,
+            requests: Parser::new(Kind::Request),
+            responses: Parser::new(Kind::Response),
+            seq: 0,
+            req: None,
+            open: VecDeque::new(),
+            resp_body: Vec::new(),
+            resp_oversize: false,
+            resp_first_enter_ns: 0,
+            sse: None,
+            max_body,
+        })
+    }
+
+    /// This process's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The direction (from this process's view) that carries requests.
+    pub fn request_dir(&self) -> Dir {
+        match self.role {
+            Role::Client => Dir::Out,
+            Role::Server => Dir::In,
+        }
+    }
+
+    /// Feed bytes this process moved in direction `dir`.
+    pub fn push(
+        &mut self,
+        dir: Dir,
+        data: &[u8],
+        enter_ns: u64,
+        exit_ns: u64,
+        emit: &mut impl FnMut(ConnEvent<'_>),
+    ) {
+        if dir == self.request_dir() {
+            let mut events = Vec::new();
+            self.requests
+                .push(data, enter_ns, exit_ns, &mut |e| events.push(own(e)));
+            for e in events {
+                self.on_request(e, emit);
+            }
+        } else {
+            let mut events = Vec::new();
+            self.responses
+                .push(data, enter_ns, exit_ns, &mut |e| events.push(own(e)));
+            for e in events {
+                self.on_response(e, emit);
+            }
+        }
+    }
+
+    fn on_request(&mut self, e: OwnedEvent, emit: &mut impl FnMut(ConnEvent<'_>)) {
+        match e {
+            OwnedEvent::Head(head) => {
+                let is_head = head.method.as_deref() == Some("HEAD");
+                self.responses.expect_response(is_head);
+                let txn = Txn {
+                    seq: self.seq,
+                    request: head,
+                    response: None,
+                };
+                self.seq += 1;
+                emit(ConnEvent::RequestHead(&txn));
+                self.req = Some((txn, Vec::new(), false));
+            }
+            OwnedEvent::Body {
+                data,
+                enter_ns: _,
+                exit_ns: _,
+            } => {
+                if let Some((_, body, oversize)) = &mut self.req {
+                    if body.len() + data.len() > self.max_body {
+                        *oversize = true;
+                        body.clear();
+                    } else if !*oversize {
+                        body.extend_from_slice(&data);
+                    }
+                }
+            }
+            OwnedEvent::End { exit_ns } => {
+                if let Some((txn, body, oversize)) = self.req.take() {
+                    if oversize {
+                        emit(ConnEvent::Oversize {
+                            txn: &txn,
+                            len: body.len() as u64,
+                        });
+                    } else if !body.is_empty() {
+                        emit(ConnEvent::RequestBody {
+                            txn: &txn,
+                            body: &body,
+                            first_enter_ns: txn.request.first_enter_ns,
+                            last_exit_ns: exit_ns,
+                        });
+                    }
+                    self.open.push_back(txn);
+                }
+            }
+            OwnedEvent::Error(why) => emit(ConnEvent::Error(why)),
+        }
+    }
+
+    fn on_response(&mut self, e: OwnedEvent, emit: &mut impl FnMut(ConnEvent<'_>)) {
+        match e {
+            OwnedEvent::Head(head) => {
+                // A response may come before its request finished arriving (an early error);
+                // attach it to the oldest request either way.
+                if self.open.is_empty() {
+                    if let Some((txn, ..)) = self.req.take() {
+                        self.open.push_back(txn);
+                    }
+                }
+                self.resp_body.clear();
+                self.resp_oversize = false;
+                self.resp_first_enter_ns = head.first_enter_ns;
+                self.sse = head
+                    .headers
+                    .is_sse()
+                    .then(|| sse::Parser::new(self.max_body));
+                let txn = match self.open.front_mut() {
+                    Some(t) => t,
+                    None => {
+                        // A response nobody asked for (we joined mid-connection): keep it
+                        // as its own transaction.
+                        self.open.push_back(Txn {
+                            seq: self.seq,
+                            request: Head::default(),
+                            response: None,
+                        });
+                        self.seq += 1;
+                        self.open.front_mut().expect("just pushed")
+                    }
+                };
+                txn.response = Some(head);
+                emit(ConnEvent::ResponseHead(txn));
+            }
+            OwnedEvent::Body {
+                data,
+                enter_ns,
+                exit_ns,
+            } => {
+                let Some(txn) = self.open.front() else {
+                    return;
+                };
+                if let Some(p) = &mut self.sse {
+                    p.push(&data, enter_ns, exit_ns, |o| match o {
+                        sse::Output::Event(event) => emit(ConnEvent::Sse { txn, event }),
+                        sse::Output::Oversize { len } => emit(ConnEvent::Oversize { txn, len }),
+                    });
+                } else if self.resp_body.len() + data.len() > self.max_body {
+                    self.resp_oversize = true;
+                    self.resp_body.clear();
+                } else if !self.resp_oversize {
+                    self.resp_body.extend_from_slice(&data);
+                }
+            }
+            OwnedEvent::End { exit_ns } => {
+                let Some(txn) = self.open.pop_front() else {
+                    return;
+                };
+                if self.sse.take().is_none() {
+                    if self.resp_oversize {
+                        emit(ConnEvent::Oversize {
+                            txn: &txn,
+                            len: self.resp_body.len() as u64,
+                        });
+                    } else if !self.resp_body.is_empty() {
+                        emit(ConnEvent::ResponseBody {
+                            txn: &txn,
+                            body: &self.resp_body,
+                            first_enter_ns: self.resp_first_enter_ns,
+                            last_exit_ns: exit_ns,
+                        });
+                    }
+                }
+                self.resp_body.clear();
+                emit(ConnEvent::Done(&txn));
+            }
+            OwnedEvent::Error(why) => emit(ConnEvent::Error(why)),
+        }
+    }
+
+    /// The connection closed. Returns the transactions that never got (all of) a response.
+    pub fn finish(&mut self, exit_ns: u64, emit: &mut impl FnMut(ConnEvent<'_>)) -> Vec<Txn> {
+        let mut events = Vec::new();
+        self.responses.finish(exit_ns, &mut |e| events.push(own(e)));
+        for e in events {
+            self.on_response(e, emit);
+        }
+        self.requests.finish(exit_ns, &mut |_| {});
+        let mut left: Vec<Txn> = self.open.drain(..).collect();
+        if let Some((txn, ..)) = self.req.take() {
+            left.push(txn);
+        }
+        left
+    }
+
+    /// The HTTP parsers gave up on this connection.
+    pub fn is_broken(&self) -> bool {
+        self.requests.is_broken() || self.responses.is_broken()
+    }
+}
+
+/// A parser event with its bytes copied out, so the parser can be borrowed again.
+enum OwnedEvent {
+    Head(Head),
+    Body {
+        data: Vec<u8>,
+        enter_ns: u64,
+        exit_ns: u64,
+    },
+    End {
+        exit_ns: u64,
+    },
+    Error(&'static str),
+}
+
+fn own(e: Event<'_>) -> OwnedEvent {
+    match e {
+        Event::Head(h) => OwnedEvent::Head(h),
+        Event::Body {
+            data,
+            enter_ns,
+            exit_ns,
+        } => OwnedEvent::Body {
+            data: data.to_vec(),
+            enter_ns,
+            exit_ns,
+        },
+        Event::End { exit_ns } => OwnedEvent::End { exit_ns },
+        Event::Error(e) => OwnedEvent::Error(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Clone)]
+    enum Got {
+        ReqHead(String, String),
+        ReqBody(String),
+        RespHead(u16),
+        RespBody(String),
+        Sse(String, String),
+        Done(u64),
+        Oversize,
+        Error(&'static str),
+    }
+
+    fn collect(e: ConnEvent<'_>, out: &mut Vec<Got>) {
+        out.push(match e {
+            ConnEvent::RequestHead(t) => Got::ReqHead(
+                t.request.method.clone().unwrap_or_default(),
+                t.request.target.clone().unwrap_or_default(),
+            ),
+            ConnEvent::RequestBody { body, .. } => {
+                Got::ReqBody(String::from_utf8_lossy(body).into())
+            }
+            ConnEvent::ResponseHead(t) => {
+                Got::RespHead(t.response.as_ref().unwrap().status.unwrap())
+            }
+            ConnEvent::ResponseBody { body, .. } => {
+                Got::RespBody(String::from_utf8_lossy(body).into())
+            }
+            ConnEvent::Sse { event, .. } => Got::Sse(
+                event.event.to_string(),
+                String::from_utf8_lossy(event.data).into(),
+            ),
+            ConnEvent::Done(t) => Got::Done(t.seq),
+            ConnEvent::Oversize { .. } => Got::Oversize,
+            ConnEvent::Error(e) => Got::Error(e),
+        });
+    }
+
+    /// Client side of a keep-alive connection: a JSON POST, an SSE POST with two events in
+    /// chunks, a notification answered 202, a 404, pipelined.
+    const REQUESTS: &[u8] = b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\
+POST /mcp HTTP/1.1\r\nHost: x\r\nMcp-Session-Id: abc\r\nAccept: application/json, text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n6\r\n{\"a\":1\r\n1\r\n}\r\n0\r\n\r\n\
+POST /mcp HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}\
+DELETE /mcp HTTP/1.1\r\nMcp-Session-Id: abc\r\n\r\n";
+    const RESPONSES: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"ok\":true}\
+HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nmcp-session-id: abc\r\ntransfer-encoding: chunked\r\n\r\n21\r\nevent: message\r\ndata: {\"p\":1}\r\n\r\n\r\n16\r\nevent: message\ndata: {\r\n6\r\n\"r\":2}\r\n2\r\n\n\n\r\n0\r\n\r\n\
+HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n\
+HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found";
+
+    fn want() -> Vec<Got> {
+        vec![
+            Got::ReqHead("POST".into(), "/mcp".into()),
+            Got::ReqBody("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}".into()),
+            Got::ReqHead("POST".into(), "/mcp".into()),
+            Got::ReqBody("{\"a\":1}".into()),
+            Got::ReqHead("POST".into(), "/mcp".into()),
+            Got::ReqBody("{}".into()),
+            Got::ReqHead("DELETE".into(), "/mcp".into()),
+            Got::RespHead(200),
+            Got::RespBody("{\"ok\":true}".into()),
+            Got::Done(0),
+            Got::RespHead(200),
+            Got::Sse("message".into(), "{\"p\":1}".into()),
+            Got::Sse("message".into(), "{\"r\":2}".into()),
+            Got::Done(1),
+            Got::RespHead(202),
+            Got::Done(2),
+            Got::RespHead(404),
+            Got::RespBody("not found".into()),
+            Got::Done(3),
+        ]
+    }
+
+    #[test]
+    fn both_directions_split_at_every_boundary() {
+        // Requests all arrive first, then responses: pipelining.
+        let cuts = (0..=REQUESTS.len())
+            .map(|a| (a, a % (RESPONSES.len() + 1)))
+            .chain((0..=RESPONSES.len()).map(|b| (b % (REQUESTS.len() + 1), b)));
+        for (a, b) in cuts {
+            let mut c = Conn::detect(Dir::Out, REQUESTS, 1 << 20).unwrap();
+            assert_eq!(c.role(), Role::Client);
+            let mut got = Vec::new();
+            for (dir, stream, cut) in [(Dir::Out, REQUESTS, a), (Dir::In, RESPONSES, b)] {
+                c.push(dir, &stream[..cut], 1, 2, &mut |e| collect(e, &mut got));
+                c.push(dir, &stream[cut..], 3, 4, &mut |e| collect(e, &mut got));
+            }
+            assert_eq!(got, want(), "cuts {a} {b}");
+            assert!(c.finish(5, &mut |_| {}).is_empty());
+        }
+        // And the responses one byte at a time, from the server's point of view.
+        let mut c = Conn::detect(Dir::In, REQUESTS, 1 << 20).unwrap();
+        assert_eq!(c.role(), Role::Server);
+        let mut got = Vec::new();
+        c.push(Dir::In, REQUESTS, 1, 2, &mut |e| collect(e, &mut got));
+        for byte in RESPONSES.chunks(1) {
+            c.push(Dir::Out, byte, 3, 4, &mut |e| collect(e, &mut got));
+        }
+        assert_eq!(got, want());
+    }
+
+    #[test]
+    fn client_hanging_up_before_the_last_chunk() {
+        let mut c = Conn::detect(Dir::Out, REQUESTS, 1 << 20).unwrap();
+        let mut got = Vec::new();
+        c.push(
+            Dir::Out,
+            b"POST /mcp HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
+            1,
+            2,
+            &mut |e| collect(e, &mut got),
+        );
+        c.push(
+            Dir::In,
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n10\r\ndata: {\"x\":1}\n\n\r\n",
+            3,
+            4,
+            &mut |e| collect(e, &mut got),
+        );
+        assert_eq!(
+            got.last(),
+            Some(&Got::Sse("message".into(), "{\"x\":1}".into()))
+        );
+        // The final `0` chunk never comes: the event was already delivered; the transaction
+        // is reported unfinished.
+        let left = c.finish(5, &mut |e| collect(e, &mut got));
+        assert_eq!(left.len(), 1);
+    }
+
+    #[test]
+    fn head_and_body_in_separate_writes_and_early_response() {
+        let mut c = Conn::detect(Dir::In, b"POST ", 1 << 20).unwrap();
+        let mut got = Vec::new();
+        c.push(
+            Dir::In,
+            b"POST /mcp HTTP/1.1\r\nContent-Length: 2\r\n\r\n",
+            1,
+            2,
+            &mut |e| collect(e, &mut got),
+        );
+        c.push(Dir::In, b"{}", 3, 4, &mut |e| collect(e, &mut got));
+        assert_eq!(got[1], Got::ReqBody("{}".into()));
+    }
+
+    #[test]
+    fn broken_http_is_reported_once() {
+        let mut c = Conn::detect(Dir::Out, b"POST ", 1 << 20).unwrap();
+        let mut got = Vec::new();
+        c.push(
+            Dir::Out,
+            b"POST /mcp HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            1,
+            2,
+            &mut |e| collect(e, &mut got),
+        );
+        c.push(Dir::Out, b"more garbage\r\n\r\n", 1, 2, &mut |e| {
+            collect(e, &mut got)
+        });
+        assert_eq!(got.iter().filter(|g| matches!(g, Got::Error(_))).count(), 1);
+        assert!(c.is_broken());
+        // Lying Content-Length headers.
+        let mut c = Conn::detect(Dir::Out, b"POST ", 1 << 20).unwrap();
+        let mut got = Vec::new();
+        c.push(
+            Dir::Out,
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            1,
+            2,
+            &mut |e| collect(e, &mut got),
+        );
+        assert_eq!(got, vec![Got::Error("conflicting Content-Length headers")]);
+        assert!(Conn::detect(Dir::Out, b"\x16\x03\x01", 1 << 20).is_none());
+    }
+
+    #[test]
+    fn oversize_bodies_are_reported_not_buffered() {
+        let mut c = Conn::detect(Dir::Out, b"POST ", 16).unwrap();
+        let mut got = Vec::new();
+        c.push(Dir::Out, b"POST / HTTP/1.1\r\nContent-Length: 40\r\n\r\n0123456789012345678901234567890123456789", 1, 2, &mut |e| collect(e, &mut got));
+        assert_eq!(
+            got,
+            vec![Got::ReqHead("POST".into(), "/".into()), Got::Oversize]
+        );
+    }
+
+    #[test]
+    fn response_until_close() {
+        let mut c = Conn::detect(Dir::Out, b"GET ", 1 << 20).unwrap();
+        let mut got = Vec::new();
+        c.push(
+            Dir::Out,
+            b"GET /sse HTTP/1.1\r\nAccept: text/event-stream\r\n\r\n",
+            1,
+            2,
+            &mut |e| collect(e, &mut got),
+        );
+        c.push(Dir::In, b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\nevent: endpoint\ndata: /messages?session_id=1\n\n", 3, 4, &mut |e| collect(e, &mut got));
+        assert_eq!(
+            got.last(),
+            Some(&Got::Sse(
+                "endpoint".into(),
+                "/messages?session_id=1".into()
+            ))
+        );
+        assert!(c.finish(5, &mut |e| collect(e, &mut got)).is_empty());
+        assert_eq!(got.last(), Some(&Got::Done(0)));
+    }
+}
