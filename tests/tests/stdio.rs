@@ -256,7 +256,10 @@ for i in range(300): print(json.dumps({"level":"info","msg":"tick","i":i}), flus
         rejected["json_not_jsonrpc"].as_u64().unwrap_or(0) >= 1,
         "{stop}"
     );
-    assert!(rejected["http_not_mcp"].as_u64().unwrap_or(0) >= 1, "{stop}");
+    assert!(
+        rejected["http_not_mcp"].as_u64().unwrap_or(0) >= 1,
+        "{stop}"
+    );
     assert!(
         stop["stats"]["kernel"]["rejected_skips"].as_u64().unwrap() > 0,
         "{stop}"
