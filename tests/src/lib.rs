@@ -233,10 +233,15 @@ pub struct Call {
 pub struct ClientRun {
     /// Client process id.
     pub pid: u32,
-    /// Server process id.
-    pub server_pid: u32,
+    /// Server process id (the client knows it over stdio; over HTTP the harness fills it in).
+    #[serde(default)]
+    pub server_pid: Option<u32>,
     /// Negotiated protocol version, when the client says.
+    #[serde(default)]
     pub protocol_version: Option<String>,
+    /// HTTP session id, when the client says.
+    #[serde(default)]
+    pub session_id: Option<String>,
     /// Calls, in order.
     pub calls: Vec<Call>,
 }
@@ -305,6 +310,109 @@ pub enum Sides {
     ServerOnly,
 }
 
+/// A server process started by a test (HTTP servers), stopped when dropped.
+pub struct Server {
+    child: std::process::Child,
+}
+
+impl Server {
+    /// Start `cmd` and wait until `ready` says it is listening (up to 30 s).
+    pub fn start(cmd: &mut Command, dir: &Path, name: &str, ready: impl Fn() -> bool) -> Server {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
+            .spawn()
+            .expect("start server");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready() {
+            if let Some(st) = child.try_wait().unwrap() {
+                panic!(
+                    "server {name} exited ({st}): {}",
+                    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server {name} not listening in 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Server { child }
+    }
+
+    /// Start `cmd` and wait for 127.0.0.1:`port` to accept connections.
+    pub fn on_port(cmd: &mut Command, dir: &Path, name: &str, port: u16) -> Server {
+        Self::start(cmd, dir, name, || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn port() -> u16 {
+    free_port()
+}
+
+/// The exchanges of `run`'s client all belong to one session, reported the way `transport`
+/// reports it: the client's own session id when it knows it, any one id otherwise, or none
+/// (stateless). Returns the session id.
+pub fn check_session(
+    records: &Records,
+    run: &ClientRun,
+    transport: &str,
+    stateless: bool,
+) -> Option<String> {
+    let mine = records.exchanges_of_client(run.pid);
+    assert!(!mine.is_empty(), "no exchanges for client {}", run.pid);
+    let sessions: std::collections::BTreeSet<String> = mine
+        .iter()
+        .map(|r| r["session"].as_str().unwrap_or("").to_string())
+        .collect();
+    for r in &mine {
+        assert_eq!(r["transport"], transport, "{r}");
+        if transport != "stdio" {
+            assert!(r["http_status"].as_u64().is_some(), "no http_status: {r}");
+            assert!(r["server_address"].is_string(), "no server_address: {r}");
+        }
+    }
+    if stateless {
+        assert_eq!(sessions.len(), 1, "{sessions:?}");
+        assert!(
+            sessions.contains(""),
+            "stateless exchanges carry no session: {sessions:?}"
+        );
+        return None;
+    }
+    assert_eq!(sessions.len(), 1, "one session expected: {sessions:?}");
+    let s = sessions.into_iter().next().unwrap();
+    assert!(!s.is_empty());
+    if let Some(id) = &run.session_id {
+        assert_eq!(&s, id, "the session the client was given");
+    }
+    Some(s)
+}
+
 /// Every tools/call, resources/read and prompts/get the client made appears exactly once,
 /// with the right name, status, code, processes, and a duration no longer than the client's
 /// own measurement.
@@ -333,7 +441,9 @@ pub fn check_calls(records: &Records, run: &ClientRun, sides: Sides) {
         if call.status == "error" {
             assert_eq!(r["error_code"].as_i64(), call.code, "{r}");
         }
-        assert_eq!(r["server"]["pid"], run.server_pid, "server pid in {r}");
+        if let Some(sp) = run.server_pid {
+            assert_eq!(r["server"]["pid"], sp, "server pid in {r}");
+        }
         let d = r["duration_ms"]
             .as_f64()
             .unwrap_or_else(|| panic!("no duration: {r}"));

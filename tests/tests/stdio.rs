@@ -23,7 +23,7 @@ fn python_mcp1_fastmcp_over_pipes() {
 
     // The `stray` tool wrote a debug line to fd 1, the transport on mcp 1.x: reported once as
     // corruption of that session (both ends saw it), and the next call still correlated.
-    let session = format!("stdio:{}-{}", run.pid, run.server_pid);
+    let session = format!("stdio:{}-{}", run.pid, run.server_pid.unwrap());
     let corrupt: Vec<_> = recs
         .kind("event")
         .into_iter()
@@ -52,7 +52,7 @@ fn python_mcp1_fastmcp_over_pipes() {
     assert!(i["client"]["exe"].as_str().unwrap().contains("python"));
     assert_eq!(
         i["session"],
-        format!("stdio:{}-{}", run.pid, run.server_pid).as_str()
+        format!("stdio:{}-{}", run.pid, run.server_pid.unwrap()).as_str()
     );
     // notifications/initialized is reported once although both ends saw it.
     let n: Vec<_> = recs
@@ -388,7 +388,7 @@ fn pid_filter_watches_a_process_tree() {
         recs.mentioning(outsider.pid).is_empty(),
         "the outsider was watched"
     );
-    assert!(recs.mentioning(outsider.server_pid).is_empty());
+    assert!(recs.mentioning(outsider.server_pid.unwrap()).is_empty());
 }
 
 /// A `--pid` that does not exist is a clear error before anything is loaded.

@@ -154,6 +154,7 @@ impl Tracker {
             label: None,
             http_status: None,
             addrs: None,
+            protocol_version: None,
         }
     }
 
@@ -212,6 +213,9 @@ impl Tracker {
                 s.set_role(sender, Role::Server);
             }
             s.ends[sender].info.get_or_insert_with(|| info.clone());
+        }
+        if s.protocol_version.is_none() {
+            s.protocol_version = route.protocol_version.clone();
         }
         if let Some(pv) = &msg.protocol_version {
             // The initialize result's version is the negotiated one; a request's is a proposal

@@ -103,6 +103,9 @@ pub struct Route {
     pub http_status: Option<u16>,
     /// Connection addresses (network transports).
     pub addrs: Option<Addrs>,
+    /// Protocol version named by the transport (the `MCP-Protocol-Version` header), which
+    /// tells it even when the initialize handshake was not seen.
+    pub protocol_version: Option<String>,
 }
 
 /// One end of a link: a pipe's read or write end, or a socket.

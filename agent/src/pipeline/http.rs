@@ -251,6 +251,7 @@ impl Pipeline {
                 resp.and_then(|r| r.status)
             },
             addrs: Some(addrs),
+            protocol_version: txn.request.headers.protocol_version.clone(),
         }
     }
 

@@ -485,6 +485,7 @@ impl Pipeline {
                         client: local,
                         server: remote,
                     }),
+                    protocol_version: None,
                 }
             }
         }
