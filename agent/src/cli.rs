@@ -63,7 +63,7 @@ pub struct LiveArgs {
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
 
-    /// Serve /health and /ready on ADDR. "off" disables the endpoints.
+    /// Serve /metrics (Prometheus), /health and /ready on ADDR. "off" disables them.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464", value_parser = parse_listen)]
     pub listen: Listen,
 
@@ -90,9 +90,33 @@ pub struct OutputArgs {
     #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_size)]
     pub max_message_bytes: u64,
 
-    /// A request with no response after this many seconds is reported as `no_response`.
+    /// A request with no response after this many seconds is a hung call: reported as a
+    /// `call_timeout` event and counted. After ten times as long it is given up as
+    /// `no_response`.
     #[arg(long, value_name = "SECONDS", default_value_t = 300.0, value_parser = parse_seconds)]
     pub response_timeout: f64,
+
+    /// Include argument and result values in JSON lines and spans. Off by default: values
+    /// never leave the host unless asked for, and even then keys that look like secrets
+    /// (password, token, secret, authorization, api key, cookie, ...) are redacted.
+    #[arg(long)]
+    pub payloads: bool,
+
+    /// Send OTLP traces and metrics to URL (e.g. http://127.0.0.1:4318 for http/protobuf,
+    /// http://127.0.0.1:4317 for grpc). Without it the standard OTEL_EXPORTER_OTLP_*
+    /// variables decide; with neither, OTLP is off.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// OTLP protocol: grpc or http/protobuf [default: OTEL_EXPORTER_OTLP_PROTOCOL, else
+    /// http/protobuf].
+    #[arg(long, value_name = "PROTOCOL", value_parser = ["grpc", "http/protobuf"])]
+    pub otlp_protocol: Option<String>,
+
+    /// Most distinct values kept per metric label (tool names, resource URIs, ...); the rest
+    /// are reported as "other" and counted in mcptap_label_overflow_total.
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    pub label_limit: usize,
 }
 
 /// Where to listen, if at all.

@@ -4,8 +4,8 @@
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::net::TcpListener;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -15,9 +15,10 @@ use crate::capture::kernel::{ProbeSettings, Probes, Scope};
 use crate::capture::procinfo::{FixedHost, Host, ProcHost};
 use crate::capture::record::{self, ClockAnchor, Frame, RecordingHost};
 use crate::cli::{Listen, LiveArgs, OutputArgs};
-use crate::export::{Fanout, console::Console, http, jsonl::JsonLines};
+use crate::export::{Fanout, console::Console, http, jsonl::JsonLines, otlp};
 use crate::pipeline::{Pipeline, PipelineConfig};
-use crate::signals::Sink;
+use crate::signals::metrics::Registry;
+use crate::signals::{Sink, telemetry};
 
 /// Records handed to the pipeline per ring buffer drain before timers get a turn.
 const DRAIN_BATCH: usize = 4096;
@@ -60,8 +61,78 @@ fn pipeline_config(output: &OutputArgs, clock: ClockAnchor) -> PipelineConfig {
         ..Default::default()
     };
     cfg.tracker.response_timeout_ns = (output.response_timeout * 1e9) as u64;
+    cfg.tracker.payloads = output.payloads;
     cfg.tracker.clock = clock;
     cfg
+}
+
+/// The metrics registry and, when configured, the OTLP exporters. An exporter that cannot be
+/// built is a warning: capture goes on without it.
+fn telemetry_outputs(
+    output: &OutputArgs,
+    fan: &mut Fanout,
+) -> Result<(Arc<Mutex<Registry>>, Option<otlp::Otlp>)> {
+    let registry = Arc::new(Mutex::new(Registry::new(output.label_limit)));
+    fan.push(Box::new(telemetry::Recorder(registry.clone())));
+    let cfg = otlp::Config::resolve(
+        output.otlp_endpoint.as_deref(),
+        output.otlp_protocol.as_deref(),
+        output.payloads,
+    )?;
+    let exporter = match cfg {
+        None => None,
+        Some(cfg) => match otlp::Otlp::start(&cfg, &registry) {
+            Ok(o) => {
+                info!(
+                    "exporting OTLP ({:?}) to {}",
+                    cfg.wire,
+                    cfg.endpoint
+                        .as_deref()
+                        .unwrap_or("the OTEL_EXPORTER_OTLP_* endpoint")
+                );
+                Some(o)
+            }
+            Err(e) => {
+                warn!("OTLP export disabled: {e:#}");
+                None
+            }
+        },
+    };
+    Ok((registry, exporter))
+}
+
+/// Refresh the metrics that are states rather than events.
+fn agent_metrics(registry: &Mutex<Registry>, p: &Pipeline, exporter: Option<&otlp::Otlp>) {
+    let totals = telemetry::AgentTotals {
+        records: p.stats.records,
+        bytes: p.stats.bytes,
+        truncated: p.stats.oversize,
+        parse_errors: Some(&p.stats.parse_errors),
+        rejected: Some(&p.stats.rejected),
+        gaps: Some(&p.stats.gaps),
+        kernel: Some(p.kernel_totals()),
+        in_flight: p.tracker.in_flight(),
+        sessions: p.tracker.active_sessions(),
+        tracked_sessions: p.tracker.session_count() as u64,
+        tracked_streams: p.stream_count() as u64,
+        export: exporter
+            .map(|o| o.stats.snapshot().into_iter().collect())
+            .unwrap_or_default(),
+    };
+    let mut r = match registry.lock() {
+        Ok(r) => r,
+        Err(p) => p.into_inner(),
+    };
+    telemetry::agent(&mut r, &totals);
+}
+
+fn emit_all(p: &mut Pipeline, fan: &mut Fanout, exporter: Option<&otlp::Otlp>) {
+    for s in p.drain_signals() {
+        fan.emit(&s);
+        if let (Some(o), crate::signals::Signal::Exchange(x)) = (exporter, &s) {
+            o.spans(x);
+        }
+    }
 }
 
 fn monotonic_ns() -> u64 {
@@ -78,6 +149,7 @@ pub fn live(args: &LiveArgs, output: &OutputArgs) -> Result<()> {
         })?),
     };
     let mut fan = sinks(output)?;
+    let (registry, exporter) = telemetry_outputs(output, &mut fan)?;
     let mut recorder = match &args.record {
         Some(path) => {
             let f = File::create(path)
@@ -91,7 +163,7 @@ pub fn live(args: &LiveArgs, output: &OutputArgs) -> Result<()> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
-    let health = Arc::new(http::Health::default());
+    let health = Arc::new(http::Health::new(registry.clone()));
     health.beat();
     if let Some(l) = listener {
         let addr = l.local_addr()?;
@@ -163,9 +235,7 @@ pub fn live(args: &LiveArgs, output: &OutputArgs) -> Result<()> {
             for r in pipeline.take_rejects() {
                 probes.reject(r.tgid, r.fd, r.inode);
             }
-            for s in pipeline.drain_signals() {
-                fan.emit(&s);
-            }
+            emit_all(&mut pipeline, &mut fan, exporter.as_ref());
             if n < DRAIN_BATCH {
                 break;
             }
@@ -183,10 +253,9 @@ pub fn live(args: &LiveArgs, output: &OutputArgs) -> Result<()> {
             }
             let owned = totals.iter().map(|(k, v)| (k.to_string(), *v)).collect();
             pipeline.kernel_counters(&owned, monotonic_ns());
+            agent_metrics(&registry, &pipeline, exporter.as_ref());
         }
-        for s in pipeline.drain_signals() {
-            fan.emit(&s);
-        }
+        emit_all(&mut pipeline, &mut fan, exporter.as_ref());
         fan.flush();
         if stopping {
             break;
@@ -194,11 +263,13 @@ pub fn live(args: &LiveArgs, output: &OutputArgs) -> Result<()> {
     }
 
     info!("stopping: flushing outputs and detaching probes");
-    pipeline.finish(monotonic_ns() + 2_000_000_000);
-    for s in pipeline.drain_signals() {
-        fan.emit(&s);
-    }
+    pipeline.finish(monotonic_ns(), 2_000_000_000);
+    emit_all(&mut pipeline, &mut fan, exporter.as_ref());
+    agent_metrics(&registry, &pipeline, exporter.as_ref());
     fan.flush();
+    if let Some(o) = exporter {
+        o.shutdown();
+    }
     if let Some(mut r) = recorder {
         r.flush().context("--record: final flush")?;
     }
@@ -243,6 +314,7 @@ pub fn replay(path: &std::path::Path, output: &OutputArgs) -> Result<()> {
     }
 
     let mut fan = sinks(output)?;
+    let (registry, exporter) = telemetry_outputs(output, &mut fan)?;
     let mut p = Pipeline::new(pipeline_config(output, clock));
     let mut reader = open_record(path)?;
     let mut last_tick = 0u64;
@@ -273,15 +345,15 @@ pub fn replay(path: &std::path::Path, output: &OutputArgs) -> Result<()> {
             }
             Frame::Clock(_) | Frame::Process(_) | Frame::Holders(_) => {}
         }
-        for s in p.drain_signals() {
-            fan.emit(&s);
-        }
+        emit_all(&mut p, &mut fan, exporter.as_ref());
     }
-    p.finish(latest + 2_000_000_000);
-    for s in p.drain_signals() {
-        fan.emit(&s);
-    }
+    p.finish(latest, 2_000_000_000);
+    emit_all(&mut p, &mut fan, exporter.as_ref());
+    agent_metrics(&registry, &p, exporter.as_ref());
     fan.flush();
+    if let Some(o) = exporter {
+        o.shutdown();
+    }
     if let Some(e) = failure {
         bail!("{}: {e}", path.display());
     }

@@ -5,6 +5,8 @@
 //! Run through `cargo xtask test`, which sets `MCPTAP_BIN` and `MCPTAP_PEERS` and runs these
 //! tests one at a time, as root.
 
+pub mod otlp;
+
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -80,6 +82,37 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
     buf.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The body of `GET path` on 127.0.0.1:port.
+pub fn http_get(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    // The agent answers with Content-Length; a chunked answer would need de-chunking.
+    body.to_string()
+}
+
+/// The value of one Prometheus series in exposition text: `name{labels}` exactly as
+/// rendered, or a prefix match on `name{` with every `label="value"` pair present.
+pub fn prom_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .reduce(|a, b| a + b)
+}
+
 /// A running mcptap.
 pub struct Agent {
     child: Child,
@@ -94,6 +127,11 @@ impl Agent {
     /// Start mcptap with `args` (plus --jsonl, --listen, --quiet) and wait until /ready says
     /// every probe is attached.
     pub fn start(dir: &Path, args: &[&str]) -> Agent {
+        Self::start_with_env(dir, args, &[])
+    }
+
+    /// [`Agent::start`] with extra environment variables.
+    pub fn start_with_env(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Agent {
         require_root();
         let jsonl = dir.join("out.jsonl");
         let stderr = dir.join("agent.log");
@@ -103,6 +141,7 @@ impl Agent {
             .arg("--jsonl")
             .arg(&jsonl)
             .args(["--quiet", "--listen", &format!("127.0.0.1:{port}")])
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
@@ -130,6 +169,11 @@ impl Agent {
         }
         assert_eq!(http_status(port, "/health"), Some(200), "/health");
         agent
+    }
+
+    /// The agent's `/metrics` now.
+    pub fn metrics(&self) -> String {
+        http_get(self.port, "/metrics")
     }
 
     /// The agent's log so far.

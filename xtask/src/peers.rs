@@ -31,8 +31,32 @@ fn stamp(dir: &Path, spec: &str) -> Result<()> {
     std::fs::write(dir.join(".mcptap-stamp"), spec).context("writing the peer stamp")
 }
 
+/// Debian's Prometheus (2.42, with promtool): the telemetry tests scrape mcptap with it.
+fn prometheus() -> Result<()> {
+    let have = Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if have {
+        step("ok: promtool and prometheus are installed");
+        return Ok(());
+    }
+    step("installing Debian's prometheus package (prometheus and promtool)");
+    let install = || {
+        run(Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "prometheus"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    };
+    if install().is_err() {
+        run(Command::new("apt-get").arg("update"))?;
+        install().context("apt-get could not install prometheus")?;
+    }
+    Ok(())
+}
+
 /// Install every peer; returns the cache directory.
 pub fn install() -> Result<PathBuf> {
+    prometheus()?;
     let base = root().join("target").join("peers");
     std::fs::create_dir_all(&base)?;
     for (name, req) in PYTHON {

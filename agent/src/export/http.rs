@@ -1,10 +1,12 @@
-//! The agent's HTTP endpoints: `/health` (the capture loop is alive) and `/ready` (every probe
-//! is attached). Bound to 127.0.0.1 unless `--listen` says otherwise.
+//! The agent's HTTP endpoints: `/metrics` (Prometheus), `/health` (the capture loop is alive)
+//! and `/ready` (every probe is attached). Bound to 127.0.0.1 unless `--listen` says otherwise.
 
 use std::convert::Infallible;
 use std::net::TcpListener as StdListener;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::signals::metrics::Registry;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -16,12 +18,24 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 
 /// State the endpoints report, updated by the capture loop.
-#[derive(Default)]
 pub struct Health {
     /// Every probe is attached.
     pub ready: AtomicBool,
     /// Unix ms of the capture loop's last turn.
     pub heartbeat_ms: AtomicU64,
+    /// The metrics, rendered on `/metrics`.
+    pub metrics: Arc<Mutex<Registry>>,
+}
+
+impl Health {
+    /// Health for a loop whose metrics live in `metrics`.
+    pub fn new(metrics: Arc<Mutex<Registry>>) -> Self {
+        Health {
+            ready: AtomicBool::new(false),
+            heartbeat_ms: AtomicU64::new(0),
+            metrics,
+        }
+    }
 }
 
 impl Health {
@@ -42,6 +56,18 @@ fn now_ms() -> u64 {
 const STALL: Duration = Duration::from_secs(10);
 
 fn respond(health: &Health, path: &str) -> Response<Full<Bytes>> {
+    if path == "/metrics" {
+        let body = match health.metrics.lock() {
+            Ok(r) => super::prometheus::render(&r),
+            Err(p) => super::prometheus::render(&p.into_inner()),
+        };
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        return r;
+    }
     let (status, body) = match path {
         "/health" => {
             let age = now_ms().saturating_sub(health.heartbeat_ms.load(Ordering::Relaxed));
@@ -66,7 +92,7 @@ fn respond(health: &Health, path: &str) -> Response<Full<Bytes>> {
         }
         _ => (
             StatusCode::NOT_FOUND,
-            "mcptap serves /health and /ready\n".to_string(),
+            "mcptap serves /metrics, /health and /ready\n".to_string(),
         ),
     };
     let mut r = Response::new(Full::new(Bytes::from(body)));

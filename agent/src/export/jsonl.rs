@@ -123,11 +123,7 @@ mod tests {
             protocol_version: Some("2025-06-18".into()),
             request_bytes: 80,
             response_bytes: Some(40),
-            http_status: None,
-            server_address: None,
-            server_port: None,
-            client_address: None,
-            client_port: None,
+            ..Default::default()
         };
         let v: serde_json::Value = serde_json::from_str(&encode(&Signal::Exchange(x))).unwrap();
         assert_eq!(v["kind"], "exchange");

@@ -2,11 +2,15 @@
 //!
 //! - [`console`]: one human line per exchange, notification and event.
 //! - [`jsonl`]: one JSON object per line, the schema documented in the README.
-//! - [`http`]: `/health` and `/ready` for orchestrators.
+//! - [`http`]: `/health` and `/ready` for orchestrators, `/metrics` for Prometheus.
+//! - [`prometheus`]: the text exposition of the metrics.
+//! - [`otlp`]: OpenTelemetry traces and metrics over OTLP (gRPC or HTTP/protobuf).
 
 pub mod console;
 pub mod http;
 pub mod jsonl;
+pub mod otlp;
+pub mod prometheus;
 
 use crate::signals::{Signal, Sink};
 

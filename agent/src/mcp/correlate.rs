@@ -55,6 +55,29 @@ pub struct Response {
     pub bytes: u64,
     /// Status of the HTTP response that carried it.
     pub http_status: Option<u16>,
+    /// JSON-encoded size of a tool result's text (token estimate).
+    pub text_bytes: Option<u64>,
+    /// JSON-encoded size of a resource read's contents.
+    pub contents_bytes: Option<u64>,
+    /// The result, with `--payloads`.
+    pub result: Option<String>,
+}
+
+/// What is worked out about a request when it is first seen.
+#[derive(Clone, Debug, Default)]
+pub struct Derived {
+    /// Argument checks against the advertised tools.
+    pub check: super::derive::ArgCheck,
+    /// Id of the latest identical earlier call (or read) in the session.
+    pub repeat_of: Option<String>,
+    /// Arguments, with `--payloads`.
+    pub arguments: Option<String>,
+    /// Trace context from `_meta`.
+    pub traceparent: Option<String>,
+    /// Trace state from `_meta`.
+    pub tracestate: Option<String>,
+    /// A `call_timeout` event was emitted for it.
+    pub timeout_reported: bool,
 }
 
 /// A request on its way to a record.
@@ -86,6 +109,8 @@ pub struct Pending {
     pub response_seen_ns: Option<u64>,
     /// Addresses of the connection that carried the request (network transports).
     pub addrs: Option<Addrs>,
+    /// What was worked out about it.
+    pub derived: Derived,
 }
 
 impl Pending {
@@ -212,6 +237,7 @@ impl Correlator {
             abandoned_ns: None,
             response_seen_ns: None,
             addrs: addrs.cloned(),
+            derived: Derived::default(),
         };
         *p.req.slot(viewer_is_sender) = Some(ts);
         list.push_back(p);
@@ -278,6 +304,9 @@ impl Correlator {
                     hash,
                     bytes,
                     http_status,
+                    text_bytes: msg.result_text_bytes,
+                    contents_bytes: msg.contents_bytes,
+                    result: msg.result.clone(),
                 });
                 p.response_seen_ns = Some(now);
             }
@@ -312,6 +341,21 @@ impl Correlator {
         {
             p.cancelled_ns = Some(ts);
         }
+    }
+
+    /// The newest open exchange for (`requester`, `id`): the one a request just created.
+    pub fn newest_mut(&mut self, requester: Side, id: &Id) -> Option<&mut Pending> {
+        self.open.get_mut(&(requester, id.clone()))?.back_mut()
+    }
+
+    /// Every open exchange.
+    pub fn open_iter(&self) -> impl Iterator<Item = &Pending> {
+        self.open.values().flatten()
+    }
+
+    /// Every open exchange, mutably.
+    pub fn open_iter_mut(&mut self) -> impl Iterator<Item = &mut Pending> {
+        self.open.values_mut().flatten()
     }
 
     /// Mark every open exchange abandoned (a side exited).

@@ -45,11 +45,12 @@ pub enum Target {
 }
 
 /// Kind of JSON-RPC message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Kind {
     /// Has `method` and `id`.
     Request,
     /// Has `method`, no `id`.
+    #[default]
     Notification,
     /// Has `result`.
     Response,
@@ -57,8 +58,19 @@ pub enum Kind {
     Error,
 }
 
-/// The facts of one JSON-RPC message.
+/// One tool as a `tools/list` result advertises it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolDef {
+    /// `name`
+    pub name: String,
+    /// `description`
+    pub description: Option<String>,
+    /// `inputSchema`, as JSON text.
+    pub input_schema: Option<String>,
+}
+
+/// The facts of one JSON-RPC message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Message {
     /// Kind.
     pub kind: Kind,
@@ -82,10 +94,28 @@ pub struct Message {
     pub peer_info_is_server: bool,
     /// `notifications/cancelled` params.requestId.
     pub cancels: Option<Id>,
+    /// `tools/call` and `prompts/get` params.arguments, as JSON text (kept only to check them
+    /// against the tool's schema and to hash them; never exported unless `--payloads`).
+    pub arguments: Option<String>,
+    /// W3C `traceparent` from params._meta.
+    pub traceparent: Option<String>,
+    /// W3C `tracestate` from params._meta.
+    pub tracestate: Option<String>,
+    /// The tools of a `tools/list` result.
+    pub tools: Option<Vec<ToolDef>>,
+    /// JSON-encoded length of the text in a tool result (`content[].text`, or
+    /// `structuredContent` when there is no text): the basis of the token estimate.
+    pub result_text_bytes: Option<u64>,
+    /// JSON-encoded length of a `resources/read` result's `contents[]` text and blobs.
+    pub contents_bytes: Option<u64>,
+    /// The whole `result`, as JSON text, when payloads are kept (`--payloads`).
+    pub result: Option<String>,
 }
 
 /// Result of parsing one frame.
 #[derive(Debug, PartialEq, Eq)]
+// Boxing the single message would cost an allocation per message for the rare batch's sake.
+#[allow(clippy::large_enum_variant)]
 pub enum Parsed {
     /// A single message.
     One(Message),
@@ -163,11 +193,17 @@ struct Params<'a> {
     request_id: Option<&'a RawValue>,
     #[serde(rename = "_meta", borrow)]
     meta: Option<Meta<'a>>,
+    #[serde(borrow)]
+    arguments: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct Meta<'a> {
+    #[serde(borrow)]
+    traceparent: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    tracestate: Option<Cow<'a, str>>,
     #[serde(rename = "io.modelcontextprotocol/protocolVersion", borrow)]
     protocol_version: Option<Cow<'a, str>>,
     #[serde(rename = "io.modelcontextprotocol/clientInfo", borrow)]
@@ -203,6 +239,42 @@ struct ResultFields<'a> {
     server_info: Option<Info<'a>>,
     #[serde(rename = "_meta", borrow)]
     meta: Option<ResultMeta<'a>>,
+    #[serde(borrow)]
+    tools: Option<Vec<ToolRaw<'a>>>,
+    #[serde(borrow)]
+    content: Option<Vec<ContentRaw<'a>>>,
+    #[serde(rename = "structuredContent", borrow)]
+    structured_content: Option<&'a RawValue>,
+    #[serde(borrow)]
+    contents: Option<Vec<ContentRaw<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ToolRaw<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(default, borrow)]
+    description: Option<Cow<'a, str>>,
+    #[serde(default, rename = "inputSchema", borrow)]
+    input_schema: Option<&'a RawValue>,
+}
+
+/// A content item (tool results) or resource contents; only sizes are kept.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ContentRaw<'a> {
+    #[serde(borrow)]
+    text: Option<&'a RawValue>,
+    #[serde(borrow)]
+    blob: Option<&'a RawValue>,
+}
+
+impl ContentRaw<'_> {
+    fn len(&self) -> u64 {
+        // The JSON-encoded length less the quotes: escapes make it a slight overestimate.
+        let l = |r: &Option<&RawValue>| r.map_or(0, |r| r.get().len().saturating_sub(2) as u64);
+        l(&self.text) + l(&self.blob)
+    }
 }
 
 /// `_meta` of a 2026-07-28 result (`server/discover` names the server there).
@@ -213,8 +285,23 @@ struct ResultMeta<'a> {
     server_info: Option<Info<'a>>,
 }
 
+/// What to keep beyond the facts every output needs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Keep argument and result values (`--payloads`).
+    pub payloads: bool,
+}
+
+/// Results kept with `--payloads` are cut to this many bytes of JSON.
+pub const PAYLOAD_LIMIT: usize = 64 * 1024;
+
 /// Parse one frame.
 pub fn parse(bytes: &[u8]) -> Result<Parsed, ParseError> {
+    parse_with(bytes, Options::default())
+}
+
+/// Parse one frame, keeping what `opts` asks for.
+pub fn parse_with(bytes: &[u8], opts: Options) -> Result<Parsed, ParseError> {
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     match first {
         Some(b'[') => {
@@ -225,11 +312,11 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, ParseError> {
             }
             let msgs = items
                 .into_iter()
-                .map(|raw| parse_one(raw.get().as_bytes()))
+                .map(|raw| parse_one(raw.get().as_bytes(), opts))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(Parsed::Batch(msgs))
         }
-        Some(b'{') => parse_one(bytes).map(Parsed::One),
+        Some(b'{') => parse_one(bytes, opts).map(Parsed::One),
         _ => {
             // Not an object or array: a JSON scalar is still "JSON but not JSON-RPC".
             match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
@@ -240,7 +327,7 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, ParseError> {
     }
 }
 
-fn parse_one(bytes: &[u8]) -> Result<Message, ParseError> {
+fn parse_one(bytes: &[u8], opts: Options) -> Result<Message, ParseError> {
     let env: Envelope<'_> = match serde_json::from_slice(bytes) {
         Ok(e) => e,
         Err(e) if e.is_data() => return Err(ParseError::NotJsonRpc),
@@ -251,17 +338,8 @@ fn parse_one(bytes: &[u8]) -> Result<Message, ParseError> {
     }
     let id = env.id.map(|r| Id(r.get().to_string()));
     let mut msg = Message {
-        kind: Kind::Notification,
         id,
-        method: None,
-        target: Target::None,
-        is_error: false,
-        error_code: None,
-        error_message: None,
-        protocol_version: None,
-        peer_info: None,
-        peer_info_is_server: false,
-        cancels: None,
+        ..Message::default()
     };
     if let Some(method) = env.method {
         msg.kind = if msg.id.is_some() {
@@ -292,7 +370,12 @@ fn parse_one(bytes: &[u8]) -> Result<Message, ParseError> {
             msg.protocol_version = params.protocol_version.map(Cow::into_owned);
             msg.peer_info = params.client_info.map(PeerInfo::from);
         }
+        if method == "tools/call" || method == "prompts/get" {
+            msg.arguments = params.arguments.map(|a| a.get().to_string());
+        }
         if let Some(meta) = params.meta {
+            msg.traceparent = meta.traceparent.map(Cow::into_owned);
+            msg.tracestate = meta.tracestate.map(Cow::into_owned);
             // Protocol 2026-07-28 has no initialize: every request says who and which version.
             if msg.protocol_version.is_none() {
                 msg.protocol_version = meta.protocol_version.map(Cow::into_owned);
@@ -320,6 +403,34 @@ fn parse_one(bytes: &[u8]) -> Result<Message, ParseError> {
         if let Some(info) = r.server_info.or(r.meta.and_then(|m| m.server_info)) {
             msg.peer_info = Some(info.into());
             msg.peer_info_is_server = true;
+        }
+        if let Some(tools) = r.tools {
+            msg.tools = Some(
+                tools
+                    .into_iter()
+                    .map(|t| ToolDef {
+                        name: t.name.into_owned(),
+                        description: t.description.map(Cow::into_owned),
+                        input_schema: t.input_schema.map(|s| s.get().to_string()),
+                    })
+                    .collect(),
+            );
+        }
+        if let Some(content) = &r.content {
+            let text: u64 = content.iter().map(ContentRaw::len).sum();
+            let structured = r.structured_content.map_or(0, |s| s.get().len() as u64);
+            msg.result_text_bytes = Some(if text > 0 { text } else { structured });
+        }
+        if let Some(contents) = &r.contents {
+            msg.contents_bytes = Some(contents.iter().map(ContentRaw::len).sum());
+        }
+        if opts.payloads {
+            let raw = result.get();
+            msg.result = Some(if raw.len() <= PAYLOAD_LIMIT {
+                raw.to_string()
+            } else {
+                format!("{{\"mcptap.truncated\":{}}}", raw.len())
+            });
         }
     } else {
         return Err(ParseError::Invalid("neither method, result nor error"));

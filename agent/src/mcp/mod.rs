@@ -6,16 +6,18 @@
 //! [`Tracker`] ties them together and turns finished exchanges into [`Signal`]s.
 
 pub mod correlate;
+pub mod derive;
 pub mod message;
 pub mod session;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::capture::procinfo::Host;
 use crate::capture::record::ClockAnchor;
 use crate::signals::{self, Event, Role, Signal, Status};
 
-use correlate::{Correlator, Outcome, Pending};
+use correlate::{Correlator, Derived, Outcome, Pending};
+use derive::{Advertised, Repeats, ToolBook};
 use message::{Kind, Message, Target};
 use session::{Links, ProcTable, Route, Session, SessionKey, Side, View, other};
 
@@ -27,10 +29,16 @@ pub struct TrackerConfig {
     /// How long a finished exchange waits on a session where only one side has been seen,
     /// in case the other side's first records are still in flight.
     pub settle_ns: u64,
-    /// A request with no response after this long is reported as `no_response`.
+    /// A request with no response after this long is reported as a hung call (a
+    /// `call_timeout` event); after ten times as long it is given up as `no_response`.
     pub response_timeout_ns: u64,
+    /// An initialize answered but not followed by `notifications/initialized` within this
+    /// long is a failed handshake.
+    pub handshake_timeout_ns: u64,
     /// Sessions idle this long are forgotten.
     pub idle_ns: u64,
+    /// Keep argument and result values for the outputs (`--payloads`), redacted.
+    pub payloads: bool,
     /// Wall clock at a monotonic instant, for timestamps.
     pub clock: ClockAnchor,
 }
@@ -41,11 +49,18 @@ impl Default for TrackerConfig {
             twin_grace_ns: 1_000_000_000,
             settle_ns: 50_000_000,
             response_timeout_ns: 300_000_000_000,
+            handshake_timeout_ns: 10_000_000_000,
             idle_ns: 3_600_000_000_000,
+            payloads: false,
             clock: ClockAnchor::default(),
         }
     }
 }
+
+/// A request left unanswered this many response timeouts is given up as `no_response`.
+const GIVE_UP_FACTOR: u64 = 10;
+/// Connection-scoped state (stateless HTTP) idle this long is forgotten.
+const CONN_IDLE_NS: u64 = 30_000_000_000;
 
 /// Counters of what the tracker did, for the agent's own metrics.
 #[derive(Clone, Debug, Default)]
@@ -64,6 +79,25 @@ pub struct TrackerStats {
     pub duplicate_ids: u64,
     /// Exchanges reported with a view missing although its side is watched.
     pub missing_twins: u64,
+    /// Tool definitions that changed.
+    pub drifts: u64,
+    /// Calls that exceeded the response timeout.
+    pub call_timeouts: u64,
+    /// Advertised input schemas that did not compile.
+    pub bad_schemas: u64,
+}
+
+/// The initialize handshake of a session.
+#[derive(Debug)]
+struct Handshake {
+    /// When the initialize request was first seen (monotonic).
+    start_ns: u64,
+    /// The protocol version the client asked for.
+    requested: Option<String>,
+    /// The answer: ok, and when it was reported.
+    answered: Option<(bool, u64)>,
+    /// Reported as a `handshake` event.
+    done: bool,
 }
 
 struct State {
@@ -71,6 +105,35 @@ struct State {
     corr: Correlator,
     /// Views of notifications and junk lines, by (sender side, hash): (sender's, receiver's).
     seen: HashMap<(Side, u64), ([u32; 2], u64)>,
+    /// Tools the server advertised in this session's latest `tools/list`.
+    tools: Option<Advertised>,
+    /// Earlier calls and reads, to find repeats.
+    repeats: Repeats,
+    handshake: Option<Handshake>,
+    /// `session_start` was reported.
+    started: bool,
+    /// Exchanges reported.
+    exchanges: u64,
+}
+
+impl State {
+    fn new(session: Session) -> Self {
+        State {
+            session,
+            corr: Correlator::default(),
+            seen: HashMap::new(),
+            tools: None,
+            repeats: Repeats::default(),
+            handshake: None,
+            started: false,
+            exchanges: 0,
+        }
+    }
+
+    /// Sessions worth reporting as such: not a single stateless connection.
+    fn is_session(&self) -> bool {
+        !matches!(self.session.key, SessionKey::Conn { .. })
+    }
 }
 
 /// Sessions and correlation for every MCP conversation on the host.
@@ -78,6 +141,7 @@ pub struct Tracker {
     cfg: TrackerConfig,
     states: HashMap<SessionKey, State>,
     links: Links,
+    book: ToolBook,
     /// Processes, for naming ends.
     pub procs: ProcTable,
     /// What happened so far.
@@ -121,6 +185,7 @@ impl Tracker {
             cfg,
             states: HashMap::new(),
             links: Links::default(),
+            book: ToolBook::default(),
             procs: ProcTable::default(),
             stats: TrackerStats::default(),
             now: 0,
@@ -162,11 +227,7 @@ impl Tracker {
         let st = self
             .states
             .entry(route.key.clone())
-            .or_insert_with(|| State {
-                session: Session::new(route, now),
-                corr: Correlator::default(),
-                seen: HashMap::new(),
-            });
+            .or_insert_with(|| State::new(Session::new(route, now)));
         st.session.last_ns = st.session.last_ns.max(now);
         let end = &mut st.session.ends[route.viewer];
         end.observed = true;
@@ -239,6 +300,28 @@ impl Tracker {
                 if outcome == Outcome::Late {
                     self.stats.late_views += 1;
                 }
+                if matches!(outcome, Outcome::New | Outcome::DuplicateId) {
+                    let id = msg.id.clone().expect("requests have ids");
+                    let derived = derive_request(
+                        &mut self.book,
+                        st.tools.as_ref(),
+                        &mut st.repeats,
+                        msg,
+                        self.cfg.payloads,
+                    );
+                    self.stats.bad_schemas = self.book.bad_schemas;
+                    if let Some(p) = st.corr.newest_mut(sender, &id) {
+                        p.derived = derived;
+                    }
+                    if msg.method.as_deref() == Some("initialize") {
+                        st.handshake = Some(Handshake {
+                            start_ns: v.ts(),
+                            requested: msg.protocol_version.clone(),
+                            answered: None,
+                            done: false,
+                        });
+                    }
+                }
                 if outcome == Outcome::DuplicateId {
                     self.stats.duplicate_ids += 1;
                     let e = Event::new(clock.wall_ns(v.ts()), "duplicate_id")
@@ -263,18 +346,37 @@ impl Tracker {
                                 .with("error_code", msg.error_code.unwrap_or(0))
                         }));
                     }
-                } else if st.corr.response(
-                    sender,
-                    msg,
-                    viewer_is_sender,
-                    v.ts(),
-                    hash,
-                    bytes,
-                    now,
-                    route.http_status,
-                ) == Outcome::Late
-                {
-                    self.stats.late_views += 1;
+                } else {
+                    let outcome = st.corr.response(
+                        sender,
+                        msg,
+                        viewer_is_sender,
+                        v.ts(),
+                        hash,
+                        bytes,
+                        now,
+                        route.http_status,
+                    );
+                    if outcome == Outcome::Late {
+                        self.stats.late_views += 1;
+                    }
+                    if let (Some(tools), Outcome::New | Outcome::Orphan) = (&msg.tools, outcome) {
+                        let server = server_identity(&st.session, sender, &self.procs);
+                        let (adv, drift) = self.book.advertise(&server, tools);
+                        st.tools = Some(adv);
+                        if let Some(d) = drift {
+                            self.stats.drifts += 1;
+                            let e = Event::new(clock.wall_ns(v.ts()), "tool_drift")
+                                .with("server_name", server)
+                                .with("added", d.added)
+                                .with("removed", d.removed)
+                                .with("changed", d.changed);
+                            out.push(Signal::Event(Event {
+                                session: st.session.label(&self.procs),
+                                ..e
+                            }));
+                        }
+                    }
                 }
             }
             Kind::Notification => {
@@ -286,8 +388,30 @@ impl Tracker {
                 if let (Some(id), true) = (&msg.cancels, first) {
                     st.corr.cancel(sender, id, v.ts());
                 }
+                if first
+                    && msg.method.as_deref() == Some("notifications/initialized")
+                    && let Some(h) = &mut st.handshake
+                    && h.answered.is_some_and(|(ok, _)| ok)
+                    && !h.done
+                {
+                    h.done = true;
+                    let ms = ms(v.ts().saturating_sub(h.start_ns));
+                    let requested = h.requested.clone();
+                    push_started(st, &self.procs, &clock, v.ts(), out);
+                    out.push(handshake_event(
+                        st,
+                        &self.procs,
+                        &clock,
+                        v.ts(),
+                        true,
+                        None,
+                        Some(ms),
+                        requested,
+                    ));
+                }
                 if first {
                     self.stats.notifications += 1;
+                    push_started(st, &self.procs, &clock, v.ts(), out);
                     let method = msg.method.clone().unwrap_or_default();
                     let s = &mut st.session;
                     let from = s.ends[sender].role.unwrap_or(Role::Unknown);
@@ -362,10 +486,12 @@ impl Tracker {
         }
     }
 
-    /// Time passes: emit what waited long enough, expire orphans and idle sessions.
+    /// Time passes: emit what waited long enough, report hung calls and stalled handshakes,
+    /// expire orphans and idle sessions.
     pub fn tick(&mut self, now: u64, out: &mut Vec<Signal>) {
         self.now = self.now.max(now);
         let keys: Vec<SessionKey> = self.states.keys().cloned().collect();
+        let clock = self.cfg.clock;
         for key in keys {
             self.emit_ready(&key, out);
             let grace = self.cfg.twin_grace_ns;
@@ -376,27 +502,216 @@ impl Tracker {
                 let label = st.session.label(&self.procs);
                 out.push(Signal::Event(Event {
                     session: label,
-                    ..Event::new(self.cfg.clock.wall_ns(o.ts), "orphan_response")
+                    ..Event::new(clock.wall_ns(o.ts), "orphan_response")
                         .with("id", o.msg.id.map(|i| i.0).unwrap_or_default())
                 }));
+            }
+            // Hung calls: reported once when they pass the response timeout.
+            let timeout = self.cfg.response_timeout_ns;
+            let mut hung = Vec::new();
+            for p in st.corr.open_iter_mut() {
+                if p.response.is_none()
+                    && !p.derived.timeout_reported
+                    && now.saturating_sub(p.first_seen()) >= timeout
+                {
+                    p.derived.timeout_reported = true;
+                    hung.push((
+                        p.method.clone(),
+                        p.target.clone(),
+                        p.id.0.clone(),
+                        now - p.first_seen(),
+                    ));
+                }
+            }
+            for (method, target, id, elapsed) in hung {
+                self.stats.call_timeouts += 1;
+                push_started(st, &self.procs, &clock, now, out);
+                let mut e = Event::new(clock.wall_ns(now), "call_timeout")
+                    .with("method", method)
+                    .with("id", id)
+                    .with("elapsed_ms", ms(elapsed));
+                if let Target::Tool(t) = target {
+                    e = e.with("tool", t);
+                }
+                let server = server_side(&mut st.session, &self.procs);
+                e = e.with(
+                    "server_name",
+                    server_identity(&st.session, server, &self.procs),
+                );
+                e.session = st.session.label(&self.procs);
+                out.push(Signal::Event(e));
+            }
+            // A handshake answered but never completed.
+            if let Some(h) = &mut st.handshake
+                && let Some((true, at)) = h.answered
+                && !h.done
+                && now.saturating_sub(at) >= self.cfg.handshake_timeout_ns
+            {
+                h.done = true;
+                let mismatch = h.requested.is_some() && h.requested != st.session.protocol_version;
+                let reason = if mismatch {
+                    "version_mismatch"
+                } else {
+                    "no_initialized"
+                };
+                let requested = h.requested.clone();
+                out.push(handshake_event(
+                    st,
+                    &self.procs,
+                    &clock,
+                    now,
+                    false,
+                    Some(reason),
+                    None,
+                    requested,
+                ));
             }
             st.seen
                 .retain(|_, (_, last)| now.saturating_sub(*last) < 10 * grace);
             let exited = st.session.ends.iter().any(|e| e.exited_ns.is_some());
             let idle = now.saturating_sub(st.session.last_ns);
+            let idle_limit = if st.is_session() {
+                self.cfg.idle_ns
+            } else {
+                CONN_IDLE_NS
+            };
             if st.corr.open_count() == 0
                 && st.corr.orphans.is_empty()
-                && (idle > self.cfg.idle_ns || (exited && idle > grace))
+                && (idle > idle_limit || (exited && idle > grace))
             {
-                let ends = [st.session.ends[0].pid, st.session.ends[1].pid];
-                self.states.remove(&key);
-                for pid in ends.into_iter().flatten() {
-                    if !self.states.values().any(|st| st.session.involves(pid)) {
-                        self.links.forget_process(pid);
-                    }
+                let reason = if exited { "process_exit" } else { "idle" };
+                self.remove_session(&key, now, reason, out);
+            }
+        }
+    }
+
+    /// Forget a session, reporting its end.
+    fn remove_session(
+        &mut self,
+        key: &SessionKey,
+        now: u64,
+        reason: &'static str,
+        out: &mut Vec<Signal>,
+    ) {
+        let Some(mut st) = self.states.remove(key) else {
+            return;
+        };
+        // A handshake answered but never completed before the session ended.
+        if let Some(h) = &mut st.handshake
+            && let Some((true, _)) = h.answered
+            && !h.done
+        {
+            h.done = true;
+            let mismatch = h.requested.is_some() && h.requested != st.session.protocol_version;
+            let reason = if mismatch {
+                "version_mismatch"
+            } else {
+                "no_initialized"
+            };
+            let requested = h.requested.clone();
+            let clock = self.cfg.clock;
+            out.push(handshake_event(
+                &mut st,
+                &self.procs,
+                &clock,
+                now,
+                false,
+                Some(reason),
+                None,
+                requested,
+            ));
+        }
+        if st.started {
+            let s = &mut st.session;
+            let c = s.side_with_role(Role::Client, &self.procs, 0);
+            let end = s
+                .last_ns
+                .max(s.ends.iter().filter_map(|e| e.exited_ns).max().unwrap_or(0));
+            let mut e = Event::new(self.cfg.clock.wall_ns(end.min(now.max(end))), "session_end")
+                .with("transport", s.transport)
+                .with("reason", reason)
+                .with("duration_ms", ms(end.saturating_sub(s.started_ns)))
+                .with("exchanges", st.exchanges)
+                .with("client_observed", s.ends[c].observed)
+                .with("server_observed", s.ends[other(c)].observed)
+                .with(
+                    "client",
+                    serde_json::to_value(s.endpoint(c, &self.procs)).unwrap_or_default(),
+                )
+                .with(
+                    "server",
+                    serde_json::to_value(s.endpoint(other(c), &self.procs)).unwrap_or_default(),
+                );
+            if let Some(pv) = &s.protocol_version {
+                e = e.with("protocol_version", pv.clone());
+            }
+            e.session = s.label(&self.procs);
+            out.push(Signal::Event(e));
+        }
+        let ends = [st.session.ends[0].pid, st.session.ends[1].pid];
+        for pid in ends.into_iter().flatten() {
+            if !self.states.values().any(|st| st.session.involves(pid)) {
+                self.links.forget_process(pid);
+            }
+        }
+    }
+
+    /// The client ended an HTTP session (DELETE): its open calls end, then the session.
+    pub fn end_session(&mut self, key: &SessionKey, ts: u64, out: &mut Vec<Signal>) {
+        self.now = self.now.max(ts);
+        if let Some(st) = self.states.get_mut(key) {
+            st.corr.abandon_all(ts);
+            st.session.last_ns = st.session.last_ns.max(ts);
+        }
+        // Answers already on their way still get their settle time.
+        let settle = self.cfg.settle_ns;
+        let saved = self.now;
+        self.now = ts + settle;
+        self.emit_ready(key, out);
+        self.now = saved.max(self.now);
+        if self
+            .states
+            .get(key)
+            .is_some_and(|st| st.corr.open_count() == 0)
+        {
+            self.remove_session(key, ts, "deleted", out);
+        }
+    }
+
+    /// Open tools/call requests by (tool, server), for the in-flight gauge.
+    pub fn in_flight(&self) -> BTreeMap<(String, String), u64> {
+        let mut out = BTreeMap::new();
+        for st in self.states.values() {
+            for p in st.corr.open_iter() {
+                if let (Target::Tool(t), None) = (&p.target, &p.response) {
+                    let server = st
+                        .session
+                        .ends
+                        .iter()
+                        .position(|e| e.role == Some(Role::Server))
+                        .map(|side| server_identity(&st.session, side, &self.procs))
+                        .unwrap_or_else(|| "unknown".into());
+                    *out.entry((t.clone(), server)).or_insert(0) += 1;
                 }
             }
         }
+        out
+    }
+
+    /// Reported sessions still active, by (transport, server).
+    pub fn active_sessions(&self) -> BTreeMap<(&'static str, String), u64> {
+        let mut out = BTreeMap::new();
+        for st in self.states.values().filter(|st| st.started) {
+            let server = st
+                .session
+                .ends
+                .iter()
+                .position(|e| e.role == Some(Role::Server))
+                .map(|side| server_identity(&st.session, side, &self.procs))
+                .unwrap_or_else(|| "unknown".into());
+            *out.entry((st.session.transport, server)).or_insert(0) += 1;
+        }
+        out
     }
 
     /// Exchanges still open (for shutdown accounting).
@@ -426,7 +741,8 @@ impl Tracker {
                 if let Some(a) = p.abandoned_ns {
                     return now.saturating_sub(a) >= cfg.settle_ns;
                 }
-                return now.saturating_sub(p.first_seen()) >= cfg.response_timeout_ns;
+                return now.saturating_sub(p.first_seen())
+                    >= cfg.response_timeout_ns.saturating_mul(GIVE_UP_FACTOR);
             };
             let requester = p.requester;
             let responder = other(requester);
@@ -451,9 +767,171 @@ impl Tracker {
         for p in done {
             let rec = build_exchange(&mut st.session, &self.procs, &p, cfg);
             self.stats.exchanges += 1;
+            st.exchanges += 1;
+            push_started(st, &self.procs, &cfg.clock, p.first_seen(), out);
+            if rec.method == "initialize"
+                && let Some(h) = &mut st.handshake
+                && h.answered.is_none()
+            {
+                let ok = rec.status == Status::Ok;
+                h.answered = Some((ok, now));
+                if !ok {
+                    h.done = true;
+                    let reason = match rec.status {
+                        Status::NoResponse => "no_response",
+                        Status::Cancelled => "cancelled",
+                        _ => "error",
+                    };
+                    let requested = h.requested.clone();
+                    let ms = rec.duration_ms;
+                    out.push(Signal::Exchange(rec));
+                    out.push(handshake_event(
+                        st,
+                        &self.procs,
+                        &cfg.clock,
+                        now,
+                        false,
+                        Some(reason),
+                        ms,
+                        requested,
+                    ));
+                    continue;
+                }
+            }
             out.push(Signal::Exchange(rec));
         }
     }
+}
+
+/// What is worked out about a request when it is first seen.
+fn derive_request(
+    book: &mut ToolBook,
+    tools: Option<&Advertised>,
+    repeats: &mut Repeats,
+    msg: &Message,
+    payloads: bool,
+) -> Derived {
+    let method = msg.method.as_deref().unwrap_or("");
+    let id = msg.id.as_ref().map(|i| i.0.as_str()).unwrap_or("");
+    let mut d = Derived {
+        traceparent: msg.traceparent.clone(),
+        tracestate: msg.tracestate.clone(),
+        ..Derived::default()
+    };
+    match &msg.target {
+        Target::Tool(tool) => {
+            d.check = book.check(tools, tool, msg.arguments.as_deref());
+            d.repeat_of =
+                repeats.seen(derive::call_key(method, tool, msg.arguments.as_deref()), id);
+        }
+        Target::Resource(uri) => {
+            d.repeat_of = repeats.seen(derive::call_key(method, uri, None), id);
+        }
+        Target::Prompt(name) => {
+            d.repeat_of =
+                repeats.seen(derive::call_key(method, name, msg.arguments.as_deref()), id);
+        }
+        Target::None => {}
+    }
+    if payloads {
+        d.arguments = msg.arguments.as_ref().map(|a| {
+            if a.len() <= message::PAYLOAD_LIMIT {
+                a.clone()
+            } else {
+                format!("{{\"mcptap.truncated\":{}}}", a.len())
+            }
+        });
+    }
+    d
+}
+
+/// The name a server goes by in outputs and metrics: its `serverInfo.name`, else its
+/// process's comm.
+fn server_identity(s: &Session, side: Side, procs: &ProcTable) -> String {
+    let end = &s.ends[side];
+    if let Some(info) = &end.info
+        && !info.name.is_empty()
+    {
+        return info.name.clone();
+    }
+    end.pid
+        .and_then(|p| procs.get(p))
+        .map(|p| p.comm.clone())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The side playing the server.
+fn server_side(s: &mut Session, procs: &ProcTable) -> Side {
+    other(s.side_with_role(Role::Client, procs, 0))
+}
+
+/// Report `session_start` before a session's first record.
+fn push_started(
+    st: &mut State,
+    procs: &ProcTable,
+    clock: &ClockAnchor,
+    ts: u64,
+    out: &mut Vec<Signal>,
+) {
+    if st.started || !st.is_session() {
+        return;
+    }
+    st.started = true;
+    let s = &mut st.session;
+    let c = s.side_with_role(Role::Client, procs, 0);
+    let mut e = Event::new(clock.wall_ns(s.started_ns.min(ts)), "session_start")
+        .with("transport", s.transport)
+        .with(
+            "client",
+            serde_json::to_value(s.endpoint(c, procs)).unwrap_or_default(),
+        )
+        .with(
+            "server",
+            serde_json::to_value(s.endpoint(other(c), procs)).unwrap_or_default(),
+        );
+    e.session = s.label(procs);
+    out.push(Signal::Event(e));
+}
+
+/// A `handshake` event: initialize → result → notifications/initialized, or how it failed.
+#[allow(clippy::too_many_arguments)]
+fn handshake_event(
+    st: &mut State,
+    procs: &ProcTable,
+    clock: &ClockAnchor,
+    ts: u64,
+    ok: bool,
+    reason: Option<&'static str>,
+    duration_ms: Option<f64>,
+    requested: Option<String>,
+) -> Signal {
+    let s = &mut st.session;
+    let c = s.side_with_role(Role::Client, procs, 0);
+    let mut e = Event::new(clock.wall_ns(ts), "handshake")
+        .with("status", if ok { "success" } else { "failure" })
+        .with("transport", s.transport)
+        .with(
+            "client",
+            serde_json::to_value(s.endpoint(c, procs)).unwrap_or_default(),
+        )
+        .with(
+            "server",
+            serde_json::to_value(s.endpoint(other(c), procs)).unwrap_or_default(),
+        );
+    if let Some(r) = reason {
+        e = e.with("reason", r);
+    }
+    if let Some(d) = duration_ms {
+        e = e.with("duration_ms", d);
+    }
+    if let Some(v) = requested {
+        e = e.with("requested_version", v);
+    }
+    if let Some(v) = &s.protocol_version {
+        e = e.with("protocol_version", v.clone());
+    }
+    e.session = s.label(procs);
+    Signal::Event(e)
 }
 
 fn build_exchange(
@@ -512,6 +990,19 @@ fn build_exchange(
     };
     let (server_address, server_port) = split_addr(p.addrs.as_ref().map(|a| &a.server));
     let (client_address, client_port) = split_addr(p.addrs.as_ref().map(|a| &a.client));
+    let error_code = p
+        .response
+        .as_ref()
+        .filter(|r| r.kind == Kind::Error)
+        .and_then(|r| r.error_code);
+    let http_status = p.response.as_ref().and_then(|r| r.http_status);
+    let d = &p.derived;
+    // Start times per side, by role (the requester sent the request).
+    let (client_start, server_start) = if requester == Role::Client {
+        (p.req.sent, p.req.received)
+    } else {
+        (p.req.received, p.req.sent)
+    };
     signals::Exchange {
         ts_ns: cfg.clock.wall_ns(p.first_seen()),
         transport: s.transport,
@@ -522,12 +1013,8 @@ fn build_exchange(
         resource_uri,
         prompt,
         status,
-        error_code: p
-            .response
-            .as_ref()
-            .filter(|r| r.kind == Kind::Error)
-            .and_then(|r| r.error_code),
-        http_status: p.response.as_ref().and_then(|r| r.http_status),
+        error_code,
+        http_status,
         requester,
         duration_ms: duration,
         client_duration_ms: client_d,
@@ -541,6 +1028,33 @@ fn build_exchange(
         server_port,
         client_address,
         client_port,
+        error_class: derive::error_class(
+            status,
+            error_code,
+            http_status,
+            d.check.schema_valid,
+            d.check.unknown_tool,
+        ),
+        schema_valid: d.check.schema_valid,
+        schema_error: d.check.schema_error.clone(),
+        unknown_tool: d.check.unknown_tool,
+        repeat_of: d.repeat_of.clone(),
+        result_tokens_est: p
+            .response
+            .as_ref()
+            .and_then(|r| r.text_bytes)
+            .map(derive::tokens_estimate),
+        content_bytes: p.response.as_ref().and_then(|r| r.contents_bytes),
+        arguments: d.arguments.as_deref().map(derive::redact),
+        result: p
+            .response
+            .as_ref()
+            .and_then(|r| r.result.as_deref())
+            .map(derive::redact),
+        traceparent: d.traceparent.clone(),
+        tracestate: d.tracestate.clone(),
+        client_start_ns: client_start.map(|t| cfg.clock.wall_ns(t)),
+        server_start_ns: server_start.map(|t| cfg.clock.wall_ns(t)),
     }
 }
 

@@ -21,7 +21,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::{FdKey, Junk, Pipeline, Stream, Verdict, socket_addrs};
 use crate::capture::procinfo::Host;
 use crate::capture::{Dir, FdKind, Record};
-use crate::mcp::message::{self, Id, Kind, Message, Parsed, Target};
+use crate::mcp::message::{self, Id, Kind, Message, Parsed};
 use crate::mcp::session::{Addr, Addrs, Route, SessionKey, View};
 use crate::signals::Signal;
 use crate::streams::StreamKey;
@@ -301,7 +301,7 @@ impl Pipeline {
             } => {
                 self.stats.frames += 1;
                 let view = Self::view(meta, req_dir, first_enter_ns, last_exit_ns);
-                match message::parse(body) {
+                match message::parse_with(body, self.parse_opts()) {
                     Ok(parsed) => {
                         meta.verdict = ConnVerdict::Mcp;
                         meta.ids
@@ -357,7 +357,7 @@ impl Pipeline {
             } => {
                 self.stats.frames += 1;
                 let view = Self::view(meta, resp_dir, first_enter_ns, last_exit_ns);
-                match message::parse(body) {
+                match message::parse_with(body, self.parse_opts()) {
                     Ok(parsed) => {
                         if let Some((_, answered)) = meta.ids.get_mut(&txn.seq) {
                             answered.extend(response_ids(&parsed));
@@ -393,7 +393,7 @@ impl Pipeline {
                     }
                     return;
                 }
-                match message::parse(event.data) {
+                match message::parse_with(event.data, self.parse_opts()) {
                     Ok(parsed) => {
                         meta.verdict = ConnVerdict::Mcp;
                         if let Some((_, answered)) = meta.ids.get_mut(&txn.seq) {
@@ -416,6 +416,15 @@ impl Pipeline {
             ConnEvent::Done(txn) => {
                 self.release(host, fk, role, meta, txn);
                 let status = txn.response.as_ref().and_then(|r| r.status);
+                if txn.request.method.as_deref() == Some("DELETE")
+                    && txn.request.headers.session_id.is_some()
+                    && status.is_some_and(|s| (200..300).contains(&s))
+                {
+                    // The client ended the session.
+                    let route = self.http_route(fk, meta, role, txn, false);
+                    let ts = txn.response.as_ref().map_or(self.now, |r| r.last_exit_ns);
+                    self.tracker.end_session(&route.key, ts, &mut self.out);
+                }
                 let (ids, answered) = meta.ids.remove(&txn.seq).unwrap_or_default();
                 if let Some(status) = status.filter(|s| *s >= 400) {
                     // The server refused the request at the HTTP level: each request in it
@@ -427,15 +436,7 @@ impl Pipeline {
                         let msg = Message {
                             kind: Kind::Error,
                             id: Some(id.clone()),
-                            method: None,
-                            target: Target::None,
-                            is_error: false,
-                            error_code: None,
-                            error_message: None,
-                            protocol_version: None,
-                            peer_info: None,
-                            peer_info_is_server: false,
-                            cancels: None,
+                            ..Message::default()
                         };
                         let hash = xxh3_64(format!("http {status} {}", id.0).as_bytes());
                         self.tracker
@@ -492,7 +493,7 @@ impl Pipeline {
             mine
         };
         for h in held {
-            if let Ok(parsed) = message::parse(&h.body) {
+            if let Ok(parsed) = message::parse_with(&h.body, self.parse_opts()) {
                 let route = self.http_route(fk, meta, role, txn, true);
                 self.deliver(host, &route, &h.view, &parsed, &h.body, h.body.len() as u64);
             }

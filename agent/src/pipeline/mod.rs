@@ -272,6 +272,12 @@ impl Pipeline {
         std::mem::take(&mut self.rejects)
     }
 
+    fn parse_opts(&self) -> message::Options {
+        message::Options {
+            payloads: self.cfg.tracker.payloads,
+        }
+    }
+
     fn wall(&self, mono: u64) -> u64 {
         self.cfg.tracker.clock.wall_ns(mono)
     }
@@ -368,10 +374,10 @@ impl Pipeline {
             return;
         }
         self.tracker.procs.note(host, key.tgid, &rec.comm());
-        if matches!(stream.framing, Framing::Undecided) {
-            if !self.choose_framing(key, stream, rec.data) {
-                return;
-            }
+        if matches!(stream.framing, Framing::Undecided)
+            && !self.choose_framing(key, stream, rec.data)
+        {
+            return;
         }
         match stream.framing {
             Framing::Http => {
@@ -391,14 +397,13 @@ impl Pipeline {
             stream.framing = Framing::Http;
             return true;
         }
-        if stream.kind != FdKind::Pipe {
-            if let Some(conn) =
+        if stream.kind != FdKind::Pipe
+            && let Some(conn) =
                 crate::wire::http::Conn::detect(key.dir, head, self.cfg.max_message_bytes)
-            {
-                self.conns.insert(fk, http::ConnState::new(conn));
-                stream.framing = Framing::Http;
-                return true;
-            }
+        {
+            self.conns.insert(fk, http::ConnState::new(conn));
+            stream.framing = Framing::Http;
+            return true;
         }
         let reason = if head.starts_with(b"PRI * HTTP/2") {
             Some("http2")
@@ -613,7 +618,7 @@ impl Pipeline {
         let (bytes, after_gap, verdict) = (f.bytes, f.after_gap, stream.verdict);
         let early_junk = &mut stream.junk;
         self.stats.frames += 1;
-        stream.verdict = match message::parse(bytes) {
+        stream.verdict = match message::parse_with(bytes, self.parse_opts()) {
             Ok(parsed) => {
                 // Lines that did not parse before this first message were on an MCP stream
                 // after all: stray output (or the tail of a message the agent started in the
@@ -875,16 +880,21 @@ impl Pipeline {
         self.kernel_totals = totals.clone();
     }
 
-    /// End of input (shutdown or end of a replay): report what is still open.
-    pub fn finish(&mut self, now: u64) {
-        self.tick(now);
+    /// The kernel counters last reported.
+    pub fn kernel_totals(&self) -> &BTreeMap<String, u64> {
+        &self.kernel_totals
+    }
+
+    /// End of input (shutdown or end of a replay) at `now`: give in-flight views `grace` to
+    /// settle, then report what is still open.
+    pub fn finish(&mut self, now: u64, grace: u64) {
+        self.tick(now + grace);
         let open = self.tracker.open_exchanges();
         if open > 0 {
-            let e =
-                Event::new(self.wall(self.now), "in_flight_at_stop").with("exchanges", open as u64);
+            let e = Event::new(self.wall(now), "in_flight_at_stop").with("exchanges", open as u64);
             self.out.push(Signal::Event(e));
         }
-        let e = Event::new(self.wall(self.now), "agent_stop").with("stats", self.summary());
+        let e = Event::new(self.wall(now), "agent_stop").with("stats", self.summary());
         self.out.push(Signal::Event(e));
     }
 

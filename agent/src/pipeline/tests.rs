@@ -111,7 +111,7 @@ fn run(records: &[Vec<u8>], host: &mut FixedHost) -> (Vec<Signal>, Pipeline) {
     for r in records {
         p.ingest(host, r);
     }
-    p.finish(10_000_000_000);
+    p.finish(10_000_000_000, 0);
     let out = p.drain_signals().collect();
     (out, p)
 }
@@ -252,7 +252,7 @@ fn json_logs_are_rejected() {
     let mut h = host();
     p.ingest(&mut h, &rec(300, 1, DIR_OUT, 9, 1, 2, lines));
     p.ingest(&mut h, &rec(300, 1, DIR_OUT, 9, 3, 4, lines));
-    p.finish(10);
+    p.finish(10, 0);
     let reported: Vec<Signal> = p
         .drain_signals()
         .filter(|s| !matches!(s, Signal::Event(e) if e.event == "agent_stop"))

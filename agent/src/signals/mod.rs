@@ -1,6 +1,10 @@
 //! Stage 5, signals: the one internal model of what mcptap reports. Every exporter (console,
 //! JSON lines, and the metric and trace exporters) encodes these same values; none of them
-//! looks further upstream.
+//! looks further upstream. [`metrics`] defines every metric once; [`telemetry`] derives them
+//! from the signals.
+
+pub mod metrics;
+pub mod telemetry;
 
 use serde::Serialize;
 
@@ -24,10 +28,11 @@ pub struct Endpoint {
 }
 
 /// How an exchange ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// A result.
+    #[default]
     Ok,
     /// A JSON-RPC error object.
     Error,
@@ -53,7 +58,7 @@ impl Status {
 }
 
 /// Which MCP role sent a message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// The MCP client.
@@ -61,11 +66,12 @@ pub enum Role {
     /// The MCP server.
     Server,
     /// Not yet known.
+    #[default]
     Unknown,
 }
 
 /// A request and its response (or the lack of one), seen from one or both sides.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Exchange {
     /// Wall-clock nanoseconds when the request was first seen.
     #[serde(skip)]
@@ -133,6 +139,47 @@ pub struct Exchange {
     /// Client port (TCP).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_port: Option<u16>,
+    /// For failures: `client_misuse`, `server_failure` or `other`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_class: Option<&'static str>,
+    /// Whether the arguments satisfied the tool's advertised `inputSchema` (absent when the
+    /// session's `tools/list` was not seen).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema_valid: Option<bool>,
+    /// Where they did not: instance path and schema keyword, e.g. `/a: type`. Never a value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema_error: Option<String>,
+    /// The tool was not in the server's advertised list (absent when no list was seen).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown_tool: Option<bool>,
+    /// Id of an earlier identical call (same tool or URI and canonical arguments) in the
+    /// session: a retry loop or a duplicate read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeat_of: Option<String>,
+    /// Estimated tokens of a tool result (its text's JSON length / 4).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result_tokens_est: Option<u64>,
+    /// Size of a resource's contents (resources/read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_bytes: Option<u64>,
+    /// Arguments, only with `--payloads`, secrets redacted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<serde_json::Value>,
+    /// Result, only with `--payloads`, secrets redacted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    /// W3C trace context the request carried in `_meta`.
+    #[serde(skip)]
+    pub traceparent: Option<String>,
+    /// W3C trace state the request carried in `_meta`.
+    #[serde(skip)]
+    pub tracestate: Option<String>,
+    /// Wall-clock ns the client sent the request (spans).
+    #[serde(skip)]
+    pub client_start_ns: Option<u64>,
+    /// Wall-clock ns the server received the request (spans).
+    #[serde(skip)]
+    pub server_start_ns: Option<u64>,
 }
 
 /// A notification, reported once even when both sides saw it.
@@ -206,6 +253,8 @@ impl Event {
 
 /// Everything mcptap reports.
 #[derive(Clone, Debug, PartialEq)]
+// Exchanges are most of the signals; boxing them would add an allocation to each.
+#[allow(clippy::large_enum_variant)]
 pub enum Signal {
     /// An exchange.
     Exchange(Exchange),

@@ -633,10 +633,10 @@ impl Conn {
             OwnedEvent::Head(head) => {
                 // A response may come before its request finished arriving (an early error);
                 // attach it to the oldest request either way.
-                if self.open.is_empty() {
-                    if let Some((txn, ..)) = self.req.take() {
-                        self.open.push_back(txn);
-                    }
+                if self.open.is_empty()
+                    && let Some((txn, ..)) = self.req.take()
+                {
+                    self.open.push_back(txn);
                 }
                 self.resp_body.clear();
                 self.resp_oversize = false;

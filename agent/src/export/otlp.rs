@@ -1,0 +1,708 @@
+//! OpenTelemetry over OTLP: a span per watched side of every exchange, following the MCP
+//! semantic conventions, and every metric of the registry, exported with `opentelemetry-otlp`
+//! over gRPC or HTTP/protobuf.
+//!
+//! Configured as OpenTelemetry SDKs are: `OTEL_EXPORTER_OTLP_ENDPOINT` (and the per-signal
+//! `_TRACES_`/`_METRICS_` variants), `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc` or
+//! `http/protobuf`, the default), `OTEL_SERVICE_NAME` (default `mcptap`),
+//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_METRIC_EXPORT_INTERVAL` (ms), and `OTEL_TRACES_EXPORTER` /
+//! `OTEL_METRICS_EXPORTER` set to `none` to turn one off; `--otlp-endpoint` and
+//! `--otlp-protocol` override them.
+//!
+//! Export never blocks capture: spans go through a bounded queue to an exporter thread, and
+//! what does not fit is dropped and counted; metrics are collected by the SDK's own thread.
+//! Failures are counted and logged (the first of each run of failures, and the recovery).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result, bail};
+use log::{info, warn};
+use opentelemetry::metrics::{Histogram, MeterProvider as _};
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_otlp::{MetricExporter, Protocol, SpanExporter, WithExportConfig as _};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::data::ResourceMetrics;
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
+use xxhash_rust::xxh3::xxh3_128;
+
+use crate::signals::metrics::{Kind, Registry, Value, defs};
+use crate::signals::{Exchange, Signal, Sink, Status as XStatus, telemetry};
+
+/// Wire protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    /// OTLP/gRPC.
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies.
+    HttpProtobuf,
+}
+
+impl Wire {
+    /// Parse `grpc` or `http/protobuf`.
+    pub fn parse(s: &str) -> Result<Wire> {
+        match s {
+            "grpc" => Ok(Wire::Grpc),
+            "http/protobuf" | "http" => Ok(Wire::HttpProtobuf),
+            "http/json" => {
+                bail!("OTLP protocol http/json is not supported; use grpc or http/protobuf")
+            }
+            other => bail!("unknown OTLP protocol {other:?}: use grpc or http/protobuf"),
+        }
+    }
+}
+
+/// What to export where.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Endpoint given on the command line (otherwise the OTEL_* variables decide).
+    pub endpoint: Option<String>,
+    /// Protocol.
+    pub wire: Wire,
+    /// Export spans.
+    pub traces: bool,
+    /// Export metrics.
+    pub metrics: bool,
+    /// Metric export interval.
+    pub interval: Duration,
+    /// Spans carry argument and result values (`--payloads`).
+    pub payloads: bool,
+}
+
+fn env(k: &str) -> Option<String> {
+    std::env::var(k).ok().filter(|v| !v.is_empty())
+}
+
+impl Config {
+    /// The configuration from flags and the standard variables; `None` when OTLP is off
+    /// (no endpoint anywhere).
+    pub fn resolve(
+        endpoint: Option<&str>,
+        protocol: Option<&str>,
+        payloads: bool,
+    ) -> Result<Option<Config>> {
+        let any_env = [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+        ]
+        .iter()
+        .any(|k| env(k).is_some());
+        if endpoint.is_none() && !any_env {
+            return Ok(None);
+        }
+        let wire = match protocol
+            .map(str::to_string)
+            .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        {
+            Some(p) => Wire::parse(&p).context("--otlp-protocol / OTEL_EXPORTER_OTLP_PROTOCOL")?,
+            None => Wire::HttpProtobuf,
+        };
+        let interval = match env("OTEL_METRIC_EXPORT_INTERVAL") {
+            Some(ms) => Duration::from_millis(ms.parse().with_context(|| {
+                format!("OTEL_METRIC_EXPORT_INTERVAL={ms:?} is not milliseconds")
+            })?),
+            None => Duration::from_secs(60),
+        };
+        Ok(Some(Config {
+            endpoint: endpoint.map(str::to_string),
+            wire,
+            traces: env("OTEL_TRACES_EXPORTER").as_deref() != Some("none"),
+            metrics: env("OTEL_METRICS_EXPORTER").as_deref() != Some("none"),
+            interval,
+            payloads,
+        }))
+    }
+}
+
+/// Failures and drops, per exporter, for the agent's own metrics.
+#[derive(Default)]
+pub struct Stats {
+    /// Span batches that failed.
+    pub trace_failures: AtomicU64,
+    /// Spans dropped because the queue was full.
+    pub trace_dropped: AtomicU64,
+    /// Metric exports that failed.
+    pub metric_failures: AtomicU64,
+    trace_down: AtomicBool,
+    metric_down: AtomicBool,
+}
+
+impl Stats {
+    /// (failures, dropped) by exporter name.
+    pub fn snapshot(&self) -> [(&'static str, (u64, u64)); 2] {
+        [
+            (
+                "otlp_traces",
+                (
+                    self.trace_failures.load(Ordering::Relaxed),
+                    self.trace_dropped.load(Ordering::Relaxed),
+                ),
+            ),
+            (
+                "otlp_metrics",
+                (self.metric_failures.load(Ordering::Relaxed), 0),
+            ),
+        ]
+    }
+}
+
+/// Spans waiting for the exporter thread at most.
+const QUEUE: usize = 4096;
+/// Spans per export call.
+const BATCH: usize = 512;
+
+fn note_result(
+    ok: bool,
+    down: &AtomicBool,
+    failures: &AtomicU64,
+    what: &str,
+    err: &dyn std::fmt::Display,
+) {
+    if ok {
+        if down.swap(false, Ordering::Relaxed) {
+            info!("OTLP {what} export recovered");
+        }
+    } else {
+        failures.fetch_add(1, Ordering::Relaxed);
+        if !down.swap(true, Ordering::Relaxed) {
+            warn!(
+                "OTLP {what} export failed: {err} (counted in mcptap_export_failures_total; retrying)"
+            );
+        }
+    }
+}
+
+/// Runs the SDK's metric exports inside our tokio runtime, whatever thread calls them.
+struct InRuntime<E> {
+    inner: E,
+    handle: tokio::runtime::Handle,
+    stats: Arc<Stats>,
+}
+
+impl<E: PushMetricExporter> PushMetricExporter for InRuntime<E> {
+    async fn export(&self, metrics: &ResourceMetrics) -> opentelemetry_sdk::error::OTelSdkResult {
+        let r = self.handle.block_on(self.inner.export(metrics));
+        let err = r.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
+        note_result(
+            r.is_ok(),
+            &self.stats.metric_down,
+            &self.stats.metric_failures,
+            "metrics",
+            &err,
+        );
+        r
+    }
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.force_flush()
+    }
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+    fn temporality(&self) -> Temporality {
+        Temporality::Cumulative
+    }
+}
+
+fn resource() -> Resource {
+    let mut b = Resource::builder();
+    if env("OTEL_SERVICE_NAME").is_none() {
+        b = b.with_service_name("mcptap");
+    }
+    b.with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+fn attrs(keys: &[&'static str], values: &[String]) -> Vec<KeyValue> {
+    keys.iter()
+        .zip(values)
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| KeyValue::new(*k, v.clone()))
+        .collect()
+}
+
+/// The OTLP exporters.
+pub struct Otlp {
+    tx: Option<SyncSender<SpanData>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    meters: Option<SdkMeterProvider>,
+    /// Failures and drops.
+    pub stats: Arc<Stats>,
+    payloads: bool,
+    _runtime_keepalive: Arc<tokio::runtime::Runtime>,
+}
+
+impl Otlp {
+    /// Start exporting; metrics are read from `registry`.
+    pub fn start(cfg: &Config, registry: &Arc<Mutex<Registry>>) -> Result<Otlp> {
+        let rt = Arc::new(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("mcptap-otlp")
+                .enable_all()
+                .build()
+                .context("starting the OTLP runtime")?,
+        );
+        let stats = Arc::new(Stats::default());
+        let resource = resource();
+        let mut otlp = Otlp {
+            tx: None,
+            thread: None,
+            meters: None,
+            stats: stats.clone(),
+            payloads: cfg.payloads,
+            _runtime_keepalive: rt.clone(),
+        };
+        if cfg.traces {
+            let mut exporter = {
+                let _guard = rt.enter();
+                match cfg.wire {
+                    Wire::Grpc => {
+                        let mut b = SpanExporter::builder().with_tonic();
+                        if let Some(e) = &cfg.endpoint {
+                            b = b.with_endpoint(e);
+                        }
+                        b.build()
+                    }
+                    Wire::HttpProtobuf => {
+                        let mut b = SpanExporter::builder()
+                            .with_http()
+                            .with_protocol(Protocol::HttpBinary);
+                        if let Some(e) = &cfg.endpoint {
+                            b = b.with_endpoint(format!("{}/v1/traces", e.trim_end_matches('/')));
+                        }
+                        b.build()
+                    }
+                }
+                .context("building the OTLP span exporter")?
+            };
+            exporter.set_resource(&resource);
+            let (tx, rx) = sync_channel::<SpanData>(QUEUE);
+            let handle = rt.handle().clone();
+            let stats = stats.clone();
+            otlp.tx = Some(tx);
+            otlp.thread = Some(
+                std::thread::Builder::new()
+                    .name("mcptap-spans".into())
+                    .spawn(move || export_spans(rx, exporter, handle, stats))
+                    .context("starting the span exporter thread")?,
+            );
+        }
+        if cfg.metrics {
+            let exporter = {
+                let _guard = rt.enter();
+                match cfg.wire {
+                    Wire::Grpc => {
+                        let mut b = MetricExporter::builder().with_tonic();
+                        if let Some(e) = &cfg.endpoint {
+                            b = b.with_endpoint(e);
+                        }
+                        b.build()
+                    }
+                    Wire::HttpProtobuf => {
+                        let mut b = MetricExporter::builder()
+                            .with_http()
+                            .with_protocol(Protocol::HttpBinary);
+                        if let Some(e) = &cfg.endpoint {
+                            b = b.with_endpoint(format!("{}/v1/metrics", e.trim_end_matches('/')));
+                        }
+                        b.build()
+                    }
+                }
+                .context("building the OTLP metric exporter")?
+            };
+            let exporter = InRuntime {
+                inner: exporter,
+                handle: rt.handle().clone(),
+                stats: stats.clone(),
+            };
+            let reader = PeriodicReader::builder(exporter)
+                .with_interval(cfg.interval)
+                .build();
+            let provider = SdkMeterProvider::builder()
+                .with_reader(reader)
+                .with_resource(resource.clone())
+                .build();
+            register_instruments(&provider, registry);
+            otlp.meters = Some(provider);
+        }
+        Ok(otlp)
+    }
+
+    /// Queue the spans of one exchange; never blocks.
+    pub fn spans(&self, x: &Exchange) {
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        for span in spans_of(x, self.payloads) {
+            match tx.try_send(span) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                    self.stats.trace_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Flush what is queued and the metrics, then stop.
+    pub fn shutdown(mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some(m) = self.meters.take()
+            && let Err(e) = m.shutdown()
+        {
+            warn!("OTLP metrics: final export failed: {e}");
+        }
+    }
+}
+
+impl Sink for Otlp {
+    fn emit(&mut self, signal: &Signal) {
+        if let Signal::Exchange(x) = signal {
+            self.spans(x);
+        }
+    }
+}
+
+fn export_spans(
+    rx: Receiver<SpanData>,
+    exporter: SpanExporter,
+    handle: tokio::runtime::Handle,
+    stats: Arc<Stats>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let first = match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(s) => Some(s),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                if !batch.is_empty() {
+                    let r = handle.block_on(exporter.export(std::mem::take(&mut batch)));
+                    let err = r.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
+                    note_result(
+                        r.is_ok(),
+                        &stats.trace_down,
+                        &stats.trace_failures,
+                        "traces",
+                        &err,
+                    );
+                }
+                return;
+            }
+        };
+        batch.extend(first);
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(s) => batch.push(s),
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let r = handle.block_on(exporter.export(std::mem::take(&mut batch)));
+        let err = r.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
+        note_result(
+            r.is_ok(),
+            &stats.trace_down,
+            &stats.trace_failures,
+            "traces",
+            &err,
+        );
+    }
+}
+
+/// One OTel instrument per metric of the registry: observable counters and gauges read the
+/// registry when the SDK collects; histograms are recorded as the registry observes.
+fn register_instruments(provider: &SdkMeterProvider, registry: &Arc<Mutex<Registry>>) {
+    let meter = provider.meter_with_scope(
+        InstrumentationScope::builder("mcptap")
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build(),
+    );
+    let mut histograms: HashMap<&'static str, Histogram<f64>> = HashMap::new();
+    for def in defs::ALL {
+        let read = {
+            let registry = registry.clone();
+            move || -> Vec<(f64, Vec<KeyValue>)> {
+                let r = match registry.lock() {
+                    Ok(r) => r,
+                    Err(p) => p.into_inner(),
+                };
+                r.series(def)
+                    .filter_map(|(labels, v)| match v {
+                        Value::Number(n) => Some((*n, attrs(def.otel_labels, labels))),
+                        Value::Histogram { .. } => None,
+                    })
+                    .collect()
+            }
+        };
+        match def.kind {
+            Kind::Counter => {
+                meter
+                    .f64_observable_counter(def.otel_name)
+                    .with_unit(def.otel_unit)
+                    .with_description(def.help)
+                    .with_callback(move |o| {
+                        for (v, a) in read() {
+                            o.observe(v, &a);
+                        }
+                    })
+                    .build();
+            }
+            Kind::Gauge => {
+                meter
+                    .f64_observable_gauge(def.otel_name)
+                    .with_unit(def.otel_unit)
+                    .with_description(def.help)
+                    .with_callback(move |o| {
+                        for (v, a) in read() {
+                            o.observe(v, &a);
+                        }
+                    })
+                    .build();
+            }
+            Kind::Histogram(bounds) => {
+                let h = meter
+                    .f64_histogram(def.otel_name)
+                    .with_unit(def.otel_unit)
+                    .with_description(def.help)
+                    .with_boundaries(bounds.to_vec())
+                    .build();
+                histograms.insert(def.name, h);
+            }
+        }
+    }
+    let mut r = match registry.lock() {
+        Ok(r) => r,
+        Err(p) => p.into_inner(),
+    };
+    r.set_observe_hook(Box::new(move |def, labels, v| {
+        if let Some(h) = histograms.get(def.name) {
+            h.record(v, &attrs(def.otel_labels, labels));
+        }
+    }));
+}
+
+/// W3C traceparent `00-<trace>-<span>-<flags>`.
+fn parse_traceparent(tp: &str) -> Option<(TraceId, SpanId)> {
+    let mut parts = tp.trim().split('-');
+    let (_v, t, s) = (parts.next()?, parts.next()?, parts.next()?);
+    let trace = TraceId::from_hex(t)
+        .ok()
+        .filter(|t| *t != TraceId::INVALID)?;
+    let span = SpanId::from_hex(s).ok().filter(|s| *s != SpanId::INVALID)?;
+    Some((trace, span))
+}
+
+fn time(ns: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(ns)
+}
+
+/// The spans of an exchange: CLIENT for the side that sent the request, SERVER for the side
+/// that received it, one per watched side. Ids are derived from the exchange, so a replay
+/// produces the same trace.
+pub fn spans_of(x: &Exchange, payloads: bool) -> Vec<SpanData> {
+    let ident = format!(
+        "{}\u{0}{}\u{0}{}\u{0}{}",
+        x.session.as_deref().unwrap_or(""),
+        x.id,
+        x.ts_ns,
+        x.method
+    );
+    let h = xxh3_128(ident.as_bytes());
+    let remote = x.traceparent.as_deref().and_then(parse_traceparent);
+    let trace_id = remote
+        .map(|(t, _)| t)
+        .unwrap_or_else(|| TraceId::from_bytes(h.to_be_bytes()));
+    let client_span = SpanId::from_bytes(((h as u64) | 1).to_be_bytes());
+    let server_span = SpanId::from_bytes((((h >> 64) as u64) | 1).to_be_bytes());
+    let trace_state = x
+        .tracestate
+        .as_deref()
+        .and_then(|s| {
+            TraceState::from_key_value(s.split(',').filter_map(|kv| kv.trim().split_once('='))).ok()
+        })
+        .unwrap_or_default();
+
+    let target = x
+        .tool
+        .as_deref()
+        .or(x.prompt.as_deref())
+        .or(x.resource_uri.as_deref());
+    let name: Cow<'static, str> = match target {
+        Some(t) => Cow::Owned(format!("{} {t}", x.method)),
+        None => Cow::Owned(x.method.clone()),
+    };
+    let mut attributes = vec![KeyValue::new("mcp.method.name", x.method.clone())];
+    if let Some(t) = &x.tool {
+        attributes.push(KeyValue::new("gen_ai.tool.name", t.clone()));
+        attributes.push(KeyValue::new("gen_ai.operation.name", "execute_tool"));
+    }
+    if let Some(p) = &x.prompt {
+        attributes.push(KeyValue::new("gen_ai.prompt.name", p.clone()));
+    }
+    if let Some(u) = &x.resource_uri {
+        attributes.push(KeyValue::new("mcp.resource.uri", u.clone()));
+    }
+    let id = serde_json::from_str::<serde_json::Value>(&x.id)
+        .ok()
+        .map(|v| match v {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        })
+        .unwrap_or_else(|| x.id.clone());
+    attributes.push(KeyValue::new("jsonrpc.request.id", id));
+    if let Some(c) = x.error_code {
+        attributes.push(KeyValue::new("rpc.response.status_code", c));
+    }
+    let (_, error_type) = telemetry::outcome(x);
+    if !error_type.is_empty() {
+        attributes.push(KeyValue::new("error.type", error_type.clone()));
+    }
+    if let Some(v) = &x.protocol_version {
+        attributes.push(KeyValue::new("mcp.protocol.version", v.clone()));
+    }
+    if let (Some(s), "http" | "sse" | "unix") = (&x.session, x.transport) {
+        attributes.push(KeyValue::new("mcp.session.id", s.clone()));
+    }
+    let network_transport = match x.transport {
+        "stdio" => "pipe",
+        "unix" => "unix",
+        _ => "tcp",
+    };
+    attributes.push(KeyValue::new("network.transport", network_transport));
+    if matches!(x.transport, "http" | "sse") || x.http_status.is_some() {
+        attributes.push(KeyValue::new("network.protocol.name", "http"));
+        attributes.push(KeyValue::new("network.protocol.version", "1.1"));
+    }
+    if let Some(h) = x.http_status {
+        attributes.push(KeyValue::new("http.response.status_code", h as i64));
+    }
+    if let Some(a) = &x.server_address {
+        attributes.push(KeyValue::new("server.address", a.clone()));
+    }
+    if let Some(p) = x.server_port {
+        attributes.push(KeyValue::new("server.port", p as i64));
+    }
+    if let Some(a) = &x.client_address {
+        attributes.push(KeyValue::new("client.address", a.clone()));
+    }
+    if let Some(p) = x.client_port {
+        attributes.push(KeyValue::new("client.port", p as i64));
+    }
+    if payloads {
+        if let Some(a) = &x.arguments {
+            attributes.push(KeyValue::new("gen_ai.tool.call.arguments", a.to_string()));
+        }
+        if let Some(r) = &x.result {
+            attributes.push(KeyValue::new("gen_ai.tool.call.result", r.to_string()));
+        }
+    }
+    let status = match x.status {
+        XStatus::Ok => Status::Unset,
+        _ => Status::error(error_type),
+    };
+    let scope = InstrumentationScope::builder("mcptap")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build();
+    let make = |kind: SpanKind,
+                span: SpanId,
+                parent: SpanId,
+                remote: bool,
+                start: u64,
+                ms: f64,
+                pid: Option<u32>| {
+        let mut attributes = attributes.clone();
+        if let Some(pid) = pid {
+            attributes.push(KeyValue::new("process.pid", pid as i64));
+        }
+        SpanData {
+            span_context: SpanContext::new(
+                trace_id,
+                span,
+                TraceFlags::SAMPLED,
+                false,
+                trace_state.clone(),
+            ),
+            parent_span_id: parent,
+            parent_span_is_remote: remote,
+            span_kind: kind,
+            name: name.clone(),
+            start_time: time(start),
+            end_time: time(start + (ms * 1e6) as u64),
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: status.clone(),
+            instrumentation_scope: scope.clone(),
+        }
+    };
+    let (remote_parent, is_remote) = match remote {
+        Some((_, s)) => (s, true),
+        None => (SpanId::INVALID, false),
+    };
+    let mut out = Vec::new();
+    // The requester's side is the CLIENT span (the MCP client, or the server for the
+    // requests it sends).
+    let (req_start, req_ms, resp_start, resp_ms, req_pid, resp_pid) = match x.requester {
+        crate::signals::Role::Server => (
+            x.server_start_ns,
+            x.server_duration_ms,
+            x.client_start_ns,
+            x.client_duration_ms,
+            x.server.pid,
+            x.client.pid,
+        ),
+        _ => (
+            x.client_start_ns,
+            x.client_duration_ms,
+            x.server_start_ns,
+            x.server_duration_ms,
+            x.client.pid,
+            x.server.pid,
+        ),
+    };
+    let client_seen = req_start.is_some() && req_ms.is_some();
+    if let (Some(start), Some(ms)) = (req_start, req_ms) {
+        out.push(make(
+            SpanKind::Client,
+            client_span,
+            remote_parent,
+            is_remote,
+            start,
+            ms,
+            req_pid,
+        ));
+    }
+    if let (Some(start), Some(ms)) = (resp_start, resp_ms) {
+        // Child of our CLIENT span when the requester was watched, else of the caller's.
+        let (parent, remote) = if client_seen {
+            (client_span, false)
+        } else {
+            (remote_parent, is_remote)
+        };
+        out.push(make(
+            SpanKind::Server,
+            server_span,
+            parent,
+            remote,
+            start,
+            ms,
+            resp_pid,
+        ));
+    }
+    out
+}

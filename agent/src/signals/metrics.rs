@@ -1,0 +1,811 @@
+//! The metrics model: every metric mcptap exports is defined once here ([`defs`]), stored in
+//! one [`Registry`], and encoded by the exporters (Prometheus text, OTLP).
+//!
+//! Label values are bounded: each label of each metric keeps at most `label_limit` distinct
+//! values; the rest are reported as `other` and counted in `mcptap_label_overflow_total`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// What kind of metric.
+#[derive(Debug, PartialEq)]
+pub enum Kind {
+    /// Monotonic total.
+    Counter,
+    /// Current value.
+    Gauge,
+    /// Distribution with these upper bounds.
+    Histogram(&'static [f64]),
+}
+
+/// One metric's definition.
+#[derive(Debug)]
+pub struct Def {
+    /// Prometheus name (counters end in `_total`; units are suffixes).
+    pub name: &'static str,
+    /// Help text.
+    pub help: &'static str,
+    /// Kind.
+    pub kind: Kind,
+    /// Label names (Prometheus).
+    pub labels: &'static [&'static str],
+    /// OpenTelemetry instrument name.
+    pub otel_name: &'static str,
+    /// OpenTelemetry unit (UCUM).
+    pub otel_unit: &'static str,
+    /// OpenTelemetry attribute keys, in label order (semantic-convention names).
+    pub otel_labels: &'static [&'static str],
+}
+
+/// Call latency buckets, 100 µs to 5 minutes (local stdio tools answer in under 1 ms), plus
+/// the OpenTelemetry MCP conventions' advice.
+pub const LATENCY: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+    10.0, 30.0, 60.0, 120.0, 300.0,
+];
+/// Session lengths: a second to a day.
+pub const SESSION: &[f64] = &[
+    1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0, 43200.0, 86400.0,
+];
+/// Message and content sizes.
+pub const SIZE: &[f64] = &[
+    64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
+];
+/// Result token estimates.
+pub const TOKENS: &[f64] = &[
+    16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0,
+];
+
+macro_rules! def {
+    ($id:ident, $name:literal, $kind:expr, [$($l:literal),*], $otel:literal, $unit:literal, [$($ol:literal),*], $help:literal) => {
+        #[doc = $help]
+        pub const $id: Def = Def {
+            name: $name,
+            help: $help,
+            kind: $kind,
+            labels: &[$($l),*],
+            otel_name: $otel,
+            otel_unit: $unit,
+            otel_labels: &[$($ol),*],
+        };
+    };
+}
+
+/// Every metric.
+pub mod defs {
+    use super::{Def, Kind, LATENCY, SESSION, SIZE, TOKENS};
+
+    def!(
+        TOOL_CALLS,
+        "mcp_tool_calls_total",
+        Kind::Counter,
+        [
+            "tool_name",
+            "server",
+            "client",
+            "status",
+            "error_type",
+            "error_class"
+        ],
+        "mcp.tool.calls",
+        "{call}",
+        [
+            "gen_ai.tool.name",
+            "server",
+            "client",
+            "status",
+            "error.type",
+            "error_class"
+        ],
+        "tools/call exchanges, by outcome: status success|error, error_type the JSON-RPC code, tool_error, no_response, cancelled or http_NNN, error_class client_misuse|server_failure|other."
+    );
+    def!(
+        TOOL_DURATION,
+        "mcp_tool_call_duration_seconds",
+        Kind::Histogram(LATENCY),
+        ["tool_name", "server"],
+        "mcp.tool.call.duration",
+        "s",
+        ["gen_ai.tool.name", "server"],
+        "tools/call latency: the client's view when it is watched, otherwise the server's."
+    );
+    def!(
+        TOOL_IN_FLIGHT,
+        "mcp_tool_calls_in_flight",
+        Kind::Gauge,
+        ["tool_name", "server"],
+        "mcp.tool.calls.in_flight",
+        "{call}",
+        ["gen_ai.tool.name", "server"],
+        "tools/call requests sent and not yet answered."
+    );
+    def!(
+        TOOL_TOKENS,
+        "mcp_tool_result_tokens",
+        Kind::Histogram(TOKENS),
+        ["tool_name", "server"],
+        "mcp.tool.result.tokens",
+        "{token}",
+        ["gen_ai.tool.name", "server"],
+        "Estimated tokens of each tool result: the JSON-encoded length of its text divided by 4."
+    );
+    def!(
+        SCHEMA_VIOLATIONS,
+        "mcp_tool_schema_violations_total",
+        Kind::Counter,
+        ["tool_name", "server"],
+        "mcp.tool.schema_violations",
+        "{call}",
+        ["gen_ai.tool.name", "server"],
+        "tools/call arguments that do not satisfy the inputSchema the server advertised."
+    );
+    def!(
+        SCHEMA_CHECKED,
+        "mcp_tool_schema_checks_total",
+        Kind::Counter,
+        ["tool_name", "server"],
+        "mcp.tool.schema_checks",
+        "{call}",
+        ["gen_ai.tool.name", "server"],
+        "tools/call arguments checked against an advertised inputSchema."
+    );
+    def!(
+        UNKNOWN_TOOLS,
+        "mcp_tool_unknown_calls_total",
+        Kind::Counter,
+        ["server", "client"],
+        "mcp.tool.unknown_calls",
+        "{call}",
+        ["server", "client"],
+        "Calls to tool names the server never advertised in its tools/list."
+    );
+    def!(
+        REPEATED_CALLS,
+        "mcp_tool_repeated_calls_total",
+        Kind::Counter,
+        ["tool_name", "server"],
+        "mcp.tool.repeated_calls",
+        "{call}",
+        ["gen_ai.tool.name", "server"],
+        "Calls identical (tool and canonical arguments) to an earlier call of the same session: retry loops."
+    );
+    def!(
+        TOOL_DRIFT,
+        "mcp_tool_definition_changes_total",
+        Kind::Counter,
+        ["server", "change"],
+        "mcp.tool.definition_changes",
+        "{tool}",
+        ["server", "change"],
+        "Tool definitions that changed from what the same server advertised before (change added|removed|changed)."
+    );
+    def!(
+        RESOURCE_READS,
+        "mcp_resource_reads_total",
+        Kind::Counter,
+        ["resource_uri", "server", "status"],
+        "mcp.resource.reads",
+        "{read}",
+        ["mcp.resource.uri", "server", "status"],
+        "resources/read exchanges, by URI and outcome."
+    );
+    def!(
+        RESOURCE_BYTES,
+        "mcp_resource_read_bytes",
+        Kind::Histogram(SIZE),
+        ["server"],
+        "mcp.resource.read.size",
+        "By",
+        ["server"],
+        "Size of the contents returned by resources/read."
+    );
+    def!(
+        DUPLICATE_READS,
+        "mcp_resource_duplicate_reads_total",
+        Kind::Counter,
+        ["server"],
+        "mcp.resource.duplicate_reads",
+        "{read}",
+        ["server"],
+        "resources/read of a URI already read in the same session."
+    );
+    def!(
+        PROMPT_GETS,
+        "mcp_prompt_gets_total",
+        Kind::Counter,
+        ["prompt_name", "server", "status"],
+        "mcp.prompt.gets",
+        "{get}",
+        ["gen_ai.prompt.name", "server", "status"],
+        "prompts/get exchanges, by prompt and outcome."
+    );
+    def!(
+        HANDSHAKES,
+        "mcp_handshakes_total",
+        Kind::Counter,
+        ["server", "client", "status", "reason"],
+        "mcp.handshakes",
+        "{handshake}",
+        ["server", "client", "status", "reason"],
+        "initialize → result → notifications/initialized, by outcome (reason error|no_response|version_mismatch|no_initialized|cancelled on failure)."
+    );
+    def!(
+        HANDSHAKE_DURATION,
+        "mcp_handshake_duration_seconds",
+        Kind::Histogram(LATENCY),
+        ["server"],
+        "mcp.handshake.duration",
+        "s",
+        ["server"],
+        "From the initialize request to notifications/initialized."
+    );
+    def!(
+        ACTIVE_SESSIONS,
+        "mcp_active_sessions",
+        Kind::Gauge,
+        ["transport", "server"],
+        "mcp.sessions.active",
+        "{session}",
+        ["network.transport", "server"],
+        "Sessions open now."
+    );
+    def!(
+        SESSIONS,
+        "mcp_sessions_total",
+        Kind::Counter,
+        ["transport", "server"],
+        "mcp.sessions",
+        "{session}",
+        ["network.transport", "server"],
+        "Sessions started."
+    );
+    def!(
+        SESSION_DURATION,
+        "mcp_session_duration_seconds",
+        Kind::Histogram(SESSION),
+        ["transport", "server"],
+        "mcp.session.duration",
+        "s",
+        ["network.transport", "server"],
+        "Length of ended sessions, first to last message."
+    );
+    def!(
+        ERRORS,
+        "mcp_errors_total",
+        Kind::Counter,
+        ["code", "method", "server"],
+        "mcp.errors",
+        "{error}",
+        ["rpc.response.status_code", "mcp.method.name", "server"],
+        "JSON-RPC error responses, by code (-32700, -32600, -32601, -32602, -32603 and others)."
+    );
+    def!(
+        REQUESTS,
+        "mcp_requests_total",
+        Kind::Counter,
+        ["method", "server", "status", "error_type"],
+        "mcp.requests",
+        "{request}",
+        ["mcp.method.name", "server", "status", "error.type"],
+        "Every request/response exchange, by method and outcome."
+    );
+    def!(
+        MESSAGES,
+        "mcp_messages_total",
+        Kind::Counter,
+        ["direction", "kind", "transport"],
+        "mcp.messages",
+        "{message}",
+        ["direction", "kind", "network.transport"],
+        "JSON-RPC messages, by direction (client_to_server|server_to_client) and kind (request|response|error|notification)."
+    );
+    def!(
+        MESSAGE_SIZE,
+        "mcp_message_size_bytes",
+        Kind::Histogram(SIZE),
+        ["direction", "kind"],
+        "mcp.message.size",
+        "By",
+        ["direction", "kind"],
+        "Size of JSON-RPC messages on the wire."
+    );
+    def!(
+        CLIENT_OPERATION,
+        "mcp_client_operation_duration_seconds",
+        Kind::Histogram(LATENCY),
+        [
+            "mcp_method_name",
+            "gen_ai_tool_name",
+            "error_type",
+            "server"
+        ],
+        "mcp.client.operation.duration",
+        "s",
+        [
+            "mcp.method.name",
+            "gen_ai.tool.name",
+            "error.type",
+            "server"
+        ],
+        "Duration of MCP requests as the client saw them (OpenTelemetry MCP conventions)."
+    );
+    def!(
+        SERVER_OPERATION,
+        "mcp_server_operation_duration_seconds",
+        Kind::Histogram(LATENCY),
+        [
+            "mcp_method_name",
+            "gen_ai_tool_name",
+            "error_type",
+            "server"
+        ],
+        "mcp.server.operation.duration",
+        "s",
+        [
+            "mcp.method.name",
+            "gen_ai.tool.name",
+            "error.type",
+            "server"
+        ],
+        "Duration of MCP requests as the server saw them (OpenTelemetry MCP conventions)."
+    );
+    def!(
+        CLIENT_SESSION,
+        "mcp_client_session_duration_seconds",
+        Kind::Histogram(SESSION),
+        ["transport", "server"],
+        "mcp.client.session.duration",
+        "s",
+        ["network.transport", "server"],
+        "Duration of sessions whose client was watched (OpenTelemetry MCP conventions)."
+    );
+    def!(
+        SERVER_SESSION,
+        "mcp_server_session_duration_seconds",
+        Kind::Histogram(SESSION),
+        ["transport", "server"],
+        "mcp.server.session.duration",
+        "s",
+        ["network.transport", "server"],
+        "Duration of sessions whose server was watched (OpenTelemetry MCP conventions)."
+    );
+    def!(
+        CALL_TIMEOUTS,
+        "mcp_calls_timed_out_total",
+        Kind::Counter,
+        ["method", "server"],
+        "mcp.calls.timed_out",
+        "{call}",
+        ["mcp.method.name", "server"],
+        "Requests with no response after --response-timeout (hung calls)."
+    );
+    def!(
+        CORRUPTIONS,
+        "mcp_stream_corruptions_total",
+        Kind::Counter,
+        ["reason"],
+        "mcp.stream.corruptions",
+        "{line}",
+        ["reason"],
+        "Non-JSON-RPC output on an MCP stream (stray stdout), or broken HTTP framing."
+    );
+
+    def!(
+        AGENT_RECORDS,
+        "mcptap_records_total",
+        Kind::Counter,
+        [],
+        "mcptap.records",
+        "{record}",
+        [],
+        "Kernel records processed."
+    );
+    def!(
+        AGENT_BYTES,
+        "mcptap_captured_bytes_total",
+        Kind::Counter,
+        [],
+        "mcptap.captured",
+        "By",
+        [],
+        "Payload bytes captured."
+    );
+    def!(
+        AGENT_KERNEL,
+        "mcptap_kernel_events_total",
+        Kind::Counter,
+        ["event"],
+        "mcptap.kernel.events",
+        "{event}",
+        ["event"],
+        "The kernel programs' counters: records, bytes, and every kind of loss (ringbuf_full_records, truncated_syscalls, read_faults, stash_full, exit_missed, tail_call_failed, prog_recursion_misses, ...)."
+    );
+    def!(
+        AGENT_LOST,
+        "mcptap_lost_events_total",
+        Kind::Counter,
+        [],
+        "mcptap.lost_events",
+        "{event}",
+        [],
+        "Events lost in the kernel (ring buffer full, stash full, missed exits, failed tail calls, skipped program runs)."
+    );
+    def!(
+        AGENT_TRUNCATED,
+        "mcptap_truncated_messages_total",
+        Kind::Counter,
+        [],
+        "mcptap.truncated_messages",
+        "{message}",
+        [],
+        "Messages over --max-message-bytes, dropped and reported."
+    );
+    def!(
+        AGENT_PARSE_ERRORS,
+        "mcptap_parse_errors_total",
+        Kind::Counter,
+        ["class"],
+        "mcptap.parse_errors",
+        "{frame}",
+        ["class"],
+        "Frames of MCP streams that were not JSON-RPC, by class."
+    );
+    def!(
+        AGENT_REJECTED,
+        "mcptap_streams_rejected_total",
+        Kind::Counter,
+        ["reason"],
+        "mcptap.streams_rejected",
+        "{stream}",
+        ["reason"],
+        "Streams found not to carry MCP (the kernel stops shipping them), by reason."
+    );
+    def!(
+        AGENT_GAPS,
+        "mcptap_stream_gaps_total",
+        Kind::Counter,
+        ["reason"],
+        "mcptap.stream_gaps",
+        "{gap}",
+        ["reason"],
+        "Holes in MCP streams, by reason."
+    );
+    def!(
+        AGENT_EXPORT_FAILURES,
+        "mcptap_export_failures_total",
+        Kind::Counter,
+        ["exporter"],
+        "mcptap.export.failures",
+        "{batch}",
+        ["exporter"],
+        "Export attempts that failed."
+    );
+    def!(
+        AGENT_EXPORT_DROPPED,
+        "mcptap_export_dropped_total",
+        Kind::Counter,
+        ["exporter"],
+        "mcptap.export.dropped",
+        "{item}",
+        ["exporter"],
+        "Items dropped because an exporter's queue was full."
+    );
+    def!(
+        AGENT_LABEL_OVERFLOW,
+        "mcptap_label_overflow_total",
+        Kind::Counter,
+        ["metric", "label"],
+        "mcptap.label_overflow",
+        "{value}",
+        ["metric", "label"],
+        "Label values beyond the per-label limit, reported as \"other\"."
+    );
+    def!(
+        AGENT_SESSIONS,
+        "mcptap_tracked_sessions",
+        Kind::Gauge,
+        [],
+        "mcptap.tracked.sessions",
+        "{session}",
+        [],
+        "Sessions and connections the agent holds state for."
+    );
+    def!(
+        AGENT_STREAMS,
+        "mcptap_tracked_streams",
+        Kind::Gauge,
+        [],
+        "mcptap.tracked.streams",
+        "{stream}",
+        [],
+        "Streams the agent holds state for."
+    );
+
+    /// Every definition, in exposition order.
+    pub const ALL: &[&Def] = &[
+        &TOOL_CALLS,
+        &TOOL_DURATION,
+        &TOOL_IN_FLIGHT,
+        &TOOL_TOKENS,
+        &SCHEMA_VIOLATIONS,
+        &SCHEMA_CHECKED,
+        &UNKNOWN_TOOLS,
+        &REPEATED_CALLS,
+        &TOOL_DRIFT,
+        &RESOURCE_READS,
+        &RESOURCE_BYTES,
+        &DUPLICATE_READS,
+        &PROMPT_GETS,
+        &HANDSHAKES,
+        &HANDSHAKE_DURATION,
+        &ACTIVE_SESSIONS,
+        &SESSIONS,
+        &SESSION_DURATION,
+        &ERRORS,
+        &REQUESTS,
+        &MESSAGES,
+        &MESSAGE_SIZE,
+        &CLIENT_OPERATION,
+        &SERVER_OPERATION,
+        &CLIENT_SESSION,
+        &SERVER_SESSION,
+        &CALL_TIMEOUTS,
+        &CORRUPTIONS,
+        &AGENT_RECORDS,
+        &AGENT_BYTES,
+        &AGENT_KERNEL,
+        &AGENT_LOST,
+        &AGENT_TRUNCATED,
+        &AGENT_PARSE_ERRORS,
+        &AGENT_REJECTED,
+        &AGENT_GAPS,
+        &AGENT_EXPORT_FAILURES,
+        &AGENT_EXPORT_DROPPED,
+        &AGENT_LABEL_OVERFLOW,
+        &AGENT_SESSIONS,
+        &AGENT_STREAMS,
+    ];
+}
+
+/// One series' value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    /// Counter or gauge.
+    Number(f64),
+    /// Histogram: counts per bucket (not cumulative), sum and count.
+    Histogram {
+        /// Observations per bucket, the last being +Inf.
+        buckets: Vec<u64>,
+        /// Sum of observations.
+        sum: f64,
+        /// Number of observations.
+        count: u64,
+    },
+}
+
+/// Called with every histogram observation (the OTLP exporter records them into its own
+/// histograms).
+pub type ObserveHook = Box<dyn Fn(&'static Def, &[String], f64) + Send>;
+
+/// All series of all metrics.
+pub struct Registry {
+    series: HashMap<&'static str, BTreeMap<Vec<String>, Value>>,
+    seen_values: HashMap<(&'static str, usize), HashSet<String>>,
+    label_limit: usize,
+    hook: Option<ObserveHook>,
+}
+
+/// The label value for values past the limit.
+pub const OTHER: &str = "other";
+
+impl Registry {
+    /// An empty registry keeping at most `label_limit` values per label.
+    pub fn new(label_limit: usize) -> Self {
+        Registry {
+            series: HashMap::new(),
+            seen_values: HashMap::new(),
+            label_limit: label_limit.max(1),
+            hook: None,
+        }
+    }
+
+    /// Forward every histogram observation to `hook` too.
+    pub fn set_observe_hook(&mut self, hook: ObserveHook) {
+        self.hook = Some(hook);
+    }
+
+    /// Bound the label values: new values past the limit become [`OTHER`].
+    fn bounded(&mut self, def: &'static Def, labels: &[&str]) -> Vec<String> {
+        debug_assert_eq!(labels.len(), def.labels.len(), "{}", def.name);
+        let mut out = Vec::with_capacity(labels.len());
+        let mut overflowed = Vec::new();
+        for (i, v) in labels.iter().enumerate() {
+            let seen = self.seen_values.entry((def.name, i)).or_default();
+            if seen.contains(*v) {
+                out.push(v.to_string());
+            } else if seen.len() < self.label_limit {
+                seen.insert(v.to_string());
+                out.push(v.to_string());
+            } else {
+                out.push(OTHER.to_string());
+                overflowed.push(def.labels[i]);
+            }
+        }
+        for label in overflowed {
+            let key = vec![def.name.to_string(), label.to_string()];
+            if let Value::Number(n) = self
+                .series
+                .entry(defs::AGENT_LABEL_OVERFLOW.name)
+                .or_default()
+                .entry(key)
+                .or_insert(Value::Number(0.0))
+            {
+                *n += 1.0;
+            }
+        }
+        out
+    }
+
+    /// Add to a counter.
+    pub fn inc(&mut self, def: &'static Def, labels: &[&str], by: f64) {
+        let key = self.bounded(def, labels);
+        if let Value::Number(n) = self
+            .series
+            .entry(def.name)
+            .or_default()
+            .entry(key)
+            .or_insert(Value::Number(0.0))
+        {
+            *n += by;
+        }
+    }
+
+    /// Set a gauge, or a counter to a total kept elsewhere.
+    pub fn set(&mut self, def: &'static Def, labels: &[&str], v: f64) {
+        let key = self.bounded(def, labels);
+        self.series
+            .entry(def.name)
+            .or_default()
+            .insert(key, Value::Number(v));
+    }
+
+    /// Replace every series of a gauge; series absent now read 0 (a gauge that went to zero
+    /// is still reported).
+    pub fn set_all(
+        &mut self,
+        def: &'static Def,
+        values: impl IntoIterator<Item = (Vec<String>, f64)>,
+    ) {
+        let mut fresh: BTreeMap<Vec<String>, Value> = self
+            .series
+            .get(def.name)
+            .map(|old| {
+                old.keys()
+                    .map(|k| (k.clone(), Value::Number(0.0)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (labels, v) in values {
+            let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+            let key = self.bounded(def, &refs);
+            if let Value::Number(n) = fresh.entry(key).or_insert(Value::Number(0.0)) {
+                *n += v;
+            }
+        }
+        self.series.insert(def.name, fresh);
+    }
+
+    /// Record a histogram observation.
+    pub fn observe(&mut self, def: &'static Def, labels: &[&str], v: f64) {
+        let Kind::Histogram(bounds) = def.kind else {
+            debug_assert!(false, "{} is not a histogram", def.name);
+            return;
+        };
+        let key = self.bounded(def, labels);
+        if let Some(hook) = &self.hook {
+            hook(def, &key, v);
+        }
+        let entry = self
+            .series
+            .entry(def.name)
+            .or_default()
+            .entry(key)
+            .or_insert_with(|| Value::Histogram {
+                buckets: vec![0; bounds.len() + 1],
+                sum: 0.0,
+                count: 0,
+            });
+        if let Value::Histogram {
+            buckets,
+            sum,
+            count,
+        } = entry
+        {
+            let i = bounds.iter().position(|b| v <= *b).unwrap_or(bounds.len());
+            buckets[i] += 1;
+            *sum += v;
+            *count += 1;
+        }
+    }
+
+    /// The series of one metric.
+    pub fn series(&self, def: &Def) -> impl Iterator<Item = (&Vec<String>, &Value)> {
+        self.series.get(def.name).into_iter().flatten()
+    }
+
+    /// A counter's or gauge's value (tests and summaries).
+    pub fn value(&self, def: &Def, labels: &[&str]) -> Option<f64> {
+        let key: Vec<String> = labels.iter().map(|s| s.to_string()).collect();
+        match self.series.get(def.name)?.get(&key)? {
+            Value::Number(n) => Some(*n),
+            Value::Histogram { count, .. } => Some(*count as f64),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn definitions_are_consistent() {
+        let mut names = HashSet::new();
+        for d in defs::ALL {
+            assert!(names.insert(d.name), "duplicate {}", d.name);
+            assert_eq!(d.labels.len(), d.otel_labels.len(), "{}", d.name);
+            match d.kind {
+                Kind::Counter => assert!(d.name.ends_with("_total"), "{}", d.name),
+                _ => assert!(!d.name.ends_with("_total"), "{}", d.name),
+            }
+            if let Kind::Histogram(b) = d.kind {
+                assert!(b.windows(2).all(|w| w[0] < w[1]), "{}", d.name);
+            }
+        }
+        assert_eq!(LATENCY.first(), Some(&0.0001));
+        assert_eq!(LATENCY.last(), Some(&300.0));
+    }
+
+    #[test]
+    fn labels_are_bounded_and_overflow_counted() {
+        let mut r = Registry::new(2);
+        for uri in ["a", "b", "c", "d", "a"] {
+            r.inc(&defs::RESOURCE_READS, &[uri, "srv", "success"], 1.0);
+        }
+        assert_eq!(
+            r.value(&defs::RESOURCE_READS, &["a", "srv", "success"]),
+            Some(2.0)
+        );
+        assert_eq!(
+            r.value(&defs::RESOURCE_READS, &[OTHER, "srv", "success"]),
+            Some(2.0)
+        );
+        assert_eq!(
+            r.value(
+                &defs::AGENT_LABEL_OVERFLOW,
+                &["mcp_resource_reads_total", "resource_uri"]
+            ),
+            Some(2.0)
+        );
+    }
+
+    #[test]
+    fn histograms_bucket_and_sum() {
+        let mut r = Registry::new(10);
+        for v in [0.00005, 0.0003, 400.0] {
+            r.observe(&defs::TOOL_DURATION, &["echo", "srv"], v);
+        }
+        let (_, v) = r.series(&defs::TOOL_DURATION).next().unwrap();
+        let Value::Histogram {
+            buckets,
+            sum,
+            count,
+        } = v
+        else {
+            panic!()
+        };
+        assert_eq!(*count, 3);
+        assert!((sum - 400.00035).abs() < 1e-9);
+        assert_eq!(buckets[0], 1);
+        assert_eq!(buckets[2], 1);
+        assert_eq!(*buckets.last().unwrap(), 1);
+    }
+}

@@ -1,0 +1,308 @@
+//! From signals to metrics: every exchange, notification and event updates the [`Registry`];
+//! gauges and the agent's own counters are refreshed on each tick.
+
+use std::collections::BTreeMap;
+
+use super::metrics::{Registry, defs};
+use super::{Endpoint, Event, Exchange, Notification, Role, Signal, Status};
+
+fn name(e: &Endpoint) -> &str {
+    match e.name.as_deref() {
+        Some(n) if !n.is_empty() => n,
+        _ if !e.comm.is_empty() => &e.comm,
+        _ => "unknown",
+    }
+}
+
+fn endpoint_name(v: Option<&serde_json::Value>) -> String {
+    let Some(v) = v else {
+        return "unknown".into();
+    };
+    match (v["name"].as_str(), v["comm"].as_str()) {
+        (Some(n), _) if !n.is_empty() => n.to_string(),
+        (_, Some(c)) if !c.is_empty() => c.to_string(),
+        _ => "unknown".into(),
+    }
+}
+
+/// `success` or `error`, and the error type: the JSON-RPC code, `tool_error`, `no_response`,
+/// `cancelled`, or `http_NNN` for HTTP-level failures.
+pub fn outcome(x: &Exchange) -> (&'static str, String) {
+    match x.status {
+        Status::Ok => ("success", String::new()),
+        Status::ToolError => ("error", "tool_error".into()),
+        Status::NoResponse => ("error", "no_response".into()),
+        Status::Cancelled => ("error", "cancelled".into()),
+        Status::Error => (
+            "error",
+            match (x.error_code, x.http_status) {
+                (Some(c), _) => c.to_string(),
+                (None, Some(h)) => format!("http_{h}"),
+                (None, None) => "error".into(),
+            },
+        ),
+    }
+}
+
+fn direction(from: Role) -> &'static str {
+    match from {
+        Role::Server => "server_to_client",
+        _ => "client_to_server",
+    }
+}
+
+fn exchange(r: &mut Registry, x: &Exchange) {
+    let server = name(&x.server);
+    let client = name(&x.client);
+    let (status, error_type) = outcome(x);
+    let class = x.error_class.unwrap_or("");
+    let secs = |ms: f64| ms / 1000.0;
+    match (x.method.as_str(), &x.tool, &x.resource_uri, &x.prompt) {
+        ("tools/call", Some(tool), ..) => {
+            r.inc(
+                &defs::TOOL_CALLS,
+                &[tool, server, client, status, &error_type, class],
+                1.0,
+            );
+            if let Some(d) = x.duration_ms {
+                r.observe(&defs::TOOL_DURATION, &[tool, server], secs(d));
+            }
+            if let Some(t) = x.result_tokens_est {
+                r.observe(&defs::TOOL_TOKENS, &[tool, server], t as f64);
+            }
+            if let Some(valid) = x.schema_valid {
+                r.inc(&defs::SCHEMA_CHECKED, &[tool, server], 1.0);
+                if !valid {
+                    r.inc(&defs::SCHEMA_VIOLATIONS, &[tool, server], 1.0);
+                }
+            }
+            if x.unknown_tool == Some(true) {
+                r.inc(&defs::UNKNOWN_TOOLS, &[server, client], 1.0);
+            }
+            if x.repeat_of.is_some() {
+                r.inc(&defs::REPEATED_CALLS, &[tool, server], 1.0);
+            }
+        }
+        ("resources/read", _, Some(uri), _) => {
+            r.inc(&defs::RESOURCE_READS, &[uri, server, status], 1.0);
+            if let Some(b) = x.content_bytes {
+                r.observe(&defs::RESOURCE_BYTES, &[server], b as f64);
+            }
+            if x.repeat_of.is_some() {
+                r.inc(&defs::DUPLICATE_READS, &[server], 1.0);
+            }
+        }
+        ("prompts/get", _, _, Some(prompt)) => {
+            r.inc(&defs::PROMPT_GETS, &[prompt, server, status], 1.0);
+        }
+        _ => {}
+    }
+    r.inc(
+        &defs::REQUESTS,
+        &[&x.method, server, status, &error_type],
+        1.0,
+    );
+    if let Some(code) = x.error_code {
+        r.inc(&defs::ERRORS, &[&code.to_string(), &x.method, server], 1.0);
+    }
+    let tool = x.tool.as_deref().unwrap_or("");
+    if let Some(d) = x.client_duration_ms {
+        r.observe(
+            &defs::CLIENT_OPERATION,
+            &[&x.method, tool, &error_type, server],
+            secs(d),
+        );
+    }
+    if let Some(d) = x.server_duration_ms {
+        r.observe(
+            &defs::SERVER_OPERATION,
+            &[&x.method, tool, &error_type, server],
+            secs(d),
+        );
+    }
+    let req_dir = direction(x.requester);
+    let resp_dir = direction(match x.requester {
+        Role::Server => Role::Client,
+        _ => Role::Server,
+    });
+    r.inc(&defs::MESSAGES, &[req_dir, "request", x.transport], 1.0);
+    r.observe(
+        &defs::MESSAGE_SIZE,
+        &[req_dir, "request"],
+        x.request_bytes as f64,
+    );
+    if let Some(b) = x.response_bytes {
+        let kind = if x.status == Status::Error && x.error_code.is_some() {
+            "error"
+        } else {
+            "response"
+        };
+        r.inc(&defs::MESSAGES, &[resp_dir, kind, x.transport], 1.0);
+        r.observe(&defs::MESSAGE_SIZE, &[resp_dir, kind], b as f64);
+    }
+}
+
+fn notification(r: &mut Registry, n: &Notification) {
+    let dir = direction(n.from);
+    r.inc(&defs::MESSAGES, &[dir, "notification", n.transport], 1.0);
+    r.observe(&defs::MESSAGE_SIZE, &[dir, "notification"], n.bytes as f64);
+}
+
+fn event(r: &mut Registry, e: &Event) {
+    let d = &e.detail;
+    let server = || endpoint_name(d.get("server"));
+    let str_of = |k: &str| d.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+    match e.event {
+        "handshake" => {
+            let status = str_of("status");
+            let server = server();
+            r.inc(
+                &defs::HANDSHAKES,
+                &[
+                    &server,
+                    &endpoint_name(d.get("client")),
+                    &status,
+                    &str_of("reason"),
+                ],
+                1.0,
+            );
+            if let (Some(ms), "success") = (
+                d.get("duration_ms").and_then(|v| v.as_f64()),
+                status.as_str(),
+            ) {
+                r.observe(&defs::HANDSHAKE_DURATION, &[&server], ms / 1000.0);
+            }
+        }
+        "session_start" => r.inc(&defs::SESSIONS, &[&str_of("transport"), &server()], 1.0),
+        "session_end" => {
+            let (transport, server) = (str_of("transport"), server());
+            if let Some(ms) = d.get("duration_ms").and_then(|v| v.as_f64()) {
+                let secs = ms / 1000.0;
+                r.observe(&defs::SESSION_DURATION, &[&transport, &server], secs);
+                if d.get("client_observed").and_then(|v| v.as_bool()) == Some(true) {
+                    r.observe(&defs::CLIENT_SESSION, &[&transport, &server], secs);
+                }
+                if d.get("server_observed").and_then(|v| v.as_bool()) == Some(true) {
+                    r.observe(&defs::SERVER_SESSION, &[&transport, &server], secs);
+                }
+            }
+        }
+        "tool_drift" => {
+            let server = str_of("server_name");
+            for change in ["added", "removed", "changed"] {
+                let n = d.get(change).and_then(|v| v.as_array()).map_or(0, Vec::len);
+                if n > 0 {
+                    r.inc(&defs::TOOL_DRIFT, &[&server, change], n as f64);
+                }
+            }
+        }
+        "call_timeout" => r.inc(
+            &defs::CALL_TIMEOUTS,
+            &[&str_of("method"), &str_of("server_name")],
+            1.0,
+        ),
+        "stream_corruption" => r.inc(&defs::CORRUPTIONS, &[&str_of("reason")], 1.0),
+        _ => {}
+    }
+}
+
+/// Update the metrics for one signal.
+pub fn record(r: &mut Registry, s: &Signal) {
+    match s {
+        Signal::Exchange(x) => exchange(r, x),
+        Signal::Notification(n) => notification(r, n),
+        Signal::Event(e) => event(r, e),
+    }
+}
+
+/// What the agent itself counted, set on each tick.
+#[derive(Default)]
+pub struct AgentTotals<'a> {
+    /// Kernel records processed.
+    pub records: u64,
+    /// Payload bytes.
+    pub bytes: u64,
+    /// Oversize messages.
+    pub truncated: u64,
+    /// Parse errors by class.
+    pub parse_errors: Option<&'a BTreeMap<&'static str, u64>>,
+    /// Rejected streams by reason.
+    pub rejected: Option<&'a BTreeMap<&'static str, u64>>,
+    /// Stream gaps by reason.
+    pub gaps: Option<&'a BTreeMap<&'static str, u64>>,
+    /// Kernel counters.
+    pub kernel: Option<&'a BTreeMap<String, u64>>,
+    /// Open tools/call by (tool, server).
+    pub in_flight: BTreeMap<(String, String), u64>,
+    /// Active sessions by (transport, server).
+    pub sessions: BTreeMap<(&'static str, String), u64>,
+    /// State held.
+    pub tracked_sessions: u64,
+    /// Streams held.
+    pub tracked_streams: u64,
+    /// Export failures and drops by exporter.
+    pub export: BTreeMap<&'static str, (u64, u64)>,
+}
+
+/// Kernel counters that mean an event was lost.
+const LOST: &[&str] = &[
+    "ringbuf_full_records",
+    "stash_full",
+    "exit_missed",
+    "tail_call_failed",
+    "prog_recursion_misses",
+];
+
+/// Refresh gauges and the agent's own totals.
+pub fn agent(r: &mut Registry, t: &AgentTotals<'_>) {
+    r.set(&defs::AGENT_RECORDS, &[], t.records as f64);
+    r.set(&defs::AGENT_BYTES, &[], t.bytes as f64);
+    r.set(&defs::AGENT_TRUNCATED, &[], t.truncated as f64);
+    for (def, map) in [
+        (&defs::AGENT_PARSE_ERRORS, t.parse_errors),
+        (&defs::AGENT_REJECTED, t.rejected),
+        (&defs::AGENT_GAPS, t.gaps),
+    ] {
+        for (k, v) in map.into_iter().flatten() {
+            r.set(def, &[k], *v as f64);
+        }
+    }
+    if let Some(k) = t.kernel {
+        for (name, v) in k {
+            r.set(&defs::AGENT_KERNEL, &[name], *v as f64);
+        }
+        let lost: u64 = LOST.iter().filter_map(|n| k.get(*n)).sum();
+        r.set(&defs::AGENT_LOST, &[], lost as f64);
+    }
+    r.set_all(
+        &defs::TOOL_IN_FLIGHT,
+        t.in_flight
+            .iter()
+            .map(|((tool, server), n)| (vec![tool.clone(), server.clone()], *n as f64)),
+    );
+    r.set_all(
+        &defs::ACTIVE_SESSIONS,
+        t.sessions.iter().map(|((transport, server), n)| {
+            (vec![transport.to_string(), server.clone()], *n as f64)
+        }),
+    );
+    r.set(&defs::AGENT_SESSIONS, &[], t.tracked_sessions as f64);
+    r.set(&defs::AGENT_STREAMS, &[], t.tracked_streams as f64);
+    for (exporter, (failed, dropped)) in &t.export {
+        r.set(&defs::AGENT_EXPORT_FAILURES, &[exporter], *failed as f64);
+        r.set(&defs::AGENT_EXPORT_DROPPED, &[exporter], *dropped as f64);
+    }
+}
+
+/// A [`super::Sink`] that feeds every signal into a shared registry.
+pub struct Recorder(pub std::sync::Arc<std::sync::Mutex<Registry>>);
+
+impl super::Sink for Recorder {
+    fn emit(&mut self, signal: &Signal) {
+        let mut r = match self.0.lock() {
+            Ok(r) => r,
+            Err(p) => p.into_inner(),
+        };
+        record(&mut r, signal);
+    }
+}
