@@ -329,8 +329,14 @@ fn prometheus_scrapes_and_answers_promql() {
         "prometheus",
         prom_port,
     );
+    assert!(
+        wait_for(60, || promql(prom_port, "up{job=\"mcptap\"}")
+            .first()
+            .is_some_and(|(_, v)| *v == 1.0)),
+        "Prometheus never scraped mcptap"
+    );
     // A session held open while Prometheus looks, then the workload finishes.
-    let mut holder = python_client("mcp1", &python("mcp1"), &["--echo", "5", "--hold", "4"]);
+    let mut holder = python_client("mcp1", &python("mcp1"), &["--echo", "5", "--hold", "10"]);
     let holder = holder
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
