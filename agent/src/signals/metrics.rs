@@ -96,7 +96,7 @@ pub mod defs {
             "error.type",
             "error_class"
         ],
-        "tools/call exchanges, by outcome: status success|error, error_type the JSON-RPC code, tool_error, no_response, cancelled or http_NNN, error_class client_misuse|server_failure|other."
+        "tools/call exchanges, by outcome: status success or error; error_type the JSON-RPC code, tool_error, no_response, cancelled or http_NNN; error_class client_misuse, server_failure or other."
     );
     def!(
         TOOL_DURATION,
@@ -176,7 +176,7 @@ pub mod defs {
         "mcp.tool.definition_changes",
         "{tool}",
         ["server", "change"],
-        "Tool definitions that changed from what the same server advertised before (change added|removed|changed)."
+        "Tool definitions that changed from what the same server advertised before (change: added, removed or changed)."
     );
     def!(
         RESOURCE_READS,
@@ -226,7 +226,7 @@ pub mod defs {
         "mcp.handshakes",
         "{handshake}",
         ["server", "client", "status", "reason"],
-        "initialize → result → notifications/initialized, by outcome (reason error|no_response|version_mismatch|no_initialized|cancelled on failure)."
+        "initialize → result → notifications/initialized, by outcome (reason on failure: error, no_response, version_mismatch, no_initialized or cancelled)."
     );
     def!(
         HANDSHAKE_DURATION,
@@ -296,7 +296,7 @@ pub mod defs {
         "mcp.messages",
         "{message}",
         ["direction", "kind", "network.transport"],
-        "JSON-RPC messages, by direction (client_to_server|server_to_client) and kind (request|response|error|notification)."
+        "JSON-RPC messages, by direction (client_to_server, server_to_client) and kind (request, response, error, notification)."
     );
     def!(
         MESSAGE_SIZE,
@@ -745,6 +745,25 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The README documents every metric, so it cannot fall behind the code.
+    #[test]
+    fn readme_lists_every_metric() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        for d in defs::ALL {
+            assert!(
+                readme.contains(&format!("`{}`", d.name)),
+                "README lacks {}",
+                d.name
+            );
+            assert!(
+                !d.help.contains('|'),
+                "{}: help text breaks the README table",
+                d.name
+            );
+        }
+    }
 
     #[test]
     fn definitions_are_consistent() {
