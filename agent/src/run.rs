@@ -24,6 +24,9 @@ use crate::signals::{Sink, telemetry};
 const DRAIN_BATCH: usize = 4096;
 /// How often timeouts are checked.
 const TICK: Duration = Duration::from_millis(100);
+/// How long the agent sleeps between drains when the kernel does not wake it (it does once a
+/// quarter of the ring buffer is used): records reach the outputs within this much.
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
 /// How often kernel counters are read.
 const COUNTERS_EVERY: Duration = Duration::from_secs(1);
 
@@ -126,13 +129,17 @@ fn agent_metrics(registry: &Mutex<Registry>, p: &Pipeline, exporter: Option<&otl
     telemetry::agent(&mut r, &totals);
 }
 
-fn emit_all(p: &mut Pipeline, fan: &mut Fanout, exporter: Option<&otlp::Otlp>) {
+/// Hand every pending signal to the outputs; returns how many there were.
+fn emit_all(p: &mut Pipeline, fan: &mut Fanout, exporter: Option<&otlp::Otlp>) -> usize {
+    let mut n = 0;
     for s in p.drain_signals() {
+        n += 1;
         fan.emit(&s);
         if let (Some(o), crate::signals::Signal::Exchange(x)) = (exporter, &s) {
             o.spans(x);
         }
     }
+    n
 }
 
 fn monotonic_ns() -> u64 {
@@ -209,7 +216,7 @@ pub fn live(args: &LiveArgs, output: &OutputArgs) -> Result<()> {
     loop {
         let stopping = stop.load(Ordering::Relaxed);
         if !stopping {
-            probes.wait(TICK)?;
+            probes.wait(DRAIN_EVERY)?;
         }
         loop {
             let n = match recorder.as_mut() {
@@ -235,7 +242,11 @@ pub fn live(args: &LiveArgs, output: &OutputArgs) -> Result<()> {
             for r in pipeline.take_rejects() {
                 probes.reject(r.tgid, r.fd, r.inode);
             }
-            emit_all(&mut pipeline, &mut fan, exporter.as_ref());
+            if emit_all(&mut pipeline, &mut fan, exporter.as_ref()) > 0 {
+                // Gauges (active sessions, calls in flight) move with the events that change
+                // them, so a scrape never sees a session ended but still active.
+                agent_metrics(&registry, &pipeline, exporter.as_ref());
+            }
             if n < DRAIN_BATCH {
                 break;
             }
@@ -255,7 +266,9 @@ pub fn live(args: &LiveArgs, output: &OutputArgs) -> Result<()> {
             pipeline.kernel_counters(&owned, monotonic_ns());
             agent_metrics(&registry, &pipeline, exporter.as_ref());
         }
-        emit_all(&mut pipeline, &mut fan, exporter.as_ref());
+        if emit_all(&mut pipeline, &mut fan, exporter.as_ref()) > 0 {
+            agent_metrics(&registry, &pipeline, exporter.as_ref());
+        }
         fan.flush();
         if stopping {
             break;
@@ -364,4 +377,19 @@ fn ingest_replayed(p: &mut Pipeline, host: &mut dyn Host, raw: &[u8]) {
     p.ingest(host, raw);
     // Replay cannot tell the kernel anything.
     p.take_rejects();
+}
+
+/// Hold the benchmark floor (empty programs on mcptap's hooks) until SIGINT or SIGTERM.
+pub fn floor() -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    let floor = crate::capture::kernel::Floor::attach()?;
+    info!("floor programs attached");
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(floor);
+    Ok(())
 }
