@@ -43,6 +43,10 @@ pub enum Command {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Attach only empty programs to the hooks mcptap uses, until interrupted: the floor
+    /// `cargo xtask bench` measures mcptap's overhead against.
+    #[command(hide = true)]
+    Floor,
 }
 
 /// Options of live capture.

@@ -10,6 +10,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let result = match &cli.command {
         Some(Command::Replay { file, output }) => mcptap::run::replay(file, output),
+        Some(Command::Floor) => mcptap::run::floor(),
         None => mcptap::run::live(&cli.live, &cli.output),
     };
     match result {

@@ -5,7 +5,9 @@
 //! - `test`: bootstrap, install the real MCP peers, build, and run every test.
 //! - `peers`: install the real MCP peers the end-to-end tests drive.
 //! - `lint`: rustfmt check and clippy (the eBPF crate separately, on nightly).
+//! - `bench [--smoke]`: the benchmark suite; rewrites BENCHMARKS.md.
 
+mod bench;
 mod bootstrap;
 mod peers;
 
@@ -46,6 +48,13 @@ enum Task {
     Peers,
     /// Check formatting and run clippy on every crate.
     Lint,
+    /// Measure mcptap (cost to unwatched processes, overhead on MCP traffic, capacity,
+    /// pipeline speed, footprint) and rewrite BENCHMARKS.md.
+    Bench {
+        /// A quick pass that only checks the suite runs; writes target/bench-smoke.md.
+        #[arg(long)]
+        smoke: bool,
+    },
 }
 
 /// The workspace root.
@@ -189,6 +198,7 @@ fn main() -> ExitCode {
         Task::Test { filter } => test(filter),
         Task::Peers => peers::install().map(|_| ()),
         Task::Lint => lint(),
+        Task::Bench { smoke } => bench::bench(smoke),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -161,8 +161,10 @@ pub struct FdState {
     pub kind: u8,
     /// `FDSTATE_*` bits.
     pub flags: u8,
+    /// The process's fd-table generation when this entry was made (see `names::GEN`).
+    pub gen_: u8,
     /// Explicit padding; always zero.
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 5],
 }
 
 /// Arguments of a data syscall saved at entry until its exit, keyed by thread id.
@@ -334,6 +336,12 @@ pub struct Config {
     pub _pad: [u8; 2],
     /// The agent's own process id, never captured.
     pub self_tgid: u32,
+    /// Records are written without waking the agent until this many bytes wait in the ring
+    /// buffer; the agent also drains on its own timer. Batching wake-ups keeps the agent off
+    /// the CPU while watched processes run.
+    pub wakeup_bytes: u32,
+    /// Explicit padding; always zero.
+    pub _pad2: u32,
 }
 
 impl Config {
@@ -343,6 +351,8 @@ impl Config {
         comm_filter: 0,
         _pad: [0; 2],
         self_tgid: 0,
+        wakeup_bytes: 0,
+        _pad2: 0,
     };
 }
 
@@ -356,6 +366,13 @@ pub mod names {
     pub const STASH: &str = "STASH";
     /// Watched processes: array of `u64` words, one byte per tgid (see [`super::WATCH_BY_COMM`]).
     pub const WATCH: &str = "WATCH";
+    /// Per-tgid fd-table generation, one byte per tgid in `u64` words: bumped when fds may
+    /// have changed without a close the programs saw (exec, close_range, fork of a new
+    /// process, exit), which invalidates that process's cached fd states.
+    pub const GEN: &str = "GEN";
+    /// Threads with a stashed syscall, one byte per tid in `u64` words: lets `sys_exit` skip
+    /// the stash lookup for every other syscall.
+    pub const INFLIGHT: &str = "INFLIGHT";
     /// Comm names to watch: hash of `[u8; 16]` to `u8`.
     pub const COMMS: &str = "COMMS";
     /// Per-CPU counters, indexed by [`super::counter`].
@@ -382,6 +399,10 @@ pub mod names {
     pub const PROG_EXIT: &str = "sched_exit";
     /// Start-up self-test program, on `raw_tp/sys_enter` for a moment.
     pub const PROG_SELFTEST: &str = "selftest";
+    /// Benchmark floor: an empty program on `raw_tp/sys_enter`.
+    pub const PROG_NOOP_ENTER: &str = "noop_enter";
+    /// Benchmark floor: an empty program on `raw_tp/sys_exit`.
+    pub const PROG_NOOP_EXIT: &str = "noop_exit";
 }
 
 /// Watch byte bit: the process's comm is in `--comm`; re-evaluated at exec.
@@ -480,7 +501,7 @@ mod tests {
         assert_eq!(size_of::<Stash>(), 64);
         assert_eq!(size_of::<KernelOffsets>(), 96);
         assert_eq!(size_of::<SocketInfo>(), 264);
-        assert_eq!(size_of::<Config>(), 8);
+        assert_eq!(size_of::<Config>(), 16);
         assert_eq!(size_of::<SelfTest>(), 16);
         // The ring buffer aligns records to 8 bytes; a header that is a multiple of 8 keeps
         // the payload aligned too.

@@ -141,6 +141,9 @@ impl Probes {
             comm_filter: (!scope.comms.is_empty()) as u8,
             _pad: [0; 2],
             self_tgid,
+            // Wake the agent when a quarter of the ring is used; it drains on a timer too.
+            wakeup_bytes: settings.ring_bytes / 4,
+            _pad2: 0,
         };
         let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
             .ok()
@@ -153,6 +156,8 @@ impl Probes {
             .override_global(names::CONFIG, &config, true)
             .map_max_entries(names::EVENTS, settings.ring_bytes)
             .map_max_entries(names::WATCH, watch_words)
+            .map_max_entries(names::GEN, watch_words)
+            .map_max_entries(names::INFLIGHT, watch_words)
             .load(EBPF_OBJECT)
             .map_err(explain_load_error)?;
 
@@ -218,6 +223,9 @@ impl Probes {
             }
         }
 
+        // Loading parsed the kernel's BTF twice (ours and aya's): give that memory back.
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe { libc::malloc_trim(0) };
         let ring = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("EVENTS map")?)?;
         let fds = HashMap::try_from(ebpf.take_map(names::FDS).context("FDS map")?)?;
         let counters =
@@ -439,4 +447,32 @@ fn prog_recursion_misses(fd: &aya::programs::ProgramFd) -> Option<u64> {
         )
     };
     (rc == 0).then_some(info.recursion_misses)
+}
+
+/// The benchmark floor: empty programs on the hooks mcptap uses, nothing else. Dropping it
+/// detaches them.
+pub struct Floor {
+    _ebpf: Ebpf,
+}
+
+impl Floor {
+    /// Load and attach the empty programs.
+    pub fn attach() -> Result<Floor> {
+        check_privileges()?;
+        let mut ebpf = EbpfLoader::new()
+            .load(EBPF_OBJECT)
+            .map_err(explain_load_error)?;
+        for (prog_name, tp) in [
+            (names::PROG_NOOP_EXIT, "sys_exit"),
+            (names::PROG_NOOP_ENTER, "sys_enter"),
+        ] {
+            let prog: &mut RawTracePoint = ebpf
+                .program_mut(prog_name)
+                .with_context(|| format!("{prog_name} program missing"))?
+                .try_into()?;
+            prog.load()?;
+            prog.attach(tp)?;
+        }
+        Ok(Floor { _ebpf: ebpf })
+    }
 }

@@ -1,0 +1,234 @@
+//! Synthetic JSON-RPC peers for `cargo xtask bench`: a client that sends `tools/call`
+//! requests at a set rate and size, and a server that answers each one, over stdio pipes or
+//! loopback TCP. Newline-delimited, one message per write, as the SDKs do.
+//!
+//!   bench_peer client-stdio RATE SIZE SECONDS     spawns `bench_peer server-stdio`
+//!   bench_peer client-tcp PORT RATE SIZE SECONDS
+//!   bench_peer server-tcp PORT                    serves until killed
+//!   bench_peer sessions PORT COUNT HOLD_SECONDS   COUNT connections, one exchange each, held
+//!   bench_peer syscalls pipe|socket COUNT         COUNT small writes read by a second thread
+//!
+//! Clients print `{"sent":N,"received":N,"seconds":S}`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn request(id: u64, size: usize) -> Vec<u8> {
+    let head = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"tools/call\",\"params\":{{\"name\":\"echo\",\"arguments\":{{\"text\":\""
+    );
+    let tail = "\"}}}\n";
+    let pad = size.saturating_sub(head.len() + tail.len());
+    let mut m = Vec::with_capacity(size);
+    m.extend_from_slice(head.as_bytes());
+    m.resize(head.len() + pad, b'x');
+    m.extend_from_slice(tail.as_bytes());
+    m
+}
+
+fn response(line: &[u8]) -> Vec<u8> {
+    // The id is the number after `"id":`; the peers only send numeric ids.
+    let s = String::from_utf8_lossy(line);
+    let id: String = s
+        .split("\"id\":")
+        .nth(1)
+        .unwrap_or("0")
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{\"content\":[{{\"type\":\"text\",\"text\":\"ok\"}}]}}}}\n"
+    )
+    .into_bytes()
+}
+
+fn serve(reader: impl Read, mut writer: impl Write) {
+    let mut r = BufReader::with_capacity(1 << 20, reader);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match r.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                if writer.write_all(&response(&line)).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Send at `rate` messages/s for `seconds`, in steps of 1 ms; count answers on another
+/// thread.
+fn drive(mut w: impl Write, r: impl Read + Send + 'static, rate: u64, size: usize, seconds: f64) {
+    let counter = std::thread::spawn(move || {
+        let mut r = BufReader::with_capacity(1 << 20, r);
+        let mut line = Vec::new();
+        let mut n = 0u64;
+        loop {
+            line.clear();
+            match r.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => return n,
+                Ok(_) => n += 1,
+            }
+        }
+    });
+    let start = Instant::now();
+    let total = (rate as f64 * seconds) as u64;
+    let mut sent = 0u64;
+    let template = request(0, size);
+    while sent < total {
+        let due = ((start.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
+        if due <= sent {
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
+        }
+        while sent < due {
+            sent += 1;
+            let msg = if size > 256 {
+                // Large messages: patch the id into the template instead of rebuilding.
+                let mut m = template.clone();
+                let id = sent.to_string();
+                let at = m.windows(6).position(|w| w == b"\"id\":0").expect("id") + 5;
+                m.splice(at..at + 1, id.bytes());
+                m
+            } else {
+                request(sent, size)
+            };
+            if w.write_all(&msg).is_err() {
+                break;
+            }
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    drop(w);
+    let received = counter.join().unwrap_or(0);
+    println!("{{\"sent\":{sent},\"received\":{received},\"seconds\":{seconds:.3}}}");
+}
+
+/// A TCP write half that sends FIN when dropped, so the reader sees the end.
+struct Half(TcpStream);
+
+impl Write for Half {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.write(b)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl Drop for Half {
+    fn drop(&mut self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let float = |i: usize| -> f64 {
+        args.get(i)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("argument {i} must be a number"))
+    };
+    let num = |i: usize| float(i) as u64;
+    match args.get(1).map(String::as_str) {
+        Some("server-stdio") => serve(std::io::stdin(), std::io::stdout()),
+        Some("client-stdio") => {
+            let (rate, size, secs) = (num(2), num(3) as usize, float(4));
+            let mut child = Command::new(&args[0])
+                .arg("server-stdio")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn server");
+            let w = child.stdin.take().unwrap();
+            let r = child.stdout.take().unwrap();
+            drive(w, r, rate, size, secs);
+            let _ = child.wait();
+        }
+        Some("server-tcp") => {
+            let l = TcpListener::bind(("127.0.0.1", num(2) as u16)).expect("bind");
+            for s in l.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let r = s.try_clone().unwrap();
+                    serve(r, Half(s));
+                });
+            }
+        }
+        Some("client-tcp") => {
+            let s = TcpStream::connect(("127.0.0.1", num(2) as u16)).expect("connect");
+            s.set_nodelay(true).ok();
+            let r = s.try_clone().unwrap();
+            drive(Half(s), r, num(3), num(4) as usize, float(5));
+        }
+        Some("sessions") => {
+            let (port, count, hold) = (num(2) as u16, num(3), num(4));
+            let mut conns = Vec::new();
+            for i in 0..count {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                s.write_all(&request(i + 1, 200)).unwrap();
+                let mut line = Vec::new();
+                BufReader::new(s.try_clone().unwrap())
+                    .read_until(b'\n', &mut line)
+                    .unwrap();
+                conns.push(s);
+            }
+            println!("{{\"open\":{}}}", conns.len());
+            std::io::stdout().flush().ok();
+            std::thread::sleep(Duration::from_secs(hold));
+        }
+        Some("syscalls") => {
+            let count = num(3);
+            let (mut w, r): (Box<dyn Write + Send>, Box<dyn Read + Send>) = match args[2].as_str() {
+                "pipe" => {
+                    let mut fds = [0; 2];
+                    // SAFETY: a valid two-int array.
+                    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+                    // SAFETY: fresh fds we own.
+                    unsafe {
+                        use std::os::fd::FromRawFd;
+                        (
+                            Box::new(std::fs::File::from_raw_fd(fds[1])),
+                            Box::new(std::fs::File::from_raw_fd(fds[0])),
+                        )
+                    }
+                }
+                _ => {
+                    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+                    let port = l.local_addr().unwrap().port();
+                    let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                    c.set_nodelay(true).ok();
+                    let (s, _) = l.accept().unwrap();
+                    (Box::new(c), Box::new(s))
+                }
+            };
+            let reader = std::thread::spawn(move || {
+                let mut r = r;
+                let mut buf = vec![0u8; 1 << 16];
+                while let Ok(n) = r.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+            let msg = [b'x'; 64];
+            let start = Instant::now();
+            for _ in 0..count {
+                w.write_all(&msg).unwrap();
+            }
+            drop(w);
+            reader.join().unwrap();
+            println!(
+                "{{\"writes\":{count},\"seconds\":{:.6}}}",
+                start.elapsed().as_secs_f64()
+            );
+        }
+        _ => {
+            eprintln!("usage: bench_peer client-stdio|client-tcp|server-tcp|sessions|syscalls ...");
+            std::process::exit(2);
+        }
+    }
+}
