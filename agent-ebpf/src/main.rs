@@ -22,16 +22,17 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_user, generated,
     },
-    macros::{map, raw_tracepoint},
+    macros::{btf_tracepoint, map, raw_tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
-    programs::RawTracePointContext,
+    programs::{BtfTracePointContext, RawTracePointContext},
 };
 use mcptap_abi::{
     CHUNK_MAX, CHUNKS_PER_CALL, Config, DIR_IN, DIR_OUT, EventHeader, FD_OTHER, FD_PIPE, FD_TCP,
     FD_UNIX, FDSTATE_LOST, FDSTATE_REJECTED, FLAG_LOST_BEFORE, FLAG_TRUNCATED, FdKey, FdState,
     HEADER_SIZE, KernelOffsets, MAX_IOVECS, MAX_TAIL_CALLS, OFFSET_MISSING, RECORD_CLOSE,
-    RECORD_DATA, RECORD_EXEC, RECORD_EXIT, RECORD_SOCKET, SCRATCH_SIZE, SelfTest, SocketInfo,
-    Stash, TAIL_SHIP_MORE, UNIX_PATH_MAX, WATCH_BY_COMM, WATCH_BY_PID, counter, syscall,
+    RECORD_DATA, RECORD_EXEC, RECORD_EXIT, RECORD_SOCKET, SCRATCH_SIZE, SKIP_KEY_MASK, SKIP_SLOTS,
+    SelfTest, SocketInfo, Stash, TAIL_SHIP_MORE, UNIX_PATH_MAX, WATCH_BY_COMM, WATCH_BY_PID,
+    counter, skip_entry, skip_slot, syscall,
 };
 
 #[unsafe(no_mangle)]
@@ -53,6 +54,8 @@ static WATCH: Array<u64> = Array::with_max_entries(4096, 0);
 static GEN: Array<u64> = Array::with_max_entries(4096, 0);
 #[map]
 static INFLIGHT: Array<u64> = Array::with_max_entries(4096, 0);
+#[map]
+static SKIP: Array<u64> = Array::with_max_entries(SKIP_SLOTS, 0);
 #[map]
 static COMMS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(256, 0);
 #[map]
@@ -97,11 +100,8 @@ mod arch {
     pub const NR_DUP2: i64 = 33;
     pub const NR_DUP3: i64 = 292;
     pub const NR_CLOSE_RANGE: i64 = 436;
-    /// `struct pt_regs` is UAPI: dx, si, di (args 2, 1, 0) sit together at offset 96.
-    pub const ARGS_OFFSET: usize = 96;
-    pub const ARG0: usize = 2;
-    pub const ARG1: usize = 1;
-    pub const ARG2: usize = 0;
+    /// `struct pt_regs` words holding args 0, 1, 2: di, si, dx.
+    pub const ARG_WORDS: [usize; 3] = [14, 13, 12];
 }
 
 #[cfg(bpf_target_arch = "aarch64")]
@@ -119,11 +119,8 @@ mod arch {
     pub const NR_DUP2: i64 = -1;
     pub const NR_DUP3: i64 = 24;
     pub const NR_CLOSE_RANGE: i64 = 436;
-    /// `struct user_pt_regs`: regs[0..3] hold args 0, 1, 2 at entry.
-    pub const ARGS_OFFSET: usize = 0;
-    pub const ARG0: usize = 0;
-    pub const ARG1: usize = 1;
-    pub const ARG2: usize = 2;
+    /// `struct pt_regs` starts with regs[31]: regs[0..3] hold args 0, 1, 2 at entry.
+    pub const ARG_WORDS: [usize; 3] = [0, 1, 2];
 }
 
 const S_IFMT: u16 = 0o170000;
@@ -295,9 +292,8 @@ fn classify(file: u64) -> (FdState, u64, u64) {
 
 /// The state of (tgid, fd), from the cache when it still describes the same file.
 #[inline(always)]
-fn fd_state(tgid: u32, tid: u32, fd: i32) -> Option<*mut FdState> {
+fn fd_state(tgid: u32, tid: u32, fd: i32, gen_: u8) -> Option<*mut FdState> {
     let key = FdKey { tgid, fd };
-    let gen_ = byte_of(&GEN, tgid);
     // Trusted without reading the task's file table: every way an fd can change without a
     // close we see (dup2, dup3, close_range, exec, a new process) bumps the generation.
     if let Some(st) = FDS.get_ptr_mut(key)
@@ -414,17 +410,16 @@ fn mark_lost(tgid: u32, fd: i32) {
     }
 }
 
-/// Syscall arguments 0..3 from the `struct pt_regs` of `raw_tp/sys_enter`.
+/// Syscall argument `n` (0..3) from the `struct pt_regs` that `tp_btf/sys_enter` hands over.
+/// The verifier knows the pointer's BTF type, so this is a plain load, not a helper call: it
+/// is on the path of every syscall of every process.
 #[inline(always)]
-fn syscall_args(regs: u64) -> Option<[u64; 3]> {
-    let raw: [u64; 3] = unsafe {
-        bpf_probe_read_kernel((regs + arch::ARGS_OFFSET as u64) as *const [u64; 3]).ok()?
-    };
-    Some([raw[arch::ARG0], raw[arch::ARG1], raw[arch::ARG2]])
+fn syscall_arg(regs: *const u64, n: usize) -> u64 {
+    unsafe { core::ptr::read_volatile(regs.add(arch::ARG_WORDS[n])) }
 }
 
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
+#[btf_tracepoint(function = "sys_enter")]
+pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
     let id: i64 = ctx.arg(1);
     let (sc, dir) = match id {
         arch::NR_READ => (syscall::READ, DIR_IN),
@@ -445,11 +440,8 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     if !watched(tgid) {
         return 0;
     }
-    let regs: u64 = ctx.arg(0);
-    let Some(args) = syscall_args(regs) else {
-        return 0;
-    };
-    let fd = args[0] as i32;
+    let regs: *const u64 = ctx.arg(0);
+    let fd = syscall_arg(regs, 0) as i32;
     match sc {
         SC_CLOSE => {
             on_close(tgid, pid_tgid as u32, fd);
@@ -457,10 +449,7 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
         }
         SC_DUP => {
             // dup2/dup3 replace the target fd without a close.
-            let _ = FDS.remove(FdKey {
-                tgid,
-                fd: args[1] as i32,
-            });
+            forget_fd(tgid, syscall_arg(regs, 1) as i32);
             return 0;
         }
         SC_CLOSE_RANGE => {
@@ -469,15 +458,27 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
         }
         _ => {}
     }
-    let Some(st) = fd_state(tgid, pid_tgid as u32, fd) else {
+    let gen_ = byte_of(&GEN, tgid);
+    // The fast path of every unwatched fd: one array load and a compare.
+    let skip = skip_entry(tgid, fd, gen_);
+    let slot = SKIP.get_ptr_mut(skip_slot(tgid, fd));
+    if let Some(slot) = slot
+        && skip != 0
+        && unsafe { *slot } == skip
+    {
+        return 0;
+    }
+    let Some(st) = fd_state(tgid, pid_tgid as u32, fd, gen_) else {
         return 0;
     };
     let mut state = unsafe { *st };
-    if state.kind == FD_OTHER {
-        return 0;
-    }
-    if state.flags & FDSTATE_REJECTED != 0 {
-        count(counter::REJECTED_SKIPS, 1);
+    if state.kind == FD_OTHER || state.flags & FDSTATE_REJECTED != 0 {
+        if state.flags & FDSTATE_REJECTED != 0 {
+            count(counter::REJECTED_FDS, 1);
+        }
+        if let Some(slot) = slot {
+            unsafe { *slot = skip };
+        }
         return 0;
     }
     let tid = pid_tgid as u32;
@@ -496,8 +497,8 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     // The loss flag travels with this syscall's first record; clear it in the map.
     unsafe { (*st).flags &= !FDSTATE_LOST };
     let stash = Stash {
-        ptr: args[1],
-        count: args[2],
+        ptr: syscall_arg(regs, 1),
+        count: syscall_arg(regs, 2),
         ts_enter_ns: unsafe { bpf_ktime_get_ns() },
         fd: state,
         fdnum: fd,
@@ -519,14 +520,27 @@ const SC_CLOSE: u8 = 0;
 const SC_DUP: u8 = 254;
 const SC_CLOSE_RANGE: u8 = 255;
 
+/// Drop what is cached about (tgid, fd): the fd is closed or about to name another file.
+#[inline(always)]
+fn forget_fd(tgid: u32, fd: i32) {
+    if let Some(slot) = SKIP.get_ptr_mut(skip_slot(tgid, fd)) {
+        let key = skip_entry(tgid, fd, 0) & SKIP_KEY_MASK;
+        if unsafe { *slot } & SKIP_KEY_MASK == key {
+            unsafe { *slot = 0 };
+        }
+    }
+    let _ = FDS.remove(FdKey { tgid, fd });
+}
+
 #[inline(always)]
 fn on_close(tgid: u32, tid: u32, fd: i32) {
     let key = FdKey { tgid, fd };
     let Some(st) = FDS.get_ptr(key) else {
+        forget_fd(tgid, fd);
         return;
     };
     let st = unsafe { *st };
-    let _ = FDS.remove(key);
+    forget_fd(tgid, fd);
     if st.kind == FD_OTHER || st.flags & FDSTATE_REJECTED != 0 {
         return;
     }
@@ -560,11 +574,9 @@ fn output_header(hdr: &EventHeader) {
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if !watched(tgid) {
-        return 0;
-    }
     let tid = pid_tgid as u32;
-    // Most syscall exits are not ours: a byte test instead of a hash lookup.
+    // Most syscall exits are not ours: a byte test instead of a hash lookup. Only a watched
+    // process's syscall is ever in flight.
     if byte_of(&INFLIGHT, tid) == 0 {
         return 0;
     }
@@ -873,8 +885,8 @@ static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
 
 /// The floor for benchmarks: an empty program on the same hook as `sys_enter`. What it costs
 /// is what any program on this hook costs; mcptap's overhead is measured against it.
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn noop_enter(_ctx: RawTracePointContext) -> i32 {
+#[btf_tracepoint(function = "sys_enter")]
+pub fn noop_enter(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 

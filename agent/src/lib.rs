@@ -22,3 +22,8 @@ pub mod run;
 pub mod signals;
 pub mod streams;
 pub mod wire;
+
+/// The hash map of the hot path: foldhash, seeded per process (keys come from the wire).
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// The hash set of the hot path, as [`FastMap`].
+pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;

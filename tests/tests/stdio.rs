@@ -261,7 +261,7 @@ for i in range(300): print(json.dumps({"level":"info","msg":"tick","i":i}), flus
         "{stop}"
     );
     assert!(
-        stop["stats"]["kernel"]["rejected_skips"].as_u64().unwrap() > 0,
+        stop["stats"]["kernel"]["rejected_fds"].as_u64().unwrap() > 0,
         "{stop}"
     );
 }

@@ -373,6 +373,8 @@ pub mod names {
     /// Threads with a stashed syscall, one byte per tid in `u64` words: lets `sys_exit` skip
     /// the stash lookup for every other syscall.
     pub const INFLIGHT: &str = "INFLIGHT";
+    /// The skip cache: [`super::SKIP_SLOTS`] `u64` words, see [`super::skip_entry`].
+    pub const SKIP: &str = "SKIP";
     /// Comm names to watch: hash of `[u8; 16]` to `u8`.
     pub const COMMS: &str = "COMMS";
     /// Per-CPU counters, indexed by [`super::counter`].
@@ -413,6 +415,34 @@ pub const WATCH_BY_PID: u8 = 1 << 1;
 /// Index of the one tail-call slot in `TAILS`.
 pub const TAIL_SHIP_MORE: u32 = 0;
 
+/// Slots in the skip cache (a power of two).
+pub const SKIP_SLOTS: u32 = 1 << 16;
+
+/// The skip cache is how an unwatched fd costs almost nothing in all-process mode: a
+/// direct-mapped table of (tgid, fd, generation) words naming fds that carry nothing for us
+/// (not a pipe or stream socket, or rejected by userspace). One array load and a compare
+/// replace the hash lookup of the fd state. A word is one atomic 64-bit store, so a reader
+/// never sees half of two entries. Returns 0 (never a valid entry) for fds or tgids that do
+/// not fit, which are then never cached.
+#[inline(always)]
+pub const fn skip_entry(tgid: u32, fd: i32, gen_: u8) -> u64 {
+    if fd < 0 || fd >= 1 << 24 || tgid >= 1 << 22 {
+        return 0;
+    }
+    (1 << 63) | ((gen_ as u64) << 46) | ((tgid as u64) << 24) | fd as u64
+}
+
+/// The bits of a skip entry that name the fd, without its generation.
+pub const SKIP_KEY_MASK: u64 = (1 << 46) - 1;
+
+/// The slot of (tgid, fd) in the skip cache: a multiplicative hash, so neighbouring fds of one
+/// process spread out.
+#[inline(always)]
+pub const fn skip_slot(tgid: u32, fd: i32) -> u32 {
+    let key = ((tgid as u64) << 24) ^ (fd as u32 as u64);
+    (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SKIP_SLOTS.trailing_zeros())) as u32
+}
+
 /// Indices of the per-CPU counters in `COUNTERS`.
 pub mod counter {
     /// Records written to the ring buffer.
@@ -433,8 +463,9 @@ pub mod counter {
     pub const STASH_FULL: u32 = 7;
     /// Syscall exits that never ran for a stashed entry (found stale at the next entry).
     pub const EXIT_MISSED: u32 = 8;
-    /// Data syscalls skipped because userspace rejected their fd as not MCP.
-    pub const REJECTED_SKIPS: u32 = 9;
+    /// Times the kernel learned to skip an fd that userspace rejected as not MCP (once per fd,
+    /// again only if its skip-cache slot was taken over by another fd).
+    pub const REJECTED_FDS: u32 = 9;
     /// Kernel structure reads that failed while classifying an fd.
     pub const CLASSIFY_FAULTS: u32 = 10;
     /// Tail calls that failed (the rest of that syscall is lost and flagged).
@@ -453,7 +484,7 @@ pub mod counter {
         "read_faults",
         "stash_full",
         "exit_missed",
-        "rejected_skips",
+        "rejected_fds",
         "classify_faults",
         "tail_call_failed",
     ];
@@ -490,6 +521,7 @@ mod user {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
     use core::mem::size_of;
 
@@ -506,5 +538,25 @@ mod tests {
         // The ring buffer aligns records to 8 bytes; a header that is a multiple of 8 keeps
         // the payload aligned too.
         assert_eq!(HEADER_SIZE % 8, 0);
+    }
+
+    #[test]
+    fn skip_entries_name_one_fd_of_one_generation() {
+        let e = skip_entry(4_194_303, (1 << 24) - 1, 255);
+        assert_ne!(e, 0);
+        assert_ne!(e, skip_entry(4_194_303, (1 << 24) - 1, 254));
+        assert_ne!(e, skip_entry(4_194_302, (1 << 24) - 1, 255));
+        assert_eq!(
+            e & SKIP_KEY_MASK,
+            skip_entry(4_194_303, (1 << 24) - 1, 0) & SKIP_KEY_MASK
+        );
+        assert_eq!(skip_entry(1, -1, 0), 0);
+        assert_eq!(skip_entry(1, 1 << 24, 0), 0);
+        assert_eq!(skip_entry(1 << 22, 3, 0), 0);
+        // Slots stay in range and spread one process's low fds over distinct slots.
+        let slots: std::collections::BTreeSet<u32> =
+            (0..64).map(|fd| skip_slot(1234, fd)).collect();
+        assert!(slots.iter().all(|s| *s < SKIP_SLOTS));
+        assert!(slots.len() >= 60, "{} distinct slots", slots.len());
     }
 }

@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
-    programs::RawTracePoint,
+    programs::{Program, ProgramFd, RawTracePoint},
 };
 use log::{debug, info, warn};
 use mcptap_abi::{
@@ -195,6 +195,7 @@ impl Probes {
             let mut tails = ProgramArray::try_from(ebpf.map_mut(names::TAILS).context("TAILS")?)?;
             tails.set(TAIL_SHIP_MORE, &fd, 0)?;
         }
+        let mut kernel_btf = None;
         // Fork and exec first, so no process slips between the /proc scan and the data hooks.
         for (prog_name, tp) in [
             (names::PROG_FORK, "sched_process_fork"),
@@ -203,16 +204,9 @@ impl Probes {
             (names::PROG_SYS_EXIT, "sys_exit"),
             (names::PROG_SYS_ENTER, "sys_enter"),
         ] {
-            let prog: &mut RawTracePoint = ebpf
-                .program_mut(prog_name)
-                .with_context(|| format!("{prog_name} program missing"))?
-                .try_into()?;
-            prog.load()
-                .with_context(|| format!("the kernel's verifier rejected {prog_name}"))?;
-            prog.attach(tp)
-                .with_context(|| format!("attaching {prog_name} to raw tracepoint {tp}"))?;
-            prog_fds.push((prog_name.to_string(), prog.fd()?.try_clone()?));
-            report.attached.push(format!("{prog_name}@raw_tp/{tp}"));
+            let (fd, hook) = attach(&mut ebpf, prog_name, tp, &mut kernel_btf)?;
+            prog_fds.push((prog_name.to_string(), fd));
+            report.attached.push(format!("{prog_name}@{hook}"));
         }
         if !scope.is_all() {
             let mut watch: Array<_, u64> =
@@ -223,7 +217,8 @@ impl Probes {
             }
         }
 
-        // Loading parsed the kernel's BTF twice (ours and aya's): give that memory back.
+        drop(kernel_btf);
+        // Loading parsed the kernel's BTF several times (ours and aya's): give that memory back.
         // SAFETY: malloc_trim has no preconditions.
         unsafe { libc::malloc_trim(0) };
         let ring = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("EVENTS map")?)?;
@@ -462,17 +457,48 @@ impl Floor {
         let mut ebpf = EbpfLoader::new()
             .load(EBPF_OBJECT)
             .map_err(explain_load_error)?;
+        let mut kernel_btf = None;
         for (prog_name, tp) in [
             (names::PROG_NOOP_EXIT, "sys_exit"),
             (names::PROG_NOOP_ENTER, "sys_enter"),
         ] {
-            let prog: &mut RawTracePoint = ebpf
-                .program_mut(prog_name)
-                .with_context(|| format!("{prog_name} program missing"))?
-                .try_into()?;
-            prog.load()?;
-            prog.attach(tp)?;
+            attach(&mut ebpf, prog_name, tp, &mut kernel_btf)?;
         }
         Ok(Floor { _ebpf: ebpf })
+    }
+}
+
+/// Load program `name` and attach it to tracepoint `tp`, as the kind of program the object
+/// declares it: a raw tracepoint, or a BTF-typed one (which needs the kernel's BTF, parsed
+/// once into `kernel_btf`). Returns the program's fd and the hook, as `kind/tracepoint`.
+fn attach(
+    ebpf: &mut Ebpf,
+    name: &str,
+    tp: &str,
+    kernel_btf: &mut Option<aya::Btf>,
+) -> Result<(ProgramFd, String)> {
+    let rejected = || format!("the kernel's verifier rejected {name}");
+    let attaching = || format!("attaching {name} to tracepoint {tp}");
+    match ebpf
+        .program_mut(name)
+        .with_context(|| format!("{name} program missing"))?
+    {
+        Program::RawTracePoint(p) => {
+            p.load().with_context(rejected)?;
+            p.attach(tp).with_context(attaching)?;
+            Ok((p.fd()?.try_clone()?, format!("raw_tp/{tp}")))
+        }
+        Program::BtfTracePoint(p) => {
+            let btf = match kernel_btf {
+                Some(b) => b,
+                None => kernel_btf.insert(
+                    aya::Btf::from_sys_fs().context("reading the kernel's BTF for tp_btf")?,
+                ),
+            };
+            p.load(tp, btf).with_context(rejected)?;
+            p.attach().with_context(attaching)?;
+            Ok((p.fd()?.try_clone()?, format!("tp_btf/{tp}")))
+        }
+        _ => bail!("{name} is neither a raw nor a BTF tracepoint program"),
     }
 }

@@ -222,11 +222,11 @@ fn resource() -> Resource {
         .build()
 }
 
-fn attrs(keys: &[&'static str], values: &[String]) -> Vec<KeyValue> {
+fn attrs(keys: &[&'static str], values: &[&str]) -> Vec<KeyValue> {
     keys.iter()
         .zip(values)
         .filter(|(_, v)| !v.is_empty())
-        .map(|(k, v)| KeyValue::new(*k, v.clone()))
+        .map(|(k, v)| KeyValue::new(*k, v.to_string()))
         .collect()
 }
 
@@ -441,8 +441,9 @@ fn register_instruments(provider: &SdkMeterProvider, registry: &Arc<Mutex<Regist
                     Err(p) => p.into_inner(),
                 };
                 r.series(def)
+                    .into_iter()
                     .filter_map(|(labels, v)| match v {
-                        Value::Number(n) => Some((*n, attrs(def.otel_labels, labels))),
+                        Value::Number(n) => Some((*n, attrs(def.otel_labels, &labels))),
                         Value::Histogram { .. } => None,
                     })
                     .collect()

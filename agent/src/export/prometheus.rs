@@ -32,7 +32,7 @@ fn number(v: f64) -> String {
     }
 }
 
-fn labels(names: &[&str], values: &[String], extra: Option<(&str, &str)>) -> String {
+fn labels(names: &[&str], values: &[&str], extra: Option<(&str, &str)>) -> String {
     let mut parts: Vec<String> = names
         .iter()
         .zip(values)
@@ -52,8 +52,8 @@ fn labels(names: &[&str], values: &[String], extra: Option<(&str, &str)>) -> Str
 pub fn render(r: &Registry) -> String {
     let mut out = String::new();
     for def in defs::ALL {
-        let mut series = r.series(def).peekable();
-        if series.peek().is_none() {
+        let series = r.series(def);
+        if series.is_empty() {
             continue;
         }
         let kind = match def.kind {
@@ -70,7 +70,7 @@ pub fn render(r: &Registry) -> String {
                         out,
                         "{}{} {}",
                         def.name,
-                        labels(def.labels, values, None),
+                        labels(def.labels, &values, None),
                         number(*n)
                     );
                 }
@@ -90,27 +90,27 @@ pub fn render(r: &Registry) -> String {
                             out,
                             "{}_bucket{} {cumulative}",
                             def.name,
-                            labels(def.labels, values, Some(("le", &le)))
+                            labels(def.labels, &values, Some(("le", &le)))
                         );
                     }
                     let _ = writeln!(
                         out,
                         "{}_bucket{} {count}",
                         def.name,
-                        labels(def.labels, values, Some(("le", "+Inf")))
+                        labels(def.labels, &values, Some(("le", "+Inf")))
                     );
                     let _ = writeln!(
                         out,
                         "{}_sum{} {}",
                         def.name,
-                        labels(def.labels, values, None),
+                        labels(def.labels, &values, None),
                         number(*sum)
                     );
                     let _ = writeln!(
                         out,
                         "{}_count{} {count}",
                         def.name,
-                        labels(def.labels, values, None)
+                        labels(def.labels, &values, None)
                     );
                 }
                 _ => {}

@@ -8,7 +8,7 @@
 //! a grace period; a view arriving after its exchange was emitted is recognised and dropped,
 //! never turned into a second exchange.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use super::message::{Id, Kind, Message, Target};
 use super::session::{Addrs, Side, other};
@@ -177,8 +177,11 @@ const RECENT: usize = 512;
 #[derive(Default, Debug)]
 pub struct Correlator {
     /// Open exchanges by (requester side, id), oldest first.
-    pub open: HashMap<(Side, Id), VecDeque<Pending>>,
+    pub open: crate::FastMap<(Side, Id), VecDeque<Pending>>,
     recent: VecDeque<Done>,
+    /// How many entries of `recent` each (requester, id) has: most views have none and skip
+    /// the scan of `recent`.
+    recent_keys: crate::FastMap<(Side, Id), u32>,
     /// Responses waiting for a late request view.
     pub orphans: Vec<Orphan>,
 }
@@ -206,12 +209,14 @@ impl Correlator {
             *p.req.slot(viewer_is_sender) = Some(ts);
             return Outcome::Twin;
         }
-        if let Some(d) = self.recent.iter_mut().find(|d| {
-            d.requester == sender
-                && d.id == id
-                && d.req_hash == hash
-                && d.req.get(viewer_is_sender).is_none()
-        }) {
+        if self.recent_keys.contains_key(&key)
+            && let Some(d) = self.recent.iter_mut().find(|d| {
+                d.requester == sender
+                    && d.id == id
+                    && d.req_hash == hash
+                    && d.req.get(viewer_is_sender).is_none()
+            })
+        {
             *d.req.slot(viewer_is_sender) = Some(ts);
             if list.is_empty() {
                 self.open.remove(&key);
@@ -312,12 +317,14 @@ impl Correlator {
             }
             return outcome;
         }
-        if let Some(d) = self.recent.iter_mut().find(|d| {
-            d.requester == requester
-                && d.id == id
-                && d.resp_hash.is_none_or(|h| h == hash)
-                && d.resp.get(viewer_is_sender).is_none()
-        }) {
+        if self.recent_keys.contains_key(&(requester, id.clone()))
+            && let Some(d) = self.recent.iter_mut().find(|d| {
+                d.requester == requester
+                    && d.id == id
+                    && d.resp_hash.is_none_or(|h| h == hash)
+                    && d.resp.get(viewer_is_sender).is_none()
+            })
+        {
             *d.resp.slot(viewer_is_sender) = Some(ts);
             return Outcome::Late;
         }
@@ -382,9 +389,19 @@ impl Correlator {
             !list.is_empty()
         });
         for p in &out {
-            if self.recent.len() == RECENT {
-                self.recent.pop_front();
+            if self.recent.len() == RECENT
+                && let Some(d) = self.recent.pop_front()
+                && let Some(n) = self.recent_keys.get_mut(&(d.requester, d.id.clone()))
+            {
+                *n -= 1;
+                if *n == 0 {
+                    self.recent_keys.remove(&(d.requester, d.id));
+                }
             }
+            *self
+                .recent_keys
+                .entry((p.requester, p.id.clone()))
+                .or_default() += 1;
             self.recent.push_back(Done {
                 requester: p.requester,
                 id: p.id.clone(),

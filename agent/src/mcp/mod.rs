@@ -10,7 +10,7 @@ pub mod derive;
 pub mod message;
 pub mod session;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use crate::capture::procinfo::Host;
 use crate::capture::record::ClockAnchor;
@@ -104,7 +104,7 @@ struct State {
     session: Session,
     corr: Correlator,
     /// Views of notifications and junk lines, by (sender side, hash): (sender's, receiver's).
-    seen: HashMap<(Side, u64), ([u32; 2], u64)>,
+    seen: crate::FastMap<(Side, u64), ([u32; 2], u64)>,
     /// Tools the server advertised in this session's latest `tools/list`.
     tools: Option<Advertised>,
     /// Earlier calls and reads, to find repeats.
@@ -121,7 +121,7 @@ impl State {
         State {
             session,
             corr: Correlator::default(),
-            seen: HashMap::new(),
+            seen: Default::default(),
             tools: None,
             repeats: Repeats::default(),
             handshake: None,
@@ -139,7 +139,7 @@ impl State {
 /// Sessions and correlation for every MCP conversation on the host.
 pub struct Tracker {
     cfg: TrackerConfig,
-    states: HashMap<SessionKey, State>,
+    states: crate::FastMap<SessionKey, State>,
     links: Links,
     book: ToolBook,
     /// Processes, for naming ends.
@@ -183,7 +183,7 @@ impl Tracker {
     pub fn new(cfg: TrackerConfig) -> Self {
         Tracker {
             cfg,
-            states: HashMap::new(),
+            states: Default::default(),
             links: Links::default(),
             book: ToolBook::default(),
             procs: ProcTable::default(),

@@ -7,7 +7,6 @@
 //! watched, or from `/proc/*/fd` otherwise; the session is then keyed by the two processes, so
 //! that the request pipe and the response pipe meet.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::capture::procinfo::{HolderKind, Host, ProcInfo};
@@ -183,7 +182,7 @@ impl View {
 /// Processes seen, by pid, from the host and, failing that, from the kernel's comm.
 #[derive(Default)]
 pub struct ProcTable {
-    procs: HashMap<u32, Arc<ProcInfo>>,
+    procs: crate::FastMap<u32, Arc<ProcInfo>>,
 }
 
 impl ProcTable {
@@ -383,9 +382,9 @@ impl Session {
 /// Learns which process is at each end of each link, and which session each link is in.
 #[derive(Default)]
 pub struct Links {
-    ends: HashMap<LinkEnd, u32>,
-    sessions: HashMap<(FdKind, u64, u64), SessionKey>,
-    scanned: HashMap<LinkEnd, u32>,
+    ends: crate::FastMap<LinkEnd, u32>,
+    sessions: crate::FastMap<(FdKind, u64, u64), SessionKey>,
+    scanned: crate::FastMap<LinkEnd, u32>,
 }
 
 impl Links {

@@ -14,8 +14,6 @@
 //! stream carries an `endpoint` event or JSON-RPC; anything else (REST, model APIs, web pages)
 //! is rejected and the kernel stops shipping it.
 
-use std::collections::{HashMap, HashSet};
-
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::{FdKey, Junk, Pipeline, Stream, Verdict, socket_addrs};
@@ -47,7 +45,7 @@ struct Meta {
     verdict: ConnVerdict,
     held: Vec<Held>,
     /// JSON-RPC request ids sent in each transaction, and those answered in it.
-    ids: HashMap<u64, (Vec<Id>, HashSet<Id>)>,
+    ids: crate::FastMap<u64, (Vec<Id>, crate::FastSet<Id>)>,
     /// The session this connection's legacy `endpoint` event named.
     legacy: Option<String>,
     /// The view template for this fd.
@@ -120,7 +118,7 @@ impl Pipeline {
         let mut meta = cs.meta.take().unwrap_or_else(|| Meta {
             verdict: ConnVerdict::Probing,
             held: Vec::new(),
-            ids: HashMap::new(),
+            ids: Default::default(),
             legacy: None,
             base: View {
                 tgid: key.tgid,

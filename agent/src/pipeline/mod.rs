@@ -12,7 +12,7 @@
 
 mod http;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use log::debug;
 use xxhash_rust::xxh3::xxh3_64;
@@ -155,11 +155,11 @@ pub struct PipelineStats {
 /// The whole userspace pipeline.
 pub struct Pipeline {
     cfg: PipelineConfig,
-    streams: HashMap<StreamKey, Stream>,
+    streams: crate::FastMap<StreamKey, Stream>,
     /// HTTP connections, per process fd.
-    conns: HashMap<FdKey, http::ConnState>,
+    conns: crate::FastMap<FdKey, http::ConnState>,
     /// Socket addresses, per process fd, from the kernel's socket records.
-    sockets: HashMap<FdKey, SocketInfo>,
+    sockets: crate::FastMap<FdKey, SocketInfo>,
     /// The tracker (sessions and correlation).
     pub tracker: Tracker,
     out: Vec<Signal>,
@@ -251,9 +251,9 @@ impl Pipeline {
         Pipeline {
             tracker: Tracker::new(cfg.tracker.clone()),
             cfg,
-            streams: HashMap::new(),
-            conns: HashMap::new(),
-            sockets: HashMap::new(),
+            streams: Default::default(),
+            conns: Default::default(),
+            sockets: Default::default(),
             out: Vec::new(),
             rejects: Vec::new(),
             stats: PipelineStats::default(),

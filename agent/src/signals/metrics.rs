@@ -4,7 +4,9 @@
 //! Label values are bounded: each label of each metric keeps at most `label_limit` distinct
 //! values; the rest are reported as `other` and counted in `mcptap_label_overflow_total`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
+#[cfg(test)]
+use std::collections::HashSet;
 
 /// What kind of metric.
 #[derive(Debug, PartialEq)]
@@ -584,12 +586,63 @@ pub enum Value {
 
 /// Called with every histogram observation (the OTLP exporter records them into its own
 /// histograms).
-pub type ObserveHook = Box<dyn Fn(&'static Def, &[String], f64) + Send>;
+pub type ObserveHook = Box<dyn Fn(&'static Def, &[&str], f64) + Send>;
+
+/// Labels per metric at most (a test checks every definition).
+const MAX_LABELS: usize = 8;
+
+/// A series' label values as ids into the metric's [`Interner`]s: lookups on the hot path
+/// hash eight integers and allocate nothing.
+type LabelIds = [u32; MAX_LABELS];
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+
+/// The distinct values of one label of one metric.
+#[derive(Default)]
+struct Interner {
+    ids: FastMap<Box<str>, u32>,
+    values: Vec<Box<str>>,
+    /// Values that count against the limit (`other` does not).
+    bounded: usize,
+}
+
+impl Interner {
+    fn id(&mut self, v: &str, limit: usize) -> Option<u32> {
+        if let Some(id) = self.ids.get(v) {
+            return Some(*id);
+        }
+        let exempt = v == OTHER;
+        if !exempt && self.bounded >= limit {
+            return None;
+        }
+        self.bounded += !exempt as usize;
+        let id = self.values.len() as u32;
+        self.values.push(v.into());
+        self.ids.insert(v.into(), id);
+        Some(id)
+    }
+}
+
+/// The series of one metric.
+#[derive(Default)]
+struct Metric {
+    labels: Vec<Interner>,
+    series: FastMap<LabelIds, Value>,
+}
+
+impl Metric {
+    fn names(&self, ids: &LabelIds) -> Vec<&str> {
+        self.labels
+            .iter()
+            .zip(ids)
+            .map(|(l, id)| &*l.values[*id as usize])
+            .collect()
+    }
+}
 
 /// All series of all metrics.
 pub struct Registry {
-    series: HashMap<&'static str, BTreeMap<Vec<String>, Value>>,
-    seen_values: HashMap<(&'static str, usize), HashSet<String>>,
+    metrics: FastMap<&'static str, Metric>,
     label_limit: usize,
     hook: Option<ObserveHook>,
 }
@@ -601,8 +654,7 @@ impl Registry {
     /// An empty registry keeping at most `label_limit` values per label.
     pub fn new(label_limit: usize) -> Self {
         Registry {
-            series: HashMap::new(),
-            seen_values: HashMap::new(),
+            metrics: FastMap::default(),
             label_limit: label_limit.max(1),
             hook: None,
         }
@@ -613,59 +665,52 @@ impl Registry {
         self.hook = Some(hook);
     }
 
-    /// Bound the label values: new values past the limit become [`OTHER`].
-    fn bounded(&mut self, def: &'static Def, labels: &[&str]) -> Vec<String> {
+    /// The ids of `labels`, bounded: new values past the limit become [`OTHER`], counted.
+    fn bounded(&mut self, def: &'static Def, labels: &[&str]) -> LabelIds {
         debug_assert_eq!(labels.len(), def.labels.len(), "{}", def.name);
-        let mut out = Vec::with_capacity(labels.len());
-        let mut overflowed = Vec::new();
-        for (i, v) in labels.iter().enumerate() {
-            let seen = self.seen_values.entry((def.name, i)).or_default();
-            if seen.contains(*v) {
-                out.push(v.to_string());
-            } else if seen.len() < self.label_limit {
-                seen.insert(v.to_string());
-                out.push(v.to_string());
-            } else {
-                out.push(OTHER.to_string());
-                overflowed.push(def.labels[i]);
-            }
+        let limit = self.label_limit;
+        let m = self.metrics.entry(def.name).or_default();
+        if m.labels.len() < labels.len() {
+            m.labels.resize_with(labels.len(), Interner::default);
         }
-        for label in overflowed {
-            let key = vec![def.name.to_string(), label.to_string()];
-            if let Value::Number(n) = self
-                .series
-                .entry(defs::AGENT_LABEL_OVERFLOW.name)
-                .or_default()
-                .entry(key)
-                .or_insert(Value::Number(0.0))
-            {
-                *n += 1.0;
-            }
+        let mut ids = [0; MAX_LABELS];
+        let mut overflowed = [false; MAX_LABELS];
+        for (i, v) in labels.iter().enumerate().take(MAX_LABELS) {
+            ids[i] = match m.labels[i].id(v, limit) {
+                Some(id) => id,
+                None => {
+                    overflowed[i] = true;
+                    m.labels[i].id(OTHER, limit).expect("other is exempt")
+                }
+            };
         }
-        out
+        for (i, _) in overflowed.iter().enumerate().filter(|(_, o)| **o) {
+            self.inc(&defs::AGENT_LABEL_OVERFLOW, &[def.name, def.labels[i]], 1.0);
+        }
+        ids
+    }
+
+    fn entry(&mut self, def: &'static Def, ids: LabelIds, fresh: Value) -> &mut Value {
+        self.metrics
+            .entry(def.name)
+            .or_default()
+            .series
+            .entry(ids)
+            .or_insert(fresh)
     }
 
     /// Add to a counter.
     pub fn inc(&mut self, def: &'static Def, labels: &[&str], by: f64) {
-        let key = self.bounded(def, labels);
-        if let Value::Number(n) = self
-            .series
-            .entry(def.name)
-            .or_default()
-            .entry(key)
-            .or_insert(Value::Number(0.0))
-        {
+        let ids = self.bounded(def, labels);
+        if let Value::Number(n) = self.entry(def, ids, Value::Number(0.0)) {
             *n += by;
         }
     }
 
     /// Set a gauge, or a counter to a total kept elsewhere.
     pub fn set(&mut self, def: &'static Def, labels: &[&str], v: f64) {
-        let key = self.bounded(def, labels);
-        self.series
-            .entry(def.name)
-            .or_default()
-            .insert(key, Value::Number(v));
+        let ids = self.bounded(def, labels);
+        *self.entry(def, ids, Value::Number(0.0)) = Value::Number(v);
     }
 
     /// Replace every series of a gauge; series absent now read 0 (a gauge that went to zero
@@ -675,23 +720,19 @@ impl Registry {
         def: &'static Def,
         values: impl IntoIterator<Item = (Vec<String>, f64)>,
     ) {
-        let mut fresh: BTreeMap<Vec<String>, Value> = self
-            .series
-            .get(def.name)
-            .map(|old| {
-                old.keys()
-                    .map(|k| (k.clone(), Value::Number(0.0)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        if let Some(m) = self.metrics.get_mut(def.name) {
+            for v in m.series.values_mut() {
+                *v = Value::Number(0.0);
+            }
+        }
         for (labels, v) in values {
             let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
-            let key = self.bounded(def, &refs);
-            if let Value::Number(n) = fresh.entry(key).or_insert(Value::Number(0.0)) {
+            // Values past the limit add up in `other`.
+            let ids = self.bounded(def, &refs);
+            if let Value::Number(n) = self.entry(def, ids, Value::Number(0.0)) {
                 *n += v;
             }
         }
-        self.series.insert(def.name, fresh);
     }
 
     /// Record a histogram observation.
@@ -700,20 +741,21 @@ impl Registry {
             debug_assert!(false, "{} is not a histogram", def.name);
             return;
         };
-        let key = self.bounded(def, labels);
+        let ids = self.bounded(def, labels);
         if let Some(hook) = &self.hook {
-            hook(def, &key, v);
+            // The hook sees the bounded values, as the registry keeps them.
+            let m = &self.metrics[def.name];
+            hook(def, &m.names(&ids), v);
         }
-        let entry = self
-            .series
-            .entry(def.name)
-            .or_default()
-            .entry(key)
-            .or_insert_with(|| Value::Histogram {
+        let entry = self.entry(
+            def,
+            ids,
+            Value::Histogram {
                 buckets: vec![0; bounds.len() + 1],
                 sum: 0.0,
                 count: 0,
-            });
+            },
+        );
         if let Value::Histogram {
             buckets,
             sum,
@@ -727,15 +769,23 @@ impl Registry {
         }
     }
 
-    /// The series of one metric.
-    pub fn series(&self, def: &Def) -> impl Iterator<Item = (&Vec<String>, &Value)> {
-        self.series.get(def.name).into_iter().flatten()
+    /// The series of one metric, ordered by label values.
+    pub fn series(&self, def: &Def) -> Vec<(Vec<&str>, &Value)> {
+        let Some(m) = self.metrics.get(def.name) else {
+            return Vec::new();
+        };
+        let mut out: Vec<_> = m.series.iter().map(|(ids, v)| (m.names(ids), v)).collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     /// A counter's or gauge's value (tests and summaries).
     pub fn value(&self, def: &Def, labels: &[&str]) -> Option<f64> {
-        let key: Vec<String> = labels.iter().map(|s| s.to_string()).collect();
-        match self.series.get(def.name)?.get(&key)? {
+        let (_, v) = self
+            .series(def)
+            .into_iter()
+            .find(|(names, _)| names == labels)?;
+        match v {
             Value::Number(n) => Some(*n),
             Value::Histogram { count, .. } => Some(*count as f64),
         }
@@ -771,6 +821,7 @@ mod tests {
         for d in defs::ALL {
             assert!(names.insert(d.name), "duplicate {}", d.name);
             assert_eq!(d.labels.len(), d.otel_labels.len(), "{}", d.name);
+            assert!(d.labels.len() <= MAX_LABELS, "{}", d.name);
             match d.kind {
                 Kind::Counter => assert!(d.name.ends_with("_total"), "{}", d.name),
                 _ => assert!(!d.name.ends_with("_total"), "{}", d.name),
@@ -812,7 +863,8 @@ mod tests {
         for v in [0.00005, 0.0003, 400.0] {
             r.observe(&defs::TOOL_DURATION, &["echo", "srv"], v);
         }
-        let (_, v) = r.series(&defs::TOOL_DURATION).next().unwrap();
+        let series = r.series(&defs::TOOL_DURATION);
+        let (_, v) = series.first().unwrap();
         let Value::Histogram {
             buckets,
             sum,

@@ -6,7 +6,7 @@
 //!   bench_peer client-tcp PORT RATE SIZE SECONDS
 //!   bench_peer server-tcp PORT                    serves until killed
 //!   bench_peer sessions PORT COUNT HOLD_SECONDS   COUNT connections, one exchange each, held
-//!   bench_peer syscalls pipe|socket COUNT         COUNT small writes read by a second thread
+//!   bench_peer syscalls pipe|unix|socket COUNT        COUNT 64-byte writes, each read back by the same thread
 //!
 //! Clients print `{"sent":N,"received":N,"seconds":S}`.
 
@@ -196,6 +196,10 @@ fn main() {
                         )
                     }
                 }
+                "unix" => {
+                    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+                    (Box::new(a), Box::new(b))
+                }
                 _ => {
                     let l = TcpListener::bind("127.0.0.1:0").unwrap();
                     let port = l.local_addr().unwrap().port();
@@ -205,24 +209,19 @@ fn main() {
                     (Box::new(c), Box::new(s))
                 }
             };
-            let reader = std::thread::spawn(move || {
-                let mut r = r;
-                let mut buf = vec![0u8; 1 << 16];
-                while let Ok(n) = r.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                }
-            });
+            // One thread writes 64 bytes and reads them back: every iteration is two
+            // syscalls that never block, so the time is the syscalls' own cost.
+            let mut r = r;
             let msg = [b'x'; 64];
+            let mut buf = [0u8; 64];
             let start = Instant::now();
             for _ in 0..count {
                 w.write_all(&msg).unwrap();
+                r.read_exact(&mut buf).unwrap();
             }
-            drop(w);
-            reader.join().unwrap();
             println!(
-                "{{\"writes\":{count},\"seconds\":{:.6}}}",
+                "{{\"syscalls\":{},\"seconds\":{:.6}}}",
+                2 * count,
                 start.elapsed().as_secs_f64()
             );
         }
