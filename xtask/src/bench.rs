@@ -78,6 +78,19 @@ fn quartiles(mut v: Vec<f64>) -> (f64, f64) {
     (at(0.25), at(0.75))
 }
 
+/// Pids of the processes whose comm is `name`.
+fn processes_named(name: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim_end() == name)
+        })
+        .collect()
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.retain(|x| x.is_finite());
     if v.is_empty() {
@@ -808,6 +821,13 @@ pub fn bench(smoke: bool) -> Result<()> {
         "--package",
         "xtask",
     ]))?;
+    // Another agent would add its own cost to every state, "no agent" included.
+    let others = processes_named("mcptap");
+    if !others.is_empty() {
+        bail!(
+            "mcptap is already running (pid {others:?}): stop it first, or every figure includes its cost"
+        );
+    }
     let s = if smoke { &SMOKE } else { &FULL };
     let dir = root().join("target").join("bench");
     std::fs::create_dir_all(&dir)?;
