@@ -1,0 +1,411 @@
+//! The deployment files against a real mcptap and a real Prometheus (Debian's): every PromQL
+//! expression of the Grafana dashboard and of the alerting rules runs without error on what
+//! mcptap exports, the key panels show the workload, Prometheus loads and evaluates every
+//! rule cleanly, and the drift alert fires on a real tool-definition change.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mcptap_e2e::*;
+use serde_json::Value;
+
+fn python(venv: &str) -> PathBuf {
+    peers().join(venv).join("bin/python")
+}
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("deploy")
+}
+
+/// `promtool query instant`: the samples (labels as JSON, value), or promtool's complaint.
+fn promql(port: u16, expr: &str) -> Result<Vec<(String, f64)>, String> {
+    let out = Command::new("promtool")
+        .args([
+            "query",
+            "instant",
+            "-o",
+            "json",
+            &format!("http://127.0.0.1:{port}"),
+            expr,
+        ])
+        .output()
+        .map_err(|e| format!("cannot run promtool: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("promtool printed no JSON ({e}): {:?}", out.stdout))?;
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            let val = s["value"][1]
+                .as_str()
+                .unwrap_or("NaN")
+                .parse()
+                .unwrap_or(f64::NAN);
+            (s["metric"].to_string(), val)
+        })
+        .collect())
+}
+
+fn promql_ok(port: u16, expr: &str) -> Vec<(String, f64)> {
+    promql(port, expr).unwrap_or_else(|e| panic!("promtool query {expr}: {e}"))
+}
+
+fn wait_for(secs: u64, mut ok: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    ok()
+}
+
+/// A Prometheus HTTP API answer. HTTP/1.0, so the body is never chunked.
+fn prom_api(port: u16, path: &str) -> Value {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to Prometheus");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {buf}"));
+    assert_eq!(v["status"], "success", "{path}: {v}");
+    v["data"].clone()
+}
+
+/// Grafana's template variables as they read with every value selected, and the interval
+/// macros as Grafana would fill them in for a short time range at a 1 s scrape interval.
+fn substitute(expr: &str) -> String {
+    select(expr, ".*", ".*")
+}
+
+/// [`substitute`] with one server and one client selected.
+fn select(expr: &str, server: &str, client: &str) -> String {
+    expr.replace("$__rate_interval", "1m")
+        .replace("$__interval", "1m")
+        .replace("$__range", "5m")
+        .replace("$server", server)
+        .replace("$client", client)
+}
+
+/// Every (panel title, expr) of a dashboard, rows' nested panels included.
+fn dashboard_queries(dash: &Value) -> Vec<(String, String)> {
+    fn walk(panels: &Value, out: &mut Vec<(String, String)>) {
+        for p in panels.as_array().into_iter().flatten() {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                if let Some(e) = t["expr"].as_str() {
+                    out.push((p["title"].as_str().unwrap_or("").to_string(), e.to_string()));
+                }
+            }
+            walk(&p["panels"], out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&dash["panels"], &mut out);
+    out
+}
+
+/// The `expr:` of every rule in a Prometheus rules file: a plain scalar on the key's line,
+/// or a block scalar (`|`, `>`, with chomping indicators) made of the lines indented deeper
+/// than the key. Quoted plain scalars lose their quotes. No YAML crate is a dependency here,
+/// so the caller checks that the count matches the rules.
+fn rule_exprs(yaml: &str) -> Vec<String> {
+    let lines: Vec<&str> = yaml.lines().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        let indent = line.len() - line.trim_start().len();
+        let Some(rest) = line.trim_start().strip_prefix("expr:") else {
+            i += 1;
+            continue;
+        };
+        let rest = rest.trim();
+        if rest.starts_with('|') || rest.starts_with('>') {
+            let mut body = Vec::new();
+            i += 1;
+            while i < lines.len() {
+                let l = lines[i];
+                let ind = l.len() - l.trim_start().len();
+                if !l.trim().is_empty() && ind <= indent {
+                    break;
+                }
+                body.push(l.trim());
+                i += 1;
+            }
+            out.push(body.join("\n").trim().to_string());
+        } else {
+            let v = rest
+                .strip_prefix('"')
+                .and_then(|r| r.strip_suffix('"'))
+                .or_else(|| rest.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')))
+                .unwrap_or(rest);
+            out.push(v.to_string());
+            i += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn rule_expr_parser_reads_block_and_plain_scalars() {
+    let yaml = "groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: |\n          sum(x)\n\n          > 0\n        labels:\n          a: b\n      - alert: B\n        expr: 'up == 0'\n      - record: r\n        expr: rate(y[5m])\n";
+    assert_eq!(
+        rule_exprs(yaml),
+        ["sum(x)\n\n> 0", "up == 0", "rate(y[5m])"]
+    );
+}
+
+/// What a key panel's values must satisfy, and how to say it.
+type Want = (fn(f64) -> bool, &'static str);
+
+/// The `client` label mcptap gives the exchanges of client `pid`, from its JSON lines while it
+/// runs (a line being written is skipped).
+fn client_name(jsonl: &Path, pid: u32) -> Option<String> {
+    let found = || {
+        std::fs::read_to_string(jsonl)
+            .ok()?
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|r| r["kind"] == "exchange" && r["client"]["pid"] == pid)
+            .and_then(|r| {
+                // The metrics' label: the clientInfo name, else the process's comm.
+                let c = &r["client"];
+                c["name"]
+                    .as_str()
+                    .filter(|n| !n.is_empty())
+                    .or(c["comm"].as_str())
+                    .map(str::to_string)
+            })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(n) = found() {
+            return Some(n);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Panels that must show the workload, by title, and what their values must satisfy.
+const KEY_PANELS: &[(&str, Want)] = &[
+    ("Calls per minute", (|v| v > 0.0, "> 0")),
+    // Sessions have ended by then; the open one was seen (>= 1) while it was held.
+    ("Active sessions", (|v| v >= 0.0, ">= 0")),
+    (
+        "p95 latency by tool",
+        (|v| v > 0.0 && v < 60.0, "in (0, 60) s"),
+    ),
+    ("Error rate", (|v| v > 0.0 && v <= 1.0, "in (0, 1]")),
+];
+
+#[test]
+fn dashboard_and_alerts_query_real_mcptap_metrics() {
+    let dir = scratch("deploy");
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(deploy().join("grafana/mcptap.json")).unwrap(),
+    )
+    .expect("deploy/grafana/mcptap.json is JSON");
+    let panels = dashboard_queries(&dash);
+    let rules_path = deploy().join("prometheus/alerts.yml");
+    let rules_text = std::fs::read_to_string(&rules_path).unwrap();
+    let alerts = rule_exprs(&rules_text);
+    let rule_count = rules_text
+        .lines()
+        .filter(|l| {
+            let t = l.trim_start();
+            t.starts_with("- alert:") || t.starts_with("- record:")
+        })
+        .count();
+    assert_eq!(alerts.len(), rule_count, "one expr per rule: {alerts:#?}");
+    assert!(rule_count >= 10 && panels.len() >= 10);
+
+    let agent = Agent::start(&dir, &[]);
+    let prom_port = port();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: mcptap\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+            rules_path.display(),
+            agent.port
+        ),
+    )
+    .unwrap();
+    let _prom = Server::on_port(
+        Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}")),
+        &dir,
+        "prometheus",
+        prom_port,
+    );
+    assert!(
+        wait_for(60, || promql(prom_port, "up{job=\"mcptap\"}")
+            .is_ok_and(|s| s.first().is_some_and(|(_, v)| *v == 1.0))),
+        "Prometheus never scraped mcptap"
+    );
+
+    // A session held open (with a bad argument, an unknown tool, a retried call, a duplicate
+    // read and a tool-definition change), then a second run so that rates see increments.
+    let active = panels
+        .iter()
+        .find(|(t, _)| t == "Active sessions")
+        .map(|(_, e)| substitute(e))
+        .expect("an \"Active sessions\" panel");
+    let holder = python_client(
+        "mcp1",
+        &python("mcp1"),
+        &["--echo", "3", "--signals", "--hold", "8"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    assert!(
+        wait_for(30, || promql_ok(prom_port, &active)
+            .iter()
+            .any(|(_, v)| *v >= 1.0)),
+        "the Active sessions panel never showed the open session: {active}"
+    );
+    let out = holder.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first: ClientRun =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    let second = run_client(
+        &mut python_client("mcp1", &python("mcp1"), &["--echo", "3"]),
+        &dir,
+    );
+    let tool_calls = (first.calls.iter().chain(&second.calls))
+        .filter(|c| c.method == "tools/call")
+        .count() as f64;
+    assert!(
+        wait_for(30, || promql_ok(prom_port, "sum(mcp_tool_calls_total)")
+            .first()
+            .is_some_and(|(_, v)| *v >= tool_calls)),
+        "the workload's {tool_calls} tool calls never reached Prometheus"
+    );
+
+    // Every dashboard query runs; the key panels show the workload.
+    let mut errors = Vec::new();
+    for (title, expr) in &panels {
+        let q = substitute(expr);
+        match promql(prom_port, &q) {
+            Ok(samples) => {
+                if let Some((_, (check, want))) = KEY_PANELS.iter().find(|(t, _)| t == title)
+                    && !samples.iter().any(|(_, v)| check(*v))
+                {
+                    errors.push(format!(
+                        "panel {title:?}: no value {want}: {samples:?}\n  {q}"
+                    ));
+                }
+            }
+            Err(e) => errors.push(format!("panel {title:?}: {e}\n  {q}")),
+        }
+    }
+    for (key, _) in KEY_PANELS {
+        if !panels.iter().any(|(t, _)| t == key) {
+            errors.push(format!("no panel titled {key:?}"));
+        }
+    }
+    // The template variables' label_values(METRIC, LABEL) list what the workload made.
+    for v in dash["templating"]["list"].as_array().unwrap() {
+        let Some(q) = v["definition"]
+            .as_str()
+            .and_then(|d| d.strip_prefix("label_values("))
+            .and_then(|d| d.strip_suffix(')'))
+        else {
+            continue;
+        };
+        let (metric, label) = q.rsplit_once(',').unwrap();
+        let q = format!(
+            "group by ({}) ({})",
+            label.trim(),
+            substitute(metric.trim())
+        );
+        match promql(prom_port, &q) {
+            Ok(s) if !s.is_empty() => {}
+            other => errors.push(format!("variable {}: {other:?}\n  {q}", v["name"])),
+        }
+    }
+    // With one server and one client selected, every panel that filters by them still shows
+    // the workload: a filter on a label the metric lacks would leave it empty.
+    // The client's name as mcptap labels it (its clientInfo name), from mcptap's own records
+    // of this test's client: other MCP traffic on the host may carry other names.
+    let client =
+        client_name(&agent.jsonl, first.pid).expect("mcptap's JSON lines name the test's client");
+    for (title, expr) in &panels {
+        if !expr.contains("$server") && !expr.contains("$client") {
+            continue;
+        }
+        let q = select(expr, "mcptap-fixture", &client);
+        match promql(prom_port, &q) {
+            Ok(s) if !s.is_empty() => {}
+            other => errors.push(format!(
+                "panel {title:?} with server mcptap-fixture and client {client}: {other:?}\n  {q}"
+            )),
+        }
+    }
+    // Every alert expression runs.
+    for expr in &alerts {
+        if let Err(e) = promql(prom_port, expr) {
+            errors.push(format!("alert expr: {e}\n  {expr}"));
+        }
+    }
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+
+    // Prometheus itself loaded every rule and evaluates it cleanly on mcptap's data.
+    let groups = prom_api(prom_port, "/api/v1/rules");
+    let rules: Vec<&Value> = groups["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .collect();
+    assert_eq!(rules.len(), rule_count, "{groups}");
+    for r in &rules {
+        assert_eq!(r["health"], "ok", "rule {}: {}", r["name"], r["lastError"]);
+    }
+    // The workload changed the fixture's tools/list once (`grow`): a series born at 1,
+    // which the drift alert must catch without a second change.
+    assert!(
+        wait_for(30, || {
+            prom_api(prom_port, "/api/v1/alerts")["alerts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| {
+                    a["labels"]["alertname"] == "MCPToolDefinitionsChanged"
+                        && a["labels"]["server"] == "mcptap-fixture"
+                        && a["labels"]["change"] == "added"
+                        && a["state"] == "firing"
+                })
+        }),
+        "MCPToolDefinitionsChanged did not fire: {}",
+        prom_api(prom_port, "/api/v1/alerts")
+    );
+    agent.stop();
+}

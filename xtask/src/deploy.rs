@@ -1,0 +1,295 @@
+//! Checks of the deployment files under `deploy/` that need no cluster, no Grafana and no
+//! Docker engine: the alerting rules compile and their unit tests pass (promtool), every
+//! Kubernetes manifest validates strictly against the Kubernetes API schemas
+//! (kubernetes-validate, pinned, installed into `target/peers/kvalidate`), the kustomization
+//! lists exactly the manifests there, the Grafana dashboard has its rows and variables, and
+//! the collector config, the systemd unit and the Dockerfile are there (the unit verified by
+//! `systemd-analyze` when it is installed). The end-to-end test `tests/tests/deploy.rs` runs
+//! the dashboard's and the rules' queries against a real mcptap.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail, ensure};
+use serde_json::Value;
+
+use crate::{root, run, step};
+
+/// The Kubernetes manifest validator (PyPI), pinned like the test peers.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+/// The dashboard's rows and template variables that the README and the e2e test rely on.
+const DASHBOARD_ROWS: &[&str] = &["Service health", "Tool performance", "Agent behaviour"];
+const DASHBOARD_VARIABLES: &[&str] = &["datasource", "server", "client"];
+
+/// Every check, in order.
+pub fn check() -> Result<()> {
+    let deploy = root().join("deploy");
+    prometheus(&deploy.join("prometheus"))?;
+    kubernetes(&deploy.join("kubernetes"))?;
+    grafana(&deploy.join("grafana").join("mcptap.json"))?;
+    let collector = non_empty(&deploy.join("otel-collector").join("config.yaml"))?;
+    ensure!(
+        collector.contains("receivers:") && collector.contains("pipelines:"),
+        "deploy/otel-collector/config.yaml has no receivers or pipelines"
+    );
+    step("ok: deploy/otel-collector/config.yaml");
+    systemd(&deploy.join("systemd").join("mcptap.service"))?;
+    non_empty(&deploy.join("docker").join("Dockerfile"))?;
+    step("ok: deploy/docker/Dockerfile is there (not built: that needs a Docker engine)");
+    Ok(())
+}
+
+fn non_empty(path: &Path) -> Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    ensure!(!text.trim().is_empty(), "{} is empty", path.display());
+    Ok(text)
+}
+
+/// `promtool check rules` and `promtool test rules` (the tests name alerts.yml relative to
+/// their own directory).
+fn prometheus(dir: &Path) -> Result<()> {
+    step("checking the Prometheus alerting rules and their unit tests (promtool)");
+    run(Command::new("promtool")
+        .current_dir(dir)
+        .args(["check", "rules", "alerts.yml"]))
+    .context("promtool check rules (promtool comes with `cargo xtask peers`)")?;
+    run(Command::new("promtool")
+        .current_dir(dir)
+        .args(["test", "rules", "alerts_test.yml"]))
+    .context("promtool test rules")?;
+    Ok(())
+}
+
+/// The validator's virtualenv, installed once per pinned version (a stamp file records it).
+fn kubernetes_validate() -> Result<PathBuf> {
+    let dir = root().join("target").join("peers").join("kvalidate");
+    let bin = dir.join("bin").join("kubernetes-validate");
+    let stamp = dir.join(".mcptap-stamp");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == KUBERNETES_VALIDATE) && bin.exists() {
+        step(&format!("ok: {KUBERNETES_VALIDATE} in {}", dir.display()));
+        return Ok(bin);
+    }
+    step(&format!(
+        "installing {KUBERNETES_VALIDATE} into {}",
+        dir.display()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    run(Command::new("python3").args(["-m", "venv"]).arg(&dir))
+        .context("python3 -m venv failed")?;
+    run(Command::new(dir.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        KUBERNETES_VALIDATE,
+    ]))
+    .with_context(|| format!("pip install {KUBERNETES_VALIDATE}"))?;
+    std::fs::write(&stamp, KUBERNETES_VALIDATE).context("writing the stamp")?;
+    Ok(bin)
+}
+
+/// The `resources:` list of a kustomization.yaml (block style, one `- item` a line).
+fn kustomization_resources(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        if !line.starts_with([' ', '-']) {
+            inside = t == "resources:";
+            continue;
+        }
+        if inside && let Some(item) = t.strip_prefix("- ") {
+            out.push(item.trim().trim_matches(['"', '\'']).to_string());
+        }
+    }
+    out
+}
+
+fn kubernetes(dir: &Path) -> Result<()> {
+    step("checking the Kubernetes manifests (kubernetes-validate --strict)");
+    let kustomization = non_empty(&dir.join("kustomization.yaml"))?;
+    let listed = kustomization_resources(&kustomization);
+    ensure!(
+        !listed.is_empty(),
+        "deploy/kubernetes/kustomization.yaml lists no resources"
+    );
+    for r in &listed {
+        ensure!(
+            dir.join(r).is_file(),
+            "kustomization.yaml lists {r}, which is not in deploy/kubernetes"
+        );
+    }
+    let mut manifests: Vec<String> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| (n.ends_with(".yaml") || n.ends_with(".yml")) && n != "kustomization.yaml")
+        .collect();
+    manifests.sort();
+    for m in &manifests {
+        ensure!(
+            listed.contains(m),
+            "deploy/kubernetes/{m} is not listed in kustomization.yaml's resources"
+        );
+    }
+    let validate = kubernetes_validate()?;
+    run(Command::new(&validate)
+        .current_dir(dir)
+        .args(["--strict", "--quiet"])
+        .args(&manifests))
+    .context("a Kubernetes manifest does not validate")?;
+    step(&format!(
+        "ok: {} manifests validate, all listed in kustomization.yaml",
+        manifests.len()
+    ));
+    // Render the kustomization too when a kubectl is at hand (its built-in kustomize works
+    // offline), and validate what it renders.
+    let kubectl = Command::new("kubectl")
+        .args(["kustomize"])
+        .arg(dir)
+        .output();
+    match kubectl {
+        Ok(out) if out.status.success() => {
+            let rendered = root().join("target").join("deploy-kustomize.yaml");
+            std::fs::write(&rendered, &out.stdout)?;
+            run(Command::new(&validate)
+                .args(["--strict", "--quiet"])
+                .arg(&rendered))
+            .context("the rendered kustomization does not validate")?;
+            step("ok: `kubectl kustomize deploy/kubernetes` renders valid objects");
+        }
+        Ok(out) => bail!(
+            "kubectl kustomize deploy/kubernetes failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(_) => step("skipped: rendering the kustomization (no kubectl here)"),
+    }
+    Ok(())
+}
+
+fn grafana(path: &Path) -> Result<()> {
+    let dash: Value = serde_json::from_str(&non_empty(path)?)
+        .with_context(|| format!("{} is not JSON", path.display()))?;
+    ensure!(
+        dash["schemaVersion"].as_u64().is_some(),
+        "the dashboard has no schemaVersion"
+    );
+    let panels = dash["panels"]
+        .as_array()
+        .context("the dashboard has no panels")?;
+    let rows: Vec<&str> = panels
+        .iter()
+        .filter(|p| p["type"] == "row")
+        .filter_map(|p| p["title"].as_str())
+        .collect();
+    for want in DASHBOARD_ROWS {
+        ensure!(
+            rows.contains(want),
+            "the dashboard has no row {want:?} (rows: {rows:?})"
+        );
+    }
+    let vars = dash["templating"]["list"]
+        .as_array()
+        .context("the dashboard has no template variables")?;
+    for want in DASHBOARD_VARIABLES {
+        ensure!(
+            vars.iter().any(|v| v["name"] == *want),
+            "the dashboard has no variable {want:?}"
+        );
+    }
+    ensure!(
+        vars.iter().any(|v| v["name"] == "datasource"
+            && v["type"] == "datasource"
+            && v["query"] == "prometheus"),
+        "the datasource variable must be of type datasource, query prometheus"
+    );
+    // Every query panel, rows' nested panels included, reads the variable's data source and
+    // has an expression; panel ids are unique.
+    let mut ids = std::collections::BTreeSet::new();
+    let mut queries = 0;
+    let mut stack: Vec<&Value> = panels.iter().collect();
+    while let Some(p) = stack.pop() {
+        let title = p["title"].as_str().unwrap_or("?");
+        let id = p["id"]
+            .as_u64()
+            .with_context(|| format!("panel {title:?} has no id"))?;
+        ensure!(ids.insert(id), "panel id {id} is used twice");
+        stack.extend(p["panels"].as_array().into_iter().flatten());
+        if p["type"] == "row" {
+            continue;
+        }
+        ensure!(
+            p["datasource"]["uid"] == "${datasource}",
+            "panel {title:?} does not use the ${{datasource}} variable"
+        );
+        let targets = p["targets"]
+            .as_array()
+            .filter(|t| !t.is_empty())
+            .with_context(|| format!("panel {title:?} has no query"))?;
+        for t in targets {
+            ensure!(
+                t["expr"].as_str().is_some_and(|e| !e.trim().is_empty()),
+                "panel {title:?} has a query without expr"
+            );
+            queries += 1;
+        }
+    }
+    step(&format!(
+        "ok: the Grafana dashboard has rows {DASHBOARD_ROWS:?}, variables {DASHBOARD_VARIABLES:?}, {queries} queries"
+    ));
+    Ok(())
+}
+
+/// The unit file, and `systemd-analyze verify` on a copy whose ExecStart names a binary that
+/// exists here (verify insists on it; systemd itself need not be running).
+fn systemd(unit: &Path) -> Result<()> {
+    let text = non_empty(unit)?;
+    ensure!(
+        text.contains("ExecStart=/usr/local/bin/mcptap "),
+        "the unit must start /usr/local/bin/mcptap"
+    );
+    let have = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        step("ok: deploy/systemd/mcptap.service is there (not verified: no systemd-analyze)");
+        return Ok(());
+    }
+    let dir = root().join("target").join("deploy-systemd");
+    std::fs::create_dir_all(&dir)?;
+    let copy = dir.join("mcptap.service");
+    std::fs::write(
+        &copy,
+        text.replace("ExecStart=/usr/local/bin/mcptap ", "ExecStart=/bin/true "),
+    )?;
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .context("running systemd-analyze verify")?;
+    // A misspelt key is only a warning ("Unknown key ..., ignoring"): treat any output as a
+    // failure.
+    if !out.status.success() || !out.stderr.is_empty() || !out.stdout.is_empty() {
+        bail!(
+            "systemd-analyze verify deploy/systemd/mcptap.service: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    step("ok: deploy/systemd/mcptap.service (systemd-analyze verify)");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kustomization_resources;
+
+    #[test]
+    fn kustomization_resources_are_the_resources_list() {
+        let k = "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - a.yaml\n  # a comment\n  - \"b.yaml\"\nimages:\n  - name: x\n    newTag: y\n";
+        assert_eq!(kustomization_resources(k), ["a.yaml", "b.yaml"]);
+    }
+}
