@@ -11,28 +11,37 @@
 //! from the running kernel's BTF (the `OFFSETS` global); nothing here depends on one kernel's
 //! headers.
 //!
+//! TLS: uprobes on OpenSSL (`SSL_read`, `SSL_write` and their `_ex` forms) ship the plaintext
+//! through the same chunking path, flagged [`FLAG_TLS`] and attributed to the socket the SSL
+//! object runs over, so it joins that socket's streams. The binding comes from the ciphertext
+//! itself: what OpenSSL hands its write BIO (`BIO_write` inside an SSL call) is what the
+//! application then writes to the socket, whether OpenSSL writes it there itself (socket BIO)
+//! or the application moves it (memory BIOs: Python's asyncio, Node). A socket whose first
+//! bytes are a TLS record is marked TLS and its ciphertext is never shipped.
+//!
 //! Nothing is dropped silently: every loss increments a per-CPU counter and marks the fd, so
 //! the next record of that fd carries [`FLAG_LOST_BEFORE`].
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    Global,
+    EbpfContext, Global,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_user, generated,
     },
-    macros::{btf_tracepoint, map, raw_tracepoint},
+    macros::{btf_tracepoint, map, raw_tracepoint, uprobe, uretprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
-    programs::{BtfTracePointContext, RawTracePointContext},
+    programs::{BtfTracePointContext, ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use mcptap_abi::{
-    CHUNK_MAX, CHUNKS_PER_CALL, Config, DIR_IN, DIR_OUT, EventHeader, FD_OTHER, FD_PIPE, FD_TCP,
-    FD_UNIX, FDSTATE_LOST, FDSTATE_REJECTED, FLAG_LOST_BEFORE, FLAG_TRUNCATED, FdKey, FdState,
-    HEADER_SIZE, KernelOffsets, MAX_IOVECS, MAX_TAIL_CALLS, OFFSET_MISSING, RECORD_CLOSE,
-    RECORD_DATA, RECORD_EXEC, RECORD_EXIT, RECORD_SOCKET, SCRATCH_SIZE, SKIP_KEY_MASK, SKIP_SLOTS,
-    SelfTest, SocketInfo, Stash, TAIL_SHIP_MORE, UNIX_PATH_MAX, WATCH_BY_COMM, WATCH_BY_PID,
-    counter, skip_entry, skip_slot, syscall,
+    CHUNK_MAX, CHUNKS_PER_CALL, CIPHER_KEY_BYTES, Config, DIR_IN, DIR_OUT, EventHeader, FD_OTHER,
+    FD_PIPE, FD_TCP, FD_UNIX, FDSTATE_LOST, FDSTATE_REJECTED, FDSTATE_SEEN, FDSTATE_TLS,
+    FDSTATE_TLS_BOUND, FLAG_LOST_BEFORE, FLAG_TLS, FLAG_TRUNCATED, FdKey, FdState, HEADER_SIZE,
+    KernelOffsets, MAX_IOVECS, MAX_TAIL_CALLS, OFFSET_MISSING, RECORD_CLOSE, RECORD_DATA,
+    RECORD_EXEC, RECORD_EXIT, RECORD_SOCKET, RECORD_TLS, SCRATCH_SIZE, SKIP_KEY_MASK, SKIP_SLOTS,
+    SelfTest, SocketInfo, SslCall, SslKey, SslSocket, Stash, TAIL_SHIP_MORE, UNIX_PATH_MAX,
+    WATCH_BY_COMM, WATCH_BY_PID, cipher_key, counter, looks_tls, skip_entry, skip_slot, syscall,
 };
 
 #[unsafe(no_mangle)]
@@ -60,12 +69,37 @@ static SKIP: Array<u64> = Array::with_max_entries(SKIP_SLOTS, 0);
 static COMMS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(256, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+/// Per-CPU scratch buffers, one per kind of program that may be preempted by another kind on
+/// its CPU: [`SCRATCH_SYSCALL`], [`SCRATCH_SOCKET`], [`SCRATCH_TLS`].
 #[map]
-static SCRATCH: PerCpuArray<[u8; SCRATCH_SIZE]> = PerCpuArray::with_max_entries(2, 0);
+static SCRATCH: PerCpuArray<[u8; SCRATCH_SIZE]> = PerCpuArray::with_max_entries(3, 0);
+/// Shipping state, one per lane: [`JOB_SYSCALL`], [`JOB_TLS`].
 #[map]
-static JOBS: PerCpuArray<Job> = PerCpuArray::with_max_entries(1, 0);
+static JOBS: PerCpuArray<Job> = PerCpuArray::with_max_entries(2, 0);
 #[map]
 static TAILS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+#[map]
+static TLS_TAILS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+#[map]
+static SSL_CALLS: HashMap<u32, SslCall> = HashMap::with_max_entries(32768, 0);
+#[map]
+static SSL_SOCKETS: LruHashMap<SslKey, SslSocket> = LruHashMap::with_max_entries(65536, 0);
+#[map]
+static CIPHER_KEYS: LruHashMap<u64, SslKey> = LruHashMap::with_max_entries(16384, 0);
+/// Whether this CPU's TLS lane is in use. Raw tracepoint programs never run twice at once on
+/// one CPU (the kernel skips and counts the second), but uprobe programs have no such guard: a
+/// kernel that preempts BPF programs could let two tasks' TLS shipping share the lane.
+#[map]
+static TLS_BUSY: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// `sys_exit` and `ship_more`.
+const SCRATCH_SYSCALL: u32 = 0;
+/// Socket records from `sys_enter`.
+const SCRATCH_SOCKET: u32 = 1;
+/// Everything the uprobe programs ship.
+const SCRATCH_TLS: u32 = 2;
+const JOB_SYSCALL: u32 = 0;
+const JOB_TLS: u32 = 1;
 #[map]
 static SELFTEST: Array<SelfTest> = Array::with_max_entries(1, 0);
 
@@ -290,9 +324,10 @@ fn classify(file: u64) -> (FdState, u64, u64) {
     (st, 0, 0)
 }
 
-/// The state of (tgid, fd), from the cache when it still describes the same file.
+/// The state of (tgid, fd), from the cache when it still describes the same file. A socket
+/// seen for the first time is announced with a record built in scratch slot `scratch`.
 #[inline(always)]
-fn fd_state(tgid: u32, tid: u32, fd: i32, gen_: u8) -> Option<*mut FdState> {
+fn fd_state(tgid: u32, tid: u32, fd: i32, gen_: u8, scratch: u32) -> Option<*mut FdState> {
     let key = FdKey { tgid, fd };
     // Trusted without reading the task's file table: every way an fd can change without a
     // close we see (dup2, dup3, close_range, exec, a new process) bumps the generation.
@@ -309,7 +344,7 @@ fn fd_state(tgid: u32, tid: u32, fd: i32, gen_: u8) -> Option<*mut FdState> {
     st.gen_ = gen_;
     FDS.insert(key, st, 0).ok()?;
     if st.kind == FD_TCP || st.kind == FD_UNIX {
-        emit_socket(tgid, tid, fd, &st, sk, peer);
+        emit_socket(tgid, tid, fd, &st, sk, peer, scratch);
     }
     FDS.get_ptr_mut(key)
 }
@@ -343,12 +378,12 @@ fn unix_path(sk: u64, path: *mut u8) -> u16 {
     if rc == 0 { n as u16 } else { 0 }
 }
 
-/// Tell userspace where a newly seen socket's two ends are: a [`RECORD_SOCKET`] record.
+/// Tell userspace where a newly seen socket's two ends are: a [`RECORD_SOCKET`] record, built
+/// in scratch slot `scratch` (not the syscall lane's: sys_exit may run on this CPU while the
+/// calling program is preempted).
 #[inline(always)]
-fn emit_socket(tgid: u32, tid: u32, fd: i32, st: &FdState, sk: u64, peer: u64) {
-    // Slot 1: sys_exit and ship_more own slot 0, and they may run on this CPU while this
-    // program is preempted.
-    let Some(buf) = SCRATCH.get_ptr_mut(1) else {
+fn emit_socket(tgid: u32, tid: u32, fd: i32, st: &FdState, sk: u64, peer: u64, scratch: u32) {
+    let Some(buf) = SCRATCH.get_ptr_mut(scratch) else {
         return;
     };
     let buf = buf as *mut u8;
@@ -468,11 +503,13 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
     {
         return 0;
     }
-    let Some(st) = fd_state(tgid, pid_tgid as u32, fd, gen_) else {
+    let Some(st) = fd_state(tgid, pid_tgid as u32, fd, gen_, SCRATCH_SOCKET) else {
         return 0;
     };
     let mut state = unsafe { *st };
-    if state.kind == FD_OTHER || state.flags & FDSTATE_REJECTED != 0 {
+    // A TLS socket whose SSL object is bound needs nothing more: its plaintext comes from the
+    // OpenSSL probes.
+    if state.kind == FD_OTHER || state.flags & (FDSTATE_REJECTED | FDSTATE_TLS_BOUND) != 0 {
         if state.flags & FDSTATE_REJECTED != 0 {
             count(counter::REJECTED_FDS, 1);
         }
@@ -563,7 +600,12 @@ fn on_close(tgid: u32, tid: u32, fd: i32) {
 
 #[inline(always)]
 fn output_header(hdr: &EventHeader) {
-    if EVENTS.output::<EventHeader>(hdr, wakeup_flags()).is_ok() {
+    output_header_flags(hdr, wakeup_flags());
+}
+
+#[inline(always)]
+fn output_header_flags(hdr: &EventHeader, flags: u64) {
+    if EVENTS.output::<EventHeader>(hdr, flags).is_ok() {
         count(counter::RECORDS, 1);
     } else {
         count(counter::RINGBUF_FULL, 1);
@@ -590,7 +632,13 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     if ret <= 0 {
         return 0;
     }
-    let Some(job) = JOBS.get_ptr_mut(0) else {
+    if stash.fd.kind == FD_TCP
+        && stash.fd.flags & (FDSTATE_TLS | FDSTATE_SEEN) != FDSTATE_SEEN
+        && tls_ciphertext(tgid, tid, &stash, ret as u64)
+    {
+        return 0;
+    }
+    let Some(job) = JOBS.get_ptr_mut(JOB_SYSCALL) else {
         return 0;
     };
     let job = unsafe { &mut *job };
@@ -642,25 +690,27 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
             job.cur_left = ret as u64;
         }
     }
-    ship(&ctx, job);
+    ship(&ctx, job, SCRATCH_SYSCALL, &TAILS);
     0
 }
 
 /// Continues shipping a syscall that [`sys_exit`] (or a previous `ship_more`) began.
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn ship_more(ctx: RawTracePointContext) -> i32 {
-    if let Some(job) = JOBS.get_ptr_mut(0) {
+    if let Some(job) = JOBS.get_ptr_mut(JOB_SYSCALL) {
         let job = unsafe { &mut *job };
         job.tail_calls += 1;
-        ship(&ctx, job);
+        ship(&ctx, job, SCRATCH_SYSCALL, &TAILS);
     }
     0
 }
 
-/// Ship up to [`CHUNKS_PER_CALL`] chunks of `job`, then tail-call `ship_more` for the rest.
+/// Ship up to [`CHUNKS_PER_CALL`] chunks of `job` from scratch slot `scratch`, then tail-call
+/// slot [`TAIL_SHIP_MORE`] of `tails` (the lane's own `ship_more`) for the rest. Returns only
+/// when the job is finished, shipped or truncated.
 #[inline(always)]
-fn ship(ctx: &RawTracePointContext, job: &mut Job) {
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+fn ship<C: EbpfContext>(ctx: &C, job: &mut Job, scratch: u32, tails: &ProgramArray) {
+    let Some(scratch) = SCRATCH.get_ptr_mut(scratch) else {
         return;
     };
     let scratch = scratch as *mut u8;
@@ -734,7 +784,7 @@ fn ship(ctx: &RawTracePointContext, job: &mut Job) {
             truncate(job);
             return;
         }
-        unsafe { TAILS.tail_call(ctx, TAIL_SHIP_MORE) };
+        unsafe { tails.tail_call(ctx, TAIL_SHIP_MORE) };
         count(counter::TAIL_CALL_FAILED, 1);
         truncate(job);
     }
@@ -758,6 +808,374 @@ fn truncate(job: &mut Job) {
         count(counter::RINGBUF_FULL, 1);
         mark_lost(job.hdr.tgid, job.hdr.fd);
     }
+}
+
+/// Where the bytes of a stashed data syscall start, and how many of the `ret` it moved are
+/// there contiguously.
+#[inline(always)]
+fn first_buffer(stash: &Stash, ret: u64) -> Option<(u64, u64)> {
+    let iov_array = match stash.syscall {
+        syscall::READV | syscall::WRITEV => stash.ptr,
+        // struct user_msghdr: msg_iov at 16.
+        syscall::RECVMSG | syscall::SENDMSG => unsafe {
+            bpf_probe_read_user((stash.ptr + 16) as *const u64).ok()?
+        },
+        _ => return Some((stash.ptr, ret)),
+    };
+    let iov: [u64; 2] = unsafe { bpf_probe_read_user(iov_array as *const [u64; 2]).ok()? };
+    Some((iov[0], if iov[1] < ret { iov[1] } else { ret }))
+}
+
+/// The TLS side of a TCP socket's data syscall. On the socket's first data, decide whether it
+/// carries TLS; on a TLS socket's writes, bind the SSL object that produced the ciphertext (see
+/// [`bio_write_enter`]). True when the bytes are ciphertext, which are never shipped.
+#[inline(always)]
+fn tls_ciphertext(tgid: u32, tid: u32, stash: &Stash, ret: u64) -> bool {
+    let was_tls = stash.fd.flags & FDSTATE_TLS != 0;
+    let fd = stash.fdnum;
+    let Some(st) = FDS.get_ptr_mut(FdKey { tgid, fd }) else {
+        return was_tls;
+    };
+    // The fd was closed and reused while this syscall ran: its new file gets its own check.
+    if unsafe { (*st).file } != stash.fd.file {
+        return was_tls;
+    }
+    let first = unsafe { (*st).flags } & FDSTATE_SEEN == 0;
+    unsafe { (*st).flags |= FDSTATE_SEEN };
+    let Some((base, n)) = first_buffer(stash, ret) else {
+        return was_tls;
+    };
+    // A server's OpenSSL reads a record's 5-byte header alone: the check needs 3 bytes, the
+    // binding a whole key.
+    let Ok(head) = (unsafe { bpf_probe_read_user(base as *const [u64; 2]) }) else {
+        return was_tls;
+    };
+    if first && !was_tls {
+        let b = head[0].to_le_bytes();
+        if n < 3 || !looks_tls(b[0], b[1], b[2]) {
+            return false;
+        }
+        unsafe { (*st).flags |= FDSTATE_TLS };
+        count(counter::TLS_SOCKETS, 1);
+        let now = unsafe { bpf_ktime_get_ns() };
+        output_header(&EventHeader {
+            record: RECORD_TLS,
+            fd_kind: FD_TCP,
+            tgid,
+            tid,
+            fd,
+            ts_enter_ns: stash.ts_enter_ns,
+            ts_exit_ns: now,
+            inode: stash.fd.inode,
+            comm: bpf_get_current_comm().unwrap_or_default(),
+            ..EventHeader::default()
+        });
+    }
+    if stash.dir == DIR_OUT && n >= CIPHER_KEY_BYTES as u64 {
+        let k = cipher_key(tgid, head);
+        if let Some(ssl) = CIPHER_KEYS.get_ptr(k) {
+            let ssl = unsafe { *ssl };
+            let sock = SslSocket {
+                inode: stash.fd.inode,
+                fd,
+                _pad: 0,
+            };
+            if SSL_SOCKETS.insert(ssl, sock, 0).is_ok() {
+                unsafe { (*st).flags |= FDSTATE_TLS_BOUND };
+                count(counter::TLS_BINDS, 1);
+                // Tell userspace the socket will be decrypted (it may carry no plaintext at
+                // all: a connection closed right after its handshake).
+                output_header(&EventHeader {
+                    record: RECORD_TLS,
+                    fd_kind: FD_TCP,
+                    flags: FLAG_TLS,
+                    tgid,
+                    tid,
+                    fd,
+                    ts_enter_ns: stash.ts_enter_ns,
+                    ts_exit_ns: unsafe { bpf_ktime_get_ns() },
+                    inode: stash.fd.inode,
+                    comm: bpf_get_current_comm().unwrap_or_default(),
+                    ..EventHeader::default()
+                });
+            }
+            let _ = CIPHER_KEYS.remove(k);
+        }
+    }
+    true
+}
+
+/// Entry of `SSL_read`/`SSL_write` (`ex`: the `_ex` forms, whose fourth argument receives the
+/// byte count): remember the call until it returns.
+#[inline(always)]
+fn ssl_enter(ctx: &ProbeContext, op: u8, ex: bool) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !watched((pid_tgid >> 32) as u32) {
+        return;
+    }
+    let call = SslCall {
+        ssl: ctx.arg(0).unwrap_or(0),
+        buf: ctx.arg(1).unwrap_or(0),
+        out: if ex { ctx.arg(3).unwrap_or(0) } else { 0 },
+        ts_enter_ns: unsafe { bpf_ktime_get_ns() },
+        op,
+        depth: 1,
+        _pad: [0; 6],
+    };
+    // Replaces a call whose return never ran (the thread unwound past it).
+    if SSL_CALLS.insert(pid_tgid as u32, call, 0).is_err() {
+        count(counter::STASH_FULL, 1);
+    }
+}
+
+#[uprobe]
+pub fn ssl_read_enter(ctx: ProbeContext) -> u32 {
+    ssl_enter(&ctx, syscall::SSL_READ, false);
+    0
+}
+
+#[uprobe]
+pub fn ssl_read_ex_enter(ctx: ProbeContext) -> u32 {
+    ssl_enter(&ctx, syscall::SSL_READ, true);
+    0
+}
+
+#[uprobe]
+pub fn ssl_write_enter(ctx: ProbeContext) -> u32 {
+    ssl_enter(&ctx, syscall::SSL_WRITE, false);
+    0
+}
+
+#[uprobe]
+pub fn ssl_write_ex_enter(ctx: ProbeContext) -> u32 {
+    ssl_enter(&ctx, syscall::SSL_WRITE, true);
+    0
+}
+
+/// Entry of `SSL_do_handshake`, `SSL_connect` or `SSL_accept`: nothing to ship, but the
+/// ciphertext `BIO_write` sees meanwhile belongs to this SSL object.
+#[uprobe]
+pub fn ssl_handshake_enter(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !watched((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    let tid = pid_tgid as u32;
+    let ssl: u64 = ctx.arg(0).unwrap_or(0);
+    if let Some(c) = SSL_CALLS.get_ptr_mut(tid)
+        && unsafe { (*c).ssl } == ssl
+        && unsafe { (*c).depth } > 0
+    {
+        // Inside a call on the same object (SSL_connect → SSL_do_handshake).
+        unsafe { (*c).depth = (*c).depth.saturating_add(1) };
+        return 0;
+    }
+    let call = SslCall {
+        ssl,
+        ts_enter_ns: unsafe { bpf_ktime_get_ns() },
+        depth: 1,
+        ..SslCall::default()
+    };
+    if SSL_CALLS.insert(tid, call, 0).is_err() {
+        count(counter::STASH_FULL, 1);
+    }
+    0
+}
+
+#[uretprobe]
+pub fn ssl_handshake_ret(_ctx: RetProbeContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if let Some(c) = SSL_CALLS.get_ptr_mut(tid) {
+        unsafe {
+            if (*c).depth > 1 {
+                (*c).depth -= 1;
+            } else if (*c).op == 0 {
+                let _ = SSL_CALLS.remove(tid);
+            }
+        }
+    }
+    0
+}
+
+/// `BIO_write` inside an SSL call is OpenSSL handing ciphertext to the SSL object's write BIO
+/// (or its buffering BIO in front of it): remember its first bytes for the SSL object until
+/// a TLS socket's write shows the same bytes ([`tls_ciphertext`]). Once the object is bound,
+/// this costs one lookup.
+#[uprobe]
+pub fn bio_write_enter(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(call) = SSL_CALLS.get_ptr(pid_tgid as u32) else {
+        return 0;
+    };
+    let len: i32 = ctx.arg(2).unwrap_or(0);
+    if (len as i64) < CIPHER_KEY_BYTES as i64 {
+        return 0;
+    }
+    let tgid = (pid_tgid >> 32) as u32;
+    let key = SslKey {
+        tgid,
+        _pad: 0,
+        ssl: unsafe { (*call).ssl },
+    };
+    if let Some(sock) = SSL_SOCKETS.get_ptr(key) {
+        let sock = unsafe { *sock };
+        // Bound, unless that fd has been closed or reused since (a freed SSL's address
+        // reused for a new connection).
+        if let Some(st) = FDS.get_ptr(FdKey { tgid, fd: sock.fd })
+            && unsafe { (*st).inode } == sock.inode
+        {
+            return 0;
+        }
+    }
+    let buf: u64 = ctx.arg(1).unwrap_or(0);
+    if let Ok(head) = unsafe { bpf_probe_read_user(buf as *const [u64; 2]) } {
+        let _ = CIPHER_KEYS.insert(cipher_key(tgid, head), key, 0);
+    }
+    0
+}
+
+/// Return of `SSL_read`, `SSL_write` or their `_ex` forms: ship the plaintext they moved.
+#[uretprobe]
+pub fn ssl_data_ret(ctx: RetProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    let Some(call) = SSL_CALLS.get_ptr(tid) else {
+        return 0;
+    };
+    let call = unsafe { *call };
+    if call.op == 0 {
+        // A handshake call's entry is on top: this return is not the call it describes.
+        return 0;
+    }
+    let _ = SSL_CALLS.remove(tid);
+    let tgid = (pid_tgid >> 32) as u32;
+    let key = SslKey {
+        tgid,
+        _pad: 0,
+        ssl: call.ssl,
+    };
+    let sock = SSL_SOCKETS.get_ptr(key).map(|s| unsafe { *s });
+    let ret: i32 = ctx.ret();
+    let n = if call.out != 0 {
+        if ret != 1 {
+            return 0;
+        }
+        match unsafe { bpf_probe_read_user(call.out as *const u64) } {
+            Ok(n) => n,
+            Err(_) => {
+                // How many bytes moved is unknown: the stream has a hole.
+                count(counter::READ_FAULTS, 1);
+                if let Some(sock) = sock {
+                    mark_lost(tgid, sock.fd);
+                }
+                return 0;
+            }
+        }
+    } else if ret > 0 {
+        ret as u64
+    } else {
+        return 0;
+    };
+    if n == 0 {
+        return 0;
+    }
+    let Some(sock) = sock else {
+        // Plaintext of an SSL object whose socket is not known: counted, not shipped.
+        count(counter::TLS_UNBOUND, 1);
+        count(counter::TLS_UNBOUND_BYTES, n);
+        return 0;
+    };
+    let Some(busy) = TLS_BUSY.get_ptr_mut(0) else {
+        return 0;
+    };
+    if unsafe { *busy } != 0 {
+        count(counter::TLS_BUSY, 1);
+        mark_lost(tgid, sock.fd);
+        return 0;
+    }
+    unsafe { *busy = 1 };
+    ship_tls(&ctx, key, sock, tid, &call, n);
+    // Not reached when shipping went on in a tail call: `ssl_ship_more` frees the lane then.
+    unsafe { *busy = 0 };
+    0
+}
+
+/// Ship `n` plaintext bytes of `call` as records of its SSL object's socket, in the TLS lane
+/// (which the caller holds).
+#[inline(always)]
+fn ship_tls(ctx: &RetProbeContext, key: SslKey, sock: SslSocket, tid: u32, call: &SslCall, n: u64) {
+    let tgid = key.tgid;
+    let st = fd_state(tgid, tid, sock.fd, byte_of(&GEN, tgid), SCRATCH_TLS);
+    let Some(st) = st.filter(|st| unsafe { (**st).inode } == sock.inode) else {
+        // The socket is closed (its fd is gone or names another file now): these bytes
+        // never travel.
+        let _ = SSL_SOCKETS.remove(key);
+        count(counter::TLS_AFTER_CLOSE, 1);
+        return;
+    };
+    let state = unsafe { *st };
+    if state.flags & FDSTATE_REJECTED != 0 {
+        return;
+    }
+    // The plaintext flows, so the ciphertext must not (an entry rebuilt since the binding has
+    // lost those marks); the loss flag travels with this record.
+    unsafe {
+        (*st).flags =
+            (state.flags | FDSTATE_TLS | FDSTATE_TLS_BOUND | FDSTATE_SEEN) & !FDSTATE_LOST;
+    }
+    let Some(job) = JOBS.get_ptr_mut(JOB_TLS) else {
+        return;
+    };
+    let job = unsafe { &mut *job };
+    job.hdr = EventHeader {
+        record: RECORD_DATA,
+        dir: if call.op == syscall::SSL_READ {
+            DIR_IN
+        } else {
+            DIR_OUT
+        },
+        fd_kind: state.kind,
+        flags: FLAG_TLS
+            | if state.flags & FDSTATE_LOST != 0 {
+                FLAG_LOST_BEFORE
+            } else {
+                0
+            },
+        syscall: call.op,
+        _pad: [0; 3],
+        tgid,
+        tid,
+        fd: sock.fd,
+        len: 0,
+        ts_enter_ns: call.ts_enter_ns,
+        ts_exit_ns: unsafe { bpf_ktime_get_ns() },
+        inode: state.inode,
+        peer_inode: state.peer_inode,
+        total: n,
+        offset: 0,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+    };
+    job.iov_ptr = 0;
+    job.iov_left = 0;
+    job.cur_base = call.buf;
+    job.cur_left = n;
+    job.shipped = 0;
+    job.tail_calls = 0;
+    ship(ctx, job, SCRATCH_TLS, &TLS_TAILS);
+}
+
+/// Continues shipping TLS plaintext that [`ssl_data_ret`] began.
+#[uretprobe]
+pub fn ssl_ship_more(ctx: RetProbeContext) -> u32 {
+    if let Some(job) = JOBS.get_ptr_mut(JOB_TLS) {
+        let job = unsafe { &mut *job };
+        job.tail_calls += 1;
+        ship(&ctx, job, SCRATCH_TLS, &TLS_TAILS);
+    }
+    if let Some(busy) = TLS_BUSY.get_ptr_mut(0) {
+        unsafe { *busy = 0 };
+    }
+    0
 }
 
 /// A new process inherits its parent's watch byte: a `--pid` tree stays watched, and a child
@@ -801,16 +1219,21 @@ pub fn sched_exec(_ctx: RawTracePointContext) -> i32 {
     }
     if watched(tgid) {
         let now = unsafe { bpf_ktime_get_ns() };
-        output_header(&EventHeader {
-            record: RECORD_EXEC,
-            tgid,
-            tid: pid_tgid as u32,
-            fd: -1,
-            ts_enter_ns: now,
-            ts_exit_ns: now,
-            comm,
-            ..EventHeader::default()
-        });
+        // Wake the agent now: it sets the OpenSSL probes on the new program, which may start
+        // TLS within milliseconds.
+        output_header_flags(
+            &EventHeader {
+                record: RECORD_EXEC,
+                tgid,
+                tid: pid_tgid as u32,
+                fd: -1,
+                ts_enter_ns: now,
+                ts_exit_ns: now,
+                comm,
+                ..EventHeader::default()
+            },
+            BPF_RB_FORCE_WAKEUP,
+        );
     }
     0
 }
@@ -826,6 +1249,8 @@ pub fn sched_exit(_ctx: RawTracePointContext) -> i32 {
         set_byte(&INFLIGHT, tid, 0);
         let _ = STASH.remove(tid);
     }
+    // Nor does one that dies inside an OpenSSL call reach its return.
+    let _ = SSL_CALLS.remove(tid);
     if tid != tgid || !watched(tgid) {
         return 0;
     }

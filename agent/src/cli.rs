@@ -75,6 +75,24 @@ pub struct LiveArgs {
     /// bursts; loss is always counted and reported.
     #[arg(long, value_name = "BYTES", default_value = "16M", value_parser = parse_ring)]
     pub ring_buffer_size: u32,
+
+    /// Do not capture TLS (HTTPS) plaintext: no uprobes on OpenSSL. TLS sockets are still
+    /// recognised and counted as not decrypted.
+    #[arg(long)]
+    pub no_tls: bool,
+
+    /// Name pods and containers through the Kubernetes API server: "auto" watches this
+    /// node's pods when mcptap runs in a pod with a service account (K8S_NODE_NAME set from
+    /// spec.nodeName); "off" never calls the API. Container ids and pod UIDs come from cgroups
+    /// either way.
+    #[arg(
+        long,
+        value_name = "MODE",
+        value_enum,
+        default_value = "auto",
+        env = "MCPTAP_K8S"
+    )]
+    pub k8s: crate::k8s::Mode,
 }
 
 /// Options of outputs (live and replay).
@@ -121,6 +139,22 @@ pub struct OutputArgs {
     /// are reported as "other" and counted in mcptap_label_overflow_total.
     #[arg(long, value_name = "N", default_value_t = 200)]
     pub label_limit: usize,
+
+    /// Most sessions (and stateless HTTP connections) tracked at once. Past it the least
+    /// recently active are ended (session_end reason "evicted") and counted in
+    /// mcptap_evictions_total, so that a flood cannot grow memory without bound.
+    #[arg(long, value_name = "N", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_sessions: u64,
+
+    /// Most requests awaiting a response, over all sessions. Past it the oldest end as
+    /// no_response and are counted in mcptap_evictions_total.
+    #[arg(long, value_name = "N", default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_pending: u64,
+
+    /// Most streams (process, fd, direction) tracked at once. Past it the least recently
+    /// active are forgotten and counted in mcptap_evictions_total.
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_streams: u64,
 }
 
 /// Where to listen, if at all.

@@ -10,12 +10,16 @@
 //! 5. [`signals`]: the one model of what is reported.
 //! 6. [`export`]: console, JSON lines, HTTP endpoints.
 //!
-//! [`pipeline`] wires the stages; [`run`] drives them live or in replay.
+//! [`pipeline`] wires the stages; [`run`] drives them live or in replay. [`k8s`] names the
+//! container and pod of each process (cgroup paths, and the API server's pods of this node).
 #![warn(missing_docs)]
 
 pub mod capture;
 pub mod cli;
 pub mod export;
+#[doc(hidden)]
+pub mod fuzz;
+pub mod k8s;
 pub mod mcp;
 pub mod pipeline;
 pub mod run;

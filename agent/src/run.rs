@@ -61,8 +61,11 @@ fn sinks(output: &OutputArgs) -> Result<Fanout> {
 fn pipeline_config(output: &OutputArgs, clock: ClockAnchor) -> PipelineConfig {
     let mut cfg = PipelineConfig {
         max_message_bytes: output.max_message_bytes.min(usize::MAX as u64) as usize,
+        max_streams: output.max_streams as usize,
         ..Default::default()
     };
+    cfg.tracker.max_sessions = output.max_sessions as usize;
+    cfg.tracker.max_pending = output.max_pending as usize;
     cfg.tracker.response_timeout_ns = (output.response_timeout * 1e9) as u64;
     cfg.tracker.payloads = output.payloads;
     cfg.tracker.clock = clock;
@@ -113,11 +116,13 @@ fn agent_metrics(registry: &Mutex<Registry>, p: &Pipeline, exporter: Option<&otl
         parse_errors: Some(&p.stats.parse_errors),
         rejected: Some(&p.stats.rejected),
         gaps: Some(&p.stats.gaps),
+        tls_undecrypted: p.stats.tls_undecrypted,
         kernel: Some(p.kernel_totals()),
         in_flight: p.tracker.in_flight(),
         sessions: p.tracker.active_sessions(),
         tracked_sessions: p.tracker.session_count() as u64,
         tracked_streams: p.stream_count() as u64,
+        evictions: p.evictions(),
         export: exporter
             .map(|o| o.stats.snapshot().into_iter().collect())
             .unwrap_or_default(),
@@ -132,8 +137,10 @@ fn agent_metrics(registry: &Mutex<Registry>, p: &Pipeline, exporter: Option<&otl
 /// Hand every pending signal to the outputs; returns how many there were.
 fn emit_all(p: &mut Pipeline, fan: &mut Fanout, exporter: Option<&otlp::Otlp>) -> usize {
     let mut n = 0;
-    for s in p.drain_signals() {
+    for mut s in p.drain_signals() {
         n += 1;
+        // Pod and container names, known once the API server's watch has caught up.
+        crate::k8s::enrich(&mut s);
         fan.emit(&s);
         if let (Some(o), crate::signals::Signal::Exchange(x)) = (exporter, &s) {
             o.spans(x);
@@ -157,6 +164,7 @@ pub fn live(args: &LiveArgs, output: &OutputArgs) -> Result<()> {
     };
     let mut fan = sinks(output)?;
     let (registry, exporter) = telemetry_outputs(output, &mut fan)?;
+    crate::k8s::start(args.k8s, registry.clone());
     let mut recorder = match &args.record {
         Some(path) => {
             let f = File::create(path)
@@ -184,6 +192,7 @@ pub fn live(args: &LiveArgs, output: &OutputArgs) -> Result<()> {
             pids: args.pids.clone(),
         },
         ring_bytes: args.ring_buffer_size,
+        tls: !args.no_tls,
     };
     let (mut probes, report) = Probes::load(&settings)?;
     match &report.lockdown {
@@ -242,6 +251,9 @@ pub fn live(args: &LiveArgs, output: &OutputArgs) -> Result<()> {
             for r in pipeline.take_rejects() {
                 probes.reject(r.tgid, r.fd, r.inode);
             }
+            for note in pipeline.take_process_notes() {
+                probes.process_note(note);
+            }
             if emit_all(&mut pipeline, &mut fan, exporter.as_ref()) > 0 {
                 // Gauges (active sessions, calls in flight) move with the events that change
                 // them, so a scrape never sees a session ended but still active.
@@ -258,6 +270,7 @@ pub fn live(args: &LiveArgs, output: &OutputArgs) -> Result<()> {
         }
         if last_counters.elapsed() >= COUNTERS_EVERY || stopping {
             last_counters = Instant::now();
+            probes.reap();
             let totals = probes.counters();
             if let Some(r) = recorder.as_mut() {
                 let _ = r.counters(&totals);
@@ -316,9 +329,7 @@ pub fn replay(path: &std::path::Path, output: &OutputArgs) -> Result<()> {
     while let Ok(Some(frame)) = reader.next_frame() {
         match frame {
             Frame::Clock(c) => clock = c,
-            Frame::Process(info) => {
-                host.processes.entry(info.pid).or_insert(info);
-            }
+            Frame::Process(info) => host.recorded(info),
             Frame::Holders(h) => {
                 host.holders.entry((h.kind, h.inode)).or_insert(h.holders);
             }
@@ -377,6 +388,7 @@ fn ingest_replayed(p: &mut Pipeline, host: &mut dyn Host, raw: &[u8]) {
     p.ingest(host, raw);
     // Replay cannot tell the kernel anything.
     p.take_rejects();
+    p.take_process_notes();
 }
 
 /// Hold the benchmark floor (empty programs on mcptap's hooks) until SIGINT or SIGTERM.

@@ -132,11 +132,30 @@ impl Agent {
 
     /// [`Agent::start`] with extra environment variables.
     pub fn start_with_env(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Agent {
+        Self::start_under(dir, &[], args, envs)
+    }
+
+    /// [`Agent::start_with_env`] with mcptap run by `wrapper` (e.g. `capsh --drop=... --
+    /// -c 'exec "$0" "$@"'`), which gets mcptap's path and arguments after its own.
+    pub fn start_under(
+        dir: &Path,
+        wrapper: &[&str],
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Agent {
         require_root();
         let jsonl = dir.join("out.jsonl");
         let stderr = dir.join("agent.log");
         let port = free_port();
-        let child = Command::new(mcptap_bin())
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, rest)) => {
+                let mut c = Command::new(prog);
+                c.args(rest).arg(mcptap_bin());
+                c
+            }
+            None => Command::new(mcptap_bin()),
+        };
+        let child = cmd
             .args(args)
             .arg("--jsonl")
             .arg(&jsonl)
@@ -169,6 +188,21 @@ impl Agent {
         }
         assert_eq!(http_status(port, "/health"), Some(200), "/health");
         agent
+    }
+
+    /// The agent's pid (the process the wrapper, if any, exec'd into).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The agent's resident set now, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
     }
 
     /// The agent's `/metrics` now.
@@ -288,6 +322,12 @@ pub struct ClientRun {
     pub session_id: Option<String>,
     /// Calls, in order.
     pub calls: Vec<Call>,
+    /// Pipe fds the client used for non-MCP JSON and closed first (`--reuse-fds`).
+    #[serde(default)]
+    pub junk_fds: Vec<i32>,
+    /// Pipe fds the client held during its session.
+    #[serde(default)]
+    pub session_fds: Vec<i32>,
 }
 
 /// Run a client fixture command and parse its report.

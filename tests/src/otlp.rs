@@ -40,6 +40,8 @@ struct Shared {
     got: Arc<Mutex<Received>>,
     /// 0: accept; otherwise the HTTP status (gRPC: UNAVAILABLE) to answer with.
     fail: Arc<AtomicU16>,
+    /// Milliseconds to wait before answering an HTTP export (a slow collector).
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[tonic::async_trait]
@@ -90,6 +92,11 @@ pub enum Proto {
 impl Receiver {
     /// Start listening on a free port.
     pub fn start(proto: Proto) -> Receiver {
+        Self::start_on(proto, 0)
+    }
+
+    /// Start listening on `port` (0: a free one).
+    pub fn start_on(proto: Proto, port: u16) -> Receiver {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -98,9 +105,10 @@ impl Receiver {
         let shared = Shared {
             got: Arc::default(),
             fail: Arc::default(),
+            delay_ms: Arc::default(),
         };
         let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
             .unwrap();
         let port = listener.local_addr().unwrap().port();
         let s = shared.clone();
@@ -136,6 +144,13 @@ impl Receiver {
                                             .await
                                             .map(|b| b.to_bytes())
                                             .unwrap_or_default();
+                                        let delay = s.delay_ms.load(Ordering::Relaxed);
+                                        if delay > 0 {
+                                            tokio::time::sleep(std::time::Duration::from_millis(
+                                                delay,
+                                            ))
+                                            .await;
+                                        }
                                         let fail = s.fail.load(Ordering::Relaxed);
                                         let status = if fail != 0 {
                                             fail
@@ -199,6 +214,16 @@ impl Receiver {
     /// to accept again.
     pub fn fail_with(&self, status: u16) {
         self.shared.fail.store(status, Ordering::Relaxed);
+    }
+
+    /// Every metrics export received, as debug text (for searching).
+    pub fn metrics_text(&self) -> String {
+        format!("{:?}", self.shared.got.lock().unwrap().metrics)
+    }
+
+    /// Answer HTTP exports only after `ms` milliseconds (0: at once).
+    pub fn delay(&self, ms: u64) {
+        self.shared.delay_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Every span received, with its resource's attributes.

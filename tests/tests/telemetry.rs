@@ -711,7 +711,8 @@ fn otlp_http_traces_and_metrics() {
 }
 
 /// Argument and result values appear nowhere by default; with --payloads they appear with
-/// secrets redacted, in JSON lines and in spans.
+/// secrets redacted. Every output is searched: JSON lines, spans, Prometheus and OTLP
+/// metrics, and the agent's log.
 #[test]
 fn payloads_are_opt_in_and_redacted() {
     for payloads in [false, true] {
@@ -732,11 +733,24 @@ fn payloads_are_opt_in_and_redacted() {
             &dir,
         );
         let metrics = agent.metrics();
+        let log = agent.log();
         let recs = agent.stop();
         check_calls(&recs, &run, Sides::Both);
         let jsonl = std::fs::read_to_string(dir.join("out.jsonl")).unwrap();
         let spans = format!("{:?}", receiver.spans());
-        for (what, text) in [("jsonl", &jsonl), ("spans", &spans), ("metrics", &metrics)] {
+        let otlp_metrics = receiver.metrics_text();
+        assert!(
+            !otlp_metrics.is_empty() && otlp_metrics != "[]",
+            "no OTLP metrics received"
+        );
+        let outputs = [
+            ("jsonl", &jsonl),
+            ("spans", &spans),
+            ("metrics", &metrics),
+            ("OTLP metrics", &otlp_metrics),
+            ("log", &log),
+        ];
+        for (what, text) in outputs {
             for secret in ["hunter2", "terces-2retnuh", "tok-"] {
                 assert!(!text.contains(secret), "{secret} leaked into {what}");
             }
@@ -759,7 +773,7 @@ fn payloads_are_opt_in_and_redacted() {
             assert!(spans.contains("alice"));
         } else {
             assert!(login.get("arguments").is_none() && login.get("result").is_none());
-            for (what, text) in [("jsonl", &jsonl), ("spans", &spans), ("metrics", &metrics)] {
+            for (what, text) in outputs {
                 assert!(
                     !text.contains("alice"),
                     "argument value in {what} without --payloads"

@@ -4,7 +4,8 @@
 //! 1. Cost to unwatched processes: a pipe and a socket micro-benchmark with no agent, with
 //!    empty programs on mcptap's hooks (the floor), with mcptap watching other processes, and
 //!    with mcptap watching every process.
-//! 2. Overhead on watched MCP traffic: p50/p99 of back-to-back tools/call, agent off vs on.
+//! 2. Overhead on watched MCP traffic: p50/p99 of back-to-back tools/call, agent off vs on
+//!    (stdio, HTTP, and HTTPS through the OpenSSL uprobes).
 //! 3. Capacity: the highest rate with no kernel loss and every exchange correlated.
 //! 4. The userspace pipeline alone, on a recorded capture, with a profile.
 //! 5. Footprint: agent CPU and RSS under load, and RSS with 1,000 sessions open.
@@ -85,8 +86,7 @@ fn processes_named(name: &str) -> Vec<u32> {
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.trim_end() == name)
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == name)
         })
         .collect()
 }
@@ -357,6 +357,28 @@ struct Workload {
     server: Option<(Command, u16)>,
 }
 
+/// A self-signed certificate for 127.0.0.1 in `dir` (`cert.pem`, `key.pem` beside it).
+fn self_signed(dir: &Path) -> Result<PathBuf> {
+    let cert = dir.join("cert.pem");
+    let st = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-nodes", "-days", "1"])
+        .args(["-pkeyopt", "ec_paramgen_curve:prime256v1"])
+        .args(["-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("running openssl req")?;
+    if !st.success() {
+        bail!("openssl req could not make a certificate");
+    }
+    Ok(cert)
+}
+
 fn workloads(env: &Env, s: &Scale) -> Vec<Workload> {
     let node_dir = env.peers.join("node");
     let everything = "node_modules/@modelcontextprotocol/server-everything/dist/index.js";
@@ -411,6 +433,34 @@ fn workloads(env: &Env, s: &Scale) -> Vec<Workload> {
     ]
 }
 
+/// HTTPS: what the OpenSSL uprobes cost a watched round trip (libssl on both sides, mcp 2.x
+/// client and server over uvicorn's TLS).
+fn https_workload(env: &Env, s: &Scale) -> Result<Workload> {
+    let fixtures = root().join("tests").join("fixtures");
+    let py = env.peers.join("mcp2").join("bin").join("python");
+    let cert = self_signed(&env.dir)?;
+    let port = free_port();
+    let mut client = Command::new(&py);
+    client
+        .arg(fixtures.join("py_bench.py"))
+        .args([&s.calls.to_string(), &s.warmup.to_string(), "--url"])
+        .arg(format!("https://127.0.0.1:{port}/mcp"))
+        .env("SSL_CERT_FILE", &cert);
+    let mut server = Command::new(&py);
+    server
+        .arg(fixtures.join("py_server.py"))
+        .args(["--transport", "http", "--port", &port.to_string()])
+        .arg("--certfile")
+        .arg(&cert)
+        .arg("--keyfile")
+        .arg(env.dir.join("key.pem"));
+    Ok(Workload {
+        name: "Python SDK 2.x ↔ fixture server, Streamable HTTPS (OpenSSL uprobes)",
+        client,
+        server: Some((server, port)),
+    })
+}
+
 struct Latency {
     name: &'static str,
     off: (f64, f64),
@@ -436,7 +486,9 @@ const HZ: f64 = 100.0;
 
 fn latency(env: &Env, s: &Scale) -> Result<Vec<Latency>> {
     let mut out = Vec::new();
-    for mut w in workloads(env, s) {
+    let mut loads = workloads(env, s);
+    loads.push(https_workload(env, s)?);
+    for mut w in loads {
         let mut off = Vec::new();
         let mut on = Vec::new();
         let mut cpu = Vec::new();
@@ -686,7 +738,7 @@ fn replay(env: &Env, s: &Scale) -> Result<Replay> {
             .status()?;
         if st.success() {
             let out = Command::new("callgrind_annotate")
-                .args(["--inclusive=yes", "--threshold=99"])
+                .args(["--inclusive=yes", "--threshold=100"])
                 .arg(&cg)
                 .output()?;
             let text = String::from_utf8_lossy(&out.stdout);
@@ -724,6 +776,11 @@ fn replay(env: &Env, s: &Scale) -> Result<Replay> {
                 let _ = writeln!(profile, "| {pct:.1}% | `{}` |", f.replace('|', "\\|"));
             }
         }
+        if profile.is_empty() {
+            profile = "(no profile: callgrind did not produce mcptap's functions)\n".into();
+        }
+    } else if !s.smoke {
+        profile = "(no profile: valgrind is not installed)\n".into();
     }
     Ok(Replay {
         messages,
@@ -1034,7 +1091,9 @@ pub fn bench(smoke: bool) -> Result<()> {
         rate,
         verdict(rate >= 300_000.0)
     );
-    if !replay.profile.is_empty() {
+    if replay.profile.starts_with('(') {
+        let _ = writeln!(md, "{}", replay.profile);
+    } else if !replay.profile.is_empty() {
         let _ = writeln!(
             md,
             "Where the time goes (callgrind, inclusive instructions of the replay):\n\n| share | function |\n|---|---|\n{}",
@@ -1064,5 +1123,138 @@ pub fn bench(smoke: bool) -> Result<()> {
     std::fs::write(&out, &md)?;
     step(&format!("wrote {}", out.display()));
     print!("{md}");
+    Ok(())
+}
+
+/// `cargo xtask soak --minutes N`: steady real MCP load (the Python SDK 2.x client and the
+/// fixture server over stdio, and the TypeScript SDK over Streamable HTTP to server-everything,
+/// one session after another) with mcptap watching this process tree. Every 30 s it samples
+/// the agent's RSS, kernel loss and the calls it counted; at the end every call the clients
+/// made must be counted, none lost, and RSS flat. Writes target/soak.md.
+pub fn soak(minutes: u64) -> Result<()> {
+    crate::bootstrap::all()?;
+    let peers = crate::peers::install()?;
+    run(crate::cargo().args(["build", "--release", "--package", "mcptap"]))?;
+    let dir = root().join("target").join("soak");
+    std::fs::create_dir_all(&dir)?;
+    let env = Env {
+        mcptap: root().join("target/release/mcptap"),
+        peer: root().join("target/release/bench_peer"),
+        peers,
+        dir: dir.clone(),
+    };
+    let port = free_port();
+    let me = std::process::id().to_string();
+    // Watch only this process tree, so the figures are the soak's own traffic.
+    let agent = env
+        .start(State::All, port, &["--pid", &me])?
+        .expect("agent");
+    let scale = Scale {
+        calls: 1_000,
+        warmup: 0,
+        ..SMOKE
+    };
+    let mut loads = workloads(&env, &scale);
+    // The HTTP server runs for the whole soak.
+    let mut server = None;
+    for w in &mut loads {
+        if let Some((cmd, port)) = &mut w.server {
+            server = Some(Proc {
+                child: cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?,
+            });
+            while TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    let mut loads: Vec<Workload> = loads
+        .into_iter()
+        .filter(|w| !w.name.contains("TypeScript SDK ↔ server-everything, stdio"))
+        .collect();
+    let start = Instant::now();
+    let end = start + Duration::from_secs(minutes * 60);
+    let mut made = 0u64;
+    let mut samples = Vec::new();
+    let mut next_sample = start;
+    let counted = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("mcp_tool_calls_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    step(&format!("soak: {minutes} min of steady MCP load"));
+    let mut i = 0;
+    while Instant::now() < end {
+        let n = loads.len();
+        let w = &mut loads[i % n];
+        i += 1;
+        let out = w.client.output().context(w.name)?;
+        if !out.status.success() {
+            bail!(
+                "{} failed: {}",
+                w.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        made += scale.calls;
+        if Instant::now() >= next_sample {
+            next_sample += Duration::from_secs(30);
+            let text = http_get(port, "/metrics").unwrap_or_default();
+            let (_, rss, _) = agent.usage();
+            samples.push((
+                start.elapsed().as_secs(),
+                rss,
+                made,
+                counted(&text),
+                metric(&text, "mcptap_lost_events_total", &[]),
+            ));
+            step(&format!(
+                "soak: {:>4} s  RSS {} MiB  calls made {made}  counted {}",
+                start.elapsed().as_secs(),
+                rss / 1024,
+                counted(&text)
+            ));
+        }
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let text = http_get(port, "/metrics").unwrap_or_default();
+    let (_, rss, hwm) = agent.usage();
+    let total_counted = counted(&text);
+    let lost = metric(&text, "mcptap_lost_events_total", &[]);
+    samples.push((start.elapsed().as_secs(), rss, made, total_counted, lost));
+    agent.stop();
+    drop(server);
+
+    let half = samples.len() / 2;
+    let mid_rss = samples.get(half).map_or(0, |s| s.1);
+    let growth = rss as f64 / mid_rss.max(1) as f64;
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# mcptap soak\n\n{minutes} min of steady load ({}), mcptap watching the soak's process tree. {}.\n\n| s | RSS MiB | calls made | calls counted | lost events |\n|---|---|---|---|---|",
+        loads.iter().map(|w| w.name).collect::<Vec<_>>().join("; "),
+        machine()
+    );
+    for (t, rss, made, counted, lost) in &samples {
+        let _ = writeln!(
+            md,
+            "| {t} | {:.1} | {made} | {counted} | {lost} |",
+            *rss as f64 / 1024.0
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nCalls made {made}, counted {total_counted}; lost events {lost}; RSS at the end {:.1} MiB, {growth:.2}× the midpoint's; peak {:.1} MiB.",
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
+    let out = root().join("target").join("soak.md");
+    std::fs::write(&out, &md)?;
+    step(&format!("soak report: {}", out.display()));
+    if total_counted as u64 != made || lost > 0.0 || growth > 1.10 {
+        bail!(
+            "soak failed: {made} calls made, {total_counted} counted, {lost} lost events, RSS {growth:.2}× the midpoint's"
+        );
+    }
     Ok(())
 }

@@ -33,6 +33,32 @@ pub fn all() -> Result<()> {
     Ok(())
 }
 
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// cargo-fuzz, for `cargo xtask fuzz` (and the short pass `cargo xtask test` runs).
+pub fn cargo_fuzz() -> Result<()> {
+    if let Some(v) = output(Command::new("cargo-fuzz").arg("--version"))
+        && v.contains(CARGO_FUZZ_VERSION)
+    {
+        step(&format!("ok: {}", v.trim()));
+        return Ok(());
+    }
+    step(&format!(
+        "installing cargo-fuzz {CARGO_FUZZ_VERSION} (about 1 minute)"
+    ));
+    run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
+            "install",
+            "--locked",
+            "--force",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+        ]),
+    )
+    .context("installing cargo-fuzz failed")
+}
+
 fn llvm_dev() -> Result<()> {
     let pkg = format!("llvm-{LLVM_MAJOR}-dev");
     let installed = output(Command::new("dpkg-query").args(["-W", "-f=${Status}", &pkg]))

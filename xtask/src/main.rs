@@ -6,9 +6,13 @@
 //! - `peers`: install the real MCP peers the end-to-end tests drive.
 //! - `lint`: rustfmt check and clippy (the eBPF crate separately, on nightly).
 //! - `bench [--smoke]`: the benchmark suite; rewrites BENCHMARKS.md.
+//! - `fuzz [--seconds N] [TARGET...]`: every cargo-fuzz target, N seconds each.
+//! - `soak [--minutes N]`: steady real MCP load; RSS, loss and accounting over time.
 
 mod bench;
 mod bootstrap;
+mod deploy;
+mod fuzz;
 mod peers;
 
 use std::path::{Path, PathBuf};
@@ -54,6 +58,22 @@ enum Task {
         /// A quick pass that only checks the suite runs; writes target/bench-smoke.md.
         #[arg(long)]
         smoke: bool,
+    },
+    /// Steady real MCP load for N minutes with mcptap watching: RSS over time, lost events,
+    /// every call accounted for; writes target/soak.md.
+    Soak {
+        /// Minutes of load.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
+    /// Fuzz the parsers (ndjson, http, sse, mcp, record) with cargo fuzz, N seconds each,
+    /// from the seeds in agent/fuzz/seeds; a crash stops with the input that caused it.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only these targets.
+        targets: Vec<String>,
     },
 }
 
@@ -101,9 +121,14 @@ fn build(release: bool) -> Result<PathBuf> {
         .join("mcptap"))
 }
 
+/// Seconds per fuzz target in `cargo xtask test`.
+const FUZZ_SMOKE_SECONDS: u64 = 10;
+
 fn test(filter: Option<String>) -> Result<()> {
     bootstrap::all()?;
     let peers = peers::install()?;
+    step("checking the deployment files");
+    deploy::check()?;
     step("checking formatting");
     run(cargo().args(["fmt", "--all", "--check"]))
         .context("code is not formatted: run `cargo fmt --all`")?;
@@ -134,6 +159,13 @@ fn test(filter: Option<String>) -> Result<()> {
     // One agent at a time: each test starts its own mcptap watching the whole host.
     e2e.arg("--test-threads=1");
     run(&mut e2e)?;
+    if filter.is_none() {
+        // Short passes of the long-running tools, so that they cannot rot.
+        step("fuzzing every target briefly (the long runs are `cargo xtask fuzz`)");
+        fuzz::fuzz(FUZZ_SMOKE_SECONDS, &[])?;
+        step("benchmark smoke run (the full suite is `cargo xtask bench`)");
+        bench::bench(true)?;
+    }
     step("all tests passed");
     Ok(())
 }
@@ -199,6 +231,8 @@ fn main() -> ExitCode {
         Task::Peers => peers::install().map(|_| ()),
         Task::Lint => lint(),
         Task::Bench { smoke } => bench::bench(smoke),
+        Task::Fuzz { seconds, targets } => fuzz::fuzz(seconds, &targets),
+        Task::Soak { minutes } => bench::soak(minutes),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

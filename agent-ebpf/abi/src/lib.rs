@@ -22,6 +22,12 @@ pub const RECORD_EXIT: u8 = 4;
 /// Ring buffer record: the addresses of a socket, sent once when its fd is first classified;
 /// the payload is a [`SocketInfo`].
 pub const RECORD_SOCKET: u8 = 5;
+/// Ring buffer record: a TCP socket was found to carry TLS (the first bytes the kernel saw
+/// on it are a TLS record); no payload. Its ciphertext is never shipped: its plaintext comes
+/// from the OpenSSL probes as [`FLAG_TLS`] records, or not at all (another TLS library). Sent
+/// again, flagged [`FLAG_TLS`], when an SSL object is bound to the socket: from then on its
+/// plaintext is captured.
+pub const RECORD_TLS: u8 = 6;
 
 /// Direction: bytes the process read (received).
 pub const DIR_IN: u8 = 0;
@@ -45,12 +51,25 @@ pub const FLAG_LOST_BEFORE: u8 = 1 << 0;
 /// `offset + len` were not shipped (per-syscall chunk limit or a fault). `total` still says
 /// how many bytes the syscall moved.
 pub const FLAG_TRUNCATED: u8 = 1 << 1;
+/// Record flag: the payload is TLS plaintext, captured where OpenSSL's `SSL_read`/`SSL_write`
+/// returned, not the bytes of a syscall; `fd` and `inode` name the socket the TLS session
+/// runs over, so the plaintext joins that socket's streams.
+pub const FLAG_TLS: u8 = 1 << 2;
 
 /// `FdState::flags`: userspace decided this fd does not carry MCP; the kernel ships nothing
 /// more for it until it is closed or its fd is reused for another file.
 pub const FDSTATE_REJECTED: u8 = 1 << 0;
 /// `FdState::flags`: data was lost for this fd; the next record carries [`FLAG_LOST_BEFORE`].
 pub const FDSTATE_LOST: u8 = 1 << 1;
+/// `FdState::flags`: the socket carries TLS; its syscalls' bytes (ciphertext) are never
+/// shipped, though they are still looked at until an SSL object is bound to the socket.
+pub const FDSTATE_TLS: u8 = 1 << 2;
+/// `FdState::flags`: an SSL object is bound to this TLS socket (its plaintext is captured), so
+/// the socket's syscalls need no more attention than a rejected fd's.
+pub const FDSTATE_TLS_BOUND: u8 = 1 << 3;
+/// `FdState::flags`: a syscall moved data on this fd since the entry was made; the TLS check
+/// looks at the first such data only.
+pub const FDSTATE_SEEN: u8 = 1 << 4;
 
 /// Syscall that carried a [`RECORD_DATA`] record.
 pub mod syscall {
@@ -70,6 +89,10 @@ pub mod syscall {
     pub const RECVMSG: u8 = 7;
     /// sendmsg(2)
     pub const SENDMSG: u8 = 8;
+    /// OpenSSL's `SSL_read` or `SSL_read_ex` (TLS plaintext, [`super::FLAG_TLS`]).
+    pub const SSL_READ: u8 = 9;
+    /// OpenSSL's `SSL_write` or `SSL_write_ex` (TLS plaintext, [`super::FLAG_TLS`]).
+    pub const SSL_WRITE: u8 = 10;
 }
 
 /// Size of one per-CPU scratch value. The kernel refuses per-CPU values above 32 KiB.
@@ -187,6 +210,75 @@ pub struct Stash {
     pub dir: u8,
     /// Explicit padding; always zero.
     pub _pad: [u8; 2],
+}
+
+/// An OpenSSL call in flight on a thread, saved at its entry until its return, keyed by
+/// thread id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SslCall {
+    /// The `SSL *` (an identity in the process, never dereferenced).
+    pub ssl: u64,
+    /// User address of the plaintext buffer (`SSL_read`/`SSL_write`).
+    pub buf: u64,
+    /// `size_t *` out-parameter of `SSL_read_ex`/`SSL_write_ex` (bytes moved), or 0.
+    pub out: u64,
+    /// CLOCK_MONOTONIC at entry.
+    pub ts_enter_ns: u64,
+    /// [`syscall::SSL_READ`], [`syscall::SSL_WRITE`], or 0 for a handshake call
+    /// (`SSL_do_handshake`, `SSL_connect`, `SSL_accept`), which only names the SSL object
+    /// whose ciphertext `BIO_write` sees.
+    pub op: u8,
+    /// Hooked calls on this SSL object nested in this one (`SSL_connect` calls
+    /// `SSL_do_handshake`), so that only the outermost return ends it.
+    pub depth: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 6],
+}
+
+/// Key of the SSL binding map: one SSL object of one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SslKey {
+    /// Process id.
+    pub tgid: u32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
+    /// The `SSL *`.
+    pub ssl: u64,
+}
+
+/// The socket an SSL object's ciphertext was seen on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SslSocket {
+    /// Inode of the socket: a binding is only trusted while the fd still names it.
+    pub inode: u64,
+    /// File descriptor in the process.
+    pub fd: i32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
+}
+
+/// Bytes of ciphertext that identify one TLS record: the 5-byte header and 11 bytes of the
+/// encrypted (or, for hellos, random) body, which never repeat by chance.
+pub const CIPHER_KEY_BYTES: usize = 16;
+
+/// The key under which the kernel remembers ciphertext that OpenSSL handed its write BIO, and
+/// looks up the first bytes a TLS socket's write moved: the same bytes from both places bind
+/// the SSL object to the socket. Mixes the process in, so that equal bytes in two processes
+/// never meet.
+#[inline(always)]
+pub const fn cipher_key(tgid: u32, bytes: [u64; 2]) -> u64 {
+    let h = bytes[0].wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ bytes[1].rotate_left(29);
+    (h ^ ((tgid as u64) << 32 | tgid as u64)).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+}
+
+/// Whether the first bytes of a stream are a TLS record header: handshake (22) or application
+/// data (23), version 3.x (SSL 3.0 to TLS 1.3 all say 3.x on the wire).
+#[inline(always)]
+pub const fn looks_tls(b0: u8, b1: u8, b2: u8) -> bool {
+    (b0 == 0x16 || b0 == 0x17) && b1 == 3 && b2 <= 4
 }
 
 /// Field offsets inside kernel structures, resolved by userspace from the running kernel's
@@ -377,6 +469,17 @@ pub mod names {
     pub const SKIP: &str = "SKIP";
     /// Comm names to watch: hash of `[u8; 16]` to `u8`.
     pub const COMMS: &str = "COMMS";
+    /// OpenSSL calls in flight, hash of tid to [`super::SslCall`].
+    pub const SSL_CALLS: &str = "SSL_CALLS";
+    /// SSL objects bound to their sockets, LRU hash of [`super::SslKey`] to
+    /// [`super::SslSocket`].
+    pub const SSL_SOCKETS: &str = "SSL_SOCKETS";
+    /// Ciphertext OpenSSL wrote for SSL objects not yet bound, LRU hash of
+    /// [`super::cipher_key`] to [`super::SslKey`].
+    pub const CIPHER_KEYS: &str = "CIPHER_KEYS";
+    /// Program array for the TLS chunk-shipping tail call (uprobe programs cannot tail-call
+    /// the raw tracepoint's).
+    pub const TLS_TAILS: &str = "TLS_TAILS";
     /// Per-CPU counters, indexed by [`super::counter`].
     pub const COUNTERS: &str = "COUNTERS";
     /// Program array for the chunk-shipping tail call.
@@ -405,14 +508,37 @@ pub mod names {
     pub const PROG_NOOP_ENTER: &str = "noop_enter";
     /// Benchmark floor: an empty program on `raw_tp/sys_exit`.
     pub const PROG_NOOP_EXIT: &str = "noop_exit";
+    /// Tail-called program that ships the rest of a large TLS read or write.
+    pub const PROG_SSL_SHIP_MORE: &str = "ssl_ship_more";
 }
+
+/// The OpenSSL probes: (symbol, program, is a return probe). Symbols are looked up in each
+/// binary's dynamic symbol table: `SSL_*` in libssl (or a binary with OpenSSL linked in, such
+/// as `node`), `BIO_write` in libcrypto (or that same binary).
+pub const TLS_PROBES: [(&str, &str, bool); 15] = [
+    ("SSL_read", "ssl_read_enter", false),
+    ("SSL_read", "ssl_data_ret", true),
+    ("SSL_read_ex", "ssl_read_ex_enter", false),
+    ("SSL_read_ex", "ssl_data_ret", true),
+    ("SSL_write", "ssl_write_enter", false),
+    ("SSL_write", "ssl_data_ret", true),
+    ("SSL_write_ex", "ssl_write_ex_enter", false),
+    ("SSL_write_ex", "ssl_data_ret", true),
+    ("SSL_do_handshake", "ssl_handshake_enter", false),
+    ("SSL_do_handshake", "ssl_handshake_ret", true),
+    ("SSL_connect", "ssl_handshake_enter", false),
+    ("SSL_connect", "ssl_handshake_ret", true),
+    ("SSL_accept", "ssl_handshake_enter", false),
+    ("SSL_accept", "ssl_handshake_ret", true),
+    ("BIO_write", "bio_write_enter", false),
+];
 
 /// Watch byte bit: the process's comm is in `--comm`; re-evaluated at exec.
 pub const WATCH_BY_COMM: u8 = 1 << 0;
 /// Watch byte bit: the process is a `--pid` or one of its descendants; kept across exec.
 pub const WATCH_BY_PID: u8 = 1 << 1;
 
-/// Index of the one tail-call slot in `TAILS`.
+/// Index of the one tail-call slot in `TAILS` (and in `TLS_TAILS`).
 pub const TAIL_SHIP_MORE: u32 = 0;
 
 /// Slots in the skip cache (a power of two).
@@ -459,7 +585,7 @@ pub mod counter {
     pub const TRUNCATED_BYTES: u32 = 5;
     /// `bpf_probe_read_user` failures on payload.
     pub const READ_FAULTS: u32 = 6;
-    /// Data syscalls not tracked because the stash map was full.
+    /// Data syscalls (or OpenSSL calls) not tracked because their stash map was full.
     pub const STASH_FULL: u32 = 7;
     /// Syscall exits that never ran for a stashed entry (found stale at the next entry).
     pub const EXIT_MISSED: u32 = 8;
@@ -470,8 +596,24 @@ pub mod counter {
     pub const CLASSIFY_FAULTS: u32 = 10;
     /// Tail calls that failed (the rest of that syscall is lost and flagged).
     pub const TAIL_CALL_FAILED: u32 = 11;
+    /// TCP sockets found to carry TLS (their ciphertext is never shipped).
+    pub const TLS_SOCKETS: u32 = 12;
+    /// SSL objects bound to their socket (their plaintext is captured from then on).
+    pub const TLS_BINDS: u32 = 13;
+    /// `SSL_read`/`SSL_write` calls whose plaintext was not shipped because the SSL object's
+    /// socket was not known (its handshake and first writes happened before the probes).
+    pub const TLS_UNBOUND: u32 = 14;
+    /// Plaintext bytes of those calls.
+    pub const TLS_UNBOUND_BYTES: u32 = 15;
+    /// TLS reads and writes dropped because another TLS program held this CPU's shipping
+    /// buffer (possible only on kernels that preempt BPF programs).
+    pub const TLS_BUSY: u32 = 16;
+    /// `SSL_read`/`SSL_write` calls after the SSL object's socket was closed (a server writing
+    /// the end of a response its client hung up on): those bytes never travel, so they are
+    /// not shipped and not a loss.
+    pub const TLS_AFTER_CLOSE: u32 = 17;
     /// Number of counters.
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 18;
 
     /// Human names, in index order, as exported.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -487,6 +629,12 @@ pub mod counter {
         "rejected_fds",
         "classify_faults",
         "tail_call_failed",
+        "tls_sockets",
+        "tls_binds",
+        "tls_unbound_calls",
+        "tls_unbound_bytes",
+        "tls_busy",
+        "tls_after_close",
     ];
 }
 
@@ -517,6 +665,9 @@ mod user {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::SelfTest {}
     unsafe impl aya::Pod for super::SocketInfo {}
+    unsafe impl aya::Pod for super::SslCall {}
+    unsafe impl aya::Pod for super::SslKey {}
+    unsafe impl aya::Pod for super::SslSocket {}
 }
 
 #[cfg(test)]
@@ -535,6 +686,9 @@ mod tests {
         assert_eq!(size_of::<SocketInfo>(), 264);
         assert_eq!(size_of::<Config>(), 16);
         assert_eq!(size_of::<SelfTest>(), 16);
+        assert_eq!(size_of::<SslCall>(), 40);
+        assert_eq!(size_of::<SslKey>(), 16);
+        assert_eq!(size_of::<SslSocket>(), 16);
         // The ring buffer aligns records to 8 bytes; a header that is a multiple of 8 keeps
         // the payload aligned too.
         assert_eq!(HEADER_SIZE % 8, 0);
@@ -558,5 +712,27 @@ mod tests {
             (0..64).map(|fd| skip_slot(1234, fd)).collect();
         assert!(slots.iter().all(|s| *s < SKIP_SLOTS));
         assert!(slots.len() >= 60, "{} distinct slots", slots.len());
+    }
+
+    #[test]
+    fn tls_probes_name_each_program_once_per_symbol() {
+        for (i, a) in TLS_PROBES.iter().enumerate() {
+            assert!(
+                TLS_PROBES[i + 1..].iter().all(|b| (a.0, a.2) != (b.0, b.2)),
+                "{a:?} twice"
+            );
+            // Return probes are named after what they do on return.
+            assert_eq!(a.2, a.1.ends_with("_ret"), "{a:?}");
+        }
+    }
+
+    #[test]
+    fn cipher_keys_separate_processes_and_bytes() {
+        let k = cipher_key(7, [1, 2]);
+        assert_ne!(k, cipher_key(8, [1, 2]));
+        assert_ne!(k, cipher_key(7, [1, 3]));
+        assert_ne!(k, cipher_key(7, [2, 1]));
+        assert!(looks_tls(0x16, 3, 1) && looks_tls(0x17, 3, 3));
+        assert!(!looks_tls(b'{', b'"', b'j') && !looks_tls(0x16, 2, 0) && !looks_tls(0x15, 3, 3));
     }
 }

@@ -47,6 +47,8 @@ pub struct ProbeSettings {
     pub scope: Scope,
     /// Ring buffer size in bytes (a power of two, at least one page).
     pub ring_bytes: u32,
+    /// Capture TLS plaintext with uprobes on OpenSSL.
+    pub tls: bool,
 }
 
 /// What the start-up checks found, for the log and for `/ready`.
@@ -69,6 +71,8 @@ pub struct Probes {
     fds: HashMap<MapData, FdKey, FdState>,
     counters: PerCpuArray<MapData, u64>,
     prog_fds: Vec<(String, aya::programs::ProgramFd)>,
+    /// The OpenSSL probes, unless TLS capture is off or could not start.
+    tls: Option<super::tls::Tls>,
 }
 
 fn lockdown_mode() -> Option<String> {
@@ -79,27 +83,71 @@ fn lockdown_mode() -> Option<String> {
     Some(s[start + 1..end].to_string())
 }
 
-fn check_privileges() -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return Ok(());
-    }
-    let caps = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let eff = caps
+/// Capabilities (bit numbers) mcptap cannot start without: loading tracing programs and
+/// reading kernel memory from them. CAP_SYS_ADMIN stands in for both on any kernel.
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+/// Capabilities that let mcptap name every process: reading /proc/PID/fd of processes with
+/// other owners or more privileges than its own. Without them it runs, and says what it loses.
+const CAP_SYS_PTRACE: u32 = 19;
+const CAP_DAC_READ_SEARCH: u32 = 2;
+
+fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
-        .unwrap_or(0);
-    const CAP_SYS_ADMIN: u64 = 1 << 21;
-    const CAP_PERFMON: u64 = 1 << 38;
-    const CAP_BPF: u64 = 1 << 39;
-    if eff & CAP_SYS_ADMIN != 0 || (eff & CAP_BPF != 0 && eff & CAP_PERFMON != 0) {
-        return Ok(());
+        .unwrap_or(0)
+}
+
+/// The capabilities in `need` that `eff` lacks, by name.
+fn missing_caps(eff: u64, need: &[(u32, &'static str)]) -> Vec<&'static str> {
+    need.iter()
+        .filter(|(bit, _)| eff & (1 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect()
+}
+
+// Capabilities, not the uid, decide: root in a container or under capsh may lack them, and a
+// non-root user may hold them.
+fn check_privileges() -> Result<()> {
+    let eff = effective_caps();
+    let missing = if eff & (1 << CAP_SYS_ADMIN) != 0 {
+        Vec::new()
+    } else {
+        missing_caps(eff, &[(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")])
+    };
+    if !missing.is_empty() {
+        // SAFETY: geteuid has no preconditions.
+        let who = if unsafe { libc::geteuid() } == 0 {
+            "runs as root but"
+        } else {
+            "is not root and"
+        };
+        bail!(
+            "mcptap loads eBPF programs; this process {who} lacks {}: run it as root (`sudo \
+             mcptap ...`) or grant CAP_BPF and CAP_PERFMON (plus CAP_SYS_PTRACE and \
+             CAP_DAC_READ_SEARCH to name every process)",
+            missing.join(" and ")
+        );
     }
-    bail!(
-        "mcptap loads eBPF programs and must run as root (at least CAP_BPF and CAP_PERFMON): \
-         try `sudo mcptap ...`"
-    )
+    let naming = missing_caps(
+        eff,
+        &[
+            (CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),
+            (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"),
+        ],
+    );
+    if !naming.is_empty() {
+        log::warn!(
+            "without {} mcptap cannot read /proc/PID/fd of processes more privileged than \
+             itself or owned by other users: their pipes cannot be paired into sessions",
+            naming.join(" and ")
+        );
+    }
+    Ok(())
 }
 
 fn explain_load_error(e: aya::EbpfError) -> anyhow::Error {
@@ -217,6 +265,22 @@ impl Probes {
             }
         }
 
+        // After the watch map is marked: in per-pid mode the probes follow it.
+        let tls = if settings.tls {
+            match super::tls::Tls::start(&mut ebpf, !scope.is_all()) {
+                Ok(t) => {
+                    report.attached.push("uprobes@OpenSSL".to_string());
+                    Some(t)
+                }
+                Err(e) => {
+                    warn!("TLS capture disabled: {e:#}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+
         drop(kernel_btf);
         // Loading parsed the kernel's BTF several times (ours and aya's): give that memory back.
         // SAFETY: malloc_trim has no preconditions.
@@ -232,9 +296,29 @@ impl Probes {
                 fds,
                 counters,
                 prog_fds,
+                tls,
             },
             report,
         ))
+    }
+
+    /// Keep the OpenSSL probes on the processes that need them.
+    pub fn process_note(&mut self, note: super::ProcessNote) {
+        let Some(tls) = self.tls.as_mut() else {
+            return;
+        };
+        match note {
+            super::ProcessNote::Exec(pid) => tls.exec(&mut self.ebpf, pid),
+            super::ProcessNote::Exit(pid) => tls.exit(&mut self.ebpf, pid),
+            super::ProcessNote::TlsSocket(pid) => tls.tls_socket(&mut self.ebpf, pid),
+        }
+    }
+
+    /// Drop the OpenSSL probes of processes that are gone unannounced.
+    pub fn reap(&mut self) {
+        if let Some(tls) = self.tls.as_mut() {
+            tls.reap(&mut self.ebpf);
+        }
     }
 
     /// Wait until the ring buffer has data or `timeout` passes.

@@ -9,12 +9,13 @@ pub mod btf;
 pub mod kernel;
 pub mod procinfo;
 pub mod record;
+pub mod tls;
 
 use std::fmt;
 
 use mcptap_abi::{
-    DIR_OUT, EventHeader, FD_PIPE, FD_TCP, FD_UNIX, HEADER_SIZE, RECORD_CLOSE, RECORD_DATA,
-    RECORD_EXEC, RECORD_EXIT, RECORD_SOCKET, SocketInfo,
+    DIR_OUT, EventHeader, FD_PIPE, FD_TCP, FD_UNIX, FLAG_TLS, HEADER_SIZE, RECORD_CLOSE,
+    RECORD_DATA, RECORD_EXEC, RECORD_EXIT, RECORD_SOCKET, RECORD_TLS, SocketInfo,
 };
 
 /// What a kernel record says happened.
@@ -30,6 +31,20 @@ pub enum RecordKind {
     Exit,
     /// Where a socket's two ends are (payload: [`mcptap_abi::SocketInfo`]).
     Socket,
+    /// A TCP socket carries TLS: its ciphertext is not shipped.
+    Tls,
+}
+
+/// What the capture layer must hear about processes: the OpenSSL probes follow them (a new
+/// program may carry its own OpenSSL; a TLS socket may come from a library loaded late).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcessNote {
+    /// The process started a new program.
+    Exec(u32),
+    /// The process exited.
+    Exit(u32),
+    /// A TLS socket appeared in the process.
+    TlsSocket(u32),
 }
 
 /// Which way bytes moved, from the point of view of the process that made the syscall.
@@ -122,7 +137,7 @@ impl<'a> Record<'a> {
         }
         let rec = Record { hdr, data };
         match rec.kind()? {
-            RecordKind::Data | RecordKind::Close => {
+            RecordKind::Data | RecordKind::Close | RecordKind::Tls => {
                 rec.fd_kind()?;
             }
             RecordKind::Socket => {
@@ -147,6 +162,7 @@ impl<'a> Record<'a> {
             RECORD_EXEC => RecordKind::Exec,
             RECORD_EXIT => RecordKind::Exit,
             RECORD_SOCKET => RecordKind::Socket,
+            RECORD_TLS => RecordKind::Tls,
             other => return Err(RecordError::Unknown("record kind", other)),
         })
     }
@@ -158,6 +174,11 @@ impl<'a> Record<'a> {
         } else {
             Dir::In
         }
+    }
+
+    /// Whether a data record carries TLS plaintext (from OpenSSL, not a syscall).
+    pub fn is_tls(&self) -> bool {
+        self.hdr.flags & FLAG_TLS != 0
     }
 
     /// Kind of fd of a data or close record.

@@ -1,7 +1,8 @@
 //! What the host can tell about a process or a pipe, behind one trait so that the pipeline
 //! runs the same live (procfs), recorded (answers saved to the `--record` file) and replayed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -19,8 +20,23 @@ pub struct ProcInfo {
     pub exe: String,
     /// Command line.
     pub cmdline: Vec<String>,
-    /// First cgroup path.
+    /// Cgroup path: the one that names a container, else the unified hierarchy's (see
+    /// [`crate::k8s::cgroup::select`]).
     pub cgroup: String,
+    /// Container and pod derived from `cgroup`; not saved by `--record` (replay derives it
+    /// again from the path).
+    #[serde(skip)]
+    pub k8s: Option<Arc<crate::k8s::Identity>>,
+}
+
+impl ProcInfo {
+    /// Derive [`ProcInfo::k8s`] from the cgroup path.
+    pub fn with_k8s(mut self) -> Self {
+        if self.k8s.is_none() {
+            self.k8s = crate::k8s::cgroup::parse(&self.cgroup).map(Arc::new);
+        }
+        self
+    }
 }
 
 /// What kind of inode a holder holds.
@@ -124,22 +140,23 @@ impl Host for ProcHost {
     fn process(&mut self, pid: u32) -> Option<ProcInfo> {
         let p = procfs::process::Process::new(pid as i32).ok()?;
         let stat = p.stat().ok()?;
-        Some(ProcInfo {
-            pid,
-            ppid: stat.ppid.max(0) as u32,
-            comm: stat.comm,
-            exe: p
-                .exe()
-                .map(|e| e.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            cmdline: p.cmdline().unwrap_or_default(),
-            cgroup: p
-                .cgroups()
-                .ok()
-                .and_then(|c| c.into_iter().next())
-                .map(|c| c.pathname)
-                .unwrap_or_default(),
-        })
+        Some(
+            ProcInfo {
+                pid,
+                ppid: stat.ppid.max(0) as u32,
+                comm: stat.comm,
+                exe: p
+                    .exe()
+                    .map(|e| e.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                cmdline: p.cmdline().unwrap_or_default(),
+                cgroup: std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                    .map(|c| crate::k8s::cgroup::select(&c).to_string())
+                    .unwrap_or_default(),
+                k8s: None,
+            }
+            .with_k8s(),
+        )
     }
 
     fn holders(&mut self, kind: HolderKind, inode: u64) -> Vec<Holder> {
@@ -158,11 +175,28 @@ pub struct FixedHost {
     pub processes: HashMap<u32, ProcInfo>,
     /// Holders by inode.
     pub holders: HashMap<(HolderKind, u64), Vec<Holder>>,
+    /// Answers a live host gave, per pid, in the order the pipeline asked (see
+    /// [`FixedHost::recorded`]); they take precedence over `processes`.
+    sequence: HashMap<u32, VecDeque<ProcInfo>>,
+}
+
+impl FixedHost {
+    /// Add an answer saved by `--record`. A process is described again after it execs (a
+    /// wrapper that moves itself into a container's cgroup, then execs the server), so each
+    /// question gets the next answer in recorded order, and the last answer stays.
+    pub fn recorded(&mut self, info: ProcInfo) {
+        self.sequence.entry(info.pid).or_default().push_back(info);
+    }
 }
 
 impl Host for FixedHost {
     fn process(&mut self, pid: u32) -> Option<ProcInfo> {
-        self.processes.get(&pid).cloned()
+        let info = match self.sequence.get_mut(&pid) {
+            Some(q) if q.len() > 1 => q.pop_front(),
+            Some(q) => q.front().cloned(),
+            None => self.processes.get(&pid).cloned(),
+        };
+        info.map(ProcInfo::with_k8s)
     }
     fn holders(&mut self, kind: HolderKind, inode: u64) -> Vec<Holder> {
         self.holders
@@ -205,5 +239,47 @@ mod tests {
             libc::close(fds[0]);
             libc::close(fds[1]);
         }
+    }
+
+    #[test]
+    fn a_replayed_process_gets_its_container_back_from_the_path() {
+        let id = "4bdee9905cf11e6fa2c73ecb7eed4550c41bc1946a2ed47ca96c1dc79dfbbe10";
+        let uid = "8f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b";
+        let info = ProcInfo {
+            pid: 7,
+            cgroup: format!("/kubepods/besteffort/pod{uid}/{id}"),
+            ..Default::default()
+        }
+        .with_k8s();
+        // What --record saves has no k8s field; replay derives it again.
+        let saved = serde_json::to_string(&info).unwrap();
+        assert!(!saved.contains("k8s"), "{saved}");
+        let mut host = FixedHost::default();
+        // First described before it moved into the container and exec'd, then after.
+        host.recorded(ProcInfo {
+            pid: 7,
+            comm: "sh".into(),
+            cgroup: "/".into(),
+            ..Default::default()
+        });
+        host.recorded(serde_json::from_str(&saved).unwrap());
+        let before = host.process(7).unwrap();
+        assert_eq!((before.comm.as_str(), before.k8s), ("sh", None));
+        for _ in 0..2 {
+            let k = host
+                .process(7)
+                .unwrap()
+                .k8s
+                .expect("identity from the path");
+            assert_eq!(k.container_id.as_deref(), Some(id));
+            assert_eq!(k.pod_uid.as_deref(), Some(uid));
+        }
+        // This test's own process is on the host (or in whatever container runs it): its
+        // identity is exactly what its cgroup path says.
+        let me = ProcHost::default().process(std::process::id()).unwrap();
+        assert_eq!(
+            me.k8s.as_deref(),
+            crate::k8s::cgroup::parse(&me.cgroup).as_ref()
+        );
     }
 }

@@ -36,7 +36,7 @@ use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLink
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::signals::metrics::{Kind, Registry, Value, defs};
-use crate::signals::{Exchange, Signal, Sink, Status as XStatus, telemetry};
+use crate::signals::{Endpoint, Exchange, Signal, Sink, Status as XStatus, telemetry};
 
 /// Wire protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -496,6 +496,30 @@ fn register_instruments(provider: &SdkMeterProvider, registry: &Arc<Mutex<Regist
     }));
 }
 
+/// The process on one side of a span: its pid, and its container and pod when it runs in
+/// one (OpenTelemetry resource conventions for containers and Kubernetes).
+fn process_attributes(e: &Endpoint, out: &mut Vec<KeyValue>) {
+    if let Some(pid) = e.pid {
+        out.push(KeyValue::new("process.pid", pid as i64));
+    }
+    let Some(k) = e.k8s.as_deref() else {
+        return;
+    };
+    for (key, v) in [
+        ("container.id", &k.container_id),
+        ("container.runtime.name", &k.container_runtime),
+        ("k8s.pod.uid", &k.pod_uid),
+        ("k8s.pod.name", &k.pod),
+        ("k8s.namespace.name", &k.namespace),
+        ("k8s.container.name", &k.container),
+        ("k8s.node.name", &k.node),
+    ] {
+        if let Some(v) = v {
+            out.push(KeyValue::new(key, v.clone()));
+        }
+    }
+}
+
 /// W3C traceparent `00-<trace>-<span>-<flags>`.
 fn parse_traceparent(tp: &str) -> Option<(TraceId, SpanId)> {
     let mut parts = tp.trim().split('-');
@@ -588,6 +612,12 @@ pub fn spans_of(x: &Exchange, payloads: bool) -> Vec<SpanData> {
         attributes.push(KeyValue::new("network.protocol.name", "http"));
         attributes.push(KeyValue::new("network.protocol.version", "1.1"));
     }
+    if x.tls {
+        // HTTPS: still HTTP/1.1, inside TLS that mcptap saw established (the semantic
+        // conventions' tls.* attributes; the version is not known).
+        attributes.push(KeyValue::new("tls.protocol.name", "tls"));
+        attributes.push(KeyValue::new("tls.established", true));
+    }
     if let Some(h) = x.http_status {
         attributes.push(KeyValue::new("http.response.status_code", h as i64));
     }
@@ -624,11 +654,9 @@ pub fn spans_of(x: &Exchange, payloads: bool) -> Vec<SpanData> {
                 remote: bool,
                 start: u64,
                 ms: f64,
-                pid: Option<u32>| {
+                side: &Endpoint| {
         let mut attributes = attributes.clone();
-        if let Some(pid) = pid {
-            attributes.push(KeyValue::new("process.pid", pid as i64));
-        }
+        process_attributes(side, &mut attributes);
         SpanData {
             span_context: SpanContext::new(
                 trace_id,
@@ -658,22 +686,22 @@ pub fn spans_of(x: &Exchange, payloads: bool) -> Vec<SpanData> {
     let mut out = Vec::new();
     // The requester's side is the CLIENT span (the MCP client, or the server for the
     // requests it sends).
-    let (req_start, req_ms, resp_start, resp_ms, req_pid, resp_pid) = match x.requester {
+    let (req_start, req_ms, resp_start, resp_ms, req_side, resp_side) = match x.requester {
         crate::signals::Role::Server => (
             x.server_start_ns,
             x.server_duration_ms,
             x.client_start_ns,
             x.client_duration_ms,
-            x.server.pid,
-            x.client.pid,
+            &x.server,
+            &x.client,
         ),
         _ => (
             x.client_start_ns,
             x.client_duration_ms,
             x.server_start_ns,
             x.server_duration_ms,
-            x.client.pid,
-            x.server.pid,
+            &x.client,
+            &x.server,
         ),
     };
     let client_seen = req_start.is_some() && req_ms.is_some();
@@ -685,7 +713,7 @@ pub fn spans_of(x: &Exchange, payloads: bool) -> Vec<SpanData> {
             is_remote,
             start,
             ms,
-            req_pid,
+            req_side,
         ));
     }
     if let (Some(start), Some(ms)) = (resp_start, resp_ms) {
@@ -702,8 +730,98 @@ pub fn spans_of(x: &Exchange, payloads: bool) -> Vec<SpanData> {
             remote,
             start,
             ms,
-            resp_pid,
+            resp_side,
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::k8s::Identity;
+
+    fn attr(span: &SpanData, key: &str) -> Option<String> {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.as_str().into_owned())
+    }
+
+    #[test]
+    fn each_span_carries_the_container_and_pod_of_its_own_side() {
+        let pod = Identity {
+            container_id: Some("ab".repeat(32)),
+            container_runtime: Some("containerd".into()),
+            pod_uid: Some("950cff9d-7e83-4951-83dd-180d4842c861".into()),
+            pod: Some("mcp-weather-0".into()),
+            namespace: Some("agents".into()),
+            container: Some("server".into()),
+            node: Some("node-1".into()),
+        };
+        let x = Exchange {
+            ts_ns: 1,
+            transport: "stdio",
+            method: "tools/call".into(),
+            tool: Some("echo".into()),
+            id: "1".into(),
+            client: Endpoint {
+                pid: Some(10),
+                ..Default::default()
+            },
+            server: Endpoint {
+                pid: Some(20),
+                k8s: Some(std::sync::Arc::new(pod)),
+                ..Default::default()
+            },
+            client_start_ns: Some(1_000),
+            client_duration_ms: Some(2.0),
+            server_start_ns: Some(2_000),
+            server_duration_ms: Some(1.0),
+            ..Default::default()
+        };
+        let spans = spans_of(&x, false);
+        let client = spans
+            .iter()
+            .find(|s| s.span_kind == SpanKind::Client)
+            .unwrap();
+        let server = spans
+            .iter()
+            .find(|s| s.span_kind == SpanKind::Server)
+            .unwrap();
+        assert_eq!(attr(server, "process.pid").as_deref(), Some("20"));
+        assert_eq!(
+            attr(server, "k8s.pod.name").as_deref(),
+            Some("mcp-weather-0")
+        );
+        assert_eq!(
+            attr(server, "k8s.namespace.name").as_deref(),
+            Some("agents")
+        );
+        assert_eq!(
+            attr(server, "k8s.container.name").as_deref(),
+            Some("server")
+        );
+        assert_eq!(attr(server, "k8s.node.name").as_deref(), Some("node-1"));
+        assert_eq!(
+            attr(server, "k8s.pod.uid").as_deref(),
+            Some("950cff9d-7e83-4951-83dd-180d4842c861")
+        );
+        assert_eq!(attr(server, "container.id"), Some("ab".repeat(32)));
+        assert_eq!(
+            attr(server, "container.runtime.name").as_deref(),
+            Some("containerd")
+        );
+        // The client runs on the host: its span says nothing about pods.
+        assert_eq!(attr(client, "process.pid").as_deref(), Some("10"));
+        assert!(
+            client
+                .attributes
+                .iter()
+                .all(|kv| !kv.key.as_str().starts_with("k8s.")
+                    && !kv.key.as_str().starts_with("container.")),
+            "{:?}",
+            client.attributes
+        );
+    }
 }

@@ -129,21 +129,30 @@ mod tests {
         let mut r = Registry::new(10);
         r.inc(
             &defs::TOOL_CALLS,
-            &["ec\"ho", "srv", "cli", "success", "", ""],
+            &[
+                "ec\"ho",
+                "srv",
+                "cli",
+                "success",
+                "",
+                "",
+                "agents",
+                "weather-0",
+            ],
             2.0,
         );
-        r.observe(&defs::TOOL_DURATION, &["echo", "srv"], 0.0003);
+        r.observe(&defs::TOOL_DURATION, &["echo", "srv", "", ""], 0.0003);
         r.set(&defs::AGENT_RECORDS, &[], 7.0);
         let text = render(&r);
         assert!(text.contains("# TYPE mcp_tool_calls_total counter\n"));
         assert!(text.contains(
-            "mcp_tool_calls_total{tool_name=\"ec\\\"ho\",server=\"srv\",client=\"cli\",status=\"success\",error_type=\"\",error_class=\"\"} 2\n"
+            "mcp_tool_calls_total{tool_name=\"ec\\\"ho\",server=\"srv\",client=\"cli\",status=\"success\",error_type=\"\",error_class=\"\",k8s_namespace=\"agents\",k8s_pod=\"weather-0\"} 2\n"
         ));
-        assert!(text.contains("mcp_tool_call_duration_seconds_bucket{tool_name=\"echo\",server=\"srv\",le=\"0.00025\"} 0\n"));
-        assert!(text.contains("mcp_tool_call_duration_seconds_bucket{tool_name=\"echo\",server=\"srv\",le=\"0.0005\"} 1\n"));
-        assert!(text.contains("mcp_tool_call_duration_seconds_bucket{tool_name=\"echo\",server=\"srv\",le=\"+Inf\"} 1\n"));
+        assert!(text.contains("mcp_tool_call_duration_seconds_bucket{tool_name=\"echo\",server=\"srv\",k8s_namespace=\"\",k8s_pod=\"\",le=\"0.00025\"} 0\n"));
+        assert!(text.contains("mcp_tool_call_duration_seconds_bucket{tool_name=\"echo\",server=\"srv\",k8s_namespace=\"\",k8s_pod=\"\",le=\"0.0005\"} 1\n"));
+        assert!(text.contains("mcp_tool_call_duration_seconds_bucket{tool_name=\"echo\",server=\"srv\",k8s_namespace=\"\",k8s_pod=\"\",le=\"+Inf\"} 1\n"));
         assert!(text.contains(
-            "mcp_tool_call_duration_seconds_count{tool_name=\"echo\",server=\"srv\"} 1\n"
+            "mcp_tool_call_duration_seconds_count{tool_name=\"echo\",server=\"srv\",k8s_namespace=\"\",k8s_pod=\"\"} 1\n"
         ));
         assert!(text.contains("mcptap_records_total 7\n"));
         // Families without series are left out.

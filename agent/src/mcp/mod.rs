@@ -41,6 +41,12 @@ pub struct TrackerConfig {
     pub payloads: bool,
     /// Wall clock at a monotonic instant, for timestamps.
     pub clock: ClockAnchor,
+    /// Most sessions (and stateless connections) held; past it the least recently active
+    /// are ended (`session_end` reason `evicted`) and counted.
+    pub max_sessions: usize,
+    /// Most requests awaiting an answer, over all sessions; past it the oldest end as
+    /// `no_response` and are counted.
+    pub max_pending: usize,
 }
 
 impl Default for TrackerConfig {
@@ -53,6 +59,8 @@ impl Default for TrackerConfig {
             idle_ns: 3_600_000_000_000,
             payloads: false,
             clock: ClockAnchor::default(),
+            max_sessions: 20_000,
+            max_pending: 50_000,
         }
     }
 }
@@ -85,7 +93,17 @@ pub struct TrackerStats {
     pub call_timeouts: u64,
     /// Advertised input schemas that did not compile.
     pub bad_schemas: u64,
+    /// Sessions ended early because `max_sessions` were held.
+    pub evicted_sessions: u64,
+    /// Requests given up as `no_response` because `max_pending` were open.
+    pub evicted_pending: u64,
+    /// Notification views forgotten early because a session held [`SEEN_CAP`] of them.
+    pub evicted_views: u64,
 }
+
+/// Most notification and junk-line views one session remembers for pairing both sides'
+/// views; a flood past it forgets the oldest (a notification may then be reported twice).
+const SEEN_CAP: usize = 4096;
 
 /// The initialize handshake of a session.
 #[derive(Debug)]
@@ -147,6 +165,17 @@ pub struct Tracker {
     /// What happened so far.
     pub stats: TrackerStats,
     now: u64,
+}
+
+/// The `n`th smallest of `values` (1-based), or 0 when there are none: the cutoff below
+/// which the `n` oldest entries lie (ties may take a few more).
+fn nth_oldest(values: impl Iterator<Item = u64>, n: usize) -> u64 {
+    let mut v: Vec<u64> = values.collect();
+    if v.is_empty() || n == 0 {
+        return 0;
+    }
+    let i = n.min(v.len()) - 1;
+    *v.select_nth_unstable(i).1
 }
 
 /// Methods only a client sends.
@@ -261,6 +290,7 @@ impl Tracker {
         self.state(host, route, v.ts());
         let st = self.states.get_mut(&route.key).expect("just inserted");
         let s = &mut st.session;
+        s.tls |= v.tls;
 
         if let Some(m) = msg.method.as_deref() {
             if client_method(m) {
@@ -422,6 +452,7 @@ impl Tracker {
                         session: s.label(&self.procs),
                         method,
                         from,
+                        tls: s.tls,
                         client: s.endpoint(c, &self.procs),
                         server: s.endpoint(other(c), &self.procs),
                         bytes,
@@ -568,6 +599,15 @@ impl Tracker {
             }
             st.seen
                 .retain(|_, (_, last)| now.saturating_sub(*last) < 10 * grace);
+            if st.seen.len() > SEEN_CAP {
+                let before = st.seen.len();
+                let cutoff = nth_oldest(
+                    st.seen.values().map(|(_, last)| *last),
+                    before - SEEN_CAP / 2,
+                );
+                st.seen.retain(|_, (_, last)| *last > cutoff);
+                self.stats.evicted_views += (before - st.seen.len()) as u64;
+            }
             let exited = st.session.ends.iter().any(|e| e.exited_ns.is_some());
             let idle = now.saturating_sub(st.session.last_ns);
             let idle_limit = if st.is_session() {
@@ -581,6 +621,78 @@ impl Tracker {
             {
                 let reason = if exited { "process_exit" } else { "idle" };
                 self.remove_session(&key, now, reason, out);
+            }
+        }
+        self.enforce_caps(out);
+    }
+
+    /// Hold memory to the configured caps. Evicting down to 90% of a cap, not to the cap,
+    /// keeps a flood from paying for a sort on every tick.
+    fn enforce_caps(&mut self, out: &mut Vec<Signal>) {
+        let now = self.now;
+        let open: usize = self.open_exchanges();
+        if open > self.cfg.max_pending {
+            let excess = open - self.cfg.max_pending * 9 / 10;
+            let firsts = self
+                .states
+                .values()
+                .flat_map(|st| st.corr.open_iter())
+                .filter(|p| p.abandoned_ns.is_none())
+                .map(|p| p.first_seen());
+            let cutoff = nth_oldest(firsts, excess);
+            // Abandoned a settle ago: `emit_ready` ends them now, as `no_response`.
+            let at = now.saturating_sub(self.cfg.settle_ns);
+            let mut touched = Vec::new();
+            for (key, st) in self.states.iter_mut() {
+                let mut n = 0;
+                for p in st.corr.open_iter_mut() {
+                    if p.abandoned_ns.is_none() && p.first_seen() <= cutoff {
+                        p.abandoned_ns = Some(at);
+                        n += 1;
+                    }
+                }
+                if n > 0 {
+                    self.stats.evicted_pending += n;
+                    touched.push(key.clone());
+                }
+            }
+            log::warn!(
+                "{} requests open (cap {}): the oldest end as no_response",
+                open,
+                self.cfg.max_pending
+            );
+            for key in touched {
+                self.emit_ready(&key, out);
+            }
+        }
+        if self.states.len() > self.cfg.max_sessions {
+            let excess = self.states.len() - self.cfg.max_sessions * 9 / 10;
+            let cutoff = nth_oldest(self.states.values().map(|st| st.session.last_ns), excess);
+            let victims: Vec<SessionKey> = self
+                .states
+                .iter()
+                .filter(|(_, st)| st.session.last_ns <= cutoff)
+                .map(|(k, _)| k.clone())
+                .take(excess)
+                .collect();
+            log::warn!(
+                "{} sessions held (cap {}): ending the {} least recently active",
+                self.states.len(),
+                self.cfg.max_sessions,
+                victims.len()
+            );
+            let settle = self.cfg.settle_ns;
+            for key in victims {
+                if let Some(st) = self.states.get_mut(&key) {
+                    st.corr.abandon_all(now.saturating_sub(settle));
+                }
+                self.emit_ready(&key, out);
+                // Answers still waiting for their other view go with the session: counted.
+                if let Some(st) = self.states.get(&key) {
+                    self.stats.evicted_pending += st.corr.open_count() as u64;
+                }
+                self.remove_session(&key, now, "evicted", out);
+                self.stats.evicted_sessions += 1;
             }
         }
     }
@@ -1028,6 +1140,7 @@ fn build_exchange(
         server_port,
         client_address,
         client_port,
+        tls: s.tls,
         error_class: derive::error_class(
             status,
             error_code,

@@ -137,6 +137,8 @@ pub struct View {
     pub first_enter_ns: u64,
     /// Exit time of the syscall that carried the last byte.
     pub last_exit_ns: u64,
+    /// The bytes are TLS plaintext from OpenSSL (times are those of `SSL_read`/`SSL_write`).
+    pub tls: bool,
 }
 
 impl View {
@@ -257,6 +259,8 @@ pub struct Session {
     pub transport: &'static str,
     /// Negotiated protocol version.
     pub protocol_version: Option<String>,
+    /// Its messages travelled inside TLS.
+    pub tls: bool,
     /// Label used in outputs, fixed once first used.
     label: Option<String>,
     /// Monotonic time of the first message.
@@ -283,6 +287,7 @@ impl Session {
             ends,
             transport: route.transport,
             protocol_version: None,
+            tls: false,
             label: route.label.clone(),
             started_ns: now,
             last_ns: now,
@@ -375,6 +380,7 @@ impl Session {
             exe: proc.map(|p| p.exe.clone()).unwrap_or_default(),
             name: end.info.as_ref().map(|i| i.name.clone()),
             version: end.info.as_ref().map(|i| i.version.clone()),
+            k8s: proc.and_then(|p| p.k8s.clone()),
         }
     }
 }

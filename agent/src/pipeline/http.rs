@@ -129,6 +129,7 @@ impl Pipeline {
                 peer_inode: stream.peer_inode,
                 first_enter_ns: 0,
                 last_exit_ns: 0,
+                tls: stream.tls,
             },
         });
         let role = cs.http.role();

@@ -9,6 +9,10 @@
 //! [`http`]) or newline-delimited JSON (stdio, and MCP over plain sockets). Until a stream is
 //! known to carry MCP it is probing; a stream found to carry something else is rejected, and
 //! the kernel is told to stop shipping its fd.
+//!
+//! TLS plaintext from the OpenSSL probes arrives as the data of the socket it runs over, so
+//! HTTPS is framed and routed exactly as HTTP; the kernel announces TLS sockets, so that those
+//! never decrypted (another TLS library) are counted when they end.
 
 mod http;
 
@@ -18,7 +22,7 @@ use log::debug;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::capture::procinfo::Host;
-use crate::capture::{Dir, FdKind, Record, RecordKind};
+use crate::capture::{Dir, FdKind, ProcessNote, Record, RecordKind};
 use crate::mcp::message::{self, ParseError, Parsed};
 use crate::mcp::session::{Addr, Addrs, Route, SessionKey, View};
 use crate::mcp::{Tracker, TrackerConfig};
@@ -36,6 +40,8 @@ pub struct PipelineConfig {
     pub tracker: TrackerConfig,
     /// Streams with no traffic for this long are forgotten (ns).
     pub stream_idle_ns: u64,
+    /// Most streams held; past it the least recently active are forgotten and counted.
+    pub max_streams: usize,
 }
 
 impl Default for PipelineConfig {
@@ -44,6 +50,7 @@ impl Default for PipelineConfig {
             max_message_bytes: 64 << 20,
             tracker: TrackerConfig::default(),
             stream_idle_ns: 3_600_000_000_000,
+            max_streams: 100_000,
         }
     }
 }
@@ -91,6 +98,15 @@ struct Stream {
     reasm: Reassembly,
     framing: Framing,
     verdict: Verdict,
+    last_ns: u64,
+    /// Its bytes are TLS plaintext.
+    tls: bool,
+}
+
+/// A socket the kernel found to carry TLS.
+struct TlsSocket {
+    /// An SSL object is bound to it, or its plaintext arrived.
+    decrypted: bool,
     last_ns: u64,
 }
 
@@ -150,6 +166,14 @@ pub struct PipelineStats {
     pub unterminated: u64,
     /// HTTP connections whose framing could not be parsed.
     pub http_errors: u64,
+    /// Streams forgotten because `max_streams` were held.
+    pub evicted_streams: u64,
+    /// TCP sockets the kernel found to carry TLS.
+    pub tls_sockets: u64,
+    /// TLS streams that ended (closed, process exited, idle, or at stop) never matched to an
+    /// OpenSSL SSL object, or whose ciphertext reached the pipeline: another TLS library, or a
+    /// connection older than the probes.
+    pub tls_undecrypted: u64,
 }
 
 /// The whole userspace pipeline.
@@ -160,6 +184,9 @@ pub struct Pipeline {
     conns: crate::FastMap<FdKey, http::ConnState>,
     /// Socket addresses, per process fd, from the kernel's socket records.
     sockets: crate::FastMap<FdKey, SocketInfo>,
+    /// TLS sockets, per process fd.
+    tls: crate::FastMap<FdKey, TlsSocket>,
+    notes: Vec<ProcessNote>,
     /// The tracker (sessions and correlation).
     pub tracker: Tracker,
     out: Vec<Signal>,
@@ -181,6 +208,8 @@ const LOSS_COUNTERS: &[&str] = &[
     "exit_missed",
     "tail_call_failed",
     "prog_recursion_misses",
+    "tls_unbound_calls",
+    "tls_busy",
 ];
 
 fn looks_binary(b: &[u8]) -> bool {
@@ -190,8 +219,7 @@ fn looks_binary(b: &[u8]) -> bool {
 }
 
 fn looks_tls(b: &[u8]) -> bool {
-    // A TLS record header: handshake (22) or application data (23), version 3.x.
-    b.len() >= 3 && (b[0] == 0x16 || b[0] == 0x17) && b[1] == 3 && b[2] <= 4
+    b.len() >= 3 && mcptap_abi::looks_tls(b[0], b[1], b[2])
 }
 
 /// `"method":"..."` from the start of a message too long to parse whole.
@@ -254,6 +282,8 @@ impl Pipeline {
             streams: Default::default(),
             conns: Default::default(),
             sockets: Default::default(),
+            tls: Default::default(),
+            notes: Vec::new(),
             out: Vec::new(),
             rejects: Vec::new(),
             stats: PipelineStats::default(),
@@ -270,6 +300,11 @@ impl Pipeline {
     /// Streams found not to carry MCP since the last call.
     pub fn take_rejects(&mut self) -> Vec<Reject> {
         std::mem::take(&mut self.rejects)
+    }
+
+    /// What processes did since the last call that the capture layer follows.
+    pub fn take_process_notes(&mut self) -> Vec<ProcessNote> {
+        std::mem::take(&mut self.notes)
     }
 
     fn parse_opts(&self) -> message::Options {
@@ -311,8 +346,27 @@ impl Pipeline {
             RecordKind::Exec => {
                 let comm = rec.comm();
                 self.tracker.procs.exec(host, rec.hdr.tgid, &comm);
+                self.notes.push(ProcessNote::Exec(rec.hdr.tgid));
             }
-            RecordKind::Exit => self.exit(host, rec.hdr.tgid, rec.hdr.ts_exit_ns),
+            RecordKind::Exit => {
+                self.exit(host, rec.hdr.tgid, rec.hdr.ts_exit_ns);
+                self.notes.push(ProcessNote::Exit(rec.hdr.tgid));
+            }
+            RecordKind::Tls => {
+                let fk = FdKey::of(&StreamKey::of(&rec));
+                let t = self.tls.entry(fk).or_insert(TlsSocket {
+                    decrypted: false,
+                    last_ns: rec.hdr.ts_exit_ns,
+                });
+                t.last_ns = rec.hdr.ts_exit_ns;
+                if rec.is_tls() {
+                    // An SSL object is bound to it: its plaintext is captured.
+                    t.decrypted = true;
+                } else {
+                    self.stats.tls_sockets += 1;
+                    self.notes.push(ProcessNote::TlsSocket(rec.hdr.tgid));
+                }
+            }
             RecordKind::Socket => {
                 if let Some(si) = rec.socket_info() {
                     self.sockets.insert(FdKey::of(&StreamKey::of(&rec)), si);
@@ -333,8 +387,16 @@ impl Pipeline {
             framing: Framing::Undecided,
             verdict: Verdict::Probing { junk: 0 },
             last_ns: 0,
+            tls: false,
         });
         stream.last_ns = rec.hdr.ts_exit_ns;
+        if rec.is_tls() {
+            stream.tls = true;
+            if let Some(t) = self.tls.get_mut(&FdKey::of(&key)) {
+                t.decrypted = true;
+                t.last_ns = rec.hdr.ts_exit_ns;
+            }
+        }
         if stream.peer_inode == 0 {
             stream.peer_inode = rec.hdr.peer_inode;
         }
@@ -512,6 +574,7 @@ impl Pipeline {
             peer_inode: stream.peer_inode,
             first_enter_ns: 0,
             last_exit_ns: 0,
+            tls: stream.tls,
         };
         let Framing::Ndjson(framer) = &mut stream.framing else {
             return;
@@ -754,6 +817,12 @@ impl Pipeline {
         if let Some(reason) = reason {
             *self.stats.rejected.entry(reason).or_default() += 1;
         }
+        // Ciphertext that reached the pipeline (a connection older than the kernel's TLS
+        // check) is a TLS stream not decrypted; a decrypted one is done with.
+        let tls = self.tls.remove(&FdKey::of(key));
+        if reason == Some("tls") || tls.is_some_and(|t| !t.decrypted) {
+            self.stats.tls_undecrypted += 1;
+        }
         debug!(
             "stream {key:?} is not MCP ({})",
             reason.unwrap_or("see counters")
@@ -807,6 +876,22 @@ impl Pipeline {
             }
         }
         self.sockets.remove(&FdKey::of(&base));
+        self.end_tls(|k| *k == FdKey::of(&base), 0);
+    }
+
+    /// Forget the TLS sockets `gone` picks whose last news is older than `before` (0: any),
+    /// counting those never decrypted.
+    fn end_tls(&mut self, gone: impl Fn(&FdKey) -> bool, before: u64) {
+        let mut undecrypted = 0;
+        self.tls.retain(|k, t| {
+            let keep = !gone(k) || (before > 0 && t.last_ns >= before);
+            if !keep && !t.decrypted {
+                debug!("TLS socket {k:?} ended without being decrypted");
+                undecrypted += 1;
+            }
+            keep
+        });
+        self.stats.tls_undecrypted += undecrypted;
     }
 
     fn exit(&mut self, host: &mut dyn Host, tgid: u32, ts: u64) {
@@ -836,6 +921,7 @@ impl Pipeline {
             self.finish_stream(key, s, ts);
         }
         self.sockets.retain(|k, _| k.tgid != tgid);
+        self.end_tls(|k| k.tgid == tgid, 0);
         self.tracker.process_exit(tgid, ts, &mut self.out);
     }
 
@@ -847,6 +933,27 @@ impl Pipeline {
         let idle = self.cfg.stream_idle_ns;
         self.streams
             .retain(|_, s| now.saturating_sub(s.last_ns) < idle);
+        if self.streams.len() > self.cfg.max_streams {
+            // Down to 90% of the cap, so that a flood does not sort on every tick.
+            let excess = self.streams.len() - self.cfg.max_streams * 9 / 10;
+            let mut ages: Vec<(u64, StreamKey)> =
+                self.streams.iter().map(|(k, s)| (s.last_ns, *k)).collect();
+            ages.select_nth_unstable_by_key(excess - 1, |(t, _)| *t);
+            log::warn!(
+                "{} streams held (cap {}): forgetting the {excess} least recently active",
+                self.streams.len(),
+                self.cfg.max_streams
+            );
+            for (_, key) in ages.into_iter().take(excess) {
+                if let Some(s) = self.streams.remove(&key) {
+                    self.finish_stream(key, s, now);
+                }
+            }
+            self.stats.evicted_streams += excess as u64;
+        }
+        if now > idle {
+            self.end_tls(|_| true, now - idle);
+        }
         let streams = &self.streams;
         self.conns.retain(|k, _| {
             streams.contains_key(&StreamKey {
@@ -880,6 +987,17 @@ impl Pipeline {
         self.kernel_totals = totals.clone();
     }
 
+    /// Entries forgotten to hold memory to the caps, by table.
+    pub fn evictions(&self) -> BTreeMap<&'static str, u64> {
+        let t = &self.tracker.stats;
+        BTreeMap::from([
+            ("streams", self.stats.evicted_streams),
+            ("sessions", t.evicted_sessions),
+            ("pending_requests", t.evicted_pending),
+            ("notification_views", t.evicted_views),
+        ])
+    }
+
     /// The kernel counters last reported.
     pub fn kernel_totals(&self) -> &BTreeMap<String, u64> {
         &self.kernel_totals
@@ -889,6 +1007,8 @@ impl Pipeline {
     /// settle, then report what is still open.
     pub fn finish(&mut self, now: u64, grace: u64) {
         self.tick(now + grace);
+        // A TLS connection still open and never decrypted was seen and not decrypted.
+        self.end_tls(|_| true, 0);
         let open = self.tracker.open_exchanges();
         if open > 0 {
             let e = Event::new(self.wall(now), "in_flight_at_stop").with("exchanges", open as u64);
@@ -921,6 +1041,8 @@ impl Pipeline {
             "messages_truncated": s.oversize,
             "streams_unterminated": s.unterminated,
             "http_errors": s.http_errors,
+            "evictions": self.evictions(),
+            "tls": {"sockets": s.tls_sockets, "undecrypted": s.tls_undecrypted},
             "kernel": self.kernel_totals,
         })
     }
@@ -933,3 +1055,5 @@ impl Pipeline {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;

@@ -597,3 +597,346 @@ fn legacy_sse_correlates_on_the_get_stream() {
     assert_eq!(xs[0].status, Status::Ok);
     assert!(xs[0].client_duration_ms.is_some() && xs[0].server_duration_ms.is_some());
 }
+
+// ---- Bad input: each case is counted and reported, never a crash or a made-up exchange. ----
+
+/// One chunk of a syscall that moved `total` bytes, starting at `offset`, by thread `tid` of
+/// the server (its stdin).
+fn server_chunk(tid: u32, t: u64, total: usize, offset: usize, data: &[u8]) -> Vec<u8> {
+    encode_record(
+        &EventHeader {
+            record: RECORD_DATA,
+            dir: DIR_IN,
+            fd_kind: FD_PIPE,
+            tgid: SERVER,
+            tid,
+            fd: 0,
+            ts_enter_ns: t,
+            ts_exit_ns: t + 100,
+            inode: REQ_PIPE,
+            total: total as u64,
+            offset: offset as u64,
+            ..Default::default()
+        },
+        data,
+    )
+}
+
+/// `REQ`/`RESP` with another id.
+fn with_id(m: &[u8], id: &str) -> Vec<u8> {
+    String::from_utf8_lossy(m)
+        .replace("\"id\":7", &format!("\"id\":{id}"))
+        .into_bytes()
+}
+
+fn events<'a>(out: &'a [Signal], name: &str) -> Vec<&'a crate::signals::Event> {
+    out.iter()
+        .filter_map(|s| match s {
+            Signal::Event(e) if e.event == name => Some(e),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The server's view of a request line, then the response line, at time `t`.
+fn server_round(id: &str, t: u64) -> [Vec<u8>; 2] {
+    [
+        rec(SERVER, 0, DIR_IN, REQ_PIPE, t, t + 10, &with_id(REQ, id)),
+        rec(
+            SERVER,
+            1,
+            DIR_OUT,
+            RESP_PIPE,
+            t + 50,
+            t + 60,
+            &with_id(RESP, id),
+        ),
+    ]
+}
+
+/// Malformed JSON, invalid UTF-8 inside a string, and brackets that close nothing, between
+/// good messages: each bad line is one parse error and one `stream_corruption`, and the
+/// exchanges around them are whole.
+#[test]
+fn malformed_lines_are_counted_and_skipped() {
+    let bad: [&[u8]; 3] = [
+        b"{\"jsonrpc\":\"2.0\",\"id\":8,\"method\":\"tools/call\",\"params\":{\"name\":\n",
+        b"{\"jsonrpc\":\"2.0\",\"id\":8,\"method\":\"tools/call\",\"params\":{\"name\":\"\xff\xfe\"}}\n",
+        b"}}}}]]]]\n",
+    ];
+    let mut recs = Vec::new();
+    recs.extend(server_round("1", 1_000));
+    for (i, b) in bad.iter().enumerate() {
+        let t = 2_000 + i as u64 * 100;
+        recs.push(rec(SERVER, 0, DIR_IN, REQ_PIPE, t, t + 10, b));
+    }
+    recs.extend(server_round("2", 5_000));
+    let (out, p) = run(&recs, &mut host());
+    let ids: Vec<&str> = exchanges(&out).iter().map(|x| x.id.as_str()).collect();
+    assert_eq!(ids, ["1", "2"], "{out:#?}");
+    assert_eq!(p.stats.parse_errors.get("not_json"), Some(&3));
+    assert_eq!(events(&out, "stream_corruption").len(), 3);
+}
+
+/// Arguments nested 100,000 deep (valid JSON; a recursive parser would overflow its stack),
+/// with payloads on and an advertised schema, so that hashing, schema checking and redaction
+/// all meet it: the exchange is reported whole and nothing overflows.
+#[test]
+fn deeply_nested_arguments_do_not_overflow() {
+    let depth = 100_000;
+    let req = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"tools/call\",\"params\":{{\"name\":\"echo\",\"arguments\":{{\"a\":{}1{}}}}}}}\n",
+        "[".repeat(depth),
+        "]".repeat(depth)
+    );
+    let list = b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/list\"}\n";
+    let tools = b"{\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{\"tools\":[{\"name\":\"echo\",\"inputSchema\":{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"array\"}}}}]}}\n";
+    let mut p = Pipeline::new(PipelineConfig {
+        tracker: crate::mcp::TrackerConfig {
+            payloads: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let mut h = host();
+    for r in [
+        rec(SERVER, 0, DIR_IN, REQ_PIPE, 1, 2, list),
+        rec(SERVER, 1, DIR_OUT, RESP_PIPE, 3, 4, tools),
+        rec(SERVER, 0, DIR_IN, REQ_PIPE, 10, 20, req.as_bytes()),
+        rec(SERVER, 1, DIR_OUT, RESP_PIPE, 30, 40, &with_id(RESP, "3")),
+    ] {
+        p.ingest(&mut h, &r);
+    }
+    p.finish(10_000_000_000, 0);
+    let out: Vec<Signal> = p.drain_signals().collect();
+    let xs = exchanges(&out);
+    let call = xs.iter().find(|x| x.id == "3").expect("the deep call");
+    assert_eq!(call.status, Status::Ok);
+    assert_eq!(call.tool.as_deref(), Some("echo"));
+}
+
+/// A 100 MiB message, arriving as the kernel ships it (64 KiB chunks of one write), with the
+/// default 64 MiB limit: reported once as truncated with its size and method, never parsed
+/// half, and the next message is whole again. The framer never holds more than the limit.
+#[test]
+fn a_100_mib_message_is_reported_truncated() {
+    let mut p = Pipeline::new(PipelineConfig::default());
+    let mut h = host();
+    // The stream is known to carry MCP first, as it is after any handshake.
+    for r in server_round("1", 100) {
+        p.ingest(&mut h, &r);
+    }
+    let head = b"{\"jsonrpc\":\"2.0\",\"id\":5,\"method\":\"tools/call\",\"params\":{\"name\":\"echo\",\"arguments\":{\"blob\":\"";
+    let total = 100usize << 20;
+    let mut msg = Vec::with_capacity(total);
+    msg.extend_from_slice(head);
+    msg.resize(total - 5, b'x');
+    msg.extend_from_slice(b"\"}}}\n");
+    for (i, chunk) in msg.chunks(64 << 10).enumerate() {
+        p.ingest(
+            &mut h,
+            &server_chunk(SERVER, 1_000, total, i * (64 << 10), chunk),
+        );
+    }
+    drop(msg);
+    for r in server_round("6", 3_000) {
+        p.ingest(&mut h, &r);
+    }
+    p.finish(10_000_000_000, 0);
+    let out: Vec<Signal> = p.drain_signals().collect();
+    let truncated = events(&out, "message_truncated");
+    assert_eq!(truncated.len(), 1, "{out:#?}");
+    let ids: Vec<&str> = exchanges(&out).iter().map(|x| x.id.as_str()).collect();
+    assert_eq!(ids, ["1", "6"], "no exchange from the oversize message");
+    assert_eq!(p.stats.oversize, 1);
+    assert_eq!(p.stats.gaps.values().sum::<u64>(), 0, "{:?}", p.stats.gaps);
+}
+
+/// Two threads write one fd, and one thread's large write is cut by the other's: the hole is
+/// named `interleaved`, the torn message is dropped rather than glued to the other's bytes,
+/// and no exchange is invented.
+#[test]
+fn interleaved_threads_on_one_fd_are_a_gap() {
+    let mut h = host();
+    let mut p = Pipeline::new(PipelineConfig::default());
+    for r in server_round("1", 100) {
+        p.ingest(&mut h, &r);
+    }
+    let torn = with_id(REQ, "2");
+    p.ingest(
+        &mut h,
+        &server_chunk(SERVER, 1_000, torn.len(), 0, &torn[..30]),
+    );
+    // Another thread's whole read lands before the first thread's second chunk.
+    let other = with_id(REQ, "3");
+    p.ingest(
+        &mut h,
+        &server_chunk(SERVER + 1, 1_050, other.len(), 0, &other),
+    );
+    p.ingest(
+        &mut h,
+        &server_chunk(SERVER, 1_000, torn.len(), 30, &torn[30..]),
+    );
+    for r in server_round("4", 2_000) {
+        p.ingest(&mut h, &r);
+    }
+    p.finish(10_000_000_000, 0);
+    let out: Vec<Signal> = p.drain_signals().collect();
+    assert_eq!(
+        p.stats.gaps.get("interleaved"),
+        Some(&1),
+        "{:?}",
+        p.stats.gaps
+    );
+    let ids: Vec<&str> = exchanges(&out).iter().map(|x| x.id.as_str()).collect();
+    assert!(
+        !ids.contains(&"2"),
+        "an exchange from a torn message: {ids:?}"
+    );
+    assert!(ids.contains(&"1") && ids.contains(&"4"), "{ids:?}");
+}
+
+/// A response whose request was never seen, and a request id reused while the first is
+/// open: both reported as such, and neither becomes a made-up exchange.
+#[test]
+fn orphan_responses_and_duplicate_ids_are_reported() {
+    let recs = vec![
+        rec(
+            SERVER,
+            1,
+            DIR_OUT,
+            RESP_PIPE,
+            100,
+            110,
+            &with_id(RESP, "42"),
+        ),
+        rec(SERVER, 0, DIR_IN, REQ_PIPE, 200, 210, &with_id(REQ, "5")),
+        rec(SERVER, 0, DIR_IN, REQ_PIPE, 300, 310, &with_id(REQ, "5")),
+        rec(SERVER, 1, DIR_OUT, RESP_PIPE, 400, 410, &with_id(RESP, "5")),
+    ];
+    let (out, p) = run(&recs, &mut host());
+    assert_eq!(p.tracker.stats.orphan_responses, 1);
+    assert_eq!(events(&out, "orphan_response").len(), 1, "{out:#?}");
+    assert_eq!(p.tracker.stats.duplicate_ids, 1);
+    assert_eq!(events(&out, "duplicate_id").len(), 1);
+    let xs = exchanges(&out);
+    assert!(xs.iter().all(|x| x.id != "42"), "{xs:#?}");
+    assert_eq!(
+        xs.iter()
+            .filter(|x| x.id == "5" && x.status == Status::Ok)
+            .count(),
+        1,
+        "{xs:#?}"
+    );
+}
+
+/// HTTP that lies: a Content-Length longer than the body that follows, and a chunk size that
+/// is not hex. Each is counted as an HTTP framing error; nothing after the lie is parsed as a
+/// message, and no exchange is made up.
+#[test]
+fn lying_http_framing_is_counted() {
+    let mut recs = Vec::new();
+    let mut c = Conn::new(42001);
+    let mut lie = post(None, CALL);
+    let body_at = lie.len() - CALL.len();
+    let claimed = format!("Content-Length: {}", CALL.len() + 500);
+    let honest = format!("Content-Length: {}", CALL.len());
+    lie = String::from_utf8(lie)
+        .unwrap()
+        .replace(&honest, &claimed)
+        .into_bytes();
+    assert!(lie.len() > body_at);
+    // The body is short by 500 bytes; the next request's head is swallowed as body.
+    c.request(&lie).request(&post(None, CALL));
+    recs.extend(c.recs);
+    let mut c = Conn::new(42002);
+    c.request(&post(None, CALL)).response(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nevent: message\r\n\r\n",
+    );
+    recs.extend(c.recs);
+    let (out, p) = run(&recs, &mut FixedHost::default());
+    let xs = exchanges(&out);
+    assert!(
+        xs.iter().all(|x| x.status != Status::Ok),
+        "a completed exchange from lying framing: {xs:#?}"
+    );
+    assert!(p.stats.http_errors >= 1, "{:?}", p.stats);
+    assert!(p.stats.parse_errors.values().sum::<u64>() + p.stats.http_errors >= 2);
+}
+
+/// Binary garbage on a pipe that already carries MCP: counted as corruption, framing resyncs
+/// at the next newline and the next exchange is whole.
+#[test]
+fn binary_garbage_mid_stream_is_counted() {
+    let mut recs = Vec::new();
+    recs.extend(server_round("1", 100));
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+        .collect();
+    recs.push(rec(SERVER, 0, DIR_IN, REQ_PIPE, 1_000, 1_010, &garbage));
+    recs.push(rec(SERVER, 0, DIR_IN, REQ_PIPE, 1_100, 1_110, b"\n"));
+    recs.extend(server_round("2", 2_000));
+    let (out, p) = run(&recs, &mut host());
+    let ids: Vec<&str> = exchanges(&out).iter().map(|x| x.id.as_str()).collect();
+    assert_eq!(ids, ["1", "2"], "{out:#?}");
+    assert!(
+        p.stats.parse_errors.values().sum::<u64>() >= 1,
+        "{:?}",
+        p.stats
+    );
+    assert!(!events(&out, "stream_corruption").is_empty());
+}
+
+/// A flood of connections, each leaving a call unanswered, against small caps: the tables
+/// never pass their caps, every eviction is counted, and every call is accounted for, either
+/// reported as `no_response` or still open.
+#[test]
+fn caps_bound_sessions_and_pending_calls() {
+    let mut cfg = PipelineConfig::default();
+    cfg.tracker.max_sessions = 100;
+    cfg.tracker.max_pending = 50;
+    cfg.max_streams = 300;
+    let mut p = Pipeline::new(cfg);
+    let mut h = FixedHost::default();
+    let mut out = Vec::new();
+    let calls = 1_000u16;
+    for i in 0..calls {
+        let mut c = Conn::new(20_000 + i);
+        c.request(&post(None, CALL));
+        for r in &c.recs {
+            p.ingest(&mut h, r);
+        }
+        if i % 10 == 9 {
+            p.tick(c.t + 1_000_000_000);
+            out.extend(p.drain_signals());
+            assert!(
+                p.tracker.session_count() <= 100,
+                "{}",
+                p.tracker.session_count()
+            );
+            assert!(
+                p.tracker.open_exchanges() <= 50,
+                "{}",
+                p.tracker.open_exchanges()
+            );
+            assert!(p.stream_count() <= 300, "{}", p.stream_count());
+        }
+    }
+    let open = p.tracker.open_exchanges();
+    let ev = p.evictions();
+    let given_up = exchanges(&out)
+        .iter()
+        .filter(|x| x.status == Status::NoResponse)
+        .count();
+    assert_eq!(given_up + open, calls as usize, "every call accounted for");
+    assert_eq!(ev["pending_requests"], given_up as u64);
+    assert!(ev["sessions"] > 0 && ev["streams"] > 0, "{ev:?}");
+    let ended_evicted = out
+        .iter()
+        .filter(|s| {
+            matches!(s, Signal::Event(e) if e.event == "session_end"
+                && e.detail.get("reason").and_then(|r| r.as_str()) == Some("evicted"))
+        })
+        .count();
+    assert!(ended_evicted as u64 <= ev["sessions"]);
+}

@@ -86,7 +86,9 @@ pub mod defs {
             "client",
             "status",
             "error_type",
-            "error_class"
+            "error_class",
+            "k8s_namespace",
+            "k8s_pod"
         ],
         "mcp.tool.calls",
         "{call}",
@@ -96,7 +98,9 @@ pub mod defs {
             "client",
             "status",
             "error.type",
-            "error_class"
+            "error_class",
+            "k8s.namespace.name",
+            "k8s.pod.name"
         ],
         "tools/call exchanges, by outcome: status success or error; error_type the JSON-RPC code, tool_error, no_response, cancelled or http_NNN; error_class client_misuse, server_failure or other."
     );
@@ -104,10 +108,15 @@ pub mod defs {
         TOOL_DURATION,
         "mcp_tool_call_duration_seconds",
         Kind::Histogram(LATENCY),
-        ["tool_name", "server"],
+        ["tool_name", "server", "k8s_namespace", "k8s_pod"],
         "mcp.tool.call.duration",
         "s",
-        ["gen_ai.tool.name", "server"],
+        [
+            "gen_ai.tool.name",
+            "server",
+            "k8s.namespace.name",
+            "k8s.pod.name"
+        ],
         "tools/call latency: the client's view when it is watched, otherwise the server's."
     );
     def!(
@@ -184,10 +193,22 @@ pub mod defs {
         RESOURCE_READS,
         "mcp_resource_reads_total",
         Kind::Counter,
-        ["resource_uri", "server", "status"],
+        [
+            "resource_uri",
+            "server",
+            "status",
+            "k8s_namespace",
+            "k8s_pod"
+        ],
         "mcp.resource.reads",
         "{read}",
-        ["mcp.resource.uri", "server", "status"],
+        [
+            "mcp.resource.uri",
+            "server",
+            "status",
+            "k8s.namespace.name",
+            "k8s.pod.name"
+        ],
         "resources/read exchanges, by URI and outcome."
     );
     def!(
@@ -214,10 +235,22 @@ pub mod defs {
         PROMPT_GETS,
         "mcp_prompt_gets_total",
         Kind::Counter,
-        ["prompt_name", "server", "status"],
+        [
+            "prompt_name",
+            "server",
+            "status",
+            "k8s_namespace",
+            "k8s_pod"
+        ],
         "mcp.prompt.gets",
         "{get}",
-        ["gen_ai.prompt.name", "server", "status"],
+        [
+            "gen_ai.prompt.name",
+            "server",
+            "status",
+            "k8s.namespace.name",
+            "k8s.pod.name"
+        ],
         "prompts/get exchanges, by prompt and outcome."
     );
     def!(
@@ -274,20 +307,40 @@ pub mod defs {
         ERRORS,
         "mcp_errors_total",
         Kind::Counter,
-        ["code", "method", "server"],
+        ["code", "method", "server", "k8s_namespace", "k8s_pod"],
         "mcp.errors",
         "{error}",
-        ["rpc.response.status_code", "mcp.method.name", "server"],
+        [
+            "rpc.response.status_code",
+            "mcp.method.name",
+            "server",
+            "k8s.namespace.name",
+            "k8s.pod.name"
+        ],
         "JSON-RPC error responses, by code (-32700, -32600, -32601, -32602, -32603 and others)."
     );
     def!(
         REQUESTS,
         "mcp_requests_total",
         Kind::Counter,
-        ["method", "server", "status", "error_type"],
+        [
+            "method",
+            "server",
+            "status",
+            "error_type",
+            "k8s_namespace",
+            "k8s_pod"
+        ],
         "mcp.requests",
         "{request}",
-        ["mcp.method.name", "server", "status", "error.type"],
+        [
+            "mcp.method.name",
+            "server",
+            "status",
+            "error.type",
+            "k8s.namespace.name",
+            "k8s.pod.name"
+        ],
         "Every request/response exchange, by method and outcome."
     );
     def!(
@@ -338,7 +391,9 @@ pub mod defs {
             "mcp_method_name",
             "gen_ai_tool_name",
             "error_type",
-            "server"
+            "server",
+            "k8s_namespace",
+            "k8s_pod"
         ],
         "mcp.server.operation.duration",
         "s",
@@ -346,7 +401,9 @@ pub mod defs {
             "mcp.method.name",
             "gen_ai.tool.name",
             "error.type",
-            "server"
+            "server",
+            "k8s.namespace.name",
+            "k8s.pod.name"
         ],
         "Duration of MCP requests as the server saw them (OpenTelemetry MCP conventions)."
     );
@@ -429,7 +486,7 @@ pub mod defs {
         "mcptap.lost_events",
         "{event}",
         [],
-        "Events lost in the kernel (ring buffer full, stash full, missed exits, failed tail calls, skipped program runs)."
+        "Events lost in the kernel (ring buffer full, stash full, missed exits, failed tail calls, skipped program runs, a busy TLS lane)."
     );
     def!(
         AGENT_TRUNCATED,
@@ -472,6 +529,16 @@ pub mod defs {
         "Holes in MCP streams, by reason."
     );
     def!(
+        AGENT_TLS_UNDECRYPTED,
+        "mcptap_tls_undecrypted_streams_total",
+        Kind::Counter,
+        [],
+        "mcptap.tls.undecrypted_streams",
+        "{stream}",
+        [],
+        "TLS connections that ended with no plaintext captured: a TLS library other than OpenSSL (Go, rustls, Java, BoringSSL), OpenSSL without exported symbols, or a connection older than the probes."
+    );
+    def!(
         AGENT_EXPORT_FAILURES,
         "mcptap_export_failures_total",
         Kind::Counter,
@@ -500,6 +567,26 @@ pub mod defs {
         "{value}",
         ["metric", "label"],
         "Label values beyond the per-label limit, reported as \"other\"."
+    );
+    def!(
+        K8S_API_ERRORS,
+        "mcptap_k8s_api_errors_total",
+        Kind::Counter,
+        ["reason"],
+        "mcptap.k8s.api_errors",
+        "{error}",
+        ["reason"],
+        "Failed calls to the Kubernetes API server while watching this node's pods (reason: connect, tls, token, http, status, decode or timeout); pod names stay as last known."
+    );
+    def!(
+        AGENT_EVICTIONS,
+        "mcptap_evictions_total",
+        Kind::Counter,
+        ["table"],
+        "mcptap.evictions",
+        "{entry}",
+        ["table"],
+        "Entries forgotten early to hold memory to the caps (table: streams, sessions, pending_requests, notification_views); pending requests end as no_response, sessions with reason evicted."
     );
     def!(
         AGENT_SESSIONS,
@@ -560,9 +647,12 @@ pub mod defs {
         &AGENT_PARSE_ERRORS,
         &AGENT_REJECTED,
         &AGENT_GAPS,
+        &AGENT_TLS_UNDECRYPTED,
         &AGENT_EXPORT_FAILURES,
         &AGENT_EXPORT_DROPPED,
         &AGENT_LABEL_OVERFLOW,
+        &K8S_API_ERRORS,
+        &AGENT_EVICTIONS,
         &AGENT_SESSIONS,
         &AGENT_STREAMS,
     ];
@@ -838,14 +928,14 @@ mod tests {
     fn labels_are_bounded_and_overflow_counted() {
         let mut r = Registry::new(2);
         for uri in ["a", "b", "c", "d", "a"] {
-            r.inc(&defs::RESOURCE_READS, &[uri, "srv", "success"], 1.0);
+            r.inc(&defs::RESOURCE_READS, &[uri, "srv", "success", "", ""], 1.0);
         }
         assert_eq!(
-            r.value(&defs::RESOURCE_READS, &["a", "srv", "success"]),
+            r.value(&defs::RESOURCE_READS, &["a", "srv", "success", "", ""]),
             Some(2.0)
         );
         assert_eq!(
-            r.value(&defs::RESOURCE_READS, &[OTHER, "srv", "success"]),
+            r.value(&defs::RESOURCE_READS, &[OTHER, "srv", "success", "", ""]),
             Some(2.0)
         );
         assert_eq!(
@@ -861,7 +951,7 @@ mod tests {
     fn histograms_bucket_and_sum() {
         let mut r = Registry::new(10);
         for v in [0.00005, 0.0003, 400.0] {
-            r.observe(&defs::TOOL_DURATION, &["echo", "srv"], v);
+            r.observe(&defs::TOOL_DURATION, &["echo", "srv", "", ""], v);
         }
         let series = r.series(&defs::TOOL_DURATION);
         let (_, v) = series.first().unwrap();

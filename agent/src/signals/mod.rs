@@ -25,6 +25,10 @@ pub struct Endpoint {
     /// `clientInfo.version` / `serverInfo.version`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// Container and pod, when the process runs in one: written flat into the object
+    /// (`container_id`, `k8s_pod`, ...; see [`crate::k8s::Identity`]).
+    #[serde(flatten)]
+    pub k8s: Option<std::sync::Arc<crate::k8s::Identity>>,
 }
 
 /// How an exchange ended.
@@ -139,6 +143,10 @@ pub struct Exchange {
     /// Client port (TCP).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_port: Option<u16>,
+    /// The messages travelled inside TLS (HTTPS), captured as plaintext from OpenSSL; written
+    /// only when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
     /// For failures: `client_misuse`, `server_failure` or `other`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_class: Option<&'static str>,
@@ -197,6 +205,9 @@ pub struct Notification {
     pub method: String,
     /// Which role sent it.
     pub from: Role,
+    /// It travelled inside TLS; written only when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
     /// The MCP client.
     pub client: Endpoint,
     /// The MCP server.

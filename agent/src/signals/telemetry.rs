@@ -14,6 +14,18 @@ fn name(e: &Endpoint) -> &str {
     }
 }
 
+/// The namespace and pod of an endpoint's process ("" outside Kubernetes, or before the API
+/// server named it): the server side's labels on the per-request metrics.
+fn k8s_labels(e: &Endpoint) -> (&str, &str) {
+    match e.k8s.as_deref() {
+        Some(k) => (
+            k.namespace.as_deref().unwrap_or(""),
+            k.pod.as_deref().unwrap_or(""),
+        ),
+        None => ("", ""),
+    }
+}
+
 fn endpoint_name(v: Option<&serde_json::Value>) -> String {
     let Some(v) = v else {
         return "unknown".into();
@@ -54,6 +66,7 @@ fn direction(from: Role) -> &'static str {
 fn exchange(r: &mut Registry, x: &Exchange) {
     let server = name(&x.server);
     let client = name(&x.client);
+    let (ns, pod) = k8s_labels(&x.server);
     let (status, error_type) = outcome(x);
     let class = x.error_class.unwrap_or("");
     let secs = |ms: f64| ms / 1000.0;
@@ -61,11 +74,11 @@ fn exchange(r: &mut Registry, x: &Exchange) {
         ("tools/call", Some(tool), ..) => {
             r.inc(
                 &defs::TOOL_CALLS,
-                &[tool, server, client, status, &error_type, class],
+                &[tool, server, client, status, &error_type, class, ns, pod],
                 1.0,
             );
             if let Some(d) = x.duration_ms {
-                r.observe(&defs::TOOL_DURATION, &[tool, server], secs(d));
+                r.observe(&defs::TOOL_DURATION, &[tool, server, ns, pod], secs(d));
             }
             if let Some(t) = x.result_tokens_est {
                 r.observe(&defs::TOOL_TOKENS, &[tool, server], t as f64);
@@ -84,7 +97,7 @@ fn exchange(r: &mut Registry, x: &Exchange) {
             }
         }
         ("resources/read", _, Some(uri), _) => {
-            r.inc(&defs::RESOURCE_READS, &[uri, server, status], 1.0);
+            r.inc(&defs::RESOURCE_READS, &[uri, server, status, ns, pod], 1.0);
             if let Some(b) = x.content_bytes {
                 r.observe(&defs::RESOURCE_BYTES, &[server], b as f64);
             }
@@ -93,17 +106,21 @@ fn exchange(r: &mut Registry, x: &Exchange) {
             }
         }
         ("prompts/get", _, _, Some(prompt)) => {
-            r.inc(&defs::PROMPT_GETS, &[prompt, server, status], 1.0);
+            r.inc(&defs::PROMPT_GETS, &[prompt, server, status, ns, pod], 1.0);
         }
         _ => {}
     }
     r.inc(
         &defs::REQUESTS,
-        &[&x.method, server, status, &error_type],
+        &[&x.method, server, status, &error_type, ns, pod],
         1.0,
     );
     if let Some(code) = x.error_code {
-        r.inc(&defs::ERRORS, &[&code.to_string(), &x.method, server], 1.0);
+        r.inc(
+            &defs::ERRORS,
+            &[&code.to_string(), &x.method, server, ns, pod],
+            1.0,
+        );
     }
     let tool = x.tool.as_deref().unwrap_or("");
     if let Some(d) = x.client_duration_ms {
@@ -116,7 +133,7 @@ fn exchange(r: &mut Registry, x: &Exchange) {
     if let Some(d) = x.server_duration_ms {
         r.observe(
             &defs::SERVER_OPERATION,
-            &[&x.method, tool, &error_type, server],
+            &[&x.method, tool, &error_type, server, ns, pod],
             secs(d),
         );
     }
@@ -230,6 +247,8 @@ pub struct AgentTotals<'a> {
     pub rejected: Option<&'a BTreeMap<&'static str, u64>>,
     /// Stream gaps by reason.
     pub gaps: Option<&'a BTreeMap<&'static str, u64>>,
+    /// TLS streams with no plaintext captured.
+    pub tls_undecrypted: u64,
     /// Kernel counters.
     pub kernel: Option<&'a BTreeMap<String, u64>>,
     /// Open tools/call by (tool, server).
@@ -242,6 +261,8 @@ pub struct AgentTotals<'a> {
     pub tracked_streams: u64,
     /// Export failures and drops by exporter.
     pub export: BTreeMap<&'static str, (u64, u64)>,
+    /// Entries evicted to hold the memory caps, by table.
+    pub evictions: BTreeMap<&'static str, u64>,
 }
 
 /// Kernel counters that mean an event was lost.
@@ -251,6 +272,7 @@ const LOST: &[&str] = &[
     "exit_missed",
     "tail_call_failed",
     "prog_recursion_misses",
+    "tls_busy",
 ];
 
 /// Refresh gauges and the agent's own totals.
@@ -258,6 +280,7 @@ pub fn agent(r: &mut Registry, t: &AgentTotals<'_>) {
     r.set(&defs::AGENT_RECORDS, &[], t.records as f64);
     r.set(&defs::AGENT_BYTES, &[], t.bytes as f64);
     r.set(&defs::AGENT_TRUNCATED, &[], t.truncated as f64);
+    r.set(&defs::AGENT_TLS_UNDECRYPTED, &[], t.tls_undecrypted as f64);
     for (def, map) in [
         (&defs::AGENT_PARSE_ERRORS, t.parse_errors),
         (&defs::AGENT_REJECTED, t.rejected),
@@ -286,6 +309,9 @@ pub fn agent(r: &mut Registry, t: &AgentTotals<'_>) {
             (vec![transport.to_string(), server.clone()], *n as f64)
         }),
     );
+    for (table, n) in &t.evictions {
+        r.set(&defs::AGENT_EVICTIONS, &[table], *n as f64);
+    }
     r.set(&defs::AGENT_SESSIONS, &[], t.tracked_sessions as f64);
     r.set(&defs::AGENT_STREAMS, &[], t.tracked_streams as f64);
     for (exporter, (failed, dropped)) in &t.export {

@@ -46,6 +46,8 @@ pub struct Parser {
     id: Option<String>,
     event_start_ns: Option<u64>,
     oversize: Option<u64>,
+    /// Bytes of the current line past [`Parser::line_limit`], dropped.
+    line_dropped: u64,
     max: usize,
     /// Comment lines seen (`: ping`).
     pub comments: u64,
@@ -64,9 +66,24 @@ impl Parser {
             id: None,
             event_start_ns: None,
             oversize: None,
+            line_dropped: 0,
             max,
             comments: 0,
         }
+    }
+
+    /// The longest line kept: a data line of `max` bytes with its field name. Longer lines
+    /// are judged by their length alone, however they were split.
+    fn line_limit(&self) -> usize {
+        self.max.saturating_add(16)
+    }
+
+    /// Keep what fits of `piece` in the current line, counting the rest as dropped.
+    fn keep(&mut self, piece: &[u8]) {
+        let room = self.line_limit().saturating_sub(self.line.len());
+        let n = piece.len().min(room);
+        self.line.extend_from_slice(&piece[..n]);
+        self.line_dropped += (piece.len() - n) as u64;
     }
 
     /// Feed bytes one syscall moved.
@@ -93,11 +110,11 @@ impl Parser {
                     let piece = &bytes[..i];
                     self.after_cr = bytes[i] == b'\r';
                     bytes = &bytes[i + 1..];
-                    if self.line.is_empty() {
+                    if self.line.is_empty() && piece.len() <= self.line_limit() {
                         self.line_done(piece, exit_ns, &mut emit);
                     } else {
+                        self.keep(piece);
                         let mut line = std::mem::take(&mut self.line);
-                        line.extend_from_slice(piece);
                         self.line_done(&line, exit_ns, &mut emit);
                         line.clear();
                         self.line = line;
@@ -106,11 +123,7 @@ impl Parser {
                 }
                 None => {
                     // Keep at most what a field line can usefully hold.
-                    if self.line.len() < self.max.saturating_add(16) {
-                        self.line.extend_from_slice(bytes);
-                    } else {
-                        self.oversize = Some(self.oversize.unwrap_or(0) + bytes.len() as u64);
-                    }
+                    self.keep(bytes);
                     bytes = &[];
                 }
             }
@@ -119,6 +132,20 @@ impl Parser {
 
     fn line_done(&mut self, line: &[u8], exit_ns: u64, emit: &mut impl FnMut(Output<'_>)) {
         let start = self.line_start_ns.unwrap_or(exit_ns);
+        let total = line.len() as u64 + std::mem::take(&mut self.line_dropped);
+        if total > self.line_limit() as u64 {
+            // Too long to hold: a data line makes the event oversize; any other field (event
+            // name, id) that long is not one a server means, and is ignored.
+            if line.starts_with(b"data:") {
+                if self.event_start_ns.is_none() {
+                    self.event_start_ns = Some(start);
+                }
+                self.oversize = Some(self.oversize.unwrap_or(0) + self.data.len() as u64 + total);
+                self.data.clear();
+                self.has_data = true;
+            }
+            return;
+        }
         if line.is_empty() {
             self.dispatch(exit_ns, emit);
             return;

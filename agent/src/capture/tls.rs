@@ -1,0 +1,537 @@
+//! Where OpenSSL lives, and the uprobes that capture TLS plaintext from it.
+//!
+//! The kernel programs (`ssl_*`, `bio_write_enter`) go on the functions named in
+//! [`mcptap_abi::TLS_PROBES`], in every binary that exports them: the shared `libssl` and
+//! `libcrypto` (Python, curl), or a program with OpenSSL linked in (`node`). A uprobe is set on
+//! an inode, so one library reached through several paths or mount namespaces is one target,
+//! identified by (device, inode).
+//!
+//! Watching every process, each such binary is probed once for all processes: the system's
+//! OpenSSL libraries and whatever the running processes have mapped at start, then each new
+//! program at its exec. With `--comm`/`--pid` the probes are set per watched process instead,
+//! so unwatched processes never take the uprobe trap: the system libraries (a process may load
+//! them later, as Python loads `_ssl` on first use) and what the process has mapped. A TLS
+//! socket in a process whose OpenSSL was not probed yet (a library loaded from an unusual
+//! path, a child that forked without exec) brings a fresh look at its mappings, so its later
+//! connections are covered.
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU32;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use anyhow::{Context as _, Result};
+use aya::Ebpf;
+use aya::maps::{Array, MapData, ProgramArray};
+use aya::programs::UProbe;
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
+use log::{debug, info};
+use mcptap_abi::{TAIL_SHIP_MORE, TLS_PROBES, names};
+use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+
+/// A file's identity: what a uprobe is really attached to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+/// File offsets of the probed symbols a binary exports.
+type Offsets = Rc<Vec<(&'static str, u64)>>;
+
+/// The symbols probed, each once.
+fn probed_symbols() -> Vec<&'static str> {
+    let mut v: Vec<&str> = Vec::new();
+    for (symbol, _, _) in TLS_PROBES {
+        if !v.contains(&symbol) {
+            v.push(symbol);
+        }
+    }
+    v
+}
+
+/// A file mapped read-only: the symbol tables of a 100 MB `node` are read in place, without
+/// a copy and without a read per symbol name.
+struct Mapped {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapped {
+    fn open(path: &Path) -> std::io::Result<Mapped> {
+        use std::os::fd::AsRawFd as _;
+        let file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len() as usize;
+        if len == 0 {
+            return Err(std::io::ErrorKind::InvalidData.into());
+        }
+        // SAFETY: a fresh private read-only mapping of a file we opened; unmapped on drop.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Mapped { ptr, len })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `len` readable bytes at `ptr` for as long as the mapping lives.
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `open`.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
+/// File offsets of the probed functions that `path` exports in its dynamic symbol table (the
+/// offset is what a uprobe is set at: the symbol's address translated through its section).
+fn exported_offsets(path: &Path) -> Result<Vec<(&'static str, u64)>> {
+    let data = Mapped::open(path)?;
+    let obj = object::File::parse(data.bytes())?;
+    let wanted = probed_symbols();
+    let mut out = Vec::new();
+    for sym in obj.dynamic_symbols() {
+        if !sym.is_definition() {
+            continue;
+        }
+        let Ok(name) = sym.name() else { continue };
+        let Some(&wanted) = wanted.iter().find(|w| **w == name) else {
+            continue;
+        };
+        let Some(index) = sym.section_index() else {
+            continue;
+        };
+        let section = obj.section_by_index(index)?;
+        let Some((offset, _)) = section.file_range() else {
+            continue;
+        };
+        out.push((wanted, sym.address() - section.address() + offset));
+    }
+    Ok(out)
+}
+
+/// Whether what a binary exports is worth probing: the data functions of libssl, or the write
+/// BIO of libcrypto (which binds SSL objects to sockets).
+fn worth_probing(offsets: &[(&str, u64)]) -> bool {
+    let has = |s: &str| offsets.iter().any(|(n, _)| *n == s);
+    (has("SSL_read") && has("SSL_write")) || has("BIO_write")
+}
+
+/// Whether a mapped library may hold OpenSSL (the system's, or a copy bundled by a package,
+/// e.g. `libssl-1a2b3c.so.3`). Executables are always looked at: OpenSSL may be linked in.
+fn maybe_openssl(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.contains("ssl") || name.contains("crypto")
+}
+
+/// The executable mappings of `pid` that may hold OpenSSL, as paths through the process's own
+/// root (right inside a container too).
+fn mapped_libraries(pid: u32) -> Vec<PathBuf> {
+    let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = Vec::new();
+    for line in maps.lines() {
+        // address perms offset dev inode path
+        let mut f = line.split_whitespace();
+        let perms = f.nth(1).unwrap_or("");
+        let path = f.nth(3).unwrap_or("");
+        if !perms.contains('x') || !path.starts_with('/') || line.ends_with("(deleted)") {
+            continue;
+        }
+        if maybe_openssl(path) {
+            let p = PathBuf::from(format!("/proc/{pid}/root{path}"));
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// The program `pid` runs, through its own root (right inside a container too), or through
+/// ours if the process has gone meanwhile (its binary is still worth probing for the next run).
+fn program(pid: u32) -> Option<PathBuf> {
+    let target = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let own = PathBuf::from(format!("/proc/{pid}/root{}", target.display()));
+    if own.exists() {
+        Some(own)
+    } else {
+        target.exists().then_some(target)
+    }
+}
+
+/// The system's OpenSSL libraries: `libssl.so*` and `libcrypto.so*` in the usual library
+/// directories.
+fn system_libraries() -> Vec<PathBuf> {
+    let triplet = format!("{}-linux-gnu", std::env::consts::ARCH);
+    let mut dirs = vec![
+        PathBuf::from("/lib"),
+        PathBuf::from("/lib64"),
+        PathBuf::from("/usr/lib"),
+        PathBuf::from("/usr/lib64"),
+        PathBuf::from("/usr/local/lib"),
+        PathBuf::from("/usr/local/lib64"),
+    ];
+    dirs.push(Path::new("/lib").join(&triplet));
+    dirs.push(Path::new("/usr/lib").join(&triplet));
+    let mut out = Vec::new();
+    for d in dirs {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if (name.starts_with("libssl.so") || name.starts_with("libcrypto.so"))
+                && e.path().is_file()
+            {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// The probes attached to one file, by program.
+type Links = Vec<(&'static str, UProbeLinkId)>;
+
+/// Who a set of links was attached for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Owner {
+    /// Every process (all-process mode).
+    All,
+    /// One process (`--comm`/`--pid`).
+    Pid(u32),
+}
+
+/// The OpenSSL probes: which binaries have been looked at, and what is attached where.
+pub struct Tls {
+    per_pid: bool,
+    /// Every file looked at, and its offsets when it has OpenSSL functions.
+    examined: HashMap<FileId, Option<Offsets>>,
+    /// The system libraries with OpenSSL (probed for every watched process in per-pid mode).
+    system: Vec<(FileId, PathBuf)>,
+    /// Files attached, per owner, with their links (empty when attaching failed: not retried).
+    links: HashMap<Owner, HashMap<FileId, Links>>,
+    /// Files probed and attempts refused, for the start-up verdict.
+    probed: usize,
+    refused: Option<anyhow::Error>,
+    /// When each process's mappings were last looked at because of a TLS socket: a busy
+    /// HTTPS server opens many, and its libraries rarely change.
+    rescanned: HashMap<u32, std::time::Instant>,
+}
+
+/// How long a TLS socket does not bring another look at the same process's mappings.
+const RESCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Tls {
+    /// Load the TLS programs, fill their tail-call slot, and probe OpenSSL where the processes
+    /// in scope have it. `per_pid` means `--comm`/`--pid` narrowed the scope: the watched
+    /// processes are those the kernel's watch map marks.
+    pub fn start(ebpf: &mut Ebpf, per_pid: bool) -> Result<Tls> {
+        let mut loaded = HashSet::new();
+        for (_, prog, _) in TLS_PROBES {
+            if loaded.insert(prog) {
+                uprobe(ebpf, prog)?
+                    .load()
+                    .with_context(|| format!("the kernel's verifier rejected {prog}"))?;
+            }
+        }
+        {
+            let more = uprobe(ebpf, names::PROG_SSL_SHIP_MORE)?;
+            more.load()
+                .context("the kernel's verifier rejected ssl_ship_more")?;
+            let fd = more.fd()?.try_clone()?;
+            let mut tails =
+                ProgramArray::try_from(ebpf.map_mut(names::TLS_TAILS).context("TLS_TAILS")?)?;
+            tails.set(TAIL_SHIP_MORE, &fd, 0)?;
+        }
+        let mut tls = Tls {
+            per_pid,
+            examined: HashMap::new(),
+            system: Vec::new(),
+            links: HashMap::new(),
+            probed: 0,
+            refused: None,
+            rescanned: HashMap::new(),
+        };
+        for path in system_libraries() {
+            if let Some(id) = tls.examine(&path)
+                && tls.examined[&id].is_some()
+                && !tls.system.iter().any(|(s, _)| *s == id)
+            {
+                tls.system.push((id, path));
+            }
+        }
+        let pids: Vec<u32> = std::fs::read_dir("/proc")
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if per_pid {
+            let watch: Array<&MapData, u64> =
+                Array::try_from(ebpf.map(names::WATCH).context("WATCH map")?)?;
+            let watched: Vec<u32> = pids
+                .into_iter()
+                .filter(|&pid| {
+                    let word = watch.get(&(pid / 8), 0).unwrap_or(0);
+                    (word >> ((pid % 8) * 8)) & 0xff != 0
+                })
+                .collect();
+            for pid in watched {
+                tls.process(ebpf, pid);
+            }
+        } else {
+            for (id, path) in tls.system.clone() {
+                tls.attach(ebpf, Owner::All, id, &path);
+            }
+            let me = std::process::id();
+            for pid in pids.into_iter().filter(|p| *p != me) {
+                tls.process(ebpf, pid);
+            }
+        }
+        if let (0, Some(e)) = (tls.probed, tls.refused.take()) {
+            // Nothing could be probed (perf_event_open of a uprobe wants CAP_SYS_ADMIN on
+            // some kernels): say so once instead of at every process.
+            tls.exit_all(ebpf);
+            return Err(e.context(
+                "the kernel refused every uprobe on OpenSSL (perf_event_open of a uprobe may \
+                 need CAP_SYS_ADMIN)",
+            ));
+        }
+        info!(
+            "TLS: OpenSSL probed in {} binaries ({})",
+            tls.probed,
+            if per_pid {
+                "per watched process"
+            } else {
+                "for every process"
+            }
+        );
+        Ok(tls)
+    }
+
+    /// Identify `path` and look at its symbols once; returns its identity.
+    fn examine(&mut self, path: &Path) -> Option<FileId> {
+        let meta = std::fs::metadata(path).ok()?;
+        let id = FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
+        self.examined
+            .entry(id)
+            .or_insert_with(|| match exported_offsets(path) {
+                Ok(offsets) if worth_probing(&offsets) => {
+                    debug!("TLS: {} exports {offsets:?}", path.display());
+                    Some(Rc::new(offsets))
+                }
+                Ok(_) => None,
+                Err(e) => {
+                    debug!("TLS: cannot read {}: {e}", path.display());
+                    None
+                }
+            });
+        Some(id)
+    }
+
+    /// Probe the OpenSSL of process `pid` (its program and the libraries it maps now, plus
+    /// the system's in per-pid mode) wherever that is not done yet.
+    fn process(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        let mut files = Vec::new();
+        let mut paths = mapped_libraries(pid);
+        paths.extend(program(pid));
+        for path in paths {
+            if let Some(id) = self.examine(&path) {
+                files.push((id, path));
+            }
+        }
+        let owner = if self.per_pid {
+            files.extend(self.system.iter().cloned());
+            Owner::Pid(pid)
+        } else {
+            Owner::All
+        };
+        for (id, path) in files {
+            self.attach(ebpf, owner, id, &path);
+        }
+    }
+
+    /// Detach everything.
+    fn exit_all(&mut self, ebpf: &mut Ebpf) {
+        for links in std::mem::take(&mut self.links).into_values() {
+            detach(ebpf, links.into_values().flatten());
+        }
+    }
+
+    /// Attach the probes to file `id`, reached now at `path`, for `owner`, once.
+    fn attach(&mut self, ebpf: &mut Ebpf, owner: Owner, id: FileId, path: &Path) {
+        let Some(Some(offsets)) = self.examined.get(&id).cloned() else {
+            return;
+        };
+        let done = self.links.entry(owner).or_default();
+        if done.contains_key(&id) {
+            return;
+        }
+        let scope = match owner {
+            Owner::All => UProbeScope::AllProcesses,
+            Owner::Pid(pid) => match NonZeroU32::new(pid) {
+                Some(p) => UProbeScope::OneProcess(p),
+                None => return,
+            },
+        };
+        let started = std::time::Instant::now();
+        let mut links = Vec::new();
+        for (symbol, prog, _) in TLS_PROBES {
+            let Some(&(_, offset)) = offsets.iter().find(|(s, _)| *s == symbol) else {
+                continue;
+            };
+            let attached = uprobe(ebpf, prog).and_then(|p| {
+                p.attach(UProbeAttachLocation::AbsoluteOffset(offset), path, scope)
+                    .map_err(anyhow::Error::from)
+            });
+            match attached {
+                Ok(link) => links.push((prog, link)),
+                Err(e) => {
+                    // All or nothing: an entry probe without its return probe would leave
+                    // calls open. Not retried (the process is gone, or it is not permitted).
+                    detach(ebpf, links);
+                    done.insert(id, Vec::new());
+                    let e = e.context(format!(
+                        "probing {symbol} in {} for {owner:?}",
+                        path.display()
+                    ));
+                    debug!("TLS: {e:#}");
+                    self.refused.get_or_insert(e);
+                    return;
+                }
+            }
+        }
+        debug!(
+            "TLS: {} probes on {} for {owner:?} in {:?}",
+            links.len(),
+            path.display(),
+            started.elapsed()
+        );
+        done.insert(id, links);
+        self.probed += 1;
+    }
+
+    /// A watched process started a new program: probe it if it carries OpenSSL.
+    pub fn exec(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        self.process(ebpf, pid);
+    }
+
+    /// A TLS socket appeared in `pid`: its OpenSSL may be somewhere not probed yet.
+    pub fn tls_socket(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        let now = std::time::Instant::now();
+        if self
+            .rescanned
+            .get(&pid)
+            .is_some_and(|t| now.duration_since(*t) < RESCAN_EVERY)
+        {
+            return;
+        }
+        self.rescanned.insert(pid, now);
+        self.process(ebpf, pid);
+    }
+
+    /// A watched process exited: its own probes go (per-pid mode).
+    pub fn exit(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        self.rescanned.remove(&pid);
+        if let Some(files) = self.links.remove(&Owner::Pid(pid)) {
+            detach(ebpf, files.into_values().flatten());
+        }
+    }
+
+    /// Drop the probes of processes that are gone without an exit record (one that left the
+    /// scope by exec).
+    pub fn reap(&mut self, ebpf: &mut Ebpf) {
+        self.rescanned.retain(|_, t| t.elapsed() < RESCAN_EVERY);
+        let gone: Vec<u32> = self
+            .links
+            .keys()
+            .filter_map(|o| match o {
+                Owner::Pid(pid) if !Path::new(&format!("/proc/{pid}")).exists() => Some(*pid),
+                _ => None,
+            })
+            .collect();
+        for pid in gone {
+            self.exit(ebpf, pid);
+        }
+    }
+}
+
+fn detach(ebpf: &mut Ebpf, links: impl IntoIterator<Item = (&'static str, UProbeLinkId)>) {
+    for (prog, link) in links {
+        if let Ok(p) = uprobe(ebpf, prog) {
+            let _ = p.detach(link);
+        }
+    }
+}
+
+fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("{name} program missing"))?
+        .try_into()
+        .with_context(|| format!("{name} is not a uprobe program"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_openssl_in_the_system_libraries() {
+        let libs = system_libraries();
+        let Some(ssl) = libs.iter().find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libssl.so.3"))
+        }) else {
+            // No OpenSSL 3 on this machine: nothing to check.
+            return;
+        };
+        let offsets = exported_offsets(ssl).unwrap();
+        assert!(worth_probing(&offsets), "{offsets:?}");
+        for sym in [
+            "SSL_read",
+            "SSL_read_ex",
+            "SSL_write",
+            "SSL_write_ex",
+            "SSL_do_handshake",
+        ] {
+            assert!(
+                offsets.iter().any(|(s, _)| *s == sym),
+                "{sym} in {offsets:?}"
+            );
+        }
+        // libssl calls BIO_write, libcrypto defines it.
+        assert!(!offsets.iter().any(|(s, _)| *s == "BIO_write"));
+    }
+
+    #[test]
+    fn only_openssl_like_mappings_are_examined() {
+        assert!(maybe_openssl("/usr/lib/x86_64-linux-gnu/libssl.so.3"));
+        assert!(maybe_openssl(
+            "/venv/lib/python3.11/site-packages/x.libs/libcrypto-1a2b.so.3"
+        ));
+        assert!(!maybe_openssl("/usr/lib/x86_64-linux-gnu/libc.so.6"));
+        assert!(!worth_probing(&[("SSL_read", 1)]));
+        assert!(worth_probing(&[("BIO_write", 1)]));
+    }
+}

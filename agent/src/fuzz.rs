@@ -1,0 +1,371 @@
+//! Fuzz entry points. Each takes arbitrary bytes, drives one stage of the pipeline, and panics
+//! only when an invariant breaks: a crash, a frame or event that depends on how the bytes were
+//! split into syscalls, a buffer past its bound, or an exchange made up from halves that never
+//! were one.
+//!
+//! `agent/fuzz` (cargo fuzz) calls these, and `agent/tests/fuzz_regressions.rs` replays every
+//! input that ever broke one, so a fixed crash stays fixed.
+
+use std::collections::BTreeSet;
+use std::io::Cursor;
+
+use mcptap_abi::{
+    DIR_IN, DIR_OUT, EventHeader, FD_PIPE, FLAG_LOST_BEFORE, RECORD_DATA, RECORD_EXIT,
+};
+
+use crate::capture::procinfo::{FixedHost, Holder, HolderKind, ProcInfo};
+use crate::capture::{Dir, encode_record, record};
+use crate::pipeline::{Pipeline, PipelineConfig};
+use crate::signals::{Signal, Status};
+use crate::wire::{http, ndjson, sse};
+
+/// Chunk sizes from a seed: a small generator, so the same input always splits the same way.
+struct Chunks(u32);
+
+impl Chunks {
+    fn next(&mut self, max: usize) -> usize {
+        self.0 = self.0.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        1 + (self.0 >> 16) as usize % max.max(1)
+    }
+
+    /// `data` in pieces of 1..=`max` bytes.
+    fn split<'a>(&mut self, data: &'a [u8], max: usize) -> Vec<&'a [u8]> {
+        let mut out = Vec::new();
+        let mut rest = data;
+        while !rest.is_empty() {
+            let n = self.next(max).min(rest.len());
+            out.push(&rest[..n]);
+            rest = &rest[n..];
+        }
+        out
+    }
+}
+
+/// What the ndjson framer must hand out for `input`, worked out from the whole text at once.
+fn ndjson_model(input: &[u8], max_line: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut lines: Vec<&[u8]> = input.split(|b| *b == b'\n').collect();
+    // The last piece has no newline yet: it is pending, not a frame.
+    lines.pop();
+    for line in lines {
+        if line.len() > max_line {
+            let prefix = &line[..line.len().min(ndjson::OVERSIZE_PREFIX)];
+            out.push(format!("oversize {} {:?}", line.len(), prefix));
+        } else {
+            let t = line.strip_suffix(b"\r").unwrap_or(line);
+            if !t.is_empty() {
+                out.push(format!("frame {t:?}"));
+            }
+        }
+    }
+    out
+}
+
+/// Newline framing: the same frames however the bytes are split, never a buffer past the
+/// limit, and times in order.
+pub fn ndjson(data: &[u8]) {
+    let [a, b, input @ ..] = data else {
+        return;
+    };
+    let max_line = 1 + (*a as usize) * 4;
+    let want = ndjson_model(input, max_line);
+    for (seed, max_chunk) in [(0, input.len()), (*b as u32, 1 + *b as usize % 64)] {
+        let mut framer = ndjson::Framer::new(max_line);
+        let mut got = Vec::new();
+        for (i, piece) in Chunks(seed).split(input, max_chunk).into_iter().enumerate() {
+            let (enter, exit) = (i as u64 * 10, i as u64 * 10 + 5);
+            framer.push(piece, enter, exit, |o| match o {
+                ndjson::Output::Frame(f) => {
+                    assert!(f.first_enter_ns <= f.last_exit_ns);
+                    assert!(!f.bytes.contains(&b'\n'));
+                    got.push(format!("frame {:?}", f.bytes));
+                }
+                ndjson::Output::Oversize { len, prefix, .. } => {
+                    got.push(format!("oversize {len} {prefix:?}"));
+                }
+            });
+            assert!(
+                framer.pending_bytes().len() <= max_line,
+                "buffer past the limit"
+            );
+        }
+        assert_eq!(got, want, "frames depend on how the bytes were split");
+        // A hole then more bytes: never a panic, and the partial line is dropped.
+        framer.gap();
+        framer.push(input, 0, 1, |_| {});
+        framer.finish();
+    }
+}
+
+fn sse_events(p: &mut sse::Parser, pieces: &[&[u8]]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, piece) in pieces.iter().enumerate() {
+        let (enter, exit) = (i as u64 * 10, i as u64 * 10 + 5);
+        p.push(piece, enter, exit, |o| match o {
+            sse::Output::Event(e) => {
+                assert!(e.first_enter_ns <= e.last_exit_ns);
+                out.push(format!("event {:?} {:?} {:?}", e.event, e.id, e.data));
+            }
+            sse::Output::Oversize { .. } => out.push("oversize".into()),
+        });
+    }
+    out
+}
+
+/// Server-sent events: the same events however the bytes are split.
+pub fn sse(data: &[u8]) {
+    let [a, b, input @ ..] = data else {
+        return;
+    };
+    let max = 1 + (*a as usize) * 8;
+    let whole = sse_events(&mut sse::Parser::new(max), &[input]);
+    let pieces = Chunks(*b as u32).split(input, 1 + *b as usize % 32);
+    let split = sse_events(&mut sse::Parser::new(max), &pieces);
+    assert_eq!(whole, split, "events depend on how the bytes were split");
+}
+
+/// What an HTTP event says, without the times (which depend on the split).
+fn describe(e: &http::ConnEvent<'_>) -> String {
+    fn head(h: &http::Head) -> String {
+        format!(
+            "{:?} {:?} {:?} {:?}",
+            h.method, h.target, h.status, h.headers
+        )
+    }
+    match e {
+        http::ConnEvent::RequestHead(t) => format!("req {} {}", t.seq, head(&t.request)),
+        http::ConnEvent::RequestBody { txn, body, .. } => format!("reqbody {} {body:?}", txn.seq),
+        http::ConnEvent::ResponseHead(t) => {
+            format!(
+                "resp {} {}",
+                t.seq,
+                t.response.as_ref().map(head).unwrap_or_default()
+            )
+        }
+        http::ConnEvent::ResponseBody { txn, body, .. } => {
+            format!("respbody {} {body:?}", txn.seq)
+        }
+        http::ConnEvent::Sse { txn, event } => format!(
+            "sse {} {:?} {:?} {:?}",
+            txn.seq, event.event, event.id, event.data
+        ),
+        http::ConnEvent::Done(t) => format!("done {}", t.seq),
+        http::ConnEvent::Oversize { txn, len } => format!("oversize {} {len}", txn.seq),
+        http::ConnEvent::Error(e) => format!("error {e}"),
+    }
+}
+
+fn http_events(
+    requests: &[&[u8]],
+    responses: &[&[u8]],
+    first: &[u8],
+    max_body: usize,
+) -> Option<Vec<String>> {
+    let mut conn = http::Conn::detect(Dir::Out, first, max_body)?;
+    let mut out = Vec::new();
+    let mut t = 0;
+    for (dir, pieces) in [(Dir::Out, requests), (Dir::In, responses)] {
+        for piece in pieces {
+            t += 10;
+            conn.push(dir, piece, t, t + 5, &mut |e| {
+                if let http::ConnEvent::RequestBody { body, .. }
+                | http::ConnEvent::ResponseBody { body, .. } = &e
+                {
+                    assert!(body.len() <= max_body, "body past the limit");
+                }
+                out.push(describe(&e));
+            });
+        }
+    }
+    conn.finish(t + 10, &mut |e| out.push(describe(&e)));
+    Some(out)
+}
+
+/// HTTP/1.1 (heads, Content-Length and chunked bodies, event streams) as a client sees it: the
+/// same transactions however the bytes are split, and bodies within the limit.
+pub fn http(data: &[u8]) {
+    let [a, b, l0, l1, rest @ ..] = data else {
+        return;
+    };
+    let split_at = (u16::from_le_bytes([*l0, *l1]) as usize).min(rest.len());
+    let (requests, responses) = rest.split_at(split_at);
+    let max_body = 16 + (*a as usize) * 64;
+    let whole = http_events(&[requests], &[responses], requests, max_body);
+    let mut chunks = Chunks(*b as u32);
+    let max_chunk = 1 + *b as usize % 48;
+    let req = chunks.split(requests, max_chunk);
+    let resp = chunks.split(responses, max_chunk);
+    let split = http_events(&req, &resp, requests, max_body);
+    assert_eq!(
+        whole, split,
+        "transactions depend on how the bytes were split"
+    );
+}
+
+const CLIENT: u32 = 100;
+const SERVER: u32 = 200;
+const REQ_PIPE: u64 = 1;
+const RESP_PIPE: u64 = 2;
+
+/// A client and the server it spawned, talking over two pipes.
+fn stdio_host() -> FixedHost {
+    let mut h = FixedHost::default();
+    for (pid, ppid, comm) in [(CLIENT, 1, "client"), (SERVER, CLIENT, "server")] {
+        h.processes.insert(
+            pid,
+            ProcInfo {
+                pid,
+                ppid,
+                comm: comm.into(),
+                ..Default::default()
+            },
+        );
+    }
+    let hold = |pid, writes| Holder { pid, writes };
+    h.holders.insert(
+        (HolderKind::Pipe, REQ_PIPE),
+        vec![hold(CLIENT, true), hold(SERVER, false)],
+    );
+    h.holders.insert(
+        (HolderKind::Pipe, RESP_PIPE),
+        vec![hold(SERVER, true), hold(CLIENT, false)],
+    );
+    h
+}
+
+/// The JSON-RPC ids of the requests and of the responses in `bytes` (one message per line).
+fn ids_in(bytes: &[u8], requests: &mut BTreeSet<String>, responses: &mut BTreeSet<String>) {
+    for line in bytes.split(|b| *b == b'\n') {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
+            continue;
+        };
+        for m in v
+            .as_array()
+            .map_or_else(|| vec![&v], |a| a.iter().collect())
+        {
+            let Some(id) = m.get("id") else { continue };
+            let id = serde_json::to_string(id).unwrap_or_default();
+            if m.get("method").is_some() {
+                requests.insert(id);
+            } else {
+                responses.insert(id);
+            }
+        }
+    }
+}
+
+/// MCP over stdio, end to end through the pipeline: a script of syscalls between a client and
+/// its server. Ops are separated by 0x1e; an op's first byte says who moved its bytes:
+/// `0` client writes a request, `1` server reads it, `2` server writes a response, `3` client
+/// reads it, `4` the same as `0` with bytes lost before it, `5` the server exits, `6` time
+/// passes. Never a panic, and never an exchange for an id no request carried, or a completed
+/// one for an id no response carried.
+pub fn mcp(data: &[u8]) {
+    let mut p = Pipeline::new(PipelineConfig {
+        max_message_bytes: 4096,
+        ..Default::default()
+    });
+    let mut host = stdio_host();
+    let mut requests = BTreeSet::new();
+    let mut responses = BTreeSet::new();
+    let mut now = 1_000_000u64;
+    let mut signals = Vec::new();
+    for op in data.split(|b| *b == 0x1e) {
+        let Some((&kind, bytes)) = op.split_first() else {
+            continue;
+        };
+        now += 10_000;
+        let (tgid, fd, dir, inode) = match kind {
+            b'0' | b'4' => (CLIENT, 10, DIR_OUT, REQ_PIPE),
+            b'1' => (SERVER, 0, DIR_IN, REQ_PIPE),
+            b'2' => (SERVER, 1, DIR_OUT, RESP_PIPE),
+            b'3' => (CLIENT, 11, DIR_IN, RESP_PIPE),
+            b'5' => {
+                let hdr = EventHeader {
+                    record: RECORD_EXIT,
+                    tgid: SERVER,
+                    tid: SERVER,
+                    fd: -1,
+                    ts_enter_ns: now,
+                    ts_exit_ns: now,
+                    ..EventHeader::default()
+                };
+                p.ingest(&mut host, &encode_record(&hdr, &[]));
+                continue;
+            }
+            b'6' => {
+                now += 1_000_000_000;
+                p.tick(now);
+                signals.extend(p.drain_signals());
+                continue;
+            }
+            _ => continue,
+        };
+        ids_in(bytes, &mut requests, &mut responses);
+        let hdr = EventHeader {
+            record: RECORD_DATA,
+            dir,
+            fd_kind: FD_PIPE,
+            flags: if kind == b'4' { FLAG_LOST_BEFORE } else { 0 },
+            tgid,
+            tid: tgid,
+            fd,
+            ts_enter_ns: now,
+            ts_exit_ns: now + 1_000,
+            inode,
+            total: bytes.len() as u64,
+            ..EventHeader::default()
+        };
+        p.ingest(&mut host, &encode_record(&hdr, bytes));
+        p.take_rejects();
+        signals.extend(p.drain_signals());
+    }
+    p.finish(now + 10_000_000_000, 1_000_000_000);
+    signals.extend(p.drain_signals());
+    for s in &signals {
+        if let Signal::Exchange(x) = s {
+            assert!(
+                requests.contains(&x.id),
+                "exchange for id {} that no request carried",
+                x.id
+            );
+            if matches!(x.status, Status::Ok | Status::Error | Status::ToolError) {
+                assert!(
+                    responses.contains(&x.id),
+                    "completed exchange for id {} that no response carried",
+                    x.id
+                );
+            }
+        }
+    }
+}
+
+/// The `--record` file format: any bytes are read without a panic, and whatever frames they
+/// hold replay through the pipeline.
+pub fn record(data: &[u8]) {
+    let Ok(mut reader) = record::Reader::new(Cursor::new(data)) else {
+        return;
+    };
+    let mut host = FixedHost::default();
+    let mut raws = Vec::new();
+    while let Ok(Some(frame)) = reader.next_frame() {
+        match frame {
+            record::Frame::Record(raw) => raws.push(raw),
+            record::Frame::Process(info) => {
+                host.processes.entry(info.pid).or_insert(info);
+            }
+            record::Frame::Holders(h) => {
+                host.holders.entry((h.kind, h.inode)).or_insert(h.holders);
+            }
+            record::Frame::Clock(_) | record::Frame::Counters(_) => {}
+        }
+    }
+    let mut p = Pipeline::new(PipelineConfig::default());
+    for raw in &raws {
+        p.ingest(&mut host, raw);
+        p.take_rejects();
+        p.drain_signals();
+    }
+    p.finish(u64::MAX / 2, 1_000_000_000);
+    p.drain_signals();
+}

@@ -1,0 +1,363 @@
+//! Kubernetes metadata of the processes at each end of a conversation.
+//!
+//! Two sources, the second optional:
+//!
+//! 1. The process's cgroup path ([`cgroup`]): container id, runtime and pod UID, with no API
+//!    server, read once per process with the rest of its metadata
+//!    ([`crate::capture::procinfo`]) and carried by every record's `client`/`server`.
+//! 2. The API server ([`api`], [`pods`]): the pods of this node, listed and watched with the
+//!    in-cluster service account, name the pod, its namespace and the container. Names are
+//!    filled in when signals leave the pipeline ([`enrich`]), so a pod the watch learns of
+//!    after its process was first seen is still named.
+//!
+//! The watcher runs only in a pod (`KUBERNETES_SERVICE_HOST` and a service-account token)
+//! and with `--k8s auto`; it never blocks capture and its failures are counted
+//! (`mcptap_k8s_api_errors_total`) and logged once per outage.
+
+pub mod api;
+pub mod cgroup;
+pub mod pods;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use log::{debug, warn};
+use serde::Serialize;
+
+use crate::signals::metrics::{Registry, defs};
+use crate::signals::{Endpoint, Signal};
+use pods::Store;
+
+/// Where a process runs, as far as it is known. Serialized flat into a record's
+/// `client`/`server` object; absent fields are unknown.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    /// Runtime container id (64 hex digits), from the cgroup path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// `containerd`, `cri-o`, `docker`, `podman`: the cgroup's prefix, or the API server's
+    /// `containerID` scheme.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_runtime: Option<String>,
+    /// Pod UID, from the cgroup path (a static pod's is its manifest hash).
+    #[serde(rename = "k8s_pod_uid", skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    /// Pod name (API server).
+    #[serde(rename = "k8s_pod", skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// Pod namespace (API server).
+    #[serde(rename = "k8s_namespace", skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Container name in the pod spec (API server).
+    #[serde(rename = "k8s_container", skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// This node (`K8S_NODE_NAME` or `NODE_NAME`).
+    #[serde(rename = "k8s_node", skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+/// Whether to ask the API server (`--k8s`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Watch this node's pods when running in a pod with a service account.
+    #[default]
+    Auto,
+    /// Never call the API server; container ids and pod UIDs still come from cgroups.
+    Off,
+}
+
+/// (pod UID, container id) → (store generation, the identity it resolved to).
+type Cache = HashMap<(Option<String>, Option<String>), (u64, Arc<Identity>)>;
+
+/// Fills in names from the pod store, caching each result until the store changes.
+#[derive(Default)]
+pub struct Resolver {
+    store: Arc<RwLock<Store>>,
+    node: Option<String>,
+    cache: Mutex<Cache>,
+}
+
+impl Resolver {
+    /// Names from `store`; `node` is this node's name, if known.
+    pub fn new(store: Arc<RwLock<Store>>, node: Option<String>) -> Self {
+        Resolver {
+            store,
+            node,
+            cache: Mutex::default(),
+        }
+    }
+
+    /// `id` with whatever the store and the node name add; `id` itself when nothing.
+    pub fn resolve(&self, id: &Arc<Identity>) -> Arc<Identity> {
+        let key = (id.pod_uid.clone(), id.container_id.clone());
+        let store = self.store.read().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((generation, hit)) = cache.get(&key)
+            && *generation == store.generation
+        {
+            return hit.clone();
+        }
+        let mut out = (**id).clone();
+        let by_container = id.container_id.as_deref().and_then(|c| store.container(c));
+        let pod = by_container
+            .map(|(p, _)| p)
+            .or_else(|| id.pod_uid.as_deref().and_then(|u| store.pod(u)));
+        if let Some(p) = pod {
+            out.pod = Some(p.name.clone());
+            out.namespace = Some(p.namespace.clone());
+            // A plain cgroupfs path names no runtime; the API server does.
+            if let Some((_, c)) = by_container {
+                out.container = Some(c.name.clone());
+                out.container_runtime
+                    .get_or_insert_with(|| c.runtime.clone());
+            }
+        }
+        if out.node.is_none() {
+            out.node = self.node.clone();
+        }
+        let resolved = if out == **id {
+            id.clone()
+        } else {
+            Arc::new(out)
+        };
+        // Bounded by the processes seen; cleared wholesale rather than tracked per entry.
+        if cache.len() > 4096 {
+            cache.clear();
+        }
+        cache.insert(key, (store.generation, resolved.clone()));
+        resolved
+    }
+
+    fn endpoint(&self, e: &mut Endpoint) {
+        if let Some(id) = &e.k8s {
+            e.k8s = Some(self.resolve(id));
+        }
+    }
+
+    /// An endpoint serialized into an event's details (handshake, session start and end).
+    fn json_endpoint(&self, v: &mut serde_json::Value) {
+        let Some(m) = v.as_object_mut() else {
+            return;
+        };
+        let s = |k: &str| m.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        let id = Identity {
+            container_id: s("container_id"),
+            container_runtime: s("container_runtime"),
+            pod_uid: s("k8s_pod_uid"),
+            ..Default::default()
+        };
+        if id.container_id.is_none() && id.pod_uid.is_none() {
+            return;
+        }
+        let resolved = self.resolve(&Arc::new(id));
+        if let Ok(serde_json::Value::Object(add)) = serde_json::to_value(&*resolved) {
+            m.extend(add);
+        }
+    }
+
+    /// Name the pods of both ends of a signal.
+    pub fn enrich(&self, s: &mut Signal) {
+        match s {
+            Signal::Exchange(x) => {
+                self.endpoint(&mut x.client);
+                self.endpoint(&mut x.server);
+            }
+            Signal::Notification(n) => {
+                self.endpoint(&mut n.client);
+                self.endpoint(&mut n.server);
+            }
+            Signal::Event(e) => {
+                for k in ["client", "server"] {
+                    if let Some(v) = e.detail.get_mut(k) {
+                        self.json_endpoint(v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The agent's resolver, set once by [`start`]; replay and tests run without one.
+static RESOLVER: OnceLock<Resolver> = OnceLock::new();
+
+/// Name the pods of a signal's ends, if [`start`] ran.
+pub fn enrich(s: &mut Signal) {
+    if let Some(r) = RESOLVER.get() {
+        r.enrich(s);
+    }
+}
+
+/// This node's name, from the downward API variable a DaemonSet sets.
+fn node_name(env: &impl Fn(&str) -> Option<String>) -> Option<String> {
+    env("K8S_NODE_NAME").or_else(|| env("NODE_NAME"))
+}
+
+/// Set up naming: always the node name (when given), and with `Mode::Auto` inside a pod, a
+/// thread that watches this node's pods. Never fails: without a cluster there is nothing to
+/// do, and API trouble is counted in `registry`.
+pub fn start(mode: Mode, registry: Arc<Mutex<Registry>>) {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let node = node_name(&env);
+    let store = Arc::new(RwLock::new(Store::default()));
+    let _ = RESOLVER.set(Resolver::new(store.clone(), node.clone()));
+    if mode == Mode::Off {
+        debug!("--k8s off: pod names are not looked up; container ids come from cgroups");
+        return;
+    }
+    let Some(node) = node else {
+        if env("KUBERNETES_SERVICE_HOST").is_some() {
+            warn!(
+                "running in Kubernetes but K8S_NODE_NAME is not set (downward API: spec.nodeName); pod names are not looked up, container ids come from cgroups"
+            );
+        } else {
+            debug!("not in a Kubernetes pod: container ids and pod UIDs come from cgroups only");
+        }
+        return;
+    };
+    let Some(cfg) =
+        api::Config::in_cluster(env, std::path::Path::new(api::SERVICE_ACCOUNT_DIR), &node)
+    else {
+        debug!(
+            "not in a Kubernetes pod (no KUBERNETES_SERVICE_HOST or service-account token): container ids and pod UIDs come from cgroups only"
+        );
+        return;
+    };
+    let client = match api::Client::new(cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!("Kubernetes API client: {e}; pod names are not looked up");
+            return;
+        }
+    };
+    let count = move |reason: &'static str| {
+        let mut r = registry.lock().unwrap_or_else(|p| p.into_inner());
+        r.inc(&defs::K8S_API_ERRORS, &[reason], 1.0);
+    };
+    let spawned = std::thread::Builder::new()
+        .name("mcptap-k8s".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(api::run(client, store, count)),
+                Err(e) => warn!("Kubernetes watcher: cannot start its runtime: {e}"),
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("Kubernetes watcher: cannot start its thread: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signals::{Event, Exchange};
+    use std::time::Instant;
+
+    const ID: &str = "e836c1363ec0d9781e860e8210cc5e7624a2332ddcb4c76fc4a5bb401494bfcf";
+    const UID: &str = "950cff9d-7e83-4951-83dd-180d4842c861";
+
+    fn store() -> Arc<RwLock<Store>> {
+        let list = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/k8s/testdata/pods-list-page1.json"
+        ))
+        .unwrap();
+        let page = pods::parse_list(&list).unwrap();
+        let mut s = Store::default();
+        s.replace(page.pods, page.resource_version, Instant::now());
+        Arc::new(RwLock::new(s))
+    }
+
+    fn from_cgroup(path: &str) -> Arc<Identity> {
+        Arc::new(cgroup::parse(path).unwrap())
+    }
+
+    #[test]
+    fn names_come_from_the_store_and_the_node_from_its_variable() {
+        let r = Resolver::new(store(), Some("node-1".into()));
+        // cgroupfs: no runtime in the path; the API server's containerID supplies it.
+        let id = from_cgroup(&format!("/kubepods/burstable/pod{UID}/{ID}"));
+        let got = r.resolve(&id);
+        assert_eq!(got.pod.as_deref(), Some("mcp-weather-7d9f8b6c5-x2kqp"));
+        assert_eq!(got.namespace.as_deref(), Some("agents"));
+        assert_eq!(got.container.as_deref(), Some("server"));
+        assert_eq!(got.container_runtime.as_deref(), Some("containerd"));
+        assert_eq!(got.node.as_deref(), Some("node-1"));
+        assert_eq!(got.container_id.as_deref(), Some(ID));
+        // Cached until the store changes.
+        assert!(Arc::ptr_eq(&got, &r.resolve(&id)));
+        r.store.write().unwrap().delete(UID, Instant::now());
+        r.store
+            .write()
+            .unwrap()
+            .expire(Instant::now() + pods::DELETED_GRACE);
+        let after = r.resolve(&id);
+        assert_eq!(after.pod, None);
+        assert_eq!(after.node.as_deref(), Some("node-1"));
+    }
+
+    #[test]
+    fn a_pod_unknown_to_the_store_keeps_its_cgroup_identity() {
+        let r = Resolver::new(Arc::default(), None);
+        let id = from_cgroup(&format!(
+            "/kubepods.slice/kubepods-pod{}.slice/crio-{ID}.scope",
+            UID.replace('-', "_")
+        ));
+        let got = r.resolve(&id);
+        assert!(Arc::ptr_eq(&got, &id), "nothing to add: {got:?}");
+        // A static pod by its hash: pod named, container unknown to the cgroup.
+        let r = Resolver::new(store(), None);
+        let got = r.resolve(&from_cgroup(
+            "/kubepods/burstable/pod3c8f5ec1a1b12dd3e4f8c0e1aa64c0dc",
+        ));
+        assert_eq!(got.pod.as_deref(), Some("kube-apiserver-node-1"));
+        assert_eq!(got.container, None);
+    }
+
+    #[test]
+    fn signals_get_names_in_records_and_event_details() {
+        let r = Resolver::new(store(), Some("node-1".into()));
+        let id = from_cgroup(&format!("/kubepods/besteffort/pod{UID}/{ID}"));
+        let mut x = Exchange {
+            server: Endpoint {
+                pid: Some(2),
+                k8s: Some(id.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        x.client.pid = Some(1);
+        let mut s = Signal::Exchange(x);
+        r.enrich(&mut s);
+        let Signal::Exchange(x) = &s else {
+            unreachable!()
+        };
+        assert_eq!(x.client.k8s, None, "a host process stays a host process");
+        let line: serde_json::Value =
+            serde_json::from_str(&crate::export::jsonl::encode(&s)).unwrap();
+        let srv = &line["server"];
+        assert_eq!(srv["k8s_pod"], "mcp-weather-7d9f8b6c5-x2kqp");
+        assert_eq!(srv["k8s_namespace"], "agents");
+        assert_eq!(srv["k8s_container"], "server");
+        assert_eq!(srv["k8s_pod_uid"], UID);
+        assert_eq!(srv["container_id"], ID);
+        assert_eq!(srv["k8s_node"], "node-1");
+        assert!(line["client"].get("k8s_pod").is_none());
+
+        // Events carry endpoints as JSON (session_start, handshake): named the same way.
+        let ep = Endpoint {
+            pid: Some(2),
+            k8s: Some(id),
+            ..Default::default()
+        };
+        let mut e = Signal::Event(
+            Event::new(0, "session_start").with("server", serde_json::to_value(&ep).unwrap()),
+        );
+        r.enrich(&mut e);
+        let Signal::Event(e) = &e else { unreachable!() };
+        assert_eq!(e.detail["server"]["k8s_pod"], "mcp-weather-7d9f8b6c5-x2kqp");
+        assert_eq!(e.detail["server"]["pid"], 2);
+    }
+}

@@ -1,0 +1,392 @@
+//! TLS, end to end: MCP over HTTPS captured as plaintext from OpenSSL (the shared libssl that
+//! Python and curl use, and the OpenSSL linked into `node`), joined to the same sessions,
+//! correlation and checks as plain HTTP; HTTPS that is not MCP is rejected like HTTP; TLS that
+//! cannot be decrypted is counted, and its ciphertext never reaches the pipeline.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use mcptap_e2e::otlp::{Proto, Receiver, attr_str};
+use mcptap_e2e::*;
+
+/// Per-stream decisions in the agent's log (`stream ... is not MCP`, `TLS socket ... ended
+/// without being decrypted`), to check them process by process: the agent watches the whole
+/// host, so totals include whatever else runs.
+const DEBUG: &[(&str, &str)] = &[("RUST_LOG", "mcptap=debug")];
+
+/// A self-signed certificate for 127.0.0.1, made by the openssl CLI: (certificate, key).
+fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+fn python(venv: &str) -> PathBuf {
+    peers().join(venv).join("bin/python")
+}
+
+/// The fixture server on `venv`'s SDK over HTTPS (Streamable HTTP, `extra` arguments).
+fn https_server(venv: &str, dir: &Path, port: u16, cert: &Path, extra: &[&str]) -> Server {
+    let mut c = Command::new(python(venv));
+    c.arg(fixtures().join("py_server.py"))
+        .args(["--transport", "http", "--port", &port.to_string()])
+        .arg("--certfile")
+        .arg(cert)
+        .arg("--keyfile")
+        .arg(cert.with_file_name("key.pem"))
+        .args(extra);
+    Server::on_port(&mut c, dir, "server", port)
+}
+
+/// The fixture client on `venv`'s SDK against `url`, trusting `cert`.
+fn py_client(venv: &str, url: &str, cert: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(python(venv));
+    c.arg(fixtures().join("py_client.py"))
+        .args(["--echo", "5", "--url", url])
+        .args(extra)
+        // httpx takes the trusted roots from here.
+        .env("SSL_CERT_FILE", cert);
+    c
+}
+
+/// The agent's per-stream log lines about process `pid`.
+fn log_lines(log: &str, pid: u32, what: &str) -> Vec<String> {
+    let me = format!("tgid: {pid},");
+    log.lines()
+        .filter(|l| l.contains(&me) && l.contains(what))
+        .map(str::to_string)
+        .collect()
+}
+
+/// What a TLS connection of `pid` must never be: undecrypted, or rejected as ciphertext.
+fn assert_decrypted(log: &str, pid: u32) {
+    let bad = log_lines(log, pid, "ended without being decrypted");
+    assert!(bad.is_empty(), "TLS of {pid} not decrypted: {bad:#?}");
+    let bad = log_lines(log, pid, "is not MCP (tls)");
+    assert!(
+        bad.is_empty(),
+        "ciphertext of {pid} reached the pipeline: {bad:#?}"
+    );
+}
+
+/// The value of a series of the agent's /metrics once it reaches `at_least`, or the last value
+/// seen after 5 s: the agent publishes its own counters about once a second.
+fn metric_reaching(agent: &Agent, name: &str, labels: &[(&str, &str)], at_least: f64) -> f64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let v = prom_value(&agent.metrics(), name, labels);
+        if v.is_some_and(|v| v >= at_least) || std::time::Instant::now() > deadline {
+            return v.unwrap_or_else(|| panic!("{name} is not exported"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Every exchange of the client is marked TLS, carries the server's address, and both ends'
+/// streams lost nothing.
+fn check_tls(recs: &Records, run: &ClientRun, port: u16, log: &str) {
+    let mine = recs.exchanges_of_client(run.pid);
+    for r in &mine {
+        assert_eq!(r["tls"], true, "{r}");
+        assert_eq!(r["server_address"], "127.0.0.1", "{r}");
+        assert_eq!(r["server_port"], port, "{r}");
+    }
+    let server = run.server_pid.expect("server pid");
+    for pid in [run.pid, server] {
+        let trouble: Vec<_> = recs
+            .mentioning(pid)
+            .into_iter()
+            .filter(|r| {
+                matches!(
+                    r["event"].as_str(),
+                    Some("stream_gap" | "stream_corruption" | "message_truncated")
+                )
+            })
+            .collect();
+        assert!(trouble.is_empty(), "{trouble:#?}");
+        assert_decrypted(log, pid);
+    }
+}
+
+/// mcp 1.x server (uvicorn's TLS, libssl through Python's asyncio: memory BIOs) and client
+/// (httpx over anyio: memory BIOs too), watching every process; a 2 MB tool result is shipped
+/// in chunks through the tail-call path without loss; the spans say TLS.
+#[test]
+fn python_sdk_over_https() {
+    let dir = scratch("tls_python");
+    let (cert, _) = certificate(&dir);
+    let port = port();
+    let receiver = Receiver::start(Proto::Http);
+    let endpoint = receiver.endpoint();
+    let args = [
+        "--otlp-endpoint",
+        &endpoint,
+        "--otlp-protocol",
+        "http/protobuf",
+    ];
+    let agent = Agent::start_with_env(&dir, &args, DEBUG);
+    let server = https_server("mcp1", &dir, port, &cert, &[]);
+    let url = format!("https://127.0.0.1:{port}/mcp");
+    let run = run_client(
+        &mut py_client("mcp1", &url, &cert, &["--big-result", "2000000"]),
+        &dir,
+    );
+    assert_eq!(
+        run.server_pid,
+        Some(server.pid()),
+        "whoami names the server"
+    );
+    drop(server);
+    let log = agent.log();
+    let recs = agent.stop();
+    check_calls(&recs, &run, Sides::Both);
+    check_session(&recs, &run, "http", false);
+    check_tls(&recs, &run, port, &log);
+    let big = recs
+        .exchanges_of_client(run.pid)
+        .into_iter()
+        .find(|r| r["tool"] == "big")
+        .expect("the big call");
+    assert!(big["response_bytes"].as_u64().unwrap() > 2_000_000, "{big}");
+    // The spans' and the console's source: the same session, marked once per notification.
+    let init = recs
+        .kind("notification")
+        .into_iter()
+        .find(|n| n["session"] == recs.exchanges_of_client(run.pid)[0]["session"])
+        .expect("notifications/initialized");
+    assert_eq!(init["tls"], true, "{init}");
+    // Both sides' spans: still HTTP, inside TLS.
+    let spans = receiver.spans();
+    let mine: Vec<_> = spans
+        .iter()
+        .map(|(_, s)| s)
+        .filter(|s| {
+            let pid = attr_str(&s.attributes, "process.pid");
+            pid == Some(run.pid.to_string()) || pid == run.server_pid.map(|p| p.to_string())
+        })
+        .collect();
+    assert!(mine.len() >= 2 * run.calls.len(), "{} spans", mine.len());
+    for s in mine {
+        let a = |k| attr_str(&s.attributes, k);
+        assert_eq!(a("network.protocol.name").as_deref(), Some("http"), "{s:?}");
+        assert_eq!(a("tls.protocol.name").as_deref(), Some("tls"), "{s:?}");
+        assert_eq!(a("tls.established").as_deref(), Some("true"), "{s:?}");
+    }
+}
+
+/// The TypeScript SDK client (the OpenSSL linked into node, started after the agent: probed at
+/// its exec) against the Python server, with a 1 MB argument that node writes in one
+/// SSL_write.
+#[test]
+fn typescript_sdk_client_over_https() {
+    let dir = scratch("tls_node");
+    let (cert, _) = certificate(&dir);
+    let port = port();
+    let agent = Agent::start_with_env(&dir, &[], DEBUG);
+    let server = https_server("mcp1", &dir, port, &cert, &[]);
+    let node_dir = peers().join("node");
+    // ESM resolves packages next to the script, so the script runs from the peers' tree.
+    std::fs::copy(
+        fixtures().join("node_https_client.mjs"),
+        node_dir.join("node_https_client.mjs"),
+    )
+    .expect("copy node client");
+    let mut c = Command::new("node");
+    c.current_dir(&node_dir)
+        .arg("node_https_client.mjs")
+        .args(["--url", &format!("https://127.0.0.1:{port}/mcp")])
+        .args(["--big-arg", "1000000"])
+        .env("NODE_EXTRA_CA_CERTS", &cert);
+    let run = run_client(&mut c, &dir);
+    assert_eq!(
+        run.server_pid,
+        Some(server.pid()),
+        "whoami names the server"
+    );
+    drop(server);
+    let log = agent.log();
+    let recs = agent.stop();
+    check_calls(&recs, &run, Sides::Both);
+    check_session(&recs, &run, "http", false);
+    check_tls(&recs, &run, port, &log);
+    let big = recs
+        .exchanges_of_client(run.pid)
+        .into_iter()
+        .find(|r| r["request_bytes"].as_u64().unwrap() > 1_000_000);
+    assert!(big.is_some(), "the 1 MB call");
+    let init = recs
+        .exchanges_of_client(run.pid)
+        .into_iter()
+        .find(|r| r["method"] == "initialize")
+        .expect("initialize");
+    assert_eq!(init["client"]["name"], "mcptap-e2e-node-https");
+}
+
+/// With `--comm`, the probes are set per watched process (each at its exec, before Python
+/// loads libssl): the mcp 2.x client and server on protocol 2026-07-28 (stateless).
+#[test]
+fn probes_per_watched_process_over_https() {
+    let dir = scratch("tls_scoped");
+    let (cert, _) = certificate(&dir);
+    let port = port();
+    let agent = Agent::start_with_env(&dir, &["--comm", "python"], DEBUG);
+    let server = https_server("mcp2", &dir, port, &cert, &[]);
+    let url = format!("https://127.0.0.1:{port}/mcp");
+    let run = run_client(&mut py_client("mcp2", &url, &cert, &[]), &dir);
+    assert_eq!(
+        run.server_pid,
+        Some(server.pid()),
+        "whoami names the server"
+    );
+    drop(server);
+    let log = agent.log();
+    let recs = agent.stop();
+    check_calls(&recs, &run, Sides::Both);
+    check_session(&recs, &run, "http", true);
+    check_tls(&recs, &run, port, &log);
+    for pid in [run.pid, run.server_pid.unwrap()] {
+        assert!(
+            log.contains(&format!("libssl.so for Pid({pid})"))
+                || log.contains(&format!("libssl.so.3 for Pid({pid})")),
+            "libssl probed for {pid} alone:\n{log}"
+        );
+    }
+    assert!(!log.contains("for All"), "no probe for every process");
+}
+
+/// A minimal HTTPS file server on Python's blocking ssl module (socket BIOs: OpenSSL writes
+/// the socket itself, inside SSL_write), serving `dir`.
+fn static_https_server(dir: &Path, port: u16, cert: &Path) -> Server {
+    let script = "import http.server, ssl, sys\n\
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
+        ctx.load_cert_chain(sys.argv[2], sys.argv[3])\n\
+        s = http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), http.server.SimpleHTTPRequestHandler)\n\
+        s.socket = ctx.wrap_socket(s.socket, server_side=True)\n\
+        s.serve_forever()\n";
+    let mut c = Command::new(python("mcp1"));
+    c.current_dir(dir)
+        .args(["-c", script, &port.to_string()])
+        .arg(cert)
+        .arg(cert.with_file_name("key.pem"));
+    Server::on_port(&mut c, dir, "static", port)
+}
+
+/// curl over HTTPS to a server that is not MCP: both ends' plaintext is read and rejected as
+/// HTTP that is not MCP (as it would be without TLS), nothing is reported, and the kernel stops
+/// shipping those sockets.
+#[test]
+fn https_that_is_not_mcp_is_rejected() {
+    let dir = scratch("tls_not_mcp");
+    let (cert, _) = certificate(&dir);
+    std::fs::write(dir.join("page.html"), "<html>not MCP</html>\n".repeat(2000)).unwrap();
+    let port = port();
+    let agent = Agent::start_with_env(&dir, &[], DEBUG);
+    let server = static_https_server(&dir, port, &cert);
+    let curl = Command::new("curl")
+        .args(["-sS", "--fail", "-o", "/dev/null", "--cacert"])
+        .arg(&cert)
+        .arg(format!("https://127.0.0.1:{port}/page.html"))
+        .spawn()
+        .expect("run curl");
+    let curl_pid = curl.id();
+    let out = curl.wait_with_output().unwrap();
+    assert!(out.status.success(), "curl failed");
+    let server_pid = server.pid();
+    drop(server);
+    let binds = metric_reaching(
+        &agent,
+        "mcptap_kernel_events_total",
+        &[("event", "tls_binds")],
+        2.0,
+    );
+    assert!(binds >= 2.0, "{binds} SSL objects bound");
+    let rejected = metric_reaching(
+        &agent,
+        "mcptap_streams_rejected_total",
+        &[("reason", "http_not_mcp")],
+        2.0,
+    );
+    assert!(rejected >= 2.0, "{rejected} rejected");
+    let log = agent.log();
+    let recs = agent.stop();
+    for pid in [curl_pid, server_pid] {
+        assert!(
+            recs.mentioning(pid).is_empty(),
+            "{:#?}",
+            recs.mentioning(pid)
+        );
+        let rejected = log_lines(&log, pid, "is not MCP (http_not_mcp)");
+        assert!(!rejected.is_empty(), "{pid}'s HTTPS not rejected:\n{log}");
+        assert_decrypted(&log, pid);
+    }
+}
+
+/// TLS the probes cannot decrypt (`openssl s_server -www` goes through OpenSSL's SSL BIO,
+/// which calls the library's internals rather than SSL_read/SSL_write, as a TLS stack other
+/// than OpenSSL would): the socket is counted in mcptap_tls_undecrypted_streams_total and its
+/// ciphertext never reaches the pipeline; curl's end of the same connection is decrypted.
+#[test]
+fn tls_that_cannot_be_decrypted_is_counted_not_shipped() {
+    let dir = scratch("tls_undecrypted");
+    let (cert, key) = certificate(&dir);
+    let port = port();
+    let agent = Agent::start_with_env(&dir, &[], DEBUG);
+    let mut s = Command::new("openssl");
+    s.args(["s_server", "-quiet", "-www", "-accept", &port.to_string()])
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key);
+    let server = Server::on_port(&mut s, &dir, "s_server", port);
+    const UNDECRYPTED: &str = "mcptap_tls_undecrypted_streams_total";
+    let before = metric_reaching(&agent, UNDECRYPTED, &[], 0.0);
+    let curl = Command::new("curl")
+        .args(["-sS", "--fail", "-o", "/dev/null", "--cacert"])
+        .arg(&cert)
+        .arg(format!("https://127.0.0.1:{port}/"))
+        .spawn()
+        .expect("run curl");
+    let curl_pid = curl.id();
+    assert!(
+        curl.wait_with_output().unwrap().status.success(),
+        "curl failed"
+    );
+    let server_pid = server.pid();
+    // Counted when the connection ends: s_server closes it after the page.
+    let after = metric_reaching(&agent, UNDECRYPTED, &[], before + 1.0);
+    let log = agent.log();
+    drop(server);
+    let recs = agent.stop();
+    let undecrypted = log_lines(&log, server_pid, "ended without being decrypted");
+    assert_eq!(undecrypted.len(), 1, "{undecrypted:#?}\n{log}");
+    assert!(after >= before + 1.0, "counter {before} -> {after}");
+    // Its ciphertext was dropped in the kernel: the pipeline never saw a byte of it.
+    let inode = undecrypted[0]
+        .split("inode: ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .expect("the socket's inode");
+    let seen: Vec<_> = log_lines(&log, server_pid, "is not MCP")
+        .into_iter()
+        .filter(|l| l.contains(&format!("inode: {inode} ")))
+        .collect();
+    assert!(seen.is_empty(), "{seen:#?}");
+    assert!(recs.mentioning(server_pid).is_empty());
+    assert_decrypted(&log, curl_pid);
+    assert!(!log_lines(&log, curl_pid, "is not MCP (http_not_mcp)").is_empty());
+}
