@@ -13,7 +13,7 @@ use mcptap_abi::{
     DIR_IN, DIR_OUT, EventHeader, FD_PIPE, FLAG_LOST_BEFORE, RECORD_DATA, RECORD_EXIT,
 };
 
-use crate::capture::procinfo::{FixedHost, Holder, HolderKind, ProcInfo};
+use crate::capture::procinfo::FixedHost;
 use crate::capture::{Dir, encode_record, record};
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::signals::{Signal, Status};
@@ -207,32 +207,6 @@ const SERVER: u32 = 200;
 const REQ_PIPE: u64 = 1;
 const RESP_PIPE: u64 = 2;
 
-/// A client and the server it spawned, talking over two pipes.
-fn stdio_host() -> FixedHost {
-    let mut h = FixedHost::default();
-    for (pid, ppid, comm) in [(CLIENT, 1, "client"), (SERVER, CLIENT, "server")] {
-        h.processes.insert(
-            pid,
-            ProcInfo {
-                pid,
-                ppid,
-                comm: comm.into(),
-                ..Default::default()
-            },
-        );
-    }
-    let hold = |pid, writes| Holder { pid, writes };
-    h.holders.insert(
-        (HolderKind::Pipe, REQ_PIPE),
-        vec![hold(CLIENT, true), hold(SERVER, false)],
-    );
-    h.holders.insert(
-        (HolderKind::Pipe, RESP_PIPE),
-        vec![hold(SERVER, true), hold(CLIENT, false)],
-    );
-    h
-}
-
 /// The JSON-RPC ids of the requests and of the responses in `bytes` (one message per line).
 fn ids_in(bytes: &[u8], requests: &mut BTreeSet<String>, responses: &mut BTreeSet<String>) {
     for line in bytes.split(|b| *b == b'\n') {
@@ -265,7 +239,7 @@ pub fn mcp(data: &[u8]) {
         max_message_bytes: 4096,
         ..Default::default()
     });
-    let mut host = stdio_host();
+    let mut host = FixedHost::stdio_pair(CLIENT, SERVER, REQ_PIPE, RESP_PIPE);
     let mut requests = BTreeSet::new();
     let mut responses = BTreeSet::new();
     let mut now = 1_000_000u64;

@@ -147,15 +147,7 @@ impl Agent {
         let jsonl = dir.join("out.jsonl");
         let stderr = dir.join("agent.log");
         let port = free_port();
-        let mut cmd = match wrapper.split_first() {
-            Some((prog, rest)) => {
-                let mut c = Command::new(prog);
-                c.args(rest).arg(mcptap_bin());
-                c
-            }
-            None => Command::new(mcptap_bin()),
-        };
-        let child = cmd
+        let child = mcptap_command(wrapper)
             .args(args)
             .arg("--jsonl")
             .arg(&jsonl)
@@ -559,4 +551,61 @@ pub fn check_calls(records: &Records, run: &ClientRun, sides: Sides) {
         extra.is_empty(),
         "records for calls the client never made: {extra:#?}"
     );
+}
+
+/// Poll `ok` every 250 ms for up to `secs`; whether it came true (checked once more at the end).
+pub fn wait_for(secs: u64, mut ok: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    ok()
+}
+
+/// Debian's Prometheus scraping mcptap on `target_port` every second, with `rules` loaded
+/// when given; returns the server (stopped when dropped) and its port.
+pub fn start_prometheus(dir: &Path, target_port: u16, rules: Option<&Path>) -> (Server, u16) {
+    let prom_port = port();
+    let rules = rules
+        .map(|r| format!("rule_files:\n  - {}\n", r.display()))
+        .unwrap_or_default();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n{rules}scrape_configs:\n  - job_name: mcptap\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
+        ),
+    )
+    .unwrap();
+    let server = Server::on_port(
+        Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}")),
+        dir,
+        "prometheus",
+        prom_port,
+    );
+    (server, prom_port)
+}
+
+/// A command that runs mcptap, through `wrapper` when given (which gets mcptap's path and
+/// arguments after its own, e.g. `capsh --drop=... -- -c 'exec "$0" "$@"'`).
+pub fn mcptap_command<S: AsRef<std::ffi::OsStr>>(wrapper: &[S]) -> Command {
+    match wrapper.split_first() {
+        Some((prog, rest)) => {
+            let mut c = Command::new(prog);
+            c.args(rest).arg(mcptap_bin());
+            c
+        }
+        None => Command::new(mcptap_bin()),
+    }
 }

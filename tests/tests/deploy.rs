@@ -59,17 +59,6 @@ fn promql_ok(port: u16, expr: &str) -> Vec<(String, f64)> {
     promql(port, expr).unwrap_or_else(|e| panic!("promtool query {expr}: {e}"))
 }
 
-fn wait_for(secs: u64, mut ok: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    ok()
-}
-
 /// A Prometheus HTTP API answer. HTTP/1.0, so the body is never chunked.
 fn prom_api(port: u16, path: &str) -> Value {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to Prometheus");
@@ -234,31 +223,7 @@ fn dashboard_and_alerts_query_real_mcptap_metrics() {
     assert!(rule_count >= 10 && panels.len() >= 10);
 
     let agent = Agent::start(&dir, &[]);
-    let prom_port = port();
-    std::fs::write(
-        dir.join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: mcptap\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
-            rules_path.display(),
-            agent.port
-        ),
-    )
-    .unwrap();
-    let _prom = Server::on_port(
-        Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}")),
-        &dir,
-        "prometheus",
-        prom_port,
-    );
+    let (_prom, prom_port) = start_prometheus(&dir, agent.port, Some(&rules_path));
     assert!(
         wait_for(60, || promql(prom_port, "up{job=\"mcptap\"}")
             .is_ok_and(|s| s.first().is_some_and(|(_, v)| *v == 1.0))),

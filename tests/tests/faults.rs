@@ -4,7 +4,7 @@
 
 use std::io::Read as _;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mcptap_e2e::otlp::{Proto, Receiver, attr};
 use mcptap_e2e::*;
@@ -12,18 +12,6 @@ use serde_json::Value;
 
 fn python(venv: &str) -> std::path::PathBuf {
     peers().join(venv).join("bin/python")
-}
-
-/// Poll `ok` for up to `secs`.
-fn wait_until(secs: u64, mut ok: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
 }
 
 /// Every reported exchange of `client` is one of the calls it made, with the status it saw,
@@ -75,7 +63,7 @@ fn tiny_ring_buffer_loses_counts_and_invents_nothing() {
         &dir,
     );
     // Counters are read every second.
-    let counted = wait_until(10, || {
+    let counted = wait_for(10, || {
         prom_value(&agent.metrics(), "mcptap_lost_events_total", &[]).unwrap_or(0.0) > 0.0
     });
     let metrics = agent.metrics();
@@ -113,7 +101,7 @@ fn server_killed_mid_call_ends_as_no_response() {
             >= 1.0
     };
     assert!(
-        wait_until(60, in_flight),
+        wait_for(60, in_flight),
         "the sleep call never went in flight"
     );
     let server = children_of(client.id())
@@ -124,7 +112,7 @@ fn server_killed_mid_call_ends_as_no_response() {
     // SAFETY: killing a process this test started (the client's child).
     unsafe { libc::kill(server as i32, libc::SIGKILL) };
     let _ = client.wait();
-    let released = wait_until(20, || {
+    let released = wait_for(20, || {
         prom_value(&agent.metrics(), "mcptap_tracked_streams", &[]).unwrap_or(f64::MAX)
             < streams_before
             && prom_value(
@@ -234,7 +222,7 @@ fn agent_started_mid_session_tracks_calls() {
     .spawn()
     .unwrap();
     assert!(
-        wait_until(60, || std::fs::read_to_string(&log)
+        wait_for(60, || std::fs::read_to_string(&log)
             .unwrap_or_default()
             .contains("waiting")),
         "client never initialized"
@@ -312,7 +300,7 @@ fn otlp_down_failing_slow_then_recovered() {
     // Down: nothing listens.
     let down = client("2");
     assert!(
-        wait_until(20, || export_failures(&agent.metrics()) > 0.0),
+        wait_for(20, || export_failures(&agent.metrics()) > 0.0),
         "no export failure counted while the collector was down:\n{}",
         agent.metrics()
     );
@@ -322,7 +310,7 @@ fn otlp_down_failing_slow_then_recovered() {
     let failed_before = export_failures(&agent.metrics());
     let failing = client("2");
     assert!(
-        wait_until(20, || export_failures(&agent.metrics()) > failed_before),
+        wait_for(20, || export_failures(&agent.metrics()) > failed_before),
         "503s not counted as failures"
     );
     // Slow (2 s per answer), then healthy: spans of a new workload arrive.
@@ -365,7 +353,7 @@ fn sigterm_under_load_flushes_and_exits_zero() {
         .spawn()
         .unwrap();
     assert!(
-        wait_until(60, || prom_value(
+        wait_for(60, || prom_value(
             &agent.metrics(),
             "mcp_tool_calls_total",
             &[("tool_name", "echo"), ("status", "success")]
@@ -387,7 +375,7 @@ fn sigterm_under_load_flushes_and_exits_zero() {
     assert!(recs.kind("exchange").len() > 200);
     // The programs went with the agent's fds.
     assert!(
-        wait_until(10, || bpf_program_count() < progs_before),
+        wait_for(10, || bpf_program_count() < progs_before),
         "bpf programs still loaded after exit ({progs_before} before)"
     );
 }

@@ -48,15 +48,7 @@ fn python(venv: &str) -> std::path::PathBuf {
 
 /// Run mcptap to completion (it is expected to fail at start) with `args`.
 fn start_fails(wrapper: &[String], args: &[&str]) -> (Output, String) {
-    let mut cmd = match wrapper.split_first() {
-        Some((prog, rest)) => {
-            let mut c = Command::new(prog);
-            c.args(rest).arg(mcptap_bin());
-            c
-        }
-        None => Command::new(mcptap_bin()),
-    };
-    let out = cmd
+    let out = mcptap_command(wrapper)
         .args(args)
         .args(["--quiet", "--comm", "nothing-here"])
         .output()

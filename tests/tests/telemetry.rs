@@ -287,17 +287,6 @@ fn promql(port: u16, expr: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
-fn wait_for(secs: u64, mut ok: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    ok()
-}
-
 /// A real Prometheus (Debian's) scrapes mcptap while real peers run a known workload; the
 /// queries people already write answer with the right counts; promtool finds nothing to
 /// complain about in the exposition.
@@ -305,30 +294,7 @@ fn wait_for(secs: u64, mut ok: impl FnMut() -> bool) -> bool {
 fn prometheus_scrapes_and_answers_promql() {
     let dir = scratch("prometheus");
     let agent = Agent::start(&dir, &[]);
-    let prom_port = port();
-    std::fs::write(
-        dir.join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: mcptap\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
-            agent.port
-        ),
-    )
-    .unwrap();
-    let _prom = Server::on_port(
-        Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}")),
-        &dir,
-        "prometheus",
-        prom_port,
-    );
+    let (_prom, prom_port) = start_prometheus(&dir, agent.port, None);
     assert!(
         wait_for(60, || promql(prom_port, "up{job=\"mcptap\"}")
             .first()

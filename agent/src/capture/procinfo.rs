@@ -181,6 +181,34 @@ pub struct FixedHost {
 }
 
 impl FixedHost {
+    /// A client (comm `client`) and the server it spawned (comm `server`), talking over two
+    /// pipes: the client writes `requests` and the server reads it; the server writes
+    /// `responses` and the client reads it. For tests and fuzzing.
+    pub fn stdio_pair(client: u32, server: u32, requests: u64, responses: u64) -> Self {
+        let mut h = FixedHost::default();
+        for (pid, ppid, comm) in [(client, 1, "client"), (server, client, "server")] {
+            h.processes.insert(
+                pid,
+                ProcInfo {
+                    pid,
+                    ppid,
+                    comm: comm.into(),
+                    ..Default::default()
+                },
+            );
+        }
+        let hold = |pid, writes| Holder { pid, writes };
+        h.holders.insert(
+            (HolderKind::Pipe, requests),
+            vec![hold(client, true), hold(server, false)],
+        );
+        h.holders.insert(
+            (HolderKind::Pipe, responses),
+            vec![hold(server, true), hold(client, false)],
+        );
+        h
+    }
+
     /// Add an answer saved by `--record`. A process is described again after it execs (a
     /// wrapper that moves itself into a container's cgroup, then execs the server), so each
     /// question gets the next answer in recorded order, and the last answer stays.

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::capture::encode_record;
-use crate::capture::procinfo::{FixedHost, Holder, HolderKind, ProcInfo};
+use crate::capture::procinfo::FixedHost;
 use crate::signals::Status;
 use mcptap_abi::{
     DIR_IN, DIR_OUT, EventHeader, FD_PIPE, FLAG_LOST_BEFORE, RECORD_DATA, RECORD_EXIT,
@@ -18,34 +18,7 @@ const RESP: &[u8] =
     b"{\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"hi\"}]}}\n";
 
 fn host() -> FixedHost {
-    let mut h = FixedHost::default();
-    h.processes.insert(
-        CLIENT,
-        ProcInfo {
-            pid: CLIENT,
-            comm: "client".into(),
-            ..Default::default()
-        },
-    );
-    h.processes.insert(
-        SERVER,
-        ProcInfo {
-            pid: SERVER,
-            ppid: CLIENT,
-            comm: "server".into(),
-            ..Default::default()
-        },
-    );
-    let hold = |pid, writes| Holder { pid, writes };
-    h.holders.insert(
-        (HolderKind::Pipe, REQ_PIPE),
-        vec![hold(CLIENT, true), hold(SERVER, false)],
-    );
-    h.holders.insert(
-        (HolderKind::Pipe, RESP_PIPE),
-        vec![hold(SERVER, true), hold(CLIENT, false)],
-    );
-    h
+    FixedHost::stdio_pair(CLIENT, SERVER, REQ_PIPE, RESP_PIPE)
 }
 
 /// A TCP socket's data record.
