@@ -207,11 +207,35 @@ const SERVER: u32 = 200;
 const REQ_PIPE: u64 = 1;
 const RESP_PIPE: u64 = 2;
 
-/// The JSON-RPC ids of the requests and of the responses in `bytes` (one message per line).
-fn ids_in(bytes: &[u8], requests: &mut BTreeSet<String>, responses: &mut BTreeSet<String>) {
-    for line in bytes.split(|b| *b == b'\n') {
+/// The JSON-RPC ids of the requests and the responses that whole lines of the streams carry:
+/// what the pipeline may report. Each view of a pipe is its own stream, as in the pipeline; a
+/// line may span syscalls, and a loss drops the line in progress.
+#[derive(Default)]
+struct IdModel {
+    /// The unfinished line of each view: client out, server in, server out, client in.
+    pending: [Vec<u8>; 4],
+    requests: BTreeSet<String>,
+    responses: BTreeSet<String>,
+}
+
+impl IdModel {
+    fn push(&mut self, view: usize, bytes: &[u8], lost_before: bool) {
+        if lost_before {
+            self.pending[view].clear();
+        }
+        self.pending[view].extend_from_slice(bytes);
+        let buf = std::mem::take(&mut self.pending[view]);
+        let mut lines: Vec<&[u8]> = buf.split(|b| *b == b'\n').collect();
+        let rest = lines.pop().unwrap_or_default().to_vec();
+        for line in lines {
+            self.line(line);
+        }
+        self.pending[view] = rest;
+    }
+
+    fn line(&mut self, line: &[u8]) {
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
-            continue;
+            return;
         };
         for m in v
             .as_array()
@@ -220,9 +244,9 @@ fn ids_in(bytes: &[u8], requests: &mut BTreeSet<String>, responses: &mut BTreeSe
             let Some(id) = m.get("id") else { continue };
             let id = serde_json::to_string(id).unwrap_or_default();
             if m.get("method").is_some() {
-                requests.insert(id);
+                self.requests.insert(id);
             } else {
-                responses.insert(id);
+                self.responses.insert(id);
             }
         }
     }
@@ -240,8 +264,7 @@ pub fn mcp(data: &[u8]) {
         ..Default::default()
     });
     let mut host = FixedHost::stdio_pair(CLIENT, SERVER, REQ_PIPE, RESP_PIPE);
-    let mut requests = BTreeSet::new();
-    let mut responses = BTreeSet::new();
+    let mut model = IdModel::default();
     let mut now = 1_000_000u64;
     let mut signals = Vec::new();
     for op in data.split(|b| *b == 0x1e) {
@@ -275,7 +298,13 @@ pub fn mcp(data: &[u8]) {
             }
             _ => continue,
         };
-        ids_in(bytes, &mut requests, &mut responses);
+        let view = match kind {
+            b'1' => 1,
+            b'2' => 2,
+            b'3' => 3,
+            _ => 0,
+        };
+        model.push(view, bytes, kind == b'4');
         let hdr = EventHeader {
             record: RECORD_DATA,
             dir,
@@ -299,13 +328,13 @@ pub fn mcp(data: &[u8]) {
     for s in &signals {
         if let Signal::Exchange(x) = s {
             assert!(
-                requests.contains(&x.id),
+                model.requests.contains(&x.id),
                 "exchange for id {} that no request carried",
                 x.id
             );
             if matches!(x.status, Status::Ok | Status::Error | Status::ToolError) {
                 assert!(
-                    responses.contains(&x.id),
+                    model.responses.contains(&x.id),
                     "completed exchange for id {} that no response carried",
                     x.id
                 );

@@ -302,24 +302,28 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, ParseError> {
 
 /// Parse one frame, keeping what `opts` asks for.
 pub fn parse_with(bytes: &[u8], opts: Options) -> Result<Parsed, ParseError> {
-    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    // The whole frame must be UTF-8, as JSON requires and every SDK checks: serde_json skips
+    // the strings of fields nobody reads without looking at them.
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| ParseError::NotJson(format!("invalid UTF-8: {e}")))?;
+    let first = text.bytes().find(|b| !b.is_ascii_whitespace());
     match first {
         Some(b'[') => {
             let items: Vec<&RawValue> =
-                serde_json::from_slice(bytes).map_err(|e| ParseError::NotJson(e.to_string()))?;
+                serde_json::from_str(text).map_err(|e| ParseError::NotJson(e.to_string()))?;
             if items.is_empty() {
                 return Err(ParseError::Invalid("empty batch"));
             }
             let msgs = items
                 .into_iter()
-                .map(|raw| parse_one(raw.get().as_bytes(), opts))
+                .map(|raw| parse_one(raw.get(), opts))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(Parsed::Batch(msgs))
         }
-        Some(b'{') => parse_one(bytes, opts).map(Parsed::One),
+        Some(b'{') => parse_one(text, opts).map(Parsed::One),
         _ => {
             // Not an object or array: a JSON scalar is still "JSON but not JSON-RPC".
-            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            match serde_json::from_str::<serde::de::IgnoredAny>(text) {
                 Ok(_) => Err(ParseError::NotJsonRpc),
                 Err(e) => Err(ParseError::NotJson(e.to_string())),
             }
@@ -327,8 +331,8 @@ pub fn parse_with(bytes: &[u8], opts: Options) -> Result<Parsed, ParseError> {
     }
 }
 
-fn parse_one(bytes: &[u8], opts: Options) -> Result<Message, ParseError> {
-    let env: Envelope<'_> = match serde_json::from_slice(bytes) {
+fn parse_one(text: &str, opts: Options) -> Result<Message, ParseError> {
+    let env: Envelope<'_> = match serde_json::from_str(text) {
         Ok(e) => e,
         Err(e) if e.is_data() => return Err(ParseError::NotJsonRpc),
         Err(e) => return Err(ParseError::NotJson(e.to_string())),

@@ -632,10 +632,12 @@ fn server_round(id: &str, t: u64) -> [Vec<u8>; 2] {
 /// exchanges around them are whole.
 #[test]
 fn malformed_lines_are_counted_and_skipped() {
-    let bad: [&[u8]; 3] = [
+    let bad: [&[u8]; 4] = [
         b"{\"jsonrpc\":\"2.0\",\"id\":8,\"method\":\"tools/call\",\"params\":{\"name\":\n",
         b"{\"jsonrpc\":\"2.0\",\"id\":8,\"method\":\"tools/call\",\"params\":{\"name\":\"\xff\xfe\"}}\n",
         b"}}}}]]]]\n",
+        // Invalid UTF-8 in a field mcptap never reads: still not JSON (found by fuzzing).
+        b"{\"jsonrpc\":\"2.0\",\"id\":8,\"method\":\"ping\",\"x\":\"\xff\"}\n",
     ];
     let mut recs = Vec::new();
     recs.extend(server_round("1", 1_000));
@@ -647,8 +649,8 @@ fn malformed_lines_are_counted_and_skipped() {
     let (out, p) = run(&recs, &mut host());
     let ids: Vec<&str> = exchanges(&out).iter().map(|x| x.id.as_str()).collect();
     assert_eq!(ids, ["1", "2"], "{out:#?}");
-    assert_eq!(p.stats.parse_errors.get("not_json"), Some(&3));
-    assert_eq!(events(&out, "stream_corruption").len(), 3);
+    assert_eq!(p.stats.parse_errors.get("not_json"), Some(&4));
+    assert_eq!(events(&out, "stream_corruption").len(), 4);
 }
 
 /// Arguments nested 100,000 deep (valid JSON; a recursive parser would overflow its stack),
