@@ -278,6 +278,9 @@ pub fn mcp(data: &[u8]) {
             b'2' => (SERVER, 1, DIR_OUT, RESP_PIPE),
             b'3' => (CLIENT, 11, DIR_IN, RESP_PIPE),
             b'5' => {
+                // The server's streams end with it: their unfinished lines are gone.
+                model.pending[1].clear();
+                model.pending[2].clear();
                 let hdr = EventHeader {
                     record: RECORD_EXIT,
                     tgid: SERVER,
@@ -329,13 +332,13 @@ pub fn mcp(data: &[u8]) {
         if let Signal::Exchange(x) = s {
             assert!(
                 model.requests.contains(&x.id),
-                "exchange for id {} that no request carried",
+                "exchange for id {} that no request carried: {x:#?}",
                 x.id
             );
             if matches!(x.status, Status::Ok | Status::Error | Status::ToolError) {
                 assert!(
                     model.responses.contains(&x.id),
-                    "completed exchange for id {} that no response carried",
+                    "completed exchange for id {} that no response carried: {x:#?}",
                     x.id
                 );
             }
