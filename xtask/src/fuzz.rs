@@ -97,9 +97,10 @@ pub fn fuzz(seconds: u64, only: &[String]) -> Result<()> {
         }
         let n = runs(&stderr).unwrap_or(0);
         let corpus_size = std::fs::read_dir(&corpus)?.count();
-        report.push(format!(
-            "{t}: {n} executions in {seconds} s, no crash, corpus {corpus_size} inputs"
-        ));
+        let line =
+            format!("{t}: {n} executions in {seconds} s, no crash, corpus {corpus_size} inputs");
+        step(&line);
+        report.push(line);
     }
     for line in &report {
         step(line);
