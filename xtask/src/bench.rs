@@ -741,36 +741,7 @@ fn replay(env: &Env, s: &Scale) -> Result<Replay> {
                 .args(["--inclusive=yes", "--threshold=100"])
                 .arg(&cg)
                 .output()?;
-            let text = String::from_utf8_lossy(&out.stdout);
-            let total: f64 = text
-                .lines()
-                .find(|l| l.contains("PROGRAM TOTALS"))
-                .and_then(|l| l.split_whitespace().next())
-                .and_then(|n| n.replace(',', "").parse().ok())
-                .unwrap_or(0.0);
-            let mut rows = Vec::new();
-            for l in text.lines() {
-                let mut parts = l.trim().splitn(2, ' ');
-                let (Some(n), Some(rest)) = (parts.next(), parts.next()) else {
-                    continue;
-                };
-                let Ok(n) = n.replace(',', "").parse::<f64>() else {
-                    continue;
-                };
-                let f = rest
-                    .trim()
-                    .trim_start_matches(|c: char| {
-                        c == '(' || c.is_ascii_digit() || c == '.' || c == '%' || c == ')'
-                    })
-                    .trim();
-                let f = f.rsplit_once(':').map(|(_, f)| f).unwrap_or(f);
-                if f.contains("mcptap::") && total > 0.0 {
-                    rows.push((
-                        n / total * 100.0,
-                        f.split(" [").next().unwrap_or(f).to_string(),
-                    ));
-                }
-            }
+            let mut rows = profile_rows(&String::from_utf8_lossy(&out.stdout));
             rows.truncate(15);
             for (pct, f) in rows {
                 let _ = writeln!(profile, "| {pct:.1}% | `{}` |", f.replace('|', "\\|"));
@@ -787,6 +758,42 @@ fn replay(env: &Env, s: &Scale) -> Result<Replay> {
         seconds: median(times),
         profile,
     })
+}
+
+/// mcptap's functions in `callgrind_annotate --inclusive=yes` output, as (share of the
+/// program's instructions in %, function), in the file's order (most inclusive first).
+fn profile_rows(text: &str) -> Vec<(f64, String)> {
+    let total: f64 = text
+        .lines()
+        .find(|l| l.contains("PROGRAM TOTALS"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.replace(',', "").parse().ok())
+        .unwrap_or(0.0);
+    let mut rows = Vec::new();
+    if total <= 0.0 {
+        return rows;
+    }
+    for l in text.lines() {
+        // "  356,568,911 (99.78%)  ???:mcptap::main [/path/to/mcptap]"
+        let Some((head, rest)) = l.split_once(')') else {
+            continue;
+        };
+        let Some(Ok(n)) = head
+            .split_whitespace()
+            .next()
+            .map(|n| n.replace(',', "").parse::<f64>())
+        else {
+            continue;
+        };
+        // "file:function [object]": the file has no colon, the function may have many.
+        let place = rest.trim();
+        let place = place.rsplit_once(" [").map_or(place, |(p, _)| p);
+        let f = place.split_once(':').map_or(place, |(_, f)| f);
+        if f.starts_with("mcptap::") || f.starts_with("<mcptap::") {
+            rows.push((n / total * 100.0, f.to_string()));
+        }
+    }
+    rows
 }
 
 /// RSS of the agent with `count` sessions open.
@@ -1257,4 +1264,33 @@ pub fn soak(minutes: u64) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Lines as callgrind_annotate 3.19 prints them (from a real profile of `mcptap replay`).
+    #[test]
+    fn reads_mcptaps_functions_from_callgrind_annotate() {
+        let text = "\
+--------------------------------------------------------------------------------
+357,350,275 (100.0%)  PROGRAM TOTALS
+--------------------------------------------------------------------------------
+357,350,275 (100.0%)  ???:0x000000000001ab70 [/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2]
+356,677,944 (99.81%)  ???:main [/work/main/target/release/mcptap]
+356,568,911 (99.78%)  ???:mcptap::main [/work/main/target/release/mcptap]
+247,185,433 (69.17%)  ???:mcptap::pipeline::Pipeline::ingest [/work/main/target/release/mcptap]
+ 72,407,555 (20.26%)  ???:<mcptap::signals::telemetry::Recorder as mcptap::signals::Sink>::emit [/work/main/target/release/mcptap]
+";
+        let rows = super::profile_rows(text);
+        let names: Vec<&str> = rows.iter().map(|(_, f)| f.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "mcptap::main",
+                "mcptap::pipeline::Pipeline::ingest",
+                "<mcptap::signals::telemetry::Recorder as mcptap::signals::Sink>::emit"
+            ]
+        );
+        assert!((rows[1].0 - 69.17).abs() < 0.01, "{rows:?}");
+    }
 }
