@@ -609,3 +609,40 @@ pub fn mcptap_command<S: AsRef<std::ffi::OsStr>>(wrapper: &[S]) -> Command {
         None => Command::new(mcptap_bin()),
     }
 }
+
+/// `promtool query instant`: the samples (labels as JSON, value), or promtool's complaint.
+pub fn promql(port: u16, expr: &str) -> Result<Vec<(String, f64)>, String> {
+    let out = Command::new("promtool")
+        .args([
+            "query",
+            "instant",
+            "-o",
+            "json",
+            &format!("http://127.0.0.1:{port}"),
+            expr,
+        ])
+        .output()
+        .map_err(|e| format!("cannot run promtool: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("promtool printed no JSON ({e}): {:?}", out.stdout))?;
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            let val = s["value"][1]
+                .as_str()
+                .unwrap_or("NaN")
+                .parse()
+                .unwrap_or(f64::NAN);
+            (s["metric"].to_string(), val)
+        })
+        .collect())
+}
+
+/// [`promql`], failing the test when promtool complains.
+pub fn promql_ok(port: u16, expr: &str) -> Vec<(String, f64)> {
+    promql(port, expr).unwrap_or_else(|e| panic!("promtool query {expr}: {e}"))
+}

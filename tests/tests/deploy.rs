@@ -6,7 +6,7 @@
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use mcptap_e2e::*;
@@ -21,42 +21,6 @@ fn deploy() -> PathBuf {
         .parent()
         .unwrap()
         .join("deploy")
-}
-
-/// `promtool query instant`: the samples (labels as JSON, value), or promtool's complaint.
-fn promql(port: u16, expr: &str) -> Result<Vec<(String, f64)>, String> {
-    let out = Command::new("promtool")
-        .args([
-            "query",
-            "instant",
-            "-o",
-            "json",
-            &format!("http://127.0.0.1:{port}"),
-            expr,
-        ])
-        .output()
-        .map_err(|e| format!("cannot run promtool: {e}"))?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-    }
-    let v: Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("promtool printed no JSON ({e}): {:?}", out.stdout))?;
-    Ok(v.as_array()
-        .into_iter()
-        .flatten()
-        .map(|s| {
-            let val = s["value"][1]
-                .as_str()
-                .unwrap_or("NaN")
-                .parse()
-                .unwrap_or(f64::NAN);
-            (s["metric"].to_string(), val)
-        })
-        .collect())
-}
-
-fn promql_ok(port: u16, expr: &str) -> Vec<(String, f64)> {
-    promql(port, expr).unwrap_or_else(|e| panic!("promtool query {expr}: {e}"))
 }
 
 /// A Prometheus HTTP API answer. HTTP/1.0, so the body is never chunked.

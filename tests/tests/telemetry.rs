@@ -253,40 +253,6 @@ p.stdin.close(); p.wait()
     );
 }
 
-/// `promtool query instant` against a running Prometheus; the first sample's value.
-fn promql(port: u16, expr: &str) -> Vec<(String, f64)> {
-    let out = Command::new("promtool")
-        .args([
-            "query",
-            "instant",
-            "-o",
-            "json",
-            &format!("http://127.0.0.1:{port}"),
-            expr,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "promtool query {expr}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .map(|s| {
-            let labels = s["metric"].to_string();
-            let val = s["value"][1]
-                .as_str()
-                .unwrap_or("NaN")
-                .parse()
-                .unwrap_or(f64::NAN);
-            (labels, val)
-        })
-        .collect()
-}
-
 /// A real Prometheus (Debian's) scrapes mcptap while real peers run a known workload; the
 /// queries people already write answer with the right counts; promtool finds nothing to
 /// complain about in the exposition.
@@ -296,7 +262,7 @@ fn prometheus_scrapes_and_answers_promql() {
     let agent = Agent::start(&dir, &[]);
     let (_prom, prom_port) = start_prometheus(&dir, agent.port, None);
     assert!(
-        wait_for(60, || promql(prom_port, "up{job=\"mcptap\"}")
+        wait_for(60, || promql_ok(prom_port, "up{job=\"mcptap\"}")
             .first()
             .is_some_and(|(_, v)| *v == 1.0)),
         "Prometheus never scraped mcptap"
@@ -309,7 +275,7 @@ fn prometheus_scrapes_and_answers_promql() {
         .spawn()
         .unwrap();
     assert!(
-        wait_for(30, || promql(prom_port, "sum(mcp_active_sessions)")
+        wait_for(30, || promql_ok(prom_port, "sum(mcp_active_sessions)")
             .first()
             .is_some_and(|(_, v)| *v >= 1.0)),
         "mcp_active_sessions never showed the open session"
@@ -320,7 +286,7 @@ fn prometheus_scrapes_and_answers_promql() {
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
     // Wait until a scrape after the session ended is in.
     assert!(
-        wait_for(30, || promql(
+        wait_for(30, || promql_ok(
             prom_port,
             "sum(mcp_session_duration_seconds_count)"
         )
@@ -341,7 +307,7 @@ fn prometheus_scrapes_and_answers_promql() {
     };
     let want_echo = calls("echo");
     assert!(
-        wait_for(30, || promql(
+        wait_for(30, || promql_ok(
             prom_port,
             "sum(mcp_tool_calls_total{tool_name=\"echo\"})"
         )
@@ -350,7 +316,7 @@ fn prometheus_scrapes_and_answers_promql() {
         "the second run never reached Prometheus"
     );
     assert!(
-        wait_for(30, || promql(
+        wait_for(30, || promql_ok(
             prom_port,
             "sum(mcp_session_duration_seconds_count)"
         )
@@ -359,7 +325,7 @@ fn prometheus_scrapes_and_answers_promql() {
         "the second session's end never reached Prometheus"
     );
 
-    let by_tool = promql(
+    let by_tool = promql_ok(
         prom_port,
         "sum(rate(mcp_tool_calls_total[5m])) by (tool_name)",
     );
@@ -371,7 +337,7 @@ fn prometheus_scrapes_and_answers_promql() {
             "{tool}: {by_tool:?}"
         );
     }
-    let totals = promql(prom_port, "sum(mcp_tool_calls_total) by (tool_name)");
+    let totals = promql_ok(prom_port, "sum(mcp_tool_calls_total) by (tool_name)");
     let total = |tool: &str| {
         totals
             .iter()
@@ -380,7 +346,7 @@ fn prometheus_scrapes_and_answers_promql() {
     };
     assert_eq!(total("echo"), Some(calls("echo")), "{totals:?}");
     assert_eq!(total("fail"), Some(calls("fail")));
-    let err_rate = promql(
+    let err_rate = promql_ok(
         prom_port,
         "sum(rate(mcp_tool_calls_total{status=\"error\"}[5m])) by (tool_name) / sum(rate(mcp_tool_calls_total[5m])) by (tool_name)",
     );
@@ -393,7 +359,7 @@ fn prometheus_scrapes_and_answers_promql() {
     assert_eq!(rate_of("fail"), Some(1.0), "{err_rate:?}");
     // No error series for echo: PromQL leaves it out of the ratio.
     assert_eq!(rate_of("echo"), None, "{err_rate:?}");
-    let p95 = promql(
+    let p95 = promql_ok(
         prom_port,
         "histogram_quantile(0.95, sum(rate(mcp_tool_call_duration_seconds_bucket[5m])) by (le, tool_name))",
     );
@@ -403,12 +369,12 @@ fn prometheus_scrapes_and_answers_promql() {
         .map(|(_, v)| *v)
         .unwrap();
     assert!(echo_p95 > 0.0 && echo_p95 < 5.0, "{p95:?}");
-    let active = promql(prom_port, "mcp_active_sessions");
+    let active = promql_ok(prom_port, "mcp_active_sessions");
     assert!(
         !active.is_empty() && active.iter().all(|(_, v)| *v == 0.0),
         "{active:?}"
     );
-    let median = promql(
+    let median = promql_ok(
         prom_port,
         "histogram_quantile(0.5, rate(mcp_session_duration_seconds_bucket[24h]))",
     );
@@ -416,21 +382,21 @@ fn prometheus_scrapes_and_answers_promql() {
         median.iter().any(|(_, v)| v.is_finite() && *v > 0.0),
         "{median:?}"
     );
-    let reads = promql(
+    let reads = promql_ok(
         prom_port,
         "sum(rate(mcp_resource_reads_total[5m])) by (resource_uri)",
     );
     for uri in ["res://greeting", "res://missing"] {
         assert!(reads.iter().any(|(l, _)| l.contains(uri)), "{reads:?}");
     }
-    let errors = promql(prom_port, "sum(mcp_errors_total) by (code)");
+    let errors = promql_ok(prom_port, "sum(mcp_errors_total) by (code)");
     assert!(
         errors
             .iter()
             .any(|(l, v)| l.contains("\"code\":\"0\"") && *v >= 1.0),
         "{errors:?}"
     );
-    let classes = promql(
+    let classes = promql_ok(
         prom_port,
         "sum(mcp_tool_calls_total{status=\"error\"}) by (error_class)",
     );

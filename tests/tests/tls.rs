@@ -97,6 +97,30 @@ fn metric_reaching(agent: &Agent, name: &str, labels: &[(&str, &str)], at_least:
     }
 }
 
+/// Stop the server, then the agent, and check what every HTTPS test checks: the server the
+/// client named, each call once, the session, and TLS on every exchange. Returns the records
+/// and the agent's log.
+fn stop_and_check(
+    agent: Agent,
+    server: Server,
+    run: &ClientRun,
+    port: u16,
+    stateless: bool,
+) -> (Records, String) {
+    assert_eq!(
+        run.server_pid,
+        Some(server.pid()),
+        "whoami names the server"
+    );
+    drop(server);
+    let log = agent.log();
+    let recs = agent.stop();
+    check_calls(&recs, run, Sides::Both);
+    check_session(&recs, run, "http", stateless);
+    check_tls(&recs, run, port, &log);
+    (recs, log)
+}
+
 /// Every exchange of the client is marked TLS, carries the server's address, and both ends'
 /// streams lost nothing.
 fn check_tls(recs: &Records, run: &ClientRun, port: u16, log: &str) {
@@ -146,17 +170,7 @@ fn python_sdk_over_https() {
         &mut py_client("mcp1", &url, &cert, &["--big-result", "2000000"]),
         &dir,
     );
-    assert_eq!(
-        run.server_pid,
-        Some(server.pid()),
-        "whoami names the server"
-    );
-    drop(server);
-    let log = agent.log();
-    let recs = agent.stop();
-    check_calls(&recs, &run, Sides::Both);
-    check_session(&recs, &run, "http", false);
-    check_tls(&recs, &run, port, &log);
+    let (recs, _) = stop_and_check(agent, server, &run, port, false);
     let big = recs
         .exchanges_of_client(run.pid)
         .into_iter()
@@ -213,17 +227,7 @@ fn typescript_sdk_client_over_https() {
         .args(["--big-arg", "1000000"])
         .env("NODE_EXTRA_CA_CERTS", &cert);
     let run = run_client(&mut c, &dir);
-    assert_eq!(
-        run.server_pid,
-        Some(server.pid()),
-        "whoami names the server"
-    );
-    drop(server);
-    let log = agent.log();
-    let recs = agent.stop();
-    check_calls(&recs, &run, Sides::Both);
-    check_session(&recs, &run, "http", false);
-    check_tls(&recs, &run, port, &log);
+    let (recs, _) = stop_and_check(agent, server, &run, port, false);
     let big = recs
         .exchanges_of_client(run.pid)
         .into_iter()
@@ -248,17 +252,7 @@ fn probes_per_watched_process_over_https() {
     let server = https_server("mcp2", &dir, port, &cert, &[]);
     let url = format!("https://127.0.0.1:{port}/mcp");
     let run = run_client(&mut py_client("mcp2", &url, &cert, &[]), &dir);
-    assert_eq!(
-        run.server_pid,
-        Some(server.pid()),
-        "whoami names the server"
-    );
-    drop(server);
-    let log = agent.log();
-    let recs = agent.stop();
-    check_calls(&recs, &run, Sides::Both);
-    check_session(&recs, &run, "http", true);
-    check_tls(&recs, &run, port, &log);
+    let (_, log) = stop_and_check(agent, server, &run, port, true);
     for pid in [run.pid, run.server_pid.unwrap()] {
         assert!(
             log.contains(&format!("libssl.so for Pid({pid})"))

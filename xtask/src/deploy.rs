@@ -66,26 +66,11 @@ fn prometheus(dir: &Path) -> Result<()> {
 fn kubernetes_validate() -> Result<PathBuf> {
     let dir = root().join("target").join("peers").join("kvalidate");
     let bin = dir.join("bin").join("kubernetes-validate");
-    let stamp = dir.join(".mcptap-stamp");
-    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == KUBERNETES_VALIDATE) && bin.exists() {
+    if crate::peers::stamped(&dir, KUBERNETES_VALIDATE) && bin.exists() {
         step(&format!("ok: {KUBERNETES_VALIDATE} in {}", dir.display()));
         return Ok(bin);
     }
-    step(&format!(
-        "installing {KUBERNETES_VALIDATE} into {}",
-        dir.display()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    run(Command::new("python3").args(["-m", "venv"]).arg(&dir))
-        .context("python3 -m venv failed")?;
-    run(Command::new(dir.join("bin/pip")).args([
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        KUBERNETES_VALIDATE,
-    ]))
-    .with_context(|| format!("pip install {KUBERNETES_VALIDATE}"))?;
-    std::fs::write(&stamp, KUBERNETES_VALIDATE).context("writing the stamp")?;
+    crate::peers::python_venv(&dir, KUBERNETES_VALIDATE)?;
     Ok(bin)
 }
 

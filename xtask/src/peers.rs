@@ -23,12 +23,27 @@ const NPM: &[&str] = &[
     "@modelcontextprotocol/server-everything@2026.8.31",
 ];
 
-fn stamped(dir: &Path, spec: &str) -> bool {
+pub fn stamped(dir: &Path, spec: &str) -> bool {
     std::fs::read_to_string(dir.join(".mcptap-stamp")).is_ok_and(|s| s == spec)
 }
 
 fn stamp(dir: &Path, spec: &str) -> Result<()> {
     std::fs::write(dir.join(".mcptap-stamp"), spec).context("writing the peer stamp")
+}
+
+/// A fresh virtualenv in `dir` with `req` pip-installed, stamped so that the next run skips it.
+pub fn python_venv(dir: &Path, req: &str) -> Result<()> {
+    step(&format!("installing {req} into {}", dir.display()));
+    let _ = std::fs::remove_dir_all(dir);
+    run(Command::new("python3").args(["-m", "venv"]).arg(dir)).context("python3 -m venv failed")?;
+    run(Command::new(dir.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        req,
+    ]))
+    .with_context(|| format!("pip install {req}"))?;
+    stamp(dir, req)
 }
 
 /// Debian's Prometheus (2.42, with promtool): the telemetry tests scrape mcptap with it.
@@ -65,18 +80,7 @@ pub fn install() -> Result<PathBuf> {
             step(&format!("ok: {req} in {}", dir.display()));
             continue;
         }
-        step(&format!("installing {req} into {}", dir.display()));
-        let _ = std::fs::remove_dir_all(&dir);
-        run(Command::new("python3").args(["-m", "venv"]).arg(&dir))
-            .context("python3 -m venv failed")?;
-        run(Command::new(dir.join("bin/pip")).args([
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            req,
-        ]))
-        .with_context(|| format!("pip install {req}"))?;
-        stamp(&dir, req)?;
+        python_venv(&dir, req)?;
     }
     let node = base.join("node");
     let spec = NPM.join(" ");

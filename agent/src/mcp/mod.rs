@@ -665,16 +665,13 @@ impl Tracker {
                 self.emit_ready(&key, out);
             }
         }
-        if self.states.len() > self.cfg.max_sessions {
-            let excess = self.states.len() - self.cfg.max_sessions * 9 / 10;
-            let cutoff = nth_oldest(self.states.values().map(|st| st.session.last_ns), excess);
-            let victims: Vec<SessionKey> = self
-                .states
+        let victims = crate::least_recent(
+            self.states
                 .iter()
-                .filter(|(_, st)| st.session.last_ns <= cutoff)
-                .map(|(k, _)| k.clone())
-                .take(excess)
-                .collect();
+                .map(|(k, st)| (st.session.last_ns, k.clone())),
+            self.cfg.max_sessions,
+        );
+        if !victims.is_empty() {
             log::warn!(
                 "{} sessions held (cap {}): ending the {} least recently active",
                 self.states.len(),

@@ -933,23 +933,23 @@ impl Pipeline {
         let idle = self.cfg.stream_idle_ns;
         self.streams
             .retain(|_, s| now.saturating_sub(s.last_ns) < idle);
-        if self.streams.len() > self.cfg.max_streams {
-            // Down to 90% of the cap, so that a flood does not sort on every tick.
-            let excess = self.streams.len() - self.cfg.max_streams * 9 / 10;
-            let mut ages: Vec<(u64, StreamKey)> =
-                self.streams.iter().map(|(k, s)| (s.last_ns, *k)).collect();
-            ages.select_nth_unstable_by_key(excess - 1, |(t, _)| *t);
+        let victims = crate::least_recent(
+            self.streams.iter().map(|(k, s)| (s.last_ns, *k)),
+            self.cfg.max_streams,
+        );
+        if !victims.is_empty() {
             log::warn!(
-                "{} streams held (cap {}): forgetting the {excess} least recently active",
+                "{} streams held (cap {}): forgetting the {} least recently active",
                 self.streams.len(),
-                self.cfg.max_streams
+                self.cfg.max_streams,
+                victims.len()
             );
-            for (_, key) in ages.into_iter().take(excess) {
+            self.stats.evicted_streams += victims.len() as u64;
+            for key in victims {
                 if let Some(s) = self.streams.remove(&key) {
                     self.finish_stream(key, s, now);
                 }
             }
-            self.stats.evicted_streams += excess as u64;
         }
         if now > idle {
             self.end_tls(|_| true, now - idle);
