@@ -36,12 +36,13 @@ use aya_ebpf::{
 };
 use mcptap_abi::{
     CHUNK_MAX, CHUNKS_PER_CALL, CIPHER_KEY_BYTES, Config, DIR_IN, DIR_OUT, EventHeader, FD_OTHER,
-    FD_PIPE, FD_TCP, FD_UNIX, FDSTATE_LOST, FDSTATE_REJECTED, FDSTATE_SEEN, FDSTATE_TLS,
-    FDSTATE_TLS_BOUND, FLAG_LOST_BEFORE, FLAG_TLS, FLAG_TRUNCATED, FdKey, FdState, HEADER_SIZE,
-    KernelOffsets, MAX_IOVECS, MAX_TAIL_CALLS, OFFSET_MISSING, RECORD_CLOSE, RECORD_DATA,
-    RECORD_EXEC, RECORD_EXIT, RECORD_SOCKET, RECORD_TLS, SCRATCH_SIZE, SKIP_KEY_MASK, SKIP_SLOTS,
-    SelfTest, SocketInfo, SslCall, SslKey, SslSocket, Stash, TAIL_SHIP_MORE, UNIX_PATH_MAX,
-    WATCH_BY_COMM, WATCH_BY_PID, cipher_key, counter, looks_tls, skip_entry, skip_slot, syscall,
+    FD_PIPE, FD_TCP, FD_UNIX, FDSTATE_LOST, FDSTATE_NEW, FDSTATE_PENDING_MARKS, FDSTATE_REJECTED,
+    FDSTATE_SEEN, FDSTATE_TLS, FDSTATE_TLS_BOUND, FLAG_LOST_BEFORE, FLAG_STATE_NEW, FLAG_TLS,
+    FLAG_TRUNCATED, FdKey, FdState, HEADER_SIZE, KernelOffsets, MAX_IOVECS, MAX_TAIL_CALLS,
+    OFFSET_MISSING, RECORD_CLOSE, RECORD_DATA, RECORD_EXEC, RECORD_EXIT, RECORD_SOCKET, RECORD_TLS,
+    SCRATCH_SIZE, SKIP_KEY_MASK, SKIP_SLOTS, SelfTest, SocketInfo, SslCall, SslKey, SslSocket,
+    Stash, TAIL_SHIP_MORE, UNIX_PATH_MAX, WATCH_BY_COMM, WATCH_BY_PID, cipher_key, counter,
+    looks_tls, skip_entry, skip_slot, syscall,
 };
 
 #[unsafe(no_mangle)]
@@ -134,8 +135,8 @@ mod arch {
     pub const NR_DUP2: i64 = 33;
     pub const NR_DUP3: i64 = 292;
     pub const NR_CLOSE_RANGE: i64 = 436;
-    /// `struct pt_regs` words holding args 0, 1, 2: di, si, dx.
-    pub const ARG_WORDS: [usize; 3] = [14, 13, 12];
+    /// `struct pt_regs` words holding syscall args 0, 1, 2, 3: di, si, dx, r10.
+    pub const ARG_WORDS: [usize; 4] = [14, 13, 12, 7];
 }
 
 #[cfg(bpf_target_arch = "aarch64")]
@@ -153,14 +154,15 @@ mod arch {
     pub const NR_DUP2: i64 = -1;
     pub const NR_DUP3: i64 = 24;
     pub const NR_CLOSE_RANGE: i64 = 436;
-    /// `struct pt_regs` starts with regs[31]: regs[0..3] hold args 0, 1, 2 at entry.
-    pub const ARG_WORDS: [usize; 3] = [0, 1, 2];
+    /// `struct pt_regs` starts with regs[31]: regs[0..4] hold args 0, 1, 2, 3 at entry.
+    pub const ARG_WORDS: [usize; 4] = [0, 1, 2, 3];
 }
 
 const S_IFMT: u16 = 0o170000;
 const S_IFIFO: u16 = 0o010000;
 const S_IFSOCK: u16 = 0o140000;
 const SOCK_STREAM: i16 = 1;
+const MSG_PEEK: u64 = 2;
 const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -236,66 +238,46 @@ const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
-/// The `struct file *` behind `fd` in the current task, or 0.
+/// The `struct file *` behind `fd` in the current task: 0 when the fd is not open, `None`
+/// when the task's file table could not be read.
 #[inline(always)]
-fn current_file(fd: i32) -> u64 {
+fn current_file(fd: i32) -> Option<u64> {
     if fd < 0 {
-        return 0;
+        return Some(0);
     }
     let off = OFFSETS.load();
     let task = unsafe { bpf_get_current_task() };
-    let Some(files) = read_kernel::<u64>(task, off.task_files) else {
-        return 0;
-    };
-    let Some(fdt) = read_kernel::<u64>(files, off.files_fdt) else {
-        return 0;
-    };
-    let Some(max_fds) = read_kernel::<u32>(fdt, off.fdt_max_fds) else {
-        return 0;
-    };
+    let files = read_kernel::<u64>(task, off.task_files)?;
+    let fdt = read_kernel::<u64>(files, off.files_fdt)?;
+    let max_fds = read_kernel::<u32>(fdt, off.fdt_max_fds)?;
     if fd as u32 >= max_fds {
-        return 0;
+        return Some(0);
     }
-    let Some(array) = read_kernel::<u64>(fdt, off.fdt_fd) else {
-        return 0;
-    };
-    read_kernel::<u64>(array + (fd as u64) * 8, 0).unwrap_or(0)
+    let array = read_kernel::<u64>(fdt, off.fdt_fd)?;
+    read_kernel::<u64>(array + (fd as u64) * 8, 0)
 }
 
 /// Classify `file` (pipe, AF_UNIX/TCP stream socket, other) from its inode and socket.
-/// Returns the state and, for sockets, the `struct sock *` and the AF_UNIX peer's.
+/// Returns the state and, for sockets, the `struct sock *` and the AF_UNIX peer's; `None`
+/// when a kernel structure could not be read (nothing is then known, and nothing cached).
 #[inline(always)]
-fn classify(file: u64) -> (FdState, u64, u64) {
+fn classify(file: u64) -> Option<(FdState, u64, u64)> {
     let off = OFFSETS.load();
     let mut st = FdState {
         file,
         ..FdState::default()
     };
-    let Some(inode) = read_kernel::<u64>(file, off.file_inode) else {
-        count(counter::CLASSIFY_FAULTS, 1);
-        return (st, 0, 0);
-    };
-    let (Some(mode), Some(ino)) = (
-        read_kernel::<u16>(inode, off.inode_mode),
-        read_kernel::<u64>(inode, off.inode_ino),
-    ) else {
-        count(counter::CLASSIFY_FAULTS, 1);
-        return (st, 0, 0);
-    };
-    st.inode = ino;
+    let inode = read_kernel::<u64>(file, off.file_inode)?;
+    let mode = read_kernel::<u16>(inode, off.inode_mode)?;
+    st.inode = read_kernel::<u64>(inode, off.inode_ino)?;
     match mode & S_IFMT {
         S_IFIFO => st.kind = FD_PIPE,
         S_IFSOCK => {
-            let Some(sock) = read_kernel::<u64>(file, off.file_private_data) else {
-                count(counter::CLASSIFY_FAULTS, 1);
-                return (st, 0, 0);
-            };
-            if read_kernel::<i16>(sock, off.socket_type) != Some(SOCK_STREAM) {
-                return (st, 0, 0);
+            let sock = read_kernel::<u64>(file, off.file_private_data)?;
+            if read_kernel::<i16>(sock, off.socket_type)? != SOCK_STREAM {
+                return Some((st, 0, 0));
             }
-            let Some(sk) = read_kernel::<u64>(sock, off.socket_sk) else {
-                return (st, 0, 0);
-            };
+            let sk = read_kernel::<u64>(sock, off.socket_sk)?;
             let mut peer = 0;
             match read_kernel::<u16>(sk, off.sock_family) {
                 Some(AF_UNIX) => {
@@ -317,36 +299,72 @@ fn classify(file: u64) -> (FdState, u64, u64) {
                 Some(AF_INET) | Some(AF_INET6) => st.kind = FD_TCP,
                 _ => {}
             }
-            return (st, sk, peer);
+            return Some((st, sk, peer));
         }
         _ => {}
     }
-    (st, 0, 0)
+    Some((st, 0, 0))
+}
+
+/// What a syscall's fd is, as far as capture is concerned.
+enum Fd {
+    /// A pipe or stream socket, with its state entry in `FDS`.
+    Tracked(*mut FdState),
+    /// Something mcptap never captures (a regular file, a tty, UDP): not kept in `FDS`, so
+    /// that the map holds only what matters; the skip cache remembers it instead.
+    Untracked,
+    /// Not open, or its kernel structures could not be read (counted): nothing is cached,
+    /// the next syscall looks again.
+    Unknown,
 }
 
 /// The state of (tgid, fd), from the cache when it still describes the same file. A socket
 /// seen for the first time is announced with a record built in scratch slot `scratch`.
 #[inline(always)]
-fn fd_state(tgid: u32, tid: u32, fd: i32, gen_: u8, scratch: u32) -> Option<*mut FdState> {
+fn fd_state(tgid: u32, tid: u32, fd: i32, gen_: u8, scratch: u32) -> Fd {
     let key = FdKey { tgid, fd };
     // Trusted without reading the task's file table: every way an fd can change without a
     // close we see (dup2, dup3, close_range, exec, a new process) bumps the generation.
-    if let Some(st) = FDS.get_ptr_mut(key)
-        && unsafe { (*st).gen_ } == gen_
-    {
-        return Some(st);
+    let mut fresh = true;
+    if let Some(st) = FDS.get_ptr_mut(key) {
+        if unsafe { (*st).gen_ } == gen_ {
+            return Fd::Tracked(st);
+        }
+        // Rebuilt for a new generation, not lost to eviction.
+        fresh = false;
     }
-    let file = current_file(fd);
+    let Some(file) = current_file(fd) else {
+        count(counter::CLASSIFY_FAULTS, 1);
+        return Fd::Unknown;
+    };
     if file == 0 {
-        return None;
+        return Fd::Unknown;
     }
-    let (mut st, sk, peer) = classify(file);
+    let Some((mut st, sk, peer)) = classify(file) else {
+        count(counter::CLASSIFY_FAULTS, 1);
+        return Fd::Unknown;
+    };
+    if st.kind == FD_OTHER {
+        if !fresh {
+            let _ = FDS.remove(key);
+        }
+        return Fd::Untracked;
+    }
     st.gen_ = gen_;
-    FDS.insert(key, st, 0).ok()?;
+    if fresh {
+        st.flags |= FDSTATE_NEW;
+    }
+    if FDS.insert(key, st, 0).is_err() {
+        count(counter::STASH_FULL, 1);
+        return Fd::Unknown;
+    }
     if st.kind == FD_TCP || st.kind == FD_UNIX {
         emit_socket(tgid, tid, fd, &st, sk, peer, scratch);
     }
-    FDS.get_ptr_mut(key)
+    match FDS.get_ptr_mut(key) {
+        Some(st) => Fd::Tracked(st),
+        None => Fd::Unknown,
+    }
 }
 
 /// Read the path of AF_UNIX `sk` (if bound) into `path`; returns its length.
@@ -438,6 +456,36 @@ fn emit_socket(tgid: u32, tid: u32, fd: i32, st: &FdState, sk: u64, peer: u64, s
     }
 }
 
+/// The record flags for an fd state's pending marks.
+#[inline(always)]
+fn record_marks(state_flags: u8) -> u8 {
+    let mut f = 0;
+    if state_flags & FDSTATE_LOST != 0 {
+        f |= FLAG_LOST_BEFORE;
+    }
+    if state_flags & FDSTATE_NEW != 0 {
+        f |= FLAG_STATE_NEW;
+    }
+    f
+}
+
+/// A syscall that shipped nothing gives its fd's pending marks back, so that the next
+/// record still carries them (a read that failed with EAGAIN after a loss).
+#[inline(always)]
+fn restore_marks(tgid: u32, stash: &Stash) {
+    let marks = stash.fd.flags & FDSTATE_PENDING_MARKS;
+    if marks == 0 {
+        return;
+    }
+    if let Some(st) = FDS.get_ptr_mut(FdKey {
+        tgid,
+        fd: stash.fdnum,
+    }) && unsafe { (*st).file } == stash.fd.file
+    {
+        unsafe { (*st).flags |= marks };
+    }
+}
+
 #[inline(always)]
 fn mark_lost(tgid: u32, fd: i32) {
     if let Some(st) = FDS.get_ptr_mut(FdKey { tgid, fd }) {
@@ -477,6 +525,16 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
     }
     let regs: *const u64 = ctx.arg(0);
     let fd = syscall_arg(regs, 0) as i32;
+    // A peek leaves the bytes in the socket: the read that follows moves them, and only that
+    // one is captured.
+    let peek = match sc {
+        syscall::RECVFROM => syscall_arg(regs, 3) & MSG_PEEK != 0,
+        syscall::RECVMSG => syscall_arg(regs, 2) & MSG_PEEK != 0,
+        _ => false,
+    };
+    if peek {
+        return 0;
+    }
     match sc {
         SC_CLOSE => {
             on_close(tgid, pid_tgid as u32, fd);
@@ -503,13 +561,20 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
     {
         return 0;
     }
-    let Some(st) = fd_state(tgid, pid_tgid as u32, fd, gen_, SCRATCH_SOCKET) else {
-        return 0;
+    let st = match fd_state(tgid, pid_tgid as u32, fd, gen_, SCRATCH_SOCKET) {
+        Fd::Tracked(st) => st,
+        Fd::Untracked => {
+            if let Some(slot) = slot {
+                unsafe { *slot = skip };
+            }
+            return 0;
+        }
+        Fd::Unknown => return 0,
     };
     let mut state = unsafe { *st };
     // A TLS socket whose SSL object is bound needs nothing more: its plaintext comes from the
     // OpenSSL probes.
-    if state.kind == FD_OTHER || state.flags & (FDSTATE_REJECTED | FDSTATE_TLS_BOUND) != 0 {
+    if state.flags & (FDSTATE_REJECTED | FDSTATE_TLS_BOUND) != 0 {
         if state.flags & FDSTATE_REJECTED != 0 {
             count(counter::REJECTED_FDS, 1);
         }
@@ -531,8 +596,9 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
             state.flags |= FDSTATE_LOST;
         }
     }
-    // The loss flag travels with this syscall's first record; clear it in the map.
-    unsafe { (*st).flags &= !FDSTATE_LOST };
+    // The pending marks travel with this syscall's first record; clear them in the map
+    // (`sys_exit` puts them back if the syscall ships nothing).
+    unsafe { (*st).flags &= !FDSTATE_PENDING_MARKS };
     let stash = Stash {
         ptr: syscall_arg(regs, 1),
         count: syscall_arg(regs, 2),
@@ -630,12 +696,15 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let _ = STASH.remove(tid);
     let ret: i64 = ctx.arg(1);
     if ret <= 0 {
+        restore_marks(tgid, &stash);
         return 0;
     }
     if stash.fd.kind == FD_TCP
         && stash.fd.flags & (FDSTATE_TLS | FDSTATE_SEEN) != FDSTATE_SEEN
         && tls_ciphertext(tgid, tid, &stash, ret as u64)
     {
+        // The plaintext, shipped by the OpenSSL probes, carries the marks instead.
+        restore_marks(tgid, &stash);
         return 0;
     }
     let Some(job) = JOBS.get_ptr_mut(JOB_SYSCALL) else {
@@ -646,11 +715,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         record: RECORD_DATA,
         dir: stash.dir,
         fd_kind: stash.fd.kind,
-        flags: if stash.fd.flags & FDSTATE_LOST != 0 {
-            FLAG_LOST_BEFORE
-        } else {
-            0
-        },
+        flags: record_marks(stash.fd.flags),
         syscall: stash.syscall,
         _pad: [0; 3],
         tgid,
@@ -720,7 +785,10 @@ fn ship<C: EbpfContext>(ctx: &C, job: &mut Job, scratch: u32, tails: &ProgramArr
         }
         if job.cur_left == 0 {
             if job.iov_left == 0 || job.iov_ptr == 0 {
-                // The iovecs hold fewer bytes than the syscall returned: nothing more to send.
+                // The iovecs hold fewer bytes than the syscall returned (another thread
+                // changed them): the rest cannot be found, so the syscall ends truncated.
+                count(counter::IOV_SHORT, 1);
+                truncate(job);
                 return;
             }
             let iov: [u64; 2] = match unsafe { bpf_probe_read_user(job.iov_ptr as *const [u64; 2]) }
@@ -773,8 +841,8 @@ fn ship<C: EbpfContext>(ctx: &C, job: &mut Job, scratch: u32, tails: &ProgramArr
         }
         count(counter::RECORDS, 1);
         count(counter::BYTES, n);
-        // Only the first record of a syscall carries the loss flag.
-        job.hdr.flags &= !FLAG_LOST_BEFORE;
+        // Only the first record of a syscall carries the marks.
+        job.hdr.flags &= !(FLAG_LOST_BEFORE | FLAG_STATE_NEW);
         job.shipped += n;
         job.cur_base += n;
         job.cur_left -= n;
@@ -1105,8 +1173,11 @@ pub fn ssl_data_ret(ctx: RetProbeContext) -> u32 {
 #[inline(always)]
 fn ship_tls(ctx: &RetProbeContext, key: SslKey, sock: SslSocket, tid: u32, call: &SslCall, n: u64) {
     let tgid = key.tgid;
-    let st = fd_state(tgid, tid, sock.fd, byte_of(&GEN, tgid), SCRATCH_TLS);
-    let Some(st) = st.filter(|st| unsafe { (**st).inode } == sock.inode) else {
+    let st = match fd_state(tgid, tid, sock.fd, byte_of(&GEN, tgid), SCRATCH_TLS) {
+        Fd::Tracked(st) if unsafe { (*st).inode } == sock.inode => Some(st),
+        _ => None,
+    };
+    let Some(st) = st else {
         // The socket is closed (its fd is gone or names another file now): these bytes
         // never travel.
         let _ = SSL_SOCKETS.remove(key);
@@ -1118,10 +1189,10 @@ fn ship_tls(ctx: &RetProbeContext, key: SslKey, sock: SslSocket, tid: u32, call:
         return;
     }
     // The plaintext flows, so the ciphertext must not (an entry rebuilt since the binding has
-    // lost those marks); the loss flag travels with this record.
+    // lost those marks); the pending marks travel with this record.
     unsafe {
         (*st).flags =
-            (state.flags | FDSTATE_TLS | FDSTATE_TLS_BOUND | FDSTATE_SEEN) & !FDSTATE_LOST;
+            (state.flags | FDSTATE_TLS | FDSTATE_TLS_BOUND | FDSTATE_SEEN) & !FDSTATE_PENDING_MARKS;
     }
     let Some(job) = JOBS.get_ptr_mut(JOB_TLS) else {
         return;
@@ -1135,12 +1206,7 @@ fn ship_tls(ctx: &RetProbeContext, key: SslKey, sock: SslSocket, tid: u32, call:
             DIR_OUT
         },
         fd_kind: state.kind,
-        flags: FLAG_TLS
-            | if state.flags & FDSTATE_LOST != 0 {
-                FLAG_LOST_BEFORE
-            } else {
-                0
-            },
+        flags: FLAG_TLS | record_marks(state.flags),
         syscall: call.op,
         _pad: [0; 3],
         tgid,

@@ -14,6 +14,7 @@
 //! container and pod of each process (cgroup paths, and the API server's pods of this node).
 #![warn(missing_docs)]
 
+pub mod bounded;
 pub mod capture;
 pub mod cli;
 pub mod export;
@@ -31,21 +32,3 @@ pub mod wire;
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 /// The hash set of the hot path, as [`FastMap`].
 pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
-
-/// Over `cap`, the keys of the least recently active `entries` (by last activity) to forget so
-/// that 90% of the cap remain; none within it. Going below the cap keeps a flood from paying
-/// for a selection on every tick. Nothing is collected unless the cap is passed.
-pub(crate) fn least_recent<K>(
-    entries: impl ExactSizeIterator<Item = (u64, K)>,
-    cap: usize,
-) -> Vec<K> {
-    let len = entries.len();
-    if len <= cap {
-        return Vec::new();
-    }
-    let excess = len - cap * 9 / 10;
-    let mut all: Vec<(u64, K)> = entries.collect();
-    all.select_nth_unstable_by_key(excess - 1, |(t, _)| *t);
-    all.truncate(excess);
-    all.into_iter().map(|(_, k)| k).collect()
-}

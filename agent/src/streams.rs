@@ -47,6 +47,12 @@ pub enum GapReason {
     MissingChunk,
     /// Two threads' syscalls on one fd interleaved their chunks.
     Interleaved,
+    /// The kernel forgot this fd's state (its LRU map evicted the entry), and with it maybe
+    /// a mark of lost bytes: the stream resynchronises to be safe.
+    StateEvicted,
+    /// The agent's budget for buffered bytes (`--max-buffered-bytes`) was spent: the
+    /// partial message of the stream that passed it was dropped.
+    BufferBudget,
 }
 
 impl GapReason {
@@ -57,6 +63,8 @@ impl GapReason {
             GapReason::Truncated => "truncated",
             GapReason::MissingChunk => "missing_chunk",
             GapReason::Interleaved => "interleaved",
+            GapReason::StateEvicted => "state_evicted",
+            GapReason::BufferBudget => "buffer_budget",
         }
     }
 }
@@ -81,6 +89,8 @@ struct Inflight {
 #[derive(Debug, Default)]
 pub struct Reassembly {
     inflight: Option<Inflight>,
+    /// A hole to report before the next bytes, noticed outside this stream's records.
+    pending: Option<GapReason>,
 }
 
 /// What one data record means for its stream.
@@ -93,10 +103,18 @@ pub struct Step {
 }
 
 impl Reassembly {
+    /// Report a hole of `reason` before this stream's next bytes.
+    pub fn mark(&mut self, reason: GapReason) {
+        self.pending.get_or_insert(reason);
+    }
+
     /// Account for one data record of this stream.
     pub fn step(&mut self, rec: &Record<'_>) -> Step {
         let h = &rec.hdr;
-        let mut gap = None;
+        let mut gap = self.pending.take().map(|reason| Gap {
+            reason,
+            bytes: None,
+        });
         if h.flags & FLAG_LOST_BEFORE != 0 {
             gap = Some(Gap {
                 reason: GapReason::KernelLoss,

@@ -55,6 +55,11 @@ pub const FLAG_TRUNCATED: u8 = 1 << 1;
 /// returned, not the bytes of a syscall; `fd` and `inode` name the socket the TLS session
 /// runs over, so the plaintext joins that socket's streams.
 pub const FLAG_TLS: u8 = 1 << 2;
+/// Record flag: the kernel made this fd's state entry afresh for this syscall, with no earlier
+/// entry to go by: a new fd, or one whose entry the LRU map evicted. When userspace already
+/// holds a stream for the fd, the entry was evicted, and with it possibly a pending loss mark
+/// ([`FDSTATE_LOST`]) or a rejection: userspace resynchronises the stream and counts it.
+pub const FLAG_STATE_NEW: u8 = 1 << 3;
 
 /// `FdState::flags`: userspace decided this fd does not carry MCP; the kernel ships nothing
 /// more for it until it is closed or its fd is reused for another file.
@@ -70,6 +75,12 @@ pub const FDSTATE_TLS_BOUND: u8 = 1 << 3;
 /// `FdState::flags`: a syscall moved data on this fd since the entry was made; the TLS check
 /// looks at the first such data only.
 pub const FDSTATE_SEEN: u8 = 1 << 4;
+/// `FdState::flags`: the entry was made afresh (see [`FLAG_STATE_NEW`]); like
+/// [`FDSTATE_LOST`], the mark travels with the fd's next record and is then cleared.
+pub const FDSTATE_NEW: u8 = 1 << 5;
+/// `FdState::flags` that travel with the fd's next data record (as [`FLAG_LOST_BEFORE`] and
+/// [`FLAG_STATE_NEW`]) and are cleared once a record carried them.
+pub const FDSTATE_PENDING_MARKS: u8 = FDSTATE_LOST | FDSTATE_NEW;
 
 /// Syscall that carried a [`RECORD_DATA`] record.
 pub mod syscall {
@@ -612,8 +623,43 @@ pub mod counter {
     /// the end of a response its client hung up on): those bytes never travel, so they are
     /// not shipped and not a loss.
     pub const TLS_AFTER_CLOSE: u32 = 17;
+    /// Data syscalls whose bytes were not shipped because of an iovec array that did not
+    /// hold the bytes the syscall said it moved (changed by another thread meanwhile); the
+    /// syscall is shipped in part and flagged truncated.
+    pub const IOV_SHORT: u32 = 18;
     /// Number of counters.
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 19;
+
+    /// Counters whose rise means bytes of a watched fd were lost: each is reported as a
+    /// `kernel_loss` event. `classify_faults` is among them: a syscall on an fd that could
+    /// not be classified is not captured (it is retried at the next syscall).
+    pub const LOSSES: [u32; 12] = [
+        RINGBUF_FULL,
+        RINGBUF_FULL_BYTES,
+        TRUNCATED,
+        TRUNCATED_BYTES,
+        READ_FAULTS,
+        STASH_FULL,
+        EXIT_MISSED,
+        CLASSIFY_FAULTS,
+        TAIL_CALL_FAILED,
+        TLS_UNBOUND,
+        TLS_BUSY,
+        IOV_SHORT,
+    ];
+
+    /// Counters that count lost events (not bytes): their sum, with the kernel's own
+    /// recursion misses, is `mcptap_lost_events_total`. (`tls_unbound_calls`, plaintext of a
+    /// connection older than the probes, is reported as a loss but counted apart.)
+    pub const LOST_EVENTS: [u32; 7] = [
+        RINGBUF_FULL,
+        STASH_FULL,
+        EXIT_MISSED,
+        CLASSIFY_FAULTS,
+        TAIL_CALL_FAILED,
+        TLS_BUSY,
+        IOV_SHORT,
+    ];
 
     /// Human names, in index order, as exported.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -635,6 +681,7 @@ pub mod counter {
         "tls_unbound_bytes",
         "tls_busy",
         "tls_after_close",
+        "iov_short",
     ];
 }
 

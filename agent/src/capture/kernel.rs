@@ -24,6 +24,10 @@ use super::{btf::Btf, comm_key};
 /// The kernel programs, built by `agent/build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mcptap"));
 
+/// The name, among the kernel counters, of the runs of mcptap's programs the kernel skipped
+/// (`bpf_prog_info.recursion_misses`): read from the kernel, not counted by the programs.
+pub const RECURSION_MISSES: &str = "prog_recursion_misses";
+
 /// Which processes to capture.
 #[derive(Clone, Debug, Default)]
 pub struct Scope {
@@ -361,7 +365,7 @@ impl Probes {
                 .unwrap_or(0);
             out.insert(*name, sum);
         }
-        out.insert("prog_recursion_misses", self.recursion_misses());
+        out.insert(RECURSION_MISSES, self.recursion_misses());
         out
     }
 

@@ -23,6 +23,10 @@ pub struct ProcInfo {
     /// Cgroup path: the one that names a container, else the unified hierarchy's (see
     /// [`crate::k8s::cgroup::select`]).
     pub cgroup: String,
+    /// When the process started (clock ticks after boot, `/proc/PID/stat`): tells a reused
+    /// pid from the process that had it before. 0 when unknown.
+    #[serde(default)]
+    pub start_time: u64,
     /// Container and pod derived from `cgroup`; not saved by `--record` (replay derives it
     /// again from the path).
     #[serde(skip)]
@@ -66,6 +70,22 @@ pub trait Host {
     fn holders(&mut self, kind: HolderKind, inode: u64) -> Vec<Holder>;
 }
 
+/// A host that knows nothing: for work that happens without a record to answer for (timers).
+pub struct NoHost;
+
+impl Host for NoHost {
+    fn process(&mut self, _pid: u32) -> Option<ProcInfo> {
+        None
+    }
+    fn holders(&mut self, _kind: HolderKind, _inode: u64) -> Vec<Holder> {
+        Vec::new()
+    }
+}
+
+/// Most pipe and socket inodes one scan of `/proc/*/fd` indexes: a host with millions of
+/// sockets costs a bounded map, and the inode asked about is indexed whatever the count.
+const MAX_INDEXED: usize = 65_536;
+
 /// The live host, read through /proc.
 #[derive(Default)]
 pub struct ProcHost {
@@ -79,7 +99,7 @@ pub struct ProcHost {
 const RESCAN_AFTER: Duration = Duration::from_millis(5);
 
 impl ProcHost {
-    fn scan(&mut self) {
+    fn scan(&mut self, wanted: (HolderKind, u64)) {
         self.index.clear();
         let Ok(dir) = std::fs::read_dir("/proc") else {
             return;
@@ -102,6 +122,12 @@ impl ProcHost {
                 let Some((kind, ino)) = target.to_str().and_then(parse_fd_target) else {
                     continue;
                 };
+                if self.index.len() >= MAX_INDEXED
+                    && (kind, ino) != wanted
+                    && !self.index.contains_key(&(kind, ino))
+                {
+                    continue;
+                }
                 let writes = fd_writes(pid, &fd.file_name().to_string_lossy());
                 let holders = self.index.entry((kind, ino)).or_default();
                 let h = Holder { pid, writes };
@@ -153,6 +179,7 @@ impl Host for ProcHost {
                 cgroup: std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
                     .map(|c| crate::k8s::cgroup::select(&c).to_string())
                     .unwrap_or_default(),
+                start_time: stat.starttime,
                 k8s: None,
             }
             .with_k8s(),
@@ -162,7 +189,7 @@ impl Host for ProcHost {
     fn holders(&mut self, kind: HolderKind, inode: u64) -> Vec<Holder> {
         let fresh = self.scanned_at.is_some_and(|t| t.elapsed() < RESCAN_AFTER);
         if !fresh && !self.index.contains_key(&(kind, inode)) {
-            self.scan();
+            self.scan((kind, inode));
         }
         self.index.get(&(kind, inode)).cloned().unwrap_or_default()
     }

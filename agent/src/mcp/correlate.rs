@@ -172,6 +172,12 @@ pub struct Orphan {
 
 /// Completed exchanges remembered per session to absorb late views.
 const RECENT: usize = 512;
+/// Open requests reusing one id at most (a correct client reuses none): past it the oldest
+/// ends at once as `no_response`, so that a flood of one id costs no more per message.
+pub const MAX_SAME_ID: usize = 64;
+/// Responses held per session waiting for their request; past it the oldest is reported as an
+/// orphan at once.
+pub const MAX_ORPHANS: usize = 1024;
 
 /// Request/response state of one session.
 #[derive(Default, Debug)]
@@ -182,8 +188,17 @@ pub struct Correlator {
     /// How many entries of `recent` each (requester, id) has: most views have none and skip
     /// the scan of `recent`.
     recent_keys: crate::FastMap<(Side, Id), u32>,
-    /// Responses waiting for a late request view.
-    pub orphans: Vec<Orphan>,
+    /// Responses waiting for a late request view, by (responder, id).
+    orphans: crate::FastMap<(Side, Id), VecDeque<Orphan>>,
+    /// Orphans in arrival order, for expiry and the cap (adopted ones leave their keys
+    /// behind, skipped and compacted).
+    orphan_order: VecDeque<(Side, Id)>,
+    /// Orphans held.
+    orphans_held: usize,
+    /// Orphans pushed out by [`MAX_ORPHANS`], to report now.
+    orphans_over: Vec<Orphan>,
+    /// Exchanges pushed out by [`MAX_SAME_ID`], to report now.
+    evicted: Vec<Pending>,
 }
 
 impl Correlator {
@@ -228,6 +243,11 @@ impl Correlator {
         } else {
             Outcome::DuplicateId
         };
+        if list.len() >= MAX_SAME_ID
+            && let Some(oldest) = list.pop_front()
+        {
+            self.evicted.push(oldest);
+        }
         let mut p = Pending {
             id: id.clone(),
             method: msg.method.clone().unwrap_or_default(),
@@ -247,16 +267,11 @@ impl Correlator {
         *p.req.slot(viewer_is_sender) = Some(ts);
         list.push_back(p);
         // A response that arrived before this request view belongs to it.
-        let responder = other(sender);
-        let mut adopted = Vec::new();
-        self.orphans.retain(|o| {
-            if o.responder == responder && o.msg.id.as_ref() == Some(&id) {
-                adopted.push(o.clone());
-                false
-            } else {
-                true
-            }
-        });
+        let adopted = self
+            .orphans
+            .remove(&(other(sender), id))
+            .unwrap_or_default();
+        self.orphans_held -= adopted.len();
         for o in adopted {
             self.response(
                 o.responder,
@@ -328,7 +343,7 @@ impl Correlator {
             *d.resp.slot(viewer_is_sender) = Some(ts);
             return Outcome::Late;
         }
-        self.orphans.push(Orphan {
+        self.hold_orphan(Orphan {
             responder: sender,
             msg: msg.clone(),
             viewer_is_sender,
@@ -339,6 +354,60 @@ impl Correlator {
             http_status,
         });
         Outcome::Orphan
+    }
+
+    fn hold_orphan(&mut self, o: Orphan) {
+        let key = (
+            o.responder,
+            o.msg.id.clone().expect("responses with ids only"),
+        );
+        if self.orphans_held >= MAX_ORPHANS
+            && let Some(oldest) = self.pop_oldest_orphan()
+        {
+            self.orphans_over.push(oldest);
+        }
+        if self.orphan_order.len() > 2 * MAX_ORPHANS {
+            // Mostly keys of adopted orphans: rebuild the order from what is held.
+            let mut held: Vec<(u64, (Side, Id))> = self
+                .orphans
+                .iter()
+                .flat_map(|(k, l)| l.iter().map(move |o| (o.since, k.clone())))
+                .collect();
+            held.sort_by_key(|(t, _)| *t);
+            self.orphan_order = held.into_iter().map(|(_, k)| k).collect();
+        }
+        self.orphans.entry(key.clone()).or_default().push_back(o);
+        self.orphan_order.push_back(key);
+        self.orphans_held += 1;
+    }
+
+    /// The oldest orphan still held (adopted ones leave stale keys in the order, skipped).
+    fn pop_oldest_orphan(&mut self) -> Option<Orphan> {
+        while let Some(key) = self.orphan_order.pop_front() {
+            let Some(list) = self.orphans.get_mut(&key) else {
+                continue;
+            };
+            let o = list.pop_front();
+            if list.is_empty() {
+                self.orphans.remove(&key);
+            }
+            if o.is_some() {
+                self.orphans_held -= 1;
+                return o;
+            }
+        }
+        None
+    }
+
+    /// Orphans held.
+    pub fn orphan_count(&self) -> usize {
+        self.orphans_held
+    }
+
+    /// Exchanges pushed out by [`MAX_SAME_ID`] since the last call: they end as
+    /// `no_response`.
+    pub fn take_evicted(&mut self) -> Vec<Pending> {
+        std::mem::take(&mut self.evicted)
     }
 
     /// The requester cancelled `id`.
@@ -415,17 +484,23 @@ impl Correlator {
         out
     }
 
-    /// Remove orphans older than `grace` before `now` and return them.
+    /// Remove orphans older than `grace` before `now`, and those pushed out by the cap, and
+    /// return them.
     pub fn expire_orphans(&mut self, now: u64, grace: u64) -> Vec<Orphan> {
-        let mut gone = Vec::new();
-        self.orphans.retain(|o| {
-            if now.saturating_sub(o.since) >= grace {
-                gone.push(o.clone());
-                false
-            } else {
-                true
+        let mut gone = std::mem::take(&mut self.orphans_over);
+        while let Some(key) = self.orphan_order.front() {
+            let Some(list) = self.orphans.get(key) else {
+                self.orphan_order.pop_front();
+                continue;
+            };
+            if list
+                .front()
+                .is_some_and(|o| now.saturating_sub(o.since) < grace)
+            {
+                break;
             }
-        });
+            gone.extend(self.pop_oldest_orphan());
+        }
         gone
     }
 
@@ -504,7 +579,7 @@ mod tests {
         let done = c.take_ready(|p| p.response.is_some());
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].resp.received, Some(160));
-        assert!(c.orphans.is_empty());
+        assert_eq!(c.orphan_count(), 0);
         // The responder's own view of it arrives after the exchange was reported: late.
         assert_eq!(
             c.response(1, &resp, true, 155, 9, 40, 400, None),
@@ -517,6 +592,31 @@ mod tests {
         );
         assert!(c.expire_orphans(500, 1000).is_empty());
         assert_eq!(c.expire_orphans(1400, 1000).len(), 1);
+    }
+
+    #[test]
+    fn floods_of_one_id_and_of_orphans_stay_bounded() {
+        let mut c = Correlator::default();
+        let req = msg(REQ);
+        for i in 0..(MAX_SAME_ID as u64 + 10) {
+            c.request(0, &req, true, 100 + i, 1000 + i, 70, None);
+        }
+        assert_eq!(c.open_count(), MAX_SAME_ID);
+        let gone = c.take_evicted();
+        assert_eq!(gone.len(), 10);
+        assert_eq!(gone[0].req_hash, 1000, "the oldest go first");
+        assert!(c.take_evicted().is_empty());
+
+        let mut c = Correlator::default();
+        let resp = msg(RESP);
+        for i in 0..(MAX_ORPHANS as u64 + 5) {
+            c.response(1, &resp, true, i, 2000 + i, 40, i, None);
+        }
+        assert_eq!(c.orphan_count(), MAX_ORPHANS);
+        // The five pushed out are reported at once; the rest when they expire.
+        assert_eq!(c.expire_orphans(10, 1_000_000).len(), 5);
+        assert_eq!(c.expire_orphans(u64::MAX, 1_000_000).len(), MAX_ORPHANS);
+        assert_eq!(c.orphan_count(), 0);
     }
 
     #[test]

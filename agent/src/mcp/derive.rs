@@ -16,6 +16,9 @@ use crate::signals::Status;
 
 /// Compiled schemas kept at most.
 const VALIDATORS: usize = 4096;
+/// Servers whose last tool definitions are remembered (for drift) at most; the name comes
+/// from the wire (`serverInfo.name`), so it is bounded like everything a peer controls.
+pub const MAX_SERVERS: usize = 4096;
 /// Earlier calls remembered per session to find repeats.
 const REMEMBERED_CALLS: usize = 512;
 
@@ -172,9 +175,14 @@ pub struct Drift {
 pub struct ToolBook {
     validators: HashMap<u64, Option<Arc<jsonschema::Validator>>>,
     schemas: HashMap<u64, String>,
-    servers: HashMap<String, BTreeMap<String, u64>>,
+    /// Each server's tool definitions, and when (the book's own count of `tools/list`s) they
+    /// were last advertised.
+    servers: HashMap<String, (BTreeMap<String, u64>, u64)>,
+    lists: u64,
     /// Schemas that did not compile (the call is then not checked).
     pub bad_schemas: u64,
+    /// Entries forgotten to stay within the caps (servers, schemas, compiled validators).
+    pub evicted: u64,
 }
 
 /// What checking a call's arguments found.
@@ -197,8 +205,13 @@ impl ToolBook {
         for t in tools {
             let schema = t.input_schema.as_deref().and_then(|s| {
                 let h = canonical_hash(s)?;
-                if self.schemas.len() < VALIDATORS {
-                    self.schemas.entry(h).or_insert_with(|| s.to_string());
+                if !self.schemas.contains_key(&h) {
+                    if self.schemas.len() >= VALIDATORS {
+                        // Wholesale: the schemas still advertised come back with the next list.
+                        self.evicted += self.schemas.len() as u64;
+                        self.schemas.clear();
+                    }
+                    self.schemas.insert(h, s.to_string());
                 }
                 Some(h)
             });
@@ -214,7 +227,25 @@ impl ToolBook {
             adv.insert(t.name.clone(), AdvertisedTool { schema, definition });
             defs.insert(t.name.clone(), definition);
         }
-        let drift = match self.servers.insert(server.to_string(), defs.clone()) {
+        self.lists += 1;
+        if !self.servers.contains_key(server) && self.servers.len() >= MAX_SERVERS {
+            let victims = crate::bounded::least_recent(
+                self.servers
+                    .iter()
+                    .map(|(k, (_, at))| (*at, k.clone()))
+                    .collect::<Vec<_>>()
+                    .into_iter(),
+                MAX_SERVERS - 1,
+            );
+            self.evicted += victims.len() as u64;
+            for k in victims {
+                self.servers.remove(&k);
+            }
+        }
+        let previous = self
+            .servers
+            .insert(server.to_string(), (defs.clone(), self.lists));
+        let drift = match previous.map(|(d, _)| d) {
             None => None,
             Some(old) => {
                 let mut d = Drift::default();
@@ -249,10 +280,21 @@ impl ToolBook {
             self.bad_schemas += 1;
         }
         if self.validators.len() >= VALIDATORS {
+            self.evicted += self.validators.len() as u64;
             self.validators.clear();
         }
         self.validators.insert(schema, compiled.clone());
         compiled
+    }
+
+    /// The book's size (servers remembered), cap and evictions.
+    pub fn table(&self) -> crate::bounded::TableStat {
+        crate::bounded::TableStat::new(
+            "tool_servers",
+            self.servers.len(),
+            MAX_SERVERS,
+            self.evicted,
+        )
     }
 
     /// Check a `tools/call` against what the session's server advertised.

@@ -12,6 +12,7 @@ pub mod session;
 
 use std::collections::BTreeMap;
 
+use crate::bounded::{TableStat, least_recent, nth_oldest};
 use crate::capture::procinfo::Host;
 use crate::capture::record::ClockAnchor;
 use crate::signals::{self, Event, Role, Signal, Status};
@@ -154,10 +155,22 @@ impl State {
     }
 }
 
+/// How a view of a message was seen: a hash of its bytes (what pairs the sender's view with
+/// the receiver's) and its size on the wire.
+#[derive(Clone, Copy, Debug)]
+pub struct Seen {
+    /// Hash of the message bytes.
+    pub hash: u64,
+    /// Bytes it took on the wire.
+    pub bytes: u64,
+}
+
 /// Sessions and correlation for every MCP conversation on the host.
 pub struct Tracker {
     cfg: TrackerConfig,
     states: crate::FastMap<SessionKey, State>,
+    /// The sessions each process is an end of, for exits.
+    by_pid: crate::FastMap<u32, crate::FastSet<SessionKey>>,
     links: Links,
     book: ToolBook,
     /// Processes, for naming ends.
@@ -165,18 +178,16 @@ pub struct Tracker {
     /// What happened so far.
     pub stats: TrackerStats,
     now: u64,
+    last_gc_ns: u64,
 }
 
-/// The `n`th smallest of `values` (1-based), or 0 when there are none: the cutoff below
-/// which the `n` oldest entries lie (ties may take a few more).
-fn nth_oldest(values: impl Iterator<Item = u64>, n: usize) -> u64 {
-    let mut v: Vec<u64> = values.collect();
-    if v.is_empty() || n == 0 {
-        return 0;
-    }
-    let i = n.min(v.len()) - 1;
-    *v.select_nth_unstable(i).1
-}
+/// Processes known at most; past it the least recently used of those in no session go.
+pub const MAX_PROCESSES: usize = 65_536;
+/// Process table clean-up, in ns between runs.
+const PROCESS_GC_NS: u64 = 1_000_000_000;
+/// A process in no session and unused this long is forgotten (unwatched peers never exit
+/// here).
+const PROCESS_IDLE_NS: u64 = 600_000_000_000;
 
 /// Methods only a client sends.
 fn client_method(m: &str) -> bool {
@@ -213,11 +224,13 @@ impl Tracker {
         Tracker {
             cfg,
             states: Default::default(),
+            by_pid: Default::default(),
             links: Links::default(),
             book: ToolBook::default(),
             procs: ProcTable::default(),
             stats: TrackerStats::default(),
             now: 0,
+            last_gc_ns: 0,
         }
     }
 
@@ -253,34 +266,59 @@ impl Tracker {
     }
 
     fn state(&mut self, host: &mut dyn Host, route: &Route, now: u64) -> &mut State {
-        let st = self
-            .states
-            .entry(route.key.clone())
-            .or_insert_with(|| State::new(Session::new(route, now)));
+        if !self.states.contains_key(&route.key) {
+            let session = Session::new(route, now);
+            for pid in session.ends.iter().filter_map(|e| e.pid) {
+                self.by_pid
+                    .entry(pid)
+                    .or_default()
+                    .insert(route.key.clone());
+                // A pid seen before may be a new process now (an unwatched peer's exit is
+                // never seen): check before naming a new session after it.
+                if pid != route.viewer_pid {
+                    self.procs.revalidate(host, pid);
+                }
+            }
+            self.states.insert(route.key.clone(), State::new(session));
+        }
+        let st = self.states.get_mut(&route.key).expect("just made");
         st.session.last_ns = st.session.last_ns.max(now);
+        let mut learned = [None, None];
         let end = &mut st.session.ends[route.viewer];
         end.observed = true;
-        end.pid.get_or_insert(route.viewer_pid);
+        if end.pid.is_none() {
+            end.pid = Some(route.viewer_pid);
+            learned[0] = end.pid;
+        }
         if let Some(peer) = route.peer_pid {
-            st.session.ends[other(route.viewer)].pid.get_or_insert(peer);
+            let far = &mut st.session.ends[other(route.viewer)];
+            if far.pid.is_none() {
+                far.pid = Some(peer);
+                learned[1] = far.pid;
+            }
             // The far end may be a process that is not watched: name it from /proc.
             self.procs.note(host, peer, "");
         }
-        st
+        for pid in learned.into_iter().flatten() {
+            self.by_pid
+                .entry(pid)
+                .or_default()
+                .insert(route.key.clone());
+        }
+        self.states.get_mut(&route.key).expect("just made")
     }
 
     /// One view of one message.
-    #[allow(clippy::too_many_arguments)]
     pub fn observe(
         &mut self,
         host: &mut dyn Host,
         route: &Route,
         v: &View,
         msg: &Message,
-        hash: u64,
-        bytes: u64,
+        seen: Seen,
         out: &mut Vec<Signal>,
     ) {
+        let Seen { hash, bytes } = seen;
         self.stats.views += 1;
         self.now = self.now.max(v.ts());
         let now = self.now;
@@ -329,6 +367,14 @@ impl Tracker {
                 );
                 if outcome == Outcome::Late {
                     self.stats.late_views += 1;
+                }
+                // Pushed out by a flood of one id: they end now, unanswered.
+                for p in st.corr.take_evicted() {
+                    self.stats.evicted_pending += 1;
+                    self.stats.exchanges += 1;
+                    st.exchanges += 1;
+                    let rec = build_exchange(&mut st.session, &self.procs, &p, &self.cfg);
+                    out.push(Signal::Exchange(rec));
                 }
                 if matches!(outcome, Outcome::New | Outcome::DuplicateId) {
                     let id = msg.id.clone().expect("requests have ids");
@@ -499,14 +545,16 @@ impl Tracker {
     /// views already in flight have had their chance.
     pub fn process_exit(&mut self, pid: u32, ts: u64, out: &mut Vec<Signal>) {
         self.now = self.now.max(ts);
+        self.procs.exited(pid);
         let keys: Vec<SessionKey> = self
-            .states
-            .iter()
-            .filter(|(_, st)| st.session.involves(pid))
-            .map(|(k, _)| k.clone())
-            .collect();
+            .by_pid
+            .get(&pid)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
         for key in keys {
-            let st = self.states.get_mut(&key).expect("listed");
+            let Some(st) = self.states.get_mut(&key) else {
+                continue;
+            };
             for end in st.session.ends.iter_mut() {
                 if end.pid == Some(pid) {
                     end.exited_ns.get_or_insert(ts);
@@ -616,7 +664,7 @@ impl Tracker {
                 CONN_IDLE_NS
             };
             if st.corr.open_count() == 0
-                && st.corr.orphans.is_empty()
+                && st.corr.orphan_count() == 0
                 && (idle > idle_limit || (exited && idle > grace))
             {
                 let reason = if exited { "process_exit" } else { "idle" };
@@ -624,6 +672,71 @@ impl Tracker {
             }
         }
         self.enforce_caps(out);
+        self.procs.set_now(self.now);
+        if self.now.saturating_sub(self.last_gc_ns) >= PROCESS_GC_NS {
+            self.last_gc_ns = self.now;
+            self.collect_processes();
+        }
+    }
+
+    /// Forget processes and links no session needs any more, within their caps.
+    fn collect_processes(&mut self) {
+        let by_pid = &self.by_pid;
+        let named = |pid: u32| by_pid.contains_key(&pid);
+        self.procs.collect(named, PROCESS_IDLE_NS, MAX_PROCESSES);
+        let cap = self.links_cap();
+        if self.links.len() > cap {
+            self.links.retain_processes(named);
+            if self.links.len() > cap {
+                log::warn!(
+                    "{} link entries held (cap {cap}): forgetting them all; links are learned again",
+                    self.links.len()
+                );
+                self.links.clear();
+            }
+        }
+    }
+
+    fn links_cap(&self) -> usize {
+        self.cfg.max_sessions.saturating_mul(4).max(1024)
+    }
+
+    /// The tracker's bounded tables: size, cap, evictions.
+    pub fn tables(&self) -> Vec<TableStat> {
+        let views: usize = self.states.values().map(|st| st.seen.len()).sum();
+        vec![
+            TableStat::new(
+                "sessions",
+                self.states.len(),
+                self.cfg.max_sessions,
+                self.stats.evicted_sessions,
+            ),
+            TableStat::new(
+                "pending_requests",
+                self.open_exchanges(),
+                self.cfg.max_pending,
+                self.stats.evicted_pending,
+            ),
+            TableStat::new(
+                "notification_views",
+                views,
+                SEEN_CAP.saturating_mul(self.cfg.max_sessions),
+                self.stats.evicted_views,
+            ),
+            TableStat::new(
+                "processes",
+                self.procs.len(),
+                MAX_PROCESSES,
+                self.procs.evicted,
+            ),
+            TableStat::new(
+                "links",
+                self.links.len(),
+                self.links_cap(),
+                self.links.evicted,
+            ),
+            self.book.table(),
+        ]
     }
 
     /// Hold memory to the configured caps. Evicting down to 90% of a cap, not to the cap,
@@ -665,7 +778,7 @@ impl Tracker {
                 self.emit_ready(&key, out);
             }
         }
-        let victims = crate::least_recent(
+        let victims = least_recent(
             self.states
                 .iter()
                 .map(|(k, st)| (st.session.last_ns, k.clone())),
@@ -759,7 +872,12 @@ impl Tracker {
         }
         let ends = [st.session.ends[0].pid, st.session.ends[1].pid];
         for pid in ends.into_iter().flatten() {
-            if !self.states.values().any(|st| st.session.involves(pid)) {
+            let Some(set) = self.by_pid.get_mut(&pid) else {
+                continue;
+            };
+            set.remove(key);
+            if set.is_empty() {
+                self.by_pid.remove(&pid);
                 self.links.forget_process(pid);
             }
         }

@@ -181,18 +181,37 @@ impl View {
     }
 }
 
+/// A process as the table knows it.
+struct Known {
+    info: Arc<ProcInfo>,
+    /// When it was last asked about (the table's clock).
+    used_ns: u64,
+    /// Its exit was seen: forgotten once no session names it.
+    exited: bool,
+}
+
 /// Processes seen, by pid, from the host and, failing that, from the kernel's comm.
+///
+/// Bounded: a process is forgotten once it exited (or has gone unused for a while) and no
+/// session names it; past [`super::MAX_PROCESSES`] the least recently used go, counted.
 #[derive(Default)]
 pub struct ProcTable {
-    procs: crate::FastMap<u32, Arc<ProcInfo>>,
+    procs: crate::FastMap<u32, Known>,
+    /// Monotonic ns, moved on by the tracker.
+    now: u64,
+    /// Forgotten because the cap was reached.
+    pub evicted: u64,
 }
 
 impl ProcTable {
     /// Make sure `pid` is known; `comm` is the kernel's word for it if /proc has none.
     pub fn note(&mut self, host: &mut dyn Host, pid: u32, comm: &str) {
-        if let Some(p) = self.procs.get(&pid) {
-            if p.comm.is_empty() && !comm.is_empty() {
-                Arc::make_mut(self.procs.get_mut(&pid).expect("present")).comm = comm.to_string();
+        if let Some(p) = self.procs.get_mut(&pid)
+            && !p.exited
+        {
+            p.used_ns = self.now;
+            if p.info.comm.is_empty() && !comm.is_empty() {
+                Arc::make_mut(&mut p.info).comm = comm.to_string();
             }
             return;
         }
@@ -201,7 +220,16 @@ impl ProcTable {
             comm: comm.to_string(),
             ..Default::default()
         });
-        self.procs.insert(pid, Arc::new(info));
+        self.insert(info);
+    }
+
+    fn insert(&mut self, info: ProcInfo) {
+        let known = Known {
+            info: Arc::new(info),
+            used_ns: self.now,
+            exited: false,
+        };
+        self.procs.insert(known.info.pid, known);
     }
 
     /// The process called exec: forget what we knew.
@@ -210,14 +238,71 @@ impl ProcTable {
         self.note(host, pid, comm);
     }
 
+    /// The process exited: what is known stays until no session names it.
+    pub fn exited(&mut self, pid: u32) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.exited = true;
+        }
+    }
+
+    /// `pid` is about to name a new session: if the process now behind it started at
+    /// another time than the one known, the pid was reused, and it is described afresh.
+    pub fn revalidate(&mut self, host: &mut dyn Host, pid: u32) {
+        let Some(known) = self.procs.get(&pid) else {
+            return;
+        };
+        let was = known.info.start_time;
+        if let Some(now) = host.process(pid)
+            && now.start_time != was
+            && now.start_time != 0
+        {
+            self.insert(now);
+        }
+    }
+
     /// The process is gone.
     pub fn forget(&mut self, pid: u32) {
         self.procs.remove(&pid);
     }
 
+    /// Move the table's clock on.
+    pub fn set_now(&mut self, now: u64) {
+        self.now = self.now.max(now);
+    }
+
+    /// Forget the processes no session names (`named`) that exited or went unused for
+    /// `idle_ns`; past `cap`, the least recently used of the others too (counted).
+    pub fn collect(&mut self, named: impl Fn(u32) -> bool, idle_ns: u64, cap: usize) {
+        let now = self.now;
+        self.procs
+            .retain(|pid, p| named(*pid) || (!p.exited && now.saturating_sub(p.used_ns) < idle_ns));
+        if self.procs.len() <= cap {
+            return;
+        }
+        let unnamed: Vec<(u64, u32)> = self
+            .procs
+            .iter()
+            .filter(|(pid, _)| !named(**pid))
+            .map(|(pid, p)| (p.used_ns, *pid))
+            .collect();
+        let room = cap.saturating_sub(self.procs.len() - unnamed.len());
+        let victims = crate::bounded::least_recent(unnamed.into_iter(), room);
+        if !victims.is_empty() {
+            log::warn!(
+                "{} processes known (cap {cap}): forgetting the {} least recently used",
+                self.procs.len(),
+                victims.len()
+            );
+        }
+        self.evicted += victims.len() as u64;
+        for pid in victims {
+            self.procs.remove(&pid);
+        }
+    }
+
     /// What we know of `pid`.
     pub fn get(&self, pid: u32) -> Option<&Arc<ProcInfo>> {
-        self.procs.get(&pid)
+        self.procs.get(&pid).map(|p| &p.info)
     }
 
     /// Number of processes known.
@@ -391,6 +476,8 @@ pub struct Links {
     ends: crate::FastMap<LinkEnd, u32>,
     sessions: crate::FastMap<(FdKind, u64, u64), SessionKey>,
     scanned: crate::FastMap<LinkEnd, u32>,
+    /// Entries forgotten because the cap was reached.
+    pub evicted: u64,
 }
 
 impl Links {
@@ -449,6 +536,25 @@ impl Links {
         self.scanned.retain(|_, p| *p != pid);
         self.sessions
             .retain(|_, k| !matches!(k, SessionKey::Procs { lo, hi } if *lo == pid || *hi == pid));
+    }
+
+    /// Keep only what involves processes `named` says are in a session (counted).
+    pub fn retain_processes(&mut self, named: impl Fn(u32) -> bool) {
+        let before = self.len();
+        self.ends.retain(|_, p| named(*p));
+        self.scanned.retain(|_, p| named(*p));
+        self.sessions.retain(
+            |_, k| !matches!(k, SessionKey::Procs { lo, hi } if !named(*lo) && !named(*hi)),
+        );
+        self.evicted += (before - self.len()) as u64;
+    }
+
+    /// Forget everything (counted): links are learned again from the next views.
+    pub fn clear(&mut self) {
+        self.evicted += self.len() as u64;
+        self.ends.clear();
+        self.sessions.clear();
+        self.scanned.clear();
     }
 
     /// Entries held (for memory accounting).

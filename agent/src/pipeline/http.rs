@@ -16,7 +16,8 @@
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::{FdKey, Junk, Pipeline, Stream, Verdict, socket_addrs};
+use super::fds::{Fd, FdKey, SocketEnds};
+use super::{Junk, Oversize, Pipeline, Stream, Verdict, base_view};
 use crate::capture::procinfo::Host;
 use crate::capture::{Dir, FdKind, Record};
 use crate::mcp::message::{self, Id, Kind, Message, Parsed};
@@ -53,7 +54,7 @@ struct Meta {
 }
 
 /// One process's view of one HTTP connection.
-pub(super) struct ConnState {
+pub(crate) struct ConnState {
     http: Conn,
     meta: Option<Meta>,
 }
@@ -62,6 +63,26 @@ impl ConnState {
     pub(super) fn new(http: Conn) -> Self {
         ConnState { http, meta: None }
     }
+
+    /// Bytes held for messages not complete yet, and request bodies held for their
+    /// response's head.
+    pub(crate) fn buffered(&self) -> usize {
+        let held: usize = self
+            .meta
+            .iter()
+            .flat_map(|m| &m.held)
+            .map(|h| h.body.len())
+            .sum();
+        self.http.buffered() + held
+    }
+}
+
+/// What every HTTP event of one process fd needs to be routed.
+#[derive(Clone, Copy)]
+struct ConnCtx<'a> {
+    fk: FdKey,
+    socket: Option<&'a SocketEnds>,
+    role: Role,
 }
 
 /// The session named by a legacy endpoint URI or POST target (`?session_id=` in the Python
@@ -108,31 +129,27 @@ impl Pipeline {
         &mut self,
         host: &mut dyn Host,
         key: &StreamKey,
+        fd: &mut Fd,
         stream: &mut Stream,
         rec: &Record<'_>,
     ) {
         let fk = FdKey::of(key);
-        let Some(mut cs) = self.conns.remove(&fk) else {
+        let Some(mut cs) = fd.http.take() else {
             return;
         };
+        let base = base_view(key, fd, stream);
         let mut meta = cs.meta.take().unwrap_or_else(|| Meta {
             verdict: ConnVerdict::Probing,
             held: Vec::new(),
             ids: Default::default(),
             legacy: None,
-            base: View {
-                tgid: key.tgid,
-                fd: key.fd,
-                dir: key.dir,
-                kind: stream.kind,
-                inode: key.inode,
-                peer_inode: stream.peer_inode,
-                first_enter_ns: 0,
-                last_exit_ns: 0,
-                tls: stream.tls,
-            },
+            base,
         });
-        let role = cs.http.role();
+        let cx = ConnCtx {
+            fk,
+            socket: fd.socket.as_deref(),
+            role: cs.http.role(),
+        };
         cs.http.push(
             key.dir,
             rec.data,
@@ -140,40 +157,36 @@ impl Pipeline {
             rec.hdr.ts_exit_ns,
             &mut |e| {
                 if !matches!(meta.verdict, ConnVerdict::Rejected(_)) {
-                    self.http_event(host, &fk, role, &mut meta, e);
+                    self.http_event(host, &cx, &mut meta, e);
                 }
             },
         );
         match meta.verdict {
             ConnVerdict::Rejected(why) => {
-                self.reject(key, stream, Some(why));
+                self.reject(&fk, fd, Some(why));
             }
             v => {
                 if v == ConnVerdict::Mcp {
                     stream.verdict = Verdict::Mcp;
                 }
                 cs.meta = Some(meta);
-                self.conns.insert(fk, cs);
+                fd.http = Some(cs);
             }
         }
     }
 
-    fn http_route(
-        &self,
-        fk: &FdKey,
-        meta: &Meta,
-        role: Role,
-        txn: &Txn,
-        from_client: bool,
-    ) -> Route {
-        let si = self.sockets.get(fk);
-        let unix = si.is_some_and(|s| s.family == 1) || meta.base.kind == FdKind::Unix;
-        let (local, remote) = si.map(socket_addrs).unwrap_or_else(|| {
-            (
-                Addr::Unix(format!("socket:{}", fk.inode)),
-                Addr::Unix("?".into()),
-            )
-        });
+    fn http_route(&self, cx: &ConnCtx<'_>, meta: &Meta, txn: &Txn, from_client: bool) -> Route {
+        let (fk, role) = (&cx.fk, cx.role);
+        let unix = cx.socket.is_some_and(|s| s.unix) || meta.base.kind == FdKind::Unix;
+        let (local, remote) = cx
+            .socket
+            .map(|s| (s.local.clone(), s.remote.clone()))
+            .unwrap_or_else(|| {
+                (
+                    Addr::Unix(format!("socket:{}", fk.inode)),
+                    Addr::Unix("?".into()),
+                )
+            });
         let addrs = match role {
             Role::Client => Addrs {
                 client: local,
@@ -266,12 +279,12 @@ impl Pipeline {
     fn http_event(
         &mut self,
         host: &mut dyn Host,
-        fk: &FdKey,
-        role: Role,
+        cx: &ConnCtx<'_>,
         meta: &mut Meta,
         e: ConnEvent<'_>,
     ) {
-        let (req_dir, resp_dir) = match role {
+        let fk = &cx.fk;
+        let (req_dir, resp_dir) = match cx.role {
             Role::Client => (Dir::Out, Dir::In),
             Role::Server => (Dir::In, Dir::Out),
         };
@@ -323,7 +336,7 @@ impl Pipeline {
                                 view,
                             });
                         } else {
-                            let route = self.http_route(fk, meta, role, txn, true);
+                            let route = self.http_route(cx, meta, txn, true);
                             self.deliver(host, &route, &view, &parsed, body, body.len() as u64);
                         }
                     }
@@ -331,7 +344,7 @@ impl Pipeline {
                         if meta.verdict == ConnVerdict::Probing {
                             meta.verdict = ConnVerdict::Rejected("http_not_mcp");
                         } else {
-                            let route = self.http_route(fk, meta, role, txn, true);
+                            let route = self.http_route(cx, meta, txn, true);
                             self.http_junk(host, fk, &route, &view, body, err.class());
                         }
                     }
@@ -346,7 +359,7 @@ impl Pipeline {
                         return;
                     }
                 }
-                self.release(host, fk, role, meta, txn);
+                self.release(host, cx, meta, txn);
             }
             ConnEvent::ResponseBody {
                 txn,
@@ -363,7 +376,7 @@ impl Pipeline {
                         }
                         // An error with `"id": null` answers the transaction's requests: the
                         // HTTP failure below names them.
-                        let route = self.http_route(fk, meta, role, txn, false);
+                        let route = self.http_route(cx, meta, txn, false);
                         self.deliver(host, &route, &view, &parsed, body, body.len() as u64);
                     }
                     Err(err) => {
@@ -375,7 +388,7 @@ impl Pipeline {
                         // An error page is reported as the HTTP failure it is; anything else
                         // that is not JSON-RPC corrupts the stream.
                         if !failed {
-                            let route = self.http_route(fk, meta, role, txn, false);
+                            let route = self.http_route(cx, meta, txn, false);
                             self.http_junk(host, fk, &route, &view, body, err.class());
                         }
                     }
@@ -398,7 +411,7 @@ impl Pipeline {
                         if let Some((_, answered)) = meta.ids.get_mut(&txn.seq) {
                             answered.extend(response_ids(&parsed));
                         }
-                        let route = self.http_route(fk, meta, role, txn, false);
+                        let route = self.http_route(cx, meta, txn, false);
                         let data = event.data;
                         self.deliver(host, &route, &view, &parsed, data, data.len() as u64);
                     }
@@ -406,21 +419,21 @@ impl Pipeline {
                         if meta.verdict == ConnVerdict::Probing {
                             meta.verdict = ConnVerdict::Rejected("http_not_mcp");
                         } else {
-                            let route = self.http_route(fk, meta, role, txn, false);
+                            let route = self.http_route(cx, meta, txn, false);
                             self.http_junk(host, fk, &route, &view, event.data, err.class());
                         }
                     }
                 }
             }
             ConnEvent::Done(txn) => {
-                self.release(host, fk, role, meta, txn);
+                self.release(host, cx, meta, txn);
                 let status = txn.response.as_ref().and_then(|r| r.status);
                 if txn.request.method.as_deref() == Some("DELETE")
                     && txn.request.headers.session_id.is_some()
                     && status.is_some_and(|s| (200..300).contains(&s))
                 {
                     // The client ended the session.
-                    let route = self.http_route(fk, meta, role, txn, false);
+                    let route = self.http_route(cx, meta, txn, false);
                     let ts = txn.response.as_ref().map_or(self.now, |r| r.last_exit_ns);
                     self.tracker.end_session(&route.key, ts, &mut self.out);
                 }
@@ -430,7 +443,7 @@ impl Pipeline {
                     // ends with that status and no JSON-RPC response.
                     let resp = txn.response.as_ref().expect("status implies a response");
                     let view = Self::view(meta, resp_dir, resp.first_enter_ns, resp.last_exit_ns);
-                    let route = self.http_route(fk, meta, role, txn, false);
+                    let route = self.http_route(cx, meta, txn, false);
                     for id in ids.into_iter().filter(|id| !answered.contains(id)) {
                         let msg = Message {
                             kind: Kind::Error,
@@ -438,14 +451,20 @@ impl Pipeline {
                             ..Message::default()
                         };
                         let hash = xxh3_64(format!("http {status} {}", id.0).as_bytes());
-                        self.tracker
-                            .observe(host, &route, &view, &msg, hash, 0, &mut self.out);
+                        self.tracker.observe(
+                            host,
+                            &route,
+                            &view,
+                            &msg,
+                            crate::mcp::Seen { hash, bytes: 0 },
+                            &mut self.out,
+                        );
                     }
                 }
             }
             ConnEvent::Oversize { txn, len } => {
                 let from_client = txn.response.is_none();
-                let route = self.http_route(fk, meta, role, txn, from_client);
+                let route = self.http_route(cx, meta, txn, from_client);
                 let dir = if from_client { req_dir } else { resp_dir };
                 let view = Self::view(
                     meta,
@@ -453,13 +472,14 @@ impl Pipeline {
                     txn.request.first_enter_ns,
                     txn.request.last_exit_ns,
                 );
-                let key = StreamKey {
-                    tgid: fk.tgid,
-                    fd: fk.fd,
-                    dir,
-                    inode: fk.inode,
+                let big = Oversize {
+                    key: &fk.stream(dir),
+                    view: &view,
+                    route: &route,
+                    len,
+                    prefix: b"",
                 };
-                self.oversize(host, &key, &view, Some(&route), len, b"", Verdict::Mcp);
+                self.oversize(host, &big, Verdict::Mcp);
             }
             ConnEvent::Error(why) => {
                 self.stats.http_errors += 1;
@@ -483,7 +503,7 @@ impl Pipeline {
 
     /// Deliver the request bodies held for `txn`, now that its response head names the
     /// session (or never will).
-    fn release(&mut self, host: &mut dyn Host, fk: &FdKey, role: Role, meta: &mut Meta, txn: &Txn) {
+    fn release(&mut self, host: &mut dyn Host, cx: &ConnCtx<'_>, meta: &mut Meta, txn: &Txn) {
         let held: Vec<Held> = {
             let (mine, rest) = std::mem::take(&mut meta.held)
                 .into_iter()
@@ -493,7 +513,7 @@ impl Pipeline {
         };
         for h in held {
             if let Ok(parsed) = message::parse_with(&h.body, self.parse_opts()) {
-                let route = self.http_route(fk, meta, role, txn, true);
+                let route = self.http_route(cx, meta, txn, true);
                 self.deliver(host, &route, &h.view, &parsed, &h.body, h.body.len() as u64);
             }
         }
@@ -508,46 +528,42 @@ impl Pipeline {
         bytes: &[u8],
         class: &'static str,
     ) {
-        let key = StreamKey {
-            tgid: fk.tgid,
-            fd: fk.fd,
-            dir: view.dir,
-            inode: fk.inode,
-        };
         let j = Junk {
             view: *view,
             hash: xxh3_64(bytes),
             len: bytes.len() as u64,
             class,
         };
-        self.corruption(host, &key, &j, Some(route), false);
+        self.corruption(host, &fk.stream(view.dir), &j, route, false);
     }
 
-    /// The connection closed (or its process exited): bodies delimited by the close end,
-    /// held requests are delivered as they are.
-    pub(super) fn http_close(&mut self, host: &mut dyn Host, key: &StreamKey, ts: u64) {
-        let fk = FdKey::of(key);
-        let Some(mut cs) = self.conns.remove(&fk) else {
-            return;
-        };
+    /// The connection closed (or its process exited, or lost bytes): bodies delimited by the
+    /// close end, held requests are delivered as they are.
+    pub(super) fn http_close(
+        &mut self,
+        host: &mut dyn Host,
+        fk: &FdKey,
+        fd: &Fd,
+        mut cs: Box<ConnState>,
+        ts: u64,
+    ) {
         let Some(mut meta) = cs.meta.take() else {
             return;
         };
-        let role = cs.http.role();
+        let cx = ConnCtx {
+            fk: *fk,
+            socket: fd.socket.as_deref(),
+            role: cs.http.role(),
+        };
         let left = cs.http.finish(ts, &mut |e| {
             if meta.verdict == ConnVerdict::Mcp {
-                self.http_event(host, &fk, role, &mut meta, e);
+                self.http_event(host, &cx, &mut meta, e);
             }
         });
         if meta.verdict == ConnVerdict::Mcp {
             for txn in &left {
-                self.release(host, &fk, role, &mut meta, txn);
+                self.release(host, &cx, &mut meta, txn);
             }
         }
-    }
-
-    /// A hole in an HTTP stream: what was held cannot be completed.
-    pub(super) fn http_lost(&mut self, host: &mut dyn Host, key: &StreamKey, ts: u64) {
-        self.http_close(host, key, ts);
     }
 }

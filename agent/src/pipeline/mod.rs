@@ -5,6 +5,11 @@
 //! exporters. It never blocks and never needs root: what it asks of the host goes through
 //! [`Host`], which replay answers from the recording.
 //!
+//! State is kept per process fd ([`fds`]): both directions' streams, the socket's ends, the
+//! TLS mark and the HTTP connection, in one bounded table; an fd found not to carry MCP
+//! leaves only a tombstone. Every byte buffered for a message not complete yet counts against
+//! one budget (`--max-buffered-bytes`).
+//!
 //! Each stream picks its framing from its first bytes: HTTP/1.x (the network transports, in
 //! [`http`]) or newline-delimited JSON (stdio, and MCP over plain sockets). Until a stream is
 //! known to carry MCP it is probing; a stream found to carry something else is rejected, and
@@ -14,6 +19,7 @@
 //! HTTPS is framed and routed exactly as HTTP; the kernel announces TLS sockets, so that those
 //! never decrypted (another TLS library) are counted when they end.
 
+mod fds;
 mod http;
 
 use std::collections::BTreeMap;
@@ -21,15 +27,17 @@ use std::collections::BTreeMap;
 use log::debug;
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::bounded::TableStat;
 use crate::capture::procinfo::Host;
 use crate::capture::{Dir, FdKind, ProcessNote, Record, RecordKind};
 use crate::mcp::message::{self, ParseError, Parsed};
 use crate::mcp::session::{Addr, Addrs, Route, SessionKey, View};
 use crate::mcp::{Tracker, TrackerConfig};
 use crate::signals::{Event, Signal};
-use crate::streams::{Gap, Reassembly, StreamKey};
+use crate::streams::{Gap, GapReason, Reassembly, StreamKey};
 use crate::wire::ndjson::{self, Framer};
-use mcptap_abi::SocketInfo;
+use fds::{Fd, FdKey, FdTable, SocketEnds};
+use mcptap_abi::{FLAG_STATE_NEW, counter};
 
 /// Settings of the pipeline.
 #[derive(Clone, Debug)]
@@ -40,8 +48,11 @@ pub struct PipelineConfig {
     pub tracker: TrackerConfig,
     /// Streams with no traffic for this long are forgotten (ns).
     pub stream_idle_ns: u64,
-    /// Most streams held; past it the least recently active are forgotten and counted.
+    /// Most process fds held; past it the least recently active are forgotten and counted.
     pub max_streams: usize,
+    /// Most bytes held for messages not complete yet, over all streams; past it the stream
+    /// that went over drops its partial message (a `buffer_budget` gap).
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for PipelineConfig {
@@ -51,6 +62,7 @@ impl Default for PipelineConfig {
             tracker: TrackerConfig::default(),
             stream_idle_ns: 3_600_000_000_000,
             max_streams: 100_000,
+            max_buffered_bytes: 128 << 20,
         }
     }
 }
@@ -58,6 +70,9 @@ impl Default for PipelineConfig {
 /// A probing stream is rejected when this many bytes arrive without a line that starts like
 /// JSON.
 const PROBE_LIMIT: usize = 64 * 1024;
+/// Idle fds and tombstones are looked for this often (ns): a scan of the table, so not on
+/// every tick.
+const EXPIRE_EVERY_NS: u64 = 1_000_000_000;
 
 /// What is known about a stream's content.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,7 +92,7 @@ enum Framing {
     Undecided,
     /// Newline-delimited JSON.
     Ndjson(Framer),
-    /// HTTP/1.x: the connection state lives in `Pipeline::conns`, shared by both directions.
+    /// HTTP/1.x: the connection state lives in the fd's entry, shared by both directions.
     Http,
 }
 
@@ -90,40 +105,33 @@ struct Junk {
     class: &'static str,
 }
 
+/// One direction of one process fd.
 struct Stream {
     /// Lines that did not parse before the first message (at most one: a second rejects).
     junk: Vec<Junk>,
-    kind: FdKind,
-    peer_inode: u64,
     reasm: Reassembly,
     framing: Framing,
     verdict: Verdict,
-    last_ns: u64,
     /// Its bytes are TLS plaintext.
     tls: bool,
 }
 
-/// A socket the kernel found to carry TLS.
-struct TlsSocket {
-    /// An SSL object is bound to it, or its plaintext arrived.
-    decrypted: bool,
-    last_ns: u64,
-}
+impl Stream {
+    fn new() -> Self {
+        Stream {
+            junk: Vec::new(),
+            reasm: Reassembly::default(),
+            framing: Framing::Undecided,
+            verdict: Verdict::Probing { junk: 0 },
+            tls: false,
+        }
+    }
 
-/// One process's fd: the key of everything both directions of a socket share.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct FdKey {
-    tgid: u32,
-    fd: i32,
-    inode: u64,
-}
-
-impl FdKey {
-    fn of(k: &StreamKey) -> Self {
-        FdKey {
-            tgid: k.tgid,
-            fd: k.fd,
-            inode: k.inode,
+    /// Bytes held for a message not complete yet.
+    fn buffered(&self) -> usize {
+        match &self.framing {
+            Framing::Ndjson(f) => f.held(),
+            _ => 0,
         }
     }
 }
@@ -166,26 +174,25 @@ pub struct PipelineStats {
     pub unterminated: u64,
     /// HTTP connections whose framing could not be parsed.
     pub http_errors: u64,
-    /// Streams forgotten because `max_streams` were held.
-    pub evicted_streams: u64,
     /// TCP sockets the kernel found to carry TLS.
     pub tls_sockets: u64,
     /// TLS streams that ended (closed, process exited, idle, or at stop) never matched to an
     /// OpenSSL SSL object, or whose ciphertext reached the pipeline: another TLS library, or a
     /// connection older than the probes.
     pub tls_undecrypted: u64,
+    /// Records of rejected fds that were already on their way when the kernel was told.
+    pub after_reject: u64,
+    /// Times the kernel's fd map had forgotten an fd userspace knew (LRU eviction): the
+    /// stream resynchronised, or a rejection was sent again.
+    pub kernel_fd_evictions: u64,
+    /// Partial messages dropped because `max_buffered_bytes` were held.
+    pub budget_drops: u64,
 }
 
 /// The whole userspace pipeline.
 pub struct Pipeline {
     cfg: PipelineConfig,
-    streams: crate::FastMap<StreamKey, Stream>,
-    /// HTTP connections, per process fd.
-    conns: crate::FastMap<FdKey, http::ConnState>,
-    /// Socket addresses, per process fd, from the kernel's socket records.
-    sockets: crate::FastMap<FdKey, SocketInfo>,
-    /// TLS sockets, per process fd.
-    tls: crate::FastMap<FdKey, TlsSocket>,
+    fds: FdTable,
     notes: Vec<ProcessNote>,
     /// The tracker (sessions and correlation).
     pub tracker: Tracker,
@@ -194,23 +201,11 @@ pub struct Pipeline {
     /// Counters.
     pub stats: PipelineStats,
     kernel_totals: BTreeMap<String, u64>,
+    /// Bytes the fds hold for messages not complete yet.
+    buffered: usize,
+    last_expiry_ns: u64,
     now: u64,
 }
-
-/// Kernel counters whose increase means data was lost.
-const LOSS_COUNTERS: &[&str] = &[
-    "ringbuf_full_records",
-    "ringbuf_full_bytes",
-    "truncated_syscalls",
-    "truncated_bytes",
-    "read_faults",
-    "stash_full",
-    "exit_missed",
-    "tail_call_failed",
-    "prog_recursion_misses",
-    "tls_unbound_calls",
-    "tls_busy",
-];
 
 fn looks_binary(b: &[u8]) -> bool {
     b.iter()
@@ -231,46 +226,19 @@ fn sniff_method(prefix: &[u8]) -> Option<String> {
     Some(rest[..rest.find('"')?].to_string())
 }
 
-/// The two ends of a socket as the kernel saw them: (local, remote).
-fn socket_addrs(si: &SocketInfo) -> (Addr, Addr) {
-    fn ip(family: u16, raw: &[u8; 16]) -> std::net::IpAddr {
-        if family == 2 {
-            std::net::IpAddr::from([raw[0], raw[1], raw[2], raw[3]])
-        } else {
-            let v6 = std::net::Ipv6Addr::from(*raw);
-            // Dual-stack sockets show IPv4 peers as ::ffff:a.b.c.d.
-            v6.to_ipv4_mapped()
-                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4)
-        }
+/// The view template of one direction of an fd: times are filled in per message.
+fn base_view(key: &StreamKey, fd: &Fd, stream: &Stream) -> View {
+    View {
+        tgid: key.tgid,
+        fd: key.fd,
+        dir: key.dir,
+        kind: fd.kind,
+        inode: key.inode,
+        peer_inode: fd.peer_inode,
+        first_enter_ns: 0,
+        last_exit_ns: 0,
+        tls: stream.tls,
     }
-    fn path(raw: &[u8], len: u16) -> String {
-        let raw = &raw[..(len as usize).min(raw.len())];
-        match raw.first() {
-            Some(0) => format!(
-                "@{}",
-                String::from_utf8_lossy(&raw[1..]).trim_end_matches('\0')
-            ),
-            _ => String::from_utf8_lossy(raw)
-                .trim_end_matches('\0')
-                .to_string(),
-        }
-    }
-    if si.family == 1 {
-        (
-            Addr::Unix(path(&si.local_path, si.local_path_len)),
-            Addr::Unix(path(&si.remote_path, si.remote_path_len)),
-        )
-    } else {
-        (
-            Addr::Ip(ip(si.family, &si.local_addr), si.local_port),
-            Addr::Ip(ip(si.family, &si.remote_addr), si.remote_port),
-        )
-    }
-}
-
-/// A named AF_UNIX socket (either end bound to a path) rather than a socketpair.
-fn named_unix(si: Option<&SocketInfo>) -> bool {
-    si.is_some_and(|s| s.family == 1 && (s.local_path_len > 0 || s.remote_path_len > 0))
 }
 
 impl Pipeline {
@@ -278,16 +246,15 @@ impl Pipeline {
     pub fn new(cfg: PipelineConfig) -> Self {
         Pipeline {
             tracker: Tracker::new(cfg.tracker.clone()),
+            fds: FdTable::new(cfg.max_streams),
             cfg,
-            streams: Default::default(),
-            conns: Default::default(),
-            sockets: Default::default(),
-            tls: Default::default(),
             notes: Vec::new(),
             out: Vec::new(),
             rejects: Vec::new(),
             stats: PipelineStats::default(),
             kernel_totals: BTreeMap::new(),
+            buffered: 0,
+            last_expiry_ns: 0,
             now: 0,
         }
     }
@@ -352,58 +319,177 @@ impl Pipeline {
                 self.exit(host, rec.hdr.tgid, rec.hdr.ts_exit_ns);
                 self.notes.push(ProcessNote::Exit(rec.hdr.tgid));
             }
-            RecordKind::Tls => {
-                let fk = FdKey::of(&StreamKey::of(&rec));
-                let t = self.tls.entry(fk).or_insert(TlsSocket {
-                    decrypted: false,
-                    last_ns: rec.hdr.ts_exit_ns,
-                });
-                t.last_ns = rec.hdr.ts_exit_ns;
-                if rec.is_tls() {
-                    // An SSL object is bound to it: its plaintext is captured.
-                    t.decrypted = true;
-                } else {
-                    self.stats.tls_sockets += 1;
-                    self.notes.push(ProcessNote::TlsSocket(rec.hdr.tgid));
-                }
-            }
+            RecordKind::Tls => self.tls_record(&rec),
             RecordKind::Socket => {
                 if let Some(si) = rec.socket_info() {
-                    self.sockets.insert(FdKey::of(&StreamKey::of(&rec)), si);
+                    let ends = Box::new(SocketEnds::of(&si));
+                    self.fd_entry(&rec).socket = Some(ends);
                 }
             }
         }
     }
 
+    /// The entry of a record's fd, made if there is none.
+    fn fd_entry(&mut self, rec: &Record<'_>) -> &mut Fd {
+        let fk = FdKey::of_record(rec);
+        if self.fds.get_mut(&fk).is_none() {
+            let kind = rec.fd_kind().expect("checked by parse");
+            let fd = Fd::new(kind, rec.hdr.peer_inode, rec.hdr.ts_exit_ns);
+            self.fds.put(fk, fd, true);
+        }
+        let fd = self.fds.get_mut(&fk).expect("just made");
+        fd.last_ns = fd.last_ns.max(rec.hdr.ts_exit_ns);
+        fd
+    }
+
+    /// The kernel's word that a socket carries TLS, or that its SSL object is now bound.
+    fn tls_record(&mut self, rec: &Record<'_>) {
+        if self.fds.buried(&FdKey::of_record(rec), rec.hdr.ts_exit_ns) {
+            return;
+        }
+        let bound = rec.is_tls();
+        let fd = self.fd_entry(rec);
+        let first = fd.tls.is_none();
+        let decrypted = fd.tls.get_or_insert(false);
+        *decrypted |= bound;
+        // Announced again after the kernel forgot the fd: counted once.
+        if !bound && first {
+            self.stats.tls_sockets += 1;
+            self.notes.push(ProcessNote::TlsSocket(rec.hdr.tgid));
+        }
+    }
+
     fn data(&mut self, host: &mut dyn Host, rec: &Record<'_>) {
-        let key = StreamKey::of(rec);
-        // Taken out of the map while it is worked on, so that frames can borrow its buffer
-        // while the rest of the pipeline is mutated.
-        let mut stream = self.streams.remove(&key).unwrap_or_else(|| Stream {
-            junk: Vec::new(),
-            kind: rec.fd_kind().expect("checked by parse"),
-            peer_inode: rec.hdr.peer_inode,
-            reasm: Reassembly::default(),
-            framing: Framing::Undecided,
-            verdict: Verdict::Probing { junk: 0 },
-            last_ns: 0,
-            tls: false,
-        });
-        stream.last_ns = rec.hdr.ts_exit_ns;
-        if rec.is_tls() {
-            stream.tls = true;
-            if let Some(t) = self.tls.get_mut(&FdKey::of(&key)) {
-                t.decrypted = true;
-                t.last_ns = rec.hdr.ts_exit_ns;
+        let fk = FdKey::of_record(rec);
+        let ts = rec.hdr.ts_exit_ns;
+        if self.fds.buried(&fk, ts) {
+            self.stats.after_reject += 1;
+            if rec.hdr.flags & FLAG_STATE_NEW != 0 {
+                // The kernel forgot the rejection (its fd map evicted the entry): again.
+                self.stats.kernel_fd_evictions += 1;
+                self.push_reject(&fk);
+            }
+            return;
+        }
+        let (mut fd, new) = match self.fds.take(&fk) {
+            Some(fd) => (fd, false),
+            None => {
+                let kind = rec.fd_kind().expect("checked by parse");
+                (Fd::new(kind, rec.hdr.peer_inode, ts), true)
+            }
+        };
+        fd.last_ns = fd.last_ns.max(ts);
+        if fd.peer_inode == 0 {
+            fd.peer_inode = rec.hdr.peer_inode;
+        }
+        if rec.hdr.flags & FLAG_STATE_NEW != 0 && fd.has_streams() {
+            // The kernel made this fd's state afresh although its streams are known here: the
+            // entry was evicted, maybe with a mark of lost bytes. Resynchronise to be safe.
+            self.stats.kernel_fd_evictions += 1;
+            for s in fd.streams.iter_mut().flatten() {
+                s.reasm.mark(GapReason::StateEvicted);
             }
         }
-        if stream.peer_inode == 0 {
-            stream.peer_inode = rec.hdr.peer_inode;
+        let before = fd.buffered();
+        self.fd_data(host, rec, &fk, &mut fd);
+        self.settle(host, fk, fd, (before, new), ts);
+    }
+
+    /// Account for what a record changed in an fd's buffers, hold the budget, and put the
+    /// entry back (or bury it when it was rejected).
+    fn settle(
+        &mut self,
+        host: &mut dyn Host,
+        fk: FdKey,
+        mut fd: Fd,
+        (before, new): (usize, bool),
+        ts: u64,
+    ) {
+        let mut after = fd.buffered();
+        self.buffered = (self.buffered + after).saturating_sub(before);
+        if !fd.rejected && after > 0 && self.buffered > self.cfg.max_buffered_bytes {
+            self.shed(host, &fk, &mut fd, ts);
+            let shed = fd.buffered();
+            self.buffered = (self.buffered + shed).saturating_sub(after);
+            after = shed;
+        }
+        if fd.rejected {
+            self.buffered = self.buffered.saturating_sub(after);
+            if new {
+                self.fds.put(fk, fd, true);
+            }
+            self.fds.bury(fk, ts);
+        } else {
+            self.fds.put(fk, fd, new);
+        }
+    }
+
+    /// The budget for buffered bytes is spent, and this fd just added to it: its partial
+    /// messages go (a gap, reported and counted); an HTTP connection cannot resynchronise
+    /// after that and is given up.
+    fn shed(&mut self, host: &mut dyn Host, fk: &FdKey, fd: &mut Fd, ts: u64) {
+        self.stats.budget_drops += 1;
+        if self.stats.budget_drops.is_power_of_two() {
+            log::warn!(
+                "{} bytes buffered for partial messages (cap {}, --max-buffered-bytes): dropping \
+                 the partial message of pid {} fd {} ({} dropped so far)",
+                self.buffered,
+                self.cfg.max_buffered_bytes,
+                fk.tgid,
+                fk.fd,
+                self.stats.budget_drops
+            );
+        }
+        let gap = |bytes| Gap {
+            reason: GapReason::BufferBudget,
+            bytes: Some(bytes),
+        };
+        for dir in [Dir::In, Dir::Out] {
+            let Some(s) = fd.stream(dir).as_mut() else {
+                continue;
+            };
+            let mcp = s.verdict == Verdict::Mcp;
+            let dropped = match &mut s.framing {
+                Framing::Ndjson(f) => f.gap(),
+                _ => 0,
+            };
+            if mcp && dropped > 0 {
+                self.report_gap(&fk.stream(dir), gap(dropped), dropped, ts);
+            }
+        }
+        if let Some(cs) = fd.http.take() {
+            let held = cs.buffered() as u64;
+            let mcp = fd
+                .streams
+                .iter()
+                .flatten()
+                .any(|s| s.verdict == Verdict::Mcp);
+            if mcp {
+                self.report_gap(&fk.stream(Dir::In), gap(held), held, ts);
+            }
+            self.http_close(host, fk, fd, cs, ts);
+            self.reject(fk, fd, Some("buffer_budget"));
+        }
+    }
+
+    fn fd_data(&mut self, host: &mut dyn Host, rec: &Record<'_>, fk: &FdKey, fd: &mut Fd) {
+        let dir = rec.dir();
+        let mut stream = fd
+            .stream(dir)
+            .take()
+            .unwrap_or_else(|| Box::new(Stream::new()));
+        if rec.is_tls() {
+            stream.tls = true;
+            if let Some(t) = fd.tls.as_mut() {
+                *t = true;
+            }
         }
         if stream.verdict != Verdict::Rejected {
-            self.data_in(host, rec, &key, &mut stream);
+            self.data_in(host, rec, &fk.stream(dir), fd, &mut stream);
         }
-        self.streams.insert(key, stream);
+        if !fd.rejected {
+            *fd.stream(dir) = Some(stream);
+        }
     }
 
     fn data_in(
@@ -411,6 +497,7 @@ impl Pipeline {
         host: &mut dyn Host,
         rec: &Record<'_>,
         key: &StreamKey,
+        fd: &mut Fd,
         stream: &mut Stream,
     ) {
         let step = stream.reasm.step(rec);
@@ -422,8 +509,11 @@ impl Pipeline {
                     if stream.verdict == Verdict::Mcp {
                         self.report_gap(key, gap, 0, rec.hdr.ts_exit_ns);
                     }
-                    self.http_lost(host, key, rec.hdr.ts_exit_ns);
-                    self.reject(key, stream, Some("http_gap"));
+                    let fk = FdKey::of(key);
+                    if let Some(cs) = fd.http.take() {
+                        self.http_close(host, &fk, fd, cs, rec.hdr.ts_exit_ns);
+                    }
+                    self.reject(&fk, fd, Some("http_gap"));
                     return;
                 }
                 Framing::Undecided => 0,
@@ -437,33 +527,36 @@ impl Pipeline {
         }
         self.tracker.procs.note(host, key.tgid, &rec.comm());
         if matches!(stream.framing, Framing::Undecided)
-            && !self.choose_framing(key, stream, rec.data)
+            && !self.choose_framing(key, fd, stream, rec.data)
         {
             return;
         }
         match stream.framing {
-            Framing::Http => {
-                self.http_data(host, key, stream, rec);
-            }
-            Framing::Ndjson(_) => self.ndjson_data(host, rec, key, stream),
+            Framing::Http => self.http_data(host, key, fd, stream, rec),
+            Framing::Ndjson(_) => self.ndjson_data(host, rec, key, fd, stream),
             Framing::Undecided => unreachable!("chosen above"),
         }
     }
 
     /// Pick how to frame a stream from its first bytes; false when it was rejected instead.
-    fn choose_framing(&mut self, key: &StreamKey, stream: &mut Stream, first: &[u8]) -> bool {
+    fn choose_framing(
+        &mut self,
+        key: &StreamKey,
+        fd: &mut Fd,
+        stream: &mut Stream,
+        first: &[u8],
+    ) -> bool {
         let head = first.trim_ascii_start();
-        let fk = FdKey::of(key);
-        if self.conns.contains_key(&fk) {
+        if fd.http.is_some() {
             // The other direction of this fd already found HTTP.
             stream.framing = Framing::Http;
             return true;
         }
-        if stream.kind != FdKind::Pipe
+        if fd.kind != FdKind::Pipe
             && let Some(conn) =
                 crate::wire::http::Conn::detect(key.dir, head, self.cfg.max_message_bytes)
         {
-            self.conns.insert(fk, http::ConnState::new(conn));
+            fd.http = Some(Box::new(http::ConnState::new(conn)));
             stream.framing = Framing::Http;
             return true;
         }
@@ -477,7 +570,7 @@ impl Pipeline {
             None
         };
         if let Some(reason) = reason {
-            self.reject(key, stream, Some(reason));
+            self.reject(&FdKey::of(key), fd, Some(reason));
             return false;
         }
         stream.framing = Framing::Ndjson(Framer::new(self.cfg.max_message_bytes));
@@ -486,27 +579,23 @@ impl Pipeline {
 
     /// The route of a newline-delimited view: stdio pipes and socketpairs and named Unix
     /// sockets join the two processes at the link's ends; TCP joins the connection.
-    fn ndjson_route(&mut self, host: &mut dyn Host, v: &View) -> Route {
-        let fk = FdKey {
-            tgid: v.tgid,
-            fd: v.fd,
-            inode: v.inode,
-        };
-        let si = self.sockets.get(&fk).copied();
+    fn ndjson_route(
+        &mut self,
+        host: &mut dyn Host,
+        v: &View,
+        socket: Option<&SocketEnds>,
+    ) -> Route {
         match v.kind {
             FdKind::Pipe => self.tracker.link_route(host, v, "stdio"),
             FdKind::Unix => {
-                let transport = if named_unix(si.as_ref()) {
-                    "unix"
-                } else {
-                    "stdio"
-                };
+                let named = socket.is_some_and(SocketEnds::named_unix);
+                let transport = if named { "unix" } else { "stdio" };
                 let mut r = self.tracker.link_route(host, v, transport);
-                if transport == "unix" {
-                    r.addrs = si.map(|si| {
-                        let (local, remote) = socket_addrs(&si);
+                if named {
+                    r.addrs = socket.map(|s| {
+                        let (local, remote) = (s.local.clone(), s.remote.clone());
                         // The bound path is the server's.
-                        if si.local_path_len > 0 {
+                        if s.local_bound {
                             Addrs {
                                 client: remote,
                                 server: local,
@@ -521,40 +610,7 @@ impl Pipeline {
                 }
                 r
             }
-            FdKind::Tcp => {
-                // No standard transport frames MCP this way; roles come from the messages,
-                // sides from the address order so that both ends agree.
-                let (local, remote) = si.map(|si| socket_addrs(&si)).unwrap_or((
-                    Addr::Unix(format!("inode:{}", v.inode)),
-                    Addr::Unix("?".into()),
-                ));
-                let (l, r) = (local.to_string(), remote.to_string());
-                let viewer = if l <= r { 0 } else { 1 };
-                let sender = match v.dir {
-                    Dir::Out => viewer,
-                    Dir::In => 1 - viewer,
-                };
-                let (a, b) = if l <= r { (l, r) } else { (r, l) };
-                Route {
-                    key: SessionKey::Conn {
-                        client: a,
-                        server: b,
-                    },
-                    transport: "tcp",
-                    sender,
-                    viewer,
-                    viewer_pid: v.tgid,
-                    peer_pid: None,
-                    roles_fixed: false,
-                    label: None,
-                    http_status: None,
-                    addrs: Some(Addrs {
-                        client: local,
-                        server: remote,
-                    }),
-                    protocol_version: None,
-                }
-            }
+            FdKind::Tcp => tcp_route(v, socket),
         }
     }
 
@@ -563,23 +619,15 @@ impl Pipeline {
         host: &mut dyn Host,
         rec: &Record<'_>,
         key: &StreamKey,
+        fd: &mut Fd,
         stream: &mut Stream,
     ) {
-        let base = View {
-            tgid: key.tgid,
-            fd: key.fd,
-            dir: key.dir,
-            kind: stream.kind,
-            inode: key.inode,
-            peer_inode: stream.peer_inode,
-            first_enter_ns: 0,
-            last_exit_ns: 0,
-            tls: stream.tls,
-        };
+        let base = base_view(key, fd, stream);
         let Framing::Ndjson(framer) = &mut stream.framing else {
             return;
         };
         let mut framer = std::mem::replace(framer, Framer::new(0));
+        let socket = fd.socket.as_deref();
         framer.push(rec.data, rec.hdr.ts_enter_ns, rec.hdr.ts_exit_ns, |o| {
             if stream.verdict == Verdict::Rejected {
                 return;
@@ -591,7 +639,7 @@ impl Pipeline {
                         last_exit_ns: f.last_exit_ns,
                         ..base
                     };
-                    self.frame(host, key, &v, &f, stream);
+                    self.frame(host, key, &v, &f, stream, socket);
                 }
                 ndjson::Output::Oversize {
                     len,
@@ -604,13 +652,20 @@ impl Pipeline {
                         last_exit_ns,
                         ..base
                     };
-                    stream.verdict =
-                        self.oversize(host, key, &v, None, len, &prefix, stream.verdict);
+                    let route = self.ndjson_route(host, &v, socket);
+                    let big = Oversize {
+                        key,
+                        view: &v,
+                        route: &route,
+                        len,
+                        prefix: &prefix,
+                    };
+                    stream.verdict = self.oversize(host, &big, stream.verdict);
                 }
             }
         });
         if stream.verdict == Verdict::Rejected {
-            self.reject(key, stream, None);
+            self.reject(&FdKey::of(key), fd, None);
             return;
         }
         let stuck = matches!(stream.verdict, Verdict::Probing { .. })
@@ -621,26 +676,16 @@ impl Pipeline {
             );
         stream.framing = Framing::Ndjson(framer);
         if stuck {
-            self.reject(key, stream, Some("no_json_lines"));
+            self.reject(&FdKey::of(key), fd, Some("no_json_lines"));
         }
     }
 
-    /// A message over the size limit. `route` is given by HTTP, which knows it; `None` asks
-    /// for the newline-delimited route.
-    #[allow(clippy::too_many_arguments)]
-    fn oversize(
-        &mut self,
-        host: &mut dyn Host,
-        key: &StreamKey,
-        v: &View,
-        route: Option<&Route>,
-        len: u64,
-        prefix: &[u8],
-        verdict: Verdict,
-    ) -> Verdict {
+    /// A message over the size limit, on a stream whose verdict so far is `verdict`; returns
+    /// the verdict after it.
+    fn oversize(&mut self, host: &mut dyn Host, big: &Oversize<'_>, verdict: Verdict) -> Verdict {
         self.stats.oversize += 1;
-        let looks_rpc = prefix.trim_ascii_start().starts_with(b"{")
-            && memchr::memmem::find(prefix, b"\"jsonrpc\"").is_some();
+        let looks_rpc = big.prefix.trim_ascii_start().starts_with(b"{")
+            && memchr::memmem::find(big.prefix, b"\"jsonrpc\"").is_some();
         let verdict = match verdict {
             Verdict::Probing { .. } if looks_rpc => Verdict::Mcp,
             other => other,
@@ -649,21 +694,15 @@ impl Pipeline {
             return verdict;
         }
         let mut e = self
-            .stream_event("message_truncated", key, v.ts())
-            .with("bytes", len)
+            .stream_event("message_truncated", big.key, big.view.ts())
+            .with("bytes", big.len)
             .with("limit", self.cfg.max_message_bytes as u64);
-        if let Some(m) = sniff_method(prefix) {
+        if let Some(m) = sniff_method(big.prefix) {
             e = e.with("method", m);
         }
-        let route = match route {
-            Some(r) => r.clone(),
-            None => self.ndjson_route(host, v),
-        };
-        if self
-            .tracker
-            .observe_junk(host, &route, v, xxh3_64(prefix) ^ len)
-        {
-            e.session = self.tracker.session_label(host, &route, v.ts());
+        let hash = xxh3_64(big.prefix) ^ big.len;
+        if self.tracker.observe_junk(host, big.route, big.view, hash) {
+            e.session = self.tracker.session_label(host, big.route, big.view.ts());
             self.out.push(Signal::Event(e));
         }
         verdict
@@ -677,19 +716,26 @@ impl Pipeline {
         v: &View,
         f: &ndjson::Frame<'_>,
         stream: &mut Stream,
+        socket: Option<&SocketEnds>,
     ) {
         let (bytes, after_gap, verdict) = (f.bytes, f.after_gap, stream.verdict);
-        let early_junk = &mut stream.junk;
+        let junk_of = |err: ParseError| Junk {
+            view: *v,
+            hash: xxh3_64(bytes),
+            len: bytes.len() as u64,
+            class: err.class(),
+        };
         self.stats.frames += 1;
         stream.verdict = match message::parse_with(bytes, self.parse_opts()) {
             Ok(parsed) => {
                 // Lines that did not parse before this first message were on an MCP stream
                 // after all: stray output (or the tail of a message the agent started in the
                 // middle of). Either way, unparsed bytes on the stream: report them.
-                for j in early_junk.drain(..) {
-                    self.corruption(host, key, &j, None, true);
+                for j in std::mem::take(&mut stream.junk) {
+                    let route = self.ndjson_route(host, &j.view, socket);
+                    self.corruption(host, key, &j, &route, true);
                 }
-                let route = self.ndjson_route(host, v);
+                let route = self.ndjson_route(host, v, socket);
                 // The newline counts: it is part of what the sender wrote.
                 self.deliver(host, &route, v, &parsed, bytes, bytes.len() as u64 + 1);
                 Verdict::Mcp
@@ -708,12 +754,7 @@ impl Pipeline {
                         *self.stats.rejected.entry(reason).or_default() += 1;
                         Verdict::Rejected
                     } else {
-                        early_junk.push(Junk {
-                            view: *v,
-                            hash: xxh3_64(bytes),
-                            len: bytes.len() as u64,
-                            class: err.class(),
-                        });
+                        stream.junk.push(junk_of(err));
                         Verdict::Probing { junk: junk + 1 }
                     }
                 }
@@ -723,13 +764,8 @@ impl Pipeline {
                     Verdict::Mcp
                 }
                 Verdict::Mcp => {
-                    let j = Junk {
-                        view: *v,
-                        hash: xxh3_64(bytes),
-                        len: bytes.len() as u64,
-                        class: err.class(),
-                    };
-                    self.corruption(host, key, &j, None, false);
+                    let route = self.ndjson_route(host, v, socket);
+                    self.corruption(host, key, &junk_of(err), &route, false);
                     Verdict::Mcp
                 }
                 Verdict::Rejected => Verdict::Rejected,
@@ -752,8 +788,8 @@ impl Pipeline {
         match parsed {
             Parsed::One(m) => {
                 self.stats.messages += 1;
-                self.tracker
-                    .observe(host, route, v, m, hash, size, &mut self.out);
+                let seen = crate::mcp::Seen { hash, bytes: size };
+                self.tracker.observe(host, route, v, m, seen, &mut self.out);
                 1
             }
             Parsed::Batch(ms) => {
@@ -762,8 +798,11 @@ impl Pipeline {
                     self.stats.messages += 1;
                     // Each element needs its own identity for matching the two views.
                     let h = (hash ^ (i as u64 + 1)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-                    self.tracker
-                        .observe(host, route, v, m, h, size / n, &mut self.out);
+                    let seen = crate::mcp::Seen {
+                        hash: h,
+                        bytes: size / n,
+                    };
+                    self.tracker.observe(host, route, v, m, seen, &mut self.out);
                 }
                 ms.len()
             }
@@ -777,15 +816,11 @@ impl Pipeline {
         host: &mut dyn Host,
         key: &StreamKey,
         j: &Junk,
-        route: Option<&Route>,
+        route: &Route,
         before_first: bool,
     ) {
         *self.stats.parse_errors.entry(j.class).or_default() += 1;
-        let route = match route {
-            Some(r) => r.clone(),
-            None => self.ndjson_route(host, &j.view),
-        };
-        if self.tracker.observe_junk(host, &route, &j.view, j.hash) {
+        if self.tracker.observe_junk(host, route, &j.view, j.hash) {
             let mut e = self
                 .stream_event("stream_corruption", key, j.view.ts())
                 .with("bytes", j.len)
@@ -793,7 +828,7 @@ impl Pipeline {
             if before_first {
                 e = e.with("before_first_message", true);
             }
-            e.session = self.tracker.session_label(host, &route, j.view.ts());
+            e.session = self.tracker.session_label(host, route, j.view.ts());
             self.out.push(Signal::Event(e));
         }
     }
@@ -811,44 +846,37 @@ impl Pipeline {
         self.out.push(Signal::Event(e));
     }
 
-    /// Stop reading a stream (and the other direction of its fd) and tell the kernel.
-    /// `reason` is `None` when the caller already counted it.
-    fn reject(&mut self, key: &StreamKey, stream: &mut Stream, reason: Option<&'static str>) {
+    fn push_reject(&mut self, fk: &FdKey) {
+        self.rejects.push(Reject {
+            tgid: fk.tgid,
+            fd: fk.fd,
+            inode: fk.inode,
+        });
+    }
+
+    /// Stop reading an fd (both directions) and tell the kernel; it becomes a tombstone once
+    /// its record is done. `reason` is `None` when the caller already counted it.
+    fn reject(&mut self, fk: &FdKey, fd: &mut Fd, reason: Option<&'static str>) {
         if let Some(reason) = reason {
             *self.stats.rejected.entry(reason).or_default() += 1;
         }
         // Ciphertext that reached the pipeline (a connection older than the kernel's TLS
         // check) is a TLS stream not decrypted; a decrypted one is done with.
-        let tls = self.tls.remove(&FdKey::of(key));
-        if reason == Some("tls") || tls.is_some_and(|t| !t.decrypted) {
+        if reason == Some("tls") || fd.tls == Some(false) {
             self.stats.tls_undecrypted += 1;
         }
+        fd.tls = None;
         debug!(
-            "stream {key:?} is not MCP ({})",
+            "fd {fk:?} is not MCP ({})",
             reason.unwrap_or("see counters")
         );
-        stream.verdict = Verdict::Rejected;
-        stream.framing = Framing::Undecided;
-        let other = StreamKey {
-            dir: match key.dir {
-                Dir::In => Dir::Out,
-                Dir::Out => Dir::In,
-            },
-            ..*key
-        };
-        if let Some(s) = self.streams.get_mut(&other) {
-            s.verdict = Verdict::Rejected;
-            s.framing = Framing::Undecided;
-        }
-        self.conns.remove(&FdKey::of(key));
-        self.rejects.push(Reject {
-            tgid: key.tgid,
-            fd: key.fd,
-            inode: key.inode,
-        });
+        fd.rejected = true;
+        fd.streams = [None, None];
+        fd.http = None;
+        self.push_reject(fk);
     }
 
-    fn finish_stream(&mut self, key: StreamKey, mut s: Stream, ts: u64) {
+    fn finish_stream(&mut self, key: StreamKey, mut s: Box<Stream>, ts: u64) {
         if s.verdict != Verdict::Mcp {
             return;
         }
@@ -866,119 +894,73 @@ impl Pipeline {
         }
     }
 
-    fn close(&mut self, host: &mut dyn Host, rec: &Record<'_>) {
-        let base = StreamKey::of(rec);
-        self.http_close(host, &base, rec.hdr.ts_exit_ns);
+    /// An fd is gone (closed, its process exited, idle, or evicted): finish what it held.
+    fn end_fd(&mut self, host: &mut dyn Host, fk: FdKey, mut fd: Fd, ts: u64) {
+        self.buffered = self.buffered.saturating_sub(fd.buffered());
+        if let Some(cs) = fd.http.take() {
+            self.http_close(host, &fk, &fd, cs, ts);
+        }
         for dir in [Dir::In, Dir::Out] {
-            let key = StreamKey { dir, ..base };
-            if let Some(s) = self.streams.remove(&key) {
-                self.finish_stream(key, s, rec.hdr.ts_exit_ns);
+            if let Some(s) = fd.stream(dir).take() {
+                self.finish_stream(fk.stream(dir), s, ts);
             }
         }
-        self.sockets.remove(&FdKey::of(&base));
-        self.end_tls(|k| *k == FdKey::of(&base), 0);
+        if fd.tls == Some(false) {
+            debug!("TLS socket {fk:?} ended without being decrypted");
+            self.stats.tls_undecrypted += 1;
+        }
     }
 
-    /// Forget the TLS sockets `gone` picks whose last news is older than `before` (0: any),
-    /// counting those never decrypted.
-    fn end_tls(&mut self, gone: impl Fn(&FdKey) -> bool, before: u64) {
-        let mut undecrypted = 0;
-        self.tls.retain(|k, t| {
-            let keep = !gone(k) || (before > 0 && t.last_ns >= before);
-            if !keep && !t.decrypted {
-                debug!("TLS socket {k:?} ended without being decrypted");
-                undecrypted += 1;
-            }
-            keep
-        });
-        self.stats.tls_undecrypted += undecrypted;
+    fn close(&mut self, host: &mut dyn Host, rec: &Record<'_>) {
+        let fk = FdKey::of_record(rec);
+        self.fds.unbury(&fk);
+        if let Some(fd) = self.fds.remove(&fk) {
+            self.end_fd(host, fk, fd, rec.hdr.ts_exit_ns);
+        }
     }
 
     fn exit(&mut self, host: &mut dyn Host, tgid: u32, ts: u64) {
-        let conns: Vec<FdKey> = self
-            .conns
-            .keys()
-            .filter(|k| k.tgid == tgid)
-            .copied()
-            .collect();
-        for fk in conns {
-            let key = StreamKey {
-                tgid: fk.tgid,
-                fd: fk.fd,
-                dir: Dir::In,
-                inode: fk.inode,
-            };
-            self.http_close(host, &key, ts);
+        for fk in self.fds.of_process(tgid) {
+            if let Some(fd) = self.fds.remove(&fk) {
+                self.end_fd(host, fk, fd, ts);
+            }
         }
-        let keys: Vec<StreamKey> = self
-            .streams
-            .keys()
-            .filter(|k| k.tgid == tgid)
-            .copied()
-            .collect();
-        for key in keys {
-            let s = self.streams.remove(&key).expect("listed");
-            self.finish_stream(key, s, ts);
-        }
-        self.sockets.retain(|k, _| k.tgid != tgid);
-        self.end_tls(|k| k.tgid == tgid, 0);
         self.tracker.process_exit(tgid, ts, &mut self.out);
     }
 
     /// Time passes (`now` is CLOCK_MONOTONIC ns): timeouts fire, idle state is dropped.
     pub fn tick(&mut self, now: u64) {
+        self.tick_with(&mut crate::capture::procinfo::NoHost, now);
+    }
+
+    fn tick_with(&mut self, host: &mut dyn Host, now: u64) {
         self.now = self.now.max(now);
         let now = self.now;
         self.tracker.tick(now, &mut self.out);
-        let idle = self.cfg.stream_idle_ns;
-        self.streams
-            .retain(|_, s| now.saturating_sub(s.last_ns) < idle);
-        let victims = crate::least_recent(
-            self.streams.iter().map(|(k, s)| (s.last_ns, *k)),
-            self.cfg.max_streams,
-        );
-        if !victims.is_empty() {
-            log::warn!(
-                "{} streams held (cap {}): forgetting the {} least recently active",
-                self.streams.len(),
-                self.cfg.max_streams,
-                victims.len()
-            );
-            self.stats.evicted_streams += victims.len() as u64;
-            for key in victims {
-                if let Some(s) = self.streams.remove(&key) {
-                    self.finish_stream(key, s, now);
-                }
+        if now.saturating_sub(self.last_expiry_ns) >= EXPIRE_EVERY_NS {
+            self.last_expiry_ns = now;
+            for (fk, fd) in self.fds.expire(now, self.cfg.stream_idle_ns) {
+                self.end_fd(host, fk, fd, now);
             }
         }
-        if now > idle {
-            self.end_tls(|_| true, now - idle);
+        for (fk, fd) in self.fds.over_cap() {
+            self.end_fd(host, fk, fd, now);
         }
-        let streams = &self.streams;
-        self.conns.retain(|k, _| {
-            streams.contains_key(&StreamKey {
-                tgid: k.tgid,
-                fd: k.fd,
-                dir: Dir::In,
-                inode: k.inode,
-            }) || streams.contains_key(&StreamKey {
-                tgid: k.tgid,
-                fd: k.fd,
-                dir: Dir::Out,
-                inode: k.inode,
-            })
-        });
     }
 
     /// New kernel counter totals: report every loss counter that went up.
     pub fn kernel_counters(&mut self, totals: &BTreeMap<String, u64>, now: u64) {
-        for name in LOSS_COUNTERS {
-            let total = totals.get(*name).copied().unwrap_or(0);
-            let prev = self.kernel_totals.get(*name).copied().unwrap_or(0);
+        let names = counter::LOSSES
+            .iter()
+            .map(|i| counter::NAMES[*i as usize])
+            .chain([crate::capture::kernel::RECURSION_MISSES]);
+        for name in names {
+            let total = totals.get(name).copied().unwrap_or(0);
+            let prev = self.kernel_totals.get(name).copied().unwrap_or(0);
             if total > prev {
                 log::warn!("kernel: {name} rose by {} (total {total})", total - prev);
                 let e = Event::new(self.wall(now), "kernel_loss")
-                    .with("counter", *name)
+                    .with("counter", name)
                     .with("delta", total - prev)
                     .with("total", total);
                 self.out.push(Signal::Event(e));
@@ -989,13 +971,20 @@ impl Pipeline {
 
     /// Entries forgotten to hold memory to the caps, by table.
     pub fn evictions(&self) -> BTreeMap<&'static str, u64> {
-        let t = &self.tracker.stats;
-        BTreeMap::from([
-            ("streams", self.stats.evicted_streams),
-            ("sessions", t.evicted_sessions),
-            ("pending_requests", t.evicted_pending),
-            ("notification_views", t.evicted_views),
-        ])
+        self.tables().iter().map(|t| (t.name, t.evicted)).collect()
+    }
+
+    /// Every bounded table of the pipeline and the tracker: size, cap, evictions.
+    pub fn tables(&self) -> Vec<TableStat> {
+        let mut v: Vec<TableStat> = self.fds.stats().to_vec();
+        v.push(TableStat::new(
+            "buffered_bytes",
+            self.buffered,
+            self.cfg.max_buffered_bytes,
+            self.stats.budget_drops,
+        ));
+        v.extend(self.tracker.tables());
+        v
     }
 
     /// The kernel counters last reported.
@@ -1008,7 +997,13 @@ impl Pipeline {
     pub fn finish(&mut self, now: u64, grace: u64) {
         self.tick(now + grace);
         // A TLS connection still open and never decrypted was seen and not decrypted.
-        self.end_tls(|_| true, 0);
+        for (fk, fd) in self.fds.drain() {
+            if fd.tls == Some(false) {
+                debug!("TLS socket {fk:?} open at stop, never decrypted");
+                self.stats.tls_undecrypted += 1;
+            }
+        }
+        self.buffered = 0;
         let open = self.tracker.open_exchanges();
         if open > 0 {
             let e = Event::new(self.wall(now), "in_flight_at_stop").with("exchanges", open as u64);
@@ -1036,6 +1031,8 @@ impl Pipeline {
             "missing_twins": t.missing_twins,
             "parse_errors": s.parse_errors,
             "streams_rejected": s.rejected,
+            "records_after_reject": s.after_reject,
+            "kernel_fd_evictions": s.kernel_fd_evictions,
             "gaps": s.gaps,
             "resync_dropped_bytes": s.resync_dropped_bytes,
             "messages_truncated": s.oversize,
@@ -1049,7 +1046,53 @@ impl Pipeline {
 
     /// Streams currently tracked.
     pub fn stream_count(&self) -> usize {
-        self.streams.len()
+        self.fds.stream_count()
+    }
+}
+
+/// A message over the size limit, as [`Pipeline::oversize`] reports it.
+struct Oversize<'a> {
+    key: &'a StreamKey,
+    view: &'a View,
+    route: &'a Route,
+    len: u64,
+    prefix: &'a [u8],
+}
+
+/// The route of newline-delimited JSON over TCP. No standard transport frames MCP this way;
+/// roles come from the messages, sides from the address order so that both ends agree.
+fn tcp_route(v: &View, socket: Option<&SocketEnds>) -> Route {
+    let (local, remote) = socket
+        .map(|s| (s.local.clone(), s.remote.clone()))
+        .unwrap_or((
+            Addr::Unix(format!("inode:{}", v.inode)),
+            Addr::Unix("?".into()),
+        ));
+    let (l, r) = (local.to_string(), remote.to_string());
+    let viewer = if l <= r { 0 } else { 1 };
+    let sender = match v.dir {
+        Dir::Out => viewer,
+        Dir::In => 1 - viewer,
+    };
+    let (a, b) = if l <= r { (l, r) } else { (r, l) };
+    Route {
+        key: SessionKey::Conn {
+            client: a,
+            server: b,
+        },
+        transport: "tcp",
+        sender,
+        viewer,
+        viewer_pid: v.tgid,
+        peer_pid: None,
+        roles_fixed: false,
+        label: None,
+        http_status: None,
+        addrs: Some(Addrs {
+            client: local,
+            server: remote,
+        }),
+        protocol_version: None,
     }
 }
 

@@ -265,16 +265,6 @@ pub struct AgentTotals<'a> {
     pub evictions: BTreeMap<&'static str, u64>,
 }
 
-/// Kernel counters that mean an event was lost.
-const LOST: &[&str] = &[
-    "ringbuf_full_records",
-    "stash_full",
-    "exit_missed",
-    "tail_call_failed",
-    "prog_recursion_misses",
-    "tls_busy",
-];
-
 /// Refresh gauges and the agent's own totals.
 pub fn agent(r: &mut Registry, t: &AgentTotals<'_>) {
     r.set(&defs::AGENT_RECORDS, &[], t.records as f64);
@@ -294,7 +284,12 @@ pub fn agent(r: &mut Registry, t: &AgentTotals<'_>) {
         for (name, v) in k {
             r.set(&defs::AGENT_KERNEL, &[name], *v as f64);
         }
-        let lost: u64 = LOST.iter().filter_map(|n| k.get(*n)).sum();
+        let lost: u64 = mcptap_abi::counter::LOST_EVENTS
+            .iter()
+            .map(|i| mcptap_abi::counter::NAMES[*i as usize])
+            .chain([crate::capture::kernel::RECURSION_MISSES])
+            .filter_map(|n| k.get(n))
+            .sum();
         r.set(&defs::AGENT_LOST, &[], lost as f64);
     }
     r.set_all(

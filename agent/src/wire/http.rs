@@ -165,6 +165,15 @@ pub struct Parser {
 }
 
 impl Parser {
+    /// Bytes held for a head or chunk line not complete yet.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+            + match &self.state {
+                State::Chunked(Chunk::Size(l) | Chunk::Trailer(l)) => l.len(),
+                _ => 0,
+            }
+    }
+
     /// A parser for requests or responses.
     pub fn new(kind: Kind) -> Self {
         Parser {
@@ -485,16 +494,23 @@ pub struct Conn {
     requests: Parser,
     responses: Parser,
     seq: u64,
-    /// The request being received, and its body so far.
-    req: Option<(Txn, Vec<u8>, bool)>,
-    /// Requests awaiting (or receiving) their response, oldest first.
+    /// The request being received, its body so far, and the body's length so far (past
+    /// `max_body`, only counted).
+    req: Option<(Txn, Vec<u8>, u64)>,
+    /// Requests awaiting (or receiving) their response, oldest first; at most
+    /// [`MAX_PIPELINED`].
     open: VecDeque<Txn>,
     resp_body: Vec<u8>,
-    resp_oversize: bool,
+    /// Bytes of the current response body so far (past `max_body`, only counted).
+    resp_len: u64,
     resp_first_enter_ns: u64,
     sse: Option<sse::Parser>,
     max_body: usize,
 }
+
+/// Requests one connection may have awaiting a response (HTTP/1.1 pipelining); past it the
+/// connection is given up as broken, so that a client that never reads cannot grow the queue.
+pub const MAX_PIPELINED: usize = 256;
 
 /// Does this look like the start of an HTTP/1.x request?
 pub fn starts_request(b: &[u8]) -> bool {
@@ -532,7 +548,7 @@ impl Conn {
             req: None,
             open: VecDeque::new(),
             resp_body: Vec::new(),
-            resp_oversize: false,
+            resp_len: 0,
             resp_first_enter_ns: 0,
             sse: None,
             max_body,
@@ -542,6 +558,15 @@ impl Conn {
     /// This process's role.
     pub fn role(&self) -> Role {
         self.role
+    }
+
+    /// Bytes held for messages not complete yet (heads, bodies, events).
+    pub fn buffered(&self) -> usize {
+        self.requests.buffered()
+            + self.responses.buffered()
+            + self.req.as_ref().map_or(0, |(_, b, _)| b.len())
+            + self.resp_body.len()
+            + self.sse.as_ref().map_or(0, sse::Parser::buffered)
     }
 
     /// The direction (from this process's view) that carries requests.
@@ -581,6 +606,12 @@ impl Conn {
     fn on_request(&mut self, e: OwnedEvent, emit: &mut impl FnMut(ConnEvent<'_>)) {
         match e {
             OwnedEvent::Head(head) => {
+                if self.open.len() >= MAX_PIPELINED {
+                    // A client that never reads its responses, or a stream mcptap misframed.
+                    self.requests.state = State::Broken;
+                    emit(ConnEvent::Error("too many requests awaiting a response"));
+                    return;
+                }
                 let is_head = head.method.as_deref() == Some("HEAD");
                 self.responses.expect_response(is_head);
                 let txn = Txn {
@@ -590,29 +621,26 @@ impl Conn {
                 };
                 self.seq += 1;
                 emit(ConnEvent::RequestHead(&txn));
-                self.req = Some((txn, Vec::new(), false));
+                self.req = Some((txn, Vec::new(), 0));
             }
             OwnedEvent::Body {
                 data,
                 enter_ns: _,
                 exit_ns: _,
             } => {
-                if let Some((_, body, oversize)) = &mut self.req {
-                    if body.len() + data.len() > self.max_body {
-                        *oversize = true;
-                        body.clear();
-                    } else if !*oversize {
+                if let Some((_, body, len)) = &mut self.req {
+                    *len += data.len() as u64;
+                    if *len > self.max_body as u64 {
+                        *body = Vec::new();
+                    } else {
                         body.extend_from_slice(&data);
                     }
                 }
             }
             OwnedEvent::End { exit_ns } => {
-                if let Some((txn, body, oversize)) = self.req.take() {
-                    if oversize {
-                        emit(ConnEvent::Oversize {
-                            txn: &txn,
-                            len: body.len() as u64,
-                        });
+                if let Some((txn, body, len)) = self.req.take() {
+                    if len > self.max_body as u64 {
+                        emit(ConnEvent::Oversize { txn: &txn, len });
                     } else if !body.is_empty() {
                         emit(ConnEvent::RequestBody {
                             txn: &txn,
@@ -639,7 +667,7 @@ impl Conn {
                     self.open.push_back(txn);
                 }
                 self.resp_body.clear();
-                self.resp_oversize = false;
+                self.resp_len = 0;
                 self.resp_first_enter_ns = head.first_enter_ns;
                 self.sse = head
                     .headers
@@ -675,11 +703,13 @@ impl Conn {
                         sse::Output::Event(event) => emit(ConnEvent::Sse { txn, event }),
                         sse::Output::Oversize { len } => emit(ConnEvent::Oversize { txn, len }),
                     });
-                } else if self.resp_body.len() + data.len() > self.max_body {
-                    self.resp_oversize = true;
-                    self.resp_body.clear();
-                } else if !self.resp_oversize {
-                    self.resp_body.extend_from_slice(&data);
+                } else {
+                    self.resp_len += data.len() as u64;
+                    if self.resp_len > self.max_body as u64 {
+                        self.resp_body = Vec::new();
+                    } else {
+                        self.resp_body.extend_from_slice(&data);
+                    }
                 }
             }
             OwnedEvent::End { exit_ns } => {
@@ -687,10 +717,10 @@ impl Conn {
                     return;
                 };
                 if self.sse.take().is_none() {
-                    if self.resp_oversize {
+                    if self.resp_len > self.max_body as u64 {
                         emit(ConnEvent::Oversize {
                             txn: &txn,
-                            len: self.resp_body.len() as u64,
+                            len: self.resp_len,
                         });
                     } else if !self.resp_body.is_empty() {
                         emit(ConnEvent::ResponseBody {

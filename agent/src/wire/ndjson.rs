@@ -80,6 +80,11 @@ impl Framer {
         self.buf.len() + self.oversize.as_ref().map_or(0, |o| o.0 as usize)
     }
 
+    /// Bytes held in memory for the current line (its start, or an oversized line's prefix).
+    pub fn held(&self) -> usize {
+        self.buf.len() + self.oversize.as_ref().map_or(0, |o| o.1.len())
+    }
+
     /// The buffered start of the current line, for stream classification.
     pub fn pending_bytes(&self) -> &[u8] {
         &self.buf

@@ -72,6 +72,11 @@ impl Parser {
         }
     }
 
+    /// Bytes held for a line or an event not complete yet.
+    pub fn buffered(&self) -> usize {
+        self.line.len() + self.data.len()
+    }
+
     /// The longest line kept: a data line of `max` bytes with its field name. Longer lines
     /// are judged by their length alone, however they were split.
     fn line_limit(&self) -> usize {

@@ -1,0 +1,71 @@
+//! Bounded tables: every table the agent holds has a cap, a size it reports and a count of
+//! what it forgot early to stay under the cap. Each owner describes its tables as
+//! [`TableStat`]s; the telemetry exports them as `mcptap_table_entries{table}`,
+//! `mcptap_table_capacity{table}` and `mcptap_evictions_total{table}`.
+
+/// One table's size, cap and evictions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableStat {
+    /// Name, as in the `table` label.
+    pub name: &'static str,
+    /// Entries held now.
+    pub len: u64,
+    /// Most entries held.
+    pub cap: u64,
+    /// Entries forgotten early because the cap was reached.
+    pub evicted: u64,
+}
+
+impl TableStat {
+    /// A table's numbers.
+    pub fn new(name: &'static str, len: usize, cap: usize, evicted: u64) -> Self {
+        TableStat {
+            name,
+            len: len as u64,
+            cap: cap as u64,
+            evicted,
+        }
+    }
+}
+
+/// Over `cap`, the keys of the least recently active `entries` (by last activity) to forget so
+/// that 90% of the cap remain; none within it. Going below the cap keeps a flood from paying
+/// for a selection on every insert. Nothing is collected unless the cap is passed.
+pub fn least_recent<K>(entries: impl ExactSizeIterator<Item = (u64, K)>, cap: usize) -> Vec<K> {
+    let len = entries.len();
+    if len <= cap {
+        return Vec::new();
+    }
+    let excess = len - cap * 9 / 10;
+    let mut all: Vec<(u64, K)> = entries.collect();
+    all.select_nth_unstable_by_key(excess - 1, |(t, _)| *t);
+    all.truncate(excess);
+    all.into_iter().map(|(_, k)| k).collect()
+}
+
+/// The `n`th smallest of `values` (1-based), or 0 when there are none: the cutoff below
+/// which the `n` oldest entries lie (ties may take a few more).
+pub fn nth_oldest(values: impl Iterator<Item = u64>, n: usize) -> u64 {
+    let mut v: Vec<u64> = values.collect();
+    if v.is_empty() || n == 0 {
+        return 0;
+    }
+    let i = n.min(v.len()) - 1;
+    *v.select_nth_unstable(i).1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn least_recent_goes_to_ninety_percent_only_past_the_cap() {
+        let none = least_recent((0..10u32).map(u64::from).map(|t| (t, t)), 10);
+        assert!(none.is_empty());
+        let mut gone = least_recent((0..20u32).rev().map(u64::from).map(|t| (t, t)), 10);
+        gone.sort();
+        assert_eq!(gone, (0..11).collect::<Vec<_>>());
+        assert_eq!(nth_oldest([5, 1, 9, 3].into_iter(), 2), 3);
+        assert_eq!(nth_oldest(std::iter::empty(), 2), 0);
+    }
+}

@@ -1,0 +1,390 @@
+//! The pipeline's table of process fds: one entry per (process, fd, inode) holding what both
+//! directions share (the socket's ends, the TLS mark, the HTTP connection) and each
+//! direction's stream; and the tombstones of fds found not to carry MCP, which absorb the
+//! records already on their way when the kernel was told to stop.
+//!
+//! Bounded three ways: a cap (`--max-streams`, the least recently active go first), idle
+//! expiry, and tombstones that linger only [`TOMB_LINGER_NS`] after their last record. A
+//! process's entries are found through a per-process index, so an exit costs what the process
+//! held, not a scan of the table.
+
+use super::Stream;
+use super::http::ConnState;
+use crate::FastMap;
+use crate::bounded::{TableStat, least_recent};
+use crate::capture::{Dir, FdKind, Record};
+use crate::mcp::session::Addr;
+use crate::streams::StreamKey;
+use mcptap_abi::SocketInfo;
+
+/// One process's fd: the key of everything both directions of a socket share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct FdKey {
+    pub tgid: u32,
+    pub fd: i32,
+    pub inode: u64,
+}
+
+impl FdKey {
+    pub fn of(k: &StreamKey) -> Self {
+        FdKey {
+            tgid: k.tgid,
+            fd: k.fd,
+            inode: k.inode,
+        }
+    }
+
+    pub fn of_record(rec: &Record<'_>) -> Self {
+        FdKey {
+            tgid: rec.hdr.tgid,
+            fd: rec.hdr.fd,
+            inode: rec.hdr.inode,
+        }
+    }
+
+    pub fn stream(&self, dir: Dir) -> StreamKey {
+        StreamKey {
+            tgid: self.tgid,
+            fd: self.fd,
+            dir,
+            inode: self.inode,
+        }
+    }
+}
+
+/// Where a socket's two ends are, as the kernel's socket record said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SocketEnds {
+    pub local: Addr,
+    pub remote: Addr,
+    /// AF_UNIX.
+    pub unix: bool,
+    /// This end is bound to a path (a Unix server's listening path).
+    pub local_bound: bool,
+    /// The far end is bound to a path.
+    pub remote_bound: bool,
+}
+
+impl SocketEnds {
+    pub fn of(si: &SocketInfo) -> Self {
+        let (local, remote) = socket_addrs(si);
+        SocketEnds {
+            local,
+            remote,
+            unix: si.family == 1,
+            local_bound: si.family == 1 && si.local_path_len > 0,
+            remote_bound: si.family == 1 && si.remote_path_len > 0,
+        }
+    }
+
+    /// A named AF_UNIX socket (either end bound to a path) rather than a socketpair.
+    pub fn named_unix(&self) -> bool {
+        self.unix && (self.local_bound || self.remote_bound)
+    }
+}
+
+/// The two ends of a socket as the kernel saw them: (local, remote).
+fn socket_addrs(si: &SocketInfo) -> (Addr, Addr) {
+    fn ip(family: u16, raw: &[u8; 16]) -> std::net::IpAddr {
+        if family == 2 {
+            std::net::IpAddr::from([raw[0], raw[1], raw[2], raw[3]])
+        } else {
+            let v6 = std::net::Ipv6Addr::from(*raw);
+            // Dual-stack sockets show IPv4 peers as ::ffff:a.b.c.d.
+            v6.to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4)
+        }
+    }
+    fn path(raw: &[u8], len: u16) -> String {
+        let raw = &raw[..(len as usize).min(raw.len())];
+        match raw.first() {
+            Some(0) => format!(
+                "@{}",
+                String::from_utf8_lossy(&raw[1..]).trim_end_matches('\0')
+            ),
+            _ => String::from_utf8_lossy(raw)
+                .trim_end_matches('\0')
+                .to_string(),
+        }
+    }
+    if si.family == 1 {
+        (
+            Addr::Unix(path(&si.local_path, si.local_path_len)),
+            Addr::Unix(path(&si.remote_path, si.remote_path_len)),
+        )
+    } else {
+        (
+            Addr::Ip(ip(si.family, &si.local_addr), si.local_port),
+            Addr::Ip(ip(si.family, &si.remote_addr), si.remote_port),
+        )
+    }
+}
+
+/// Everything the pipeline knows about one process's fd.
+pub(crate) struct Fd {
+    pub kind: FdKind,
+    /// The peer socket's inode (AF_UNIX), or 0.
+    pub peer_inode: u64,
+    pub socket: Option<Box<SocketEnds>>,
+    /// `Some(decrypted)` once the kernel found the socket to carry TLS.
+    pub tls: Option<bool>,
+    /// The streams, by direction ([`Dir::In`] first).
+    pub streams: [Option<Box<Stream>>; 2],
+    /// The HTTP connection both directions are framed as, once one direction found HTTP.
+    pub http: Option<Box<ConnState>>,
+    pub last_ns: u64,
+    /// Found not to carry MCP while its record was worked on: it becomes a tombstone.
+    pub rejected: bool,
+}
+
+fn slot(dir: Dir) -> usize {
+    match dir {
+        Dir::In => 0,
+        Dir::Out => 1,
+    }
+}
+
+impl Fd {
+    pub fn new(kind: FdKind, peer_inode: u64, ts: u64) -> Self {
+        Fd {
+            kind,
+            peer_inode,
+            socket: None,
+            tls: None,
+            streams: [None, None],
+            http: None,
+            last_ns: ts,
+            rejected: false,
+        }
+    }
+
+    pub fn stream(&mut self, dir: Dir) -> &mut Option<Box<Stream>> {
+        &mut self.streams[slot(dir)]
+    }
+
+    /// Bytes held for messages not complete yet, in both directions.
+    pub fn buffered(&self) -> usize {
+        let streams: usize = self.streams.iter().flatten().map(|s| s.buffered()).sum();
+        streams + self.http.as_ref().map_or(0, |h| h.buffered())
+    }
+
+    /// Whether any direction carried bytes already.
+    pub fn has_streams(&self) -> bool {
+        self.streams.iter().any(Option::is_some)
+    }
+}
+
+/// How long a tombstone outlives the last record it absorbed: records already in the ring
+/// buffer when the kernel was told to stop arrive within this.
+pub const TOMB_LINGER_NS: u64 = 30_000_000_000;
+
+/// The table.
+pub(crate) struct FdTable {
+    live: FastMap<FdKey, Fd>,
+    /// The fds of each process, for exits.
+    by_tgid: FastMap<u32, Vec<FdKey>>,
+    /// Rejected fds, by the time of their last record.
+    tombs: FastMap<FdKey, u64>,
+    cap: usize,
+    /// Entries forgotten because `cap` were held.
+    pub evicted: u64,
+    /// Tombstones forgotten because `cap` were held.
+    pub tombs_evicted: u64,
+}
+
+impl FdTable {
+    pub fn new(cap: usize) -> Self {
+        FdTable {
+            live: FastMap::default(),
+            by_tgid: FastMap::default(),
+            tombs: FastMap::default(),
+            cap: cap.max(1),
+            evicted: 0,
+            tombs_evicted: 0,
+        }
+    }
+
+    /// Take an entry out to work on it; [`FdTable::put`] brings it back.
+    pub fn take(&mut self, k: &FdKey) -> Option<Fd> {
+        self.live.remove(k)
+    }
+
+    /// Bring back an entry taken out, or add a new one (`new`).
+    pub fn put(&mut self, k: FdKey, fd: Fd, new: bool) {
+        if new {
+            self.by_tgid.entry(k.tgid).or_default().push(k);
+        }
+        self.live.insert(k, fd);
+    }
+
+    pub fn get_mut(&mut self, k: &FdKey) -> Option<&mut Fd> {
+        self.live.get_mut(k)
+    }
+
+    fn unindex(&mut self, k: &FdKey) {
+        if let Some(v) = self.by_tgid.get_mut(&k.tgid) {
+            v.retain(|x| x != k);
+            if v.is_empty() {
+                self.by_tgid.remove(&k.tgid);
+            }
+        }
+    }
+
+    /// Forget an entry (in the table or taken out) for good.
+    pub fn remove(&mut self, k: &FdKey) -> Option<Fd> {
+        self.unindex(k);
+        self.live.remove(k)
+    }
+
+    /// The fd (taken out, or in the table) carries no MCP: forget it, and absorb its
+    /// records still on their way.
+    pub fn bury(&mut self, k: FdKey, ts: u64) {
+        self.unindex(&k);
+        self.live.remove(&k);
+        self.tombs.insert(k, ts);
+    }
+
+    /// Whether `k` was rejected; a record for it refreshes the tombstone.
+    pub fn buried(&mut self, k: &FdKey, ts: u64) -> bool {
+        match self.tombs.get_mut(k) {
+            Some(t) => {
+                *t = (*t).max(ts);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drop a tombstone (the fd was closed).
+    pub fn unbury(&mut self, k: &FdKey) {
+        self.tombs.remove(k);
+    }
+
+    /// Every fd of process `tgid`.
+    pub fn of_process(&self, tgid: u32) -> Vec<FdKey> {
+        self.by_tgid.get(&tgid).cloned().unwrap_or_default()
+    }
+
+    /// Entries with no record for `idle` ns, removed; tombstones past their linger go too.
+    pub fn expire(&mut self, now: u64, idle: u64) -> Vec<(FdKey, Fd)> {
+        self.tombs
+            .retain(|_, last| now.saturating_sub(*last) < TOMB_LINGER_NS);
+        let old: Vec<FdKey> = self
+            .live
+            .iter()
+            .filter(|(_, f)| now.saturating_sub(f.last_ns) >= idle)
+            .map(|(k, _)| *k)
+            .collect();
+        self.take_all(old)
+    }
+
+    /// Past the cap, the least recently active entries, removed (counted); tombstones past
+    /// it are dropped (counted).
+    pub fn over_cap(&mut self) -> Vec<(FdKey, Fd)> {
+        let tombs = least_recent(self.tombs.iter().map(|(k, t)| (*t, *k)), self.cap);
+        self.tombs_evicted += tombs.len() as u64;
+        for k in tombs {
+            self.tombs.remove(&k);
+        }
+        let victims = least_recent(self.live.iter().map(|(k, f)| (f.last_ns, *k)), self.cap);
+        if !victims.is_empty() {
+            log::warn!(
+                "{} fds held (cap {}, --max-streams): forgetting the {} least recently active",
+                self.live.len(),
+                self.cap,
+                victims.len()
+            );
+        }
+        self.evicted += victims.len() as u64;
+        self.take_all(victims)
+    }
+
+    /// Every entry, removed (end of input).
+    pub fn drain(&mut self) -> Vec<(FdKey, Fd)> {
+        let all: Vec<FdKey> = self.live.keys().copied().collect();
+        self.take_all(all)
+    }
+
+    fn take_all(&mut self, keys: Vec<FdKey>) -> Vec<(FdKey, Fd)> {
+        keys.into_iter()
+            .filter_map(|k| self.remove(&k).map(|f| (k, f)))
+            .collect()
+    }
+
+    /// Streams (directions with bytes) held.
+    pub fn stream_count(&self) -> usize {
+        self.live
+            .values()
+            .map(|f| f.streams.iter().flatten().count())
+            .sum()
+    }
+
+    /// The table's numbers, and its tombstones'.
+    pub fn stats(&self) -> [TableStat; 2] {
+        [
+            TableStat::new("streams", self.live.len(), self.cap, self.evicted),
+            TableStat::new(
+                "rejected_fds",
+                self.tombs.len(),
+                self.cap,
+                self.tombs_evicted,
+            ),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(tgid: u32, fd: i32) -> FdKey {
+        FdKey {
+            tgid,
+            fd,
+            inode: fd as u64,
+        }
+    }
+
+    #[test]
+    fn processes_find_their_fds_and_tombstones_linger() {
+        let mut t = FdTable::new(4);
+        for (tgid, fd) in [(1, 3), (1, 4), (2, 3)] {
+            t.put(key(tgid, fd), Fd::new(FdKind::Pipe, 0, 10), true);
+        }
+        let mut mine = t.of_process(1);
+        mine.sort_by_key(|k| k.fd);
+        assert_eq!(mine, vec![key(1, 3), key(1, 4)]);
+        // Taken out and put back: still indexed once.
+        let f = t.take(&key(1, 3)).unwrap();
+        t.put(key(1, 3), f, false);
+        assert_eq!(t.of_process(1).len(), 2);
+        t.bury(key(1, 4), 20);
+        assert_eq!(t.of_process(1), vec![key(1, 3)]);
+        assert!(t.buried(&key(1, 4), 25));
+        assert!(!t.buried(&key(1, 3), 25));
+        // Idle entries expire; the tombstone lingers past its last record, then goes.
+        let gone = t.expire(10 + 1_000, 1_000);
+        assert_eq!(gone.len(), 2);
+        assert_eq!(t.live.len(), 0);
+        assert!(t.buried(&key(1, 4), 30));
+        t.expire(30 + TOMB_LINGER_NS, u64::MAX);
+        assert!(!t.buried(&key(1, 4), 40));
+        assert!(t.by_tgid.is_empty());
+    }
+
+    #[test]
+    fn past_the_cap_the_least_recent_go_and_are_counted() {
+        let mut t = FdTable::new(10);
+        for fd in 0..20 {
+            t.put(key(1, fd), Fd::new(FdKind::Pipe, 0, fd as u64), true);
+            t.bury(key(2, fd), fd as u64);
+        }
+        let gone = t.over_cap();
+        assert_eq!(gone.len(), 11);
+        assert!(gone.iter().all(|(k, _)| k.fd < 11));
+        assert_eq!(t.evicted, 11);
+        assert_eq!(t.tombs_evicted, 11);
+        assert_eq!(t.stats()[0].len, 9);
+        assert_eq!(t.of_process(1).len(), 9);
+    }
+}
