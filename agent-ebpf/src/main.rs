@@ -35,14 +35,14 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use mcptap_abi::{
-    CHUNK_MAX, CHUNKS_PER_CALL, CIPHER_KEY_BYTES, Config, DIR_IN, DIR_OUT, EventHeader, FD_OTHER,
-    FD_PIPE, FD_TCP, FD_UNIX, FDSTATE_LOST, FDSTATE_NEW, FDSTATE_PENDING_MARKS, FDSTATE_REJECTED,
-    FDSTATE_SEEN, FDSTATE_TLS, FDSTATE_TLS_BOUND, FLAG_LOST_BEFORE, FLAG_STATE_NEW, FLAG_TLS,
-    FLAG_TRUNCATED, FdKey, FdState, HEADER_SIZE, KernelOffsets, MAX_IOVECS, MAX_TAIL_CALLS,
-    OFFSET_MISSING, RECORD_CLOSE, RECORD_DATA, RECORD_EXEC, RECORD_EXIT, RECORD_SOCKET, RECORD_TLS,
-    SCRATCH_SIZE, SKIP_KEY_MASK, SKIP_SLOTS, SelfTest, SocketInfo, SslCall, SslKey, SslSocket,
-    Stash, TAIL_SHIP_MORE, UNIX_PATH_MAX, WATCH_BY_COMM, WATCH_BY_PID, cipher_key, counter,
-    looks_tls, skip_entry, skip_slot, syscall,
+    CHUNK_MAX, CHUNKS_PER_CALL, CIPHER_KEY_BYTES, Config, DIR_IN, DIR_OUT, EventHeader,
+    FD_MAP_ENTRIES, FD_OTHER, FD_PIPE, FD_TCP, FD_UNIX, FDSTATE_LOST, FDSTATE_NEW,
+    FDSTATE_PENDING_MARKS, FDSTATE_REJECTED, FDSTATE_SEEN, FDSTATE_TLS, FDSTATE_TLS_BOUND,
+    FLAG_LOST_BEFORE, FLAG_STATE_NEW, FLAG_TLS, FLAG_TRUNCATED, FdKey, FdState, HEADER_SIZE,
+    KernelOffsets, MAX_IOVECS, MAX_TAIL_CALLS, OFFSET_MISSING, RECORD_CLOSE, RECORD_DATA,
+    RECORD_EXEC, RECORD_EXIT, RECORD_SOCKET, RECORD_TLS, SCRATCH_SIZE, SKIP_KEY_MASK, SKIP_SLOTS,
+    SelfTest, SocketInfo, SslCall, SslKey, SslSocket, Stash, TAIL_SHIP_MORE, UNIX_PATH_MAX,
+    WATCH_BY_COMM, WATCH_BY_PID, cipher_key, counter, looks_tls, skip_entry, skip_slot, syscall,
 };
 
 #[unsafe(no_mangle)]
@@ -53,7 +53,7 @@ static CONFIG: Global<Config> = Global::new(Config::ZERO);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 #[map]
-static FDS: LruHashMap<FdKey, FdState> = LruHashMap::with_max_entries(65536, 0);
+static FDS: LruHashMap<FdKey, FdState> = LruHashMap::with_max_entries(FD_MAP_ENTRIES, 0);
 #[map]
 static STASH: HashMap<u32, Stash> = HashMap::with_max_entries(32768, 0);
 /// One byte per tgid, eight to a word; userspace sizes it from pid_max. Byte stores keep

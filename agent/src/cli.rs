@@ -3,7 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 /// mcptap sees every MCP (Model Context Protocol) conversation on this Linux host, from the
 /// kernel, with no change to any application: eBPF probes on pipe and socket reads and writes
@@ -35,13 +36,11 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the pipeline on a file saved with --record. Needs no privileges.
+    /// Run the pipeline on a file saved with --record. Needs no privileges. Output options
+    /// apply (before or after `replay`); live-capture options are refused.
     Replay {
         /// The file written by `mcptap --record FILE`.
         file: PathBuf,
-        /// Output options.
-        #[command(flatten)]
-        output: OutputArgs,
     },
     /// Attach only empty programs to the hooks mcptap uses, until interrupted: the floor
     /// `cargo xtask bench` measures mcptap's overhead against.
@@ -100,61 +99,145 @@ pub struct LiveArgs {
 pub struct OutputArgs {
     /// Write one JSON object per line to PATH ("-" for standard output). The schema is in
     /// the README.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     pub jsonl: Option<String>,
 
     /// Do not print the console view.
-    #[arg(long, short)]
+    #[arg(long, short, global = true)]
     pub quiet: bool,
 
     /// Longest message accepted (suffixes K, M, G). A longer one is dropped and reported as a
     /// `message_truncated` event, never half-parsed.
-    #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_size)]
+    #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_size, global = true)]
     pub max_message_bytes: u64,
 
     /// A request with no response after this many seconds is a hung call: reported as a
     /// `call_timeout` event and counted. After ten times as long it is given up as
     /// `no_response`.
-    #[arg(long, value_name = "SECONDS", default_value_t = 300.0, value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 300.0, value_parser = parse_seconds, global = true)]
     pub response_timeout: f64,
 
     /// Include argument and result values in JSON lines and spans. Off by default: values
     /// never leave the host unless asked for, and even then keys that look like secrets
     /// (password, token, secret, authorization, api key, cookie, ...) are redacted.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub payloads: bool,
 
     /// Send OTLP traces and metrics to URL (e.g. http://127.0.0.1:4318 for http/protobuf,
     /// http://127.0.0.1:4317 for grpc). Without it the standard OTEL_EXPORTER_OTLP_*
     /// variables decide; with neither, OTLP is off.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", global = true)]
     pub otlp_endpoint: Option<String>,
 
     /// OTLP protocol: grpc or http/protobuf [default: OTEL_EXPORTER_OTLP_PROTOCOL, else
     /// http/protobuf].
-    #[arg(long, value_name = "PROTOCOL", value_parser = ["grpc", "http/protobuf"])]
+    #[arg(long, value_name = "PROTOCOL", value_parser = ["grpc", "http/protobuf"], global = true)]
     pub otlp_protocol: Option<String>,
 
     /// Most distinct values kept per metric label (tool names, resource URIs, ...); the rest
     /// are reported as "other" and counted in mcptap_label_overflow_total.
-    #[arg(long, value_name = "N", default_value_t = 200)]
+    #[arg(long, value_name = "N", default_value_t = 200, global = true)]
     pub label_limit: usize,
 
     /// Most sessions (and stateless HTTP connections) tracked at once. Past it the least
     /// recently active are ended (session_end reason "evicted") and counted in
     /// mcptap_evictions_total, so that a flood cannot grow memory without bound.
-    #[arg(long, value_name = "N", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub max_sessions: u64,
 
     /// Most requests awaiting a response, over all sessions. Past it the oldest end as
     /// no_response and are counted in mcptap_evictions_total.
-    #[arg(long, value_name = "N", default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub max_pending: u64,
 
-    /// Most streams (process, fd, direction) tracked at once. Past it the least recently
-    /// active are forgotten and counted in mcptap_evictions_total.
-    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Most process fds (each one or two streams, a pipe end or a socket) tracked at once,
+    /// and most remembered as not carrying MCP. Past it the least recently active are
+    /// forgotten and counted in mcptap_evictions_total.
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub max_streams: u64,
+
+    /// Most bytes held for messages not complete yet, over every stream (suffixes K, M, G):
+    /// what a local process can make the agent buffer. Past it the stream that went over
+    /// drops its partial message, reported as a `stream_gap` (reason buffer_budget) and
+    /// counted. At least --max-message-bytes.
+    #[arg(long, value_name = "BYTES", default_value = "128M", value_parser = parse_size, global = true)]
+    pub max_buffered_bytes: u64,
+
+    /// Most metric series (label sets) of the mcp_* metrics, all together. Past it new label
+    /// sets are counted in each metric's series whose labels are all "other", and in
+    /// mcptap_series_overflow_total.
+    #[arg(long, value_name = "N", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub max_series: u64,
+}
+
+/// Why the command line was not taken.
+#[derive(Debug)]
+pub enum CliError {
+    /// Help or version was asked for: print it and exit 0.
+    Exit(clap::Error),
+    /// A bad command line, as one line of text.
+    Usage(String),
+}
+
+/// Live-capture options, by id, that mean nothing to `replay`.
+const LIVE_ONLY: [(&str, &str); 7] = [
+    ("comms", "--comm"),
+    ("pids", "--pid"),
+    ("record", "--record"),
+    ("listen", "--listen"),
+    ("ring_buffer_size", "--ring-buffer-size"),
+    ("no_tls", "--no-tls"),
+    ("k8s", "--k8s"),
+];
+
+/// Parse a command line. Output options apply before or after `replay`; a live-capture
+/// option given to `replay` is refused rather than ignored.
+pub fn parse<I, T>(args: I) -> Result<Cli, CliError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = Cli::command()
+        .try_get_matches_from(args)
+        .map_err(one_line)?;
+    let cli = Cli::from_arg_matches(&matches).map_err(one_line)?;
+    if let Some(Command::Replay { .. }) = &cli.command {
+        for (id, flag) in LIVE_ONLY {
+            if matches.value_source(id) == Some(ValueSource::CommandLine) {
+                return Err(CliError::Usage(format!(
+                    "{flag} applies to live capture; `mcptap replay` takes only output options \
+                     (see `mcptap replay --help`)"
+                )));
+            }
+        }
+    }
+    let o = &cli.output;
+    if o.max_buffered_bytes < o.max_message_bytes {
+        return Err(CliError::Usage(format!(
+            "--max-buffered-bytes ({}) must be at least --max-message-bytes ({}): a message is \
+             held whole before it is parsed",
+            o.max_buffered_bytes, o.max_message_bytes
+        )));
+    }
+    Ok(cli)
+}
+
+/// clap's error as the one line the README promises: `mcptap: error: ...` comes from the
+/// caller; help and version pass through.
+fn one_line(e: clap::Error) -> CliError {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        return CliError::Exit(e);
+    }
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or("bad command line");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    CliError::Usage(format!("{first} (see `mcptap --help`)"))
 }
 
 /// Where to listen, if at all.
@@ -247,7 +330,33 @@ mod tests {
         );
         let c = Cli::try_parse_from(["mcptap", "replay", "x.mcptap", "--jsonl", "-"]).unwrap();
         assert!(matches!(c.command, Some(Command::Replay { .. })));
+        assert_eq!(c.output.jsonl.as_deref(), Some("-"));
+        // Output options before the subcommand apply to it too.
+        let c = Cli::try_parse_from(["mcptap", "--jsonl", "a", "-q", "replay", "x"]).unwrap();
+        assert_eq!(
+            (c.output.jsonl.as_deref(), c.output.quiet),
+            (Some("a"), true)
+        );
         assert!(Cli::try_parse_from(["mcptap", "--listen", "nope"]).is_err());
+        let usage = |args: &[&str]| match parse(args.iter().copied()) {
+            Err(CliError::Usage(m)) => m,
+            other => panic!("{args:?}: {other:?}"),
+        };
+        let m = usage(&["mcptap", "--listen", "nope"]);
+        assert!(!m.contains('\n') && m.contains("--listen"), "{m}");
+        let m = usage(&["mcptap", "--no-such-flag"]);
+        assert!(!m.contains('\n') && m.contains("--no-such-flag"), "{m}");
+        let m = usage(&["mcptap", "--comm", "node", "replay", "f"]);
+        assert!(m.contains("--comm applies to live capture"), "{m}");
+        let m = usage(&["mcptap", "replay", "f", "--ring-buffer-size", "1M"]);
+        assert!(m.contains("--ring-buffer-size"), "{m}");
+        let m = usage(&["mcptap", "--max-message-bytes", "1G"]);
+        assert!(m.contains("--max-buffered-bytes"), "{m}");
+        assert!(parse(["mcptap", "--jsonl", "-", "replay", "f"]).is_ok());
+        assert!(matches!(
+            parse(["mcptap", "--help"]),
+            Err(CliError::Exit(_))
+        ));
         assert!(Cli::try_parse_from(["mcptap", "--ring-buffer-size", "3M"]).is_err());
         assert!(Cli::try_parse_from(["mcptap", "--response-timeout", "-1"]).is_err());
     }

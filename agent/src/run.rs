@@ -1,8 +1,15 @@
-//! The agent's two ways of running: live (kernel → pipeline → exporters, until SIGINT or
-//! SIGTERM) and replay (a `--record` file → the same pipeline).
+//! The agent's two ways of running: live (kernel → pipeline → outputs, until SIGINT or
+//! SIGTERM) and replay (a `--record` file → the same pipeline and outputs).
+//!
+//! The live loop never lets capture starve its other duties: it drains the ring buffer for
+//! at most [`DRAIN_BUDGET`] before it ticks the timers, beats the health heartbeat, reads the
+//! kernel's counters and looks at the stop flag. When more arrives than the agent can handle,
+//! the ring buffer fills and the kernel drops and counts what does not fit; nothing queues up
+//! in the agent. A stop ends the loop within one budget; what the ring buffer still holds is
+//! then worked through for at most [`STOP_DRAIN`], and the rest counted as unread.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::BufReader;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,57 +18,38 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use log::{info, warn};
 
-use crate::capture::kernel::{ProbeSettings, Probes, Scope};
+use crate::bounded::TableStat;
+use crate::capture::kernel::{Preflight, ProbeSettings, Probes, Scope};
 use crate::capture::procinfo::{FixedHost, Host, ProcHost};
 use crate::capture::record::{self, ClockAnchor, Frame, RecordingHost};
 use crate::cli::{Listen, LiveArgs, OutputArgs};
-use crate::export::{Fanout, console::Console, http, jsonl::JsonLines, otlp};
+use crate::export::{Outputs, http};
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::signals::metrics::Registry;
-use crate::signals::{Sink, telemetry};
+use crate::signals::telemetry;
 
-/// Records handed to the pipeline per ring buffer drain before timers get a turn.
-const DRAIN_BATCH: usize = 4096;
+/// Records handed to the pipeline per ring buffer read; the loop's clock is looked at
+/// between two.
+const DRAIN_BATCH: usize = 1024;
+/// Longest the loop drains before it turns to its other duties.
+const DRAIN_BUDGET: Duration = Duration::from_millis(50);
 /// How often timeouts are checked.
 const TICK: Duration = Duration::from_millis(100);
 /// How long the agent sleeps between drains when the kernel does not wake it (it does once a
 /// quarter of the ring buffer is used): records reach the outputs within this much.
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
-/// How often kernel counters are read.
+/// How often kernel counters are read and the tables measured.
 const COUNTERS_EVERY: Duration = Duration::from_secs(1);
-
-fn sinks(output: &OutputArgs) -> Result<Fanout> {
-    let mut fan = Fanout::default();
-    let jsonl_on_stdout = output.jsonl.as_deref() == Some("-");
-    if let Some(path) = &output.jsonl {
-        let w: Box<dyn Write + Send> = if path == "-" {
-            Box::new(std::io::stdout())
-        } else {
-            let f = File::options()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("--jsonl: cannot open {path} for appending"))?;
-            Box::new(BufWriter::new(f))
-        };
-        fan.push(Box::new(JsonLines::new(w)));
-    }
-    if !output.quiet {
-        // With JSON lines on stdout the console view moves to stderr.
-        let w: Box<dyn Write + Send> = if jsonl_on_stdout {
-            Box::new(std::io::stderr())
-        } else {
-            Box::new(std::io::stdout())
-        };
-        fan.push(Box::new(Console::new(w)));
-    }
-    Ok(fan)
-}
+/// After a stop, longest the backlog in the ring buffer is worked through...
+const STOP_DRAIN: Duration = Duration::from_millis(1000);
+/// ...and then longest what is left is read and counted, unprocessed.
+const STOP_DISCARD: Duration = Duration::from_millis(300);
 
 fn pipeline_config(output: &OutputArgs, clock: ClockAnchor) -> PipelineConfig {
     let mut cfg = PipelineConfig {
         max_message_bytes: output.max_message_bytes.min(usize::MAX as u64) as usize,
         max_streams: output.max_streams as usize,
+        max_buffered_bytes: output.max_buffered_bytes.min(usize::MAX as u64) as usize,
         ..Default::default()
     };
     cfg.tracker.max_sessions = output.max_sessions as usize;
@@ -72,43 +60,19 @@ fn pipeline_config(output: &OutputArgs, clock: ClockAnchor) -> PipelineConfig {
     cfg
 }
 
-/// The metrics registry and, when configured, the OTLP exporters. An exporter that cannot be
-/// built is a warning: capture goes on without it.
-fn telemetry_outputs(
-    output: &OutputArgs,
-    fan: &mut Fanout,
-) -> Result<(Arc<Mutex<Registry>>, Option<otlp::Otlp>)> {
-    let registry = Arc::new(Mutex::new(Registry::new(output.label_limit)));
-    fan.push(Box::new(telemetry::Recorder(registry.clone())));
-    let cfg = otlp::Config::resolve(
-        output.otlp_endpoint.as_deref(),
-        output.otlp_protocol.as_deref(),
-        output.payloads,
-    )?;
-    let exporter = match cfg {
-        None => None,
-        Some(cfg) => match otlp::Otlp::start(&cfg, &registry) {
-            Ok(o) => {
-                info!(
-                    "exporting OTLP ({:?}) to {}",
-                    cfg.wire,
-                    cfg.endpoint
-                        .as_deref()
-                        .unwrap_or("the OTEL_EXPORTER_OTLP_* endpoint")
-                );
-                Some(o)
-            }
-            Err(e) => {
-                warn!("OTLP export disabled: {e:#}");
-                None
-            }
-        },
-    };
-    Ok((registry, exporter))
+fn lock(registry: &Mutex<Registry>) -> std::sync::MutexGuard<'_, Registry> {
+    registry.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Refresh the metrics that are states rather than events.
-fn agent_metrics(registry: &Mutex<Registry>, p: &Pipeline, exporter: Option<&otlp::Otlp>) {
+/// Refresh the metrics that are states rather than events. `full` also measures every table
+/// (a walk of the fd table) and takes the kernel's counters: on the counters' schedule, not
+/// after every batch.
+fn agent_metrics(outputs: &Outputs, p: &Pipeline, extra: &[TableStat], full: bool) {
+    let mut tables = Vec::new();
+    if full {
+        tables = p.tables();
+        tables.extend_from_slice(extra);
+    }
     let totals = telemetry::AgentTotals {
         records: p.stats.records,
         bytes: p.stats.bytes,
@@ -117,215 +81,298 @@ fn agent_metrics(registry: &Mutex<Registry>, p: &Pipeline, exporter: Option<&otl
         rejected: Some(&p.stats.rejected),
         gaps: Some(&p.stats.gaps),
         tls_undecrypted: p.stats.tls_undecrypted,
-        kernel: Some(p.kernel_totals()),
+        kernel: full.then(|| p.kernel_totals()),
         in_flight: p.tracker.in_flight(),
         sessions: p.tracker.active_sessions(),
         tracked_sessions: p.tracker.session_count() as u64,
-        tracked_streams: p.stream_count() as u64,
-        evictions: p.evictions(),
-        export: exporter
-            .map(|o| o.stats.snapshot().into_iter().collect())
-            .unwrap_or_default(),
+        tracked_streams: full.then(|| p.stream_count() as u64),
+        export: outputs
+            .failures()
+            .into_iter()
+            .map(|(name, failed, dropped)| (name, (failed, dropped)))
+            .collect(),
+        tables,
     };
-    let mut r = match registry.lock() {
-        Ok(r) => r,
-        Err(p) => p.into_inner(),
-    };
-    telemetry::agent(&mut r, &totals);
-}
-
-/// Hand every pending signal to the outputs; returns how many there were.
-fn emit_all(p: &mut Pipeline, fan: &mut Fanout, exporter: Option<&otlp::Otlp>) -> usize {
-    let mut n = 0;
-    for mut s in p.drain_signals() {
-        n += 1;
-        // Pod and container names, known once the API server's watch has caught up.
-        crate::k8s::enrich(&mut s);
-        fan.emit(&s);
-        if let (Some(o), crate::signals::Signal::Exchange(x)) = (exporter, &s) {
-            o.spans(x);
-        }
+    let mut r = lock(&outputs.registry);
+    if full {
+        let series = r.table();
+        telemetry::agent(
+            &mut r,
+            &telemetry::AgentTotals {
+                tables: vec![series],
+                ..Default::default()
+            },
+        );
     }
-    n
+    telemetry::agent(&mut r, &totals);
 }
 
 fn monotonic_ns() -> u64 {
     ClockAnchor::now().monotonic_ns
 }
 
-/// Capture live until SIGINT or SIGTERM.
-pub fn live(args: &LiveArgs, output: &OutputArgs) -> Result<()> {
-    // Everything that can fail on bad input fails before the kernel is touched.
-    let listener = match args.listen {
-        Listen::Off => None,
-        Listen::Addr(addr) => Some(TcpListener::bind(addr).with_context(|| {
-            format!("--listen {addr}: cannot bind (is another mcptap or service on that port? use --listen ADDR or --listen off)")
-        })?),
-    };
-    let mut fan = sinks(output)?;
-    let (registry, exporter) = telemetry_outputs(output, &mut fan)?;
-    crate::k8s::start(args.k8s, registry.clone());
-    let mut recorder = match &args.record {
-        Some(path) => {
-            let f = File::create(path)
-                .with_context(|| format!("--record: cannot create {}", path.display()))?;
-            Some(record::Writer::new(f).context("--record: writing the header")?)
-        }
-        None => None,
-    };
-
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
-    }
-    let health = Arc::new(http::Health::new(registry.clone()));
-    health.beat();
-    if let Some(l) = listener {
-        let addr = l.local_addr()?;
-        http::spawn(l, health.clone()).context("starting the HTTP endpoints")?;
-        info!("serving /health and /ready on http://{addr}");
-    }
-
-    let settings = ProbeSettings {
+fn probe_settings(args: &LiveArgs) -> ProbeSettings {
+    ProbeSettings {
         scope: Scope {
             comms: args.comms.clone(),
             pids: args.pids.clone(),
         },
         ring_bytes: args.ring_buffer_size,
         tls: !args.no_tls,
+    }
+}
+
+fn bind(listen: Listen) -> Result<Option<TcpListener>> {
+    match listen {
+        Listen::Off => Ok(None),
+        Listen::Addr(addr) => Ok(Some(TcpListener::bind(addr).with_context(|| {
+            format!(
+                "--listen {addr}: cannot bind (is another mcptap or service on that port? use \
+                 --listen ADDR or --listen off)"
+            )
+        })?)),
+    }
+}
+
+fn open_recorder(path: Option<&std::path::Path>) -> Result<Option<record::Writer<File>>> {
+    let Some(path) = path else {
+        return Ok(None);
     };
-    let (mut probes, report) = Probes::load(&settings)?;
+    let f = crate::export::private_file(path, false)
+        .with_context(|| format!("--record: cannot create {}", path.display()))?;
+    Ok(Some(
+        record::Writer::new(f).context("--record: writing the header")?,
+    ))
+}
+
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    Ok(stop)
+}
+
+fn log_start(settings: &ProbeSettings, report: &crate::capture::kernel::StartupReport) {
     match &report.lockdown {
         Some(mode) => info!("kernel lockdown mode: {mode}"),
         None => info!("kernel lockdown mode: unknown (securityfs not mounted)"),
     }
+    let scope = &settings.scope;
+    let watching = if scope.is_all() {
+        "every process".to_string()
+    } else {
+        format!(
+            "comm {:?} pid {:?} (and their children until exec)",
+            scope.comms, scope.pids
+        )
+    };
     info!(
-        "attached {} programs; watching {}",
-        report.attached.len(),
-        if settings.scope.is_all() {
-            "every process".to_string()
-        } else {
-            format!(
-                "comm {:?} pid {:?} (and their children until exec)",
-                settings.scope.comms, settings.scope.pids
-            )
-        }
+        "attached {} programs; watching {watching}",
+        report.attached.len()
     );
+}
+
+/// Capture live until SIGINT or SIGTERM.
+pub fn live(args: &LiveArgs, output: &OutputArgs) -> Result<()> {
+    let settings = probe_settings(args);
+    // Everything that can fail on bad input or missing privileges fails before anything
+    // changes: no port bound, no file created or truncated, no program loaded.
+    let pre = Preflight::check(&settings)?;
+    let listener = bind(args.listen.clone())?;
+    let outputs = Outputs::open(output)?;
+    let mut recorder = open_recorder(args.record.as_deref())?;
+    let stop = stop_flag()?;
+    let health = Arc::new(http::Health::new(outputs.registry.clone()));
+    health.beat();
+    if let Some(l) = listener {
+        let addr = l.local_addr()?;
+        http::spawn(l, health.clone()).context("starting the HTTP endpoints")?;
+        info!("serving /health and /ready on http://{addr}");
+    }
+    let (probes, report) = Probes::load(&settings, pre)?;
+    crate::k8s::start(args.k8s, outputs.registry.clone());
+    log_start(&settings, &report);
     health.ready.store(true, Ordering::Relaxed);
 
     let clock = ClockAnchor::now();
     if let Some(r) = recorder.as_mut() {
         r.clock(&clock)?;
     }
-    let mut pipeline = Pipeline::new(pipeline_config(output, clock));
-    let mut host = ProcHost::default();
-    let mut last_tick = Instant::now();
-    let mut last_counters = Instant::now();
+    let mut live = Live {
+        probes,
+        pipeline: Pipeline::new(pipeline_config(output, clock)),
+        host: ProcHost::default(),
+        recorder,
+        outputs,
+        health,
+        last_tick: Instant::now(),
+        last_counters: Instant::now(),
+        emitted: false,
+    };
+    while !stop.load(Ordering::Relaxed) {
+        live.probes.wait(DRAIN_EVERY)?;
+        live.drain(DRAIN_BUDGET, Some(&stop));
+        live.duties(false);
+    }
+    live.stop()
+}
 
-    loop {
-        let stopping = stop.load(Ordering::Relaxed);
-        if !stopping {
-            probes.wait(DRAIN_EVERY)?;
-        }
+/// The live loop's state.
+struct Live {
+    probes: Probes,
+    pipeline: Pipeline,
+    host: ProcHost,
+    recorder: Option<record::Writer<File>>,
+    outputs: Outputs,
+    health: Arc<http::Health>,
+    last_tick: Instant,
+    last_counters: Instant,
+    /// Signals went out since the gauges were last refreshed.
+    emitted: bool,
+}
+
+impl Live {
+    /// Work through the ring buffer until it is empty, `budget` is spent, or a stop is asked.
+    fn drain(&mut self, budget: Duration, stop: Option<&AtomicBool>) {
+        let start = Instant::now();
         loop {
-            let n = match recorder.as_mut() {
-                Some(rec) => {
-                    let mut h = RecordingHost {
-                        inner: &mut host,
-                        out: rec,
-                    };
-                    let mut failed = None;
-                    let n = probes.drain(DRAIN_BATCH, |raw| {
-                        if let Err(e) = h.out.record(raw) {
-                            failed.get_or_insert(e);
-                        }
-                        pipeline.ingest(&mut h, raw);
-                    });
-                    if let Some(e) = failed {
-                        warn!("--record: write failed: {e}");
-                    }
-                    n
-                }
-                None => probes.drain(DRAIN_BATCH, |raw| pipeline.ingest(&mut host, raw)),
-            };
-            for r in pipeline.take_rejects() {
-                probes.reject(r.tgid, r.fd, r.inode);
+            let n = self.read_batch();
+            for r in self.pipeline.take_rejects() {
+                self.probes.reject(r.tgid, r.fd, r.inode);
             }
-            for note in pipeline.take_process_notes() {
-                probes.process_note(note);
+            for note in self.pipeline.take_process_notes() {
+                self.probes.process_note(note);
             }
-            if emit_all(&mut pipeline, &mut fan, exporter.as_ref()) > 0 {
-                // Gauges (active sessions, calls in flight) move with the events that change
-                // them, so a scrape never sees a session ended but still active.
-                agent_metrics(&registry, &pipeline, exporter.as_ref());
+            self.emitted |= self.outputs.emit_all(self.pipeline.drain_signals()) > 0;
+            let stopping = stop.is_some_and(|s| s.load(Ordering::Relaxed));
+            if n < DRAIN_BATCH || start.elapsed() >= budget || stopping {
+                return;
             }
+        }
+    }
+
+    /// Hand up to [`DRAIN_BATCH`] records to the pipeline (and to `--record`).
+    fn read_batch(&mut self) -> usize {
+        let Live {
+            probes,
+            pipeline,
+            host,
+            recorder,
+            ..
+        } = self;
+        let Some(rec) = recorder.as_mut() else {
+            return probes.drain(DRAIN_BATCH, |raw| pipeline.ingest(host, raw));
+        };
+        let mut failed = None;
+        let mut h = RecordingHost {
+            inner: host,
+            out: rec,
+        };
+        let n = probes.drain(DRAIN_BATCH, |raw| {
+            if let Err(e) = h.out.record(raw) {
+                failed.get_or_insert(e);
+            }
+            pipeline.ingest(&mut h, raw);
+        });
+        if let Some(e) = failed {
+            warn!("--record: write failed: {e}");
+        }
+        n
+    }
+
+    /// Everything but draining: timers, the heartbeat, the kernel's counters, the gauges,
+    /// flushing. `force` reads the counters whatever the schedule.
+    fn duties(&mut self, force: bool) {
+        self.health.beat();
+        if self.last_tick.elapsed() >= TICK {
+            self.last_tick = Instant::now();
+            self.pipeline.tick(monotonic_ns());
+        }
+        let full = force || self.last_counters.elapsed() >= COUNTERS_EVERY;
+        if full {
+            self.last_counters = Instant::now();
+            self.probes.reap();
+            let totals = self.probes.counters();
+            if let Some(r) = self.recorder.as_mut() {
+                let _ = r.counters(&totals);
+            }
+            let owned = totals.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+            self.pipeline.kernel_counters(&owned, monotonic_ns());
+        }
+        self.emitted |= self.outputs.emit_all(self.pipeline.drain_signals()) > 0;
+        if full || self.emitted {
+            // Gauges (active sessions, calls in flight) move with the events that change
+            // them, so a scrape never sees a session ended but still active.
+            agent_metrics(&self.outputs, &self.pipeline, &[self.kernel_fds()], full);
+            self.emitted = false;
+        }
+        self.outputs.flush();
+    }
+
+    /// The kernel's fd map as a table: its size from the last sweep, its evictions as the
+    /// pipeline noticed them.
+    fn kernel_fds(&self) -> TableStat {
+        let (len, cap) = self.probes.fd_map_size();
+        TableStat {
+            name: "kernel_fds",
+            len,
+            cap,
+            evicted: self.pipeline.stats.kernel_fd_evictions,
+        }
+    }
+
+    /// Work through what the ring buffer still holds (within [`STOP_DRAIN`]), count the rest,
+    /// flush every output and detach the programs.
+    fn stop(mut self) -> Result<()> {
+        info!("stopping: flushing outputs and detaching probes");
+        self.drain(STOP_DRAIN, None);
+        let start = Instant::now();
+        let mut unread = 0;
+        while start.elapsed() < STOP_DISCARD {
+            let n = self.probes.drain(DRAIN_BATCH, |_| {});
+            unread += n as u64;
             if n < DRAIN_BATCH {
                 break;
             }
         }
-        if last_tick.elapsed() >= TICK {
-            last_tick = Instant::now();
-            pipeline.tick(monotonic_ns());
-            health.beat();
+        if unread > 0 {
+            warn!("stopping with {unread} records in the ring buffer not worked through");
         }
-        if last_counters.elapsed() >= COUNTERS_EVERY || stopping {
-            last_counters = Instant::now();
-            probes.reap();
-            let totals = probes.counters();
-            if let Some(r) = recorder.as_mut() {
-                let _ = r.counters(&totals);
-            }
-            let owned = totals.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-            pipeline.kernel_counters(&owned, monotonic_ns());
-            agent_metrics(&registry, &pipeline, exporter.as_ref());
+        self.pipeline.stats.unread_at_stop = unread;
+        self.duties(true);
+        self.pipeline.finish(monotonic_ns(), 2_000_000_000);
+        self.outputs.emit_all(self.pipeline.drain_signals());
+        agent_metrics(&self.outputs, &self.pipeline, &[self.kernel_fds()], true);
+        self.outputs.close();
+        if let Some(mut r) = self.recorder {
+            r.flush().context("--record: final flush")?;
         }
-        if emit_all(&mut pipeline, &mut fan, exporter.as_ref()) > 0 {
-            agent_metrics(&registry, &pipeline, exporter.as_ref());
-        }
-        fan.flush();
-        if stopping {
-            break;
-        }
+        let s = &self.pipeline.stats;
+        info!(
+            "captured {} records ({} bytes), {} messages, {} exchanges; kernel counters {:?}",
+            s.records,
+            s.bytes,
+            s.messages,
+            self.pipeline.tracker.stats.exchanges,
+            self.probes.counters()
+        );
+        Ok(())
     }
-
-    info!("stopping: flushing outputs and detaching probes");
-    pipeline.finish(monotonic_ns(), 2_000_000_000);
-    emit_all(&mut pipeline, &mut fan, exporter.as_ref());
-    agent_metrics(&registry, &pipeline, exporter.as_ref());
-    fan.flush();
-    if let Some(o) = exporter {
-        o.shutdown();
-    }
-    if let Some(mut r) = recorder {
-        r.flush().context("--record: final flush")?;
-    }
-    let s = &pipeline.stats;
-    info!(
-        "captured {} records ({} bytes), {} messages, {} exchanges; kernel counters {:?}",
-        s.records,
-        s.bytes,
-        s.messages,
-        pipeline.tracker.stats.exchanges,
-        probes.counters()
-    );
-    drop(probes);
-    Ok(())
 }
 
-fn open_record(path: &std::path::Path) -> Result<record::Reader<BufReader<File>>> {
+fn open_replay(path: &std::path::Path) -> Result<record::Reader<BufReader<File>>> {
     let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     record::Reader::new(BufReader::with_capacity(1 << 16, f))
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-/// Replay a `--record` file through the pipeline.
-///
-/// Two passes: the host's answers are written when the live pipeline asked for them, which is
-/// after the record that made it ask, so they are collected first.
-pub fn replay(path: &std::path::Path, output: &OutputArgs) -> Result<()> {
+/// The host's answers and the clock saved in a record file, read in a first pass: the live
+/// pipeline asked its questions after the record that made it ask, so the answers follow it.
+fn recorded_host(path: &std::path::Path) -> Result<(FixedHost, ClockAnchor)> {
     let mut host = FixedHost::default();
     let mut clock = ClockAnchor::default();
-    let mut reader = open_record(path)?;
+    let mut reader = open_replay(path)?;
     while let Ok(Some(frame)) = reader.next_frame() {
         match frame {
             Frame::Clock(c) => clock = c,
@@ -336,11 +383,15 @@ pub fn replay(path: &std::path::Path, output: &OutputArgs) -> Result<()> {
             Frame::Record(_) | Frame::Counters(_) => {}
         }
     }
+    Ok((host, clock))
+}
 
-    let mut fan = sinks(output)?;
-    let (registry, exporter) = telemetry_outputs(output, &mut fan)?;
+/// Replay a `--record` file through the pipeline.
+pub fn replay(path: &std::path::Path, output: &OutputArgs) -> Result<()> {
+    let (mut host, clock) = recorded_host(path)?;
+    let mut outputs = Outputs::open(output)?;
     let mut p = Pipeline::new(pipeline_config(output, clock));
-    let mut reader = open_record(path)?;
+    let mut reader = open_replay(path)?;
     let mut last_tick = 0u64;
     let mut latest = 0u64;
     let mut failure = None;
@@ -369,15 +420,12 @@ pub fn replay(path: &std::path::Path, output: &OutputArgs) -> Result<()> {
             }
             Frame::Clock(_) | Frame::Process(_) | Frame::Holders(_) => {}
         }
-        emit_all(&mut p, &mut fan, exporter.as_ref());
+        outputs.emit_all(p.drain_signals());
     }
     p.finish(latest, 2_000_000_000);
-    emit_all(&mut p, &mut fan, exporter.as_ref());
-    agent_metrics(&registry, &p, exporter.as_ref());
-    fan.flush();
-    if let Some(o) = exporter {
-        o.shutdown();
-    }
+    outputs.emit_all(p.drain_signals());
+    agent_metrics(&outputs, &p, &[], true);
+    outputs.close();
     if let Some(e) = failure {
         bail!("{}: {e}", path.display());
     }
@@ -393,10 +441,7 @@ fn ingest_replayed(p: &mut Pipeline, host: &mut dyn Host, raw: &[u8]) {
 
 /// Hold the benchmark floor (empty programs on mcptap's hooks) until SIGINT or SIGTERM.
 pub fn floor() -> Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
-    }
+    let stop = stop_flag()?;
     let floor = crate::capture::kernel::Floor::attach()?;
     info!("floor programs attached");
     while !stop.load(Ordering::Relaxed) {

@@ -459,6 +459,10 @@ impl Config {
     };
 }
 
+/// Capacity of the per-fd state map (`names::FDS`): pipes and stream sockets of watched
+/// processes (regular files and other fds are never kept there).
+pub const FD_MAP_ENTRIES: u32 = 65_536;
+
 /// Names of the maps and globals, shared so that neither side spells them by hand.
 pub mod names {
     /// Ring buffer of records.

@@ -4,6 +4,10 @@
 use std::{
     collections::BTreeMap,
     os::fd::{AsFd as _, AsRawFd as _},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -15,8 +19,8 @@ use aya::{
 };
 use log::{debug, info, warn};
 use mcptap_abi::{
-    Config, FDSTATE_REJECTED, FdKey, FdState, KernelOffsets, SelfTest, TAIL_SHIP_MORE,
-    WATCH_BY_COMM, WATCH_BY_PID, counter, names,
+    Config, FD_MAP_ENTRIES, FDSTATE_REJECTED, FdKey, FdState, KernelOffsets, SelfTest,
+    TAIL_SHIP_MORE, WATCH_BY_COMM, WATCH_BY_PID, counter, names,
 };
 
 use super::{btf::Btf, comm_key};
@@ -68,6 +72,37 @@ pub struct StartupReport {
     pub attached: Vec<String>,
 }
 
+/// What [`Preflight::check`] found: everything loading needs, learned without a side effect.
+#[derive(Clone, Debug)]
+pub struct Preflight {
+    offsets: KernelOffsets,
+    lockdown: Option<String>,
+}
+
+impl Preflight {
+    /// Check what live capture needs before anything is changed (a port bound, a file
+    /// created, a program loaded): the capabilities, the `--pid`s, and the kernel's BTF.
+    pub fn check(settings: &ProbeSettings) -> Result<Preflight> {
+        check_privileges()?;
+        for pid in &settings.scope.pids {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                bail!(
+                    "--pid {pid}: no such process (--pid watches a running process and the children it starts)"
+                );
+            }
+        }
+        let btf = Btf::from_sys_fs()?;
+        let offsets = btf
+            .kernel_offsets()
+            .context("this kernel's BTF lacks a structure mcptap reads")?;
+        debug!("kernel offsets from BTF: {offsets:?}");
+        Ok(Preflight {
+            offsets,
+            lockdown: lockdown_mode(),
+        })
+    }
+}
+
 /// The loaded, attached programs and the maps userspace uses.
 pub struct Probes {
     ebpf: Ebpf,
@@ -77,6 +112,7 @@ pub struct Probes {
     prog_fds: Vec<(String, aya::programs::ProgramFd)>,
     /// The OpenSSL probes, unless TLS capture is off or could not start.
     tls: Option<super::tls::Tls>,
+    sweeper: FdSweeper,
 }
 
 fn lockdown_mode() -> Option<String> {
@@ -170,21 +206,8 @@ fn explain_load_error(e: aya::EbpfError) -> anyhow::Error {
 
 impl Probes {
     /// Resolve offsets, load the programs, self-test, attach, and mark watched processes.
-    pub fn load(settings: &ProbeSettings) -> Result<(Self, StartupReport)> {
-        check_privileges()?;
-        for pid in &settings.scope.pids {
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                bail!(
-                    "--pid {pid}: no such process (--pid watches a running process and the children it starts)"
-                );
-            }
-        }
-        let btf = Btf::from_sys_fs()?;
-        let offsets = btf
-            .kernel_offsets()
-            .context("this kernel's BTF lacks a structure mcptap reads")?;
-        debug!("kernel offsets from BTF: {offsets:?}");
-        let lockdown = lockdown_mode();
+    pub fn load(settings: &ProbeSettings, pre: Preflight) -> Result<(Self, StartupReport)> {
+        let Preflight { offsets, lockdown } = pre;
 
         let self_tgid = std::process::id();
         let scope = &settings.scope;
@@ -228,7 +251,7 @@ impl Probes {
                 if c.len() > 15 {
                     warn!(
                         "--comm {c:?} is longer than the kernel's 15-byte comm; matching {:?}",
-                        &c[..15]
+                        super::comm_str(&comm_key(c))
                     );
                 }
                 comms.insert(comm_key(c), 1, 0)?;
@@ -290,7 +313,9 @@ impl Probes {
         // SAFETY: malloc_trim has no preconditions.
         unsafe { libc::malloc_trim(0) };
         let ring = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("EVENTS map")?)?;
-        let fds = HashMap::try_from(ebpf.take_map(names::FDS).context("FDS map")?)?;
+        let fds_map = ebpf.take_map(names::FDS).context("FDS map")?;
+        let sweeper = FdSweeper::start(&fds_map)?;
+        let fds = HashMap::try_from(fds_map)?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map(names::COUNTERS).context("COUNTERS map")?)?;
         Ok((
@@ -301,6 +326,7 @@ impl Probes {
                 counters,
                 prog_fds,
                 tls,
+                sweeper,
             },
             report,
         ))
@@ -395,6 +421,98 @@ impl Probes {
     /// Names of attached programs.
     pub fn program_count(&self) -> usize {
         self.ebpf.programs().count()
+    }
+
+    /// Entries of the kernel's fd map at the last sweep, and its capacity.
+    pub fn fd_map_size(&self) -> (u64, u64) {
+        (
+            self.sweeper.entries.load(Ordering::Relaxed),
+            FD_MAP_ENTRIES as u64,
+        )
+    }
+}
+
+/// How often the kernel's fd map is swept of the entries of processes that are gone.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// A thread that sweeps the kernel's fd map: a process's fds vanish with it without a close
+/// the programs see, so its entries would wait for the LRU to push them out, taking room from
+/// live ones. Entries of processes that no longer exist are deleted; the count is kept for
+/// `mcptap_table_entries{table="kernel_fds"}`.
+struct FdSweeper {
+    entries: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FdSweeper {
+    fn start(map: &aya::maps::Map) -> Result<FdSweeper> {
+        let aya::maps::Map::LruHashMap(data) = map else {
+            bail!("the FDS map is not an LRU hash map");
+        };
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating the FDS map fd")?;
+        let own = aya::maps::MapData::from_fd(fd)?;
+        let fds: HashMap<MapData, FdKey, FdState> =
+            HashMap::try_from(aya::maps::Map::LruHashMap(own))?;
+        let entries = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (e, s) = (entries.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("mcptap-fd-sweep".into())
+            .spawn(move || sweep_loop(fds, &e, &s))
+            .context("starting the fd map sweeper")?;
+        Ok(FdSweeper {
+            entries,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for FdSweeper {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+fn sweep_loop(mut fds: HashMap<MapData, FdKey, FdState>, entries: &AtomicU64, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::park_timeout(SWEEP_EVERY);
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        // Listed first, deleted after: a hash map's iteration restarts when its current key
+        // goes. Bounded by twice the capacity in case the programs churn it meanwhile.
+        let keys: Vec<FdKey> = fds
+            .keys()
+            .take(2 * FD_MAP_ENTRIES as usize)
+            .filter_map(Result::ok)
+            .collect();
+        let mut alive: std::collections::HashMap<u32, bool> = Default::default();
+        let mut gone = 0;
+        for k in &keys {
+            let live = *alive
+                .entry(k.tgid)
+                .or_insert_with(|| std::path::Path::new(&format!("/proc/{}", k.tgid)).exists());
+            if !live && fds.remove(k).is_ok() {
+                gone += 1;
+            }
+        }
+        entries.store((keys.len() - gone) as u64, Ordering::Relaxed);
+        if gone > 0 {
+            debug!(
+                "fd map sweep: {} entries, {gone} of exited processes removed",
+                keys.len()
+            );
+        }
     }
 }
 

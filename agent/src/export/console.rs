@@ -12,9 +12,27 @@ use crate::signals::{Endpoint, Role, Signal, Sink};
 fn who(e: &Endpoint) -> String {
     let comm = if e.comm.is_empty() { "?" } else { &e.comm };
     match e.pid {
-        Some(p) => format!("{comm}[{p}]"),
-        None => comm.to_string(),
+        Some(p) => format!("{}[{p}]", escape(comm)),
+        None => escape(comm),
     }
+}
+
+/// Text from the wire (tool names, URIs, methods, process names) made safe for a terminal:
+/// control characters, which could move the cursor or recolour the screen, are written as
+/// escapes.
+pub fn escape(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Render one signal as a console line (without the newline).
@@ -40,8 +58,8 @@ pub fn render(signal: &Signal) -> String {
                 "{time} {} → {} {} {} {status} {dur}",
                 who(&x.client),
                 who(&x.server),
-                x.method,
-                target
+                escape(&x.method),
+                escape(target)
             )
         }
         Signal::Notification(n) => {
@@ -51,18 +69,20 @@ pub fn render(signal: &Signal) -> String {
                 "{time} {} {arrow} {} {} (notification)",
                 who(&n.client),
                 who(&n.server),
-                n.method
+                escape(&n.method)
             )
         }
         Signal::Event(e) => {
             let time = &rfc3339_micros(e.ts_ns)[11..];
             let mut line = format!("{time} ! {}", e.event);
             if let Some(p) = e.pid {
-                line.push_str(&format!(" {}[{p}]", e.comm.as_deref().unwrap_or("?")));
+                let comm = escape(e.comm.as_deref().unwrap_or("?"));
+                line.push_str(&format!(" {comm}[{p}]"));
             }
             if let Some(fd) = e.fd {
                 line.push_str(&format!(" fd={fd}"));
             }
+            // JSON text: control characters are already escaped in it.
             for (k, v) in &e.detail {
                 line.push_str(&format!(" {k}={v}"));
             }
@@ -74,20 +94,58 @@ pub fn render(signal: &Signal) -> String {
 /// Writes console lines.
 pub struct Console {
     out: Box<dyn Write + Send>,
+    /// Lines that could not be written (a closed terminal or pipe).
+    pub write_errors: u64,
 }
 
 impl Console {
     /// Lines to `out`.
     pub fn new(out: Box<dyn Write + Send>) -> Self {
-        Console { out }
+        Console {
+            out,
+            write_errors: 0,
+        }
+    }
+
+    fn failed(&mut self, e: std::io::Error) {
+        self.write_errors += 1;
+        if self.write_errors == 1 {
+            log::error!("console: write failed: {e} (further failures are only counted)");
+        }
     }
 }
 
 impl Sink for Console {
     fn emit(&mut self, signal: &Signal) {
-        let _ = writeln!(self.out, "{}", render(signal));
+        if let Err(e) = writeln!(self.out, "{}", render(signal)) {
+            self.failed(e);
+        }
     }
     fn flush(&mut self) {
-        let _ = self.out.flush();
+        if let Err(e) = self.out.flush() {
+            self.failed(e);
+        }
+    }
+    fn failures(&self) -> Vec<(&'static str, u64, u64)> {
+        vec![("console", self.write_errors, 0)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signals::Exchange;
+
+    #[test]
+    fn control_characters_from_the_wire_are_escaped() {
+        let x = Exchange {
+            method: "tools/call".into(),
+            tool: Some("evil\u{1b}[2J\u{7}\u{9b}31m".into()),
+            ..Default::default()
+        };
+        let line = render(&Signal::Exchange(x));
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(line.contains("evil\\u{1b}[2J"), "{line}");
+        assert_eq!(escape("plain/tool-name"), "plain/tool-name");
     }
 }

@@ -57,10 +57,13 @@ const STALL: Duration = Duration::from_secs(10);
 
 fn respond(health: &Health, path: &str) -> Response<Full<Bytes>> {
     if path == "/metrics" {
-        let body = match health.metrics.lock() {
-            Ok(r) => super::prometheus::render(&r),
-            Err(p) => super::prometheus::render(&p.into_inner()),
+        // Copied under the lock, rendered outside it: the capture loop never waits for a
+        // scrape's formatting.
+        let snapshot = match health.metrics.lock() {
+            Ok(r) => r.snapshot(),
+            Err(p) => p.into_inner().snapshot(),
         };
+        let body = super::prometheus::render(&snapshot);
         let mut r = Response::new(Full::new(Bytes::from(body)));
         r.headers_mut().insert(
             hyper::header::CONTENT_TYPE,

@@ -81,8 +81,15 @@ impl Sink for JsonLines {
 
     fn flush(&mut self) {
         if let Err(e) = self.out.flush() {
-            log::error!("--jsonl: flush failed: {e}");
+            self.write_errors += 1;
+            if self.write_errors == 1 {
+                log::error!("--jsonl: flush failed: {e} (further failures are only counted)");
+            }
         }
+    }
+
+    fn failures(&self) -> Vec<(&'static str, u64, u64)> {
+        vec![("jsonl", self.write_errors, 0)]
     }
 }
 

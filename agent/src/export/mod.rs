@@ -12,7 +12,16 @@ pub mod jsonl;
 pub mod otlp;
 pub mod prometheus;
 
-use crate::signals::{Signal, Sink};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context as _, Result};
+use log::{info, warn};
+
+use crate::cli::OutputArgs;
+use crate::signals::metrics::Registry;
+use crate::signals::{Signal, Sink, telemetry};
 
 /// Several sinks fed the same signals.
 #[derive(Default)]
@@ -37,6 +46,112 @@ impl Sink for Fanout {
         for s in &mut self.sinks {
             s.flush();
         }
+    }
+    fn close(&mut self) {
+        for s in &mut self.sinks {
+            s.close();
+        }
+    }
+    fn failures(&self) -> Vec<(&'static str, u64, u64)> {
+        self.sinks.iter().flat_map(|s| s.failures()).collect()
+    }
+}
+
+/// Create (mode 0600: it holds what processes said) or append to a file of the agent's.
+pub fn private_file(path: &std::path::Path, append: bool) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut o = File::options();
+    o.create(true).mode(0o600);
+    if append {
+        o.append(true);
+    } else {
+        o.write(true).truncate(true);
+    }
+    o.open(path)
+}
+
+/// Every output of one run, live or replay: the console, JSON lines, the metrics registry
+/// (read by `/metrics` and OTLP) and the OTLP exporters, all fed the same signals.
+pub struct Outputs {
+    fan: Fanout,
+    /// The metrics, shared with `/metrics` and the OTLP metric reader.
+    pub registry: Arc<Mutex<Registry>>,
+}
+
+impl Outputs {
+    /// Open what `output` asks for. A file that cannot be opened is an error; an OTLP
+    /// exporter that cannot be built is a warning, and capture goes on without it.
+    pub fn open(output: &OutputArgs) -> Result<Outputs> {
+        let mut fan = Fanout::default();
+        let jsonl_on_stdout = output.jsonl.as_deref() == Some("-");
+        if let Some(path) = &output.jsonl {
+            let w: Box<dyn Write + Send> = if path == "-" {
+                Box::new(std::io::stdout())
+            } else {
+                let f = private_file(path.as_ref(), true)
+                    .with_context(|| format!("--jsonl: cannot open {path} for appending"))?;
+                Box::new(BufWriter::new(f))
+            };
+            fan.push(Box::new(jsonl::JsonLines::new(w)));
+        }
+        if !output.quiet {
+            // With JSON lines on stdout the console view moves to stderr.
+            let w: Box<dyn Write + Send> = if jsonl_on_stdout {
+                Box::new(std::io::stderr())
+            } else {
+                Box::new(std::io::stdout())
+            };
+            fan.push(Box::new(console::Console::new(w)));
+        }
+        let registry = Arc::new(Mutex::new(Registry::new(
+            output.label_limit,
+            output.max_series as usize,
+        )));
+        fan.push(Box::new(telemetry::Recorder(registry.clone())));
+        let cfg = otlp::Config::resolve(
+            output.otlp_endpoint.as_deref(),
+            output.otlp_protocol.as_deref(),
+            output.payloads,
+        )?;
+        if let Some(cfg) = cfg {
+            match otlp::Otlp::start(&cfg, &registry) {
+                Ok(o) => {
+                    let to = cfg.endpoint.as_deref();
+                    let to = to.unwrap_or("the OTEL_EXPORTER_OTLP_* endpoint");
+                    info!("exporting OTLP ({:?}) to {to}", cfg.wire);
+                    fan.push(Box::new(o));
+                }
+                Err(e) => warn!("OTLP export disabled: {e:#}"),
+            }
+        }
+        Ok(Outputs { fan, registry })
+    }
+
+    /// Hand signals to every output; returns how many there were.
+    pub fn emit_all(&mut self, signals: impl Iterator<Item = Signal>) -> usize {
+        let mut n = 0;
+        for mut s in signals {
+            n += 1;
+            // Pod and container names, known once the API server's watch has caught up.
+            crate::k8s::enrich(&mut s);
+            self.fan.emit(&s);
+        }
+        n
+    }
+
+    /// What the outputs failed to deliver, by exporter.
+    pub fn failures(&self) -> Vec<(&'static str, u64, u64)> {
+        self.fan.failures()
+    }
+
+    /// Write out what is buffered.
+    pub fn flush(&mut self) {
+        self.fan.flush();
+    }
+
+    /// Write out everything and stop the exporters.
+    pub fn close(&mut self) {
+        self.fan.close();
     }
 }
 

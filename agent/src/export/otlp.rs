@@ -354,7 +354,7 @@ impl Otlp {
     }
 
     /// Flush what is queued and the metrics, then stop.
-    pub fn shutdown(mut self) {
+    pub fn shutdown(&mut self) {
         drop(self.tx.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -372,6 +372,18 @@ impl Sink for Otlp {
         if let Signal::Exchange(x) = signal {
             self.spans(x);
         }
+    }
+
+    fn close(&mut self) {
+        self.shutdown();
+    }
+
+    fn failures(&self) -> Vec<(&'static str, u64, u64)> {
+        self.stats
+            .snapshot()
+            .into_iter()
+            .map(|(name, (failed, dropped))| (name, failed, dropped))
+            .collect()
     }
 }
 
@@ -436,14 +448,18 @@ fn register_instruments(provider: &SdkMeterProvider, registry: &Arc<Mutex<Regist
         let read = {
             let registry = registry.clone();
             move || -> Vec<(f64, Vec<KeyValue>)> {
-                let r = match registry.lock() {
-                    Ok(r) => r,
-                    Err(p) => p.into_inner(),
+                // Copied under the lock, turned into attributes outside it.
+                let series = match registry.lock() {
+                    Ok(r) => r.series_owned(def),
+                    Err(p) => p.into_inner().series_owned(def),
                 };
-                r.series(def)
+                series
                     .into_iter()
                     .filter_map(|(labels, v)| match v {
-                        Value::Number(n) => Some((*n, attrs(def.otel_labels, &labels))),
+                        Value::Number(n) => {
+                            let labels: Vec<&str> = labels.iter().map(|l| &**l).collect();
+                            Some((n, attrs(def.otel_labels, &labels)))
+                        }
                         Value::Histogram { .. } => None,
                     })
                     .collect()

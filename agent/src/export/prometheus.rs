@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::signals::metrics::{Kind, Registry, Value, defs};
+use crate::signals::metrics::{Kind, Snapshot, Value};
 
 fn escape(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
@@ -49,13 +49,9 @@ fn labels(names: &[&str], values: &[&str], extra: Option<(&str, &str)>) -> Strin
 }
 
 /// Render every metric that has series.
-pub fn render(r: &Registry) -> String {
+pub fn render(snap: &Snapshot) -> String {
     let mut out = String::new();
-    for def in defs::ALL {
-        let series = r.series(def);
-        if series.is_empty() {
-            continue;
-        }
+    for (def, series) in snap.metrics() {
         let kind = match def.kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
@@ -64,6 +60,7 @@ pub fn render(r: &Registry) -> String {
         let _ = writeln!(out, "# HELP {} {}", def.name, escape(def.help));
         let _ = writeln!(out, "# TYPE {} {kind}", def.name);
         for (values, v) in series {
+            let values: Vec<&str> = values.iter().map(|v| &**v).collect();
             match (v, &def.kind) {
                 (Value::Number(n), _) => {
                     let _ = writeln!(
@@ -81,38 +78,7 @@ pub fn render(r: &Registry) -> String {
                         count,
                     },
                     Kind::Histogram(bounds),
-                ) => {
-                    let mut cumulative = 0;
-                    for (i, b) in bounds.iter().enumerate() {
-                        cumulative += buckets[i];
-                        let le = number(*b);
-                        let _ = writeln!(
-                            out,
-                            "{}_bucket{} {cumulative}",
-                            def.name,
-                            labels(def.labels, &values, Some(("le", &le)))
-                        );
-                    }
-                    let _ = writeln!(
-                        out,
-                        "{}_bucket{} {count}",
-                        def.name,
-                        labels(def.labels, &values, Some(("le", "+Inf")))
-                    );
-                    let _ = writeln!(
-                        out,
-                        "{}_sum{} {}",
-                        def.name,
-                        labels(def.labels, &values, None),
-                        number(*sum)
-                    );
-                    let _ = writeln!(
-                        out,
-                        "{}_count{} {count}",
-                        def.name,
-                        labels(def.labels, &values, None)
-                    );
-                }
+                ) => histogram(&mut out, def, &values, (buckets, *sum, *count), bounds),
                 _ => {}
             }
         }
@@ -120,13 +86,53 @@ pub fn render(r: &Registry) -> String {
     out
 }
 
+fn histogram(
+    out: &mut String,
+    def: &crate::signals::metrics::Def,
+    values: &[&str],
+    (buckets, sum, count): (&[u64], f64, u64),
+    bounds: &[f64],
+) {
+    let mut cumulative = 0;
+    for (i, b) in bounds.iter().enumerate() {
+        cumulative += buckets[i];
+        let le = number(*b);
+        let _ = writeln!(
+            out,
+            "{}_bucket{} {cumulative}",
+            def.name,
+            labels(def.labels, values, Some(("le", &le)))
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{}_bucket{} {count}",
+        def.name,
+        labels(def.labels, values, Some(("le", "+Inf")))
+    );
+    let _ = writeln!(
+        out,
+        "{}_sum{} {}",
+        def.name,
+        labels(def.labels, values, None),
+        number(sum)
+    );
+    let _ = writeln!(
+        out,
+        "{}_count{} {count}",
+        def.name,
+        labels(def.labels, values, None)
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signals::metrics::{Registry, defs};
 
     #[test]
     fn exposition_format() {
-        let mut r = Registry::new(10);
+        let mut r = Registry::new(10, 1000);
         r.inc(
             &defs::TOOL_CALLS,
             &[
@@ -143,7 +149,7 @@ mod tests {
         );
         r.observe(&defs::TOOL_DURATION, &["echo", "srv", "", ""], 0.0003);
         r.set(&defs::AGENT_RECORDS, &[], 7.0);
-        let text = render(&r);
+        let text = render(&r.snapshot());
         assert!(text.contains("# TYPE mcp_tool_calls_total counter\n"));
         assert!(text.contains(
             "mcp_tool_calls_total{tool_name=\"ec\\\"ho\",server=\"srv\",client=\"cli\",status=\"success\",error_type=\"\",error_class=\"\",k8s_namespace=\"agents\",k8s_pod=\"weather-0\"} 2\n"

@@ -187,6 +187,8 @@ pub struct PipelineStats {
     pub kernel_fd_evictions: u64,
     /// Partial messages dropped because `max_buffered_bytes` were held.
     pub budget_drops: u64,
+    /// Records still in the ring buffer when the agent stopped, read but not worked through.
+    pub unread_at_stop: u64,
 }
 
 /// The whole userspace pipeline.
@@ -1032,6 +1034,7 @@ impl Pipeline {
             "parse_errors": s.parse_errors,
             "streams_rejected": s.rejected,
             "records_after_reject": s.after_reject,
+            "unread_at_stop": s.unread_at_stop,
             "kernel_fd_evictions": s.kernel_fd_evictions,
             "gaps": s.gaps,
             "resync_dropped_bytes": s.resync_dropped_bytes,

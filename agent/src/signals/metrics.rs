@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 #[cfg(test)]
 use std::collections::HashSet;
+use std::sync::Arc;
 
 /// What kind of metric.
 #[derive(Debug, PartialEq)]
@@ -586,7 +587,7 @@ pub mod defs {
         "mcptap.evictions",
         "{entry}",
         ["table"],
-        "Entries forgotten early to hold memory to the caps (table: streams, sessions, pending_requests, notification_views); pending requests end as no_response, sessions with reason evicted."
+        "Entries forgotten early to hold memory to the caps, by table (see mcptap_table_entries): pending requests end as no_response, sessions with reason evicted, partial messages past --max-buffered-bytes as a buffer_budget gap."
     );
     def!(
         AGENT_SESSIONS,
@@ -607,6 +608,36 @@ pub mod defs {
         "{stream}",
         [],
         "Streams the agent holds state for."
+    );
+    def!(
+        AGENT_TABLE_ENTRIES,
+        "mcptap_table_entries",
+        Kind::Gauge,
+        ["table"],
+        "mcptap.table.entries",
+        "{entry}",
+        ["table"],
+        "Entries each bounded table holds now (table: streams, rejected_fds, buffered_bytes, sessions, pending_requests, notification_views, processes, links, tool_servers, metric_series, kernel_fds)."
+    );
+    def!(
+        AGENT_TABLE_CAPACITY,
+        "mcptap_table_capacity",
+        Kind::Gauge,
+        ["table"],
+        "mcptap.table.capacity",
+        "{entry}",
+        ["table"],
+        "The most entries each bounded table holds; past it the table evicts (mcptap_evictions_total)."
+    );
+    def!(
+        AGENT_SERIES_OVERFLOW,
+        "mcptap_series_overflow_total",
+        Kind::Counter,
+        ["metric"],
+        "mcptap.series_overflow",
+        "{observation}",
+        ["metric"],
+        "Observations that would have added a series past --max-series; recorded in the metric's series whose labels are all \"other\"."
     );
 
     /// Every definition, in exposition order.
@@ -655,6 +686,9 @@ pub mod defs {
         &AGENT_EVICTIONS,
         &AGENT_SESSIONS,
         &AGENT_STREAMS,
+        &AGENT_TABLE_ENTRIES,
+        &AGENT_TABLE_CAPACITY,
+        &AGENT_SERIES_OVERFLOW,
     ];
 }
 
@@ -690,8 +724,8 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 /// The distinct values of one label of one metric.
 #[derive(Default)]
 struct Interner {
-    ids: FastMap<Box<str>, u32>,
-    values: Vec<Box<str>>,
+    ids: FastMap<Arc<str>, u32>,
+    values: Vec<Arc<str>>,
     /// Values that count against the limit (`other` does not).
     bounded: usize,
 }
@@ -707,8 +741,9 @@ impl Interner {
         }
         self.bounded += !exempt as usize;
         let id = self.values.len() as u32;
-        self.values.push(v.into());
-        self.ids.insert(v.into(), id);
+        let v: Arc<str> = v.into();
+        self.values.push(v.clone());
+        self.ids.insert(v, id);
         Some(id)
     }
 }
@@ -721,6 +756,14 @@ struct Metric {
 }
 
 impl Metric {
+    fn values_of(&self, ids: &LabelIds) -> Vec<Arc<str>> {
+        self.labels
+            .iter()
+            .zip(ids)
+            .map(|(l, id)| l.values[*id as usize].clone())
+            .collect()
+    }
+
     fn names(&self, ids: &LabelIds) -> Vec<&str> {
         self.labels
             .iter()
@@ -734,20 +777,77 @@ impl Metric {
 pub struct Registry {
     metrics: FastMap<&'static str, Metric>,
     label_limit: usize,
+    /// Most series of the metrics whose labels come from the wire (every `mcp_*` metric);
+    /// the agent's own `mcptap_*` metrics have labels the code bounds.
+    max_series: usize,
+    series: usize,
     hook: Option<ObserveHook>,
+}
+
+/// Series of every metric, copied out of the registry so that rendering them holds no lock.
+pub struct Snapshot {
+    metrics: Vec<(&'static Def, Vec<(Vec<Arc<str>>, Value)>)>,
+}
+
+impl Snapshot {
+    /// The series of every metric that has some, in definition order, each metric's series
+    /// ordered by label values.
+    pub fn metrics(&self) -> impl Iterator<Item = (&'static Def, &[(Vec<Arc<str>>, Value)])> {
+        self.metrics.iter().map(|(d, s)| (*d, s.as_slice()))
+    }
 }
 
 /// The label value for values past the limit.
 pub const OTHER: &str = "other";
 
 impl Registry {
-    /// An empty registry keeping at most `label_limit` values per label.
-    pub fn new(label_limit: usize) -> Self {
+    /// An empty registry keeping at most `label_limit` values per label and `max_series`
+    /// series of the `mcp_*` metrics.
+    pub fn new(label_limit: usize, max_series: usize) -> Self {
         Registry {
             metrics: FastMap::default(),
             label_limit: label_limit.max(1),
+            max_series: max_series.max(1),
+            series: 0,
             hook: None,
         }
+    }
+
+    /// Series held of the bounded metrics, their cap, and the observations folded into
+    /// `other` because of it.
+    pub fn table(&self) -> crate::bounded::TableStat {
+        let overflow = self
+            .metrics
+            .get(defs::AGENT_SERIES_OVERFLOW.name)
+            .map(|m| {
+                m.series
+                    .values()
+                    .map(|v| match v {
+                        Value::Number(n) => *n as u64,
+                        Value::Histogram { count, .. } => *count,
+                    })
+                    .sum()
+            })
+            .unwrap_or(0);
+        crate::bounded::TableStat::new("metric_series", self.series, self.max_series, overflow)
+    }
+
+    /// Every series, copied.
+    pub fn snapshot(&self) -> Snapshot {
+        let metrics = defs::ALL
+            .iter()
+            .filter_map(|def| {
+                let m = self.metrics.get(def.name)?;
+                let mut series: Vec<(Vec<Arc<str>>, Value)> = m
+                    .series
+                    .iter()
+                    .map(|(ids, v)| (m.values_of(ids), v.clone()))
+                    .collect();
+                series.sort_by(|a, b| a.0.cmp(&b.0));
+                (!series.is_empty()).then_some((*def, series))
+            })
+            .collect();
+        Snapshot { metrics }
     }
 
     /// Forward every histogram observation to `hook` too.
@@ -780,10 +880,35 @@ impl Registry {
         ids
     }
 
-    fn entry(&mut self, def: &'static Def, ids: LabelIds, fresh: Value) -> &mut Value {
+    fn entry(&mut self, def: &'static Def, mut ids: LabelIds, fresh: Value) -> &mut Value {
+        let bounded = !def.name.starts_with("mcptap_");
+        let m = self.metrics.entry(def.name).or_default();
+        if bounded && !m.series.contains_key(&ids) {
+            if self.series >= self.max_series {
+                // Past the cap every new series folds into the one whose labels are all
+                // `other`, so that totals still add up.
+                let limit = self.label_limit;
+                for (i, l) in m.labels.iter_mut().enumerate().take(def.labels.len()) {
+                    ids[i] = l.id(OTHER, limit).expect("other is exempt");
+                }
+                let first = !m.series.contains_key(&ids);
+                self.series += first as usize;
+                self.inc(&defs::AGENT_SERIES_OVERFLOW, &[def.name], 1.0);
+                if self.series == self.max_series + 1 && first {
+                    log::warn!(
+                        "{} metric series (cap {}, --max-series): new label sets are counted \
+                         as \"other\"",
+                        self.max_series,
+                        self.max_series
+                    );
+                }
+            } else {
+                self.series += 1;
+            }
+        }
         self.metrics
-            .entry(def.name)
-            .or_default()
+            .get_mut(def.name)
+            .expect("made above")
             .series
             .entry(ids)
             .or_insert(fresh)
@@ -859,6 +984,17 @@ impl Registry {
         }
     }
 
+    /// The series of one metric, with their label values copied out.
+    pub fn series_owned(&self, def: &Def) -> Vec<(Vec<Arc<str>>, Value)> {
+        let Some(m) = self.metrics.get(def.name) else {
+            return Vec::new();
+        };
+        m.series
+            .iter()
+            .map(|(ids, v)| (m.values_of(ids), v.clone()))
+            .collect()
+    }
+
     /// The series of one metric, ordered by label values.
     pub fn series(&self, def: &Def) -> Vec<(Vec<&str>, &Value)> {
         let Some(m) = self.metrics.get(def.name) else {
@@ -926,7 +1062,7 @@ mod tests {
 
     #[test]
     fn labels_are_bounded_and_overflow_counted() {
-        let mut r = Registry::new(2);
+        let mut r = Registry::new(2, 1000);
         for uri in ["a", "b", "c", "d", "a"] {
             r.inc(&defs::RESOURCE_READS, &[uri, "srv", "success", "", ""], 1.0);
         }
@@ -948,8 +1084,35 @@ mod tests {
     }
 
     #[test]
+    fn series_past_the_cap_fold_into_other_and_are_counted() {
+        let mut r = Registry::new(100, 3);
+        for tool in ["a", "b", "c", "d", "e"] {
+            r.inc(&defs::SCHEMA_CHECKED, &[tool, "srv"], 1.0);
+        }
+        assert_eq!(r.value(&defs::SCHEMA_CHECKED, &["c", "srv"]), Some(1.0));
+        assert_eq!(r.value(&defs::SCHEMA_CHECKED, &["d", "srv"]), None);
+        assert_eq!(
+            r.value(&defs::SCHEMA_CHECKED, &[OTHER, OTHER]),
+            Some(2.0),
+            "the two past the cap, in the all-other series"
+        );
+        let t = r.table();
+        assert_eq!((t.len, t.cap, t.evicted), (4, 3, 2));
+        // The agent's own metrics are not held to the cap.
+        r.set(&defs::AGENT_RECORDS, &[], 1.0);
+        assert_eq!(r.value(&defs::AGENT_RECORDS, &[]), Some(1.0));
+        // A snapshot holds the same series.
+        let snap = r.snapshot();
+        let (_, series) = snap
+            .metrics()
+            .find(|(d, _)| d.name == defs::SCHEMA_CHECKED.name)
+            .unwrap();
+        assert_eq!(series.len(), 4);
+    }
+
+    #[test]
     fn histograms_bucket_and_sum() {
-        let mut r = Registry::new(10);
+        let mut r = Registry::new(10, 1000);
         for v in [0.00005, 0.0003, 400.0] {
             r.observe(&defs::TOOL_DURATION, &["echo", "srv", "", ""], v);
         }

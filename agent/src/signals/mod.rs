@@ -281,6 +281,15 @@ pub trait Sink {
     fn emit(&mut self, signal: &Signal);
     /// Write out anything buffered.
     fn flush(&mut self) {}
+    /// Write out everything and stop (end of input); the sink takes no more signals.
+    fn close(&mut self) {
+        self.flush();
+    }
+    /// What the sink failed to deliver so far, by exporter name: (failed attempts, items
+    /// dropped). Exported as `mcptap_export_failures_total` and `mcptap_export_dropped_total`.
+    fn failures(&self) -> Vec<(&'static str, u64, u64)> {
+        Vec::new()
+    }
 }
 
 impl Sink for Vec<Signal> {

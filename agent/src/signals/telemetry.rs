@@ -257,12 +257,12 @@ pub struct AgentTotals<'a> {
     pub sessions: BTreeMap<(&'static str, String), u64>,
     /// State held.
     pub tracked_sessions: u64,
-    /// Streams held.
-    pub tracked_streams: u64,
+    /// Streams held (counting them takes a walk of the table: not on every refresh).
+    pub tracked_streams: Option<u64>,
     /// Export failures and drops by exporter.
     pub export: BTreeMap<&'static str, (u64, u64)>,
-    /// Entries evicted to hold the memory caps, by table.
-    pub evictions: BTreeMap<&'static str, u64>,
+    /// Every bounded table: size, cap, evictions (not on every refresh either).
+    pub tables: Vec<crate::bounded::TableStat>,
 }
 
 /// Refresh gauges and the agent's own totals.
@@ -304,11 +304,15 @@ pub fn agent(r: &mut Registry, t: &AgentTotals<'_>) {
             (vec![transport.to_string(), server.clone()], *n as f64)
         }),
     );
-    for (table, n) in &t.evictions {
-        r.set(&defs::AGENT_EVICTIONS, &[table], *n as f64);
+    for t in &t.tables {
+        r.set(&defs::AGENT_EVICTIONS, &[t.name], t.evicted as f64);
+        r.set(&defs::AGENT_TABLE_ENTRIES, &[t.name], t.len as f64);
+        r.set(&defs::AGENT_TABLE_CAPACITY, &[t.name], t.cap as f64);
     }
     r.set(&defs::AGENT_SESSIONS, &[], t.tracked_sessions as f64);
-    r.set(&defs::AGENT_STREAMS, &[], t.tracked_streams as f64);
+    if let Some(n) = t.tracked_streams {
+        r.set(&defs::AGENT_STREAMS, &[], n as f64);
+    }
     for (exporter, (failed, dropped)) in &t.export {
         r.set(&defs::AGENT_EXPORT_FAILURES, &[exporter], *failed as f64);
         r.set(&defs::AGENT_EXPORT_DROPPED, &[exporter], *dropped as f64);
