@@ -4,8 +4,8 @@
 //! (kubernetes-validate, pinned, installed into `target/peers/kvalidate`), the kustomization
 //! lists exactly the manifests there, the NetworkPolicy admits the metrics port from one
 //! named namespace and can apply (no hostNetwork), the Grafana dashboard has its rows and
-//! variables, the collector config, the systemd unit and the Dockerfile are there (the unit
-//! verified by `systemd-analyze` when it is installed).
+//! variables, the collector config and the Dockerfile are there, and `systemd-analyze
+//! verify` accepts the unit (Debian's systemd package is installed for it when missing).
 //! When kubectl is installed, `kubectl kustomize` renders the kustomization and the overlay
 //! that networkpolicy.yaml documents; kubectl is not in Debian's archive, so without it that
 //! is reported as skipped, never as ok. The end-to-end test `tests/tests/deploy.rs` runs the
@@ -353,14 +353,7 @@ fn systemd(unit: &Path) -> Result<()> {
         text.contains("ExecStart=/usr/local/bin/mcptap "),
         "the unit must start /usr/local/bin/mcptap"
     );
-    let have = Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have {
-        step("ok: deploy/systemd/mcptap.service is there (not verified: no systemd-analyze)");
-        return Ok(());
-    }
+    systemd_analyze()?;
     let dir = root().join("target").join("deploy-systemd");
     std::fs::create_dir_all(&dir)?;
     let copy = dir.join("mcptap.service");
@@ -383,6 +376,45 @@ fn systemd(unit: &Path) -> Result<()> {
         );
     }
     step("ok: deploy/systemd/mcptap.service (systemd-analyze verify)");
+    Ok(())
+}
+
+fn have_systemd_analyze() -> bool {
+    Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// systemd-analyze, from Debian's `systemd` package (installing it does not make systemd the
+/// init: that is `systemd-sysv`), installed with apt-get when missing, so that the unit is
+/// really verified; without it the check fails rather than pass unverified.
+fn systemd_analyze() -> Result<()> {
+    if have_systemd_analyze() {
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "systemd-analyze is missing, so deploy/systemd/mcptap.service cannot be verified: \
+             `sudo apt-get install -y systemd` (Debian's package), or rerun as root to have it installed"
+        );
+    }
+    step("installing Debian's systemd package (systemd-analyze, to verify the unit)");
+    let install = || {
+        run(Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "systemd"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    };
+    if install().is_err() {
+        // A fresh machine has stale or no package lists.
+        run(Command::new("apt-get").arg("update"))?;
+        install().context("apt-get could not install systemd (for systemd-analyze)")?;
+    }
+    ensure!(
+        have_systemd_analyze(),
+        "Debian's systemd package is installed but systemd-analyze does not run"
+    );
     Ok(())
 }
 
