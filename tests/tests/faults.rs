@@ -4,7 +4,6 @@
 
 use std::io::Read as _;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use mcptap_e2e::otlp::{Proto, Receiver, attr};
 use mcptap_e2e::*;
@@ -16,33 +15,95 @@ fn python(venv: &str) -> std::path::PathBuf {
 
 /// Every reported exchange of `client` is one of the calls it made, with the status it saw,
 /// or `no_response` when the answer was among the bytes lost: loss may hide an answer or a
-/// call, but never invents a call or an outcome.
-fn nothing_invented(recs: &Records, run: &ClientRun) {
+/// call, but never invents a call or an outcome. Something real must have been reported too,
+/// or an agent that reports nothing would pass: returns the exchanges that match a call
+/// exactly (the status the client saw), at least one.
+fn nothing_invented<'a>(recs: &'a Records, run: &ClientRun) -> Vec<&'a Value> {
     let mut calls: Vec<&Call> = run.calls.iter().collect();
-    for x in recs.exchanges_of_client(run.pid) {
-        let method = x["method"].as_str().unwrap_or("");
-        if !["tools/call", "resources/read", "prompts/get"].contains(&method) {
-            continue;
+    let mine: Vec<(&Value, &str, &str)> = recs
+        .exchanges_of_client(run.pid)
+        .into_iter()
+        .filter_map(|x| {
+            let method = x["method"].as_str().unwrap_or("");
+            if !["tools/call", "resources/read", "prompts/get"].contains(&method) {
+                return None;
+            }
+            let target = x["tool"]
+                .as_str()
+                .or(x["resource_uri"].as_str())
+                .or(x["prompt"].as_str())
+                .unwrap_or("");
+            Some((x, method, target))
+        })
+        .collect();
+    // Exchanges with an outcome first, then those whose answer was lost: a lost answer may
+    // belong to any call of its target, so it must not take one that a whole exchange needs.
+    let mut exact = Vec::new();
+    for lost in [false, true] {
+        for &(x, method, target) in &mine {
+            if (x["status"] == "no_response") != lost {
+                continue;
+            }
+            let i = calls
+                .iter()
+                .position(|c| {
+                    c.method == method && c.target == target && (lost || c.status == x["status"])
+                })
+                .unwrap_or_else(|| panic!("an exchange the client never had: {x}"));
+            calls.remove(i);
+            if !lost {
+                exact.push(x);
+            }
         }
-        let target = x["tool"]
-            .as_str()
-            .or(x["resource_uri"].as_str())
-            .or(x["prompt"].as_str())
-            .unwrap_or("");
-        let i = calls
-            .iter()
-            .position(|c| {
-                c.method == method
-                    && c.target == target
-                    && (c.status == x["status"] || x["status"] == "no_response")
-            })
-            .unwrap_or_else(|| panic!("an exchange the client never had: {x}"));
-        calls.remove(i);
     }
+    assert!(
+        !exact.is_empty(),
+        "not one of client {}'s {} calls was reported with its outcome: {:#?}",
+        run.pid,
+        run.calls.len(),
+        recs.exchanges_of_client(run.pid)
+    );
+    exact
+}
+
+/// The check itself has teeth: an agent that reported nothing, or made up an outcome, fails it.
+#[test]
+fn nothing_invented_fails_on_nothing_and_on_inventions() {
+    let run: ClientRun = serde_json::from_value(serde_json::json!({
+        "pid": 7,
+        "calls": [
+            {"method": "tools/call", "target": "echo", "status": "ok", "code": null, "ms": 1.0},
+            {"method": "tools/call", "target": "add", "status": "ok", "code": null, "ms": 1.0},
+        ],
+    }))
+    .unwrap();
+    let exchange = |tool: &str, status: &str| {
+        serde_json::json!({"kind": "exchange", "ts": "t", "method": "tools/call",
+            "tool": tool, "status": status, "client": {"pid": 7}})
+    };
+    let fails = |recs: Vec<Value>| {
+        let recs = Records(recs);
+        std::panic::catch_unwind(|| {
+            nothing_invented(&recs, &run);
+        })
+        .is_err()
+    };
+    assert!(fails(vec![]), "nothing reported");
+    assert!(fails(vec![exchange("echo", "no_response")]), "only losses");
+    assert!(
+        fails(vec![exchange("echo", "error")]),
+        "an invented outcome"
+    );
+    assert!(fails(vec![exchange("nope", "ok")]), "an invented call");
+    assert!(!fails(vec![
+        exchange("echo", "ok"),
+        exchange("add", "no_response")
+    ]));
 }
 
 /// A ring buffer far too small for the traffic: the loss is counted, logged and reported,
-/// and nothing is made up from what was left.
+/// nothing is made up from what was left, and the small calls that fit still come through
+/// whole: right tool, status ok, both ends' views.
 #[test]
 fn tiny_ring_buffer_loses_counts_and_invents_nothing() {
     let dir = scratch("tiny_ring");
@@ -77,7 +138,30 @@ fn tiny_ring_buffer_loses_counts_and_invents_nothing() {
             .any(|e| e["event"] == "kernel_loss"),
         "no kernel_loss event"
     );
-    nothing_invented(&recs, &run);
+    let exact = nothing_invented(&recs, &run);
+    // The 20 small echo calls (tens of bytes each) fit the ring: some must survive whole.
+    let whole: Vec<&&Value> = exact
+        .iter()
+        .filter(|x| {
+            x["method"] == "tools/call"
+                && x["tool"] == "echo"
+                && x["status"] == "ok"
+                && x["request_bytes"].as_u64().is_some_and(|b| b < 1_000)
+                && x["client_duration_ms"].as_f64().is_some()
+                && x["server_duration_ms"].as_f64().is_some()
+                && run.server_pid.is_some_and(|p| x["server"]["pid"] == p)
+        })
+        .collect();
+    let made = run
+        .calls
+        .iter()
+        .filter(|c| c.target == "echo" && c.status == "ok")
+        .count();
+    assert!(
+        !whole.is_empty(),
+        "none of the {made} small echo calls came through whole with an 8K ring: {:#?}",
+        recs.exchanges_of_client(run.pid)
+    );
 }
 
 /// The server is SIGKILLed in the middle of a call: the call ends as `no_response`, the
@@ -173,6 +257,8 @@ fn writer_gone_mid_message_is_unterminated() {
     let agent = Agent::start(&dir, &["--comm", "python", "--comm", "sh"]);
     let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"half","version":"1"}}}"#;
     let half = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"ec"#;
+    // `sleep 1` makes the two writes separate messages in time on purpose: the server reads
+    // and answers initialize before the half message, then sees end of file.
     let script = format!(
         "(printf '%s\\n' '{init}'; sleep 1; printf '%s' '{half}') | {} {}",
         python("mcp1").display(),
@@ -187,7 +273,15 @@ fn writer_gone_mid_message_is_unterminated() {
         String::from_utf8_lossy(&out.stdout).contains("\"id\":0"),
         "the server did not answer initialize"
     );
-    std::thread::sleep(Duration::from_secs(1));
+    // The agent reports the partial message once the writer's end is closed: wait for that
+    // rather than a fixed time.
+    assert!(
+        wait_for(30, || std::fs::read_to_string(&agent.jsonl)
+            .unwrap_or_default()
+            .contains("\"stream_unterminated\"")),
+        "no stream_unterminated event within 30 s:\n{}",
+        agent.log()
+    );
     let recs = agent.stop();
     let unterminated: Vec<&Value> = recs
         .kind("event")

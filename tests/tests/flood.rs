@@ -6,7 +6,6 @@
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{TcpListener, TcpStream};
-use std::time::Duration;
 
 use mcptap_e2e::*;
 
@@ -51,6 +50,11 @@ fn short_session(port: u16) {
     }
 }
 
+/// The echo calls the agent has counted, over every label.
+fn echo_calls(metrics: &str) -> f64 {
+    prom_value(metrics, "mcp_tool_calls_total", &[("tool_name", "echo")]).unwrap_or(0.0)
+}
+
 #[test]
 fn flood_of_sessions_and_unanswered_calls_plateaus() {
     let dir = scratch("flood");
@@ -84,7 +88,13 @@ fn flood_of_sessions_and_unanswered_calls_plateaus() {
         for _ in 0..2_500 {
             short_session(port);
         }
-        std::thread::sleep(Duration::from_secs(2));
+        // Measure once the agent has caught up: every call made so far is counted.
+        let made = ((round + 1) * 2_500) as f64;
+        assert!(
+            wait_for(60, || echo_calls(&agent.metrics()) >= made),
+            "the agent did not count the first {made} calls within 60 s (counted {})",
+            echo_calls(&agent.metrics())
+        );
         rss.push(agent.rss_kib());
         eprintln!(
             "after {} sessions: RSS {} KiB",
@@ -106,16 +116,21 @@ fn flood_of_sessions_and_unanswered_calls_plateaus() {
         c.write_all(format!("{never}\n").as_bytes()).unwrap();
         held.push(c);
     }
-    std::thread::sleep(Duration::from_secs(4));
+    // Wait for what is asserted below (the caps' evictions), then measure.
+    let evicted_in = |m: &str, table: &str| {
+        prom_value(m, "mcptap_evictions_total", &[("table", table)]).unwrap_or(0.0)
+    };
+    wait_for(60, || {
+        let m = agent.metrics();
+        evicted_in(&m, "pending_requests") >= 600.0 && evicted_in(&m, "sessions") >= 400.0
+    });
     let metrics = agent.metrics();
     rss.push(agent.rss_kib());
     eprintln!("with 1,000 calls held: RSS {} KiB", rss[4]);
     drop(held);
     let recs = agent.stop();
 
-    let evicted = |table: &str| {
-        prom_value(&metrics, "mcptap_evictions_total", &[("table", table)]).unwrap_or(0.0)
-    };
+    let evicted = |table: &str| evicted_in(&metrics, table);
     let tracked = prom_value(&metrics, "mcptap_tracked_sessions", &[]).unwrap_or(f64::MAX);
     assert!(tracked <= 500.0, "sessions past the cap: {tracked}");
     assert!(

@@ -2,7 +2,6 @@
 //! one-line failure for each way it cannot start. Root, real kernel, real MCP peers.
 
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use mcptap_e2e::*;
 
@@ -170,23 +169,52 @@ fn fails_clearly_when_not_root() {
     assert_clear_failure(&out, &err, "is not root and lacks CAP_BPF and CAP_PERFMON");
 }
 
-/// No kernel BTF (hidden in a private mount namespace): the message says what is missing.
-#[test]
-fn fails_clearly_without_btf() {
-    let wrapper: Vec<String> = [
+/// A wrapper that runs mcptap in a private mount namespace after `setup` (a shell command),
+/// or reports (exit 99) that `check` (a `test` expression) did not hold afterwards.
+fn in_private_mounts(setup: &str, check: &str) -> Vec<String> {
+    [
         "unshare",
         "--mount",
         "--propagation",
         "private",
         "sh",
         "-c",
-        "mount --bind /dev/null /sys/kernel/btf/vmlinux && exec \"$0\" \"$@\"",
+        &format!(
+            "{setup} || exit 98; test {check} || {{ echo 'setup did not give {check}' >&2; exit 99; }}; \
+             exec \"$0\" \"$@\""
+        ),
     ]
     .iter()
     .map(|s| s.to_string())
-    .collect();
+    .collect()
+}
+
+/// No kernel BTF at all: an empty tmpfs over /sys/kernel/btf in a private mount namespace, so
+/// that vmlinux does not exist (a kernel without CONFIG_DEBUG_INFO_BTF). The message names
+/// the file, says the kernel exposes no BTF, and gives the cause.
+#[test]
+fn fails_clearly_without_btf() {
+    let wrapper = in_private_mounts(
+        "mount -t tmpfs mcptap-no-btf /sys/kernel/btf",
+        "! -e /sys/kernel/btf/vmlinux",
+    );
     let (out, err) = start_fails(&wrapper, &[]);
-    assert_clear_failure(&out, &err, "/sys/kernel/btf/vmlinux");
+    assert_clear_failure(&out, &err, "cannot read /sys/kernel/btf/vmlinux");
+    assert_clear_failure(&out, &err, "this kernel exposes no BTF");
+    assert_clear_failure(&out, &err, "CONFIG_DEBUG_INFO_BTF=y");
+    assert_clear_failure(&out, &err, "No such file or directory");
+}
+
+/// BTF there but unparsable (an empty file: /dev/null bound over vmlinux): the message names
+/// the file and says it could not be parsed.
+#[test]
+fn fails_clearly_on_unparsable_btf() {
+    let wrapper = in_private_mounts(
+        "mount --bind /dev/null /sys/kernel/btf/vmlinux",
+        "-e /sys/kernel/btf/vmlinux",
+    );
+    let (out, err) = start_fails(&wrapper, &[]);
+    assert_clear_failure(&out, &err, "parsing /sys/kernel/btf/vmlinux");
 }
 
 /// tracefs and debugfs unmounted (in a private mount namespace): mcptap attaches raw and BTF
@@ -264,12 +292,12 @@ fn unreachable_otlp_is_a_warning_not_an_exit() {
         &mut python_client("mcp1", &python("mcp1"), &["--echo", "2"]),
         &dir,
     );
-    std::thread::sleep(Duration::from_secs(2));
+    let warned = wait_for(30, || {
+        let log = agent.log();
+        log.contains("OTLP traces export failed") && log.contains("retrying")
+    });
     let log = agent.log();
     let recs = agent.stop();
     check_calls(&recs, &run, Sides::Both);
-    assert!(
-        log.contains("OTLP traces export failed") && log.contains("retrying"),
-        "{log}"
-    );
+    assert!(warned, "no OTLP export warning within 30 s: {log}");
 }

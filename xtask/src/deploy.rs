@@ -2,10 +2,14 @@
 //! Docker engine: the alerting rules compile and their unit tests pass (promtool), every
 //! Kubernetes manifest validates strictly against the Kubernetes API schemas
 //! (kubernetes-validate, pinned, installed into `target/peers/kvalidate`), the kustomization
-//! lists exactly the manifests there, the Grafana dashboard has its rows and variables, and
-//! the collector config, the systemd unit and the Dockerfile are there (the unit verified by
-//! `systemd-analyze` when it is installed). The end-to-end test `tests/tests/deploy.rs` runs
-//! the dashboard's and the rules' queries against a real mcptap.
+//! lists exactly the manifests there, the NetworkPolicy admits the metrics port from one
+//! named namespace and can apply (no hostNetwork), the Grafana dashboard has its rows and
+//! variables, the collector config and the Dockerfile are there, and `systemd-analyze
+//! verify` accepts the unit (Debian's systemd package is installed for it when missing).
+//! When kubectl is installed, `kubectl kustomize` renders the kustomization and the overlay
+//! that networkpolicy.yaml documents; kubectl is not in Debian's archive, so without it that
+//! is reported as skipped, never as ok. The end-to-end test `tests/tests/deploy.rs` runs the
+//! dashboard's and the rules' queries against a real mcptap.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -129,28 +133,142 @@ fn kubernetes(dir: &Path) -> Result<()> {
         "ok: {} manifests validate, all listed in kustomization.yaml",
         manifests.len()
     ));
+    network_policy(dir)?;
     // Render the kustomization too when a kubectl is at hand (its built-in kustomize works
-    // offline), and validate what it renders.
-    let kubectl = Command::new("kubectl")
-        .args(["kustomize"])
-        .arg(dir)
-        .output();
-    match kubectl {
-        Ok(out) if out.status.success() => {
-            let rendered = root().join("target").join("deploy-kustomize.yaml");
-            std::fs::write(&rendered, &out.stdout)?;
-            run(Command::new(&validate)
-                .args(["--strict", "--quiet"])
-                .arg(&rendered))
-            .context("the rendered kustomization does not validate")?;
-            step("ok: `kubectl kustomize deploy/kubernetes` renders valid objects");
-        }
+    // offline), and validate what it renders. kubectl is not in Debian's archive, so a machine
+    // may well lack it: then say plainly what was not checked.
+    match Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+    {
+        Ok(out) if out.status.success() => {}
         Ok(out) => bail!(
-            "kubectl kustomize deploy/kubernetes failed: {}",
+            "kubectl version --client failed: {}",
             String::from_utf8_lossy(&out.stderr)
         ),
-        Err(_) => step("skipped: rendering the kustomization (no kubectl here)"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            step("skipped: kubectl not installed (kustomize rendering not checked)");
+            return Ok(());
+        }
+        Err(e) => bail!("cannot run kubectl: {e}"),
     }
+    let rendered = kustomize(dir)?;
+    let out_file = root().join("target").join("deploy-kustomize.yaml");
+    std::fs::write(&out_file, &rendered)?;
+    run(Command::new(&validate)
+        .args(["--strict", "--quiet"])
+        .arg(&out_file))
+    .context("the rendered kustomization does not validate")?;
+    let objects = rendered.lines().filter(|l| l.starts_with("kind: ")).count();
+    ensure!(
+        objects == manifests.len(),
+        "`kubectl kustomize deploy/kubernetes` rendered {objects} objects for {} manifests",
+        manifests.len()
+    );
+    step(&format!(
+        "ok: `kubectl kustomize deploy/kubernetes` renders {objects} valid objects"
+    ));
+    overlay(dir)?;
+    Ok(())
+}
+
+/// `kubectl kustomize DIR`'s output.
+fn kustomize(dir: &Path) -> Result<String> {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .context("running kubectl kustomize")?;
+    ensure!(
+        out.status.success(),
+        "kubectl kustomize {} failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// The label Kubernetes puts on every namespace, which the NetworkPolicy selects on.
+const NAMESPACE_LABEL: &str = "kubernetes.io/metadata.name: ";
+
+/// The NetworkPolicy admits the metrics port from one named namespace, selects the
+/// DaemonSet's pods by the label they carry, names the port the DaemonSet declares, and can
+/// apply at all: a NetworkPolicy does not govern hostNetwork pods.
+fn network_policy(dir: &Path) -> Result<()> {
+    let policy = non_empty(&dir.join("networkpolicy.yaml"))?;
+    let daemonset = non_empty(&dir.join("daemonset.yaml"))?;
+    ensure!(
+        policy.contains("kind: NetworkPolicy") && policy.contains("- Ingress"),
+        "networkpolicy.yaml is not an ingress NetworkPolicy"
+    );
+    let namespaces: Vec<&str> = policy
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.trim().strip_prefix(NAMESPACE_LABEL))
+        .collect();
+    ensure!(
+        namespaces == ["monitoring"],
+        "networkpolicy.yaml must admit exactly one namespace by {NAMESPACE_LABEL}NAME (monitoring): found {namespaces:?}"
+    );
+    ensure!(
+        policy.contains("app.kubernetes.io/name: mcptap")
+            && daemonset.contains("app.kubernetes.io/name: mcptap"),
+        "the NetworkPolicy does not select the DaemonSet's pods by app.kubernetes.io/name: mcptap"
+    );
+    ensure!(
+        policy.contains("port: metrics")
+            && daemonset.contains("- name: metrics")
+            && daemonset.contains("containerPort: 9464"),
+        "the NetworkPolicy must admit the DaemonSet's port named metrics (9464)"
+    );
+    ensure!(
+        !daemonset
+            .lines()
+            .any(|l| l.trim().starts_with("hostNetwork:") && l.contains("true")),
+        "the DaemonSet uses hostNetwork, which no NetworkPolicy governs: networkpolicy.yaml would protect nothing"
+    );
+    step(
+        "ok: the NetworkPolicy admits port metrics of the mcptap pods from namespace monitoring only (no hostNetwork)",
+    );
+    Ok(())
+}
+
+/// The overlay that networkpolicy.yaml's comment documents (its lines indented under `#   `),
+/// rendered from `target/`: the patch it shows must really change the admitted namespace.
+fn overlay(dir: &Path) -> Result<()> {
+    let policy = non_empty(&dir.join("networkpolicy.yaml"))?;
+    let example: String = policy
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .filter_map(|l| l.strip_prefix("#   "))
+        .map(|l| format!("{}\n", l.split(" # ").next().unwrap_or(l).trim_end()))
+        .collect();
+    let value = example
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("value: "))
+        .context("networkpolicy.yaml's overlay example sets no value")?
+        .to_string();
+    ensure!(
+        example.contains("resources:") && example.contains("patches:") && value != "monitoring",
+        "networkpolicy.yaml's comment shows no overlay that renames the namespace:\n{example}"
+    );
+    let ov = root().join("target").join("deploy-overlay");
+    std::fs::create_dir_all(&ov)?;
+    // The example names this directory from an overlay two levels down, as target/deploy-overlay is.
+    std::fs::write(ov.join("kustomization.yaml"), &example)?;
+    let rendered = kustomize(&ov)?;
+    let admitted: Vec<&str> = rendered
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(NAMESPACE_LABEL))
+        .collect();
+    ensure!(
+        admitted == [value.as_str()],
+        "the overlay documented in networkpolicy.yaml admits {admitted:?}, not [{value:?}]"
+    );
+    step(&format!(
+        "ok: the overlay documented in networkpolicy.yaml renders a policy admitting namespace {value}"
+    ));
     Ok(())
 }
 
@@ -235,14 +353,7 @@ fn systemd(unit: &Path) -> Result<()> {
         text.contains("ExecStart=/usr/local/bin/mcptap "),
         "the unit must start /usr/local/bin/mcptap"
     );
-    let have = Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have {
-        step("ok: deploy/systemd/mcptap.service is there (not verified: no systemd-analyze)");
-        return Ok(());
-    }
+    systemd_analyze()?;
     let dir = root().join("target").join("deploy-systemd");
     std::fs::create_dir_all(&dir)?;
     let copy = dir.join("mcptap.service");
@@ -265,6 +376,45 @@ fn systemd(unit: &Path) -> Result<()> {
         );
     }
     step("ok: deploy/systemd/mcptap.service (systemd-analyze verify)");
+    Ok(())
+}
+
+fn have_systemd_analyze() -> bool {
+    Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// systemd-analyze, from Debian's `systemd` package (installing it does not make systemd the
+/// init: that is `systemd-sysv`), installed with apt-get when missing, so that the unit is
+/// really verified; without it the check fails rather than pass unverified.
+fn systemd_analyze() -> Result<()> {
+    if have_systemd_analyze() {
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "systemd-analyze is missing, so deploy/systemd/mcptap.service cannot be verified: \
+             `sudo apt-get install -y systemd` (Debian's package), or rerun as root to have it installed"
+        );
+    }
+    step("installing Debian's systemd package (systemd-analyze, to verify the unit)");
+    let install = || {
+        run(Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "systemd"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    };
+    if install().is_err() {
+        // A fresh machine has stale or no package lists.
+        run(Command::new("apt-get").arg("update"))?;
+        install().context("apt-get could not install systemd (for systemd-analyze)")?;
+    }
+    ensure!(
+        have_systemd_analyze(),
+        "Debian's systemd package is installed but systemd-analyze does not run"
+    );
     Ok(())
 }
 

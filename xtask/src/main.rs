@@ -124,8 +124,58 @@ fn build(release: bool) -> Result<PathBuf> {
 /// Seconds per fuzz target in `cargo xtask test`.
 const FUZZ_SMOKE_SECONDS: u64 = 10;
 
+/// What the tests need from the machine that no installer here provides: the kernel's BTF
+/// (`/sys/kernel/btf/vmlinux`: the agent resolves kernel structure layouts from it, and
+/// every end-to-end test starts the agent) and OpenSSL 3's `libssl.so.3` in the system
+/// library directories (the TLS capture's unit and end-to-end tests). Some unit tests skip
+/// themselves without these; under `cargo xtask test` a missing one is a failure instead.
+fn test_prerequisites() -> Result<()> {
+    let btf = Path::new("/sys/kernel/btf/vmlinux");
+    let size = std::fs::metadata(btf).map(|m| m.len()).unwrap_or(0);
+    if size == 0 {
+        bail!(
+            "{} is missing or empty: this kernel exposes no BTF (it needs CONFIG_DEBUG_INFO_BTF=y). \
+             The agent cannot start without it, so neither can the end-to-end tests; run the tests \
+             on a kernel built with BTF",
+            btf.display()
+        );
+    }
+    step(&format!(
+        "ok: kernel BTF at {} ({size} bytes)",
+        btf.display()
+    ));
+    // The directories the agent searches (agent/src/capture/tls.rs, system_libraries).
+    let triplet = format!("{}-linux-gnu", std::env::consts::ARCH);
+    let dirs = [
+        "/lib".to_string(),
+        "/lib64".into(),
+        "/usr/lib".into(),
+        "/usr/lib64".into(),
+        "/usr/local/lib".into(),
+        "/usr/local/lib64".into(),
+        format!("/lib/{triplet}"),
+        format!("/usr/lib/{triplet}"),
+    ];
+    let ssl = dirs.iter().find_map(|d| {
+        std::fs::read_dir(d).ok()?.flatten().find_map(|e| {
+            let p = e.path();
+            (e.file_name().to_string_lossy().starts_with("libssl.so.3") && p.is_file()).then_some(p)
+        })
+    });
+    match ssl {
+        Some(p) => step(&format!("ok: OpenSSL 3 at {}", p.display())),
+        None => bail!(
+            "no libssl.so.3 in {}: the TLS capture tests need OpenSSL 3 \
+             (Debian: `apt-get install libssl3`)",
+            dirs.join(", ")
+        ),
+    }
+    Ok(())
+}
+
 fn test(filter: Option<String>) -> Result<()> {
     bootstrap::all()?;
+    test_prerequisites()?;
     let peers = peers::install()?;
     step("checking the deployment files");
     deploy::check()?;
