@@ -118,10 +118,23 @@ pub struct OutputArgs {
     pub response_timeout: f64,
 
     /// Include argument and result values in JSON lines and spans. Off by default: values
-    /// never leave the host unless asked for, and even then keys that look like secrets
-    /// (password, token, secret, authorization, api key, cookie, ...) are redacted.
+    /// never leave the host unless asked for, and even then secrets are redacted: the values
+    /// of keys that look like secrets (password, token, secret, authorization, key, api key,
+    /// cookie, aws_*, ...), the value of {"name": "Authorization", "value": ...} pairs, and
+    /// bearer tokens, API keys and URL credentials inside any string.
     #[arg(long, global = true)]
     pub payloads: bool,
+
+    /// Report HTTP session ids (Mcp-Session-Id, legacy SSE session ids) as they are. By
+    /// default outputs carry `sha256:` and 16 hex digits of their SHA-256: stable, so that
+    /// records of one session still group, but not the bearer-like id itself.
+    #[arg(long, global = true)]
+    pub raw_session_ids: bool,
+
+    /// Report resource URIs whole. By default they are reported without userinfo
+    /// (`user:password@`), query and fragment, which may carry secrets.
+    #[arg(long, global = true)]
+    pub full_resource_uris: bool,
 
     /// Send OTLP traces and metrics to URL (e.g. http://127.0.0.1:4318 for http/protobuf,
     /// http://127.0.0.1:4317 for grpc). Without it the standard OTEL_EXPORTER_OTLP_*

@@ -50,8 +50,10 @@ fn pipeline_config(output: &OutputArgs, clock: ClockAnchor) -> PipelineConfig {
         max_message_bytes: output.max_message_bytes.min(usize::MAX as u64) as usize,
         max_streams: output.max_streams as usize,
         max_buffered_bytes: output.max_buffered_bytes.min(usize::MAX as u64) as usize,
+        raw_session_ids: output.raw_session_ids,
         ..Default::default()
     };
+    cfg.tracker.full_resource_uris = output.full_resource_uris;
     cfg.tracker.max_sessions = output.max_sessions as usize;
     cfg.tracker.max_pending = output.max_pending as usize;
     cfg.tracker.response_timeout_ns = (output.response_timeout * 1e9) as u64;

@@ -484,9 +484,23 @@ pub fn check_session(
     let s = sessions.into_iter().next().unwrap();
     assert!(!s.is_empty());
     if let Some(id) = &run.session_id {
-        assert_eq!(&s, id, "the session the client was given");
+        assert_eq!(
+            s,
+            hashed_session(id),
+            "the session the client was given, hashed"
+        );
+        assert!(!s.contains(id.as_str()), "the raw session id leaked: {s}");
     }
     Some(s)
+}
+
+/// How mcptap reports an HTTP session id by default: `sha256:` and the first 16 hex digits
+/// of the id's SHA-256 (computed here independently of the agent).
+pub fn hashed_session(id: &str) -> String {
+    use sha2::Digest as _;
+    let d = sha2::Sha256::digest(id.as_bytes());
+    let hex: String = d[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
 }
 
 /// Every tools/call, resources/read and prompts/get the client made appears exactly once,

@@ -411,53 +411,6 @@ pub fn tokens_estimate(text_bytes: u64) -> u64 {
     text_bytes.div_ceil(4)
 }
 
-/// Keys whose values are never exported, even with `--payloads`.
-fn secret_key(k: &str) -> bool {
-    let k = k.to_ascii_lowercase().replace(['-', '_', ' '], "");
-    [
-        "password",
-        "passwd",
-        "token",
-        "secret",
-        "authorization",
-        "apikey",
-        "cookie",
-        "credential",
-        "privatekey",
-    ]
-    .iter()
-    .any(|s| k.contains(s))
-}
-
-/// A payload with the values of secret-looking keys replaced by `"[REDACTED]"`, also inside
-/// strings that hold JSON documents (tool results often carry their data as JSON text).
-pub fn redact(json: &str) -> Value {
-    fn walk(v: &mut Value) {
-        match v {
-            Value::String(s) if s.trim_start().starts_with(['{', '[']) => {
-                if let Ok(mut inner) = serde_json::from_str::<Value>(s) {
-                    walk(&mut inner);
-                    *s = inner.to_string();
-                }
-            }
-            Value::Object(m) => {
-                for (k, v) in m.iter_mut() {
-                    if secret_key(k) {
-                        *v = Value::String("[REDACTED]".into());
-                    } else {
-                        walk(v);
-                    }
-                }
-            }
-            Value::Array(a) => a.iter_mut().for_each(walk),
-            _ => {}
-        }
-    }
-    let mut v = serde_json::from_str(json).unwrap_or(Value::Null);
-    walk(&mut v);
-    v
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -598,20 +551,5 @@ mod tests {
         );
         assert_eq!(error_class(Error, Some(0), None, None, None), Some("other"));
         assert_eq!(error_class(Cancelled, None, None, None, None), None);
-    }
-
-    #[test]
-    fn secrets_are_redacted_at_any_depth() {
-        let v = redact(
-            r#"{"query":"x","api_key":"k1","nested":{"Authorization":"Bearer t","list":[{"password":"p","ok":1}]},"sessionToken":"s","content":[{"type":"text","text":"{\"token\": \"t2\", \"user\": \"u\"}"}]}"#,
-        );
-        let s = v.to_string();
-        assert!(s.contains("u\\\""), "{s}");
-        for secret in ["k1", "Bearer t", "\"p\"", "\"s\"", "t2"] {
-            assert!(!s.contains(secret), "{secret} leaked: {s}");
-        }
-        assert!(s.contains("\"query\":\"x\"") && s.contains("\"ok\":1"));
-        assert_eq!(tokens_estimate(0), 0);
-        assert_eq!(tokens_estimate(9), 3);
     }
 }

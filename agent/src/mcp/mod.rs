@@ -8,6 +8,7 @@
 pub mod correlate;
 pub mod derive;
 pub mod message;
+pub mod privacy;
 pub mod session;
 
 use std::collections::BTreeMap;
@@ -40,6 +41,9 @@ pub struct TrackerConfig {
     pub idle_ns: u64,
     /// Keep argument and result values for the outputs (`--payloads`), redacted.
     pub payloads: bool,
+    /// Report resource URIs whole (`--full-resource-uris`), not without userinfo, query
+    /// and fragment.
+    pub full_resource_uris: bool,
     /// Wall clock at a monotonic instant, for timestamps.
     pub clock: ClockAnchor,
     /// Most sessions (and stateless connections) held; past it the least recently active
@@ -59,6 +63,7 @@ impl Default for TrackerConfig {
             handshake_timeout_ns: 10_000_000_000,
             idle_ns: 3_600_000_000_000,
             payloads: false,
+            full_resource_uris: false,
             clock: ClockAnchor::default(),
             max_sessions: 20_000,
             max_pending: 50_000,
@@ -1211,7 +1216,8 @@ fn build_exchange(
     });
     let (tool, resource_uri, prompt) = match &p.target {
         Target::Tool(t) => (Some(t.clone()), None, None),
-        Target::Resource(u) => (None, Some(u.clone()), None),
+        Target::Resource(u) if cfg.full_resource_uris => (None, Some(u.clone()), None),
+        Target::Resource(u) => (None, Some(privacy::trim_uri(u).into_owned()), None),
         Target::Prompt(n) => (None, None, Some(n.clone())),
         Target::None => (None, None, None),
     };
@@ -1273,12 +1279,12 @@ fn build_exchange(
             .and_then(|r| r.text_bytes)
             .map(derive::tokens_estimate),
         content_bytes: p.response.as_ref().and_then(|r| r.contents_bytes),
-        arguments: d.arguments.as_deref().map(derive::redact),
+        arguments: d.arguments.as_deref().map(privacy::redact),
         result: p
             .response
             .as_ref()
             .and_then(|r| r.result.as_deref())
-            .map(derive::redact),
+            .map(privacy::redact),
         traceparent: d.traceparent.clone(),
         tracestate: d.tracestate.clone(),
         client_start_ns: client_start.map(|t| cfg.clock.wall_ns(t)),

@@ -21,6 +21,7 @@ use super::{Junk, Oversize, Pipeline, Stream, Verdict, base_view};
 use crate::capture::procinfo::Host;
 use crate::capture::{Dir, FdKind, Record};
 use crate::mcp::message::{self, Id, Kind, Message, Parsed};
+use crate::mcp::privacy::session_label;
 use crate::mcp::session::{Addr, Addrs, Route, SessionKey, View};
 use crate::signals::Signal;
 use crate::streams::StreamKey;
@@ -217,7 +218,7 @@ impl Pipeline {
                     server,
                     id: id.clone(),
                 },
-                Some(id),
+                Some(session_label(&id, self.cfg.raw_session_ids)),
                 "http",
             )
         } else if let Some(id) = legacy {
@@ -226,7 +227,7 @@ impl Pipeline {
                     server,
                     id: id.clone(),
                 },
-                Some(id),
+                Some(session_label(&id, self.cfg.raw_session_ids)),
                 "sse",
             )
         } else {

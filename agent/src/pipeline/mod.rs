@@ -53,6 +53,8 @@ pub struct PipelineConfig {
     /// Most bytes held for messages not complete yet, over all streams; past it the stream
     /// that went over drops its partial message (a `buffer_budget` gap).
     pub max_buffered_bytes: usize,
+    /// Report HTTP session ids as they are (`--raw-session-ids`), not hashed.
+    pub raw_session_ids: bool,
 }
 
 impl Default for PipelineConfig {
@@ -63,6 +65,7 @@ impl Default for PipelineConfig {
             stream_idle_ns: 3_600_000_000_000,
             max_streams: 100_000,
             max_buffered_bytes: 128 << 20,
+            raw_session_ids: false,
         }
     }
 }

@@ -482,7 +482,9 @@ fn streamable_http_session_across_connections() {
     let xs = exchanges(&out);
     assert_eq!(xs.len(), 3, "{out:#?}");
     let init = xs.iter().find(|x| x.method == "initialize").unwrap();
-    assert_eq!(init.session.as_deref(), Some("S1"));
+    // Outputs carry a hash of the session id, never the id.
+    let label = crate::mcp::privacy::session_label("S1", false);
+    assert_eq!(init.session.as_deref(), Some(label.as_str()));
     assert_eq!(init.transport, "http");
     assert_eq!(init.http_status, Some(200));
     assert_eq!(init.server.name.as_deref(), Some("s"));
@@ -493,14 +495,15 @@ fn streamable_http_session_across_connections() {
     assert_eq!(init.client_port, Some(40001));
     assert!(init.client_duration_ms.is_some() && init.server_duration_ms.is_some());
     let call = xs.iter().find(|x| x.method == "tools/call").unwrap();
-    assert_eq!(call.session.as_deref(), Some("S1"));
+    assert_eq!(call.session.as_deref(), Some(label.as_str()));
     assert_eq!(call.status, Status::Ok);
     assert_eq!(call.client_port, Some(40003));
     assert_eq!(call.protocol_version.as_deref(), Some("2025-06-18"));
     let gone = xs.iter().find(|x| x.method == "tools/list").unwrap();
     assert_eq!(gone.status, Status::Error);
     assert_eq!(gone.http_status, Some(404));
-    assert_eq!(gone.session.as_deref(), Some("gone"));
+    let gone_label = crate::mcp::privacy::session_label("gone", false);
+    assert_eq!(gone.session.as_deref(), Some(gone_label.as_str()));
     let notes: Vec<_> = out
         .iter()
         .filter_map(|s| match s {
@@ -566,7 +569,8 @@ fn legacy_sse_correlates_on_the_get_stream() {
     let xs = exchanges(&out);
     assert_eq!(xs.len(), 1, "{out:#?}");
     assert_eq!(xs[0].transport, "sse");
-    assert_eq!(xs[0].session.as_deref(), Some("abc"));
+    let label = crate::mcp::privacy::session_label("abc", false);
+    assert_eq!(xs[0].session.as_deref(), Some(label.as_str()));
     assert_eq!(xs[0].status, Status::Ok);
     assert!(xs[0].client_duration_ms.is_some() && xs[0].server_duration_ms.is_some());
 }
