@@ -54,6 +54,39 @@ pub fn nth_oldest(values: impl Iterator<Item = u64>, n: usize) -> u64 {
     *v.select_nth_unstable(i).1
 }
 
+/// Longest a repeating warning stays quiet: under a flood, a cap is met many times a second.
+const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Holds back a warning that repeats: it is written at most once per [`LOG_EVERY`], saying
+/// how many times it was held back (the counters have every one).
+#[derive(Debug, Default)]
+pub struct LogLimit {
+    last: Option<std::time::Instant>,
+    held: u64,
+}
+
+impl LogLimit {
+    /// `Some(times held back since the last one written)` when this one may be written.
+    pub fn allow(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self.last.is_some_and(|t| now.duration_since(t) < LOG_EVERY) {
+            self.held += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held))
+    }
+}
+
+/// ` (N more like it held back)` for a warning that [`LogLimit`] let through.
+pub fn held_back(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(" ({n} more like it in the last 10 s)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +100,14 @@ mod tests {
         assert_eq!(gone, (0..11).collect::<Vec<_>>());
         assert_eq!(nth_oldest([5, 1, 9, 3].into_iter(), 2), 3);
         assert_eq!(nth_oldest(std::iter::empty(), 2), 0);
+    }
+
+    #[test]
+    fn repeated_warnings_are_held_back() {
+        let mut l = LogLimit::default();
+        assert_eq!(l.allow(), Some(0));
+        assert_eq!(l.allow(), None);
+        assert_eq!(l.allow(), None);
+        assert_eq!(held_back(2), " (2 more like it in the last 10 s)");
     }
 }

@@ -28,9 +28,11 @@ use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::signals::metrics::Registry;
 use crate::signals::telemetry;
 
-/// Records handed to the pipeline per ring buffer read; the loop's clock is looked at
-/// between two.
+/// Records, and bytes, handed to the pipeline per ring buffer read; the loop's clock is
+/// looked at and the signals handed on between two. A full 32 KiB record of small messages
+/// holds hundreds of them, so bytes are what bound a batch's work.
 const DRAIN_BATCH: usize = 1024;
+const DRAIN_BYTES: usize = 256 << 10;
 /// Longest the loop drains before it turns to its other duties.
 const DRAIN_BUDGET: Duration = Duration::from_millis(50);
 /// How often timeouts are checked.
@@ -239,7 +241,7 @@ impl Live {
     fn drain(&mut self, budget: Duration, stop: Option<&AtomicBool>) {
         let start = Instant::now();
         loop {
-            let n = self.read_batch();
+            let more = self.read_batch();
             for r in self.pipeline.take_rejects() {
                 self.probes.reject(r.tgid, r.fd, r.inode);
             }
@@ -248,14 +250,15 @@ impl Live {
             }
             self.emitted |= self.outputs.emit_all(self.pipeline.drain_signals()) > 0;
             let stopping = stop.is_some_and(|s| s.load(Ordering::Relaxed));
-            if n < DRAIN_BATCH || start.elapsed() >= budget || stopping {
+            if !more || start.elapsed() >= budget || stopping {
                 return;
             }
         }
     }
 
-    /// Hand up to [`DRAIN_BATCH`] records to the pipeline (and to `--record`).
-    fn read_batch(&mut self) -> usize {
+    /// Hand up to [`DRAIN_BATCH`] records or [`DRAIN_BYTES`] to the pipeline (and to
+    /// `--record`); whether more may be waiting.
+    fn read_batch(&mut self) -> bool {
         let Live {
             probes,
             pipeline,
@@ -264,14 +267,16 @@ impl Live {
             ..
         } = self;
         let Some(rec) = recorder.as_mut() else {
-            return probes.drain(DRAIN_BATCH, |raw| pipeline.ingest(host, raw));
+            return probes
+                .drain(DRAIN_BATCH, DRAIN_BYTES, |raw| pipeline.ingest(host, raw))
+                .1;
         };
         let mut failed = None;
         let mut h = RecordingHost {
             inner: host,
             out: rec,
         };
-        let n = probes.drain(DRAIN_BATCH, |raw| {
+        let (_, more) = probes.drain(DRAIN_BATCH, DRAIN_BYTES, |raw| {
             if let Err(e) = h.out.record(raw) {
                 failed.get_or_insert(e);
             }
@@ -280,7 +285,7 @@ impl Live {
         if let Some(e) = failed {
             warn!("--record: write failed: {e}");
         }
-        n
+        more
     }
 
     /// Everything but draining: timers, the heartbeat, the kernel's counters, the gauges,
@@ -332,9 +337,9 @@ impl Live {
         let start = Instant::now();
         let mut unread = 0;
         while start.elapsed() < STOP_DISCARD {
-            let n = self.probes.drain(DRAIN_BATCH, |_| {});
+            let (n, more) = self.probes.drain(DRAIN_BATCH, usize::MAX, |_| {});
             unread += n as u64;
-            if n < DRAIN_BATCH {
+            if !more {
                 break;
             }
         }

@@ -208,9 +208,15 @@ impl Agent {
     }
 
     /// SIGTERM, expect exit 0, return every JSON line it wrote.
-    pub fn stop(mut self) -> Records {
+    pub fn stop(self) -> Records {
+        self.stop_timed().0
+    }
+
+    /// [`Agent::stop`], with how long the agent took to exit after the signal.
+    pub fn stop_timed(mut self) -> (Records, Duration) {
         // SAFETY: signalling our own child by pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let signalled = Instant::now();
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {
             if let Some(st) = self.child.try_wait().unwrap() {
@@ -225,12 +231,13 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
+        let took = signalled.elapsed();
         assert!(
             status.success(),
             "mcptap exited with {status}:\n{}",
             self.log()
         );
-        Records::read(&self.jsonl)
+        (Records::read(&self.jsonl), took)
     }
 }
 

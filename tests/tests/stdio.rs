@@ -279,7 +279,19 @@ fn replay_reproduces_live_records() {
     let live = agent.stop();
     check_calls(&live, &run, Sides::Both);
 
-    // Replay needs no privileges: run it as `nobody`, with no capabilities.
+    // The recording holds what processes said: only its owner may read it.
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let meta = std::fs::metadata(&rec_file).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "--record file mode");
+    assert_eq!(
+        std::fs::metadata(dir.join("out.jsonl")).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "--jsonl file mode"
+    );
+    assert_eq!(meta.uid(), 0);
+    // Replay needs no privileges: hand the file to `nobody` and replay it as `nobody`, with
+    // no capabilities.
+    std::os::unix::fs::chown(&rec_file, Some(65534), Some(65534)).unwrap();
     let replayed = dir.join("replayed.jsonl");
     let out = Command::new("setpriv")
         .args([

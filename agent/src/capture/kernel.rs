@@ -369,15 +369,25 @@ impl Probes {
         Ok(())
     }
 
-    /// Hand up to `max` pending records to `f`; returns how many there were.
-    pub fn drain(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> usize {
-        let mut n = 0;
-        while n < max {
-            let Some(item) = self.ring.next() else { break };
+    /// Hand pending records to `f`, up to `max` records or `max_bytes` bytes (the first
+    /// record whatever its size); returns how many there were, and whether a limit stopped it
+    /// (more may be waiting).
+    pub fn drain(
+        &mut self,
+        max: usize,
+        max_bytes: usize,
+        mut f: impl FnMut(&[u8]),
+    ) -> (usize, bool) {
+        let (mut n, mut bytes) = (0, 0);
+        while n < max && bytes < max_bytes {
+            let Some(item) = self.ring.next() else {
+                return (n, false);
+            };
+            bytes += item.len();
             f(&item);
             n += 1;
         }
-        n
+        (n, true)
     }
 
     /// The kernel counters, summed over CPUs, by name.

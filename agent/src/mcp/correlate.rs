@@ -216,7 +216,11 @@ impl Correlator {
     ) -> Outcome {
         let id = msg.id.clone().expect("requests have ids");
         let key = (sender, id.clone());
-        let list = self.open.entry(key.clone()).or_default();
+        // Nearly every id has one exchange: room for one, not the default four.
+        let list = self
+            .open
+            .entry(key.clone())
+            .or_insert_with(|| VecDeque::with_capacity(1));
         if let Some(p) = list
             .iter_mut()
             .find(|p| p.req_hash == hash && p.req.get(viewer_is_sender).is_none())
@@ -376,7 +380,9 @@ impl Correlator {
             held.sort_by_key(|(t, _)| *t);
             self.orphan_order = held.into_iter().map(|(_, k)| k).collect();
         }
-        self.orphans.entry(key.clone()).or_default().push_back(o);
+        (self.orphans.entry(key.clone()))
+            .or_insert_with(|| VecDeque::with_capacity(1))
+            .push_back(o);
         self.orphan_order.push_back(key);
         self.orphans_held += 1;
     }
@@ -443,10 +449,15 @@ impl Correlator {
         }
     }
 
-    /// Remove and return the exchanges `ready` says are done, remembering them as recent.
-    pub fn take_ready(&mut self, mut ready: impl FnMut(&Pending) -> bool) -> Vec<Pending> {
+    /// Remove and return the exchanges `ready` says are done, remembering them as recent:
+    /// among all the open ones, or `only` those of one (requester, id).
+    pub fn take_ready(
+        &mut self,
+        only: Option<&(Side, Id)>,
+        mut ready: impl FnMut(&Pending) -> bool,
+    ) -> Vec<Pending> {
         let mut out = Vec::new();
-        self.open.retain(|_, list| {
+        let mut take = |list: &mut VecDeque<Pending>| {
             let mut i = 0;
             while i < list.len() {
                 if ready(&list[i]) {
@@ -456,7 +467,17 @@ impl Correlator {
                 }
             }
             !list.is_empty()
-        });
+        };
+        match only {
+            None => self.open.retain(|_, list| take(list)),
+            Some(k) => {
+                if let Some(list) = self.open.get_mut(k)
+                    && !take(list)
+                {
+                    self.open.remove(k);
+                }
+            }
+        }
         for p in &out {
             if self.recent.len() == RECENT
                 && let Some(d) = self.recent.pop_front()
@@ -539,7 +560,7 @@ mod tests {
             c.response(1, &resp, false, 160, 9, 40, 160, None),
             Outcome::Twin
         );
-        let done = c.take_ready(|_| true);
+        let done = c.take_ready(None, |_| true);
         assert_eq!(done.len(), 1);
         let p = &done[0];
         assert_eq!(
@@ -556,7 +577,7 @@ mod tests {
         let (req, resp) = (msg(REQ), msg(RESP));
         c.request(0, &req, false, 110, 7, 70, None);
         c.response(1, &resp, true, 150, 9, 40, 150, None);
-        assert_eq!(c.take_ready(|_| true).len(), 1);
+        assert_eq!(c.take_ready(None, |_| true).len(), 1);
         assert_eq!(c.request(0, &req, true, 100, 7, 70, None), Outcome::Late);
         assert_eq!(
             c.response(1, &resp, false, 160, 9, 40, 200, None),
@@ -576,7 +597,7 @@ mod tests {
             Outcome::Orphan
         );
         assert_eq!(c.request(0, &req, true, 100, 7, 70, None), Outcome::New);
-        let done = c.take_ready(|p| p.response.is_some());
+        let done = c.take_ready(None, |p| p.response.is_some());
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].resp.received, Some(160));
         assert_eq!(c.orphan_count(), 0);
@@ -629,7 +650,7 @@ mod tests {
             Outcome::DuplicateId
         );
         c.response(1, &msg(RESP), true, 150, 9, 40, 150, None);
-        let done = c.take_ready(|p| p.response.is_some());
+        let done = c.take_ready(None, |p| p.response.is_some());
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].req_hash, 7);
         assert_eq!(c.open_count(), 1);

@@ -184,6 +184,11 @@ pub struct Tracker {
     pub stats: TrackerStats,
     now: u64,
     last_gc_ns: u64,
+    /// Requests open at the last count, plus those seen since: when it passes the cap, the
+    /// cap is enforced at once rather than at the next tick.
+    pending_estimate: usize,
+    /// The cap warnings (pending requests, sessions), held back under a flood.
+    logs: [crate::bounded::LogLimit; 2],
 }
 
 /// Processes known at most; past it the least recently used of those in no session go.
@@ -236,6 +241,8 @@ impl Tracker {
             stats: TrackerStats::default(),
             now: 0,
             last_gc_ns: 0,
+            pending_estimate: 0,
+            logs: Default::default(),
         }
     }
 
@@ -382,6 +389,7 @@ impl Tracker {
                     out.push(Signal::Exchange(rec));
                 }
                 if matches!(outcome, Outcome::New | Outcome::DuplicateId) {
+                    self.pending_estimate += 1;
                     let id = msg.id.clone().expect("requests have ids");
                     let derived = derive_request(
                         &mut self.book,
@@ -511,7 +519,21 @@ impl Tracker {
                 }
             }
         }
-        self.emit_ready(&route.key, out);
+        // Only the exchange this message belongs to can have become ready now; the others
+        // wait for the tick (looking at all of them per message would cost a flood of open
+        // requests dearly).
+        let touched = match msg.kind {
+            Kind::Request => msg.id.clone().map(|id| (sender, id)),
+            Kind::Response | Kind::Error => msg.id.clone().map(|id| (other(sender), id)),
+            Kind::Notification => msg.cancels.clone().map(|id| (sender, id)),
+        };
+        if let Some(t) = touched {
+            self.emit_ready_for(&route.key, Some(&t), out);
+        }
+        if self.states.len() > self.cfg.max_sessions || self.pending_estimate > self.cfg.max_pending
+        {
+            self.enforce_caps(out);
+        }
     }
 
     /// A line that is not a JSON-RPC message on a stream that carries MCP. Returns false when
@@ -749,6 +771,7 @@ impl Tracker {
     fn enforce_caps(&mut self, out: &mut Vec<Signal>) {
         let now = self.now;
         let open: usize = self.open_exchanges();
+        self.pending_estimate = open.min(self.cfg.max_pending * 9 / 10);
         if open > self.cfg.max_pending {
             let excess = open - self.cfg.max_pending * 9 / 10;
             let firsts = self
@@ -774,11 +797,14 @@ impl Tracker {
                     touched.push(key.clone());
                 }
             }
-            log::warn!(
-                "{} requests open (cap {}): the oldest end as no_response",
-                open,
-                self.cfg.max_pending
-            );
+            if let Some(held) = self.logs[0].allow() {
+                log::warn!(
+                    "{} requests open (cap {}, --max-pending): the oldest end as no_response{}",
+                    open,
+                    self.cfg.max_pending,
+                    crate::bounded::held_back(held)
+                );
+            }
             for key in touched {
                 self.emit_ready(&key, out);
             }
@@ -790,12 +816,16 @@ impl Tracker {
             self.cfg.max_sessions,
         );
         if !victims.is_empty() {
-            log::warn!(
-                "{} sessions held (cap {}): ending the {} least recently active",
-                self.states.len(),
-                self.cfg.max_sessions,
-                victims.len()
-            );
+            if let Some(held) = self.logs[1].allow() {
+                log::warn!(
+                    "{} sessions held (cap {}, --max-sessions): ending the {} least recently \
+                     active{}",
+                    self.states.len(),
+                    self.cfg.max_sessions,
+                    victims.len(),
+                    crate::bounded::held_back(held)
+                );
+            }
             let settle = self.cfg.settle_ns;
             for key in victims {
                 if let Some(st) = self.states.get_mut(&key) {
@@ -957,6 +987,17 @@ impl Tracker {
     }
 
     fn emit_ready(&mut self, key: &SessionKey, out: &mut Vec<Signal>) {
+        self.emit_ready_for(key, None, out);
+    }
+
+    /// Report the exchanges of a session that are done: all of them, or only those of one
+    /// (requester, id).
+    fn emit_ready_for(
+        &mut self,
+        key: &SessionKey,
+        only: Option<&(session::Side, message::Id)>,
+        out: &mut Vec<Signal>,
+    ) {
         let cfg = &self.cfg;
         let now = self.now;
         let Some(st) = self.states.get_mut(key) else {
@@ -994,7 +1035,7 @@ impl Tracker {
             }
             false
         };
-        let done = st.corr.take_ready(ready);
+        let done = st.corr.take_ready(only, ready);
         self.stats.missing_twins += missing;
         for p in done {
             let rec = build_exchange(&mut st.session, &self.procs, &p, cfg);

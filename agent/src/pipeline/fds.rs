@@ -190,6 +190,7 @@ pub(crate) struct FdTable {
     pub evicted: u64,
     /// Tombstones forgotten because `cap` were held.
     pub tombs_evicted: u64,
+    log: crate::bounded::LogLimit,
 }
 
 impl FdTable {
@@ -201,6 +202,7 @@ impl FdTable {
             cap: cap.max(1),
             evicted: 0,
             tombs_evicted: 0,
+            log: Default::default(),
         }
     }
 
@@ -278,6 +280,11 @@ impl FdTable {
         self.take_all(old)
     }
 
+    /// Whether an entry or a tombstone too many is held: [`FdTable::over_cap`] is due.
+    pub fn over(&self) -> bool {
+        self.live.len() > self.cap || self.tombs.len() > self.cap
+    }
+
     /// Past the cap, the least recently active entries, removed (counted); tombstones past
     /// it are dropped (counted).
     pub fn over_cap(&mut self) -> Vec<(FdKey, Fd)> {
@@ -287,12 +294,15 @@ impl FdTable {
             self.tombs.remove(&k);
         }
         let victims = least_recent(self.live.iter().map(|(k, f)| (f.last_ns, *k)), self.cap);
-        if !victims.is_empty() {
+        if !victims.is_empty()
+            && let Some(held) = self.log.allow()
+        {
             log::warn!(
-                "{} fds held (cap {}, --max-streams): forgetting the {} least recently active",
+                "{} fds held (cap {}, --max-streams): forgetting the {} least recently active{}",
                 self.live.len(),
                 self.cap,
-                victims.len()
+                victims.len(),
+                crate::bounded::held_back(held)
             );
         }
         self.evicted += victims.len() as u64;

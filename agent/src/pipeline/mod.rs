@@ -210,6 +210,7 @@ pub struct Pipeline {
     buffered: usize,
     last_expiry_ns: u64,
     now: u64,
+    loss_log: crate::bounded::LogLimit,
 }
 
 fn looks_binary(b: &[u8]) -> bool {
@@ -261,6 +262,7 @@ impl Pipeline {
             buffered: 0,
             last_expiry_ns: 0,
             now: 0,
+            loss_log: Default::default(),
         }
     }
 
@@ -324,11 +326,15 @@ impl Pipeline {
                 self.exit(host, rec.hdr.tgid, rec.hdr.ts_exit_ns);
                 self.notes.push(ProcessNote::Exit(rec.hdr.tgid));
             }
-            RecordKind::Tls => self.tls_record(&rec),
+            RecordKind::Tls => {
+                self.tls_record(&rec);
+                self.hold_fd_cap(host);
+            }
             RecordKind::Socket => {
                 if let Some(si) = rec.socket_info() {
                     let ends = Box::new(SocketEnds::of(&si));
                     self.fd_entry(&rec).socket = Some(ends);
+                    self.hold_fd_cap(host);
                 }
             }
         }
@@ -339,7 +345,8 @@ impl Pipeline {
         let fk = FdKey::of_record(rec);
         if self.fds.get_mut(&fk).is_none() {
             let kind = rec.fd_kind().expect("checked by parse");
-            let fd = Fd::new(kind, rec.hdr.peer_inode, rec.hdr.ts_exit_ns);
+            // New is recent, whatever the record's own clock says: the cap must not take it.
+            let fd = Fd::new(kind, rec.hdr.peer_inode, rec.hdr.ts_exit_ns.max(self.now));
             self.fds.put(fk, fd, true);
         }
         let fd = self.fds.get_mut(&fk).expect("just made");
@@ -380,7 +387,7 @@ impl Pipeline {
             Some(fd) => (fd, false),
             None => {
                 let kind = rec.fd_kind().expect("checked by parse");
-                (Fd::new(kind, rec.hdr.peer_inode, ts), true)
+                (Fd::new(kind, rec.hdr.peer_inode, ts.max(self.now)), true)
             }
         };
         fd.last_ns = fd.last_ns.max(ts);
@@ -398,6 +405,18 @@ impl Pipeline {
         let before = fd.buffered();
         self.fd_data(host, rec, &fk, &mut fd);
         self.settle(host, fk, fd, (before, new), ts);
+        self.hold_fd_cap(host);
+    }
+
+    /// The fd table is held to its cap as entries come, not only on the tick: a process
+    /// opening connections fast grows it between two ticks.
+    fn hold_fd_cap(&mut self, host: &mut dyn Host) {
+        if self.fds.over() {
+            let now = self.now;
+            for (fk, fd) in self.fds.over_cap() {
+                self.end_fd(host, fk, fd, now);
+            }
+        }
     }
 
     /// Account for what a record changed in an fd's buffers, hold the budget, and put the
@@ -963,7 +982,10 @@ impl Pipeline {
             let total = totals.get(name).copied().unwrap_or(0);
             let prev = self.kernel_totals.get(name).copied().unwrap_or(0);
             if total > prev {
-                log::warn!("kernel: {name} rose by {} (total {total})", total - prev);
+                if let Some(held) = self.loss_log.allow() {
+                    let more = crate::bounded::held_back(held);
+                    log::warn!("kernel: {name} rose by {} (total {total}){more}", total - prev);
+                }
                 let e = Event::new(self.wall(now), "kernel_loss")
                     .with("counter", name)
                     .with("delta", total - prev)
