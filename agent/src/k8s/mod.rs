@@ -5,10 +5,10 @@
 //! 1. The process's cgroup path ([`cgroup`]): container id, runtime and pod UID, with no API
 //!    server, read once per process with the rest of its metadata
 //!    ([`crate::capture::procinfo`]) and carried by every record's `client`/`server`.
-//! 2. The API server ([`api`], [`pods`]): the pods of this node, listed and watched with the
-//!    in-cluster service account, name the pod, its namespace and the container. Names are
-//!    filled in when signals leave the pipeline ([`enrich`]), so a pod the watch learns of
-//!    after its process was first seen is still named.
+//! 2. The API server ([`api`], [`pods`]): the pods of this node, listed and watched by the
+//!    `kube` crate's watcher with the in-cluster service account, name the pod, its namespace
+//!    and the container. Names are filled in when signals leave the pipeline ([`enrich`]), so
+//!    a pod the watch learns of after its process was first seen is still named.
 //!
 //! The watcher runs only in a pod (`KUBERNETES_SERVICE_HOST` and a service-account token)
 //! and with `--k8s auto`; it never blocks capture and its failures are counted
@@ -222,8 +222,8 @@ pub fn start(mode: Mode, registry: Arc<Mutex<Registry>>) {
         );
         return;
     };
-    let client = match api::Client::new(cfg) {
-        Ok(c) => c,
+    let watcher = match api::Watcher::new(&cfg) {
+        Ok(w) => w,
         Err(e) => {
             warn!("Kubernetes API client: {e}; pod names are not looked up");
             return;
@@ -240,7 +240,7 @@ pub fn start(mode: Mode, registry: Arc<Mutex<Registry>>) {
                 .enable_all()
                 .build()
             {
-                Ok(rt) => rt.block_on(api::run(client, store, count)),
+                Ok(rt) => rt.block_on(watcher.run(store, count)),
                 Err(e) => warn!("Kubernetes watcher: cannot start its runtime: {e}"),
             }
         });
@@ -259,14 +259,12 @@ mod tests {
     const UID: &str = "950cff9d-7e83-4951-83dd-180d4842c861";
 
     fn store() -> Arc<RwLock<Store>> {
-        let list = std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/src/k8s/testdata/pods-list-page1.json"
-        ))
-        .unwrap();
-        let page = pods::parse_list(&list).unwrap();
+        let listed = pods::tests::list("pods-list-page1.json");
         let mut s = Store::default();
-        s.replace(page.pods, page.resource_version, Instant::now());
+        s.replace(
+            listed.iter().filter_map(pods::Pod::from_api).collect(),
+            Instant::now(),
+        );
         Arc::new(RwLock::new(s))
     }
 
