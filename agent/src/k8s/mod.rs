@@ -192,10 +192,20 @@ fn node_name(env: &impl Fn(&str) -> Option<String>) -> Option<String> {
     env("K8S_NODE_NAME").or_else(|| env("NODE_NAME"))
 }
 
+/// Keep libraries' `tracing` events out of the log. kube turns on `tracing`'s `log` feature,
+/// which makes the events of every crate that traces (kube, tower, h2, tonic) log records
+/// while no tracing subscriber is set: kube would log each failed request of an outage, and
+/// the body of each unreadable answer, besides the agent's one line per outage. A subscriber
+/// that takes nothing puts things back as they were before kube: those events go nowhere.
+fn quiet_tracing() {
+    let _ = tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::default());
+}
+
 /// Set up naming: always the node name (when given), and with `Mode::Auto` inside a pod, a
 /// thread that watches this node's pods. Never fails: without a cluster there is nothing to
 /// do, and API trouble is counted in `registry`.
 pub fn start(mode: Mode, registry: Arc<Mutex<Registry>>) {
+    quiet_tracing();
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let node = node_name(&env);
     let store = Arc::new(RwLock::new(Store::default()));
@@ -312,6 +322,33 @@ mod tests {
         ));
         assert_eq!(got.pod.as_deref(), Some("kube-apiserver-node-1"));
         assert_eq!(got.container, None);
+    }
+
+    /// Log records of one target, whatever else logs meanwhile.
+    struct Capture(Mutex<Vec<String>>);
+
+    impl log::Log for Capture {
+        fn enabled(&self, m: &log::Metadata) -> bool {
+            m.target() == "mcptap_quiet_tracing"
+        }
+        fn log(&self, r: &log::Record) {
+            if self.enabled(r.metadata()) {
+                self.0.lock().unwrap().push(r.args().to_string());
+            }
+        }
+        fn flush(&self) {}
+    }
+
+    #[test]
+    fn tracing_events_stay_out_of_the_log() {
+        let capture: &'static Capture = Box::leak(Box::new(Capture(Mutex::default())));
+        log::set_logger(capture).expect("no other test sets a logger");
+        log::set_max_level(log::LevelFilter::Trace);
+        // As kube's would before a subscriber is set: through `tracing`'s log feature.
+        tracing::warn!(target: "mcptap_quiet_tracing", "before");
+        quiet_tracing();
+        tracing::warn!(target: "mcptap_quiet_tracing", "after");
+        assert_eq!(*capture.0.lock().unwrap(), ["before"]);
     }
 
     #[test]
