@@ -1,52 +1,54 @@
-//! A small client of the Kubernetes API server: the in-cluster service-account configuration,
-//! HTTPS (rustls with the cluster's CA), and the one call mcptap makes — list the pods of this
-//! node, then watch them from the list's resource version, listing again on 410 Gone.
+//! The pod watcher, on the `kube` crate: the in-cluster service-account configuration made
+//! into a [`kube::Config`], and kube's [`watcher`] on this node's pods (field selector
+//! `spec.nodeName=<node>`). kube lists them in pages, watches from the list's resource
+//! version and from bookmarks, and lists again on 410 Gone; TLS is rustls with ring,
+//! trusting only the cluster's CA; the bearer token is kube's token file, re-read at least
+//! once a minute since the kubelet rotates it.
 //!
-//! Failures never reach capture: they are counted, logged once per outage, and retried with
-//! a backoff; the store keeps what it knew.
+//! Failures never reach capture: each is counted under a reason ([`reason`]), the first of an
+//! outage is logged, and the watcher is retried after kube's backoff; the store keeps what it
+//! knew.
 
+use std::error::Error as StdError;
+use std::fmt::Display;
 use std::path::{Path, PathBuf};
+use std::pin::pin;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Empty};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use log::{info, warn};
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Pod as ApiPod;
+use kube::Api;
+use kube::runtime::WatchStreamExt as _;
+use kube::runtime::utils::Backoff;
+use kube::runtime::watcher::{self, DefaultBackoff, Event, watcher};
+use log::{debug, info, warn};
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
-use super::pods::{self, Next, Store};
+use super::pods::Store;
 
 /// Where the service-account files are mounted in every pod.
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
-/// Longest list response accepted (a node's pods come to a few MB).
-const MAX_LIST_BYTES: usize = 64 << 20;
-/// Longest watch event accepted.
-const MAX_EVENT_BYTES: usize = 16 << 20;
-/// Pods per list page.
-const PAGE: u32 = 500;
-/// The server ends each watch after this long; the client then watches again.
-const WATCH_SECONDS: u64 = 290;
-/// A watch silent for longer than this (no event, no bookmark, no end) is presumed dead.
-const WATCH_IDLE: Duration = Duration::from_secs(WATCH_SECONDS + 40);
-/// Connecting, the TLS handshake, and a response's head.
+/// The server ends each watch after this long; kube then watches again from where it was.
+const WATCH_SECONDS: u32 = 290;
+/// Connecting, with the TLS handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// A whole list response.
-const LIST_TIMEOUT: Duration = Duration::from_secs(60);
+/// A connection silent for longer than this (no response, no list bytes, no watch event or
+/// bookmark, no end of a watch) is presumed dead.
+const READ_TIMEOUT: Duration = Duration::from_secs(WATCH_SECONDS as u64 + 40);
+/// After the API server refused a watch request itself with 410 Gone, list again after this.
+const RELIST_PAUSE: Duration = Duration::from_secs(1);
 
 /// How to reach the API server.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Host (IP or name) and port.
+    /// Host (IP or name).
     pub host: String,
     /// Port.
     pub port: u16,
-    /// The bearer token's file: read for every request, since the kubelet rotates it.
+    /// The bearer token's file, which the kubelet rotates.
     pub token_file: PathBuf,
     /// The cluster CA bundle's file.
     pub ca_file: PathBuf,
@@ -79,323 +81,160 @@ impl Config {
         })
     }
 
-    /// `host:port`, IPv6 hosts in brackets: the `Host` header.
-    pub fn authority(&self) -> String {
+    /// `https://host:port`, IPv6 hosts in brackets.
+    pub fn url(&self) -> String {
         if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
+            format!("https://[{}]:{}", self.host, self.port)
         } else {
-            format!("{}:{}", self.host, self.port)
+            format!("https://{}:{}", self.host, self.port)
         }
     }
 
-    /// `https://host:port`.
-    pub fn url(&self) -> String {
-        format!("https://{}", self.authority())
+    /// kube's client configuration: this server, trusting only the CA bundle (which kube
+    /// re-reads about once a minute, for CA rotation), the token file as credentials. Built
+    /// here rather than by `kube::Config::infer`, which would also read a kubeconfig.
+    pub fn kube(&self) -> Result<kube::Config, String> {
+        let url: hyper::Uri = self
+            .url()
+            .parse()
+            .map_err(|e| format!("KUBERNETES_SERVICE_HOST {:?}: {e}", self.host))?;
+        let ca = self.ca_file.display();
+        let roots: Vec<Vec<u8>> = CertificateDer::pem_file_iter(&self.ca_file)
+            .and_then(|certs| certs.map(|c| c.map(|c| c.to_vec())).collect())
+            .map_err(|e| format!("{ca}: {e}"))?;
+        if roots.is_empty() {
+            return Err(format!("{ca}: no CA certificate"));
+        }
+        let mut c = kube::Config::new(url);
+        c.root_cert = Some(roots);
+        c.root_cert_file = Some(self.ca_file.clone());
+        c.auth_info.token_file = Some(self.token_file.to_string_lossy().into_owned());
+        c.connect_timeout = Some(CONNECT_TIMEOUT);
+        c.read_timeout = Some(READ_TIMEOUT);
+        // Count silence from the request, not from when a pooled connection went idle.
+        c.reset_reader_on_write = true;
+        // kube would retry 429, 503 and 504 itself, unseen; the watcher's backoff retries
+        // instead, so that every failure is counted.
+        c.default_retry = false;
+        Ok(c)
+    }
+
+    /// What is watched: this node's pods, in kube's pages of 500, with bookmarks.
+    pub fn watcher(&self) -> watcher::Config {
+        watcher::Config::default()
+            .fields(&format!("spec.nodeName={}", self.node))
+            .timeout(WATCH_SECONDS)
     }
 }
 
-/// Percent-encode a query value (RFC 3986 unreserved characters pass).
-fn encode(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for b in v.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
+/// The label a watcher failure is counted under in `mcptap_k8s_api_errors_total`, or `None`
+/// for 410 Gone, which only says "list again" (kube does, and so does [`Watcher`] when the
+/// watch request itself is refused so).
+///
+/// | `watcher::Error` | reason |
+/// |---|---|
+/// | `InitialListFailed`, `WatchStartFailed`, `WatchFailed` | that of the `kube::Error` |
+/// | `WatchError` (an `ERROR` event in the watch): 410 | none |
+/// | `WatchError`, any other code | `status` |
+/// | `NoResourceVersion` (a list or event without one) | `decode` |
+///
+/// | `kube::Error` | reason |
+/// |---|---|
+/// | `Api` (a non-2xx answer): 410 | none |
+/// | `Api`, any other code | `status` |
+/// | `SerdeError`, `FromUtf8`, `LinesCodecMaxLineLengthExceeded` | `decode` |
+/// | `Auth` (the token file unreadable, or not a valid header) | `token` |
+/// | `RustlsTls` (the CA bundle unusable) | `tls` |
+/// | `HyperError`, `Service`, `ReadEvents`: by their causes, the first that matches of: a rustls error; timed out; kube's auth error; a connection refused, reset, aborted or unreachable, or hyper's connect error (DNS too) | `tls`; `timeout`; `token`; `connect` |
+/// | the same, none of those causes | `http` |
+/// | anything else (`HttpError`, `BuildRequest`, proxy settings) | `http` |
+pub fn reason(e: &watcher::Error) -> Option<&'static str> {
+    match e {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => client_reason(e),
+        watcher::Error::WatchError(s) => (s.code != 410).then_some("status"),
+        watcher::Error::NoResourceVersion => Some("decode"),
+    }
+}
+
+/// [`reason`] of a kube client error.
+pub fn client_reason(e: &kube::Error) -> Option<&'static str> {
+    use kube::Error as E;
+    Some(match e {
+        E::Api(s) if s.code == 410 => return None,
+        E::Api(_) => "status",
+        E::SerdeError(_) | E::FromUtf8(_) | E::LinesCodecMaxLineLengthExceeded => "decode",
+        E::Auth(_) => "token",
+        E::RustlsTls(_) => "tls",
+        E::HyperError(_) | E::Service(_) | E::ReadEvents(_) => cause_reason(e),
+        _ => "http",
+    })
+}
+
+/// A transport failure, by what caused it (see [`reason`]).
+fn cause_reason(e: &(dyn StdError + 'static)) -> &'static str {
+    let causes = causes(e);
+    let any = |f: &dyn Fn(&(dyn StdError + 'static)) -> bool| causes.iter().any(|c| f(*c));
+    let io = |c: &(dyn StdError + 'static)| c.downcast_ref::<std::io::Error>().map(|e| e.kind());
+    use std::io::ErrorKind as K;
+    if any(&|c| c.is::<rustls::Error>()) {
+        "tls"
+    } else if any(&|c| {
+        io(c) == Some(K::TimedOut)
+            || c.downcast_ref::<hyper::Error>()
+                .is_some_and(|h| h.is_timeout())
+    }) {
+        "timeout"
+    } else if any(&|c| c.is::<kube::client::AuthError>()) {
+        "token"
+    } else if any(&|c| {
+        matches!(
+            io(c),
+            Some(
+                K::ConnectionRefused
+                    | K::ConnectionReset
+                    | K::ConnectionAborted
+                    | K::NotConnected
+                    | K::AddrNotAvailable
+                    | K::HostUnreachable
+                    | K::NetworkUnreachable
+            )
+        ) || c
+            .downcast_ref::<hyper_util::client::legacy::Error>()
+            .is_some_and(|h| h.is_connect())
+    }) {
+        "connect"
+    } else {
+        "http"
+    }
+}
+
+/// `e` and everything under it: its sources, and the errors `io::Error`s wrap (whose
+/// `source` skips them).
+fn causes<'a>(e: &'a (dyn StdError + 'static)) -> Vec<&'a (dyn StdError + 'static)> {
+    let mut out = Vec::new();
+    let mut todo = vec![e];
+    while let Some(e) = todo.pop() {
+        if out.len() > 32 {
+            break;
         }
+        out.push(e);
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            todo.push(inner);
+        }
+        todo.extend(e.source());
     }
     out
 }
 
-/// Why a request failed, with the label it is counted under.
-#[derive(Debug)]
-pub struct Failure {
-    /// `connect`, `tls`, `http`, `status`, `decode` or `timeout`.
-    pub reason: &'static str,
-    /// What happened.
-    pub message: String,
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-fn fail(reason: &'static str, message: impl Into<String>) -> Failure {
-    Failure {
-        reason,
-        message: message.into(),
-    }
-}
-
-/// An HTTPS client of one API server.
-pub struct Client {
-    cfg: Config,
-    tls: TlsConnector,
-    server_name: ServerName<'static>,
-}
-
-impl Client {
-    /// Trust the CA bundle of `cfg` (and nothing else).
-    pub fn new(cfg: Config) -> Result<Client, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cfg.ca_file)
-            .and_then(|it| it.collect::<Result<_, _>>())
-            .map_err(|e| format!("{}: {e}", cfg.ca_file.display()))?;
-        let (added, _ignored) = roots.add_parsable_certificates(certs);
-        if added == 0 {
-            return Err(format!(
-                "{}: no usable CA certificate",
-                cfg.ca_file.display()
-            ));
-        }
-        // ring, named explicitly: no process-wide default provider to agree on.
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let server_name = ServerName::try_from(cfg.host.clone())
-            .map_err(|e| format!("KUBERNETES_SERVICE_HOST {:?}: {e}", cfg.host))?;
-        Ok(Client {
-            cfg,
-            tls: TlsConnector::from(Arc::new(tls)),
-            server_name,
-        })
-    }
-
-    /// `GET path` with the service account's token; the response's status and body.
-    async fn get(&self, path: &str) -> Result<(hyper::StatusCode, Incoming), Failure> {
-        let token = std::fs::read_to_string(&self.cfg.token_file)
-            .map_err(|e| fail("token", format!("{}: {e}", self.cfg.token_file.display())))?;
-        let head = async {
-            let tcp = TcpStream::connect((self.cfg.host.as_str(), self.cfg.port))
-                .await
-                .map_err(|e| fail("connect", format!("connecting to {}: {e}", self.cfg.url())))?;
-            let _ = tcp.set_nodelay(true);
-            let tls = self
-                .tls
-                .connect(self.server_name.clone(), tcp)
-                .await
-                .map_err(|e| fail("tls", format!("TLS with {}: {e}", self.cfg.url())))?;
-            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .map_err(|e| fail("http", e.to_string()))?;
-            // The connection runs beside the request; it ends when both are dropped.
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            let req = hyper::Request::get(path)
-                .header(hyper::header::HOST, self.cfg.authority())
-                .header(
-                    hyper::header::AUTHORIZATION,
-                    format!("Bearer {}", token.trim()),
-                )
-                .header(hyper::header::ACCEPT, "application/json")
-                .header(
-                    hyper::header::USER_AGENT,
-                    concat!("mcptap/", env!("CARGO_PKG_VERSION")),
-                )
-                .body(Empty::<Bytes>::new())
-                .map_err(|e| fail("http", e.to_string()))?;
-            send.send_request(req)
-                .await
-                .map_err(|e| fail("http", format!("GET {path}: {e}")))
-        };
-        let resp = tokio::time::timeout(CONNECT_TIMEOUT, head)
-            .await
-            .map_err(|_| {
-                fail(
-                    "timeout",
-                    format!("no answer from {} in {CONNECT_TIMEOUT:?}", self.cfg.url()),
-                )
-            })??;
-        Ok((resp.status(), resp.into_body()))
-    }
-
-    fn pods_path(&self, query: &str) -> String {
-        format!(
-            "/api/v1/pods?fieldSelector={}&{query}",
-            encode(&format!("spec.nodeName={}", self.cfg.node))
-        )
-    }
-
-    /// List this node's pods, every page, into `store`.
-    pub async fn list(&self, store: &RwLock<Store>) -> Result<usize, Failure> {
-        let mut pods = Vec::new();
-        let mut cont: Option<String> = None;
-        let resource_version = loop {
-            let mut q = format!("limit={PAGE}");
-            if let Some(c) = &cont {
-                q.push_str(&format!("&continue={}", encode(c)));
-            }
-            let body = self.get_all(&self.pods_path(&q)).await?;
-            let page = pods::parse_list(&body).map_err(|e| fail("decode", e))?;
-            pods.extend(page.pods);
-            match page.cont {
-                Some(c) => cont = Some(c),
-                None => break page.resource_version,
-            }
-        };
-        let n = pods.len();
-        store.write().unwrap_or_else(|p| p.into_inner()).replace(
-            pods,
-            resource_version,
-            Instant::now(),
-        );
-        Ok(n)
-    }
-
-    async fn get_all(&self, path: &str) -> Result<Vec<u8>, Failure> {
-        let read = async {
-            let (status, mut body) = self.get(path).await?;
-            let mut buf = Vec::new();
-            while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|e| fail("http", e.to_string()))?;
-                if let Some(d) = frame.data_ref() {
-                    if buf.len() + d.len() > MAX_LIST_BYTES {
-                        return Err(fail("decode", format!("list over {MAX_LIST_BYTES} bytes")));
-                    }
-                    buf.extend_from_slice(d);
-                }
-            }
-            if !status.is_success() {
-                return Err(status_failure(status, &buf));
-            }
-            Ok(buf)
-        };
-        tokio::time::timeout(LIST_TIMEOUT, read)
-            .await
-            .map_err(|_| {
-                fail(
-                    "timeout",
-                    format!("listing pods took over {LIST_TIMEOUT:?}"),
-                )
-            })?
-    }
-
-    /// Watch from the store's resource version until the server ends the watch (`Ok(Next::
-    /// Continue)`), says the version is too old (`Ok(Next::Relist)`), or something fails.
-    /// Returns how many events were applied too.
-    pub async fn watch(&self, store: &RwLock<Store>) -> Result<(Next, u64), Failure> {
-        let rv = store
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .resource_version
-            .clone();
-        let path = self.pods_path(&format!(
-            "watch=true&allowWatchBookmarks=true&timeoutSeconds={WATCH_SECONDS}&resourceVersion={}",
-            encode(&rv)
-        ));
-        let (status, mut body) = self.get(&path).await?;
-        if status == hyper::StatusCode::GONE {
-            return Ok((Next::Relist, 0));
-        }
-        if !status.is_success() {
-            let mut buf = Vec::new();
-            while let Ok(Some(Ok(f))) = tokio::time::timeout(CONNECT_TIMEOUT, body.frame()).await {
-                if let Some(d) = f.data_ref() {
-                    buf.extend_from_slice(d);
-                }
-                if buf.len() > 4096 {
-                    break;
-                }
-            }
-            return Err(status_failure(status, &buf));
-        }
-        let mut line = Vec::new();
-        let mut events = 0u64;
-        loop {
-            let frame = match tokio::time::timeout(WATCH_IDLE, body.frame()).await {
-                Err(_) => return Err(fail("timeout", format!("watch silent for {WATCH_IDLE:?}"))),
-                Ok(None) => return Ok((Next::Continue, events)),
-                Ok(Some(Err(e))) => return Err(fail("http", format!("watch stream: {e}"))),
-                Ok(Some(Ok(f))) => f,
-            };
-            let Some(data) = frame.data_ref() else {
-                continue;
-            };
-            // One JSON event per line; a frame may hold several, or part of one.
-            let mut rest = &data[..];
-            while let Some(nl) = memchr::memchr(b'\n', rest) {
-                line.extend_from_slice(&rest[..nl]);
-                rest = &rest[nl + 1..];
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    line.clear();
-                    continue;
-                }
-                let next = store
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .apply_event(&line, Instant::now());
-                line.clear();
-                events += 1;
-                match next {
-                    Next::Continue => {}
-                    Next::Relist => return Ok((Next::Relist, events)),
-                    Next::Failed(e) => return Err(fail("decode", e)),
-                }
-            }
-            line.extend_from_slice(rest);
-            if line.len() > MAX_EVENT_BYTES {
-                return Err(fail(
-                    "decode",
-                    format!("watch event over {MAX_EVENT_BYTES} bytes"),
-                ));
-            }
-        }
-    }
-}
-
-/// A non-2xx answer: its code and the `Status` message, with a hint for the usual causes.
-fn status_failure(status: hyper::StatusCode, body: &[u8]) -> Failure {
-    let message = serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["message"].as_str().map(str::to_string))
-        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
-    let hint = match status.as_u16() {
-        401 => " (is the service-account token mounted and valid?)",
-        403 => " (the service account needs get, list and watch on pods)",
-        _ => "",
-    };
-    fail(
-        "status",
-        format!("API server answered {status}: {message}{hint}"),
-    )
-}
-
-/// Reconnect delays: 1 s doubling to 60 s, back to 1 s after a success.
-#[derive(Debug)]
-pub struct Backoff {
-    first: Duration,
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff::starting(Duration::from_secs(1))
-    }
-}
-
-impl Backoff {
-    /// Delays starting at `first` (tests use short ones).
-    pub fn starting(first: Duration) -> Self {
-        Backoff { first, next: first }
-    }
-
-    /// The delay before the next attempt.
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(60));
-        d
-    }
-
-    /// A success: start again from the shortest delay.
-    pub fn reset(&mut self) {
-        self.next = self.first;
-    }
+/// A watch request refused with 410 Gone: kube would ask again from the same resource
+/// version; a fresh watcher lists instead, as the API server asks.
+fn watch_refused_gone(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::WatchStartFailed(kube::Error::Api(s)) if s.code == 410)
 }
 
 /// Logs the first failure of an outage and its end; counts every failure.
@@ -415,14 +254,16 @@ impl<F: Fn(&'static str)> Outage<F> {
         }
     }
 
-    fn failed(&mut self, f: &Failure) {
-        (self.count)(f.reason);
+    fn failed(&mut self, reason: &'static str, e: &dyn Display) {
+        (self.count)(reason);
         if !self.down {
             self.down = true;
             warn!(
-                "Kubernetes API {}: {f}; pod and container names unavailable until it answers (counted in mcptap_k8s_api_errors_total; retrying)",
+                "Kubernetes API {}: {e}; pod and container names unavailable until it answers (counted in mcptap_k8s_api_errors_total; retrying)",
                 self.url
             );
+        } else {
+            debug!("Kubernetes API {} ({reason}): {e}", self.url);
         }
     }
 
@@ -434,56 +275,109 @@ impl<F: Fn(&'static str)> Outage<F> {
     }
 }
 
-/// List, then watch, forever: re-list on 410 Gone, back off on failures.
-pub async fn run<F: Fn(&'static str)>(client: Client, store: Arc<RwLock<Store>>, count: F) {
-    run_with(client, store, count, Backoff::default()).await
+/// Watches this node's pods into a [`Store`], forever.
+pub struct Watcher {
+    kube: kube::Config,
+    watch: watcher::Config,
+    url: String,
+    node: String,
 }
 
-async fn run_with<F: Fn(&'static str)>(
-    client: Client,
-    store: Arc<RwLock<Store>>,
-    count: F,
-    mut backoff: Backoff,
-) {
-    let mut outage = Outage::new(client.cfg.url(), count);
-    let mut first = true;
-    loop {
-        match client.list(&store).await {
-            Ok(n) => {
-                let node = client.cfg.node.clone();
-                outage.ok(|| format!("{n} pods on node {node}"));
-                if first {
-                    info!(
-                        "Kubernetes: {n} pods on node {node} from {}; watching",
-                        client.cfg.url()
-                    );
-                    first = false;
-                }
-                backoff.reset();
+impl Watcher {
+    /// A watcher for `cfg`; fails when the CA bundle is unreadable or the address unusable.
+    pub fn new(cfg: &Config) -> Result<Watcher, String> {
+        Ok(Watcher {
+            kube: cfg.kube()?,
+            watch: cfg.watcher(),
+            url: cfg.url(),
+            node: cfg.node.clone(),
+        })
+    }
+
+    /// List, then watch, forever, with kube's default backoff after failures (0.8 s doubling
+    /// to 30 s, with jitter). Must run in a Tokio runtime.
+    pub async fn run<F: Fn(&'static str)>(self, store: Arc<RwLock<Store>>, count: F) {
+        self.run_with(store, count, DefaultBackoff::default).await
+    }
+
+    async fn run_with<F, B>(self, store: Arc<RwLock<Store>>, count: F, backoff: impl Fn() -> B)
+    where
+        F: Fn(&'static str),
+        B: Backoff,
+    {
+        let mut outage = Outage::new(self.url.clone(), count);
+        // The process's rustls provider, should some other crate bring a second one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = match kube::Client::try_from(self.kube.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                (outage.count)(client_reason(&e).unwrap_or("http"));
+                warn!("Kubernetes API client: {e}; pod names are not looked up");
+                return;
             }
-            Err(f) => {
-                outage.failed(&f);
-                tokio::time::sleep(backoff.next_delay()).await;
-                continue;
-            }
-        }
+        };
+        let pods: Api<ApiPod> = Api::all(client);
+        let mut listed = false;
         loop {
-            let started = Instant::now();
-            match client.watch(&store).await {
-                Ok((Next::Relist, _)) => break,
-                Ok((_, events)) => {
-                    outage.ok(|| "watching".into());
-                    backoff.reset();
-                    // A server that ends watches at once must not make this spin.
-                    if events == 0 && started.elapsed() < Duration::from_secs(1) {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+            // Without `Init`, which comes before each list is asked for: the backoff resets
+            // on every item, and with it a list failing again and again would be retried at
+            // the shortest delay forever. The store does not need it (see `Store::apply`).
+            let events = watcher(pods.clone(), self.watch.clone())
+                .filter(|e| std::future::ready(!matches!(e, Ok(Event::Init))))
+                .backoff(backoff());
+            let mut events = pin!(events);
+            while let Some(item) = events.next().await {
+                match item {
+                    Ok(e) => self.applied(&store, e, &mut outage, &mut listed),
+                    Err(e) if watch_refused_gone(&e) => break,
+                    Err(e) => {
+                        store
+                            .write()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .list_failed();
+                        match reason(&e) {
+                            Some(r) => outage.failed(r, &e),
+                            None => debug!("Kubernetes API {}: {e}; listing again", self.url),
+                        }
                     }
                 }
-                Err(f) => {
-                    outage.failed(&f);
-                    tokio::time::sleep(backoff.next_delay()).await;
+            }
+            debug!(
+                "Kubernetes API {}: watch refused with 410 Gone; listing again",
+                self.url
+            );
+            tokio::time::sleep(RELIST_PAUSE).await;
+        }
+    }
+
+    /// One event into the store; the end of an outage, and the first list, logged.
+    fn applied<F: Fn(&'static str)>(
+        &self,
+        store: &RwLock<Store>,
+        e: Event<ApiPod>,
+        outage: &mut Outage<F>,
+        listed: &mut bool,
+    ) {
+        // A list's pages show the server answering, but only its end says how many pods.
+        let page = matches!(e, Event::InitApply(_));
+        let n = store
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(e, Instant::now());
+        let node = &self.node;
+        match n {
+            Some(n) => {
+                outage.ok(|| format!("{n} pods on node {node}"));
+                if !*listed {
+                    *listed = true;
+                    info!(
+                        "Kubernetes: {n} pods on node {node} from {}; watching",
+                        self.url
+                    );
                 }
             }
+            None if !page => outage.ok(|| "watching".into()),
+            None => {}
         }
     }
 }

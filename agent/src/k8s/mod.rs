@@ -5,10 +5,10 @@
 //! 1. The process's cgroup path ([`cgroup`]): container id, runtime and pod UID, with no API
 //!    server, read once per process with the rest of its metadata
 //!    ([`crate::capture::procinfo`]) and carried by every record's `client`/`server`.
-//! 2. The API server ([`api`], [`pods`]): the pods of this node, listed and watched with the
-//!    in-cluster service account, name the pod, its namespace and the container. Names are
-//!    filled in when signals leave the pipeline ([`enrich`]), so a pod the watch learns of
-//!    after its process was first seen is still named.
+//! 2. The API server ([`api`], [`pods`]): the pods of this node, listed and watched by the
+//!    `kube` crate's watcher with the in-cluster service account, name the pod, its namespace
+//!    and the container. Names are filled in when signals leave the pipeline ([`enrich`]), so
+//!    a pod the watch learns of after its process was first seen is still named.
 //!
 //! The watcher runs only in a pod (`KUBERNETES_SERVICE_HOST` and a service-account token)
 //! and with `--k8s auto`; it never blocks capture and its failures are counted
@@ -192,10 +192,20 @@ fn node_name(env: &impl Fn(&str) -> Option<String>) -> Option<String> {
     env("K8S_NODE_NAME").or_else(|| env("NODE_NAME"))
 }
 
+/// Keep libraries' `tracing` events out of the log. kube turns on `tracing`'s `log` feature,
+/// which makes the events of every crate that traces (kube, tower, h2, tonic) log records
+/// while no tracing subscriber is set: kube would log each failed request of an outage, and
+/// the body of each unreadable answer, besides the agent's one line per outage. A subscriber
+/// that takes nothing puts things back as they were before kube: those events go nowhere.
+fn quiet_tracing() {
+    let _ = tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::default());
+}
+
 /// Set up naming: always the node name (when given), and with `Mode::Auto` inside a pod, a
 /// thread that watches this node's pods. Never fails: without a cluster there is nothing to
 /// do, and API trouble is counted in `registry`.
 pub fn start(mode: Mode, registry: Arc<Mutex<Registry>>) {
+    quiet_tracing();
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let node = node_name(&env);
     let store = Arc::new(RwLock::new(Store::default()));
@@ -222,8 +232,8 @@ pub fn start(mode: Mode, registry: Arc<Mutex<Registry>>) {
         );
         return;
     };
-    let client = match api::Client::new(cfg) {
-        Ok(c) => c,
+    let watcher = match api::Watcher::new(&cfg) {
+        Ok(w) => w,
         Err(e) => {
             warn!("Kubernetes API client: {e}; pod names are not looked up");
             return;
@@ -240,7 +250,7 @@ pub fn start(mode: Mode, registry: Arc<Mutex<Registry>>) {
                 .enable_all()
                 .build()
             {
-                Ok(rt) => rt.block_on(api::run(client, store, count)),
+                Ok(rt) => rt.block_on(watcher.run(store, count)),
                 Err(e) => warn!("Kubernetes watcher: cannot start its runtime: {e}"),
             }
         });
@@ -259,14 +269,12 @@ mod tests {
     const UID: &str = "950cff9d-7e83-4951-83dd-180d4842c861";
 
     fn store() -> Arc<RwLock<Store>> {
-        let list = std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/src/k8s/testdata/pods-list-page1.json"
-        ))
-        .unwrap();
-        let page = pods::parse_list(&list).unwrap();
+        let listed = pods::tests::list("pods-list-page1.json");
         let mut s = Store::default();
-        s.replace(page.pods, page.resource_version, Instant::now());
+        s.replace(
+            listed.iter().filter_map(pods::Pod::from_api).collect(),
+            Instant::now(),
+        );
         Arc::new(RwLock::new(s))
     }
 
@@ -314,6 +322,33 @@ mod tests {
         ));
         assert_eq!(got.pod.as_deref(), Some("kube-apiserver-node-1"));
         assert_eq!(got.container, None);
+    }
+
+    /// Log records of one target, whatever else logs meanwhile.
+    struct Capture(Mutex<Vec<String>>);
+
+    impl log::Log for Capture {
+        fn enabled(&self, m: &log::Metadata) -> bool {
+            m.target() == "mcptap_quiet_tracing"
+        }
+        fn log(&self, r: &log::Record) {
+            if self.enabled(r.metadata()) {
+                self.0.lock().unwrap().push(r.args().to_string());
+            }
+        }
+        fn flush(&self) {}
+    }
+
+    #[test]
+    fn tracing_events_stay_out_of_the_log() {
+        let capture: &'static Capture = Box::leak(Box::new(Capture(Mutex::default())));
+        log::set_logger(capture).expect("no other test sets a logger");
+        log::set_max_level(log::LevelFilter::Trace);
+        // As kube's would before a subscriber is set: through `tracing`'s log feature.
+        tracing::warn!(target: "mcptap_quiet_tracing", "before");
+        quiet_tracing();
+        tracing::warn!(target: "mcptap_quiet_tracing", "after");
+        assert_eq!(*capture.0.lock().unwrap(), ["before"]);
     }
 
     #[test]

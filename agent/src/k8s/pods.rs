@@ -1,16 +1,21 @@
-//! The pods of this node as the API server describes them, reduced to what names a process:
-//! pod UID → name and namespace, container id → container name. Pure: bytes from the API
-//! server in, a [`Store`] updated; the network side is [`super::api`].
+//! The pods of this node reduced to what names a process: pod UID → name and namespace,
+//! container id → container name and runtime. Pure: the watcher's events (kube's
+//! [`Event`] of `k8s_openapi` pods) in, a [`Store`] updated; reading them off the API server
+//! is [`super::api`]'s part (and kube's).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
+use k8s_openapi::api::core::v1::Pod as ApiPod;
+use kube::runtime::watcher::Event;
 
 /// How long a deleted pod stays resolvable: a process's last records (its session's end, an
 /// exchange cut short) are often reported after the API server has let the pod go.
 pub const DELETED_GRACE: Duration = Duration::from_secs(300);
+
+/// The annotation a static pod's mirror carries: the static pod's own UID (its manifest's
+/// hash), which is what its cgroups carry.
+const MIRROR: &str = "kubernetes.io/config.mirror";
 
 /// One container of a pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,164 +44,44 @@ pub struct Pod {
     pub containers: Vec<Container>,
 }
 
-// The API objects, reduced to the fields read; everything else is skipped by serde.
-
-#[derive(Deserialize)]
-struct PodObject {
-    #[serde(default)]
-    metadata: ObjectMeta,
-    #[serde(default)]
-    status: Option<PodStatus>,
-}
-
-#[derive(Deserialize, Default)]
-struct ObjectMeta {
-    #[serde(default)]
-    uid: String,
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    namespace: String,
-    #[serde(default, rename = "resourceVersion")]
-    resource_version: String,
-    #[serde(default)]
-    annotations: Option<HashMap<String, String>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct PodStatus {
-    #[serde(default)]
-    container_statuses: Option<Vec<ContainerStatus>>,
-    #[serde(default)]
-    init_container_statuses: Option<Vec<ContainerStatus>>,
-    #[serde(default)]
-    ephemeral_container_statuses: Option<Vec<ContainerStatus>>,
-}
-
-#[derive(Deserialize)]
-struct ContainerStatus {
-    name: String,
-    #[serde(default, rename = "containerID")]
-    container_id: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ListMeta {
-    #[serde(default, rename = "resourceVersion")]
-    resource_version: String,
-    #[serde(default, rename = "continue")]
-    cont: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct PodListObject {
-    metadata: ListMeta,
-    #[serde(default)]
-    items: Vec<PodObject>,
-}
-
-#[derive(Deserialize)]
-struct WatchEvent<'a> {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(borrow)]
-    object: &'a RawValue,
-}
-
-#[derive(Deserialize)]
-struct StatusObject {
-    #[serde(default)]
-    code: u16,
-    #[serde(default)]
-    reason: String,
-    #[serde(default)]
-    message: String,
-}
-
-impl PodObject {
-    fn into_pod(self) -> Option<Pod> {
-        let m = self.metadata;
-        if m.uid.is_empty() {
-            return None;
-        }
-        let mut containers = Vec::new();
-        if let Some(st) = self.status {
-            for cs in [
-                st.init_container_statuses,
-                st.container_statuses,
-                st.ephemeral_container_statuses,
+impl Pod {
+    /// What names a process, from the API server's pod; `None` without a UID.
+    pub fn from_api(p: &ApiPod) -> Option<Pod> {
+        let m = &p.metadata;
+        let uid = m.uid.as_deref().filter(|u| !u.is_empty())?;
+        let statuses = p.status.iter().flat_map(|st| {
+            [
+                &st.init_container_statuses,
+                &st.container_statuses,
+                &st.ephemeral_container_statuses,
             ]
-            .into_iter()
+        });
+        let containers = statuses
             .flatten()
             .flatten()
-            {
+            .filter_map(|cs| {
                 // `containerd://<id>`; empty until the container has been created.
-                let Some((runtime, id)) =
-                    cs.container_id.as_deref().and_then(|c| c.split_once("://"))
-                else {
-                    continue;
-                };
-                if id.is_empty() {
-                    continue;
-                }
-                containers.push(Container {
+                let (runtime, id) = cs.container_id.as_deref()?.split_once("://")?;
+                (!id.is_empty()).then(|| Container {
                     id: id.to_ascii_lowercase(),
                     runtime: runtime.to_string(),
-                    name: cs.name,
-                });
-            }
-        }
+                    name: cs.name.clone(),
+                })
+            })
+            .collect();
         let mirror_of = m
             .annotations
             .as_ref()
-            .and_then(|a| a.get("kubernetes.io/config.mirror"))
+            .and_then(|a| a.get(MIRROR))
             .map(|h| h.to_ascii_lowercase());
         Some(Pod {
-            uid: m.uid.to_ascii_lowercase(),
-            name: m.name,
-            namespace: m.namespace,
+            uid: uid.to_ascii_lowercase(),
+            name: m.name.clone().unwrap_or_default(),
+            namespace: m.namespace.clone().unwrap_or_default(),
             mirror_of,
             containers,
         })
     }
-}
-
-/// One page of a pod list.
-#[derive(Debug)]
-pub struct ListPage {
-    /// The pods on it.
-    pub pods: Vec<Pod>,
-    /// The list's `resourceVersion`: where a watch starts.
-    pub resource_version: String,
-    /// Token for the next page, if there is one.
-    pub cont: Option<String>,
-}
-
-/// Parse a `PodList` response body.
-pub fn parse_list(body: &[u8]) -> Result<ListPage, String> {
-    let l: PodListObject =
-        serde_json::from_slice(body).map_err(|e| format!("pod list is not a PodList: {e}"))?;
-    Ok(ListPage {
-        pods: l
-            .items
-            .into_iter()
-            .filter_map(PodObject::into_pod)
-            .collect(),
-        resource_version: l.metadata.resource_version,
-        cont: l.metadata.cont.filter(|c| !c.is_empty()),
-    })
-}
-
-/// What a watch stream says to do next.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Next {
-    /// Keep reading.
-    Continue,
-    /// The resource version is too old (410 Gone, `Expired`): list again.
-    Relist,
-    /// The server reported another error, or sent something unreadable.
-    Failed(String),
 }
 
 /// The pods known, indexed for lookups by UID, static-pod hash and container id.
@@ -209,8 +94,9 @@ pub struct Store {
     aliases: HashMap<String, String>,
     /// Container id → pod UID.
     by_container: HashMap<String, String>,
-    /// Where the next watch starts.
-    pub resource_version: String,
+    /// A list under way: the pods of its pages so far. Lookups keep seeing the previous state
+    /// until the list is complete.
+    listing: Option<Vec<Pod>>,
     /// Bumped on every change, so that callers can cache what they derived.
     pub generation: u64,
 }
@@ -272,10 +158,9 @@ impl Store {
         }
     }
 
-    /// A fresh list: these are the pods now; the others are deleted as of `now`.
-    pub fn replace(&mut self, pods: Vec<Pod>, resource_version: String, now: Instant) {
-        let present: std::collections::HashSet<&str> =
-            pods.iter().map(|p| p.uid.as_str()).collect();
+    /// A complete list: these are the pods now; the others are deleted as of `now`.
+    pub fn replace(&mut self, pods: Vec<Pod>, now: Instant) {
+        let present: HashSet<&str> = pods.iter().map(|p| p.uid.as_str()).collect();
         let gone: Vec<String> = self
             .pods
             .keys()
@@ -288,55 +173,47 @@ impl Store {
         for p in pods {
             self.upsert(p);
         }
-        self.resource_version = resource_version;
         self.expire(now);
     }
 
-    /// Apply one line of a watch stream (a `WatchEvent`).
-    pub fn apply_event(&mut self, line: &[u8], now: Instant) -> Next {
-        let ev: WatchEvent = match serde_json::from_slice(line) {
-            Ok(e) => e,
-            Err(e) => return Next::Failed(format!("unreadable watch event: {e}")),
-        };
-        if ev.kind == "ERROR" {
-            let st: StatusObject = serde_json::from_str(ev.object.get()).unwrap_or(StatusObject {
-                code: 0,
-                reason: String::new(),
-                message: ev.object.get().chars().take(200).collect(),
-            });
-            return if st.code == 410 || st.reason == "Expired" || st.reason == "Gone" {
-                Next::Relist
-            } else {
-                Next::Failed(format!(
-                    "watch error {} {}: {}",
-                    st.code, st.reason, st.message
-                ))
-            };
-        }
-        let obj: PodObject = match serde_json::from_str(ev.object.get()) {
-            Ok(o) => o,
-            Err(e) => return Next::Failed(format!("unreadable pod in {} event: {e}", ev.kind)),
-        };
-        let rv = obj.metadata.resource_version.clone();
-        match ev.kind.as_str() {
-            "ADDED" | "MODIFIED" => {
-                if let Some(p) = obj.into_pod() {
+    /// Apply one event of kube's watcher. `Some(n)` when it completed a list of `n` pods.
+    ///
+    /// A list arrives as `Init`, an `InitApply` per pod and `InitDone`; the store takes it
+    /// whole at `InitDone` (pods missing from it were deleted meanwhile). `Init` itself is not
+    /// needed: a list that fails part-way is dropped by [`Store::list_failed`], and the next
+    /// `InitApply` starts a new one.
+    pub fn apply(&mut self, event: Event<ApiPod>, now: Instant) -> Option<usize> {
+        let mut listed = None;
+        match event {
+            Event::Init => self.listing = Some(Vec::new()),
+            Event::InitApply(p) => {
+                let listing = self.listing.get_or_insert_default();
+                listing.extend(Pod::from_api(&p));
+            }
+            Event::InitDone => {
+                let pods = self.listing.take().unwrap_or_default();
+                listed = Some(pods.len());
+                self.replace(pods, now);
+            }
+            Event::Apply(p) => {
+                if let Some(p) = Pod::from_api(&p) {
                     self.upsert(p);
                 }
             }
-            "DELETED" => {
-                let uid = obj.metadata.uid.to_ascii_lowercase();
-                self.delete(&uid, now);
+            Event::Delete(p) => {
+                if let Some(uid) = p.metadata.uid.as_deref() {
+                    self.delete(&uid.to_ascii_lowercase(), now);
+                }
             }
-            // Only moves the resource version forward.
-            "BOOKMARK" => {}
-            other => return Next::Failed(format!("unknown watch event type {other:?}")),
-        }
-        if !rv.is_empty() {
-            self.resource_version = rv;
         }
         self.expire(now);
-        Next::Continue
+        listed
+    }
+
+    /// The watcher failed: a list under way starts over (kube lists again from its first
+    /// page), so the pages gathered so far are dropped. Nothing a lookup sees changes.
+    pub fn list_failed(&mut self) {
+        self.listing = None;
     }
 
     /// The pod whose cgroups carry `uid` (its own UID, or a static pod's hash).
@@ -361,11 +238,14 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! On the fixtures under `testdata/`: a `PodList` in two pages, two watch streams and a
-    //! re-list, written in the API server's JSON shapes (v1 `PodList`, `WatchEvent` lines,
-    //! a 410 `Status`). No cluster runs here: the bytes are hand-made, not recorded.
+    //! re-list, written in the API server's JSON shapes (v1 `PodList`, `WatchEvent` lines)
+    //! and decoded with kube's own types. No cluster runs here: the bytes are hand-made, not
+    //! recorded. What the watcher makes of a stream (bookmarks, 410) is tested with the
+    //! client, in `api/tests.rs`.
     use super::*;
+    use kube::core::{ObjectList, WatchEvent};
 
     pub(crate) const POD_A: &str = "950cff9d-7e83-4951-83dd-180d4842c861";
     const POD_B: &str = "34a2a350-b336-479f-847f-0675018c72c7";
@@ -385,21 +265,48 @@ mod tests {
         .unwrap()
     }
 
-    fn listed(now: Instant) -> Store {
-        let p1 = parse_list(&fixture("pods-list-page1.json")).unwrap();
-        let p2 = parse_list(&fixture("pods-list-page2.json")).unwrap();
-        assert!(p1.cont.is_some());
-        assert_eq!(p2.cont, None);
+    /// The pods of a `PodList` fixture, as kube decodes them.
+    pub(crate) fn list(name: &str) -> Vec<ApiPod> {
+        serde_json::from_slice::<ObjectList<ApiPod>>(&fixture(name))
+            .unwrap()
+            .items
+    }
+
+    /// The watcher's events for a watch-stream fixture, as kube decodes its lines: bookmarks
+    /// and errors stay with the watcher.
+    fn watch(name: &str) -> Vec<Event<ApiPod>> {
+        fixture(name)
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .filter_map(
+                |l| match serde_json::from_slice::<WatchEvent<ApiPod>>(l).unwrap() {
+                    WatchEvent::Added(p) | WatchEvent::Modified(p) => Some(Event::Apply(p)),
+                    WatchEvent::Deleted(p) => Some(Event::Delete(p)),
+                    WatchEvent::Bookmark(_) | WatchEvent::Error(_) => None,
+                },
+            )
+            .collect()
+    }
+
+    /// A list, as the watcher delivers it.
+    fn listed(s: &mut Store, pods: Vec<ApiPod>, now: Instant) -> Option<usize> {
+        s.apply(Event::Init, now);
+        for p in pods {
+            s.apply(Event::InitApply(p), now);
+        }
+        s.apply(Event::InitDone, now)
+    }
+
+    fn both_pages(now: Instant) -> Store {
         let mut s = Store::default();
-        let rv = p2.resource_version.clone();
-        s.replace(p1.pods.into_iter().chain(p2.pods).collect(), rv, now);
+        let pods = [list("pods-list-page1.json"), list("pods-list-page2.json")].concat();
+        assert_eq!(listed(&mut s, pods, now), Some(3));
         s
     }
 
     #[test]
     fn a_listed_pod_names_its_containers_and_static_pods_their_hash() {
-        let s = listed(Instant::now());
-        assert_eq!(s.resource_version, "1000");
+        let s = both_pages(Instant::now());
         assert_eq!(s.live().count(), 3);
         let (pod, c) = s.container(A_SERVER).unwrap();
         assert_eq!(
@@ -422,15 +329,18 @@ mod tests {
     }
 
     #[test]
-    fn watch_events_update_the_store_and_the_resource_version() {
+    fn watch_events_update_the_store() {
         let t0 = Instant::now();
-        let mut s = listed(t0);
-        let lines = fixture("watch-1.jsonl");
-        let mut steps = Vec::new();
-        for l in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            steps.push(s.apply_event(l, t0));
+        let mut s = both_pages(t0);
+        let events = watch("watch-1.jsonl");
+        assert_eq!(
+            events.len(),
+            3,
+            "MODIFIED, ADDED, DELETED; the BOOKMARK is kube's"
+        );
+        for e in events {
+            assert_eq!(s.apply(e, t0), None);
         }
-        assert_eq!(steps, vec![Next::Continue; 4]);
         // MODIFIED: the pending pod's container started.
         assert_eq!(s.container(C_NOTES).unwrap().1.name, "notes");
         // ADDED, on CRI-O.
@@ -442,28 +352,21 @@ mod tests {
         // DELETED: no longer live, still resolvable for a while.
         assert!(s.live().all(|p| p.uid != POD_A));
         assert_eq!(s.container(A_SERVER).unwrap().0.uid, POD_A);
-        // BOOKMARK: only the resource version moves.
-        assert_eq!(s.resource_version, "1010");
         s.expire(t0 + DELETED_GRACE);
         assert!(s.container(A_SERVER).is_none());
         assert!(s.pod(POD_A).is_none());
 
-        let lines = fixture("watch-2.jsonl");
-        let mut it = lines.split(|b| *b == b'\n').filter(|l| !l.is_empty());
-        assert_eq!(s.apply_event(it.next().unwrap(), t0), Next::Continue);
+        for e in watch("watch-2.jsonl") {
+            s.apply(e, t0);
+        }
         assert_eq!(s.pod(POD_E).unwrap().name, "mcp-git-1");
-        assert_eq!(s.resource_version, "1011");
-        // ERROR 410 Expired: list again.
-        assert_eq!(s.apply_event(it.next().unwrap(), t0), Next::Relist);
     }
 
     #[test]
     fn a_relist_drops_what_it_no_longer_has() {
         let t0 = Instant::now();
-        let mut s = listed(t0);
-        let relist = parse_list(&fixture("pods-list-relist.json")).unwrap();
-        s.replace(relist.pods, relist.resource_version, t0);
-        assert_eq!(s.resource_version, "2000");
+        let mut s = both_pages(t0);
+        assert_eq!(listed(&mut s, list("pods-list-relist.json"), t0), Some(5));
         let mut live: Vec<&str> = s.live().map(|p| p.name.as_str()).collect();
         live.sort();
         assert_eq!(
@@ -487,44 +390,62 @@ mod tests {
     }
 
     #[test]
+    fn a_list_counts_only_when_complete_and_a_failed_one_is_dropped() {
+        let t0 = Instant::now();
+        let mut s = both_pages(t0);
+        let g = s.generation;
+        // A re-list's first page arrives, then the next page fails: lookups never see it.
+        s.apply(Event::Init, t0);
+        for p in list("pods-list-relist.json") {
+            assert_eq!(s.apply(Event::InitApply(p), t0), None);
+        }
+        assert_eq!(s.generation, g, "nothing a lookup sees has changed");
+        assert!(s.pod(POD_E).is_none());
+        s.list_failed();
+        // kube lists again from the first page: only that list counts.
+        for p in list("pods-list-page2.json") {
+            s.apply(Event::InitApply(p), t0);
+        }
+        assert_eq!(s.apply(Event::InitDone, t0), Some(1));
+        assert!(
+            s.pod(POD_E).is_none(),
+            "the failed list's pods were dropped"
+        );
+        assert!(s.generation > g);
+        let live: Vec<&str> = s.live().map(|p| p.name.as_str()).collect();
+        assert_eq!(live, ["mcp-notes-0"]);
+    }
+
+    #[test]
     fn generation_moves_with_every_change() {
         let t0 = Instant::now();
         let mut s = Store::default();
         let g0 = s.generation;
-        s.replace(
-            parse_list(&fixture("pods-list-page2.json")).unwrap().pods,
-            "5".into(),
-            t0,
-        );
+        listed(&mut s, list("pods-list-page2.json"), t0);
         let g1 = s.generation;
         assert!(g1 > g0);
-        // A bookmark changes nothing a lookup sees.
-        let bm = br#"{"type":"BOOKMARK","object":{"kind":"Pod","apiVersion":"v1","metadata":{"resourceVersion":"9"},"spec":{"containers":null},"status":{}}}"#;
-        assert_eq!(s.apply_event(bm, t0), Next::Continue);
-        assert_eq!((s.generation, s.resource_version.as_str()), (g1, "9"));
-        s.delete(POD_C, t0);
+        // Deleting a pod the store never had changes nothing a lookup sees.
+        let mut ghost = list("pods-list-page2.json").remove(0);
+        ghost.metadata.uid = Some("00000000-0000-0000-0000-000000000000".into());
+        s.apply(Event::Delete(ghost), t0);
+        assert_eq!(s.generation, g1);
+        s.apply(Event::Delete(list("pods-list-page2.json").remove(0)), t0);
         assert!(s.generation > g1);
     }
 
     #[test]
-    fn bad_lines_and_other_errors_fail_without_touching_the_store() {
-        let t0 = Instant::now();
-        let mut s = listed(t0);
-        let g = s.generation;
-        for line in [
-            &b"not json"[..],
-            br#"{"type":"ERROR","object":{"kind":"Status","code":500,"reason":"InternalError","message":"etcd is sad"}}"#,
-            br#"{"type":"SOMETHING","object":{"metadata":{"uid":"x"}}}"#,
-            br#"{"type":"ADDED","object":[1,2]}"#,
-        ] {
-            assert!(
-                matches!(s.apply_event(line, t0), Next::Failed(_)),
-                "{}",
-                String::from_utf8_lossy(line)
-            );
+    fn a_pod_without_uid_or_started_containers_names_nothing_it_lacks() {
+        let mut p = list("pods-list-page1.json").remove(0);
+        let full = Pod::from_api(&p).unwrap();
+        assert!(!full.containers.is_empty());
+        if let Some(st) = p.status.as_mut() {
+            for cs in st.container_statuses.iter_mut().flatten() {
+                cs.container_id = Some("containerd://".into());
+            }
+            st.init_container_statuses = None;
         }
-        assert_eq!(s.generation, g);
-        assert_eq!(s.resource_version, "1000");
-        assert!(parse_list(b"{\"kind\":\"Status\",\"code\":403}").is_err());
+        assert!(Pod::from_api(&p).unwrap().containers.is_empty());
+        p.metadata.uid = None;
+        assert_eq!(Pod::from_api(&p), None);
     }
 }

@@ -1,15 +1,21 @@
-//! The API client against a stand-in API server: no cluster runs here. A TLS server on
-//! 127.0.0.1 (certificate signed by the test CA in `testdata/`) answers each request with the
-//! next scripted reply, built from the fixture files: a pod list in two pages, watch streams
-//! with ADDED, MODIFIED, DELETED, BOOKMARK and an ERROR 410, a re-list, and failures. The
-//! fixtures follow the API server's JSON shapes but were written by hand, not recorded.
+//! The watcher against a stand-in API server: no cluster runs here. An HTTPS server on
+//! 127.0.0.1 (hyper, rustls, a certificate signed by the test CA in `testdata/`) answers each
+//! request kube sends with the next scripted reply, built from the fixture files: a pod list
+//! in two pages, watch streams with ADDED, MODIFIED, DELETED, BOOKMARK and an ERROR 410, a
+//! re-list, and failures. The fixtures follow the API server's JSON shapes but were written
+//! by hand, not recorded. Every wait is for what is asserted, with a deadline.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::convert::Infallible;
+use std::sync::Mutex;
 
+use bytes::Bytes;
+use futures::StreamExt as _;
+use futures::stream::{self, BoxStream};
+use http_body_util::{BodyExt as _, StreamBody, combinators::UnsyncBoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::PrivateKeyDer;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use rustls::pki_types::pem::PemObject as _;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -32,14 +38,134 @@ enum Reply {
     /// 200 with a chunked body: these lines, each split across two chunks (as a real stream
     /// may cut them), then the end of the stream.
     Stream(Vec<u8>),
-    /// 200, chunked, and then nothing: a watch with no news.
+    /// 200, chunked, and then nothing: a watch with no news, ended after the request's
+    /// `timeoutSeconds` as the API server does.
     Hold,
 }
 
-/// Requests seen: (request target, Authorization header, Host header).
-type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
+/// One request, as the stand-in saw it.
+#[derive(Clone, Debug)]
+struct Seen {
+    /// The request target as sent.
+    target: String,
+    path: String,
+    /// The query, decoded.
+    query: Vec<(String, String)>,
+    authorization: String,
+    host: String,
+}
 
-async fn serve(replies: Vec<Reply>) -> (u16, Seen) {
+impl Seen {
+    fn q(&self, key: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn is_watch(&self) -> bool {
+        self.q("watch") == Some("true")
+    }
+}
+
+/// `application/x-www-form-urlencoded` decoding, as kube encodes its queries.
+fn form_decode(s: &str) -> String {
+    let mut out = Vec::new();
+    let mut b = s.bytes();
+    while let Some(c) = b.next() {
+        match c {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex: String = b.by_ref().take(2).map(char::from).collect();
+                out.push(u8::from_str_radix(&hex, 16).unwrap());
+            }
+            c => out.push(c),
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+fn seen(req: &hyper::Request<Incoming>) -> Seen {
+    let header = |h: hyper::header::HeaderName| {
+        req.headers()
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let query = req
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (form_decode(k), form_decode(v)))
+        .collect();
+    Seen {
+        target: req.uri().to_string(),
+        path: req.uri().path().to_string(),
+        query,
+        authorization: header(hyper::header::AUTHORIZATION),
+        host: header(hyper::header::HOST),
+    }
+}
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+fn chunks(frames: Vec<Bytes>) -> Body {
+    let frames = frames.into_iter().map(|b| Ok(Frame::data(b)));
+    StreamBody::new(stream::iter(frames)).boxed_unsync()
+}
+
+/// The response to `req`: the script's next reply. Past its end a watch is held, and a list
+/// refused, so that an unexpected request shows.
+fn respond(reply: Option<Reply>, req: &Seen) -> hyper::Response<Body> {
+    let reply = reply.unwrap_or_else(|| match req.is_watch() {
+        true => Reply::Hold,
+        false => Reply::Body(500, b"script exhausted".to_vec()),
+    });
+    let (code, body) = match reply {
+        Reply::Body(code, body) => (code, chunks(vec![body.into()])),
+        Reply::Stream(lines) => {
+            let parts = lines
+                .split_inclusive(|b| *b == b'\n')
+                .flat_map(|l| {
+                    let (a, b) = l.split_at(l.len() / 2);
+                    [Bytes::copy_from_slice(a), Bytes::copy_from_slice(b)]
+                })
+                .collect();
+            (200, chunks(parts))
+        }
+        Reply::Hold => {
+            let secs = req.q("timeoutSeconds").and_then(|s| s.parse().ok());
+            let held: BoxStream<'static, Result<Frame<Bytes>, Infallible>> = stream::once(
+                tokio::time::sleep(Duration::from_secs(secs.unwrap_or(3600))),
+            )
+            .filter_map(|()| std::future::ready(None))
+            .boxed();
+            (200, StreamBody::new(held).boxed_unsync())
+        }
+    };
+    hyper::Response::builder()
+        .status(code)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .unwrap()
+}
+
+/// The stand-in's address and what it saw.
+struct Server {
+    port: u16,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Server {
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn tls_acceptor() -> TlsAcceptor {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(testdata("server.crt"))
         .unwrap()
         .collect::<Result<_, _>>()
@@ -53,88 +179,54 @@ async fn serve(replies: Vec<Reply>) -> (u16, Seen) {
     .with_no_client_auth()
     .with_single_cert(certs, key)
     .unwrap();
-    let acceptor = TlsAcceptor::from(Arc::new(cfg));
+    TlsAcceptor::from(Arc::new(cfg))
+}
+
+/// HTTP/1.1 over TLS with keep-alive, as the API server answers kube.
+async fn serve(replies: Vec<Reply>) -> Server {
+    let acceptor = tls_acceptor();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let seen: Seen = Arc::default();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let replies = Arc::new(Mutex::new(replies.into_iter()));
-    let seen2 = seen.clone();
+    let server = Server {
+        port,
+        seen: seen.clone(),
+    };
     tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let acceptor = acceptor.clone();
-            let seen = seen2.clone();
-            let replies = replies.clone();
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, seen, replies) = (acceptor.clone(), seen.clone(), replies.clone());
             tokio::spawn(async move {
                 // A client that rejects our certificate ends here.
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tls.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&head).into_owned();
-                let target = head.split(' ').nth(1).unwrap_or("").to_string();
-                let header = |name: &str| {
-                    head.lines()
-                        .find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-                        })
-                        .unwrap_or_default()
-                };
-                let (auth, host) = (header("authorization"), header("host"));
-                seen.lock().unwrap().push((target, auth, host));
-                let reply = replies.lock().unwrap().next();
-                let chunked = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
-                match reply {
-                    Some(Reply::Body(code, body)) => {
-                        let head = format!(
-                            "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                            body.len()
-                        );
-                        let _ = tls.write_all(head.as_bytes()).await;
-                        let _ = tls.write_all(&body).await;
-                    }
-                    Some(Reply::Stream(lines)) => {
-                        let _ = tls.write_all(chunked.as_bytes()).await;
-                        for line in lines.split_inclusive(|b| *b == b'\n') {
-                            let (a, b) = line.split_at(line.len() / 2);
-                            for part in [a, b] {
-                                let chunk =
-                                    [format!("{:x}\r\n", part.len()).as_bytes(), part, b"\r\n"]
-                                        .concat();
-                                let _ = tls.write_all(&chunk).await;
-                                let _ = tls.flush().await;
-                            }
-                        }
-                        let _ = tls.write_all(b"0\r\n\r\n").await;
-                    }
-                    Some(Reply::Hold) | None => {
-                        let _ = tls.write_all(chunked.as_bytes()).await;
-                        let _ = tls.flush().await;
-                        tokio::time::sleep(Duration::from_secs(3600)).await;
-                    }
-                }
-                let _ = tls.shutdown().await;
+                let service = hyper::service::service_fn(move |req| {
+                    let req = seen_and_recorded(&req, &seen);
+                    let reply = replies.lock().unwrap().next();
+                    std::future::ready(Ok::<_, Infallible>(respond(reply, &req)))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
             });
         }
     });
-    (port, seen)
+    server
 }
 
-/// A service-account directory with `token`, and a config for the server on `port`.
+fn seen_and_recorded(req: &hyper::Request<Incoming>, all: &Mutex<Vec<Seen>>) -> Seen {
+    let s = seen(req);
+    all.lock().unwrap().push(s.clone());
+    s
+}
+
+/// A service-account directory with `token` and `ca`, and a config for the server on `port`.
 fn config(name: &str, port: u16, ca: &str) -> Config {
     let dir = std::env::temp_dir().join(format!("mcptap-k8s-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("token"), "test-token\n").unwrap();
+    // As the kubelet writes it: no newline.
+    std::fs::write(dir.join("token"), "test-token").unwrap();
     std::fs::copy(testdata(ca), dir.join("ca.crt")).unwrap();
     let env = |k: &str| match k {
         "KUBERNETES_SERVICE_HOST" => Some("127.0.0.1".to_string()),
@@ -144,26 +236,86 @@ fn config(name: &str, port: u16, ca: &str) -> Config {
     Config::in_cluster(env, &dir, "node-1").expect("in-cluster config")
 }
 
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..1000 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+/// Retries after 10 ms, and notes each delay it gives and each reset.
+#[derive(Clone, Default)]
+struct Quick(Arc<Mutex<Vec<&'static str>>>);
+
+impl Iterator for Quick {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        self.0.lock().unwrap().push("delay");
+        Some(Duration::from_millis(10))
     }
-    panic!("timed out waiting for {what}");
 }
 
-fn live_names(store: &RwLock<Store>) -> Vec<String> {
-    let s = store.read().unwrap();
-    let mut v: Vec<String> = s.live().map(|p| p.name.clone()).collect();
-    v.sort();
-    v
+impl Backoff for Quick {
+    fn reset(&mut self) {
+        self.0.lock().unwrap().push("reset");
+    }
 }
+
+/// What a running watcher did: its store, the reasons counted, its backoff's log.
+struct Running {
+    store: Arc<RwLock<Store>>,
+    reasons: Arc<Mutex<Vec<&'static str>>>,
+    backoff: Quick,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    fn reasons(&self) -> Vec<&'static str> {
+        self.reasons.lock().unwrap().clone()
+    }
+
+    fn live(&self) -> Vec<String> {
+        let s = self.store.read().unwrap();
+        let mut v: Vec<String> = s.live().map(|p| p.name.clone()).collect();
+        v.sort();
+        v
+    }
+}
+
+fn start(w: Watcher) -> Running {
+    let store = Arc::new(RwLock::new(Store::default()));
+    let reasons: Arc<Mutex<Vec<&'static str>>> = Arc::default();
+    let backoff = Quick::default();
+    let (r, b) = (reasons.clone(), backoff.clone());
+    let task = tokio::spawn(w.run_with(
+        store.clone(),
+        move |reason| r.lock().unwrap().push(reason),
+        move || b.clone(),
+    ));
+    Running {
+        store,
+        reasons,
+        backoff,
+        task,
+    }
+}
+
+/// Wait until `cond` holds, for at most `within`.
+async fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+const RELISTED: [&str; 5] = [
+    "kube-apiserver-node-1",
+    "late-arrival-6f7d",
+    "mcp-git-1",
+    "mcp-notes-0",
+    "tools-runner-5c4b9",
+];
 
 #[tokio::test]
 async fn lists_in_pages_watches_from_bookmarks_and_relists_on_410() {
-    let (port, seen) = serve(vec![
+    let server = serve(vec![
         Reply::Body(200, fixture("pods-list-page1.json")),
         Reply::Body(200, fixture("pods-list-page2.json")),
         Reply::Stream(fixture("watch-1.jsonl")),
@@ -172,129 +324,179 @@ async fn lists_in_pages_watches_from_bookmarks_and_relists_on_410() {
         Reply::Hold,
     ])
     .await;
-    let client = Client::new(config("happy", port, "ca.crt")).unwrap();
-    let store = Arc::new(RwLock::new(Store::default()));
-    let errors = Arc::new(AtomicU64::new(0));
-    let e2 = errors.clone();
-    let task = tokio::spawn(run_with(
-        client,
-        store.clone(),
-        move |_| {
-            e2.fetch_add(1, Ordering::Relaxed);
-        },
-        Backoff::starting(Duration::from_millis(10)),
-    ));
-    wait_for("six requests", || seen.lock().unwrap().len() >= 6).await;
-    wait_for("the re-list", || {
-        store.read().unwrap().resource_version == "2000"
+    let w = start(Watcher::new(&config("happy", server.port, "ca.crt")).unwrap());
+    wait_for("six requests", Duration::from_secs(10), || {
+        server.seen().len() >= 6
     })
     .await;
-    task.abort();
+    wait_for("the re-list", Duration::from_secs(10), || {
+        w.live() == RELISTED
+    })
+    .await;
+    w.task.abort();
 
-    let seen = seen.lock().unwrap().clone();
-    let sel = "fieldSelector=spec.nodeName%3Dnode-1";
-    let targets: Vec<&str> = seen.iter().map(|(t, ..)| t.as_str()).collect();
-    assert_eq!(targets[0], format!("/api/v1/pods?{sel}&limit=500"));
-    assert!(
-        targets[1].starts_with(&format!("/api/v1/pods?{sel}&limit=500&continue=eyJ2Ij")),
-        "{}",
-        targets[1]
-    );
-    let watch = |rv: &str| {
-        format!(
-            "/api/v1/pods?{sel}&watch=true&allowWatchBookmarks=true&timeoutSeconds=290&resourceVersion={rv}"
-        )
+    let seen = server.seen();
+    for s in &seen {
+        assert_eq!(s.path, "/api/v1/pods", "all namespaces: {s:?}");
+        assert_eq!(s.q("fieldSelector"), Some("spec.nodeName=node-1"), "{s:?}");
+        assert!(
+            s.target.contains("fieldSelector=spec.nodeName%3Dnode-1"),
+            "{s:?}"
+        );
+        assert_eq!(s.authorization, "Bearer test-token");
+        assert_eq!(s.host, format!("127.0.0.1:{}", server.port));
+    }
+    let list = |s: &Seen, cont: Option<&str>| {
+        assert!(!s.is_watch() && s.q("limit") == Some("500"), "{s:?}");
+        assert_eq!(s.q("continue"), cont, "{s:?}");
     };
+    let watch = |s: &Seen, rv: &str| {
+        assert!(s.is_watch(), "{s:?}");
+        assert_eq!(s.q("allowWatchBookmarks"), Some("true"), "{s:?}");
+        assert_eq!(s.q("timeoutSeconds"), Some("290"), "{s:?}");
+        assert_eq!(s.q("resourceVersion"), Some(rv), "{s:?}");
+    };
+    list(&seen[0], None);
+    let page1: serde_json::Value =
+        serde_json::from_slice(&fixture("pods-list-page1.json")).unwrap();
+    list(&seen[1], page1["metadata"]["continue"].as_str());
     // From the list's version; then from the bookmark that ended the first stream.
-    assert_eq!(targets[2], watch("1000"));
-    assert_eq!(targets[3], watch("1010"));
+    watch(&seen[2], "1000");
+    watch(&seen[3], "1010");
     // ERROR 410 in the stream: list again, then watch from the new list.
-    assert_eq!(targets[4], format!("/api/v1/pods?{sel}&limit=500"));
-    assert_eq!(targets[5], watch("2000"));
-    assert!(
-        seen.iter()
-            .all(|(_, a, h)| a == "Bearer test-token" && *h == format!("127.0.0.1:{port}")),
-        "{seen:?}"
-    );
-    assert_eq!(
-        live_names(&store),
-        [
-            "kube-apiserver-node-1",
-            "late-arrival-6f7d",
-            "mcp-git-1",
-            "mcp-notes-0",
-            "tools-runner-5c4b9"
-        ]
-    );
-    assert_eq!(errors.load(Ordering::Relaxed), 0);
+    list(&seen[4], None);
+    watch(&seen[5], "2000");
+    assert_eq!(w.reasons(), [] as [&str; 0], "410 is not a failure");
 }
 
 #[tokio::test]
-async fn failures_are_counted_and_retried_and_the_token_is_reread() {
+async fn failures_are_counted_by_reason_and_backed_off() {
     let forbidden = br#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"pods is forbidden: User \"system:serviceaccount:mcptap:mcptap\" cannot list resource \"pods\" in API group \"\" at the cluster scope","reason":"Forbidden","details":{"kind":"pods"},"code":403}"#;
-    let (port, seen) = serve(vec![
+    let internal = br#"{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"etcd is sad","reason":"InternalError","code":500}}"#;
+    let server = serve(vec![
         Reply::Body(403, forbidden.to_vec()),
         Reply::Body(500, b"etcdserver: request timed out".to_vec()),
         // A list that is not a PodList.
         Reply::Body(200, b"{\"kind\":\"Status\"}".to_vec()),
         Reply::Body(200, fixture("pods-list-page2.json")),
-        // 410 on the watch request itself: list again, no error.
+        // An unreadable line and an ERROR other than 410; the watch goes on.
+        Reply::Stream([&b"not json\n"[..], internal, b"\n"].concat()),
+        // 410 to the watch request itself: list again, not counted.
         Reply::Body(
             410,
-            br#"{"kind":"Status","code":410,"reason":"Expired"}"#.to_vec(),
+            br#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"too old resource version: 1000 (1500)","reason":"Expired","code":410}"#.to_vec(),
         ),
         Reply::Body(200, fixture("pods-list-relist.json")),
         Reply::Hold,
     ])
     .await;
-    let cfg = config("failures", port, "ca.crt");
-    let token = cfg.token_file.clone();
-    let client = Client::new(cfg).unwrap();
-    let store = Arc::new(RwLock::new(Store::default()));
-    let reasons: Arc<Mutex<Vec<&'static str>>> = Arc::default();
-    let r2 = reasons.clone();
-    let task = tokio::spawn(run_with(
-        client,
-        store.clone(),
-        move |r| r2.lock().unwrap().push(r),
-        Backoff::starting(Duration::from_millis(10)),
-    ));
-    wait_for("the first failure", || !seen.lock().unwrap().is_empty()).await;
-    // The kubelet rotates the token file; the next request carries the new one.
-    std::fs::write(&token, "rotated-token").unwrap();
-    wait_for("seven requests", || seen.lock().unwrap().len() >= 7).await;
-    wait_for("the re-list", || {
-        store.read().unwrap().resource_version == "2000"
+    let w = start(Watcher::new(&config("failures", server.port, "ca.crt")).unwrap());
+    wait_for("the re-list", Duration::from_secs(10), || {
+        w.live() == RELISTED
     })
     .await;
-    task.abort();
-    assert_eq!(*reasons.lock().unwrap(), ["status", "status", "decode"]);
-    let seen = seen.lock().unwrap().clone();
+    wait_for("the watch after it", Duration::from_secs(10), || {
+        server.seen().len() >= 8
+    })
+    .await;
+    w.task.abort();
+    assert_eq!(
+        w.reasons(),
+        ["status", "status", "decode", "decode", "status"]
+    );
+    // Three failed lists in a row back off three times: nothing between them resets it.
+    let log = w.backoff.0.lock().unwrap().clone();
+    assert_eq!(log[..4], ["delay", "delay", "delay", "reset"], "{log:?}");
+    let seen = server.seen();
+    assert!(seen[..4].iter().all(|s| !s.is_watch()), "{seen:?}");
+    assert!(seen[4].is_watch() && seen[5].is_watch(), "{seen:?}");
+    assert_eq!(seen[5].q("resourceVersion"), Some("1000"));
     assert!(
-        seen[1..]
-            .iter()
-            .all(|(_, a, _)| a == "Bearer rotated-token"),
+        !seen[6].is_watch() && seen[6].q("continue").is_none(),
         "{seen:?}"
     );
-    assert!(seen[4].0.contains("watch=true&"), "{seen:?}");
-    assert!(seen[5].0.ends_with("&limit=500"), "{seen:?}");
-    assert_eq!(live_names(&store).len(), 5);
+    assert_eq!(seen[7].q("resourceVersion"), Some("2000"), "{seen:?}");
 }
 
 #[tokio::test]
-async fn a_server_outside_the_cluster_ca_is_refused() {
-    let (port, _seen) = serve(vec![Reply::Body(200, fixture("pods-list-page2.json"))]).await;
-    let client = Client::new(config("wrong-ca", port, "other-ca.crt")).unwrap();
-    let store = RwLock::new(Store::default());
-    let err = client.list(&store).await.unwrap_err();
-    assert_eq!(err.reason, "tls", "{err}");
-    assert!(store.read().unwrap().live().next().is_none());
-    // Nothing listens here: a connection failure, not a hang.
-    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
-    let client = Client::new(config("closed", port, "ca.crt")).unwrap();
-    assert_eq!(client.list(&store).await.unwrap_err().reason, "connect");
+async fn tls_connect_timeout_and_token_failures_have_their_reasons() {
+    // A server whose certificate the cluster CA did not sign.
+    let server = serve(vec![Reply::Body(200, fixture("pods-list-page2.json"))]).await;
+    let tls = start(Watcher::new(&config("wrong-ca", server.port, "other-ca.crt")).unwrap());
+    // A port bound and not listening (kept so, so that no other test's server takes it).
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    let connect = start(Watcher::new(&config("closed", closed_port, "ca.crt")).unwrap());
+    // Connections accepted, and never answered: the handshake times out.
+    let mute = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut w = Watcher::new(&config("mute", mute.local_addr().unwrap().port(), "ca.crt")).unwrap();
+    w.kube.connect_timeout = Some(Duration::from_millis(200));
+    let timeout = start(w);
+    // A token that cannot be a header.
+    let cfg = config("bad-token", server.port, "ca.crt");
+    std::fs::write(&cfg.token_file, "test-token\n").unwrap();
+    let token = start(Watcher::new(&cfg).unwrap());
+
+    for (w, reason) in [
+        (&tls, "tls"),
+        (&connect, "connect"),
+        (&timeout, "timeout"),
+        (&token, "token"),
+    ] {
+        wait_for(reason, Duration::from_secs(10), || w.reasons().len() >= 2).await;
+        w.task.abort();
+        assert!(
+            w.reasons().iter().all(|r| *r == reason),
+            "{reason}: {:?}",
+            w.reasons()
+        );
+        assert!(w.live().is_empty());
+    }
+    assert!(
+        server.seen().is_empty(),
+        "no request got through: {:?}",
+        server.seen()
+    );
+    drop((closed, mute));
+}
+
+/// kube re-reads the token file once it is 50 s old, so this takes about that long.
+#[tokio::test]
+async fn a_rotated_token_is_used_within_a_minute() {
+    let server = serve(vec![Reply::Body(200, fixture("pods-list-page2.json"))]).await;
+    let cfg = config("rotation", server.port, "ca.crt");
+    let mut w = Watcher::new(&cfg).unwrap();
+    // Watches of a second each (held, then ended by the stand-in), so requests keep coming.
+    w.watch = w.watch.timeout(1);
+    let w = start(w);
+    wait_for("a watch", Duration::from_secs(10), || {
+        server.seen().iter().any(Seen::is_watch)
+    })
+    .await;
+    // The kubelet rotates the token file.
+    std::fs::write(&cfg.token_file, "rotated-token").unwrap();
+    wait_for("the rotated token", Duration::from_secs(75), || {
+        server
+            .seen()
+            .last()
+            .is_some_and(|s| s.authorization == "Bearer rotated-token")
+    })
+    .await;
+    w.task.abort();
+    let auth: Vec<String> = server.seen().into_iter().map(|s| s.authorization).collect();
+    let first_new = auth
+        .iter()
+        .position(|a| a == "Bearer rotated-token")
+        .unwrap();
+    assert!(auth[..first_new].iter().all(|a| a == "Bearer test-token"));
+    assert!(
+        auth[first_new..]
+            .iter()
+            .all(|a| a == "Bearer rotated-token")
+    );
+    assert_eq!(w.reasons(), [] as [&str; 0]);
+    assert_eq!(w.live(), ["mcp-notes-0"]);
 }
 
 #[test]
@@ -320,14 +522,51 @@ fn in_cluster_needs_the_service_host_and_a_token() {
         Config::in_cluster(v6, &dir, "n").unwrap().url(),
         "https://[fd00:10:96::1]:6443"
     );
-    assert_eq!(encode("spec.nodeName=a b/c"), "spec.nodeName%3Da%20b%2Fc");
+    // No CA bundle: no client.
+    assert!(c.kube().unwrap_err().contains("ca.crt"));
+    std::fs::write(dir.join("ca.crt"), "not a certificate").unwrap();
+    assert!(c.kube().unwrap_err().contains("no CA certificate"));
 }
 
 #[test]
-fn backoff_doubles_to_a_minute_and_resets() {
-    let mut b = Backoff::default();
-    let delays: Vec<u64> = (0..8).map(|_| b.next_delay().as_secs()).collect();
-    assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60]);
-    b.reset();
-    assert_eq!(b.next_delay().as_secs(), 1);
+fn the_kube_config_is_the_service_account_and_nothing_else() {
+    let c = config("kube-config", 6443, "ca.crt");
+    let k = c.kube().unwrap();
+    assert_eq!(k.cluster_url.to_string(), "https://127.0.0.1:6443/");
+    assert_eq!(k.root_cert.as_ref().map(Vec::len), Some(1));
+    assert_eq!(k.root_cert_file.as_deref(), Some(c.ca_file.as_path()));
+    assert_eq!(
+        k.auth_info.token_file.as_deref(),
+        c.token_file.to_str(),
+        "kube's token file, which it re-reads"
+    );
+    assert!(k.auth_info.token.is_none() && k.auth_info.exec.is_none());
+    assert!(!k.accept_invalid_certs && !k.default_retry && k.proxy_url.is_none());
+    let wc = c.watcher();
+    assert_eq!(wc.field_selector.as_deref(), Some("spec.nodeName=node-1"));
+    assert_eq!(
+        (wc.timeout, wc.page_size, wc.bookmarks),
+        (Some(290), Some(500), true)
+    );
+}
+
+#[test]
+fn reasons_of_errors_without_a_server() {
+    use kube::core::Status;
+    let gone = || Box::new(Status::failure("too old", "Expired").with_code(410));
+    assert_eq!(reason(&watcher::Error::WatchError(gone())), None);
+    let sad = Box::new(Status::failure("etcd is sad", "InternalError").with_code(500));
+    assert_eq!(reason(&watcher::Error::WatchError(sad)), Some("status"));
+    assert_eq!(reason(&watcher::Error::NoResourceVersion), Some("decode"));
+    let refused = watcher::Error::WatchStartFailed(kube::Error::Api(gone()));
+    assert!(watch_refused_gone(&refused));
+    assert_eq!(reason(&refused), None);
+    let listed = watcher::Error::InitialListFailed(kube::Error::Api(gone()));
+    assert!(!watch_refused_gone(&listed));
+    let bad = serde_json::from_str::<u8>("x").unwrap_err();
+    assert_eq!(client_reason(&kube::Error::SerdeError(bad)), Some("decode"));
+    let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "slow");
+    assert_eq!(client_reason(&kube::Error::ReadEvents(io)), Some("timeout"));
+    let io = std::io::Error::other("connection closed before message completed");
+    assert_eq!(client_reason(&kube::Error::ReadEvents(io)), Some("http"));
 }
