@@ -43,9 +43,9 @@ const DRAIN_EVERY: Duration = Duration::from_millis(10);
 /// How often kernel counters are read and the tables measured.
 const COUNTERS_EVERY: Duration = Duration::from_secs(1);
 /// After a stop, longest the backlog in the ring buffer is worked through...
-const STOP_DRAIN: Duration = Duration::from_millis(1000);
+const STOP_DRAIN: Duration = Duration::from_millis(400);
 /// ...and then longest what is left is read and counted, unprocessed.
-const STOP_DISCARD: Duration = Duration::from_millis(300);
+const STOP_DISCARD: Duration = Duration::from_millis(100);
 
 fn pipeline_config(output: &OutputArgs, clock: ClockAnchor) -> PipelineConfig {
     let mut cfg = PipelineConfig {
@@ -71,7 +71,8 @@ fn lock(registry: &Mutex<Registry>) -> std::sync::MutexGuard<'_, Registry> {
 /// Refresh the metrics that are states rather than events. `full` also measures every table
 /// (a walk of the fd table) and takes the kernel's counters: on the counters' schedule, not
 /// after every batch.
-fn agent_metrics(outputs: &Outputs, p: &Pipeline, extra: &[TableStat], full: bool) {
+fn agent_metrics(outputs: &Outputs, p: &Pipeline, live: Option<(&[TableStat], u64)>, full: bool) {
+    let (extra, lag_ns) = live.unwrap_or((&[], 0));
     let mut tables = Vec::new();
     if full {
         tables = p.tables();
@@ -96,6 +97,7 @@ fn agent_metrics(outputs: &Outputs, p: &Pipeline, extra: &[TableStat], full: boo
             .map(|(name, failed, dropped)| (name, (failed, dropped)))
             .collect(),
         tables,
+        lag_seconds: live.is_some().then(|| lag_ns as f64 / 1e9),
     };
     let mut r = lock(&outputs.registry);
     if full {
@@ -213,6 +215,7 @@ pub fn live(args: &LiveArgs, output: &OutputArgs) -> Result<()> {
         last_tick: Instant::now(),
         last_counters: Instant::now(),
         emitted: false,
+        lag_ns: 0,
     };
     while !stop.load(Ordering::Relaxed) {
         live.probes.wait(DRAIN_EVERY)?;
@@ -234,6 +237,8 @@ struct Live {
     last_counters: Instant,
     /// Signals went out since the gauges were last refreshed.
     emitted: bool,
+    /// How far behind the clock the last record worked through was, while more waited.
+    lag_ns: u64,
 }
 
 impl Live {
@@ -250,6 +255,11 @@ impl Live {
             }
             self.emitted |= self.outputs.emit_all(self.pipeline.drain_signals()) > 0;
             let stopping = stop.is_some_and(|s| s.load(Ordering::Relaxed));
+            self.lag_ns = if more {
+                monotonic_ns().saturating_sub(self.pipeline.latest_ns())
+            } else {
+                0
+            };
             if !more || start.elapsed() >= budget || stopping {
                 return;
             }
@@ -311,7 +321,8 @@ impl Live {
         if full || self.emitted {
             // Gauges (active sessions, calls in flight) move with the events that change
             // them, so a scrape never sees a session ended but still active.
-            agent_metrics(&self.outputs, &self.pipeline, &[self.kernel_fds()], full);
+            let live = ([self.kernel_fds()], self.lag_ns);
+            agent_metrics(&self.outputs, &self.pipeline, Some((&live.0, live.1)), full);
             self.emitted = false;
         }
         self.outputs.flush();
@@ -333,6 +344,8 @@ impl Live {
     /// flush every output and detach the programs.
     fn stop(mut self) -> Result<()> {
         info!("stopping: flushing outputs and detaching probes");
+        let began = Instant::now();
+        self.probes.begin_stop();
         self.drain(STOP_DRAIN, None);
         let start = Instant::now();
         let mut unread = 0;
@@ -350,7 +363,8 @@ impl Live {
         self.duties(true);
         self.pipeline.finish(monotonic_ns(), 2_000_000_000);
         self.outputs.emit_all(self.pipeline.drain_signals());
-        agent_metrics(&self.outputs, &self.pipeline, &[self.kernel_fds()], true);
+        let fds = [self.kernel_fds()];
+        agent_metrics(&self.outputs, &self.pipeline, Some((&fds, 0)), true);
         self.outputs.close();
         if let Some(mut r) = self.recorder {
             r.flush().context("--record: final flush")?;
@@ -364,6 +378,11 @@ impl Live {
             self.pipeline.tracker.stats.exchanges,
             self.probes.counters()
         );
+        // The process ends now: what the pipeline holds (maybe millions of entries) is left
+        // to the kernel to reclaim rather than freed piece by piece, which takes seconds.
+        std::mem::forget(self.pipeline);
+        drop(self.probes);
+        info!("stopped in {:?}", began.elapsed());
         Ok(())
     }
 }
@@ -431,7 +450,7 @@ pub fn replay(path: &std::path::Path, output: &OutputArgs) -> Result<()> {
     }
     p.finish(latest, 2_000_000_000);
     outputs.emit_all(p.drain_signals());
-    agent_metrics(&outputs, &p, &[], true);
+    agent_metrics(&outputs, &p, None, true);
     outputs.close();
     if let Some(e) = failure {
         bail!("{}: {e}", path.display());

@@ -44,7 +44,10 @@ fn finish(mut child: Child, what: &str) -> String {
 fn tables(metrics: &str) -> BTreeMap<String, (f64, f64)> {
     let mut out: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     for line in metrics.lines().filter(|l| !l.starts_with('#')) {
-        for (name, cap) in [("mcptap_table_entries{", false), ("mcptap_table_capacity{", true)] {
+        for (name, cap) in [
+            ("mcptap_table_entries{", false),
+            ("mcptap_table_capacity{", true),
+        ] {
             let Some(rest) = line.strip_prefix(name) else {
                 continue;
             };
@@ -63,8 +66,17 @@ fn tables(metrics: &str) -> BTreeMap<String, (f64, f64)> {
 
 fn assert_within_caps(metrics: &str, when: &str) {
     let t = tables(metrics);
-    for name in ["streams", "rejected_fds", "sessions", "processes", "buffered_bytes"] {
-        assert!(t.contains_key(name), "no table {name} on /metrics ({when}): {t:?}");
+    for name in [
+        "streams",
+        "rejected_fds",
+        "sessions",
+        "processes",
+        "buffered_bytes",
+    ] {
+        assert!(
+            t.contains_key(name),
+            "no table {name} on /metrics ({when}): {t:?}"
+        );
     }
     for (name, (n, cap)) in &t {
         assert!(cap > &0.0, "{name} has no capacity ({when})");
@@ -136,25 +148,26 @@ fn non_mcp_flood_next_to_real_sessions_stays_bounded() {
 }
 
 /// Scrape `/health` and `/metrics` once a second until `until`; returns (every health status,
-/// the largest lost-events total, the largest RSS in KiB).
-fn watch(agent: &Agent, until: Instant) -> (Vec<Option<u16>>, f64, u64) {
+/// the largest lost-events total, the largest RSS in KiB, the largest capture lag in s).
+fn watch(agent: &Agent, until: Instant) -> (Vec<Option<u16>>, f64, u64, f64) {
     let mut health = Vec::new();
-    let (mut lost, mut rss) = (0f64, 0u64);
+    let (mut lost, mut rss, mut lag) = (0f64, 0u64, 0f64);
     while Instant::now() < until {
         health.push(http_status(agent.port, "/health"));
         let m = agent.metrics();
         lost = lost.max(prom_value(&m, "mcptap_lost_events_total", &[]).unwrap_or(0.0));
+        lag = lag.max(prom_value(&m, "mcptap_capture_lag_seconds", &[]).unwrap_or(0.0));
         rss = rss.max(agent.rss_kib());
         std::thread::sleep(Duration::from_secs(1));
     }
-    (health, lost, rss)
+    (health, lost, rss, lag)
 }
 
-/// What the agent may hold under overload: its own heap, the 16 MiB ring buffer mapped
-/// (twice its size in RSS), the default 128 MiB budget for partial messages (not used by
-/// this load), and the capped tables. Measured at about 110 MiB here; the DaemonSet's limit
-/// is 256 MiB.
-const OVERLOAD_RSS_KIB: u64 = 200 * 1024;
+/// What the agent may hold under this overload: its own heap, the 16 MiB ring buffer mapped
+/// (twice its size in RSS), and the capped tables, 50,000 open requests at most (the budget
+/// for partial messages, 128 MiB, is not touched by whole lines). Measured at 110 MiB
+/// (release) and 130 MiB (debug build) here; the DaemonSet's limit is 256 MiB.
+const OVERLOAD_RSS_KIB: u64 = 160 * 1024;
 
 #[test]
 fn sustained_overload_keeps_the_agent_responsive() {
@@ -162,10 +175,11 @@ fn sustained_overload_keeps_the_agent_responsive() {
     let agent = Agent::start(&dir, &[]);
     let start = Instant::now();
     let flood = noise(&["flood", "60"]).spawn().unwrap();
-    let (health, lost, rss) = watch(&agent, start + Duration::from_secs(58));
+    let (health, lost, rss, lag) = watch(&agent, start + Duration::from_secs(58));
     let sent: u64 = finish(flood, "flood").parse().unwrap();
     eprintln!(
-        "{sent} requests in 60 s ({:.0}/s); health {health:?}; lost events seen {lost}; peak RSS {rss} KiB",
+        "{sent} requests in 60 s ({:.0}/s); health {health:?}; lost events seen {lost}; peak RSS \
+         {rss} KiB; largest capture lag {lag:.1} s",
         sent as f64 / 60.0
     );
     assert!(
@@ -179,6 +193,19 @@ fn sustained_overload_keeps_the_agent_responsive() {
     );
     assert!(rss < OVERLOAD_RSS_KIB, "peak RSS {rss} KiB under overload");
 
+    // The agent works through what the ring buffer held when the load stopped, at most 16 MiB
+    // (seconds, not minutes, even in a debug build); its lag gauge says when it is done.
+    let caught_up = Instant::now();
+    assert!(
+        wait_for(120, || {
+            let m = agent.metrics();
+            prom_value(&m, "mcptap_capture_lag_seconds", &[]) == Some(0.0)
+        }),
+        "the agent never caught up after the load"
+    );
+    eprintln!("caught up {:?} after the load", caught_up.elapsed());
+    assert_eq!(http_status(agent.port, "/health"), Some(200));
+
     // A real session right after the load is captured whole.
     let run = run_client(
         &mut python_client("mcp2", &python("mcp2"), &["--echo", "5"]),
@@ -187,9 +214,10 @@ fn sustained_overload_keeps_the_agent_responsive() {
     assert!(
         wait_for(30, || {
             let r = Records::read(&agent.jsonl);
+            let checked = ["tools/call", "resources/read", "prompts/get"];
             r.exchanges_of_client(run.pid)
                 .iter()
-                .filter(|x| x["method"] == "tools/call")
+                .filter(|x| checked.contains(&x["method"].as_str().unwrap_or("")))
                 .count()
                 >= run.calls.len()
         }),
@@ -197,7 +225,7 @@ fn sustained_overload_keeps_the_agent_responsive() {
     );
 
     // SIGTERM under load: exits within two seconds.
-    let flood = noise(&["flood", "15"]).spawn().unwrap();
+    let flood = noise(&["flood", "8"]).spawn().unwrap();
     std::thread::sleep(Duration::from_secs(5));
     let (recs, took) = agent.stop_timed();
     finish(flood, "second flood");

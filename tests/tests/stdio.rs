@@ -282,9 +282,17 @@ fn replay_reproduces_live_records() {
     // The recording holds what processes said: only its owner may read it.
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
     let meta = std::fs::metadata(&rec_file).unwrap();
-    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "--record file mode");
     assert_eq!(
-        std::fs::metadata(dir.join("out.jsonl")).unwrap().permissions().mode() & 0o777,
+        meta.permissions().mode() & 0o777,
+        0o600,
+        "--record file mode"
+    );
+    assert_eq!(
+        std::fs::metadata(dir.join("out.jsonl"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
         0o600,
         "--jsonl file mode"
     );

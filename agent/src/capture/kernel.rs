@@ -344,6 +344,14 @@ impl Probes {
         }
     }
 
+    /// The agent is stopping: start taking the OpenSSL probes off (each waits for a kernel
+    /// grace period), while what the ring buffer holds is worked through.
+    pub fn begin_stop(&mut self) {
+        if let Some(tls) = self.tls.as_mut() {
+            tls.detach_all(&mut self.ebpf);
+        }
+    }
+
     /// Drop the OpenSSL probes of processes that are gone unannounced.
     pub fn reap(&mut self) {
         if let Some(tls) = self.tls.as_mut() {
@@ -522,6 +530,15 @@ fn sweep_loop(mut fds: HashMap<MapData, FdKey, FdState>, entries: &AtomicU64, st
                 "fd map sweep: {} entries, {gone} of exited processes removed",
                 keys.len()
             );
+        }
+    }
+}
+
+impl Drop for Probes {
+    fn drop(&mut self) {
+        // The uprobes first, all at once; the programs then go quickly.
+        if let Some(tls) = self.tls.as_mut() {
+            tls.shutdown(&mut self.ebpf);
         }
     }
 }

@@ -25,7 +25,7 @@ use anyhow::{Context as _, Result};
 use aya::Ebpf;
 use aya::maps::{Array, MapData, ProgramArray};
 use aya::programs::UProbe;
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeLink, UProbeLinkId, UProbeScope};
 use log::{debug, info};
 use mcptap_abi::{TAIL_SHIP_MORE, TLS_PROBES, names};
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
@@ -233,6 +233,65 @@ pub struct Tls {
     /// When each process's mappings were last looked at because of a TLS socket: a busy
     /// HTTPS server opens many, and its libraries rarely change.
     rescanned: HashMap<u32, std::time::Instant>,
+    detacher: Detacher,
+}
+
+/// Uprobes leave off the capture thread: each detach waits for a kernel grace period (tens of
+/// milliseconds here), so a watched process's exit, or the agent's stop, would otherwise hold
+/// capture up for a second or more. Links are dropped (which detaches them) by a thread of
+/// their own, many at once, since concurrent waits share their grace periods.
+struct Detacher {
+    tx: Option<std::sync::mpsc::Sender<Vec<UProbeLink>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Links dropped at once by the detacher.
+const DETACH_AT_ONCE: usize = 8;
+
+impl Detacher {
+    fn start() -> Result<Detacher> {
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<UProbeLink>>();
+        let thread = std::thread::Builder::new()
+            .name("mcptap-detach".into())
+            .spawn(move || {
+                for mut batch in rx {
+                    while !batch.is_empty() {
+                        let n = batch.len().saturating_sub(DETACH_AT_ONCE);
+                        let some = batch.split_off(n);
+                        std::thread::scope(|s| {
+                            for link in some {
+                                s.spawn(move || drop(link));
+                            }
+                        });
+                    }
+                }
+            })
+            .context("starting the uprobe detacher")?;
+        Ok(Detacher {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&self, links: Vec<UProbeLink>) {
+        if links.is_empty() {
+            return;
+        }
+        if let Some(tx) = &self.tx
+            && let Err(back) = tx.send(links)
+        {
+            // The thread is gone: detach here, slowly, rather than not at all.
+            drop(back.0);
+        }
+    }
+
+    /// Wait for every link sent to be detached.
+    fn finish(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// How long a TLS socket does not bring another look at the same process's mappings.
@@ -268,6 +327,7 @@ impl Tls {
             probed: 0,
             refused: None,
             rescanned: HashMap::new(),
+            detacher: Detacher::start()?,
         };
         for path in system_libraries() {
             if let Some(id) = tls.examine(&path)
@@ -375,7 +435,7 @@ impl Tls {
     /// Detach everything.
     fn exit_all(&mut self, ebpf: &mut Ebpf) {
         for links in std::mem::take(&mut self.links).into_values() {
-            detach(ebpf, links.into_values().flatten());
+            self.detach(ebpf, links.into_values().flatten());
         }
     }
 
@@ -384,8 +444,7 @@ impl Tls {
         let Some(Some(offsets)) = self.examined.get(&id).cloned() else {
             return;
         };
-        let done = self.links.entry(owner).or_default();
-        if done.contains_key(&id) {
+        if self.links.get(&owner).is_some_and(|d| d.contains_key(&id)) {
             return;
         }
         let scope = match owner {
@@ -410,8 +469,8 @@ impl Tls {
                 Err(e) => {
                     // All or nothing: an entry probe without its return probe would leave
                     // calls open. Not retried (the process is gone, or it is not permitted).
-                    detach(ebpf, links);
-                    done.insert(id, Vec::new());
+                    self.detach(ebpf, links);
+                    self.links.entry(owner).or_default().insert(id, Vec::new());
                     let e = e.context(format!(
                         "probing {symbol} in {} for {owner:?}",
                         path.display()
@@ -428,7 +487,7 @@ impl Tls {
             path.display(),
             started.elapsed()
         );
-        done.insert(id, links);
+        self.links.entry(owner).or_default().insert(id, links);
         self.probed += 1;
     }
 
@@ -455,8 +514,38 @@ impl Tls {
     pub fn exit(&mut self, ebpf: &mut Ebpf, pid: u32) {
         self.rescanned.remove(&pid);
         if let Some(files) = self.links.remove(&Owner::Pid(pid)) {
-            detach(ebpf, files.into_values().flatten());
+            self.detach(ebpf, files.into_values().flatten());
         }
+    }
+
+    /// Take links out of their programs and hand them to the detacher.
+    fn detach(
+        &self,
+        ebpf: &mut Ebpf,
+        links: impl IntoIterator<Item = (&'static str, UProbeLinkId)>,
+    ) {
+        let owned: Vec<UProbeLink> = links
+            .into_iter()
+            .filter_map(|(prog, link)| uprobe(ebpf, prog).ok()?.take_link(link).ok())
+            .collect();
+        self.detacher.send(owned);
+    }
+
+    /// Start detaching every probe: the detacher works while the agent finishes up.
+    pub fn detach_all(&mut self, ebpf: &mut Ebpf) {
+        let all: Vec<(&'static str, UProbeLinkId)> = std::mem::take(&mut self.links)
+            .into_values()
+            .flat_map(HashMap::into_values)
+            .flatten()
+            .collect();
+        self.detach(ebpf, all);
+    }
+
+    /// Detach every probe and wait until they are all gone (before the programs are dropped,
+    /// which would detach what is left one after the other).
+    pub fn shutdown(&mut self, ebpf: &mut Ebpf) {
+        self.detach_all(ebpf);
+        self.detacher.finish();
     }
 
     /// Drop the probes of processes that are gone without an exit record (one that left the
@@ -473,14 +562,6 @@ impl Tls {
             .collect();
         for pid in gone {
             self.exit(ebpf, pid);
-        }
-    }
-}
-
-fn detach(ebpf: &mut Ebpf, links: impl IntoIterator<Item = (&'static str, UProbeLinkId)>) {
-    for (prog, link) in links {
-        if let Ok(p) = uprobe(ebpf, prog) {
-            let _ = p.detach(link);
         }
     }
 }

@@ -984,7 +984,10 @@ impl Pipeline {
             if total > prev {
                 if let Some(held) = self.loss_log.allow() {
                     let more = crate::bounded::held_back(held);
-                    log::warn!("kernel: {name} rose by {} (total {total}){more}", total - prev);
+                    log::warn!(
+                        "kernel: {name} rose by {} (total {total}){more}",
+                        total - prev
+                    );
                 }
                 let e = Event::new(self.wall(now), "kernel_loss")
                     .with("counter", name)
@@ -1070,6 +1073,11 @@ impl Pipeline {
             "tls": {"sockets": s.tls_sockets, "undecrypted": s.tls_undecrypted},
             "kernel": self.kernel_totals,
         })
+    }
+
+    /// The latest record time seen (CLOCK_MONOTONIC ns).
+    pub fn latest_ns(&self) -> u64 {
+        self.now
     }
 
     /// Streams currently tracked.

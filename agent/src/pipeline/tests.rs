@@ -919,4 +919,3 @@ fn caps_bound_sessions_and_pending_calls() {
         .count();
     assert!(ended_evicted as u64 <= ev["sessions"]);
 }
-

@@ -630,6 +630,16 @@ pub mod defs {
         "The most entries each bounded table holds; past it the table evicts (mcptap_evictions_total)."
     );
     def!(
+        AGENT_CAPTURE_LAG,
+        "mcptap_capture_lag_seconds",
+        Kind::Gauge,
+        [],
+        "mcptap.capture.lag",
+        "s",
+        [],
+        "How far behind the clock the records being worked through are: 0 once the ring buffer is drained; it grows while more arrives than the agent can take (the kernel then drops what does not fit, counted in mcptap_lost_events_total)."
+    );
+    def!(
         AGENT_SERIES_OVERFLOW,
         "mcptap_series_overflow_total",
         Kind::Counter,
@@ -689,6 +699,7 @@ pub mod defs {
         &AGENT_TABLE_ENTRIES,
         &AGENT_TABLE_CAPACITY,
         &AGENT_SERIES_OVERFLOW,
+        &AGENT_CAPTURE_LAG,
     ];
 }
 

@@ -263,6 +263,8 @@ pub struct AgentTotals<'a> {
     pub export: BTreeMap<&'static str, (u64, u64)>,
     /// Every bounded table: size, cap, evictions (not on every refresh either).
     pub tables: Vec<crate::bounded::TableStat>,
+    /// How far behind the clock capture is, in seconds (live only).
+    pub lag_seconds: Option<f64>,
 }
 
 /// Refresh gauges and the agent's own totals.
@@ -312,6 +314,9 @@ pub fn agent(r: &mut Registry, t: &AgentTotals<'_>) {
     r.set(&defs::AGENT_SESSIONS, &[], t.tracked_sessions as f64);
     if let Some(n) = t.tracked_streams {
         r.set(&defs::AGENT_STREAMS, &[], n as f64);
+    }
+    if let Some(lag) = t.lag_seconds {
+        r.set(&defs::AGENT_CAPTURE_LAG, &[], lag);
     }
     for (exporter, (failed, dropped)) in &t.export {
         r.set(&defs::AGENT_EXPORT_FAILURES, &[exporter], *failed as f64);
