@@ -554,3 +554,68 @@ fn exec_of_a_watched_process_is_followed() {
         .expect("an exchange");
     assert_eq!(x["server"]["comm"], "python", "{x}");
 }
+
+/// A reader that peeks (`recv` with `MSG_PEEK`) before it reads sees the same bytes twice;
+/// only the read moves them, and only the read is captured: every call once, no corruption,
+/// no duplicate id.
+#[test]
+fn peeked_bytes_are_captured_once() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let dir = scratch("msg_peek");
+    let me = std::process::id().to_string();
+    let agent = Agent::start(&dir, &["--pid", &me]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let mut w = conn.try_clone().unwrap();
+        let mut r = BufReader::new(conn.try_clone().unwrap());
+        let mut peeked = [0u8; 64];
+        for _ in 0..6 {
+            // Look before reading, as some servers do to sniff a protocol.
+            assert!(conn.peek(&mut peeked).unwrap() > 0);
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            let v: Value = serde_json::from_str(&line).unwrap();
+            let reply =
+                serde_json::json!({"jsonrpc": "2.0", "id": v["id"], "result": {"content": []}});
+            writeln!(w, "{reply}").unwrap();
+        }
+    });
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    for id in 0..6 {
+        let req = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": "peeked", "arguments": {}}});
+        writeln!(c, "{req}").unwrap();
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+    }
+    server.join().unwrap();
+    assert!(
+        wait_for(20, || Records::read(&agent.jsonl)
+            .kind("exchange")
+            .iter()
+            .filter(|x| x["tool"] == "peeked")
+            .count()
+            >= 6),
+        "calls not reported"
+    );
+    drop(c);
+    let recs = agent.stop();
+    let calls: Vec<_> = recs
+        .kind("exchange")
+        .into_iter()
+        .filter(|x| x["tool"] == "peeked")
+        .collect();
+    assert_eq!(calls.len(), 6, "{calls:#?}");
+    assert!(calls.iter().all(|x| x["status"] == "ok"), "{calls:#?}");
+    for bad in ["stream_corruption", "duplicate_id", "orphan_response"] {
+        let n = recs
+            .kind("event")
+            .iter()
+            .filter(|e| e["event"] == bad)
+            .count();
+        assert_eq!(n, 0, "{bad} events: a peek was captured as data");
+    }
+}

@@ -205,6 +205,66 @@ fn fails_clearly_without_btf() {
     assert_clear_failure(&out, &err, "No such file or directory");
 }
 
+/// A start that fails its checks changes nothing: an existing `--record` file keeps its
+/// bytes, no `--jsonl` file is made, and the port stays free.
+#[test]
+fn a_failed_start_has_no_side_effects() {
+    let dir = scratch("no_side_effects");
+    let record = dir.join("old.mcptap");
+    std::fs::write(&record, b"an earlier recording").unwrap();
+    let jsonl = dir.join("new.jsonl");
+    let port = port();
+    let listen = format!("127.0.0.1:{port}");
+    let args = [
+        "--record",
+        record.to_str().unwrap(),
+        "--jsonl",
+        jsonl.to_str().unwrap(),
+        "--listen",
+        &listen,
+    ];
+    let not_root: Vec<String> = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let no_btf = in_private_mounts(
+        "mount -t tmpfs mcptap-no-btf /sys/kernel/btf",
+        "! -e /sys/kernel/btf/vmlinux",
+    );
+    for (wrapper, says) in [(not_root, "lacks CAP_BPF"), (no_btf, "no BTF")] {
+        let (out, err) = start_fails(&wrapper, &args);
+        assert_clear_failure(&out, &err, says);
+        assert_eq!(std::fs::read(&record).unwrap(), b"an earlier recording");
+        assert!(!jsonl.exists(), "--jsonl file made by a failed start");
+        assert!(
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            "port left bound"
+        );
+    }
+}
+
+/// A `--comm` longer than the kernel's 15 bytes whose 15th byte falls inside a character is
+/// truncated like the kernel does, with a warning, never a crash.
+#[test]
+fn a_long_non_ascii_comm_is_truncated_not_a_crash() {
+    let dir = scratch("long_comm");
+    let agent = Agent::start(&dir, &["--comm", "ééééééééééééé"]);
+    assert!(
+        agent
+            .log()
+            .contains("longer than the kernel's 15-byte comm"),
+        "{}",
+        agent.log()
+    );
+    let recs = agent.stop();
+    assert_eq!(recs.0.last().unwrap()["event"], "agent_stop");
+}
+
 /// BTF there but unparsable (an empty file: /dev/null bound over vmlinux): the message names
 /// the file and says it could not be parsed.
 #[test]

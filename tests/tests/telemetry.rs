@@ -693,6 +693,14 @@ fn payloads_are_opt_in_and_redacted() {
             .find(|r| r["tool"] == "login")
             .unwrap()
             .clone();
+        // The URI that carried credentials is reported without them (check_calls found it
+        // under its trimmed form), whatever --payloads says.
+        assert!(
+            recs.exchanges_of_client(run.pid)
+                .iter()
+                .any(|r| r["resource_uri"] == "res://missing/x"),
+            "trimmed resource URI"
+        );
         if payloads {
             assert_eq!(login["arguments"]["user"], "alice");
             assert_eq!(login["arguments"]["password"], "[REDACTED]");

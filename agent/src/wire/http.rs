@@ -938,6 +938,34 @@ HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found";
     }
 
     #[test]
+    fn oversized_bodies_report_their_whole_size_and_pipelining_is_bounded() {
+        let mut c = Conn::detect(Dir::Out, b"POST ", 16).unwrap();
+        let mut sizes = Vec::new();
+        let body = "x".repeat(40);
+        let req = format!("POST / HTTP/1.1\r\nContent-Length: 40\r\n\r\n{body}");
+        // Split so that the body passes the limit part-way.
+        for piece in [&req[..30], &req[30..50], &req[50..]] {
+            c.push(Dir::Out, piece.as_bytes(), 1, 2, &mut |e| {
+                if let ConnEvent::Oversize { len, .. } = e {
+                    sizes.push(len);
+                }
+            });
+        }
+        assert_eq!(sizes, [40]);
+        assert_eq!(c.buffered(), 0);
+        // A client that never reads its answers: past the bound, the connection is broken.
+        let mut c = Conn::detect(Dir::Out, b"GET ", 1 << 20).unwrap();
+        let mut errors = 0;
+        for _ in 0..=MAX_PIPELINED {
+            c.push(Dir::Out, b"GET / HTTP/1.1\r\n\r\n", 1, 2, &mut |e| {
+                errors += matches!(e, ConnEvent::Error(_)) as u32;
+            });
+        }
+        assert_eq!(errors, 1);
+        assert!(c.is_broken());
+    }
+
+    #[test]
     fn broken_http_is_reported_once() {
         let mut c = Conn::detect(Dir::Out, b"POST ", 1 << 20).unwrap();
         let mut got = Vec::new();
