@@ -900,7 +900,7 @@ impl Pipeline {
         self.push_reject(fk);
     }
 
-    fn finish_stream(&mut self, key: StreamKey, mut s: Box<Stream>, ts: u64) {
+    fn finish_stream(&mut self, key: StreamKey, s: &mut Stream, ts: u64) {
         if s.verdict != Verdict::Mcp {
             return;
         }
@@ -925,8 +925,8 @@ impl Pipeline {
             self.http_close(host, &fk, &fd, cs, ts);
         }
         for dir in [Dir::In, Dir::Out] {
-            if let Some(s) = fd.stream(dir).take() {
-                self.finish_stream(fk.stream(dir), s, ts);
+            if let Some(mut s) = fd.stream(dir).take() {
+                self.finish_stream(fk.stream(dir), &mut s, ts);
             }
         }
         if fd.tls == Some(false) {

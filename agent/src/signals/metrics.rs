@@ -795,15 +795,18 @@ pub struct Registry {
     hook: Option<ObserveHook>,
 }
 
+/// One series copied out of the registry: its label values and its value.
+pub type SeriesCopy = (Vec<Arc<str>>, Value);
+
 /// Series of every metric, copied out of the registry so that rendering them holds no lock.
 pub struct Snapshot {
-    metrics: Vec<(&'static Def, Vec<(Vec<Arc<str>>, Value)>)>,
+    metrics: Vec<(&'static Def, Vec<SeriesCopy>)>,
 }
 
 impl Snapshot {
     /// The series of every metric that has some, in definition order, each metric's series
     /// ordered by label values.
-    pub fn metrics(&self) -> impl Iterator<Item = (&'static Def, &[(Vec<Arc<str>>, Value)])> {
+    pub fn metrics(&self) -> impl Iterator<Item = (&'static Def, &[SeriesCopy])> {
         self.metrics.iter().map(|(d, s)| (*d, s.as_slice()))
     }
 }
@@ -849,7 +852,7 @@ impl Registry {
             .iter()
             .filter_map(|def| {
                 let m = self.metrics.get(def.name)?;
-                let mut series: Vec<(Vec<Arc<str>>, Value)> = m
+                let mut series: Vec<SeriesCopy> = m
                     .series
                     .iter()
                     .map(|(ids, v)| (m.values_of(ids), v.clone()))
@@ -996,7 +999,7 @@ impl Registry {
     }
 
     /// The series of one metric, with their label values copied out.
-    pub fn series_owned(&self, def: &Def) -> Vec<(Vec<Arc<str>>, Value)> {
+    pub fn series_owned(&self, def: &Def) -> Vec<SeriesCopy> {
         let Some(m) = self.metrics.get(def.name) else {
             return Vec::new();
         };
