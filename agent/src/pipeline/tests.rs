@@ -920,6 +920,20 @@ fn caps_bound_sessions_and_pending_calls() {
     assert!(ended_evicted as u64 <= ev["sessions"]);
 }
 
+/// The client's writes of the request pipe, one record each, `(enter ns, bytes)`, through
+/// a pipeline with `cfg`.
+fn client_writes(cfg: PipelineConfig, writes: &[(u64, &[u8])]) -> Pipeline {
+    let mut p = Pipeline::new(cfg);
+    let mut h = host();
+    for (t, bytes) in writes {
+        p.ingest(
+            &mut h,
+            &rec(CLIENT, 5, DIR_OUT, REQ_PIPE, *t, t + 100, bytes),
+        );
+    }
+    p
+}
+
 /// A stream that goes idle inside a message is finished, not just forgotten: the partial
 /// message is reported as `stream_unterminated`.
 #[test]
@@ -928,29 +942,13 @@ fn idle_streams_are_finished_when_they_expire() {
         stream_idle_ns: 5_000_000_000,
         ..Default::default()
     };
-    let mut p = Pipeline::new(cfg);
-    let mut h = host();
-    p.ingest(
-        &mut h,
-        &rec(CLIENT, 5, DIR_OUT, REQ_PIPE, 1_000, 1_100, REQ),
-    );
-    p.ingest(
-        &mut h,
-        &rec(
-            CLIENT,
-            5,
-            DIR_OUT,
-            REQ_PIPE,
-            2_000,
-            2_100,
-            b"{\"jsonrpc\":\"2.0\",\"id\":8,",
-        ),
-    );
+    let partial: &[u8] = b"{\"jsonrpc\":\"2.0\",\"id\":8,";
+    let mut p = client_writes(cfg, &[(1_000, REQ), (2_000, partial)]);
     p.tick(10_000_000_000);
     let out: Vec<Signal> = p.drain_signals().collect();
     let e = events(&out, "stream_unterminated");
     assert_eq!(e.len(), 1, "{out:#?}");
-    assert_eq!(e[0].detail["bytes"], 24);
+    assert_eq!(e[0].detail["bytes"], partial.len());
     assert_eq!(p.stream_count(), 0);
 }
 
@@ -962,26 +960,18 @@ fn the_buffer_budget_drops_the_partial_message_that_passes_it() {
         max_buffered_bytes: 1000,
         ..Default::default()
     };
-    let mut p = Pipeline::new(cfg);
-    let mut h = host();
-    p.ingest(
-        &mut h,
-        &rec(CLIENT, 5, DIR_OUT, REQ_PIPE, 1_000, 1_100, REQ),
-    );
     let big = format!(
         "{{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"x\",\"params\":\"{}",
         "y".repeat(2000)
     );
-    p.ingest(
-        &mut h,
-        &rec(CLIENT, 5, DIR_OUT, REQ_PIPE, 2_000, 2_100, big.as_bytes()),
-    );
+    let mut p = client_writes(cfg, &[(1_000, REQ), (2_000, big.as_bytes())]);
     assert_eq!(p.stats.budget_drops, 1);
     assert_eq!(p.stats.gaps.get("buffer_budget"), Some(&1));
     let t = p.tables();
     let b = t.iter().find(|t| t.name == "buffered_bytes").unwrap();
     assert!(b.len <= 1000, "{b:?}");
     // The rest of the dropped line is skipped; the next line is a message again.
+    let mut h = host();
     p.ingest(
         &mut h,
         &rec(CLIENT, 5, DIR_OUT, REQ_PIPE, 3_000, 3_100, b"yyy\"}\n"),
