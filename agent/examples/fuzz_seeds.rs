@@ -17,7 +17,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
 use mcptap::capture::Record;
-use mcptap::capture::record::{Frame, Reader, Writer};
+use mcptap::capture::recording::{Frame, Reader, Writer};
 use mcptap_abi::{DIR_IN, DIR_OUT, FD_PIPE, FD_TCP, FD_UNIX, RECORD_DATA};
 
 /// Seeds stay small: libFuzzer mutates short inputs far faster.

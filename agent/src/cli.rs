@@ -91,7 +91,7 @@ pub struct LiveArgs {
         default_value = "auto",
         env = "MCPTAP_K8S"
     )]
-    pub k8s: crate::k8s::Mode,
+    pub k8s: crate::enrich::k8s::Mode,
 }
 
 /// Options of outputs (live and replay).

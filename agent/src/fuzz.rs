@@ -13,11 +13,11 @@ use mcptap_abi::{
     DIR_IN, DIR_OUT, EventHeader, FD_PIPE, FLAG_LOST_BEFORE, RECORD_DATA, RECORD_EXIT,
 };
 
-use crate::capture::procinfo::FixedHost;
-use crate::capture::{Dir, encode_record, record};
+use crate::capture::host::FixedHost;
+use crate::capture::{Dir, encode_record, recording as record};
 use crate::pipeline::{Pipeline, PipelineConfig};
-use crate::signals::{Signal, Status};
-use crate::wire::{http, ndjson, sse};
+use crate::signal::{Signal, Status};
+use crate::wire::{http1 as http, ndjson, sse};
 
 /// Chunk sizes from a seed: a small generator, so the same input always splits the same way.
 struct Chunks(u32);

@@ -17,15 +17,15 @@
 pub mod bounded;
 pub mod capture;
 pub mod cli;
-pub mod export;
+pub mod conn;
+pub mod enrich;
 #[doc(hidden)]
 pub mod fuzz;
-pub mod k8s;
 pub mod mcp;
+pub mod output;
 pub mod pipeline;
 pub mod run;
-pub mod signals;
-pub mod streams;
+pub mod signal;
 pub mod wire;
 
 /// The hash map of the hot path: foldhash, seeded per process (keys come from the wire).

@@ -19,14 +19,14 @@ use anyhow::{Context as _, Result, bail};
 use log::{info, warn};
 
 use crate::bounded::TableStat;
+use crate::capture::host::{FixedHost, Host, ProcHost};
 use crate::capture::kernel::{Preflight, ProbeSettings, Probes, Scope};
-use crate::capture::procinfo::{FixedHost, Host, ProcHost};
-use crate::capture::record::{self, ClockAnchor, Frame, RecordingHost};
+use crate::capture::recording::{self as record, ClockAnchor, Frame, RecordingHost};
 use crate::cli::{Listen, LiveArgs, OutputArgs};
-use crate::export::{Outputs, http};
+use crate::output::metrics::Registry;
+use crate::output::metrics::record as telemetry;
+use crate::output::{Outputs, endpoints as http};
 use crate::pipeline::{Pipeline, PipelineConfig};
-use crate::signals::metrics::Registry;
-use crate::signals::telemetry;
 
 /// Records, and bytes, handed to the pipeline per ring buffer read; the loop's clock is
 /// looked at and the signals handed on between two. A full 32 KiB record of small messages
@@ -144,7 +144,7 @@ fn open_recorder(path: Option<&std::path::Path>) -> Result<Option<record::Writer
     let Some(path) = path else {
         return Ok(None);
     };
-    let f = crate::export::private_file(path, false)
+    let f = crate::output::private_file(path, false)
         .with_context(|| format!("--record: cannot create {}", path.display()))?;
     Ok(Some(
         record::Writer::new(f).context("--record: writing the header")?,
@@ -197,7 +197,7 @@ pub fn live(args: &LiveArgs, output: &OutputArgs) -> Result<()> {
         info!("serving /health and /ready on http://{addr}");
     }
     let (probes, report) = Probes::load(&settings, pre)?;
-    crate::k8s::start(args.k8s, outputs.registry.clone());
+    crate::enrich::k8s::start(args.k8s, outputs.registry.clone());
     log_start(&settings, &report);
     health.ready.store(true, Ordering::Relaxed);
 

@@ -6,9 +6,9 @@
 //! everything after this stage runs identically live and in replay.
 
 pub mod btf;
+pub mod host;
 pub mod kernel;
-pub mod procinfo;
-pub mod record;
+pub mod recording;
 pub mod tls;
 
 use std::fmt;

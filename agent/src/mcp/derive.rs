@@ -12,7 +12,7 @@ use serde_json::Value;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::message::ToolDef;
-use crate::signals::Status;
+use crate::signal::Status;
 
 /// Compiled schemas kept at most.
 const VALIDATORS: usize = 4096;

@@ -14,9 +14,9 @@ pub mod session;
 use std::collections::BTreeMap;
 
 use crate::bounded::{TableStat, least_recent, nth_oldest};
-use crate::capture::procinfo::Host;
-use crate::capture::record::ClockAnchor;
-use crate::signals::{self, Event, Role, Signal, Status};
+use crate::capture::host::Host;
+use crate::capture::recording::ClockAnchor;
+use crate::signal::{self, Event, Role, Signal, Status};
 
 use correlate::{Correlator, Derived, Outcome, Pending};
 use derive::{Advertised, Repeats, ToolBook};
@@ -505,7 +505,7 @@ impl Tracker {
                     let s = &mut st.session;
                     let from = s.ends[sender].role.unwrap_or(Role::Unknown);
                     let c = s.side_with_role(Role::Client, &self.procs, sender);
-                    out.push(Signal::Notification(signals::Notification {
+                    out.push(Signal::Notification(signal::Notification {
                         ts_ns: clock.wall_ns(v.ts()),
                         transport: s.transport,
                         session: s.label(&self.procs),
@@ -1212,7 +1212,7 @@ fn build_exchange(
     procs: &ProcTable,
     p: &Pending,
     cfg: &TrackerConfig,
-) -> signals::Exchange {
+) -> signal::Exchange {
     let requester_role = if client_method(&p.method) {
         Role::Client
     } else if server_method(&p.method) {
@@ -1277,7 +1277,7 @@ fn build_exchange(
     } else {
         (p.req.received, p.req.sent)
     };
-    signals::Exchange {
+    signal::Exchange {
         ts_ns: cfg.clock.wall_ns(p.first_seen()),
         transport: s.transport,
         session: s.label(procs),

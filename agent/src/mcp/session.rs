@@ -9,9 +9,9 @@
 
 use std::sync::Arc;
 
-use crate::capture::procinfo::{HolderKind, Host, ProcInfo};
+use crate::capture::host::{HolderKind, Host, ProcInfo};
 use crate::capture::{Dir, FdKind};
-use crate::signals::{Endpoint, Role};
+use crate::signal::{Endpoint, Role};
 
 use super::message::PeerInfo;
 

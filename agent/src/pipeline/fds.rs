@@ -13,8 +13,8 @@ use super::http::ConnState;
 use crate::FastMap;
 use crate::bounded::{TableStat, least_recent};
 use crate::capture::{Dir, FdKind, Record};
+use crate::conn::stream::StreamKey;
 use crate::mcp::session::Addr;
-use crate::streams::StreamKey;
 use mcptap_abi::SocketInfo;
 
 /// One process's fd: the key of everything both directions of a socket share.

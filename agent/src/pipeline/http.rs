@@ -18,14 +18,14 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::fds::{Fd, FdKey, SocketEnds};
 use super::{Junk, Oversize, Pipeline, Stream, Verdict, base_view};
-use crate::capture::procinfo::Host;
+use crate::capture::host::Host;
 use crate::capture::{Dir, FdKind, Record};
+use crate::conn::stream::StreamKey;
 use crate::mcp::message::{self, Id, Kind, Message, Parsed};
 use crate::mcp::privacy::session_label;
 use crate::mcp::session::{Addr, Addrs, Route, SessionKey, View};
-use crate::signals::Signal;
-use crate::streams::StreamKey;
-use crate::wire::http::{Conn, ConnEvent, Role, Txn};
+use crate::signal::Signal;
+use crate::wire::http1::{Conn, ConnEvent, Role, Txn};
 
 /// Whether a connection is known to carry MCP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -28,13 +28,13 @@ use log::debug;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::bounded::TableStat;
-use crate::capture::procinfo::Host;
+use crate::capture::host::Host;
 use crate::capture::{Dir, FdKind, ProcessNote, Record, RecordKind};
+use crate::conn::stream::{Gap, GapReason, Reassembly, StreamKey};
 use crate::mcp::message::{self, ParseError, Parsed};
 use crate::mcp::session::{Addr, Addrs, Route, SessionKey, View};
 use crate::mcp::{Tracker, TrackerConfig};
-use crate::signals::{Event, Signal};
-use crate::streams::{Gap, GapReason, Reassembly, StreamKey};
+use crate::signal::{Event, Signal};
 use crate::wire::ndjson::{self, Framer};
 use fds::{Fd, FdKey, FdTable, SocketEnds};
 use mcptap_abi::{FLAG_STATE_NEW, counter};
@@ -578,7 +578,7 @@ impl Pipeline {
         }
         if fd.kind != FdKind::Pipe
             && let Some(conn) =
-                crate::wire::http::Conn::detect(key.dir, head, self.cfg.max_message_bytes)
+                crate::wire::http1::Conn::detect(key.dir, head, self.cfg.max_message_bytes)
         {
             fd.http = Some(Box::new(http::ConnState::new(conn)));
             stream.framing = Framing::Http;
@@ -954,7 +954,7 @@ impl Pipeline {
 
     /// Time passes (`now` is CLOCK_MONOTONIC ns): timeouts fire, idle state is dropped.
     pub fn tick(&mut self, now: u64) {
-        self.tick_with(&mut crate::capture::procinfo::NoHost, now);
+        self.tick_with(&mut crate::capture::host::NoHost, now);
     }
 
     fn tick_with(&mut self, host: &mut dyn Host, now: u64) {

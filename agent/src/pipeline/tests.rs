@@ -2,8 +2,8 @@
 
 use super::*;
 use crate::capture::encode_record;
-use crate::capture::procinfo::FixedHost;
-use crate::signals::Status;
+use crate::capture::host::FixedHost;
+use crate::signal::Status;
 use mcptap_abi::{
     DIR_IN, DIR_OUT, EventHeader, FD_PIPE, FLAG_LOST_BEFORE, RECORD_DATA, RECORD_EXIT,
 };
@@ -89,7 +89,7 @@ fn run(records: &[Vec<u8>], host: &mut FixedHost) -> (Vec<Signal>, Pipeline) {
     (out, p)
 }
 
-fn exchanges(s: &[Signal]) -> Vec<&crate::signals::Exchange> {
+fn exchanges(s: &[Signal]) -> Vec<&crate::signal::Exchange> {
     s.iter()
         .filter_map(|s| match s {
             Signal::Exchange(x) => Some(x),
@@ -606,7 +606,7 @@ fn with_id(m: &[u8], id: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-fn events<'a>(out: &'a [Signal], name: &str) -> Vec<&'a crate::signals::Event> {
+fn events<'a>(out: &'a [Signal], name: &str) -> Vec<&'a crate::signal::Event> {
     out.iter()
         .filter_map(|s| match s {
             Signal::Event(e) if e.event == name => Some(e),

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::capture::encode_record;
-use crate::capture::procinfo::FixedHost;
+use crate::capture::host::FixedHost;
 use mcptap_abi::{
     DIR_IN, DIR_OUT, EventHeader, FD_TCP, FLAG_TLS, RECORD_CLOSE, RECORD_DATA, RECORD_EXEC,
     RECORD_EXIT, RECORD_TLS, syscall,
@@ -133,7 +133,7 @@ fn tls_plaintext_is_framed_as_http_and_marks_the_exchange() {
     assert_eq!(x[0].transport, "http");
     assert_eq!(x[0].client_duration_ms, Some(0.003));
     assert_eq!(x[0].server_duration_ms, Some(0.001));
-    let line = crate::export::jsonl::encode(&Signal::Exchange(x[0].clone()));
+    let line = crate::output::jsonl::encode(&Signal::Exchange(x[0].clone()));
     assert!(line.contains(r#""tls":true"#), "{line}");
     // Both sockets were decrypted: nothing to count, even though they never closed.
     assert_eq!(p.stats.tls_sockets, 2);

@@ -3,6 +3,6 @@
 //! stdio speaks newline-delimited JSON ([`ndjson`]); the network transports speak HTTP/1.1
 //! ([`http`]) whose bodies are JSON or server-sent events ([`sse`]).
 
-pub mod http;
+pub mod http1;
 pub mod ndjson;
 pub mod sse;

@@ -259,7 +259,7 @@ pub(crate) mod tests {
 
     fn fixture(name: &str) -> Vec<u8> {
         std::fs::read(format!(
-            "{}/src/k8s/testdata/{name}",
+            "{}/src/enrich/k8s/testdata/{name}",
             env!("CARGO_MANIFEST_DIR")
         ))
         .unwrap()

@@ -35,8 +35,9 @@ use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::signals::metrics::{Kind, Registry, Value, defs};
-use crate::signals::{Endpoint, Exchange, Signal, Sink, Status as XStatus, telemetry};
+use crate::output::metrics::record as telemetry;
+use crate::output::metrics::{Kind, Registry, Value, defs};
+use crate::signal::{Endpoint, Exchange, Signal, Sink, Status as XStatus};
 
 /// Wire protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -703,7 +704,7 @@ pub fn spans_of(x: &Exchange, payloads: bool) -> Vec<SpanData> {
     // The requester's side is the CLIENT span (the MCP client, or the server for the
     // requests it sends).
     let (req_start, req_ms, resp_start, resp_ms, req_side, resp_side) = match x.requester {
-        crate::signals::Role::Server => (
+        crate::signal::Role::Server => (
             x.server_start_ns,
             x.server_duration_ms,
             x.client_start_ns,
@@ -755,7 +756,7 @@ pub fn spans_of(x: &Exchange, payloads: bool) -> Vec<SpanData> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::k8s::Identity;
+    use crate::enrich::k8s::Identity;
 
     fn attr(span: &SpanData, key: &str) -> Option<String> {
         span.attributes

@@ -6,7 +6,7 @@ use std::net::TcpListener as StdListener;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::signals::metrics::Registry;
+use crate::output::metrics::Registry;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;

@@ -7,7 +7,7 @@
 use std::io::Write;
 
 use super::rfc3339_micros;
-use crate::signals::{Endpoint, Role, Signal, Sink};
+use crate::signal::{Endpoint, Role, Signal, Sink};
 
 fn who(e: &Endpoint) -> String {
     let comm = if e.comm.is_empty() { "?" } else { &e.comm };
@@ -134,7 +134,7 @@ impl Sink for Console {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::signals::Exchange;
+    use crate::signal::Exchange;
 
     #[test]
     fn control_characters_from_the_wire_are_escaped() {

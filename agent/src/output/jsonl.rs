@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::rfc3339_micros;
-use crate::signals::{Signal, Sink};
+use crate::signal::{Signal, Sink};
 
 #[derive(Serialize)]
 struct Line<'a, T: Serialize> {
@@ -96,7 +96,7 @@ impl Sink for JsonLines {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::signals::{Endpoint, Exchange, Role, Status};
+    use crate::signal::{Endpoint, Exchange, Role, Status};
 
     #[test]
     fn exchange_line_has_the_documented_fields() {

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::signals::metrics::{Kind, Snapshot, Value};
+use crate::output::metrics::{Kind, Snapshot, Value};
 
 fn escape(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
@@ -88,7 +88,7 @@ pub fn render(snap: &Snapshot) -> String {
 
 fn histogram(
     out: &mut String,
-    def: &crate::signals::metrics::Def,
+    def: &crate::output::metrics::Def,
     values: &[&str],
     (buckets, sum, count): (&[u64], f64, u64),
     bounds: &[f64],
@@ -128,7 +128,7 @@ fn histogram(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::signals::metrics::{Registry, defs};
+    use crate::output::metrics::{Registry, defs};
 
     #[test]
     fn exposition_format() {

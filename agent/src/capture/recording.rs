@@ -12,7 +12,7 @@ use std::io::{self, BufWriter, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-use super::procinfo::{Holder, HolderKind, Host, ProcInfo};
+use super::host::{Holder, HolderKind, Host, ProcInfo};
 
 /// First bytes of a record file.
 pub const MAGIC: &[u8; 8] = b"MCPTAP\x00\x01";

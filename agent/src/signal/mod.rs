@@ -3,9 +3,6 @@
 //! looks further upstream. [`metrics`] defines every metric once; [`telemetry`] derives them
 //! from the signals.
 
-pub mod metrics;
-pub mod telemetry;
-
 use serde::Serialize;
 
 /// One side of a conversation, as reported.
@@ -26,9 +23,9 @@ pub struct Endpoint {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
     /// Container and pod, when the process runs in one: written flat into the object
-    /// (`container_id`, `k8s_pod`, ...; see [`crate::k8s::Identity`]).
+    /// (`container_id`, `k8s_pod`, ...; see [`crate::enrich::k8s::Identity`]).
     #[serde(flatten)]
-    pub k8s: Option<std::sync::Arc<crate::k8s::Identity>>,
+    pub k8s: Option<std::sync::Arc<crate::enrich::k8s::Identity>>,
 }
 
 /// How an exchange ended.

@@ -4,7 +4,7 @@
 //!
 //! 1. The process's cgroup path ([`cgroup`]): container id, runtime and pod UID, with no API
 //!    server, read once per process with the rest of its metadata
-//!    ([`crate::capture::procinfo`]) and carried by every record's `client`/`server`.
+//!    ([`crate::capture::host`]) and carried by every record's `client`/`server`.
 //! 2. The API server ([`api`], [`pods`]): the pods of this node, listed and watched by the
 //!    `kube` crate's watcher with the in-cluster service account, name the pod, its namespace
 //!    and the container. Names are filled in when signals leave the pipeline ([`enrich`]), so
@@ -24,8 +24,8 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use log::{debug, warn};
 use serde::Serialize;
 
-use crate::signals::metrics::{Registry, defs};
-use crate::signals::{Endpoint, Signal};
+use crate::output::metrics::{Registry, defs};
+use crate::signal::{Endpoint, Signal};
 use pods::Store;
 
 /// Where a process runs, as far as it is known. Serialized flat into a record's
@@ -262,7 +262,7 @@ pub fn start(mode: Mode, registry: Arc<Mutex<Registry>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::signals::{Event, Exchange};
+    use crate::signal::{Event, Exchange};
     use std::time::Instant;
 
     const ID: &str = "e836c1363ec0d9781e860e8210cc5e7624a2332ddcb4c76fc4a5bb401494bfcf";
@@ -371,7 +371,7 @@ mod tests {
         };
         assert_eq!(x.client.k8s, None, "a host process stays a host process");
         let line: serde_json::Value =
-            serde_json::from_str(&crate::export::jsonl::encode(&s)).unwrap();
+            serde_json::from_str(&crate::output::jsonl::encode(&s)).unwrap();
         let srv = &line["server"];
         assert_eq!(srv["k8s_pod"], "mcp-weather-7d9f8b6c5-x2kqp");
         assert_eq!(srv["k8s_namespace"], "agents");

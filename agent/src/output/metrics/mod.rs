@@ -1,8 +1,11 @@
 //! The metrics model: every metric mcptap exports is defined once here ([`defs`]), stored in
-//! one [`Registry`], and encoded by the exporters (Prometheus text, OTLP).
+//! one [`Registry`], fed from the signals ([`record`]), and encoded by the exporters
+//! (Prometheus text, OTLP).
 //!
 //! Label values are bounded: each label of each metric keeps at most `label_limit` distinct
 //! values; the rest are reported as `other` and counted in `mcptap_label_overflow_total`.
+
+pub mod record;
 
 use std::collections::HashMap;
 #[cfg(test)]

@@ -23,7 +23,7 @@ use super::*;
 
 fn testdata(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("src/k8s/testdata")
+        .join("src/enrich/k8s/testdata")
         .join(name)
 }
 

@@ -7,8 +7,9 @@
 //! - [`otlp`]: OpenTelemetry traces and metrics over OTLP (gRPC or HTTP/protobuf).
 
 pub mod console;
-pub mod http;
+pub mod endpoints;
 pub mod jsonl;
+pub mod metrics;
 pub mod otlp;
 pub mod prometheus;
 
@@ -20,8 +21,9 @@ use anyhow::{Context as _, Result};
 use log::{info, warn};
 
 use crate::cli::OutputArgs;
-use crate::signals::metrics::Registry;
-use crate::signals::{Signal, Sink, telemetry};
+use crate::output::metrics::Registry;
+use crate::output::metrics::record as telemetry;
+use crate::signal::{Signal, Sink};
 
 /// Several sinks fed the same signals.
 #[derive(Default)]
@@ -133,7 +135,7 @@ impl Outputs {
         for mut s in signals {
             n += 1;
             // Pod and container names, known once the API server's watch has caught up.
-            crate::k8s::enrich(&mut s);
+            crate::enrich::k8s::enrich(&mut s);
             self.fan.emit(&s);
         }
         n

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use super::metrics::{Registry, defs};
-use super::{Endpoint, Event, Exchange, Notification, Role, Signal, Status};
+use super::{Registry, defs};
+use crate::signal::{Endpoint, Event, Exchange, Notification, Role, Signal, Status};
 
 fn name(e: &Endpoint) -> &str {
     match e.name.as_deref() {
@@ -327,7 +327,7 @@ pub fn agent(r: &mut Registry, t: &AgentTotals<'_>) {
 /// A [`super::Sink`] that feeds every signal into a shared registry.
 pub struct Recorder(pub std::sync::Arc<std::sync::Mutex<Registry>>);
 
-impl super::Sink for Recorder {
+impl crate::signal::Sink for Recorder {
     fn emit(&mut self, signal: &Signal) {
         let mut r = match self.0.lock() {
             Ok(r) => r,
