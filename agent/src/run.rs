@@ -186,7 +186,7 @@ pub fn live(args: &LiveArgs, output: &OutputArgs) -> Result<()> {
     // changes: no port bound, no file created or truncated, no program loaded.
     let pre = Preflight::check(&settings)?;
     let listener = bind(args.listen.clone())?;
-    let outputs = Outputs::open(output)?;
+    let mut outputs = Outputs::open(output)?;
     let mut recorder = open_recorder(args.record.as_deref())?;
     let stop = stop_flag()?;
     let health = Arc::new(http::Health::new(outputs.registry.clone()));
@@ -197,7 +197,11 @@ pub fn live(args: &LiveArgs, output: &OutputArgs) -> Result<()> {
         info!("serving /health and /ready on http://{addr}");
     }
     let (probes, report) = Probes::load(&settings, pre)?;
-    crate::enrich::k8s::start(args.k8s, outputs.registry.clone());
+    let registry = outputs.registry.clone();
+    let pods = crate::enrich::k8s::start(args.k8s, move |reason| {
+        Outputs::count_k8s_error(&registry, reason)
+    });
+    outputs.set_enricher(crate::enrich::Enricher::new(pods));
     log_start(&settings, &report);
     health.ready.store(true, Ordering::Relaxed);
 

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use crate::bounded::{TableStat, least_recent, nth_oldest};
 use crate::capture::host::Host;
 use crate::capture::recording::ClockAnchor;
-use crate::signal::{self, Event, Role, Signal, Status};
+use crate::signal::{self, Event, Role, Signal, Status, What};
 
 use correlate::{Correlator, Derived, Outcome, Pending};
 use derive::{Advertised, Repeats, ToolBook};
@@ -413,12 +413,11 @@ impl Tracker {
                 }
                 if outcome == Outcome::DuplicateId {
                     self.stats.duplicate_ids += 1;
-                    let e = Event::new(clock.wall_ns(v.ts()), "duplicate_id")
-                        .with(
-                            "id",
-                            msg.id.as_ref().map(|i| i.0.clone()).unwrap_or_default(),
-                        )
-                        .with("method", msg.method.clone().unwrap_or_default());
+                    let what = What::DuplicateId {
+                        id: msg.id.as_ref().map(|i| i.0.clone()).unwrap_or_default(),
+                        method: msg.method.clone().unwrap_or_default(),
+                    };
+                    let e = Event::new(clock.wall_ns(v.ts()), what);
                     out.push(Signal::Event(Event {
                         session: st.session.label(&self.procs),
                         ..e
@@ -431,8 +430,12 @@ impl Tracker {
                     if viewer_is_sender || !st.session.ends[sender].observed {
                         out.push(Signal::Event(Event {
                             session: st.session.label(&self.procs),
-                            ..Event::new(clock.wall_ns(v.ts()), "error_without_id")
-                                .with("error_code", msg.error_code.unwrap_or(0))
+                            ..Event::new(
+                                clock.wall_ns(v.ts()),
+                                What::ErrorWithoutId {
+                                    error_code: msg.error_code.unwrap_or(0),
+                                },
+                            )
                         }));
                     }
                 } else {
@@ -455,11 +458,13 @@ impl Tracker {
                         st.tools = Some(adv);
                         if let Some(d) = drift {
                             self.stats.drifts += 1;
-                            let e = Event::new(clock.wall_ns(v.ts()), "tool_drift")
-                                .with("server_name", server)
-                                .with("added", d.added)
-                                .with("removed", d.removed)
-                                .with("changed", d.changed);
+                            let what = What::ToolDrift {
+                                server_name: server,
+                                added: d.added,
+                                removed: d.removed,
+                                changed: d.changed,
+                            };
+                            let e = Event::new(clock.wall_ns(v.ts()), what);
                             out.push(Signal::Event(Event {
                                 session: st.session.label(&self.procs),
                                 ..e
@@ -492,10 +497,12 @@ impl Tracker {
                         &self.procs,
                         &clock,
                         v.ts(),
-                        true,
-                        None,
-                        Some(ms),
-                        requested,
+                        HandshakeOutcome {
+                            ok: true,
+                            reason: None,
+                            duration_ms: Some(ms),
+                            requested: requested,
+                        },
                     ));
                 }
                 if first {
@@ -608,8 +615,12 @@ impl Tracker {
                 let label = st.session.label(&self.procs);
                 out.push(Signal::Event(Event {
                     session: label,
-                    ..Event::new(clock.wall_ns(o.ts), "orphan_response")
-                        .with("id", o.msg.id.map(|i| i.0).unwrap_or_default())
+                    ..Event::new(
+                        clock.wall_ns(o.ts),
+                        What::OrphanResponse {
+                            id: o.msg.id.map(|i| i.0).unwrap_or_default(),
+                        },
+                    )
                 }));
             }
             // Hung calls: reported once when they pass the response timeout.
@@ -632,18 +643,18 @@ impl Tracker {
             for (method, target, id, elapsed) in hung {
                 self.stats.call_timeouts += 1;
                 push_started(st, &self.procs, &clock, now, out);
-                let mut e = Event::new(clock.wall_ns(now), "call_timeout")
-                    .with("method", method)
-                    .with("id", id)
-                    .with("elapsed_ms", ms(elapsed));
-                if let Target::Tool(t) = target {
-                    e = e.with("tool", t);
-                }
                 let server = server_side(&mut st.session, &self.procs);
-                e = e.with(
-                    "server_name",
-                    server_identity(&st.session, server, &self.procs),
-                );
+                let what = What::CallTimeout {
+                    method,
+                    id,
+                    elapsed_ms: ms(elapsed),
+                    tool: match target {
+                        Target::Tool(t) => Some(t),
+                        _ => None,
+                    },
+                    server_name: server_identity(&st.session, server, &self.procs),
+                };
+                let mut e = Event::new(clock.wall_ns(now), what);
                 e.session = st.session.label(&self.procs);
                 out.push(Signal::Event(e));
             }
@@ -666,10 +677,12 @@ impl Tracker {
                     &self.procs,
                     &clock,
                     now,
-                    false,
-                    Some(reason),
-                    None,
-                    requested,
+                    HandshakeOutcome {
+                        ok: false,
+                        reason: Some(reason),
+                        duration_ms: None,
+                        requested: requested,
+                    },
                 ));
             }
             st.seen
@@ -872,10 +885,12 @@ impl Tracker {
                 &self.procs,
                 &clock,
                 now,
-                false,
-                Some(reason),
-                None,
-                requested,
+                HandshakeOutcome {
+                    ok: false,
+                    reason: Some(reason),
+                    duration_ms: None,
+                    requested,
+                },
             ));
         }
         if st.started {
@@ -884,24 +899,18 @@ impl Tracker {
             let end = s
                 .last_ns
                 .max(s.ends.iter().filter_map(|e| e.exited_ns).max().unwrap_or(0));
-            let mut e = Event::new(self.cfg.clock.wall_ns(end.min(now.max(end))), "session_end")
-                .with("transport", s.transport)
-                .with("reason", reason)
-                .with("duration_ms", ms(end.saturating_sub(s.started_ns)))
-                .with("exchanges", st.exchanges)
-                .with("client_observed", s.ends[c].observed)
-                .with("server_observed", s.ends[other(c)].observed)
-                .with(
-                    "client",
-                    serde_json::to_value(s.endpoint(c, &self.procs)).unwrap_or_default(),
-                )
-                .with(
-                    "server",
-                    serde_json::to_value(s.endpoint(other(c), &self.procs)).unwrap_or_default(),
-                );
-            if let Some(pv) = &s.protocol_version {
-                e = e.with("protocol_version", pv.clone());
-            }
+            let what = What::SessionEnd(signal::SessionEnd {
+                transport: s.transport,
+                reason,
+                duration_ms: ms(end.saturating_sub(s.started_ns)),
+                exchanges: st.exchanges,
+                client_observed: s.ends[c].observed,
+                server_observed: s.ends[other(c)].observed,
+                client: s.endpoint(c, &self.procs),
+                server: s.endpoint(other(c), &self.procs),
+                protocol_version: s.protocol_version.clone(),
+            });
+            let mut e = Event::new(self.cfg.clock.wall_ns(end.min(now.max(end))), what);
             e.session = s.label(&self.procs);
             out.push(Signal::Event(e));
         }
@@ -1063,10 +1072,12 @@ impl Tracker {
                         &self.procs,
                         &cfg.clock,
                         now,
-                        false,
-                        Some(reason),
-                        ms,
-                        requested,
+                        HandshakeOutcome {
+                            ok: false,
+                            reason: Some(reason),
+                            duration_ms: ms,
+                            requested: requested,
+                        },
                     ));
                     continue;
                 }
@@ -1152,57 +1163,45 @@ fn push_started(
     st.started = true;
     let s = &mut st.session;
     let c = s.side_with_role(Role::Client, procs, 0);
-    let mut e = Event::new(clock.wall_ns(s.started_ns.min(ts)), "session_start")
-        .with("transport", s.transport)
-        .with(
-            "client",
-            serde_json::to_value(s.endpoint(c, procs)).unwrap_or_default(),
-        )
-        .with(
-            "server",
-            serde_json::to_value(s.endpoint(other(c), procs)).unwrap_or_default(),
-        );
+    let what = What::SessionStart {
+        transport: s.transport,
+        client: s.endpoint(c, procs),
+        server: s.endpoint(other(c), procs),
+    };
+    let mut e = Event::new(clock.wall_ns(s.started_ns.min(ts)), what);
     e.session = s.label(procs);
     out.push(Signal::Event(e));
 }
 
+/// How a handshake ended, for [`handshake_event`].
+struct HandshakeOutcome {
+    ok: bool,
+    reason: Option<&'static str>,
+    duration_ms: Option<f64>,
+    requested: Option<String>,
+}
+
 /// A `handshake` event: initialize → result → notifications/initialized, or how it failed.
-#[allow(clippy::too_many_arguments)]
 fn handshake_event(
     st: &mut State,
     procs: &ProcTable,
     clock: &ClockAnchor,
     ts: u64,
-    ok: bool,
-    reason: Option<&'static str>,
-    duration_ms: Option<f64>,
-    requested: Option<String>,
+    h: HandshakeOutcome,
 ) -> Signal {
     let s = &mut st.session;
     let c = s.side_with_role(Role::Client, procs, 0);
-    let mut e = Event::new(clock.wall_ns(ts), "handshake")
-        .with("status", if ok { "success" } else { "failure" })
-        .with("transport", s.transport)
-        .with(
-            "client",
-            serde_json::to_value(s.endpoint(c, procs)).unwrap_or_default(),
-        )
-        .with(
-            "server",
-            serde_json::to_value(s.endpoint(other(c), procs)).unwrap_or_default(),
-        );
-    if let Some(r) = reason {
-        e = e.with("reason", r);
-    }
-    if let Some(d) = duration_ms {
-        e = e.with("duration_ms", d);
-    }
-    if let Some(v) = requested {
-        e = e.with("requested_version", v);
-    }
-    if let Some(v) = &s.protocol_version {
-        e = e.with("protocol_version", v.clone());
-    }
+    let what = What::Handshake(signal::Handshake {
+        status: if h.ok { "success" } else { "failure" },
+        transport: s.transport,
+        client: s.endpoint(c, procs),
+        server: s.endpoint(other(c), procs),
+        reason: h.reason,
+        duration_ms: h.duration_ms,
+        requested_version: h.requested,
+        protocol_version: s.protocol_version.clone(),
+    });
+    let mut e = Event::new(clock.wall_ns(ts), what);
     e.session = s.label(procs);
     Signal::Event(e)
 }

@@ -74,7 +74,7 @@ pub fn render(signal: &Signal) -> String {
         }
         Signal::Event(e) => {
             let time = &rfc3339_micros(e.ts_ns)[11..];
-            let mut line = format!("{time} ! {}", e.event);
+            let mut line = format!("{time} ! {}", e.name());
             if let Some(p) = e.pid {
                 let comm = escape(e.comm.as_deref().unwrap_or("?"));
                 line.push_str(&format!(" {comm}[{p}]"));
@@ -83,7 +83,7 @@ pub fn render(signal: &Signal) -> String {
                 line.push_str(&format!(" fd={fd}"));
             }
             // JSON text: control characters are already escaped in it.
-            for (k, v) in &e.detail {
+            for (k, v) in &e.detail() {
                 line.push_str(&format!(" {k}={v}"));
             }
             line

@@ -21,6 +21,7 @@ use anyhow::{Context as _, Result};
 use log::{info, warn};
 
 use crate::cli::OutputArgs;
+use crate::enrich::Enricher;
 use crate::output::metrics::Registry;
 use crate::output::metrics::record as telemetry;
 use crate::signal::{Signal, Sink};
@@ -73,9 +74,11 @@ pub fn private_file(path: &std::path::Path, append: bool) -> std::io::Result<Fil
 }
 
 /// Every output of one run, live or replay: the console, JSON lines, the metrics registry
-/// (read by `/metrics` and OTLP) and the OTLP exporters, all fed the same signals.
+/// (read by `/metrics` and OTLP) and the OTLP exporters, all fed the same signals, after the
+/// enrichment stage has named their pods.
 pub struct Outputs {
     fan: Fanout,
+    enrich: Enricher,
     /// The metrics, shared with `/metrics` and the OTLP metric reader.
     pub registry: Arc<Mutex<Registry>>,
 }
@@ -126,7 +129,22 @@ impl Outputs {
                 Err(e) => warn!("OTLP export disabled: {e:#}"),
             }
         }
-        Ok(Outputs { fan, registry })
+        Ok(Outputs {
+            fan,
+            enrich: Enricher::default(),
+            registry,
+        })
+    }
+
+    /// Pass every signal through `enrich` before the outputs see it.
+    pub fn set_enricher(&mut self, enrich: Enricher) {
+        self.enrich = enrich;
+    }
+
+    /// Count a failed call to the Kubernetes API server, by reason.
+    pub fn count_k8s_error(registry: &Mutex<Registry>, reason: &'static str) {
+        let mut r = registry.lock().unwrap_or_else(|p| p.into_inner());
+        r.inc(&metrics::defs::K8S_API_ERRORS, &[reason], 1.0);
     }
 
     /// Hand signals to every output; returns how many there were.
@@ -135,7 +153,7 @@ impl Outputs {
         for mut s in signals {
             n += 1;
             // Pod and container names, known once the API server's watch has caught up.
-            crate::enrich::k8s::enrich(&mut s);
+            self.enrich.enrich(&mut s);
             self.fan.emit(&s);
         }
         n

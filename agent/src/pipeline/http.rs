@@ -491,10 +491,13 @@ impl Pipeline {
                         dir: req_dir,
                         inode: fk.inode,
                     };
-                    let e = self
-                        .stream_event("stream_corruption", &key, self.now)
-                        .with("reason", "http")
-                        .with("detail", why);
+                    let what = crate::signal::What::StreamCorruption {
+                        reason: "http",
+                        bytes: None,
+                        before_first_message: false,
+                        detail: Some(why),
+                    };
+                    let e = self.stream_event(what, &key, self.now);
                     self.out.push(Signal::Event(e));
                 }
                 meta.verdict = ConnVerdict::Rejected("http_broken");

@@ -34,7 +34,7 @@ use crate::conn::stream::{Gap, GapReason, Reassembly, StreamKey};
 use crate::mcp::message::{self, ParseError, Parsed};
 use crate::mcp::session::{Addr, Addrs, Route, SessionKey, View};
 use crate::mcp::{Tracker, TrackerConfig};
-use crate::signal::{Event, Signal};
+use crate::signal::{Event, Signal, What};
 use crate::wire::ndjson::{self, Framer};
 use fds::{Fd, FdKey, FdTable, SocketEnds};
 use mcptap_abi::{FLAG_STATE_NEW, counter};
@@ -291,12 +291,12 @@ impl Pipeline {
         self.cfg.tracker.clock.wall_ns(mono)
     }
 
-    fn stream_event(&self, event: &'static str, key: &StreamKey, ts: u64) -> Event {
+    fn stream_event(&self, what: What, key: &StreamKey, ts: u64) -> Event {
         Event {
             pid: Some(key.tgid),
             comm: self.tracker.procs.get(key.tgid).map(|p| p.comm.clone()),
             fd: Some(key.fd),
-            ..Event::new(self.wall(ts), event)
+            ..Event::new(self.wall(ts), what)
         }
     }
 
@@ -717,13 +717,12 @@ impl Pipeline {
         if verdict != Verdict::Mcp {
             return verdict;
         }
-        let mut e = self
-            .stream_event("message_truncated", big.key, big.view.ts())
-            .with("bytes", big.len)
-            .with("limit", self.cfg.max_message_bytes as u64);
-        if let Some(m) = sniff_method(big.prefix) {
-            e = e.with("method", m);
-        }
+        let what = What::MessageTruncated {
+            bytes: big.len,
+            limit: self.cfg.max_message_bytes as u64,
+            method: sniff_method(big.prefix),
+        };
+        let mut e = self.stream_event(what, big.key, big.view.ts());
         let hash = xxh3_64(big.prefix) ^ big.len;
         if self.tracker.observe_junk(host, big.route, big.view, hash) {
             e.session = self.tracker.session_label(host, big.route, big.view.ts());
@@ -845,13 +844,13 @@ impl Pipeline {
     ) {
         *self.stats.parse_errors.entry(j.class).or_default() += 1;
         if self.tracker.observe_junk(host, route, &j.view, j.hash) {
-            let mut e = self
-                .stream_event("stream_corruption", key, j.view.ts())
-                .with("bytes", j.len)
-                .with("reason", j.class);
-            if before_first {
-                e = e.with("before_first_message", true);
-            }
+            let what = What::StreamCorruption {
+                reason: j.class,
+                bytes: Some(j.len),
+                before_first_message: before_first,
+                detail: None,
+            };
+            let mut e = self.stream_event(what, key, j.view.ts());
             e.session = self.tracker.session_label(host, route, j.view.ts());
             self.out.push(Signal::Event(e));
         }
@@ -860,13 +859,12 @@ impl Pipeline {
     fn report_gap(&mut self, key: &StreamKey, gap: Gap, dropped: u64, ts: u64) {
         *self.stats.gaps.entry(gap.reason.as_str()).or_default() += 1;
         self.stats.resync_dropped_bytes += dropped;
-        let mut e = self
-            .stream_event("stream_gap", key, ts)
-            .with("reason", gap.reason.as_str())
-            .with("dropped_bytes", dropped);
-        if let Some(b) = gap.bytes {
-            e = e.with("missing_bytes", b);
-        }
+        let what = What::StreamGap {
+            reason: gap.reason.as_str(),
+            dropped_bytes: dropped,
+            missing_bytes: gap.bytes,
+        };
+        let e = self.stream_event(what, key, ts);
         self.out.push(Signal::Event(e));
     }
 
@@ -911,9 +909,7 @@ impl Pipeline {
             && let Some(n) = f.finish()
         {
             self.stats.unterminated += 1;
-            let e = self
-                .stream_event("stream_unterminated", &key, ts)
-                .with("bytes", n);
+            let e = self.stream_event(What::StreamUnterminated { bytes: n }, &key, ts);
             self.out.push(Signal::Event(e));
         }
     }
@@ -989,10 +985,12 @@ impl Pipeline {
                         total - prev
                     );
                 }
-                let e = Event::new(self.wall(now), "kernel_loss")
-                    .with("counter", name)
-                    .with("delta", total - prev)
-                    .with("total", total);
+                let what = What::KernelLoss {
+                    counter: name,
+                    delta: total - prev,
+                    total,
+                };
+                let e = Event::new(self.wall(now), what);
                 self.out.push(Signal::Event(e));
             }
         }
@@ -1036,10 +1034,14 @@ impl Pipeline {
         self.buffered = 0;
         let open = self.tracker.open_exchanges();
         if open > 0 {
-            let e = Event::new(self.wall(now), "in_flight_at_stop").with("exchanges", open as u64);
+            let what = What::InFlightAtStop {
+                exchanges: open as u64,
+            };
+            let e = Event::new(self.wall(now), what);
             self.out.push(Signal::Event(e));
         }
-        let e = Event::new(self.wall(now), "agent_stop").with("stats", self.summary());
+        let stats = self.summary();
+        let e = Event::new(self.wall(now), What::AgentStop { stats });
         self.out.push(Signal::Event(e));
     }
 

@@ -210,7 +210,7 @@ fn stray_stdout_is_corruption_and_framing_resyncs() {
     assert_eq!(exchanges(&out).len(), 1);
     let corrupt: Vec<&Signal> = out
         .iter()
-        .filter(|s| matches!(s, Signal::Event(e) if e.event == "stream_corruption"))
+        .filter(|s| matches!(s, Signal::Event(e) if e.name() == "stream_corruption"))
         .collect();
     assert_eq!(corrupt.len(), 1, "{out:#?}");
     assert_eq!(p.stats.parse_errors.get("not_json"), Some(&2));
@@ -228,7 +228,7 @@ fn json_logs_are_rejected() {
     p.finish(10, 0);
     let reported: Vec<Signal> = p
         .drain_signals()
-        .filter(|s| !matches!(s, Signal::Event(e) if e.event == "agent_stop"))
+        .filter(|s| !matches!(s, Signal::Event(e) if e.name() == "agent_stop"))
         .collect();
     assert!(reported.is_empty(), "{reported:#?}");
     assert_eq!(
@@ -347,7 +347,7 @@ fn kernel_loss_resyncs_at_the_next_line() {
     assert_eq!(p.tracker.stats.orphan_responses, 1);
     assert!(
         out.iter()
-            .any(|s| matches!(s, Signal::Event(e) if e.event == "stream_gap"))
+            .any(|s| matches!(s, Signal::Event(e) if e.name() == "stream_gap"))
     );
 }
 
@@ -609,7 +609,7 @@ fn with_id(m: &[u8], id: &str) -> Vec<u8> {
 fn events<'a>(out: &'a [Signal], name: &str) -> Vec<&'a crate::signal::Event> {
     out.iter()
         .filter_map(|s| match s {
-            Signal::Event(e) if e.event == name => Some(e),
+            Signal::Event(e) if e.name() == name => Some(e),
             _ => None,
         })
         .collect()
@@ -913,8 +913,8 @@ fn caps_bound_sessions_and_pending_calls() {
     let ended_evicted = out
         .iter()
         .filter(|s| {
-            matches!(s, Signal::Event(e) if e.event == "session_end"
-                && e.detail.get("reason").and_then(|r| r.as_str()) == Some("evicted"))
+            matches!(s, Signal::Event(e) if e.name() == "session_end"
+                && e.detail().get("reason").and_then(|r| r.as_str()) == Some("evicted"))
         })
         .count();
     assert!(ended_evicted as u64 <= ev["sessions"]);
@@ -948,7 +948,7 @@ fn idle_streams_are_finished_when_they_expire() {
     let out: Vec<Signal> = p.drain_signals().collect();
     let e = events(&out, "stream_unterminated");
     assert_eq!(e.len(), 1, "{out:#?}");
-    assert_eq!(e[0].detail["bytes"], partial.len());
+    assert_eq!(e[0].detail()["bytes"], partial.len());
     assert_eq!(p.stream_count(), 0);
 }
 

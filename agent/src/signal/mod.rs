@@ -213,15 +213,17 @@ pub struct Notification {
     pub bytes: u64,
 }
 
-/// Something about the capture itself: loss, corruption, resynchronisation, lifecycle.
+/// Something about the capture itself (loss, corruption, resynchronisation) or about a
+/// session's life (its start, handshake and end, a drifting tool list, a hung call).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Event {
     /// Wall-clock nanoseconds.
     #[serde(skip)]
     pub ts_ns: u64,
-    /// What happened (`stream_corruption`, `stream_gap`, `kernel_loss`, ...).
-    pub event: &'static str,
-    /// Process, when the event is about one.
+    /// What happened, with what is known of it; written as `"event": NAME` and its fields.
+    #[serde(flatten)]
+    pub what: What,
+    /// Process, when the event is about one of its streams.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
     /// Its comm.
@@ -233,29 +235,232 @@ pub struct Event {
     /// Session, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
-    /// Event-specific details.
-    #[serde(flatten)]
-    pub detail: serde_json::Map<String, serde_json::Value>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The events, each with its own fields (the README's table documents them).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum What {
+    /// Something on an MCP stream that is not a JSON-RPC message, or HTTP framing that broke.
+    StreamCorruption {
+        /// Parse class (`not_json`, `not_jsonrpc`, ...) or `http`.
+        reason: &'static str,
+        /// Bytes of the line or body.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        bytes: Option<u64>,
+        /// It came before the stream's first message.
+        #[serde(skip_serializing_if = "is_false")]
+        before_first_message: bool,
+        /// What broke (HTTP).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<&'static str>,
+    },
+    /// Bytes of an MCP stream were lost; framing resynchronises.
+    StreamGap {
+        /// Why (`kernel_loss`, `truncated`, ...).
+        reason: &'static str,
+        /// Buffered bytes dropped to resynchronise.
+        dropped_bytes: u64,
+        /// Bytes known to be missing.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        missing_bytes: Option<u64>,
+    },
+    /// A message over `--max-message-bytes`, dropped.
+    MessageTruncated {
+        /// Its length.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+        /// Its method, when readable.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        method: Option<String>,
+    },
+    /// A stream ended inside a message.
+    StreamUnterminated {
+        /// Bytes of the partial message.
+        bytes: u64,
+    },
+    /// A kernel loss counter rose.
+    KernelLoss {
+        /// The counter's name.
+        counter: &'static str,
+        /// By how much.
+        delta: u64,
+        /// Its total.
+        total: u64,
+    },
+    /// A response whose request was never seen.
+    OrphanResponse {
+        /// The id, as JSON text.
+        id: String,
+    },
+    /// A request reused the id of one still open.
+    DuplicateId {
+        /// The id, as JSON text.
+        id: String,
+        /// The method.
+        method: String,
+    },
+    /// An error response with `id: null`.
+    ErrorWithoutId {
+        /// Its code.
+        error_code: i64,
+    },
+    /// Requests still open when mcptap stopped.
+    InFlightAtStop {
+        /// How many.
+        exchanges: u64,
+    },
+    /// initialize → result → `notifications/initialized`, or how it failed.
+    Handshake(Handshake),
+    /// A session's first record.
+    SessionStart {
+        /// Transport.
+        transport: &'static str,
+        /// The client.
+        client: Endpoint,
+        /// The server.
+        server: Endpoint,
+    },
+    /// A session's end.
+    SessionEnd(SessionEnd),
+    /// A server's tools/list differs from what it advertised before.
+    ToolDrift {
+        /// The server's name.
+        server_name: String,
+        /// Tools added.
+        added: Vec<String>,
+        /// Tools removed.
+        removed: Vec<String>,
+        /// Tools whose definition changed.
+        changed: Vec<String>,
+    },
+    /// A request passed `--response-timeout` without an answer.
+    CallTimeout {
+        /// Its method.
+        method: String,
+        /// Its id, as JSON text.
+        id: String,
+        /// How long it has waited.
+        elapsed_ms: f64,
+        /// Its tool.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tool: Option<String>,
+        /// The server's name.
+        server_name: String,
+    },
+    /// mcptap stopped: everything it counted.
+    AgentStop {
+        /// The counters, userspace and kernel.
+        stats: serde_json::Value,
+    },
+}
+
+/// How a handshake went.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Handshake {
+    /// `success` or `failure`.
+    pub status: &'static str,
+    /// Transport.
+    pub transport: &'static str,
+    /// The client.
+    pub client: Endpoint,
+    /// The server.
+    pub server: Endpoint,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    /// From the initialize request to `notifications/initialized`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<f64>,
+    /// The version the client asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested_version: Option<String>,
+    /// The version negotiated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<String>,
+}
+
+/// How a session ended.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SessionEnd {
+    /// Transport.
+    pub transport: &'static str,
+    /// `process_exit`, `deleted`, `idle` or `evicted`.
+    pub reason: &'static str,
+    /// First to last message.
+    pub duration_ms: f64,
+    /// Exchanges reported.
+    pub exchanges: u64,
+    /// The client's own records were seen.
+    pub client_observed: bool,
+    /// The server's own records were seen.
+    pub server_observed: bool,
+    /// The client.
+    pub client: Endpoint,
+    /// The server.
+    pub server: Endpoint,
+    /// The version negotiated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<String>,
 }
 
 impl Event {
-    /// An event with no process and no details yet.
-    pub fn new(ts_ns: u64, event: &'static str) -> Self {
+    /// An event about no process in particular.
+    pub fn new(ts_ns: u64, what: What) -> Self {
         Event {
             ts_ns,
-            event,
+            what,
             pid: None,
             comm: None,
             fd: None,
             session: None,
-            detail: serde_json::Map::new(),
         }
     }
 
-    /// Add a detail.
-    pub fn with(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
-        self.detail.insert(key.to_string(), value.into());
-        self
+    /// The event's name, as in `"event"`.
+    pub fn name(&self) -> &'static str {
+        match &self.what {
+            What::StreamCorruption { .. } => "stream_corruption",
+            What::StreamGap { .. } => "stream_gap",
+            What::MessageTruncated { .. } => "message_truncated",
+            What::StreamUnterminated { .. } => "stream_unterminated",
+            What::KernelLoss { .. } => "kernel_loss",
+            What::OrphanResponse { .. } => "orphan_response",
+            What::DuplicateId { .. } => "duplicate_id",
+            What::ErrorWithoutId { .. } => "error_without_id",
+            What::InFlightAtStop { .. } => "in_flight_at_stop",
+            What::Handshake(_) => "handshake",
+            What::SessionStart { .. } => "session_start",
+            What::SessionEnd(_) => "session_end",
+            What::ToolDrift { .. } => "tool_drift",
+            What::CallTimeout { .. } => "call_timeout",
+            What::AgentStop { .. } => "agent_stop",
+        }
+    }
+
+    /// The event's own fields as JSON (for the console, and for tests).
+    pub fn detail(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = match serde_json::to_value(&self.what) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        m.remove("event");
+        m
+    }
+
+    /// The endpoints the event names (handshake, session start and end), for enrichment.
+    pub fn endpoints_mut(&mut self) -> Vec<&mut Endpoint> {
+        match &mut self.what {
+            What::Handshake(Handshake { client, server, .. })
+            | What::SessionStart { client, server, .. }
+            | What::SessionEnd(SessionEnd { client, server, .. }) => vec![client, server],
+            _ => Vec::new(),
+        }
     }
 }
 

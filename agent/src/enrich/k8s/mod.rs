@@ -19,12 +19,11 @@ pub mod cgroup;
 pub mod pods;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use log::{debug, warn};
 use serde::Serialize;
 
-use crate::output::metrics::{Registry, defs};
 use crate::signal::{Endpoint, Signal};
 use pods::Store;
 
@@ -134,27 +133,6 @@ impl Resolver {
         }
     }
 
-    /// An endpoint serialized into an event's details (handshake, session start and end).
-    fn json_endpoint(&self, v: &mut serde_json::Value) {
-        let Some(m) = v.as_object_mut() else {
-            return;
-        };
-        let s = |k: &str| m.get(k).and_then(|v| v.as_str()).map(str::to_string);
-        let id = Identity {
-            container_id: s("container_id"),
-            container_runtime: s("container_runtime"),
-            pod_uid: s("k8s_pod_uid"),
-            ..Default::default()
-        };
-        if id.container_id.is_none() && id.pod_uid.is_none() {
-            return;
-        }
-        let resolved = self.resolve(&Arc::new(id));
-        if let Ok(serde_json::Value::Object(add)) = serde_json::to_value(&*resolved) {
-            m.extend(add);
-        }
-    }
-
     /// Name the pods of both ends of a signal.
     pub fn enrich(&self, s: &mut Signal) {
         match s {
@@ -167,23 +145,11 @@ impl Resolver {
                 self.endpoint(&mut n.server);
             }
             Signal::Event(e) => {
-                for k in ["client", "server"] {
-                    if let Some(v) = e.detail.get_mut(k) {
-                        self.json_endpoint(v);
-                    }
+                for ep in e.endpoints_mut() {
+                    self.endpoint(ep);
                 }
             }
         }
-    }
-}
-
-/// The agent's resolver, set once by [`start`]; replay and tests run without one.
-static RESOLVER: OnceLock<Resolver> = OnceLock::new();
-
-/// Name the pods of a signal's ends, if [`start`] ran.
-pub fn enrich(s: &mut Signal) {
-    if let Some(r) = RESOLVER.get() {
-        r.enrich(s);
     }
 }
 
@@ -201,19 +167,31 @@ fn quiet_tracing() {
     let _ = tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::default());
 }
 
-/// Set up naming: always the node name (when given), and with `Mode::Auto` inside a pod, a
-/// thread that watches this node's pods. Never fails: without a cluster there is nothing to
-/// do, and API trouble is counted in `registry`.
-pub fn start(mode: Mode, registry: Arc<Mutex<Registry>>) {
+/// Set up naming and return the resolver that does it: always the node name (when given),
+/// and with `Mode::Auto` inside a pod, a thread that watches this node's pods. Never fails:
+/// without a cluster there is nothing to do, and API trouble is handed to `count_error` by
+/// reason.
+pub fn start(mode: Mode, count_error: impl Fn(&'static str) + Send + 'static) -> Resolver {
     quiet_tracing();
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let node = node_name(&env);
     let store = Arc::new(RwLock::new(Store::default()));
-    let _ = RESOLVER.set(Resolver::new(store.clone(), node.clone()));
+    let resolver = Resolver::new(store.clone(), node.clone());
     if mode == Mode::Off {
         debug!("--k8s off: pod names are not looked up; container ids come from cgroups");
-        return;
+        return resolver;
     }
+    watch_pods(env, node, store, count_error);
+    resolver
+}
+
+/// Start the thread that watches this node's pods into `store`, when this is a pod.
+fn watch_pods(
+    env: impl Fn(&str) -> Option<String>,
+    node: Option<String>,
+    store: Arc<RwLock<Store>>,
+    count_error: impl Fn(&'static str) + Send + 'static,
+) {
     let Some(node) = node else {
         if env("KUBERNETES_SERVICE_HOST").is_some() {
             warn!(
@@ -239,10 +217,7 @@ pub fn start(mode: Mode, registry: Arc<Mutex<Registry>>) {
             return;
         }
     };
-    let count = move |reason: &'static str| {
-        let mut r = registry.lock().unwrap_or_else(|p| p.into_inner());
-        r.inc(&defs::K8S_API_ERRORS, &[reason], 1.0);
-    };
+    let count = count_error;
     let spawned = std::thread::Builder::new()
         .name("mcptap-k8s".into())
         .spawn(move || {
@@ -387,12 +362,20 @@ mod tests {
             k8s: Some(id),
             ..Default::default()
         };
-        let mut e = Signal::Event(
-            Event::new(0, "session_start").with("server", serde_json::to_value(&ep).unwrap()),
-        );
+        let mut e = Signal::Event(Event::new(
+            0,
+            crate::signal::What::SessionStart {
+                transport: "stdio",
+                client: Endpoint::default(),
+                server: ep,
+            },
+        ));
         r.enrich(&mut e);
         let Signal::Event(e) = &e else { unreachable!() };
-        assert_eq!(e.detail["server"]["k8s_pod"], "mcp-weather-7d9f8b6c5-x2kqp");
-        assert_eq!(e.detail["server"]["pid"], 2);
+        assert_eq!(
+            e.detail()["server"]["k8s_pod"],
+            "mcp-weather-7d9f8b6c5-x2kqp"
+        );
+        assert_eq!(e.detail()["server"]["pid"], 2);
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::{Registry, defs};
-use crate::signal::{Endpoint, Event, Exchange, Notification, Role, Signal, Status};
+use crate::signal::{Endpoint, Event, Exchange, Notification, Role, Signal, Status, What};
 
 fn name(e: &Endpoint) -> &str {
     match e.name.as_deref() {
@@ -23,17 +23,6 @@ fn k8s_labels(e: &Endpoint) -> (&str, &str) {
             k.pod.as_deref().unwrap_or(""),
         ),
         None => ("", ""),
-    }
-}
-
-fn endpoint_name(v: Option<&serde_json::Value>) -> String {
-    let Some(v) = v else {
-        return "unknown".into();
-    };
-    match (v["name"].as_str(), v["comm"].as_str()) {
-        (Some(n), _) if !n.is_empty() => n.to_string(),
-        (_, Some(c)) if !c.is_empty() => c.to_string(),
-        _ => "unknown".into(),
     }
 }
 
@@ -166,59 +155,52 @@ fn notification(r: &mut Registry, n: &Notification) {
 }
 
 fn event(r: &mut Registry, e: &Event) {
-    let d = &e.detail;
-    let server = || endpoint_name(d.get("server"));
-    let str_of = |k: &str| d.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
-    match e.event {
-        "handshake" => {
-            let status = str_of("status");
-            let server = server();
-            r.inc(
-                &defs::HANDSHAKES,
-                &[
-                    &server,
-                    &endpoint_name(d.get("client")),
-                    &status,
-                    &str_of("reason"),
-                ],
-                1.0,
-            );
-            if let (Some(ms), "success") = (
-                d.get("duration_ms").and_then(|v| v.as_f64()),
-                status.as_str(),
-            ) {
-                r.observe(&defs::HANDSHAKE_DURATION, &[&server], ms / 1000.0);
+    match &e.what {
+        What::Handshake(h) => {
+            let server = name(&h.server);
+            let client = name(&h.client);
+            let reason = h.reason.unwrap_or("");
+            r.inc(&defs::HANDSHAKES, &[server, client, h.status, reason], 1.0);
+            if let (Some(ms), "success") = (h.duration_ms, h.status) {
+                r.observe(&defs::HANDSHAKE_DURATION, &[server], ms / 1000.0);
             }
         }
-        "session_start" => r.inc(&defs::SESSIONS, &[&str_of("transport"), &server()], 1.0),
-        "session_end" => {
-            let (transport, server) = (str_of("transport"), server());
-            if let Some(ms) = d.get("duration_ms").and_then(|v| v.as_f64()) {
-                let secs = ms / 1000.0;
-                r.observe(&defs::SESSION_DURATION, &[&transport, &server], secs);
-                if d.get("client_observed").and_then(|v| v.as_bool()) == Some(true) {
-                    r.observe(&defs::CLIENT_SESSION, &[&transport, &server], secs);
-                }
-                if d.get("server_observed").and_then(|v| v.as_bool()) == Some(true) {
-                    r.observe(&defs::SERVER_SESSION, &[&transport, &server], secs);
-                }
+        What::SessionStart {
+            transport, server, ..
+        } => r.inc(&defs::SESSIONS, &[transport, name(server)], 1.0),
+        What::SessionEnd(end) => {
+            let labels = [end.transport, name(&end.server)];
+            let secs = end.duration_ms / 1000.0;
+            r.observe(&defs::SESSION_DURATION, &labels, secs);
+            if end.client_observed {
+                r.observe(&defs::CLIENT_SESSION, &labels, secs);
+            }
+            if end.server_observed {
+                r.observe(&defs::SERVER_SESSION, &labels, secs);
             }
         }
-        "tool_drift" => {
-            let server = str_of("server_name");
-            for change in ["added", "removed", "changed"] {
-                let n = d.get(change).and_then(|v| v.as_array()).map_or(0, Vec::len);
-                if n > 0 {
-                    r.inc(&defs::TOOL_DRIFT, &[&server, change], n as f64);
+        What::ToolDrift {
+            server_name,
+            added,
+            removed,
+            changed,
+        } => {
+            for (change, names) in [("added", added), ("removed", removed), ("changed", changed)] {
+                if !names.is_empty() {
+                    r.inc(
+                        &defs::TOOL_DRIFT,
+                        &[server_name, change],
+                        names.len() as f64,
+                    );
                 }
             }
         }
-        "call_timeout" => r.inc(
-            &defs::CALL_TIMEOUTS,
-            &[&str_of("method"), &str_of("server_name")],
-            1.0,
-        ),
-        "stream_corruption" => r.inc(&defs::CORRUPTIONS, &[&str_of("reason")], 1.0),
+        What::CallTimeout {
+            method,
+            server_name,
+            ..
+        } => r.inc(&defs::CALL_TIMEOUTS, &[method, server_name], 1.0),
+        What::StreamCorruption { reason, .. } => r.inc(&defs::CORRUPTIONS, &[reason], 1.0),
         _ => {}
     }
 }
