@@ -877,14 +877,16 @@ fn verdict(ok: bool) -> &'static str {
 pub fn bench(smoke: bool) -> Result<()> {
     crate::bootstrap::all()?;
     let peers = crate::peers::install()?;
-    run(crate::cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "mcptap",
-        "--package",
-        "xtask",
-    ]))?;
+    // The smoke run only checks that the suite runs, so it takes the debug build `cargo xtask
+    // test` has made already rather than a release build of its own (minutes on 2 cores);
+    // the figures it writes are not measurements.
+    let profile = if smoke { "debug" } else { "release" };
+    let mut build = crate::cargo();
+    build.args(["build", "--package", "mcptap", "--package", "xtask"]);
+    if !smoke {
+        build.arg("--release");
+    }
+    run(&mut build)?;
     // Another agent would add its own cost to every state, "no agent" included.
     let others = processes_named("mcptap");
     if !others.is_empty() {
@@ -896,8 +898,8 @@ pub fn bench(smoke: bool) -> Result<()> {
     let dir = root().join("target").join("bench");
     std::fs::create_dir_all(&dir)?;
     let env = Env {
-        mcptap: root().join("target/release/mcptap"),
-        peer: root().join("target/release/bench_peer"),
+        mcptap: root().join("target").join(profile).join("mcptap"),
+        peer: root().join("target").join(profile).join("bench_peer"),
         peers,
         dir,
     };
