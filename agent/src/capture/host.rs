@@ -21,7 +21,7 @@ pub struct ProcInfo {
     /// Command line.
     pub cmdline: Vec<String>,
     /// Cgroup path: the one that names a container, else the unified hierarchy's (see
-    /// [`crate::enrich::k8s::cgroup::select`]).
+    /// [`crate::capture::cgroup::select`]).
     pub cgroup: String,
     /// When the process started (clock ticks after boot, `/proc/PID/stat`): tells a reused
     /// pid from the process that had it before. 0 when unknown.
@@ -30,14 +30,14 @@ pub struct ProcInfo {
     /// Container and pod derived from `cgroup`; not saved by `--record` (replay derives it
     /// again from the path).
     #[serde(skip)]
-    pub k8s: Option<Arc<crate::enrich::k8s::Identity>>,
+    pub k8s: Option<Arc<crate::capture::cgroup::Identity>>,
 }
 
 impl ProcInfo {
     /// Derive [`ProcInfo::k8s`] from the cgroup path.
     pub fn with_k8s(mut self) -> Self {
         if self.k8s.is_none() {
-            self.k8s = crate::enrich::k8s::cgroup::parse(&self.cgroup).map(Arc::new);
+            self.k8s = crate::capture::cgroup::parse(&self.cgroup).map(Arc::new);
         }
         self
     }
@@ -177,7 +177,7 @@ impl Host for ProcHost {
                     .unwrap_or_default(),
                 cmdline: p.cmdline().unwrap_or_default(),
                 cgroup: std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                    .map(|c| crate::enrich::k8s::cgroup::select(&c).to_string())
+                    .map(|c| crate::capture::cgroup::select(&c).to_string())
                     .unwrap_or_default(),
                 start_time: stat.starttime,
                 k8s: None,
@@ -334,7 +334,7 @@ mod tests {
         let me = ProcHost::default().process(std::process::id()).unwrap();
         assert_eq!(
             me.k8s.as_deref(),
-            crate::enrich::k8s::cgroup::parse(&me.cgroup).as_ref()
+            crate::capture::cgroup::parse(&me.cgroup).as_ref()
         );
     }
 }

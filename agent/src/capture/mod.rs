@@ -6,6 +6,7 @@
 //! everything after this stage runs identically live and in replay.
 
 pub mod btf;
+pub mod cgroup;
 pub mod host;
 pub mod kernel;
 pub mod recording;

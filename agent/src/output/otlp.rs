@@ -756,7 +756,7 @@ pub fn spans_of(x: &Exchange, payloads: bool) -> Vec<SpanData> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::enrich::k8s::Identity;
+    use crate::capture::cgroup::Identity;
 
     fn attr(span: &SpanData, key: &str) -> Option<String> {
         span.attributes

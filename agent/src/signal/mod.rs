@@ -23,9 +23,9 @@ pub struct Endpoint {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
     /// Container and pod, when the process runs in one: written flat into the object
-    /// (`container_id`, `k8s_pod`, ...; see [`crate::enrich::k8s::Identity`]).
+    /// (`container_id`, `k8s_pod`, ...; see [`crate::capture::cgroup::Identity`]).
     #[serde(flatten)]
-    pub k8s: Option<std::sync::Arc<crate::enrich::k8s::Identity>>,
+    pub k8s: Option<std::sync::Arc<crate::capture::cgroup::Identity>>,
 }
 
 /// How an exchange ended.

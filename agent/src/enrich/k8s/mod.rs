@@ -15,7 +15,6 @@
 //! (`mcptap_k8s_api_errors_total`) and logged once per outage.
 
 pub mod api;
-pub mod cgroup;
 pub mod pods;
 
 use std::collections::HashMap;
@@ -27,33 +26,7 @@ use serde::Serialize;
 use crate::signal::{Endpoint, Signal};
 use pods::Store;
 
-/// Where a process runs, as far as it is known. Serialized flat into a record's
-/// `client`/`server` object; absent fields are unknown.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Identity {
-    /// Runtime container id (64 hex digits), from the cgroup path.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub container_id: Option<String>,
-    /// `containerd`, `cri-o`, `docker`, `podman`: the cgroup's prefix, or the API server's
-    /// `containerID` scheme.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub container_runtime: Option<String>,
-    /// Pod UID, from the cgroup path (a static pod's is its manifest hash).
-    #[serde(rename = "k8s_pod_uid", skip_serializing_if = "Option::is_none")]
-    pub pod_uid: Option<String>,
-    /// Pod name (API server).
-    #[serde(rename = "k8s_pod", skip_serializing_if = "Option::is_none")]
-    pub pod: Option<String>,
-    /// Pod namespace (API server).
-    #[serde(rename = "k8s_namespace", skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    /// Container name in the pod spec (API server).
-    #[serde(rename = "k8s_container", skip_serializing_if = "Option::is_none")]
-    pub container: Option<String>,
-    /// This node (`K8S_NODE_NAME` or `NODE_NAME`).
-    #[serde(rename = "k8s_node", skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
-}
+use crate::capture::cgroup::Identity;
 
 /// Whether to ask the API server (`--k8s`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -254,7 +227,7 @@ mod tests {
     }
 
     fn from_cgroup(path: &str) -> Arc<Identity> {
-        Arc::new(cgroup::parse(path).unwrap())
+        Arc::new(crate::capture::cgroup::parse(path).unwrap())
     }
 
     #[test]

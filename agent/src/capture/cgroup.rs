@@ -20,7 +20,35 @@
 //! one by one, so a prefix of any shape is fine. Outside Kubernetes, a runtime's own scope
 //! (`docker-<id>.scope`, `/docker/<id>`, `libpod-<id>.scope`) still gives the container id.
 
-use super::Identity;
+use serde::Serialize;
+
+/// Where a process runs, as far as it is known. Serialized flat into a record's
+/// `client`/`server` object; absent fields are unknown.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    /// Runtime container id (64 hex digits), from the cgroup path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// `containerd`, `cri-o`, `docker`, `podman`: the cgroup's prefix, or the API server's
+    /// `containerID` scheme.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_runtime: Option<String>,
+    /// Pod UID, from the cgroup path (a static pod's is its manifest hash).
+    #[serde(rename = "k8s_pod_uid", skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    /// Pod name (API server).
+    #[serde(rename = "k8s_pod", skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// Pod namespace (API server).
+    #[serde(rename = "k8s_namespace", skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Container name in the pod spec (API server).
+    #[serde(rename = "k8s_container", skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// This node (`K8S_NODE_NAME` or `NODE_NAME`).
+    #[serde(rename = "k8s_node", skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
 
 /// The path `/proc/PID/cgroup` should be known by: the first line whose path names a
 /// container, else the unified (v2, `0::`) hierarchy's, else the first line's. Lines are
