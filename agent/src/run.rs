@@ -60,7 +60,7 @@ fn pipeline_config(output: &OutputArgs, clock: ClockAnchor) -> PipelineConfig {
     cfg.tracker.max_pending = output.max_pending as usize;
     cfg.tracker.response_timeout_ns = (output.response_timeout * 1e9) as u64;
     cfg.tracker.payloads = output.payloads;
-    cfg.tracker.clock = clock;
+    cfg.clock = clock;
     cfg
 }
 
@@ -81,14 +81,14 @@ fn agent_metrics(outputs: &Outputs, p: &Pipeline, live: Option<(&[TableStat], u6
     let totals = telemetry::AgentTotals {
         records: p.stats.records,
         bytes: p.stats.bytes,
-        truncated: p.stats.oversize,
-        parse_errors: Some(&p.stats.parse_errors),
-        rejected: Some(&p.stats.rejected),
-        gaps: Some(&p.stats.gaps),
-        tls_undecrypted: p.stats.tls_undecrypted,
+        truncated: p.transport.stats.oversize,
+        parse_errors: Some(&p.transport.stats.parse_errors),
+        rejected: Some(&p.conns.stats.rejected),
+        gaps: Some(&p.conns.stats.gaps),
+        tls_undecrypted: p.conns.stats.tls_undecrypted,
         kernel: full.then(|| p.kernel_totals()),
-        in_flight: p.tracker.in_flight(),
-        sessions: p.tracker.active_sessions(),
+        in_flight: p.in_flight(),
+        sessions: p.active_sessions(),
         tracked_sessions: p.tracker.session_count() as u64,
         tracked_streams: full.then(|| p.stream_count() as u64),
         export: outputs
@@ -340,7 +340,7 @@ impl Live {
             name: "kernel_fds",
             len,
             cap,
-            evicted: self.pipeline.stats.kernel_fd_evictions,
+            evicted: self.pipeline.conns.stats.kernel_fd_evictions,
         }
     }
 
@@ -378,7 +378,7 @@ impl Live {
             "captured {} records ({} bytes), {} messages, {} exchanges; kernel counters {:?}",
             s.records,
             s.bytes,
-            s.messages,
+            self.pipeline.transport.stats.messages,
             self.pipeline.tracker.stats.exchanges,
             self.probes.counters()
         );

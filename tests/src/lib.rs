@@ -360,6 +360,13 @@ pub fn python_client(venv: &str, server_python: &Path, extra: &[&str]) -> Comman
 
 /// The TypeScript SDK client driving @modelcontextprotocol/server-everything over stdio.
 pub fn node_client(extra: &[&str]) -> Command {
+    let everything = "node_modules/@modelcontextprotocol/server-everything/dist/index.js";
+    node_client_of(Path::new("node"), Path::new(everything), extra)
+}
+
+/// The TypeScript SDK client, run by `node`, driving `server` (a path from the peers' node
+/// tree, or with `--python PY` in `extra` the Python fixture server) over stdio.
+pub fn node_client_of(node: &Path, server: &Path, extra: &[&str]) -> Command {
     let node_dir = peers().join("node");
     // ESM resolves packages next to the script, so the script runs from the peers' tree.
     std::fs::copy(
@@ -367,10 +374,8 @@ pub fn node_client(extra: &[&str]) -> Command {
         node_dir.join("node_client.mjs"),
     )
     .expect("copy node client");
-    let mut c = Command::new("node");
-    c.current_dir(&node_dir)
-        .arg("node_client.mjs")
-        .arg("node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    let mut c = Command::new(node);
+    c.current_dir(&node_dir).arg("node_client.mjs").arg(server);
     c.args(extra);
     c
 }
@@ -391,6 +396,8 @@ pub enum Sides {
     Both,
     /// Only the server watched.
     ServerOnly,
+    /// Only the client watched.
+    ClientOnly,
 }
 
 /// A server process started by a test (HTTP servers), stopped when dropped.
@@ -566,6 +573,10 @@ pub fn check_calls(records: &Records, run: &ClientRun, sides: Sides) {
             Sides::ServerOnly => {
                 assert!(r.get("client_duration_ms").is_none(), "{r}");
                 assert!(r["server_duration_ms"].as_f64().is_some(), "{r}");
+            }
+            Sides::ClientOnly => {
+                assert!(r.get("server_duration_ms").is_none(), "{r}");
+                assert_eq!(r["client_duration_ms"].as_f64(), Some(d), "{r}");
             }
         }
     }

@@ -423,3 +423,75 @@ fn pid_filter_rejects_a_missing_process() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--pid 4194303: no such process"), "{err}");
 }
+
+/// The TypeScript SDK client spawning the Python SDK server, with only one of them watched
+/// (by comm): the other end is found from /proc, every call is reported once in one session
+/// named after both processes, and the handshake completes, whichever end is the one seen.
+fn node_client_python_server_one_side(watch: Sides) {
+    let name = match watch {
+        Sides::ServerOnly => "node_python_server_side",
+        _ => "node_python_client_side",
+    };
+    let dir = scratch(name);
+    // Interpreters under other names get those names as their comms.
+    let link = |target: &std::path::Path, at: std::path::PathBuf| {
+        if !at.exists() {
+            std::os::unix::fs::symlink(target, &at).unwrap();
+        }
+        at
+    };
+    // (The interpreter's link stays in its venv's bin, where Python finds its venv from.)
+    let server_py = link(&python("mcp1"), peers().join("mcp1/bin/mcpsrv-py"));
+    let node = Command::new("sh")
+        .args(["-c", "command -v node"])
+        .output()
+        .unwrap();
+    let node = String::from_utf8(node.stdout).unwrap();
+    let client_node = link(
+        std::path::Path::new(node.trim()),
+        peers().join("mcpcli-node"),
+    );
+    let comm = match watch {
+        Sides::ServerOnly => "mcpsrv-py",
+        _ => "mcpcli-node",
+    };
+    let agent = Agent::start(&dir, &["--comm", comm]);
+    let script = fixtures().join("py_server.py");
+    let server = server_py.to_str().unwrap();
+    let mut cmd = node_client_of(&client_node, &script, &["--python", server, "--echo", "3"]);
+    let run = run_client(&mut cmd, &dir);
+    let recs = agent.stop();
+    check_calls(&recs, &run, watch);
+    let mine = recs.exchanges_of_client(run.pid);
+    let sessions: std::collections::BTreeSet<_> = mine
+        .iter()
+        .map(|r| r["session"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(sessions.len(), 1, "one session: {sessions:?}");
+    let label = sessions.into_iter().next().unwrap();
+    let (c, s) = (run.pid, run.server_pid.unwrap());
+    assert_eq!(
+        label,
+        format!("stdio:{}-{}", c.min(s), c.max(s)),
+        "{mine:#?}"
+    );
+    assert_eq!(mine[0]["client"]["comm"], "mcpcli-node");
+    assert_eq!(mine[0]["server"]["comm"], "mcpsrv-py");
+    let hs: Vec<_> = recs
+        .kind("event")
+        .into_iter()
+        .filter(|e| e["event"] == "handshake" && e["session"] == label)
+        .collect();
+    assert_eq!(hs.len(), 1, "{hs:#?}");
+    assert_eq!(hs[0]["status"], "success", "{}", hs[0]);
+}
+
+#[test]
+fn node_client_python_server_watching_only_the_server() {
+    node_client_python_server_one_side(Sides::ServerOnly);
+}
+
+#[test]
+fn node_client_python_server_watching_only_the_client() {
+    node_client_python_server_one_side(Sides::ClientOnly);
+}

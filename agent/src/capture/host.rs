@@ -92,11 +92,18 @@ pub struct ProcHost {
     /// Holders by inode, from the last full scan of /proc/*/fd.
     index: HashMap<(HolderKind, u64), Vec<Holder>>,
     scanned_at: Option<Instant>,
+    /// Inodes a scan was forced for although the last one was recent (each gets one).
+    forced: std::collections::HashSet<(HolderKind, u64)>,
+    /// Scans forced in the current second, and when it began.
+    forced_window: Option<(Instant, u32)>,
 }
 
 /// Minimum time between two scans of every process's fd table, so that a burst of questions
-/// about new links costs one scan.
+/// about new links costs one scan...
 const RESCAN_AFTER: Duration = Duration::from_millis(5);
+/// ...except for an inode the last scan did not know (a link made since): it gets one scan
+/// of its own, up to this many a second (a scan reads every process's fd table).
+const FORCED_PER_SECOND: u32 = 20;
 
 impl ProcHost {
     fn scan(&mut self, wanted: (HolderKind, u64)) {
@@ -137,6 +144,30 @@ impl ProcHost {
             }
         }
         self.scanned_at = Some(Instant::now());
+    }
+}
+
+impl ProcHost {
+    /// Whether a scan may be forced for `key`, an inode the recent scan did not find: once
+    /// per inode, and at most [`FORCED_PER_SECOND`] a second.
+    fn may_force(&mut self, key: (HolderKind, u64)) -> bool {
+        if self.forced.contains(&key) {
+            return false;
+        }
+        let now = Instant::now();
+        let (began, n) = match self.forced_window {
+            Some((t, n)) if now.duration_since(t) < Duration::from_secs(1) => (t, n),
+            _ => (now, 0),
+        };
+        if n >= FORCED_PER_SECOND {
+            return false;
+        }
+        self.forced_window = Some((began, n + 1));
+        if self.forced.len() >= MAX_INDEXED {
+            self.forced.clear();
+        }
+        self.forced.insert(key);
+        true
     }
 }
 
@@ -187,11 +218,14 @@ impl Host for ProcHost {
     }
 
     fn holders(&mut self, kind: HolderKind, inode: u64) -> Vec<Holder> {
-        let fresh = self.scanned_at.is_some_and(|t| t.elapsed() < RESCAN_AFTER);
-        if !fresh && !self.index.contains_key(&(kind, inode)) {
-            self.scan((kind, inode));
+        let key = (kind, inode);
+        if !self.index.contains_key(&key) {
+            let fresh = self.scanned_at.is_some_and(|t| t.elapsed() < RESCAN_AFTER);
+            if !fresh || self.may_force(key) {
+                self.scan(key);
+            }
         }
-        self.index.get(&(kind, inode)).cloned().unwrap_or_default()
+        self.index.get(&key).cloned().unwrap_or_default()
     }
 }
 

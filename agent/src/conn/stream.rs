@@ -1,15 +1,30 @@
-//! Stage 2, streams: kernel chunks in, ordered bytes per stream out, with every hole named.
+//! Streams: kernel chunks in, ordered bytes per stream out, with every hole named.
 //!
 //! A stream is the bytes one process moved through one fd in one direction: (tgid, fd,
 //! direction, inode). The inode keeps a reused fd number from continuing an old stream, and
-//! it is also what pairs the writer's and the reader's view of one pipe (see `mcp::tracker`).
+//! it is also what pairs the writer's and the reader's view of one pipe (see `mcp::transport`).
 //!
 //! The kernel ships a syscall's bytes as chunks with an offset; [`Reassembly`] checks that the
 //! chunks of each syscall arrive complete and in order and turns everything else into a
 //! [`Gap`], so that framing can resynchronise instead of gluing unrelated bytes together.
 
+use super::verdict::Verdict;
 use crate::capture::{Dir, Record};
 use mcptap_abi::{FLAG_LOST_BEFORE, FLAG_TRUNCATED};
+
+/// One direction of one process fd: its reassembly, what is known of its content, and what
+/// the layer above keeps for it (its framing).
+#[derive(Debug, Default)]
+pub struct Stream<S> {
+    /// Checks that syscall chunks arrive whole and in order.
+    pub reasm: Reassembly,
+    /// Whether it carries MCP.
+    pub verdict: Verdict,
+    /// Its bytes are TLS plaintext (read from OpenSSL, not the socket).
+    pub tls: bool,
+    /// The layer above's state.
+    pub upper: S,
+}
 
 /// Identity of a stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 
 use super::message::{Id, Kind, Message, Target};
-use super::session::{Addrs, Side, other};
+use super::transport::route::{Addrs, Side, other};
 
 /// One view's slot in an exchange: when that side sent or received the message.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -149,21 +149,28 @@ struct Done {
     resp: Times,
 }
 
+/// One view of one message, as correlation needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sighting {
+    /// Side that sent the message.
+    pub sender: Side,
+    /// Whether the view is the sender's own (its write) rather than the receiver's read.
+    pub viewer_is_sender: bool,
+    /// When that side sent or received it (monotonic ns).
+    pub ts: u64,
+    /// Hash of the message bytes: what pairs the two views.
+    pub hash: u64,
+    /// Bytes it took on the wire.
+    pub bytes: u64,
+}
+
 /// A response waiting for its request.
 #[derive(Clone, Debug)]
 pub struct Orphan {
-    /// Side that sent the response.
-    pub responder: Side,
+    /// How it was seen (its sender is the responder).
+    pub seen: Sighting,
     /// The response.
     pub msg: Message,
-    /// Whether the view was the responder's.
-    pub viewer_is_sender: bool,
-    /// View time.
-    pub ts: u64,
-    /// Hash of its bytes.
-    pub hash: u64,
-    /// Size.
-    pub bytes: u64,
     /// When it arrived.
     pub since: u64,
     /// Status of the HTTP response that carried it.
@@ -202,18 +209,15 @@ pub struct Correlator {
 }
 
 impl Correlator {
-    /// A request view from `sender`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn request(
-        &mut self,
-        sender: Side,
-        msg: &Message,
-        viewer_is_sender: bool,
-        ts: u64,
-        hash: u64,
-        bytes: u64,
-        addrs: Option<&Addrs>,
-    ) -> Outcome {
+    /// A request view.
+    pub fn request(&mut self, seen: Sighting, msg: &Message, addrs: Option<&Addrs>) -> Outcome {
+        let Sighting {
+            sender,
+            viewer_is_sender,
+            ts,
+            hash,
+            bytes,
+        } = seen;
         let id = msg.id.clone().expect("requests have ids");
         let key = (sender, id.clone());
         // Nearly every id has one exchange: room for one, not the default four.
@@ -277,33 +281,27 @@ impl Correlator {
             .unwrap_or_default();
         self.orphans_held -= adopted.len();
         for o in adopted {
-            self.response(
-                o.responder,
-                &o.msg,
-                o.viewer_is_sender,
-                o.ts,
-                o.hash,
-                o.bytes,
-                o.since,
-                o.http_status,
-            );
+            self.response(o.seen, &o.msg, o.since, o.http_status);
         }
         outcome
     }
 
-    /// A response (result or error) view from `sender`.
-    #[allow(clippy::too_many_arguments)]
+    /// A response (result or error) view, arriving at `now`; `http_status` is that of the
+    /// HTTP response that carried it.
     pub fn response(
         &mut self,
-        sender: Side,
+        seen: Sighting,
         msg: &Message,
-        viewer_is_sender: bool,
-        ts: u64,
-        hash: u64,
-        bytes: u64,
         now: u64,
         http_status: Option<u16>,
     ) -> Outcome {
+        let Sighting {
+            sender,
+            viewer_is_sender,
+            ts,
+            hash,
+            bytes,
+        } = seen;
         let Some(id) = msg.id.clone() else {
             return Outcome::Orphan;
         };
@@ -348,12 +346,8 @@ impl Correlator {
             return Outcome::Late;
         }
         self.hold_orphan(Orphan {
-            responder: sender,
+            seen,
             msg: msg.clone(),
-            viewer_is_sender,
-            ts,
-            hash,
-            bytes,
             since: now,
             http_status,
         });
@@ -362,7 +356,7 @@ impl Correlator {
 
     fn hold_orphan(&mut self, o: Orphan) {
         let key = (
-            o.responder,
+            o.seen.sender,
             o.msg.id.clone().expect("responses with ids only"),
         );
         if self.orphans_held >= MAX_ORPHANS
@@ -543,6 +537,16 @@ mod tests {
         }
     }
 
+    fn at(sender: Side, viewer_is_sender: bool, ts: u64, hash: u64, bytes: u64) -> Sighting {
+        Sighting {
+            sender,
+            viewer_is_sender,
+            ts,
+            hash,
+            bytes,
+        }
+    }
+
     const REQ: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#;
     const RESP: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#;
 
@@ -550,14 +554,17 @@ mod tests {
     fn four_views_make_one_exchange_with_both_timings() {
         let mut c = Correlator::default();
         let (req, resp) = (msg(REQ), msg(RESP));
-        assert_eq!(c.request(0, &req, true, 100, 7, 70, None), Outcome::New);
-        assert_eq!(c.request(0, &req, false, 110, 7, 70, None), Outcome::Twin);
+        assert_eq!(c.request(at(0, true, 100, 7, 70), &req, None), Outcome::New);
         assert_eq!(
-            c.response(1, &resp, true, 150, 9, 40, 150, None),
+            c.request(at(0, false, 110, 7, 70), &req, None),
+            Outcome::Twin
+        );
+        assert_eq!(
+            c.response(at(1, true, 150, 9, 40), &resp, 150, None),
             Outcome::New
         );
         assert_eq!(
-            c.response(1, &resp, false, 160, 9, 40, 160, None),
+            c.response(at(1, false, 160, 9, 40), &resp, 160, None),
             Outcome::Twin
         );
         let done = c.take_ready(None, |_| true);
@@ -575,17 +582,20 @@ mod tests {
     fn late_views_after_emission_are_absorbed() {
         let mut c = Correlator::default();
         let (req, resp) = (msg(REQ), msg(RESP));
-        c.request(0, &req, false, 110, 7, 70, None);
-        c.response(1, &resp, true, 150, 9, 40, 150, None);
+        c.request(at(0, false, 110, 7, 70), &req, None);
+        c.response(at(1, true, 150, 9, 40), &resp, 150, None);
         assert_eq!(c.take_ready(None, |_| true).len(), 1);
-        assert_eq!(c.request(0, &req, true, 100, 7, 70, None), Outcome::Late);
         assert_eq!(
-            c.response(1, &resp, false, 160, 9, 40, 200, None),
+            c.request(at(0, true, 100, 7, 70), &req, None),
+            Outcome::Late
+        );
+        assert_eq!(
+            c.response(at(1, false, 160, 9, 40), &resp, 200, None),
             Outcome::Late
         );
         assert_eq!(c.open_count(), 0);
         // The same id with new content is a new exchange.
-        assert_eq!(c.request(0, &req, true, 300, 8, 70, None), Outcome::New);
+        assert_eq!(c.request(at(0, true, 300, 8, 70), &req, None), Outcome::New);
     }
 
     #[test]
@@ -593,22 +603,22 @@ mod tests {
         let mut c = Correlator::default();
         let (req, resp) = (msg(REQ), msg(RESP));
         assert_eq!(
-            c.response(1, &resp, false, 160, 9, 40, 160, None),
+            c.response(at(1, false, 160, 9, 40), &resp, 160, None),
             Outcome::Orphan
         );
-        assert_eq!(c.request(0, &req, true, 100, 7, 70, None), Outcome::New);
+        assert_eq!(c.request(at(0, true, 100, 7, 70), &req, None), Outcome::New);
         let done = c.take_ready(None, |p| p.response.is_some());
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].resp.received, Some(160));
         assert_eq!(c.orphan_count(), 0);
         // The responder's own view of it arrives after the exchange was reported: late.
         assert_eq!(
-            c.response(1, &resp, true, 155, 9, 40, 400, None),
+            c.response(at(1, true, 155, 9, 40), &resp, 400, None),
             Outcome::Late
         );
         // A different response nobody asked for is an orphan, and expires.
         assert_eq!(
-            c.response(1, &resp, true, 400, 10, 40, 400, None),
+            c.response(at(1, true, 400, 10, 40), &resp, 400, None),
             Outcome::Orphan
         );
         assert!(c.expire_orphans(500, 1000).is_empty());
@@ -620,7 +630,7 @@ mod tests {
         let mut c = Correlator::default();
         let req = msg(REQ);
         for i in 0..(MAX_SAME_ID as u64 + 10) {
-            c.request(0, &req, true, 100 + i, 1000 + i, 70, None);
+            c.request(at(0, true, 100 + i, 1000 + i, 70), &req, None);
         }
         assert_eq!(c.open_count(), MAX_SAME_ID);
         let gone = c.take_evicted();
@@ -631,7 +641,7 @@ mod tests {
         let mut c = Correlator::default();
         let resp = msg(RESP);
         for i in 0..(MAX_ORPHANS as u64 + 5) {
-            c.response(1, &resp, true, i, 2000 + i, 40, i, None);
+            c.response(at(1, true, i, 2000 + i, 40), &resp, i, None);
         }
         assert_eq!(c.orphan_count(), MAX_ORPHANS);
         // The five pushed out are reported at once; the rest when they expire.
@@ -644,12 +654,12 @@ mod tests {
     fn duplicate_ids_are_both_kept_and_answered_in_order() {
         let mut c = Correlator::default();
         let req = msg(REQ);
-        assert_eq!(c.request(0, &req, true, 100, 7, 70, None), Outcome::New);
+        assert_eq!(c.request(at(0, true, 100, 7, 70), &req, None), Outcome::New);
         assert_eq!(
-            c.request(0, &req, true, 101, 8, 71, None),
+            c.request(at(0, true, 101, 8, 71), &req, None),
             Outcome::DuplicateId
         );
-        c.response(1, &msg(RESP), true, 150, 9, 40, 150, None);
+        c.response(at(1, true, 150, 9, 40), &msg(RESP), 150, None);
         let done = c.take_ready(None, |p| p.response.is_some());
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].req_hash, 7);

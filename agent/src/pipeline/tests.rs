@@ -213,7 +213,7 @@ fn stray_stdout_is_corruption_and_framing_resyncs() {
         .filter(|s| matches!(s, Signal::Event(e) if e.name() == "stream_corruption"))
         .collect();
     assert_eq!(corrupt.len(), 1, "{out:#?}");
-    assert_eq!(p.stats.parse_errors.get("not_json"), Some(&2));
+    assert_eq!(p.transport.stats.parse_errors.get("not_json"), Some(&2));
 }
 
 /// JSON that is not JSON-RPC on a pipe: the stream is rejected, the kernel is told, and
@@ -239,7 +239,7 @@ fn json_logs_are_rejected() {
             inode: 9
         }]
     );
-    assert_eq!(p.stats.rejected.get("json_not_jsonrpc"), Some(&1));
+    assert_eq!(p.conns.stats.rejected.get("json_not_jsonrpc"), Some(&1));
     // TLS and binary are rejected from their first bytes; plain REST over TCP by its head.
     p.ingest(
         &mut h,
@@ -271,9 +271,9 @@ fn json_logs_are_rejected() {
         ),
     );
     assert_eq!(p.take_rejects().len(), 4);
-    assert_eq!(p.stats.rejected.get("tls"), Some(&1));
-    assert_eq!(p.stats.rejected.get("binary"), Some(&1));
-    assert_eq!(p.stats.rejected.get("http_not_mcp"), Some(&2));
+    assert_eq!(p.conns.stats.rejected.get("tls"), Some(&1));
+    assert_eq!(p.conns.stats.rejected.get("binary"), Some(&1));
+    assert_eq!(p.conns.stats.rejected.get("http_not_mcp"), Some(&2));
 }
 
 /// The server dies before answering: the call ends as no_response.
@@ -653,7 +653,7 @@ fn malformed_lines_are_counted_and_skipped() {
     let (out, p) = run(&recs, &mut host());
     let ids: Vec<&str> = exchanges(&out).iter().map(|x| x.id.as_str()).collect();
     assert_eq!(ids, ["1", "2"], "{out:#?}");
-    assert_eq!(p.stats.parse_errors.get("not_json"), Some(&4));
+    assert_eq!(p.transport.stats.parse_errors.get("not_json"), Some(&4));
     assert_eq!(events(&out, "stream_corruption").len(), 4);
 }
 
@@ -727,8 +727,13 @@ fn a_100_mib_message_is_reported_truncated() {
     assert_eq!(truncated.len(), 1, "{out:#?}");
     let ids: Vec<&str> = exchanges(&out).iter().map(|x| x.id.as_str()).collect();
     assert_eq!(ids, ["1", "6"], "no exchange from the oversize message");
-    assert_eq!(p.stats.oversize, 1);
-    assert_eq!(p.stats.gaps.values().sum::<u64>(), 0, "{:?}", p.stats.gaps);
+    assert_eq!(p.transport.stats.oversize, 1);
+    assert_eq!(
+        p.conns.stats.gaps.values().sum::<u64>(),
+        0,
+        "{:?}",
+        p.conns.stats.gaps
+    );
 }
 
 /// Two threads write one fd, and one thread's large write is cut by the other's: the hole is
@@ -762,10 +767,10 @@ fn interleaved_threads_on_one_fd_are_a_gap() {
     p.finish(10_000_000_000, 0);
     let out: Vec<Signal> = p.drain_signals().collect();
     assert_eq!(
-        p.stats.gaps.get("interleaved"),
+        p.conns.stats.gaps.get("interleaved"),
         Some(&1),
         "{:?}",
-        p.stats.gaps
+        p.conns.stats.gaps
     );
     let ids: Vec<&str> = exchanges(&out).iter().map(|x| x.id.as_str()).collect();
     assert!(
@@ -839,8 +844,10 @@ fn lying_http_framing_is_counted() {
         xs.iter().all(|x| x.status != Status::Ok),
         "a completed exchange from lying framing: {xs:#?}"
     );
-    assert!(p.stats.http_errors >= 1, "{:?}", p.stats);
-    assert!(p.stats.parse_errors.values().sum::<u64>() + p.stats.http_errors >= 2);
+    assert!(p.transport.stats.http_errors >= 1, "{:?}", p.stats);
+    assert!(
+        p.transport.stats.parse_errors.values().sum::<u64>() + p.transport.stats.http_errors >= 2
+    );
 }
 
 /// Binary garbage on a pipe that already carries MCP: counted as corruption, framing resyncs
@@ -859,7 +866,7 @@ fn binary_garbage_mid_stream_is_counted() {
     let ids: Vec<&str> = exchanges(&out).iter().map(|x| x.id.as_str()).collect();
     assert_eq!(ids, ["1", "2"], "{out:#?}");
     assert!(
-        p.stats.parse_errors.values().sum::<u64>() >= 1,
+        p.transport.stats.parse_errors.values().sum::<u64>() >= 1,
         "{:?}",
         p.stats
     );
@@ -965,8 +972,8 @@ fn the_buffer_budget_drops_the_partial_message_that_passes_it() {
         "y".repeat(2000)
     );
     let mut p = client_writes(cfg, &[(1_000, REQ), (2_000, big.as_bytes())]);
-    assert_eq!(p.stats.budget_drops, 1);
-    assert_eq!(p.stats.gaps.get("buffer_budget"), Some(&1));
+    assert_eq!(p.conns.stats.budget_drops, 1);
+    assert_eq!(p.conns.stats.gaps.get("buffer_budget"), Some(&1));
     let t = p.tables();
     let b = t.iter().find(|t| t.name == "buffered_bytes").unwrap();
     assert!(b.len <= 1000, "{b:?}");
@@ -980,5 +987,5 @@ fn the_buffer_budget_drops_the_partial_message_that_passes_it() {
         &mut h,
         &rec(CLIENT, 5, DIR_OUT, REQ_PIPE, 4_000, 4_100, REQ),
     );
-    assert_eq!(p.stats.messages, 2);
+    assert_eq!(p.transport.stats.messages, 2);
 }

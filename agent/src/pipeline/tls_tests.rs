@@ -136,8 +136,8 @@ fn tls_plaintext_is_framed_as_http_and_marks_the_exchange() {
     let line = crate::output::jsonl::encode(&Signal::Exchange(x[0].clone()));
     assert!(line.contains(r#""tls":true"#), "{line}");
     // Both sockets were decrypted: nothing to count, even though they never closed.
-    assert_eq!(p.stats.tls_sockets, 2);
-    assert_eq!(p.stats.tls_undecrypted, 0);
+    assert_eq!(p.conns.stats.tls_sockets, 2);
+    assert_eq!(p.conns.stats.tls_undecrypted, 0);
 }
 
 #[test]
@@ -163,8 +163,8 @@ fn tls_sockets_never_decrypted_are_counted_once_however_they_end() {
             encode_record(&header(RECORD_EXEC, CLIENT, -1, 0, 5), &[]),
         ],
     );
-    assert_eq!(p.stats.tls_sockets, 4);
-    assert_eq!(p.stats.tls_undecrypted, 2);
+    assert_eq!(p.conns.stats.tls_sockets, 4);
+    assert_eq!(p.conns.stats.tls_undecrypted, 2);
     assert_eq!(
         p.take_process_notes(),
         vec![
@@ -185,13 +185,13 @@ fn tls_sockets_never_decrypted_are_counted_once_however_they_end() {
         &mut p,
         &[encode_record(&hello, &[0x16, 3, 1, 0, 0xc8, 1, 0, 0])],
     );
-    assert_eq!(p.stats.rejected.get("tls"), Some(&1));
+    assert_eq!(p.conns.stats.rejected.get("tls"), Some(&1));
     assert_eq!(p.take_rejects().len(), 1);
-    assert_eq!(p.stats.tls_undecrypted, 3);
+    assert_eq!(p.conns.stats.tls_undecrypted, 3);
     p.finish(10_000_000, 0);
-    assert_eq!(p.stats.tls_undecrypted, 4);
+    assert_eq!(p.conns.stats.tls_undecrypted, 4);
     // Counted once: a later stop or close finds nothing more.
     p.finish(20_000_000, 0);
     ingest(&mut p, &[close(CLIENT, 8, 80)]);
-    assert_eq!(p.stats.tls_undecrypted, 4);
+    assert_eq!(p.conns.stats.tls_undecrypted, 4);
 }

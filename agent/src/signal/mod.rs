@@ -1,9 +1,45 @@
-//! Stage 5, signals: the one internal model of what mcptap reports. Every exporter (console,
+//! Stage 6, signals: the one internal model of what mcptap reports. Every exporter (console,
 //! JSON lines, and the metric and trace exporters) encodes these same values; none of them
 //! looks further upstream. [`metrics`] defines every metric once; [`telemetry`] derives them
 //! from the signals.
 
+pub mod process;
+
 use serde::Serialize;
+
+use crate::capture::host::Host;
+use crate::capture::recording::ClockAnchor;
+
+/// What every stage is handed besides its own state while it works on a record: the host to
+/// ask about processes and pipes, what is known of the processes, the clock that turns kernel
+/// times into wall-clock times, and the queue finished signals go to.
+pub struct Ctx<'a> {
+    /// The host (live procfs, or a recording's answers).
+    pub host: &'a mut dyn Host,
+    /// The processes named so far.
+    pub procs: &'a mut process::Processes,
+    /// Wall clock at a monotonic instant.
+    pub clock: ClockAnchor,
+    /// Where signals go.
+    pub out: &'a mut Vec<Signal>,
+}
+
+impl Ctx<'_> {
+    /// Wall-clock nanoseconds of a CLOCK_MONOTONIC time.
+    pub fn wall(&self, mono: u64) -> u64 {
+        self.clock.wall_ns(mono)
+    }
+
+    /// An event about a stream of process `tgid` (fd `fd`) at monotonic `ts`.
+    pub fn stream_event(&self, what: What, tgid: u32, fd: i32, ts: u64) -> Event {
+        Event {
+            pid: Some(tgid),
+            comm: self.procs.get(tgid).map(|p| p.comm.clone()),
+            fd: Some(fd),
+            ..Event::new(self.wall(ts), what)
+        }
+    }
+}
 
 /// One side of a conversation, as reported.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

@@ -21,7 +21,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use log::{debug, warn};
-use serde::Serialize;
 
 use crate::signal::{Endpoint, Signal};
 use pods::Store;

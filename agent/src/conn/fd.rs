@@ -1,6 +1,6 @@
-//! The pipeline's table of process fds: one entry per (process, fd, inode) holding what both
-//! directions share (the socket's ends, the TLS mark, the HTTP connection) and each
-//! direction's stream; and the tombstones of fds found not to carry MCP, which absorb the
+//! The table of process fds: one entry per (process, fd, inode) holding what both directions
+//! share (the socket's ends, the TLS mark, what the layer above keeps for the connection) and
+//! each direction's stream; and the tombstones of fds found not to carry MCP, which absorb the
 //! records already on their way when the kernel was told to stop.
 //!
 //! Bounded three ways: a cap (`--max-streams`, the least recently active go first), idle
@@ -8,24 +8,44 @@
 //! process's entries are found through a per-process index, so an exit costs what the process
 //! held, not a scan of the table.
 
-use super::Stream;
-use super::http::ConnState;
+use super::stream::{Stream, StreamKey};
 use crate::FastMap;
 use crate::bounded::{TableStat, least_recent};
 use crate::capture::{Dir, FdKind, Record};
-use crate::conn::stream::StreamKey;
-use crate::mcp::session::Addr;
 use mcptap_abi::SocketInfo;
+
+/// Where one end of a socket is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Addr {
+    /// IP address and port.
+    Ip(std::net::IpAddr, u16),
+    /// Unix socket path ("" when unbound; `@name` for abstract names).
+    Unix(String),
+}
+
+impl std::fmt::Display for Addr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Addr::Ip(std::net::IpAddr::V6(a), p) => write!(f, "[{a}]:{p}"),
+            Addr::Ip(a, p) => write!(f, "{a}:{p}"),
+            Addr::Unix(p) => f.write_str(p),
+        }
+    }
+}
 
 /// One process's fd: the key of everything both directions of a socket share.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct FdKey {
+pub struct FdKey {
+    /// Process.
     pub tgid: u32,
+    /// File descriptor.
     pub fd: i32,
+    /// Inode of the pipe or socket (a reused fd number is another key).
     pub inode: u64,
 }
 
 impl FdKey {
+    /// The fd of a stream.
     pub fn of(k: &StreamKey) -> Self {
         FdKey {
             tgid: k.tgid,
@@ -34,6 +54,7 @@ impl FdKey {
         }
     }
 
+    /// The fd a record is about.
     pub fn of_record(rec: &Record<'_>) -> Self {
         FdKey {
             tgid: rec.hdr.tgid,
@@ -42,6 +63,7 @@ impl FdKey {
         }
     }
 
+    /// One direction of this fd.
     pub fn stream(&self, dir: Dir) -> StreamKey {
         StreamKey {
             tgid: self.tgid,
@@ -54,8 +76,10 @@ impl FdKey {
 
 /// Where a socket's two ends are, as the kernel's socket record said.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct SocketEnds {
+pub struct SocketEnds {
+    /// This process's end.
     pub local: Addr,
+    /// The far end.
     pub remote: Addr,
     /// AF_UNIX.
     pub unix: bool,
@@ -66,6 +90,7 @@ pub(crate) struct SocketEnds {
 }
 
 impl SocketEnds {
+    /// The ends a socket record names.
     pub fn of(si: &SocketInfo) -> Self {
         let (local, remote) = socket_addrs(si);
         SocketEnds {
@@ -120,18 +145,22 @@ fn socket_addrs(si: &SocketInfo) -> (Addr, Addr) {
     }
 }
 
-/// Everything the pipeline knows about one process's fd.
-pub(crate) struct Fd {
+/// Everything known about one process's fd. `S` is what the layer above keeps per stream,
+/// `C` what it keeps per connection (both directions).
+pub struct Fd<S, C> {
+    /// Pipe, Unix or TCP socket.
     pub kind: FdKind,
     /// The peer socket's inode (AF_UNIX), or 0.
     pub peer_inode: u64,
+    /// Its ends, when it is a socket the kernel described.
     pub socket: Option<Box<SocketEnds>>,
     /// `Some(decrypted)` once the kernel found the socket to carry TLS.
     pub tls: Option<bool>,
     /// The streams, by direction ([`Dir::In`] first).
-    pub streams: [Option<Box<Stream>>; 2],
-    /// The HTTP connection both directions are framed as, once one direction found HTTP.
-    pub http: Option<Box<ConnState>>,
+    pub streams: [Option<Box<Stream<S>>>; 2],
+    /// The layer above's state for the connection, once it has some.
+    pub shared: Option<Box<C>>,
+    /// Time of its latest record.
     pub last_ns: u64,
     /// Found not to carry MCP while its record was worked on: it becomes a tombstone.
     pub rejected: bool,
@@ -144,7 +173,8 @@ fn slot(dir: Dir) -> usize {
     }
 }
 
-impl Fd {
+impl<S, C> Fd<S, C> {
+    /// An fd first seen at `ts`.
     pub fn new(kind: FdKind, peer_inode: u64, ts: u64) -> Self {
         Fd {
             kind,
@@ -152,20 +182,15 @@ impl Fd {
             socket: None,
             tls: None,
             streams: [None, None],
-            http: None,
+            shared: None,
             last_ns: ts,
             rejected: false,
         }
     }
 
-    pub fn stream(&mut self, dir: Dir) -> &mut Option<Box<Stream>> {
+    /// The stream of one direction.
+    pub fn stream(&mut self, dir: Dir) -> &mut Option<Box<Stream<S>>> {
         &mut self.streams[slot(dir)]
-    }
-
-    /// Bytes held for messages not complete yet, in both directions.
-    pub fn buffered(&self) -> usize {
-        let streams: usize = self.streams.iter().flatten().map(|s| s.buffered()).sum();
-        streams + self.http.as_ref().map_or(0, |h| h.buffered())
     }
 
     /// Whether any direction carried bytes already.
@@ -179,8 +204,8 @@ impl Fd {
 pub const TOMB_LINGER_NS: u64 = 30_000_000_000;
 
 /// The table.
-pub(crate) struct FdTable {
-    live: FastMap<FdKey, Fd>,
+pub struct FdTable<S, C> {
+    live: FastMap<FdKey, Fd<S, C>>,
     /// The fds of each process, for exits.
     by_tgid: FastMap<u32, Vec<FdKey>>,
     /// Rejected fds, by the time of their last record.
@@ -193,7 +218,8 @@ pub(crate) struct FdTable {
     log: crate::bounded::LogLimit,
 }
 
-impl FdTable {
+impl<S, C> FdTable<S, C> {
+    /// A table holding at most `cap` fds and `cap` tombstones.
     pub fn new(cap: usize) -> Self {
         FdTable {
             live: FastMap::default(),
@@ -207,19 +233,20 @@ impl FdTable {
     }
 
     /// Take an entry out to work on it; [`FdTable::put`] brings it back.
-    pub fn take(&mut self, k: &FdKey) -> Option<Fd> {
+    pub fn take(&mut self, k: &FdKey) -> Option<Fd<S, C>> {
         self.live.remove(k)
     }
 
     /// Bring back an entry taken out, or add a new one (`new`).
-    pub fn put(&mut self, k: FdKey, fd: Fd, new: bool) {
+    pub fn put(&mut self, k: FdKey, fd: Fd<S, C>, new: bool) {
         if new {
             self.by_tgid.entry(k.tgid).or_default().push(k);
         }
         self.live.insert(k, fd);
     }
 
-    pub fn get_mut(&mut self, k: &FdKey) -> Option<&mut Fd> {
+    /// The live entry of `k`.
+    pub fn get_mut(&mut self, k: &FdKey) -> Option<&mut Fd<S, C>> {
         self.live.get_mut(k)
     }
 
@@ -233,7 +260,7 @@ impl FdTable {
     }
 
     /// Forget an entry (in the table or taken out) for good.
-    pub fn remove(&mut self, k: &FdKey) -> Option<Fd> {
+    pub fn remove(&mut self, k: &FdKey) -> Option<Fd<S, C>> {
         self.unindex(k);
         self.live.remove(k)
     }
@@ -268,7 +295,7 @@ impl FdTable {
     }
 
     /// Entries with no record for `idle` ns, removed; tombstones past their linger go too.
-    pub fn expire(&mut self, now: u64, idle: u64) -> Vec<(FdKey, Fd)> {
+    pub fn expire(&mut self, now: u64, idle: u64) -> Vec<(FdKey, Fd<S, C>)> {
         self.tombs
             .retain(|_, last| now.saturating_sub(*last) < TOMB_LINGER_NS);
         let old: Vec<FdKey> = self
@@ -287,7 +314,7 @@ impl FdTable {
 
     /// Past the cap, the least recently active entries, removed (counted); tombstones past
     /// it are dropped (counted).
-    pub fn over_cap(&mut self) -> Vec<(FdKey, Fd)> {
+    pub fn over_cap(&mut self) -> Vec<(FdKey, Fd<S, C>)> {
         let tombs = least_recent(self.tombs.iter().map(|(k, t)| (*t, *k)), self.cap);
         self.tombs_evicted += tombs.len() as u64;
         for k in tombs {
@@ -310,12 +337,12 @@ impl FdTable {
     }
 
     /// Every entry, removed (end of input).
-    pub fn drain(&mut self) -> Vec<(FdKey, Fd)> {
+    pub fn drain(&mut self) -> Vec<(FdKey, Fd<S, C>)> {
         let all: Vec<FdKey> = self.live.keys().copied().collect();
         self.take_all(all)
     }
 
-    fn take_all(&mut self, keys: Vec<FdKey>) -> Vec<(FdKey, Fd)> {
+    fn take_all(&mut self, keys: Vec<FdKey>) -> Vec<(FdKey, Fd<S, C>)> {
         keys.into_iter()
             .filter_map(|k| self.remove(&k).map(|f| (k, f)))
             .collect()
@@ -357,7 +384,7 @@ mod tests {
 
     #[test]
     fn processes_find_their_fds_and_tombstones_linger() {
-        let mut t = FdTable::new(4);
+        let mut t: FdTable<(), ()> = FdTable::new(4);
         for (tgid, fd) in [(1, 3), (1, 4), (2, 3)] {
             t.put(key(tgid, fd), Fd::new(FdKind::Pipe, 0, 10), true);
         }
@@ -384,7 +411,7 @@ mod tests {
 
     #[test]
     fn past_the_cap_the_least_recent_go_and_are_counted() {
-        let mut t = FdTable::new(10);
+        let mut t: FdTable<(), ()> = FdTable::new(10);
         for fd in 0..20 {
             t.put(key(1, fd), Fd::new(FdKind::Pipe, 0, fd as u64), true);
             t.bury(key(2, fd), fd as u64);

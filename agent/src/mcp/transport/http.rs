@@ -1,0 +1,450 @@
+//! The HTTP binding: HTTP/1.1 transactions in, routed MCP messages out, for both HTTP
+//! transports ([`super::streamable`] and [`super::legacy_sse`] name their sessions).
+//!
+//! A connection is MCP when a request carries MCP headers or a JSON-RPC body, or a GET event
+//! stream carries an `endpoint` event or JSON-RPC; anything else (REST, model APIs, web pages)
+//! is rejected and the kernel stops shipping it. A 4xx/5xx reply with no JSON-RPC answer ends
+//! the requests of its transaction as errors with that status.
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::route::{HttpEnd, HttpNaming, Route, View, http_route};
+use super::{At, Binding, Deliver, Oversize, Seen, Stray, legacy_sse, streamable};
+use crate::capture::{Dir, FdKind};
+use crate::conn::Bytes;
+use crate::conn::verdict::Verdict;
+use crate::mcp::message::{self, Id, Kind, Message, Parsed};
+use crate::signal::{Signal, What};
+use crate::wire::http1::{Conn, ConnEvent, Role, Txn};
+
+/// A request body waiting for its response head.
+struct Held {
+    seq: u64,
+    body: Vec<u8>,
+    view: View,
+}
+
+/// What the binding keeps per HTTP connection besides the framing.
+struct Meta {
+    verdict: Verdict,
+    held: Vec<Held>,
+    /// JSON-RPC request ids sent in each transaction, and those answered in it.
+    ids: crate::FastMap<u64, (Vec<Id>, crate::FastSet<Id>)>,
+    /// The session this connection's legacy `endpoint` event named.
+    legacy: Option<String>,
+    /// The view template for this fd.
+    base: View,
+}
+
+/// One process's view of one HTTP connection: the framing of both directions, and what the
+/// binding learned of it.
+pub struct ConnState {
+    http: Conn,
+    meta: Option<Meta>,
+}
+
+impl std::fmt::Debug for ConnState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnState").finish_non_exhaustive()
+    }
+}
+
+impl ConnState {
+    /// A connection whose framing `http` detected.
+    pub fn new(http: Conn) -> Self {
+        ConnState { http, meta: None }
+    }
+
+    /// Bytes held for messages not complete yet, and request bodies held for their
+    /// response's head.
+    pub fn buffered(&self) -> usize {
+        let held: usize = self
+            .meta
+            .iter()
+            .flat_map(|m| &m.held)
+            .map(|h| h.body.len())
+            .sum();
+        self.http.buffered() + held
+    }
+}
+
+fn ids_of(parsed: &Parsed, want: impl Fn(&Message) -> bool) -> Vec<Id> {
+    let one = |m: &Message| want(m).then(|| m.id.clone()).flatten();
+    match parsed {
+        Parsed::One(m) => one(m).into_iter().collect(),
+        Parsed::Batch(ms) => ms.iter().filter_map(one).collect(),
+    }
+}
+
+fn request_ids(parsed: &Parsed) -> Vec<Id> {
+    ids_of(parsed, |m| m.kind == Kind::Request)
+}
+
+fn response_ids(parsed: &Parsed) -> Vec<Id> {
+    ids_of(parsed, |m| matches!(m.kind, Kind::Response | Kind::Error))
+}
+
+/// The HTTP binding.
+pub struct Http;
+
+/// What every event of one connection needs: its framing's role and the binding's state.
+struct ConnAt<'m> {
+    role: Role,
+    meta: &'m mut Meta,
+}
+
+impl ConnAt<'_> {
+    fn dirs(&self) -> (Dir, Dir) {
+        match self.role {
+            Role::Client => (Dir::Out, Dir::In),
+            Role::Server => (Dir::In, Dir::Out),
+        }
+    }
+
+    fn view(&self, dir: Dir, first: u64, last: u64) -> View {
+        View {
+            dir,
+            first_enter_ns: first,
+            last_exit_ns: last,
+            ..self.meta.base
+        }
+    }
+
+    fn route<D: Deliver>(&self, at: &At<'_, '_, D>, txn: &Txn, from_client: bool) -> Route {
+        let resp = txn.response.as_ref();
+        let session_id = txn
+            .request
+            .headers
+            .session_id
+            .as_deref()
+            .or_else(|| resp.and_then(|r| r.headers.session_id.as_deref()));
+        let legacy = txn
+            .request
+            .target
+            .as_deref()
+            .and_then(legacy_sse::session_in)
+            .or_else(|| self.meta.legacy.clone());
+        http_route(&HttpNaming {
+            tgid: self.meta.base.tgid,
+            inode: self.meta.base.inode,
+            peer_inode: self.meta.base.peer_inode,
+            socket: at.socket,
+            unix: at.socket.is_some_and(|s| s.unix) || self.meta.base.kind == FdKind::Unix,
+            end: match self.role {
+                Role::Client => HttpEnd::Client,
+                Role::Server => HttpEnd::Server,
+            },
+            session_id,
+            legacy: legacy.as_deref(),
+            from_client,
+            http_status: resp.and_then(|r| r.status),
+            protocol_version: txn.request.headers.protocol_version.as_deref(),
+            raw_ids: at.cfg.raw_session_ids,
+        })
+    }
+}
+
+impl Binding for Http {
+    type State = ConnState;
+
+    fn take<D: Deliver>(
+        &mut self,
+        cs: &mut ConnState,
+        at: &mut At<'_, '_, D>,
+        bytes: Bytes<'_>,
+        verdict: Verdict,
+    ) -> Verdict {
+        let base = at.base;
+        let mut meta = cs.meta.take().unwrap_or_else(|| Meta {
+            verdict: Verdict::default(),
+            held: Vec::new(),
+            ids: Default::default(),
+            legacy: None,
+            base,
+        });
+        let role = cs.http.role();
+        let (dir, data) = (at.key.dir, bytes.data);
+        cs.http
+            .push(dir, data, bytes.enter_ns, bytes.exit_ns, &mut |e| {
+                if meta.verdict.rejected().is_none() {
+                    let mut c = ConnAt {
+                        role,
+                        meta: &mut meta,
+                    };
+                    event(&mut c, at, e);
+                }
+            });
+        let v = meta.verdict;
+        cs.meta = Some(meta);
+        match v {
+            Verdict::Rejected(_) => v,
+            Verdict::Mcp => Verdict::Mcp,
+            Verdict::Probing { .. } => verdict,
+        }
+    }
+}
+
+impl Http {
+    /// The connection closed (or its process exited, or lost bytes): bodies delimited by the
+    /// close end, held requests are delivered as they are.
+    pub fn close<D: Deliver>(&mut self, mut cs: Box<ConnState>, at: &mut At<'_, '_, D>, ts: u64) {
+        let Some(mut meta) = cs.meta.take() else {
+            return;
+        };
+        let role = cs.http.role();
+        let left = cs.http.finish(ts, &mut |e| {
+            if meta.verdict.mcp() {
+                let mut c = ConnAt {
+                    role,
+                    meta: &mut meta,
+                };
+                event(&mut c, at, e);
+            }
+        });
+        if meta.verdict.mcp() {
+            let mut c = ConnAt {
+                role,
+                meta: &mut meta,
+            };
+            for txn in &left {
+                release(&mut c, at, txn);
+            }
+        }
+    }
+}
+
+fn event<D: Deliver>(c: &mut ConnAt<'_>, at: &mut At<'_, '_, D>, e: ConnEvent<'_>) {
+    match e {
+        ConnEvent::RequestHead(txn) => request_head(c, txn),
+        ConnEvent::RequestBody {
+            txn,
+            body,
+            first_enter_ns,
+            last_exit_ns,
+        } => request_body(c, at, txn, body, (first_enter_ns, last_exit_ns)),
+        ConnEvent::ResponseHead(txn) => {
+            if c.meta.verdict.probing() {
+                let sse = txn.response.as_ref().is_some_and(|r| r.headers.is_sse());
+                let get = txn.request.method.as_deref() == Some("GET");
+                if !(get && sse) {
+                    c.meta.verdict = Verdict::Rejected("http_not_mcp");
+                    return;
+                }
+            }
+            release(c, at, txn);
+        }
+        ConnEvent::ResponseBody {
+            txn,
+            body,
+            first_enter_ns,
+            last_exit_ns,
+        } => response_body(c, at, txn, body, (first_enter_ns, last_exit_ns)),
+        ConnEvent::Sse { txn, event } => sse_event(c, at, txn, event),
+        ConnEvent::Done(txn) => done(c, at, txn),
+        ConnEvent::Oversize { txn, len } => {
+            let from_client = txn.response.is_none();
+            let route = c.route(at, txn, from_client);
+            let (req_dir, resp_dir) = c.dirs();
+            let dir = if from_client { req_dir } else { resp_dir };
+            let (first, last) = (txn.request.first_enter_ns, txn.request.last_exit_ns);
+            let view = c.view(dir, first, last);
+            let big = Oversize {
+                view: &view,
+                route: &route,
+                len,
+                prefix: b"",
+            };
+            at.oversize(&big, Verdict::Mcp);
+        }
+        ConnEvent::Error(why) => broken(c, at, why),
+    }
+}
+
+fn request_head(c: &mut ConnAt<'_>, txn: &Txn) {
+    if !c.meta.verdict.probing() {
+        return;
+    }
+    let h = &txn.request.headers;
+    let method = txn.request.method.as_deref().unwrap_or("");
+    if streamable::mcp_headers(h) {
+        c.meta.verdict = Verdict::Mcp;
+    } else if !streamable::may_be_mcp(method, h) {
+        // POSTs are decided by their body, GETs by their event stream; nothing else is MCP.
+        c.meta.verdict = Verdict::Rejected("http_not_mcp");
+    }
+}
+
+fn request_body<D: Deliver>(
+    c: &mut ConnAt<'_>,
+    at: &mut At<'_, '_, D>,
+    txn: &Txn,
+    body: &[u8],
+    (first, last): (u64, u64),
+) {
+    at.stats.frames += 1;
+    let view = c.view(c.dirs().0, first, last);
+    let parsed = match message::parse_with(body, at.parse_opts()) {
+        Ok(p) => p,
+        Err(err) => {
+            if c.meta.verdict.probing() {
+                c.meta.verdict = Verdict::Rejected("http_not_mcp");
+            } else {
+                let route = c.route(at, txn, true);
+                at.stray(&Stray::of(view, body, err.class()), &route, false);
+            }
+            return;
+        }
+    };
+    c.meta.verdict = Verdict::Mcp;
+    let ids = &mut c.meta.ids.entry(txn.seq).or_default().0;
+    ids.extend(request_ids(&parsed));
+    let named = txn.request.headers.session_id.is_some()
+        || txn
+            .request
+            .target
+            .as_deref()
+            .and_then(legacy_sse::session_in)
+            .is_some();
+    if streamable::held_for_session(&parsed, named, txn.response.is_some()) {
+        // Its response names the session: wait for that head.
+        c.meta.held.push(Held {
+            seq: txn.seq,
+            body: body.to_vec(),
+            view,
+        });
+    } else {
+        let route = c.route(at, txn, true);
+        at.deliver(&route, &view, &parsed, body, body.len() as u64);
+    }
+}
+
+fn response_body<D: Deliver>(
+    c: &mut ConnAt<'_>,
+    at: &mut At<'_, '_, D>,
+    txn: &Txn,
+    body: &[u8],
+    (first, last): (u64, u64),
+) {
+    at.stats.frames += 1;
+    let view = c.view(c.dirs().1, first, last);
+    match message::parse_with(body, at.parse_opts()) {
+        Ok(parsed) => {
+            if let Some((_, answered)) = c.meta.ids.get_mut(&txn.seq) {
+                answered.extend(response_ids(&parsed));
+            }
+            // An error with `"id": null` answers the transaction's requests: the HTTP failure
+            // at its end names them.
+            let route = c.route(at, txn, false);
+            at.deliver(&route, &view, &parsed, body, body.len() as u64);
+        }
+        Err(err) => {
+            let failed = txn
+                .response
+                .as_ref()
+                .and_then(|r| r.status)
+                .is_some_and(|s| s >= 400);
+            // An error page is reported as the HTTP failure it is; anything else that is not
+            // JSON-RPC corrupts the stream.
+            if !failed {
+                let route = c.route(at, txn, false);
+                at.stray(&Stray::of(view, body, err.class()), &route, false);
+            }
+        }
+    }
+}
+
+fn sse_event<D: Deliver>(
+    c: &mut ConnAt<'_>,
+    at: &mut At<'_, '_, D>,
+    txn: &Txn,
+    event: crate::wire::sse::Event<'_>,
+) {
+    at.stats.frames += 1;
+    let view = c.view(c.dirs().1, event.first_enter_ns, event.last_exit_ns);
+    if let Some(named) = legacy_sse::endpoint_session(event.event, event.data) {
+        if let Some(id) = named {
+            c.meta.legacy = Some(id);
+            c.meta.verdict = Verdict::Mcp;
+        }
+        return;
+    }
+    match message::parse_with(event.data, at.parse_opts()) {
+        Ok(parsed) => {
+            c.meta.verdict = Verdict::Mcp;
+            if let Some((_, answered)) = c.meta.ids.get_mut(&txn.seq) {
+                answered.extend(response_ids(&parsed));
+            }
+            let route = c.route(at, txn, false);
+            let data = event.data;
+            at.deliver(&route, &view, &parsed, data, data.len() as u64);
+        }
+        Err(err) => {
+            if c.meta.verdict.probing() {
+                c.meta.verdict = Verdict::Rejected("http_not_mcp");
+            } else {
+                let route = c.route(at, txn, false);
+                at.stray(&Stray::of(view, event.data, err.class()), &route, false);
+            }
+        }
+    }
+}
+
+fn done<D: Deliver>(c: &mut ConnAt<'_>, at: &mut At<'_, '_, D>, txn: &Txn) {
+    release(c, at, txn);
+    if streamable::ends_session(txn) {
+        // The client ended the session.
+        let route = c.route(at, txn, false);
+        let ts = txn.response.as_ref().map_or(at.now, |r| r.last_exit_ns);
+        at.tracker.session_deleted(at.cx, &route.key, ts);
+    }
+    let (ids, answered) = c.meta.ids.remove(&txn.seq).unwrap_or_default();
+    let status = txn.response.as_ref().and_then(|r| r.status);
+    let Some(status) = status.filter(|s| *s >= 400) else {
+        return;
+    };
+    // The server refused the request at the HTTP level: each request in it ends with that
+    // status and no JSON-RPC response.
+    let resp = txn.response.as_ref().expect("status implies a response");
+    let view = c.view(c.dirs().1, resp.first_enter_ns, resp.last_exit_ns);
+    let route = c.route(at, txn, false);
+    for id in ids.into_iter().filter(|id| !answered.contains(id)) {
+        let msg = Message {
+            kind: Kind::Error,
+            id: Some(id.clone()),
+            ..Message::default()
+        };
+        let hash = xxh3_64(format!("http {status} {}", id.0).as_bytes());
+        at.tracker
+            .message(at.cx, &route, &view, &msg, Seen { hash, bytes: 0 });
+    }
+}
+
+fn broken<D: Deliver>(c: &mut ConnAt<'_>, at: &mut At<'_, '_, D>, why: &'static str) {
+    at.stats.http_errors += 1;
+    if c.meta.verdict.mcp() {
+        let what = What::StreamCorruption {
+            reason: "http",
+            bytes: None,
+            before_first_message: false,
+            detail: Some(why),
+        };
+        let e = at.cx.stream_event(what, at.key.tgid, at.key.fd, at.now);
+        at.cx.out.push(Signal::Event(e));
+    }
+    c.meta.verdict = Verdict::Rejected("http_broken");
+}
+
+/// Deliver the request bodies held for `txn`, now that its response head names the session
+/// (or never will).
+fn release<D: Deliver>(c: &mut ConnAt<'_>, at: &mut At<'_, '_, D>, txn: &Txn) {
+    let (mine, rest): (Vec<Held>, Vec<Held>) = std::mem::take(&mut c.meta.held)
+        .into_iter()
+        .partition(|h| h.seq == txn.seq);
+    c.meta.held = rest;
+    for h in mine {
+        if let Ok(parsed) = message::parse_with(&h.body, at.parse_opts()) {
+            let route = c.route(at, txn, true);
+            at.deliver(&route, &h.view, &parsed, &h.body, h.body.len() as u64);
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Process identity: what the host said of each process the signals name, asked once and
+//! remembered while it is needed.
+//!
+//! Bounded: a process is forgotten once it exited (or has gone unused for a while) and no
+//! session names it; past [`MAX_PROCESSES`] the least recently used go, counted.
+
+use std::sync::Arc;
+
+use crate::capture::host::{Host, ProcInfo};
+
+/// Processes known at most.
+pub const MAX_PROCESSES: usize = 65_536;
+
+/// A process as the table knows it.
+struct Known {
+    info: Arc<ProcInfo>,
+    /// When it was last asked about (the table's clock).
+    used_ns: u64,
+    /// Its exit was seen: forgotten once no session names it.
+    exited: bool,
+}
+
+/// Processes seen, by pid, from the host and, failing that, from the kernel's comm.
+#[derive(Default)]
+pub struct Processes {
+    procs: crate::FastMap<u32, Known>,
+    /// Monotonic ns, moved on by the tracker.
+    now: u64,
+    /// Forgotten because the cap was reached.
+    pub evicted: u64,
+}
+
+impl Processes {
+    /// Make sure `pid` is known; `comm` is the kernel's word for it if /proc has none.
+    pub fn note(&mut self, host: &mut dyn Host, pid: u32, comm: &str) {
+        if let Some(p) = self.procs.get_mut(&pid)
+            && !p.exited
+        {
+            p.used_ns = self.now;
+            if p.info.comm.is_empty() && !comm.is_empty() {
+                Arc::make_mut(&mut p.info).comm = comm.to_string();
+            }
+            return;
+        }
+        let info = host.process(pid).unwrap_or_else(|| ProcInfo {
+            pid,
+            comm: comm.to_string(),
+            ..Default::default()
+        });
+        self.insert(info);
+    }
+
+    fn insert(&mut self, info: ProcInfo) {
+        let known = Known {
+            info: Arc::new(info),
+            used_ns: self.now,
+            exited: false,
+        };
+        self.procs.insert(known.info.pid, known);
+    }
+
+    /// The process called exec: forget what we knew.
+    pub fn exec(&mut self, host: &mut dyn Host, pid: u32, comm: &str) {
+        self.procs.remove(&pid);
+        self.note(host, pid, comm);
+    }
+
+    /// The process exited: what is known stays until no session names it.
+    pub fn exited(&mut self, pid: u32) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.exited = true;
+        }
+    }
+
+    /// `pid` is about to name a new session: if the process now behind it started at
+    /// another time than the one known, the pid was reused, and it is described afresh.
+    pub fn revalidate(&mut self, host: &mut dyn Host, pid: u32) {
+        let Some(known) = self.procs.get(&pid) else {
+            return;
+        };
+        let was = known.info.start_time;
+        if let Some(now) = host.process(pid)
+            && now.start_time != was
+            && now.start_time != 0
+        {
+            self.insert(now);
+        }
+    }
+
+    /// The process is gone.
+    pub fn forget(&mut self, pid: u32) {
+        self.procs.remove(&pid);
+    }
+
+    /// Move the table's clock on.
+    pub fn set_now(&mut self, now: u64) {
+        self.now = self.now.max(now);
+    }
+
+    /// Forget the processes no session names (`named`) that exited or went unused for
+    /// `idle_ns`; past `cap`, the least recently used of the others too (counted).
+    pub fn collect(&mut self, named: impl Fn(u32) -> bool, idle_ns: u64, cap: usize) {
+        let now = self.now;
+        self.procs
+            .retain(|pid, p| named(*pid) || (!p.exited && now.saturating_sub(p.used_ns) < idle_ns));
+        if self.procs.len() <= cap {
+            return;
+        }
+        let unnamed: Vec<(u64, u32)> = self
+            .procs
+            .iter()
+            .filter(|(pid, _)| !named(**pid))
+            .map(|(pid, p)| (p.used_ns, *pid))
+            .collect();
+        let room = cap.saturating_sub(self.procs.len() - unnamed.len());
+        let victims = crate::bounded::least_recent(unnamed.into_iter(), room);
+        if !victims.is_empty() {
+            log::warn!(
+                "{} processes known (cap {cap}): forgetting the {} least recently used",
+                self.procs.len(),
+                victims.len()
+            );
+        }
+        self.evicted += victims.len() as u64;
+        for pid in victims {
+            self.procs.remove(&pid);
+        }
+    }
+
+    /// What we know of `pid`.
+    pub fn get(&self, pid: u32) -> Option<&Arc<ProcInfo>> {
+        self.procs.get(&pid).map(|p| &p.info)
+    }
+
+    /// Number of processes known.
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    /// True when no process is known.
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+}
