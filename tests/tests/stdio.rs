@@ -424,15 +424,13 @@ fn pid_filter_rejects_a_missing_process() {
     assert!(err.contains("--pid 4194303: no such process"), "{err}");
 }
 
-/// The TypeScript SDK client spawning the Python SDK server, with only one of them watched
-/// (by comm): the other end is found from /proc, every call is reported once in one session
-/// named after both processes, and the handshake completes, whichever end is the one seen.
-fn node_client_python_server_one_side(watch: Sides) {
-    let name = match watch {
-        Sides::ServerOnly => "node_python_server_side",
-        _ => "node_python_client_side",
-    };
-    let dir = scratch(name);
+/// The TypeScript SDK client spawning a stdio server (the Python SDK's, or server-everything
+/// on node), with only one of the two watched (by comm): the other end is found from /proc,
+/// every call is reported once in one session named after both processes, and the
+/// handshake completes, whichever end is the one seen.
+fn node_client_one_side_watched(server: Server, watch: Sides) {
+    let name = format!("node_{server:?}_{watch:?}").to_lowercase();
+    let dir = scratch(&name);
     // Interpreters under other names get those names as their comms.
     let link = |target: &std::path::Path, at: std::path::PathBuf| {
         if !at.exists() {
@@ -440,25 +438,36 @@ fn node_client_python_server_one_side(watch: Sides) {
         }
         at
     };
-    // (The interpreter's link stays in its venv's bin, where Python finds its venv from.)
-    let server_py = link(&python("mcp1"), peers().join("mcp1/bin/mcpsrv-py"));
     let node = Command::new("sh")
         .args(["-c", "command -v node"])
         .output()
         .unwrap();
-    let node = String::from_utf8(node.stdout).unwrap();
-    let client_node = link(
-        std::path::Path::new(node.trim()),
-        peers().join("mcpcli-node"),
-    );
+    let node = std::path::PathBuf::from(String::from_utf8(node.stdout).unwrap().trim());
+    let client_node = link(&node, peers().join("mcpcli-node"));
+    let (runtime, script, server_comm) = match server {
+        // (The interpreter's link stays in its venv's bin, where Python finds its venv from.)
+        Server::Python => (
+            link(&python("mcp1"), peers().join("mcp1/bin/mcpsrv-py")),
+            fixtures().join("py_server.py"),
+            "mcpsrv-py",
+        ),
+        Server::Node => (
+            link(&node, peers().join("mcpsrv-node")),
+            "node_modules/@modelcontextprotocol/server-everything/dist/index.js".into(),
+            "mcpsrv-node",
+        ),
+    };
     let comm = match watch {
-        Sides::ServerOnly => "mcpsrv-py",
+        Sides::ServerOnly => server_comm,
         _ => "mcpcli-node",
     };
     let agent = Agent::start(&dir, &["--comm", comm]);
-    let script = fixtures().join("py_server.py");
-    let server = server_py.to_str().unwrap();
-    let mut cmd = node_client_of(&client_node, &script, &["--python", server, "--echo", "3"]);
+    let runtime = runtime.to_str().unwrap();
+    let mut cmd = node_client_of(
+        &client_node,
+        &script,
+        &["--runtime", runtime, "--echo", "3"],
+    );
     let run = run_client(&mut cmd, &dir);
     let recs = agent.stop();
     check_calls(&recs, &run, watch);
@@ -470,13 +479,9 @@ fn node_client_python_server_one_side(watch: Sides) {
     assert_eq!(sessions.len(), 1, "one session: {sessions:?}");
     let label = sessions.into_iter().next().unwrap();
     let (c, s) = (run.pid, run.server_pid.unwrap());
-    assert_eq!(
-        label,
-        format!("stdio:{}-{}", c.min(s), c.max(s)),
-        "{mine:#?}"
-    );
+    assert_eq!(label, format!("stdio:{c}-{s}"), "{mine:#?}");
     assert_eq!(mine[0]["client"]["comm"], "mcpcli-node");
-    assert_eq!(mine[0]["server"]["comm"], "mcpsrv-py");
+    assert_eq!(mine[0]["server"]["comm"], server_comm);
     let hs: Vec<_> = recs
         .kind("event")
         .into_iter()
@@ -484,14 +489,37 @@ fn node_client_python_server_one_side(watch: Sides) {
         .collect();
     assert_eq!(hs.len(), 1, "{hs:#?}");
     assert_eq!(hs[0]["status"], "success", "{}", hs[0]);
+    let orphans: Vec<_> = recs
+        .kind("event")
+        .into_iter()
+        .filter(|e| e["event"] == "orphan_response")
+        .collect();
+    assert!(orphans.is_empty(), "{orphans:#?}");
+}
+
+/// Which stdio server the TypeScript client spawns.
+#[derive(Clone, Copy, Debug)]
+enum Server {
+    Python,
+    Node,
 }
 
 #[test]
 fn node_client_python_server_watching_only_the_server() {
-    node_client_python_server_one_side(Sides::ServerOnly);
+    node_client_one_side_watched(Server::Python, Sides::ServerOnly);
 }
 
 #[test]
 fn node_client_python_server_watching_only_the_client() {
-    node_client_python_server_one_side(Sides::ClientOnly);
+    node_client_one_side_watched(Server::Python, Sides::ClientOnly);
+}
+
+#[test]
+fn node_client_node_server_watching_only_the_server() {
+    node_client_one_side_watched(Server::Node, Sides::ServerOnly);
+}
+
+#[test]
+fn node_client_node_server_watching_only_the_client() {
+    node_client_one_side_watched(Server::Node, Sides::ClientOnly);
 }

@@ -30,7 +30,7 @@ use correlate::Correlator;
 use derive::{Advertised, Repeats, ToolBook};
 use message::Message;
 use session::Session;
-use transport::route::{Route, SessionKey, Side, View, other};
+use transport::route::{self, Route, SessionKey, Side, View, other};
 use transport::{Deliver, Seen};
 
 /// Timing rules of the tracker, in nanoseconds.
@@ -149,6 +149,8 @@ struct State {
     started: bool,
     /// Exchanges reported.
     exchanges: u64,
+    /// Its sides are the other way round from its key's order (it was renamed).
+    flip: bool,
 }
 
 impl State {
@@ -162,6 +164,7 @@ impl State {
             handshake: None,
             started: false,
             exchanges: 0,
+            flip: false,
         }
     }
 
@@ -290,6 +293,44 @@ impl Tracker {
         self.states.get_mut(&route.key).expect("just made")
     }
 
+    /// The route as its session's sides are: a renamed session may have them the other way
+    /// round from its new key's order.
+    fn oriented<'r>(&self, route: &'r Route) -> std::borrow::Cow<'r, Route> {
+        match self.states.get(&route.key) {
+            Some(st) if st.flip => std::borrow::Cow::Owned(route.flipped()),
+            _ => std::borrow::Cow::Borrowed(route),
+        }
+    }
+
+    /// A stdio session filed under a provisional key while its far end was unknown moves to
+    /// its real key, so that its identity does not depend on when that end was named. (If
+    /// the real key already has a session, the two stay apart.)
+    fn rename(&mut self, old: &SessionKey, new: &SessionKey) {
+        if self.states.contains_key(new) {
+            return;
+        }
+        let (SessionKey::Procs { lo, hi }, SessionKey::Procs { lo: n_lo, hi: n_hi }) = (old, new)
+        else {
+            return;
+        };
+        let Some(mut st) = self.states.remove(old) else {
+            return;
+        };
+        let known = if *lo != 0 { *lo } else { *hi };
+        let peer = if *n_lo == known { *n_hi } else { *n_lo };
+        // The known process keeps its side; the route's sides follow the new key.
+        let inside = route::side_in(old, known) ^ usize::from(st.flip);
+        st.flip = route::side_in(new, known) != inside;
+        st.session.ends[other(inside)].pid.get_or_insert(peer);
+        st.session.rename(new.clone());
+        for pid in [known, peer] {
+            let set = self.by_pid.entry(pid).or_default();
+            set.remove(old);
+            set.insert(new.clone());
+        }
+        self.states.insert(new.clone(), st);
+    }
+
     /// Whether `pid` is an end of a session held.
     pub fn names(&self, pid: u32) -> bool {
         self.by_pid.contains_key(&pid)
@@ -374,19 +415,26 @@ impl Tracker {
 
 impl Deliver for Tracker {
     fn message(&mut self, cx: &mut Ctx<'_>, route: &Route, v: &View, msg: &Message, seen: Seen) {
-        self.observe(cx, route, v, msg, seen);
+        let route = self.oriented(route);
+        self.observe(cx, &route, v, msg, seen);
     }
 
     fn stray(&mut self, cx: &mut Ctx<'_>, route: &Route, v: &View, hash: u64) -> bool {
-        let st = self.state(cx, route, v.ts());
+        let route = self.oriented(route);
+        let st = self.state(cx, &route, v.ts());
         st.first_view(route.sender, route.viewer == route.sender, hash, v.ts())
     }
 
     fn session_label(&mut self, cx: &mut Ctx<'_>, route: &Route, ts: u64) -> Option<String> {
-        self.state(cx, route, ts).session.label(cx.procs)
+        let route = self.oriented(route);
+        self.state(cx, &route, ts).session.label(cx.procs)
     }
 
     fn session_deleted(&mut self, cx: &mut Ctx<'_>, key: &SessionKey, ts: u64) {
         self.end_session(key, ts, cx);
+    }
+
+    fn session_renamed(&mut self, old: &SessionKey, new: &SessionKey) {
+        self.rename(old, new);
     }
 }

@@ -69,22 +69,11 @@ impl Session {
         }
     }
 
-    /// Whether `pid` is one of this session's processes.
-    pub fn involves(&self, pid: u32) -> bool {
-        self.ends.iter().any(|e| e.pid == Some(pid))
-    }
-
-    /// The side of `pid`, filling an unknown end if needed.
-    pub fn side_of(&mut self, pid: u32) -> Side {
-        if self.ends[0].pid == Some(pid) {
-            return 0;
-        }
-        if self.ends[1].pid == Some(pid) {
-            return 1;
-        }
-        let side = if self.ends[0].pid.is_none() { 0 } else { 1 };
-        self.ends[side].pid = Some(pid);
-        side
+    /// The session is now known by `key` (a stdio link whose far end was named late): the
+    /// label is worked out again.
+    pub fn rename(&mut self, key: SessionKey) {
+        self.key = key;
+        self.label = None;
     }
 
     /// Record that `side` has the MCP role `role` (first evidence wins).

@@ -989,3 +989,60 @@ fn the_buffer_budget_drops_the_partial_message_that_passes_it() {
     );
     assert_eq!(p.transport.stats.messages, 2);
 }
+
+/// Only the server is watched, and /proc does not name the client at first (a scan that
+/// missed it): the request is filed before the client is known, the response after. Still one
+/// session, named after both processes, one exchange and a completed handshake, whichever of
+/// the two pids is the lower (the sides of the session then run against the new key's order).
+#[test]
+fn a_far_end_named_late_does_not_split_the_session() {
+    const INIT: &[u8] = b"{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"initialize\",\"params\":{\"protocolVersion\":\"2025-06-18\"}}\n";
+    const INIT_OK: &[u8] = b"{\"jsonrpc\":\"2.0\",\"id\":0,\"result\":{\"protocolVersion\":\"2025-06-18\",\"serverInfo\":{\"name\":\"s\",\"version\":\"1\"}}}\n";
+    const INITIALIZED: &[u8] = b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\n";
+    for (client, server) in [(100, 200), (300, 200)] {
+        let mut h = FixedHost::stdio_pair(client, server, REQ_PIPE, RESP_PIPE);
+        let known = std::mem::take(&mut h.holders);
+        let mut p = Pipeline::new(PipelineConfig::default());
+        p.ingest(&mut h, &rec(server, 0, DIR_IN, REQ_PIPE, 900, 1_000, INIT));
+        h.holders = known;
+        p.ingest(
+            &mut h,
+            &rec(server, 1, DIR_OUT, RESP_PIPE, 2_000, 2_100, INIT_OK),
+        );
+        p.ingest(
+            &mut h,
+            &rec(server, 0, DIR_IN, REQ_PIPE, 2_900, 3_000, INITIALIZED),
+        );
+        p.ingest(&mut h, &rec(server, 0, DIR_IN, REQ_PIPE, 3_900, 4_000, REQ));
+        p.ingest(
+            &mut h,
+            &rec(server, 1, DIR_OUT, RESP_PIPE, 5_000, 5_100, RESP),
+        );
+        p.finish(10_000_000_000, 0);
+        let out: Vec<Signal> = p.drain_signals().collect();
+        let xs = exchanges(&out);
+        let label = format!("stdio:{client}-{server}");
+        assert_eq!(xs.len(), 2, "{client}/{server}: {out:#?}");
+        for x in &xs {
+            assert_eq!(x.status, Status::Ok, "{x:?}");
+            assert_eq!(x.session.as_deref(), Some(label.as_str()));
+            assert_eq!((x.client.pid, x.server.pid), (Some(client), Some(server)));
+            assert!(x.server_duration_ms.is_some() && x.client_duration_ms.is_none());
+        }
+        let events: Vec<_> = out
+            .iter()
+            .filter_map(|s| match s {
+                Signal::Event(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        let hs: Vec<_> = events.iter().filter(|e| e.name() == "handshake").collect();
+        assert_eq!(hs.len(), 1, "{events:#?}");
+        assert!(matches!(&hs[0].what, What::Handshake(h) if h.status == "success"));
+        assert!(
+            events.iter().all(|e| e.name() != "orphan_response"),
+            "{events:#?}"
+        );
+        assert_eq!(p.tracker.stats.orphan_responses, 0);
+    }
+}

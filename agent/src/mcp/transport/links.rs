@@ -12,6 +12,10 @@ use crate::capture::host::{HolderKind, Host};
 pub struct Links {
     ends: crate::FastMap<LinkEnd, u32>,
     sessions: crate::FastMap<(FdKind, u64, u64), SessionKey>,
+    /// Links resolved while their far end was unknown, with the session they were given.
+    provisional: crate::FastMap<(FdKind, u64, u64), SessionKey>,
+    /// Sessions given under a provisional key and now known by their real one: (old, new).
+    renames: Vec<(SessionKey, SessionKey)>,
     scanned: crate::FastMap<LinkEnd, u32>,
     /// Entries forgotten because the cap was reached.
     pub evicted: u64,
@@ -34,11 +38,28 @@ impl Links {
             hi: v.tgid.max(p),
         };
         // Pin the link to the session only once its peer is known; until then a later
-        // message may still find it.
+        // message may still find it, and the session then moves to its real key.
         if peer.is_some() {
+            // Every link of this process filed without its far end moves with it.
+            let temp = SessionKey::Procs { lo: 0, hi: v.tgid };
+            let before = self.provisional.len();
+            if before > 0 {
+                self.provisional.retain(|_, k| *k != temp);
+                if self.provisional.len() < before {
+                    self.renames.push((temp, key.clone()));
+                }
+            }
             self.sessions.insert(link, key.clone());
+        } else {
+            self.provisional.insert(link, key.clone());
         }
         key
+    }
+
+    /// Sessions that were given a provisional key (the far end unknown) and are now known by
+    /// their real one, since the last call: (old, new).
+    pub fn take_renames(&mut self) -> Vec<(SessionKey, SessionKey)> {
+        std::mem::take(&mut self.renames)
     }
 
     fn process_at(&mut self, host: &mut dyn Host, end: LinkEnd, not: u32) -> Option<u32> {
@@ -71,8 +92,10 @@ impl Links {
     pub fn forget_process(&mut self, pid: u32) {
         self.ends.retain(|_, p| *p != pid);
         self.scanned.retain(|_, p| *p != pid);
-        self.sessions
-            .retain(|_, k| !matches!(k, SessionKey::Procs { lo, hi } if *lo == pid || *hi == pid));
+        let other =
+            |k: &SessionKey| !matches!(k, SessionKey::Procs { lo, hi } if *lo == pid || *hi == pid);
+        self.sessions.retain(|_, k| other(k));
+        self.provisional.retain(|_, k| other(k));
     }
 
     /// Keep only what involves processes `named` says are in a session (counted).
@@ -80,9 +103,9 @@ impl Links {
         let before = self.len();
         self.ends.retain(|_, p| named(*p));
         self.scanned.retain(|_, p| named(*p));
-        self.sessions.retain(
-            |_, k| !matches!(k, SessionKey::Procs { lo, hi } if !named(*lo) && !named(*hi)),
-        );
+        let needed = |k: &SessionKey| !matches!(k, SessionKey::Procs { lo, hi } if !named(*lo) && !named(*hi));
+        self.sessions.retain(|_, k| needed(k));
+        self.provisional.retain(|_, k| needed(k));
         self.evicted += (before - self.len()) as u64;
     }
 
@@ -107,12 +130,13 @@ impl Links {
         self.evicted += self.len() as u64;
         self.ends.clear();
         self.sessions.clear();
+        self.provisional.clear();
         self.scanned.clear();
     }
 
     /// Entries held (for memory accounting).
     pub fn len(&self) -> usize {
-        self.ends.len() + self.sessions.len() + self.scanned.len()
+        self.ends.len() + self.sessions.len() + self.provisional.len() + self.scanned.len()
     }
 
     /// True when nothing is held.

@@ -59,6 +59,9 @@ pub trait Deliver {
     fn session_label(&mut self, cx: &mut Ctx<'_>, route: &Route, ts: u64) -> Option<String>;
     /// The client ended an HTTP session (DELETE).
     fn session_deleted(&mut self, cx: &mut Ctx<'_>, key: &SessionKey, ts: u64);
+    /// A session given a provisional key (a link's far end not named yet) is known by `new`
+    /// from now on.
+    fn session_renamed(&mut self, old: &SessionKey, new: &SessionKey);
 }
 
 /// A transport binding: a stream's bytes in (it frames them with `wire`), MCP messages and

@@ -79,6 +79,18 @@ pub struct Route {
     pub protocol_version: Option<String>,
 }
 
+impl Route {
+    /// The same route with its sides swapped (for a session whose sides are the other way
+    /// round from its key's order).
+    pub fn flipped(&self) -> Route {
+        Route {
+            sender: other(self.sender),
+            viewer: other(self.viewer),
+            ..self.clone()
+        }
+    }
+}
+
 /// One end of a link: a pipe's read or write end, or a socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum LinkEnd {
@@ -153,14 +165,26 @@ impl View {
     }
 }
 
-/// Which way a link's view points relative to the two processes of a session: sides of a
-/// process pair follow pid order, and an unknown peer (0) takes the free side.
+/// The side of process `pid` in a session of two processes: sides follow pid order, and an
+/// unknown peer (0) takes the free side.
+pub fn side_in(key: &SessionKey, pid: u32) -> Side {
+    let SessionKey::Procs { lo, hi } = *key else {
+        unreachable!("links resolve to process pairs")
+    };
+    if hi == pid || lo != pid || lo == 0 {
+        1
+    } else {
+        0
+    }
+}
+
+/// Which way a link's view points relative to the two processes of a session, and the
+/// process at the other end when it is known.
 fn link_sides(key: &SessionKey, v: &View) -> (Side, Option<u32>) {
     let SessionKey::Procs { lo, hi } = *key else {
         unreachable!("links resolve to process pairs")
     };
-    let viewer = if lo == v.tgid && lo != 0 { 0 } else { 1 };
-    let viewer = if hi == v.tgid { 1 } else { viewer };
+    let viewer = side_in(key, v.tgid);
     let peer = if viewer == 0 { hi } else { lo };
     (viewer, (peer != 0).then_some(peer))
 }

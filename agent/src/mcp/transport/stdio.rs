@@ -6,7 +6,7 @@
 //! have started in the middle of a message) and reported as corruption if the stream turns
 //! out to carry MCP; the tail of a message cut by a hole is expected and only counted.
 
-use super::route::{self, Route, View};
+use super::route::{self, Route, SessionKey, View};
 use super::{At, Binding, Deliver, Oversize, PROBE_LIMIT, Stray};
 use crate::capture::FdKind;
 use crate::conn::Bytes;
@@ -55,12 +55,12 @@ pub struct Stdio;
 fn route_of<D: Deliver>(at: &mut At<'_, '_, D>, v: &View) -> Route {
     match v.kind {
         FdKind::Pipe => {
-            let key = at.links.resolve(at.cx.host, v);
+            let key = resolve(at, v);
             route::link_route(key, v, "stdio")
         }
         FdKind::Unix => {
             let named = at.socket.filter(|s| s.named_unix());
-            let key = at.links.resolve(at.cx.host, v);
+            let key = resolve(at, v);
             let transport = if named.is_some() { "unix" } else { "stdio" };
             let mut r = route::link_route(key, v, transport);
             r.addrs = named.map(route::unix_addrs);
@@ -68,6 +68,16 @@ fn route_of<D: Deliver>(at: &mut At<'_, '_, D>, v: &View) -> Route {
         }
         FdKind::Tcp => route::tcp_route(v, at.socket),
     }
+}
+
+/// The session of a link's view; a session that was filed under a provisional key (its far
+/// end unknown) moves to its real one as soon as that is known.
+fn resolve<D: Deliver>(at: &mut At<'_, '_, D>, v: &View) -> SessionKey {
+    let key = at.links.resolve(at.cx.host, v);
+    for (old, new) in at.links.take_renames() {
+        at.tracker.session_renamed(&old, &new);
+    }
+    key
 }
 
 impl Binding for Stdio {
