@@ -57,7 +57,7 @@ pub fn nth_oldest(values: impl Iterator<Item = u64>, n: usize) -> u64 {
 /// Longest a repeating warning stays quiet: under a flood, a cap is met many times a second.
 const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Holds back a warning that repeats: it is written at most once per [`LOG_EVERY`], saying
+/// Holds back a warning that repeats: it is written at most once per `LOG_EVERY`, saying
 /// how many times it was held back (the counters have every one).
 #[derive(Debug, Default)]
 pub struct LogLimit {

@@ -1,17 +1,27 @@
 //! mcptap sees every MCP conversation on a Linux host, from the kernel.
 //!
-//! The modules are the pipeline's stages, in order; each is a pure step from bytes to signals
-//! with its own tests, and only `capture::kernel` touches the kernel:
+//! The module tree is the pipeline, one way; each stage is a module with one job and its
+//! own tests, and only `capture::kernel` touches the kernel:
 //!
-//! 1. [`capture`]: kernel records in (ring buffer, or a replay file), typed records out.
-//! 2. [`streams`]: ordered bytes per (process, fd, direction), holes named.
-//! 3. [`wire`]: framing (newline-delimited JSON for stdio).
-//! 4. [`mcp`]: JSON-RPC messages, sessions, request/response correlation.
-//! 5. [`signals`]: the one model of what is reported.
-//! 6. [`export`]: console, JSON lines, HTTP endpoints.
+//! 1. [`capture`]: kernel records in (the ring buffer, or a `--record` file), typed records
+//!    out; what the host says of processes and pipes ([`capture::host`]).
+//! 2. [`conn`]: the table of process fds, each stream's bytes in order with every hole
+//!    named, the one verdict on whether a stream carries MCP, expiry and caps.
+//! 3. [`wire`]: framing, pure: newline-delimited JSON, HTTP/1.1, server-sent events.
+//! 4. [`mcp::transport`]: one module per MCP transport binding (stdio, Streamable HTTP,
+//!    legacy HTTP+SSE) behind one trait, turning frames into [`mcp::message`]s with their
+//!    routes; every route is built in [`mcp::transport::route`].
+//! 5. [`mcp`]: correlation, sessions and what is derived from them, in the [`mcp::Tracker`].
+//! 6. [`signal`]: the one model of what is reported (exchanges, notifications, typed
+//!    events) and the processes it names.
+//! 7. [`enrich`]: pods and containers, a value handed to the outputs.
+//! 8. [`output`]: console, JSON lines, the metrics (`/metrics`) and OTLP, all behind
+//!    [`signal::Sink`], shared by live capture and replay.
 //!
-//! [`pipeline`] wires the stages; [`run`] drives them live or in replay. [`k8s`] names the
-//! container and pod of each process (cgroup paths, and the API server's pods of this node).
+//! A module uses only the stages before its own and the signal model (a test,
+//! `tests/layering.rs`, checks it). [`pipeline`] composes the stages for one stream of
+//! records; [`run`] drives it live or in replay; [`cli`] is the command line; [`bounded`]
+//! holds what every capped table shares.
 #![warn(missing_docs)]
 
 pub mod bounded;

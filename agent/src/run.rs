@@ -2,11 +2,12 @@
 //! SIGTERM) and replay (a `--record` file → the same pipeline and outputs).
 //!
 //! The live loop never lets capture starve its other duties: it drains the ring buffer for
-//! at most [`DRAIN_BUDGET`] before it ticks the timers, beats the health heartbeat, reads the
-//! kernel's counters and looks at the stop flag. When more arrives than the agent can handle,
-//! the ring buffer fills and the kernel drops and counts what does not fit; nothing queues up
-//! in the agent. A stop ends the loop within one budget; what the ring buffer still holds is
-//! then worked through for at most [`STOP_DRAIN`], and the rest counted as unread.
+//! at most `DRAIN_BUDGET` (50 ms) before it ticks the timers, beats the health heartbeat,
+//! reads the kernel's counters and looks at the stop flag. When more arrives than the agent
+//! can handle, the ring buffer fills and the kernel drops and counts what does not fit;
+//! nothing queues up in the agent. A stop ends the loop within one budget; what the ring
+//! buffer still holds is then worked through for at most `STOP_DRAIN` (400 ms), and the rest
+//! counted as unread.
 
 use std::fs::File;
 use std::io::BufReader;

@@ -2,7 +2,7 @@
 //!
 //! The kernel programs ship [`mcptap_abi::EventHeader`]-prefixed records through a ring buffer
 //! ([`kernel`]); `--record` saves them, with the process metadata needed to name them, and
-//! `mcptap replay` reads them back ([`record`]). Both sources produce the same [`Record`]s, so
+//! `mcptap replay` reads them back ([`recording`]). Both sources produce the same [`Record`]s, so
 //! everything after this stage runs identically live and in replay.
 
 pub mod btf;

@@ -3,7 +3,7 @@
 //! [`transport`] frames each stream and routes each message to its session; [`message`] holds
 //! the facts of one JSON-RPC message; [`session`] says who the two ends are and which is
 //! client and which server; [`correlate`] pairs requests with responses and the sender's view
-//! of each message with the receiver's; [`derive`] works out what MCP users ask for beyond
+//! of each message with the receiver's; [`derive`](mod@derive) works out what MCP users ask for beyond
 //! the messages (schema checks, unknown tools, repeats, drift); [`privacy`] decides what
 //! leaves the host. The [`Tracker`] ties them together: it takes what the bindings deliver
 //! and turns finished exchanges, notifications and session events into [`Signal`]s.
@@ -110,7 +110,7 @@ pub struct TrackerStats {
     pub evicted_sessions: u64,
     /// Requests given up as `no_response` because `max_pending` were open.
     pub evicted_pending: u64,
-    /// Notification views forgotten early because a session held [`SEEN_CAP`] of them.
+    /// Notification views forgotten early because a session held `SEEN_CAP` of them.
     pub evicted_views: u64,
 }
 

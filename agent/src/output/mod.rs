@@ -1,8 +1,9 @@
-//! Stage 6, export: signals out to people and machines. Each exporter is a [`Sink`].
+//! Stage 8, outputs: signals out to people and machines. Each exporter is a [`Sink`].
 //!
 //! - [`console`]: one human line per exchange, notification and event.
 //! - [`jsonl`]: one JSON object per line, the schema documented in the README.
-//! - [`http`]: `/health` and `/ready` for orchestrators, `/metrics` for Prometheus.
+//! - [`metrics`]: every metric defined once, and the recorder that derives them.
+//! - [`endpoints`]: `/health` and `/ready` for orchestrators, `/metrics` for Prometheus.
 //! - [`prometheus`]: the text exposition of the metrics.
 //! - [`otlp`]: OpenTelemetry traces and metrics over OTLP (gRPC or HTTP/protobuf).
 

@@ -4,8 +4,8 @@
 //!
 //! [`Pipeline::ingest`] takes one raw record and hands it to the stage that owns it: process
 //! lifecycle records go to the process table and the tracker; every other record goes to
-//! [`conn`](crate::conn), which reassembles each stream and hands its bytes to the
-//! [transport bindings](crate::mcp::transport), which frame them (with [`wire`](crate::wire))
+//! [`crate::conn`], which reassembles each stream and hands its bytes to the
+//! [transport bindings](crate::mcp::transport), which frame them (with [`crate::wire`])
 //! and deliver MCP messages to the [`Tracker`]; finished signals queue up here for the
 //! outputs. Each stage keeps its own tables and counters; this module only owns what spans
 //! them (the process table, the clock, the signal queue, the kernel's loss counters) and

@@ -1,7 +1,7 @@
 //! Stage 6, signals: the one internal model of what mcptap reports. Every exporter (console,
 //! JSON lines, and the metric and trace exporters) encodes these same values; none of them
-//! looks further upstream. [`metrics`] defines every metric once; [`telemetry`] derives them
-//! from the signals.
+//! looks further upstream. Process identity lives here too ([`process`]), and [`Ctx`] is what
+//! the stages that make signals work with.
 
 pub mod process;
 

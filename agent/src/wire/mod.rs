@@ -1,7 +1,7 @@
 //! Stage 3, wire framing: a stream's bytes in, whole messages out.
 //!
 //! stdio speaks newline-delimited JSON ([`ndjson`]); the network transports speak HTTP/1.1
-//! ([`http`]) whose bodies are JSON or server-sent events ([`sse`]).
+//! ([`http1`]) whose bodies are JSON or server-sent events ([`sse`]).
 
 pub mod http1;
 pub mod ndjson;

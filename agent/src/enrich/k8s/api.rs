@@ -1,5 +1,5 @@
 //! The pod watcher, on the `kube` crate: the in-cluster service-account configuration made
-//! into a [`kube::Config`], and kube's [`watcher`] on this node's pods (field selector
+//! into a [`kube::Config`], and kube's [`watcher()`] on this node's pods (field selector
 //! `spec.nodeName=<node>`). kube lists them in pages, watches from the list's resource
 //! version and from bookmarks, and lists again on 410 Gone; TLS is rustls with ring,
 //! trusting only the cluster's CA; the bearer token is kube's token file, re-read at least

@@ -2,12 +2,12 @@
 //!
 //! Two sources, the second optional:
 //!
-//! 1. The process's cgroup path ([`cgroup`]): container id, runtime and pod UID, with no API
+//! 1. The process's cgroup path ([`crate::capture::cgroup`]): container id, runtime and pod UID, with no API
 //!    server, read once per process with the rest of its metadata
 //!    ([`crate::capture::host`]) and carried by every record's `client`/`server`.
 //! 2. The API server ([`api`], [`pods`]): the pods of this node, listed and watched by the
 //!    `kube` crate's watcher with the in-cluster service account, name the pod, its namespace
-//!    and the container. Names are filled in when signals leave the pipeline ([`enrich`]), so
+//!    and the container. Names are filled in when signals leave the pipeline ([`crate::enrich`]), so
 //!    a pod the watch learns of after its process was first seen is still named.
 //!
 //! The watcher runs only in a pod (`KUBERNETES_SERVICE_HOST` and a service-account token)

@@ -306,7 +306,7 @@ pub fn agent(r: &mut Registry, t: &AgentTotals<'_>) {
     }
 }
 
-/// A [`super::Sink`] that feeds every signal into a shared registry.
+/// A [`crate::signal::Sink`] that feeds every signal into a shared registry.
 pub struct Recorder(pub std::sync::Arc<std::sync::Mutex<Registry>>);
 
 impl crate::signal::Sink for Recorder {
