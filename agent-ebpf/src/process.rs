@@ -23,11 +23,16 @@ use crate::{
 /// of a `--comm` process is watched until it execs something else.
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn sched_fork(ctx: RawTracePointContext) -> i32 {
+    match try_sched_fork(&ctx) {
+        Some(()) | None => 0,
+    }
+}
+
+#[inline(always)]
+fn try_sched_fork(ctx: &RawTracePointContext) -> Option<()> {
     let child: u64 = ctx.arg(1);
     let off = OFFSETS.load();
-    let Some(child_tgid) = read_kernel::<u32>(child, off.task_tgid) else {
-        return 0;
-    };
+    let child_tgid = read_kernel::<u32>(child, off.task_tgid)?;
     let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if child_tgid != parent_tgid {
         // A new process: whatever is cached under its (possibly reused) pid is stale.
@@ -36,7 +41,7 @@ pub fn sched_fork(ctx: RawTracePointContext) -> i32 {
             set_watch_byte(child_tgid, watch_byte(parent_tgid));
         }
     }
-    0
+    Some(())
 }
 
 /// After exec the comm is the new program's: re-evaluate the comm filter, and tell userspace
@@ -47,17 +52,8 @@ pub fn sched_exec(_ctx: RawTracePointContext) -> i32 {
     let tgid = (pid_tgid >> 32) as u32;
     // Exec closed the close-on-exec fds.
     bump_gen(tgid);
-    let cfg = CONFIG.load();
     let comm = bpf_get_current_comm().unwrap_or_default();
-    if cfg.all_processes == 0 && cfg.comm_filter != 0 {
-        let by_pid = watch_byte(tgid) & WATCH_BY_PID;
-        let by_comm = if COMMS.get_ptr(comm).is_some() {
-            WATCH_BY_COMM
-        } else {
-            0
-        };
-        set_watch_byte(tgid, by_pid | by_comm);
-    }
+    refilter_comm(tgid, &comm);
     if watched(tgid) {
         let now = unsafe { bpf_ktime_get_ns() };
         // Wake the agent now: it sets the OpenSSL probes on the new program, which may start
@@ -79,9 +75,33 @@ pub fn sched_exec(_ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// The leader of a watched process exited: userspace ends its streams and pending calls.
+/// With `--comm`, whether `tgid` is watched for its comm is decided again for its new `comm`;
+/// being in a `--pid` tree stays.
+#[inline(always)]
+fn refilter_comm(tgid: u32, comm: &[u8; 16]) {
+    let cfg = CONFIG.load();
+    if cfg.all_processes == 0 && cfg.comm_filter != 0 {
+        let by_pid = watch_byte(tgid) & WATCH_BY_PID;
+        let by_comm = if COMMS.get_ptr(*comm).is_some() {
+            WATCH_BY_COMM
+        } else {
+            0
+        };
+        set_watch_byte(tgid, by_pid | by_comm);
+    }
+}
+
+/// A thread exited: its in-flight syscall and OpenSSL call are dropped. When it was the leader
+/// of a watched process, userspace ends the process's streams and pending calls.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn sched_exit(_ctx: RawTracePointContext) -> i32 {
+    match try_sched_exit() {
+        Some(()) | None => 0,
+    }
+}
+
+#[inline(always)]
+fn try_sched_exit() -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
@@ -93,7 +113,7 @@ pub fn sched_exit(_ctx: RawTracePointContext) -> i32 {
     // Nor does one that dies inside an OpenSSL call reach its return.
     let _ = SSL_CALLS.remove(tid);
     if tid != tgid || !watched(tgid) {
-        return 0;
+        return None;
     }
     let now = unsafe { bpf_ktime_get_ns() };
     output_header(&EventHeader {
@@ -106,5 +126,5 @@ pub fn sched_exit(_ctx: RawTracePointContext) -> i32 {
         comm: bpf_get_current_comm().unwrap_or_default(),
         ..EventHeader::default()
     });
-    0
+    Some(())
 }

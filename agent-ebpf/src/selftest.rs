@@ -15,14 +15,19 @@ use crate::maps::{CONFIG, OFFSETS, SELFTEST};
 /// `bpf_probe_read_kernel` at the BTF offset, for the agent's own thread only. It tells
 /// userspace whether lockdown lets programs read kernel memory and whether the offset is right.
 #[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn selftest(_ctx: RawTracePointContext) -> i32 {
+pub fn selftest(ctx: RawTracePointContext) -> i32 {
+    match try_selftest(&ctx) {
+        Some(()) | None => 0,
+    }
+}
+
+#[inline(always)]
+fn try_selftest(_ctx: &RawTracePointContext) -> Option<()> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if tgid != CONFIG.load().self_tgid {
-        return 0;
+        return None;
     }
-    let Some(out) = SELFTEST.get_ptr_mut(0) else {
-        return 0;
-    };
+    let out = SELFTEST.get_ptr_mut(0)?;
     let task = unsafe { bpf_get_current_task() };
     let off = OFFSETS.load();
     let (read_ret, tgid_read) =
@@ -38,5 +43,5 @@ pub fn selftest(_ctx: RawTracePointContext) -> i32 {
             tgid_helper: tgid,
         };
     }
-    0
+    Some(())
 }

@@ -69,15 +69,21 @@ pub fn output_header_flags(hdr: &EventHeader, flags: u64) {
     }
 }
 
-/// Continues shipping a syscall that [`sys_exit`](crate::syscall::sys_exit) (or a previous `ship_more`) began.
+/// Continues shipping a syscall that [`sys_exit`](crate::syscall::sys_exit) (or a previous
+/// `ship_more`) began.
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn ship_more(ctx: RawTracePointContext) -> i32 {
-    if let Some(job) = JOBS.get_ptr_mut(JOB_SYSCALL) {
-        let job = unsafe { &mut *job };
-        job.tail_calls += 1;
-        ship(&ctx, job, SCRATCH_SYSCALL, &TAILS);
+    match try_ship_more(&ctx) {
+        Some(()) | None => 0,
     }
-    0
+}
+
+#[inline(always)]
+fn try_ship_more(ctx: &RawTracePointContext) -> Option<()> {
+    let job = unsafe { &mut *JOBS.get_ptr_mut(JOB_SYSCALL)? };
+    job.tail_calls += 1;
+    ship(ctx, job, SCRATCH_SYSCALL, &TAILS);
+    Some(())
 }
 
 /// Ship up to [`CHUNKS_PER_CALL`] chunks of `job` from scratch slot `scratch`, then tail-call
@@ -93,79 +99,105 @@ pub fn ship<C: EbpfContext>(ctx: &C, job: &mut Job, scratch: u32, tails: &Progra
         if job.shipped >= job.hdr.total {
             return;
         }
-        if job.cur_left == 0 {
-            if job.iov_left == 0 || job.iov_ptr == 0 {
-                // The iovecs hold fewer bytes than the syscall returned (another thread
-                // changed them): the rest cannot be found, so the syscall ends truncated.
-                count(counter::IOV_SHORT, 1);
-                truncate(job);
-                return;
-            }
-            let iov: [u64; 2] = match unsafe { bpf_probe_read_user(job.iov_ptr as *const [u64; 2]) }
-            {
-                Ok(v) => v,
-                Err(_) => {
-                    count(counter::READ_FAULTS, 1);
-                    truncate(job);
-                    return;
-                }
-            };
-            job.iov_ptr += 16;
-            job.iov_left -= 1;
-            job.cur_base = iov[0];
-            job.cur_left = iov[1];
-            continue;
-        }
-        let mut n = job.hdr.total - job.shipped;
-        if n > job.cur_left {
-            n = job.cur_left;
-        }
-        if n > CHUNK_MAX as u64 {
-            n = CHUNK_MAX as u64;
-        }
-        let hdr = EventHeader {
-            offset: job.shipped,
-            len: n as u32,
-            ..job.hdr
+        let going = if job.cur_left == 0 {
+            next_iovec(job)
+        } else {
+            ship_chunk(job, scratch)
         };
-        unsafe {
-            *(scratch as *mut EventHeader) = hdr;
-            let rc = generated::bpf_probe_read_user(
-                scratch.add(HEADER_SIZE) as *mut _,
-                n as u32,
-                job.cur_base as *const _,
-            );
-            if rc != 0 {
-                count(counter::READ_FAULTS, 1);
-                truncate(job);
-                return;
-            }
-            let record = core::slice::from_raw_parts(scratch, HEADER_SIZE + n as usize);
-            if EVENTS.output::<[u8]>(record, wakeup_flags()).is_err() {
-                count(counter::RINGBUF_FULL, 1);
-                count(counter::RINGBUF_FULL_BYTES, job.hdr.total - job.shipped);
-                // The rest of this syscall is useless to userspace after a hole.
-                mark_lost(job.hdr.tgid, job.hdr.fd);
-                return;
-            }
-        }
-        count(counter::RECORDS, 1);
-        count(counter::BYTES, n);
-        // Only the first record of a syscall carries the marks.
-        job.hdr.flags &= !(FLAG_LOST_BEFORE | FLAG_STATE_NEW);
-        job.shipped += n;
-        job.cur_base += n;
-        job.cur_left -= n;
-    }
-    if job.shipped < job.hdr.total {
-        if job.tail_calls >= MAX_TAIL_CALLS || job.iov_left > MAX_IOVECS as u64 {
-            truncate(job);
+        if going.is_none() {
             return;
         }
-        unsafe { tails.tail_call(ctx, TAIL_SHIP_MORE) };
-        count(counter::TAIL_CALL_FAILED, 1);
-        truncate(job);
     }
+    if job.shipped < job.hdr.total {
+        ship_rest(ctx, job, tails);
+    }
+}
+
+/// Move `job` on to its next iovec; `None` when there is none to read (the job is then
+/// truncated).
+#[inline(always)]
+fn next_iovec(job: &mut Job) -> Option<()> {
+    if job.iov_left == 0 || job.iov_ptr == 0 {
+        // The iovecs hold fewer bytes than the syscall returned (another thread changed
+        // them): the rest cannot be found, so the syscall ends truncated.
+        count(counter::IOV_SHORT, 1);
+        truncate(job);
+        return None;
+    }
+    let iov: [u64; 2] = match unsafe { bpf_probe_read_user(job.iov_ptr as *const [u64; 2]) } {
+        Ok(v) => v,
+        Err(_) => {
+            count(counter::READ_FAULTS, 1);
+            truncate(job);
+            return None;
+        }
+    };
+    job.iov_ptr += 16;
+    job.iov_left -= 1;
+    job.cur_base = iov[0];
+    job.cur_left = iov[1];
+    Some(())
+}
+
+/// Ship the next chunk of `job`'s current buffer as one record built in `scratch`; `None` when
+/// that failed (the job is then truncated, or its fd marked lost).
+#[inline(always)]
+fn ship_chunk(job: &mut Job, scratch: *mut u8) -> Option<()> {
+    let mut n = job.hdr.total - job.shipped;
+    if n > job.cur_left {
+        n = job.cur_left;
+    }
+    if n > CHUNK_MAX as u64 {
+        n = CHUNK_MAX as u64;
+    }
+    let hdr = EventHeader {
+        offset: job.shipped,
+        len: n as u32,
+        ..job.hdr
+    };
+    unsafe {
+        *(scratch as *mut EventHeader) = hdr;
+        let rc = generated::bpf_probe_read_user(
+            scratch.add(HEADER_SIZE) as *mut _,
+            n as u32,
+            job.cur_base as *const _,
+        );
+        if rc != 0 {
+            count(counter::READ_FAULTS, 1);
+            truncate(job);
+            return None;
+        }
+        let record = core::slice::from_raw_parts(scratch, HEADER_SIZE + n as usize);
+        if EVENTS.output::<[u8]>(record, wakeup_flags()).is_err() {
+            count(counter::RINGBUF_FULL, 1);
+            count(counter::RINGBUF_FULL_BYTES, job.hdr.total - job.shipped);
+            // The rest of this syscall is useless to userspace after a hole.
+            mark_lost(job.hdr.tgid, job.hdr.fd);
+            return None;
+        }
+    }
+    count(counter::RECORDS, 1);
+    count(counter::BYTES, n);
+    // Only the first record of a syscall carries the marks.
+    job.hdr.flags &= !(FLAG_LOST_BEFORE | FLAG_STATE_NEW);
+    job.shipped += n;
+    job.cur_base += n;
+    job.cur_left -= n;
+    Some(())
+}
+
+/// Hand the rest of `job` to the lane's `ship_more` in a tail call, unless that would pass the
+/// limits: then, or when the tail call fails, the job ends truncated.
+#[inline(always)]
+fn ship_rest<C: EbpfContext>(ctx: &C, job: &mut Job, tails: &ProgramArray) {
+    if job.tail_calls >= MAX_TAIL_CALLS || job.iov_left > MAX_IOVECS as u64 {
+        truncate(job);
+        return;
+    }
+    unsafe { tails.tail_call(ctx, TAIL_SHIP_MORE) };
+    // A tail call that returns failed.
+    count(counter::TAIL_CALL_FAILED, 1);
+    truncate(job);
 }
 
 /// Stop shipping `job` and say so: a header-only record flagged truncated, at the offset

@@ -17,7 +17,7 @@ use aya_ebpf::{
 };
 use mcptap_abi::{
     DIR_IN, DIR_OUT, EventHeader, FD_OTHER, FD_TCP, FDSTATE_LOST, FDSTATE_PENDING_MARKS,
-    FDSTATE_REJECTED, FDSTATE_SEEN, FDSTATE_TLS, FDSTATE_TLS_BOUND, FdKey, RECORD_CLOSE,
+    FDSTATE_REJECTED, FDSTATE_SEEN, FDSTATE_TLS, FDSTATE_TLS_BOUND, FdKey, FdState, RECORD_CLOSE,
     RECORD_DATA, SKIP_KEY_MASK, Stash, counter, skip_entry, skip_slot, syscall,
 };
 
@@ -27,7 +27,7 @@ use crate::{
         FDS, GEN, INFLIGHT, JOB_SYSCALL, JOBS, SCRATCH_SOCKET, SCRATCH_SYSCALL, SKIP, STASH, TAILS,
         bump_gen, byte_of, count, set_byte, watched,
     },
-    ship::{output_header, ship},
+    ship::{Job, output_header, ship},
     tls::tls_ciphertext,
 };
 
@@ -78,53 +78,46 @@ fn syscall_arg(regs: *const u64, n: usize) -> u64 {
     unsafe { core::ptr::read_volatile(regs.add(arch::ARG_WORDS[n])) }
 }
 
+/// Entry of every syscall of every process: a data syscall of a watched process on a pipe or
+/// stream socket is stashed until its exit; close, dup2/dup3 and close_range keep the fd cache
+/// right.
 #[btf_tracepoint(function = "sys_enter")]
 pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
-    let id: i64 = ctx.arg(1);
-    let (sc, dir) = match id {
-        arch::NR_READ => (syscall::READ, DIR_IN),
-        arch::NR_WRITE => (syscall::WRITE, DIR_OUT),
-        arch::NR_READV => (syscall::READV, DIR_IN),
-        arch::NR_WRITEV => (syscall::WRITEV, DIR_OUT),
-        arch::NR_RECVFROM => (syscall::RECVFROM, DIR_IN),
-        arch::NR_SENDTO => (syscall::SENDTO, DIR_OUT),
-        arch::NR_RECVMSG => (syscall::RECVMSG, DIR_IN),
-        arch::NR_SENDMSG => (syscall::SENDMSG, DIR_OUT),
-        arch::NR_CLOSE => (SC_CLOSE, 0),
-        arch::NR_DUP2 | arch::NR_DUP3 => (SC_DUP, 0),
-        arch::NR_CLOSE_RANGE => (SC_CLOSE_RANGE, 0),
-        _ => return 0,
-    };
+    match try_sys_enter(&ctx) {
+        Some(()) | None => 0,
+    }
+}
+
+/// `None` as soon as the syscall turns out not to be one to capture: on the fast path that is
+/// at the syscall id, the watch byte or the skip cache.
+#[inline(always)]
+fn try_sys_enter(ctx: &BtfTracePointContext) -> Option<()> {
+    let (sc, dir) = traced_syscall(ctx.arg(1))?;
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if !watched(tgid) {
-        return 0;
+        return None;
     }
     let regs: *const u64 = ctx.arg(0);
     let fd = syscall_arg(regs, 0) as i32;
-    // A peek leaves the bytes in the socket: the read that follows moves them, and only that
-    // one is captured.
-    let peek = match sc {
-        syscall::RECVFROM => syscall_arg(regs, 3) & MSG_PEEK != 0,
-        syscall::RECVMSG => syscall_arg(regs, 2) & MSG_PEEK != 0,
-        _ => false,
-    };
-    if peek {
-        return 0;
+    if peeks(sc, regs) {
+        return None;
     }
+    // The syscalls that change the fd table. (Inline: as a helper, LLVM lays out the path to
+    // the skip cache differently.)
     match sc {
         SC_CLOSE => {
             on_close(tgid, pid_tgid as u32, fd);
-            return 0;
+            return None;
         }
         SC_DUP => {
             // dup2/dup3 replace the target fd without a close.
             forget_fd(tgid, syscall_arg(regs, 1) as i32);
-            return 0;
+            return None;
         }
         SC_CLOSE_RANGE => {
             bump_gen(tgid);
-            return 0;
+            return None;
         }
         _ => {}
     }
@@ -136,43 +129,11 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
         && skip != 0
         && unsafe { *slot } == skip
     {
-        return 0;
+        return None;
     }
-    let st = match fd_state(tgid, pid_tgid as u32, fd, gen_, SCRATCH_SOCKET) {
-        Fd::Tracked(st) => st,
-        Fd::Untracked => {
-            if let Some(slot) = slot {
-                unsafe { *slot = skip };
-            }
-            return 0;
-        }
-        Fd::Unknown => return 0,
-    };
-    let mut state = unsafe { *st };
-    // A TLS socket whose SSL object is bound needs nothing more: its plaintext comes from the
-    // OpenSSL probes.
-    if state.flags & (FDSTATE_REJECTED | FDSTATE_TLS_BOUND) != 0 {
-        if state.flags & FDSTATE_REJECTED != 0 {
-            count(counter::REJECTED_FDS, 1);
-        }
-        if let Some(slot) = slot {
-            unsafe { *slot = skip };
-        }
-        return 0;
-    }
+    let (st, mut state) = capturable_fd(tgid, pid_tgid as u32, fd, gen_, slot, skip)?;
     let tid = pid_tgid as u32;
-    if byte_of(&INFLIGHT, tid) != 0
-        && let Some(stale) = STASH.get_ptr(tid)
-    {
-        // The exit of this thread's previous syscall never ran (the program was busy on this
-        // CPU): its bytes are gone, so the fd it was on restarts at a frame boundary.
-        count(counter::EXIT_MISSED, 1);
-        let stale = unsafe { *stale };
-        mark_lost(tgid, stale.fdnum);
-        if stale.fdnum == fd {
-            state.flags |= FDSTATE_LOST;
-        }
-    }
+    note_missed_exit(tgid, tid, fd, &mut state);
     // The pending marks travel with this syscall's first record; clear them in the map
     // (`sys_exit` puts them back if the syscall ships nothing).
     unsafe { (*st).flags &= !FDSTATE_PENDING_MARKS };
@@ -192,7 +153,90 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
     } else {
         set_byte(&INFLIGHT, tid, 1);
     }
-    0
+    Some(())
+}
+
+/// The syscalls `sys_enter` looks at: data syscalls as their [`syscall`] constant and
+/// direction, the ones that change the fd table as an `SC_*` marker; `None` for the rest.
+#[inline(always)]
+fn traced_syscall(id: i64) -> Option<(u8, u8)> {
+    Some(match id {
+        arch::NR_READ => (syscall::READ, DIR_IN),
+        arch::NR_WRITE => (syscall::WRITE, DIR_OUT),
+        arch::NR_READV => (syscall::READV, DIR_IN),
+        arch::NR_WRITEV => (syscall::WRITEV, DIR_OUT),
+        arch::NR_RECVFROM => (syscall::RECVFROM, DIR_IN),
+        arch::NR_SENDTO => (syscall::SENDTO, DIR_OUT),
+        arch::NR_RECVMSG => (syscall::RECVMSG, DIR_IN),
+        arch::NR_SENDMSG => (syscall::SENDMSG, DIR_OUT),
+        arch::NR_CLOSE => (SC_CLOSE, 0),
+        arch::NR_DUP2 | arch::NR_DUP3 => (SC_DUP, 0),
+        arch::NR_CLOSE_RANGE => (SC_CLOSE_RANGE, 0),
+        _ => return None,
+    })
+}
+
+/// A peek leaves the bytes in the socket: the read that follows moves them, and only that one
+/// is captured.
+#[inline(always)]
+fn peeks(sc: u8, regs: *const u64) -> bool {
+    match sc {
+        syscall::RECVFROM => syscall_arg(regs, 3) & MSG_PEEK != 0,
+        syscall::RECVMSG => syscall_arg(regs, 2) & MSG_PEEK != 0,
+        _ => false,
+    }
+}
+
+/// The state of a data syscall's fd (its entry in `FDS`, and a copy) when its bytes are to be
+/// captured. An fd that never will be is remembered in the skip cache: `skip` in `slot`.
+#[inline(always)]
+fn capturable_fd(
+    tgid: u32,
+    tid: u32,
+    fd: i32,
+    gen_: u8,
+    slot: Option<*mut u64>,
+    skip: u64,
+) -> Option<(*mut FdState, FdState)> {
+    let st = match fd_state(tgid, tid, fd, gen_, SCRATCH_SOCKET) {
+        Fd::Tracked(st) => st,
+        Fd::Untracked => {
+            if let Some(slot) = slot {
+                unsafe { *slot = skip };
+            }
+            return None;
+        }
+        Fd::Unknown => return None,
+    };
+    let state = unsafe { *st };
+    // A TLS socket whose SSL object is bound needs nothing more: its plaintext comes from the
+    // OpenSSL probes.
+    if state.flags & (FDSTATE_REJECTED | FDSTATE_TLS_BOUND) != 0 {
+        if state.flags & FDSTATE_REJECTED != 0 {
+            count(counter::REJECTED_FDS, 1);
+        }
+        if let Some(slot) = slot {
+            unsafe { *slot = skip };
+        }
+        return None;
+    }
+    Some((st, state))
+}
+
+/// The exit of this thread's previous syscall never ran (the program was busy on this CPU):
+/// its bytes are gone, so the fd it was on restarts at a frame boundary (`state` is `fd`'s).
+#[inline(always)]
+fn note_missed_exit(tgid: u32, tid: u32, fd: i32, state: &mut FdState) {
+    if byte_of(&INFLIGHT, tid) != 0
+        && let Some(stale) = STASH.get_ptr(tid)
+    {
+        count(counter::EXIT_MISSED, 1);
+        let stale = unsafe { *stale };
+        mark_lost(tgid, stale.fdnum);
+        if stale.fdnum == fd {
+            state.flags |= FDSTATE_LOST;
+        }
+    }
 }
 
 /// `sys_enter`'s markers for the syscalls that change the fd table.
@@ -212,6 +256,7 @@ fn forget_fd(tgid: u32, fd: i32) {
     let _ = FDS.remove(FdKey { tgid, fd });
 }
 
+/// A close: forget the fd, and tell userspace when it was one whose bytes it gets.
 #[inline(always)]
 fn on_close(tgid: u32, tid: u32, fd: i32) {
     let key = FdKey { tgid, fd };
@@ -241,26 +286,32 @@ fn on_close(tgid: u32, tid: u32, fd: i32) {
     output_header(&hdr);
 }
 
+/// Exit of every syscall of every process: ship the bytes of a stashed data syscall.
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+    match try_sys_exit(&ctx) {
+        Some(()) | None => 0,
+    }
+}
+
+/// `None` when the syscall shipped nothing: most often at the in-flight byte, the fast path.
+#[inline(always)]
+fn try_sys_exit(ctx: &RawTracePointContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
     // Most syscall exits are not ours: a byte test instead of a hash lookup. Only a watched
     // process's syscall is ever in flight.
     if byte_of(&INFLIGHT, tid) == 0 {
-        return 0;
+        return None;
     }
     set_byte(&INFLIGHT, tid, 0);
-    let Some(stash) = STASH.get_ptr(tid) else {
-        return 0;
-    };
-    let stash = unsafe { *stash };
+    let stash = unsafe { *STASH.get_ptr(tid)? };
     let _ = STASH.remove(tid);
     let ret: i64 = ctx.arg(1);
     if ret <= 0 {
         restore_marks(tgid, &stash);
-        return 0;
+        return None;
     }
     if stash.fd.kind == FD_TCP
         && stash.fd.flags & (FDSTATE_TLS | FDSTATE_SEEN) != FDSTATE_SEEN
@@ -268,12 +319,18 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     {
         // The plaintext, shipped by the OpenSSL probes, carries the marks instead.
         restore_marks(tgid, &stash);
-        return 0;
+        return None;
     }
-    let Some(job) = JOBS.get_ptr_mut(JOB_SYSCALL) else {
-        return 0;
-    };
-    let job = unsafe { &mut *job };
+    let job = unsafe { &mut *JOBS.get_ptr_mut(JOB_SYSCALL)? };
+    start_job(job, tgid, tid, &stash, ret as u64);
+    ship(ctx, job, SCRATCH_SYSCALL, &TAILS);
+    Some(())
+}
+
+/// Set `job` up to ship the `ret` bytes that the stashed syscall moved: its header, and where
+/// the bytes are (one buffer, or an iovec array to walk).
+#[inline(always)]
+fn start_job(job: &mut Job, tgid: u32, tid: u32, stash: &Stash, ret: u64) {
     job.hdr = EventHeader {
         record: RECORD_DATA,
         dir: stash.dir,
@@ -289,7 +346,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         ts_exit_ns: unsafe { bpf_ktime_get_ns() },
         inode: stash.fd.inode,
         peer_inode: stash.fd.peer_inode,
-        total: ret as u64,
+        total: ret,
         offset: 0,
         comm: bpf_get_current_comm().unwrap_or_default(),
     };
@@ -315,9 +372,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
             job.iov_ptr = 0;
             job.iov_left = 0;
             job.cur_base = stash.ptr;
-            job.cur_left = ret as u64;
+            job.cur_left = ret;
         }
     }
-    ship(&ctx, job, SCRATCH_SYSCALL, &TAILS);
-    0
 }

@@ -18,8 +18,9 @@ use aya_ebpf::{
 };
 use mcptap_abi::{
     CIPHER_KEY_BYTES, DIR_IN, DIR_OUT, EventHeader, FD_TCP, FDSTATE_PENDING_MARKS,
-    FDSTATE_REJECTED, FDSTATE_SEEN, FDSTATE_TLS, FDSTATE_TLS_BOUND, FLAG_TLS, FdKey, RECORD_DATA,
-    RECORD_TLS, SslCall, SslKey, SslSocket, Stash, cipher_key, counter, looks_tls, syscall,
+    FDSTATE_REJECTED, FDSTATE_SEEN, FDSTATE_TLS, FDSTATE_TLS_BOUND, FLAG_TLS, FdKey, FdState,
+    RECORD_DATA, RECORD_TLS, SslCall, SslKey, SslSocket, Stash, cipher_key, counter, looks_tls,
+    syscall,
 };
 
 use crate::{
@@ -78,52 +79,55 @@ pub fn tls_ciphertext(tgid: u32, tid: u32, stash: &Stash, ret: u64) -> bool {
         }
         unsafe { (*st).flags |= FDSTATE_TLS };
         count(counter::TLS_SOCKETS, 1);
-        let now = unsafe { bpf_ktime_get_ns() };
-        output_header(&EventHeader {
-            record: RECORD_TLS,
-            fd_kind: FD_TCP,
-            tgid,
-            tid,
-            fd,
-            ts_enter_ns: stash.ts_enter_ns,
-            ts_exit_ns: now,
-            inode: stash.fd.inode,
-            comm: bpf_get_current_comm().unwrap_or_default(),
-            ..EventHeader::default()
-        });
+        output_tls_record(tgid, tid, stash, 0);
     }
     if stash.dir == DIR_OUT && n >= CIPHER_KEY_BYTES as u64 {
-        let k = cipher_key(tgid, head);
-        if let Some(ssl) = CIPHER_KEYS.get_ptr(k) {
-            let ssl = unsafe { *ssl };
-            let sock = SslSocket {
-                inode: stash.fd.inode,
-                fd,
-                _pad: 0,
-            };
-            if SSL_SOCKETS.insert(ssl, sock, 0).is_ok() {
-                unsafe { (*st).flags |= FDSTATE_TLS_BOUND };
-                count(counter::TLS_BINDS, 1);
-                // Tell userspace the socket will be decrypted (it may carry no plaintext at
-                // all: a connection closed right after its handshake).
-                output_header(&EventHeader {
-                    record: RECORD_TLS,
-                    fd_kind: FD_TCP,
-                    flags: FLAG_TLS,
-                    tgid,
-                    tid,
-                    fd,
-                    ts_enter_ns: stash.ts_enter_ns,
-                    ts_exit_ns: unsafe { bpf_ktime_get_ns() },
-                    inode: stash.fd.inode,
-                    comm: bpf_get_current_comm().unwrap_or_default(),
-                    ..EventHeader::default()
-                });
-            }
-            let _ = CIPHER_KEYS.remove(k);
-        }
+        bind_ssl(st, tgid, tid, stash, cipher_key(tgid, head));
     }
     true
+}
+
+/// A TLS socket's write whose first bytes are ciphertext that an SSL object handed its write
+/// BIO (key `k`, see [`bio_write_enter`]): bind that object to the socket (`st`), so its
+/// plaintext is shipped as the socket's.
+#[inline(always)]
+fn bind_ssl(st: *mut FdState, tgid: u32, tid: u32, stash: &Stash, k: u64) {
+    let Some(ssl) = CIPHER_KEYS.get_ptr(k) else {
+        return;
+    };
+    let ssl = unsafe { *ssl };
+    let sock = SslSocket {
+        inode: stash.fd.inode,
+        fd: stash.fdnum,
+        _pad: 0,
+    };
+    if SSL_SOCKETS.insert(ssl, sock, 0).is_ok() {
+        unsafe { (*st).flags |= FDSTATE_TLS_BOUND };
+        count(counter::TLS_BINDS, 1);
+        // Tell userspace the socket will be decrypted (it may carry no plaintext at all: a
+        // connection closed right after its handshake).
+        output_tls_record(tgid, tid, stash, FLAG_TLS);
+    }
+    let _ = CIPHER_KEYS.remove(k);
+}
+
+/// A [`RECORD_TLS`] record for the stashed syscall's socket: found to carry TLS (`flags` 0),
+/// or bound to its SSL object ([`FLAG_TLS`]).
+#[inline(always)]
+fn output_tls_record(tgid: u32, tid: u32, stash: &Stash, flags: u8) {
+    output_header(&EventHeader {
+        record: RECORD_TLS,
+        fd_kind: FD_TCP,
+        flags,
+        tgid,
+        tid,
+        fd: stash.fdnum,
+        ts_enter_ns: stash.ts_enter_ns,
+        ts_exit_ns: unsafe { bpf_ktime_get_ns() },
+        inode: stash.fd.inode,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+        ..EventHeader::default()
+    });
 }
 
 /// Entry of `SSL_read`/`SSL_write` (`ex`: the `_ex` forms, whose fourth argument receives the
@@ -177,9 +181,16 @@ pub fn ssl_write_ex_enter(ctx: ProbeContext) -> u32 {
 /// ciphertext `BIO_write` sees meanwhile belongs to this SSL object.
 #[uprobe]
 pub fn ssl_handshake_enter(ctx: ProbeContext) -> u32 {
+    match try_ssl_handshake_enter(&ctx) {
+        Some(()) | None => 0,
+    }
+}
+
+#[inline(always)]
+fn try_ssl_handshake_enter(ctx: &ProbeContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !watched((pid_tgid >> 32) as u32) {
-        return 0;
+        return None;
     }
     let tid = pid_tgid as u32;
     let ssl: u64 = ctx.arg(0).unwrap_or(0);
@@ -189,7 +200,7 @@ pub fn ssl_handshake_enter(ctx: ProbeContext) -> u32 {
     {
         // Inside a call on the same object (SSL_connect → SSL_do_handshake).
         unsafe { (*c).depth = (*c).depth.saturating_add(1) };
-        return 0;
+        return None;
     }
     let call = SslCall {
         ssl,
@@ -200,9 +211,10 @@ pub fn ssl_handshake_enter(ctx: ProbeContext) -> u32 {
     if SSL_CALLS.insert(tid, call, 0).is_err() {
         count(counter::STASH_FULL, 1);
     }
-    0
+    Some(())
 }
 
+/// Return of a handshake call: the outermost one ends its entry.
 #[uretprobe]
 pub fn ssl_handshake_ret(_ctx: RetProbeContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
@@ -224,13 +236,18 @@ pub fn ssl_handshake_ret(_ctx: RetProbeContext) -> u32 {
 /// this costs one lookup.
 #[uprobe]
 pub fn bio_write_enter(ctx: ProbeContext) -> u32 {
+    match try_bio_write_enter(&ctx) {
+        Some(()) | None => 0,
+    }
+}
+
+#[inline(always)]
+fn try_bio_write_enter(ctx: &ProbeContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(call) = SSL_CALLS.get_ptr(pid_tgid as u32) else {
-        return 0;
-    };
+    let call = SSL_CALLS.get_ptr(pid_tgid as u32)?;
     let len: i32 = ctx.arg(2).unwrap_or(0);
     if (len as i64) < CIPHER_KEY_BYTES as i64 {
-        return 0;
+        return None;
     }
     let tgid = (pid_tgid >> 32) as u32;
     let key = SslKey {
@@ -245,28 +262,32 @@ pub fn bio_write_enter(ctx: ProbeContext) -> u32 {
         if let Some(st) = FDS.get_ptr(FdKey { tgid, fd: sock.fd })
             && unsafe { (*st).inode } == sock.inode
         {
-            return 0;
+            return None;
         }
     }
     let buf: u64 = ctx.arg(1).unwrap_or(0);
     if let Ok(head) = unsafe { bpf_probe_read_user(buf as *const [u64; 2]) } {
         let _ = CIPHER_KEYS.insert(cipher_key(tgid, head), key, 0);
     }
-    0
+    Some(())
 }
 
 /// Return of `SSL_read`, `SSL_write` or their `_ex` forms: ship the plaintext they moved.
 #[uretprobe]
 pub fn ssl_data_ret(ctx: RetProbeContext) -> u32 {
+    match try_ssl_data_ret(&ctx) {
+        Some(()) | None => 0,
+    }
+}
+
+#[inline(always)]
+fn try_ssl_data_ret(ctx: &RetProbeContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
-    let Some(call) = SSL_CALLS.get_ptr(tid) else {
-        return 0;
-    };
-    let call = unsafe { *call };
+    let call = unsafe { *SSL_CALLS.get_ptr(tid)? };
     if call.op == 0 {
         // A handshake call's entry is on top: this return is not the call it describes.
-        return 0;
+        return None;
     }
     let _ = SSL_CALLS.remove(tid);
     let tgid = (pid_tgid >> 32) as u32;
@@ -276,10 +297,34 @@ pub fn ssl_data_ret(ctx: RetProbeContext) -> u32 {
         ssl: call.ssl,
     };
     let sock = SSL_SOCKETS.get_ptr(key).map(|s| unsafe { *s });
-    let ret: i32 = ctx.ret();
+    let n = plaintext_len(&call, ctx.ret(), tgid, sock)?;
+    let Some(sock) = sock else {
+        // Plaintext of an SSL object whose socket is not known: counted, not shipped.
+        count(counter::TLS_UNBOUND, 1);
+        count(counter::TLS_UNBOUND_BYTES, n);
+        return None;
+    };
+    let busy = TLS_BUSY.get_ptr_mut(0)?;
+    if unsafe { *busy } != 0 {
+        count(counter::TLS_BUSY, 1);
+        mark_lost(tgid, sock.fd);
+        return None;
+    }
+    unsafe { *busy = 1 };
+    ship_tls(ctx, key, sock, tid, &call, n);
+    // Not reached when shipping went on in a tail call: `ssl_ship_more` frees the lane then.
+    unsafe { *busy = 0 };
+    Some(())
+}
+
+/// How many plaintext bytes `call` moved, from its return value `ret` (or, for the `_ex`
+/// forms, its out-parameter); `None` when none did, or when that cannot be known (a hole in
+/// the stream of `sock`, counted).
+#[inline(always)]
+fn plaintext_len(call: &SslCall, ret: i32, tgid: u32, sock: Option<SslSocket>) -> Option<u64> {
     let n = if call.out != 0 {
         if ret != 1 {
-            return 0;
+            return None;
         }
         match unsafe { bpf_probe_read_user(call.out as *const u64) } {
             Ok(n) => n,
@@ -289,75 +334,31 @@ pub fn ssl_data_ret(ctx: RetProbeContext) -> u32 {
                 if let Some(sock) = sock {
                     mark_lost(tgid, sock.fd);
                 }
-                return 0;
+                return None;
             }
         }
     } else if ret > 0 {
         ret as u64
     } else {
-        return 0;
+        return None;
     };
-    if n == 0 {
-        return 0;
-    }
-    let Some(sock) = sock else {
-        // Plaintext of an SSL object whose socket is not known: counted, not shipped.
-        count(counter::TLS_UNBOUND, 1);
-        count(counter::TLS_UNBOUND_BYTES, n);
-        return 0;
-    };
-    let Some(busy) = TLS_BUSY.get_ptr_mut(0) else {
-        return 0;
-    };
-    if unsafe { *busy } != 0 {
-        count(counter::TLS_BUSY, 1);
-        mark_lost(tgid, sock.fd);
-        return 0;
-    }
-    unsafe { *busy = 1 };
-    ship_tls(&ctx, key, sock, tid, &call, n);
-    // Not reached when shipping went on in a tail call: `ssl_ship_more` frees the lane then.
-    unsafe { *busy = 0 };
-    0
+    if n == 0 { None } else { Some(n) }
 }
 
 /// Ship `n` plaintext bytes of `call` as records of its SSL object's socket, in the TLS lane
 /// (which the caller holds).
 #[inline(always)]
-pub fn ship_tls(
+fn ship_tls(
     ctx: &RetProbeContext,
     key: SslKey,
     sock: SslSocket,
     tid: u32,
     call: &SslCall,
     n: u64,
-) {
+) -> Option<()> {
     let tgid = key.tgid;
-    let st = match fd_state(tgid, tid, sock.fd, byte_of(&GEN, tgid), SCRATCH_TLS) {
-        Fd::Tracked(st) if unsafe { (*st).inode } == sock.inode => Some(st),
-        _ => None,
-    };
-    let Some(st) = st else {
-        // The socket is closed (its fd is gone or names another file now): these bytes
-        // never travel.
-        let _ = SSL_SOCKETS.remove(key);
-        count(counter::TLS_AFTER_CLOSE, 1);
-        return;
-    };
-    let state = unsafe { *st };
-    if state.flags & FDSTATE_REJECTED != 0 {
-        return;
-    }
-    // The plaintext flows, so the ciphertext must not (an entry rebuilt since the binding has
-    // lost those marks); the pending marks travel with this record.
-    unsafe {
-        (*st).flags =
-            (state.flags | FDSTATE_TLS | FDSTATE_TLS_BOUND | FDSTATE_SEEN) & !FDSTATE_PENDING_MARKS;
-    }
-    let Some(job) = JOBS.get_ptr_mut(JOB_TLS) else {
-        return;
-    };
-    let job = unsafe { &mut *job };
+    let state = plaintext_socket(key, sock, tid)?;
+    let job = unsafe { &mut *JOBS.get_ptr_mut(JOB_TLS)? };
     job.hdr = EventHeader {
         record: RECORD_DATA,
         dir: if call.op == syscall::SSL_READ {
@@ -388,6 +389,37 @@ pub fn ship_tls(
     job.shipped = 0;
     job.tail_calls = 0;
     ship(ctx, job, SCRATCH_TLS, &TLS_TAILS);
+    Some(())
+}
+
+/// The state of the socket an SSL object is bound to, as it was before its plaintext is
+/// shipped (now marked so that its ciphertext is not, its pending marks taken for the
+/// record); `None` when nothing is to be shipped: the socket is closed, or rejected.
+#[inline(always)]
+fn plaintext_socket(key: SslKey, sock: SslSocket, tid: u32) -> Option<FdState> {
+    let tgid = key.tgid;
+    let st = match fd_state(tgid, tid, sock.fd, byte_of(&GEN, tgid), SCRATCH_TLS) {
+        Fd::Tracked(st) if unsafe { (*st).inode } == sock.inode => Some(st),
+        _ => None,
+    };
+    let Some(st) = st else {
+        // The socket is closed (its fd is gone or names another file now): these bytes
+        // never travel.
+        let _ = SSL_SOCKETS.remove(key);
+        count(counter::TLS_AFTER_CLOSE, 1);
+        return None;
+    };
+    let state = unsafe { *st };
+    if state.flags & FDSTATE_REJECTED != 0 {
+        return None;
+    }
+    // The plaintext flows, so the ciphertext must not (an entry rebuilt since the binding has
+    // lost those marks); the pending marks travel with this record.
+    unsafe {
+        (*st).flags =
+            (state.flags | FDSTATE_TLS | FDSTATE_TLS_BOUND | FDSTATE_SEEN) & !FDSTATE_PENDING_MARKS;
+    }
+    Some(state)
 }
 
 /// Continues shipping TLS plaintext that [`ssl_data_ret`] began.
