@@ -11,8 +11,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use mcptap_abi::{
-    Config, FD_MAP_ENTRIES, FdKey, FdState, KernelOffsets, SCRATCH_SIZE, SKIP_SLOTS, SelfTest,
-    SslCall, SslKey, SslSocket, Stash, counter,
+    Comm, Config, FD_MAP_ENTRIES, FdKey, FdState, KernelOffsets, SCRATCH_SIZE, SKIP_SLOTS,
+    SelfTest, SslCall, SslKey, SslSocket, Stash, counter, id_byte, id_word,
 };
 
 use crate::ship::Job;
@@ -39,7 +39,7 @@ pub static INFLIGHT: Array<u64> = Array::with_max_entries(4096, 0);
 #[map]
 pub static SKIP: Array<u64> = Array::with_max_entries(SKIP_SLOTS, 0);
 #[map]
-pub static COMMS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(256, 0);
+pub static COMMS: HashMap<Comm, u8> = HashMap::with_max_entries(256, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 /// Per-CPU scratch buffers, one per kind of program that may be preempted by another kind on
@@ -87,16 +87,16 @@ pub fn count(idx: u32, n: u64) {
 /// concurrent updates of neighbouring ids from clobbering each other.
 #[inline(always)]
 pub fn byte_of(map: &Array<u64>, id: u32) -> u8 {
-    match map.get_ptr(id >> 3) {
-        Some(word) => unsafe { *(word as *const u8).add((id & 7) as usize) },
+    match map.get_ptr(id_word(id)) {
+        Some(word) => unsafe { *(word as *const u8).add(id_byte(id) as usize) },
         None => 0,
     }
 }
 
 #[inline(always)]
 pub fn set_byte(map: &Array<u64>, id: u32, value: u8) {
-    if let Some(word) = map.get_ptr_mut(id >> 3) {
-        unsafe { *(word as *mut u8).add((id & 7) as usize) = value };
+    if let Some(word) = map.get_ptr_mut(id_word(id)) {
+        unsafe { *(word as *mut u8).add(id_byte(id) as usize) = value };
     }
 }
 

@@ -8,7 +8,7 @@ use aya_ebpf::{
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use mcptap_abi::{EventHeader, RECORD_EXEC, RECORD_EXIT, WATCH_BY_COMM, WATCH_BY_PID};
+use mcptap_abi::{Comm, EventHeader, RECORD_EXEC, RECORD_EXIT, WATCH_BY_COMM, WATCH_BY_PID};
 
 use crate::{
     fd::read_kernel,
@@ -78,7 +78,7 @@ pub fn sched_exec(_ctx: RawTracePointContext) -> i32 {
 /// With `--comm`, whether `tgid` is watched for its comm is decided again for its new `comm`;
 /// being in a `--pid` tree stays.
 #[inline(always)]
-fn refilter_comm(tgid: u32, comm: &[u8; 16]) {
+fn refilter_comm(tgid: u32, comm: &Comm) {
     let cfg = CONFIG.load();
     if cfg.all_processes == 0 && cfg.comm_filter != 0 {
         let by_pid = watch_byte(tgid) & WATCH_BY_PID;

@@ -19,8 +19,8 @@ use aya::{
 };
 use log::{debug, info, warn};
 use mcptap_abi::{
-    Config, FD_MAP_ENTRIES, FDSTATE_REJECTED, FdKey, FdState, KernelOffsets, SelfTest,
-    TAIL_SHIP_MORE, WATCH_BY_COMM, WATCH_BY_PID, counter, names,
+    Comm, Config, FD_MAP_ENTRIES, FDSTATE_REJECTED, FdKey, FdState, IDS_PER_WORD, KernelOffsets,
+    SelfTest, TAIL_SHIP_MORE, WATCH_BY_COMM, WATCH_BY_PID, counter, id_byte, id_word, names,
 };
 
 use super::{btf::Btf, comm_key};
@@ -224,7 +224,7 @@ impl Probes {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(4 << 20);
-        let watch_words = pid_max.div_ceil(8).max(1);
+        let watch_words = pid_max.div_ceil(IDS_PER_WORD).max(1);
 
         let mut ebpf = EbpfLoader::new()
             .override_global(names::OFFSETS, &offsets, true)
@@ -245,7 +245,7 @@ impl Probes {
 
         // Mark watched processes before attaching, so their first syscalls are seen.
         if !scope.is_all() {
-            let mut comms: HashMap<_, [u8; 16], u8> =
+            let mut comms: HashMap<_, Comm, u8> =
                 HashMap::try_from(ebpf.map_mut(names::COMMS).context("COMMS map")?)?;
             for c in &scope.comms {
                 if c.len() > 15 {
@@ -273,11 +273,11 @@ impl Probes {
         let mut kernel_btf = None;
         // Fork and exec first, so no process slips between the /proc scan and the data hooks.
         for (prog_name, tp) in [
-            (names::PROG_FORK, "sched_process_fork"),
-            (names::PROG_EXEC, "sched_process_exec"),
-            (names::PROG_EXIT, "sched_process_exit"),
-            (names::PROG_SYS_EXIT, "sys_exit"),
-            (names::PROG_SYS_ENTER, "sys_enter"),
+            (names::PROG_FORK, names::TP_FORK),
+            (names::PROG_EXEC, names::TP_EXEC),
+            (names::PROG_EXIT, names::TP_EXIT),
+            (names::PROG_SYS_EXIT, names::TP_SYS_EXIT),
+            (names::PROG_SYS_ENTER, names::TP_SYS_ENTER),
         ] {
             let (fd, hook) = attach(&mut ebpf, prog_name, tp, &mut kernel_btf)?;
             prog_fds.push((prog_name.to_string(), fd));
@@ -545,7 +545,7 @@ impl Drop for Probes {
 
 /// Set the watch byte of every running process in scope.
 fn mark_existing(watch: &mut Array<&mut MapData, u64>, scope: &Scope) -> Result<()> {
-    let keys: Vec<[u8; 16]> = scope.comms.iter().map(|c| comm_key(c)).collect();
+    let keys: Vec<Comm> = scope.comms.iter().map(|c| comm_key(c)).collect();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         bail!("cannot list /proc: mcptap needs procfs mounted to find processes");
     };
@@ -595,9 +595,9 @@ fn mark_existing(watch: &mut Array<&mut MapData, u64>, scope: &Scope) -> Result<
             byte |= WATCH_BY_COMM;
         }
         if byte != 0 {
-            let word = pid / 8;
+            let word = id_word(pid);
             let mut v = watch.get(&word, 0).unwrap_or(0);
-            v |= (byte as u64) << ((pid % 8) * 8);
+            v |= (byte as u64) << (id_byte(pid) * 8);
             watch.set(word, v, 0)?;
         }
     }
@@ -621,7 +621,7 @@ fn self_test(ebpf: &mut Ebpf) -> Result<bool> {
              mode?); mcptap needs it to classify file descriptors",
         ));
     }
-    let link = prog.attach("sys_enter")?;
+    let link = prog.attach(names::TP_SYS_ENTER)?;
     // Any syscall of ours triggers it.
     for _ in 0..3 {
         let _ = std::fs::metadata("/proc/self");
@@ -692,8 +692,8 @@ impl Floor {
             .map_err(explain_load_error)?;
         let mut kernel_btf = None;
         for (prog_name, tp) in [
-            (names::PROG_NOOP_EXIT, "sys_exit"),
-            (names::PROG_NOOP_ENTER, "sys_enter"),
+            (names::PROG_NOOP_EXIT, names::TP_SYS_EXIT),
+            (names::PROG_NOOP_ENTER, names::TP_SYS_ENTER),
         ] {
             attach(&mut ebpf, prog_name, tp, &mut kernel_btf)?;
         }
@@ -733,5 +733,62 @@ fn attach(
             Ok((p.fd()?.try_clone()?, format!("tp_btf/{tp}")))
         }
         _ => bail!("{name} is neither a raw nor a BTF tracepoint program"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+
+    use super::*;
+
+    /// The programs' attributes name their tracepoints with literals; the agent attaches them
+    /// by the ABI's names. A program's section must be the hook the agent attaches it to.
+    #[test]
+    fn programs_sit_on_the_tracepoints_the_abi_names() {
+        let obj = object::File::parse(EBPF_OBJECT).unwrap();
+        let section_of = |prog: &str| {
+            let sym = obj
+                .symbols()
+                .find(|s| s.name() == Ok(prog))
+                .unwrap_or_else(|| panic!("no program {prog} in the object"));
+            let index = sym.section_index().unwrap();
+            obj.section_by_index(index)
+                .unwrap()
+                .name()
+                .unwrap()
+                .to_string()
+        };
+        for (prog, section) in [
+            (
+                names::PROG_SYS_ENTER,
+                format!("tp_btf/{}", names::TP_SYS_ENTER),
+            ),
+            (
+                names::PROG_NOOP_ENTER,
+                format!("tp_btf/{}", names::TP_SYS_ENTER),
+            ),
+            (
+                names::PROG_SELFTEST,
+                format!("raw_tp/{}", names::TP_SYS_ENTER),
+            ),
+            (
+                names::PROG_SYS_EXIT,
+                format!("raw_tp/{}", names::TP_SYS_EXIT),
+            ),
+            (
+                names::PROG_SHIP_MORE,
+                format!("raw_tp/{}", names::TP_SYS_EXIT),
+            ),
+            (
+                names::PROG_NOOP_EXIT,
+                format!("raw_tp/{}", names::TP_SYS_EXIT),
+            ),
+            (names::PROG_FORK, format!("raw_tp/{}", names::TP_FORK)),
+            (names::PROG_EXEC, format!("raw_tp/{}", names::TP_EXEC)),
+            (names::PROG_EXIT, format!("raw_tp/{}", names::TP_EXIT)),
+        ] {
+            assert_eq!(section_of(prog), section, "{prog}");
+        }
     }
 }
