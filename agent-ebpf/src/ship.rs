@@ -13,6 +13,7 @@ use aya_ebpf::{
     maps::ProgramArray,
     programs::RawTracePointContext,
 };
+use aya_log_ebpf::error;
 use mcptap_abi::{
     CHUNK_MAX, CHUNKS_PER_CALL, EventHeader, FLAG_LOST_BEFORE, FLAG_STATE_NEW, FLAG_TRUNCATED,
     HEADER_SIZE, MAX_IOVECS, MAX_TAIL_CALLS, TAIL_SHIP_MORE, counter,
@@ -195,8 +196,16 @@ fn ship_rest<C: EbpfContext>(ctx: &C, job: &mut Job, tails: &ProgramArray) {
         return;
     }
     unsafe { tails.tail_call(ctx, TAIL_SHIP_MORE) };
-    // A tail call that returns failed.
+    // A tail call that returns failed: the slot is empty, or the kernel's limit was reached
+    // (which `MAX_TAIL_CALLS` keeps below). Counted, and said, since it should never happen.
     count(counter::TAIL_CALL_FAILED, 1);
+    error!(
+        ctx,
+        "kernel: tail call {} to ship the rest of a syscall of tgid {} fd {} returned; truncated",
+        job.tail_calls,
+        job.hdr.tgid,
+        job.hdr.fd
+    );
     truncate(job);
 }
 

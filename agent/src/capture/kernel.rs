@@ -113,6 +113,7 @@ pub struct Probes {
     /// The OpenSSL probes, unless TLS capture is off or could not start.
     tls: Option<super::tls::Tls>,
     sweeper: FdSweeper,
+    _kernel_log: Option<KernelLog>,
 }
 
 fn lockdown_mode() -> Option<String> {
@@ -229,6 +230,9 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .override_global(names::OFFSETS, &offsets, true)
             .override_global(names::CONFIG, &config, true)
+            // The programs' log statements above mcptap's log level are dead code to the
+            // verifier (log::LevelFilter and aya-log's levels share their numbers).
+            .override_global(aya_log::LEVEL, &(log::max_level() as u8), false)
             .map_max_entries(names::EVENTS, settings.ring_bytes)
             .map_max_entries(names::WATCH, watch_words)
             .map_max_entries(names::GEN, watch_words)
@@ -241,6 +245,10 @@ impl Probes {
             offsets,
             ..Default::default()
         };
+        // Before any program runs, so that what the self-test says is read.
+        let kernel_log = KernelLog::start(&mut ebpf)
+            .map_err(|e| warn!("the kernel programs' own messages will not be logged: {e:#}"))
+            .ok();
         report.probe_read_kernel = self_test(&mut ebpf)?;
 
         // Mark watched processes before attaching, so their first syscalls are seen.
@@ -327,6 +335,7 @@ impl Probes {
                 prog_fds,
                 tls,
                 sweeper,
+                _kernel_log: kernel_log,
             },
             report,
         ))
@@ -532,6 +541,81 @@ fn sweep_loop(mut fds: HashMap<MapData, FdKey, FdState>, entries: &AtomicU64, st
             );
         }
     }
+}
+
+/// A thread that writes the kernel programs' messages (aya-log: the self-test, failures that
+/// should not happen) to mcptap's log as they come, so that the capture loop never waits on
+/// them. It owns the log map's fd, which the programs' instructions refer to by number: it must
+/// outlive the loading of every program, so it stays until the probes are dropped.
+struct KernelLog {
+    /// Dropped to stop the thread: it sees the pipe hang up.
+    stop: Option<std::io::PipeWriter>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl KernelLog {
+    fn start(ebpf: &mut Ebpf) -> Result<KernelLog> {
+        let logger = aya_log::EbpfLogger::init(ebpf).context("the aya-log map")?;
+        let (stop_rx, stop_tx) = std::io::pipe().context("a pipe to stop the log reader")?;
+        let thread = std::thread::Builder::new()
+            .name("mcptap-ebpf-log".into())
+            .spawn(move || kernel_log_loop(logger, stop_rx))
+            .context("starting the kernel log reader")?;
+        Ok(KernelLog {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for KernelLog {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn kernel_log_loop(
+    mut logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+    stop: std::io::PipeReader,
+) {
+    let mut fds = [
+        libc::pollfd {
+            fd: logger.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: two valid pollfds, for as long as the call.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if rc < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            warn!("reading the kernel programs' messages: poll: {err}");
+            break;
+        }
+        // aya-log panics on a record it cannot parse; the record is consumed all the same.
+        let flushed =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| logger.flush())).is_ok();
+        if !flushed {
+            warn!("a message of the kernel programs could not be read");
+        }
+        if fds[1].revents != 0 {
+            return;
+        }
+    }
+    // Keep the map's fd until told to stop, since the programs' instructions name it.
+    let _ = std::io::Read::read(&mut &stop, &mut [0u8; 1]);
 }
 
 impl Drop for Probes {
