@@ -246,9 +246,7 @@ impl Probes {
             ..Default::default()
         };
         // Before any program runs, so that what the self-test says is read.
-        let kernel_log = KernelLog::start(&mut ebpf)
-            .map_err(|e| warn!("the kernel programs' own messages will not be logged: {e:#}"))
-            .ok();
+        let kernel_log = KernelLog::start(&mut ebpf)?;
         report.probe_read_kernel = self_test(&mut ebpf)?;
 
         // Mark watched processes before attaching, so their first syscalls are seen.
@@ -554,17 +552,25 @@ struct KernelLog {
 }
 
 impl KernelLog {
-    fn start(ebpf: &mut Ebpf) -> Result<KernelLog> {
-        let logger = aya_log::EbpfLogger::init(ebpf).context("the aya-log map")?;
+    /// `None` (and a warning) when the object has no log map to read.
+    fn start(ebpf: &mut Ebpf) -> Result<Option<KernelLog>> {
         let (stop_rx, stop_tx) = std::io::pipe().context("a pipe to stop the log reader")?;
+        let logger = match aya_log::EbpfLogger::init(ebpf) {
+            Ok(logger) => logger,
+            Err(e) => {
+                warn!("the kernel programs' own messages will not be logged: {e}");
+                return Ok(None);
+            }
+        };
+        // The logger now owns the map's fd: if it went, no program could load.
         let thread = std::thread::Builder::new()
             .name("mcptap-ebpf-log".into())
             .spawn(move || kernel_log_loop(logger, stop_rx))
             .context("starting the kernel log reader")?;
-        Ok(KernelLog {
+        Ok(Some(KernelLog {
             stop: Some(stop_tx),
             thread: Some(thread),
-        })
+        }))
     }
 }
 
