@@ -101,6 +101,24 @@ fn runs_with_only_the_least_capabilities() {
     );
 }
 
+/// The kernel programs' own messages (aya-log) reach the agent's log: the self-test says, at
+/// info level, what it read in the agent's own process.
+#[test]
+fn kernel_programs_messages_reach_the_log() {
+    let dir = scratch("kernel_log");
+    let agent = Agent::start(&dir, &["--comm", "nothing-here"]);
+    let want = format!(
+        "kernel self-test: bpf_probe_read_kernel read tgid {} at task_struct offset",
+        agent.pid()
+    );
+    let found = wait_for(10, || agent.log().contains(&want));
+    let log = agent.log();
+    agent.stop();
+    assert!(found, "no {want:?} in the log:\n{log}");
+    let line = log.lines().find(|l| l.contains(&want)).unwrap();
+    assert!(line.contains(" INFO "), "{line}");
+}
+
 /// The pid of the process the agent's wrapper exec'd into (the wrapper execs, so it is the
 /// child itself): found by its listen port in /proc.
 fn agent_pid(agent: &Agent) -> u32 {

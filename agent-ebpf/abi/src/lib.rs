@@ -162,7 +162,7 @@ pub struct EventHeader {
     /// Offset of this chunk within the syscall's bytes.
     pub offset: u64,
     /// The thread's comm at the time of the syscall.
-    pub comm: [u8; 16],
+    pub comm: Comm,
 }
 
 /// Size in bytes of [`EventHeader`].
@@ -471,7 +471,8 @@ pub mod names {
     pub const FDS: &str = "FDS";
     /// In-flight data syscalls, hash of tid to [`super::Stash`].
     pub const STASH: &str = "STASH";
-    /// Watched processes: array of `u64` words, one byte per tgid (see [`super::WATCH_BY_COMM`]).
+    /// Watched processes: array of `u64` words, one byte per tgid (see [`super::IDS_PER_WORD`]
+    /// and [`super::WATCH_BY_COMM`]).
     pub const WATCH: &str = "WATCH";
     /// Per-tgid fd-table generation, one byte per tgid in `u64` words: bumped when fds may
     /// have changed without a close the programs saw (exec, close_range, fork of a new
@@ -482,7 +483,7 @@ pub mod names {
     pub const INFLIGHT: &str = "INFLIGHT";
     /// The skip cache: [`super::SKIP_SLOTS`] `u64` words, see [`super::skip_entry`].
     pub const SKIP: &str = "SKIP";
-    /// Comm names to watch: hash of `[u8; 16]` to `u8`.
+    /// Comm names to watch: hash of [`super::Comm`] to `u8`.
     pub const COMMS: &str = "COMMS";
     /// OpenSSL calls in flight, hash of tid to [`super::SslCall`].
     pub const SSL_CALLS: &str = "SSL_CALLS";
@@ -505,26 +506,40 @@ pub mod names {
     pub const OFFSETS: &str = "OFFSETS";
     /// Global: [`super::Config`].
     pub const CONFIG: &str = "CONFIG";
-    /// Program on `raw_tp/sys_enter`.
+    /// Program on `tp_btf/sys_enter` ([`TP_SYS_ENTER`]).
     pub const PROG_SYS_ENTER: &str = "sys_enter";
-    /// Program on `raw_tp/sys_exit`.
+    /// Program on `raw_tp/sys_exit` ([`TP_SYS_EXIT`]).
     pub const PROG_SYS_EXIT: &str = "sys_exit";
     /// Tail-called program that ships the rest of a large syscall.
     pub const PROG_SHIP_MORE: &str = "ship_more";
-    /// Program on `raw_tp/sched_process_fork`.
+    /// Program on `raw_tp/sched_process_fork` ([`TP_FORK`]).
     pub const PROG_FORK: &str = "sched_fork";
-    /// Program on `raw_tp/sched_process_exec`.
+    /// Program on `raw_tp/sched_process_exec` ([`TP_EXEC`]).
     pub const PROG_EXEC: &str = "sched_exec";
-    /// Program on `raw_tp/sched_process_exit`.
+    /// Program on `raw_tp/sched_process_exit` ([`TP_EXIT`]).
     pub const PROG_EXIT: &str = "sched_exit";
     /// Start-up self-test program, on `raw_tp/sys_enter` for a moment.
     pub const PROG_SELFTEST: &str = "selftest";
-    /// Benchmark floor: an empty program on `raw_tp/sys_enter`.
+    /// Benchmark floor: an empty program on `tp_btf/sys_enter`.
     pub const PROG_NOOP_ENTER: &str = "noop_enter";
     /// Benchmark floor: an empty program on `raw_tp/sys_exit`.
     pub const PROG_NOOP_EXIT: &str = "noop_exit";
     /// Tail-called program that ships the rest of a large TLS read or write.
     pub const PROG_SSL_SHIP_MORE: &str = "ssl_ship_more";
+
+    // The tracepoints the programs attach to. The programs' attributes spell them too (an
+    // attribute takes a literal); the agent's tests check the object against these.
+
+    /// Syscall entry: `sys_enter`, `selftest`, `noop_enter`.
+    pub const TP_SYS_ENTER: &str = "sys_enter";
+    /// Syscall exit: `sys_exit` (and the tail-called `ship_more`), `noop_exit`.
+    pub const TP_SYS_EXIT: &str = "sys_exit";
+    /// A task forked: `sched_fork`.
+    pub const TP_FORK: &str = "sched_process_fork";
+    /// A task called execve: `sched_exec`.
+    pub const TP_EXEC: &str = "sched_process_exec";
+    /// A task exited: `sched_exit`.
+    pub const TP_EXIT: &str = "sched_process_exit";
 }
 
 /// The OpenSSL probes: (symbol, program, is a return probe). Symbols are looked up in each
@@ -547,6 +562,29 @@ pub const TLS_PROBES: [(&str, &str, bool); 15] = [
     ("SSL_accept", "ssl_handshake_ret", true),
     ("BIO_write", "bio_write_enter", false),
 ];
+
+/// The kernel's `TASK_COMM_LEN`: a comm is at most 15 bytes and a NUL.
+pub const COMM_LEN: usize = 16;
+/// A comm as the kernel keeps it (NUL-padded): in records, and the key of `names::COMMS`.
+pub type Comm = [u8; COMM_LEN];
+
+/// Ids (tgids or tids) per `u64` word in the byte-per-id arrays `names::WATCH`, `names::GEN`
+/// and `names::INFLIGHT`: the byte of id `i` is byte [`id_byte`]`(i)` of word [`id_word`]`(i)`
+/// in memory order, that is bits `8 * id_byte(i)` and up of the little-endian word. The
+/// programs store single bytes, so that updates of neighbouring ids do not clobber each other.
+pub const IDS_PER_WORD: u32 = 8;
+
+/// The word of `id` in a byte-per-id array (see [`IDS_PER_WORD`]).
+#[inline(always)]
+pub const fn id_word(id: u32) -> u32 {
+    id / IDS_PER_WORD
+}
+
+/// The byte of `id` within its word (see [`IDS_PER_WORD`]).
+#[inline(always)]
+pub const fn id_byte(id: u32) -> u32 {
+    id % IDS_PER_WORD
+}
 
 /// Watch byte bit: the process's comm is in `--comm`; re-evaluated at exec.
 pub const WATCH_BY_COMM: u8 = 1 << 0;
@@ -774,6 +812,19 @@ mod tests {
             );
             // Return probes are named after what they do on return.
             assert_eq!(a.2, a.1.ends_with("_ret"), "{a:?}");
+        }
+    }
+
+    #[test]
+    fn byte_per_id_words_are_in_memory_order() {
+        // The programs store byte `id_byte(id)` of word `id_word(id)`; the agent reads the
+        // word and shifts. Both targets are little-endian.
+        for id in [0, 7, 8, 13, 4_194_303] {
+            let mut word = [0u8; 8];
+            word[id_byte(id) as usize] = 0xab;
+            let v = u64::from_le_bytes(word);
+            assert_eq!((v >> (8 * id_byte(id))) & 0xff, 0xab);
+            assert_eq!(id_word(id) * IDS_PER_WORD + id_byte(id), id);
         }
     }
 

@@ -19,8 +19,8 @@ use aya::{
 };
 use log::{debug, info, warn};
 use mcptap_abi::{
-    Config, FD_MAP_ENTRIES, FDSTATE_REJECTED, FdKey, FdState, KernelOffsets, SelfTest,
-    TAIL_SHIP_MORE, WATCH_BY_COMM, WATCH_BY_PID, counter, names,
+    Comm, Config, FD_MAP_ENTRIES, FDSTATE_REJECTED, FdKey, FdState, IDS_PER_WORD, KernelOffsets,
+    SelfTest, TAIL_SHIP_MORE, WATCH_BY_COMM, WATCH_BY_PID, counter, id_byte, id_word, names,
 };
 
 use super::{btf::Btf, comm_key};
@@ -113,6 +113,7 @@ pub struct Probes {
     /// The OpenSSL probes, unless TLS capture is off or could not start.
     tls: Option<super::tls::Tls>,
     sweeper: FdSweeper,
+    _kernel_log: Option<KernelLog>,
 }
 
 fn lockdown_mode() -> Option<String> {
@@ -224,11 +225,14 @@ impl Probes {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(4 << 20);
-        let watch_words = pid_max.div_ceil(8).max(1);
+        let watch_words = pid_max.div_ceil(IDS_PER_WORD).max(1);
 
         let mut ebpf = EbpfLoader::new()
             .override_global(names::OFFSETS, &offsets, true)
             .override_global(names::CONFIG, &config, true)
+            // The programs' log statements above mcptap's log level are dead code to the
+            // verifier (log::LevelFilter and aya-log's levels share their numbers).
+            .override_global(aya_log::LEVEL, &(log::max_level() as u8), false)
             .map_max_entries(names::EVENTS, settings.ring_bytes)
             .map_max_entries(names::WATCH, watch_words)
             .map_max_entries(names::GEN, watch_words)
@@ -241,11 +245,13 @@ impl Probes {
             offsets,
             ..Default::default()
         };
+        // Before any program runs, so that what the self-test says is read.
+        let kernel_log = KernelLog::start(&mut ebpf)?;
         report.probe_read_kernel = self_test(&mut ebpf)?;
 
         // Mark watched processes before attaching, so their first syscalls are seen.
         if !scope.is_all() {
-            let mut comms: HashMap<_, [u8; 16], u8> =
+            let mut comms: HashMap<_, Comm, u8> =
                 HashMap::try_from(ebpf.map_mut(names::COMMS).context("COMMS map")?)?;
             for c in &scope.comms {
                 if c.len() > 15 {
@@ -273,11 +279,11 @@ impl Probes {
         let mut kernel_btf = None;
         // Fork and exec first, so no process slips between the /proc scan and the data hooks.
         for (prog_name, tp) in [
-            (names::PROG_FORK, "sched_process_fork"),
-            (names::PROG_EXEC, "sched_process_exec"),
-            (names::PROG_EXIT, "sched_process_exit"),
-            (names::PROG_SYS_EXIT, "sys_exit"),
-            (names::PROG_SYS_ENTER, "sys_enter"),
+            (names::PROG_FORK, names::TP_FORK),
+            (names::PROG_EXEC, names::TP_EXEC),
+            (names::PROG_EXIT, names::TP_EXIT),
+            (names::PROG_SYS_EXIT, names::TP_SYS_EXIT),
+            (names::PROG_SYS_ENTER, names::TP_SYS_ENTER),
         ] {
             let (fd, hook) = attach(&mut ebpf, prog_name, tp, &mut kernel_btf)?;
             prog_fds.push((prog_name.to_string(), fd));
@@ -327,6 +333,7 @@ impl Probes {
                 prog_fds,
                 tls,
                 sweeper,
+                _kernel_log: kernel_log,
             },
             report,
         ))
@@ -534,6 +541,89 @@ fn sweep_loop(mut fds: HashMap<MapData, FdKey, FdState>, entries: &AtomicU64, st
     }
 }
 
+/// A thread that writes the kernel programs' messages (aya-log: the self-test, failures that
+/// should not happen) to mcptap's log as they come, so that the capture loop never waits on
+/// them. It owns the log map's fd, which the programs' instructions refer to by number: it must
+/// outlive the loading of every program, so it stays until the probes are dropped.
+struct KernelLog {
+    /// Dropped to stop the thread: it sees the pipe hang up.
+    stop: Option<std::io::PipeWriter>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl KernelLog {
+    /// `None` (and a warning) when the object has no log map to read.
+    fn start(ebpf: &mut Ebpf) -> Result<Option<KernelLog>> {
+        let (stop_rx, stop_tx) = std::io::pipe().context("a pipe to stop the log reader")?;
+        let logger = match aya_log::EbpfLogger::init(ebpf) {
+            Ok(logger) => logger,
+            Err(e) => {
+                warn!("the kernel programs' own messages will not be logged: {e}");
+                return Ok(None);
+            }
+        };
+        // The logger now owns the map's fd: if it went, no program could load.
+        let thread = std::thread::Builder::new()
+            .name("mcptap-ebpf-log".into())
+            .spawn(move || kernel_log_loop(logger, stop_rx))
+            .context("starting the kernel log reader")?;
+        Ok(Some(KernelLog {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }))
+    }
+}
+
+impl Drop for KernelLog {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn kernel_log_loop(
+    mut logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+    stop: std::io::PipeReader,
+) {
+    let mut fds = [
+        libc::pollfd {
+            fd: logger.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: two valid pollfds, for as long as the call.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if rc < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            warn!("reading the kernel programs' messages: poll: {err}");
+            break;
+        }
+        // aya-log panics on a record it cannot parse; the record is consumed all the same.
+        let flushed =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| logger.flush())).is_ok();
+        if !flushed {
+            warn!("a message of the kernel programs could not be read");
+        }
+        if fds[1].revents != 0 {
+            return;
+        }
+    }
+    // Keep the map's fd until told to stop, since the programs' instructions name it.
+    let _ = std::io::Read::read(&mut &stop, &mut [0u8; 1]);
+}
+
 impl Drop for Probes {
     fn drop(&mut self) {
         // The uprobes first, all at once; the programs then go quickly.
@@ -545,7 +635,7 @@ impl Drop for Probes {
 
 /// Set the watch byte of every running process in scope.
 fn mark_existing(watch: &mut Array<&mut MapData, u64>, scope: &Scope) -> Result<()> {
-    let keys: Vec<[u8; 16]> = scope.comms.iter().map(|c| comm_key(c)).collect();
+    let keys: Vec<Comm> = scope.comms.iter().map(|c| comm_key(c)).collect();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         bail!("cannot list /proc: mcptap needs procfs mounted to find processes");
     };
@@ -595,9 +685,9 @@ fn mark_existing(watch: &mut Array<&mut MapData, u64>, scope: &Scope) -> Result<
             byte |= WATCH_BY_COMM;
         }
         if byte != 0 {
-            let word = pid / 8;
+            let word = id_word(pid);
             let mut v = watch.get(&word, 0).unwrap_or(0);
-            v |= (byte as u64) << ((pid % 8) * 8);
+            v |= (byte as u64) << (id_byte(pid) * 8);
             watch.set(word, v, 0)?;
         }
     }
@@ -621,7 +711,7 @@ fn self_test(ebpf: &mut Ebpf) -> Result<bool> {
              mode?); mcptap needs it to classify file descriptors",
         ));
     }
-    let link = prog.attach("sys_enter")?;
+    let link = prog.attach(names::TP_SYS_ENTER)?;
     // Any syscall of ours triggers it.
     for _ in 0..3 {
         let _ = std::fs::metadata("/proc/self");
@@ -692,8 +782,8 @@ impl Floor {
             .map_err(explain_load_error)?;
         let mut kernel_btf = None;
         for (prog_name, tp) in [
-            (names::PROG_NOOP_EXIT, "sys_exit"),
-            (names::PROG_NOOP_ENTER, "sys_enter"),
+            (names::PROG_NOOP_EXIT, names::TP_SYS_EXIT),
+            (names::PROG_NOOP_ENTER, names::TP_SYS_ENTER),
         ] {
             attach(&mut ebpf, prog_name, tp, &mut kernel_btf)?;
         }
@@ -733,5 +823,62 @@ fn attach(
             Ok((p.fd()?.try_clone()?, format!("tp_btf/{tp}")))
         }
         _ => bail!("{name} is neither a raw nor a BTF tracepoint program"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+
+    use super::*;
+
+    /// The programs' attributes name their tracepoints with literals; the agent attaches them
+    /// by the ABI's names. A program's section must be the hook the agent attaches it to.
+    #[test]
+    fn programs_sit_on_the_tracepoints_the_abi_names() {
+        let obj = object::File::parse(EBPF_OBJECT).unwrap();
+        let section_of = |prog: &str| {
+            let sym = obj
+                .symbols()
+                .find(|s| s.name() == Ok(prog))
+                .unwrap_or_else(|| panic!("no program {prog} in the object"));
+            let index = sym.section_index().unwrap();
+            obj.section_by_index(index)
+                .unwrap()
+                .name()
+                .unwrap()
+                .to_string()
+        };
+        for (prog, section) in [
+            (
+                names::PROG_SYS_ENTER,
+                format!("tp_btf/{}", names::TP_SYS_ENTER),
+            ),
+            (
+                names::PROG_NOOP_ENTER,
+                format!("tp_btf/{}", names::TP_SYS_ENTER),
+            ),
+            (
+                names::PROG_SELFTEST,
+                format!("raw_tp/{}", names::TP_SYS_ENTER),
+            ),
+            (
+                names::PROG_SYS_EXIT,
+                format!("raw_tp/{}", names::TP_SYS_EXIT),
+            ),
+            (
+                names::PROG_SHIP_MORE,
+                format!("raw_tp/{}", names::TP_SYS_EXIT),
+            ),
+            (
+                names::PROG_NOOP_EXIT,
+                format!("raw_tp/{}", names::TP_SYS_EXIT),
+            ),
+            (names::PROG_FORK, format!("raw_tp/{}", names::TP_FORK)),
+            (names::PROG_EXEC, format!("raw_tp/{}", names::TP_EXEC)),
+            (names::PROG_EXIT, format!("raw_tp/{}", names::TP_EXIT)),
+        ] {
+            assert_eq!(section_of(prog), section, "{prog}");
+        }
     }
 }

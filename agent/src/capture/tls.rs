@@ -350,8 +350,8 @@ impl Tls {
             let watched: Vec<u32> = pids
                 .into_iter()
                 .filter(|&pid| {
-                    let word = watch.get(&(pid / 8), 0).unwrap_or(0);
-                    (word >> ((pid % 8) * 8)) & 0xff != 0
+                    let word = watch.get(&mcptap_abi::id_word(pid), 0).unwrap_or(0);
+                    (word >> (mcptap_abi::id_byte(pid) * 8)) & 0xff != 0
                 })
                 .collect();
             for pid in watched {
