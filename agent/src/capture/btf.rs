@@ -63,6 +63,72 @@ fn u32_at(b: &[u8], off: usize) -> Result<u32> {
     Ok(u32::from_le_bytes(s.try_into().expect("4 bytes")))
 }
 
+/// The type and string sections of BTF bytes, after checking the header.
+fn sections(raw: &[u8]) -> Result<(&[u8], &[u8])> {
+    ensure!(raw.len() >= 24, "BTF shorter than its header");
+    let magic = u16::from_le_bytes([raw[0], raw[1]]);
+    ensure!(
+        magic == MAGIC,
+        "bad BTF magic {magic:#x} (big-endian BTF is not supported)"
+    );
+    let hdr_len = u32_at(raw, 4)? as usize;
+    let type_off = u32_at(raw, 8)? as usize;
+    let type_len = u32_at(raw, 12)? as usize;
+    let str_off = u32_at(raw, 16)? as usize;
+    let str_len = u32_at(raw, 20)? as usize;
+    let types = raw
+        .get(hdr_len + type_off..hdr_len + type_off + type_len)
+        .ok_or_else(|| anyhow!("BTF type section out of bounds"))?;
+    let strings = raw
+        .get(hdr_len + str_off..hdr_len + str_off + str_len)
+        .ok_or_else(|| anyhow!("BTF string section out of bounds"))?;
+    Ok((types, strings))
+}
+
+/// The type at `*pos` of the type section (type id `id`); moves `pos` past it.
+fn parse_type(types_raw: &[u8], pos: &mut usize, id: usize) -> Result<Type> {
+    let name = u32_at(types_raw, *pos)?;
+    let info = u32_at(types_raw, *pos + 4)?;
+    let size_or_type = u32_at(types_raw, *pos + 8)?;
+    *pos += 12;
+    let vlen = (info & 0xffff) as usize;
+    let kind = (info >> 24) & 0x1f;
+    let kind_flag = info >> 31 == 1;
+    let mut members = Vec::new();
+    match kind {
+        KIND_INT | KIND_VAR | KIND_DECL_TAG => *pos += 4,
+        KIND_ARRAY => *pos += 12,
+        KIND_STRUCT | KIND_UNION => {
+            for i in 0..vlen {
+                let m = *pos + i * 12;
+                let raw_off = u32_at(types_raw, m + 8)?;
+                members.push(Member {
+                    name: u32_at(types_raw, m)?,
+                    ty: u32_at(types_raw, m + 4)?,
+                    // With kind_flag the top 8 bits hold a bitfield size.
+                    bit_offset: if kind_flag {
+                        raw_off & 0x00ff_ffff
+                    } else {
+                        raw_off
+                    },
+                });
+            }
+            *pos += vlen * 12;
+        }
+        KIND_ENUM | KIND_FUNC_PROTO => *pos += vlen * 8,
+        KIND_DATASEC | KIND_ENUM64 => *pos += vlen * 12,
+        KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
+        | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => {}
+        other => bail!("unknown BTF kind {other} at type id {id}"),
+    }
+    Ok(Type {
+        name,
+        kind,
+        size_or_type,
+        members,
+    })
+}
+
 impl Btf {
     /// Parse the running kernel's BTF.
     pub fn from_sys_fs() -> Result<Self> {
@@ -78,25 +144,7 @@ impl Btf {
 
     /// Parse little-endian BTF bytes.
     pub fn parse(raw: &[u8]) -> Result<Self> {
-        ensure!(raw.len() >= 24, "BTF shorter than its header");
-        let magic = u16::from_le_bytes([raw[0], raw[1]]);
-        ensure!(
-            magic == MAGIC,
-            "bad BTF magic {magic:#x} (big-endian BTF is not supported)"
-        );
-        let hdr_len = u32_at(raw, 4)? as usize;
-        let type_off = u32_at(raw, 8)? as usize;
-        let type_len = u32_at(raw, 12)? as usize;
-        let str_off = u32_at(raw, 16)? as usize;
-        let str_len = u32_at(raw, 20)? as usize;
-        let types_raw = raw
-            .get(hdr_len + type_off..hdr_len + type_off + type_len)
-            .ok_or_else(|| anyhow!("BTF type section out of bounds"))?;
-        let strings = raw
-            .get(hdr_len + str_off..hdr_len + str_off + str_len)
-            .ok_or_else(|| anyhow!("BTF string section out of bounds"))?
-            .to_vec();
-
+        let (types_raw, strings) = sections(raw)?;
         // Type id 0 is void.
         let mut types = vec![Type {
             name: 0,
@@ -106,50 +154,12 @@ impl Btf {
         }];
         let mut pos = 0;
         while pos < types_raw.len() {
-            let name = u32_at(types_raw, pos)?;
-            let info = u32_at(types_raw, pos + 4)?;
-            let size_or_type = u32_at(types_raw, pos + 8)?;
-            pos += 12;
-            let vlen = (info & 0xffff) as usize;
-            let kind = (info >> 24) & 0x1f;
-            let kind_flag = info >> 31 == 1;
-            let mut members = Vec::new();
-            match kind {
-                KIND_INT | KIND_VAR | KIND_DECL_TAG => pos += 4,
-                KIND_ARRAY => pos += 12,
-                KIND_STRUCT | KIND_UNION => {
-                    for i in 0..vlen {
-                        let m = pos + i * 12;
-                        let raw_off = u32_at(types_raw, m + 8)?;
-                        members.push(Member {
-                            name: u32_at(types_raw, m)?,
-                            ty: u32_at(types_raw, m + 4)?,
-                            // With kind_flag the top 8 bits hold a bitfield size.
-                            bit_offset: if kind_flag {
-                                raw_off & 0x00ff_ffff
-                            } else {
-                                raw_off
-                            },
-                        });
-                    }
-                    pos += vlen * 12;
-                }
-                KIND_ENUM | KIND_FUNC_PROTO => pos += vlen * 8,
-                KIND_DATASEC | KIND_ENUM64 => pos += vlen * 12,
-                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
-                | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => {}
-                other => bail!("unknown BTF kind {other} at type id {}", types.len()),
-            }
-            types.push(Type {
-                name,
-                kind,
-                size_or_type,
-                members,
-            });
+            let t = parse_type(types_raw, &mut pos, types.len())?;
+            types.push(t);
         }
         let mut btf = Btf {
             types,
-            strings,
+            strings: strings.to_vec(),
             structs_by_name: HashMap::new(),
         };
         for (id, t) in btf.types.iter().enumerate() {

@@ -23,6 +23,7 @@ use mcptap_abi::{
     SelfTest, TAIL_SHIP_MORE, WATCH_BY_COMM, WATCH_BY_PID, counter, id_byte, id_word, names,
 };
 
+use super::tls::Tls;
 use super::{btf::Btf, comm_key};
 
 /// The kernel programs, built by `agent/build.rs`.
@@ -205,28 +206,103 @@ fn explain_load_error(e: aya::EbpfError) -> anyhow::Error {
     }
 }
 
+/// The programs' settings for `settings`, and the size of the per-pid maps (one bit of a
+/// word per possible pid).
+fn kernel_config(settings: &ProbeSettings) -> (Config, u32) {
+    let scope = &settings.scope;
+    let config = Config {
+        all_processes: scope.is_all() as u8,
+        comm_filter: (!scope.comms.is_empty()) as u8,
+        _pad: [0; 2],
+        self_tgid: std::process::id(),
+        // Wake the agent when a quarter of the ring is used; it drains on a timer too.
+        wakeup_bytes: settings.ring_bytes / 4,
+        _pad2: 0,
+    };
+    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4 << 20);
+    (config, pid_max.div_ceil(IDS_PER_WORD).max(1))
+}
+
+/// Put the `--comm` names in the kernel's map, before anything is attached.
+fn mark_comms(ebpf: &mut Ebpf, scope: &Scope) -> Result<()> {
+    let mut comms: HashMap<_, Comm, u8> =
+        HashMap::try_from(ebpf.map_mut(names::COMMS).context("COMMS map")?)?;
+    for c in &scope.comms {
+        if c.len() > 15 {
+            warn!(
+                "--comm {c:?} is longer than the kernel's 15-byte comm; matching {:?}",
+                super::comm_str(&comm_key(c))
+            );
+        }
+        comms.insert(comm_key(c), 1, 0)?;
+    }
+    Ok(())
+}
+
+/// Load the tail-called program that ships the rest of a long syscall, and put it in its
+/// slot; returns its fd.
+fn load_ship_more(ebpf: &mut Ebpf) -> Result<ProgramFd> {
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut(names::PROG_SHIP_MORE)
+        .context("ship_more program missing")?
+        .try_into()?;
+    prog.load().context("verifier rejected ship_more")?;
+    let fd = prog.fd()?.try_clone()?;
+    let tail = prog.fd()?.try_clone()?;
+    let mut tails = ProgramArray::try_from(ebpf.map_mut(names::TAILS).context("TAILS")?)?;
+    tails.set(TAIL_SHIP_MORE, &tail, 0)?;
+    Ok(fd)
+}
+
+/// Attach the tracepoints: fork and exec first, so that no process slips between the /proc
+/// scan and the data hooks.
+fn attach_all(
+    ebpf: &mut Ebpf,
+    prog_fds: &mut Vec<(String, ProgramFd)>,
+    report: &mut StartupReport,
+) -> Result<()> {
+    let mut kernel_btf = None;
+    for (prog_name, tp) in [
+        (names::PROG_FORK, names::TP_FORK),
+        (names::PROG_EXEC, names::TP_EXEC),
+        (names::PROG_EXIT, names::TP_EXIT),
+        (names::PROG_SYS_EXIT, names::TP_SYS_EXIT),
+        (names::PROG_SYS_ENTER, names::TP_SYS_ENTER),
+    ] {
+        let (fd, hook) = attach(ebpf, prog_name, tp, &mut kernel_btf)?;
+        prog_fds.push((prog_name.to_string(), fd));
+        report.attached.push(format!("{prog_name}@{hook}"));
+    }
+    Ok(())
+}
+
+/// The OpenSSL probes, unless `--no-tls`; a failure is a warning, and capture goes on
+/// without them.
+fn start_tls(ebpf: &mut Ebpf, settings: &ProbeSettings, report: &mut StartupReport) -> Option<Tls> {
+    if !settings.tls {
+        return None;
+    }
+    match Tls::start(ebpf, !settings.scope.is_all()) {
+        Ok(t) => {
+            report.attached.push("uprobes@OpenSSL".to_string());
+            Some(t)
+        }
+        Err(e) => {
+            warn!("TLS capture disabled: {e:#}");
+            None
+        }
+    }
+}
+
 impl Probes {
     /// Resolve offsets, load the programs, self-test, attach, and mark watched processes.
     pub fn load(settings: &ProbeSettings, pre: Preflight) -> Result<(Self, StartupReport)> {
         let Preflight { offsets, lockdown } = pre;
-
-        let self_tgid = std::process::id();
         let scope = &settings.scope;
-        let config = Config {
-            all_processes: scope.is_all() as u8,
-            comm_filter: (!scope.comms.is_empty()) as u8,
-            _pad: [0; 2],
-            self_tgid,
-            // Wake the agent when a quarter of the ring is used; it drains on a timer too.
-            wakeup_bytes: settings.ring_bytes / 4,
-            _pad2: 0,
-        };
-        let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(4 << 20);
-        let watch_words = pid_max.div_ceil(IDS_PER_WORD).max(1);
-
+        let (config, watch_words) = kernel_config(settings);
         let mut ebpf = EbpfLoader::new()
             .override_global(names::OFFSETS, &offsets, true)
             .override_global(names::CONFIG, &config, true)
@@ -248,47 +324,15 @@ impl Probes {
         // Before any program runs, so that what the self-test says is read.
         let kernel_log = KernelLog::start(&mut ebpf)?;
         report.probe_read_kernel = self_test(&mut ebpf)?;
-
         // Mark watched processes before attaching, so their first syscalls are seen.
         if !scope.is_all() {
-            let mut comms: HashMap<_, Comm, u8> =
-                HashMap::try_from(ebpf.map_mut(names::COMMS).context("COMMS map")?)?;
-            for c in &scope.comms {
-                if c.len() > 15 {
-                    warn!(
-                        "--comm {c:?} is longer than the kernel's 15-byte comm; matching {:?}",
-                        super::comm_str(&comm_key(c))
-                    );
-                }
-                comms.insert(comm_key(c), 1, 0)?;
-            }
+            mark_comms(&mut ebpf, scope)?;
         }
-
-        let mut prog_fds = Vec::new();
-        {
-            let prog: &mut RawTracePoint = ebpf
-                .program_mut(names::PROG_SHIP_MORE)
-                .context("ship_more program missing")?
-                .try_into()?;
-            prog.load().context("verifier rejected ship_more")?;
-            let fd = prog.fd()?.try_clone()?;
-            prog_fds.push((names::PROG_SHIP_MORE.to_string(), prog.fd()?.try_clone()?));
-            let mut tails = ProgramArray::try_from(ebpf.map_mut(names::TAILS).context("TAILS")?)?;
-            tails.set(TAIL_SHIP_MORE, &fd, 0)?;
-        }
-        let mut kernel_btf = None;
-        // Fork and exec first, so no process slips between the /proc scan and the data hooks.
-        for (prog_name, tp) in [
-            (names::PROG_FORK, names::TP_FORK),
-            (names::PROG_EXEC, names::TP_EXEC),
-            (names::PROG_EXIT, names::TP_EXIT),
-            (names::PROG_SYS_EXIT, names::TP_SYS_EXIT),
-            (names::PROG_SYS_ENTER, names::TP_SYS_ENTER),
-        ] {
-            let (fd, hook) = attach(&mut ebpf, prog_name, tp, &mut kernel_btf)?;
-            prog_fds.push((prog_name.to_string(), fd));
-            report.attached.push(format!("{prog_name}@{hook}"));
-        }
+        let mut prog_fds = vec![(
+            names::PROG_SHIP_MORE.to_string(),
+            load_ship_more(&mut ebpf)?,
+        )];
+        attach_all(&mut ebpf, &mut prog_fds, &mut report)?;
         if !scope.is_all() {
             let mut watch: Array<_, u64> =
                 Array::try_from(ebpf.map_mut(names::WATCH).context("WATCH map")?)?;
@@ -297,24 +341,9 @@ impl Probes {
                 mark_existing(&mut watch, scope)?;
             }
         }
-
         // After the watch map is marked: in per-pid mode the probes follow it.
-        let tls = if settings.tls {
-            match super::tls::Tls::start(&mut ebpf, !scope.is_all()) {
-                Ok(t) => {
-                    report.attached.push("uprobes@OpenSSL".to_string());
-                    Some(t)
-                }
-                Err(e) => {
-                    warn!("TLS capture disabled: {e:#}");
-                    None
-                }
-            }
-        } else {
-            None
-        };
+        let tls = start_tls(&mut ebpf, settings, &mut report);
 
-        drop(kernel_btf);
         // Loading parsed the kernel's BTF several times (ours and aya's): give that memory back.
         // SAFETY: malloc_trim has no preconditions.
         unsafe { libc::malloc_trim(0) };
@@ -324,19 +353,17 @@ impl Probes {
         let fds = HashMap::try_from(fds_map)?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map(names::COUNTERS).context("COUNTERS map")?)?;
-        Ok((
-            Probes {
-                ebpf,
-                ring,
-                fds,
-                counters,
-                prog_fds,
-                tls,
-                sweeper,
-                _kernel_log: kernel_log,
-            },
-            report,
-        ))
+        let probes = Probes {
+            ebpf,
+            ring,
+            fds,
+            counters,
+            prog_fds,
+            tls,
+            sweeper,
+            _kernel_log: kernel_log,
+        };
+        Ok((probes, report))
     }
 
     /// Keep the OpenSSL probes on the processes that need them.

@@ -297,28 +297,31 @@ impl Detacher {
 /// How long a TLS socket does not bring another look at the same process's mappings.
 const RESCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Load the TLS programs and fill their tail-call slot.
+fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
+    let mut loaded = HashSet::new();
+    for (_, prog, _) in TLS_PROBES {
+        if loaded.insert(prog) {
+            uprobe(ebpf, prog)?
+                .load()
+                .with_context(|| format!("the kernel's verifier rejected {prog}"))?;
+        }
+    }
+    let more = uprobe(ebpf, names::PROG_SSL_SHIP_MORE)?;
+    more.load()
+        .context("the kernel's verifier rejected ssl_ship_more")?;
+    let fd = more.fd()?.try_clone()?;
+    let mut tails = ProgramArray::try_from(ebpf.map_mut(names::TLS_TAILS).context("TLS_TAILS")?)?;
+    tails.set(TAIL_SHIP_MORE, &fd, 0)?;
+    Ok(())
+}
+
 impl Tls {
     /// Load the TLS programs, fill their tail-call slot, and probe OpenSSL where the processes
     /// in scope have it. `per_pid` means `--comm`/`--pid` narrowed the scope: the watched
     /// processes are those the kernel's watch map marks.
     pub fn start(ebpf: &mut Ebpf, per_pid: bool) -> Result<Tls> {
-        let mut loaded = HashSet::new();
-        for (_, prog, _) in TLS_PROBES {
-            if loaded.insert(prog) {
-                uprobe(ebpf, prog)?
-                    .load()
-                    .with_context(|| format!("the kernel's verifier rejected {prog}"))?;
-            }
-        }
-        {
-            let more = uprobe(ebpf, names::PROG_SSL_SHIP_MORE)?;
-            more.load()
-                .context("the kernel's verifier rejected ssl_ship_more")?;
-            let fd = more.fd()?.try_clone()?;
-            let mut tails =
-                ProgramArray::try_from(ebpf.map_mut(names::TLS_TAILS).context("TLS_TAILS")?)?;
-            tails.set(TAIL_SHIP_MORE, &fd, 0)?;
-        }
+        load_programs(ebpf)?;
         let mut tls = Tls {
             per_pid,
             examined: HashMap::new(),
@@ -337,35 +340,7 @@ impl Tls {
                 tls.system.push((id, path));
             }
         }
-        let pids: Vec<u32> = std::fs::read_dir("/proc")
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if per_pid {
-            let watch: Array<&MapData, u64> =
-                Array::try_from(ebpf.map(names::WATCH).context("WATCH map")?)?;
-            let watched: Vec<u32> = pids
-                .into_iter()
-                .filter(|&pid| {
-                    let word = watch.get(&mcptap_abi::id_word(pid), 0).unwrap_or(0);
-                    (word >> (mcptap_abi::id_byte(pid) * 8)) & 0xff != 0
-                })
-                .collect();
-            for pid in watched {
-                tls.process(ebpf, pid);
-            }
-        } else {
-            for (id, path) in tls.system.clone() {
-                tls.attach(ebpf, Owner::All, id, &path);
-            }
-            let me = std::process::id();
-            for pid in pids.into_iter().filter(|p| *p != me) {
-                tls.process(ebpf, pid);
-            }
-        }
+        tls.probe_running(ebpf)?;
         if let (0, Some(e)) = (tls.probed, tls.refused.take()) {
             // Nothing could be probed (perf_event_open of a uprobe wants CAP_SYS_ADMIN on
             // some kernels): say so once instead of at every process.
@@ -385,6 +360,41 @@ impl Tls {
             }
         );
         Ok(tls)
+    }
+
+    /// Probe the processes running now: those the watch map marks (per-pid scope), or every
+    /// one, with the system's libraries probed once for all.
+    fn probe_running(&mut self, ebpf: &mut Ebpf) -> Result<()> {
+        let pids: Vec<u32> = std::fs::read_dir("/proc")
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if self.per_pid {
+            let watch: Array<&MapData, u64> =
+                Array::try_from(ebpf.map(names::WATCH).context("WATCH map")?)?;
+            let watched: Vec<u32> = pids
+                .into_iter()
+                .filter(|&pid| {
+                    let word = watch.get(&mcptap_abi::id_word(pid), 0).unwrap_or(0);
+                    (word >> (mcptap_abi::id_byte(pid) * 8)) & 0xff != 0
+                })
+                .collect();
+            for pid in watched {
+                self.process(ebpf, pid);
+            }
+        } else {
+            for (id, path) in self.system.clone() {
+                self.attach(ebpf, Owner::All, id, &path);
+            }
+            let me = std::process::id();
+            for pid in pids.into_iter().filter(|p| *p != me) {
+                self.process(ebpf, pid);
+            }
+        }
+        Ok(())
     }
 
     /// Identify `path` and look at its symbols once; returns its identity.
