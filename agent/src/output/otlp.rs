@@ -27,7 +27,7 @@ use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
 use opentelemetry::{InstrumentationScope, KeyValue};
-use opentelemetry_otlp::{MetricExporter, Protocol, SpanExporter, WithExportConfig as _};
+use opentelemetry_otlp::{MetricExporter, Protocol, SpanExporter, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
@@ -245,14 +245,7 @@ pub struct Otlp {
 impl Otlp {
     /// Start exporting; metrics are read from `registry`.
     pub fn start(cfg: &Config, registry: &Arc<Mutex<Registry>>) -> Result<Otlp> {
-        let rt = Arc::new(
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("mcptap-otlp")
-                .enable_all()
-                .build()
-                .context("starting the OTLP runtime")?,
-        );
+        let rt = Arc::new(runtime()?);
         let stats = Arc::new(Stats::default());
         let resource = resource();
         let mut otlp = Otlp {
@@ -264,77 +257,12 @@ impl Otlp {
             _runtime_keepalive: rt.clone(),
         };
         if cfg.traces {
-            let mut exporter = {
-                let _guard = rt.enter();
-                match cfg.wire {
-                    Wire::Grpc => {
-                        let mut b = SpanExporter::builder().with_tonic();
-                        if let Some(e) = &cfg.endpoint {
-                            b = b.with_endpoint(e);
-                        }
-                        b.build()
-                    }
-                    Wire::HttpProtobuf => {
-                        let mut b = SpanExporter::builder()
-                            .with_http()
-                            .with_protocol(Protocol::HttpBinary);
-                        if let Some(e) = &cfg.endpoint {
-                            b = b.with_endpoint(format!("{}/v1/traces", e.trim_end_matches('/')));
-                        }
-                        b.build()
-                    }
-                }
-                .context("building the OTLP span exporter")?
-            };
-            exporter.set_resource(&resource);
-            let (tx, rx) = sync_channel::<SpanData>(QUEUE);
-            let handle = rt.handle().clone();
-            let stats = stats.clone();
+            let (tx, thread) = start_spans(cfg, &rt, &resource, &stats)?;
             otlp.tx = Some(tx);
-            otlp.thread = Some(
-                std::thread::Builder::new()
-                    .name("mcptap-spans".into())
-                    .spawn(move || export_spans(rx, exporter, handle, stats))
-                    .context("starting the span exporter thread")?,
-            );
+            otlp.thread = Some(thread);
         }
         if cfg.metrics {
-            let exporter = {
-                let _guard = rt.enter();
-                match cfg.wire {
-                    Wire::Grpc => {
-                        let mut b = MetricExporter::builder().with_tonic();
-                        if let Some(e) = &cfg.endpoint {
-                            b = b.with_endpoint(e);
-                        }
-                        b.build()
-                    }
-                    Wire::HttpProtobuf => {
-                        let mut b = MetricExporter::builder()
-                            .with_http()
-                            .with_protocol(Protocol::HttpBinary);
-                        if let Some(e) = &cfg.endpoint {
-                            b = b.with_endpoint(format!("{}/v1/metrics", e.trim_end_matches('/')));
-                        }
-                        b.build()
-                    }
-                }
-                .context("building the OTLP metric exporter")?
-            };
-            let exporter = InRuntime {
-                inner: exporter,
-                handle: rt.handle().clone(),
-                stats: stats.clone(),
-            };
-            let reader = PeriodicReader::builder(exporter)
-                .with_interval(cfg.interval)
-                .build();
-            let provider = SdkMeterProvider::builder()
-                .with_reader(reader)
-                .with_resource(resource.clone())
-                .build();
-            register_instruments(&provider, registry);
-            otlp.meters = Some(provider);
+            otlp.meters = Some(start_metrics(cfg, &rt, &resource, &stats, registry)?);
         }
         Ok(otlp)
     }
@@ -386,6 +314,113 @@ impl Sink for Otlp {
             .map(|(name, (failed, dropped))| (name, failed, dropped))
             .collect()
     }
+}
+
+/// The runtime the exporters' network clients run on: one worker is plenty.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("mcptap-otlp")
+        .enable_all()
+        .build()
+        .context("starting the OTLP runtime")
+}
+
+/// The `--otlp-endpoint` for one signal: as given for gRPC; for HTTP with the signal's path
+/// (`v1/traces`, `v1/metrics`) appended, since a signal's endpoint set in code is used as is.
+fn signal_endpoint(cfg: &Config, path: &str) -> Option<String> {
+    let e = cfg.endpoint.as_ref()?;
+    Some(match cfg.wire {
+        Wire::Grpc => e.clone(),
+        Wire::HttpProtobuf => format!("{}/{path}", e.trim_end_matches('/')),
+    })
+}
+
+/// `b` aimed at `endpoint` when there is one; otherwise it follows the OTEL_* variables.
+fn aimed<B: WithExportConfig>(b: B, endpoint: Option<String>) -> B {
+    match endpoint {
+        Some(e) => b.with_endpoint(e),
+        None => b,
+    }
+}
+
+/// The span exporter for the configured protocol and endpoint.
+fn span_exporter(cfg: &Config, rt: &tokio::runtime::Runtime) -> Result<SpanExporter> {
+    // Built inside the runtime its client will run on.
+    let _guard = rt.enter();
+    let endpoint = signal_endpoint(cfg, "v1/traces");
+    match cfg.wire {
+        Wire::Grpc => aimed(SpanExporter::builder().with_tonic(), endpoint).build(),
+        Wire::HttpProtobuf => aimed(
+            SpanExporter::builder()
+                .with_http()
+                .with_protocol(Protocol::HttpBinary),
+            endpoint,
+        )
+        .build(),
+    }
+    .context("building the OTLP span exporter")
+}
+
+/// The metric exporter for the configured protocol and endpoint.
+fn metric_exporter(cfg: &Config, rt: &tokio::runtime::Runtime) -> Result<MetricExporter> {
+    // Built inside the runtime its client will run on.
+    let _guard = rt.enter();
+    let endpoint = signal_endpoint(cfg, "v1/metrics");
+    match cfg.wire {
+        Wire::Grpc => aimed(MetricExporter::builder().with_tonic(), endpoint).build(),
+        Wire::HttpProtobuf => aimed(
+            MetricExporter::builder()
+                .with_http()
+                .with_protocol(Protocol::HttpBinary),
+            endpoint,
+        )
+        .build(),
+    }
+    .context("building the OTLP metric exporter")
+}
+
+/// The span queue and the thread that drains it into the exporter.
+fn start_spans(
+    cfg: &Config,
+    rt: &tokio::runtime::Runtime,
+    resource: &Resource,
+    stats: &Arc<Stats>,
+) -> Result<(SyncSender<SpanData>, std::thread::JoinHandle<()>)> {
+    let mut exporter = span_exporter(cfg, rt)?;
+    exporter.set_resource(resource);
+    let (tx, rx) = sync_channel::<SpanData>(QUEUE);
+    let handle = rt.handle().clone();
+    let stats = stats.clone();
+    let thread = std::thread::Builder::new()
+        .name("mcptap-spans".into())
+        .spawn(move || export_spans(rx, exporter, handle, stats))
+        .context("starting the span exporter thread")?;
+    Ok((tx, thread))
+}
+
+/// The meter provider that exports the registry's metrics every `cfg.interval`.
+fn start_metrics(
+    cfg: &Config,
+    rt: &tokio::runtime::Runtime,
+    resource: &Resource,
+    stats: &Arc<Stats>,
+    registry: &Arc<Mutex<Registry>>,
+) -> Result<SdkMeterProvider> {
+    let exporter = InRuntime {
+        inner: metric_exporter(cfg, rt)?,
+        handle: rt.handle().clone(),
+        stats: stats.clone(),
+    };
+    let reader = PeriodicReader::builder(exporter)
+        .with_interval(cfg.interval)
+        .build();
+    let provider = SdkMeterProvider::builder()
+        .with_reader(reader)
+        .with_resource(resource.clone())
+        .build();
+    register_instruments(&provider, registry);
+    Ok(provider)
 }
 
 fn export_spans(
@@ -556,201 +591,307 @@ fn time(ns: u64) -> SystemTime {
 /// that received it, one per watched side. Ids are derived from the exchange, so a replay
 /// produces the same trace.
 pub fn spans_of(x: &Exchange, payloads: bool) -> Vec<SpanData> {
-    let ident = format!(
-        "{}\u{0}{}\u{0}{}\u{0}{}",
-        x.session.as_deref().unwrap_or(""),
-        x.id,
-        x.ts_ns,
-        x.method
-    );
-    let h = xxh3_128(ident.as_bytes());
-    let remote = x.traceparent.as_deref().and_then(parse_traceparent);
-    let trace_id = remote
-        .map(|(t, _)| t)
-        .unwrap_or_else(|| TraceId::from_bytes(h.to_be_bytes()));
-    let client_span = SpanId::from_bytes(((h as u64) | 1).to_be_bytes());
-    let server_span = SpanId::from_bytes((((h >> 64) as u64) | 1).to_be_bytes());
-    let trace_state = x
-        .tracestate
+    let ids = Ids::of(x);
+    let shared = Shared::of(x, ids.trace, payloads);
+    let (requester, responder) = sides(x);
+    let mut out = Vec::new();
+    if let Some((start, ms)) = requester.window {
+        out.push(shared.span(Placed {
+            kind: SpanKind::Client,
+            span: ids.client,
+            parent: ids.caller,
+            start,
+            ms,
+            side: requester.endpoint,
+        }));
+    }
+    if let Some((start, ms)) = responder.window {
+        // Child of our CLIENT span when the requester was watched, else of the caller's.
+        let parent = match requester.window {
+            Some(_) => Parent {
+                id: ids.client,
+                remote: false,
+            },
+            None => ids.caller,
+        };
+        out.push(shared.span(Placed {
+            kind: SpanKind::Server,
+            span: ids.server,
+            parent,
+            start,
+            ms,
+            side: responder.endpoint,
+        }));
+    }
+    out
+}
+
+/// A span's parent, and whether it lives in another process.
+#[derive(Clone, Copy)]
+struct Parent {
+    /// Its span id ([`SpanId::INVALID`] for a root span).
+    id: SpanId,
+    /// It came in a `traceparent`.
+    remote: bool,
+}
+
+/// The ids of an exchange's spans.
+struct Ids {
+    /// The caller's trace when a `traceparent` came with the request, else our own.
+    trace: TraceId,
+    /// The CLIENT span.
+    client: SpanId,
+    /// The SERVER span.
+    server: SpanId,
+    /// The span the request came from, per its `traceparent` (none without one).
+    caller: Parent,
+}
+
+impl Ids {
+    /// The ids of `x`, hashed from what identifies it.
+    fn of(x: &Exchange) -> Ids {
+        let ident = format!(
+            "{}\u{0}{}\u{0}{}\u{0}{}",
+            x.session.as_deref().unwrap_or(""),
+            x.id,
+            x.ts_ns,
+            x.method
+        );
+        let h = xxh3_128(ident.as_bytes());
+        let remote = x.traceparent.as_deref().and_then(parse_traceparent);
+        let caller = match remote {
+            Some((_, s)) => Parent {
+                id: s,
+                remote: true,
+            },
+            None => Parent {
+                id: SpanId::INVALID,
+                remote: false,
+            },
+        };
+        Ids {
+            trace: remote
+                .map(|(t, _)| t)
+                .unwrap_or_else(|| TraceId::from_bytes(h.to_be_bytes())),
+            // Odd, hence never the invalid all-zero id.
+            client: SpanId::from_bytes(((h as u64) | 1).to_be_bytes()),
+            server: SpanId::from_bytes((((h >> 64) as u64) | 1).to_be_bytes()),
+            caller,
+        }
+    }
+}
+
+/// One side of an exchange as its span needs it.
+struct Watched<'a> {
+    /// When it started (ns) and how long it took (ms), if this side was watched.
+    window: Option<(u64, f64)>,
+    /// Its process.
+    endpoint: &'a Endpoint,
+}
+
+/// The requester's side (the MCP client, or the server for the requests it sends) and the
+/// responder's.
+fn sides(x: &Exchange) -> (Watched<'_>, Watched<'_>) {
+    let client = Watched {
+        window: x.client_start_ns.zip(x.client_duration_ms),
+        endpoint: &x.client,
+    };
+    let server = Watched {
+        window: x.server_start_ns.zip(x.server_duration_ms),
+        endpoint: &x.server,
+    };
+    match x.requester {
+        crate::signal::Role::Server => (server, client),
+        _ => (client, server),
+    }
+}
+
+/// Where one span sits: its kind, id, parent, time, and the process it ran in.
+struct Placed<'a> {
+    /// CLIENT or SERVER.
+    kind: SpanKind,
+    /// Its id.
+    span: SpanId,
+    /// Its parent.
+    parent: Parent,
+    /// Start, ns since the epoch.
+    start: u64,
+    /// Duration, ms.
+    ms: f64,
+    /// The process.
+    side: &'a Endpoint,
+}
+
+/// What both spans of an exchange have in common.
+struct Shared {
+    /// Trace id.
+    trace: TraceId,
+    /// The caller's `tracestate`, passed on.
+    trace_state: TraceState,
+    /// `method` or `method target`.
+    name: Cow<'static, str>,
+    /// Attributes of the exchange (each span adds its process's).
+    attributes: Vec<KeyValue>,
+    /// Unset, or the error type.
+    status: Status,
+    /// mcptap and its version.
+    scope: InstrumentationScope,
+}
+
+impl Shared {
+    /// What the spans of `x` share, in trace `trace`.
+    fn of(x: &Exchange, trace: TraceId, payloads: bool) -> Shared {
+        let target = x
+            .tool
+            .as_deref()
+            .or(x.prompt.as_deref())
+            .or(x.resource_uri.as_deref());
+        let name: Cow<'static, str> = match target {
+            Some(t) => Cow::Owned(format!("{} {t}", x.method)),
+            None => Cow::Owned(x.method.clone()),
+        };
+        let (_, error_type) = telemetry::outcome(x);
+        let mut attributes = Vec::new();
+        call_attributes(x, &error_type, &mut attributes);
+        network_attributes(x, &mut attributes);
+        if payloads {
+            payload_attributes(x, &mut attributes);
+        }
+        Shared {
+            trace,
+            trace_state: trace_state(x),
+            name,
+            attributes,
+            status: match x.status {
+                XStatus::Ok => Status::Unset,
+                _ => Status::error(error_type),
+            },
+            scope: InstrumentationScope::builder("mcptap")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+        }
+    }
+
+    /// The span of one side.
+    fn span(&self, p: Placed<'_>) -> SpanData {
+        let mut attributes = self.attributes.clone();
+        process_attributes(p.side, &mut attributes);
+        SpanData {
+            span_context: SpanContext::new(
+                self.trace,
+                p.span,
+                TraceFlags::SAMPLED,
+                false,
+                self.trace_state.clone(),
+            ),
+            parent_span_id: p.parent.id,
+            parent_span_is_remote: p.parent.remote,
+            span_kind: p.kind,
+            name: self.name.clone(),
+            start_time: time(p.start),
+            end_time: time(p.start + (p.ms * 1e6) as u64),
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: self.status.clone(),
+            instrumentation_scope: self.scope.clone(),
+        }
+    }
+}
+
+/// The caller's W3C `tracestate`, empty when absent or malformed.
+fn trace_state(x: &Exchange) -> TraceState {
+    x.tracestate
         .as_deref()
         .and_then(|s| {
             TraceState::from_key_value(s.split(',').filter_map(|kv| kv.trim().split_once('='))).ok()
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
 
-    let target = x
-        .tool
-        .as_deref()
-        .or(x.prompt.as_deref())
-        .or(x.resource_uri.as_deref());
-    let name: Cow<'static, str> = match target {
-        Some(t) => Cow::Owned(format!("{} {t}", x.method)),
-        None => Cow::Owned(x.method.clone()),
-    };
-    let mut attributes = vec![KeyValue::new("mcp.method.name", x.method.clone())];
+/// The MCP and JSON-RPC attributes: method, target, request id, outcome, version, session.
+fn call_attributes(x: &Exchange, error_type: &str, out: &mut Vec<KeyValue>) {
+    out.push(KeyValue::new("mcp.method.name", x.method.clone()));
     if let Some(t) = &x.tool {
-        attributes.push(KeyValue::new("gen_ai.tool.name", t.clone()));
-        attributes.push(KeyValue::new("gen_ai.operation.name", "execute_tool"));
+        out.push(KeyValue::new("gen_ai.tool.name", t.clone()));
+        out.push(KeyValue::new("gen_ai.operation.name", "execute_tool"));
     }
     if let Some(p) = &x.prompt {
-        attributes.push(KeyValue::new("gen_ai.prompt.name", p.clone()));
+        out.push(KeyValue::new("gen_ai.prompt.name", p.clone()));
     }
     if let Some(u) = &x.resource_uri {
-        attributes.push(KeyValue::new("mcp.resource.uri", u.clone()));
+        out.push(KeyValue::new("mcp.resource.uri", u.clone()));
     }
-    let id = serde_json::from_str::<serde_json::Value>(&x.id)
+    out.push(KeyValue::new("jsonrpc.request.id", request_id(&x.id)));
+    if let Some(c) = x.error_code {
+        out.push(KeyValue::new("rpc.response.status_code", c));
+    }
+    if !error_type.is_empty() {
+        out.push(KeyValue::new("error.type", error_type.to_string()));
+    }
+    if let Some(v) = &x.protocol_version {
+        out.push(KeyValue::new("mcp.protocol.version", v.clone()));
+    }
+    if let (Some(s), "http" | "sse" | "unix") = (&x.session, x.transport) {
+        out.push(KeyValue::new("mcp.session.id", s.clone()));
+    }
+}
+
+/// A JSON-RPC id as the attribute shows it: a string id without its quotes.
+fn request_id(id: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(id)
         .ok()
         .map(|v| match v {
             serde_json::Value::String(s) => s,
             other => other.to_string(),
         })
-        .unwrap_or_else(|| x.id.clone());
-    attributes.push(KeyValue::new("jsonrpc.request.id", id));
-    if let Some(c) = x.error_code {
-        attributes.push(KeyValue::new("rpc.response.status_code", c));
-    }
-    let (_, error_type) = telemetry::outcome(x);
-    if !error_type.is_empty() {
-        attributes.push(KeyValue::new("error.type", error_type.clone()));
-    }
-    if let Some(v) = &x.protocol_version {
-        attributes.push(KeyValue::new("mcp.protocol.version", v.clone()));
-    }
-    if let (Some(s), "http" | "sse" | "unix") = (&x.session, x.transport) {
-        attributes.push(KeyValue::new("mcp.session.id", s.clone()));
-    }
+        .unwrap_or_else(|| id.to_string())
+}
+
+/// The transport attributes: pipe, socket or HTTP, TLS, and the addresses of both ends.
+fn network_attributes(x: &Exchange, out: &mut Vec<KeyValue>) {
     let network_transport = match x.transport {
         "stdio" => "pipe",
         "unix" => "unix",
         _ => "tcp",
     };
-    attributes.push(KeyValue::new("network.transport", network_transport));
+    out.push(KeyValue::new("network.transport", network_transport));
     if matches!(x.transport, "http" | "sse") || x.http_status.is_some() {
-        attributes.push(KeyValue::new("network.protocol.name", "http"));
-        attributes.push(KeyValue::new("network.protocol.version", "1.1"));
+        out.push(KeyValue::new("network.protocol.name", "http"));
+        out.push(KeyValue::new("network.protocol.version", "1.1"));
     }
     if x.tls {
         // HTTPS: still HTTP/1.1, inside TLS that mcptap saw established (the semantic
         // conventions' tls.* attributes; the version is not known).
-        attributes.push(KeyValue::new("tls.protocol.name", "tls"));
-        attributes.push(KeyValue::new("tls.established", true));
+        out.push(KeyValue::new("tls.protocol.name", "tls"));
+        out.push(KeyValue::new("tls.established", true));
     }
     if let Some(h) = x.http_status {
-        attributes.push(KeyValue::new("http.response.status_code", h as i64));
+        out.push(KeyValue::new("http.response.status_code", h as i64));
     }
     if let Some(a) = &x.server_address {
-        attributes.push(KeyValue::new("server.address", a.clone()));
+        out.push(KeyValue::new("server.address", a.clone()));
     }
     if let Some(p) = x.server_port {
-        attributes.push(KeyValue::new("server.port", p as i64));
+        out.push(KeyValue::new("server.port", p as i64));
     }
     if let Some(a) = &x.client_address {
-        attributes.push(KeyValue::new("client.address", a.clone()));
+        out.push(KeyValue::new("client.address", a.clone()));
     }
     if let Some(p) = x.client_port {
-        attributes.push(KeyValue::new("client.port", p as i64));
+        out.push(KeyValue::new("client.port", p as i64));
     }
-    if payloads {
-        if let Some(a) = &x.arguments {
-            attributes.push(KeyValue::new("gen_ai.tool.call.arguments", a.to_string()));
-        }
-        if let Some(r) = &x.result {
-            attributes.push(KeyValue::new("gen_ai.tool.call.result", r.to_string()));
-        }
+}
+
+/// Argument and result values (`--payloads` only).
+fn payload_attributes(x: &Exchange, out: &mut Vec<KeyValue>) {
+    if let Some(a) = &x.arguments {
+        out.push(KeyValue::new("gen_ai.tool.call.arguments", a.to_string()));
     }
-    let status = match x.status {
-        XStatus::Ok => Status::Unset,
-        _ => Status::error(error_type),
-    };
-    let scope = InstrumentationScope::builder("mcptap")
-        .with_version(env!("CARGO_PKG_VERSION"))
-        .build();
-    let make = |kind: SpanKind,
-                span: SpanId,
-                parent: SpanId,
-                remote: bool,
-                start: u64,
-                ms: f64,
-                side: &Endpoint| {
-        let mut attributes = attributes.clone();
-        process_attributes(side, &mut attributes);
-        SpanData {
-            span_context: SpanContext::new(
-                trace_id,
-                span,
-                TraceFlags::SAMPLED,
-                false,
-                trace_state.clone(),
-            ),
-            parent_span_id: parent,
-            parent_span_is_remote: remote,
-            span_kind: kind,
-            name: name.clone(),
-            start_time: time(start),
-            end_time: time(start + (ms * 1e6) as u64),
-            attributes,
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status: status.clone(),
-            instrumentation_scope: scope.clone(),
-        }
-    };
-    let (remote_parent, is_remote) = match remote {
-        Some((_, s)) => (s, true),
-        None => (SpanId::INVALID, false),
-    };
-    let mut out = Vec::new();
-    // The requester's side is the CLIENT span (the MCP client, or the server for the
-    // requests it sends).
-    let (req_start, req_ms, resp_start, resp_ms, req_side, resp_side) = match x.requester {
-        crate::signal::Role::Server => (
-            x.server_start_ns,
-            x.server_duration_ms,
-            x.client_start_ns,
-            x.client_duration_ms,
-            &x.server,
-            &x.client,
-        ),
-        _ => (
-            x.client_start_ns,
-            x.client_duration_ms,
-            x.server_start_ns,
-            x.server_duration_ms,
-            &x.client,
-            &x.server,
-        ),
-    };
-    let client_seen = req_start.is_some() && req_ms.is_some();
-    if let (Some(start), Some(ms)) = (req_start, req_ms) {
-        out.push(make(
-            SpanKind::Client,
-            client_span,
-            remote_parent,
-            is_remote,
-            start,
-            ms,
-            req_side,
-        ));
+    if let Some(r) = &x.result {
+        out.push(KeyValue::new("gen_ai.tool.call.result", r.to_string()));
     }
-    if let (Some(start), Some(ms)) = (resp_start, resp_ms) {
-        // Child of our CLIENT span when the requester was watched, else of the caller's.
-        let (parent, remote) = if client_seen {
-            (client_span, false)
-        } else {
-            (remote_parent, is_remote)
-        };
-        out.push(make(
-            SpanKind::Server,
-            server_span,
-            parent,
-            remote,
-            start,
-            ms,
-            resp_side,
-        ));
-    }
-    out
 }
 
 #[cfg(test)]

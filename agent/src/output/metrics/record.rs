@@ -52,56 +52,125 @@ fn direction(from: Role) -> &'static str {
     }
 }
 
+/// Milliseconds as the seconds the duration histograms are in.
+fn secs(ms: f64) -> f64 {
+    ms / 1000.0
+}
+
+/// The labels the per-request metrics of one exchange share.
+struct Labels<'a> {
+    /// Server name.
+    server: &'a str,
+    /// Client name.
+    client: &'a str,
+    /// The server's namespace ("" outside Kubernetes).
+    ns: &'a str,
+    /// The server's pod ("" outside Kubernetes).
+    pod: &'a str,
+    /// `success` or `error`.
+    status: &'static str,
+    /// What went wrong, "" on success (see [`outcome`]).
+    error_type: String,
+    /// The error's class, "" when none was given.
+    class: &'a str,
+}
+
+impl<'a> Labels<'a> {
+    /// The labels of `x`.
+    fn of(x: &'a Exchange) -> Labels<'a> {
+        let (ns, pod) = k8s_labels(&x.server);
+        let (status, error_type) = outcome(x);
+        Labels {
+            server: name(&x.server),
+            client: name(&x.client),
+            ns,
+            pod,
+            status,
+            error_type,
+            class: x.error_class.unwrap_or(""),
+        }
+    }
+}
+
+/// The metrics of one exchange: those of its tool, resource or prompt, then those of every
+/// request, then its messages.
 fn exchange(r: &mut Registry, x: &Exchange) {
-    let server = name(&x.server);
-    let client = name(&x.client);
-    let (ns, pod) = k8s_labels(&x.server);
-    let (status, error_type) = outcome(x);
-    let class = x.error_class.unwrap_or("");
-    let secs = |ms: f64| ms / 1000.0;
+    let l = Labels::of(x);
     match (x.method.as_str(), &x.tool, &x.resource_uri, &x.prompt) {
-        ("tools/call", Some(tool), ..) => {
+        ("tools/call", Some(tool), ..) => tool_call(r, x, tool, &l),
+        ("resources/read", _, Some(uri), _) => resource_read(r, x, uri, &l),
+        ("prompts/get", _, _, Some(prompt)) => {
             r.inc(
-                &defs::TOOL_CALLS,
-                &[tool, server, client, status, &error_type, class, ns, pod],
+                &defs::PROMPT_GETS,
+                &[prompt, l.server, l.status, l.ns, l.pod],
                 1.0,
             );
-            if let Some(d) = x.duration_ms {
-                r.observe(&defs::TOOL_DURATION, &[tool, server, ns, pod], secs(d));
-            }
-            if let Some(t) = x.result_tokens_est {
-                r.observe(&defs::TOOL_TOKENS, &[tool, server], t as f64);
-            }
-            if let Some(valid) = x.schema_valid {
-                r.inc(&defs::SCHEMA_CHECKED, &[tool, server], 1.0);
-                if !valid {
-                    r.inc(&defs::SCHEMA_VIOLATIONS, &[tool, server], 1.0);
-                }
-            }
-            if x.unknown_tool == Some(true) {
-                r.inc(&defs::UNKNOWN_TOOLS, &[server, client], 1.0);
-            }
-            if x.repeat_of.is_some() {
-                r.inc(&defs::REPEATED_CALLS, &[tool, server], 1.0);
-            }
-        }
-        ("resources/read", _, Some(uri), _) => {
-            r.inc(&defs::RESOURCE_READS, &[uri, server, status, ns, pod], 1.0);
-            if let Some(b) = x.content_bytes {
-                r.observe(&defs::RESOURCE_BYTES, &[server], b as f64);
-            }
-            if x.repeat_of.is_some() {
-                r.inc(&defs::DUPLICATE_READS, &[server], 1.0);
-            }
-        }
-        ("prompts/get", _, _, Some(prompt)) => {
-            r.inc(&defs::PROMPT_GETS, &[prompt, server, status, ns, pod], 1.0);
         }
         _ => {}
     }
+    requests(r, x, &l);
+    messages(r, x);
+}
+
+/// The per-tool metrics of a `tools/call`.
+fn tool_call(r: &mut Registry, x: &Exchange, tool: &str, l: &Labels<'_>) {
+    let server = l.server;
+    r.inc(
+        &defs::TOOL_CALLS,
+        &[
+            tool,
+            server,
+            l.client,
+            l.status,
+            &l.error_type,
+            l.class,
+            l.ns,
+            l.pod,
+        ],
+        1.0,
+    );
+    if let Some(d) = x.duration_ms {
+        r.observe(&defs::TOOL_DURATION, &[tool, server, l.ns, l.pod], secs(d));
+    }
+    if let Some(t) = x.result_tokens_est {
+        r.observe(&defs::TOOL_TOKENS, &[tool, server], t as f64);
+    }
+    if let Some(valid) = x.schema_valid {
+        r.inc(&defs::SCHEMA_CHECKED, &[tool, server], 1.0);
+        if !valid {
+            r.inc(&defs::SCHEMA_VIOLATIONS, &[tool, server], 1.0);
+        }
+    }
+    if x.unknown_tool == Some(true) {
+        r.inc(&defs::UNKNOWN_TOOLS, &[server, l.client], 1.0);
+    }
+    if x.repeat_of.is_some() {
+        r.inc(&defs::REPEATED_CALLS, &[tool, server], 1.0);
+    }
+}
+
+/// The per-resource metrics of a `resources/read`.
+fn resource_read(r: &mut Registry, x: &Exchange, uri: &str, l: &Labels<'_>) {
+    r.inc(
+        &defs::RESOURCE_READS,
+        &[uri, l.server, l.status, l.ns, l.pod],
+        1.0,
+    );
+    if let Some(b) = x.content_bytes {
+        r.observe(&defs::RESOURCE_BYTES, &[l.server], b as f64);
+    }
+    if x.repeat_of.is_some() {
+        r.inc(&defs::DUPLICATE_READS, &[l.server], 1.0);
+    }
+}
+
+/// What every request counts, whatever its method: the request and its error, and each
+/// watched side's operation time.
+fn requests(r: &mut Registry, x: &Exchange, l: &Labels<'_>) {
+    let (server, ns, pod) = (l.server, l.ns, l.pod);
     r.inc(
         &defs::REQUESTS,
-        &[&x.method, server, status, &error_type, ns, pod],
+        &[&x.method, server, l.status, &l.error_type, ns, pod],
         1.0,
     );
     if let Some(code) = x.error_code {
@@ -115,17 +184,21 @@ fn exchange(r: &mut Registry, x: &Exchange) {
     if let Some(d) = x.client_duration_ms {
         r.observe(
             &defs::CLIENT_OPERATION,
-            &[&x.method, tool, &error_type, server],
+            &[&x.method, tool, &l.error_type, server],
             secs(d),
         );
     }
     if let Some(d) = x.server_duration_ms {
         r.observe(
             &defs::SERVER_OPERATION,
-            &[&x.method, tool, &error_type, server, ns, pod],
+            &[&x.method, tool, &l.error_type, server, ns, pod],
             secs(d),
         );
     }
+}
+
+/// The request and its response (or error) as messages: counts and sizes by direction.
+fn messages(r: &mut Registry, x: &Exchange) {
     let req_dir = direction(x.requester);
     let resp_dir = direction(match x.requester {
         Role::Server => Role::Client,
