@@ -252,6 +252,93 @@ impl IdModel {
     }
 }
 
+/// One op of the [`mcp`] script.
+enum McpOp<'a> {
+    /// A process moved bytes through its end of a pipe.
+    Move(PipeMove<'a>),
+    /// The server exits.
+    ServerExit,
+    /// Time passes.
+    Wait,
+    /// A kind no op has: only the clock moves.
+    Other,
+}
+
+/// Who moved an op's bytes, through which of its file descriptors and which pipe.
+struct PipeMove<'a> {
+    tgid: u32,
+    fd: i32,
+    dir: u8,
+    inode: u64,
+    /// Which view of a pipe the bytes belong to, as [`IdModel::pending`] numbers them.
+    view: usize,
+    /// Bytes were lost before these.
+    lost_before: bool,
+    bytes: &'a [u8],
+}
+
+impl<'a> McpOp<'a> {
+    /// An op from its bytes (kind first); `None` for an empty op, which is skipped.
+    fn decode(op: &'a [u8]) -> Option<Self> {
+        let (&kind, bytes) = op.split_first()?;
+        let (tgid, fd, dir, inode, view) = match kind {
+            b'0' | b'4' => (CLIENT, 10, DIR_OUT, REQ_PIPE, 0),
+            b'1' => (SERVER, 0, DIR_IN, REQ_PIPE, 1),
+            b'2' => (SERVER, 1, DIR_OUT, RESP_PIPE, 2),
+            b'3' => (CLIENT, 11, DIR_IN, RESP_PIPE, 3),
+            b'5' => return Some(McpOp::ServerExit),
+            b'6' => return Some(McpOp::Wait),
+            _ => return Some(McpOp::Other),
+        };
+        Some(McpOp::Move(PipeMove {
+            tgid,
+            fd,
+            dir,
+            inode,
+            view,
+            lost_before: kind == b'4',
+            bytes,
+        }))
+    }
+}
+
+impl PipeMove<'_> {
+    /// The data record the kernel side would send for this move at `now`.
+    fn header(&self, now: u64) -> EventHeader {
+        EventHeader {
+            record: RECORD_DATA,
+            dir: self.dir,
+            fd_kind: FD_PIPE,
+            flags: if self.lost_before {
+                FLAG_LOST_BEFORE
+            } else {
+                0
+            },
+            tgid: self.tgid,
+            tid: self.tgid,
+            fd: self.fd,
+            ts_enter_ns: now,
+            ts_exit_ns: now + 1_000,
+            inode: self.inode,
+            total: self.bytes.len() as u64,
+            ..EventHeader::default()
+        }
+    }
+}
+
+/// The record of the server's exit at `now`.
+fn server_exit(now: u64) -> EventHeader {
+    EventHeader {
+        record: RECORD_EXIT,
+        tgid: SERVER,
+        tid: SERVER,
+        fd: -1,
+        ts_enter_ns: now,
+        ts_exit_ns: now,
+        ..EventHeader::default()
+    }
+}
+
 /// MCP over stdio, end to end through the pipeline: a script of syscalls between a client and
 /// its server. Ops are separated by 0x1e; an op's first byte says who moved its bytes:
 /// `0` client writes a request, `1` server reads it, `2` server writes a response, `3` client
@@ -268,67 +355,40 @@ pub fn mcp(data: &[u8]) {
     let mut now = 1_000_000u64;
     let mut signals = Vec::new();
     for op in data.split(|b| *b == 0x1e) {
-        let Some((&kind, bytes)) = op.split_first() else {
+        let Some(op) = McpOp::decode(op) else {
             continue;
         };
         now += 10_000;
-        let (tgid, fd, dir, inode) = match kind {
-            b'0' | b'4' => (CLIENT, 10, DIR_OUT, REQ_PIPE),
-            b'1' => (SERVER, 0, DIR_IN, REQ_PIPE),
-            b'2' => (SERVER, 1, DIR_OUT, RESP_PIPE),
-            b'3' => (CLIENT, 11, DIR_IN, RESP_PIPE),
-            b'5' => {
+        match op {
+            McpOp::Move(m) => {
+                model.push(m.view, m.bytes, m.lost_before);
+                p.ingest(&mut host, &encode_record(&m.header(now), m.bytes));
+                p.take_rejects();
+                signals.extend(p.drain_signals());
+            }
+            McpOp::ServerExit => {
                 // The server's streams end with it: their unfinished lines are gone.
                 model.pending[1].clear();
                 model.pending[2].clear();
-                let hdr = EventHeader {
-                    record: RECORD_EXIT,
-                    tgid: SERVER,
-                    tid: SERVER,
-                    fd: -1,
-                    ts_enter_ns: now,
-                    ts_exit_ns: now,
-                    ..EventHeader::default()
-                };
-                p.ingest(&mut host, &encode_record(&hdr, &[]));
-                continue;
+                p.ingest(&mut host, &encode_record(&server_exit(now), &[]));
             }
-            b'6' => {
+            McpOp::Wait => {
                 now += 1_000_000_000;
                 p.tick(now);
                 signals.extend(p.drain_signals());
-                continue;
             }
-            _ => continue,
-        };
-        let view = match kind {
-            b'1' => 1,
-            b'2' => 2,
-            b'3' => 3,
-            _ => 0,
-        };
-        model.push(view, bytes, kind == b'4');
-        let hdr = EventHeader {
-            record: RECORD_DATA,
-            dir,
-            fd_kind: FD_PIPE,
-            flags: if kind == b'4' { FLAG_LOST_BEFORE } else { 0 },
-            tgid,
-            tid: tgid,
-            fd,
-            ts_enter_ns: now,
-            ts_exit_ns: now + 1_000,
-            inode,
-            total: bytes.len() as u64,
-            ..EventHeader::default()
-        };
-        p.ingest(&mut host, &encode_record(&hdr, bytes));
-        p.take_rejects();
-        signals.extend(p.drain_signals());
+            McpOp::Other => {}
+        }
     }
     p.finish(now + 10_000_000_000, 1_000_000_000);
     signals.extend(p.drain_signals());
-    for s in &signals {
+    check_exchanges(&signals, &model);
+}
+
+/// Every exchange is for an id some request carried, and every completed one for an id some
+/// response carried.
+fn check_exchanges(signals: &[Signal], model: &IdModel) {
+    for s in signals {
         if let Signal::Exchange(x) = s {
             assert!(
                 model.requests.contains(&x.id),

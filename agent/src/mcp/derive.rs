@@ -56,95 +56,108 @@ fn hash_value(b: &[u8], at: &mut usize, depth: u32) -> Option<u64> {
     }
     skip_ws(b, at);
     match *b.get(*at)? {
-        b'{' => {
-            *at += 1;
-            // Members combine by addition, so their order does not matter.
-            let mut sum = 0u64;
-            let mut n = 0u64;
-            skip_ws(b, at);
-            if b.get(*at) == Some(&b'}') {
-                *at += 1;
-                return Some(mix(0x6f, 0));
-            }
-            loop {
-                skip_ws(b, at);
-                if b.get(*at) != Some(&b'"') {
-                    return None;
-                }
-                let k = hash_value(b, at, depth + 1)?;
-                skip_ws(b, at);
-                if b.get(*at) != Some(&b':') {
-                    return None;
-                }
-                *at += 1;
-                let v = hash_value(b, at, depth + 1)?;
-                sum = sum.wrapping_add(mix(k, v));
-                n += 1;
-                skip_ws(b, at);
-                match b.get(*at)? {
-                    b',' => *at += 1,
-                    b'}' => {
-                        *at += 1;
-                        return Some(mix(mix(0x6f, n), sum));
-                    }
-                    _ => return None,
-                }
-            }
+        b'{' => hash_object(b, at, depth),
+        b'[' => hash_array(b, at, depth),
+        b'"' => hash_string(b, at),
+        _ => hash_scalar(b, at),
+    }
+}
+
+/// The object at `*at` (its `{`), members hashed at `depth + 1`.
+#[inline]
+fn hash_object(b: &[u8], at: &mut usize, depth: u32) -> Option<u64> {
+    *at += 1;
+    // Members combine by addition, so their order does not matter.
+    let mut sum = 0u64;
+    let mut n = 0u64;
+    skip_ws(b, at);
+    if b.get(*at) == Some(&b'}') {
+        *at += 1;
+        return Some(mix(0x6f, 0));
+    }
+    loop {
+        skip_ws(b, at);
+        if b.get(*at) != Some(&b'"') {
+            return None;
         }
-        b'[' => {
-            *at += 1;
-            let mut h = mix(0x61, 0);
-            skip_ws(b, at);
-            if b.get(*at) == Some(&b']') {
+        let k = hash_value(b, at, depth + 1)?;
+        skip_ws(b, at);
+        if b.get(*at) != Some(&b':') {
+            return None;
+        }
+        *at += 1;
+        let v = hash_value(b, at, depth + 1)?;
+        sum = sum.wrapping_add(mix(k, v));
+        n += 1;
+        skip_ws(b, at);
+        match b.get(*at)? {
+            b',' => *at += 1,
+            b'}' => {
+                *at += 1;
+                return Some(mix(mix(0x6f, n), sum));
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// The array at `*at` (its `[`), items hashed in order at `depth + 1`.
+#[inline]
+fn hash_array(b: &[u8], at: &mut usize, depth: u32) -> Option<u64> {
+    *at += 1;
+    let mut h = mix(0x61, 0);
+    skip_ws(b, at);
+    if b.get(*at) == Some(&b']') {
+        *at += 1;
+        return Some(h);
+    }
+    loop {
+        h = mix(h, hash_value(b, at, depth + 1)?);
+        skip_ws(b, at);
+        match b.get(*at)? {
+            b',' => *at += 1,
+            b']' => {
                 *at += 1;
                 return Some(h);
             }
-            loop {
-                h = mix(h, hash_value(b, at, depth + 1)?);
-                skip_ws(b, at);
-                match b.get(*at)? {
-                    b',' => *at += 1,
-                    b']' => {
-                        *at += 1;
-                        return Some(h);
-                    }
-                    _ => return None,
-                }
-            }
-        }
-        b'"' => {
-            let start = *at;
-            *at += 1;
-            loop {
-                let i = memchr::memchr2(b'"', b'\\', &b[*at..])?;
-                *at += i;
-                if b[*at] == b'"' {
-                    *at += 1;
-                    return Some(xxh3_64(&b[start..*at]));
-                }
-                // An escape: skip it and the escaped byte.
-                *at += 2;
-            }
-        }
-        _ => {
-            // A number, true, false or null: hashed as written.
-            let start = *at;
-            while *at < b.len()
-                && !matches!(b[*at], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
-            {
-                *at += 1;
-            }
-            let token = &b[start..*at];
-            let ok = matches!(token, b"true" | b"false" | b"null")
-                || (token
-                    .first()
-                    .is_some_and(|c| *c == b'-' || c.is_ascii_digit())
-                    && token.iter().all(|c| {
-                        c.is_ascii_digit() || matches!(c, b'-' | b'+' | b'.' | b'e' | b'E')
-                    }));
-            ok.then(|| xxh3_64(token))
+            _ => return None,
         }
     }
+}
+
+/// The string at `*at` (its opening quote), hashed as written, quotes and escapes included.
+#[inline]
+fn hash_string(b: &[u8], at: &mut usize) -> Option<u64> {
+    let start = *at;
+    *at += 1;
+    loop {
+        let i = memchr::memchr2(b'"', b'\\', &b[*at..])?;
+        *at += i;
+        if b[*at] == b'"' {
+            *at += 1;
+            return Some(xxh3_64(&b[start..*at]));
+        }
+        // An escape: skip it and the escaped byte.
+        *at += 2;
+    }
+}
+
+/// A number, true, false or null at `*at`: hashed as written.
+#[inline]
+fn hash_scalar(b: &[u8], at: &mut usize) -> Option<u64> {
+    let start = *at;
+    while *at < b.len() && !matches!(b[*at], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+        *at += 1;
+    }
+    let token = &b[start..*at];
+    let ok = matches!(token, b"true" | b"false" | b"null")
+        || (token
+            .first()
+            .is_some_and(|c| *c == b'-' || c.is_ascii_digit())
+            && token
+                .iter()
+                .all(|c| c.is_ascii_digit() || matches!(c, b'-' | b'+' | b'.' | b'e' | b'E')));
+    ok.then(|| xxh3_64(token))
 }
 
 /// A tool as a session's latest `tools/list` advertised it.

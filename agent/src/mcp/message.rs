@@ -259,6 +259,16 @@ struct ToolRaw<'a> {
     input_schema: Option<&'a RawValue>,
 }
 
+impl From<ToolRaw<'_>> for ToolDef {
+    fn from(t: ToolRaw<'_>) -> Self {
+        ToolDef {
+            name: t.name.into_owned(),
+            description: t.description.map(Cow::into_owned),
+            input_schema: t.input_schema.map(|s| s.get().to_string()),
+        }
+    }
+}
+
 /// A content item (tool results) or resource contents; only sizes are kept.
 #[derive(Deserialize, Default)]
 #[serde(default)]
@@ -346,100 +356,109 @@ fn parse_one(text: &str, opts: Options) -> Result<Message, ParseError> {
         ..Message::default()
     };
     if let Some(method) = env.method {
-        msg.kind = if msg.id.is_some() {
-            Kind::Request
-        } else {
-            Kind::Notification
-        };
-        let params: Params<'_> = match env.params {
-            Some(raw) => serde_json::from_str(raw.get()).unwrap_or_default(),
-            None => Params::default(),
-        };
-        msg.target = match method.as_ref() {
-            "tools/call" => params
-                .name
-                .as_deref()
-                .map_or(Target::None, |n| Target::Tool(n.to_string())),
-            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => params
-                .uri
-                .as_deref()
-                .map_or(Target::None, |u| Target::Resource(u.to_string())),
-            "prompts/get" => params
-                .name
-                .as_deref()
-                .map_or(Target::None, |n| Target::Prompt(n.to_string())),
-            _ => Target::None,
-        };
-        if method == "initialize" {
-            msg.protocol_version = params.protocol_version.map(Cow::into_owned);
-            msg.peer_info = params.client_info.map(PeerInfo::from);
-        }
-        if method == "tools/call" || method == "prompts/get" {
-            msg.arguments = params.arguments.map(|a| a.get().to_string());
-        }
-        if let Some(meta) = params.meta {
-            msg.traceparent = meta.traceparent.map(Cow::into_owned);
-            msg.tracestate = meta.tracestate.map(Cow::into_owned);
-            // Protocol 2026-07-28 has no initialize: every request says who and which version.
-            if msg.protocol_version.is_none() {
-                msg.protocol_version = meta.protocol_version.map(Cow::into_owned);
-            }
-            if msg.peer_info.is_none() {
-                msg.peer_info = meta.client_info.map(PeerInfo::from);
-            }
-        }
-        if method == "notifications/cancelled" {
-            msg.cancels = params.request_id.map(|r| Id(r.get().to_string()));
-        }
-        msg.method = Some(method.into_owned());
+        read_call(&mut msg, method, env.params);
     } else if let Some(err) = env.error {
         msg.kind = Kind::Error;
         msg.error_code = err.code;
         msg.error_message = err.message.map(Cow::into_owned);
     } else if let Some(result) = env.result {
-        msg.kind = Kind::Response;
         if msg.id.is_none() {
             return Err(ParseError::Invalid("response without id"));
         }
-        let r: ResultFields<'_> = serde_json::from_str(result.get()).unwrap_or_default();
-        msg.is_error = r.is_error == Some(true);
-        msg.protocol_version = r.protocol_version.map(Cow::into_owned);
-        if let Some(info) = r.server_info.or(r.meta.and_then(|m| m.server_info)) {
-            msg.peer_info = Some(info.into());
-            msg.peer_info_is_server = true;
-        }
-        if let Some(tools) = r.tools {
-            msg.tools = Some(
-                tools
-                    .into_iter()
-                    .map(|t| ToolDef {
-                        name: t.name.into_owned(),
-                        description: t.description.map(Cow::into_owned),
-                        input_schema: t.input_schema.map(|s| s.get().to_string()),
-                    })
-                    .collect(),
-            );
-        }
-        if let Some(content) = &r.content {
-            let text: u64 = content.iter().map(ContentRaw::len).sum();
-            let structured = r.structured_content.map_or(0, |s| s.get().len() as u64);
-            msg.result_text_bytes = Some(if text > 0 { text } else { structured });
-        }
-        if let Some(contents) = &r.contents {
-            msg.contents_bytes = Some(contents.iter().map(ContentRaw::len).sum());
-        }
-        if opts.payloads {
-            let raw = result.get();
-            msg.result = Some(if raw.len() <= PAYLOAD_LIMIT {
-                raw.to_string()
-            } else {
-                format!("{{\"mcptap.truncated\":{}}}", raw.len())
-            });
-        }
+        read_result(&mut msg, result, opts);
     } else {
         return Err(ParseError::Invalid("neither method, result nor error"));
     }
     Ok(msg)
+}
+
+/// The facts of a request or notification: its target, identities, trace context and what
+/// the method says beyond that. Params that do not parse are taken as absent.
+fn read_call(msg: &mut Message, method: Cow<'_, str>, params: Option<&RawValue>) {
+    msg.kind = if msg.id.is_some() {
+        Kind::Request
+    } else {
+        Kind::Notification
+    };
+    let params: Params<'_> = match params {
+        Some(raw) => serde_json::from_str(raw.get()).unwrap_or_default(),
+        None => Params::default(),
+    };
+    msg.target = target_of(&method, &params);
+    if method == "initialize" {
+        msg.protocol_version = params.protocol_version.map(Cow::into_owned);
+        msg.peer_info = params.client_info.map(PeerInfo::from);
+    }
+    if method == "tools/call" || method == "prompts/get" {
+        msg.arguments = params.arguments.map(|a| a.get().to_string());
+    }
+    if let Some(meta) = params.meta {
+        msg.traceparent = meta.traceparent.map(Cow::into_owned);
+        msg.tracestate = meta.tracestate.map(Cow::into_owned);
+        // Protocol 2026-07-28 has no initialize: every request says who and which version.
+        if msg.protocol_version.is_none() {
+            msg.protocol_version = meta.protocol_version.map(Cow::into_owned);
+        }
+        if msg.peer_info.is_none() {
+            msg.peer_info = meta.client_info.map(PeerInfo::from);
+        }
+    }
+    if method == "notifications/cancelled" {
+        msg.cancels = params.request_id.map(|r| Id(r.get().to_string()));
+    }
+    msg.method = Some(method.into_owned());
+}
+
+/// The tool, resource or prompt that a call of `method` names in its params.
+fn target_of(method: &str, params: &Params<'_>) -> Target {
+    match method {
+        "tools/call" => params
+            .name
+            .as_deref()
+            .map_or(Target::None, |n| Target::Tool(n.to_string())),
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => params
+            .uri
+            .as_deref()
+            .map_or(Target::None, |u| Target::Resource(u.to_string())),
+        "prompts/get" => params
+            .name
+            .as_deref()
+            .map_or(Target::None, |n| Target::Prompt(n.to_string())),
+        _ => Target::None,
+    }
+}
+
+/// The facts of a successful response: `isError`, the server's identity, advertised tools,
+/// result sizes and (with `--payloads`) the result itself. A result that is not an object
+/// still makes a response, with none of these facts.
+fn read_result(msg: &mut Message, result: &RawValue, opts: Options) {
+    msg.kind = Kind::Response;
+    let r: ResultFields<'_> = serde_json::from_str(result.get()).unwrap_or_default();
+    msg.is_error = r.is_error == Some(true);
+    msg.protocol_version = r.protocol_version.map(Cow::into_owned);
+    if let Some(info) = r.server_info.or(r.meta.and_then(|m| m.server_info)) {
+        msg.peer_info = Some(info.into());
+        msg.peer_info_is_server = true;
+    }
+    if let Some(tools) = r.tools {
+        msg.tools = Some(tools.into_iter().map(ToolDef::from).collect());
+    }
+    if let Some(content) = &r.content {
+        let text: u64 = content.iter().map(ContentRaw::len).sum();
+        let structured = r.structured_content.map_or(0, |s| s.get().len() as u64);
+        msg.result_text_bytes = Some(if text > 0 { text } else { structured });
+    }
+    if let Some(contents) = &r.contents {
+        msg.contents_bytes = Some(contents.iter().map(ContentRaw::len).sum());
+    }
+    if opts.payloads {
+        let raw = result.get();
+        msg.result = Some(if raw.len() <= PAYLOAD_LIMIT {
+            raw.to_string()
+        } else {
+            format!("{{\"mcptap.truncated\":{}}}", raw.len())
+        });
+    }
 }
 
 #[cfg(test)]

@@ -144,6 +144,109 @@ enum Chunk {
     Trailer(Vec<u8>),
 }
 
+/// What feeding a chunked body left: the bytes not consumed, and whether the body (with its
+/// trailers) is complete.
+struct ChunkFed<'d> {
+    rest: &'d [u8],
+    body_ended: bool,
+}
+
+impl Chunk {
+    /// Feed bytes of a chunked body; `data` is not empty. Fails with why the framing is
+    /// broken.
+    #[inline]
+    fn push<'d>(
+        &mut self,
+        data: &'d [u8],
+        enter_ns: u64,
+        exit_ns: u64,
+        emit: &mut impl FnMut(Event<'_>),
+    ) -> Result<ChunkFed<'d>, &'static str> {
+        let mut body_ended = false;
+        let rest = match self {
+            Chunk::Size(line) | Chunk::Trailer(line) => {
+                let (rest, line) = take_line(line, data)?;
+                if let Some(line) = line {
+                    let text = line.strip_suffix(b"\n").unwrap_or(&line);
+                    let text = text.strip_suffix(b"\r").unwrap_or(text);
+                    if matches!(self, Chunk::Trailer(_)) {
+                        // The blank line after the trailers ends the body.
+                        body_ended = text.is_empty();
+                    } else {
+                        *self = Chunk::after_size_line(text)?;
+                    }
+                }
+                rest
+            }
+            Chunk::Data(left) => {
+                let rest = emit_body(left, data, enter_ns, exit_ns, emit);
+                if *left == 0 {
+                    *self = Chunk::DataEnd(false);
+                }
+                rest
+            }
+            Chunk::DataEnd(seen_cr) => {
+                match (data[0], *seen_cr) {
+                    (b'\r', false) => *seen_cr = true,
+                    (b'\n', _) => *self = Chunk::Size(Vec::new()),
+                    _ => return Err("chunk data not followed by CRLF"),
+                }
+                &data[1..]
+            }
+        };
+        Ok(ChunkFed { rest, body_ended })
+    }
+
+    /// The state after a chunk-size line (CRLF stripped): the chunk's data, or the trailers
+    /// after the last (zero-size) chunk. Chunk extensions (`;name=value`) are ignored.
+    fn after_size_line(text: &[u8]) -> Result<Chunk, &'static str> {
+        let hex = text.split(|&b| b == b';').next().unwrap_or(b"");
+        let hex = std::str::from_utf8(hex).unwrap_or("").trim();
+        match u64::from_str_radix(hex, 16) {
+            Ok(0) => Ok(Chunk::Trailer(Vec::new())),
+            Ok(n) => Ok(Chunk::Data(n)),
+            Err(_) => Err("bad chunk size"),
+        }
+    }
+}
+
+/// Adds `data` up to its first newline to `line`. Returns the bytes after that newline, and
+/// the whole line (newline included, `line` left empty) once it has ended; fails when the
+/// line grows past [`MAX_LINE`].
+#[inline]
+fn take_line<'d>(
+    line: &mut Vec<u8>,
+    data: &'d [u8],
+) -> Result<(&'d [u8], Option<Vec<u8>>), &'static str> {
+    let nl = data.iter().position(|&b| b == b'\n');
+    let take = nl.map_or(data.len(), |i| i + 1);
+    line.extend_from_slice(&data[..take]);
+    if line.len() > MAX_LINE {
+        return Err("chunk-size or trailer line too long");
+    }
+    Ok((&data[take..], nl.map(|_| std::mem::take(line))))
+}
+
+/// Emits the part of `data` that belongs to a body with `left` bytes to go, and counts it
+/// off. Returns the rest of `data`.
+#[inline]
+fn emit_body<'d>(
+    left: &mut u64,
+    data: &'d [u8],
+    enter_ns: u64,
+    exit_ns: u64,
+    emit: &mut impl FnMut(Event<'_>),
+) -> &'d [u8] {
+    let n = (*left).min(data.len() as u64) as usize;
+    *left -= n as u64;
+    emit(Event::Body {
+        data: &data[..n],
+        enter_ns,
+        exit_ns,
+    });
+    &data[n..]
+}
+
 #[derive(Debug)]
 enum State {
     Head,
@@ -204,55 +307,19 @@ impl Parser {
         emit: &mut impl FnMut(Event<'_>),
     ) {
         while !data.is_empty() {
-            match &mut self.state {
+            data = match &mut self.state {
                 State::Broken => return,
-                State::Head => {
-                    if self.head_start_ns.is_none() {
-                        // Tolerate the blank lines some clients send between messages.
-                        let skip = data
-                            .iter()
-                            .take_while(|&&b| b == b'\r' || b == b'\n')
-                            .count();
-                        if self.buf.is_empty() && skip > 0 {
-                            data = &data[skip..];
-                            continue;
-                        }
-                        self.head_start_ns = Some(enter_ns);
-                    }
-                    let from = self.buf.len().saturating_sub(3);
-                    self.buf.extend_from_slice(data);
-                    let Some(end) =
-                        memmem::find(&self.buf[from..], b"\r\n\r\n").map(|i| from + i + 4)
-                    else {
-                        if self.buf.len() > MAX_HEAD {
-                            self.fail("head larger than 64 KiB", emit);
-                        }
-                        return;
-                    };
-                    // What followed the head in this syscall.
-                    let consumed_here = data.len() - (self.buf.len() - end);
-                    data = &data[consumed_here..];
-                    let head = std::mem::take(&mut self.buf);
-                    let first = self.head_start_ns.take().unwrap_or(enter_ns);
-                    if let Err(e) = self.head(&head[..end], first, exit_ns, emit) {
-                        self.fail(e, emit);
-                        return;
-                    }
-                }
+                State::Head => match self.push_head(data, enter_ns, exit_ns, emit) {
+                    Some(rest) => rest,
+                    None => return,
+                },
                 State::Length(left) => {
-                    let n = (*left).min(data.len() as u64) as usize;
-                    *left -= n as u64;
-                    let done = *left == 0;
-                    emit(Event::Body {
-                        data: &data[..n],
-                        enter_ns,
-                        exit_ns,
-                    });
-                    data = &data[n..];
-                    if done {
+                    let rest = emit_body(left, data, enter_ns, exit_ns, emit);
+                    if *left == 0 {
                         self.state = State::Head;
                         emit(Event::End { exit_ns });
                     }
+                    rest
                 }
                 State::UntilClose => {
                     emit(Event::Body {
@@ -262,67 +329,63 @@ impl Parser {
                     });
                     return;
                 }
-                State::Chunked(chunk) => match chunk {
-                    Chunk::Size(line) | Chunk::Trailer(line) => {
-                        let nl = data.iter().position(|&b| b == b'\n');
-                        let take = nl.map_or(data.len(), |i| i + 1);
-                        line.extend_from_slice(&data[..take]);
-                        data = &data[take..];
-                        if line.len() > MAX_LINE {
-                            self.fail("chunk-size or trailer line too long", emit);
-                            return;
+                State::Chunked(chunk) => match chunk.push(data, enter_ns, exit_ns, emit) {
+                    Ok(fed) => {
+                        if fed.body_ended {
+                            self.state = State::Head;
+                            emit(Event::End { exit_ns });
                         }
-                        if nl.is_none() {
-                            continue;
-                        }
-                        let text = std::mem::take(line);
-                        let text = text.strip_suffix(b"\n").unwrap_or(&text);
-                        let text = text.strip_suffix(b"\r").unwrap_or(text);
-                        if matches!(chunk, Chunk::Trailer(_)) {
-                            if text.is_empty() {
-                                self.state = State::Head;
-                                emit(Event::End { exit_ns });
-                            }
-                            continue;
-                        }
-                        let hex = text.split(|&b| b == b';').next().unwrap_or(b"");
-                        let hex = std::str::from_utf8(hex).unwrap_or("").trim();
-                        match u64::from_str_radix(hex, 16) {
-                            Ok(0) => *chunk = Chunk::Trailer(Vec::new()),
-                            Ok(n) => *chunk = Chunk::Data(n),
-                            Err(_) => {
-                                self.fail("bad chunk size", emit);
-                                return;
-                            }
-                        }
+                        fed.rest
                     }
-                    Chunk::Data(left) => {
-                        let n = (*left).min(data.len() as u64) as usize;
-                        *left -= n as u64;
-                        if *left == 0 {
-                            *chunk = Chunk::DataEnd(false);
-                        }
-                        emit(Event::Body {
-                            data: &data[..n],
-                            enter_ns,
-                            exit_ns,
-                        });
-                        data = &data[n..];
-                    }
-                    Chunk::DataEnd(seen_cr) => {
-                        match (data[0], *seen_cr) {
-                            (b'\r', false) => *seen_cr = true,
-                            (b'\n', _) => *chunk = Chunk::Size(Vec::new()),
-                            _ => {
-                                self.fail("chunk data not followed by CRLF", emit);
-                                return;
-                            }
-                        }
-                        data = &data[1..];
+                    Err(why) => {
+                        self.fail(why, emit);
+                        return;
                     }
                 },
-            }
+            };
         }
+    }
+
+    /// Collects head bytes until the blank line that ends the head, then parses it. Returns
+    /// what followed the head in `data`, or `None` when nothing more can be read from it (the
+    /// head is not complete yet, or the parser failed).
+    #[inline]
+    fn push_head<'d>(
+        &mut self,
+        data: &'d [u8],
+        enter_ns: u64,
+        exit_ns: u64,
+        emit: &mut impl FnMut(Event<'_>),
+    ) -> Option<&'d [u8]> {
+        if self.head_start_ns.is_none() {
+            // Tolerate the blank lines some clients send between messages.
+            let skip = data
+                .iter()
+                .take_while(|&&b| b == b'\r' || b == b'\n')
+                .count();
+            if self.buf.is_empty() && skip > 0 {
+                return Some(&data[skip..]);
+            }
+            self.head_start_ns = Some(enter_ns);
+        }
+        // The terminator may straddle syscalls: look back over the last 3 bytes held.
+        let from = self.buf.len().saturating_sub(3);
+        self.buf.extend_from_slice(data);
+        let Some(end) = memmem::find(&self.buf[from..], b"\r\n\r\n").map(|i| from + i + 4) else {
+            if self.buf.len() > MAX_HEAD {
+                self.fail("head larger than 64 KiB", emit);
+            }
+            return None;
+        };
+        // What followed the head in this syscall.
+        let consumed_here = data.len() - (self.buf.len() - end);
+        let head = std::mem::take(&mut self.buf);
+        let first = self.head_start_ns.take().unwrap_or(enter_ns);
+        if let Err(e) = self.head(&head[..end], first, exit_ns, emit) {
+            self.fail(e, emit);
+            return None;
+        }
+        Some(&data[consumed_here..])
     }
 
     fn head(
@@ -629,12 +692,7 @@ impl Conn {
                 exit_ns: _,
             } => {
                 if let Some((_, body, len)) = &mut self.req {
-                    *len += data.len() as u64;
-                    if *len > self.max_body as u64 {
-                        *body = Vec::new();
-                    } else {
-                        body.extend_from_slice(&data);
-                    }
+                    gather_capped(body, len, &data, self.max_body);
                 }
             }
             OwnedEvent::End { exit_ns } => {
@@ -658,84 +716,95 @@ impl Conn {
 
     fn on_response(&mut self, e: OwnedEvent, emit: &mut impl FnMut(ConnEvent<'_>)) {
         match e {
-            OwnedEvent::Head(head) => {
-                // A response may come before its request finished arriving (an early error);
-                // attach it to the oldest request either way.
-                if self.open.is_empty()
-                    && let Some((txn, ..)) = self.req.take()
-                {
-                    self.open.push_back(txn);
-                }
-                self.resp_body.clear();
-                self.resp_len = 0;
-                self.resp_first_enter_ns = head.first_enter_ns;
-                self.sse = head
-                    .headers
-                    .is_sse()
-                    .then(|| sse::Parser::new(self.max_body));
-                let txn = match self.open.front_mut() {
-                    Some(t) => t,
-                    None => {
-                        // A response nobody asked for (we joined mid-connection): keep it
-                        // as its own transaction.
-                        self.open.push_back(Txn {
-                            seq: self.seq,
-                            request: Head::default(),
-                            response: None,
-                        });
-                        self.seq += 1;
-                        self.open.front_mut().expect("just pushed")
-                    }
-                };
-                txn.response = Some(head);
-                emit(ConnEvent::ResponseHead(txn));
-            }
+            OwnedEvent::Head(head) => self.response_head(head, emit),
             OwnedEvent::Body {
                 data,
                 enter_ns,
                 exit_ns,
-            } => {
-                let Some(txn) = self.open.front() else {
-                    return;
-                };
-                if let Some(p) = &mut self.sse {
-                    p.push(&data, enter_ns, exit_ns, |o| match o {
-                        sse::Output::Event(event) => emit(ConnEvent::Sse { txn, event }),
-                        sse::Output::Oversize { len } => emit(ConnEvent::Oversize { txn, len }),
-                    });
-                } else {
-                    self.resp_len += data.len() as u64;
-                    if self.resp_len > self.max_body as u64 {
-                        self.resp_body = Vec::new();
-                    } else {
-                        self.resp_body.extend_from_slice(&data);
-                    }
-                }
-            }
-            OwnedEvent::End { exit_ns } => {
-                let Some(txn) = self.open.pop_front() else {
-                    return;
-                };
-                if self.sse.take().is_none() {
-                    if self.resp_len > self.max_body as u64 {
-                        emit(ConnEvent::Oversize {
-                            txn: &txn,
-                            len: self.resp_len,
-                        });
-                    } else if !self.resp_body.is_empty() {
-                        emit(ConnEvent::ResponseBody {
-                            txn: &txn,
-                            body: &self.resp_body,
-                            first_enter_ns: self.resp_first_enter_ns,
-                            last_exit_ns: exit_ns,
-                        });
-                    }
-                }
-                self.resp_body.clear();
-                emit(ConnEvent::Done(&txn));
-            }
+            } => self.response_body(&data, enter_ns, exit_ns, emit),
+            OwnedEvent::End { exit_ns } => self.response_end(exit_ns, emit),
             OwnedEvent::Error(why) => emit(ConnEvent::Error(why)),
         }
+    }
+
+    /// Pairs a response head with the oldest open request and resets the body state.
+    fn response_head(&mut self, head: Head, emit: &mut impl FnMut(ConnEvent<'_>)) {
+        // A response may come before its request finished arriving (an early error);
+        // attach it to the oldest request either way.
+        if self.open.is_empty()
+            && let Some((txn, ..)) = self.req.take()
+        {
+            self.open.push_back(txn);
+        }
+        self.resp_body.clear();
+        self.resp_len = 0;
+        self.resp_first_enter_ns = head.first_enter_ns;
+        self.sse = head
+            .headers
+            .is_sse()
+            .then(|| sse::Parser::new(self.max_body));
+        let txn = match self.open.front_mut() {
+            Some(t) => t,
+            None => {
+                // A response nobody asked for (we joined mid-connection): keep it
+                // as its own transaction.
+                self.open.push_back(Txn {
+                    seq: self.seq,
+                    request: Head::default(),
+                    response: None,
+                });
+                self.seq += 1;
+                self.open.front_mut().expect("just pushed")
+            }
+        };
+        txn.response = Some(head);
+        emit(ConnEvent::ResponseHead(txn));
+    }
+
+    /// Response body bytes: events of an event stream, or the body gathered (up to the limit).
+    fn response_body(
+        &mut self,
+        data: &[u8],
+        enter_ns: u64,
+        exit_ns: u64,
+        emit: &mut impl FnMut(ConnEvent<'_>),
+    ) {
+        let Some(txn) = self.open.front() else {
+            return;
+        };
+        if let Some(p) = &mut self.sse {
+            p.push(data, enter_ns, exit_ns, |o| match o {
+                sse::Output::Event(event) => emit(ConnEvent::Sse { txn, event }),
+                sse::Output::Oversize { len } => emit(ConnEvent::Oversize { txn, len }),
+            });
+        } else {
+            gather_capped(&mut self.resp_body, &mut self.resp_len, data, self.max_body);
+        }
+    }
+
+    /// The response is complete: deliver its body (unless it was an event stream) and close
+    /// its transaction.
+    fn response_end(&mut self, exit_ns: u64, emit: &mut impl FnMut(ConnEvent<'_>)) {
+        let Some(txn) = self.open.pop_front() else {
+            return;
+        };
+        if self.sse.take().is_none() {
+            if self.resp_len > self.max_body as u64 {
+                emit(ConnEvent::Oversize {
+                    txn: &txn,
+                    len: self.resp_len,
+                });
+            } else if !self.resp_body.is_empty() {
+                emit(ConnEvent::ResponseBody {
+                    txn: &txn,
+                    body: &self.resp_body,
+                    first_enter_ns: self.resp_first_enter_ns,
+                    last_exit_ns: exit_ns,
+                });
+            }
+        }
+        self.resp_body.clear();
+        emit(ConnEvent::Done(&txn));
     }
 
     /// The connection closed. Returns the transactions that never got (all of) a response.
@@ -756,6 +825,19 @@ impl Conn {
     /// The HTTP parsers gave up on this connection.
     pub fn is_broken(&self) -> bool {
         self.requests.is_broken() || self.responses.is_broken()
+    }
+}
+
+/// Adds `data` to a body being gathered and to its length `len`. Past `max` bytes the body is
+/// dropped (and its memory freed) and only the length is counted, so that the size of an
+/// oversized body can still be reported.
+#[inline]
+fn gather_capped(body: &mut Vec<u8>, len: &mut u64, data: &[u8], max: usize) {
+    *len += data.len() as u64;
+    if *len > max as u64 {
+        *body = Vec::new();
+    } else {
+        body.extend_from_slice(data);
     }
 }
 

@@ -63,6 +63,32 @@ fn trim_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
+/// Hands out a complete line, without a `\r` before its newline; blank lines are skipped.
+#[inline]
+fn emit_line(
+    line: &[u8],
+    first_enter_ns: u64,
+    last_exit_ns: u64,
+    after_gap: bool,
+    emit: &mut impl FnMut(Output<'_>),
+) {
+    let bytes = trim_cr(line);
+    if !bytes.is_empty() {
+        emit(Output::Frame(Frame {
+            bytes,
+            first_enter_ns,
+            last_exit_ns,
+            after_gap,
+        }));
+    }
+}
+
+/// Keeps what still fits of `piece` in the reported first bytes of an oversized line.
+fn keep_prefix(prefix: &mut Vec<u8>, piece: &[u8]) {
+    let room = OVERSIZE_PREFIX.saturating_sub(prefix.len());
+    prefix.extend_from_slice(&piece[..room.min(piece.len())]);
+}
+
 impl Framer {
     /// A framer that drops lines longer than `max_line` bytes.
     pub fn new(max_line: usize) -> Self {
@@ -108,75 +134,101 @@ impl Framer {
             if self.oversize.is_none() && self.buf.is_empty() {
                 self.first_enter_ns = enter_ns;
             }
-            if let Some((len, prefix)) = &mut self.oversize {
-                *len += piece.len() as u64;
-                let room = OVERSIZE_PREFIX.saturating_sub(prefix.len());
-                prefix.extend_from_slice(&piece[..room.min(piece.len())]);
-                if ends {
-                    let (len, prefix) = self.oversize.take().expect("set");
-                    self.after_gap = false;
-                    emit(Output::Oversize {
-                        len,
-                        prefix,
-                        first_enter_ns: self.first_enter_ns,
-                        last_exit_ns: exit_ns,
-                    });
-                }
+            if self.drop_oversize_piece(piece, ends, exit_ns, &mut emit) {
                 continue;
             }
             if self.buf.len() + piece.len() > self.max_line {
-                let mut prefix = std::mem::take(&mut self.buf);
-                let len = (prefix.len() + piece.len()) as u64;
-                let room = OVERSIZE_PREFIX.saturating_sub(prefix.len());
-                prefix.extend_from_slice(&piece[..room.min(piece.len())]);
-                prefix.truncate(OVERSIZE_PREFIX);
-                prefix.shrink_to_fit();
-                if ends {
-                    self.after_gap = false;
-                    emit(Output::Oversize {
-                        len,
-                        prefix,
-                        first_enter_ns: self.first_enter_ns,
-                        last_exit_ns: exit_ns,
-                    });
-                } else {
-                    self.oversize = Some((len, prefix));
-                }
-                continue;
-            }
-            if !ends {
+                self.start_oversize(piece, ends, exit_ns, &mut emit);
+            } else if !ends {
                 self.buf.extend_from_slice(piece);
-                continue;
-            }
-            let after_gap = std::mem::take(&mut self.after_gap);
-            if self.buf.is_empty() {
-                let line = trim_cr(piece);
-                if !line.is_empty() {
-                    emit(Output::Frame(Frame {
-                        bytes: line,
-                        first_enter_ns: enter_ns,
-                        last_exit_ns: exit_ns,
-                        after_gap,
-                    }));
-                }
             } else {
-                self.buf.extend_from_slice(piece);
-                let first = self.first_enter_ns;
-                let line = trim_cr(&self.buf);
-                if !line.is_empty() {
-                    emit(Output::Frame(Frame {
-                        bytes: line,
-                        first_enter_ns: first,
-                        last_exit_ns: exit_ns,
-                        after_gap,
-                    }));
-                }
-                self.buf.clear();
-                if self.buf.capacity() > 1 << 20 {
-                    // Do not keep a huge buffer around for a stream that sent one big message.
-                    self.buf = Vec::new();
-                }
+                self.end_line(piece, enter_ns, exit_ns, &mut emit);
             }
+        }
+    }
+
+    /// While an oversized line is being dropped, counts `piece` of it (keeping the first
+    /// bytes) and reports the line when `piece` ends it. Returns false, doing nothing, when no
+    /// line is being dropped.
+    #[inline]
+    fn drop_oversize_piece(
+        &mut self,
+        piece: &[u8],
+        ends: bool,
+        exit_ns: u64,
+        emit: &mut impl FnMut(Output<'_>),
+    ) -> bool {
+        let Some((len, prefix)) = &mut self.oversize else {
+            return false;
+        };
+        *len += piece.len() as u64;
+        keep_prefix(prefix, piece);
+        if ends && let Some((len, prefix)) = self.oversize.take() {
+            self.emit_oversize(len, prefix, exit_ns, emit);
+        }
+        true
+    }
+
+    /// The line held so far plus `piece` is past the limit: drop it, keeping its first bytes
+    /// to report it, now if `piece` ends it or else at its newline.
+    fn start_oversize(
+        &mut self,
+        piece: &[u8],
+        ends: bool,
+        exit_ns: u64,
+        emit: &mut impl FnMut(Output<'_>),
+    ) {
+        let mut prefix = std::mem::take(&mut self.buf);
+        let len = (prefix.len() + piece.len()) as u64;
+        keep_prefix(&mut prefix, piece);
+        prefix.truncate(OVERSIZE_PREFIX);
+        prefix.shrink_to_fit();
+        if ends {
+            self.emit_oversize(len, prefix, exit_ns, emit);
+        } else {
+            self.oversize = Some((len, prefix));
+        }
+    }
+
+    /// Reports a dropped line. Whatever a hole cut short ended with it, so the next line is
+    /// not flagged `after_gap`.
+    fn emit_oversize(
+        &mut self,
+        len: u64,
+        prefix: Vec<u8>,
+        exit_ns: u64,
+        emit: &mut impl FnMut(Output<'_>),
+    ) {
+        self.after_gap = false;
+        emit(Output::Oversize {
+            len,
+            prefix,
+            first_enter_ns: self.first_enter_ns,
+            last_exit_ns: exit_ns,
+        });
+    }
+
+    /// `piece` ends a line within the limit: hand it out, straight from `piece` when the
+    /// whole line came in this syscall, else from the buffer.
+    #[inline]
+    fn end_line(
+        &mut self,
+        piece: &[u8],
+        enter_ns: u64,
+        exit_ns: u64,
+        emit: &mut impl FnMut(Output<'_>),
+    ) {
+        let after_gap = std::mem::take(&mut self.after_gap);
+        if self.buf.is_empty() {
+            emit_line(piece, enter_ns, exit_ns, after_gap, emit);
+            return;
+        }
+        self.buf.extend_from_slice(piece);
+        emit_line(&self.buf, self.first_enter_ns, exit_ns, after_gap, emit);
+        self.buf.clear();
+        if self.buf.capacity() > 1 << 20 {
+            // Do not keep a huge buffer around for a stream that sent one big message.
+            self.buf = Vec::new();
         }
     }
 
