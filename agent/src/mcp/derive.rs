@@ -131,7 +131,7 @@ fn hash_string(b: &[u8], at: &mut usize) -> Option<u64> {
     let start = *at;
     *at += 1;
     loop {
-        let i = memchr::memchr2(b'"', b'\\', &b[*at..])?;
+        let i = memchr::memchr2(b'"', b'\\', b.get(*at..)?)?;
         *at += i;
         if b[*at] == b'"' {
             *at += 1;
@@ -427,6 +427,13 @@ pub fn tokens_estimate(text_bytes: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_hash_of_text_cut_inside_a_string_is_none_not_a_panic() {
+        for cut in [r#""\"#, r#"{"a":"x\"#, r#"["\""#, r#""abc"#] {
+            assert_eq!(canonical_hash(cut), None, "{cut}");
+        }
+    }
 
     #[test]
     fn canonical_hash_ignores_key_order_and_whitespace_only() {
