@@ -565,8 +565,12 @@ pub fn check_calls(records: &Records, run: &ClientRun, sides: Sides) {
         );
         match sides {
             Sides::Both => {
-                let c = r["client_duration_ms"].as_f64().expect("client view");
-                let s = r["server_duration_ms"].as_f64().expect("server view");
+                let c = r["client_duration_ms"]
+                    .as_f64()
+                    .unwrap_or_else(|| panic!("no client view: {r}"));
+                let s = r["server_duration_ms"]
+                    .as_f64()
+                    .unwrap_or_else(|| panic!("no server view: {r}"));
                 assert!(s <= c, "server {s} ms > client {c} ms: {r}");
                 assert_eq!(c, d);
             }
