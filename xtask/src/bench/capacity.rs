@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result};
 
 use super::Scale;
 use super::env::{CpuMeter, Env, Proc, free_port, http_get, metric, wait_for_port};
-use super::stats::verdict;
+use super::stats::{Better, Ratio, change, verdict};
 use crate::step;
 
 /// One step's outcome.
@@ -262,5 +262,192 @@ pub fn write_section(md: &mut String, s: &Scale, results: &[(Series, Vec<Capacit
                 verdict(*v >= 500.0)
             );
         }
+    }
+}
+
+/// Both binaries at one rate; a binary whose step failed runs no higher rate, so either may
+/// be missing.
+pub struct RatePair {
+    pub rate: u64,
+    pub baseline: Option<CapacityRun>,
+    pub current: Option<CapacityRun>,
+}
+
+/// One series climbed by both binaries.
+pub struct Compared {
+    pub series: Series,
+    pub steps: Vec<RatePair>,
+}
+
+impl Compared {
+    /// The current binary's runs, as section 3 shows them (up to its first failing step).
+    pub fn current_runs(&self) -> Vec<CapacityRun> {
+        self.steps
+            .iter()
+            .filter_map(|p| p.current.clone())
+            .collect()
+    }
+
+    fn baseline_runs(&self) -> Vec<CapacityRun> {
+        self.steps
+            .iter()
+            .filter_map(|p| p.baseline.clone())
+            .collect()
+    }
+}
+
+/// Climb the series with both binaries: at each rate both run, one after the other, the
+/// baseline first at every other rate (`offset` shifts the alternation from series to
+/// series); each stops at its first failing step.
+pub fn measure_pair(
+    current: &Env,
+    baseline: &Env,
+    s: &Scale,
+    series: Series,
+    offset: usize,
+) -> Result<Compared> {
+    let mut steps: Vec<RatePair> = Vec::new();
+    let failed = |p: Option<&CapacityRun>| p.is_some_and(|r| !r.ok);
+    let (mut base_done, mut cur_done) = (false, false);
+    for (i, &rate) in series.rates.iter().enumerate() {
+        let mut pair = RatePair {
+            rate,
+            baseline: None,
+            current: None,
+        };
+        let base_first = (i + offset).is_multiple_of(2);
+        for is_base in [base_first, !base_first] {
+            let (env, done, who) = if is_base {
+                (baseline, base_done, ", baseline")
+            } else {
+                (current, cur_done, ", current")
+            };
+            if done {
+                continue;
+            }
+            announce(&series, rate, who);
+            let r = Some(capacity_run(env, series.step(rate, s), None)?);
+            if is_base {
+                pair.baseline = r
+            } else {
+                pair.current = r
+            }
+        }
+        base_done |= failed(pair.baseline.as_ref());
+        cur_done |= failed(pair.current.as_ref());
+        steps.push(pair);
+        if base_done && cur_done {
+            break;
+        }
+    }
+    Ok(Compared { series, steps })
+}
+
+/// A run's cells: achieved /s, agent CPU, pass (dashes when it did not run).
+fn cells(r: Option<&CapacityRun>) -> String {
+    match r {
+        Some(r) => format!(
+            "{:.0} | {:.0}% | {}",
+            r.achieved,
+            r.cpu,
+            if r.ok { "yes" } else { "no" }
+        ),
+        None => "– | – | –".into(),
+    }
+}
+
+/// Agent CPU per message achieved, current over baseline, at the rates both passed.
+fn cpu_ratios(c: &Compared) -> Vec<f64> {
+    let per_msg = |r: &CapacityRun| r.cpu / r.achieved;
+    c.steps
+        .iter()
+        .filter_map(|p| match (&p.baseline, &p.current) {
+            (Some(b), Some(n)) if b.ok && n.ok => Some(per_msg(n) / per_msg(b)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The highest passing step of each binary, their ratio and its verdict.
+fn best_line(c: &Compared) -> String {
+    let unit = if c.series.size == 200 {
+        "messages/s"
+    } else {
+        "MB/s"
+    };
+    let top = c.series.rates.last().copied();
+    let show = |runs: &[CapacityRun]| match best(&c.series, runs) {
+        None => "none".to_string(),
+        // Passing the top of the ladder: the capacity is at least this.
+        Some(v) if runs.last().is_some_and(|r| r.ok && Some(r.rate) == top) => {
+            format!("≥ {v:.0}")
+        }
+        Some(v) => format!("{v:.0}"),
+    };
+    let (b, n) = (c.baseline_runs(), c.current_runs());
+    let (ratio, verdict) = match (best(&c.series, &b), best(&c.series, &n)) {
+        (Some(b), Some(n)) => {
+            let r = n / b;
+            (format!("{r:.3}"), change((r, r), Better::Higher))
+        }
+        (None, Some(_)) => ("–".into(), "not worse"),
+        (Some(_), None) => ("–".into(), "**worse**"),
+        (None, None) => ("–".into(), "inconclusive"),
+    };
+    format!(
+        "highest passing rate baseline {}, current {} {unit}, current/baseline {ratio} ({verdict})",
+        show(&b),
+        show(&n)
+    )
+}
+
+/// The capacity part of the "Before and after" section.
+pub fn write_compared(md: &mut String, compared: &[Compared]) {
+    let _ = writeln!(
+        md,
+        "\n### Capacity\n\nEach rate of section 3's ladders is run by both binaries, the baseline first at every other rate; each binary stops climbing at its first failing step (≥: it passed the ladder's top, so its capacity is at least that). The CPU ratio is agent CPU per message achieved, current/baseline, at a rate both passed (CPU is read in 10 ms ticks: at low rates and short steps that is coarse).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| transport | size | rate asked /s | baseline achieved /s | baseline CPU | baseline pass | current achieved /s | current CPU | current pass | CPU per message, current/baseline |\n|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for c in compared {
+        let ratios = cpu_ratios(c);
+        let mut both = ratios.iter();
+        for p in &c.steps {
+            let passed = |r: &Option<CapacityRun>| r.as_ref().is_some_and(|r| r.ok);
+            let ratio = if passed(&p.baseline) && passed(&p.current) {
+                both.next().map_or("–".into(), |r| format!("{r:.2}"))
+            } else {
+                "–".into()
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {ratio} |",
+                c.series.transport(),
+                c.series.size,
+                p.rate,
+                cells(p.baseline.as_ref()),
+                cells(p.current.as_ref())
+            );
+        }
+    }
+    for c in compared {
+        let cpu = Ratio::of(cpu_ratios(c));
+        let _ = writeln!(
+            md,
+            "\n{} over {}: {}; agent CPU per message where both passed, current/baseline {} over {} rate{} ({}).",
+            if c.series.size == 200 {
+                "200 B"
+            } else {
+                "64 KiB"
+            },
+            c.series.transport(),
+            best_line(c),
+            cpu.show(),
+            cpu.rounds,
+            if cpu.rounds == 1 { "" } else { "s" },
+            cpu.verdict(Better::Lower)
+        );
     }
 }

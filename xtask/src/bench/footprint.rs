@@ -10,7 +10,7 @@ use anyhow::Result;
 
 use super::Scale;
 use super::env::{Env, Proc, free_port, http_get, metric, wait_for_port};
-use super::stats::verdict;
+use super::stats::{Better, Ratio, median, verdict};
 use crate::step;
 
 /// RSS with sessions open.
@@ -65,5 +65,61 @@ pub fn write_section(md: &mut String, s: &Scale, f: &Footprint) {
         f.tracked,
         f.rss_kb / 1024,
         verdict(f.rss_kb <= 64 * 1024)
+    );
+}
+
+/// RSS with sessions open, both binaries, in pairs that alternate which goes first.
+pub struct Compared {
+    pub sessions: u64,
+    pub baseline: Vec<Footprint>,
+    pub current: Vec<Footprint>,
+}
+
+/// `rounds` pairs; the current binary's median round for section 5 too.
+pub fn measure_pair(
+    current: &Env,
+    baseline: &Env,
+    count: u64,
+    rounds: usize,
+) -> Result<(Footprint, Compared)> {
+    let mut c = Compared {
+        sessions: count,
+        baseline: Vec::new(),
+        current: Vec::new(),
+    };
+    for round in 0..rounds {
+        for base_now in [round % 2 == 0, round % 2 == 1] {
+            if base_now {
+                c.baseline.push(measure(baseline, count)?);
+            } else {
+                c.current.push(measure(current, count)?);
+            }
+        }
+    }
+    let mut cur = c.current.clone();
+    cur.sort_by_key(|f| f.rss_kb);
+    Ok((cur[cur.len() / 2], c))
+}
+
+/// The footprint part of the "Before and after" section.
+pub fn write_compared(md: &mut String, c: &Compared) {
+    let rss = |v: &[Footprint]| median(v.iter().map(|f| f.rss_kb as f64).collect());
+    let ratios: Vec<f64> = c
+        .current
+        .iter()
+        .zip(&c.baseline)
+        .map(|(n, b)| n.rss_kb as f64 / b.rss_kb as f64)
+        .collect();
+    let r = Ratio::of(ratios);
+    let _ = writeln!(
+        md,
+        "\n### Footprint\n\nRSS with {} TCP sessions open, {} round{}: baseline {:.1} MiB, current {:.1} MiB; current/baseline {} ({}).",
+        c.sessions,
+        c.current.len(),
+        if c.current.len() == 1 { "" } else { "s" },
+        rss(&c.baseline) / 1024.0,
+        rss(&c.current) / 1024.0,
+        r.show(),
+        r.verdict(Better::Lower)
     );
 }

@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::Scale;
 use super::env::{CpuMeter, Env, Proc, free_port, wait_for_port};
-use super::stats::{median, quartiles, verdict};
+use super::stats::{Better, Ratio, median, quartiles, verdict};
 use crate::{root, step};
 
 /// A latency workload: (name, command to run, server to start first).
@@ -174,49 +174,160 @@ fn run_watched(env: &Env, w: &mut Workload) -> Result<((f64, f64), f64, u64)> {
     Ok((times, cpu, hwm))
 }
 
-/// Every round of one workload.
-fn measure_one(env: &Env, s: &Scale, mut w: Workload) -> Result<Latency> {
-    let (mut off, mut on, mut cpu, mut ratios) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut hwm = 0;
+/// Who runs in a round's part: no agent, the current agent or the baseline's.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Arm {
+    Off,
+    Current,
+    Baseline,
+}
+
+/// A round's arms in order. Off and on alternate which goes first; with a baseline, the
+/// three arms take every order in turn (a rotation, then its reverse).
+fn order(round: usize, with_baseline: bool) -> Vec<Arm> {
+    use Arm::*;
+    if !with_baseline {
+        return if round.is_multiple_of(2) {
+            vec![Off, Current]
+        } else {
+            vec![Current, Off]
+        };
+    }
+    let rotations = [
+        [Off, Current, Baseline],
+        [Current, Baseline, Off],
+        [Baseline, Off, Current],
+    ];
+    let mut v = rotations[(round / 2) % 3].to_vec();
+    if round % 2 == 1 {
+        v.reverse();
+    }
+    v
+}
+
+/// One agent's figures over the rounds.
+#[derive(Default)]
+struct Watched {
+    times: Vec<(f64, f64)>,
+    cpu: Vec<f64>,
+    hwm: u64,
+}
+
+impl Watched {
+    fn push(&mut self, (times, cpu, hwm): ((f64, f64), f64, u64)) {
+        self.times.push(times);
+        self.cpu.push(cpu);
+        self.hwm = self.hwm.max(hwm);
+    }
+}
+
+/// Medians of (p50, p99).
+fn medians(v: &[(f64, f64)]) -> (f64, f64) {
+    (
+        median(v.iter().map(|x| x.0).collect()),
+        median(v.iter().map(|x| x.1).collect()),
+    )
+}
+
+/// Every round of one workload; with a baseline, its agent as a third arm.
+fn measure_one(
+    env: &Env,
+    base: Option<&Env>,
+    s: &Scale,
+    mut w: Workload,
+) -> Result<(Latency, Option<Compared>)> {
+    let (mut off, mut on, mut theirs) = (Vec::new(), Watched::default(), Watched::default());
     let _server = w.start_server()?;
     for round in 0..s.latency_rounds {
         step(&format!("bench 2/5: {}, round {}", w.name, round + 1));
-        // Off and on are paired within a round, in alternating order, so that the
-        // machine's drift cancels in each round's ratio.
-        let mut pair = [(f64::NAN, f64::NAN); 2];
-        for on_now in [round % 2 == 1, round % 2 == 0] {
-            if !on_now {
-                pair[0] = run_latency(&mut w)?;
-                continue;
+        // The arms of a round run back to back, in an order that changes from round to
+        // round, so that the machine's drift cancels in each round's ratios.
+        for arm in order(round, base.is_some()) {
+            match arm {
+                Arm::Off => off.push(run_latency(&mut w)?),
+                Arm::Current => on.push(run_watched(env, &mut w)?),
+                Arm::Baseline => theirs.push(run_watched(base.expect("a baseline"), &mut w)?),
             }
-            let (times, c, h) = run_watched(env, &mut w)?;
-            pair[1] = times;
-            cpu.push(c);
-            hwm = hwm.max(h);
         }
-        off.push(pair[0]);
-        on.push(pair[1]);
-        ratios.push(pair[1].0 / pair[0].0);
     }
-    let m = |v: &[(f64, f64)], i: usize| {
-        median(v.iter().map(|x| if i == 0 { x.0 } else { x.1 }).collect())
-    };
-    Ok(Latency {
+    let ratios = on
+        .times
+        .iter()
+        .zip(&off)
+        .map(|(n, f)| n.0 / f.0)
+        .collect::<Vec<_>>();
+    let compared = base.map(|_| Compared {
         name: w.name,
-        off: (m(&off, 0), m(&off, 1)),
-        on: (m(&on, 0), m(&on, 1)),
+        off_p50: medians(&off).0,
+        baseline: medians(&theirs.times).0,
+        current: medians(&on.times).0,
+        ratios: on
+            .times
+            .iter()
+            .zip(&theirs.times)
+            .map(|(n, b)| n.0 / b.0)
+            .collect(),
+        baseline_cpu: median(theirs.cpu.clone()),
+        current_cpu: median(on.cpu.clone()),
+    });
+    let latency = Latency {
+        name: w.name,
+        off: medians(&off),
+        on: medians(&on.times),
         ratio: median(ratios.clone()),
         ratio_spread: quartiles(ratios),
-        agent_cpu: median(cpu),
-        agent_hwm_kb: hwm,
-    })
+        agent_cpu: median(on.cpu),
+        agent_hwm_kb: on.hwm,
+    };
+    Ok((latency, compared))
 }
 
-/// Every workload, HTTPS last.
-pub fn measure(env: &Env, s: &Scale) -> Result<Vec<Latency>> {
+/// Every workload, HTTPS last; with a baseline, its figures beside the current's.
+pub fn measure(env: &Env, base: Option<&Env>, s: &Scale) -> Result<(Vec<Latency>, Vec<Compared>)> {
     let mut loads = workloads(env, s);
     loads.push(https_workload(env, s)?);
-    loads.into_iter().map(|w| measure_one(env, s, w)).collect()
+    let (mut out, mut compared) = (Vec::new(), Vec::new());
+    for w in loads {
+        let (l, c) = measure_one(env, base, s, w)?;
+        out.push(l);
+        compared.extend(c);
+    }
+    Ok((out, compared))
+}
+
+/// One workload's round trips with both agents.
+pub struct Compared {
+    name: &'static str,
+    off_p50: f64,
+    baseline: f64,
+    current: f64,
+    /// Per round: the current's p50 over the baseline's.
+    ratios: Vec<f64>,
+    baseline_cpu: f64,
+    current_cpu: f64,
+}
+
+/// The latency part of the "Before and after" section.
+pub fn write_compared(md: &mut String, compared: &[Compared]) {
+    let _ = writeln!(
+        md,
+        "\n### Overhead on watched MCP traffic\n\nSection 2's rounds with a third part, the baseline's agent on; the three parts take every order in turn. The ratio is the current's p50 over the baseline's, per round (lower is better).\n\n| workload | p50 off ms | p50 baseline ms | p50 current ms | p50 current/baseline | agent CPU baseline | agent CPU current |\n|---|---|---|---|---|---|---|"
+    );
+    for c in compared {
+        let r = Ratio::of(c.ratios.clone());
+        let _ = writeln!(
+            md,
+            "| {} | {:.3} | {:.3} | {:.3} | {} ({}) | {:.1}% | {:.1}% |",
+            c.name,
+            c.off_p50,
+            c.baseline,
+            c.current,
+            r.show(),
+            r.verdict(Better::Lower),
+            c.baseline_cpu,
+            c.current_cpu
+        );
+    }
 }
 
 /// The report's section 2.

@@ -12,10 +12,15 @@
 //! 5. Footprint: agent CPU and RSS under load, and RSS with 1,000 sessions open
 //!    ([`footprint`]).
 //!
+//! With `--baseline REV` ([`baseline`]), an older revision's agent is built from its own
+//! tree and measured beside this tree's, interleaved in the same run, and the report gains a
+//! "Before and after" section; `--only LIST` runs only some sections.
+//!
 //! This module holds the scale of a run, the orchestration and the report's frame; [`env`]
 //! starts and reads the agent, [`stats`] makes figures of rounds, and [`soak`] is
 //! `cargo xtask soak`.
 
+mod baseline;
 mod capacity;
 mod env;
 mod footprint;
@@ -32,6 +37,7 @@ use std::process::Command;
 use anyhow::{Result, bail};
 
 use crate::{root, run, step};
+use baseline::{Baseline, Compared};
 use capacity::{CapacityRun, Series};
 use env::{Env, processes_named};
 use footprint::Footprint;
@@ -55,6 +61,8 @@ pub struct Scale {
     small_rates: &'static [u64],
     large_rates: &'static [u64],
     sessions: u64,
+    /// Replay rounds of the before/after comparison (each replays with both binaries).
+    replay_rounds: usize,
 }
 
 const FULL: Scale = Scale {
@@ -70,6 +78,7 @@ const FULL: Scale = Scale {
     small_rates: &[10_000, 25_000, 50_000, 75_000, 100_000, 150_000, 200_000],
     large_rates: &[1_000, 2_000, 4_000, 8_000, 12_000, 16_000],
     sessions: 1000,
+    replay_rounds: 9,
 };
 
 const SMOKE: Scale = Scale {
@@ -85,7 +94,91 @@ const SMOKE: Scale = Scale {
     small_rates: &[5_000],
     large_rates: &[500],
     sessions: 50,
+    replay_rounds: 2,
 };
+
+/// The report's sections, as `--only` names them (or numbers them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    /// Section 1, cost to processes mcptap does not watch.
+    #[value(alias = "1")]
+    Unwatched,
+    /// Section 2, overhead on watched MCP traffic.
+    #[value(alias = "2")]
+    Latency,
+    /// Section 3, capacity.
+    #[value(alias = "3")]
+    Capacity,
+    /// Section 4, the userspace pipeline alone (`mcptap replay`).
+    #[value(alias = "4")]
+    Replay,
+    /// Section 5, footprint.
+    #[value(alias = "5")]
+    Footprint,
+}
+
+impl Section {
+    fn name(self) -> String {
+        use clap::ValueEnum as _;
+        self.to_possible_value()
+            .map_or_else(String::new, |v| v.get_name().to_string())
+    }
+}
+
+/// What `cargo xtask bench` was asked for.
+pub struct Options {
+    /// A quick pass that only checks the suite runs.
+    pub smoke: bool,
+    /// A git revision to build and measure beside this tree.
+    pub baseline: Option<String>,
+    /// Only these sections (empty: every one).
+    pub only: Vec<Section>,
+}
+
+impl Options {
+    /// The smoke run `cargo xtask test` makes.
+    pub fn smoke() -> Options {
+        Options {
+            smoke: true,
+            baseline: None,
+            only: Vec::new(),
+        }
+    }
+
+    fn wants(&self, s: Section) -> bool {
+        self.only.is_empty() || self.only.contains(&s)
+    }
+
+    fn partial(&self) -> bool {
+        !self.only.is_empty()
+    }
+
+    /// Release builds, unless a plain smoke run (a baseline is always compared release
+    /// against release: a ratio to a debug build would mean nothing).
+    fn release(&self) -> bool {
+        !self.smoke || self.baseline.is_some()
+    }
+
+    /// The flags, as the report's first line repeats them.
+    fn flags(&self) -> String {
+        let mut f = String::new();
+        if self.smoke {
+            f.push_str(" --smoke (a quick pass: figures are not meaningful)");
+        }
+        if let Some(rev) = &self.baseline {
+            let _ = write!(f, " --baseline {rev}");
+        }
+        if self.partial() {
+            let names: Vec<String> = self.only.iter().map(|s| s.name()).collect();
+            let _ = write!(
+                f,
+                " --only {} (the other sections were not run)",
+                names.join(",")
+            );
+        }
+        f
+    }
+}
 
 /// Everything one run measured (a section not run holds its empty figures).
 struct Results {
@@ -96,62 +189,125 @@ struct Results {
     footprint: Footprint,
 }
 
-/// Run the sections `want` takes (by number, 1 to 5).
-fn measure(env: &Env, s: &Scale, want: impl Fn(u32) -> bool) -> Result<Results> {
-    let unwatched = if want(1) {
-        unwatched::measure(env, s)?
-    } else {
-        Unwatched::empty()
-    };
-    let latency = if want(2) {
-        latency::measure(env, s)?
-    } else {
-        Vec::new()
-    };
-    let mut capacity = Vec::new();
-    if want(3) {
-        for series in Series::all(s) {
-            capacity.push((series, capacity::measure(env, s, series)?));
-        }
-    }
-    let replay = if want(4) {
-        replay::measure(env, s)?
-    } else {
-        Replay::empty()
-    };
-    let footprint = if want(5) {
-        footprint::measure(env, s.sessions)?
-    } else {
-        Footprint::default()
-    };
-    Ok(Results {
-        unwatched,
-        latency,
-        capacity,
-        replay,
-        footprint,
-    })
+/// A run: the current binary's environment, the baseline's if there is one, the scale.
+struct Run<'a> {
+    env: &'a Env,
+    base: Option<&'a Env>,
+    s: &'a Scale,
 }
 
-/// The report.
-fn report(s: &Scale, r: &Results) -> String {
+impl Run<'_> {
+    fn capacity(&self, compared: &mut Compared) -> Result<Vec<(Series, Vec<CapacityRun>)>> {
+        let mut out = Vec::new();
+        for (k, series) in Series::all(self.s).into_iter().enumerate() {
+            let runs = match self.base {
+                Some(base) => {
+                    let c = capacity::measure_pair(self.env, base, self.s, series, k)?;
+                    let runs = c.current_runs();
+                    compared.capacity.push(c);
+                    runs
+                }
+                None => capacity::measure(self.env, self.s, series)?,
+            };
+            out.push((series, runs));
+        }
+        Ok(out)
+    }
+
+    fn replay(&self, compared: &mut Compared) -> Result<Replay> {
+        let Some(base) = self.base else {
+            return replay::measure(self.env, self.s);
+        };
+        let (r, c) = replay::measure_pair(self.env, base, self.s, self.s.replay_rounds)?;
+        compared.replay = Some(c);
+        Ok(r)
+    }
+
+    fn footprint(&self, compared: &mut Compared) -> Result<Footprint> {
+        let Some(base) = self.base else {
+            return footprint::measure(self.env, self.s.sessions);
+        };
+        let (f, c) = footprint::measure_pair(self.env, base, self.s.sessions, self.s.rounds)?;
+        compared.footprint = Some(c);
+        Ok(f)
+    }
+
+    /// Run the sections `opts` takes; with a baseline, also its before/after figures.
+    fn measure(&self, opts: &Options) -> Result<(Results, Compared)> {
+        let mut compared = Compared::default();
+        let unwatched = if opts.wants(Section::Unwatched) {
+            let (u, c) = unwatched::measure(self.env, self.base, self.s)?;
+            compared.unwatched = c;
+            u
+        } else {
+            Unwatched::empty()
+        };
+        let latency = if opts.wants(Section::Latency) {
+            let (l, c) = latency::measure(self.env, self.base, self.s)?;
+            compared.latency = c;
+            l
+        } else {
+            Vec::new()
+        };
+        let want = |sec| opts.wants(sec);
+        let results = Results {
+            unwatched,
+            latency,
+            capacity: if want(Section::Capacity) {
+                self.capacity(&mut compared)?
+            } else {
+                Vec::new()
+            },
+            replay: if want(Section::Replay) {
+                self.replay(&mut compared)?
+            } else {
+                Replay::empty()
+            },
+            footprint: if want(Section::Footprint) {
+                self.footprint(&mut compared)?
+            } else {
+                Footprint::default()
+            },
+        };
+        Ok((results, compared))
+    }
+}
+
+/// The report: every section (a partial run only those it ran), then the before/after
+/// comparison if there is a baseline.
+fn report(
+    s: &Scale,
+    opts: &Options,
+    r: &Results,
+    before_after: Option<(&Baseline, &Compared)>,
+) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# mcptap benchmarks\n");
     let _ = writeln!(
         md,
         "Written by `cargo xtask bench`{}; every figure is a median of interleaved rounds measured in the same run. {}\n",
-        if s.smoke {
-            " --smoke (a quick pass: figures are not meaningful)"
-        } else {
-            ""
-        },
+        opts.flags(),
         machine()
     );
-    unwatched::write_section(&mut md, &r.unwatched);
-    latency::write_section(&mut md, s, &r.latency);
-    capacity::write_section(&mut md, s, &r.capacity);
-    replay::write_section(&mut md, &r.replay);
-    footprint::write_section(&mut md, s, &r.footprint);
+    let want = |sec| !opts.partial() || opts.wants(sec);
+    if want(Section::Unwatched) {
+        unwatched::write_section(&mut md, &r.unwatched);
+    }
+    if want(Section::Latency) {
+        latency::write_section(&mut md, s, &r.latency);
+    }
+    if want(Section::Capacity) {
+        capacity::write_section(&mut md, s, &r.capacity);
+    }
+    if want(Section::Replay) {
+        replay::write_section(&mut md, &r.replay);
+    }
+    if want(Section::Footprint) {
+        footprint::write_section(&mut md, s, &r.footprint);
+    }
+    if let Some((b, c)) = before_after {
+        baseline::write_section(&mut md, b, c);
+    }
     md
 }
 
@@ -198,26 +354,20 @@ fn machine() -> String {
 }
 
 /// Bootstrap, install the peers and build what the run measures; its [`Env`].
-fn prepare(smoke: bool) -> Result<Env> {
+fn prepare(opts: &Options) -> Result<Env> {
     crate::bootstrap::all()?;
     let peers = crate::peers::install()?;
     // The smoke run only checks that the suite runs, so it takes the debug build `cargo xtask
     // test` has made already rather than a release build of its own (minutes on 2 cores);
-    // the figures it writes are not measurements.
-    let profile = if smoke { "debug" } else { "release" };
+    // the figures it writes are not measurements. Beside a baseline it builds release: the
+    // baseline is a release build, and the comparison should run as a real one would.
+    let profile = if opts.release() { "release" } else { "debug" };
     let mut build = crate::cargo();
     build.args(["build", "--package", "mcptap", "--package", "xtask"]);
-    if !smoke {
+    if opts.release() {
         build.arg("--release");
     }
     run(&mut build)?;
-    // Another agent would add its own cost to every state, "no agent" included.
-    let others = processes_named("mcptap");
-    if !others.is_empty() {
-        bail!(
-            "mcptap is already running (pid {others:?}): stop it first, or every figure includes its cost"
-        );
-    }
     let dir = root().join("target").join("bench");
     std::fs::create_dir_all(&dir)?;
     Ok(Env {
@@ -228,34 +378,55 @@ fn prepare(smoke: bool) -> Result<Env> {
     })
 }
 
-/// Where the report goes: BENCHMARKS.md only for a full, complete run.
-fn report_path(smoke: bool, partial: bool) -> PathBuf {
-    if smoke || partial {
-        root().join("target").join(if smoke {
-            "bench-smoke.md"
-        } else {
-            "bench-partial.md"
-        })
+/// Where the report goes: BENCHMARKS.md only for a full, complete run; a comparison that is
+/// partial or a smoke run goes to target/bench-baseline.md.
+fn report_path(opts: &Options) -> PathBuf {
+    let target = root().join("target");
+    if opts.baseline.is_some() && (opts.smoke || opts.partial()) {
+        target.join("bench-baseline.md")
+    } else if opts.smoke {
+        target.join("bench-smoke.md")
+    } else if opts.partial() {
+        target.join("bench-partial.md")
     } else {
         root().join("BENCHMARKS.md")
     }
 }
 
 /// Run the suite and write the report.
-pub fn bench(smoke: bool) -> Result<()> {
-    let env = prepare(smoke)?;
-    let s = if smoke { &SMOKE } else { &FULL };
-    // MCPTAP_BENCH_ONLY=1,3 runs only those sections (for working on one; the report then
-    // goes to target/ and says so).
-    let only: Vec<u32> = std::env::var("MCPTAP_BENCH_ONLY")
-        .ok()
-        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-        .unwrap_or_default();
-    let results = measure(&env, s, |n| only.is_empty() || only.contains(&n))?;
-    let md = report(s, &results);
-    let out = report_path(smoke, !only.is_empty());
+pub fn bench(opts: &Options) -> Result<()> {
+    let started = std::time::Instant::now();
+    let env = prepare(opts)?;
+    let baseline = opts
+        .baseline
+        .as_deref()
+        .map(baseline::prepare)
+        .transpose()?;
+    let base_env = baseline.as_ref().map(|b| b.env(&env)).transpose()?;
+    // Another agent would add its own cost to every state, "no agent" included.
+    let others = processes_named("mcptap");
+    if !others.is_empty() {
+        bail!(
+            "mcptap is already running (pid {others:?}): stop it first, or every figure includes its cost"
+        );
+    }
+    let s = if opts.smoke { &SMOKE } else { &FULL };
+    let measuring = std::time::Instant::now();
+    let run = Run {
+        env: &env,
+        base: base_env.as_ref(),
+        s,
+    };
+    let (results, compared) = run.measure(opts)?;
+    let md = report(s, opts, &results, baseline.as_ref().map(|b| (b, &compared)));
+    let out = report_path(opts);
     std::fs::write(&out, &md)?;
     step(&format!("wrote {}", out.display()));
     print!("{md}");
+    step(&format!(
+        "bench took {:.0} s ({:.0} s measuring)",
+        started.elapsed().as_secs_f64(),
+        measuring.elapsed().as_secs_f64()
+    ));
     Ok(())
 }

@@ -12,7 +12,7 @@ use anyhow::Result;
 use super::Scale;
 use super::capacity::{Step, capacity_run};
 use super::env::Env;
-use super::stats::{median, verdict};
+use super::stats::{Better, Ratio, median, verdict};
 use crate::step;
 
 /// The replay's figures.
@@ -218,5 +218,135 @@ mod tests {
             ]
         );
         assert!((rows[1].0 - 69.17).abs() < 0.01, "{rows:?}");
+    }
+}
+
+/// One binary's replays of the shared capture.
+#[derive(Default)]
+pub struct Replays {
+    pub seconds: Vec<f64>,
+    /// Messages it said it read, per replay.
+    pub messages: Vec<u64>,
+    /// How a replay failed, if one did.
+    pub failure: Option<String>,
+}
+
+/// The same capture replayed by both binaries, in rounds that alternate which goes first.
+pub struct Compared {
+    pub baseline: Replays,
+    pub current: Replays,
+    /// Per round: the baseline's time over the current's (the current's throughput over the
+    /// baseline's, the input being the same file).
+    pub ratios: Vec<f64>,
+}
+
+/// Replay `file` with `mcptap` into `into`: its time, or NaN and the failure noted.
+fn replay_into(mcptap: &Path, file: &Path, into: &mut Replays) -> Result<f64> {
+    let (t, m, failure) = replay_checked(mcptap, file)?;
+    into.seconds.push(t);
+    into.messages.push(m);
+    if failure.is_some() && into.failure.is_none() {
+        into.failure = failure;
+    }
+    Ok(if m == 0 { f64::NAN } else { t })
+}
+
+/// A replay that also says why it read nothing: (seconds, messages, failure).
+fn replay_checked(mcptap: &Path, file: &Path) -> Result<(f64, u64, Option<String>)> {
+    let (t, m) = replay_once(mcptap, file)?;
+    if m > 0 {
+        return Ok((t, m, None));
+    }
+    let out = Command::new(mcptap)
+        .args(["replay", file.to_str().unwrap(), "--quiet"])
+        .output()?;
+    let why = format!(
+        "{} read no messages ({}): {}",
+        mcptap.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    step(&format!("warning: {why}"));
+    Ok((t, m, Some(why)))
+}
+
+/// Record once, replay with both binaries in `rounds` rounds; the current binary's figures
+/// for section 4 too.
+pub fn measure_pair(
+    current: &Env,
+    baseline: &Env,
+    s: &Scale,
+    rounds: usize,
+) -> Result<(Replay, Compared)> {
+    let file = record(current, s)?;
+    let mut c = Compared {
+        baseline: Replays::default(),
+        current: Replays::default(),
+        ratios: Vec::new(),
+    };
+    for round in 0..rounds {
+        step(&format!(
+            "bench 4/5: replaying it, round {} of {rounds}, baseline and current",
+            round + 1
+        ));
+        let (mut tb, mut tc) = (f64::NAN, f64::NAN);
+        for base_now in [round % 2 == 0, round % 2 == 1] {
+            if base_now {
+                tb = replay_into(&baseline.mcptap, &file, &mut c.baseline)?;
+            } else {
+                tc = replay_into(&current.mcptap, &file, &mut c.current)?;
+            }
+        }
+        c.ratios.push(tb / tc);
+    }
+    let replay = Replay {
+        messages: c.current.messages.last().copied().unwrap_or(0),
+        seconds: median(c.current.seconds.clone()),
+        profile: profile(current, s)?,
+    };
+    Ok((replay, c))
+}
+
+/// A row of the before/after replay table.
+fn replays_row(md: &mut String, who: &str, r: &Replays) {
+    let seconds = median(r.seconds.clone());
+    let messages = r.messages.last().copied().unwrap_or(0);
+    let _ = writeln!(
+        md,
+        "| {who} | {messages} | {seconds:.3} | {:.0} |",
+        messages as f64 / seconds
+    );
+}
+
+/// The replay part of the "Before and after" section.
+pub fn write_compared(md: &mut String, c: &Compared) {
+    let _ = writeln!(
+        md,
+        "\n### The userspace pipeline alone\n\nThe capture of section 4 (recorded by the current binary) replayed by both, {} rounds, alternating which goes first.\n\n| binary | messages read | median s | messages/s |\n|---|---|---|---|",
+        c.ratios.len()
+    );
+    replays_row(md, "baseline", &c.baseline);
+    replays_row(md, "current", &c.current);
+    let r = Ratio::of(c.ratios.clone());
+    let _ = writeln!(
+        md,
+        "\nThroughput on the same file, current/baseline: {} ({}).",
+        r.show(),
+        r.verdict(Better::Higher)
+    );
+    let (b, n) = (&c.baseline.messages, &c.current.messages);
+    if b.last() != n.last() {
+        let _ = writeln!(
+            md,
+            "\nThe two binaries read different message counts from the same file ({} and {}): their pipelines parse it differently, so the throughputs are of different work.",
+            b.last().unwrap_or(&0),
+            n.last().unwrap_or(&0)
+        );
+    }
+    for f in [&c.baseline.failure, &c.current.failure]
+        .into_iter()
+        .flatten()
+    {
+        let _ = writeln!(md, "\n{}", f.replace('|', "\\|"));
     }
 }
