@@ -94,7 +94,7 @@ const SMOKE: Scale = Scale {
     small_rates: &[5_000],
     large_rates: &[500],
     sessions: 50,
-    replay_rounds: 2,
+    replay_rounds: 3,
 };
 
 /// The report's sections, as `--only` names them (or numbers them).
