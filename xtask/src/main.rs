@@ -5,7 +5,8 @@
 //! - `test`: bootstrap, install the real MCP peers, build, and run every test.
 //! - `peers`: install the real MCP peers the end-to-end tests drive.
 //! - `lint`: rustfmt check and clippy (the eBPF crate separately, on nightly).
-//! - `bench [--smoke]`: the benchmark suite; rewrites BENCHMARKS.md.
+//! - `bench [--smoke] [--baseline REV] [--only LIST]`: the benchmark suite; rewrites
+//!   BENCHMARKS.md (a smoke, partial or compared run writes to target/ instead).
 //! - `fuzz [--seconds N] [TARGET...]`: every cargo-fuzz target, N seconds each.
 //! - `soak [--minutes N]`: steady real MCP load; RSS, loss and accounting over time.
 
@@ -58,6 +59,19 @@ enum Task {
         /// A quick pass that only checks the suite runs; writes target/bench-smoke.md.
         #[arg(long)]
         smoke: bool,
+        /// Also measure the agent of git revision REV, interleaved with this tree's in the
+        /// same run, and add a "Before and after" section (ratios current/baseline, verdicts).
+        /// REV is checked out as a worktree under target/baseline/<short-rev>/src (reused
+        /// when there) and built there with its own `cargo build --release -p mcptap`; both
+        /// binaries are release builds, with --smoke too. With --smoke or --only the report
+        /// goes to target/bench-baseline.md, never to BENCHMARKS.md.
+        #[arg(long, value_name = "REV")]
+        baseline: Option<String>,
+        /// Only these sections, comma-separated (names or numbers 1-5), e.g.
+        /// `--only capacity,replay`; the report then goes to target/ (bench-partial.md, or
+        /// bench-baseline.md with --baseline).
+        #[arg(long, value_name = "LIST", value_delimiter = ',')]
+        only: Vec<bench::Section>,
     },
     /// Steady real MCP load for N minutes with mcptap watching: RSS over time, lost events,
     /// every call accounted for; writes target/soak.md.
@@ -214,7 +228,7 @@ fn test(filter: Option<String>) -> Result<()> {
         step("fuzzing every target briefly (the long runs are `cargo xtask fuzz`)");
         fuzz::fuzz(FUZZ_SMOKE_SECONDS, &[])?;
         step("benchmark smoke run (the full suite is `cargo xtask bench`)");
-        bench::bench(true)?;
+        bench::bench(&bench::Options::smoke())?;
     }
     step("all tests passed");
     Ok(())
@@ -280,7 +294,15 @@ fn main() -> ExitCode {
         Task::Test { filter } => test(filter),
         Task::Peers => peers::install().map(|_| ()),
         Task::Lint => lint(),
-        Task::Bench { smoke } => bench::bench(smoke),
+        Task::Bench {
+            smoke,
+            baseline,
+            only,
+        } => bench::bench(&bench::Options {
+            smoke,
+            baseline,
+            only,
+        }),
         Task::Fuzz { seconds, targets } => fuzz::fuzz(seconds, &targets),
         Task::Soak { minutes } => bench::soak(minutes),
     };

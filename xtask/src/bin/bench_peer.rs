@@ -126,105 +126,134 @@ impl Drop for Half {
     }
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let float = |i: usize| -> f64 {
-        args.get(i)
+/// The command line: `args[0]` is this program, `args[1]` the mode.
+struct Args(Vec<String>);
+
+impl Args {
+    fn float(&self, i: usize) -> f64 {
+        self.0
+            .get(i)
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("argument {i} must be a number"))
-    };
-    let num = |i: usize| float(i) as u64;
-    match args.get(1).map(String::as_str) {
-        Some("server-stdio") => serve(std::io::stdin(), std::io::stdout()),
-        Some("client-stdio") => {
-            let (rate, size, secs) = (num(2), num(3) as usize, float(4));
-            let mut child = Command::new(&args[0])
-                .arg("server-stdio")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("spawn server");
-            let w = child.stdin.take().unwrap();
-            let r = child.stdout.take().unwrap();
-            drive(w, r, rate, size, secs);
-            let _ = child.wait();
-        }
-        Some("server-tcp") => {
-            let l = TcpListener::bind(("127.0.0.1", num(2) as u16)).expect("bind");
-            for s in l.incoming().flatten() {
-                std::thread::spawn(move || {
-                    let r = s.try_clone().unwrap();
-                    serve(r, Half(s));
-                });
-            }
-        }
-        Some("client-tcp") => {
-            let s = TcpStream::connect(("127.0.0.1", num(2) as u16)).expect("connect");
-            s.set_nodelay(true).ok();
+    }
+
+    fn num(&self, i: usize) -> u64 {
+        self.float(i) as u64
+    }
+}
+
+/// `client-stdio RATE SIZE SECONDS`: drive a `server-stdio` child over its stdio pipes.
+fn client_stdio(a: &Args) {
+    let (rate, size, secs) = (a.num(2), a.num(3) as usize, a.float(4));
+    let mut child = Command::new(&a.0[0])
+        .arg("server-stdio")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn server");
+    let w = child.stdin.take().unwrap();
+    let r = child.stdout.take().unwrap();
+    drive(w, r, rate, size, secs);
+    let _ = child.wait();
+}
+
+/// `server-tcp PORT`: answer every connection, each on its own thread, until killed.
+fn server_tcp(a: &Args) {
+    let l = TcpListener::bind(("127.0.0.1", a.num(2) as u16)).expect("bind");
+    for s in l.incoming().flatten() {
+        std::thread::spawn(move || {
             let r = s.try_clone().unwrap();
-            drive(Half(s), r, num(3), num(4) as usize, float(5));
-        }
-        Some("sessions") => {
-            let (port, count, hold) = (num(2) as u16, num(3), num(4));
-            let mut conns = Vec::new();
-            for i in 0..count {
-                let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-                s.write_all(&request(i + 1, 200)).unwrap();
-                let mut line = Vec::new();
-                BufReader::new(s.try_clone().unwrap())
-                    .read_until(b'\n', &mut line)
-                    .unwrap();
-                conns.push(s);
+            serve(r, Half(s));
+        });
+    }
+}
+
+/// `client-tcp PORT RATE SIZE SECONDS`.
+fn client_tcp(a: &Args) {
+    let s = TcpStream::connect(("127.0.0.1", a.num(2) as u16)).expect("connect");
+    s.set_nodelay(true).ok();
+    let r = s.try_clone().unwrap();
+    drive(Half(s), r, a.num(3), a.num(4) as usize, a.float(5));
+}
+
+/// `sessions PORT COUNT HOLD_SECONDS`: COUNT connections, one exchange each, held open.
+fn sessions(a: &Args) {
+    let (port, count, hold) = (a.num(2) as u16, a.num(3), a.num(4));
+    let mut conns = Vec::new();
+    for i in 0..count {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.write_all(&request(i + 1, 200)).unwrap();
+        let mut line = Vec::new();
+        BufReader::new(s.try_clone().unwrap())
+            .read_until(b'\n', &mut line)
+            .unwrap();
+        conns.push(s);
+    }
+    println!("{{\"open\":{}}}", conns.len());
+    std::io::stdout().flush().ok();
+    std::thread::sleep(Duration::from_secs(hold));
+}
+
+/// The two ends of a pipe, a Unix socketpair or a loopback TCP connection.
+fn channel(kind: &str) -> (Box<dyn Write + Send>, Box<dyn Read + Send>) {
+    match kind {
+        "pipe" => {
+            let mut fds = [0; 2];
+            // SAFETY: a valid two-int array.
+            assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+            // SAFETY: fresh fds we own.
+            unsafe {
+                use std::os::fd::FromRawFd;
+                (
+                    Box::new(std::fs::File::from_raw_fd(fds[1])),
+                    Box::new(std::fs::File::from_raw_fd(fds[0])),
+                )
             }
-            println!("{{\"open\":{}}}", conns.len());
-            std::io::stdout().flush().ok();
-            std::thread::sleep(Duration::from_secs(hold));
         }
-        Some("syscalls") => {
-            let count = num(3);
-            let (mut w, r): (Box<dyn Write + Send>, Box<dyn Read + Send>) = match args[2].as_str() {
-                "pipe" => {
-                    let mut fds = [0; 2];
-                    // SAFETY: a valid two-int array.
-                    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-                    // SAFETY: fresh fds we own.
-                    unsafe {
-                        use std::os::fd::FromRawFd;
-                        (
-                            Box::new(std::fs::File::from_raw_fd(fds[1])),
-                            Box::new(std::fs::File::from_raw_fd(fds[0])),
-                        )
-                    }
-                }
-                "unix" => {
-                    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-                    (Box::new(a), Box::new(b))
-                }
-                _ => {
-                    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-                    let port = l.local_addr().unwrap().port();
-                    let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-                    c.set_nodelay(true).ok();
-                    let (s, _) = l.accept().unwrap();
-                    (Box::new(c), Box::new(s))
-                }
-            };
-            // One thread writes 64 bytes and reads them back: every iteration is two
-            // syscalls that never block, so the time is the syscalls' own cost.
-            let mut r = r;
-            let msg = [b'x'; 64];
-            let mut buf = [0u8; 64];
-            let start = Instant::now();
-            for _ in 0..count {
-                w.write_all(&msg).unwrap();
-                r.read_exact(&mut buf).unwrap();
-            }
-            println!(
-                "{{\"syscalls\":{},\"seconds\":{:.6}}}",
-                2 * count,
-                start.elapsed().as_secs_f64()
-            );
+        "unix" => {
+            let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+            (Box::new(a), Box::new(b))
         }
+        _ => {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = l.local_addr().unwrap().port();
+            let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            c.set_nodelay(true).ok();
+            let (s, _) = l.accept().unwrap();
+            (Box::new(c), Box::new(s))
+        }
+    }
+}
+
+/// `syscalls pipe|unix|socket COUNT`.
+fn syscalls(a: &Args) {
+    let count = a.num(3);
+    let (mut w, mut r) = channel(&a.0[2]);
+    // One thread writes 64 bytes and reads them back: every iteration is two
+    // syscalls that never block, so the time is the syscalls' own cost.
+    let msg = [b'x'; 64];
+    let mut buf = [0u8; 64];
+    let start = Instant::now();
+    for _ in 0..count {
+        w.write_all(&msg).unwrap();
+        r.read_exact(&mut buf).unwrap();
+    }
+    println!(
+        "{{\"syscalls\":{},\"seconds\":{:.6}}}",
+        2 * count,
+        start.elapsed().as_secs_f64()
+    );
+}
+
+fn main() {
+    let a = Args(std::env::args().collect());
+    match a.0.get(1).map(String::as_str) {
+        Some("server-stdio") => serve(std::io::stdin(), std::io::stdout()),
+        Some("client-stdio") => client_stdio(&a),
+        Some("server-tcp") => server_tcp(&a),
+        Some("client-tcp") => client_tcp(&a),
+        Some("sessions") => sessions(&a),
+        Some("syscalls") => syscalls(&a),
         _ => {
             eprintln!("usage: bench_peer client-stdio|client-tcp|server-tcp|sessions|syscalls ...");
             std::process::exit(2);

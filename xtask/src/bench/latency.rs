@@ -1,0 +1,363 @@
+//! Section 2: what capture adds to a watched round trip. Real SDK clients and servers make
+//! back-to-back `tools/call`s with the agent off and on (watching every process), paired in
+//! each round in alternating order; the workloads are shared with the soak.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+
+use super::Scale;
+use super::env::{CpuMeter, Env, Proc, free_port, wait_for_port};
+use super::stats::{Better, Ratio, median, quartiles, verdict};
+use crate::{root, step};
+
+/// A latency workload: (name, command to run, server to start first).
+pub struct Workload {
+    pub name: &'static str,
+    pub client: Command,
+    pub server: Option<(Command, u16)>,
+}
+
+impl Workload {
+    /// Start the workload's server, if it has one, and wait until it accepts.
+    pub fn start_server(&mut self) -> Result<Option<Proc>> {
+        let Some((mut c, port)) = self.server.take() else {
+            return Ok(None);
+        };
+        let p = Proc::quiet(&mut c)?;
+        if !wait_for_port(port, Duration::from_secs(30), Duration::from_millis(50)) {
+            bail!("{} did not start", self.name);
+        }
+        Ok(Some(p))
+    }
+}
+
+/// A self-signed certificate for 127.0.0.1 in `dir` (`cert.pem`, `key.pem` beside it).
+fn self_signed(dir: &Path) -> Result<PathBuf> {
+    let cert = dir.join("cert.pem");
+    let st = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-nodes", "-days", "1"])
+        .args(["-pkeyopt", "ec_paramgen_curve:prime256v1"])
+        .args(["-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("running openssl req")?;
+    if !st.success() {
+        bail!("openssl req could not make a certificate");
+    }
+    Ok(cert)
+}
+
+/// The TypeScript SDK over stdio and Streamable HTTP, and the Python SDK over stdio.
+pub fn workloads(env: &Env, s: &Scale) -> Vec<Workload> {
+    let node_dir = env.peers.join("node");
+    let everything = "node_modules/@modelcontextprotocol/server-everything/dist/index.js";
+    let fixtures = root().join("tests").join("fixtures");
+    let _ = std::fs::copy(
+        fixtures.join("node_bench.mjs"),
+        node_dir.join("node_bench.mjs"),
+    );
+    let (calls, warmup) = (s.calls.to_string(), s.warmup.to_string());
+    let mut node_stdio = Command::new("node");
+    node_stdio
+        .current_dir(&node_dir)
+        .args(["node_bench.mjs", everything, &calls, &warmup]);
+    let port = free_port();
+    let mut node_http = Command::new("node");
+    node_http.current_dir(&node_dir).args([
+        "node_bench.mjs",
+        everything,
+        &calls,
+        &warmup,
+        "--url",
+        &format!("http://127.0.0.1:{port}/mcp"),
+    ]);
+    let mut http_server = Command::new("node");
+    http_server
+        .current_dir(&node_dir)
+        .args([everything, "streamableHttp"])
+        .env("PORT", port.to_string());
+    let py = env.peers.join("mcp2").join("bin").join("python");
+    let mut py_stdio = Command::new(&py);
+    py_stdio
+        .arg(fixtures.join("py_bench.py"))
+        .args([&calls, &warmup, "--"])
+        .arg(&py)
+        .arg(fixtures.join("py_server.py"));
+    vec![
+        Workload {
+            name: "TypeScript SDK ↔ server-everything, stdio",
+            client: node_stdio,
+            server: None,
+        },
+        Workload {
+            name: "TypeScript SDK ↔ server-everything, Streamable HTTP",
+            client: node_http,
+            server: Some((http_server, port)),
+        },
+        Workload {
+            name: "Python SDK 2.x ↔ fixture server, stdio",
+            client: py_stdio,
+            server: None,
+        },
+    ]
+}
+
+/// HTTPS: what the OpenSSL uprobes cost a watched round trip (libssl on both sides, mcp 2.x
+/// client and server over uvicorn's TLS).
+fn https_workload(env: &Env, s: &Scale) -> Result<Workload> {
+    let fixtures = root().join("tests").join("fixtures");
+    let py = env.peers.join("mcp2").join("bin").join("python");
+    let cert = self_signed(&env.dir)?;
+    let port = free_port();
+    let mut client = Command::new(&py);
+    client
+        .arg(fixtures.join("py_bench.py"))
+        .args([&s.calls.to_string(), &s.warmup.to_string(), "--url"])
+        .arg(format!("https://127.0.0.1:{port}/mcp"))
+        .env("SSL_CERT_FILE", &cert);
+    let mut server = Command::new(&py);
+    server
+        .arg(fixtures.join("py_server.py"))
+        .args(["--transport", "http", "--port", &port.to_string()])
+        .arg("--certfile")
+        .arg(&cert)
+        .arg("--keyfile")
+        .arg(env.dir.join("key.pem"));
+    Ok(Workload {
+        name: "Python SDK 2.x ↔ fixture server, Streamable HTTPS (OpenSSL uprobes)",
+        client,
+        server: Some((server, port)),
+    })
+}
+
+/// One workload's figures.
+pub struct Latency {
+    name: &'static str,
+    /// Medians of (p50, p99) ms, agent off and on.
+    off: (f64, f64),
+    on: (f64, f64),
+    /// Median of the rounds' p50 on/off ratios, and their quartiles.
+    ratio: f64,
+    ratio_spread: (f64, f64),
+    agent_cpu: f64,
+    agent_hwm_kb: u64,
+}
+
+/// One run of the workload's client: (p50, p99) ms.
+pub fn run_latency(w: &mut Workload) -> Result<(f64, f64)> {
+    let out = w.client.output().context(w.name)?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("{}: {}", w.name, String::from_utf8_lossy(&out.stderr)))?;
+    Ok((
+        v["p50_ms"].as_f64().unwrap_or(f64::NAN),
+        v["p99_ms"].as_f64().unwrap_or(f64::NAN),
+    ))
+}
+
+/// A run with the agent on: ((p50, p99) ms, agent CPU %, agent VmHWM kB).
+fn run_watched(env: &Env, w: &mut Workload) -> Result<((f64, f64), f64, u64)> {
+    let agent = env.agent(free_port(), &[])?;
+    let meter = CpuMeter::start(&agent);
+    let times = run_latency(w)?;
+    let (cpu, hwm) = meter.read(&agent);
+    agent.stop();
+    Ok((times, cpu, hwm))
+}
+
+/// Who runs in a round's part: no agent, the current agent or the baseline's.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Arm {
+    Off,
+    Current,
+    Baseline,
+}
+
+/// A round's arms in order. Off and on alternate which goes first; with a baseline, the
+/// three arms take every order in turn (a rotation, then its reverse).
+fn order(round: usize, with_baseline: bool) -> Vec<Arm> {
+    use Arm::*;
+    if !with_baseline {
+        return if round.is_multiple_of(2) {
+            vec![Off, Current]
+        } else {
+            vec![Current, Off]
+        };
+    }
+    let rotations = [
+        [Off, Current, Baseline],
+        [Current, Baseline, Off],
+        [Baseline, Off, Current],
+    ];
+    let mut v = rotations[(round / 2) % 3].to_vec();
+    if round % 2 == 1 {
+        v.reverse();
+    }
+    v
+}
+
+/// One agent's figures over the rounds.
+#[derive(Default)]
+struct Watched {
+    times: Vec<(f64, f64)>,
+    cpu: Vec<f64>,
+    hwm: u64,
+}
+
+impl Watched {
+    fn push(&mut self, (times, cpu, hwm): ((f64, f64), f64, u64)) {
+        self.times.push(times);
+        self.cpu.push(cpu);
+        self.hwm = self.hwm.max(hwm);
+    }
+}
+
+/// Medians of (p50, p99).
+fn medians(v: &[(f64, f64)]) -> (f64, f64) {
+    (
+        median(v.iter().map(|x| x.0).collect()),
+        median(v.iter().map(|x| x.1).collect()),
+    )
+}
+
+/// Every round of one workload; with a baseline, its agent as a third arm.
+fn measure_one(
+    env: &Env,
+    base: Option<&Env>,
+    s: &Scale,
+    mut w: Workload,
+) -> Result<(Latency, Option<Compared>)> {
+    let (mut off, mut on, mut theirs) = (Vec::new(), Watched::default(), Watched::default());
+    let _server = w.start_server()?;
+    for round in 0..s.latency_rounds {
+        step(&format!("bench 2/5: {}, round {}", w.name, round + 1));
+        // The arms of a round run back to back, in an order that changes from round to
+        // round, so that the machine's drift cancels in each round's ratios.
+        for arm in order(round, base.is_some()) {
+            match arm {
+                Arm::Off => off.push(run_latency(&mut w)?),
+                Arm::Current => on.push(run_watched(env, &mut w)?),
+                Arm::Baseline => theirs.push(run_watched(base.expect("a baseline"), &mut w)?),
+            }
+        }
+    }
+    let ratios = on
+        .times
+        .iter()
+        .zip(&off)
+        .map(|(n, f)| n.0 / f.0)
+        .collect::<Vec<_>>();
+    let compared = base.map(|_| Compared {
+        name: w.name,
+        off_p50: medians(&off).0,
+        baseline: medians(&theirs.times).0,
+        current: medians(&on.times).0,
+        ratios: on
+            .times
+            .iter()
+            .zip(&theirs.times)
+            .map(|(n, b)| n.0 / b.0)
+            .collect(),
+        baseline_cpu: median(theirs.cpu.clone()),
+        current_cpu: median(on.cpu.clone()),
+    });
+    let latency = Latency {
+        name: w.name,
+        off: medians(&off),
+        on: medians(&on.times),
+        ratio: median(ratios.clone()),
+        ratio_spread: quartiles(ratios),
+        agent_cpu: median(on.cpu),
+        agent_hwm_kb: on.hwm,
+    };
+    Ok((latency, compared))
+}
+
+/// Every workload, HTTPS last; with a baseline, its figures beside the current's.
+pub fn measure(env: &Env, base: Option<&Env>, s: &Scale) -> Result<(Vec<Latency>, Vec<Compared>)> {
+    let mut loads = workloads(env, s);
+    loads.push(https_workload(env, s)?);
+    let (mut out, mut compared) = (Vec::new(), Vec::new());
+    for w in loads {
+        let (l, c) = measure_one(env, base, s, w)?;
+        out.push(l);
+        compared.extend(c);
+    }
+    Ok((out, compared))
+}
+
+/// One workload's round trips with both agents.
+pub struct Compared {
+    name: &'static str,
+    off_p50: f64,
+    baseline: f64,
+    current: f64,
+    /// Per round: the current's p50 over the baseline's.
+    ratios: Vec<f64>,
+    baseline_cpu: f64,
+    current_cpu: f64,
+}
+
+/// The latency part of the "Before and after" section.
+pub fn write_compared(md: &mut String, compared: &[Compared]) {
+    let _ = writeln!(
+        md,
+        "\n### Overhead on watched MCP traffic\n\nSection 2's rounds with a third part, the baseline's agent on; the three parts take every order in turn. The ratio is the current's p50 over the baseline's, per round (lower is better).\n\n| workload | p50 off ms | p50 baseline ms | p50 current ms | p50 current/baseline | agent CPU baseline | agent CPU current |\n|---|---|---|---|---|---|---|"
+    );
+    for c in compared {
+        let r = Ratio::of(c.ratios.clone());
+        let _ = writeln!(
+            md,
+            "| {} | {:.3} | {:.3} | {:.3} | {} ({}) | {:.1}% | {:.1}% |",
+            c.name,
+            c.off_p50,
+            c.baseline,
+            c.current,
+            r.show(),
+            r.verdict(Better::Lower),
+            c.baseline_cpu,
+            c.current_cpu
+        );
+    }
+}
+
+/// The report's section 2.
+pub fn write_section(md: &mut String, s: &Scale, latency: &[Latency]) {
+    let _ = writeln!(md, "\n## 2. Overhead on watched MCP traffic\n");
+    let _ = writeln!(
+        md,
+        "{} back-to-back `tools/call` after {} warm-up calls, agent off and on (watching every process), {} rounds; each round runs both, in alternating order. The p50 ratio is the median of the rounds' on/off ratios (quartiles in brackets: this machine's own round-to-round noise). Target: p50 ratio at most 1.03.\n",
+        s.calls, s.warmup, s.latency_rounds
+    );
+    let _ = writeln!(
+        md,
+        "| workload | p50 off ms | p50 on ms | p50 ratio | p99 off ms | p99 on ms | agent CPU | agent peak RSS |\n|---|---|---|---|---|---|---|---|"
+    );
+    for l in latency {
+        let r = l.ratio;
+        let _ = writeln!(
+            md,
+            "| {} | {:.3} | {:.3} | {:.3} [{:.2}–{:.2}] ({}) | {:.3} | {:.3} | {:.1}% | {} MiB |",
+            l.name,
+            l.off.0,
+            l.on.0,
+            r,
+            l.ratio_spread.0,
+            l.ratio_spread.1,
+            verdict(r <= 1.03),
+            l.off.1,
+            l.on.1,
+            l.agent_cpu,
+            l.agent_hwm_kb / 1024
+        );
+    }
+}

@@ -1,0 +1,432 @@
+//! `cargo xtask bench`: every measurement side by side in one run, medians of interleaved
+//! rounds, written to BENCHMARKS.md (or, with `--smoke`, a quick pass to target/).
+//!
+//! 1. Cost to unwatched processes: a pipe and a socket micro-benchmark with no agent, with
+//!    empty programs on mcptap's hooks (the floor), with mcptap watching other processes, and
+//!    with mcptap watching every process ([`unwatched`]).
+//! 2. Overhead on watched MCP traffic: p50/p99 of back-to-back tools/call, agent off vs on
+//!    (stdio, HTTP, and HTTPS through the OpenSSL uprobes) ([`latency`]).
+//! 3. Capacity: the highest rate with no kernel loss and every exchange correlated
+//!    ([`capacity`]).
+//! 4. The userspace pipeline alone, on a recorded capture, with a profile ([`replay`]).
+//! 5. Footprint: agent CPU and RSS under load, and RSS with 1,000 sessions open
+//!    ([`footprint`]).
+//!
+//! With `--baseline REV` ([`baseline`]), an older revision's agent is built from its own
+//! tree and measured beside this tree's, interleaved in the same run, and the report gains a
+//! "Before and after" section; `--only LIST` runs only some sections.
+//!
+//! This module holds the scale of a run, the orchestration and the report's frame; [`env`]
+//! starts and reads the agent, [`stats`] makes figures of rounds, and [`soak`] is
+//! `cargo xtask soak`.
+
+mod baseline;
+mod capacity;
+mod env;
+mod footprint;
+mod latency;
+mod replay;
+mod soak;
+mod stats;
+mod unwatched;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::{root, run, step};
+use baseline::{Baseline, Compared};
+use capacity::{CapacityRun, Series};
+use env::{Env, processes_named};
+use footprint::Footprint;
+use latency::Latency;
+use replay::Replay;
+use unwatched::Unwatched;
+
+pub use soak::soak;
+
+/// How much to measure.
+pub struct Scale {
+    smoke: bool,
+    dd_count: u64,
+    ping_count: u64,
+    sock_count: u64,
+    rounds: usize,
+    latency_rounds: usize,
+    calls: u64,
+    warmup: u64,
+    capacity_secs: f64,
+    small_rates: &'static [u64],
+    large_rates: &'static [u64],
+    sessions: u64,
+    /// Replay rounds of the before/after comparison (each replays with both binaries).
+    replay_rounds: usize,
+}
+
+const FULL: Scale = Scale {
+    smoke: false,
+    dd_count: 2_000_000,
+    ping_count: 1_000_000,
+    sock_count: 200_000,
+    rounds: 5,
+    latency_rounds: 12,
+    calls: 2000,
+    warmup: 200,
+    capacity_secs: 3.0,
+    small_rates: &[10_000, 25_000, 50_000, 75_000, 100_000, 150_000, 200_000],
+    large_rates: &[1_000, 2_000, 4_000, 8_000, 12_000, 16_000],
+    sessions: 1000,
+    replay_rounds: 9,
+};
+
+const SMOKE: Scale = Scale {
+    smoke: true,
+    dd_count: 100_000,
+    ping_count: 50_000,
+    sock_count: 10_000,
+    rounds: 1,
+    latency_rounds: 1,
+    calls: 50,
+    warmup: 10,
+    capacity_secs: 0.5,
+    small_rates: &[5_000],
+    large_rates: &[500],
+    sessions: 50,
+    replay_rounds: 3,
+};
+
+/// The report's sections, as `--only` names them (or numbers them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    /// Section 1, cost to processes mcptap does not watch.
+    #[value(alias = "1")]
+    Unwatched,
+    /// Section 2, overhead on watched MCP traffic.
+    #[value(alias = "2")]
+    Latency,
+    /// Section 3, capacity.
+    #[value(alias = "3")]
+    Capacity,
+    /// Section 4, the userspace pipeline alone (`mcptap replay`).
+    #[value(alias = "4")]
+    Replay,
+    /// Section 5, footprint.
+    #[value(alias = "5")]
+    Footprint,
+}
+
+impl Section {
+    fn name(self) -> String {
+        use clap::ValueEnum as _;
+        self.to_possible_value()
+            .map_or_else(String::new, |v| v.get_name().to_string())
+    }
+}
+
+/// What `cargo xtask bench` was asked for.
+pub struct Options {
+    /// A quick pass that only checks the suite runs.
+    pub smoke: bool,
+    /// A git revision to build and measure beside this tree.
+    pub baseline: Option<String>,
+    /// Only these sections (empty: every one).
+    pub only: Vec<Section>,
+}
+
+impl Options {
+    /// The smoke run `cargo xtask test` makes.
+    pub fn smoke() -> Options {
+        Options {
+            smoke: true,
+            baseline: None,
+            only: Vec::new(),
+        }
+    }
+
+    fn wants(&self, s: Section) -> bool {
+        self.only.is_empty() || self.only.contains(&s)
+    }
+
+    fn partial(&self) -> bool {
+        !self.only.is_empty()
+    }
+
+    /// Release builds, unless a plain smoke run (a baseline is always compared release
+    /// against release: a ratio to a debug build would mean nothing).
+    fn release(&self) -> bool {
+        !self.smoke || self.baseline.is_some()
+    }
+
+    /// The flags, as the report's first line repeats them.
+    fn flags(&self) -> String {
+        let mut f = String::new();
+        if self.smoke {
+            f.push_str(" --smoke (a quick pass: figures are not meaningful)");
+        }
+        if let Some(rev) = &self.baseline {
+            let _ = write!(f, " --baseline {rev}");
+        }
+        if self.partial() {
+            let names: Vec<String> = self.only.iter().map(|s| s.name()).collect();
+            let _ = write!(
+                f,
+                " --only {} (the other sections were not run)",
+                names.join(",")
+            );
+        }
+        f
+    }
+}
+
+/// Everything one run measured (a section not run holds its empty figures).
+struct Results {
+    unwatched: Unwatched,
+    latency: Vec<Latency>,
+    capacity: Vec<(Series, Vec<CapacityRun>)>,
+    replay: Replay,
+    footprint: Footprint,
+}
+
+/// A run: the current binary's environment, the baseline's if there is one, the scale.
+struct Run<'a> {
+    env: &'a Env,
+    base: Option<&'a Env>,
+    s: &'a Scale,
+}
+
+impl Run<'_> {
+    fn capacity(&self, compared: &mut Compared) -> Result<Vec<(Series, Vec<CapacityRun>)>> {
+        let mut out = Vec::new();
+        for (k, series) in Series::all(self.s).into_iter().enumerate() {
+            let runs = match self.base {
+                Some(base) => {
+                    let c = capacity::measure_pair(self.env, base, self.s, series, k)?;
+                    let runs = c.current_runs();
+                    compared.capacity.push(c);
+                    runs
+                }
+                None => capacity::measure(self.env, self.s, series)?,
+            };
+            out.push((series, runs));
+        }
+        Ok(out)
+    }
+
+    fn replay(&self, compared: &mut Compared) -> Result<Replay> {
+        let Some(base) = self.base else {
+            return replay::measure(self.env, self.s);
+        };
+        let (r, c) = replay::measure_pair(self.env, base, self.s, self.s.replay_rounds)?;
+        compared.replay = Some(c);
+        Ok(r)
+    }
+
+    fn footprint(&self, compared: &mut Compared) -> Result<Footprint> {
+        let Some(base) = self.base else {
+            return footprint::measure(self.env, self.s.sessions);
+        };
+        let (f, c) = footprint::measure_pair(self.env, base, self.s.sessions, self.s.rounds)?;
+        compared.footprint = Some(c);
+        Ok(f)
+    }
+
+    /// Run the sections `opts` takes; with a baseline, also its before/after figures.
+    fn measure(&self, opts: &Options) -> Result<(Results, Compared)> {
+        let mut compared = Compared::default();
+        let unwatched = if opts.wants(Section::Unwatched) {
+            let (u, c) = unwatched::measure(self.env, self.base, self.s)?;
+            compared.unwatched = c;
+            u
+        } else {
+            Unwatched::empty()
+        };
+        let latency = if opts.wants(Section::Latency) {
+            let (l, c) = latency::measure(self.env, self.base, self.s)?;
+            compared.latency = c;
+            l
+        } else {
+            Vec::new()
+        };
+        let want = |sec| opts.wants(sec);
+        let results = Results {
+            unwatched,
+            latency,
+            capacity: if want(Section::Capacity) {
+                self.capacity(&mut compared)?
+            } else {
+                Vec::new()
+            },
+            replay: if want(Section::Replay) {
+                self.replay(&mut compared)?
+            } else {
+                Replay::empty()
+            },
+            footprint: if want(Section::Footprint) {
+                self.footprint(&mut compared)?
+            } else {
+                Footprint::default()
+            },
+        };
+        Ok((results, compared))
+    }
+}
+
+/// The report: every section (a partial run only those it ran), then the before/after
+/// comparison if there is a baseline.
+fn report(
+    s: &Scale,
+    opts: &Options,
+    r: &Results,
+    before_after: Option<(&Baseline, &Compared)>,
+) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# mcptap benchmarks\n");
+    let _ = writeln!(
+        md,
+        "Written by `cargo xtask bench`{}; every figure is a median of interleaved rounds measured in the same run. {}\n",
+        opts.flags(),
+        machine()
+    );
+    let want = |sec| !opts.partial() || opts.wants(sec);
+    if want(Section::Unwatched) {
+        unwatched::write_section(&mut md, &r.unwatched);
+    }
+    if want(Section::Latency) {
+        latency::write_section(&mut md, s, &r.latency);
+    }
+    if want(Section::Capacity) {
+        capacity::write_section(&mut md, s, &r.capacity);
+    }
+    if want(Section::Replay) {
+        replay::write_section(&mut md, &r.replay);
+    }
+    if want(Section::Footprint) {
+        footprint::write_section(&mut md, s, &r.footprint);
+    }
+    if let Some((b, c)) = before_after {
+        baseline::write_section(&mut md, b, c);
+    }
+    md
+}
+
+/// The machine, kernel, commit and time of a run, as one sentence for a report's head.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = Command::new("uname")
+        .arg("-r")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(root())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let dirty = Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .current_dir(root())
+        .output()
+        .is_ok_and(|o| !o.stdout.is_empty());
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!(
+        "Machine: {cpu}, {cores} cores; Linux {kernel}. Commit {commit}{}. Run {date}.",
+        if dirty {
+            " (with uncommitted changes)"
+        } else {
+            ""
+        }
+    )
+}
+
+/// Bootstrap, install the peers and build what the run measures; its [`Env`].
+fn prepare(opts: &Options) -> Result<Env> {
+    crate::bootstrap::all()?;
+    let peers = crate::peers::install()?;
+    // The smoke run only checks that the suite runs, so it takes the debug build `cargo xtask
+    // test` has made already rather than a release build of its own (minutes on 2 cores);
+    // the figures it writes are not measurements. Beside a baseline it builds release: the
+    // baseline is a release build, and the comparison should run as a real one would.
+    let profile = if opts.release() { "release" } else { "debug" };
+    let mut build = crate::cargo();
+    build.args(["build", "--package", "mcptap", "--package", "xtask"]);
+    if opts.release() {
+        build.arg("--release");
+    }
+    run(&mut build)?;
+    let dir = root().join("target").join("bench");
+    std::fs::create_dir_all(&dir)?;
+    Ok(Env {
+        mcptap: root().join("target").join(profile).join("mcptap"),
+        peer: root().join("target").join(profile).join("bench_peer"),
+        peers,
+        dir,
+    })
+}
+
+/// Where the report goes: BENCHMARKS.md only for a full, complete run; a comparison that is
+/// partial or a smoke run goes to target/bench-baseline.md.
+fn report_path(opts: &Options) -> PathBuf {
+    let target = root().join("target");
+    if opts.baseline.is_some() && (opts.smoke || opts.partial()) {
+        target.join("bench-baseline.md")
+    } else if opts.smoke {
+        target.join("bench-smoke.md")
+    } else if opts.partial() {
+        target.join("bench-partial.md")
+    } else {
+        root().join("BENCHMARKS.md")
+    }
+}
+
+/// Run the suite and write the report.
+pub fn bench(opts: &Options) -> Result<()> {
+    let started = std::time::Instant::now();
+    let env = prepare(opts)?;
+    let baseline = opts
+        .baseline
+        .as_deref()
+        .map(baseline::prepare)
+        .transpose()?;
+    let base_env = baseline.as_ref().map(|b| b.env(&env)).transpose()?;
+    // Another agent would add its own cost to every state, "no agent" included.
+    let others = processes_named("mcptap");
+    if !others.is_empty() {
+        bail!(
+            "mcptap is already running (pid {others:?}): stop it first, or every figure includes its cost"
+        );
+    }
+    let s = if opts.smoke { &SMOKE } else { &FULL };
+    let measuring = std::time::Instant::now();
+    let run = Run {
+        env: &env,
+        base: base_env.as_ref(),
+        s,
+    };
+    let (results, compared) = run.measure(opts)?;
+    let md = report(s, opts, &results, baseline.as_ref().map(|b| (b, &compared)));
+    let out = report_path(opts);
+    std::fs::write(&out, &md)?;
+    step(&format!("wrote {}", out.display()));
+    print!("{md}");
+    step(&format!(
+        "bench took {:.0} s ({:.0} s measuring)",
+        started.elapsed().as_secs_f64(),
+        measuring.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
