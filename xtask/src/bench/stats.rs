@@ -1,14 +1,20 @@
 //! Figures from rounds: the median and quartiles the report prints, and its verdicts
 //! against a target.
 
-/// The median of the finite values (the upper one of an even count); NaN if none.
+/// The median of the finite values (the mean of the middle two of an even count); NaN if none.
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.retain(|x| x.is_finite());
     if v.is_empty() {
         return f64::NAN;
     }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+    v.sort_by(f64::total_cmp);
+    // An even count has two middle values: their mean, not the upper one (which leans high).
+    let n = v.len();
+    if n % 2 == 0 {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    } else {
+        v[n / 2]
+    }
 }
 
 /// The first and third quartiles.
@@ -99,7 +105,14 @@ impl Ratio {
 
 #[cfg(test)]
 mod tests {
-    use super::{Better, change};
+    use super::{Better, change, median};
+
+    #[test]
+    fn median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert!(median(vec![f64::NAN]).is_nan());
+    }
 
     #[test]
     fn verdicts_on_ratios() {
