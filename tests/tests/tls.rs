@@ -391,7 +391,8 @@ fn tls_that_cannot_be_decrypted_is_counted_not_shipped() {
 
 /// `openssl s_server -www` runs its TLS through OpenSSL's SSL BIO (BIO_f_ssl), which calls
 /// the library's internal read/write functions, not SSL_read/SSL_write: where those are
-/// probed (Debian's libssl) both ends are decrypted, and, not being MCP, rejected as HTTP.
+/// probed (Debian's libssl, which the agent reports in its log, its metrics and its
+/// `agent_stop`) both ends are decrypted, and, not being MCP, rejected as HTTP.
 #[test]
 fn openssl_ssl_bio_is_decrypted() {
     let dir = scratch("tls_ssl_bio");
@@ -424,9 +425,27 @@ fn openssl_ssl_bio_is_decrypted() {
         2.0,
     );
     assert!(rejected >= 2.0, "{rejected} rejected");
+    // Debian's libssl (and libcrypto's BIO_write) went the internal way, and say so.
+    let internal = metric_reaching(
+        &agent,
+        "mcptap_tls_probed_binaries",
+        &[("mode", "internal")],
+        1.0,
+    );
+    assert!(
+        internal >= 1.0,
+        "{internal} binaries probed internally:\n{}",
+        agent.metrics()
+    );
     drop(server);
     let log = agent.log();
     let recs = agent.stop();
+    // The system's libssl, by whichever of its names (libssl.so, libssl.so.3) came first.
+    let libssl = log.lines().find(|l| {
+        l.contains("/libssl.so")
+            && l.contains(": SSL_read/SSL_write probed at the internal entry points")
+    });
+    assert!(libssl.is_some(), "libssl not probed internally:\n{log}");
     for pid in [curl_pid, server_pid] {
         assert!(
             recs.mentioning(pid).is_empty(),
@@ -437,4 +456,12 @@ fn openssl_ssl_bio_is_decrypted() {
         assert!(!rejected.is_empty(), "{pid}'s HTTPS not rejected:\n{log}");
         assert_decrypted(&log, pid);
     }
+    let stop = recs
+        .kind("event")
+        .into_iter()
+        .find(|e| e["event"] == "agent_stop")
+        .expect("agent_stop summary");
+    let probed = &stop["stats"]["tls"]["probed_binaries"];
+    assert!(probed["internal"].as_u64().unwrap_or(0) >= 1, "{stop}");
+    assert!(probed["bio_internal"].as_u64().unwrap_or(0) >= 1, "{stop}");
 }

@@ -15,7 +15,7 @@
 //! path, a child that forked without exec) brings a fresh look at its mappings, so its later
 //! connections are covered.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
@@ -143,6 +143,19 @@ struct Plan {
     ssl: Option<Mode>,
     /// How `BIO_write` is probed.
     bio: Option<Mode>,
+}
+
+impl Plan {
+    /// How the binary is probed, for the metrics: its `SSL_read`/`SSL_write`'s [`Mode`], or
+    /// `bio_internal`/`bio_exported` for a binary with `BIO_write` alone (libcrypto).
+    fn mode(&self) -> &'static str {
+        match (self.ssl, self.bio) {
+            (Some(m), _) => m.name(),
+            (None, Some(Mode::Internal)) => "bio_internal",
+            (None, Some(Mode::Exported)) => "bio_exported",
+            (None, None) => "none",
+        }
+    }
 }
 
 /// Where a family of OpenSSL calls is probed.
@@ -416,8 +429,9 @@ pub struct Tls {
     links: HashMap<Owner, HashMap<FileId, Links>>,
     /// Files probed and attempts refused, for the start-up verdict.
     probed: usize,
-    /// Files probed, by how their `SSL_read`/`SSL_write` are probed.
-    pub ssl_modes: HashMap<&'static str, u64>,
+    /// Every file probed since the start, and how (see [`Plan::mode`]): probes that are
+    /// later taken off (a process exits, the agent stops) leave it here.
+    probed_files: HashMap<FileId, &'static str>,
     refused: Option<anyhow::Error>,
     /// When each process's mappings were last looked at because of a TLS socket: a busy
     /// HTTPS server opens many, and its libraries rarely change.
@@ -517,7 +531,7 @@ impl Tls {
             system: Vec::new(),
             links: HashMap::new(),
             probed: 0,
-            ssl_modes: HashMap::new(),
+            probed_files: HashMap::new(),
             refused: None,
             rescanned: HashMap::new(),
             detacher: Detacher::start()?,
@@ -696,15 +710,18 @@ impl Tls {
         );
         self.links.entry(owner).or_default().insert(id, links);
         self.probed += 1;
-        let mode = match (offsets.ssl, offsets.bio) {
-            (Some(m), _) => m.name(),
-            (None, Some(m)) => match m {
-                Mode::Internal => "bio_internal",
-                Mode::Exported => "bio_exported",
-            },
-            (None, None) => "none",
-        };
-        *self.ssl_modes.entry(mode).or_default() += 1;
+        self.probed_files.insert(id, offsets.mode());
+    }
+
+    /// The binaries probed since the start (each once, whoever for), by [`Plan::mode`]:
+    /// `internal` and `exported` always, the others when seen.
+    pub fn probed_binaries(&self) -> BTreeMap<&'static str, u64> {
+        let mut out: BTreeMap<&'static str, u64> =
+            [(Mode::Internal.name(), 0), (Mode::Exported.name(), 0)].into();
+        for mode in self.probed_files.values() {
+            *out.entry(mode).or_default() += 1;
+        }
+        out
     }
 
     /// A watched process started a new program: probe it if it carries OpenSSL.
