@@ -323,7 +323,9 @@ fn try_ssl_data_ret(ctx: &RetProbeContext) -> Option<()> {
 #[inline(always)]
 fn plaintext_len(call: &SslCall, ret: i32, tgid: u32, sock: Option<SslSocket>) -> Option<u64> {
     let n = if call.out != 0 {
-        if ret != 1 {
+        // The `_ex` forms return 1 on success, OpenSSL's internal functions (probed in their
+        // place, with the same arguments) a positive value.
+        if ret <= 0 {
             return None;
         }
         match unsafe { bpf_probe_read_user(call.out as *const u64) } {

@@ -330,23 +330,27 @@ fn https_that_is_not_mcp_is_rejected() {
     }
 }
 
-/// TLS the probes cannot decrypt (`openssl s_server -www` goes through OpenSSL's SSL BIO,
-/// which calls the library's internals rather than SSL_read/SSL_write, as a TLS stack other
-/// than OpenSSL would): the socket is counted in mcptap_tls_undecrypted_streams_total and its
-/// ciphertext never reaches the pipeline; curl's end of the same connection is decrypted.
+/// An HTTPS server on tlslite-ng (TLS written in Python, no OpenSSL: the fixture checks that
+/// libssl is not mapped), answering each connection with one page and closing it.
+fn tlslite_server(dir: &Path, port: u16, cert: &Path, key: &Path) -> Server {
+    let mut c = Command::new(python("tlslite"));
+    c.arg(fixtures().join("tlslite_server.py"))
+        .arg(port.to_string())
+        .arg(cert)
+        .arg(key);
+    Server::on_port(&mut c, dir, "tlslite", port)
+}
+
+/// TLS the probes cannot decrypt (a server on tlslite-ng, a TLS stack other than OpenSSL):
+/// the socket is counted in mcptap_tls_undecrypted_streams_total and its ciphertext never
+/// reaches the pipeline; curl's end of the same connection is decrypted.
 #[test]
 fn tls_that_cannot_be_decrypted_is_counted_not_shipped() {
     let dir = scratch("tls_undecrypted");
     let (cert, key) = certificate(&dir);
     let port = port();
     let agent = Agent::start_with_env(&dir, &[], DEBUG);
-    let mut s = Command::new("openssl");
-    s.args(["s_server", "-quiet", "-www", "-accept", &port.to_string()])
-        .arg("-cert")
-        .arg(&cert)
-        .arg("-key")
-        .arg(&key);
-    let server = Server::on_port(&mut s, &dir, "s_server", port);
+    let server = tlslite_server(&dir, port, &cert, &key);
     const UNDECRYPTED: &str = "mcptap_tls_undecrypted_streams_total";
     let before = metric_reaching(&agent, UNDECRYPTED, &[], 0.0);
     let curl = Command::new("curl")
@@ -361,7 +365,7 @@ fn tls_that_cannot_be_decrypted_is_counted_not_shipped() {
         "curl failed"
     );
     let server_pid = server.pid();
-    // Counted when the connection ends: s_server closes it after the page.
+    // Counted when the connection ends: the server closes it after the page.
     let after = metric_reaching(&agent, UNDECRYPTED, &[], before + 1.0);
     let log = agent.log();
     drop(server);
@@ -383,4 +387,81 @@ fn tls_that_cannot_be_decrypted_is_counted_not_shipped() {
     assert!(recs.mentioning(server_pid).is_empty());
     assert_decrypted(&log, curl_pid);
     assert!(!log_lines(&log, curl_pid, "is not MCP (http_not_mcp)").is_empty());
+}
+
+/// `openssl s_server -www` runs its TLS through OpenSSL's SSL BIO (BIO_f_ssl), which calls
+/// the library's internal read/write functions, not SSL_read/SSL_write: where those are
+/// probed (Debian's libssl, which the agent reports in its log, its metrics and its
+/// `agent_stop`) both ends are decrypted, and, not being MCP, rejected as HTTP.
+#[test]
+fn openssl_ssl_bio_is_decrypted() {
+    let dir = scratch("tls_ssl_bio");
+    let (cert, key) = certificate(&dir);
+    let port = port();
+    let agent = Agent::start_with_env(&dir, &[], DEBUG);
+    let mut s = Command::new("openssl");
+    s.args(["s_server", "-quiet", "-www", "-accept", &port.to_string()])
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key);
+    let server = Server::on_port(&mut s, &dir, "s_server", port);
+    let curl = Command::new("curl")
+        .args(["-sS", "--fail", "-o", "/dev/null", "--cacert"])
+        .arg(&cert)
+        .arg(format!("https://127.0.0.1:{port}/"))
+        .spawn()
+        .expect("run curl");
+    let curl_pid = curl.id();
+    assert!(
+        curl.wait_with_output().unwrap().status.success(),
+        "curl failed"
+    );
+    let server_pid = server.pid();
+    let rejected = metric_reaching(
+        &agent,
+        "mcptap_streams_rejected_total",
+        &[("reason", "http_not_mcp")],
+        2.0,
+    );
+    assert!(rejected >= 2.0, "{rejected} rejected");
+    // Debian's libssl (and libcrypto's BIO_write) went the internal way, and say so.
+    let internal = metric_reaching(
+        &agent,
+        "mcptap_tls_probed_binaries",
+        &[("mode", "internal")],
+        1.0,
+    );
+    assert!(
+        internal >= 1.0,
+        "{internal} binaries probed internally:\n{}",
+        agent.metrics()
+    );
+    drop(server);
+    let log = agent.log();
+    let recs = agent.stop();
+    // The system's libssl, by whichever of its names (libssl.so, libssl.so.3) came first.
+    let libssl = log.lines().find(|l| {
+        l.contains("/libssl.so")
+            && l.contains(": SSL_read/SSL_write probed at the internal entry points")
+    });
+    assert!(libssl.is_some(), "libssl not probed internally:\n{log}");
+    for pid in [curl_pid, server_pid] {
+        assert!(
+            recs.mentioning(pid).is_empty(),
+            "{:#?}",
+            recs.mentioning(pid)
+        );
+        let rejected = log_lines(&log, pid, "is not MCP (http_not_mcp)");
+        assert!(!rejected.is_empty(), "{pid}'s HTTPS not rejected:\n{log}");
+        assert_decrypted(&log, pid);
+    }
+    let stop = recs
+        .kind("event")
+        .into_iter()
+        .find(|e| e["event"] == "agent_stop")
+        .expect("agent_stop summary");
+    let probed = &stop["stats"]["tls"]["probed_binaries"];
+    assert!(probed["internal"].as_u64().unwrap_or(0) >= 1, "{stop}");
+    assert!(probed["bio_internal"].as_u64().unwrap_or(0) >= 1, "{stop}");
 }

@@ -15,6 +15,8 @@ const PYTHON: &[(&str, &str)] = &[
     ("mcp1", "mcp[cli]==1.30.0"),
     // The 2.x line: MCPServer, protocol 2026-07-28 without initialize.
     ("mcp2", "mcp==2.3.0"),
+    // TLS that is not OpenSSL (pure Python), for the test of TLS mcptap cannot decrypt.
+    ("tlslite", "tlslite-ng==0.8.2"),
 ];
 
 /// npm packages installed together in `node/`.

@@ -386,6 +386,14 @@ impl Probes {
         }
     }
 
+    /// The binaries whose OpenSSL was probed since the start, by mode (none without TLS).
+    pub fn tls_probed_binaries(&self) -> BTreeMap<&'static str, u64> {
+        self.tls
+            .as_ref()
+            .map(Tls::probed_binaries)
+            .unwrap_or_default()
+    }
+
     /// Drop the OpenSSL probes of processes that are gone unannounced.
     pub fn reap(&mut self) {
         if let Some(tls) = self.tls.as_mut() {

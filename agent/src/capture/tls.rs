@@ -15,7 +15,7 @@
 //! path, a child that forked without exec) brings a fresh look at its mappings, so its later
 //! connections are covered.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
@@ -37,13 +37,14 @@ struct FileId {
     ino: u64,
 }
 
-/// File offsets of the probed symbols a binary exports.
-type Offsets = Rc<Vec<(&'static str, u64)>>;
+/// Where the probes go in a binary with OpenSSL.
+type Offsets = Rc<Plan>;
 
 /// The symbols probed, each once.
 fn probed_symbols() -> Vec<&'static str> {
     let mut v: Vec<&str> = Vec::new();
-    for (symbol, _, _) in TLS_PROBES {
+    let wrappers = INTERNAL.iter().flat_map(|w| [w.0, w.1]);
+    for symbol in TLS_PROBES.iter().map(|p| p.0).chain(wrappers) {
         if !v.contains(&symbol) {
             v.push(symbol);
         }
@@ -97,10 +98,10 @@ impl Drop for Mapped {
 }
 
 /// File offsets of the probed functions that `path` exports in its dynamic symbol table (the
-/// offset is what a uprobe is set at: the symbol's address translated through its section).
-fn exported_offsets(path: &Path) -> Result<Vec<(&'static str, u64)>> {
-    let data = Mapped::open(path)?;
-    let obj = object::File::parse(data.bytes())?;
+/// offset is what a uprobe is set at: the symbol's address translated through its section),
+/// and where each one's code is in the file: `(symbol, offset, end of its section)`.
+fn exported_offsets_in(data: &[u8]) -> Result<Vec<(&'static str, u64, u64)>> {
+    let obj = object::File::parse(data)?;
     let wanted = probed_symbols();
     let mut out = Vec::new();
     for sym in obj.dynamic_symbols() {
@@ -115,15 +116,214 @@ fn exported_offsets(path: &Path) -> Result<Vec<(&'static str, u64)>> {
             continue;
         };
         let section = obj.section_by_index(index)?;
-        let Some((offset, _)) = section.file_range() else {
+        let Some((offset, size)) = section.file_range() else {
             continue;
         };
-        out.push((wanted, sym.address() - section.address() + offset));
+        let at = sym.address() - section.address() + offset;
+        out.push((wanted, at, offset + size));
     }
     Ok(out)
 }
 
-/// Whether what a binary exports is worth probing: the data functions of libssl, or the write
+#[cfg(test)]
+fn exported_offsets(path: &Path) -> Result<Vec<(&'static str, u64)>> {
+    let data = Mapped::open(path)?;
+    Ok(exported_offsets_in(data.bytes())?
+        .into_iter()
+        .map(|(s, o, _)| (s, o))
+        .collect())
+}
+
+/// Where the uprobes go in one binary: `(program, file offset, what is probed there)`.
+#[derive(Debug, Default)]
+struct Plan {
+    probes: Vec<(&'static str, u64, &'static str)>,
+    /// How `SSL_read`/`SSL_write` are probed: [`Mode::Internal`] on the internal functions
+    /// both forms call, or [`Mode::Exported`] on the exported symbols.
+    ssl: Option<Mode>,
+    /// How `BIO_write` is probed.
+    bio: Option<Mode>,
+}
+
+impl Plan {
+    /// How the binary is probed, for the metrics: its `SSL_read`/`SSL_write`'s [`Mode`], or
+    /// `bio_internal`/`bio_exported` for a binary with `BIO_write` alone (libcrypto).
+    fn mode(&self) -> &'static str {
+        match (self.ssl, self.bio) {
+            (Some(m), _) => m.name(),
+            (None, Some(Mode::Internal)) => "bio_internal",
+            (None, Some(Mode::Exported)) => "bio_exported",
+            (None, None) => "none",
+        }
+    }
+}
+
+/// Where a family of OpenSSL calls is probed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// At the entry of the internal function that the exported wrappers call, an instruction
+    /// (`push`) the kernel emulates: no single-step per hit.
+    Internal,
+    /// At the exported symbols (single-stepped when their first instruction is not one the
+    /// kernel emulates).
+    Exported,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Internal => "internal",
+            Mode::Exported => "exported",
+        }
+    }
+}
+
+/// How far into an exported function the call to its internal function is looked for.
+const WRAPPER_SCAN: usize = 96;
+
+/// Whether `code` starts with an instruction x86 uprobes emulate rather than single-step, of
+/// those a function begins with: `push %reg` (with or without a REX.B prefix).
+fn emulated_entry(code: &[u8]) -> bool {
+    matches!(code, [0x50..=0x57, ..] | [0x41, 0x50..=0x57, ..])
+}
+
+/// The target (relative to the start of `code`) of the first instruction of `code` when it
+/// is a wrapper that passes its register arguments on unchanged: only `push %reg`, `sub
+/// $imm8,%rsp` and copies of registers into callee-saved ones (`mov %reg,%rbx/%rbp/%r12-15`)
+/// before a `call rel32`. The callee then receives exactly the wrapper's arguments, whatever
+/// its declared signature says.
+fn passthrough_call(code: &[u8]) -> Option<i64> {
+    let mut i = 0;
+    while i < 32 {
+        match code.get(i..)? {
+            [0x50..=0x57, ..] => i += 1,
+            [0x41, 0x50..=0x57, ..] => i += 2,
+            // sub $imm8,%rsp
+            [0x48, 0x83, 0xec, _, ..] => i += 4,
+            // mov %r64,%r64 (89 /r, register form) into rbx, rbp or r12-r15.
+            [rex @ (0x48 | 0x49 | 0x4c | 0x4d), 0x89, modrm, ..] if modrm >> 6 == 3 => {
+                let rm = (modrm & 7) | if rex & 1 != 0 { 8 } else { 0 };
+                if !matches!(rm, 3 | 5 | 12..=15) {
+                    return None;
+                }
+                i += 3;
+            }
+            [0xe8, a, b, c, d, ..] => {
+                let rel = i32::from_le_bytes([*a, *b, *c, *d]) as i64;
+                return Some(i as i64 + 5 + rel);
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Whether `code` has a `call rel32` to `target` (relative to the start of `code`) in its
+/// first [`WRAPPER_SCAN`] bytes.
+fn calls(code: &[u8], target: i64) -> bool {
+    let n = code.len().min(WRAPPER_SCAN);
+    (0..n).any(|i| {
+        code.get(i..i + 5).is_some_and(|c| {
+            c[0] == 0xe8
+                && i as i64 + 5 + i32::from_le_bytes([c[1], c[2], c[3], c[4]]) as i64 == target
+        })
+    })
+}
+
+/// The internal function that both `plain` and `ex` (exported functions at these file
+/// offsets of `data`, within a section ending at `end`) run: `ex` passes its arguments on to
+/// it unchanged, `plain` calls it too, and its first instruction is one the kernel emulates.
+fn internal_target(data: &[u8], plain: u64, ex: u64, end: u64) -> Option<u64> {
+    let code = |at: u64| data.get(at as usize..end.min(data.len() as u64) as usize);
+    let rel = passthrough_call(code(ex)?)?;
+    let target = u64::try_from(ex as i64 + rel).ok()?;
+    if target >= end || !calls(code(plain)?, target as i64 - plain as i64) {
+        return None;
+    }
+    emulated_entry(code(target)?).then_some(target)
+}
+
+/// The internal functions probed in place of exported pairs: (plain, `_ex`, what, entry
+/// program, return program). The entry programs are those of the `_ex` forms: the internal
+/// function takes the `_ex` form's arguments (see [`passthrough_call`]).
+const INTERNAL: [(&str, &str, &str, &str, Option<&str>); 3] = [
+    (
+        "SSL_read",
+        "SSL_read_ex",
+        "ssl_read_internal",
+        "ssl_read_ex_enter",
+        Some("ssl_data_ret"),
+    ),
+    (
+        "SSL_write",
+        "SSL_write_ex",
+        "ssl_write_internal",
+        "ssl_write_ex_enter",
+        Some("ssl_data_ret"),
+    ),
+    (
+        "BIO_write",
+        "BIO_write_ex",
+        "bio_write_intern",
+        "bio_write_enter",
+        None,
+    ),
+];
+
+/// Where to probe a binary, from the file's bytes: the internal functions where they are
+/// found safe to probe, the exported symbols otherwise.
+fn plan(data: &[u8]) -> Result<Plan> {
+    let exported = exported_offsets_in(data)?;
+    let find = |s: &str| exported.iter().find(|(n, _, _)| *n == s).copied();
+    let mut plan = Plan::default();
+    let mut replaced: Vec<&str> = Vec::new();
+    for (plain, ex, what, enter, ret) in INTERNAL {
+        let (Some((_, p, end)), Some((_, e, _))) = (find(plain), find(ex)) else {
+            continue;
+        };
+        let Some(target) = internal_target(data, p, e, end) else {
+            continue;
+        };
+        plan.probes.push((enter, target, what));
+        if let Some(ret) = ret {
+            plan.probes.push((ret, target, what));
+        }
+        replaced.extend([plain, ex]);
+    }
+    for (symbol, prog, _) in TLS_PROBES {
+        if replaced.contains(&symbol) {
+            continue;
+        }
+        if let Some((_, at, _)) = find(symbol) {
+            plan.probes.push((prog, at, symbol));
+        }
+    }
+    let has = |s: &str| exported.iter().any(|(n, _, _)| *n == s);
+    let mode = |s: &str| {
+        if replaced.contains(&s) {
+            Mode::Internal
+        } else {
+            Mode::Exported
+        }
+    };
+    if has("SSL_read") && has("SSL_write") {
+        // Both directions must be internal to call the binary internal.
+        plan.ssl = Some(
+            if mode("SSL_read") == Mode::Internal && mode("SSL_write") == Mode::Internal {
+                Mode::Internal
+            } else {
+                Mode::Exported
+            },
+        );
+    }
+    if has("BIO_write") {
+        plan.bio = Some(mode("BIO_write"));
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+/// Whether what a binary exports is worth probing (as [`plan`] decides): the data functions of libssl, or the write
 /// BIO of libcrypto (which binds SSL objects to sockets).
 fn worth_probing(offsets: &[(&str, u64)]) -> bool {
     let has = |s: &str| offsets.iter().any(|(n, _)| *n == s);
@@ -229,6 +429,9 @@ pub struct Tls {
     links: HashMap<Owner, HashMap<FileId, Links>>,
     /// Files probed and attempts refused, for the start-up verdict.
     probed: usize,
+    /// Every file probed since the start, and how (see [`Plan::mode`]): probes that are
+    /// later taken off (a process exits, the agent stops) leave it here.
+    probed_files: HashMap<FileId, &'static str>,
     refused: Option<anyhow::Error>,
     /// When each process's mappings were last looked at because of a TLS socket: a busy
     /// HTTPS server opens many, and its libraries rarely change.
@@ -328,6 +531,7 @@ impl Tls {
             system: Vec::new(),
             links: HashMap::new(),
             probed: 0,
+            probed_files: HashMap::new(),
             refused: None,
             rescanned: HashMap::new(),
             detacher: Detacher::start()?,
@@ -404,19 +608,29 @@ impl Tls {
             dev: meta.dev(),
             ino: meta.ino(),
         };
-        self.examined
-            .entry(id)
-            .or_insert_with(|| match exported_offsets(path) {
-                Ok(offsets) if worth_probing(&offsets) => {
-                    debug!("TLS: {} exports {offsets:?}", path.display());
-                    Some(Rc::new(offsets))
+        self.examined.entry(id).or_insert_with(|| {
+            let planned = Mapped::open(path)
+                .map_err(anyhow::Error::from)
+                .and_then(|data| plan(data.bytes()));
+            match planned {
+                Ok(plan) if plan.ssl.is_some() || plan.bio.is_some() => {
+                    info!(
+                        "TLS: {}: SSL_read/SSL_write probed at the {} entry points, \
+                             BIO_write at the {}",
+                        path.display(),
+                        plan.ssl.map_or("(none)", Mode::name),
+                        plan.bio.map_or("(none)", Mode::name),
+                    );
+                    debug!("TLS: {} probes {:?}", path.display(), plan.probes);
+                    Some(Rc::new(plan))
                 }
                 Ok(_) => None,
                 Err(e) => {
                     debug!("TLS: cannot read {}: {e}", path.display());
                     None
                 }
-            });
+            }
+        });
         Some(id)
     }
 
@@ -466,10 +680,7 @@ impl Tls {
         };
         let started = std::time::Instant::now();
         let mut links = Vec::new();
-        for (symbol, prog, _) in TLS_PROBES {
-            let Some(&(_, offset)) = offsets.iter().find(|(s, _)| *s == symbol) else {
-                continue;
-            };
+        for &(prog, offset, symbol) in &offsets.probes {
             let attached = uprobe(ebpf, prog).and_then(|p| {
                 p.attach(UProbeAttachLocation::AbsoluteOffset(offset), path, scope)
                     .map_err(anyhow::Error::from)
@@ -499,6 +710,18 @@ impl Tls {
         );
         self.links.entry(owner).or_default().insert(id, links);
         self.probed += 1;
+        self.probed_files.insert(id, offsets.mode());
+    }
+
+    /// The binaries probed since the start (each once, whoever for), by [`Plan::mode`]:
+    /// `internal` and `exported` always, the others when seen.
+    pub fn probed_binaries(&self) -> BTreeMap<&'static str, u64> {
+        let mut out: BTreeMap<&'static str, u64> =
+            [(Mode::Internal.name(), 0), (Mode::Exported.name(), 0)].into();
+        for mode in self.probed_files.values() {
+            *out.entry(mode).or_default() += 1;
+        }
+        out
     }
 
     /// A watched process started a new program: probe it if it carries OpenSSL.
@@ -614,6 +837,84 @@ mod tests {
         }
         // libssl calls BIO_write, libcrypto defines it.
         assert!(!offsets.iter().any(|(s, _)| *s == "BIO_write"));
+    }
+
+    #[test]
+    fn decodes_the_internal_call_of_a_wrapper() {
+        // Debian's OpenSSL 3.0 SSL_read_ex: sub $0x8,%rsp; call ssl_read_internal.
+        let ex = [
+            0x48, 0x83, 0xec, 0x08, 0xe8, 0xc7, 0xfd, 0xff, 0xff, 0x31, 0xd2,
+        ];
+        assert_eq!(passthrough_call(&ex), Some(0x35290 - 0x354c0));
+        // libcrypto's BIO_write_ex: push %rbp; mov %rdi,%rbp; push %rbx; mov %rdx,%rbx;
+        // sub $0x8,%rsp; call bio_write_intern (0x108910 -> 0x108270).
+        let bio = [
+            0x55, 0x48, 0x89, 0xfd, 0x53, 0x48, 0x89, 0xd3, 0x48, 0x83, 0xec, 0x08, 0xe8, 0x4f,
+            0xf9, 0xff, 0xff,
+        ];
+        assert_eq!(passthrough_call(&bio), Some(0x108270 - 0x108910));
+        // OpenSSL 3.2+ SSL_write_ex moves its 4th argument to the 5th (mov %rcx,%r8; xor
+        // %ecx,%ecx): the callee's arguments differ, not a pass-through.
+        let moved = [
+            0x48, 0x83, 0xec, 0x08, 0x49, 0x89, 0xc8, 0x31, 0xc9, 0xe8, 0, 0, 0, 0,
+        ];
+        assert_eq!(passthrough_call(&moved), None);
+        // A write to an argument register (mov %rsp,%rcx) before the call.
+        let clobber = [0x48, 0x89, 0xe1, 0xe8, 0, 0, 0, 0];
+        assert_eq!(passthrough_call(&clobber), None);
+        assert_eq!(passthrough_call(&[0x48, 0x83, 0xec, 0x08]), None);
+        // SSL_read: sub $0x18,%rsp; ...; call ssl_read_internal at +0x1e.
+        let mut plain = vec![0x90; 0x40];
+        plain[0x1e..0x23].copy_from_slice(&[0xe8, 0x3d, 0xfe, 0xff, 0xff]);
+        assert!(calls(&plain, 0x35290 - 0x35430));
+        assert!(!calls(&plain, 0x35290 - 0x35430 + 1));
+        // push %r13 / push %rbp are emulated, sub $0x18,%rsp / xor %eax,%eax are not.
+        assert!(emulated_entry(&[0x41, 0x55]) && emulated_entry(&[0x55]));
+        assert!(!emulated_entry(&[0x48, 0x83, 0xec, 0x18]) && !emulated_entry(&[0x31, 0xc0]));
+    }
+
+    #[test]
+    fn debian_libssl_is_probed_at_its_internal_functions() {
+        let libs = system_libraries();
+        let Some(ssl) = libs.iter().find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libssl.so.3"))
+        }) else {
+            panic!("no libssl.so.3 among {libs:?}: install libssl3");
+        };
+        let data = Mapped::open(ssl).unwrap();
+        let plan = plan(data.bytes()).unwrap();
+        assert_eq!(plan.ssl, Some(Mode::Internal), "{plan:?}");
+        let at = |what: &str| plan.probes.iter().filter(|p| p.2 == what).count();
+        assert_eq!(at("ssl_read_internal"), 2, "{plan:?}");
+        assert_eq!(at("ssl_write_internal"), 2, "{plan:?}");
+        for sym in ["SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex"] {
+            assert_eq!(at(sym), 0, "{sym} probed twice: {plan:?}");
+        }
+        assert_eq!(at("SSL_do_handshake"), 2, "{plan:?}");
+        for p in &plan.probes {
+            let code = &data.bytes()[p.1 as usize..];
+            if p.2.contains("internal") {
+                assert!(emulated_entry(code), "{p:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn debian_libcrypto_bio_write_is_probed_inside() {
+        let libs = system_libraries();
+        let crypto = libs
+            .iter()
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("libcrypto.so.3"))
+            })
+            .unwrap_or_else(|| panic!("no libcrypto.so.3 among {libs:?}"));
+        let data = Mapped::open(crypto).unwrap();
+        let plan = plan(data.bytes()).unwrap();
+        assert_eq!(plan.bio, Some(Mode::Internal), "{plan:?}");
+        assert_eq!(plan.probes.len(), 1, "{plan:?}");
+        assert_eq!(plan.probes[0].2, "bio_write_intern");
     }
 
     #[test]

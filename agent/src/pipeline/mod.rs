@@ -101,6 +101,8 @@ pub struct Pipeline {
     /// What the pipeline itself counted.
     pub stats: PipelineStats,
     kernel_totals: BTreeMap<String, u64>,
+    /// The binaries whose OpenSSL is probed, by mode (live capture with TLS only).
+    tls_probed: BTreeMap<&'static str, u64>,
     loss_log: crate::bounded::LogLimit,
     links_cap: usize,
     last_gc_ns: u64,
@@ -130,6 +132,7 @@ impl Pipeline {
             notes: Vec::new(),
             stats: PipelineStats::default(),
             kernel_totals: BTreeMap::new(),
+            tls_probed: BTreeMap::new(),
             loss_log: Default::default(),
             last_gc_ns: 0,
         }
@@ -248,6 +251,17 @@ impl Pipeline {
         self.kernel_totals = totals.clone();
     }
 
+    /// How many binaries have their OpenSSL probed, by mode: for the metrics and
+    /// `agent_stop`.
+    pub fn tls_probed(&mut self, binaries: BTreeMap<&'static str, u64>) {
+        self.tls_probed = binaries;
+    }
+
+    /// The binaries whose OpenSSL is probed, by mode, as last told.
+    pub fn tls_probed_binaries(&self) -> &BTreeMap<&'static str, u64> {
+        &self.tls_probed
+    }
+
     /// Entries forgotten to hold memory to the caps, by table.
     pub fn evictions(&self) -> BTreeMap<&'static str, u64> {
         self.tables().iter().map(|t| (t.name, t.evicted)).collect()
@@ -335,7 +349,11 @@ impl Pipeline {
             "streams_unterminated": b.unterminated,
             "http_errors": b.http_errors,
             "evictions": self.evictions(),
-            "tls": {"sockets": c.tls_sockets, "undecrypted": c.tls_undecrypted},
+            "tls": {
+                "sockets": c.tls_sockets,
+                "undecrypted": c.tls_undecrypted,
+                "probed_binaries": self.tls_probed,
+            },
             "kernel": self.kernel_totals,
         })
     }

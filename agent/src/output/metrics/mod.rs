@@ -543,6 +543,16 @@ pub mod defs {
         "TLS connections that ended with no plaintext captured: a TLS library other than OpenSSL (Go, rustls, Java, BoringSSL), OpenSSL without exported symbols, or a connection older than the probes."
     );
     def!(
+        AGENT_TLS_PROBED,
+        "mcptap_tls_probed_binaries",
+        Kind::Gauge,
+        ["mode"],
+        "mcptap.tls.probed_binaries",
+        "{binary}",
+        ["mode"],
+        "Binaries whose OpenSSL was probed since the start, by mode: internal (SSL_read/SSL_write probed at the internal functions they call, whose first instruction the kernel emulates), exported (at the exported symbols, single-stepped where they begin with an instruction the kernel cannot emulate), bio_internal or bio_exported (BIO_write alone: libcrypto)."
+    );
+    def!(
         AGENT_EXPORT_FAILURES,
         "mcptap_export_failures_total",
         Kind::Counter,
@@ -692,6 +702,7 @@ pub mod defs {
         &AGENT_REJECTED,
         &AGENT_GAPS,
         &AGENT_TLS_UNDECRYPTED,
+        &AGENT_TLS_PROBED,
         &AGENT_EXPORT_FAILURES,
         &AGENT_EXPORT_DROPPED,
         &AGENT_LABEL_OVERFLOW,

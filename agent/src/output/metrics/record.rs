@@ -304,6 +304,8 @@ pub struct AgentTotals<'a> {
     pub gaps: Option<&'a BTreeMap<&'static str, u64>>,
     /// TLS streams with no plaintext captured.
     pub tls_undecrypted: u64,
+    /// Binaries whose OpenSSL is probed, by mode.
+    pub tls_probed: Option<&'a BTreeMap<&'static str, u64>>,
     /// Kernel counters.
     pub kernel: Option<&'a BTreeMap<String, u64>>,
     /// Open tools/call by (tool, server).
@@ -332,6 +334,7 @@ pub fn agent(r: &mut Registry, t: &AgentTotals<'_>) {
         (&defs::AGENT_PARSE_ERRORS, t.parse_errors),
         (&defs::AGENT_REJECTED, t.rejected),
         (&defs::AGENT_GAPS, t.gaps),
+        (&defs::AGENT_TLS_PROBED, t.tls_probed),
     ] {
         for (k, v) in map.into_iter().flatten() {
             r.set(def, &[k], *v as f64);
