@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::Scale;
 use super::env::{CpuMeter, Env, Proc, free_port, wait_for_port};
-use super::stats::{Better, Ratio, median, quartiles, verdict};
+use super::stats::{Better, Ratio, against, median, quartiles};
 use crate::{root, step};
 
 /// A latency workload: (name, command to run, server to start first).
@@ -330,12 +330,17 @@ pub fn write_compared(md: &mut String, compared: &[Compared]) {
     }
 }
 
+/// The p50 on/off target of a workload: the uprobes' traps are allowed a little more.
+fn p50_target(name: &str) -> f64 {
+    if name.contains("HTTPS") { 1.05 } else { 1.03 }
+}
+
 /// The report's section 2.
 pub fn write_section(md: &mut String, s: &Scale, latency: &[Latency]) {
     let _ = writeln!(md, "\n## 2. Overhead on watched MCP traffic\n");
     let _ = writeln!(
         md,
-        "{} back-to-back `tools/call` after {} warm-up calls, agent off and on (watching every process), {} rounds; each round runs both, in alternating order. The p50 ratio is the median of the rounds' on/off ratios (quartiles in brackets: this machine's own round-to-round noise). Target: p50 ratio at most 1.03.\n",
+        "{} back-to-back `tools/call` after {} warm-up calls, agent off and on (watching every process), {} rounds; each round runs both, in alternating order. The p50 ratio is the median of the rounds' on/off ratios (quartiles in brackets: this machine's own round-to-round noise). Target: p50 ratio at most 1.03 (1.05 over HTTPS), \"met\" only when the quartile range is inside it, \"not met\" when it is outside, \"inconclusive\" when it straddles it.\n",
         s.calls, s.warmup, s.latency_rounds
     );
     let _ = writeln!(
@@ -353,7 +358,7 @@ pub fn write_section(md: &mut String, s: &Scale, latency: &[Latency]) {
             r,
             l.ratio_spread.0,
             l.ratio_spread.1,
-            verdict(r <= 1.03),
+            against(l.ratio_spread, p50_target(l.name), Better::Lower),
             l.off.1,
             l.on.1,
             l.agent_cpu,

@@ -10,7 +10,7 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     // An even count has two middle values: their mean, not the upper one (which leans high).
     let n = v.len();
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     } else {
         v[n / 2]
@@ -31,6 +31,27 @@ pub fn quartiles(mut v: Vec<f64>) -> (f64, f64) {
 /// A target met or not, as the report says it.
 pub fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "**not met**" }
+}
+
+/// A target judged on a figure's quartiles (`(q1, q3)`): "met" only when the whole range is
+/// on the good side of `limit`, "not met" when the whole range is on the bad side, and
+/// "inconclusive" when it straddles the limit (this machine's noise decides nothing then).
+pub fn against(q: (f64, f64), limit: f64, better: Better) -> &'static str {
+    let (q1, q3) = q;
+    if !q1.is_finite() || !q3.is_finite() {
+        return "inconclusive";
+    }
+    let (met, missed) = match better {
+        Better::Higher => (q1 >= limit, q3 < limit),
+        Better::Lower => (q3 <= limit, q1 > limit),
+    };
+    if met {
+        "met"
+    } else if missed {
+        "**not met**"
+    } else {
+        "inconclusive"
+    }
 }
 
 /// Which way a before/after ratio (current over baseline) improves.
@@ -105,7 +126,23 @@ impl Ratio {
 
 #[cfg(test)]
 mod tests {
-    use super::{Better, change, median};
+    use super::{Better, against, change, median};
+
+    #[test]
+    fn a_target_is_met_only_when_the_quartiles_are_inside_it() {
+        assert_eq!(against((0.98, 1.02), 1.03, Better::Lower), "met");
+        assert_eq!(against((1.01, 1.08), 1.03, Better::Lower), "inconclusive");
+        assert_eq!(against((1.04, 1.08), 1.03, Better::Lower), "**not met**");
+        assert_eq!(against((610e3, 650e3), 600e3, Better::Higher), "met");
+        assert_eq!(
+            against((590e3, 650e3), 600e3, Better::Higher),
+            "inconclusive"
+        );
+        assert_eq!(
+            against((f64::NAN, 1.0), 1.03, Better::Lower),
+            "inconclusive"
+        );
+    }
 
     #[test]
     fn median_of_an_even_count_is_the_mean_of_the_middle_two() {
