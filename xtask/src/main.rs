@@ -67,7 +67,7 @@ enum Task {
         /// goes to target/bench-baseline.md, never to BENCHMARKS.md.
         #[arg(long, value_name = "REV")]
         baseline: Option<String>,
-        /// Only these sections, comma-separated (names or numbers 1-5), e.g.
+        /// Only these sections, comma-separated (names or numbers 1-6), e.g.
         /// `--only capacity,replay`; the report then goes to target/ (bench-partial.md, or
         /// bench-baseline.md with --baseline).
         #[arg(long, value_name = "LIST", value_delimiter = ',')]

@@ -220,12 +220,12 @@ pub fn write_section(md: &mut String, s: &Scale, results: &[(Series, Vec<Capacit
     let _ = writeln!(md, "\n## 3. Capacity\n");
     let _ = writeln!(
         md,
-        "A synthetic client sends `tools/call` requests at a set rate ({} s each step), a server answers each; both watched, so every message is captured twice. A step passes with no kernel loss, every exchange correlated, and the rate achieved. Targets: 150,000 messages/s of 200 B; 1,000 MB/s of 64 KiB messages (a single ladder, no rounds: the verdict has no spread to judge).\n",
+        "A synthetic client sends `tools/call` requests at a set rate ({} s each step), a server answers each with a short result; both ends are watched, so every message is captured twice. Rates count requests per second (the messages crossing are twice that), and MB/s counts the request bytes (one direction). A step passes with no kernel loss, every exchange correlated, and the rate achieved. Targets: 150,000 requests/s of 200 B; 1,000 MB/s of 64 KiB requests (a single ladder, no rounds: the verdict has no spread to judge).\n",
         s.capacity_secs
     );
     let _ = writeln!(
         md,
-        "| transport | size | rate asked /s | achieved /s | MB/s | correlated | lost | agent CPU | agent peak RSS | pass |\n|---|---|---|---|---|---|---|---|---|---|"
+        "| transport | size B | requests/s asked | requests/s achieved | request MB/s | correlated | lost | agent CPU | agent peak RSS | pass |\n|---|---|---|---|---|---|---|---|---|---|"
     );
     let mut best_of = BTreeMap::new();
     for (series, runs) in results {
@@ -252,13 +252,13 @@ pub fn write_section(md: &mut String, s: &Scale, results: &[(Series, Vec<Capacit
         if *size == 200 {
             let _ = writeln!(
                 md,
-                "\nHighest passing rate, 200 B over {name}: {v:.0} messages/s ({}).",
+                "\nHighest passing rate, 200 B over {name}: {v:.0} requests/s ({}).",
                 verdict(*v >= 150_000.0)
             );
         } else {
             let _ = writeln!(
                 md,
-                "\nHighest passing rate, 64 KiB over {name}: {v:.0} MB/s ({}).",
+                "\nHighest passing rate, 64 KiB over {name}: {v:.0} request MB/s ({}).",
                 verdict(*v >= 1000.0)
             );
         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 
 use super::Scale;
-use super::env::{CpuMeter, Env, Proc, free_port, wait_for_port};
+use super::env::{CpuMeter, Env, Proc, free_port, http_get, metric, wait_for_port};
 use super::stats::{Better, Ratio, against, median, quartiles};
 use crate::{root, step};
 
@@ -55,6 +55,47 @@ fn self_signed(dir: &Path) -> Result<PathBuf> {
         bail!("openssl req could not make a certificate");
     }
     Ok(cert)
+}
+
+/// The TypeScript SDK over stdio echoing a message of `size` bytes (the payload curve).
+pub fn payload_workload(env: &Env, s: &Scale, size: usize) -> Workload {
+    let node_dir = env.peers.join("node");
+    let everything = "node_modules/@modelcontextprotocol/server-everything/dist/index.js";
+    let _ = std::fs::copy(
+        root().join("tests/fixtures/node_bench.mjs"),
+        node_dir.join("node_bench.mjs"),
+    );
+    let mut client = Command::new("node");
+    client.current_dir(&node_dir).args([
+        "node_bench.mjs",
+        everything,
+        &s.calls.to_string(),
+        &s.warmup.to_string(),
+        "--size",
+        &size.to_string(),
+    ]);
+    Workload {
+        name: "TypeScript SDK ↔ server-everything, stdio, sized echo",
+        client,
+        server: None,
+    }
+}
+
+/// `rounds` rounds of `w` off and on, alternating which goes first: each round's p50
+/// on/off ratio.
+pub fn on_off_ratios(env: &Env, w: &mut Workload, rounds: usize, calls: u64) -> Result<Vec<f64>> {
+    let mut ratios = Vec::new();
+    for round in 0..rounds {
+        let (mut off, mut on) = (f64::NAN, f64::NAN);
+        for arm in order(round, false) {
+            match arm {
+                Arm::Off => off = run_latency(w)?.0,
+                _ => on = run_watched(env, w, calls)?.times.0,
+            }
+        }
+        ratios.push(on / off);
+    }
+    Ok(ratios)
 }
 
 /// The TypeScript SDK over stdio and Streamable HTTP, and the Python SDK over stdio.
@@ -151,6 +192,8 @@ pub struct Latency {
     ratio_spread: (f64, f64),
     agent_cpu: f64,
     agent_hwm_kb: u64,
+    /// The fewest `tools/call` exchanges the agent reported in one "on" run.
+    captured: f64,
 }
 
 /// One run of the workload's client: (p50, p99) ms.
@@ -164,14 +207,50 @@ pub fn run_latency(w: &mut Workload) -> Result<(f64, f64)> {
     ))
 }
 
-/// A run with the agent on: ((p50, p99) ms, agent CPU %, agent VmHWM kB).
-fn run_watched(env: &Env, w: &mut Workload) -> Result<((f64, f64), f64, u64)> {
-    let agent = env.agent(free_port(), &[])?;
+/// What one run with the agent on measured.
+struct OnRun {
+    /// (p50, p99) ms.
+    times: (f64, f64),
+    /// Agent CPU, %, and VmHWM, kB.
+    cpu: f64,
+    hwm: u64,
+    /// `tools/call` exchanges the agent reported.
+    captured: f64,
+}
+
+/// The `tools/call` exchanges an agent on `port` reports, once it reports `calls` (a figure
+/// "on" means nothing unless the agent saw what it timed: over HTTPS, through the uprobes);
+/// an error if it falls short for 10 s.
+fn captured_calls(port: u16, name: &str, calls: u64) -> Result<f64> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = http_get(port, "/metrics").unwrap_or_default();
+        let n = metric(&text, "mcp_requests_total", &["method=\"tools/call\""]);
+        if n >= calls as f64 {
+            return Ok(n);
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("{name}: the agent reported {n} of the {calls} calls it was timed on");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A run with the agent on, proved to have captured the calls it timed.
+fn run_watched(env: &Env, w: &mut Workload, calls: u64) -> Result<OnRun> {
+    let port = free_port();
+    let agent = env.agent(port, &[])?;
     let meter = CpuMeter::start(&agent);
     let times = run_latency(w)?;
     let (cpu, hwm) = meter.read(&agent);
+    let captured = captured_calls(port, w.name, calls)?;
     agent.stop();
-    Ok((times, cpu, hwm))
+    Ok(OnRun {
+        times,
+        cpu,
+        hwm,
+        captured,
+    })
 }
 
 /// Who runs in a round's part: no agent, the current agent or the baseline's.
@@ -211,13 +290,15 @@ struct Watched {
     times: Vec<(f64, f64)>,
     cpu: Vec<f64>,
     hwm: u64,
+    captured: Vec<f64>,
 }
 
 impl Watched {
-    fn push(&mut self, (times, cpu, hwm): ((f64, f64), f64, u64)) {
-        self.times.push(times);
-        self.cpu.push(cpu);
-        self.hwm = self.hwm.max(hwm);
+    fn push(&mut self, r: OnRun) {
+        self.times.push(r.times);
+        self.cpu.push(r.cpu);
+        self.hwm = self.hwm.max(r.hwm);
+        self.captured.push(r.captured);
     }
 }
 
@@ -245,8 +326,10 @@ fn measure_one(
         for arm in order(round, base.is_some()) {
             match arm {
                 Arm::Off => off.push(run_latency(&mut w)?),
-                Arm::Current => on.push(run_watched(env, &mut w)?),
-                Arm::Baseline => theirs.push(run_watched(base.expect("a baseline"), &mut w)?),
+                Arm::Current => on.push(run_watched(env, &mut w, s.calls)?),
+                Arm::Baseline => {
+                    theirs.push(run_watched(base.expect("a baseline"), &mut w, s.calls)?)
+                }
             }
         }
     }
@@ -278,6 +361,7 @@ fn measure_one(
         ratio_spread: quartiles(ratios),
         agent_cpu: median(on.cpu),
         agent_hwm_kb: on.hwm,
+        captured: on.captured.iter().copied().fold(f64::INFINITY, f64::min),
     };
     Ok((latency, compared))
 }
@@ -340,18 +424,18 @@ pub fn write_section(md: &mut String, s: &Scale, latency: &[Latency]) {
     let _ = writeln!(md, "\n## 2. Overhead on watched MCP traffic\n");
     let _ = writeln!(
         md,
-        "{} back-to-back `tools/call` after {} warm-up calls, agent off and on (watching every process), {} rounds; each round runs both, in alternating order. The p50 ratio is the median of the rounds' on/off ratios (quartiles in brackets: this machine's own round-to-round noise). Target: p50 ratio at most 1.03 (1.05 over HTTPS), \"met\" only when the quartile range is inside it, \"not met\" when it is outside, \"inconclusive\" when it straddles it.\n",
+        "{} back-to-back `tools/call` after {} warm-up calls, agent off and on (watching every process), {} rounds; each round runs both, in alternating order. The p50 ratio is the median of the rounds' on/off ratios (quartiles in brackets: this machine's own round-to-round noise). Every \"on\" run must see the agent report at least the calls it timed (`mcp_requests_total{{method=\"tools/call\"}}` on its `/metrics`; over HTTPS that needs the uprobes), or the bench stops. Target: p50 ratio at most 1.03 (1.05 over HTTPS), \"met\" only when the quartile range is inside it, \"not met\" when it is outside, \"inconclusive\" when it straddles it.\n",
         s.calls, s.warmup, s.latency_rounds
     );
     let _ = writeln!(
         md,
-        "| workload | p50 off ms | p50 on ms | p50 ratio | p99 off ms | p99 on ms | agent CPU | agent peak RSS |\n|---|---|---|---|---|---|---|---|"
+        "| workload | p50 off ms | p50 on ms | p50 ratio | p99 off ms | p99 on ms | agent CPU | agent peak RSS | calls the agent reported (fewest in one run) |\n|---|---|---|---|---|---|---|---|---|"
     );
     for l in latency {
         let r = l.ratio;
         let _ = writeln!(
             md,
-            "| {} | {:.3} | {:.3} | {:.3} [{:.2}–{:.2}] ({}) | {:.3} | {:.3} | {:.1}% | {} MiB |",
+            "| {} | {:.3} | {:.3} | {:.3} [{:.2}–{:.2}] ({}) | {:.3} | {:.3} | {:.1}% | {} MiB | {:.0} |",
             l.name,
             l.off.0,
             l.on.0,
@@ -362,7 +446,8 @@ pub fn write_section(md: &mut String, s: &Scale, latency: &[Latency]) {
             l.off.1,
             l.on.1,
             l.agent_cpu,
-            l.agent_hwm_kb / 1024
+            l.agent_hwm_kb / 1024,
+            l.captured
         );
     }
 }

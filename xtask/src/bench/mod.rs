@@ -9,8 +9,10 @@
 //! 3. Capacity: the highest rate with no kernel loss and every exchange correlated
 //!    ([`capacity`]).
 //! 4. The userspace pipeline alone, on a recorded capture, with a profile ([`replay`]).
-//! 5. Footprint: agent CPU and RSS under load, and RSS with 1,000 sessions open
+//! 5. Footprint: agent CPU and RSS under load, and RSS with 10,000 sessions open
 //!    ([`footprint`]).
+//! 6. How cost grows: agent CPU against rate, RSS against sessions and message size, drawn
+//!    as SVG images beside the report ([`growth`]).
 //!
 //! With `--baseline REV` ([`baseline`]), an older revision's agent is built from its own
 //! tree and measured beside this tree's, interleaved in the same run, and the report gains a
@@ -24,6 +26,7 @@ mod baseline;
 mod capacity;
 mod env;
 mod footprint;
+mod growth;
 mod latency;
 mod replay;
 mod soak;
@@ -31,7 +34,7 @@ mod stats;
 mod unwatched;
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Result, bail};
@@ -61,6 +64,13 @@ pub struct Scale {
     small_rates: &'static [u64],
     large_rates: &'static [u64],
     sessions: u64,
+    /// Session counts of the RSS curve (section 6).
+    session_curve: &'static [u64],
+    /// Message sizes of the RSS curve, sent at `size_curve_rate` messages/s over a pipe.
+    size_curve: &'static [usize],
+    size_curve_rate: u64,
+    /// Echo sizes of the p50 on/off curve.
+    payload_curve: &'static [usize],
     /// Replay rounds of the before/after comparison (each replays with both binaries).
     replay_rounds: usize,
 }
@@ -77,7 +87,11 @@ const FULL: Scale = Scale {
     capacity_secs: 3.0,
     small_rates: &[10_000, 25_000, 50_000, 75_000, 100_000, 150_000, 200_000],
     large_rates: &[1_000, 2_000, 4_000, 8_000, 12_000, 16_000],
-    sessions: 1000,
+    sessions: 10_000,
+    session_curve: &[10, 100, 1000, 10_000],
+    size_curve: &[256, 4096, 65_536, 262_144, 1_048_576],
+    size_curve_rate: 200,
+    payload_curve: &[16, 1024, 16_384, 262_144],
     replay_rounds: 9,
 };
 
@@ -94,6 +108,10 @@ const SMOKE: Scale = Scale {
     small_rates: &[5_000],
     large_rates: &[500],
     sessions: 50,
+    session_curve: &[10, 50],
+    size_curve: &[256, 65_536],
+    size_curve_rate: 100,
+    payload_curve: &[16, 16_384],
     replay_rounds: 3,
 };
 
@@ -115,6 +133,9 @@ pub enum Section {
     /// Section 5, footprint.
     #[value(alias = "5")]
     Footprint,
+    /// Section 6, how cost grows (curves drawn as images).
+    #[value(alias = "6")]
+    Growth,
 }
 
 impl Section {
@@ -187,6 +208,7 @@ struct Results {
     capacity: Vec<(Series, Vec<CapacityRun>)>,
     replay: Replay,
     footprint: Footprint,
+    growth: growth::Growth,
 }
 
 /// A run: the current binary's environment, the baseline's if there is one, the scale.
@@ -268,6 +290,11 @@ impl Run<'_> {
             } else {
                 Footprint::default()
             },
+            growth: if want(Section::Growth) {
+                growth::measure(self.env, self.s)?
+            } else {
+                growth::Growth::default()
+            },
         };
         Ok((results, compared))
     }
@@ -280,7 +307,8 @@ fn report(
     opts: &Options,
     r: &Results,
     before_after: Option<(&Baseline, &Compared)>,
-) -> String {
+    images: &growth::Images,
+) -> Result<String> {
     let mut md = String::new();
     let _ = writeln!(md, "# mcptap benchmarks\n");
     let _ = writeln!(
@@ -305,10 +333,27 @@ fn report(
     if want(Section::Footprint) {
         footprint::write_section(&mut md, s, &r.footprint);
     }
+    if want(Section::Growth) {
+        growth::write_section(&mut md, s, images, &r.capacity, &r.growth)?;
+    }
     if let Some((b, c)) = before_after {
         baseline::write_section(&mut md, b, c);
     }
-    md
+    Ok(md)
+}
+
+/// The images of a report go beside it, named after it (`BENCHMARKS.md`: `bench-*.svg`).
+fn images_of(report: &Path) -> growth::Images {
+    let stem = report.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+    growth::Images {
+        dir: report.parent().map(Path::to_path_buf).unwrap_or_default(),
+        prefix: match stem {
+            "bench-smoke" => "bench-smoke-",
+            "bench-baseline" => "bench-baseline-",
+            "bench-partial" => "bench-partial-",
+            _ => "bench-",
+        },
+    }
 }
 
 /// The machine, kernel, commit and time of a run, as one sentence for a report's head.
@@ -418,8 +463,14 @@ pub fn bench(opts: &Options) -> Result<()> {
         s,
     };
     let (results, compared) = run.measure(opts)?;
-    let md = report(s, opts, &results, baseline.as_ref().map(|b| (b, &compared)));
     let out = report_path(opts);
+    let md = report(
+        s,
+        opts,
+        &results,
+        baseline.as_ref().map(|b| (b, &compared)),
+        &images_of(&out),
+    )?;
     std::fs::write(&out, &md)?;
     step(&format!("wrote {}", out.display()));
     print!("{md}");

@@ -55,7 +55,7 @@ impl Soak {
     }
 
     /// Run the workloads' clients in turn until `end`, sampling every 30 s.
-    fn drive(&mut self, loads: &mut [Workload], calls: u64, end: Instant) -> Result<()> {
+    fn drive(&mut self, loads: &mut [Workload], end: Instant) -> Result<()> {
         let mut next_sample = self.start;
         let mut i = 0;
         while Instant::now() < end {
@@ -70,7 +70,13 @@ impl Soak {
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
-            self.made += calls;
+            // Counted by the client (every call that returned), not assumed from what it
+            // was asked to make.
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .with_context(|| format!("{}: {}", w.name, String::from_utf8_lossy(&out.stdout)))?;
+            self.made += v["made"]
+                .as_u64()
+                .with_context(|| format!("{} printed no \"made\" count", w.name))?;
             if Instant::now() >= next_sample {
                 next_sample += Duration::from_secs(30);
                 self.sample();
@@ -118,7 +124,7 @@ fn report(minutes: u64, loads: &[Workload], samples: &[Sample], hwm_kb: u64) -> 
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "# mcptap soak\n\n{minutes} min of steady load ({}), mcptap watching the soak's process tree. {}.\n\n| s | RSS MiB | calls made | calls counted | lost events |\n|---|---|---|---|---|",
+        "# mcptap soak\n\n{minutes} min of steady load ({}), mcptap watching the soak's process tree. {}.\n\n| s | RSS MiB | calls made (counted by the clients) | calls counted by mcptap | lost events |\n|---|---|---|---|---|",
         loads.iter().map(|w| w.name).collect::<Vec<_>>().join("; "),
         machine()
     );
@@ -181,7 +187,7 @@ pub fn soak(minutes: u64) -> Result<()> {
         samples: Vec::new(),
     };
     step(&format!("soak: {minutes} min of steady MCP load"));
-    soak.drive(&mut loads, scale.calls, end)?;
+    soak.drive(&mut loads, end)?;
     std::thread::sleep(Duration::from_secs(3));
     soak.sample();
     let (_, _, hwm) = soak.agent.usage();

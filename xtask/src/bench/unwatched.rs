@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::Scale;
 use super::env::{Env, State, free_port};
-use super::stats::{Better, Ratio, median, verdict};
+use super::stats::{Better, Ratio, against, median, quartiles};
 use crate::step;
 
 /// ns per syscall of `dd bs=64 | cat` (dd's reads and writes; cat runs on the other core).
@@ -64,14 +64,36 @@ const UNWATCHED: [(&str, &str); 4] = [
     ),
 ];
 
-/// Median ns/syscall by workload (as [`UNWATCHED`]) and state label.
-pub struct Unwatched(Vec<BTreeMap<&'static str, f64>>);
+/// Median ns/syscall by workload (as [`UNWATCHED`]) and state label; and each round's
+/// median, by the same keys, for the ratios' spread.
+pub struct Unwatched(
+    Vec<BTreeMap<&'static str, f64>>,
+    Vec<BTreeMap<&'static str, Vec<f64>>>,
+);
 
 impl Unwatched {
     /// Not measured: every figure NaN.
     pub fn empty() -> Self {
         let m: BTreeMap<_, _> = State::EVERY.iter().map(|s| (s.label(), f64::NAN)).collect();
-        Unwatched(vec![m; UNWATCHED.len()])
+        Unwatched(
+            vec![m; UNWATCHED.len()],
+            vec![BTreeMap::new(); UNWATCHED.len()],
+        )
+    }
+
+    /// Workload `w`'s ratio in state `st`, mcptap's added cost over the floor's, per round.
+    fn round_ratios(&self, w: usize, st: State) -> Vec<f64> {
+        let m = &self.1[w];
+        let (Some(none), Some(floor), Some(ns)) = (
+            m.get(State::None.label()),
+            m.get(State::Floor.label()),
+            m.get(st.label()),
+        ) else {
+            return Vec::new();
+        };
+        (0..ns.len().min(none.len()).min(floor.len()))
+            .map(|r| (ns[r] - none[r]) / (floor[r] - none[r]))
+            .collect()
     }
 }
 
@@ -97,14 +119,21 @@ struct Arm {
 /// alternating from round to round.
 fn arms(round: usize, with_baseline: bool) -> Vec<Arm> {
     let arm = |state, baseline| Arm { state, baseline };
-    if !with_baseline {
-        return State::EVERY.iter().map(|&st| arm(st, false)).collect();
-    }
-    let mut v = vec![arm(State::None, false), arm(State::Floor, false)];
-    for st in [State::Other, State::All] {
-        let base_first = round % 2 == 1;
-        v.push(arm(st, base_first));
-        v.push(arm(st, !base_first));
+    let mut v = if with_baseline {
+        let mut v = vec![arm(State::None, false), arm(State::Floor, false)];
+        for st in [State::Other, State::All] {
+            let base_first = round % 2 == 1;
+            v.push(arm(st, base_first));
+            v.push(arm(st, !base_first));
+        }
+        v
+    } else {
+        State::EVERY.iter().map(|&st| arm(st, false)).collect()
+    };
+    // Every other round runs the states the other way round, so that a drift over the run
+    // (the machine warming, another tenant) does not always favour the same state.
+    if round % 2 == 1 {
+        v.reverse();
     }
     v
 }
@@ -161,10 +190,20 @@ pub fn measure(env: &Env, base: Option<&Env>, s: &Scale) -> Result<(Unwatched, O
             }
         }
     }
+    let rounds = per_round
+        .iter()
+        .map(|m| {
+            m.iter()
+                .filter(|((_, baseline), _)| !baseline)
+                .map(|((label, _), v)| (*label, v.clone()))
+                .collect()
+        })
+        .collect();
     let current = Unwatched(
         runs.into_iter()
             .map(|m| m.into_iter().map(|(k, v)| (k, median(v))).collect())
             .collect(),
+        rounds,
     );
     Ok((current, base.map(|_| compare(&per_round))))
 }
@@ -233,7 +272,7 @@ pub fn write_section(md: &mut String, u: &Unwatched) {
     let _ = writeln!(md, "## 1. Cost to processes mcptap does not watch\n");
     let _ = writeln!(
         md,
-        "ns per syscall of each workload; the ratio is mcptap's added cost over the floor's added cost (target at most 1.2×). Workloads: {}.\n",
+        "ns per syscall of each workload; the ratio is mcptap's added cost over the floor's added cost, with the quartiles of the rounds' ratios in brackets (target at most 1.2×: met only when the quartile range is inside it, inconclusive when it straddles it). The states run in the opposite order every other round. Workloads: {}.\n",
         UNWATCHED
             .iter()
             .map(|(n, d)| format!("*{n}*: {d}"))
@@ -261,11 +300,14 @@ pub fn write_section(md: &mut String, u: &Unwatched) {
             let floor = m[State::Floor.label()] - base;
             if matches!(st, State::Other | State::All) {
                 let r = (ns - base) / floor;
-                let _ = write!(row, " {ns:.0} | {r:.2}× |");
+                let q = quartiles(u.round_ratios(w, st));
+                let _ = write!(row, " {ns:.0} | {r:.2}× [{:.2}–{:.2}] |", q.0, q.1);
                 parts.push(format!(
-                    "{} {r:.2}× ({})",
+                    "{} {r:.2}× [{:.2}–{:.2}] ({})",
                     UNWATCHED[w].0,
-                    verdict(r <= 1.2)
+                    q.0,
+                    q.1,
+                    against(q, 1.2, Better::Lower)
                 ));
             } else {
                 let _ = write!(row, " {ns:.0} | |");
