@@ -168,7 +168,7 @@ impl Reassembly {
                 has_bytes: !rec.data.is_empty(),
             };
         }
-        let end = h.offset + rec.data.len() as u64;
+        let end = h.offset.saturating_add(rec.data.len() as u64);
         if end < h.total {
             self.inflight = Some(Inflight {
                 tid: h.tid,
