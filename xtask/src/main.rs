@@ -226,7 +226,7 @@ fn test(filter: Option<String>) -> Result<()> {
     if filter.is_none() {
         // Short passes of the long-running tools, so that they cannot rot.
         step("fuzzing every target briefly (the long runs are `cargo xtask fuzz`)");
-        fuzz::fuzz(FUZZ_SMOKE_SECONDS, &[])?;
+        fuzz::fuzz(FUZZ_SMOKE_SECONDS, &[], fuzz::Build::Checked)?;
         step("benchmark smoke run (the full suite is `cargo xtask bench`)");
         bench::bench(&bench::Options::smoke())?;
     }
@@ -303,7 +303,7 @@ fn main() -> ExitCode {
             baseline,
             only,
         }),
-        Task::Fuzz { seconds, targets } => fuzz::fuzz(seconds, &targets),
+        Task::Fuzz { seconds, targets } => fuzz::fuzz(seconds, &targets, fuzz::Build::Sanitized),
         Task::Soak { minutes } => bench::soak(minutes),
     };
     match r {
