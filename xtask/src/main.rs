@@ -246,6 +246,13 @@ fn lint() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // Every module's docs build without a broken or private link.
+    run(cargo().env("RUSTDOCFLAGS", "-D warnings").args([
+        "doc",
+        "--package",
+        "mcptap",
+        "--no-deps",
+    ]))?;
     // The no_std eBPF crate only builds for the BPF target, on nightly.
     run(Command::new("rustup")
         .current_dir(root().join("agent-ebpf"))

@@ -713,7 +713,7 @@ impl Tls {
         self.probed_files.insert(id, offsets.mode());
     }
 
-    /// The binaries probed since the start (each once, whoever for), by [`Plan::mode`]:
+    /// The binaries probed since the start (each once, whoever for), by `Plan::mode`:
     /// `internal` and `exported` always, the others when seen.
     pub fn probed_binaries(&self) -> BTreeMap<&'static str, u64> {
         let mut out: BTreeMap<&'static str, u64> =
