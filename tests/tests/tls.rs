@@ -36,6 +36,23 @@ fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+/// Fetch `url` with curl (OpenSSL, trusting `cert`); asserts it succeeded and returns curl's
+/// pid.
+fn curl_fetch(cert: &Path, url: &str) -> u32 {
+    let curl = Command::new("curl")
+        .args(["-sS", "--fail", "-o", "/dev/null", "--cacert"])
+        .arg(cert)
+        .arg(url)
+        .spawn()
+        .expect("run curl");
+    let pid = curl.id();
+    assert!(
+        curl.wait_with_output().unwrap().status.success(),
+        "curl failed"
+    );
+    pid
+}
+
 fn python(venv: &str) -> PathBuf {
     peers().join(venv).join("bin/python")
 }
@@ -292,15 +309,7 @@ fn https_that_is_not_mcp_is_rejected() {
     let port = port();
     let agent = Agent::start_with_env(&dir, &[], DEBUG);
     let server = static_https_server(&dir, port, &cert);
-    let curl = Command::new("curl")
-        .args(["-sS", "--fail", "-o", "/dev/null", "--cacert"])
-        .arg(&cert)
-        .arg(format!("https://127.0.0.1:{port}/page.html"))
-        .spawn()
-        .expect("run curl");
-    let curl_pid = curl.id();
-    let out = curl.wait_with_output().unwrap();
-    assert!(out.status.success(), "curl failed");
+    let curl_pid = curl_fetch(&cert, &format!("https://127.0.0.1:{port}/page.html"));
     let server_pid = server.pid();
     drop(server);
     let binds = metric_reaching(
@@ -354,17 +363,7 @@ fn tls_that_cannot_be_decrypted_is_counted_not_shipped() {
     let server = tlslite_server(&dir, port, &cert, &key);
     const UNDECRYPTED: &str = "mcptap_tls_undecrypted_streams_total";
     let before = metric_reaching(&agent, UNDECRYPTED, &[], 0.0);
-    let curl = Command::new("curl")
-        .args(["-sS", "--fail", "-o", "/dev/null", "--cacert"])
-        .arg(&cert)
-        .arg(format!("https://127.0.0.1:{port}/"))
-        .spawn()
-        .expect("run curl");
-    let curl_pid = curl.id();
-    assert!(
-        curl.wait_with_output().unwrap().status.success(),
-        "curl failed"
-    );
+    let curl_pid = curl_fetch(&cert, &format!("https://127.0.0.1:{port}/"));
     let server_pid = server.pid();
     // Counted when the connection ends: the server closes it after the page.
     let after = metric_reaching(&agent, UNDECRYPTED, &[], before + 1.0);
@@ -407,17 +406,7 @@ fn openssl_ssl_bio_is_decrypted() {
         .arg("-key")
         .arg(&key);
     let server = Server::on_port(&mut s, &dir, "s_server", port);
-    let curl = Command::new("curl")
-        .args(["-sS", "--fail", "-o", "/dev/null", "--cacert"])
-        .arg(&cert)
-        .arg(format!("https://127.0.0.1:{port}/"))
-        .spawn()
-        .expect("run curl");
-    let curl_pid = curl.id();
-    assert!(
-        curl.wait_with_output().unwrap().status.success(),
-        "curl failed"
-    );
+    let curl_pid = curl_fetch(&cert, &format!("https://127.0.0.1:{port}/"));
     let server_pid = server.pid();
     let rejected = metric_reaching(
         &agent,

@@ -111,14 +111,7 @@ impl ProcHost {
         let Ok(dir) = std::fs::read_dir("/proc") else {
             return;
         };
-        for entry in dir.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
+        for pid in pids_in(dir) {
             let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
                 continue;
             };
@@ -169,6 +162,12 @@ impl ProcHost {
         self.forced.insert(key);
         true
     }
+}
+
+/// The pids among the entries of a /proc listing (its numbered directories).
+pub fn pids_in(dir: std::fs::ReadDir) -> impl Iterator<Item = u32> {
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
 }
 
 /// `pipe:[123]` or `socket:[456]`, as /proc/PID/fd links read.

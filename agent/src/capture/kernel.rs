@@ -676,14 +676,7 @@ fn mark_existing(watch: &mut Array<&mut MapData, u64>, scope: &Scope) -> Result<
     };
     // pid → (parent, comm), to find the descendants of every --pid as well.
     let mut procs: std::collections::HashMap<u32, (u32, String)> = Default::default();
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in super::host::pids_in(dir) {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
