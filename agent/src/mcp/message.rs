@@ -155,14 +155,33 @@ impl ParseError {
     }
 }
 
+/// A string borrowed from the frame unless it holds escapes. serde borrows a `Cow` field
+/// only when it is not inside an `Option` (an `Option<Cow<str>>` always allocates): this
+/// newtype makes the optional fields borrow too.
+#[derive(Deserialize)]
+struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl Str<'_> {
+    fn into_owned(self) -> String {
+        self.0.into_owned()
+    }
+}
+
+impl std::ops::Deref for Str<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
 #[derive(Deserialize)]
 struct Envelope<'a> {
     #[serde(borrow)]
-    jsonrpc: Option<Cow<'a, str>>,
+    jsonrpc: Option<Str<'a>>,
     #[serde(borrow)]
     id: Option<&'a RawValue>,
     #[serde(borrow)]
-    method: Option<Cow<'a, str>>,
+    method: Option<Str<'a>>,
     #[serde(borrow)]
     params: Option<&'a RawValue>,
     #[serde(borrow)]
@@ -171,22 +190,41 @@ struct Envelope<'a> {
     error: Option<ErrorObject<'a>>,
 }
 
+/// The envelope with its params and result read in the same pass: what nearly every message
+/// is. A message whose params or result do not fit ([`Params`], [`ResultFields`]) fails this
+/// and is read again through [`Envelope`], which takes them as raw text.
+#[derive(Deserialize)]
+struct Typed<'a> {
+    #[serde(borrow)]
+    jsonrpc: Option<Str<'a>>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    method: Option<Str<'a>>,
+    #[serde(borrow)]
+    params: Option<Params<'a>>,
+    #[serde(borrow)]
+    result: Option<ResultFields<'a>>,
+    #[serde(borrow)]
+    error: Option<ErrorObject<'a>>,
+}
+
 #[derive(Deserialize)]
 struct ErrorObject<'a> {
     code: Option<i64>,
     #[serde(borrow)]
-    message: Option<Cow<'a, str>>,
+    message: Option<Str<'a>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct Params<'a> {
     #[serde(borrow)]
-    name: Option<Cow<'a, str>>,
+    name: Option<Str<'a>>,
     #[serde(borrow)]
-    uri: Option<Cow<'a, str>>,
+    uri: Option<Str<'a>>,
     #[serde(rename = "protocolVersion", borrow)]
-    protocol_version: Option<Cow<'a, str>>,
+    protocol_version: Option<Str<'a>>,
     #[serde(rename = "clientInfo", borrow)]
     client_info: Option<Info<'a>>,
     #[serde(rename = "requestId", borrow)]
@@ -201,11 +239,11 @@ struct Params<'a> {
 #[serde(default)]
 struct Meta<'a> {
     #[serde(borrow)]
-    traceparent: Option<Cow<'a, str>>,
+    traceparent: Option<Str<'a>>,
     #[serde(borrow)]
-    tracestate: Option<Cow<'a, str>>,
+    tracestate: Option<Str<'a>>,
     #[serde(rename = "io.modelcontextprotocol/protocolVersion", borrow)]
-    protocol_version: Option<Cow<'a, str>>,
+    protocol_version: Option<Str<'a>>,
     #[serde(rename = "io.modelcontextprotocol/clientInfo", borrow)]
     client_info: Option<Info<'a>>,
 }
@@ -214,16 +252,16 @@ struct Meta<'a> {
 #[serde(default)]
 struct Info<'a> {
     #[serde(borrow)]
-    name: Option<Cow<'a, str>>,
+    name: Option<Str<'a>>,
     #[serde(borrow)]
-    version: Option<Cow<'a, str>>,
+    version: Option<Str<'a>>,
 }
 
 impl From<Info<'_>> for PeerInfo {
     fn from(i: Info<'_>) -> Self {
         PeerInfo {
-            name: i.name.map(Cow::into_owned).unwrap_or_default(),
-            version: i.version.map(Cow::into_owned).unwrap_or_default(),
+            name: i.name.map(Str::into_owned).unwrap_or_default(),
+            version: i.version.map(Str::into_owned).unwrap_or_default(),
         }
     }
 }
@@ -234,7 +272,7 @@ struct ResultFields<'a> {
     #[serde(rename = "isError")]
     is_error: Option<bool>,
     #[serde(rename = "protocolVersion", borrow)]
-    protocol_version: Option<Cow<'a, str>>,
+    protocol_version: Option<Str<'a>>,
     #[serde(rename = "serverInfo", borrow)]
     server_info: Option<Info<'a>>,
     #[serde(rename = "_meta", borrow)]
@@ -254,7 +292,7 @@ struct ToolRaw<'a> {
     #[serde(borrow)]
     name: Cow<'a, str>,
     #[serde(default, borrow)]
-    description: Option<Cow<'a, str>>,
+    description: Option<Str<'a>>,
     #[serde(default, rename = "inputSchema", borrow)]
     input_schema: Option<&'a RawValue>,
 }
@@ -263,7 +301,7 @@ impl From<ToolRaw<'_>> for ToolDef {
     fn from(t: ToolRaw<'_>) -> Self {
         ToolDef {
             name: t.name.into_owned(),
-            description: t.description.map(Cow::into_owned),
+            description: t.description.map(Str::into_owned),
             input_schema: t.input_schema.map(|s| s.get().to_string()),
         }
     }
@@ -342,62 +380,112 @@ pub fn parse_with(bytes: &[u8], opts: Options) -> Result<Parsed, ParseError> {
 }
 
 fn parse_one(text: &str, opts: Options) -> Result<Message, ParseError> {
+    // The result's text is only kept with payloads, and only the two-pass read has it.
+    if !opts.payloads
+        && let Ok(t) = serde_json::from_str::<Typed<'_>>(text)
+    {
+        let body = match (t.method, t.error, t.result) {
+            (Some(method), ..) => Body::Call(method.0, t.params.unwrap_or_default()),
+            (None, Some(err), _) => Body::Error(err),
+            (None, None, Some(result)) => Body::Result(result, None),
+            (None, None, None) => Body::Neither,
+        };
+        return message(t.jsonrpc, t.id, body);
+    }
+    parse_two_pass(text, opts)
+}
+
+/// What a message carries besides its envelope.
+enum Body<'a> {
+    /// A request or notification: its method and params.
+    Call(Cow<'a, str>, Params<'a>),
+    /// An error.
+    Error(ErrorObject<'a>),
+    /// A result, and its raw text when payloads are kept.
+    Result(ResultFields<'a>, Option<&'a RawValue>),
+    /// None of these.
+    Neither,
+}
+
+/// Read the envelope with params and result as raw text, then each of them on its own:
+/// params or a result that do not parse are taken as absent.
+fn parse_two_pass(text: &str, opts: Options) -> Result<Message, ParseError> {
     let env: Envelope<'_> = match serde_json::from_str(text) {
         Ok(e) => e,
         Err(e) if e.is_data() => return Err(ParseError::NotJsonRpc),
         Err(e) => return Err(ParseError::NotJson(e.to_string())),
     };
-    if env.jsonrpc.as_deref() != Some("2.0") {
+    let body = match (env.method, env.error, env.result) {
+        (Some(method), ..) => {
+            let params = env
+                .params
+                .and_then(|raw| serde_json::from_str(raw.get()).ok())
+                .unwrap_or_default();
+            Body::Call(method.0, params)
+        }
+        (None, Some(err), _) => Body::Error(err),
+        (None, None, Some(raw)) => {
+            let fields = serde_json::from_str(raw.get()).unwrap_or_default();
+            Body::Result(fields, opts.payloads.then_some(raw))
+        }
+        (None, None, None) => Body::Neither,
+    };
+    message(env.jsonrpc, env.id, body)
+}
+
+/// The message an envelope's version, id and body make.
+fn message(
+    jsonrpc: Option<Str<'_>>,
+    id: Option<&RawValue>,
+    body: Body<'_>,
+) -> Result<Message, ParseError> {
+    if jsonrpc.as_deref() != Some("2.0") {
         return Err(ParseError::NotJsonRpc);
     }
-    let id = env.id.map(|r| Id(r.get().to_string()));
     let mut msg = Message {
-        id,
+        id: id.map(|r| Id(r.get().to_string())),
         ..Message::default()
     };
-    if let Some(method) = env.method {
-        read_call(&mut msg, method, env.params);
-    } else if let Some(err) = env.error {
-        msg.kind = Kind::Error;
-        msg.error_code = err.code;
-        msg.error_message = err.message.map(Cow::into_owned);
-    } else if let Some(result) = env.result {
-        if msg.id.is_none() {
-            return Err(ParseError::Invalid("response without id"));
+    match body {
+        Body::Call(method, params) => read_call(&mut msg, method, params),
+        Body::Error(err) => {
+            msg.kind = Kind::Error;
+            msg.error_code = err.code;
+            msg.error_message = err.message.map(Str::into_owned);
         }
-        read_result(&mut msg, result, opts);
-    } else {
-        return Err(ParseError::Invalid("neither method, result nor error"));
+        Body::Result(fields, raw) => {
+            if msg.id.is_none() {
+                return Err(ParseError::Invalid("response without id"));
+            }
+            read_result(&mut msg, fields, raw);
+        }
+        Body::Neither => return Err(ParseError::Invalid("neither method, result nor error")),
     }
     Ok(msg)
 }
 
 /// The facts of a request or notification: its target, identities, trace context and what
 /// the method says beyond that. Params that do not parse are taken as absent.
-fn read_call(msg: &mut Message, method: Cow<'_, str>, params: Option<&RawValue>) {
+fn read_call(msg: &mut Message, method: Cow<'_, str>, params: Params<'_>) {
     msg.kind = if msg.id.is_some() {
         Kind::Request
     } else {
         Kind::Notification
     };
-    let params: Params<'_> = match params {
-        Some(raw) => serde_json::from_str(raw.get()).unwrap_or_default(),
-        None => Params::default(),
-    };
     msg.target = target_of(&method, &params);
     if method == "initialize" {
-        msg.protocol_version = params.protocol_version.map(Cow::into_owned);
+        msg.protocol_version = params.protocol_version.map(Str::into_owned);
         msg.peer_info = params.client_info.map(PeerInfo::from);
     }
     if method == "tools/call" || method == "prompts/get" {
         msg.arguments = params.arguments.map(|a| a.get().to_string());
     }
     if let Some(meta) = params.meta {
-        msg.traceparent = meta.traceparent.map(Cow::into_owned);
-        msg.tracestate = meta.tracestate.map(Cow::into_owned);
+        msg.traceparent = meta.traceparent.map(Str::into_owned);
+        msg.tracestate = meta.tracestate.map(Str::into_owned);
         // Protocol 2026-07-28 has no initialize: every request says who and which version.
         if msg.protocol_version.is_none() {
-            msg.protocol_version = meta.protocol_version.map(Cow::into_owned);
+            msg.protocol_version = meta.protocol_version.map(Str::into_owned);
         }
         if msg.peer_info.is_none() {
             msg.peer_info = meta.client_info.map(PeerInfo::from);
@@ -429,13 +517,12 @@ fn target_of(method: &str, params: &Params<'_>) -> Target {
 }
 
 /// The facts of a successful response: `isError`, the server's identity, advertised tools,
-/// result sizes and (with `--payloads`) the result itself. A result that is not an object
-/// still makes a response, with none of these facts.
-fn read_result(msg: &mut Message, result: &RawValue, opts: Options) {
+/// result sizes and (with `--payloads`) the result itself, `raw`. A result that is not an
+/// object still makes a response, with none of these facts.
+fn read_result(msg: &mut Message, r: ResultFields<'_>, raw: Option<&RawValue>) {
     msg.kind = Kind::Response;
-    let r: ResultFields<'_> = serde_json::from_str(result.get()).unwrap_or_default();
     msg.is_error = r.is_error == Some(true);
-    msg.protocol_version = r.protocol_version.map(Cow::into_owned);
+    msg.protocol_version = r.protocol_version.map(Str::into_owned);
     if let Some(info) = r.server_info.or(r.meta.and_then(|m| m.server_info)) {
         msg.peer_info = Some(info.into());
         msg.peer_info_is_server = true;
@@ -451,8 +538,8 @@ fn read_result(msg: &mut Message, result: &RawValue, opts: Options) {
     if let Some(contents) = &r.contents {
         msg.contents_bytes = Some(contents.iter().map(ContentRaw::len).sum());
     }
-    if opts.payloads {
-        let raw = result.get();
+    if let Some(raw) = raw {
+        let raw = raw.get();
         msg.result = Some(if raw.len() <= PAYLOAD_LIMIT {
             raw.to_string()
         } else {
@@ -597,5 +684,77 @@ mod tests {
         assert!(parse(deep_batch.as_bytes()).is_err());
         // A mid-message fragment, as after a hole in the stream.
         assert!(parse(br#""x":1}}"#).is_err());
+    }
+
+    /// The one-pass read must say exactly what the two-pass read says, whatever the shape of
+    /// the params and result: pieces of messages, well and badly typed, combined at random and
+    /// then cut and bitten at random.
+    #[test]
+    fn one_pass_and_two_pass_reads_agree() {
+        const VALUES: &[&str] = &[
+            "null",
+            "1",
+            "\"x\"",
+            "[]",
+            "[\"echo\"]",
+            "{}",
+            "true",
+            "\"a\\\"b\"",
+            "{\"a\":[1,{}]}",
+        ];
+        const FIELDS: &[&str] = &[
+            "\"jsonrpc\":\"2.0\"",
+            "\"jsonrpc\":\"2\\u002e0\"",
+            "\"jsonrpc\":2",
+            "\"id\":7",
+            "\"id\":\"s-1\"",
+            "\"method\":\"tools/call\"",
+            "\"method\":\"initialize\"",
+            "\"method\":\"notifications/cancelled\"",
+            "\"params\":{\"name\":\"echo\",\"arguments\":{\"x\":1},\"_meta\":{\"traceparent\":\"t\"}}",
+            "\"params\":{\"protocolVersion\":\"2025-06-18\",\"clientInfo\":{\"name\":\"c\",\"version\":\"1\"}}",
+            "\"params\":{\"requestId\":3}",
+            "\"params\":{\"name\":VALUE}",
+            "\"params\":VALUE",
+            "\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"hi\"}],\"isError\":VALUE}",
+            "\"result\":{\"tools\":[{\"name\":\"echo\",\"inputSchema\":VALUE}]}",
+            "\"result\":{\"serverInfo\":VALUE,\"protocolVersion\":\"2025-06-18\"}",
+            "\"result\":VALUE",
+            "\"error\":{\"code\":-32602,\"message\":\"bad\"}",
+            "\"error\":VALUE",
+            "\"extra\":VALUE",
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        for _ in 0..200_000 {
+            let mut text = String::from("{");
+            for i in 0..1 + next(5) {
+                if i > 0 {
+                    text.push(',');
+                }
+                let value = VALUES[next(VALUES.len())];
+                text.push_str(&FIELDS[next(FIELDS.len())].replace("VALUE", value));
+            }
+            text.push('}');
+            let mut bytes = text.into_bytes();
+            match next(4) {
+                0 => bytes.truncate(next(bytes.len() + 1)),
+                1 => {
+                    let i = next(bytes.len());
+                    bytes[i] = b"{}[],:\"1 "[next(9)];
+                }
+                _ => {}
+            }
+            let Ok(text) = std::str::from_utf8(&bytes) else {
+                continue;
+            };
+            let opts = Options::default();
+            assert_eq!(parse_one(text, opts), parse_two_pass(text, opts), "{text}");
+        }
     }
 }
