@@ -883,9 +883,37 @@ impl Registry {
         self.hook = Some(hook);
     }
 
-    /// The ids of `labels`, bounded: new values past the limit become [`OTHER`], counted.
-    fn bounded(&mut self, def: &'static Def, labels: &[&str]) -> LabelIds {
+    /// The ids and value of the series `labels` name, made by `fresh` if it is new. Label values
+    /// past the limit become [`OTHER`], and past the series cap every new series folds into
+    /// the one whose labels are all [`OTHER`], so that totals still add up; both are counted.
+    fn slot(
+        &mut self,
+        def: &'static Def,
+        labels: &[&str],
+        fresh: impl FnOnce() -> Value,
+    ) -> (LabelIds, &mut Value) {
         debug_assert_eq!(labels.len(), def.labels.len(), "{}", def.name);
+        let (ids, overflowed, folded) = self.place(def, labels);
+        if overflowed.iter().any(|o| *o) || folded.is_some() {
+            self.count_folds(def, &overflowed, folded);
+        }
+        let value = self
+            .metrics
+            .get_mut(def.name)
+            .expect("made by place")
+            .series
+            .entry(ids)
+            .or_insert_with(fresh);
+        (ids, value)
+    }
+
+    /// The ids of a series' labels, which labels overflowed, and whether the series was
+    /// folded into `other` by the cap (`Some(true)` the first time that series is).
+    fn place(
+        &mut self,
+        def: &'static Def,
+        labels: &[&str],
+    ) -> (LabelIds, [bool; MAX_LABELS], Option<bool>) {
         let limit = self.label_limit;
         let m = self.metrics.entry(def.name).or_default();
         if m.labels.len() < labels.len() {
@@ -902,58 +930,50 @@ impl Registry {
                 }
             };
         }
+        // The agent's own `mcptap_*` metrics have labels the code bounds.
+        if def.name.starts_with("mcptap_") || m.series.contains_key(&ids) {
+            return (ids, overflowed, None);
+        }
+        if self.series < self.max_series {
+            self.series += 1;
+            return (ids, overflowed, None);
+        }
+        for (i, l) in m.labels.iter_mut().enumerate().take(def.labels.len()) {
+            ids[i] = l.id(OTHER, limit).expect("other is exempt");
+        }
+        let first = !m.series.contains_key(&ids);
+        self.series += first as usize;
+        (ids, overflowed, Some(first))
+    }
+
+    /// Count the label values and the series [`Registry::place`] folded into `other`.
+    fn count_folds(&mut self, def: &'static Def, overflowed: &[bool], folded: Option<bool>) {
         for (i, _) in overflowed.iter().enumerate().filter(|(_, o)| **o) {
             self.inc(&defs::AGENT_LABEL_OVERFLOW, &[def.name, def.labels[i]], 1.0);
         }
-        ids
-    }
-
-    fn entry(&mut self, def: &'static Def, mut ids: LabelIds, fresh: Value) -> &mut Value {
-        let bounded = !def.name.starts_with("mcptap_");
-        let m = self.metrics.entry(def.name).or_default();
-        if bounded && !m.series.contains_key(&ids) {
-            if self.series >= self.max_series {
-                // Past the cap every new series folds into the one whose labels are all
-                // `other`, so that totals still add up.
-                let limit = self.label_limit;
-                for (i, l) in m.labels.iter_mut().enumerate().take(def.labels.len()) {
-                    ids[i] = l.id(OTHER, limit).expect("other is exempt");
-                }
-                let first = !m.series.contains_key(&ids);
-                self.series += first as usize;
-                self.inc(&defs::AGENT_SERIES_OVERFLOW, &[def.name], 1.0);
-                if self.series == self.max_series + 1 && first {
-                    log::warn!(
-                        "{} metric series (cap {}, --max-series): new label sets are counted \
-                         as \"other\"",
-                        self.max_series,
-                        self.max_series
-                    );
-                }
-            } else {
-                self.series += 1;
-            }
+        let Some(first) = folded else {
+            return;
+        };
+        self.inc(&defs::AGENT_SERIES_OVERFLOW, &[def.name], 1.0);
+        if self.series == self.max_series + 1 && first {
+            log::warn!(
+                "{} metric series (cap {}, --max-series): new label sets are counted as \"other\"",
+                self.max_series,
+                self.max_series
+            );
         }
-        self.metrics
-            .get_mut(def.name)
-            .expect("made above")
-            .series
-            .entry(ids)
-            .or_insert(fresh)
     }
 
     /// Add to a counter.
     pub fn inc(&mut self, def: &'static Def, labels: &[&str], by: f64) {
-        let ids = self.bounded(def, labels);
-        if let Value::Number(n) = self.entry(def, ids, Value::Number(0.0)) {
+        if let Value::Number(n) = self.slot(def, labels, || Value::Number(0.0)).1 {
             *n += by;
         }
     }
 
     /// Set a gauge, or a counter to a total kept elsewhere.
     pub fn set(&mut self, def: &'static Def, labels: &[&str], v: f64) {
-        let ids = self.bounded(def, labels);
-        *self.entry(def, ids, Value::Number(0.0)) = Value::Number(v);
+        *self.slot(def, labels, || Value::Number(0.0)).1 = Value::Number(v);
     }
 
     /// Replace every series of a gauge; series absent now read 0 (a gauge that went to zero
@@ -971,8 +991,7 @@ impl Registry {
         for (labels, v) in values {
             let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
             // Values past the limit add up in `other`.
-            let ids = self.bounded(def, &refs);
-            if let Value::Number(n) = self.entry(def, ids, Value::Number(0.0)) {
+            if let Value::Number(n) = self.slot(def, &refs, || Value::Number(0.0)).1 {
                 *n += v;
             }
         }
@@ -984,21 +1003,11 @@ impl Registry {
             debug_assert!(false, "{} is not a histogram", def.name);
             return;
         };
-        let ids = self.bounded(def, labels);
-        if let Some(hook) = &self.hook {
-            // The hook sees the bounded values, as the registry keeps them.
-            let m = &self.metrics[def.name];
-            hook(def, &m.names(&ids), v);
-        }
-        let entry = self.entry(
-            def,
-            ids,
-            Value::Histogram {
-                buckets: vec![0; bounds.len() + 1],
-                sum: 0.0,
-                count: 0,
-            },
-        );
+        let (ids, entry) = self.slot(def, labels, || Value::Histogram {
+            buckets: vec![0; bounds.len() + 1],
+            sum: 0.0,
+            count: 0,
+        });
         if let Value::Histogram {
             buckets,
             sum,
@@ -1009,6 +1018,10 @@ impl Registry {
             buckets[i] += 1;
             *sum += v;
             *count += 1;
+        }
+        if let Some(hook) = &self.hook {
+            // The hook sees the bounded values, as the registry keeps them.
+            hook(def, &self.metrics[def.name].names(&ids), v);
         }
     }
 
