@@ -219,19 +219,21 @@ impl Correlator {
             bytes,
         } = seen;
         let id = msg.id.clone().expect("requests have ids");
-        let key = (sender, id.clone());
+        let key = (sender, id);
+        // The second view of a request, the commonest case, costs no more copies of its id.
+        if let Some(p) = self.open.get_mut(&key).and_then(|list| {
+            list.iter_mut()
+                .find(|p| p.req_hash == hash && p.req.get(viewer_is_sender).is_none())
+        }) {
+            *p.req.slot(viewer_is_sender) = Some(ts);
+            return Outcome::Twin;
+        }
+        let id = key.1.clone();
         // Nearly every id has one exchange: room for one, not the default four.
         let list = self
             .open
             .entry(key.clone())
             .or_insert_with(|| VecDeque::with_capacity(1));
-        if let Some(p) = list
-            .iter_mut()
-            .find(|p| p.req_hash == hash && p.req.get(viewer_is_sender).is_none())
-        {
-            *p.req.slot(viewer_is_sender) = Some(ts);
-            return Outcome::Twin;
-        }
         if self.recent_keys.contains_key(&key)
             && let Some(d) = self.recent.iter_mut().find(|d| {
                 d.requester == sender

@@ -60,7 +60,7 @@ impl Tracker {
             self.stats.evicted_pending += 1;
             self.stats.exchanges += 1;
             st.exchanges += 1;
-            let rec = report::exchange(&mut st.session, cx.procs, &p, &self.cfg, cx.clock);
+            let rec = report::exchange(&mut st.session, cx.procs, p, &self.cfg, cx.clock);
             cx.out.push(Signal::Exchange(rec));
         }
         if matches!(outcome, Outcome::New | Outcome::DuplicateId) {

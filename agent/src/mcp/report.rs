@@ -87,10 +87,11 @@ impl Tracker {
             });
         self.stats.missing_twins += missing;
         for p in done {
-            let rec = exchange(&mut st.session, cx.procs, &p, cfg, cx.clock);
+            let first_seen = p.first_seen();
+            let rec = exchange(&mut st.session, cx.procs, p, cfg, cx.clock);
             self.stats.exchanges += 1;
             st.exchanges += 1;
-            push_started(st, cx.procs, cx.clock, p.first_seen(), cx.out);
+            push_started(st, cx.procs, cx.clock, first_seen, cx.out);
             let initialize = rec.method == "initialize";
             let (status, duration) = (rec.status, rec.duration_ms);
             cx.out.push(Signal::Exchange(rec));
@@ -320,12 +321,12 @@ fn requester_role(s: &mut Session, procs: &Processes, p: &Pending) -> (Role, Sid
 }
 
 /// What the exchange was about: (tool, resource URI, prompt); URIs are trimmed unless asked.
-fn target_fields(t: &Target, full_uris: bool) -> (Option<String>, Option<String>, Option<String>) {
+fn target_fields(t: Target, full_uris: bool) -> (Option<String>, Option<String>, Option<String>) {
     match t {
-        Target::Tool(t) => (Some(t.clone()), None, None),
-        Target::Resource(u) if full_uris => (None, Some(u.clone()), None),
-        Target::Resource(u) => (None, Some(privacy::trim_uri(u).into_owned()), None),
-        Target::Prompt(n) => (None, None, Some(n.clone())),
+        Target::Tool(t) => (Some(t), None, None),
+        Target::Resource(u) if full_uris => (None, Some(u), None),
+        Target::Resource(u) => (None, Some(privacy::trim_uri(&u).into_owned()), None),
+        Target::Prompt(n) => (None, None, Some(n)),
         Target::None => (None, None, None),
     }
 }
@@ -334,14 +335,15 @@ fn target_fields(t: &Target, full_uris: bool) -> (Option<String>, Option<String>
 pub(super) fn exchange(
     s: &mut Session,
     procs: &Processes,
-    p: &Pending,
+    mut p: Pending,
     cfg: &TrackerConfig,
     clock: ClockAnchor,
 ) -> signal::Exchange {
-    let (requester, c) = requester_role(s, procs, p);
-    let status = status_of(p);
-    let [duration, client_d, server_d] = durations(p, status, requester);
-    let (tool, resource_uri, prompt) = target_fields(&p.target, cfg.full_resource_uris);
+    let (requester, c) = requester_role(s, procs, &p);
+    let status = status_of(&p);
+    let [duration, client_d, server_d] = durations(&p, status, requester);
+    let target = std::mem::take(&mut p.target);
+    let (tool, resource_uri, prompt) = target_fields(target, cfg.full_resource_uris);
     let (server_address, server_port) = split_addr(p.addrs.as_ref().map(|a| &a.server));
     let (client_address, client_port) = split_addr(p.addrs.as_ref().map(|a| &a.client));
     let resp = p.response.as_ref();
@@ -349,7 +351,7 @@ pub(super) fn exchange(
         .filter(|r| r.kind == Kind::Error)
         .and_then(|r| r.error_code);
     let http_status = resp.and_then(|r| r.http_status);
-    let d = &p.derived;
+    let d = std::mem::take(&mut p.derived);
     // Start times per side, by role (the requester sent the request).
     let (client_start, server_start) = if requester == Role::Client {
         (p.req.sent, p.req.received)
@@ -361,8 +363,8 @@ pub(super) fn exchange(
         ts_ns: clock.wall_ns(p.first_seen()),
         transport: s.transport,
         session: s.label(procs),
-        method: p.method.clone(),
-        id: p.id.0.clone(),
+        method: std::mem::take(&mut p.method),
+        id: std::mem::take(&mut p.id.0),
         tool,
         resource_uri,
         prompt,
@@ -391,15 +393,15 @@ pub(super) fn exchange(
             unknown_tool,
         ),
         schema_valid,
-        schema_error: d.check.schema_error.clone(),
+        schema_error: d.check.schema_error,
         unknown_tool,
-        repeat_of: d.repeat_of.clone(),
+        repeat_of: d.repeat_of,
         result_tokens_est: resp.and_then(|r| r.text_bytes).map(derive::tokens_estimate),
         content_bytes: resp.and_then(|r| r.contents_bytes),
         arguments: d.arguments.as_deref().map(privacy::redact),
         result: resp.and_then(|r| r.result.as_deref()).map(privacy::redact),
-        traceparent: d.traceparent.clone(),
-        tracestate: d.tracestate.clone(),
+        traceparent: d.traceparent,
+        tracestate: d.tracestate,
         client_start_ns: client_start.map(|t| clock.wall_ns(t)),
         server_start_ns: server_start.map(|t| clock.wall_ns(t)),
     }
