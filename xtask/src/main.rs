@@ -74,7 +74,7 @@ enum Task {
         only: Vec<bench::Section>,
     },
     /// Steady real MCP load for N minutes with mcptap watching: RSS over time, lost events,
-    /// every call accounted for; writes target/soak.md.
+    /// every call accounted for; writes SOAK.md (committed beside BENCHMARKS.md).
     Soak {
         /// Minutes of load.
         #[arg(long, default_value_t = 10)]

@@ -2,7 +2,8 @@
 //! fixture server over stdio, and the TypeScript SDK over Streamable HTTP to server-everything,
 //! one session after another) with mcptap watching this process tree. Every 30 s it samples
 //! the agent's RSS, kernel loss and the calls it counted; at the end every call the clients
-//! made must be counted, none lost, and RSS flat. Writes target/soak.md.
+//! made must be counted, none lost, and RSS flat. Writes SOAK.md at the top of the checkout,
+//! which is committed beside BENCHMARKS.md.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -151,7 +152,7 @@ fn report(minutes: u64, loads: &[Workload], samples: &[Sample], hwm_kb: u64) -> 
     md
 }
 
-/// Run the soak and write target/soak.md; fails if a call went uncounted, an event was
+/// Run the soak and write SOAK.md; fails if a call went uncounted, an event was
 /// lost, or RSS grew more than 10% over the second half.
 pub fn soak(minutes: u64) -> Result<()> {
     crate::bootstrap::all()?;
@@ -196,7 +197,7 @@ pub fn soak(minutes: u64) -> Result<()> {
     drop(servers);
 
     let md = report(minutes, &loads, &samples, hwm);
-    let out = root().join("target").join("soak.md");
+    let out = root().join("SOAK.md");
     std::fs::write(&out, &md)?;
     step(&format!("soak report: {}", out.display()));
     let last = samples.last().expect("a final sample");
