@@ -740,67 +740,107 @@ pub type ObserveHook = Box<dyn Fn(&'static Def, &[&str], f64) + Send>;
 /// Labels per metric at most (a test checks every definition).
 const MAX_LABELS: usize = 8;
 
-/// A series' label values as ids into the metric's [`Interner`]s: lookups on the hot path
+/// A series' label values as ids into the registry's [`Values`]: lookups on the hot path
 /// hash eight integers and allocate nothing.
 type LabelIds = [u32; MAX_LABELS];
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 
-/// The distinct values of one label of one metric.
+/// Every label value some metric keeps, once, with the id all metrics know it by. Only
+/// values a label accepted are here, so the label limit bounds it too.
 #[derive(Default)]
-struct Interner {
+struct Values {
     ids: FastMap<Arc<str>, u32>,
     values: Vec<Arc<str>>,
-    /// Values that count against the limit (`other` does not).
-    bounded: usize,
 }
 
-impl Interner {
-    fn id(&mut self, v: &str, limit: usize) -> Option<u32> {
-        if let Some(id) = self.ids.get(v) {
-            return Some(*id);
+/// The id of [`OTHER`], interned first.
+const OTHER_ID: u32 = 0;
+
+impl Values {
+    fn get(&self, v: &str) -> Option<u32> {
+        self.ids.get(v).copied()
+    }
+
+    fn intern(&mut self, v: &str) -> u32 {
+        if let Some(id) = self.get(v) {
+            return id;
         }
-        let exempt = v == OTHER;
-        if !exempt && self.bounded >= limit {
-            return None;
-        }
-        self.bounded += !exempt as usize;
         let id = self.values.len() as u32;
         let v: Arc<str> = v.into();
         self.values.push(v.clone());
         self.ids.insert(v, id);
-        Some(id)
+        id
+    }
+
+    fn of(&self, ids: &LabelIds, n: usize) -> Vec<Arc<str>> {
+        ids[..n]
+            .iter()
+            .map(|id| self.values[*id as usize].clone())
+            .collect()
+    }
+
+    fn names(&self, ids: &LabelIds, n: usize) -> Vec<&str> {
+        ids[..n]
+            .iter()
+            .map(|id| &*self.values[*id as usize])
+            .collect()
+    }
+}
+
+/// The values one label of one metric keeps: at most the label limit, [`OTHER`] aside. A
+/// bit per value id: ids are dense and few (the label limit bounds them), and a test of one
+/// bit is cheaper than a hash lookup on every observation.
+#[derive(Default)]
+struct Kept {
+    bits: Vec<u64>,
+    len: usize,
+}
+
+impl Kept {
+    fn contains(&self, id: u32) -> bool {
+        let (word, bit) = (id as usize / 64, id % 64);
+        self.bits.get(word).is_some_and(|w| w >> bit & 1 == 1)
+    }
+
+    fn insert(&mut self, id: u32) {
+        let (word, bit) = (id as usize / 64, id % 64);
+        if self.bits.len() <= word {
+            self.bits.resize(word + 1, 0);
+        }
+        self.len += (self.bits[word] >> bit & 1 == 0) as usize;
+        self.bits[word] |= 1 << bit;
+    }
+}
+
+/// A label value, with its registry-wide id if the caller looked it up already
+/// ([`Registry::resolve`]): a value that many metrics of one signal carry is then hashed once.
+#[derive(Clone, Copy, Debug)]
+pub struct Lv<'a> {
+    text: &'a str,
+    id: Option<u32>,
+}
+
+impl<'a> From<&'a str> for Lv<'a> {
+    fn from(text: &'a str) -> Self {
+        Lv { text, id: None }
     }
 }
 
 /// The series of one metric.
 #[derive(Default)]
 struct Metric {
-    labels: Vec<Interner>,
+    labels: Vec<Kept>,
     series: FastMap<LabelIds, Value>,
-}
-
-impl Metric {
-    fn values_of(&self, ids: &LabelIds) -> Vec<Arc<str>> {
-        self.labels
-            .iter()
-            .zip(ids)
-            .map(|(l, id)| l.values[*id as usize].clone())
-            .collect()
-    }
-
-    fn names(&self, ids: &LabelIds) -> Vec<&str> {
-        self.labels
-            .iter()
-            .zip(ids)
-            .map(|(l, id)| &*l.values[*id as usize])
-            .collect()
-    }
 }
 
 /// All series of all metrics.
 pub struct Registry {
-    metrics: FastMap<&'static str, Metric>,
+    /// The metrics that have series, in the order they got their first.
+    metrics: Vec<Metric>,
+    /// Where each metric is in `metrics`, by name.
+    index: FastMap<&'static str, usize>,
+    values: Values,
     label_limit: usize,
     /// Most series of the metrics whose labels come from the wire (every `mcp_*` metric);
     /// the agent's own `mcptap_*` metrics have labels the code bounds.
@@ -828,12 +868,26 @@ impl Snapshot {
 /// The label value for values past the limit.
 pub const OTHER: &str = "other";
 
+/// `f` of `labels` as [`Lv`]s not looked up yet (on the stack: no allocation).
+fn with_lvs<R>(labels: &[&str], f: impl FnOnce(&[Lv<'_>]) -> R) -> R {
+    let mut lvs = [Lv::from(""); MAX_LABELS];
+    for (lv, text) in lvs.iter_mut().zip(labels) {
+        *lv = Lv::from(*text);
+    }
+    f(&lvs[..labels.len().min(MAX_LABELS)])
+}
+
 impl Registry {
     /// An empty registry keeping at most `label_limit` values per label and `max_series`
     /// series of the `mcp_*` metrics.
     pub fn new(label_limit: usize, max_series: usize) -> Self {
+        let mut values = Values::default();
+        let other = values.intern(OTHER);
+        debug_assert_eq!(other, OTHER_ID);
         Registry {
-            metrics: FastMap::default(),
+            metrics: Vec::new(),
+            index: FastMap::default(),
+            values,
             label_limit: label_limit.max(1),
             max_series: max_series.max(1),
             series: 0,
@@ -845,8 +899,7 @@ impl Registry {
     /// `other` because of it.
     pub fn table(&self) -> crate::bounded::TableStat {
         let overflow = self
-            .metrics
-            .get(defs::AGENT_SERIES_OVERFLOW.name)
+            .metric(defs::AGENT_SERIES_OVERFLOW.name)
             .map(|m| {
                 m.series
                     .values()
@@ -865,11 +918,11 @@ impl Registry {
         let metrics = defs::ALL
             .iter()
             .filter_map(|def| {
-                let m = self.metrics.get(def.name)?;
+                let m = self.metric(def.name)?;
                 let mut series: Vec<SeriesCopy> = m
                     .series
                     .iter()
-                    .map(|(ids, v)| (m.values_of(ids), v.clone()))
+                    .map(|(ids, v)| (self.values.of(ids, def.labels.len()), v.clone()))
                     .collect();
                 series.sort_by(|a, b| a.0.cmp(&b.0));
                 (!series.is_empty()).then_some((*def, series))
@@ -883,67 +936,84 @@ impl Registry {
         self.hook = Some(hook);
     }
 
-    /// The ids and value of the series `labels` name, made by `fresh` if it is new. Label values
-    /// past the limit become [`OTHER`], and past the series cap every new series folds into
-    /// the one whose labels are all [`OTHER`], so that totals still add up; both are counted.
+    /// The metric named `name`, if it has series.
+    fn metric(&self, name: &str) -> Option<&Metric> {
+        self.index.get(name).map(|&at| &self.metrics[at])
+    }
+
+    /// `v` with its id, if some metric keeps it: the caller passes the same [`Lv`] to every
+    /// metric of a signal and the value is hashed once.
+    pub fn resolve<'a>(&self, v: &'a str) -> Lv<'a> {
+        Lv {
+            text: v,
+            id: self.values.get(v),
+        }
+    }
+
+    /// The ids and value of the series `labels` name, made by `fresh` if it is new.
     fn slot(
         &mut self,
         def: &'static Def,
-        labels: &[&str],
+        labels: &[Lv<'_>],
         fresh: impl FnOnce() -> Value,
     ) -> (LabelIds, &mut Value) {
         debug_assert_eq!(labels.len(), def.labels.len(), "{}", def.name);
-        let (ids, overflowed, folded) = self.place(def, labels);
+        let (at, ids, overflowed, folded) = self.place(def, labels);
         if overflowed.iter().any(|o| *o) || folded.is_some() {
             self.count_folds(def, &overflowed, folded);
         }
-        let value = self
-            .metrics
-            .get_mut(def.name)
-            .expect("made by place")
-            .series
-            .entry(ids)
-            .or_insert_with(fresh);
+        let value = self.metrics[at].series.entry(ids).or_insert_with(fresh);
         (ids, value)
     }
 
-    /// The ids of a series' labels, which labels overflowed, and whether the series was
-    /// folded into `other` by the cap (`Some(true)` the first time that series is).
+    /// The metric's place in `metrics`, the ids of a series' labels, which labels
+    /// overflowed, and whether the series was folded into `other` by the cap (`Some(true)`
+    /// the first time that series is).
     fn place(
         &mut self,
         def: &'static Def,
-        labels: &[&str],
-    ) -> (LabelIds, [bool; MAX_LABELS], Option<bool>) {
+        labels: &[Lv<'_>],
+    ) -> (usize, LabelIds, [bool; MAX_LABELS], Option<bool>) {
         let limit = self.label_limit;
-        let m = self.metrics.entry(def.name).or_default();
+        let at = *self.index.entry(def.name).or_insert_with(|| {
+            self.metrics.push(Metric::default());
+            self.metrics.len() - 1
+        });
+        let m = &mut self.metrics[at];
         if m.labels.len() < labels.len() {
-            m.labels.resize_with(labels.len(), Interner::default);
+            m.labels.resize_with(labels.len(), Kept::default);
         }
-        let mut ids = [0; MAX_LABELS];
+        let mut ids = [OTHER_ID; MAX_LABELS];
         let mut overflowed = [false; MAX_LABELS];
-        for (i, v) in labels.iter().enumerate().take(MAX_LABELS) {
-            ids[i] = match m.labels[i].id(v, limit) {
-                Some(id) => id,
-                None => {
+        for (i, lv) in labels.iter().enumerate().take(MAX_LABELS) {
+            let known = lv.id.or_else(|| self.values.get(lv.text));
+            let kept = &mut m.labels[i];
+            ids[i] = match known {
+                // `other` is always kept and does not count against the limit.
+                Some(id) if id == OTHER_ID || kept.contains(id) => id,
+                _ if kept.len < limit => {
+                    let id = known.unwrap_or_else(|| self.values.intern(lv.text));
+                    kept.insert(id);
+                    id
+                }
+                _ => {
                     overflowed[i] = true;
-                    m.labels[i].id(OTHER, limit).expect("other is exempt")
+                    OTHER_ID
                 }
             };
         }
         // The agent's own `mcptap_*` metrics have labels the code bounds.
         if def.name.starts_with("mcptap_") || m.series.contains_key(&ids) {
-            return (ids, overflowed, None);
+            return (at, ids, overflowed, None);
         }
         if self.series < self.max_series {
             self.series += 1;
-            return (ids, overflowed, None);
+            return (at, ids, overflowed, None);
         }
-        for (i, l) in m.labels.iter_mut().enumerate().take(def.labels.len()) {
-            ids[i] = l.id(OTHER, limit).expect("other is exempt");
-        }
+        ids[..def.labels.len()].fill(OTHER_ID);
         let first = !m.series.contains_key(&ids);
         self.series += first as usize;
-        (ids, overflowed, Some(first))
+        (at, ids, overflowed, Some(first))
     }
 
     /// Count the label values and the series [`Registry::place`] folded into `other`.
@@ -966,6 +1036,11 @@ impl Registry {
 
     /// Add to a counter.
     pub fn inc(&mut self, def: &'static Def, labels: &[&str], by: f64) {
+        with_lvs(labels, |l| self.inc_lv(def, l, by));
+    }
+
+    /// Add to a counter, the labels given as [`Lv`]s.
+    pub fn inc_lv(&mut self, def: &'static Def, labels: &[Lv<'_>], by: f64) {
         if let Value::Number(n) = self.slot(def, labels, || Value::Number(0.0)).1 {
             *n += by;
         }
@@ -973,7 +1048,9 @@ impl Registry {
 
     /// Set a gauge, or a counter to a total kept elsewhere.
     pub fn set(&mut self, def: &'static Def, labels: &[&str], v: f64) {
-        *self.slot(def, labels, || Value::Number(0.0)).1 = Value::Number(v);
+        with_lvs(labels, |l| {
+            *self.slot(def, l, || Value::Number(0.0)).1 = Value::Number(v);
+        });
     }
 
     /// Replace every series of a gauge; series absent now read 0 (a gauge that went to zero
@@ -983,22 +1060,29 @@ impl Registry {
         def: &'static Def,
         values: impl IntoIterator<Item = (Vec<String>, f64)>,
     ) {
-        if let Some(m) = self.metrics.get_mut(def.name) {
-            for v in m.series.values_mut() {
+        if let Some(&at) = self.index.get(def.name) {
+            for v in self.metrics[at].series.values_mut() {
                 *v = Value::Number(0.0);
             }
         }
         for (labels, v) in values {
             let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
             // Values past the limit add up in `other`.
-            if let Value::Number(n) = self.slot(def, &refs, || Value::Number(0.0)).1 {
-                *n += v;
-            }
+            with_lvs(&refs, |l| {
+                if let Value::Number(n) = self.slot(def, l, || Value::Number(0.0)).1 {
+                    *n += v;
+                }
+            });
         }
     }
 
     /// Record a histogram observation.
     pub fn observe(&mut self, def: &'static Def, labels: &[&str], v: f64) {
+        with_lvs(labels, |l| self.observe_lv(def, l, v));
+    }
+
+    /// Record a histogram observation, the labels given as [`Lv`]s.
+    pub fn observe_lv(&mut self, def: &'static Def, labels: &[Lv<'_>], v: f64) {
         let Kind::Histogram(bounds) = def.kind else {
             debug_assert!(false, "{} is not a histogram", def.name);
             return;
@@ -1021,27 +1105,32 @@ impl Registry {
         }
         if let Some(hook) = &self.hook {
             // The hook sees the bounded values, as the registry keeps them.
-            hook(def, &self.metrics[def.name].names(&ids), v);
+            hook(def, &self.values.names(&ids, def.labels.len()), v);
         }
     }
 
     /// The series of one metric, with their label values copied out.
     pub fn series_owned(&self, def: &Def) -> Vec<SeriesCopy> {
-        let Some(m) = self.metrics.get(def.name) else {
+        let Some(m) = self.metric(def.name) else {
             return Vec::new();
         };
         m.series
             .iter()
-            .map(|(ids, v)| (m.values_of(ids), v.clone()))
+            .map(|(ids, v)| (self.values.of(ids, def.labels.len()), v.clone()))
             .collect()
     }
 
     /// The series of one metric, ordered by label values.
     pub fn series(&self, def: &Def) -> Vec<(Vec<&str>, &Value)> {
-        let Some(m) = self.metrics.get(def.name) else {
+        let Some(m) = self.metric(def.name) else {
             return Vec::new();
         };
-        let mut out: Vec<_> = m.series.iter().map(|(ids, v)| (m.names(ids), v)).collect();
+        let n = def.labels.len();
+        let mut out: Vec<_> = m
+            .series
+            .iter()
+            .map(|(ids, v)| (self.values.names(ids, n), v))
+            .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Registry, defs};
+use super::{Lv, Registry, defs};
 use crate::signal::{Endpoint, Event, Exchange, Notification, Role, Signal, Status, What};
 
 fn name(e: &Endpoint) -> &str {
@@ -57,37 +57,43 @@ fn secs(ms: f64) -> f64 {
     ms / 1000.0
 }
 
-/// The labels the per-request metrics of one exchange share.
+/// The labels the per-request metrics of one exchange share, each looked up in the registry
+/// once for all of them.
 struct Labels<'a> {
     /// Server name.
-    server: &'a str,
+    server: Lv<'a>,
     /// Client name.
-    client: &'a str,
+    client: Lv<'a>,
     /// The server's namespace ("" outside Kubernetes).
-    ns: &'a str,
+    ns: Lv<'a>,
     /// The server's pod ("" outside Kubernetes).
-    pod: &'a str,
+    pod: Lv<'a>,
     /// `success` or `error`.
-    status: &'static str,
+    status: Lv<'a>,
     /// What went wrong, "" on success (see [`outcome`]).
-    error_type: String,
+    error_type: Lv<'a>,
     /// The error's class, "" when none was given.
-    class: &'a str,
+    class: Lv<'a>,
+    /// The method.
+    method: Lv<'a>,
+    /// The tool, "" for other methods.
+    tool: Lv<'a>,
 }
 
 impl<'a> Labels<'a> {
-    /// The labels of `x`.
-    fn of(x: &'a Exchange) -> Labels<'a> {
+    /// The labels of `x`, whose status and error type are `outcome`.
+    fn of(r: &Registry, x: &'a Exchange, (status, error_type): (&'static str, &'a str)) -> Self {
         let (ns, pod) = k8s_labels(&x.server);
-        let (status, error_type) = outcome(x);
         Labels {
-            server: name(&x.server),
-            client: name(&x.client),
-            ns,
-            pod,
-            status,
-            error_type,
-            class: x.error_class.unwrap_or(""),
+            server: r.resolve(name(&x.server)),
+            client: r.resolve(name(&x.client)),
+            ns: r.resolve(ns),
+            pod: r.resolve(pod),
+            status: r.resolve(status),
+            error_type: r.resolve(error_type),
+            class: r.resolve(x.error_class.unwrap_or("")),
+            method: r.resolve(&x.method),
+            tool: r.resolve(x.tool.as_deref().unwrap_or("")),
         }
     }
 }
@@ -95,14 +101,15 @@ impl<'a> Labels<'a> {
 /// The metrics of one exchange: those of its tool, resource or prompt, then those of every
 /// request, then its messages.
 fn exchange(r: &mut Registry, x: &Exchange) {
-    let l = Labels::of(x);
-    match (x.method.as_str(), &x.tool, &x.resource_uri, &x.prompt) {
-        ("tools/call", Some(tool), ..) => tool_call(r, x, tool, &l),
-        ("resources/read", _, Some(uri), _) => resource_read(r, x, uri, &l),
-        ("prompts/get", _, _, Some(prompt)) => {
-            r.inc(
+    let (status, error_type) = outcome(x);
+    let l = Labels::of(r, x, (status, &error_type));
+    match (x.method.as_str(), &x.resource_uri, &x.prompt) {
+        ("tools/call", ..) if x.tool.is_some() => tool_call(r, x, &l),
+        ("resources/read", Some(uri), _) => resource_read(r, x, uri, &l),
+        ("prompts/get", _, Some(prompt)) => {
+            r.inc_lv(
                 &defs::PROMPT_GETS,
-                &[prompt, l.server, l.status, l.ns, l.pod],
+                &[prompt.as_str().into(), l.server, l.status, l.ns, l.pod],
                 1.0,
             );
         }
@@ -113,16 +120,16 @@ fn exchange(r: &mut Registry, x: &Exchange) {
 }
 
 /// The per-tool metrics of a `tools/call`.
-fn tool_call(r: &mut Registry, x: &Exchange, tool: &str, l: &Labels<'_>) {
-    let server = l.server;
-    r.inc(
+fn tool_call(r: &mut Registry, x: &Exchange, l: &Labels<'_>) {
+    let (tool, server) = (l.tool, l.server);
+    r.inc_lv(
         &defs::TOOL_CALLS,
         &[
             tool,
             server,
             l.client,
             l.status,
-            &l.error_type,
+            l.error_type,
             l.class,
             l.ns,
             l.pod,
@@ -130,68 +137,67 @@ fn tool_call(r: &mut Registry, x: &Exchange, tool: &str, l: &Labels<'_>) {
         1.0,
     );
     if let Some(d) = x.duration_ms {
-        r.observe(&defs::TOOL_DURATION, &[tool, server, l.ns, l.pod], secs(d));
+        r.observe_lv(&defs::TOOL_DURATION, &[tool, server, l.ns, l.pod], secs(d));
     }
     if let Some(t) = x.result_tokens_est {
-        r.observe(&defs::TOOL_TOKENS, &[tool, server], t as f64);
+        r.observe_lv(&defs::TOOL_TOKENS, &[tool, server], t as f64);
     }
     if let Some(valid) = x.schema_valid {
-        r.inc(&defs::SCHEMA_CHECKED, &[tool, server], 1.0);
+        r.inc_lv(&defs::SCHEMA_CHECKED, &[tool, server], 1.0);
         if !valid {
-            r.inc(&defs::SCHEMA_VIOLATIONS, &[tool, server], 1.0);
+            r.inc_lv(&defs::SCHEMA_VIOLATIONS, &[tool, server], 1.0);
         }
     }
     if x.unknown_tool == Some(true) {
-        r.inc(&defs::UNKNOWN_TOOLS, &[server, l.client], 1.0);
+        r.inc_lv(&defs::UNKNOWN_TOOLS, &[server, l.client], 1.0);
     }
     if x.repeat_of.is_some() {
-        r.inc(&defs::REPEATED_CALLS, &[tool, server], 1.0);
+        r.inc_lv(&defs::REPEATED_CALLS, &[tool, server], 1.0);
     }
 }
 
 /// The per-resource metrics of a `resources/read`.
 fn resource_read(r: &mut Registry, x: &Exchange, uri: &str, l: &Labels<'_>) {
-    r.inc(
+    r.inc_lv(
         &defs::RESOURCE_READS,
-        &[uri, l.server, l.status, l.ns, l.pod],
+        &[uri.into(), l.server, l.status, l.ns, l.pod],
         1.0,
     );
     if let Some(b) = x.content_bytes {
-        r.observe(&defs::RESOURCE_BYTES, &[l.server], b as f64);
+        r.observe_lv(&defs::RESOURCE_BYTES, &[l.server], b as f64);
     }
     if x.repeat_of.is_some() {
-        r.inc(&defs::DUPLICATE_READS, &[l.server], 1.0);
+        r.inc_lv(&defs::DUPLICATE_READS, &[l.server], 1.0);
     }
 }
 
 /// What every request counts, whatever its method: the request and its error, and each
 /// watched side's operation time.
 fn requests(r: &mut Registry, x: &Exchange, l: &Labels<'_>) {
-    let (server, ns, pod) = (l.server, l.ns, l.pod);
-    r.inc(
+    let (server, ns, pod, method) = (l.server, l.ns, l.pod, l.method);
+    r.inc_lv(
         &defs::REQUESTS,
-        &[&x.method, server, l.status, &l.error_type, ns, pod],
+        &[method, server, l.status, l.error_type, ns, pod],
         1.0,
     );
     if let Some(code) = x.error_code {
-        r.inc(
+        r.inc_lv(
             &defs::ERRORS,
-            &[&code.to_string(), &x.method, server, ns, pod],
+            &[code.to_string().as_str().into(), method, server, ns, pod],
             1.0,
         );
     }
-    let tool = x.tool.as_deref().unwrap_or("");
     if let Some(d) = x.client_duration_ms {
-        r.observe(
+        r.observe_lv(
             &defs::CLIENT_OPERATION,
-            &[&x.method, tool, &l.error_type, server],
+            &[method, l.tool, l.error_type, server],
             secs(d),
         );
     }
     if let Some(d) = x.server_duration_ms {
-        r.observe(
+        r.observe_lv(
             &defs::SERVER_OPERATION,
-            &[&x.method, tool, &l.error_type, server, ns, pod],
+            &[method, l.tool, l.error_type, server, ns, pod],
             secs(d),
         );
     }
@@ -199,25 +205,27 @@ fn requests(r: &mut Registry, x: &Exchange, l: &Labels<'_>) {
 
 /// The request and its response (or error) as messages: counts and sizes by direction.
 fn messages(r: &mut Registry, x: &Exchange) {
-    let req_dir = direction(x.requester);
-    let resp_dir = direction(match x.requester {
+    let req_dir = r.resolve(direction(x.requester));
+    let resp_dir = r.resolve(direction(match x.requester {
         Role::Server => Role::Client,
         _ => Role::Server,
-    });
-    r.inc(&defs::MESSAGES, &[req_dir, "request", x.transport], 1.0);
-    r.observe(
+    }));
+    let transport = r.resolve(x.transport);
+    let request = r.resolve("request");
+    r.inc_lv(&defs::MESSAGES, &[req_dir, request, transport], 1.0);
+    r.observe_lv(
         &defs::MESSAGE_SIZE,
-        &[req_dir, "request"],
+        &[req_dir, request],
         x.request_bytes as f64,
     );
     if let Some(b) = x.response_bytes {
-        let kind = if x.status == Status::Error && x.error_code.is_some() {
+        let kind = r.resolve(if x.status == Status::Error && x.error_code.is_some() {
             "error"
         } else {
             "response"
-        };
-        r.inc(&defs::MESSAGES, &[resp_dir, kind, x.transport], 1.0);
-        r.observe(&defs::MESSAGE_SIZE, &[resp_dir, kind], b as f64);
+        });
+        r.inc_lv(&defs::MESSAGES, &[resp_dir, kind, transport], 1.0);
+        r.observe_lv(&defs::MESSAGE_SIZE, &[resp_dir, kind], b as f64);
     }
 }
 
