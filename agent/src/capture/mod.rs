@@ -202,9 +202,10 @@ impl<'a> Record<'a> {
         Some(unsafe { std::ptr::read_unaligned(self.data.as_ptr().cast()) })
     }
 
-    /// The thread's comm as text.
-    pub fn comm(&self) -> String {
-        comm_str(&self.hdr.comm)
+    /// The thread's comm as text, borrowed from the record (it is noted for every record
+    /// that carries bytes: copying it each time was an allocation per record).
+    pub fn comm(&self) -> std::borrow::Cow<'_, str> {
+        comm_text(&self.hdr.comm)
     }
 
     /// Serialise back to the bytes the kernel wrote (for `--record` and tests).
@@ -228,8 +229,13 @@ pub fn encode_record(hdr: &EventHeader, data: &[u8]) -> Vec<u8> {
 
 /// A NUL-padded kernel comm as a string.
 pub fn comm_str(comm: &[u8; 16]) -> String {
+    comm_text(comm).into_owned()
+}
+
+/// A NUL-padded comm as text, borrowed unless it is not UTF-8.
+fn comm_text(comm: &[u8; 16]) -> std::borrow::Cow<'_, str> {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
+    String::from_utf8_lossy(&comm[..end])
 }
 
 /// A comm name as the kernel stores it: at most 15 bytes, NUL-padded.
