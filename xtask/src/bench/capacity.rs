@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result};
 
 use super::Scale;
 use super::env::{CpuMeter, Env, Proc, free_port, http_get, metric, wait_for_port};
-use super::stats::{Better, Ratio, change, verdict};
+use super::stats::{Better, Ratio, against, change, median, quartiles, verdict};
 use crate::step;
 
 /// One step's outcome.
@@ -248,6 +248,7 @@ pub fn write_section(md: &mut String, s: &Scale, results: &[(Series, Vec<Capacit
             best_of.insert((name, size), v);
         }
     }
+    cpu_per_10k_line(md, results);
     for ((name, size), v) in &best_of {
         if *size == 200 {
             let _ = writeln!(
@@ -263,6 +264,37 @@ pub fn write_section(md: &mut String, s: &Scale, results: &[(Series, Vec<Capacit
             );
         }
     }
+}
+
+/// Agent CPU (% of one core) per 10,000 messages/s at each passing 200 B step of `runs`: a
+/// request and its response are two messages, each counted once though both ends capture it.
+pub fn cpu_per_10k(runs: &[CapacityRun]) -> Vec<f64> {
+    runs.iter()
+        .filter(|r| r.ok && r.achieved > 0.0)
+        .map(|r| r.cpu / (2.0 * r.achieved / 10_000.0))
+        .collect()
+}
+
+/// The CPU-per-message target, judged on the spread over every passing 200 B step.
+fn cpu_per_10k_line(md: &mut String, results: &[(Series, Vec<CapacityRun>)]) {
+    let per: Vec<f64> = results
+        .iter()
+        .filter(|(series, _)| series.size == 200)
+        .flat_map(|(_, runs)| cpu_per_10k(runs))
+        .collect();
+    if per.is_empty() {
+        return;
+    }
+    let q = quartiles(per.clone());
+    let _ = writeln!(
+        md,
+        "\nAgent CPU per 10,000 messages/s (a request and its response are two messages), over the {} passing 200 B steps of both transports: {:.1}% of one core [{:.1}–{:.1}] ({}; target at most 5%).",
+        per.len(),
+        median(per),
+        q.0,
+        q.1,
+        against(q, 5.0, Better::Lower)
+    );
 }
 
 /// Both binaries at one rate; a binary whose step failed runs no higher rate, so either may
