@@ -367,6 +367,7 @@ impl Live {
             warn!("stopping with {unread} records in the ring buffer not worked through");
         }
         self.pipeline.stats.unread_at_stop = unread;
+        log::debug!("stop: ring buffer drained in {:?}", began.elapsed());
         self.duties(true);
         self.pipeline.finish(monotonic_ns(), 2_000_000_000);
         self.outputs.emit_all(self.pipeline.drain_signals());
@@ -388,6 +389,7 @@ impl Live {
         // The process ends now: what the pipeline holds (maybe millions of entries) is left
         // to the kernel to reclaim rather than freed piece by piece, which takes seconds.
         std::mem::forget(self.pipeline);
+        log::debug!("stop: outputs closed at {:?}", began.elapsed());
         drop(self.probes);
         info!("stopped in {:?}", began.elapsed());
         Ok(())

@@ -382,7 +382,7 @@ impl Probes {
     /// grace period), while what the ring buffer holds is worked through.
     pub fn begin_stop(&mut self) {
         if let Some(tls) = self.tls.as_mut() {
-            tls.detach_all(&mut self.ebpf);
+            tls.stop(&mut self.ebpf);
         }
     }
 
