@@ -876,8 +876,8 @@ impl Tls {
         self.detach(ebpf, all);
     }
 
-    /// The agent is stopping: hand the release of every probe to a child process (see
-    /// [`release_after_exit`]), then start detaching them.
+    /// The agent is stopping: hand the release of every probe to a child process that
+    /// outlives the agent by the kernel's detach time, then start detaching them.
     pub fn stop(&mut self, ebpf: &mut Ebpf) {
         if !self.links.is_empty() {
             release_after_exit();
