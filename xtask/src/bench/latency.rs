@@ -36,7 +36,7 @@ impl Workload {
 }
 
 /// A self-signed certificate for 127.0.0.1 in `dir` (`cert.pem`, `key.pem` beside it).
-fn self_signed(dir: &Path) -> Result<PathBuf> {
+pub fn self_signed(dir: &Path) -> Result<PathBuf> {
     let cert = dir.join("cert.pem");
     let st = Command::new("openssl")
         .args(["req", "-x509", "-newkey", "ec", "-nodes", "-days", "1"])

@@ -5,7 +5,8 @@
 //!    empty programs on mcptap's hooks (the floor), with mcptap watching other processes, and
 //!    with mcptap watching every process ([`unwatched`]).
 //! 2. Overhead on watched MCP traffic: p50/p99 of back-to-back tools/call, agent off vs on
-//!    (stdio, HTTP, and HTTPS through the OpenSSL uprobes) ([`latency`]).
+//!    (stdio, HTTP, and HTTPS through the OpenSSL uprobes) ([`latency`]), and what one
+//!    OpenSSL uprobe hit costs ([`uprobe`]).
 //! 3. Capacity: the highest rate with no kernel loss and every exchange correlated
 //!    ([`capacity`]).
 //! 4. The userspace pipeline alone, on a recorded capture, with a profile ([`replay`]).
@@ -32,6 +33,7 @@ mod replay;
 mod soak;
 mod stats;
 mod unwatched;
+mod uprobe;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -205,6 +207,7 @@ impl Options {
 struct Results {
     unwatched: Unwatched,
     latency: Vec<Latency>,
+    uprobe: uprobe::UprobeCost,
     capacity: Vec<(Series, Vec<CapacityRun>)>,
     replay: Replay,
     footprint: Footprint,
@@ -275,6 +278,11 @@ impl Run<'_> {
         let results = Results {
             unwatched,
             latency,
+            uprobe: if want(Section::Latency) {
+                uprobe::measure(self.env, self.s)?
+            } else {
+                uprobe::UprobeCost::default()
+            },
             capacity: if want(Section::Capacity) {
                 self.capacity(&mut compared)?
             } else {
@@ -323,6 +331,7 @@ fn report(
     }
     if want(Section::Latency) {
         latency::write_section(&mut md, s, &r.latency);
+        uprobe::write_part(&mut md, &r.uprobe);
     }
     if want(Section::Capacity) {
         capacity::write_section(&mut md, s, &r.capacity);
