@@ -123,6 +123,28 @@ pub struct Agent {
     stderr: PathBuf,
 }
 
+/// Wait (at most 30 s) until no stopped agent's `mcptap-release` child is left: while it
+/// detaches its uprobes it holds the kernel's uprobe lock in turns, and a new agent's
+/// attaches, the per-process TLS probes among them, queue behind it.
+pub fn wait_for_released_probes() {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while releasing() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether a live (not zombie) `mcptap-release` process exists.
+fn releasing() -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // "pid (comm) state ...": a zombie has let go of its fds already.
+        stat.contains("(mcptap-release) ") && !stat.contains("(mcptap-release) Z")
+    })
+}
+
 impl Agent {
     /// Start mcptap with `args` (plus --jsonl, --listen, --quiet) and wait until /ready says
     /// every probe is attached.
@@ -144,6 +166,7 @@ impl Agent {
         envs: &[(&str, &str)],
     ) -> Agent {
         require_root();
+        wait_for_released_probes();
         let jsonl = dir.join("out.jsonl");
         let stderr = dir.join("agent.log");
         let port = free_port();

@@ -187,9 +187,29 @@ pub struct Env {
     pub dir: PathBuf,
 }
 
+/// Wait (at most 30 s) until no stopped agent's `mcptap-release` child is left: while it
+/// detaches its uprobes, the kernel's uprobe lock and CPU go to it, not to what is measured.
+fn wait_for_released_probes() {
+    let releasing = || {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+                stat.contains("(mcptap-release) ") && !stat.contains("(mcptap-release) Z")
+            })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while releasing() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl Env {
     /// Start what `state` needs; `None` for no agent. mcptap listens on `port`.
     pub fn start(&self, state: State, port: u16, extra: &[&str]) -> Result<Option<Proc>> {
+        wait_for_released_probes();
         let mut c = Command::new(&self.mcptap);
         match state {
             State::None => return Ok(None),
