@@ -174,40 +174,29 @@ impl std::ops::Deref for Str<'_> {
     }
 }
 
+/// A JSON-RPC envelope, its params read as `P` and its result as `R`.
 #[derive(Deserialize)]
-struct Envelope<'a> {
+#[serde(bound(deserialize = "P: Deserialize<'de>, R: Deserialize<'de>"))]
+struct Envelope<'a, P, R> {
     #[serde(borrow)]
     jsonrpc: Option<Str<'a>>,
     #[serde(borrow)]
     id: Option<&'a RawValue>,
     #[serde(borrow)]
     method: Option<Str<'a>>,
-    #[serde(borrow)]
-    params: Option<&'a RawValue>,
-    #[serde(borrow)]
-    result: Option<&'a RawValue>,
+    params: Option<P>,
+    result: Option<R>,
     #[serde(borrow)]
     error: Option<ErrorObject<'a>>,
 }
 
 /// The envelope with its params and result read in the same pass: what nearly every message
 /// is. A message whose params or result do not fit ([`Params`], [`ResultFields`]) fails this
-/// and is read again through [`Envelope`], which takes them as raw text.
-#[derive(Deserialize)]
-struct Typed<'a> {
-    #[serde(borrow)]
-    jsonrpc: Option<Str<'a>>,
-    #[serde(borrow)]
-    id: Option<&'a RawValue>,
-    #[serde(borrow)]
-    method: Option<Str<'a>>,
-    #[serde(borrow)]
-    params: Option<Params<'a>>,
-    #[serde(borrow)]
-    result: Option<ResultFields<'a>>,
-    #[serde(borrow)]
-    error: Option<ErrorObject<'a>>,
-}
+/// and is read again as a [`RawEnvelope`].
+type Typed<'a> = Envelope<'a, Params<'a>, ResultFields<'a>>;
+
+/// The envelope with params and result kept as raw text, each read on its own after.
+type RawEnvelope<'a> = Envelope<'a, &'a RawValue, &'a RawValue>;
 
 #[derive(Deserialize)]
 struct ErrorObject<'a> {
@@ -410,7 +399,7 @@ enum Body<'a> {
 /// Read the envelope with params and result as raw text, then each of them on its own:
 /// params or a result that do not parse are taken as absent.
 fn parse_two_pass(text: &str, opts: Options) -> Result<Message, ParseError> {
-    let env: Envelope<'_> = match serde_json::from_str(text) {
+    let env: RawEnvelope<'_> = match serde_json::from_str(text) {
         Ok(e) => e,
         Err(e) if e.is_data() => return Err(ParseError::NotJsonRpc),
         Err(e) => return Err(ParseError::NotJson(e.to_string())),
