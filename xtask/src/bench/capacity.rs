@@ -268,7 +268,7 @@ pub fn write_section(md: &mut String, s: &Scale, results: &[(Series, Vec<Capacit
 
 /// Agent CPU (% of one core) per 10,000 messages/s at each passing 200 B step of `runs`: a
 /// request and its response are two messages, each counted once though both ends capture it.
-pub fn cpu_per_10k(runs: &[CapacityRun]) -> Vec<f64> {
+fn cpu_per_10k(runs: &[CapacityRun]) -> Vec<f64> {
     runs.iter()
         .filter(|r| r.ok && r.achieved > 0.0)
         .map(|r| r.cpu / (2.0 * r.achieved / 10_000.0))
