@@ -117,6 +117,12 @@ pub struct OutputArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 300.0, value_parser = parse_seconds, global = true)]
     pub response_timeout: f64,
 
+    /// An agent task (one conversation thread of a process that talks to a model) with no
+    /// model call for this many seconds ends: `abandoned`, or as its last call left it
+    /// (`error`, `cut_off`, `context_overflow`). A final answer ends a task at once.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300.0, value_parser = parse_seconds, global = true)]
+    pub task_idle: f64,
+
     /// Include argument and result values in JSON lines and spans. Off by default: values
     /// never leave the host unless asked for, and even then secrets are redacted: the values
     /// of keys that look like secrets (password, token, secret, authorization, key, api key,

@@ -435,3 +435,100 @@ pub fn record(data: &[u8]) {
     p.finish(u64::MAX / 2, 1_000_000_000);
     p.drain_signals();
 }
+
+/// The facts a model API reader reports stay within their bounds: stop reasons and error
+/// codes cut to 64 bytes, payload text only with `--payloads` and cut.
+fn check_llm_response(r: &crate::llm::Response, payloads: bool) {
+    use crate::llm::MAX_PAYLOAD_TEXT;
+    assert!(r.finish_reason.as_ref().is_none_or(|f| f.len() <= 64));
+    assert!(
+        r.error
+            .as_ref()
+            .and_then(|e| e.code.as_ref())
+            .is_none_or(|c| c.len() <= 64)
+    );
+    assert!(
+        r.completion
+            .as_ref()
+            .is_none_or(|c| payloads && c.len() <= MAX_PAYLOAD_TEXT)
+    );
+    assert!(
+        r.tool_calls
+            .iter()
+            .all(|c| payloads || c.arguments.is_none())
+    );
+}
+
+/// A streamed reply whose body arrives in `pieces`, through the SSE parser as the HTTP binding
+/// feeds it; the accumulator never holds more than it was given.
+fn llm_stream(
+    api: &dyn crate::llm::api::ModelApi,
+    opts: crate::llm::api::Options,
+    pieces: &[&[u8]],
+) -> crate::llm::Response {
+    let mut parser = sse::Parser::new(64 * 1024);
+    let mut acc = api.stream(opts);
+    let mut fed = 0;
+    for (i, piece) in pieces.iter().enumerate() {
+        let (enter, exit) = (i as u64 * 10, i as u64 * 10 + 5);
+        parser.push(piece, enter, exit, |o| {
+            if let sse::Output::Event(e) = o {
+                fed += e.data.len();
+                acc.event(e.event, e.data);
+                assert!(acc.held() <= fed, "held more than it was given");
+            }
+        });
+    }
+    let r = acc.finish();
+    check_llm_response(&r, opts.payloads);
+    r
+}
+
+/// The model API readers. The first byte picks the API, `--payloads` (bit 2) and the reply's
+/// status (bits 3..); the second seeds the split; the rest is a request body, a whole reply
+/// body and an event stream, separated by 0x1e. Never a panic, facts within their bounds, and
+/// the same streamed reply however its bytes are split.
+pub fn llm(data: &[u8]) {
+    use crate::llm::api::{ModelApi, Options, anthropic, gemini, openai_chat, openai_responses};
+    let [pick, seed, rest @ ..] = data else {
+        return;
+    };
+    let apis: [(&dyn ModelApi, &str); 4] = [
+        (&anthropic::API, "/v1/messages"),
+        (&openai_chat::API, "/v1/chat/completions"),
+        (&openai_responses::API, "/v1/responses"),
+        (
+            &gemini::API,
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+        ),
+    ];
+    let (api, path) = apis[*pick as usize % 4];
+    let opts = Options {
+        payloads: pick & 4 != 0,
+    };
+    let status = [200, 400, 429, 500, 529][(*pick as usize >> 3) % 5];
+    let mut parts = rest.splitn(3, |b| *b == 0x1e);
+    let (request, reply, stream) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    if let Ok(r) = api.request(path, request, opts) {
+        assert!(r.results.iter().all(|c| c.message < r.messages.len()));
+        assert!(
+            r.prompt
+                .as_ref()
+                .is_none_or(|p| opts.payloads && p.len() <= crate::llm::MAX_PAYLOAD_TEXT)
+        );
+    }
+    let whole = api.response(status, reply, opts);
+    check_llm_response(&whole, opts.payloads);
+    assert!(
+        status == 200 || whole.error.is_some(),
+        "an error status is an error"
+    );
+    let once = llm_stream(api, opts, &[stream]);
+    let pieces = Chunks(*seed as u32).split(stream, 1 + *seed as usize % 64);
+    let split = llm_stream(api, opts, &pieces);
+    assert_eq!(once, split, "the reply depends on how the bytes were split");
+}

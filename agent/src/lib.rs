@@ -24,6 +24,7 @@
 //! holds what every capped table shares.
 #![warn(missing_docs)]
 
+pub mod agentic;
 pub mod bounded;
 pub mod capture;
 pub mod cli;
@@ -31,9 +32,11 @@ pub mod conn;
 pub mod enrich;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod llm;
 pub mod mcp;
 pub mod output;
 pub mod pipeline;
+pub mod proto;
 pub mod run;
 pub mod signal;
 pub mod wire;

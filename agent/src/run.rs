@@ -61,6 +61,7 @@ fn pipeline_config(output: &OutputArgs, clock: ClockAnchor) -> PipelineConfig {
     cfg.tracker.max_pending = output.max_pending as usize;
     cfg.tracker.response_timeout_ns = (output.response_timeout * 1e9) as u64;
     cfg.tracker.payloads = output.payloads;
+    cfg.agentic.task_idle_ns = (output.task_idle * 1e9) as u64;
     cfg.clock = clock;
     cfg
 }
@@ -82,8 +83,8 @@ fn agent_metrics(outputs: &Outputs, p: &Pipeline, live: Option<(&[TableStat], u6
     let totals = telemetry::AgentTotals {
         records: p.stats.records,
         bytes: p.stats.bytes,
-        truncated: p.transport.stats.oversize,
-        parse_errors: Some(&p.transport.stats.parse_errors),
+        truncated: p.protocols.mcp.stats.oversize,
+        parse_errors: Some(&p.protocols.mcp.stats.parse_errors),
         rejected: Some(&p.conns.stats.rejected),
         gaps: Some(&p.conns.stats.gaps),
         tls_undecrypted: p.conns.stats.tls_undecrypted,
@@ -100,6 +101,7 @@ fn agent_metrics(outputs: &Outputs, p: &Pipeline, live: Option<(&[TableStat], u6
             .collect(),
         tables,
         lag_seconds: live.is_some().then(|| lag_ns as f64 / 1e9),
+        unrequested_tool_calls: p.agentic.stats.unrequested,
     };
     let mut r = lock(&outputs.registry);
     if full {
@@ -382,7 +384,7 @@ impl Live {
             "captured {} records ({} bytes), {} messages, {} exchanges; kernel counters {:?}",
             s.records,
             s.bytes,
-            self.pipeline.transport.stats.messages,
+            self.pipeline.protocols.mcp.stats.messages,
             self.pipeline.tracker.stats.exchanges,
             self.probes.counters()
         );

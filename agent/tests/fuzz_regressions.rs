@@ -46,3 +46,8 @@ fn mcp() {
 fn record() {
     replay("record", mcptap::fuzz::record);
 }
+
+#[test]
+fn llm() {
+    replay("llm", mcptap::fuzz::llm);
+}

@@ -17,7 +17,13 @@ fn stage(module: &str) -> Option<u8> {
         // values are named where they are first read.
         ("mcp::message", 4),
         ("mcp::privacy", 4),
+        // The model APIs read beside MCP, from the same HTTP transactions.
+        ("llm", 4),
+        // Which protocol each stream and HTTP transaction carries: it composes the bindings.
+        ("proto", 4),
         ("mcp", 5),
+        // Model calls joined to the MCP exchanges they caused: above both.
+        ("agentic", 6),
         ("enrich", 7),
         ("output", 8),
     ];

@@ -33,6 +33,16 @@ impl std::fmt::Display for Addr {
     }
 }
 
+impl Addr {
+    /// The address and the port (none for a Unix socket), as outputs write them.
+    pub fn split(&self) -> (String, Option<u16>) {
+        match self {
+            Addr::Ip(ip, port) => (ip.to_string(), Some(*port)),
+            Addr::Unix(path) => (path.clone(), None),
+        }
+    }
+}
+
 /// One process's fd: the key of everything both directions of a socket share.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FdKey {

@@ -352,14 +352,14 @@ impl<S: Default, C> Conns<S, C> {
         let verdict = io.stream.verdict;
         match up.gap(io) {
             Some(dropped) => {
-                if verdict.mcp() {
+                if verdict.kept() {
                     self.report_gap(&io.key, gap, dropped, ts, cx);
                 }
                 verdict
             }
             None => {
                 // HTTP framing cannot find its next boundary after a hole.
-                if verdict.mcp() {
+                if verdict.kept() {
                     self.report_gap(&io.key, gap, 0, ts, cx);
                 }
                 Verdict::Rejected("http_gap")
@@ -437,7 +437,7 @@ impl<S: Default, C> Conns<S, C> {
                 shared: &mut fd.shared,
             };
             match up.gap(&mut io) {
-                Some(dropped) if dropped > 0 && stream.verdict.mcp() => {
+                Some(dropped) if dropped > 0 && stream.verdict.kept() => {
                     self.report_gap(&fk.stream(dir), gap(dropped), dropped, ts, cx);
                 }
                 Some(_) => {}
@@ -446,7 +446,7 @@ impl<S: Default, C> Conns<S, C> {
             *fd.stream(dir) = Some(stream);
         }
         if give_up && fd.shared.is_some() {
-            let mcp = fd.streams.iter().flatten().any(|s| s.verdict.mcp());
+            let mcp = fd.streams.iter().flatten().any(|s| s.verdict.kept());
             if mcp {
                 self.report_gap(&fk.stream(Dir::In), gap(held_shared), held_shared, ts, cx);
             }
@@ -505,7 +505,7 @@ impl<S: Default, C> Conns<S, C> {
             let Some(mut s) = fd.stream(dir).take() else {
                 continue;
             };
-            if !s.verdict.mcp() {
+            if !s.verdict.kept() {
                 continue;
             }
             let key = fk.stream(dir);

@@ -1,11 +1,12 @@
-//! Whether a stream carries MCP: the one state machine every framing feeds.
+//! Whether a stream carries something mcptap reads (MCP, or a model API's calls): the one
+//! state machine every framing feeds.
 //!
-//! A stream starts [`Verdict::Probing`]. Evidence moves it: a JSON-RPC message makes it
-//! [`Verdict::Mcp`] for good; something that is not one is tolerated once while probing (the
+//! A stream starts [`Verdict::Probing`]. Evidence moves it: a message of a protocol mcptap
+//! reads (a JSON-RPC message, a model call) makes it [`Verdict::Kept`] for good; something that is not one is tolerated once while probing (the
 //! agent may have started in the middle of a message, whose tail then arrives first), and a
 //! second time, or a thing that cannot be MCP at all, makes it [`Verdict::Rejected`], after
-//! which the kernel is told to stop shipping the fd. On a stream already known to carry MCP,
-//! something that is not a message is corruption: reported, and the stream stays MCP.
+//! which the kernel is told to stop shipping the fd. On a stream already kept, something that
+//! is not a message is corruption: reported, and the stream stays kept.
 
 /// What is known about a stream's content.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,8 +16,8 @@ pub enum Verdict {
         /// Frames seen that were not JSON-RPC.
         junk: u8,
     },
-    /// Carries JSON-RPC.
-    Mcp,
+    /// Carries a protocol mcptap reads: JSON-RPC (MCP), or model calls.
+    Kept,
     /// Does not, for this reason (counted in `mcptap_streams_rejected_total`).
     Rejected(&'static str),
 }
@@ -42,11 +43,11 @@ pub enum Stray {
 }
 
 impl Verdict {
-    /// A JSON-RPC message was seen.
+    /// A message of a protocol mcptap reads was seen.
     pub fn message(self) -> Verdict {
         match self {
             Verdict::Rejected(r) => Verdict::Rejected(r),
-            _ => Verdict::Mcp,
+            _ => Verdict::Kept,
         }
     }
 
@@ -59,7 +60,7 @@ impl Verdict {
                 (Verdict::Rejected(reason), Stray::Rejects)
             }
             Verdict::Probing { junk } => (Verdict::Probing { junk: junk + 1 }, Stray::Held),
-            Verdict::Mcp => (Verdict::Mcp, Stray::Corrupts),
+            Verdict::Kept => (Verdict::Kept, Stray::Corrupts),
             Verdict::Rejected(r) => (Verdict::Rejected(r), Stray::Ignored),
         }
     }
@@ -67,7 +68,7 @@ impl Verdict {
     /// The stream cannot be MCP, for `reason`; a stream already known to be MCP stays so.
     pub fn reject(self, reason: &'static str) -> Verdict {
         match self {
-            Verdict::Mcp => Verdict::Mcp,
+            Verdict::Kept => Verdict::Kept,
             Verdict::Rejected(r) => Verdict::Rejected(r),
             Verdict::Probing { .. } => Verdict::Rejected(reason),
         }
@@ -78,9 +79,9 @@ impl Verdict {
         matches!(self, Verdict::Probing { .. })
     }
 
-    /// Carries MCP.
-    pub fn mcp(self) -> bool {
-        self == Verdict::Mcp
+    /// Carries a protocol mcptap reads.
+    pub fn kept(self) -> bool {
+        self == Verdict::Kept
     }
 
     /// The reason it was rejected, if it was.
@@ -101,7 +102,7 @@ mod tests {
         let v = Verdict::default();
         let (v, s) = v.stray(false);
         assert_eq!((v, s), (Verdict::Probing { junk: 1 }, Stray::Held));
-        assert_eq!(v.message(), Verdict::Mcp);
+        assert_eq!(v.message(), Verdict::Kept);
         assert_eq!(
             v.stray(false),
             (Verdict::Rejected("not_json"), Stray::Rejects)
@@ -110,8 +111,8 @@ mod tests {
             Verdict::default().stray(true),
             (Verdict::Rejected("json_not_jsonrpc"), Stray::Rejects)
         );
-        assert_eq!(Verdict::Mcp.stray(false), (Verdict::Mcp, Stray::Corrupts));
-        assert_eq!(Verdict::Mcp.reject("binary"), Verdict::Mcp);
+        assert_eq!(Verdict::Kept.stray(false), (Verdict::Kept, Stray::Corrupts));
+        assert_eq!(Verdict::Kept.reject("binary"), Verdict::Kept);
         assert_eq!(
             Verdict::default().reject("binary").rejected(),
             Some("binary")

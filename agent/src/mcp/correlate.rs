@@ -72,6 +72,8 @@ pub struct Derived {
     pub repeat_of: Option<String>,
     /// Arguments, with `--payloads`.
     pub arguments: Option<String>,
+    /// Canonical hash of a tool call's arguments (what a model's tool call is matched by).
+    pub args_hash: Option<u64>,
     /// Trace context from `_meta`.
     pub traceparent: Option<String>,
     /// Trace state from `_meta`.

@@ -242,8 +242,8 @@ fn derive_request(
     match &msg.target {
         Target::Tool(tool) => {
             d.check = book.check(tools, tool, msg.arguments.as_deref());
-            d.repeat_of =
-                repeats.seen(derive::call_key(method, tool, msg.arguments.as_deref()), id);
+            d.args_hash = msg.arguments.as_deref().and_then(derive::canonical_hash);
+            d.repeat_of = repeats.seen(derive::call_key_of(method, tool, d.args_hash), id);
         }
         Target::Resource(uri) => {
             d.repeat_of = repeats.seen(derive::call_key(method, uri, None), id);

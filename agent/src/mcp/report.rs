@@ -93,7 +93,7 @@ impl Tracker {
             st.exchanges += 1;
             push_started(st, cx.procs, cx.clock, first_seen, cx.out);
             let initialize = rec.method == "initialize";
-            let (status, duration) = (rec.status, rec.duration_ms);
+            let (status, duration) = (rec.status, rec.timing.duration_ms);
             cx.out.push(Signal::Exchange(rec));
             if initialize {
                 answered(st, cx, (status, duration), now);
@@ -372,45 +372,56 @@ pub(super) fn exchange(
         error_code,
         http_status,
         requester,
-        duration_ms: duration,
-        client_duration_ms: client_d,
-        server_duration_ms: server_d,
+        timing: signal::Timing {
+            duration_ms: duration,
+            client_duration_ms: client_d,
+            server_duration_ms: server_d,
+            client_start_ns: client_start.map(|t| clock.wall_ns(t)),
+            server_start_ns: server_start.map(|t| clock.wall_ns(t)),
+        },
         client: s.endpoint(c, procs),
         server: s.endpoint(other(c), procs),
         protocol_version: s.protocol_version.clone(),
         request_bytes: p.req_bytes,
         response_bytes: resp.map(|r| r.bytes),
-        server_address,
-        server_port,
-        client_address,
-        client_port,
-        tls: s.tls,
-        error_class: derive::error_class(
-            status,
-            error_code,
-            http_status,
+        network: signal::Network {
+            server_address,
+            server_port,
+            client_address,
+            client_port,
+            tls: s.tls,
+        },
+        derived: signal::Derived {
+            error_class: derive::error_class(
+                status,
+                error_code,
+                http_status,
+                schema_valid,
+                unknown_tool,
+            ),
             schema_valid,
+            schema_error: d.check.schema_error,
             unknown_tool,
-        ),
-        schema_valid,
-        schema_error: d.check.schema_error,
-        unknown_tool,
-        repeat_of: d.repeat_of,
-        result_tokens_est: resp.and_then(|r| r.text_bytes).map(derive::tokens_estimate),
-        content_bytes: resp.and_then(|r| r.contents_bytes),
-        arguments: d.arguments.as_deref().map(privacy::redact),
-        result: resp.and_then(|r| r.result.as_deref()).map(privacy::redact),
-        traceparent: d.traceparent,
-        tracestate: d.tracestate,
-        client_start_ns: client_start.map(|t| clock.wall_ns(t)),
-        server_start_ns: server_start.map(|t| clock.wall_ns(t)),
+            repeat_of: d.repeat_of,
+            result_tokens_est: resp.and_then(|r| r.text_bytes).map(derive::tokens_estimate),
+            content_bytes: resp.and_then(|r| r.contents_bytes),
+        },
+        // The agentic layer names the task and turn, later in the pipeline.
+        agent: signal::AgentLink::default(),
+        payload: signal::Payload {
+            arguments: d.arguments.as_deref().map(privacy::redact),
+            result: resp.and_then(|r| r.result.as_deref()).map(privacy::redact),
+        },
+        trace: signal::TraceContext {
+            args_hash: d.args_hash,
+            agent_parent: None,
+            traceparent: d.traceparent,
+            tracestate: d.tracestate,
+        },
     }
 }
 
 fn split_addr(a: Option<&Addr>) -> (Option<String>, Option<u16>) {
-    match a {
-        Some(Addr::Ip(ip, port)) => (Some(ip.to_string()), Some(*port)),
-        Some(Addr::Unix(path)) => (Some(path.clone()), None),
-        None => (None, None),
-    }
+    a.map(Addr::split)
+        .map_or((None, None), |(a, p)| (Some(a), p))
 }

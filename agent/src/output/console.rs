@@ -1,13 +1,14 @@
-//! The console view: one line per exchange, notification and event, for people.
+//! The console view: one line per exchange, notification, model call and event, for people.
 //!
 //! ```text
 //! 09:56:45.123456 python3[4120] → node[4133] tools/call echo  ok  1.234 ms
+//! 09:56:45.101021 python3[4120] ⇢ anthropic claude-x task 4120-1 turn 1 ok tools [echo] in 812 out 40 311.020 ms
 //! ```
 
 use std::io::Write;
 
 use super::rfc3339_micros;
-use crate::signal::{Endpoint, Role, Signal, Sink};
+use crate::signal::{Endpoint, LlmCall, Role, Signal, Sink};
 
 fn who(e: &Endpoint) -> String {
     let comm = if e.comm.is_empty() { "?" } else { &e.comm };
@@ -51,6 +52,7 @@ pub fn render(signal: &Signal) -> String {
                 None => x.status.as_str().to_string(),
             };
             let dur = x
+                .timing
                 .duration_ms
                 .map(|d| format!("{d:.3} ms"))
                 .unwrap_or_else(|| "-".into());
@@ -72,6 +74,7 @@ pub fn render(signal: &Signal) -> String {
                 escape(&n.method)
             )
         }
+        Signal::LlmCall(c) => llm_line(c),
         Signal::Event(e) => {
             let time = &rfc3339_micros(e.ts_ns)[11..];
             let mut line = format!("{time} ! {}", e.name());
@@ -89,6 +92,31 @@ pub fn render(signal: &Signal) -> String {
             line
         }
     }
+}
+
+/// A model call: who called which model, in which task and turn, how it ended, what it
+/// asked for, its tokens and time.
+fn llm_line(c: &LlmCall) -> String {
+    let time = &rfc3339_micros(c.ts_ns)[11..];
+    let provider = c.provider.map_or("?", |p| p.as_str());
+    let model = c.model.as_deref().unwrap_or("?");
+    let mut line = format!("{time} {} ⇢ {provider} {}", who(&c.process), escape(model));
+    if let (Some(task), Some(turn)) = (&c.task, c.turn) {
+        line.push_str(&format!(" task {} turn {turn}", escape(task)));
+    }
+    match c.error_type {
+        Some(e) => line.push_str(&format!(" {} {e}", c.status.as_str())),
+        None => line.push_str(&format!(" {}", c.status.as_str())),
+    }
+    if !c.tool_calls.is_empty() {
+        let names: Vec<String> = c.tool_calls.iter().map(|t| escape(&t.name)).collect();
+        line.push_str(&format!(" tools [{}]", names.join(", ")));
+    }
+    if let (Some(i), Some(o)) = (c.usage.input, c.usage.output) {
+        line.push_str(&format!(" in {i} out {o}"));
+    }
+    line.push_str(&format!(" {:.3} ms", c.duration_ms));
+    line
 }
 
 /// Writes console lines.

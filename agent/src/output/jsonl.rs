@@ -1,5 +1,5 @@
 //! JSON lines: one object per signal. The schema is documented in the README; every record
-//! has `kind` (`exchange`, `notification` or `event`) and `ts` (RFC 3339 UTC, microseconds).
+//! has `kind` (`exchange`, `notification`, `llm_call` or `event`) and `ts` (RFC 3339 UTC, microseconds).
 
 use std::io::Write;
 
@@ -34,6 +34,12 @@ pub fn encode(signal: &Signal) -> String {
             ts: rfc3339_micros(n.ts_ns),
             id: None,
             body: n,
+        }),
+        Signal::LlmCall(c) => serde_json::to_string(&Line {
+            kind: "llm_call",
+            ts: rfc3339_micros(c.ts_ns),
+            id: None,
+            body: &**c,
         }),
         Signal::Event(e) => serde_json::to_string(&Line {
             kind: "event",
@@ -112,9 +118,12 @@ mod tests {
             status: Status::ToolError,
             error_code: None,
             requester: Role::Client,
-            duration_ms: Some(1.5),
-            client_duration_ms: Some(1.5),
-            server_duration_ms: Some(1.0),
+            timing: crate::signal::Timing {
+                duration_ms: Some(1.5),
+                client_duration_ms: Some(1.5),
+                server_duration_ms: Some(1.0),
+                ..Default::default()
+            },
             client: Endpoint {
                 pid: Some(1),
                 comm: "node".into(),

@@ -19,13 +19,16 @@ use std::collections::BTreeMap;
 
 use log::debug;
 
+use crate::agentic::{self, Joiner};
 use crate::bounded::TableStat;
 use crate::capture::host::{Host, NoHost};
 use crate::capture::recording::ClockAnchor;
 use crate::capture::{ProcessNote, Record, RecordKind};
 use crate::conn::{self, Conns};
-use crate::mcp::transport::{self, Framing, Transport, http::ConnState};
+use crate::llm;
+use crate::mcp::transport;
 use crate::mcp::{Tracker, TrackerConfig};
+use crate::proto::{self, Framing, Protocols};
 use crate::signal::process::{MAX_PROCESSES, Processes};
 use crate::signal::{Ctx, Event, Signal, What};
 use mcptap_abi::counter;
@@ -50,6 +53,8 @@ pub struct PipelineConfig {
     pub raw_session_ids: bool,
     /// Wall clock at a monotonic instant, for timestamps.
     pub clock: ClockAnchor,
+    /// The agentic layer's settings.
+    pub agentic: agentic::Config,
 }
 
 impl Default for PipelineConfig {
@@ -62,6 +67,7 @@ impl Default for PipelineConfig {
             max_buffered_bytes: 128 << 20,
             raw_session_ids: false,
             clock: ClockAnchor::default(),
+            agentic: agentic::Config::default(),
         }
     }
 }
@@ -88,14 +94,18 @@ pub struct PipelineStats {
 /// The whole userspace pipeline.
 pub struct Pipeline {
     /// Connections and streams.
-    pub conns: Conns<Framing, ConnState>,
-    /// The transport bindings.
-    pub transport: Transport,
+    pub conns: Conns<Framing, proto::Http>,
+    /// The protocols: MCP's transport bindings and the model APIs.
+    pub protocols: Protocols,
     /// Sessions and correlation.
     pub tracker: Tracker,
     /// Processes, for naming the ends of sessions.
     pub procs: Processes,
+    /// The agentic layer: model calls joined to the exchanges they caused.
+    pub agentic: Joiner,
     clock: ClockAnchor,
+    /// Signals the stages made, before the agentic layer.
+    raw: Vec<Signal>,
     out: Vec<Signal>,
     notes: Vec<ProcessNote>,
     /// What the pipeline itself counted.
@@ -123,11 +133,18 @@ impl Pipeline {
         };
         Pipeline {
             conns: Conns::new(conns),
-            transport: Transport::new(bindings),
+            protocols: Protocols::new(
+                bindings,
+                llm::http::Config {
+                    payloads: cfg.tracker.payloads,
+                },
+            ),
             links_cap: cfg.tracker.max_sessions.saturating_mul(4).max(1024),
             tracker: Tracker::new(cfg.tracker),
             procs: Processes::default(),
+            agentic: Joiner::new(cfg.agentic, cfg.clock),
             clock: cfg.clock,
+            raw: Vec::new(),
             out: Vec::new(),
             notes: Vec::new(),
             stats: PipelineStats::default(),
@@ -169,9 +186,9 @@ impl Pipeline {
             host,
             procs: &mut self.procs,
             clock: self.clock,
-            out: &mut self.out,
+            out: &mut self.raw,
         };
-        let mut stage = self.transport.stage(&mut self.tracker);
+        let mut stage = self.protocols.stage(&mut self.tracker);
         let (tgid, ts) = (rec.hdr.tgid, rec.hdr.ts_exit_ns);
         match rec.kind().expect("checked by parse") {
             RecordKind::Exec => {
@@ -181,6 +198,7 @@ impl Pipeline {
             RecordKind::Exit => {
                 self.conns.exit(tgid, ts, &mut stage, &mut cx);
                 self.tracker.process_exit(tgid, ts, &mut cx);
+                self.agentic.process_exit(tgid, ts);
                 self.notes.push(ProcessNote::Exit(tgid));
             }
             _ => {
@@ -188,13 +206,21 @@ impl Pipeline {
                 self.notes.extend(self.conns.take_notes());
             }
         }
+        self.join();
         self.release_links();
+    }
+
+    /// What the stages made goes through the agentic layer to the outputs' queue.
+    fn join(&mut self) {
+        if !self.raw.is_empty() {
+            self.agentic.take(&mut self.raw, &mut self.out, &self.procs);
+        }
     }
 
     /// Processes that left their last session: what was learned of their links goes.
     fn release_links(&mut self) {
         for pid in self.tracker.take_released() {
-            self.transport.links.forget_process(pid);
+            self.protocols.mcp.links.forget_process(pid);
         }
     }
 
@@ -205,11 +231,13 @@ impl Pipeline {
             host: &mut NoHost,
             procs: &mut self.procs,
             clock: self.clock,
-            out: &mut self.out,
+            out: &mut self.raw,
         };
         self.tracker.tick(now, &mut cx);
-        let mut stage = self.transport.stage(&mut self.tracker);
+        let mut stage = self.protocols.stage(&mut self.tracker);
         self.conns.tick(now, &mut stage, &mut cx);
+        self.join();
+        self.agentic.tick(now, &mut self.out);
         self.release_links();
         self.procs.set_now(now);
         if now.saturating_sub(self.last_gc_ns) >= PROCESS_GC_NS {
@@ -218,7 +246,7 @@ impl Pipeline {
             let tracker = &self.tracker;
             let named = |pid: u32| tracker.names(pid);
             self.procs.collect(named, PROCESS_IDLE_NS, MAX_PROCESSES);
-            self.transport.links.collect(named, self.links_cap);
+            self.protocols.mcp.links.collect(named, self.links_cap);
         }
     }
 
@@ -271,7 +299,8 @@ impl Pipeline {
     pub fn tables(&self) -> Vec<TableStat> {
         let mut v = self.conns.tables();
         v.extend(self.tracker.tables());
-        let links = &self.transport.links;
+        v.extend(self.agentic.tables());
+        let links = &self.protocols.mcp.links;
         v.push(TableStat::new(
             "processes",
             self.procs.len(),
@@ -307,6 +336,7 @@ impl Pipeline {
     pub fn finish(&mut self, now: u64, grace: u64) {
         self.tick(now + grace);
         self.conns.finish();
+        self.agentic.finish(&mut self.out);
         let open = self.tracker.open_exchanges();
         if open > 0 {
             let what = What::InFlightAtStop {
@@ -324,7 +354,9 @@ impl Pipeline {
     pub fn summary(&self) -> serde_json::Value {
         let s = &self.stats;
         let c = &self.conns.stats;
-        let b = &self.transport.stats;
+        let b = &self.protocols.mcp.stats;
+        let l = &self.protocols.llm.stats;
+        let a = &self.agentic.stats;
         let t = &self.tracker.stats;
         serde_json::json!({
             "records": s.records,
@@ -348,6 +380,17 @@ impl Pipeline {
             "messages_truncated": b.oversize,
             "streams_unterminated": b.unterminated,
             "http_errors": b.http_errors,
+            "llm": {
+                "calls": l.calls,
+                "cut_off": l.cut_off,
+                "not_this_api": l.not_this_api,
+                "oversize": l.oversize,
+            },
+            "agentic": {
+                "tasks": a.tasks,
+                "links": a.links,
+                "unrequested_tool_calls": a.unrequested,
+            },
             "evictions": self.evictions(),
             "tls": {
                 "sockets": c.tls_sockets,
@@ -369,6 +412,8 @@ impl Pipeline {
     }
 }
 
+#[cfg(test)]
+mod agentic_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -120,8 +120,8 @@ fn both_views_split_at_every_boundary_make_one_exchange() {
         assert_eq!(x.id, "7");
         // Client: write entry 1000 → read exit 5200. Server: last read exit 1300 → write
         // entry 5000.
-        assert_eq!(x.client_duration_ms, Some(0.0042));
-        assert_eq!(x.server_duration_ms, Some(0.0037));
+        assert_eq!(x.timing.client_duration_ms, Some(0.0042));
+        assert_eq!(x.timing.server_duration_ms, Some(0.0037));
         assert_eq!(x.client.pid, Some(CLIENT));
         assert_eq!(x.server.pid, Some(SERVER));
         assert_eq!(x.client.comm, "client");
@@ -155,8 +155,16 @@ fn view_order_does_not_matter() {
         let (out, _) = run(&recs, &mut host());
         let xs = exchanges(&out);
         assert_eq!(xs.len(), 1, "order {order:?}: {out:#?}");
-        assert_eq!(xs[0].client_duration_ms, Some(0.0042), "order {order:?}");
-        assert_eq!(xs[0].server_duration_ms, Some(0.0038), "order {order:?}");
+        assert_eq!(
+            xs[0].timing.client_duration_ms,
+            Some(0.0042),
+            "order {order:?}"
+        );
+        assert_eq!(
+            xs[0].timing.server_duration_ms,
+            Some(0.0038),
+            "order {order:?}"
+        );
     }
 }
 
@@ -171,9 +179,9 @@ fn one_side_watched() {
     let (out, _) = run(&recs, &mut host());
     let xs = exchanges(&out);
     assert_eq!(xs.len(), 1);
-    assert_eq!(xs[0].client_duration_ms, None);
-    assert_eq!(xs[0].server_duration_ms, Some(0.0038));
-    assert_eq!(xs[0].duration_ms, Some(0.0038));
+    assert_eq!(xs[0].timing.client_duration_ms, None);
+    assert_eq!(xs[0].timing.server_duration_ms, Some(0.0038));
+    assert_eq!(xs[0].timing.duration_ms, Some(0.0038));
     assert_eq!(xs[0].client.pid, Some(CLIENT));
     assert_eq!(xs[0].client.comm, "client");
 }
@@ -213,7 +221,7 @@ fn stray_stdout_is_corruption_and_framing_resyncs() {
         .filter(|s| matches!(s, Signal::Event(e) if e.name() == "stream_corruption"))
         .collect();
     assert_eq!(corrupt.len(), 1, "{out:#?}");
-    assert_eq!(p.transport.stats.parse_errors.get("not_json"), Some(&2));
+    assert_eq!(p.protocols.mcp.stats.parse_errors.get("not_json"), Some(&2));
 }
 
 /// JSON that is not JSON-RPC on a pipe: the stream is rejected, the kernel is told, and
@@ -490,14 +498,14 @@ fn streamable_http_session_across_connections() {
     assert_eq!(init.server.name.as_deref(), Some("s"));
     assert_eq!(init.client.pid, Some(HTTP_CLIENT));
     assert_eq!(init.server.pid, Some(HTTP_SERVER));
-    assert_eq!(init.server_address.as_deref(), Some("127.0.0.1"));
-    assert_eq!(init.server_port, Some(8000));
-    assert_eq!(init.client_port, Some(40001));
-    assert!(init.client_duration_ms.is_some() && init.server_duration_ms.is_some());
+    assert_eq!(init.network.server_address.as_deref(), Some("127.0.0.1"));
+    assert_eq!(init.network.server_port, Some(8000));
+    assert_eq!(init.network.client_port, Some(40001));
+    assert!(init.timing.client_duration_ms.is_some() && init.timing.server_duration_ms.is_some());
     let call = xs.iter().find(|x| x.method == "tools/call").unwrap();
     assert_eq!(call.session.as_deref(), Some(label.as_str()));
     assert_eq!(call.status, Status::Ok);
-    assert_eq!(call.client_port, Some(40003));
+    assert_eq!(call.network.client_port, Some(40003));
     assert_eq!(call.protocol_version.as_deref(), Some("2025-06-18"));
     let gone = xs.iter().find(|x| x.method == "tools/list").unwrap();
     assert_eq!(gone.status, Status::Error);
@@ -536,7 +544,7 @@ fn stateless_http_scopes_by_connection() {
         xs.iter()
             .all(|x| x.session.is_none() && x.status == Status::Ok)
     );
-    assert_ne!(xs[0].client_port, xs[1].client_port);
+    assert_ne!(xs[0].network.client_port, xs[1].network.client_port);
 }
 
 /// Legacy HTTP+SSE: the endpoint event names the session; the POST is answered 202 and its
@@ -572,7 +580,7 @@ fn legacy_sse_correlates_on_the_get_stream() {
     let label = crate::mcp::privacy::session_label("abc", false);
     assert_eq!(xs[0].session.as_deref(), Some(label.as_str()));
     assert_eq!(xs[0].status, Status::Ok);
-    assert!(xs[0].client_duration_ms.is_some() && xs[0].server_duration_ms.is_some());
+    assert!(xs[0].timing.client_duration_ms.is_some() && xs[0].timing.server_duration_ms.is_some());
 }
 
 // ---- Bad input: each case is counted and reported, never a crash or a made-up exchange. ----
@@ -653,7 +661,7 @@ fn malformed_lines_are_counted_and_skipped() {
     let (out, p) = run(&recs, &mut host());
     let ids: Vec<&str> = exchanges(&out).iter().map(|x| x.id.as_str()).collect();
     assert_eq!(ids, ["1", "2"], "{out:#?}");
-    assert_eq!(p.transport.stats.parse_errors.get("not_json"), Some(&4));
+    assert_eq!(p.protocols.mcp.stats.parse_errors.get("not_json"), Some(&4));
     assert_eq!(events(&out, "stream_corruption").len(), 4);
 }
 
@@ -727,7 +735,7 @@ fn a_100_mib_message_is_reported_truncated() {
     assert_eq!(truncated.len(), 1, "{out:#?}");
     let ids: Vec<&str> = exchanges(&out).iter().map(|x| x.id.as_str()).collect();
     assert_eq!(ids, ["1", "6"], "no exchange from the oversize message");
-    assert_eq!(p.transport.stats.oversize, 1);
+    assert_eq!(p.protocols.mcp.stats.oversize, 1);
     assert_eq!(
         p.conns.stats.gaps.values().sum::<u64>(),
         0,
@@ -844,9 +852,11 @@ fn lying_http_framing_is_counted() {
         xs.iter().all(|x| x.status != Status::Ok),
         "a completed exchange from lying framing: {xs:#?}"
     );
-    assert!(p.transport.stats.http_errors >= 1, "{:?}", p.stats);
+    assert!(p.protocols.mcp.stats.http_errors >= 1, "{:?}", p.stats);
     assert!(
-        p.transport.stats.parse_errors.values().sum::<u64>() + p.transport.stats.http_errors >= 2
+        p.protocols.mcp.stats.parse_errors.values().sum::<u64>()
+            + p.protocols.mcp.stats.http_errors
+            >= 2
     );
 }
 
@@ -866,7 +876,7 @@ fn binary_garbage_mid_stream_is_counted() {
     let ids: Vec<&str> = exchanges(&out).iter().map(|x| x.id.as_str()).collect();
     assert_eq!(ids, ["1", "2"], "{out:#?}");
     assert!(
-        p.transport.stats.parse_errors.values().sum::<u64>() >= 1,
+        p.protocols.mcp.stats.parse_errors.values().sum::<u64>() >= 1,
         "{:?}",
         p.stats
     );
@@ -987,7 +997,7 @@ fn the_buffer_budget_drops_the_partial_message_that_passes_it() {
         &mut h,
         &rec(CLIENT, 5, DIR_OUT, REQ_PIPE, 4_000, 4_100, REQ),
     );
-    assert_eq!(p.transport.stats.messages, 2);
+    assert_eq!(p.protocols.mcp.stats.messages, 2);
 }
 
 /// Only the server is watched, and /proc does not name the client at first (a scan that
@@ -1027,7 +1037,7 @@ fn a_far_end_named_late_does_not_split_the_session() {
             assert_eq!(x.status, Status::Ok, "{x:?}");
             assert_eq!(x.session.as_deref(), Some(label.as_str()));
             assert_eq!((x.client.pid, x.server.pid), (Some(client), Some(server)));
-            assert!(x.server_duration_ms.is_some() && x.client_duration_ms.is_none());
+            assert!(x.timing.server_duration_ms.is_some() && x.timing.client_duration_ms.is_none());
         }
         let events: Vec<_> = out
             .iter()

@@ -64,6 +64,21 @@ pub struct Endpoint {
     pub k8s: Option<std::sync::Arc<crate::capture::cgroup::Identity>>,
 }
 
+impl Endpoint {
+    /// Process `pid` as the process table knows it (no MCP identity).
+    pub fn of_process(pid: u32, procs: &process::Processes) -> Endpoint {
+        let proc = procs.get(pid);
+        Endpoint {
+            pid: Some(pid),
+            comm: proc.map(|p| p.comm.clone()).unwrap_or_default(),
+            exe: proc.map(|p| p.exe.clone()).unwrap_or_default(),
+            name: None,
+            version: None,
+            k8s: proc.and_then(|p| p.k8s.clone()),
+        }
+    }
+}
+
 /// How an exchange ended.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -108,6 +123,10 @@ pub enum Role {
 }
 
 /// A request and its response (or the lack of one), seen from one or both sides.
+///
+/// A record of parts (as Pixie's HTTP record is): the exchange itself, then its timing,
+/// network, derived signals, agentic link, payload and trace context, each written flat into
+/// the JSON line (`#[serde(flatten)]`), so the JSONL schema does not depend on the grouping.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Exchange {
     /// Wall-clock nanoseconds when the request was first seen.
@@ -143,15 +162,9 @@ pub struct Exchange {
     pub http_status: Option<u16>,
     /// Which role sent the request (servers send sampling, roots and elicitation requests).
     pub requester: Role,
-    /// Duration in milliseconds: the client's view when it was seen, else the server's.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub duration_ms: Option<f64>,
-    /// Request sent to response received, on the client.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_duration_ms: Option<f64>,
-    /// Request received to response sent, on the server.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub server_duration_ms: Option<f64>,
+    /// How long it took.
+    #[serde(flatten)]
+    pub timing: Timing,
     /// The MCP client.
     pub client: Endpoint,
     /// The MCP server.
@@ -164,6 +177,47 @@ pub struct Exchange {
     /// Size of the response message in bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_bytes: Option<u64>,
+    /// Where it travelled: the connection's ends and TLS (network transports).
+    #[serde(flatten)]
+    pub network: Network,
+    /// What mcptap worked out beyond the outcome (never a value).
+    #[serde(flatten)]
+    pub derived: Derived,
+    /// The agentic layer's names for it: the task and turn whose model asked for it.
+    #[serde(flatten)]
+    pub agent: AgentLink,
+    /// Argument and result values, only with `--payloads`, secrets redacted.
+    #[serde(flatten)]
+    pub payload: Payload,
+    /// What its spans hang from, and what links it to a model's tool call (not written in
+    /// JSON lines).
+    #[serde(skip)]
+    pub trace: TraceContext,
+}
+
+/// How long it took, from each side watched.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Timing {
+    /// Duration in milliseconds: the client's view when it was seen, else the server's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<f64>,
+    /// Request sent to response received, on the client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_duration_ms: Option<f64>,
+    /// Request received to response sent, on the server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_duration_ms: Option<f64>,
+    /// Wall-clock ns the client sent the request (spans).
+    #[serde(skip)]
+    pub client_start_ns: Option<u64>,
+    /// Wall-clock ns the server received the request (spans).
+    #[serde(skip)]
+    pub server_start_ns: Option<u64>,
+}
+
+/// Where it travelled: the connection's ends and TLS (network transports).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Network {
     /// Server address: IP, or Unix socket path (network transports).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_address: Option<String>,
@@ -180,6 +234,11 @@ pub struct Exchange {
     /// only when true.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub tls: bool,
+}
+
+/// What mcptap worked out beyond the outcome (never a value).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Derived {
     /// For failures: `client_misuse`, `server_failure` or `other`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_class: Option<&'static str>,
@@ -203,24 +262,262 @@ pub struct Exchange {
     /// Size of a resource's contents (resources/read).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content_bytes: Option<u64>,
+}
+
+/// The agentic layer's names for it: the task and turn whose model asked for it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct AgentLink {
+    /// The agent task whose model asked for this tool call (the agentic layer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// The turn of that task that asked for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn: Option<u32>,
+}
+
+/// Argument and result values, only with `--payloads`, secrets redacted.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Payload {
     /// Arguments, only with `--payloads`, secrets redacted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arguments: Option<serde_json::Value>,
     /// Result, only with `--payloads`, secrets redacted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
-    /// W3C trace context the request carried in `_meta`.
-    #[serde(skip)]
+}
+
+/// What its spans hang from, and what links it to a model's tool call (not written in JSON
+/// lines).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TraceContext {
+    /// Canonical hash of a tool call's arguments.
+    pub args_hash: Option<u64>,
+    /// The agentic layer's `execute_tool` span this call ran for, as a W3C traceparent: the
+    /// CLIENT span's parent (ahead of one from `_meta`).
+    pub agent_parent: Option<String>,
+    /// W3C trace context the request carried in `_meta` (or, for a tool call a model asked
+    /// for, the context of the agentic layer's `execute_tool` span).
     pub traceparent: Option<String>,
     /// W3C trace state the request carried in `_meta`.
-    #[serde(skip)]
     pub tracestate: Option<String>,
-    /// Wall-clock ns the client sent the request (spans).
+}
+
+/// JSON text written into the output as it is (a JSON-RPC id: a number stays a number).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RawJson(pub String);
+
+impl Serialize for RawJson {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match serde_json::value::RawValue::from_string(self.0.clone()) {
+            Ok(raw) => raw.serialize(s),
+            Err(_) => s.serialize_str(&self.0),
+        }
+    }
+}
+
+/// How a model call ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LlmStatus {
+    /// A whole reply.
+    #[default]
+    Ok,
+    /// An API error (an error body, or an error event in the stream).
+    Error,
+    /// The reply stopped before its end (the connection closed, or its process exited).
+    CutOff,
+}
+
+impl LlmStatus {
+    /// The name used in every output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LlmStatus::Ok => "ok",
+            LlmStatus::Error => "error",
+            LlmStatus::CutOff => "cut_off",
+        }
+    }
+}
+
+/// The MCP exchange a model's tool call became.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ExchangeRef {
+    /// Its session, as in the exchange record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// Its JSON-RPC id, as on the wire.
+    pub id: RawJson,
+}
+
+/// A tool call a model asked for, and where it went.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct LlmToolCall {
+    /// Its id (`toolu_...`, `call_...`), where the API gives one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The tool's name as the model wrote it.
+    pub name: String,
+    /// The Responses API's namespace of the call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The tool was not among those the request offered.
+    pub hallucinated: bool,
+    /// The MCP `tools/call` it became, or null: served by the host itself, hallucinated, or
+    /// never run.
+    pub exchange: Option<ExchangeRef>,
+    /// The arguments, only with `--payloads`, secrets redacted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<serde_json::Value>,
+    /// Canonical hash of the arguments (matches the MCP call's).
     #[serde(skip)]
-    pub client_start_ns: Option<u64>,
-    /// Wall-clock ns the server received the request (spans).
+    pub args_hash: Option<u64>,
+    /// When the tool ran, as far as it is known (wall-clock ns): from the reply that asked
+    /// for it to its MCP exchange's end, or to the request that carried its result back.
     #[serde(skip)]
-    pub server_start_ns: Option<u64>,
+    pub window: Option<(u64, u64)>,
+}
+
+/// A tool result a model request carried back.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct LlmToolResult {
+    /// The id of the tool call it answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The API's error flag; null where the API has none (then see `failed`).
+    pub is_error: Option<bool>,
+    /// The tool call it answers failed: the API's flag, its MCP exchange's outcome, or a
+    /// hallucinated tool (written only when true).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub failed: bool,
+    /// The tool call it answers ran as an MCP tool: its name there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// Input tokens this result cost the model (its share of the prompt's growth), when
+    /// the turn's usage tells.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
+    /// The MCP server that produced it (for the tokens-per-tool metric).
+    #[serde(skip)]
+    pub server: Option<String>,
+}
+
+/// What the agentic layer needs of a model call and does not report: fingerprints of the
+/// conversation, the results by position, times.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LlmFacts {
+    /// The request's first byte (CLOCK_MONOTONIC ns).
+    pub start_ns: u64,
+    /// The reply's last byte, or when it was cut off.
+    pub end_ns: u64,
+    /// Fingerprint of the system prompt (0: none).
+    pub system: u64,
+    /// Fingerprint of each message or input item.
+    pub messages: Vec<u64>,
+    /// The tool results the request carried, with their positions and sizes.
+    pub results: Vec<crate::llm::CarriedResult>,
+    /// Responses API: the response this one continues.
+    pub previous_response_id: Option<String>,
+    /// Why the model stopped, normalised.
+    pub stop: crate::llm::Stop,
+    /// The reply's API error kind.
+    pub error: Option<crate::llm::ErrorKind>,
+    /// The trace of its task (the agentic layer's spans).
+    pub trace: Option<u128>,
+}
+
+/// One call to a model API, seen from the process that made it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct LlmCall {
+    /// Wall-clock nanoseconds of the request's first byte.
+    #[serde(skip)]
+    pub ts_ns: u64,
+    /// `anthropic`, `openai` or `gemini`.
+    pub provider: Option<crate::llm::Provider>,
+    /// `messages`, `chat_completions`, `responses` or `generate_content`.
+    pub api: Option<crate::llm::Api>,
+    /// The model asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The model that answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_model: Option<String>,
+    /// The reply's id (`msg_...`, `chatcmpl-...`, `resp_...`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_id: Option<String>,
+    /// The reply was streamed.
+    pub stream: bool,
+    /// How it ended.
+    pub status: LlmStatus,
+    /// The reply's HTTP status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// For errors: `rate_limit`, `context_overflow`, `overloaded`, `auth`,
+    /// `invalid_request` or `server`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_type: Option<&'static str>,
+    /// The provider's own error type or code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    /// `Retry-After` of a refused call, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_s: Option<f64>,
+    /// Request's first byte to the reply's last (or to the cut).
+    pub duration_ms: f64,
+    /// Request's first byte to the first generated content of a streamed reply.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttft_ms: Option<f64>,
+    /// Usage as the reply reported it.
+    #[serde(flatten)]
+    pub usage: crate::llm::Usage,
+    /// The provider's own stop reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<String>,
+    /// The tools the request offered, by the names the model sees.
+    pub tools_offered: Vec<String>,
+    /// The tool calls the model asked for.
+    pub tool_calls: Vec<LlmToolCall>,
+    /// The tool results the request carried back to the model.
+    pub tool_results: Vec<LlmToolResult>,
+    /// The task (one conversation thread's run to an answer) this call belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// Its turn in the task, from 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn: Option<u32>,
+    /// It repeats the previous call of its thread, which failed or was cut off.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub retry: bool,
+    /// Tool results this request carries back for the first time that are errors: the API's
+    /// flag, the MCP exchange's outcome, or an answer to a hallucinated tool.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub errors_fed_back: u32,
+    /// Those errors, when the first tool call of this reply succeeded.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub self_corrections: u32,
+    /// Bytes of the request body.
+    pub request_bytes: u64,
+    /// Bytes of the reply body.
+    pub response_bytes: u64,
+    /// The process that made the call.
+    pub process: Endpoint,
+    /// The API's address (IP or Unix socket path).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_address: Option<String>,
+    /// The API's port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_port: Option<u16>,
+    /// It travelled inside TLS; written only when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
+    /// The last message's text, only with `--payloads`, secrets redacted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// The generated text, only with `--payloads`, secrets redacted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completion: Option<String>,
+    /// What the agentic layer works with.
+    #[serde(skip)]
+    pub facts: LlmFacts,
 }
 
 /// A notification, reported once even when both sides saw it.
@@ -275,6 +572,10 @@ pub struct Event {
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The events, each with its own fields (the README's table documents them).
@@ -389,6 +690,8 @@ pub enum What {
         /// The server's name.
         server_name: String,
     },
+    /// An agent task ended (the agentic layer).
+    TaskEnd(TaskEnd),
     /// mcptap stopped: everything it counted.
     AgentStop {
         /// The counters, userspace and kernel.
@@ -419,6 +722,44 @@ pub struct Handshake {
     /// The version negotiated.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol_version: Option<String>,
+}
+
+/// How an agent task ended: one conversation thread of one process, from its first model
+/// call to the answer (or to what stopped it).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct TaskEnd {
+    /// The task.
+    pub task: String,
+    /// `completed`, `error`, `max_tokens`, `context_overflow`, `cut_off` or `abandoned`.
+    pub outcome: &'static str,
+    /// Model calls (turns).
+    pub turns: u32,
+    /// First request to the last reply.
+    pub duration_ms: f64,
+    /// Tool calls the model asked for.
+    pub tool_calls: u32,
+    /// Those that became MCP `tools/call` exchanges.
+    pub mcp_calls: u32,
+    /// Those naming a tool the request did not offer.
+    pub hallucinations: u32,
+    /// Errors fed back to the model.
+    pub errors_fed_back: u32,
+    /// Errors after which the model's next tool call succeeded.
+    pub self_corrections: u32,
+    /// Input tokens over all turns, cached included.
+    pub input_tokens: u64,
+    /// Output tokens over all turns.
+    pub output_tokens: u64,
+    /// The models it called.
+    pub models: Vec<String>,
+    /// The process that ran it.
+    pub process: Endpoint,
+    /// When it started (wall-clock ns: its first request).
+    #[serde(skip)]
+    pub start_ns: u64,
+    /// Its trace.
+    #[serde(skip)]
+    pub trace: u128,
 }
 
 /// How a session ended.
@@ -475,6 +816,7 @@ impl Event {
             What::SessionEnd(_) => "session_end",
             What::ToolDrift { .. } => "tool_drift",
             What::CallTimeout { .. } => "call_timeout",
+            What::TaskEnd(_) => "task_end",
             What::AgentStop { .. } => "agent_stop",
         }
     }
@@ -495,6 +837,7 @@ impl Event {
             What::Handshake(Handshake { client, server, .. })
             | What::SessionStart { client, server, .. }
             | What::SessionEnd(SessionEnd { client, server, .. }) => vec![client, server],
+            What::TaskEnd(t) => vec![&mut t.process],
             _ => Vec::new(),
         }
     }
@@ -509,6 +852,8 @@ pub enum Signal {
     Exchange(Exchange),
     /// A notification.
     Notification(Notification),
+    /// A call to a model API.
+    LlmCall(Box<LlmCall>),
     /// An agent event.
     Event(Event),
 }
@@ -533,5 +878,35 @@ pub trait Sink {
 impl Sink for Vec<Signal> {
     fn emit(&mut self, signal: &Signal) {
         self.push(signal.clone());
+    }
+}
+
+/// The ids of the agentic layer's spans, derived from what identifies them, so that the
+/// layer that links an MCP call to its tool call and the exporter that writes the spans agree
+/// without sharing state (and a replay gives the same trace).
+pub mod trace_ids {
+    use xxhash_rust::xxh3::{xxh3_64_with_seed, xxh3_128};
+
+    /// The trace of a task: its id and its start.
+    pub fn task_trace(task: &str, start_ns: u64) -> u128 {
+        let mut b = task.as_bytes().to_vec();
+        b.extend_from_slice(&start_ns.to_le_bytes());
+        xxh3_128(&b) | 1
+    }
+
+    /// A span of the task: 0 for the task's own span, `turn` for a turn's, and a turn's tool
+    /// calls from `turn << 16 | (index + 1)`. Odd, hence never the invalid zero id.
+    pub fn span(trace: u128, part: u64) -> u64 {
+        xxh3_64_with_seed(&trace.to_le_bytes(), part) | 1
+    }
+
+    /// The part of a turn's tool call `index`.
+    pub fn tool_part(turn: u32, index: usize) -> u64 {
+        (u64::from(turn) << 16) | (index as u64 + 1)
+    }
+
+    /// W3C traceparent text of a span.
+    pub fn traceparent(trace: u128, span: u64) -> String {
+        format!("00-{trace:032x}-{span:016x}-01")
     }
 }

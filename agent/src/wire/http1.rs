@@ -45,6 +45,8 @@ pub struct Headers {
     pub mcp_name: Option<String>,
     /// `Connection: close`.
     pub close: bool,
+    /// `Retry-After`, as written (seconds, or an HTTP date).
+    pub retry_after: Option<String>,
 }
 
 impl Headers {
@@ -76,6 +78,8 @@ impl Headers {
                 h.mcp_name = Some(value());
             } else if name.eq_ignore_ascii_case("connection") {
                 h.close |= value().to_ascii_lowercase().contains("close");
+            } else if name.eq_ignore_ascii_case("retry-after") {
+                h.retry_after = Some(value());
             }
         }
         Ok(h)
@@ -102,6 +106,9 @@ pub struct Head {
     pub first_enter_ns: u64,
     /// Exit time of the syscall that completed the head.
     pub last_exit_ns: u64,
+    /// Bytes of the message's body (de-chunked), counted as it arrives: the whole body once
+    /// the message ended, what came so far before that.
+    pub body_bytes: u64,
 }
 
 /// Which side of HTTP a parser reads.
@@ -696,7 +703,8 @@ impl Conn {
                 }
             }
             OwnedEvent::End { exit_ns } => {
-                if let Some((txn, body, len)) = self.req.take() {
+                if let Some((mut txn, body, len)) = self.req.take() {
+                    txn.request.body_bytes = len;
                     if len > self.max_body as u64 {
                         emit(ConnEvent::Oversize { txn: &txn, len });
                     } else if !body.is_empty() {
@@ -769,9 +777,13 @@ impl Conn {
         exit_ns: u64,
         emit: &mut impl FnMut(ConnEvent<'_>),
     ) {
-        let Some(txn) = self.open.front() else {
+        let Some(txn) = self.open.front_mut() else {
             return;
         };
+        if let Some(r) = txn.response.as_mut() {
+            r.body_bytes += data.len() as u64;
+        }
+        let txn = &*txn;
         if let Some(p) = &mut self.sse {
             p.push(data, enter_ns, exit_ns, |o| match o {
                 sse::Output::Event(event) => emit(ConnEvent::Sse { txn, event }),

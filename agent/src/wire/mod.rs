@@ -1,8 +1,10 @@
 //! Stage 3, wire framing: a stream's bytes in, whole messages out.
 //!
 //! stdio speaks newline-delimited JSON ([`ndjson`]); the network transports speak HTTP/1.1
-//! ([`http1`]) whose bodies are JSON or server-sent events ([`sse`]).
+//! ([`http1`]) whose bodies are JSON or server-sent events ([`sse`]); [`json`] hashes JSON
+//! text canonically without building it.
 
 pub mod http1;
+pub mod json;
 pub mod ndjson;
 pub mod sse;

@@ -116,6 +116,7 @@ impl Resolver {
                 self.endpoint(&mut n.client);
                 self.endpoint(&mut n.server);
             }
+            Signal::LlmCall(c) => self.endpoint(&mut c.process),
             Signal::Event(e) => {
                 for ep in e.endpoints_mut() {
                     self.endpoint(ep);

@@ -1,21 +1,24 @@
 //! The HTTP binding: HTTP/1.1 transactions in, routed MCP messages out, for both HTTP
 //! transports ([`super::streamable`] and [`super::legacy_sse`] name their sessions).
 //!
-//! A connection is MCP when a request carries MCP headers or a JSON-RPC body, or a GET event
-//! stream carries an `endpoint` event or JSON-RPC; anything else (REST, model APIs, web pages)
-//! is rejected and the kernel stops shipping it. A 4xx/5xx reply with no JSON-RPC answer ends
-//! the requests of its transaction as errors with that status.
+//! It is one [`HttpApp`]: a transaction is MCP's when its request carries MCP headers, or it
+//! is a POST whose body is JSON-RPC, or a GET whose event stream carries an `endpoint` event or
+//! JSON-RPC; a connection where such a transaction turns out not to be MCP is refused (and, if
+//! no other protocol keeps it, rejected: the kernel stops shipping it). A 4xx/5xx reply with no
+//! JSON-RPC answer ends the requests of its transaction as errors with that status.
 
 use xxhash_rust::xxh3::xxh3_64;
 
+use super::links::Links;
 use super::route::{HttpEnd, HttpNaming, Route, View, http_route};
-use super::{At, Binding, Deliver, Oversize, Seen, Stray, legacy_sse, streamable};
+use super::{At, Config, Deliver, Oversize, Seen, Stats, Stray, legacy_sse, streamable};
 use crate::capture::{Dir, FdKind};
-use crate::conn::Bytes;
 use crate::conn::verdict::Verdict;
 use crate::mcp::message::{self, Id, Kind, Message, Parsed};
+use crate::proto::AppCx;
+use crate::proto::http::{Claim, Holds, HttpApp};
 use crate::signal::{Signal, What};
-use crate::wire::http1::{Conn, ConnEvent, Role, Txn};
+use crate::wire::http1::{ConnEvent, Role, Txn};
 
 /// A request body waiting for its response head.
 struct Held {
@@ -24,47 +27,21 @@ struct Held {
     view: View,
 }
 
-/// What the binding keeps per HTTP connection besides the framing.
-struct Meta {
+/// What the binding keeps per HTTP connection (the framing is the connection's own).
+#[derive(Default)]
+pub struct McpConn {
     verdict: Verdict,
     held: Vec<Held>,
     /// JSON-RPC request ids sent in each transaction, and those answered in it.
     ids: crate::FastMap<u64, (Vec<Id>, crate::FastSet<Id>)>,
     /// The session this connection's legacy `endpoint` event named.
     legacy: Option<String>,
-    /// The view template for this fd.
-    base: View,
 }
 
-/// One process's view of one HTTP connection: the framing of both directions, and what the
-/// binding learned of it.
-pub struct ConnState {
-    http: Conn,
-    meta: Option<Meta>,
-}
-
-impl std::fmt::Debug for ConnState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnState").finish_non_exhaustive()
-    }
-}
-
-impl ConnState {
-    /// A connection whose framing `http` detected.
-    pub fn new(http: Conn) -> Self {
-        ConnState { http, meta: None }
-    }
-
-    /// Bytes held for messages not complete yet, and request bodies held for their
-    /// response's head.
-    pub fn buffered(&self) -> usize {
-        let held: usize = self
-            .meta
-            .iter()
-            .flat_map(|m| &m.held)
-            .map(|h| h.body.len())
-            .sum();
-        self.http.buffered() + held
+impl Holds for McpConn {
+    /// Request bodies held for their response's head.
+    fn held(&self) -> usize {
+        self.held.iter().map(|h| h.body.len()).sum()
     }
 }
 
@@ -84,13 +61,41 @@ fn response_ids(parsed: &Parsed) -> Vec<Id> {
     ids_of(parsed, |m| matches!(m.kind, Kind::Response | Kind::Error))
 }
 
-/// The HTTP binding.
-pub struct Http;
+/// MCP over HTTP, for one record's work: the tracker messages go to, and the transport's
+/// links, counters and settings.
+pub struct McpHttp<'a, D> {
+    /// Where messages go.
+    pub tracker: &'a mut D,
+    /// Who is at the far end of each link.
+    pub links: &'a mut Links,
+    /// Counters.
+    pub stats: &'a mut Stats,
+    /// Settings.
+    pub cfg: &'a Config,
+}
+
+impl<D: Deliver> McpHttp<'_, D> {
+    /// The binding's work context for one app context.
+    fn at<'b, 'c>(&'b mut self, cx: &'b mut AppCx<'_, 'c>) -> At<'b, 'c, D> {
+        At {
+            cx: &mut *cx.cx,
+            tracker: &mut *self.tracker,
+            links: &mut *self.links,
+            stats: &mut *self.stats,
+            cfg: self.cfg,
+            key: cx.key,
+            base: cx.base,
+            socket: cx.socket,
+            now: cx.now,
+        }
+    }
+}
 
 /// What every event of one connection needs: its framing's role and the binding's state.
 struct ConnAt<'m> {
     role: Role,
-    meta: &'m mut Meta,
+    meta: &'m mut McpConn,
+    base: View,
 }
 
 impl ConnAt<'_> {
@@ -106,7 +111,7 @@ impl ConnAt<'_> {
             dir,
             first_enter_ns: first,
             last_exit_ns: last,
-            ..self.meta.base
+            ..self.base
         }
     }
 
@@ -125,11 +130,11 @@ impl ConnAt<'_> {
             .and_then(legacy_sse::session_in)
             .or_else(|| self.meta.legacy.clone());
         http_route(&HttpNaming {
-            tgid: self.meta.base.tgid,
-            inode: self.meta.base.inode,
-            peer_inode: self.meta.base.peer_inode,
+            tgid: self.base.tgid,
+            inode: self.base.inode,
+            peer_inode: self.base.peer_inode,
             socket: at.socket,
-            unix: at.socket.is_some_and(|s| s.unix) || self.meta.base.kind == FdKind::Unix,
+            unix: at.socket.is_some_and(|s| s.unix) || self.base.kind == FdKind::Unix,
             end: match self.role {
                 Role::Client => HttpEnd::Client,
                 Role::Server => HttpEnd::Server,
@@ -144,71 +149,57 @@ impl ConnAt<'_> {
     }
 }
 
-impl Binding for Http {
-    type State = ConnState;
+impl<D: Deliver> HttpApp for McpHttp<'_, D> {
+    type Conn = McpConn;
 
-    fn take<D: Deliver>(
-        &mut self,
-        cs: &mut ConnState,
-        at: &mut At<'_, '_, D>,
-        bytes: Bytes<'_>,
-        verdict: Verdict,
-    ) -> Verdict {
-        let base = at.base;
-        let mut meta = cs.meta.take().unwrap_or_else(|| Meta {
-            verdict: Verdict::default(),
-            held: Vec::new(),
-            ids: Default::default(),
-            legacy: None,
-            base,
-        });
-        let role = cs.http.role();
-        let (dir, data) = (at.key.dir, bytes.data);
-        cs.http
-            .push(dir, data, bytes.enter_ns, bytes.exit_ns, &mut |e| {
-                if meta.verdict.rejected().is_none() {
-                    let mut c = ConnAt {
-                        role,
-                        meta: &mut meta,
-                    };
-                    event(&mut c, at, e);
-                }
-            });
-        let v = meta.verdict;
-        cs.meta = Some(meta);
-        match v {
-            Verdict::Rejected(_) => v,
-            Verdict::Mcp => Verdict::Mcp,
-            Verdict::Probing { .. } => verdict,
+    fn claim(&self, _role: Role, txn: &Txn) -> Claim {
+        let h = &txn.request.headers;
+        let method = txn.request.method.as_deref().unwrap_or("");
+        if streamable::mcp_headers(h) {
+            Claim::Yes
+        } else if streamable::may_be_mcp(method, h) {
+            // POSTs are decided by their body, GETs by their event stream.
+            Claim::Maybe
+        } else {
+            Claim::No
         }
     }
-}
 
-impl Http {
-    /// The connection closed (or its process exited, or lost bytes): bodies delimited by the
-    /// close end, held requests are delivered as they are.
-    pub fn close<D: Deliver>(&mut self, mut cs: Box<ConnState>, at: &mut At<'_, '_, D>, ts: u64) {
-        let Some(mut meta) = cs.meta.take() else {
-            return;
+    fn claim_body(&mut self, _conn: &mut McpConn, _txn: &Txn, body: &[u8]) -> bool {
+        message::parse_with(body, message::Options { payloads: false }).is_ok()
+    }
+
+    fn event(
+        &mut self,
+        conn: &mut McpConn,
+        cx: &mut AppCx<'_, '_>,
+        role: Role,
+        e: ConnEvent<'_>,
+    ) -> Verdict {
+        let base = cx.base;
+        let mut at = self.at(cx);
+        let mut c = ConnAt {
+            role,
+            meta: conn,
+            base,
         };
-        let role = cs.http.role();
-        let left = cs.http.finish(ts, &mut |e| {
-            if meta.verdict.mcp() {
-                let mut c = ConnAt {
-                    role,
-                    meta: &mut meta,
-                };
-                event(&mut c, at, e);
-            }
-        });
-        if meta.verdict.mcp() {
-            let mut c = ConnAt {
-                role,
-                meta: &mut meta,
-            };
-            for txn in &left {
-                release(&mut c, at, txn);
-            }
+        event(&mut c, &mut at, e);
+        conn.verdict
+    }
+
+    fn close(&mut self, mut conn: McpConn, cx: &mut AppCx<'_, '_>, role: Role, left: &[Txn]) {
+        if !conn.verdict.kept() {
+            return;
+        }
+        let base = cx.base;
+        let mut at = self.at(cx);
+        let mut c = ConnAt {
+            role,
+            meta: &mut conn,
+            base,
+        };
+        for txn in left {
+            release(&mut c, &mut at, txn);
         }
     }
 }
@@ -254,7 +245,7 @@ fn event<D: Deliver>(c: &mut ConnAt<'_>, at: &mut At<'_, '_, D>, e: ConnEvent<'_
                 len,
                 prefix: b"",
             };
-            at.oversize(&big, Verdict::Mcp);
+            at.oversize(&big, Verdict::Kept);
         }
         ConnEvent::Error(why) => broken(c, at, why),
     }
@@ -267,7 +258,7 @@ fn request_head(c: &mut ConnAt<'_>, txn: &Txn) {
     let h = &txn.request.headers;
     let method = txn.request.method.as_deref().unwrap_or("");
     if streamable::mcp_headers(h) {
-        c.meta.verdict = Verdict::Mcp;
+        c.meta.verdict = Verdict::Kept;
     } else if !streamable::may_be_mcp(method, h) {
         // POSTs are decided by their body, GETs by their event stream; nothing else is MCP.
         c.meta.verdict = Verdict::Rejected("http_not_mcp");
@@ -295,7 +286,7 @@ fn request_body<D: Deliver>(
             return;
         }
     };
-    c.meta.verdict = Verdict::Mcp;
+    c.meta.verdict = Verdict::Kept;
     let ids = &mut c.meta.ids.entry(txn.seq).or_default().0;
     ids.extend(request_ids(&parsed));
     let named = txn.request.headers.session_id.is_some()
@@ -364,13 +355,13 @@ fn sse_event<D: Deliver>(
     if let Some(named) = legacy_sse::endpoint_session(event.event, event.data) {
         if let Some(id) = named {
             c.meta.legacy = Some(id);
-            c.meta.verdict = Verdict::Mcp;
+            c.meta.verdict = Verdict::Kept;
         }
         return;
     }
     match message::parse_with(event.data, at.parse_opts()) {
         Ok(parsed) => {
-            c.meta.verdict = Verdict::Mcp;
+            c.meta.verdict = Verdict::Kept;
             if let Some((_, answered)) = c.meta.ids.get_mut(&txn.seq) {
                 answered.extend(response_ids(&parsed));
             }
@@ -421,7 +412,7 @@ fn done<D: Deliver>(c: &mut ConnAt<'_>, at: &mut At<'_, '_, D>, txn: &Txn) {
 
 fn broken<D: Deliver>(c: &mut ConnAt<'_>, at: &mut At<'_, '_, D>, why: &'static str) {
     at.stats.http_errors += 1;
-    if c.meta.verdict.mcp() {
+    if c.meta.verdict.kept() {
         let what = What::StreamCorruption {
             reason: "http",
             bytes: None,

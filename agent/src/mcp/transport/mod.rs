@@ -1,19 +1,19 @@
-//! Stage 4, the transport bindings: the ordered bytes of each stream in, MCP messages with
-//! their routes out.
+//! Stage 4, MCP's transport bindings: frames of the streams that carry MCP in, MCP messages
+//! with their routes out.
 //!
-//! Each stream picks its framing from its first bytes: HTTP/1.x (the network transports) or
-//! newline-delimited JSON (stdio, and MCP over plain sockets); TLS records, HTTP/2 and binary
-//! bytes are not MCP. Each framing feeds one [`Binding`]:
+//! [`crate::proto`] picks each stream's framing and each HTTP transaction's protocol; MCP's
+//! share of them comes here:
 //!
-//! - [`stdio`]: one JSON-RPC message per line, over pipes, socketpairs, Unix sockets or TCP;
-//! - [`http`]: HTTP/1.1 transactions, with [`streamable`] (Streamable HTTP, sessions named by
-//!   `Mcp-Session-Id`) and [`legacy_sse`] (the 2024-11-05 HTTP+SSE transport, sessions named
-//!   in the endpoint URI) naming their sessions.
+//! - [`stdio`]: one JSON-RPC message per line, over pipes, socketpairs, Unix sockets or TCP
+//!   (a [`Binding`]);
+//! - [`http`]: HTTP/1.1 transactions (an [`crate::proto::http::HttpApp`]), with
+//!   [`streamable`] (Streamable HTTP, sessions named by `Mcp-Session-Id`) and [`legacy_sse`]
+//!   (the 2024-11-05 HTTP+SSE transport, sessions named in the endpoint URI) naming their
+//!   sessions.
 //!
 //! Every route is built in [`route`]; which process is at the far end of a link is learned in
 //! [`links`]. What a binding finds goes to the tracker through [`Deliver`], and the stream's
-//! verdict goes back to `conn`, which owns the streams. Adding a protocol is a new module
-//! behind [`Binding`].
+//! verdict goes back to `conn`, which owns the streams.
 
 pub mod http;
 pub mod legacy_sse;
@@ -25,11 +25,10 @@ pub mod streamable;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::message::{self, Message, Parsed};
-use crate::capture::{Dir, FdKind};
-use crate::conn::fd::{Fd, FdKey, SocketEnds};
-use crate::conn::stream::{Stream, StreamKey};
+use crate::capture::Dir;
+use crate::conn::fd::SocketEnds;
+use crate::conn::stream::StreamKey;
 use crate::conn::verdict::Verdict;
-use crate::conn::{Io, Upper};
 use crate::signal::{Ctx, Signal, What};
 use links::Links;
 use route::{Route, SessionKey, View};
@@ -246,11 +245,11 @@ impl<D: Deliver> At<'_, '_, D> {
         let looks_rpc = big.prefix.trim_ascii_start().starts_with(b"{")
             && memchr::memmem::find(big.prefix, b"\"jsonrpc\"").is_some();
         let verdict = if verdict.probing() && looks_rpc {
-            Verdict::Mcp
+            Verdict::Kept
         } else {
             verdict
         };
-        if !verdict.mcp() {
+        if !verdict.kept() {
             return verdict;
         }
         let what = What::MessageTruncated {
@@ -276,28 +275,6 @@ impl<D: Deliver> At<'_, '_, D> {
     }
 }
 
-/// How a stream's bytes are framed, and what its binding keeps.
-#[derive(Debug, Default)]
-pub enum Framing {
-    /// No bytes yet.
-    #[default]
-    Undecided,
-    /// Newline-delimited JSON.
-    Lines(stdio::Lines),
-    /// HTTP/1.x: the connection, shared by both directions, is the fd's shared state.
-    Http,
-}
-
-fn looks_binary(b: &[u8]) -> bool {
-    b.iter()
-        .take(64)
-        .any(|&c| c < 0x09 || (0x0e..0x20).contains(&c) || c == 0x7f)
-}
-
-fn looks_tls(b: &[u8]) -> bool {
-    b.len() >= 3 && mcptap_abi::looks_tls(b[0], b[1], b[2])
-}
-
 /// The bindings and what they share: the link resolver, counters and settings.
 pub struct Transport {
     /// Settings.
@@ -306,8 +283,8 @@ pub struct Transport {
     pub stats: Stats,
     /// Who is at the far end of each link.
     pub links: Links,
-    stdio: stdio::Stdio,
-    http: http::Http,
+    /// The stdio binding.
+    pub stdio: stdio::Stdio,
 }
 
 impl Transport {
@@ -318,181 +295,6 @@ impl Transport {
             stats: Stats::default(),
             links: Links::default(),
             stdio: stdio::Stdio,
-            http: http::Http,
         }
-    }
-
-    /// The stage `conn` hands streams to, with the tracker the messages go to.
-    pub fn stage<'a, D: Deliver>(&'a mut self, tracker: &'a mut D) -> Stage<'a, D> {
-        Stage {
-            transport: self,
-            tracker,
-        }
-    }
-}
-
-/// The transport bound to a tracker for one record's work: what `conn` calls.
-pub struct Stage<'a, D> {
-    transport: &'a mut Transport,
-    tracker: &'a mut D,
-}
-
-impl<D: Deliver> Stage<'_, D> {
-    fn at<'b, 'c>(
-        &'b mut self,
-        cx: &'b mut Ctx<'c>,
-        (key, base, now): (StreamKey, View, u64),
-        socket: Option<&'b SocketEnds>,
-    ) -> (At<'b, 'c, D>, &'b mut stdio::Stdio, &'b mut http::Http) {
-        let t = &mut *self.transport;
-        let at = At {
-            cx,
-            tracker: &mut *self.tracker,
-            links: &mut t.links,
-            stats: &mut t.stats,
-            cfg: &t.cfg,
-            key,
-            base,
-            socket,
-            now,
-        };
-        (at, &mut t.stdio, &mut t.http)
-    }
-
-    /// Pick how to frame a stream from its first bytes; its verdict when it is rejected.
-    fn choose(&self, io: &mut Io<'_, Framing, http::ConnState>, first: &[u8]) -> Option<Verdict> {
-        let head = first.trim_ascii_start();
-        if io.shared.is_some() {
-            // The other direction of this fd already found HTTP.
-            io.stream.upper = Framing::Http;
-            return None;
-        }
-        if io.kind != FdKind::Pipe
-            && let Some(conn) = crate::wire::http1::Conn::detect(
-                io.key.dir,
-                head,
-                self.transport.cfg.max_message_bytes,
-            )
-        {
-            *io.shared = Some(Box::new(http::ConnState::new(conn)));
-            io.stream.upper = Framing::Http;
-            return None;
-        }
-        let reason = if head.starts_with(b"PRI * HTTP/2") {
-            Some("http2")
-        } else if looks_tls(head) {
-            Some("tls")
-        } else if looks_binary(first) {
-            Some("binary")
-        } else {
-            None
-        };
-        if let Some(reason) = reason {
-            return Some(Verdict::Rejected(reason));
-        }
-        let max = self.transport.cfg.max_message_bytes;
-        io.stream.upper = Framing::Lines(stdio::Lines::new(max));
-        None
-    }
-}
-
-/// The view template of one direction of an fd.
-fn base_view<S>(key: &StreamKey, kind: FdKind, peer_inode: u64, stream: &Stream<S>) -> View {
-    View {
-        tgid: key.tgid,
-        fd: key.fd,
-        dir: key.dir,
-        kind,
-        inode: key.inode,
-        peer_inode,
-        first_enter_ns: 0,
-        last_exit_ns: 0,
-        tls: stream.tls,
-    }
-}
-
-impl<D: Deliver> Upper for Stage<'_, D> {
-    type Stream = Framing;
-    type Shared = http::ConnState;
-
-    fn bytes(
-        &mut self,
-        io: &mut Io<'_, Framing, http::ConnState>,
-        data: crate::conn::Bytes<'_>,
-        cx: &mut Ctx<'_>,
-    ) -> Verdict {
-        if matches!(io.stream.upper, Framing::Undecided)
-            && let Some(v) = self.choose(io, data.data)
-        {
-            return v;
-        }
-        let base = base_view(&io.key, io.kind, io.peer_inode, io.stream);
-        let verdict = io.stream.verdict;
-        let (mut at, stdio, http) = self.at(cx, (io.key, base, data.exit_ns), io.socket);
-        match &mut io.stream.upper {
-            Framing::Lines(lines) => stdio.take(lines, &mut at, data, verdict),
-            Framing::Http => match io.shared.as_deref_mut() {
-                Some(conn) => http.take(conn, &mut at, data, verdict),
-                None => verdict,
-            },
-            Framing::Undecided => unreachable!("chosen above"),
-        }
-    }
-
-    fn gap(&mut self, io: &mut Io<'_, Framing, http::ConnState>) -> Option<u64> {
-        match &mut io.stream.upper {
-            Framing::Lines(lines) => Some(lines.gap()),
-            // HTTP framing cannot find its next boundary after a hole.
-            Framing::Http => None,
-            Framing::Undecided => Some(0),
-        }
-    }
-
-    fn close(
-        &mut self,
-        fk: FdKey,
-        fd: &mut Fd<Framing, http::ConnState>,
-        ts: u64,
-        cx: &mut Ctx<'_>,
-    ) {
-        let Some(conn) = fd.shared.take() else {
-            return;
-        };
-        let base = View {
-            tgid: fk.tgid,
-            fd: fk.fd,
-            dir: Dir::In,
-            kind: fd.kind,
-            inode: fk.inode,
-            peer_inode: fd.peer_inode,
-            first_enter_ns: 0,
-            last_exit_ns: 0,
-            tls: fd.tls.is_some(),
-        };
-        let key = fk.stream(Dir::In);
-        let (mut at, _, http) = self.at(cx, (key, base, ts), fd.socket.as_deref());
-        http.close(conn, &mut at, ts);
-    }
-
-    fn finish(&mut self, key: StreamKey, stream: &mut Stream<Framing>, ts: u64, cx: &mut Ctx<'_>) {
-        if let Framing::Lines(lines) = &mut stream.upper
-            && let Some(n) = lines.finish()
-        {
-            self.transport.stats.unterminated += 1;
-            let what = What::StreamUnterminated { bytes: n };
-            let e = cx.stream_event(what, key.tgid, key.fd, ts);
-            cx.out.push(Signal::Event(e));
-        }
-    }
-
-    fn held(stream: &Framing) -> usize {
-        match stream {
-            Framing::Lines(l) => l.held(),
-            _ => 0,
-        }
-    }
-
-    fn held_shared(shared: &http::ConnState) -> usize {
-        shared.buffered()
     }
 }

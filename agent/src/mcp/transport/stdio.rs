@@ -158,7 +158,7 @@ fn line<D: Deliver>(
         }
         Err(err) => err,
     };
-    if verdict.mcp() && f.after_gap {
+    if verdict.kept() && f.after_gap {
         // The tail of a message cut by a hole: expected, already reported.
         at.stats.resync_dropped_bytes += bytes.len() as u64 + 1;
         return verdict;

@@ -76,6 +76,8 @@ macro_rules! def {
     };
 }
 
+pub mod agent;
+
 /// Every metric.
 pub mod defs {
     use super::{Def, Kind, LATENCY, SESSION, SIZE, TOKENS};
@@ -714,6 +716,23 @@ pub mod defs {
         &AGENT_TABLE_CAPACITY,
         &AGENT_SERIES_OVERFLOW,
         &AGENT_CAPTURE_LAG,
+        &super::agent::INFERENCE_DURATION,
+        &super::agent::TIME_TO_FIRST_CHUNK,
+        &super::agent::USAGE_INPUT,
+        &super::agent::USAGE_OUTPUT,
+        &super::agent::USAGE_CACHE_READ,
+        &super::agent::USAGE_CACHE_WRITE,
+        &super::agent::USAGE_REASONING,
+        &super::agent::OPERATION_INPUT,
+        &super::agent::OPERATION_OUTPUT,
+        &super::agent::TASKS,
+        &super::agent::TURNS_PER_TASK,
+        &super::agent::TOOL_CALLS_ASKED,
+        &super::agent::HALLUCINATIONS,
+        &super::agent::ERRORS_FED_BACK,
+        &super::agent::SELF_CORRECTIONS,
+        &super::agent::RESULT_TOKENS,
+        &super::agent::UNREQUESTED,
     ];
 }
 

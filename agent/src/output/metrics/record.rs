@@ -91,7 +91,7 @@ impl<'a> Labels<'a> {
             pod: r.resolve(pod),
             status: r.resolve(status),
             error_type: r.resolve(error_type),
-            class: r.resolve(x.error_class.unwrap_or("")),
+            class: r.resolve(x.derived.error_class.unwrap_or("")),
             method: r.resolve(&x.method),
             tool: r.resolve(x.tool.as_deref().unwrap_or("")),
         }
@@ -136,22 +136,22 @@ fn tool_call(r: &mut Registry, x: &Exchange, l: &Labels<'_>) {
         ],
         1.0,
     );
-    if let Some(d) = x.duration_ms {
+    if let Some(d) = x.timing.duration_ms {
         r.observe_lv(&defs::TOOL_DURATION, &[tool, server, l.ns, l.pod], secs(d));
     }
-    if let Some(t) = x.result_tokens_est {
+    if let Some(t) = x.derived.result_tokens_est {
         r.observe_lv(&defs::TOOL_TOKENS, &[tool, server], t as f64);
     }
-    if let Some(valid) = x.schema_valid {
+    if let Some(valid) = x.derived.schema_valid {
         r.inc_lv(&defs::SCHEMA_CHECKED, &[tool, server], 1.0);
         if !valid {
             r.inc_lv(&defs::SCHEMA_VIOLATIONS, &[tool, server], 1.0);
         }
     }
-    if x.unknown_tool == Some(true) {
+    if x.derived.unknown_tool == Some(true) {
         r.inc_lv(&defs::UNKNOWN_TOOLS, &[server, l.client], 1.0);
     }
-    if x.repeat_of.is_some() {
+    if x.derived.repeat_of.is_some() {
         r.inc_lv(&defs::REPEATED_CALLS, &[tool, server], 1.0);
     }
 }
@@ -163,10 +163,10 @@ fn resource_read(r: &mut Registry, x: &Exchange, uri: &str, l: &Labels<'_>) {
         &[uri.into(), l.server, l.status, l.ns, l.pod],
         1.0,
     );
-    if let Some(b) = x.content_bytes {
+    if let Some(b) = x.derived.content_bytes {
         r.observe_lv(&defs::RESOURCE_BYTES, &[l.server], b as f64);
     }
-    if x.repeat_of.is_some() {
+    if x.derived.repeat_of.is_some() {
         r.inc_lv(&defs::DUPLICATE_READS, &[l.server], 1.0);
     }
 }
@@ -187,14 +187,14 @@ fn requests(r: &mut Registry, x: &Exchange, l: &Labels<'_>) {
             1.0,
         );
     }
-    if let Some(d) = x.client_duration_ms {
+    if let Some(d) = x.timing.client_duration_ms {
         r.observe_lv(
             &defs::CLIENT_OPERATION,
             &[method, l.tool, l.error_type, server],
             secs(d),
         );
     }
-    if let Some(d) = x.server_duration_ms {
+    if let Some(d) = x.timing.server_duration_ms {
         r.observe_lv(
             &defs::SERVER_OPERATION,
             &[method, l.tool, l.error_type, server, ns, pod],
@@ -282,6 +282,7 @@ fn event(r: &mut Registry, e: &Event) {
             ..
         } => r.inc(&defs::CALL_TIMEOUTS, &[method, server_name], 1.0),
         What::StreamCorruption { reason, .. } => r.inc(&defs::CORRUPTIONS, &[reason], 1.0),
+        What::TaskEnd(t) => super::agent::task_end(r, t),
         _ => {}
     }
 }
@@ -291,6 +292,7 @@ pub fn record(r: &mut Registry, s: &Signal) {
     match s {
         Signal::Exchange(x) => exchange(r, x),
         Signal::Notification(n) => notification(r, n),
+        Signal::LlmCall(c) => super::agent::llm_call(r, c),
         Signal::Event(e) => event(r, e),
     }
 }
@@ -330,6 +332,8 @@ pub struct AgentTotals<'a> {
     pub tables: Vec<crate::bounded::TableStat>,
     /// How far behind the clock capture is, in seconds (live only).
     pub lag_seconds: Option<f64>,
+    /// MCP tool calls of processes that talk to a model that no model asked for.
+    pub unrequested_tool_calls: u64,
 }
 
 /// Refresh gauges and the agent's own totals.
@@ -383,6 +387,13 @@ pub fn agent(r: &mut Registry, t: &AgentTotals<'_>) {
     }
     if let Some(lag) = t.lag_seconds {
         r.set(&defs::AGENT_CAPTURE_LAG, &[], lag);
+    }
+    if t.unrequested_tool_calls > 0 {
+        r.set(
+            &super::agent::UNREQUESTED,
+            &[],
+            t.unrequested_tool_calls as f64,
+        );
     }
     for (exporter, (failed, dropped)) in &t.export {
         r.set(&defs::AGENT_EXPORT_FAILURES, &[exporter], *failed as f64);

@@ -1,6 +1,7 @@
 //! OpenTelemetry over OTLP: a span per watched side of every exchange, following the MCP
-//! semantic conventions, and every metric of the registry, exported with `opentelemetry-otlp`
-//! over gRPC or HTTP/protobuf.
+//! semantic conventions, the agentic layer's task, turn and tool call spans ([`agent`]),
+//! following the GenAI ones, and every metric of the registry, exported with
+//! `opentelemetry-otlp` over gRPC or HTTP/protobuf.
 //!
 //! Configured as OpenTelemetry SDKs are: `OTEL_EXPORTER_OTLP_ENDPOINT` (and the per-signal
 //! `_TRACES_`/`_METRICS_` variants), `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc` or
@@ -34,6 +35,8 @@ use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
 use xxhash_rust::xxh3::xxh3_128;
+
+mod agent;
 
 use crate::output::metrics::record as telemetry;
 use crate::output::metrics::{Kind, Registry, Value, defs};
@@ -269,10 +272,15 @@ impl Otlp {
 
     /// Queue the spans of one exchange; never blocks.
     pub fn spans(&self, x: &Exchange) {
+        self.queue(spans_of(x, self.payloads));
+    }
+
+    /// Queue spans; never blocks (what does not fit is dropped and counted).
+    fn queue(&self, spans: Vec<SpanData>) {
         let Some(tx) = &self.tx else {
             return;
         };
-        for span in spans_of(x, self.payloads) {
+        for span in spans {
             match tx.try_send(span) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
@@ -298,8 +306,15 @@ impl Otlp {
 
 impl Sink for Otlp {
     fn emit(&mut self, signal: &Signal) {
-        if let Signal::Exchange(x) = signal {
-            self.spans(x);
+        match signal {
+            Signal::Exchange(x) => self.spans(x),
+            Signal::LlmCall(c) => self.queue(agent::turn_spans(c, self.payloads)),
+            Signal::Event(e) => {
+                if let crate::signal::What::TaskEnd(t) = &e.what {
+                    self.queue(vec![agent::task_span(t)]);
+                }
+            }
+            Signal::Notification(_) => {}
         }
     }
 
@@ -550,7 +565,7 @@ fn register_instruments(provider: &SdkMeterProvider, registry: &Arc<Mutex<Regist
 
 /// The process on one side of a span: its pid, and its container and pod when it runs in
 /// one (OpenTelemetry resource conventions for containers and Kubernetes).
-fn process_attributes(e: &Endpoint, out: &mut Vec<KeyValue>) {
+pub(crate) fn process_attributes(e: &Endpoint, out: &mut Vec<KeyValue>) {
     if let Some(pid) = e.pid {
         out.push(KeyValue::new("process.pid", pid as i64));
     }
@@ -583,7 +598,7 @@ fn parse_traceparent(tp: &str) -> Option<(TraceId, SpanId)> {
     Some((trace, span))
 }
 
-fn time(ns: u64) -> SystemTime {
+pub(crate) fn time(ns: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(ns)
 }
 
@@ -658,11 +673,13 @@ impl Ids {
             x.method
         );
         let h = xxh3_128(ident.as_bytes());
-        let remote = x.traceparent.as_deref().and_then(parse_traceparent);
+        // The agentic layer's execute_tool span (same process) comes before a caller's.
+        let local = x.trace.agent_parent.as_deref().and_then(parse_traceparent);
+        let remote = local.or_else(|| x.trace.traceparent.as_deref().and_then(parse_traceparent));
         let caller = match remote {
             Some((_, s)) => Parent {
                 id: s,
-                remote: true,
+                remote: local.is_none(),
             },
             None => Parent {
                 id: SpanId::INVALID,
@@ -693,11 +710,11 @@ struct Watched<'a> {
 /// responder's.
 fn sides(x: &Exchange) -> (Watched<'_>, Watched<'_>) {
     let client = Watched {
-        window: x.client_start_ns.zip(x.client_duration_ms),
+        window: x.timing.client_start_ns.zip(x.timing.client_duration_ms),
         endpoint: &x.client,
     };
     let server = Watched {
-        window: x.server_start_ns.zip(x.server_duration_ms),
+        window: x.timing.server_start_ns.zip(x.timing.server_duration_ms),
         endpoint: &x.server,
     };
     match x.requester {
@@ -802,7 +819,8 @@ impl Shared {
 
 /// The caller's W3C `tracestate`, empty when absent or malformed.
 fn trace_state(x: &Exchange) -> TraceState {
-    x.tracestate
+    x.trace
+        .tracestate
         .as_deref()
         .and_then(|s| {
             TraceState::from_key_value(s.split(',').filter_map(|kv| kv.trim().split_once('='))).ok()
@@ -861,7 +879,7 @@ fn network_attributes(x: &Exchange, out: &mut Vec<KeyValue>) {
         out.push(KeyValue::new("network.protocol.name", "http"));
         out.push(KeyValue::new("network.protocol.version", "1.1"));
     }
-    if x.tls {
+    if x.network.tls {
         // HTTPS: still HTTP/1.1, inside TLS that mcptap saw established (the semantic
         // conventions' tls.* attributes; the version is not known).
         out.push(KeyValue::new("tls.protocol.name", "tls"));
@@ -870,26 +888,26 @@ fn network_attributes(x: &Exchange, out: &mut Vec<KeyValue>) {
     if let Some(h) = x.http_status {
         out.push(KeyValue::new("http.response.status_code", h as i64));
     }
-    if let Some(a) = &x.server_address {
+    if let Some(a) = &x.network.server_address {
         out.push(KeyValue::new("server.address", a.clone()));
     }
-    if let Some(p) = x.server_port {
+    if let Some(p) = x.network.server_port {
         out.push(KeyValue::new("server.port", p as i64));
     }
-    if let Some(a) = &x.client_address {
+    if let Some(a) = &x.network.client_address {
         out.push(KeyValue::new("client.address", a.clone()));
     }
-    if let Some(p) = x.client_port {
+    if let Some(p) = x.network.client_port {
         out.push(KeyValue::new("client.port", p as i64));
     }
 }
 
 /// Argument and result values (`--payloads` only).
 fn payload_attributes(x: &Exchange, out: &mut Vec<KeyValue>) {
-    if let Some(a) = &x.arguments {
+    if let Some(a) = &x.payload.arguments {
         out.push(KeyValue::new("gen_ai.tool.call.arguments", a.to_string()));
     }
-    if let Some(r) = &x.result {
+    if let Some(r) = &x.payload.result {
         out.push(KeyValue::new("gen_ai.tool.call.result", r.to_string()));
     }
 }
@@ -932,10 +950,13 @@ mod tests {
                 k8s: Some(std::sync::Arc::new(pod)),
                 ..Default::default()
             },
-            client_start_ns: Some(1_000),
-            client_duration_ms: Some(2.0),
-            server_start_ns: Some(2_000),
-            server_duration_ms: Some(1.0),
+            timing: crate::signal::Timing {
+                client_start_ns: Some(1_000),
+                client_duration_ms: Some(2.0),
+                server_start_ns: Some(2_000),
+                server_duration_ms: Some(1.0),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let spans = spans_of(&x, false);

@@ -1,0 +1,451 @@
+//! HTTP transactions to their application protocol: each transaction of a connection goes to
+//! the first [`HttpApp`] that claims it (MCP over Streamable HTTP or legacy SSE, a model API,
+//! or none), so that one connection can carry more than one, and a new protocol over HTTP is
+//! one module behind the trait plus its line in [`APPS`].
+//!
+//! An app judges a transaction first by its request head ([`Claim`]); a head that several
+//! apps may want is settled by its body, each asked in turn ([`HttpApp::claim_body`]) except
+//! the last, which takes it and judges the body itself. A connection is kept once any app
+//! keeps it; while nothing has kept it, a transaction no app claims, or an app's refusal,
+//! rejects it (and the kernel stops shipping it).
+
+use super::AppCx;
+use crate::conn::verdict::Verdict;
+use crate::wire::http1::{Conn, ConnEvent, Role, Txn};
+
+/// How an app judges a transaction from its request head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Its own: the head alone says so (MCP headers).
+    Yes,
+    /// Its own if the body says so (a POST to a model API's path, any POST for MCP).
+    Maybe,
+    /// Not its own.
+    No,
+}
+
+/// What an app keeps per connection says how many bytes it holds (they count against
+/// `--max-buffered-bytes`).
+pub trait Holds {
+    /// Bytes held.
+    fn held(&self) -> usize;
+}
+
+/// An application protocol carried by HTTP transactions.
+pub trait HttpApp {
+    /// What it keeps per connection.
+    type Conn: Default + Holds;
+    /// The transaction's request head (`txn.request`), seen from a process at `role`.
+    fn claim(&self, role: Role, txn: &Txn) -> Claim;
+    /// Whether a transaction it answered [`Claim::Maybe`] for is its own, from its request
+    /// body; it may keep what it read of the body in `conn` for the events to come.
+    fn claim_body(&mut self, conn: &mut Self::Conn, txn: &Txn, body: &[u8]) -> bool;
+    /// An event of a transaction it took, in order; returns its verdict on the connection
+    /// (`Probing` until it is sure, `Rejected` when the connection is not its own after all).
+    fn event(
+        &mut self,
+        conn: &mut Self::Conn,
+        cx: &mut AppCx<'_, '_>,
+        role: Role,
+        e: ConnEvent<'_>,
+    ) -> Verdict;
+    /// The connection ended; `left` are the transactions it took that never got (all of) an
+    /// answer.
+    fn close(&mut self, conn: Self::Conn, cx: &mut AppCx<'_, '_>, role: Role, left: &[Txn]);
+}
+
+/// The apps over HTTP, in the order they are asked.
+// PROTOCOL_LIST: an application protocol over HTTP is one variant here, one in `APPS`, one
+// field of `Apps` and `AppConns`, and one arm in `with_app!`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppId {
+    /// A model API (`llm::http`): asked first, since it claims only its own paths.
+    Llm = 0,
+    /// MCP over Streamable HTTP and legacy SSE (`mcp::transport::http`).
+    Mcp = 1,
+}
+
+/// Every app, in the order they are asked.
+pub const APPS: [AppId; 2] = [AppId::Llm, AppId::Mcp];
+
+/// The apps for one record's work (each borrows its own state).
+pub struct Apps<L, M> {
+    /// The model APIs.
+    pub llm: L,
+    /// MCP.
+    pub mcp: M,
+}
+
+/// What the apps keep for one connection.
+#[derive(Default)]
+pub struct AppConns<L, M> {
+    llm: Option<L>,
+    mcp: Option<M>,
+}
+
+/// Run `$body` with `$a` the app `$id` and `$c` its connection state (made if absent).
+macro_rules! with_app {
+    ($apps:expr, $conns:expr, $id:expr, |$a:ident, $c:ident| $body:expr) => {
+        match $id {
+            AppId::Llm => {
+                let $a = &mut $apps.llm;
+                let $c = $conns.llm.get_or_insert_with(Default::default);
+                $body
+            }
+            AppId::Mcp => {
+                let $a = &mut $apps.mcp;
+                let $c = $conns.mcp.get_or_insert_with(Default::default);
+                $body
+            }
+        }
+    };
+}
+
+/// Where a transaction went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Owner {
+    /// Its head left it to these apps (a bit per [`AppId`]); its body decides.
+    Open(u8),
+    /// This app took it.
+    App(AppId),
+    /// No app wanted it.
+    Nobody,
+}
+
+/// One process's view of one HTTP connection: the framing of both directions, which app
+/// took each transaction, and what each app keeps.
+pub struct HttpConn<L, M> {
+    http: Conn,
+    owners: crate::FastMap<u64, Owner>,
+    apps: AppConns<L, M>,
+    /// Apps that refused this connection: they are not asked again.
+    refused: u8,
+    /// What the apps' verdicts add up to.
+    verdict: Verdict,
+}
+
+impl<L, M> std::fmt::Debug for HttpConn<L, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConn")
+            .field("verdict", &self.verdict)
+            .finish_non_exhaustive()
+    }
+}
+
+fn bit(id: AppId) -> u8 {
+    1 << id as u8
+}
+
+/// A request with no body to judge: its head settles it.
+fn bodiless(txn: &Txn) -> bool {
+    let h = &txn.request.headers;
+    !h.chunked && h.content_length.unwrap_or(0) == 0
+}
+
+impl<L: Default, M: Default> HttpConn<L, M> {
+    /// A connection whose framing `http` detected.
+    pub fn new(http: Conn) -> Self {
+        HttpConn {
+            http,
+            owners: Default::default(),
+            apps: AppConns::default(),
+            refused: 0,
+            verdict: Verdict::default(),
+        }
+    }
+
+    /// Bytes held: the framing's, and the apps'.
+    pub fn buffered(&self) -> usize
+    where
+        L: Holds,
+        M: Holds,
+    {
+        self.http.buffered()
+            + self.apps.llm.as_ref().map_or(0, Holds::held)
+            + self.apps.mcp.as_ref().map_or(0, Holds::held)
+    }
+
+    /// The bytes of one record in direction `cx.key.dir`; returns the connection's verdict
+    /// after them.
+    pub fn push<A, B>(
+        &mut self,
+        apps: &mut Apps<A, B>,
+        cx: &mut AppCx<'_, '_>,
+        data: crate::conn::Bytes<'_>,
+    ) -> Verdict
+    where
+        A: HttpApp<Conn = L>,
+        B: HttpApp<Conn = M>,
+    {
+        let role = self.http.role();
+        let dir = cx.key.dir;
+        let HttpConn {
+            http,
+            owners,
+            apps: conns,
+            refused,
+            verdict,
+        } = self;
+        let mut route = Router {
+            owners,
+            conns,
+            refused,
+            verdict,
+            role,
+        };
+        http.push(dir, data.data, data.enter_ns, data.exit_ns, &mut |e| {
+            route.event(apps, cx, e)
+        });
+        self.verdict
+    }
+
+    /// The connection ended (closed, its process exited, or its bytes were lost): bodies
+    /// delimited by the close end, and every app finishes what it held.
+    pub fn close<A, B>(self, apps: &mut Apps<A, B>, cx: &mut AppCx<'_, '_>, ts: u64)
+    where
+        A: HttpApp<Conn = L>,
+        B: HttpApp<Conn = M>,
+    {
+        let role = self.http.role();
+        let HttpConn {
+            mut http,
+            mut owners,
+            apps: mut conns,
+            mut refused,
+            mut verdict,
+        } = self;
+        let mut route = Router {
+            owners: &mut owners,
+            conns: &mut conns,
+            refused: &mut refused,
+            verdict: &mut verdict,
+            role,
+        };
+        let left = http.finish(ts, &mut |e| route.event(apps, cx, e));
+        for id in APPS {
+            let mine: Vec<Txn> = left
+                .iter()
+                .filter(|t| owners.get(&t.seq) == Some(&Owner::App(id)))
+                .cloned()
+                .collect();
+            match id {
+                AppId::Llm => {
+                    if let Some(c) = conns.llm.take() {
+                        apps.llm.close(c, cx, role, &mine);
+                    }
+                }
+                AppId::Mcp => {
+                    if let Some(c) = conns.mcp.take() {
+                        apps.mcp.close(c, cx, role, &mine);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The parts of a connection the events of one push work on.
+struct Router<'r, L, M> {
+    owners: &'r mut crate::FastMap<u64, Owner>,
+    conns: &'r mut AppConns<L, M>,
+    refused: &'r mut u8,
+    verdict: &'r mut Verdict,
+    role: Role,
+}
+
+/// The transaction an event is about, if any.
+fn txn_of<'a>(e: &ConnEvent<'a>) -> Option<&'a Txn> {
+    match e {
+        ConnEvent::RequestHead(t) | ConnEvent::ResponseHead(t) | ConnEvent::Done(t) => Some(t),
+        ConnEvent::RequestBody { txn, .. }
+        | ConnEvent::ResponseBody { txn, .. }
+        | ConnEvent::Sse { txn, .. }
+        | ConnEvent::Oversize { txn, .. } => Some(txn),
+        ConnEvent::Error(_) => None,
+    }
+}
+
+impl<L: Default, M: Default> Router<'_, L, M> {
+    fn event<A, B>(&mut self, apps: &mut Apps<A, B>, cx: &mut AppCx<'_, '_>, e: ConnEvent<'_>)
+    where
+        A: HttpApp<Conn = L>,
+        B: HttpApp<Conn = M>,
+    {
+        if self.verdict.rejected().is_some() {
+            return;
+        }
+        if let ConnEvent::Error(why) = e {
+            // Broken framing: every app on the connection hears it.
+            for id in APPS {
+                if self.present(id) {
+                    self.to_app(apps, cx, id, ConnEvent::Error(why));
+                }
+            }
+            // Nothing more can be framed on it, kept or not: the kernel may stop shipping it.
+            *self.verdict = Verdict::Rejected("http_broken");
+            return;
+        }
+        let txn = txn_of(&e).expect("every other event has a transaction");
+        let done = matches!(e, ConnEvent::Done(_));
+        let seq = txn.seq;
+        let owner = match (&e, self.owners.get(&txn.seq).copied()) {
+            (ConnEvent::RequestHead(_), _) | (_, None) => self.claim(apps, txn),
+            (ConnEvent::RequestBody { body, .. }, Some(Owner::Open(mask))) => {
+                self.claim_by_body(apps, cx, txn, mask, body)
+            }
+            (_, Some(Owner::Open(mask))) => self.take_first(apps, cx, txn, mask),
+            (_, Some(o)) => o,
+        };
+        match owner {
+            Owner::App(id) => self.to_app(apps, cx, id, e),
+            Owner::Nobody => self.settle("http_not_mcp"),
+            Owner::Open(_) => {}
+        }
+        if done {
+            self.owners.remove(&seq);
+        }
+    }
+
+    fn present(&self, id: AppId) -> bool {
+        match id {
+            AppId::Llm => self.conns.llm.is_some(),
+            AppId::Mcp => self.conns.mcp.is_some(),
+        }
+    }
+
+    /// A request head: which apps may want it.
+    fn claim<A, B>(&mut self, apps: &Apps<A, B>, txn: &Txn) -> Owner
+    where
+        A: HttpApp<Conn = L>,
+        B: HttpApp<Conn = M>,
+    {
+        let mut open = 0u8;
+        let mut owner = Owner::Nobody;
+        for id in APPS {
+            if *self.refused & bit(id) != 0 {
+                continue;
+            }
+            let claim = match id {
+                AppId::Llm => apps.llm.claim(self.role, txn),
+                AppId::Mcp => apps.mcp.claim(self.role, txn),
+            };
+            match claim {
+                Claim::Yes if open == 0 => {
+                    owner = Owner::App(id);
+                    break;
+                }
+                Claim::Yes | Claim::Maybe => open |= bit(id),
+                Claim::No => {}
+            }
+        }
+        if open != 0 {
+            // A head that no body will settle goes to the first app that may want it.
+            owner = if bodiless(txn) {
+                Owner::App(first(open))
+            } else {
+                Owner::Open(open)
+            };
+        }
+        self.owners.insert(txn.seq, owner);
+        owner
+    }
+
+    /// A request body settles a transaction its head left open: each app in turn, the last
+    /// one without asking (it judges the body itself).
+    fn claim_by_body<A, B>(
+        &mut self,
+        apps: &mut Apps<A, B>,
+        cx: &mut AppCx<'_, '_>,
+        txn: &Txn,
+        mut open: u8,
+        body: &[u8],
+    ) -> Owner
+    where
+        A: HttpApp<Conn = L>,
+        B: HttpApp<Conn = M>,
+    {
+        while open.count_ones() > 1 {
+            let id = first(open);
+            open &= !bit(id);
+            let conns = &mut *self.conns;
+            if with_app!(apps, conns, id, |a, c| a.claim_body(c, txn, body)) {
+                return self.assign(apps, cx, txn, id);
+            }
+        }
+        self.assign(apps, cx, txn, first(open))
+    }
+
+    /// An event before the body (an early response, an oversized request) settles a
+    /// transaction for the first app that may want it.
+    fn take_first<A, B>(
+        &mut self,
+        apps: &mut Apps<A, B>,
+        cx: &mut AppCx<'_, '_>,
+        txn: &Txn,
+        open: u8,
+    ) -> Owner
+    where
+        A: HttpApp<Conn = L>,
+        B: HttpApp<Conn = M>,
+    {
+        self.assign(apps, cx, txn, first(open))
+    }
+
+    /// `id` takes a transaction whose head it has not seen yet: it sees it now.
+    fn assign<A, B>(
+        &mut self,
+        apps: &mut Apps<A, B>,
+        cx: &mut AppCx<'_, '_>,
+        txn: &Txn,
+        id: AppId,
+    ) -> Owner
+    where
+        A: HttpApp<Conn = L>,
+        B: HttpApp<Conn = M>,
+    {
+        self.owners.insert(txn.seq, Owner::App(id));
+        self.to_app(apps, cx, id, ConnEvent::RequestHead(txn));
+        Owner::App(id)
+    }
+
+    fn to_app<A, B>(
+        &mut self,
+        apps: &mut Apps<A, B>,
+        cx: &mut AppCx<'_, '_>,
+        id: AppId,
+        e: ConnEvent<'_>,
+    ) where
+        A: HttpApp<Conn = L>,
+        B: HttpApp<Conn = M>,
+    {
+        if *self.refused & bit(id) != 0 {
+            return;
+        }
+        let role = self.role;
+        let conns = &mut *self.conns;
+        let v = with_app!(apps, conns, id, |a, c| a.event(c, cx, role, e));
+        match v {
+            Verdict::Kept => *self.verdict = self.verdict.message(),
+            Verdict::Rejected(reason) => {
+                *self.refused |= bit(id);
+                self.settle(reason);
+            }
+            Verdict::Probing { .. } => {}
+        }
+    }
+
+    /// Something was refused for `reason` (a transaction no app wanted, an app's refusal,
+    /// broken framing): the connection is rejected unless an app already keeps it.
+    fn settle(&mut self, reason: &'static str) {
+        if !self.verdict.kept() {
+            *self.verdict = self.verdict.reject(reason);
+        }
+    }
+}
+
+/// The first app in `open`.
+fn first(open: u8) -> AppId {
+    APPS.into_iter()
+        .find(|id| open & bit(*id) != 0)
+        .expect("a non-empty set")
+}
