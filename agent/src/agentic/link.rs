@@ -328,7 +328,10 @@ pub(super) fn share_tokens(call: &mut LlmCall, new: &[usize], before: Option<(u6
         return;
     };
     let growth = input.saturating_sub(input0).saturating_sub(output0);
-    let bytes: u64 = new.iter().map(|i| call.facts.results[*i].bytes).sum();
+    let bytes = new
+        .iter()
+        .map(|i| call.facts.results[*i].bytes)
+        .fold(0u64, u64::saturating_add);
     if growth == 0 || bytes == 0 {
         return;
     }
@@ -337,7 +340,8 @@ pub(super) fn share_tokens(call: &mut LlmCall, new: &[usize], before: Option<(u6
         let share = if n + 1 == new.len() {
             left
         } else {
-            growth * call.facts.results[i].bytes / bytes
+            (u128::from(growth) * u128::from(call.facts.results[i].bytes) / u128::from(bytes))
+                as u64
         };
         left -= share;
         if let Some(r) = call.tool_results.get_mut(i) {

@@ -300,6 +300,18 @@ impl Joiner {
         let new_results = thread::new_results(&call, known, relation);
         link::share_tokens(&mut call, &new_results, thread.last_usage);
         let answered = link::carried(agent, ti, &call, &new_results, end_ns);
+        // The record names the results carried for the first time: a request carries the
+        // whole conversation again, and the older ones were reported with their own turn.
+        let all = std::mem::take(&mut call.tool_results);
+        call.tool_results = new_results
+            .iter()
+            .filter_map(|i| all.get(*i).cloned())
+            .collect();
+        let answered: Vec<(usize, Option<u64>)> = answered
+            .into_iter()
+            .enumerate()
+            .map(|(pos, (_, slot))| (pos, slot))
+            .collect();
         let own = link::asked(
             agent,
             ti,

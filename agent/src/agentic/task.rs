@@ -66,9 +66,12 @@ impl Task {
         t.tool_calls += call.tool_calls.len() as u32;
         t.hallucinations += call.tool_calls.iter().filter(|c| c.hallucinated).count() as u32;
         if let Some(p) = call.provider {
-            t.input_tokens += call.usage.total_input(p).unwrap_or(0);
+            let input = call.usage.total_input(p).unwrap_or(0);
+            t.input_tokens = t.input_tokens.saturating_add(input);
         }
-        t.output_tokens += call.usage.output.unwrap_or(0);
+        t.output_tokens = t
+            .output_tokens
+            .saturating_add(call.usage.output.unwrap_or(0));
         let model = call.response_model.as_ref().or(call.model.as_ref());
         if let Some(m) = model
             && !t.models.contains(m)

@@ -166,9 +166,11 @@ impl Usage {
     /// `gen_ai.usage.input_tokens`): Anthropic's counts added up, the others as reported.
     pub fn total_input(&self, provider: Provider) -> Option<u64> {
         match provider {
-            Provider::Anthropic => self
-                .input
-                .map(|i| i + self.cache_read.unwrap_or(0) + self.cache_write.unwrap_or(0)),
+            // Counts come from the wire: saturate rather than overflow on a hostile reply.
+            Provider::Anthropic => self.input.map(|i| {
+                i.saturating_add(self.cache_read.unwrap_or(0))
+                    .saturating_add(self.cache_write.unwrap_or(0))
+            }),
             Provider::OpenAi | Provider::Gemini => self.input,
         }
     }

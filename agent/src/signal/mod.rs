@@ -476,7 +476,8 @@ pub struct LlmCall {
     pub tools_offered: Vec<String>,
     /// The tool calls the model asked for.
     pub tool_calls: Vec<LlmToolCall>,
-    /// The tool results the request carried back to the model.
+    /// The tool results the request carries back to the model for the first time (a request
+    /// repeats the whole conversation; older results were reported with their own turn).
     pub tool_results: Vec<LlmToolResult>,
     /// The task (one conversation thread's run to an answer) this call belongs to.
     #[serde(skip_serializing_if = "Option::is_none")]

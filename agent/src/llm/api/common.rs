@@ -591,7 +591,8 @@ impl Open {
             // Cut off: hashed only if what came is one whole value.
             self.call.args_hash = canonical_hash(&text).filter(|_| self.kind == ArgsKind::Json);
             if opts.payloads {
-                self.call.arguments = Some(serde_json::Value::String(payload_text(&text)));
+                let kept = payload_text(cut(&text, KEEP_TEXT));
+                self.call.arguments = Some(serde_json::Value::String(kept));
             }
         }
     }
@@ -660,6 +661,11 @@ impl Calls {
     /// Whether an open call has `key`.
     pub fn is_open(&mut self, key: u64) -> bool {
         self.find(Some(key), None).is_some()
+    }
+
+    /// The key of the open call with item id `item`.
+    pub fn key_of(&mut self, item: &str) -> Option<u64> {
+        self.find(None, Some(item)).map(|o| o.key)
     }
 
     /// The key of the last call that started, open or not.

@@ -343,7 +343,11 @@ impl Chunks {
             ..
         } = self;
         if candidates.is_some() || r.usage.reasoning.is_some() {
-            r.usage.output = Some(candidates.unwrap_or(0) + r.usage.reasoning.unwrap_or(0));
+            r.usage.output = Some(
+                candidates
+                    .unwrap_or(0)
+                    .saturating_add(r.usage.reasoning.unwrap_or(0)),
+            );
         }
         r.tool_calls = calls.finish();
         r.stop = stop_of(r.finish_reason.as_deref(), !r.tool_calls.is_empty());
@@ -606,6 +610,12 @@ mod tests {
             (Some("PROHIBITED_CONTENT"), Stop::Filtered)
         );
         assert_eq!(blocked.usage.output, None);
+    }
+
+    #[test]
+    fn huge_counts_saturate() {
+        let r = API.response(200, br#"{"usageMetadata":{"candidatesTokenCount":18446744073709551615,"thoughtsTokenCount":2}}"#, QUIET);
+        assert_eq!(r.usage.output, Some(u64::MAX));
     }
 
     #[test]

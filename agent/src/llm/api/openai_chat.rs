@@ -282,13 +282,15 @@ impl Stream {
     /// One tool call's delta: the first names it (id, name), the rest carry arguments.
     fn tool_delta(&mut self, tc: &Obj) -> bool {
         let id = tc.str("id");
-        let key = match tc.u64("index") {
-            Some(i) => i,
-            None if id.is_some() => {
+        // Without an index, a call is known by its id (repeated on each delta by some).
+        let known = id.as_deref().and_then(|i| self.calls.key_of(i));
+        let key = match (tc.u64("index"), known) {
+            (Some(i), _) | (None, Some(i)) => i,
+            (None, None) if id.is_some() => {
                 self.unindexed += 1;
                 UNINDEXED_KEYS + self.unindexed
             }
-            None => match self.calls.last_key() {
+            (None, None) => match self.calls.last_key() {
                 Some(k) => k,
                 None => return false,
             },
@@ -306,14 +308,15 @@ impl Stream {
             if id.is_none() && name.is_none() {
                 return false;
             }
-            self.calls.start(key, None, call(id, name, None), kind);
+            let item = id.as_deref().map(str::to_string);
+            self.calls
+                .start(key, item.as_deref(), call(id, name, None), kind);
         }
         let piece = match kind {
-            ArgsKind::Json => f.str("arguments"),
-            ArgsKind::Text => f.str("input"),
+            ArgsKind::Json => args_text(f.raw("arguments")),
+            ArgsKind::Text => f.str("input").unwrap_or_default(),
         };
-        self.calls
-            .append(Some(key), None, piece.as_deref().unwrap_or(""));
+        self.calls.append(Some(key), None, &piece);
         true
     }
 }
@@ -463,6 +466,23 @@ mod tests {
         let plain = req(r#"{"model":"m","messages":[{"role":"user","content":"A cat."}]}"#);
         assert_eq!(parts.messages, plain.messages);
         assert_ne!(plain.messages[0], r.messages[1], "the role counts");
+    }
+
+    #[test]
+    fn pydantic_ai_omits_empty_content_and_repeats_the_conversation() {
+        // pydantic-ai's OpenAI model leaves `content` out of a tool-calling assistant message
+        // and sends the whole history again each turn.
+        let turn1 = r#"{"messages":[{"role":"system","content":"Roll dice for the user."},{"role":"user","content":"Roll me a die."}],"model":"gpt-4o","n":1,"parallel_tool_calls":true,"tool_choice":"auto","tools":[{"type":"function","function":{"name":"roll_die","description":"Roll a six-sided die.","parameters":{"additionalProperties":false,"properties":{},"type":"object"},"strict":true}}],"stream":true,"stream_options":{"include_usage":true}}"#;
+        let turn2 = r#"{"messages":[{"role":"system","content":"Roll dice for the user."},{"role":"user","content":"Roll me a die."},{"role":"assistant","tool_calls":[{"id":"call_Qd7p2xRbM1","type":"function","function":{"name":"roll_die","arguments":"{}"}}]},{"role":"tool","tool_call_id":"call_Qd7p2xRbM1","content":"4"}],"model":"gpt-4o","n":1,"parallel_tool_calls":true,"tool_choice":"auto","tools":[{"type":"function","function":{"name":"roll_die","description":"Roll a six-sided die.","parameters":{"additionalProperties":false,"properties":{},"type":"object"},"strict":true}}],"stream":true,"stream_options":{"include_usage":true}}"#;
+        let (a, b) = (req(turn1), req(turn2));
+        assert_eq!(b.messages[..2], a.messages[..]);
+        assert_eq!(b.results.len(), 1);
+        assert_eq!((b.results[0].bytes, b.results[0].message), (3, 3));
+        let with_null = turn2.replace(
+            r#"{"role":"assistant","tool_calls""#,
+            r#"{"role":"assistant","content":null,"tool_calls""#,
+        );
+        assert_eq!(req(&with_null).messages, b.messages);
     }
 
     #[test]
@@ -769,6 +789,14 @@ mod tests {
             .iter()
             .map(|c| (c.id.as_deref(), c.name.as_str(), c.args_hash))
             .collect();
+        let repeated = reply(&[
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"id\":\"a\",\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"x\\\":\"}}]}}]}\n\n".to_string(),
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"id\":\"a\",\"function\":{\"arguments\":\"1}\"}}]}}]}\n\n".to_string(),
+            "data: [DONE]\n\n".to_string(),
+        ]);
+        let again = same_however_split(&API, QUIET, &repeated);
+        assert_eq!(again.tool_calls.len(), 1);
+        assert_eq!(again.tool_calls[0].args_hash, canonical_hash(r#"{"x":1}"#));
         assert_eq!(
             got,
             [
