@@ -17,12 +17,23 @@ const PYTHON: &[(&str, &str)] = &[
     ("mcp2", "mcp==2.3.0"),
     // TLS that is not OpenSSL (pure Python), for the test of TLS mcptap cannot decrypt.
     ("tlslite", "tlslite-ng==0.8.2"),
+    // The agentic layer's peers: two agent frameworks and the model APIs' client libraries
+    // (pointed at the tests' scripted model server). pydantic-ai's MCP client is FastMCP's,
+    // which needs mcp 2.3: the one mcp both frameworks accept.
+    (
+        "agents",
+        "openai-agents==0.24.0 pydantic-ai-slim[openai,anthropic,mcp]==2.78.0 \
+         anthropic==2.17.0 openai==3.63.0 google-genai==3.6.1 mcp==2.3.0 fastmcp-slim==4.2.3",
+    ),
 ];
 
 /// npm packages installed together in `node/`.
 const NPM: &[&str] = &[
     "@modelcontextprotocol/sdk@1.32.2",
     "@modelcontextprotocol/server-everything@2026.8.31",
+    // The model APIs' Node client libraries (openai 7 declares node >= 22, and runs on 20).
+    "openai@7.60.0",
+    "@anthropic-ai/sdk@1.17.0",
 ];
 
 pub fn stamped(dir: &Path, spec: &str) -> bool {
@@ -33,17 +44,15 @@ fn stamp(dir: &Path, spec: &str) -> Result<()> {
     std::fs::write(dir.join(".mcptap-stamp"), spec).context("writing the peer stamp")
 }
 
-/// A fresh virtualenv in `dir` with `req` pip-installed, stamped so that the next run skips it.
+/// A fresh virtualenv in `dir` with `req` (requirements separated by spaces) pip-installed,
+/// stamped so that the next run skips it.
 pub fn python_venv(dir: &Path, req: &str) -> Result<()> {
     step(&format!("installing {req} into {}", dir.display()));
     let _ = std::fs::remove_dir_all(dir);
     run(Command::new("python3").args(["-m", "venv"]).arg(dir)).context("python3 -m venv failed")?;
-    run(Command::new(dir.join("bin/pip")).args([
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        req,
-    ]))
+    run(Command::new(dir.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(req.split_whitespace()))
     .with_context(|| format!("pip install {req}"))?;
     stamp(dir, req)
 }
