@@ -5,6 +5,7 @@
 //! Run through `cargo xtask test`, which sets `MCPTAP_BIN` and `MCPTAP_PEERS` and runs these
 //! tests one at a time, as root.
 
+pub mod agentic;
 pub mod otlp;
 
 use std::io::{Read as _, Write as _};

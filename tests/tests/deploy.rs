@@ -163,7 +163,25 @@ const KEY_PANELS: &[(&str, Want)] = &[
         (|v| v > 0.0 && v < 60.0, "in (0, 60) s"),
     ),
     ("Error rate", (|v| v > 0.0 && v <= 1.0, "in (0, 1]")),
+    ("Tasks by outcome", (|v| v > 0.0, "> 0")),
+    ("Hallucinated tools", (|v| v > 0.0 && v <= 1.0, "in (0, 1]")),
 ];
+
+/// Agent runs the test can make: a model asks for `echo`, then for a tool it was not
+/// offered, then answers.
+const AGENT_RUNS: usize = 8;
+
+/// One agent run (the Anthropic client library's tool loop over the fixture server), the
+/// `n`-th.
+fn agent_run(model: &mcptap_e2e::agentic::Model, dir: &Path, n: usize) {
+    use mcptap_e2e::agentic::{agent_loop, drive};
+    let task = format!("script:dep{n} go");
+    drive(
+        &mut agent_loop(model, &["--api", "messages", "--stream"], &[&task]),
+        dir,
+        "agent_loop",
+    );
+}
 
 /// What is wrong with the key panels now: one line per panel without a value it must have.
 fn key_panel_errors(prom_port: u16, panels: &[(String, String)]) -> Vec<String> {
@@ -259,6 +277,20 @@ fn dashboard_and_alerts_query_real_mcptap_metrics() {
         &mut python_client("mcp1", &python("mcp1"), &["--echo", "3"]),
         &dir,
     );
+    // A model's tool calls over MCP, for the agent behaviour row (more runs below, to keep
+    // fresh increments in the panels' window).
+    let scripts: serde_json::Map<String, Value> = (0..AGENT_RUNS)
+        .map(|n| {
+            let steps = serde_json::json!([
+                {"tools": [{"name": "echo", "arguments": {"text": "d"}}]},
+                {"tools": [{"name": "not_offered", "arguments": {}}]},
+                {"text": "done"}
+            ]);
+            (format!("dep{n}"), steps)
+        })
+        .collect();
+    let model = mcptap_e2e::agentic::Model::start(&dir, Value::Object(scripts), None);
+    agent_run(&model, &dir, 0);
     let tool_calls = (first.calls.iter().chain(&second.calls))
         .filter(|c| c.method == "tools/call")
         .count() as f64;
@@ -295,6 +327,7 @@ fn dashboard_and_alerts_query_real_mcptap_metrics() {
                 &dir,
             );
             more_runs += 1;
+            agent_run(&model, &dir, more_runs.min(AGENT_RUNS - 1));
             fed = Instant::now();
         }
         std::thread::sleep(Duration::from_secs(1));

@@ -145,9 +145,14 @@ pub struct Joiner {
     spill: Vec<Signal>,
     /// Wall-clock ns, the latest seen.
     now: u64,
+    /// When idle tasks were last looked for.
+    last_expiry: u64,
     /// Counters.
     pub stats: Stats,
 }
+
+/// Idle tasks are looked for this often (ns).
+const EXPIRE_EVERY_NS: u64 = 1_000_000_000;
 
 impl Joiner {
     /// The layer with `cfg`; `clock` turns kernel times into wall-clock times.
@@ -161,6 +166,7 @@ impl Joiner {
             ended: Vec::new(),
             spill: Vec::new(),
             now: 0,
+            last_expiry: 0,
             stats: Stats::default(),
         }
     }
@@ -183,11 +189,19 @@ impl Joiner {
         self.release(out, false);
     }
 
-    /// Time passes (CLOCK_MONOTONIC ns): records whose links settled go out, idle tasks end.
+    /// Time passes (CLOCK_MONOTONIC ns): records whose links settled go out, idle tasks end
+    /// (looked for once a second: a walk of every thread).
     pub fn tick(&mut self, now_mono: u64, out: &mut Vec<Signal>) {
         self.now = self.now.max(self.clock.wall_ns(now_mono));
-        self.expire_tasks();
+        let due = self.now.saturating_sub(self.last_expiry) >= EXPIRE_EVERY_NS;
+        if due {
+            self.last_expiry = self.now;
+            self.expire_tasks();
+        }
         self.release(out, false);
+        if due {
+            self.forget_agents(false);
+        }
     }
 
     /// A process exited: its tasks end; its tool calls settle after the grace.
@@ -413,7 +427,9 @@ impl Joiner {
             self.emit(h, out);
         }
         self.emit_ended(out, all);
-        self.forget_agents(all);
+        if all {
+            self.forget_agents(true);
+        }
     }
 
     /// Processes that exited, or went idle with no task running, are forgotten once nothing

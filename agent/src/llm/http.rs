@@ -76,7 +76,7 @@ struct Pending {
     request_bytes: u64,
     start_ns: u64,
     status: Option<u16>,
-    retry_after: Option<f64>,
+    retry_after: Option<u32>,
     stream: Option<Box<dyn Accumulator>>,
     first_chunk_ns: Option<u64>,
     response: Option<Response>,
@@ -104,14 +104,6 @@ impl LlmHttp<'_> {
             payloads: self.cfg.payloads,
         }
     }
-}
-
-/// `Retry-After` in seconds (an HTTP date is not converted: it is left out).
-fn retry_after(v: Option<&str>) -> Option<f64> {
-    v?.trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && *s >= 0.0)
 }
 
 impl HttpApp for LlmHttp<'_> {
@@ -169,7 +161,7 @@ impl HttpApp for LlmHttp<'_> {
                 let opts = self.opts();
                 if let (Some(p), Some(r)) = (conn.open.get_mut(&txn.seq), &txn.response) {
                     p.status = r.status;
-                    p.retry_after = retry_after(r.headers.retry_after.as_deref());
+                    p.retry_after = r.headers.retry_after;
                     if r.headers.is_sse() {
                         p.stream = Some(p.api.stream(opts));
                     }

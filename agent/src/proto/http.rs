@@ -278,7 +278,7 @@ impl<L: Default, M: Default> Router<'_, L, M> {
             // Broken framing: every app on the connection hears it.
             for id in APPS {
                 if self.present(id) {
-                    self.to_app(apps, cx, id, ConnEvent::Error(why));
+                    self.deliver_to(apps, cx, id, ConnEvent::Error(why));
                 }
             }
             // Nothing more can be framed on it, kept or not: the kernel may stop shipping it.
@@ -297,7 +297,7 @@ impl<L: Default, M: Default> Router<'_, L, M> {
             (_, Some(o)) => o,
         };
         match owner {
-            Owner::App(id) => self.to_app(apps, cx, id, e),
+            Owner::App(id) => self.deliver_to(apps, cx, id, e),
             Owner::Nobody => self.settle("http_not_mcp"),
             Owner::Open(_) => {}
         }
@@ -404,11 +404,11 @@ impl<L: Default, M: Default> Router<'_, L, M> {
         B: HttpApp<Conn = M>,
     {
         self.owners.insert(txn.seq, Owner::App(id));
-        self.to_app(apps, cx, id, ConnEvent::RequestHead(txn));
+        self.deliver_to(apps, cx, id, ConnEvent::RequestHead(txn));
         Owner::App(id)
     }
 
-    fn to_app<A, B>(
+    fn deliver_to<A, B>(
         &mut self,
         apps: &mut Apps<A, B>,
         cx: &mut AppCx<'_, '_>,

@@ -10,7 +10,7 @@
 //!
 //! Adding a protocol over HTTP is a module behind [`http::HttpApp`] and its place in the
 //! `PROTOCOL_LIST` markers of [`http`] and here; adding a framing is a [`Framing`] variant
-//! and its test in [`Stage::choose`].
+//! and its test in `Stage::choose`.
 
 pub mod http;
 

@@ -460,7 +460,7 @@ pub struct LlmCall {
     pub error_code: Option<String>,
     /// `Retry-After` of a refused call, in seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub retry_after_s: Option<f64>,
+    pub retry_after_s: Option<u32>,
     /// Request's first byte to the reply's last (or to the cut).
     pub duration_ms: f64,
     /// Request's first byte to the first generated content of a streamed reply.

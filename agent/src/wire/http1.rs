@@ -45,8 +45,8 @@ pub struct Headers {
     pub mcp_name: Option<String>,
     /// `Connection: close`.
     pub close: bool,
-    /// `Retry-After`, as written (seconds, or an HTTP date).
-    pub retry_after: Option<String>,
+    /// `Retry-After` in seconds (an HTTP date is not read).
+    pub retry_after: Option<u32>,
 }
 
 impl Headers {
@@ -79,7 +79,7 @@ impl Headers {
             } else if name.eq_ignore_ascii_case("connection") {
                 h.close |= value().to_ascii_lowercase().contains("close");
             } else if name.eq_ignore_ascii_case("retry-after") {
-                h.retry_after = Some(value());
+                h.retry_after = value().parse().ok();
             }
         }
         Ok(h)

@@ -23,6 +23,7 @@
 //! starts and reads the agent, [`stats`] makes figures of rounds, and [`soak`] is
 //! `cargo xtask soak`.
 
+mod agentic;
 mod baseline;
 mod capacity;
 mod env;
@@ -210,6 +211,7 @@ struct Results {
     uprobe: uprobe::UprobeCost,
     capacity: Vec<(Series, Vec<CapacityRun>)>,
     replay: Replay,
+    model_traffic: agentic::ModelTraffic,
     footprint: Footprint,
     growth: growth::Growth,
 }
@@ -293,6 +295,11 @@ impl Run<'_> {
             } else {
                 Replay::empty()
             },
+            model_traffic: if want(Section::Replay) {
+                agentic::measure(self.env, self.s)?
+            } else {
+                agentic::ModelTraffic::default()
+            },
             footprint: if want(Section::Footprint) {
                 self.footprint(&mut compared)?
             } else {
@@ -338,6 +345,7 @@ fn report(
     }
     if want(Section::Replay) {
         replay::write_section(&mut md, &r.replay);
+        agentic::write_part(&mut md, &r.model_traffic);
     }
     if want(Section::Footprint) {
         footprint::write_section(&mut md, s, &r.footprint);

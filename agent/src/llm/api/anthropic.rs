@@ -12,8 +12,8 @@ use serde_json::value::RawValue;
 
 use super::common::{
     ArgsKind, Body, Calls, Fp, Gen, List, MAX_CALLS, Obj, UsageKeys, call, content_hash,
-    content_text, error_of, not_json, obj_of, reason, stop_of, take_usage, text_hash, value_hash,
-    whole_call,
+    content_text, error_of, finish_reply, not_json, obj_of, reason, stop_of, take_usage, text_hash,
+    value_hash, whole_call,
 };
 use super::{Accumulator, ModelApi, NotThisApi, Options};
 use crate::llm::{Api, CarriedResult, OfferedTool, Request, Response};
@@ -308,14 +308,8 @@ impl Accumulator for Stream {
     }
 
     fn finish(self: Box<Self>) -> Response {
-        let Stream {
-            mut r, text, calls, ..
-        } = *self;
-        r.tool_calls = calls.finish();
-        r.stop = stop_of(r.finish_reason.as_deref(), !r.tool_calls.is_empty());
-        r.text_bytes = text.bytes;
-        r.completion = text.payload();
-        r
+        let Stream { r, text, calls, .. } = *self;
+        finish_reply(r, &text, calls)
     }
 }
 

@@ -770,6 +770,16 @@ pub(crate) fn not_json(status: u16) -> Response {
     }
 }
 
+/// A streamed reply once its events are in: the tool calls completed, the stop reason
+/// normalised, the generated text counted (and kept with payloads).
+pub(crate) fn finish_reply(mut r: Response, text: &Gen, calls: Calls) -> Response {
+    r.tool_calls = calls.finish();
+    r.stop = stop_of(r.finish_reason.as_deref(), !r.tool_calls.is_empty());
+    r.text_bytes = text.bytes;
+    r.completion = text.payload();
+    r
+}
+
 /// The provider's stop reason as kept: at most 64 bytes.
 pub(crate) fn reason(s: &str) -> String {
     cut(s, 64).to_string()

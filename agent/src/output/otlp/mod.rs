@@ -1,5 +1,5 @@
 //! OpenTelemetry over OTLP: a span per watched side of every exchange, following the MCP
-//! semantic conventions, the agentic layer's task, turn and tool call spans ([`agent`]),
+//! semantic conventions, the agentic layer's task, turn and tool call spans (the `agent` submodule),
 //! following the GenAI ones, and every metric of the registry, exported with
 //! `opentelemetry-otlp` over gRPC or HTTP/protobuf.
 //!
