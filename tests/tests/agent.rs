@@ -872,3 +872,49 @@ fn a_model_over_https() {
     }
     agent.stop();
 }
+
+/// The Anthropic client library for Node (Messages, not streamed): parallel tool calls, a
+/// failing tool flagged `is_error` and a recovery.
+#[test]
+fn anthropic_node_messages() {
+    let dir = scratch("agent_anthropic_node");
+    let agent = Agent::start(&dir, &[]);
+    let model = Model::start(
+        &dir,
+        json!({
+            "nm": [
+                {"tools": [{"name": "add", "arguments": {"a": 1, "b": 1}},
+                           {"name": "fail", "arguments": {"message": "n"}}]},
+                {"tools": [{"name": "echo", "arguments": {"text": "n"}}]},
+                {"text": "node done"}
+            ]
+        }),
+        None,
+    );
+    let d = drive(
+        &mut node_agent(&model, &["--api", "messages"], &["script:nm"]),
+        &dir,
+        "node_agent",
+    );
+    let r = wait_agentic(&agent, d.pid, 3, 1);
+    assert_eq!(
+        check_run(&r, &d, &model.log()),
+        Signals {
+            outcomes: outcomes(&[("completed", 1)]),
+            errors_fed_back: 1,
+            self_corrections: 1,
+            mcp_calls: 3,
+            ..Default::default()
+        }
+    );
+    check_driver_view(&r, &d);
+    let second = &llm_calls(&r, d.pid)[1];
+    let flags: Vec<&Value> = second["tool_results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| &t["is_error"])
+        .collect();
+    assert_eq!(flags, [&json!(false), &json!(true)], "{second}");
+    agent.stop();
+}

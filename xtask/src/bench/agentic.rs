@@ -19,9 +19,10 @@ use crate::{root, step};
 /// What the replays of the agent run measured.
 #[derive(Default)]
 pub struct ModelTraffic {
-    /// Tasks and turns per task of the run.
+    /// Tasks, turns per task and bytes of each tool result of the run.
     pub tasks: usize,
     pub turns: usize,
+    pub result_bytes: usize,
     /// Model calls the replay reported.
     pub calls: u64,
     /// Request and reply body bytes of those calls.
@@ -49,18 +50,20 @@ fn script(tasks: usize, turns: usize, size: usize) -> serde_json::Value {
 }
 
 /// Record the agent run into the bench's directory; returns the capture.
-fn record(env: &Env, tasks: usize, turns: usize) -> Result<PathBuf> {
+fn record(env: &Env, (tasks, turns, size): (usize, usize, usize)) -> Result<PathBuf> {
     let fixtures = root().join("tests").join("fixtures");
     let script_file = env.dir.join("agentic-script.json");
-    std::fs::write(&script_file, script(tasks, turns, 8192).to_string())?;
+    std::fs::write(&script_file, script(tasks, turns, size).to_string())?;
     let model_port = free_port();
     let mut model = Command::new("python3")
         .arg(fixtures.join("model_server.py"))
         .arg("--script")
         .arg(&script_file)
+        .arg("--log")
+        .arg(env.dir.join("agentic-model.jsonl"))
         .args(["--port", &model_port.to_string(), "--event-delay", "0"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(env.dir.join("agentic-model.log"))?)
         .spawn()
         .context("starting the scripted model server")?;
     let ready = wait_for_port(
@@ -71,7 +74,10 @@ fn record(env: &Env, tasks: usize, turns: usize) -> Result<PathBuf> {
     let file = env.dir.join("agentic.mcptap");
     let result = (|| {
         if !ready {
-            bail!("the scripted model server did not listen");
+            bail!(
+                "the scripted model server did not listen; see {}",
+                env.dir.join("agentic-model.log").display()
+            );
         }
         // The model server runs as python3, unwatched: only the agent's side is recorded,
         // as on a host that talks to a remote model.
@@ -138,16 +144,21 @@ fn replay_once(mcptap: &Path, file: &Path) -> Result<(f64, u64, u64, u64)> {
 
 /// Record the run and replay it (once for a smoke run, else five times).
 pub fn measure(env: &Env, s: &Scale) -> Result<ModelTraffic> {
-    let (tasks, turns) = if s.smoke { (2, 4) } else { (8, 30) };
+    let (tasks, turns, size) = if s.smoke {
+        (2, 4, 8192)
+    } else {
+        (8, 40, 16384)
+    };
     step(&format!(
         "bench 4/5: recording an agent run ({tasks} tasks x {turns} turns) for the agentic layer"
     ));
     let mut m = ModelTraffic {
         tasks,
         turns,
+        result_bytes: size,
         ..Default::default()
     };
-    let file = match record(env, tasks, turns) {
+    let file = match record(env, (tasks, turns, size)) {
         Ok(f) => f,
         Err(e) => {
             m.failure = Some(format!("the agent run could not be recorded: {e:#}"));
@@ -183,9 +194,10 @@ pub fn write_part(md: &mut String, m: &ModelTraffic) {
     }
     let _ = writeln!(
         md,
-        "`mcptap replay` of a recorded agent run: the Anthropic client library's tool loop (streamed), {} tasks at once, {} turns each, every turn asking for an MCP tool whose result (8 KiB of text) the next turn carries back with the whole conversation, over stdio MCP; the agent's side only (the model server unwatched). {} model calls ({} exchanges linked to them), {:.1} MB of request and reply bodies, replayed in {:.2} s (median of {}): **{:.0} model calls/s** and **{:.1} MB/s of model traffic** on one core.",
+        "`mcptap replay` of a recorded agent run: the Anthropic client library's tool loop (streamed), {} tasks at once, {} turns each, every turn asking for an MCP tool whose result ({} KiB of text) the next turn carries back with the whole conversation, over stdio MCP; the agent's side only (the model server unwatched). {} model calls ({} exchanges linked to them), {:.1} MB of request and reply bodies, replayed in {:.2} s (median of {}): **{:.0} model calls/s** and **{:.1} MB/s of model traffic** on one core.",
         m.tasks,
         m.turns,
+        m.result_bytes / 1024,
         m.calls,
         m.linked,
         m.bytes as f64 / 1e6,
