@@ -248,6 +248,10 @@ pub(super) fn asked(
         }
         let thread = &mut agent.threads[ti];
         if let Some(id) = &tc.id {
+            // Held to the process's cap of calls: past it the oldest calls are gone anyway.
+            if thread.by_id.len() >= max {
+                thread.by_id.retain(|_, s| *s + max as u64 > slot);
+            }
             thread.by_id.insert(id.clone(), slot);
         }
         thread.last_calls.push(slot);
