@@ -407,7 +407,12 @@ fn anthropic_tool_loop_four_interleaved_tasks() {
     }
     check_agent_metrics(&agent, &s);
     check_agent_spans(&receiver, &records, d.pid);
-    agent.stop();
+    let records = agent.stop();
+    // Without --payloads, no prompt, completion or tool text leaves the host.
+    let all: String = records.0.iter().map(|r| r.to_string()).collect();
+    for text in ["script:a add", "script:c who", "partial answer", "b done"] {
+        assert!(!all.contains(text), "{text:?} in the outputs");
+    }
 }
 
 /// The metrics say what the records say (nothing else on this host talks to a model).

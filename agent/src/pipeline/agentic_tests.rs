@@ -223,3 +223,64 @@ fn a_tool_call_links_the_model_turn_the_mcp_exchange_and_the_next_turn() {
     assert_eq!((ends[0].tool_calls, ends[0].mcp_calls), (1, 1));
     assert_eq!((ends[0].input_tokens, ends[0].output_tokens), (260, 25));
 }
+
+/// With `--payloads` the record carries the last message's text and the completion, secrets
+/// redacted; without, neither.
+#[test]
+fn payloads_are_opt_in_and_redacted() {
+    let key = "sk-proj-Abc123Def456Ghi789Jkl012Mno345";
+    let body = format!(
+        r#"{{"model":"claude-x","max_tokens":10,"messages":[{{"role":"user","content":"my key is {key}"}}]}}"#
+    );
+    let answer = format!(
+        r#"{{"id":"msg_9","type":"message","model":"claude-x","content":[{{"type":"text","text":"noted {key}"}}],"stop_reason":"end_turn","usage":{{"input_tokens":5,"output_tokens":3}}}}"#
+    );
+    let ms = 1_000_000;
+    let recs = vec![
+        tcp(
+            AGENT,
+            9,
+            DIR_OUT,
+            SOCK,
+            (ms, 2 * ms),
+            &post("/v1/messages", &body),
+        ),
+        tcp(
+            AGENT,
+            9,
+            DIR_IN,
+            SOCK,
+            (2 * ms, 9 * ms),
+            &reply(200, &answer),
+        ),
+    ];
+    for payloads in [false, true] {
+        let mut host = FixedHost::stdio_pair(AGENT, SERVER, REQ_PIPE, RESP_PIPE);
+        let mut cfg = PipelineConfig::default();
+        cfg.tracker.payloads = payloads;
+        let mut p = Pipeline::new(cfg);
+        for r in &recs {
+            p.ingest(&mut host, r);
+        }
+        p.finish(60_000_000_000, 0);
+        let out: Vec<Signal> = p.drain_signals().collect();
+        let c = calls(&out)[0].clone();
+        let line = crate::output::jsonl::encode(&Signal::LlmCall(Box::new(c.clone())));
+        assert!(!line.contains(key), "{line}");
+        if payloads {
+            let prompt = c.prompt.expect("the prompt, with payloads");
+            assert!(
+                prompt.starts_with("my key is ") && prompt.contains("REDACTED"),
+                "{prompt}"
+            );
+            let done = c.completion.expect("the completion");
+            assert!(
+                done.starts_with("noted ") && done.contains("REDACTED"),
+                "{done}"
+            );
+        } else {
+            assert!(c.prompt.is_none() && c.completion.is_none());
+            assert!(!line.contains("my key is"), "{line}");
+        }
+    }
+}

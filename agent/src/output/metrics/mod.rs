@@ -632,7 +632,7 @@ pub mod defs {
         "mcptap.table.entries",
         "{entry}",
         ["table"],
-        "Entries each bounded table holds now (table: streams, rejected_fds, buffered_bytes, sessions, pending_requests, notification_views, processes, links, tool_servers, metric_series, kernel_fds)."
+        "Entries each bounded table holds now (table: streams, rejected_fds, buffered_bytes, sessions, pending_requests, notification_views, processes, links, tool_servers, metric_series, kernel_fds, agent_processes, agent_threads, agent_tool_calls, agent_held_calls)."
     );
     def!(
         AGENT_TABLE_CAPACITY,
