@@ -485,15 +485,25 @@ fn check_agent_spans(receiver: &Receiver, records: &Records, pid: u32) {
             .map(|(_, s)| s)
             .collect()
     };
+    // Spans leave in batches: wait for every one this check counts.
+    let ends = task_ends(records, pid).len();
     assert!(
-        receiver.wait(30, |_| spans("tools/call").len() >= linked),
-        "MCP client spans"
+        receiver.wait(30, |_| {
+            spans("tools/call").len() >= linked
+                && spans("invoke_agent").len() >= ends
+                && spans("chat ").len() >= calls.len()
+        }),
+        "spans: {} MCP of {linked}, {} tasks of {ends}, {} turns of {}",
+        spans("tools/call").len(),
+        spans("invoke_agent").len(),
+        spans("chat ").len(),
+        calls.len()
     );
     let tasks = spans("invoke_agent");
     let turns = spans("chat ");
     let tools = spans("execute_tool ");
     let mcp = spans("tools/call");
-    assert_eq!(tasks.len(), task_ends(records, pid).len());
+    assert_eq!(tasks.len(), ends);
     assert_eq!(turns.len(), calls.len());
     for t in &turns {
         let task = tasks.iter().find(|k| k.span_id == t.parent_span_id);
