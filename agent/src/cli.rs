@@ -317,6 +317,21 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
     }
 }
 
+impl OutputArgs {
+    /// What the outputs are asked for.
+    pub fn settings(&self) -> crate::output::Settings {
+        crate::output::Settings {
+            jsonl: self.jsonl.clone(),
+            quiet: self.quiet,
+            label_limit: self.label_limit,
+            max_series: self.max_series as usize,
+            otlp_endpoint: self.otlp_endpoint.clone(),
+            otlp_protocol: self.otlp_protocol.clone(),
+            payloads: self.payloads,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

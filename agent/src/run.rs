@@ -190,7 +190,7 @@ pub fn live(args: &LiveArgs, output: &OutputArgs) -> Result<()> {
     // changes: no port bound, no file created or truncated, no program loaded.
     let pre = Preflight::check(&settings)?;
     let listener = bind(args.listen.clone())?;
-    let mut outputs = Outputs::open(output)?;
+    let mut outputs = Outputs::open(&output.settings())?;
     let mut recorder = open_recorder(args.record.as_deref())?;
     let stop = stop_flag()?;
     let health = Arc::new(http::Health::new(outputs.registry.clone()));
@@ -426,7 +426,7 @@ fn recorded_host(path: &std::path::Path) -> Result<(FixedHost, ClockAnchor)> {
 /// Replay a `--record` file through the pipeline.
 pub fn replay(path: &std::path::Path, output: &OutputArgs) -> Result<()> {
     let (mut host, clock) = recorded_host(path)?;
-    let mut outputs = Outputs::open(output)?;
+    let mut outputs = Outputs::open(&output.settings())?;
     let mut p = Pipeline::new(pipeline_config(output, clock));
     let mut reader = open_replay(path)?;
     let mut last_tick = 0u64;

@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context as _, Result};
 use log::{info, warn};
 
-use crate::cli::OutputArgs;
 use crate::enrich::Enricher;
 use crate::output::metrics::Registry;
 use crate::output::metrics::record as telemetry;
@@ -74,6 +73,25 @@ pub fn private_file(path: &std::path::Path, append: bool) -> std::io::Result<Fil
     o.open(path)
 }
 
+/// What the outputs are asked for (the command line's output options).
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// JSON lines to this path (`-`: standard output).
+    pub jsonl: Option<String>,
+    /// No console view.
+    pub quiet: bool,
+    /// Distinct values kept per metric label.
+    pub label_limit: usize,
+    /// Series of the `mcp_*` metrics, all together.
+    pub max_series: usize,
+    /// OTLP endpoint, when not from the environment.
+    pub otlp_endpoint: Option<String>,
+    /// OTLP protocol, when not from the environment.
+    pub otlp_protocol: Option<String>,
+    /// Values in spans (`--payloads`).
+    pub payloads: bool,
+}
+
 /// Every output of one run, live or replay: the console, JSON lines, the metrics registry
 /// (read by `/metrics` and OTLP) and the OTLP exporters, all fed the same signals, after the
 /// enrichment stage has named their pods.
@@ -87,7 +105,7 @@ pub struct Outputs {
 impl Outputs {
     /// Open what `output` asks for. A file that cannot be opened is an error; an OTLP
     /// exporter that cannot be built is a warning, and capture goes on without it.
-    pub fn open(output: &OutputArgs) -> Result<Outputs> {
+    pub fn open(output: &Settings) -> Result<Outputs> {
         let mut fan = Fanout::default();
         let jsonl_on_stdout = output.jsonl.as_deref() == Some("-");
         if let Some(path) = &output.jsonl {
@@ -111,7 +129,7 @@ impl Outputs {
         }
         let registry = Arc::new(Mutex::new(Registry::new(
             output.label_limit,
-            output.max_series as usize,
+            output.max_series,
         )));
         fan.push(Box::new(telemetry::Recorder(registry.clone())));
         let cfg = otlp::Config::resolve(

@@ -3,6 +3,7 @@
 //! looks further upstream. Process identity lives here too ([`process`]), and [`Ctx`] is what
 //! the stages that make signals work with.
 
+pub mod llm;
 pub mod process;
 
 use serde::Serialize;
@@ -414,13 +415,13 @@ pub struct LlmFacts {
     /// Fingerprint of each message or input item.
     pub messages: Vec<u64>,
     /// The tool results the request carried, with their positions and sizes.
-    pub results: Vec<crate::llm::CarriedResult>,
+    pub results: Vec<llm::CarriedResult>,
     /// Responses API: the response this one continues.
     pub previous_response_id: Option<String>,
     /// Why the model stopped, normalised.
-    pub stop: crate::llm::Stop,
+    pub stop: llm::Stop,
     /// The reply's API error kind.
-    pub error: Option<crate::llm::ErrorKind>,
+    pub error: Option<llm::ErrorKind>,
     /// The trace of its task (the agentic layer's spans).
     pub trace: Option<u128>,
 }
@@ -432,9 +433,9 @@ pub struct LlmCall {
     #[serde(skip)]
     pub ts_ns: u64,
     /// `anthropic`, `openai` or `gemini`.
-    pub provider: Option<crate::llm::Provider>,
+    pub provider: Option<llm::Provider>,
     /// `messages`, `chat_completions`, `responses` or `generate_content`.
-    pub api: Option<crate::llm::Api>,
+    pub api: Option<llm::Api>,
     /// The model asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
@@ -468,7 +469,7 @@ pub struct LlmCall {
     pub ttft_ms: Option<f64>,
     /// Usage as the reply reported it.
     #[serde(flatten)]
-    pub usage: crate::llm::Usage,
+    pub usage: llm::Usage,
     /// The provider's own stop reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finish_reason: Option<String>,
