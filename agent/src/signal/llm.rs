@@ -84,7 +84,8 @@ pub struct CarriedResult {
     pub is_error: Option<bool>,
     /// Bytes of its content as the request encodes it: how tokens per tool are shared out.
     pub bytes: u64,
-    /// Index in [`Request::messages`] of the message (or input item) that carries it.
+    /// Index in the request's messages (`crate::llm::Request::messages`) of the message (or
+    /// input item) that carries it.
     pub message: usize,
 }
 
