@@ -20,7 +20,7 @@ use crate::signal::{Ctx, Signal, What};
 use fd::{Fd, FdKey, FdTable, SocketEnds};
 use mcptap_abi::FLAG_STATE_NEW;
 use stream::{Gap, GapReason, Stream, StreamKey};
-use verdict::Verdict;
+use verdict::{Reason, Verdict};
 
 /// One record's bytes, with the times of the syscall (or OpenSSL call) that moved them.
 #[derive(Clone, Copy, Debug)]
@@ -327,7 +327,7 @@ impl<S: Default, C> Conns<S, C> {
         stream.verdict = verdict;
         match verdict.rejected() {
             Some(reason) => {
-                if fd.shared.is_some() && reason == "http_gap" {
+                if fd.shared.is_some() && reason == Reason::HttpGap {
                     up.close(*fk, fd, rec.hdr.ts_exit_ns, cx);
                 }
                 self.reject(fk, fd, reason);
@@ -362,7 +362,7 @@ impl<S: Default, C> Conns<S, C> {
                 if verdict.kept() {
                     self.report_gap(&io.key, gap, 0, ts, cx);
                 }
-                Verdict::Rejected("http_gap")
+                Verdict::Rejected(Reason::HttpGap)
             }
         }
     }
@@ -451,7 +451,7 @@ impl<S: Default, C> Conns<S, C> {
                 self.report_gap(&fk.stream(Dir::In), gap(held_shared), held_shared, ts, cx);
             }
             up.close(*fk, fd, ts, cx);
-            self.reject(fk, fd, "buffer_budget");
+            self.reject(fk, fd, Reason::BufferBudget);
         }
     }
 
@@ -459,7 +459,7 @@ impl<S: Default, C> Conns<S, C> {
         *self.stats.gaps.entry(gap.reason.as_str()).or_default() += 1;
         self.stats.resync_dropped_bytes += dropped;
         let what = What::StreamGap {
-            reason: gap.reason.as_str(),
+            reason: gap.reason,
             dropped_bytes: dropped,
             missing_bytes: gap.bytes,
         };
@@ -477,15 +477,15 @@ impl<S: Default, C> Conns<S, C> {
 
     /// Stop reading an fd (both directions) and tell the kernel; it becomes a tombstone once
     /// its record is done.
-    fn reject(&mut self, fk: &FdKey, fd: &mut Fd<S, C>, reason: &'static str) {
-        *self.stats.rejected.entry(reason).or_default() += 1;
+    fn reject(&mut self, fk: &FdKey, fd: &mut Fd<S, C>, reason: Reason) {
+        *self.stats.rejected.entry(reason.as_str()).or_default() += 1;
         // Ciphertext that reached the agent (a connection older than the kernel's TLS check)
         // is a TLS stream not decrypted; a decrypted one is done with.
-        if reason == "tls" || fd.tls == Some(false) {
+        if reason == Reason::Tls || fd.tls == Some(false) {
             self.stats.tls_undecrypted += 1;
         }
         fd.tls = None;
-        debug!("fd {fk:?} is not MCP ({reason})");
+        debug!("fd {fk:?} is not MCP ({})", reason.as_str());
         fd.rejected = true;
         fd.streams = [None, None];
         fd.shared = None;

@@ -51,38 +51,8 @@ impl StreamKey {
     }
 }
 
-/// Why bytes are missing from a stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GapReason {
-    /// The kernel lost data of this fd (ring buffer full, fault, missed syscall exit).
-    KernelLoss,
-    /// The kernel stopped shipping a syscall part-way (per-syscall limit or fault).
-    Truncated,
-    /// A syscall's chunks did not arrive complete and in order.
-    MissingChunk,
-    /// Two threads' syscalls on one fd interleaved their chunks.
-    Interleaved,
-    /// The kernel forgot this fd's state (its LRU map evicted the entry), and with it maybe
-    /// a mark of lost bytes: the stream resynchronises to be safe.
-    StateEvicted,
-    /// The agent's budget for buffered bytes (`--max-buffered-bytes`) was spent: the
-    /// partial message of the stream that passed it was dropped.
-    BufferBudget,
-}
-
-impl GapReason {
-    /// Name used in events and metrics.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            GapReason::KernelLoss => "kernel_loss",
-            GapReason::Truncated => "truncated",
-            GapReason::MissingChunk => "missing_chunk",
-            GapReason::Interleaved => "interleaved",
-            GapReason::StateEvicted => "state_evicted",
-            GapReason::BufferBudget => "buffer_budget",
-        }
-    }
-}
+// Why bytes are missing is part of the signal model: the events report it.
+pub use crate::signal::GapReason;
 
 /// A hole in a stream, before the bytes that follow it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

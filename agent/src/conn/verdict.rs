@@ -8,6 +8,49 @@
 //! which the kernel is told to stop shipping the fd. On a stream already kept, something that
 //! is not a message is corruption: reported, and the stream stays kept.
 
+/// Why a stream is not one mcptap reads (`mcptap_streams_rejected_total{reason}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// TLS records: ciphertext of a connection the kernel did not see start.
+    Tls,
+    /// HTTP/2, not framed yet.
+    Http2,
+    /// Binary bytes.
+    Binary,
+    /// Two lines that are not JSON.
+    NotJson,
+    /// JSON that is not JSON-RPC.
+    JsonNotJsonrpc,
+    /// No line that starts like JSON in the first 64 KiB.
+    NoJsonLines,
+    /// HTTP that is neither MCP nor a model API's call.
+    HttpNotMcp,
+    /// HTTP whose framing broke.
+    HttpBroken,
+    /// HTTP that lost bytes: its next message boundary cannot be found.
+    HttpGap,
+    /// An HTTP connection given up to hold `--max-buffered-bytes`.
+    BufferBudget,
+}
+
+impl Reason {
+    /// The name in `agent_stop` and the metric's label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Tls => "tls",
+            Reason::Http2 => "http2",
+            Reason::Binary => "binary",
+            Reason::NotJson => "not_json",
+            Reason::JsonNotJsonrpc => "json_not_jsonrpc",
+            Reason::NoJsonLines => "no_json_lines",
+            Reason::HttpNotMcp => "http_not_mcp",
+            Reason::HttpBroken => "http_broken",
+            Reason::HttpGap => "http_gap",
+            Reason::BufferBudget => "buffer_budget",
+        }
+    }
+}
+
 /// What is known about a stream's content.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -19,7 +62,7 @@ pub enum Verdict {
     /// Carries a protocol mcptap reads: JSON-RPC (MCP), or model calls.
     Kept,
     /// Does not, for this reason (counted in `mcptap_streams_rejected_total`).
-    Rejected(&'static str),
+    Rejected(Reason),
 }
 
 impl Default for Verdict {
@@ -56,7 +99,11 @@ impl Verdict {
     pub fn stray(self, json: bool) -> (Verdict, Stray) {
         match self {
             Verdict::Probing { junk } if json || junk >= 1 => {
-                let reason = if json { "json_not_jsonrpc" } else { "not_json" };
+                let reason = if json {
+                    Reason::JsonNotJsonrpc
+                } else {
+                    Reason::NotJson
+                };
                 (Verdict::Rejected(reason), Stray::Rejects)
             }
             Verdict::Probing { junk } => (Verdict::Probing { junk: junk + 1 }, Stray::Held),
@@ -66,7 +113,7 @@ impl Verdict {
     }
 
     /// The stream cannot be MCP, for `reason`; a stream already known to be MCP stays so.
-    pub fn reject(self, reason: &'static str) -> Verdict {
+    pub fn reject(self, reason: Reason) -> Verdict {
         match self {
             Verdict::Kept => Verdict::Kept,
             Verdict::Rejected(r) => Verdict::Rejected(r),
@@ -85,7 +132,7 @@ impl Verdict {
     }
 
     /// The reason it was rejected, if it was.
-    pub fn rejected(self) -> Option<&'static str> {
+    pub fn rejected(self) -> Option<Reason> {
         match self {
             Verdict::Rejected(r) => Some(r),
             _ => None,
@@ -105,18 +152,21 @@ mod tests {
         assert_eq!(v.message(), Verdict::Kept);
         assert_eq!(
             v.stray(false),
-            (Verdict::Rejected("not_json"), Stray::Rejects)
+            (Verdict::Rejected(Reason::NotJson), Stray::Rejects)
         );
         assert_eq!(
             Verdict::default().stray(true),
-            (Verdict::Rejected("json_not_jsonrpc"), Stray::Rejects)
+            (Verdict::Rejected(Reason::JsonNotJsonrpc), Stray::Rejects)
         );
         assert_eq!(Verdict::Kept.stray(false), (Verdict::Kept, Stray::Corrupts));
-        assert_eq!(Verdict::Kept.reject("binary"), Verdict::Kept);
+        assert_eq!(Verdict::Kept.reject(Reason::Binary), Verdict::Kept);
         assert_eq!(
-            Verdict::default().reject("binary").rejected(),
-            Some("binary")
+            Verdict::default().reject(Reason::Binary).rejected(),
+            Some(Reason::Binary)
         );
-        assert_eq!(Verdict::Rejected("x").message(), Verdict::Rejected("x"));
+        assert_eq!(
+            Verdict::Rejected(Reason::Tls).message(),
+            Verdict::Rejected(Reason::Tls)
+        );
     }
 }

@@ -397,7 +397,8 @@ impl Tracker {
         let mut out = BTreeMap::new();
         for st in self.states.values().filter(|st| st.started) {
             let server = Self::server_of(st, procs);
-            *out.entry((st.session.transport, server)).or_insert(0) += 1;
+            *out.entry((st.session.transport.as_str(), server))
+                .or_insert(0) += 1;
         }
         out
     }

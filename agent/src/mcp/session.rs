@@ -31,7 +31,7 @@ pub struct Session {
     /// Ends, by side.
     pub ends: [End; 2],
     /// Transport name.
-    pub transport: &'static str,
+    pub transport: crate::signal::Transport,
     /// Negotiated protocol version.
     pub protocol_version: Option<String>,
     /// Its messages travelled inside TLS.

@@ -108,7 +108,7 @@ mod tests {
     fn exchange_line_has_the_documented_fields() {
         let x = Exchange {
             ts_ns: 1_795_255_005_123_456_789,
-            transport: "stdio",
+            transport: crate::signal::Transport::Stdio,
             session: Some("stdio:1-2".into()),
             method: "tools/call".into(),
             id: "\"a-1\"".into(),

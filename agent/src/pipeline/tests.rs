@@ -493,7 +493,7 @@ fn streamable_http_session_across_connections() {
     // Outputs carry a hash of the session id, never the id.
     let label = crate::mcp::privacy::session_label("S1", false);
     assert_eq!(init.session.as_deref(), Some(label.as_str()));
-    assert_eq!(init.transport, "http");
+    assert_eq!(init.transport, crate::signal::Transport::Http);
     assert_eq!(init.http_status, Some(200));
     assert_eq!(init.server.name.as_deref(), Some("s"));
     assert_eq!(init.client.pid, Some(HTTP_CLIENT));
@@ -576,7 +576,7 @@ fn legacy_sse_correlates_on_the_get_stream() {
     let (out, _) = run(&recs, &mut FixedHost::default());
     let xs = exchanges(&out);
     assert_eq!(xs.len(), 1, "{out:#?}");
-    assert_eq!(xs[0].transport, "sse");
+    assert_eq!(xs[0].transport, crate::signal::Transport::Sse);
     let label = crate::mcp::privacy::session_label("abc", false);
     assert_eq!(xs[0].session.as_deref(), Some(label.as_str()));
     assert_eq!(xs[0].status, Status::Ok);

@@ -130,7 +130,7 @@ fn tls_plaintext_is_framed_as_http_and_marks_the_exchange() {
         .collect();
     assert_eq!(x.len(), 1, "{out:#?}");
     assert!(x[0].network.tls);
-    assert_eq!(x[0].transport, "http");
+    assert_eq!(x[0].transport, crate::signal::Transport::Http);
     assert_eq!(x[0].timing.client_duration_ms, Some(0.003));
     assert_eq!(x[0].timing.server_duration_ms, Some(0.001));
     let line = crate::output::jsonl::encode(&Signal::Exchange(x[0].clone()));

@@ -10,7 +10,7 @@
 //! rejects it (and the kernel stops shipping it).
 
 use super::AppCx;
-use crate::conn::verdict::Verdict;
+use crate::conn::verdict::{Reason, Verdict};
 use crate::wire::http1::{Conn, ConnEvent, Role, Txn};
 
 /// How an app judges a transaction from its request head.
@@ -282,7 +282,7 @@ impl<L: Default, M: Default> Router<'_, L, M> {
                 }
             }
             // Nothing more can be framed on it, kept or not: the kernel may stop shipping it.
-            *self.verdict = Verdict::Rejected("http_broken");
+            *self.verdict = Verdict::Rejected(Reason::HttpBroken);
             return;
         }
         let txn = txn_of(&e).expect("every other event has a transaction");
@@ -298,7 +298,7 @@ impl<L: Default, M: Default> Router<'_, L, M> {
         };
         match owner {
             Owner::App(id) => self.deliver_to(apps, cx, id, e),
-            Owner::Nobody => self.settle("http_not_mcp"),
+            Owner::Nobody => self.settle(Reason::HttpNotMcp),
             Owner::Open(_) => {}
         }
         if done {
@@ -436,7 +436,7 @@ impl<L: Default, M: Default> Router<'_, L, M> {
 
     /// Something was refused for `reason` (a transaction no app wanted, an app's refusal,
     /// broken framing): the connection is rejected unless an app already keeps it.
-    fn settle(&mut self, reason: &'static str) {
+    fn settle(&mut self, reason: Reason) {
         if !self.verdict.kept() {
             *self.verdict = self.verdict.reject(reason);
         }

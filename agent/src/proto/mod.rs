@@ -17,7 +17,7 @@ pub mod http;
 use crate::capture::{Dir, FdKind};
 use crate::conn::fd::{Fd, FdKey, SocketEnds};
 use crate::conn::stream::{Stream, StreamKey};
-use crate::conn::verdict::Verdict;
+use crate::conn::verdict::{Reason, Verdict};
 use crate::conn::{Bytes, Io, Upper};
 use crate::llm;
 use crate::mcp::transport::route::View;
@@ -132,11 +132,11 @@ impl<D: Deliver> Stage<'_, D> {
             return None;
         }
         let reason = if head.starts_with(b"PRI * HTTP/2") {
-            Some("http2")
+            Some(Reason::Http2)
         } else if looks_tls(head) {
-            Some("tls")
+            Some(Reason::Tls)
         } else if looks_binary(first) {
-            Some("binary")
+            Some(Reason::Binary)
         } else {
             None
         };

@@ -42,6 +42,90 @@ impl Ctx<'_> {
     }
 }
 
+/// How an MCP conversation travelled: the same name in every output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// A message per line over pipes or the Unix socketpairs a Node parent hands its child.
+    #[default]
+    Stdio,
+    /// A named Unix socket: a message per line, or HTTP over it.
+    Unix,
+    /// Streamable HTTP (and stateless HTTP).
+    Http,
+    /// The legacy HTTP+SSE transport (2024-11-05).
+    Sse,
+    /// Newline-delimited JSON over TCP (no standard transport; some servers speak it).
+    Tcp,
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Transport {
+    /// The name used in every output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Stdio => "stdio",
+            Transport::Unix => "unix",
+            Transport::Http => "http",
+            Transport::Sse => "sse",
+            Transport::Tcp => "tcp",
+        }
+    }
+
+    /// The OpenTelemetry `network.transport`.
+    pub fn network(self) -> &'static str {
+        match self {
+            Transport::Stdio => "pipe",
+            Transport::Unix => "unix",
+            Transport::Http | Transport::Sse | Transport::Tcp => "tcp",
+        }
+    }
+
+    /// Whether its messages travel in HTTP requests and replies.
+    pub fn is_http(self) -> bool {
+        matches!(self, Transport::Http | Transport::Sse)
+    }
+}
+
+/// Why bytes are missing from a stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GapReason {
+    /// The kernel lost data of this fd (ring buffer full, fault, missed syscall exit).
+    KernelLoss,
+    /// The kernel stopped shipping a syscall part-way (per-syscall limit or fault).
+    Truncated,
+    /// A syscall's chunks did not arrive complete and in order.
+    MissingChunk,
+    /// Two threads' syscalls on one fd interleaved their chunks.
+    Interleaved,
+    /// The kernel forgot this fd's state (its LRU map evicted the entry), and with it maybe
+    /// a mark of lost bytes: the stream resynchronises to be safe.
+    StateEvicted,
+    /// The agent's budget for buffered bytes (`--max-buffered-bytes`) was spent: the
+    /// partial message of the stream that passed it was dropped.
+    BufferBudget,
+}
+
+impl GapReason {
+    /// Name used in events and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            GapReason::KernelLoss => "kernel_loss",
+            GapReason::Truncated => "truncated",
+            GapReason::MissingChunk => "missing_chunk",
+            GapReason::Interleaved => "interleaved",
+            GapReason::StateEvicted => "state_evicted",
+            GapReason::BufferBudget => "buffer_budget",
+        }
+    }
+}
+
 /// One side of a conversation, as reported.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Endpoint {
@@ -134,7 +218,7 @@ pub struct Exchange {
     #[serde(skip)]
     pub ts_ns: u64,
     /// `stdio`, `unix`, `http`, `sse` or `tcp`.
-    pub transport: &'static str,
+    pub transport: Transport,
     /// Session identity: `stdio:CLIENTPID-SERVERPID`, or the HTTP session id; absent for
     /// stateless HTTP.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -529,7 +613,7 @@ pub struct Notification {
     #[serde(skip)]
     pub ts_ns: u64,
     /// Transport.
-    pub transport: &'static str,
+    pub transport: Transport,
     /// Session identity (as for exchanges).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
@@ -601,7 +685,7 @@ pub enum What {
     /// Bytes of an MCP stream were lost; framing resynchronises.
     StreamGap {
         /// Why (`kernel_loss`, `truncated`, ...).
-        reason: &'static str,
+        reason: GapReason,
         /// Buffered bytes dropped to resynchronise.
         dropped_bytes: u64,
         /// Bytes known to be missing.
@@ -659,7 +743,7 @@ pub enum What {
     /// A session's first record.
     SessionStart {
         /// Transport.
-        transport: &'static str,
+        transport: Transport,
         /// The client.
         client: Endpoint,
         /// The server.
@@ -707,7 +791,7 @@ pub struct Handshake {
     /// `success` or `failure`.
     pub status: &'static str,
     /// Transport.
-    pub transport: &'static str,
+    pub transport: Transport,
     /// The client.
     pub client: Endpoint,
     /// The server.
@@ -768,7 +852,7 @@ pub struct TaskEnd {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SessionEnd {
     /// Transport.
-    pub transport: &'static str,
+    pub transport: Transport,
     /// `process_exit`, `deleted`, `idle` or `evicted`.
     pub reason: &'static str,
     /// First to last message.

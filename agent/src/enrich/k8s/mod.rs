@@ -338,7 +338,7 @@ mod tests {
         let mut e = Signal::Event(Event::new(
             0,
             crate::signal::What::SessionStart {
-                transport: "stdio",
+                transport: crate::signal::Transport::Stdio,
                 client: Endpoint::default(),
                 server: ep,
             },

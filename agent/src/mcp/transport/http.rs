@@ -13,7 +13,7 @@ use super::links::Links;
 use super::route::{HttpEnd, HttpNaming, Route, View, http_route};
 use super::{At, Config, Deliver, Oversize, Seen, Stats, Stray, legacy_sse, streamable};
 use crate::capture::{Dir, FdKind};
-use crate::conn::verdict::Verdict;
+use crate::conn::verdict::{Reason, Verdict};
 use crate::mcp::message::{self, Id, Kind, Message, Parsed};
 use crate::proto::AppCx;
 use crate::proto::http::{Claim, Holds, HttpApp};
@@ -218,7 +218,7 @@ fn event<D: Deliver>(c: &mut ConnAt<'_>, at: &mut At<'_, '_, D>, e: ConnEvent<'_
                 let sse = txn.response.as_ref().is_some_and(|r| r.headers.is_sse());
                 let get = txn.request.method.as_deref() == Some("GET");
                 if !(get && sse) {
-                    c.meta.verdict = Verdict::Rejected("http_not_mcp");
+                    c.meta.verdict = Verdict::Rejected(Reason::HttpNotMcp);
                     return;
                 }
             }
@@ -261,7 +261,7 @@ fn request_head(c: &mut ConnAt<'_>, txn: &Txn) {
         c.meta.verdict = Verdict::Kept;
     } else if !streamable::may_be_mcp(method, h) {
         // POSTs are decided by their body, GETs by their event stream; nothing else is MCP.
-        c.meta.verdict = Verdict::Rejected("http_not_mcp");
+        c.meta.verdict = Verdict::Rejected(Reason::HttpNotMcp);
     }
 }
 
@@ -278,7 +278,7 @@ fn request_body<D: Deliver>(
         Ok(p) => p,
         Err(err) => {
             if c.meta.verdict.probing() {
-                c.meta.verdict = Verdict::Rejected("http_not_mcp");
+                c.meta.verdict = Verdict::Rejected(Reason::HttpNotMcp);
             } else {
                 let route = c.route(at, txn, true);
                 at.stray(&Stray::of(view, body, err.class()), &route, false);
@@ -371,7 +371,7 @@ fn sse_event<D: Deliver>(
         }
         Err(err) => {
             if c.meta.verdict.probing() {
-                c.meta.verdict = Verdict::Rejected("http_not_mcp");
+                c.meta.verdict = Verdict::Rejected(Reason::HttpNotMcp);
             } else {
                 let route = c.route(at, txn, false);
                 at.stray(&Stray::of(view, event.data, err.class()), &route, false);
@@ -422,7 +422,7 @@ fn broken<D: Deliver>(c: &mut ConnAt<'_>, at: &mut At<'_, '_, D>, why: &'static 
         let e = at.cx.stream_event(what, at.key.tgid, at.key.fd, at.now);
         at.cx.out.push(Signal::Event(e));
     }
-    c.meta.verdict = Verdict::Rejected("http_broken");
+    c.meta.verdict = Verdict::Rejected(Reason::HttpBroken);
 }
 
 /// Deliver the request bodies held for `txn`, now that its response head names the session

@@ -5,6 +5,7 @@
 
 use crate::capture::{Dir, FdKind};
 use crate::conn::fd::{Addr, SocketEnds};
+use crate::signal::Transport;
 
 /// Which of a session's two ends: 0 is the lower process id.
 pub type Side = usize;
@@ -57,7 +58,7 @@ pub struct Route {
     /// The session.
     pub key: SessionKey,
     /// Transport name for outputs.
-    pub transport: &'static str,
+    pub transport: Transport,
     /// Side that sent the message.
     pub sender: Side,
     /// Side whose view this is.
@@ -198,7 +199,7 @@ fn sender_of(v: &View, viewer: Side) -> Side {
 
 /// The route of a view of a link (stdio pipes and socketpairs, named Unix sockets): the
 /// session is the pair of processes at the link's two ends.
-pub fn link_route(key: SessionKey, v: &View, transport: &'static str) -> Route {
+pub fn link_route(key: SessionKey, v: &View, transport: Transport) -> Route {
     let (viewer, peer_pid) = link_sides(&key, v);
     Route {
         key,
@@ -248,7 +249,7 @@ pub fn tcp_route(v: &View, socket: Option<&SocketEnds>) -> Route {
             client: a,
             server: b,
         },
-        transport: "tcp",
+        transport: Transport::Tcp,
         sender: sender_of(v, viewer),
         viewer,
         viewer_pid: v.tgid,
@@ -331,13 +332,13 @@ pub fn http_route(n: &HttpNaming<'_>) -> Route {
             server,
             id: id.to_string(),
         };
-        (key, label(id), "http")
+        (key, label(id), Transport::Http)
     } else if let Some(id) = n.legacy {
         let key = SessionKey::Http {
             server,
             id: id.to_string(),
         };
-        (key, label(id), "sse")
+        (key, label(id), Transport::Sse)
     } else {
         // Unix clients are unbound: the client socket's inode tells connections apart.
         let client = if n.unix {
@@ -349,10 +350,10 @@ pub fn http_route(n: &HttpNaming<'_>) -> Route {
         } else {
             addrs.client.to_string()
         };
-        (SessionKey::Conn { client, server }, None, "http")
+        (SessionKey::Conn { client, server }, None, Transport::Http)
     };
     if n.unix {
-        transport = "unix";
+        transport = Transport::Unix;
     }
     Route {
         key,

@@ -12,6 +12,7 @@ use crate::capture::FdKind;
 use crate::conn::Bytes;
 use crate::conn::verdict::{self, Verdict};
 use crate::mcp::message::{self, ParseError};
+use crate::signal::Transport;
 use crate::wire::ndjson::{self, Framer};
 
 /// What the binding keeps per stream: the line framer, and a line that did not parse before
@@ -56,12 +57,16 @@ fn route_of<D: Deliver>(at: &mut At<'_, '_, D>, v: &View) -> Route {
     match v.kind {
         FdKind::Pipe => {
             let key = resolve(at, v);
-            route::link_route(key, v, "stdio")
+            route::link_route(key, v, Transport::Stdio)
         }
         FdKind::Unix => {
             let named = at.socket.filter(|s| s.named_unix());
             let key = resolve(at, v);
-            let transport = if named.is_some() { "unix" } else { "stdio" };
+            let transport = if named.is_some() {
+                Transport::Unix
+            } else {
+                Transport::Stdio
+            };
             let mut r = route::link_route(key, v, transport);
             r.addrs = named.map(route::unix_addrs);
             r
@@ -126,7 +131,7 @@ impl Binding for Stdio {
             );
         lines.framer = framer;
         if stuck {
-            return Verdict::Rejected("no_json_lines");
+            return Verdict::Rejected(verdict::Reason::NoJsonLines);
         }
         verdict
     }

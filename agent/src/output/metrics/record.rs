@@ -210,7 +210,7 @@ fn messages(r: &mut Registry, x: &Exchange) {
         Role::Server => Role::Client,
         _ => Role::Server,
     }));
-    let transport = r.resolve(x.transport);
+    let transport = r.resolve(x.transport.as_str());
     let request = r.resolve("request");
     r.inc_lv(&defs::MESSAGES, &[req_dir, request, transport], 1.0);
     r.observe_lv(
@@ -231,7 +231,11 @@ fn messages(r: &mut Registry, x: &Exchange) {
 
 fn notification(r: &mut Registry, n: &Notification) {
     let dir = direction(n.from);
-    r.inc(&defs::MESSAGES, &[dir, "notification", n.transport], 1.0);
+    r.inc(
+        &defs::MESSAGES,
+        &[dir, "notification", n.transport.as_str()],
+        1.0,
+    );
     r.observe(&defs::MESSAGE_SIZE, &[dir, "notification"], n.bytes as f64);
 }
 
@@ -248,9 +252,9 @@ fn event(r: &mut Registry, e: &Event) {
         }
         What::SessionStart {
             transport, server, ..
-        } => r.inc(&defs::SESSIONS, &[transport, name(server)], 1.0),
+        } => r.inc(&defs::SESSIONS, &[transport.as_str(), name(server)], 1.0),
         What::SessionEnd(end) => {
-            let labels = [end.transport, name(&end.server)];
+            let labels = [end.transport.as_str(), name(&end.server)];
             let secs = end.duration_ms / 1000.0;
             r.observe(&defs::SESSION_DURATION, &labels, secs);
             if end.client_observed {

@@ -40,7 +40,7 @@ mod agent;
 
 use crate::output::metrics::record as telemetry;
 use crate::output::metrics::{Kind, Registry, Value, defs};
-use crate::signal::{Endpoint, Exchange, Signal, Sink, Status as XStatus};
+use crate::signal::{Endpoint, Exchange, Signal, Sink, Status as XStatus, Transport};
 
 /// Wire protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -851,7 +851,8 @@ fn call_attributes(x: &Exchange, error_type: &str, out: &mut Vec<KeyValue>) {
     if let Some(v) = &x.protocol_version {
         out.push(KeyValue::new("mcp.protocol.version", v.clone()));
     }
-    if let (Some(s), "http" | "sse" | "unix") = (&x.session, x.transport) {
+    // A session id is the HTTP transports' (a stdio session is named after its processes).
+    if let (Some(s), true) = (&x.session, x.transport != Transport::Stdio) {
         out.push(KeyValue::new("mcp.session.id", s.clone()));
     }
 }
@@ -869,13 +870,8 @@ fn request_id(id: &str) -> String {
 
 /// The transport attributes: pipe, socket or HTTP, TLS, and the addresses of both ends.
 fn network_attributes(x: &Exchange, out: &mut Vec<KeyValue>) {
-    let network_transport = match x.transport {
-        "stdio" => "pipe",
-        "unix" => "unix",
-        _ => "tcp",
-    };
-    out.push(KeyValue::new("network.transport", network_transport));
-    if matches!(x.transport, "http" | "sse") || x.http_status.is_some() {
+    out.push(KeyValue::new("network.transport", x.transport.network()));
+    if x.transport.is_http() || x.http_status.is_some() {
         out.push(KeyValue::new("network.protocol.name", "http"));
         out.push(KeyValue::new("network.protocol.version", "1.1"));
     }
@@ -937,7 +933,7 @@ mod tests {
         };
         let x = Exchange {
             ts_ns: 1,
-            transport: "stdio",
+            transport: crate::signal::Transport::Stdio,
             method: "tools/call".into(),
             tool: Some("echo".into()),
             id: "1".into(),
