@@ -86,7 +86,7 @@ pub struct Unmatched {
     tool: String,
     args_hash: Option<u64>,
     link: Link,
-    ok: bool,
+    outcome: Outcome,
     /// When it was seen (wall-clock ns).
     seen_ns: u64,
 }
@@ -112,9 +112,12 @@ fn name_match(c: &CallState, tool: &str, args: Option<u64>) -> Option<u8> {
     Some(score + u8::from(!same_args))
 }
 
-fn outcome_of(x: &Exchange) -> (Outcome, bool) {
-    let ok = x.status == Status::Ok;
-    (if ok { Outcome::Ok } else { Outcome::Failed }, ok)
+fn outcome_of(x: &Exchange) -> Outcome {
+    if x.status == Status::Ok {
+        Outcome::Ok
+    } else {
+        Outcome::Failed
+    }
 }
 
 fn link_of(x: &Exchange) -> Link {
@@ -149,8 +152,7 @@ pub(super) fn link_exchange(agent: &mut Agent, x: &mut Exchange, stats: &mut Sta
         return false;
     };
     let c = agent.calls.get_mut(&slot).expect("found");
-    let (outcome, _) = outcome_of(x);
-    c.outcome = outcome;
+    c.outcome = outcome_of(x);
     c.link = Some(link_of(x));
     x.agent.task = Some(c.task.to_string());
     x.agent.turn = Some(c.turn);
@@ -163,12 +165,11 @@ pub(super) fn link_exchange(agent: &mut Agent, x: &mut Exchange, stats: &mut Sta
 /// Keep an MCP call no tool call matched, in case the model call that asked for it is still
 /// on its way; past the cap the oldest counts as unrequested.
 pub(super) fn remember_unmatched(agent: &mut Agent, x: &Exchange, grace: u64, stats: &mut Stats) {
-    let (_, ok) = outcome_of(x);
     agent.recent.push_back(Unmatched {
         tool: x.tool.clone().unwrap_or_default(),
         args_hash: x.trace.args_hash,
         link: link_of(x),
-        ok,
+        outcome: outcome_of(x),
         seen_ns: x.ts_ns,
     });
     if agent.recent.len() > MAX_UNMATCHED {
@@ -272,7 +273,7 @@ fn early_link(recent: &mut VecDeque<Unmatched>, c: &mut CallState, stats: &mut S
         .min();
     if let Some((_, i)) = best {
         let u = recent.remove(i).expect("found");
-        c.outcome = if u.ok { Outcome::Ok } else { Outcome::Failed };
+        c.outcome = u.outcome;
         c.link = Some(u.link);
         stats.links += 1;
     }

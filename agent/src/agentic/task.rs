@@ -60,7 +60,7 @@ impl Task {
         self.turns += 1;
         self.last_ns = end_ns;
         self.last_status = call.status;
-        self.last_error = call.facts.error;
+        self.last_error = call.error_type;
         let t = &mut self.totals;
         t.turns = self.turns;
         t.tool_calls += call.tool_calls.len() as u32;
@@ -110,7 +110,7 @@ pub(super) fn ends_task(call: &LlmCall) -> Option<&'static str> {
             Stop::ContextOverflow => "context_overflow",
             _ => "completed",
         }),
-        LlmStatus::Error if call.facts.error == Some(ErrorKind::ContextOverflow) => {
+        LlmStatus::Error if call.error_type == Some(ErrorKind::ContextOverflow) => {
             Some("context_overflow")
         }
         _ => None,

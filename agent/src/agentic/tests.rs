@@ -64,6 +64,7 @@ fn llm(c: Call) -> Signal {
         api: Some(Api::Messages),
         model: Some("m".into()),
         status: c.status,
+        error_type: c.error,
         duration_ms: 10.0,
         usage: Usage {
             input: c.usage.map(|u| u.0),
@@ -92,7 +93,6 @@ fn llm(c: Call) -> Signal {
             } else {
                 Stop::ToolUse
             },
-            error: c.error,
             ..Default::default()
         },
         ..Default::default()

@@ -309,7 +309,7 @@ fn build(
         stream: req.stream,
         status,
         http_status: p.status,
-        error_type: error.as_ref().map(|e| e.kind.as_str()),
+        error_type: error.as_ref().map(|e| e.kind),
         error_code: error.as_ref().and_then(|e| e.code.clone()),
         retry_after_s: p.retry_after,
         duration_ms: ms(end_ns - p.start_ns),
@@ -340,7 +340,6 @@ fn build(
             results: req.results,
             previous_response_id: req.previous_response_id,
             stop: r.stop,
-            error: error.map(|e| e.kind),
             trace: None,
         },
     }

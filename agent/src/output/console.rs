@@ -105,7 +105,7 @@ fn llm_line(c: &LlmCall) -> String {
         line.push_str(&format!(" task {} turn {turn}", escape(task)));
     }
     match c.error_type {
-        Some(e) => line.push_str(&format!(" {} {e}", c.status.as_str())),
+        Some(e) => line.push_str(&format!(" {} {}", c.status.as_str(), e.as_str())),
         None => line.push_str(&format!(" {}", c.status.as_str())),
     }
     if !c.tool_calls.is_empty() {

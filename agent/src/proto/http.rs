@@ -293,7 +293,9 @@ impl<L: Default, M: Default> Router<'_, L, M> {
             (ConnEvent::RequestBody { body, .. }, Some(Owner::Open(mask))) => {
                 self.claim_by_body(apps, cx, txn, mask, body)
             }
-            (_, Some(Owner::Open(mask))) => self.take_first(apps, cx, txn, mask),
+            // An event before the body (an early response, an oversized request) settles it
+            // for the first app that may want it.
+            (_, Some(Owner::Open(mask))) => self.assign(apps, cx, txn, first(mask)),
             (_, Some(o)) => o,
         };
         match owner {
@@ -372,22 +374,6 @@ impl<L: Default, M: Default> Router<'_, L, M> {
                 return self.assign(apps, cx, txn, id);
             }
         }
-        self.assign(apps, cx, txn, first(open))
-    }
-
-    /// An event before the body (an early response, an oversized request) settles a
-    /// transaction for the first app that may want it.
-    fn take_first<A, B>(
-        &mut self,
-        apps: &mut Apps<A, B>,
-        cx: &mut AppCx<'_, '_>,
-        txn: &Txn,
-        open: u8,
-    ) -> Owner
-    where
-        A: HttpApp<Conn = L>,
-        B: HttpApp<Conn = M>,
-    {
         self.assign(apps, cx, txn, first(open))
     }
 

@@ -123,11 +123,6 @@ impl Usage {
             Provider::OpenAi | Provider::Gemini => self.input,
         }
     }
-
-    /// Whether any count was reported.
-    pub fn any(&self) -> bool {
-        self.input.is_some() || self.output.is_some()
-    }
 }
 
 /// Why the model stopped, normalised across APIs (the provider's own word is kept beside it).

@@ -504,8 +504,6 @@ pub struct LlmFacts {
     pub previous_response_id: Option<String>,
     /// Why the model stopped, normalised.
     pub stop: llm::Stop,
-    /// The reply's API error kind.
-    pub error: Option<llm::ErrorKind>,
     /// The trace of its task (the agentic layer's spans).
     pub trace: Option<u128>,
 }
@@ -539,7 +537,7 @@ pub struct LlmCall {
     /// For errors: `rate_limit`, `context_overflow`, `overloaded`, `auth`,
     /// `invalid_request` or `server`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error_type: Option<&'static str>,
+    pub error_type: Option<llm::ErrorKind>,
     /// The provider's own error type or code.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_code: Option<String>,

@@ -286,7 +286,7 @@ fn genai_labels(c: &LlmCall) -> [String; 6] {
 /// The error type of a call for the metrics: empty when it succeeded.
 pub fn error_type(c: &LlmCall) -> &'static str {
     match (c.error_type, c.status) {
-        (Some(e), _) => e,
+        (Some(e), _) => e.as_str(),
         (None, crate::signal::LlmStatus::CutOff) => "cut_off",
         _ => "",
     }
