@@ -304,6 +304,7 @@ fn check_driver_view(records: &Records, d: &Drive) {
         .flat_map(|c| c["tool_calls"].as_array().unwrap())
         .filter_map(|t| Some((t["id"].as_str()?, t)))
         .collect();
+    let mut checked = 0;
     for task in d.out["tasks"].as_array().unwrap() {
         for t in task["tool_calls"].as_array().into_iter().flatten() {
             let Some(id) = t["id"].as_str() else { continue };
@@ -315,8 +316,11 @@ fn check_driver_view(records: &Records, d: &Drive) {
                 t["mcp"] == true,
                 "{t} vs {mine}"
             );
+            checked += 1;
         }
     }
+    // A driver whose report named no tool call would make this check pass on nothing.
+    assert!(checked > 0, "the driver reported no tool calls: {}", d.out);
 }
 
 /// The Anthropic client library's tool loop, streamed, over stdio MCP: one process runs four
