@@ -79,6 +79,8 @@ struct Pending {
     retry_after: Option<u32>,
     stream: Option<Box<dyn Accumulator>>,
     first_chunk_ns: Option<u64>,
+    /// When the latest byte of the reply was read (an event, or the body).
+    last_ns: u64,
     response: Option<Response>,
     oversize: bool,
 }
@@ -135,6 +137,7 @@ impl HttpApp for LlmHttp<'_> {
                     retry_after: None,
                     stream: None,
                     first_chunk_ns: None,
+                    last_ns: txn.request.first_enter_ns,
                     response: None,
                     oversize: false,
                 };
@@ -170,17 +173,24 @@ impl HttpApp for LlmHttp<'_> {
             ConnEvent::Sse { txn, event } => {
                 if let Some(p) = conn.open.get_mut(&txn.seq)
                     && let Some(acc) = p.stream.as_mut()
-                    && acc.event(event.event, event.data)
-                    && p.first_chunk_ns.is_none()
                 {
-                    p.first_chunk_ns = Some(event.last_exit_ns);
+                    p.last_ns = p.last_ns.max(event.last_exit_ns);
+                    if acc.event(event.event, event.data) && p.first_chunk_ns.is_none() {
+                        p.first_chunk_ns = Some(event.last_exit_ns);
+                    }
                 }
             }
-            ConnEvent::ResponseBody { txn, body, .. } => {
+            ConnEvent::ResponseBody {
+                txn,
+                body,
+                last_exit_ns,
+                ..
+            } => {
                 let opts = self.opts();
                 if let Some(p) = conn.open.get_mut(&txn.seq) {
                     let status = p.status.unwrap_or(0);
                     p.response = Some(p.api.response(status, body, opts));
+                    p.last_ns = p.last_ns.max(last_exit_ns);
                 }
             }
             ConnEvent::Oversize { txn, .. } => {
@@ -219,30 +229,39 @@ impl HttpApp for LlmHttp<'_> {
 }
 
 impl LlmHttp<'_> {
-    /// Report a call: its reply ended (`ended`), or the connection did first.
+    /// Report a call: its HTTP reply ended (`ended`), or the connection did first. A
+    /// streamed reply whose final event came is whole even when its client closed the
+    /// connection without reading the chunked body's last, empty chunk (clients often do).
     fn report(&mut self, cx: &mut AppCx<'_, '_>, mut p: Pending, txn: &Txn, ended: bool) {
         let response = match (p.stream.take(), p.response.take()) {
             (Some(acc), _) => acc.finish(),
             (None, Some(r)) => r,
             (None, None) => Response::default(),
         };
-        let status = call_status(&p, &response, ended);
+        let status = call_status(&p, &response);
         self.stats.calls += 1;
         if status == LlmStatus::CutOff {
             self.stats.cut_off += 1;
         }
-        let end_ns = cx.now.max(p.start_ns);
+        // A whole reply ended with its last byte; a cut one when the connection went.
+        let end_ns = if ended || !response.complete {
+            cx.now
+        } else {
+            p.last_ns
+        };
+        let end_ns = end_ns.max(p.start_ns);
         let call = build(cx, p, txn, response, (status, end_ns));
         cx.cx.out.push(Signal::LlmCall(Box::new(call)));
     }
 }
 
 /// How a call ended: an API error (an error body, an error event, or a failing status with a
-/// body that said nothing), cut off (no final event, or no end at all), or whole.
-fn call_status(p: &Pending, r: &Response, ended: bool) -> LlmStatus {
+/// body that said nothing), cut off (no whole body, no final event, or too large to read), or
+/// whole.
+fn call_status(p: &Pending, r: &Response) -> LlmStatus {
     if r.error.is_some() || p.status.is_some_and(|s| s >= 400) {
         LlmStatus::Error
-    } else if !ended || p.oversize || !r.complete {
+    } else if p.oversize || !r.complete {
         LlmStatus::CutOff
     } else {
         LlmStatus::Ok

@@ -284,3 +284,64 @@ fn payloads_are_opt_in_and_redacted() {
         }
     }
 }
+
+/// A streamed reply whose final event came is whole, even when the client closes the
+/// connection without reading the chunked body's last, empty chunk (Node's fetch does, at
+/// times); a stream that stops before its final event is cut off. Both end at their last
+/// byte read, or at the close.
+#[test]
+fn a_stream_is_whole_by_its_final_event_not_by_its_last_chunk() {
+    let event = |name: &str, data: &str| {
+        let e = format!("event: {name}\ndata: {data}\n\n");
+        format!("{:x}\r\n{e}\r\n", e.len())
+    };
+    let head =
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let start = event(
+        "message_start",
+        r#"{"type":"message_start","message":{"id":"msg_s","model":"claude-x","usage":{"input_tokens":5,"output_tokens":1}}}"#,
+    );
+    let delta = event(
+        "content_block_delta",
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}"#,
+    );
+    let stop = event("message_stop", r#"{"type":"message_stop"}"#);
+    let body = r#"{"model":"claude-x","max_tokens":10,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let ms = 1_000_000;
+    let close = encode_record(
+        &EventHeader {
+            record: mcptap_abi::RECORD_CLOSE,
+            fd_kind: mcptap_abi::FD_TCP,
+            tgid: AGENT,
+            tid: AGENT,
+            fd: 9,
+            inode: SOCK,
+            ts_enter_ns: 50 * ms,
+            ts_exit_ns: 50 * ms,
+            ..Default::default()
+        },
+        &[],
+    );
+    for (events, want) in [
+        (format!("{head}{start}{delta}{stop}"), LlmStatus::Ok),
+        (format!("{head}{start}{delta}"), LlmStatus::CutOff),
+    ] {
+        let recs = vec![
+            tcp(
+                AGENT,
+                9,
+                DIR_OUT,
+                SOCK,
+                (ms, 2 * ms),
+                &post("/v1/messages", body),
+            ),
+            tcp(AGENT, 9, DIR_IN, SOCK, (2 * ms, 9 * ms), events.as_bytes()),
+            close.clone(),
+        ];
+        let out = run(&recs);
+        let c = calls(&out)[0];
+        assert_eq!(c.status, want, "{c:#?}");
+        let end = if want == LlmStatus::Ok { 9 } else { 50 };
+        assert_eq!(c.duration_ms, (end - 1) as f64, "{c:#?}");
+    }
+}
