@@ -76,20 +76,7 @@ pub struct Drive {
 
 /// Run a driver to its end; it prints one JSON line.
 pub fn drive(cmd: &mut Command, dir: &Path, name: &str) -> Drive {
-    let log = dir.join(format!("{name}.log"));
-    let out = cmd
-        .stderr(std::fs::File::create(&log).unwrap())
-        .output()
-        .expect("start the driver");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{name} failed ({}): {stdout}\n{}",
-        out.status,
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    let line = stdout.lines().last().expect("the driver printed nothing");
-    let out: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    let out: Value = crate::run_report(cmd, dir, name);
     Drive {
         pid: out["pid"].as_u64().expect("pid") as u32,
         out,

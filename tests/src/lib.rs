@@ -355,19 +355,29 @@ pub struct ClientRun {
 
 /// Run a client fixture command and parse its report.
 pub fn run_client(cmd: &mut Command, dir: &Path) -> ClientRun {
+    run_report(cmd, dir, "client")
+}
+
+/// Run a fixture command `name` to its end (its stderr in `dir/NAME.log`), require success,
+/// and parse the JSON report it prints as its last line.
+pub fn run_report<T: serde::de::DeserializeOwned>(cmd: &mut Command, dir: &Path, name: &str) -> T {
+    let log = dir.join(format!("{name}.log"));
     let out = cmd
-        .stderr(std::fs::File::create(dir.join("client.log")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
         .output()
-        .expect("start client");
+        .unwrap_or_else(|e| panic!("start {name}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "client failed ({}): {stdout}\n{}",
+        "{name} failed ({}): {stdout}\n{}",
         out.status,
-        std::fs::read_to_string(dir.join("client.log")).unwrap_or_default()
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
-    let line = stdout.lines().last().expect("client printed nothing");
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("client output {line:?}: {e}"))
+    let line = stdout
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("{name} printed nothing"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{name} output {line:?}: {e}"))
 }
 
 /// A Python SDK client (`venv` is `mcp1` or `mcp2`) driving the fixture server over stdio.
