@@ -157,7 +157,7 @@ fn socket_addrs(si: &SocketInfo) -> (Addr, Addr) {
 
 /// Everything known about one process's fd. `S` is what the layer above keeps per stream,
 /// `C` what it keeps per connection (both directions).
-pub struct Fd<S, C> {
+pub struct Fd<S, C: ?Sized> {
     /// Pipe, Unix or TCP socket.
     pub kind: FdKind,
     /// The peer socket's inode (AF_UNIX), or 0.
@@ -183,7 +183,7 @@ fn slot(dir: Dir) -> usize {
     }
 }
 
-impl<S, C> Fd<S, C> {
+impl<S, C: ?Sized> Fd<S, C> {
     /// An fd first seen at `ts`.
     pub fn new(kind: FdKind, peer_inode: u64, ts: u64) -> Self {
         Fd {
@@ -214,7 +214,7 @@ impl<S, C> Fd<S, C> {
 pub const TOMB_LINGER_NS: u64 = 30_000_000_000;
 
 /// The table.
-pub struct FdTable<S, C> {
+pub struct FdTable<S, C: ?Sized> {
     live: FastMap<FdKey, Fd<S, C>>,
     /// The fds of each process, for exits.
     by_tgid: FastMap<u32, Vec<FdKey>>,
@@ -228,7 +228,7 @@ pub struct FdTable<S, C> {
     log: crate::bounded::LogLimit,
 }
 
-impl<S, C> FdTable<S, C> {
+impl<S, C: ?Sized> FdTable<S, C> {
     /// A table holding at most `cap` fds and `cap` tombstones.
     pub fn new(cap: usize) -> Self {
         FdTable {

@@ -34,7 +34,7 @@ pub struct Bytes<'a> {
 }
 
 /// One stream as the layer above sees it while it takes the stream's bytes.
-pub struct Io<'a, S, C> {
+pub struct Io<'a, S, C: ?Sized> {
     /// The stream.
     pub key: StreamKey,
     /// Pipe, Unix or TCP socket.
@@ -54,7 +54,7 @@ pub trait Upper {
     /// What it keeps per stream (its framing).
     type Stream: Default;
     /// What it keeps per connection, for both directions (an HTTP connection).
-    type Shared;
+    type Shared: ?Sized;
     /// The bytes of one record of `io`'s stream, in order after what came before; returns
     /// the stream's verdict after them.
     fn bytes(
@@ -141,7 +141,7 @@ pub struct Stats {
 const EXPIRE_EVERY_NS: u64 = 1_000_000_000;
 
 /// The table of process fds and what comes out of it.
-pub struct Conns<S, C> {
+pub struct Conns<S, C: ?Sized> {
     cfg: Config,
     fds: FdTable<S, C>,
     rejects: Vec<Reject>,
@@ -161,7 +161,7 @@ fn buffered<U: Upper>(fd: &Fd<U::Stream, U::Shared>) -> usize {
     streams + fd.shared.as_deref().map_or(0, U::held_shared)
 }
 
-impl<S: Default, C> Conns<S, C> {
+impl<S: Default, C: ?Sized> Conns<S, C> {
     /// An empty table.
     pub fn new(cfg: Config) -> Self {
         Conns {

@@ -15,7 +15,7 @@ use crate::conn::verdict::Verdict;
 use crate::proto::AppCx;
 use crate::proto::http::{Claim, Holds, HttpApp};
 use crate::signal::{Endpoint, LlmCall, LlmFacts, LlmStatus, LlmToolCall, LlmToolResult, Signal};
-use crate::wire::http1::{ConnEvent, Role, Txn};
+use crate::wire::http::{ConnEvent, Role, Txn};
 
 /// Settings of the binding.
 #[derive(Clone, Debug, Default)]

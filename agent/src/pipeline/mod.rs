@@ -28,7 +28,7 @@ use crate::conn::{self, Conns};
 use crate::llm;
 use crate::mcp::transport;
 use crate::mcp::{Tracker, TrackerConfig};
-use crate::proto::{self, Framing, Protocols};
+use crate::proto::{self, Protocols, StreamFraming};
 use crate::signal::process::{MAX_PROCESSES, Processes};
 use crate::signal::{Ctx, Event, Signal, What};
 use mcptap_abi::counter;
@@ -94,7 +94,7 @@ pub struct PipelineStats {
 /// The whole userspace pipeline.
 pub struct Pipeline {
     /// Connections and streams.
-    pub conns: Conns<Framing, proto::Http>,
+    pub conns: Conns<StreamFraming, dyn proto::framing::ConnFraming>,
     /// The protocols: MCP's transport bindings and the model APIs.
     pub protocols: Protocols,
     /// Sessions and correlation.

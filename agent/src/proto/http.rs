@@ -10,8 +10,14 @@
 //! rejects it (and the kernel stops shipping it).
 
 use super::AppCx;
+use super::framing::{ConnFraming, Detected, First, Parts};
+use crate::capture::FdKind;
+use crate::conn::Bytes;
 use crate::conn::verdict::{Reason, Verdict};
-use crate::wire::http1::{Conn, ConnEvent, Role, Txn};
+use crate::llm;
+use crate::mcp::transport;
+use crate::wire::http::{ConnEvent, HttpWire, Role, Txn};
+use crate::wire::http1;
 
 /// How an app judges a transaction from its request head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,7 +121,7 @@ enum Owner {
 /// One process's view of one HTTP connection: the framing of both directions, which app
 /// took each transaction, and what each app keeps.
 pub struct HttpConn<L, M> {
-    http: Conn,
+    http: Box<dyn HttpWire>,
     owners: crate::FastMap<u64, Owner>,
     apps: AppConns<L, M>,
     /// Apps that refused this connection: they are not asked again.
@@ -144,7 +150,7 @@ fn bodiless(txn: &Txn) -> bool {
 
 impl<L: Default, M: Default> HttpConn<L, M> {
     /// A connection whose framing `http` detected.
-    pub fn new(http: Conn) -> Self {
+    pub fn new(http: Box<dyn HttpWire>) -> Self {
         HttpConn {
             http,
             owners: Default::default(),
@@ -193,6 +199,7 @@ impl<L: Default, M: Default> HttpConn<L, M> {
             verdict,
             role,
         };
+        cx.base.http = Some(http.version());
         http.push(dir, data.data, data.enter_ns, data.exit_ns, &mut |e| {
             route.event(apps, cx, e)
         });
@@ -221,6 +228,7 @@ impl<L: Default, M: Default> HttpConn<L, M> {
             verdict: &mut verdict,
             role,
         };
+        cx.base.http = Some(http.version());
         let left = http.finish(ts, &mut |e| route.event(apps, cx, e));
         for id in APPS {
             let mine: Vec<Txn> = left
@@ -286,6 +294,11 @@ impl<L: Default, M: Default> Router<'_, L, M> {
             return;
         }
         let txn = txn_of(&e).expect("every other event has a transaction");
+        if txn.request.headers.switches() {
+            // A protocol switch's handshake: whatever it carries is the next framing's to
+            // judge, not an application's.
+            return;
+        }
         let done = matches!(e, ConnEvent::Done(_));
         let seq = txn.seq;
         let owner = match (&e, self.owners.get(&txn.seq).copied()) {
@@ -434,4 +447,61 @@ fn first(open: u8) -> AppId {
     APPS.into_iter()
         .find(|id| open & bit(*id) != 0)
         .expect("a non-empty set")
+}
+
+/// The connection state of an HTTP connection: the framing and what each app keeps.
+// PROTOCOL_LIST: each app's connection state, in `APPS` order.
+pub type Http = HttpConn<llm::http::Calls, transport::http::McpConn>;
+
+// PROTOCOL_LIST: every app over HTTP, built for one record's work.
+type RecordApps<'b> =
+    Apps<llm::http::LlmHttp<'b>, transport::http::McpHttp<'b, dyn transport::Deliver + 'b>>;
+
+/// The HTTP apps for one record.
+fn apps<'b>(parts: &'b mut Parts<'_>) -> RecordApps<'b> {
+    let p = &mut *parts.protocols;
+    Apps {
+        llm: p.llm.app(),
+        mcp: transport::http::McpHttp {
+            tracker: &mut *parts.tracker,
+            links: &mut p.mcp.links,
+            stats: &mut p.mcp.stats,
+            cfg: &p.mcp.cfg,
+        },
+    }
+}
+
+/// HTTP/1.x: a request or a response line (not over pipes).
+pub fn detect_http1(first: &First<'_>) -> Detected {
+    if first.kind == FdKind::Pipe {
+        return Detected::No;
+    }
+    let head = first.bytes.trim_ascii_start();
+    match http1::Conn::detect(first.dir, head, first.max_message) {
+        Some(conn) => Detected::Conn(Box::new(Http::new(Box::new(conn)))),
+        None => Detected::No,
+    }
+}
+
+impl ConnFraming for Http {
+    fn name(&self) -> &'static str {
+        match self.http.version() {
+            crate::signal::HttpVersion::Http11 => "http/1.1",
+            crate::signal::HttpVersion::Http2 => "http/2",
+        }
+    }
+
+    fn push(&mut self, parts: &mut Parts<'_>, cx: &mut AppCx<'_, '_>, data: Bytes<'_>) -> Verdict {
+        let mut apps = apps(parts);
+        HttpConn::push(self, &mut apps, cx, data)
+    }
+
+    fn close(self: Box<Self>, parts: &mut Parts<'_>, cx: &mut AppCx<'_, '_>, ts: u64) {
+        let mut apps = apps(parts);
+        HttpConn::close(*self, &mut apps, cx, ts);
+    }
+
+    fn held(&self) -> usize {
+        self.buffered()
+    }
 }

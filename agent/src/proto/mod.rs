@@ -9,21 +9,22 @@
 //! ([`crate::llm::http`]). [`Stage`] is what `conn` hands every stream to.
 //!
 //! Adding a protocol over HTTP is a module behind [`http::HttpApp`] and its place in the
-//! `PROTOCOL_LIST` markers of [`http`] and here; adding a framing is a [`Framing`] variant
-//! and its test in `Stage::choose`.
+//! `PROTOCOL_LIST` markers of [`http`]; adding a framing is a module behind
+//! [`framing::ConnFraming`] and its line in [`framing::FRAMINGS`].
 
+pub mod framing;
 pub mod http;
 
-use crate::capture::{Dir, FdKind};
+use crate::capture::Dir;
 use crate::conn::fd::{Fd, FdKey, SocketEnds};
 use crate::conn::stream::{Stream, StreamKey};
-use crate::conn::verdict::{Reason, Verdict};
+use crate::conn::verdict::Verdict;
 use crate::conn::{Bytes, Io, Upper};
 use crate::llm;
 use crate::mcp::transport::route::View;
 use crate::mcp::transport::{self, At, Binding, Deliver, Transport, stdio};
 use crate::signal::{Ctx, Signal, What};
-use http::{Apps, HttpConn};
+use framing::{ConnFraming, Detected, First, Parts};
 
 /// What an application protocol works with while it takes one record's events.
 pub struct AppCx<'a, 'c> {
@@ -39,30 +40,17 @@ pub struct AppCx<'a, 'c> {
     pub now: u64,
 }
 
-/// The connection state of an HTTP fd: the framing and what each app keeps.
-// PROTOCOL_LIST: each app's connection state, in `http::APPS` order.
-pub type Http = HttpConn<llm::http::Calls, transport::http::McpConn>;
-
-/// How a stream's bytes are framed, and what its binding keeps.
+/// What a stream keeps: newline-delimited JSON is framed per direction; every other framing
+/// keeps the connection's both directions in the fd's [`ConnFraming`].
 #[derive(Debug, Default)]
-pub enum Framing {
+pub enum StreamFraming {
     /// No bytes yet.
     #[default]
     Undecided,
     /// Newline-delimited JSON.
     Lines(stdio::Lines),
-    /// HTTP/1.x: the connection, shared by both directions, is the fd's shared state.
-    Http,
-}
-
-fn looks_binary(b: &[u8]) -> bool {
-    b.iter()
-        .take(64)
-        .any(|&c| c < 0x09 || (0x0e..0x20).contains(&c) || c == 0x7f)
-}
-
-fn looks_tls(b: &[u8]) -> bool {
-    b.len() >= 3 && mcptap_abi::looks_tls(b[0], b[1], b[2])
+    /// The fd's connection framing has it.
+    Conn,
 }
 
 /// Every protocol's persistent state: MCP's bindings and the model APIs'.
@@ -83,7 +71,7 @@ impl Protocols {
     }
 
     /// The stage `conn` hands streams to, with the tracker MCP messages go to.
-    pub fn stage<'a, D: Deliver>(&'a mut self, tracker: &'a mut D) -> Stage<'a, D> {
+    pub fn stage<'a>(&'a mut self, tracker: &'a mut dyn Deliver) -> Stage<'a> {
         Stage {
             protocols: self,
             tracker,
@@ -92,64 +80,85 @@ impl Protocols {
 }
 
 /// The protocols bound to MCP's tracker for one record's work: what `conn` calls.
-pub struct Stage<'a, D> {
+pub struct Stage<'a> {
     protocols: &'a mut Protocols,
-    tracker: &'a mut D,
+    tracker: &'a mut dyn Deliver,
 }
 
-// PROTOCOL_LIST: every app over HTTP, built for one record's work.
-type RecordApps<'b, D> = Apps<llm::http::LlmHttp<'b>, transport::http::McpHttp<'b, D>>;
-
-impl<D: Deliver> Stage<'_, D> {
-    /// The HTTP apps for one record.
-    fn apps(&mut self) -> RecordApps<'_, D> {
-        let p = &mut *self.protocols;
-        Apps {
-            llm: p.llm.app(),
-            mcp: transport::http::McpHttp {
-                tracker: &mut *self.tracker,
-                links: &mut p.mcp.links,
-                stats: &mut p.mcp.stats,
-                cfg: &p.mcp.cfg,
-            },
+impl Stage<'_> {
+    fn parts(&mut self) -> Parts<'_> {
+        Parts {
+            protocols: &mut *self.protocols,
+            tracker: &mut *self.tracker,
         }
     }
 
     /// Pick how to frame a stream from its first bytes; its verdict when it is rejected.
-    fn choose(&self, io: &mut Io<'_, Framing, Http>, first: &[u8]) -> Option<Verdict> {
-        let head = first.trim_ascii_start();
+    fn choose(
+        &self,
+        io: &mut Io<'_, StreamFraming, dyn ConnFraming>,
+        first: &[u8],
+    ) -> Option<Verdict> {
         if io.shared.is_some() {
-            // The other direction of this fd already found HTTP.
-            io.stream.upper = Framing::Http;
+            // The other direction of this fd already found its connection framing.
+            io.stream.upper = StreamFraming::Conn;
             return None;
         }
-        let max = self.protocols.mcp.cfg.max_message_bytes;
-        if io.kind != FdKind::Pipe
-            && let Some(conn) = crate::wire::http1::Conn::detect(io.key.dir, head, max)
-        {
-            *io.shared = Some(Box::new(HttpConn::new(conn)));
-            io.stream.upper = Framing::Http;
-            return None;
-        }
-        let reason = if head.starts_with(b"PRI * HTTP/2") {
-            Some(Reason::Http2)
-        } else if looks_tls(head) {
-            Some(Reason::Tls)
-        } else if looks_binary(first) {
-            Some(Reason::Binary)
-        } else {
-            None
+        let max_message = self.protocols.mcp.cfg.max_message_bytes;
+        let first = First {
+            kind: io.kind,
+            dir: io.key.dir,
+            bytes: first,
+            max_message,
         };
-        if let Some(reason) = reason {
-            return Some(Verdict::Rejected(reason));
+        match framing::choose(&first) {
+            Detected::Conn(conn) => {
+                *io.shared = Some(conn);
+                io.stream.upper = StreamFraming::Conn;
+            }
+            Detected::Lines | Detected::No => {
+                io.stream.upper = StreamFraming::Lines(stdio::Lines::new(max_message));
+            }
+            Detected::Refuse(reason) => return Some(Verdict::Rejected(reason)),
         }
-        io.stream.upper = Framing::Lines(stdio::Lines::new(max));
         None
+    }
+
+    /// One record of a newline-delimited stream.
+    fn lines(
+        &mut self,
+        io: &mut Io<'_, StreamFraming, dyn ConnFraming>,
+        base: View,
+        data: Bytes<'_>,
+        cx: &mut Ctx<'_>,
+    ) -> Verdict {
+        let verdict = io.stream.verdict;
+        let StreamFraming::Lines(lines) = &mut io.stream.upper else {
+            return verdict;
+        };
+        let p = &mut *self.protocols;
+        let mut at = At {
+            cx,
+            tracker: &mut *self.tracker,
+            links: &mut p.mcp.links,
+            stats: &mut p.mcp.stats,
+            cfg: &p.mcp.cfg,
+            key: io.key,
+            base,
+            socket: io.socket,
+            now: data.exit_ns,
+        };
+        p.mcp.stdio.take(lines, &mut at, data, verdict)
     }
 }
 
 /// The view template of one direction of an fd.
-fn base_view<S>(key: &StreamKey, kind: FdKind, peer_inode: u64, stream: &Stream<S>) -> View {
+fn base_view<S>(
+    key: &StreamKey,
+    kind: crate::capture::FdKind,
+    peer_inode: u64,
+    stream: &Stream<S>,
+) -> View {
     View {
         tgid: key.tgid,
         fd: key.fd,
@@ -160,70 +169,67 @@ fn base_view<S>(key: &StreamKey, kind: FdKind, peer_inode: u64, stream: &Stream<
         first_enter_ns: 0,
         last_exit_ns: 0,
         tls: stream.tls,
+        http: None,
     }
 }
 
-impl<D: Deliver> Upper for Stage<'_, D> {
-    type Stream = Framing;
-    type Shared = Http;
+impl Upper for Stage<'_> {
+    type Stream = StreamFraming;
+    type Shared = dyn ConnFraming;
 
     fn bytes(
         &mut self,
-        io: &mut Io<'_, Framing, Http>,
+        io: &mut Io<'_, StreamFraming, dyn ConnFraming>,
         data: Bytes<'_>,
         cx: &mut Ctx<'_>,
     ) -> Verdict {
-        if matches!(io.stream.upper, Framing::Undecided)
+        if matches!(io.stream.upper, StreamFraming::Undecided)
             && let Some(v) = self.choose(io, data.data)
         {
             return v;
         }
         let base = base_view(&io.key, io.kind, io.peer_inode, io.stream);
-        let verdict = io.stream.verdict;
-        match &mut io.stream.upper {
-            Framing::Lines(lines) => {
-                let p = &mut *self.protocols;
-                let mut at = At {
-                    cx,
-                    tracker: &mut *self.tracker,
-                    links: &mut p.mcp.links,
-                    stats: &mut p.mcp.stats,
-                    cfg: &p.mcp.cfg,
-                    key: io.key,
-                    base,
-                    socket: io.socket,
-                    now: data.exit_ns,
-                };
-                p.mcp.stdio.take(lines, &mut at, data, verdict)
+        if !matches!(io.stream.upper, StreamFraming::Conn) {
+            return self.lines(io, base, data, cx);
+        }
+        let Some(conn) = io.shared.as_deref_mut() else {
+            return io.stream.verdict;
+        };
+        let mut app_cx = AppCx {
+            cx,
+            key: io.key,
+            base,
+            socket: io.socket,
+            now: data.exit_ns,
+        };
+        let mut parts = self.parts();
+        let verdict = conn.push(&mut parts, &mut app_cx, data);
+        match conn.next(&mut parts, &mut app_cx) {
+            Some(next) => {
+                *io.shared = Some(next);
+                // The new framing judges the connection afresh.
+                Verdict::default()
             }
-            Framing::Http => match io.shared.as_deref_mut() {
-                Some(conn) => {
-                    let mut app_cx = AppCx {
-                        cx,
-                        key: io.key,
-                        base,
-                        socket: io.socket,
-                        now: data.exit_ns,
-                    };
-                    let mut apps = self.apps();
-                    conn.push(&mut apps, &mut app_cx, data)
-                }
-                None => verdict,
-            },
-            Framing::Undecided => unreachable!("chosen above"),
+            None => verdict,
         }
     }
 
-    fn gap(&mut self, io: &mut Io<'_, Framing, Http>) -> Option<u64> {
+    fn gap(&mut self, io: &mut Io<'_, StreamFraming, dyn ConnFraming>) -> Option<u64> {
         match &mut io.stream.upper {
-            Framing::Lines(lines) => Some(lines.gap()),
-            // HTTP framing cannot find its next boundary after a hole.
-            Framing::Http => None,
-            Framing::Undecided => Some(0),
+            StreamFraming::Lines(lines) => Some(lines.gap()),
+            // A connection framing cannot find its next boundary after a hole.
+            StreamFraming::Conn => None,
+            StreamFraming::Undecided => Some(0),
         }
     }
 
-    fn close(&mut self, fk: FdKey, fd: &mut Fd<Framing, Http>, ts: u64, cx: &mut Ctx<'_>) {
+    fn close(
+        &mut self,
+        fk: FdKey,
+        fd: &mut Fd<StreamFraming, dyn ConnFraming>,
+        ts: u64,
+        cx: &mut Ctx<'_>,
+    ) {
         let Some(conn) = fd.shared.take() else {
             return;
         };
@@ -237,6 +243,7 @@ impl<D: Deliver> Upper for Stage<'_, D> {
             first_enter_ns: 0,
             last_exit_ns: 0,
             tls: fd.tls.is_some(),
+            http: None,
         };
         let mut app_cx = AppCx {
             cx,
@@ -245,12 +252,17 @@ impl<D: Deliver> Upper for Stage<'_, D> {
             socket: fd.socket.as_deref(),
             now: ts,
         };
-        let mut apps = self.apps();
-        conn.close(&mut apps, &mut app_cx, ts);
+        conn.close(&mut self.parts(), &mut app_cx, ts);
     }
 
-    fn finish(&mut self, key: StreamKey, stream: &mut Stream<Framing>, ts: u64, cx: &mut Ctx<'_>) {
-        if let Framing::Lines(lines) = &mut stream.upper
+    fn finish(
+        &mut self,
+        key: StreamKey,
+        stream: &mut Stream<StreamFraming>,
+        ts: u64,
+        cx: &mut Ctx<'_>,
+    ) {
+        if let StreamFraming::Lines(lines) = &mut stream.upper
             && let Some(n) = lines.finish()
         {
             self.protocols.mcp.stats.unterminated += 1;
@@ -260,14 +272,14 @@ impl<D: Deliver> Upper for Stage<'_, D> {
         }
     }
 
-    fn held(stream: &Framing) -> usize {
+    fn held(stream: &StreamFraming) -> usize {
         match stream {
-            Framing::Lines(l) => l.held(),
+            StreamFraming::Lines(l) => l.held(),
             _ => 0,
         }
     }
 
-    fn held_shared(shared: &Http) -> usize {
-        shared.buffered()
+    fn held_shared(shared: &dyn ConnFraming) -> usize {
+        shared.held()
     }
 }

@@ -57,6 +57,30 @@ pub enum Transport {
     Sse,
     /// Newline-delimited JSON over TCP (no standard transport; some servers speak it).
     Tcp,
+    /// A JSON-RPC message per WebSocket text message (subprotocol `mcp`).
+    #[serde(rename = "websocket")]
+    WebSocket,
+}
+
+/// The HTTP version a connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum HttpVersion {
+    /// HTTP/1.0 or HTTP/1.1.
+    #[serde(rename = "1.1")]
+    Http11,
+    /// HTTP/2 (over TLS with ALPN `h2`, or cleartext with prior knowledge).
+    #[serde(rename = "2")]
+    Http2,
+}
+
+impl HttpVersion {
+    /// The OpenTelemetry `network.protocol.version`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpVersion::Http11 => "1.1",
+            HttpVersion::Http2 => "2",
+        }
+    }
 }
 
 impl std::fmt::Display for Transport {
@@ -74,6 +98,7 @@ impl Transport {
             Transport::Http => "http",
             Transport::Sse => "sse",
             Transport::Tcp => "tcp",
+            Transport::WebSocket => "websocket",
         }
     }
 
@@ -82,7 +107,7 @@ impl Transport {
         match self {
             Transport::Stdio => "pipe",
             Transport::Unix => "unix",
-            Transport::Http | Transport::Sse | Transport::Tcp => "tcp",
+            Transport::Http | Transport::Sse | Transport::Tcp | Transport::WebSocket => "tcp",
         }
     }
 

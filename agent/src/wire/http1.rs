@@ -14,8 +14,14 @@ use std::collections::VecDeque;
 
 use memchr::memmem;
 
+pub use super::http::{ConnEvent, Head, Headers, Role, Txn};
+use super::http::{HttpWire, Upgrade, Version};
 use super::sse;
 use crate::capture::Dir;
+
+fn headers_of(h: &[httparse::Header<'_>]) -> Result<Headers, &'static str> {
+    Headers::from_pairs(h.iter().map(|h| (h.name.as_bytes(), h.value)))
+}
 
 /// Largest request or response head accepted.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -23,93 +29,6 @@ pub const MAX_HEAD: usize = 64 * 1024;
 const MAX_LINE: usize = 4096;
 /// Headers parsed per head.
 const MAX_HEADERS: usize = 96;
-
-/// The headers MCP cares about.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Headers {
-    /// `Content-Type`, lower-cased, without parameters.
-    pub content_type: Option<String>,
-    /// `Content-Length`.
-    pub content_length: Option<u64>,
-    /// `Transfer-Encoding: chunked`.
-    pub chunked: bool,
-    /// `Mcp-Session-Id`.
-    pub session_id: Option<String>,
-    /// `MCP-Protocol-Version`.
-    pub protocol_version: Option<String>,
-    /// `Accept` includes `text/event-stream`.
-    pub accept_sse: bool,
-    /// `Mcp-Method` (protocol 2026-07-28).
-    pub mcp_method: Option<String>,
-    /// `Mcp-Name` (protocol 2026-07-28).
-    pub mcp_name: Option<String>,
-    /// `Connection: close`.
-    pub close: bool,
-    /// `Retry-After` in seconds (an HTTP date is not read).
-    pub retry_after: Option<u32>,
-}
-
-impl Headers {
-    fn from(headers: &[httparse::Header<'_>]) -> Result<Self, &'static str> {
-        let mut h = Headers::default();
-        for hd in headers {
-            let value = || String::from_utf8_lossy(hd.value).trim().to_string();
-            let name = hd.name;
-            if name.eq_ignore_ascii_case("content-type") {
-                let v = value().to_ascii_lowercase();
-                h.content_type = Some(v.split(';').next().unwrap_or("").trim().to_string());
-            } else if name.eq_ignore_ascii_case("content-length") {
-                let n = value().parse::<u64>().map_err(|_| "bad Content-Length")?;
-                if h.content_length.is_some_and(|old| old != n) {
-                    return Err("conflicting Content-Length headers");
-                }
-                h.content_length = Some(n);
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                h.chunked |= value().to_ascii_lowercase().contains("chunked");
-            } else if name.eq_ignore_ascii_case("mcp-session-id") {
-                h.session_id = Some(value());
-            } else if name.eq_ignore_ascii_case("mcp-protocol-version") {
-                h.protocol_version = Some(value());
-            } else if name.eq_ignore_ascii_case("accept") {
-                h.accept_sse |= value().to_ascii_lowercase().contains("text/event-stream");
-            } else if name.eq_ignore_ascii_case("mcp-method") {
-                h.mcp_method = Some(value());
-            } else if name.eq_ignore_ascii_case("mcp-name") {
-                h.mcp_name = Some(value());
-            } else if name.eq_ignore_ascii_case("connection") {
-                h.close |= value().to_ascii_lowercase().contains("close");
-            } else if name.eq_ignore_ascii_case("retry-after") {
-                h.retry_after = value().parse().ok();
-            }
-        }
-        Ok(h)
-    }
-
-    /// The body is an event stream.
-    pub fn is_sse(&self) -> bool {
-        self.content_type.as_deref() == Some("text/event-stream")
-    }
-}
-
-/// A request line or status line with its headers.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Head {
-    /// Request method.
-    pub method: Option<String>,
-    /// Request target (path and query).
-    pub target: Option<String>,
-    /// Response status.
-    pub status: Option<u16>,
-    /// Headers of interest.
-    pub headers: Headers,
-    /// Entry time of the syscall that carried the head's first byte.
-    pub first_enter_ns: u64,
-    /// Exit time of the syscall that completed the head.
-    pub last_exit_ns: u64,
-    /// Bytes of the message's body (de-chunked), counted as it arrives: the whole body once
-    /// the message ended, what came so far before that.
-    pub body_bytes: u64,
-}
 
 /// Which side of HTTP a parser reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,7 +43,7 @@ pub enum Kind {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event<'a> {
     /// A head.
-    Head(Head),
+    Head(Box<Head>),
     /// Body bytes, de-chunked.
     Body {
         /// The bytes.
@@ -260,6 +179,9 @@ enum State {
     Length(u64),
     Chunked(Chunk),
     UntilClose,
+    /// Past a head that switches protocols (an `Upgrade` request, a `101` response): the
+    /// bytes that follow are held, not framed, for the next protocol.
+    Switched,
     Broken,
 }
 
@@ -272,6 +194,8 @@ pub struct Parser {
     head_start_ns: Option<u64>,
     /// For responses: whether each outstanding request was a HEAD (its response has no body).
     expect_head_method: VecDeque<bool>,
+    /// Bytes after a head that switched protocols (at most [`MAX_HEAD`]).
+    switched: Vec<u8>,
 }
 
 impl Parser {
@@ -292,6 +216,7 @@ impl Parser {
             buf: Vec::new(),
             head_start_ns: None,
             expect_head_method: VecDeque::new(),
+            switched: Vec::new(),
         }
     }
 
@@ -316,6 +241,13 @@ impl Parser {
         while !data.is_empty() {
             data = match &mut self.state {
                 State::Broken => return,
+                State::Switched => {
+                    self.switched.extend_from_slice(data);
+                    if self.switched.len() > MAX_HEAD {
+                        self.fail("more than 64 KiB after a protocol switch", emit);
+                    }
+                    return;
+                }
                 State::Head => match self.push_head(data, enter_ns, exit_ns, emit) {
                     Some(rest) => rest,
                     None => return,
@@ -418,7 +350,15 @@ impl Parser {
                 }
                 head.method = req.method.map(str::to_string);
                 head.target = req.path.map(str::to_string);
-                head.headers = Headers::from(req.headers)?;
+                head.headers = headers_of(req.headers)?;
+                let bodiless = !head.headers.chunked && head.headers.content_length.is_none();
+                if head.headers.switches() && bodiless {
+                    // What follows depends on the answer: held until it comes.
+                    emit(Event::Head(Box::new(head)));
+                    emit(Event::End { exit_ns });
+                    self.state = State::Switched;
+                    return Ok(());
+                }
                 body_len = if head.headers.chunked {
                     None
                 } else {
@@ -433,7 +373,14 @@ impl Parser {
                 }
                 let code = resp.code.unwrap_or(0);
                 head.status = Some(code);
-                head.headers = Headers::from(resp.headers)?;
+                head.headers = headers_of(resp.headers)?;
+                if code == 101 {
+                    self.expect_head_method.pop_front();
+                    emit(Event::Head(Box::new(head)));
+                    emit(Event::End { exit_ns });
+                    self.state = State::Switched;
+                    return Ok(());
+                }
                 if (100..200).contains(&code) {
                     // Interim (100 Continue): the real response follows.
                     return Ok(());
@@ -447,13 +394,13 @@ impl Parser {
                     head.headers.content_length
                 };
                 if body_len.is_none() && !head.headers.chunked {
-                    emit(Event::Head(head));
+                    emit(Event::Head(Box::new(head)));
                     self.state = State::UntilClose;
                     return Ok(());
                 }
             }
         }
-        emit(Event::Head(head));
+        emit(Event::Head(Box::new(head)));
         match body_len {
             Some(0) => {
                 self.state = State::Head;
@@ -463,6 +410,25 @@ impl Parser {
             None => self.state = State::Chunked(Chunk::Size(Vec::new())),
         }
         Ok(())
+    }
+
+    /// Whether it is past a head that switched protocols.
+    pub fn is_switched(&self) -> bool {
+        matches!(self.state, State::Switched)
+    }
+
+    /// The bytes held past a protocol switch; the parser stays switched.
+    pub fn take_switched(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.switched)
+    }
+
+    /// An `Upgrade` request was refused: frame the bytes held since as HTTP again.
+    fn resume(&mut self, exit_ns: u64, emit: &mut impl FnMut(Event<'_>)) {
+        if self.is_switched() {
+            self.state = State::Head;
+            let held = std::mem::take(&mut self.switched);
+            self.push(&held, exit_ns, exit_ns, emit);
+        }
     }
 
     fn fail(&mut self, why: &'static str, emit: &mut impl FnMut(Event<'_>)) {
@@ -488,75 +454,6 @@ impl Parser {
     }
 }
 
-/// Which end of the connection this process is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// Sends requests.
-    Client,
-    /// Answers them.
-    Server,
-}
-
-/// One request and its response.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Txn {
-    /// Position on the connection, from 0.
-    pub seq: u64,
-    /// The request head.
-    pub request: Head,
-    /// The response head, once seen.
-    pub response: Option<Head>,
-}
-
-/// What a [`Conn`] delivers.
-#[derive(Debug)]
-pub enum ConnEvent<'a> {
-    /// A request head was parsed.
-    RequestHead(&'a Txn),
-    /// A complete request body (not delivered when empty).
-    RequestBody {
-        /// The transaction.
-        txn: &'a Txn,
-        /// The body.
-        body: &'a [u8],
-        /// Entry time of the request's first byte (its head).
-        first_enter_ns: u64,
-        /// Exit time of the body's last byte.
-        last_exit_ns: u64,
-    },
-    /// A response head was parsed.
-    ResponseHead(&'a Txn),
-    /// A complete response body that is not an event stream (not delivered when empty).
-    ResponseBody {
-        /// The transaction.
-        txn: &'a Txn,
-        /// The body.
-        body: &'a [u8],
-        /// Entry time of the response's first byte (its head).
-        first_enter_ns: u64,
-        /// Exit time of the body's last byte.
-        last_exit_ns: u64,
-    },
-    /// An event of a `text/event-stream` response.
-    Sse {
-        /// The transaction.
-        txn: &'a Txn,
-        /// The event.
-        event: sse::Event<'a>,
-    },
-    /// A response is complete.
-    Done(&'a Txn),
-    /// A body or event over the size limit, dropped.
-    Oversize {
-        /// The transaction.
-        txn: &'a Txn,
-        /// Its size so far.
-        len: u64,
-    },
-    /// The connection's HTTP could not be parsed; nothing more is delivered.
-    Error(&'static str),
-}
-
 /// One process's view of one HTTP/1.1 connection: both directions, paired.
 #[derive(Debug)]
 pub struct Conn {
@@ -576,6 +473,8 @@ pub struct Conn {
     resp_first_enter_ns: u64,
     sse: Option<sse::Parser>,
     max_body: usize,
+    /// The transaction whose `101` switched the connection to another protocol.
+    switched: Option<Txn>,
 }
 
 /// Requests one connection may have awaiting a response (HTTP/1.1 pipelining); past it the
@@ -622,6 +521,7 @@ impl Conn {
             resp_first_enter_ns: 0,
             sse: None,
             max_body,
+            switched: None,
         })
     }
 
@@ -686,7 +586,7 @@ impl Conn {
                 self.responses.expect_response(is_head);
                 let txn = Txn {
                     seq: self.seq,
-                    request: head,
+                    request: *head,
                     response: None,
                 };
                 self.seq += 1;
@@ -724,7 +624,7 @@ impl Conn {
 
     fn on_response(&mut self, e: OwnedEvent, emit: &mut impl FnMut(ConnEvent<'_>)) {
         match e {
-            OwnedEvent::Head(head) => self.response_head(head, emit),
+            OwnedEvent::Head(head) => self.response_head(*head, emit),
             OwnedEvent::Body {
                 data,
                 enter_ns,
@@ -737,6 +637,14 @@ impl Conn {
 
     /// Pairs a response head with the oldest open request and resets the body state.
     fn response_head(&mut self, head: Head, emit: &mut impl FnMut(ConnEvent<'_>)) {
+        if head.status != Some(101) && self.requests.is_switched() {
+            let mut events = Vec::new();
+            self.requests
+                .resume(head.last_exit_ns, &mut |e| events.push(own(e)));
+            for e in events {
+                self.on_request(e, emit);
+            }
+        }
         // A response may come before its request finished arriving (an early error);
         // attach it to the oldest request either way.
         if self.open.is_empty()
@@ -817,6 +725,9 @@ impl Conn {
         }
         self.resp_body.clear();
         emit(ConnEvent::Done(&txn));
+        if txn.response.as_ref().and_then(|r| r.status) == Some(101) {
+            self.switched = Some(txn);
+        }
     }
 
     /// The connection closed. Returns the transactions that never got (all of) a response.
@@ -840,6 +751,47 @@ impl Conn {
     }
 }
 
+impl HttpWire for Conn {
+    fn version(&self) -> Version {
+        Version::Http11
+    }
+
+    fn role(&self) -> Role {
+        self.role
+    }
+
+    fn buffered(&self) -> usize {
+        Conn::buffered(self) + self.requests.switched.len() + self.responses.switched.len()
+    }
+
+    fn push(
+        &mut self,
+        dir: Dir,
+        data: &[u8],
+        enter_ns: u64,
+        exit_ns: u64,
+        emit: &mut dyn FnMut(ConnEvent<'_>),
+    ) {
+        Conn::push(self, dir, data, enter_ns, exit_ns, &mut |e| emit(e));
+    }
+
+    fn finish(&mut self, exit_ns: u64, emit: &mut dyn FnMut(ConnEvent<'_>)) -> Vec<Txn> {
+        Conn::finish(self, exit_ns, &mut |e| emit(e))
+    }
+
+    fn upgraded(&mut self) -> Option<Upgrade> {
+        if !self.responses.is_switched() {
+            return None;
+        }
+        let txn = self.switched.take()?;
+        Some(Upgrade {
+            txn,
+            response_rest: self.responses.take_switched(),
+            request_rest: self.requests.take_switched(),
+        })
+    }
+}
+
 /// Adds `data` to a body being gathered and to its length `len`. Past `max` bytes the body is
 /// dropped (and its memory freed) and only the length is counted, so that the size of an
 /// oversized body can still be reported.
@@ -855,7 +807,7 @@ fn gather_capped(body: &mut Vec<u8>, len: &mut u64, data: &[u8], max: usize) {
 
 /// A parser event with its bytes copied out, so the parser can be borrowed again.
 enum OwnedEvent {
-    Head(Head),
+    Head(Box<Head>),
     Body {
         data: Vec<u8>,
         enter_ns: u64,

@@ -4,6 +4,7 @@
 //! ([`http1`]) whose bodies are JSON or server-sent events ([`sse`]); [`json`] hashes JSON
 //! text canonically without building it.
 
+pub mod http;
 pub mod http1;
 pub mod json;
 pub mod ndjson;

@@ -18,7 +18,7 @@ use crate::mcp::message::{self, Id, Kind, Message, Parsed};
 use crate::proto::AppCx;
 use crate::proto::http::{Claim, Holds, HttpApp};
 use crate::signal::{Signal, What};
-use crate::wire::http1::{ConnEvent, Role, Txn};
+use crate::wire::http::{ConnEvent, Role, Txn};
 
 /// A request body waiting for its response head.
 struct Held {
@@ -63,7 +63,7 @@ fn response_ids(parsed: &Parsed) -> Vec<Id> {
 
 /// MCP over HTTP, for one record's work: the tracker messages go to, and the transport's
 /// links, counters and settings.
-pub struct McpHttp<'a, D> {
+pub struct McpHttp<'a, D: ?Sized> {
     /// Where messages go.
     pub tracker: &'a mut D,
     /// Who is at the far end of each link.
@@ -74,7 +74,7 @@ pub struct McpHttp<'a, D> {
     pub cfg: &'a Config,
 }
 
-impl<D: Deliver> McpHttp<'_, D> {
+impl<D: Deliver + ?Sized> McpHttp<'_, D> {
     /// The binding's work context for one app context.
     fn at<'b, 'c>(&'b mut self, cx: &'b mut AppCx<'_, 'c>) -> At<'b, 'c, D> {
         At {
@@ -115,7 +115,12 @@ impl ConnAt<'_> {
         }
     }
 
-    fn route<D: Deliver>(&self, at: &At<'_, '_, D>, txn: &Txn, from_client: bool) -> Route {
+    fn route<D: Deliver + ?Sized>(
+        &self,
+        at: &At<'_, '_, D>,
+        txn: &Txn,
+        from_client: bool,
+    ) -> Route {
         let resp = txn.response.as_ref();
         let session_id = txn
             .request
@@ -149,7 +154,7 @@ impl ConnAt<'_> {
     }
 }
 
-impl<D: Deliver> HttpApp for McpHttp<'_, D> {
+impl<D: Deliver + ?Sized> HttpApp for McpHttp<'_, D> {
     type Conn = McpConn;
 
     fn claim(&self, _role: Role, txn: &Txn) -> Claim {
@@ -204,7 +209,7 @@ impl<D: Deliver> HttpApp for McpHttp<'_, D> {
     }
 }
 
-fn event<D: Deliver>(c: &mut ConnAt<'_>, at: &mut At<'_, '_, D>, e: ConnEvent<'_>) {
+fn event<D: Deliver + ?Sized>(c: &mut ConnAt<'_>, at: &mut At<'_, '_, D>, e: ConnEvent<'_>) {
     match e {
         ConnEvent::RequestHead(txn) => request_head(c, txn),
         ConnEvent::RequestBody {
@@ -265,7 +270,7 @@ fn request_head(c: &mut ConnAt<'_>, txn: &Txn) {
     }
 }
 
-fn request_body<D: Deliver>(
+fn request_body<D: Deliver + ?Sized>(
     c: &mut ConnAt<'_>,
     at: &mut At<'_, '_, D>,
     txn: &Txn,
@@ -309,7 +314,7 @@ fn request_body<D: Deliver>(
     }
 }
 
-fn response_body<D: Deliver>(
+fn response_body<D: Deliver + ?Sized>(
     c: &mut ConnAt<'_>,
     at: &mut At<'_, '_, D>,
     txn: &Txn,
@@ -344,7 +349,7 @@ fn response_body<D: Deliver>(
     }
 }
 
-fn sse_event<D: Deliver>(
+fn sse_event<D: Deliver + ?Sized>(
     c: &mut ConnAt<'_>,
     at: &mut At<'_, '_, D>,
     txn: &Txn,
@@ -380,7 +385,7 @@ fn sse_event<D: Deliver>(
     }
 }
 
-fn done<D: Deliver>(c: &mut ConnAt<'_>, at: &mut At<'_, '_, D>, txn: &Txn) {
+fn done<D: Deliver + ?Sized>(c: &mut ConnAt<'_>, at: &mut At<'_, '_, D>, txn: &Txn) {
     release(c, at, txn);
     if streamable::ends_session(txn) {
         // The client ended the session.
@@ -410,7 +415,7 @@ fn done<D: Deliver>(c: &mut ConnAt<'_>, at: &mut At<'_, '_, D>, txn: &Txn) {
     }
 }
 
-fn broken<D: Deliver>(c: &mut ConnAt<'_>, at: &mut At<'_, '_, D>, why: &'static str) {
+fn broken<D: Deliver + ?Sized>(c: &mut ConnAt<'_>, at: &mut At<'_, '_, D>, why: &'static str) {
     at.stats.http_errors += 1;
     if c.meta.verdict.kept() {
         let what = What::StreamCorruption {
@@ -427,7 +432,7 @@ fn broken<D: Deliver>(c: &mut ConnAt<'_>, at: &mut At<'_, '_, D>, why: &'static 
 
 /// Deliver the request bodies held for `txn`, now that its response head names the session
 /// (or never will).
-fn release<D: Deliver>(c: &mut ConnAt<'_>, at: &mut At<'_, '_, D>, txn: &Txn) {
+fn release<D: Deliver + ?Sized>(c: &mut ConnAt<'_>, at: &mut At<'_, '_, D>, txn: &Txn) {
     let (mine, rest): (Vec<Held>, Vec<Held>) = std::mem::take(&mut c.meta.held)
         .into_iter()
         .partition(|h| h.seq == txn.seq);

@@ -70,7 +70,7 @@ pub trait Binding {
     type State;
     /// Take one record's bytes of a stream whose verdict so far is `verdict`; returns the
     /// verdict after them.
-    fn take<D: Deliver>(
+    fn take<D: Deliver + ?Sized>(
         &mut self,
         st: &mut Self::State,
         at: &mut At<'_, '_, D>,
@@ -110,7 +110,7 @@ pub struct Stats {
 }
 
 /// What a binding works with while it takes one stream's frames.
-pub struct At<'a, 'c, D> {
+pub struct At<'a, 'c, D: ?Sized> {
     /// The host, the processes, the clock and the signals' queue.
     pub cx: &'a mut Ctx<'c>,
     /// Where messages go.
@@ -177,7 +177,7 @@ fn sniff_method(prefix: &[u8]) -> Option<String> {
     Some(rest[..rest.find('"')?].to_string())
 }
 
-impl<D: Deliver> At<'_, '_, D> {
+impl<D: Deliver + ?Sized> At<'_, '_, D> {
     /// Parse options of the bindings.
     pub fn parse_opts(&self) -> message::Options {
         message::Options {

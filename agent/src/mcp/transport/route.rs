@@ -124,6 +124,8 @@ pub struct View {
     pub last_exit_ns: u64,
     /// The bytes are TLS plaintext from OpenSSL (times are those of `SSL_read`/`SSL_write`).
     pub tls: bool,
+    /// The HTTP version that carried them (HTTP and WebSocket, which starts as HTTP/1.1).
+    pub http: Option<crate::signal::HttpVersion>,
 }
 
 impl View {

@@ -53,7 +53,7 @@ pub struct Stdio;
 
 /// The route of a newline-delimited view: stdio pipes and socketpairs and named Unix
 /// sockets join the two processes at the link's ends; TCP joins the connection.
-fn route_of<D: Deliver>(at: &mut At<'_, '_, D>, v: &View) -> Route {
+fn route_of<D: Deliver + ?Sized>(at: &mut At<'_, '_, D>, v: &View) -> Route {
     match v.kind {
         FdKind::Pipe => {
             let key = resolve(at, v);
@@ -77,7 +77,7 @@ fn route_of<D: Deliver>(at: &mut At<'_, '_, D>, v: &View) -> Route {
 
 /// The session of a link's view; a session that was filed under a provisional key (its far
 /// end unknown) moves to its real one as soon as that is known.
-fn resolve<D: Deliver>(at: &mut At<'_, '_, D>, v: &View) -> SessionKey {
+fn resolve<D: Deliver + ?Sized>(at: &mut At<'_, '_, D>, v: &View) -> SessionKey {
     let key = at.links.resolve(at.cx.host, v);
     for (old, new) in at.links.take_renames() {
         at.tracker.session_renamed(&old, &new);
@@ -88,7 +88,7 @@ fn resolve<D: Deliver>(at: &mut At<'_, '_, D>, v: &View) -> SessionKey {
 impl Binding for Stdio {
     type State = Lines;
 
-    fn take<D: Deliver>(
+    fn take<D: Deliver + ?Sized>(
         &mut self,
         lines: &mut Lines,
         at: &mut At<'_, '_, D>,
@@ -138,7 +138,7 @@ impl Binding for Stdio {
 }
 
 /// One line of a newline-delimited stream; returns the stream's verdict after it.
-fn line<D: Deliver>(
+fn line<D: Deliver + ?Sized>(
     lines: &mut Lines,
     at: &mut At<'_, '_, D>,
     v: &View,

@@ -6,7 +6,7 @@
 //! 2026-07-28) the connection is the scope.
 
 use crate::mcp::message::{Message, Parsed};
-use crate::wire::http1::{Headers, Txn};
+use crate::wire::http::{Headers, Txn};
 
 /// A request head that names MCP itself: a session id, a protocol version, or (2026-07-28)
 /// the method.

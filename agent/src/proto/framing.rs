@@ -1,0 +1,135 @@
+//! How a connection's bytes are framed: the framings mcptap reads, in a list, each behind
+//! [`ConnFraming`], chosen by a stream's first bytes.
+//!
+//! A stream's first bytes are shown to each entry of [`FRAMINGS`] in order; the first that
+//! knows them decides: a connection framing (HTTP/1.1, HTTP/2) that keeps both directions of
+//! the fd, newline-delimited JSON (kept per direction, see [`super::Lines`]), or a refusal
+//! with its reason (TLS records the kernel did not see start, binary bytes). A connection
+//! framing may hand over to another ([`ConnFraming::next`]): HTTP/1.1's `Upgrade` to
+//! WebSocket.
+
+use super::AppCx;
+use crate::capture::{Dir, FdKind};
+use crate::conn::Bytes;
+use crate::conn::verdict::{Reason, Verdict};
+use crate::mcp::transport::Deliver;
+
+/// What a framing works with for one record: every protocol's state, and the tracker MCP
+/// messages go to.
+pub struct Parts<'a> {
+    /// The protocols.
+    pub protocols: &'a mut super::Protocols,
+    /// Where MCP messages go.
+    pub tracker: &'a mut dyn Deliver,
+}
+
+/// A stream's first bytes, and what they came through.
+#[derive(Clone, Copy, Debug)]
+pub struct First<'a> {
+    /// Pipe or socket.
+    pub kind: FdKind,
+    /// Which way they went.
+    pub dir: Dir,
+    /// The first record's bytes.
+    pub bytes: &'a [u8],
+    /// The longest message kept.
+    pub max_message: usize,
+}
+
+/// What a framing made of a stream's first bytes.
+pub enum Detected {
+    /// A framing of the whole connection (both directions) starts here.
+    Conn(Box<dyn ConnFraming>),
+    /// Newline-delimited JSON, per direction.
+    Lines,
+    /// Nothing mcptap reads: the stream is rejected.
+    Refuse(Reason),
+    /// Not this framing.
+    No,
+}
+
+/// A framing that keeps both directions of a connection.
+pub trait ConnFraming {
+    /// Its name, for logs.
+    fn name(&self) -> &'static str;
+    /// One record's bytes in direction `cx.key.dir`; returns the connection's verdict.
+    fn push(&mut self, parts: &mut Parts<'_>, cx: &mut AppCx<'_, '_>, data: Bytes<'_>) -> Verdict;
+    /// The framing that takes over from this one after the last push (HTTP/1.1's
+    /// `101 Switching Protocols`), having read what followed the switch; taken once.
+    fn next(
+        &mut self,
+        _parts: &mut Parts<'_>,
+        _cx: &mut AppCx<'_, '_>,
+    ) -> Option<Box<dyn ConnFraming>> {
+        None
+    }
+    /// The connection ended at `ts`.
+    fn close(self: Box<Self>, parts: &mut Parts<'_>, cx: &mut AppCx<'_, '_>, ts: u64);
+    /// Bytes held for messages not complete yet.
+    fn held(&self) -> usize;
+}
+
+/// One entry of the list.
+pub struct Framing {
+    /// Its name, for logs and the README.
+    pub name: &'static str,
+    /// What it makes of a stream's first bytes.
+    pub detect: fn(&First<'_>) -> Detected,
+}
+
+// PROTOCOL_LIST: every framing, in the order a stream's first bytes are shown to them. A new
+// framing is a module behind `ConnFraming` and its line here.
+/// The framings mcptap reads, in order.
+pub const FRAMINGS: &[Framing] = &[
+    Framing {
+        name: "http/1.1",
+        detect: super::http::detect_http1,
+    },
+    Framing {
+        name: "tls",
+        detect: refuse_tls,
+    },
+    Framing {
+        name: "binary",
+        detect: refuse_binary,
+    },
+    Framing {
+        name: "lines",
+        detect: |_| Detected::Lines,
+    },
+];
+
+/// The framing of a stream whose first bytes are `first`.
+pub fn choose(first: &First<'_>) -> Detected {
+    for f in FRAMINGS {
+        match (f.detect)(first) {
+            Detected::No => continue,
+            d => return d,
+        }
+    }
+    Detected::Refuse(Reason::Binary)
+}
+
+/// TLS records: ciphertext of a connection whose plaintext no probe reads.
+fn refuse_tls(first: &First<'_>) -> Detected {
+    let b = first.bytes.trim_ascii_start();
+    if b.len() >= 3 && mcptap_abi::looks_tls(b[0], b[1], b[2]) {
+        Detected::Refuse(Reason::Tls)
+    } else {
+        Detected::No
+    }
+}
+
+/// Control bytes in the first 64: no text protocol mcptap reads.
+fn refuse_binary(first: &First<'_>) -> Detected {
+    let binary = first
+        .bytes
+        .iter()
+        .take(64)
+        .any(|&c| c < 0x09 || (0x0e..0x20).contains(&c) || c == 0x7f);
+    if binary {
+        Detected::Refuse(Reason::Binary)
+    } else {
+        Detected::No
+    }
+}

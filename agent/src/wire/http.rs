@@ -1,0 +1,242 @@
+//! What every HTTP version delivers the same way: heads, transactions and their events, so
+//! that the application protocols above read HTTP/1.1 ([`super::http1`]) and HTTP/2
+//! ([`super::http2`]) alike through [`HttpWire`].
+
+use super::sse;
+use crate::capture::Dir;
+
+pub use crate::signal::HttpVersion as Version;
+
+/// One process's view of one HTTP connection of any version: both directions, paired into
+/// transactions.
+pub trait HttpWire: std::fmt::Debug {
+    /// The version it frames.
+    fn version(&self) -> Version;
+    /// This process's role.
+    fn role(&self) -> Role;
+    /// Bytes held for messages not complete yet.
+    fn buffered(&self) -> usize;
+    /// Feed bytes this process moved in direction `dir`.
+    fn push(
+        &mut self,
+        dir: Dir,
+        data: &[u8],
+        enter_ns: u64,
+        exit_ns: u64,
+        emit: &mut dyn FnMut(ConnEvent<'_>),
+    );
+    /// The connection closed. Returns the transactions that never got (all of) a response.
+    fn finish(&mut self, exit_ns: u64, emit: &mut dyn FnMut(ConnEvent<'_>)) -> Vec<Txn>;
+    /// A transaction switched the connection to another protocol (HTTP/1.1's `101 Switching
+    /// Protocols`): it, and the bytes each direction carried after it, taken once.
+    fn upgraded(&mut self) -> Option<Upgrade> {
+        None
+    }
+}
+
+/// A connection that left HTTP for another protocol.
+#[derive(Debug)]
+pub struct Upgrade {
+    /// The transaction that switched it (its response is the `101`).
+    pub txn: Txn,
+    /// Bytes read past the `101` head, in the response direction (the new protocol's).
+    pub response_rest: Vec<u8>,
+    /// Bytes past the request, in the request direction.
+    pub request_rest: Vec<u8>,
+}
+
+/// The headers MCP cares about.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Headers {
+    /// `Content-Type`, lower-cased, without parameters.
+    pub content_type: Option<String>,
+    /// `Content-Length`.
+    pub content_length: Option<u64>,
+    /// `Transfer-Encoding: chunked`.
+    pub chunked: bool,
+    /// `Mcp-Session-Id`.
+    pub session_id: Option<String>,
+    /// `MCP-Protocol-Version`.
+    pub protocol_version: Option<String>,
+    /// `Accept` includes `text/event-stream`.
+    pub accept_sse: bool,
+    /// `Mcp-Method` (protocol 2026-07-28).
+    pub mcp_method: Option<String>,
+    /// `Mcp-Name` (protocol 2026-07-28).
+    pub mcp_name: Option<String>,
+    /// `Connection: close`.
+    pub close: bool,
+    /// `Retry-After` in seconds (an HTTP date is not read).
+    pub retry_after: Option<u32>,
+    /// A protocol switch's headers (`Upgrade` and WebSocket's), rare enough to be boxed.
+    pub upgrade: Option<Box<Switch>>,
+}
+
+/// The headers of a protocol switch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Switch {
+    /// `Upgrade`, lower-cased (`websocket`).
+    pub protocol: String,
+    /// `Sec-WebSocket-Protocol` (`mcp`).
+    pub ws_protocol: Option<String>,
+    /// `Sec-WebSocket-Extensions` (permessage-deflate and its parameters).
+    pub ws_extensions: Option<String>,
+}
+
+impl Headers {
+    /// The headers of interest among `(name, value)` pairs (names in any case).
+    pub fn from_pairs<'h>(
+        headers: impl IntoIterator<Item = (&'h [u8], &'h [u8])>,
+    ) -> Result<Self, &'static str> {
+        let mut h = Headers::default();
+        for (name, raw) in headers {
+            h.take(name, raw)?;
+        }
+        Ok(h)
+    }
+
+    /// One header.
+    fn take(&mut self, name: &[u8], raw: &[u8]) -> Result<(), &'static str> {
+        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        let value = || String::from_utf8_lossy(raw).trim().to_string();
+        let h = self;
+        if is("content-type") {
+            let v = value().to_ascii_lowercase();
+            h.content_type = Some(v.split(';').next().unwrap_or("").trim().to_string());
+        } else if is("content-length") {
+            let n = value().parse::<u64>().map_err(|_| "bad Content-Length")?;
+            if h.content_length.is_some_and(|old| old != n) {
+                return Err("conflicting Content-Length headers");
+            }
+            h.content_length = Some(n);
+        } else if is("transfer-encoding") {
+            h.chunked |= value().to_ascii_lowercase().contains("chunked");
+        } else if is("mcp-session-id") {
+            h.session_id = Some(value());
+        } else if is("mcp-protocol-version") {
+            h.protocol_version = Some(value());
+        } else if is("accept") {
+            h.accept_sse |= value().to_ascii_lowercase().contains("text/event-stream");
+        } else if is("mcp-method") {
+            h.mcp_method = Some(value());
+        } else if is("mcp-name") {
+            h.mcp_name = Some(value());
+        } else if is("connection") {
+            h.close |= value().to_ascii_lowercase().contains("close");
+        } else if is("retry-after") {
+            h.retry_after = value().parse().ok();
+        } else if is("upgrade") {
+            h.upgrade.get_or_insert_default().protocol = value().to_ascii_lowercase();
+        } else if is("sec-websocket-protocol") {
+            h.upgrade.get_or_insert_default().ws_protocol = Some(value());
+        } else if is("sec-websocket-extensions") {
+            // Several headers of it join as one list.
+            let v = value();
+            let sw = h.upgrade.get_or_insert_default();
+            sw.ws_extensions = Some(match sw.ws_extensions.take() {
+                Some(old) => format!("{old}, {v}"),
+                None => v,
+            });
+        }
+        Ok(())
+    }
+
+    /// It asks for (or agrees to) a protocol switch: it names an `Upgrade`.
+    pub fn switches(&self) -> bool {
+        self.upgrade.as_ref().is_some_and(|u| !u.protocol.is_empty())
+    }
+
+    /// The body is an event stream.
+    pub fn is_sse(&self) -> bool {
+        self.content_type.as_deref() == Some("text/event-stream")
+    }
+}
+
+/// A request line or status line with its headers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Head {
+    /// Request method.
+    pub method: Option<String>,
+    /// Request target (path and query).
+    pub target: Option<String>,
+    /// Response status.
+    pub status: Option<u16>,
+    /// Headers of interest.
+    pub headers: Headers,
+    /// Entry time of the syscall that carried the head's first byte.
+    pub first_enter_ns: u64,
+    /// Exit time of the syscall that completed the head.
+    pub last_exit_ns: u64,
+    /// Bytes of the message's body (de-chunked), counted as it arrives: the whole body once
+    /// the message ended, what came so far before that.
+    pub body_bytes: u64,
+}
+
+/// Which end of the connection this process is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Sends requests.
+    Client,
+    /// Answers them.
+    Server,
+}
+
+/// One request and its response.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Txn {
+    /// Position on the connection, from 0 (HTTP/1.1); the stream id (HTTP/2).
+    pub seq: u64,
+    /// The request head.
+    pub request: Head,
+    /// The response head, once seen.
+    pub response: Option<Head>,
+}
+
+/// What a [`Conn`] delivers.
+#[derive(Debug)]
+pub enum ConnEvent<'a> {
+    /// A request head was parsed.
+    RequestHead(&'a Txn),
+    /// A complete request body (not delivered when empty).
+    RequestBody {
+        /// The transaction.
+        txn: &'a Txn,
+        /// The body.
+        body: &'a [u8],
+        /// Entry time of the request's first byte (its head).
+        first_enter_ns: u64,
+        /// Exit time of the body's last byte.
+        last_exit_ns: u64,
+    },
+    /// A response head was parsed.
+    ResponseHead(&'a Txn),
+    /// A complete response body that is not an event stream (not delivered when empty).
+    ResponseBody {
+        /// The transaction.
+        txn: &'a Txn,
+        /// The body.
+        body: &'a [u8],
+        /// Entry time of the response's first byte (its head).
+        first_enter_ns: u64,
+        /// Exit time of the body's last byte.
+        last_exit_ns: u64,
+    },
+    /// An event of a `text/event-stream` response.
+    Sse {
+        /// The transaction.
+        txn: &'a Txn,
+        /// The event.
+        event: sse::Event<'a>,
+    },
+    /// A response is complete.
+    Done(&'a Txn),
+    /// A body or event over the size limit, dropped.
+    Oversize {
+        /// The transaction.
+        txn: &'a Txn,
+        /// Its size so far.
+        len: u64,
+    },
+    /// The connection's HTTP could not be parsed; nothing more is delivered.
+    Error(&'static str),
+}
