@@ -515,7 +515,7 @@ pub fn check_session(
         .collect();
     for r in &mine {
         assert_eq!(r["transport"], transport, "{r}");
-        if transport != "stdio" {
+        if transport != "stdio" && transport != "websocket" {
             assert!(r["http_status"].as_u64().is_some(), "no http_status: {r}");
             assert!(r["server_address"].is_string(), "no server_address: {r}");
         }
@@ -722,4 +722,26 @@ pub fn promql(port: u16, expr: &str) -> Result<Vec<(String, f64)>, String> {
 /// [`promql`], failing the test when promtool complains.
 pub fn promql_ok(port: u16, expr: &str) -> Vec<(String, f64)> {
     promql(port, expr).unwrap_or_else(|e| panic!("promtool query {expr}: {e}"))
+}
+
+/// A self-signed certificate for 127.0.0.1, made by the openssl CLI: (certificate, key).
+pub fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
 }

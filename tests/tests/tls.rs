@@ -14,28 +14,6 @@ use mcptap_e2e::*;
 /// host, so totals include whatever else runs.
 const DEBUG: &[(&str, &str)] = &[("RUST_LOG", "mcptap=debug")];
 
-/// A self-signed certificate for 127.0.0.1, made by the openssl CLI: (certificate, key).
-fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-        .args(["-subj", "/CN=127.0.0.1"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl req: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
-}
-
 /// Fetch `url` with curl (OpenSSL, trusting `cert`); asserts it succeeded and returns curl's
 /// pid.
 fn curl_fetch(cert: &Path, url: &str) -> u32 {

@@ -15,6 +15,12 @@ const PYTHON: &[(&str, &str)] = &[
     ("mcp1", "mcp[cli]==1.30.0"),
     // The 2.x line: MCPServer, protocol 2026-07-28 without initialize.
     ("mcp2", "mcp==2.3.0"),
+    // HTTP/2 (hypercorn serving, httpx with h2 calling) and WebSocket (the 1.x SDK's
+    // websocket transport on `websockets`, permessage-deflate by default).
+    (
+        "h2ws",
+        "mcp[cli]==1.30.0 hypercorn==0.18.0 h2==4.4.1 httpx[http2]==0.29.0 websockets==17.4",
+    ),
     // TLS that is not OpenSSL (pure Python), for the test of TLS mcptap cannot decrypt.
     ("tlslite", "tlslite-ng==0.8.2"),
     // The agentic layer's peers: two agent frameworks and the model APIs' client libraries

@@ -27,6 +27,8 @@ pub enum Reason {
     HttpNotMcp,
     /// HTTP whose framing broke.
     HttpBroken,
+    /// WebSocket whose framing broke (or whose compressed messages did not inflate).
+    WebSocketBroken,
     /// HTTP that lost bytes: its next message boundary cannot be found.
     HttpGap,
     /// An HTTP connection given up to hold `--max-buffered-bytes`.
@@ -45,6 +47,7 @@ impl Reason {
             Reason::NoJsonLines => "no_json_lines",
             Reason::HttpNotMcp => "http_not_mcp",
             Reason::HttpBroken => "http_broken",
+            Reason::WebSocketBroken => "websocket_broken",
             Reason::HttpGap => "http_gap",
             Reason::BufferBudget => "buffer_budget",
         }

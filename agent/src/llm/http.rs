@@ -349,6 +349,7 @@ fn build(
         server_address: remote.as_ref().map(|(a, _)| a.clone()),
         server_port: remote.and_then(|(_, port)| port),
         tls: cx.base.tls,
+        http_version: cx.base.http,
         prompt: req.prompt,
         completion: r.completion,
         facts: LlmFacts {

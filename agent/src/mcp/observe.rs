@@ -190,6 +190,9 @@ fn initialized(st: &mut State, cx: &mut Ctx<'_>, ts: u64) {
 fn learn(s: &mut Session, route: &Route, v: &View, msg: &Message) {
     let sender = route.sender;
     s.tls |= v.tls;
+    if v.http.is_some() {
+        s.http_version = v.http;
+    }
     if let Some(m) = msg.method.as_deref() {
         if client_method(m) {
             s.set_role(sender, Role::Client);

@@ -390,6 +390,7 @@ pub(super) fn exchange(
             client_address,
             client_port,
             tls: s.tls,
+            http_version: s.http_version,
         },
         derived: signal::Derived {
             error_class: derive::error_class(

@@ -36,6 +36,8 @@ pub struct Session {
     pub protocol_version: Option<String>,
     /// Its messages travelled inside TLS.
     pub tls: bool,
+    /// The HTTP version that carried its messages (HTTP and WebSocket).
+    pub http_version: Option<crate::signal::HttpVersion>,
     /// Label used in outputs, fixed once first used.
     label: Option<String>,
     /// Monotonic time of the first message.
@@ -63,6 +65,7 @@ impl Session {
             transport: route.transport,
             protocol_version: None,
             tls: false,
+            http_version: None,
             label: route.label.clone(),
             started_ns: now,
             last_ns: now,

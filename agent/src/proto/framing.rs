@@ -86,6 +86,10 @@ pub const FRAMINGS: &[Framing] = &[
         detect: super::http::detect_http1,
     },
     Framing {
+        name: "http/2",
+        detect: super::http::detect_http2,
+    },
+    Framing {
         name: "tls",
         detect: refuse_tls,
     },

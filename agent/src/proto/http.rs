@@ -17,7 +17,7 @@ use crate::conn::verdict::{Reason, Verdict};
 use crate::llm;
 use crate::mcp::transport;
 use crate::wire::http::{ConnEvent, HttpWire, Role, Txn};
-use crate::wire::http1;
+use crate::wire::{http1, http2};
 
 /// How an app judges a transaction from its request head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -483,6 +483,17 @@ pub fn detect_http1(first: &First<'_>) -> Detected {
     }
 }
 
+/// HTTP/2: the client's preface, or the server's first SETTINGS frame (not over pipes).
+pub fn detect_http2(first: &First<'_>) -> Detected {
+    if first.kind == FdKind::Pipe {
+        return Detected::No;
+    }
+    match http2::Conn::detect(first.dir, first.bytes, first.max_message) {
+        Some(conn) => Detected::Conn(Box::new(Http::new(Box::new(conn)))),
+        None => Detected::No,
+    }
+}
+
 impl ConnFraming for Http {
     fn name(&self) -> &'static str {
         match self.http.version() {
@@ -494,6 +505,15 @@ impl ConnFraming for Http {
     fn push(&mut self, parts: &mut Parts<'_>, cx: &mut AppCx<'_, '_>, data: Bytes<'_>) -> Verdict {
         let mut apps = apps(parts);
         HttpConn::push(self, &mut apps, cx, data)
+    }
+
+    fn next(
+        &mut self,
+        parts: &mut Parts<'_>,
+        cx: &mut AppCx<'_, '_>,
+    ) -> Option<Box<dyn ConnFraming>> {
+        let up = self.http.upgraded()?;
+        super::websocket::after_upgrade(up, self.http.role(), parts, cx)
     }
 
     fn close(self: Box<Self>, parts: &mut Parts<'_>, cx: &mut AppCx<'_, '_>, ts: u64) {

@@ -14,6 +14,7 @@
 
 pub mod framing;
 pub mod http;
+pub mod websocket;
 
 use crate::capture::Dir;
 use crate::conn::fd::{Fd, FdKey, SocketEnds};

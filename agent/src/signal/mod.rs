@@ -344,6 +344,9 @@ pub struct Network {
     /// only when true.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub tls: bool,
+    /// The HTTP version that carried them: `1.1` or `2` (HTTP, and WebSocket's handshake).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_version: Option<HttpVersion>,
 }
 
 /// What mcptap worked out beyond the outcome (never a value).
@@ -618,6 +621,9 @@ pub struct LlmCall {
     /// It travelled inside TLS; written only when true.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub tls: bool,
+    /// The HTTP version that carried it: `1.1` or `2`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_version: Option<HttpVersion>,
     /// The last message's text, only with `--payloads`, secrets redacted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,

@@ -143,7 +143,9 @@ impl Headers {
 
     /// It asks for (or agrees to) a protocol switch: it names an `Upgrade`.
     pub fn switches(&self) -> bool {
-        self.upgrade.as_ref().is_some_and(|u| !u.protocol.is_empty())
+        self.upgrade
+            .as_ref()
+            .is_some_and(|u| !u.protocol.is_empty())
     }
 
     /// The body is an event stream.
@@ -239,4 +241,17 @@ pub enum ConnEvent<'a> {
     },
     /// The connection's HTTP could not be parsed; nothing more is delivered.
     Error(&'static str),
+}
+
+/// Adds `data` to a body being gathered and to its length `len`. Past `max` bytes the body is
+/// dropped (and its memory freed) and only the length is counted, so that the size of an
+/// oversized body can still be reported.
+#[inline]
+pub(crate) fn gather_capped(body: &mut Vec<u8>, len: &mut u64, data: &[u8], max: usize) {
+    *len += data.len() as u64;
+    if *len > max as u64 {
+        *body = Vec::new();
+    } else {
+        body.extend_from_slice(data);
+    }
 }

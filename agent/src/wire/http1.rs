@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use memchr::memmem;
 
 pub use super::http::{ConnEvent, Head, Headers, Role, Txn};
-use super::http::{HttpWire, Upgrade, Version};
+use super::http::{HttpWire, Upgrade, Version, gather_capped};
 use super::sse;
 use crate::capture::Dir;
 
@@ -789,19 +789,6 @@ impl HttpWire for Conn {
             response_rest: self.responses.take_switched(),
             request_rest: self.requests.take_switched(),
         })
-    }
-}
-
-/// Adds `data` to a body being gathered and to its length `len`. Past `max` bytes the body is
-/// dropped (and its memory freed) and only the length is counted, so that the size of an
-/// oversized body can still be reported.
-#[inline]
-fn gather_capped(body: &mut Vec<u8>, len: &mut u64, data: &[u8], max: usize) {
-    *len += data.len() as u64;
-    if *len > max as u64 {
-        *body = Vec::new();
-    } else {
-        body.extend_from_slice(data);
     }
 }
 

@@ -6,6 +6,8 @@
 
 pub mod http;
 pub mod http1;
+pub mod http2;
 pub mod json;
 pub mod ndjson;
 pub mod sse;
+pub mod websocket;

@@ -21,6 +21,7 @@ pub mod links;
 pub mod route;
 pub mod stdio;
 pub mod streamable;
+pub mod websocket;
 
 use xxhash_rust::xxh3::xxh3_64;
 

@@ -40,7 +40,7 @@ mod agent;
 
 use crate::output::metrics::record as telemetry;
 use crate::output::metrics::{Kind, Registry, Value, defs};
-use crate::signal::{Endpoint, Exchange, Signal, Sink, Status as XStatus, Transport};
+use crate::signal::{Endpoint, Exchange, HttpVersion, Signal, Sink, Status as XStatus, Transport};
 
 /// Wire protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -871,13 +871,16 @@ fn request_id(id: &str) -> String {
 /// The transport attributes: pipe, socket or HTTP, TLS, and the addresses of both ends.
 fn network_attributes(x: &Exchange, out: &mut Vec<KeyValue>) {
     out.push(KeyValue::new("network.transport", x.transport.network()));
-    if x.transport.is_http() || x.http_status.is_some() {
+    if x.transport == Transport::WebSocket {
+        out.push(KeyValue::new("network.protocol.name", "websocket"));
+    } else if x.transport.is_http() || x.http_status.is_some() {
+        let version = x.network.http_version.unwrap_or(HttpVersion::Http11);
         out.push(KeyValue::new("network.protocol.name", "http"));
-        out.push(KeyValue::new("network.protocol.version", "1.1"));
+        out.push(KeyValue::new("network.protocol.version", version.as_str()));
     }
     if x.network.tls {
-        // HTTPS: still HTTP/1.1, inside TLS that mcptap saw established (the semantic
-        // conventions' tls.* attributes; the version is not known).
+        // HTTPS: inside TLS that mcptap saw established (the semantic conventions' tls.*
+        // attributes; the TLS version is not known).
         out.push(KeyValue::new("tls.protocol.name", "tls"));
         out.push(KeyValue::new("tls.established", true));
     }

@@ -1,0 +1,99 @@
+//! HTTP/2, end to end: the Python SDK's Streamable HTTP app under hypercorn, driven by the
+//! SDK's client on httpx with HTTP/2 only, over cleartext with prior knowledge (h2c) and over
+//! TLS with ALPN `h2` (plaintext from OpenSSL). Every call once, with its session, status,
+//! duration, both ends' views, and `http_version` 2 on every exchange.
+
+use std::path::Path;
+use std::process::Command;
+
+use mcptap_e2e::*;
+
+const VENV: &str = "h2ws";
+
+/// The fixture server under hypercorn: h2c without a certificate, h2 over TLS with one.
+fn hypercorn_server(dir: &Path, port: u16, cert: Option<&Path>) -> Server {
+    let mut c = Command::new(peers().join(VENV).join("bin/python"));
+    c.arg(fixtures().join("py_server.py")).args([
+        "--transport",
+        "http",
+        "--hypercorn",
+        "--port",
+        &port.to_string(),
+    ]);
+    if let Some(cert) = cert {
+        c.arg("--certfile")
+            .arg(cert)
+            .arg("--keyfile")
+            .arg(cert.with_file_name("key.pem"));
+    }
+    Server::on_port(&mut c, dir, "server", port)
+}
+
+/// The SDK client on httpx, HTTP/2 only.
+fn h2_client(url: &str, cert: Option<&Path>) -> Command {
+    let mut c = Command::new(peers().join(VENV).join("bin/python"));
+    c.arg(fixtures().join("py_client.py"))
+        .args(["--echo", "5", "--http2", "--url", url]);
+    if let Some(cert) = cert {
+        c.env("SSL_CERT_FILE", cert);
+    }
+    c
+}
+
+/// What both tests check once the server and the agent stopped.
+fn check(recs: &Records, run: &ClientRun, port: u16, tls: bool) {
+    check_calls(recs, run, Sides::Both);
+    check_session(recs, run, "http", false);
+    let mine = recs.exchanges_of_client(run.pid);
+    for r in &mine {
+        assert_eq!(r["http_version"], "2", "{r}");
+        assert_eq!(r["server_port"], port, "{r}");
+        assert_eq!(r["tls"].as_bool().unwrap_or(false), tls, "{r}");
+    }
+    let server = run.server_pid.expect("server pid");
+    for pid in [run.pid, server] {
+        let trouble: Vec<_> = recs
+            .mentioning(pid)
+            .into_iter()
+            .filter(|r| {
+                matches!(
+                    r["event"].as_str(),
+                    Some("stream_gap" | "stream_corruption" | "message_truncated")
+                )
+            })
+            .collect();
+        assert!(trouble.is_empty(), "{trouble:#?}");
+    }
+}
+
+fn run_h2(name: &str, tls: bool) {
+    require_root();
+    let dir = scratch(name);
+    let cert = tls.then(|| certificate(&dir).0);
+    let port = port();
+    let agent = Agent::start(&dir, &[]);
+    let server = hypercorn_server(&dir, port, cert.as_deref());
+    let scheme = if tls { "https" } else { "http" };
+    let url = format!("{scheme}://127.0.0.1:{port}/mcp");
+    let run = run_client(&mut h2_client(&url, cert.as_deref()), &dir);
+    assert_eq!(
+        run.server_pid,
+        Some(server.pid()),
+        "whoami names the server"
+    );
+    drop(server);
+    let recs = agent.stop();
+    check(&recs, &run, port, tls);
+}
+
+/// Cleartext HTTP/2 with prior knowledge: the client's preface starts the connection.
+#[test]
+fn python_sdk_over_h2c() {
+    run_h2("http2_h2c", false);
+}
+
+/// HTTP/2 inside TLS (ALPN h2), read as plaintext from OpenSSL at both ends.
+#[test]
+fn python_sdk_over_h2_tls() {
+    run_h2("http2_tls", true);
+}
