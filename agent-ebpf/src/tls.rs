@@ -20,7 +20,7 @@ use mcptap_abi::{
     CIPHER_KEY_BYTES, DIR_IN, DIR_OUT, EventHeader, FD_TCP, FDSTATE_PENDING_MARKS,
     FDSTATE_REJECTED, FDSTATE_SEEN, FDSTATE_TLS, FDSTATE_TLS_BOUND, FLAG_TLS, FdKey, FdState,
     RECORD_DATA, RECORD_TLS, SslCall, SslKey, SslSocket, Stash, cipher_key, counter, looks_tls,
-    syscall,
+    syscall, tls_lib,
 };
 
 use crate::{
@@ -81,7 +81,24 @@ pub fn tls_ciphertext(tgid: u32, tid: u32, stash: &Stash, ret: u64) -> bool {
         count(counter::TLS_SOCKETS, 1);
         output_tls_record(tgid, tid, stash, 0);
     }
-    if stash.dir == DIR_OUT && n >= CIPHER_KEY_BYTES as u64 {
+    if let Some(call) = SSL_CALLS.get_ptr(tid)
+        && unsafe { (*call).op } != 0
+    {
+        // The socket syscall of a data call's own transport (GnuTLS's default push and
+        // pull functions, OpenSSL's socket BIO): this thread's call is on this socket.
+        let key = SslKey {
+            tgid,
+            _pad: 0,
+            ssl: unsafe { (*call).ssl },
+        };
+        if SSL_SOCKETS.get_ptr(key).is_none() {
+            bind(st, tgid, tid, stash, key);
+        }
+        if stash.dir == DIR_OUT && n >= CIPHER_KEY_BYTES as u64 {
+            // What an OpenSSL socket BIO remembered of this ciphertext is not needed.
+            let _ = CIPHER_KEYS.remove(cipher_key(tgid, head));
+        }
+    } else if stash.dir == DIR_OUT && n >= CIPHER_KEY_BYTES as u64 {
         bind_ssl(st, tgid, tid, stash, cipher_key(tgid, head));
     }
     true
@@ -95,7 +112,13 @@ fn bind_ssl(st: *mut FdState, tgid: u32, tid: u32, stash: &Stash, k: u64) {
     let Some(ssl) = CIPHER_KEYS.get_ptr(k) else {
         return;
     };
-    let ssl = unsafe { *ssl };
+    bind(st, tgid, tid, stash, unsafe { *ssl });
+    let _ = CIPHER_KEYS.remove(k);
+}
+
+/// Bind SSL object `ssl` to the stashed syscall's socket (`st`).
+#[inline(always)]
+fn bind(st: *mut FdState, tgid: u32, tid: u32, stash: &Stash, ssl: SslKey) {
     let sock = SslSocket {
         inode: stash.fd.inode,
         fd: stash.fdnum,
@@ -108,7 +131,6 @@ fn bind_ssl(st: *mut FdState, tgid: u32, tid: u32, stash: &Stash, k: u64) {
         // connection closed right after its handshake).
         output_tls_record(tgid, tid, stash, FLAG_TLS);
     }
-    let _ = CIPHER_KEYS.remove(k);
 }
 
 /// A [`RECORD_TLS`] record for the stashed syscall's socket: found to carry TLS (`flags` 0),
@@ -133,7 +155,7 @@ fn output_tls_record(tgid: u32, tid: u32, stash: &Stash, flags: u8) {
 /// Entry of `SSL_read`/`SSL_write` (`ex`: the `_ex` forms, whose fourth argument receives the
 /// byte count): remember the call until it returns.
 #[inline(always)]
-pub fn ssl_enter(ctx: &ProbeContext, op: u8, ex: bool) {
+pub fn ssl_enter(ctx: &ProbeContext, op: u8, ex: bool, lib: u8) {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !watched((pid_tgid >> 32) as u32) {
         return;
@@ -145,7 +167,8 @@ pub fn ssl_enter(ctx: &ProbeContext, op: u8, ex: bool) {
         ts_enter_ns: unsafe { bpf_ktime_get_ns() },
         op,
         depth: 1,
-        _pad: [0; 6],
+        lib,
+        _pad: [0; 5],
     };
     // Replaces a call whose return never ran (the thread unwound past it).
     if SSL_CALLS.insert(pid_tgid as u32, call, 0).is_err() {
@@ -155,25 +178,39 @@ pub fn ssl_enter(ctx: &ProbeContext, op: u8, ex: bool) {
 
 #[uprobe]
 pub fn ssl_read_enter(ctx: ProbeContext) -> u32 {
-    ssl_enter(&ctx, syscall::SSL_READ, false);
+    ssl_enter(&ctx, syscall::SSL_READ, false, tls_lib::OPENSSL);
     0
 }
 
 #[uprobe]
 pub fn ssl_read_ex_enter(ctx: ProbeContext) -> u32 {
-    ssl_enter(&ctx, syscall::SSL_READ, true);
+    ssl_enter(&ctx, syscall::SSL_READ, true, tls_lib::OPENSSL);
     0
 }
 
 #[uprobe]
 pub fn ssl_write_enter(ctx: ProbeContext) -> u32 {
-    ssl_enter(&ctx, syscall::SSL_WRITE, false);
+    ssl_enter(&ctx, syscall::SSL_WRITE, false, tls_lib::OPENSSL);
     0
 }
 
 #[uprobe]
 pub fn ssl_write_ex_enter(ctx: ProbeContext) -> u32 {
-    ssl_enter(&ctx, syscall::SSL_WRITE, true);
+    ssl_enter(&ctx, syscall::SSL_WRITE, true, tls_lib::OPENSSL);
+    0
+}
+
+/// Entry of `gnutls_record_recv(session, data, size)`: OpenSSL's `SSL_read` shape.
+#[uprobe]
+pub fn gnutls_read_enter(ctx: ProbeContext) -> u32 {
+    ssl_enter(&ctx, syscall::SSL_READ, false, tls_lib::GNUTLS);
+    0
+}
+
+/// Entry of `gnutls_record_send(session, data, size)`.
+#[uprobe]
+pub fn gnutls_write_enter(ctx: ProbeContext) -> u32 {
+    ssl_enter(&ctx, syscall::SSL_WRITE, false, tls_lib::GNUTLS);
     0
 }
 
@@ -371,7 +408,8 @@ fn ship_tls(
         fd_kind: state.kind,
         flags: FLAG_TLS | record_marks(state.flags),
         syscall: call.op,
-        _pad: [0; 3],
+        tls_lib: call.lib,
+        _pad: [0; 2],
         tgid,
         tid,
         fd: sock.fd,

@@ -89,6 +89,7 @@ fn agent_metrics(outputs: &Outputs, p: &Pipeline, live: Option<(&[TableStat], u6
         gaps: Some(&p.conns.stats.gaps),
         tls_undecrypted: p.conns.stats.tls_undecrypted,
         tls_probed: Some(p.tls_probed_binaries()),
+        tls_probes: Some(p.tls_probe_states()),
         kernel: full.then(|| p.kernel_totals()),
         in_flight: p.in_flight(),
         sessions: p.active_sessions(),
@@ -324,7 +325,10 @@ impl Live {
             }
             let owned = totals.iter().map(|(k, v)| (k.to_string(), *v)).collect();
             self.pipeline.kernel_counters(&owned, monotonic_ns());
-            self.pipeline.tls_probed(self.probes.tls_probed_binaries());
+            self.pipeline.tls_probed(
+                self.probes.tls_probed_binaries(),
+                self.probes.tls_probe_states(),
+            );
         }
         self.emitted |= self.outputs.emit_all(self.pipeline.drain_signals()) > 0;
         if full || self.emitted {

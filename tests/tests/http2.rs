@@ -1,7 +1,8 @@
 //! HTTP/2, end to end: the Python SDK's Streamable HTTP app under hypercorn, driven by the
 //! SDK's client on httpx with HTTP/2 only, over cleartext with prior knowledge (h2c) and over
-//! TLS with ALPN `h2` (plaintext from OpenSSL). Every call once, with its session, status,
-//! duration, both ends' views, and `http_version` 2 on every exchange.
+//! TLS with ALPN `h2` (plaintext from OpenSSL), and by a hand-written client on Node's own
+//! `node:http2` (nghttp2) over h2c. Every call once, with its session, status, duration, both
+//! ends' views, and `http_version` 2 on every exchange.
 
 use std::path::Path;
 use std::process::Command;
@@ -40,7 +41,17 @@ fn h2_client(url: &str, cert: Option<&Path>) -> Command {
     c
 }
 
-/// What both tests check once the server and the agent stopped.
+/// Node's built-in `node:http2` client, MCP by hand over one session (prior knowledge on
+/// http://), with py_client.py's tool calls.
+fn node_h2_client(url: &str, cert: Option<&Path>) -> Command {
+    assert!(cert.is_none(), "the node:http2 client runs over h2c only");
+    let mut c = Command::new("node");
+    c.arg(fixtures().join("node_h2_client.mjs"))
+        .args(["--echo", "5", "--url", url]);
+    c
+}
+
+/// What every test checks once the server and the agent stopped.
 fn check(recs: &Records, run: &ClientRun, port: u16, tls: bool) {
     check_calls(recs, run, Sides::Both);
     check_session(recs, run, "http", false);
@@ -66,7 +77,7 @@ fn check(recs: &Records, run: &ClientRun, port: u16, tls: bool) {
     }
 }
 
-fn run_h2(name: &str, tls: bool) {
+fn run_h2(name: &str, tls: bool, client: fn(&str, Option<&Path>) -> Command) {
     require_root();
     let dir = scratch(name);
     let cert = tls.then(|| certificate(&dir).0);
@@ -75,11 +86,15 @@ fn run_h2(name: &str, tls: bool) {
     let server = hypercorn_server(&dir, port, cert.as_deref());
     let scheme = if tls { "https" } else { "http" };
     let url = format!("{scheme}://127.0.0.1:{port}/mcp");
-    let run = run_client(&mut h2_client(&url, cert.as_deref()), &dir);
+    let run = run_client(&mut client(&url, cert.as_deref()), &dir);
     assert_eq!(
         run.server_pid,
         Some(server.pid()),
         "whoami names the server"
+    );
+    assert!(
+        run.session_id.is_some(),
+        "the server gave the client a session"
     );
     drop(server);
     let recs = agent.stop();
@@ -89,11 +104,18 @@ fn run_h2(name: &str, tls: bool) {
 /// Cleartext HTTP/2 with prior knowledge: the client's preface starts the connection.
 #[test]
 fn python_sdk_over_h2c() {
-    run_h2("http2_h2c", false);
+    run_h2("http2_h2c", false, h2_client);
 }
 
 /// HTTP/2 inside TLS (ALPN h2), read as plaintext from OpenSSL at both ends.
 #[test]
 fn python_sdk_over_h2_tls() {
-    run_h2("http2_tls", true);
+    run_h2("http2_tls", true, h2_client);
+}
+
+/// Node's `node:http2` client by hand over h2c, one HTTP/2 session for every request; replies
+/// are SSE streams, each ending its HTTP/2 stream.
+#[test]
+fn node_http2_client_over_h2c() {
+    run_h2("http2_node_h2c", false, node_h2_client);
 }

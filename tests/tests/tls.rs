@@ -113,16 +113,18 @@ fn stop_and_check(
     let recs = agent.stop();
     check_calls(&recs, run, Sides::Both);
     check_session(&recs, run, "http", stateless);
-    check_tls(&recs, run, port, &log);
+    check_tls(&recs, run, port, &log, ("openssl", "openssl"));
     (recs, log)
 }
 
 /// Every exchange of the client is marked TLS, carries the server's address, and both ends'
 /// streams lost nothing.
-fn check_tls(recs: &Records, run: &ClientRun, port: u16, log: &str) {
+fn check_tls(recs: &Records, run: &ClientRun, port: u16, log: &str, libs: (&str, &str)) {
     let mine = recs.exchanges_of_client(run.pid);
     for r in &mine {
         assert_eq!(r["tls"], true, "{r}");
+        assert_eq!(r["client_tls_library"], libs.0, "{r}");
+        assert_eq!(r["server_tls_library"], libs.1, "{r}");
         assert_eq!(r["server_address"], "127.0.0.1", "{r}");
         assert_eq!(r["server_port"], port, "{r}");
     }
@@ -257,6 +259,42 @@ fn probes_per_watched_process_over_https() {
         );
     }
     assert!(!log.contains("for All"), "no probe for every process");
+}
+
+/// GnuTLS: `gnutls-cli` (Debian's gnutls-bin) as the TLS end of an MCP client, against the
+/// Python SDK's server on OpenSSL. GnuTLS's record functions are probed in libgnutls, its
+/// session bound to its socket by the syscalls it makes inside them; both ends' views say
+/// which library they were read from, and the probes' metric counts libgnutls.
+#[test]
+fn gnutls_client_over_https() {
+    let dir = scratch("tls_gnutls");
+    let (cert, _) = certificate(&dir);
+    let port = port();
+    let agent = Agent::start_with_env(&dir, &[], DEBUG);
+    let server = https_server("mcp1", &dir, port, &cert, &["--stateless", "--json"]);
+    let mut c = Command::new(python("mcp1"));
+    c.arg(fixtures().join("gnutls_client.py"))
+        .args(["--port", &port.to_string(), "--echo", "5", "--cafile"])
+        .arg(&cert);
+    let run = run_client(&mut c, &dir);
+    assert_eq!(
+        run.server_pid,
+        Some(server.pid()),
+        "whoami names the server"
+    );
+    let probed = metric_reaching(
+        &agent,
+        "mcptap_tls_probes",
+        &[("library", "gnutls"), ("state", "probed")],
+        1.0,
+    );
+    assert!(probed >= 1.0, "libgnutls probed: {probed}");
+    drop(server);
+    let log = agent.log();
+    let recs = agent.stop();
+    check_calls(&recs, &run, Sides::Both);
+    check_session(&recs, &run, "http", true);
+    check_tls(&recs, &run, port, &log, ("gnutls", "openssl"));
 }
 
 /// A minimal HTTPS file server on Python's blocking ssl module (socket BIOs: OpenSSL writes

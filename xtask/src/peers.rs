@@ -40,6 +40,8 @@ const NPM: &[&str] = &[
     // The model APIs' Node client libraries (openai 7 declares node >= 22, and runs on 20).
     "openai@7.60.0",
     "@anthropic-ai/sdk@1.17.0",
+    // A WebSocket for the SDK's WebSocketClientTransport (Node 20 has no global one).
+    "ws@8.23.1",
 ];
 
 pub fn stamped(dir: &Path, spec: &str) -> bool {
@@ -63,32 +65,44 @@ pub fn python_venv(dir: &Path, req: &str) -> Result<()> {
     stamp(dir, req)
 }
 
-/// Debian's Prometheus (2.42, with promtool): the telemetry tests scrape mcptap with it.
-fn prometheus() -> Result<()> {
-    let have = Command::new("promtool")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if have {
-        step("ok: promtool and prometheus are installed");
+/// Debian packages the tests use: (a command it provides, the package). Prometheus (2.42,
+/// with promtool): the telemetry tests scrape mcptap with it; gnutls-bin: `gnutls-cli`, the
+/// GnuTLS client of the TLS tests.
+const DEBIAN: &[(&str, &str)] = &[("promtool", "prometheus"), ("gnutls-cli", "gnutls-bin")];
+
+/// Install the Debian packages whose commands are missing.
+fn debian_packages() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN
+        .iter()
+        .filter(|(cmd, _)| {
+            !Command::new(cmd)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        step("ok: the Debian packages the tests use are installed");
         return Ok(());
     }
-    step("installing Debian's prometheus package (prometheus and promtool)");
+    step(&format!("installing Debian's {}", missing.join(" ")));
     let install = || {
         run(Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends", "prometheus"])
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))
     };
     if install().is_err() {
         run(Command::new("apt-get").arg("update"))?;
-        install().context("apt-get could not install prometheus")?;
+        install().with_context(|| format!("apt-get could not install {}", missing.join(" ")))?;
     }
     Ok(())
 }
 
 /// Install every peer; returns the cache directory.
 pub fn install() -> Result<PathBuf> {
-    prometheus()?;
+    debian_packages()?;
     let base = root().join("target").join("peers");
     std::fs::create_dir_all(&base)?;
     for (name, req) in PYTHON {

@@ -139,8 +139,11 @@ pub struct EventHeader {
     pub flags: u8,
     /// One of the [`syscall`] constants (0 for records that are not data).
     pub syscall: u8,
+    /// For TLS plaintext ([`FLAG_TLS`] data): the library it came from, one of the
+    /// [`tls_lib`] constants; 0 otherwise.
+    pub tls_lib: u8,
     /// Explicit padding; always zero.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 2],
     /// Process id (thread group id).
     pub tgid: u32,
     /// Thread id.
@@ -243,8 +246,20 @@ pub struct SslCall {
     /// Hooked calls on this SSL object nested in this one (`SSL_connect` calls
     /// `SSL_do_handshake`), so that only the outermost return ends it.
     pub depth: u8,
+    /// The library called, one of the [`tls_lib`] constants.
+    pub lib: u8,
     /// Explicit padding; always zero.
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 5],
+}
+
+/// The TLS libraries whose plaintext is read (the `tls_lib` of records).
+pub mod tls_lib {
+    /// OpenSSL, and forks that keep its names.
+    pub const OPENSSL: u8 = 1;
+    /// GnuTLS.
+    pub const GNUTLS: u8 = 2;
+    /// Go's `crypto/tls`.
+    pub const GO: u8 = 3;
 }
 
 /// Key of the SSL binding map: one SSL object of one process.
@@ -542,10 +557,21 @@ pub mod names {
     pub const TP_EXIT: &str = "sched_process_exit";
 }
 
+/// The GnuTLS probes: (symbol, program, is a return probe), in `libgnutls`'s dynamic symbol
+/// table. The record functions take the OpenSSL data functions' arguments in the same places
+/// and return the bytes moved, so the return program is OpenSSL's; the session is bound to
+/// its socket by the socket syscall its default transport makes inside the call.
+pub const GNUTLS_PROBES: [(&str, &str, bool); 4] = [
+    ("gnutls_record_recv", "gnutls_read_enter", false),
+    ("gnutls_record_recv", "ssl_data_ret", true),
+    ("gnutls_record_send", "gnutls_write_enter", false),
+    ("gnutls_record_send", "ssl_data_ret", true),
+];
+
 /// The OpenSSL probes: (symbol, program, is a return probe). Symbols are looked up in each
 /// binary's dynamic symbol table: `SSL_*` in libssl (or a binary with OpenSSL linked in, such
 /// as `node`), `BIO_write` in libcrypto (or that same binary).
-pub const TLS_PROBES: [(&str, &str, bool); 15] = [
+pub const OPENSSL_PROBES: [(&str, &str, bool); 15] = [
     ("SSL_read", "ssl_read_enter", false),
     ("SSL_read", "ssl_data_ret", true),
     ("SSL_read_ex", "ssl_read_ex_enter", false),
@@ -805,13 +831,15 @@ mod tests {
 
     #[test]
     fn tls_probes_name_each_program_once_per_symbol() {
-        for (i, a) in TLS_PROBES.iter().enumerate() {
-            assert!(
-                TLS_PROBES[i + 1..].iter().all(|b| (a.0, a.2) != (b.0, b.2)),
-                "{a:?} twice"
-            );
-            // Return probes are named after what they do on return.
-            assert_eq!(a.2, a.1.ends_with("_ret"), "{a:?}");
+        for list in [&OPENSSL_PROBES[..], &GNUTLS_PROBES[..]] {
+            for (i, a) in list.iter().enumerate() {
+                assert!(
+                    list[i + 1..].iter().all(|b| (a.0, a.2) != (b.0, b.2)),
+                    "{a:?} twice"
+                );
+                // Return probes are named after what they do on return.
+                assert_eq!(a.2, a.1.ends_with("_ret"), "{a:?}");
+            }
         }
     }
 

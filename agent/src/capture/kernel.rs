@@ -394,7 +394,12 @@ impl Probes {
             .unwrap_or_default()
     }
 
-    /// Drop the OpenSSL probes of processes that are gone unannounced.
+    /// The binaries whose TLS library was recognised, by library and how their probes fared.
+    pub fn tls_probe_states(&self) -> BTreeMap<(&'static str, &'static str), u64> {
+        self.tls.as_ref().map(Tls::probe_states).unwrap_or_default()
+    }
+
+    /// Drop the TLS probes of processes that are gone unannounced.
     pub fn reap(&mut self) {
         if let Some(tls) = self.tls.as_mut() {
             tls.reap(&mut self.ebpf);

@@ -177,9 +177,14 @@ impl<'a> Record<'a> {
         }
     }
 
-    /// Whether a data record carries TLS plaintext (from OpenSSL, not a syscall).
+    /// Whether a data record carries TLS plaintext (from a TLS library, not a syscall).
     pub fn is_tls(&self) -> bool {
         self.hdr.flags & FLAG_TLS != 0
+    }
+
+    /// The TLS library a plaintext record came from.
+    pub fn tls_library(&self) -> Option<crate::signal::TlsLibrary> {
+        crate::signal::TlsLibrary::from_abi(self.hdr.tls_lib)
     }
 
     /// Kind of fd of a data or close record.

@@ -298,6 +298,7 @@ impl<S: Default, C: ?Sized> Conns<S, C> {
         let mut stream = fd.stream(dir).take().unwrap_or_default();
         if rec.is_tls() {
             stream.tls = true;
+            stream.tls_library = rec.tls_library().or(stream.tls_library);
             if let Some(t) = fd.tls.as_mut() {
                 *t = true;
             }

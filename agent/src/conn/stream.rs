@@ -20,8 +20,10 @@ pub struct Stream<S> {
     pub reasm: Reassembly,
     /// Whether it carries MCP.
     pub verdict: Verdict,
-    /// Its bytes are TLS plaintext (read from OpenSSL, not the socket).
+    /// Its bytes are TLS plaintext (read from a TLS library, not the socket).
     pub tls: bool,
+    /// That library.
+    pub tls_library: Option<crate::signal::TlsLibrary>,
     /// The layer above's state.
     pub upper: S,
 }

@@ -350,6 +350,7 @@ fn build(
         server_port: remote.and_then(|(_, port)| port),
         tls: cx.base.tls,
         http_version: cx.base.http,
+        tls_library: cx.base.tls_library,
         prompt: req.prompt,
         completion: r.completion,
         facts: LlmFacts {

@@ -193,6 +193,9 @@ fn learn(s: &mut Session, route: &Route, v: &View, msg: &Message) {
     if v.http.is_some() {
         s.http_version = v.http;
     }
+    if v.tls_library.is_some() {
+        s.ends[route.viewer].tls_library = v.tls_library;
+    }
     if let Some(m) = msg.method.as_deref() {
         if client_method(m) {
             s.set_role(sender, Role::Client);

@@ -391,6 +391,8 @@ pub(super) fn exchange(
             client_port,
             tls: s.tls,
             http_version: s.http_version,
+            client_tls_library: s.ends[c].tls_library,
+            server_tls_library: s.ends[other(c)].tls_library,
         },
         derived: signal::Derived {
             error_class: derive::error_class(

@@ -19,6 +19,8 @@ pub struct End {
     pub observed: bool,
     /// Monotonic time it exited, if it did.
     pub exited_ns: Option<u64>,
+    /// The TLS library its own views were read from.
+    pub tls_library: Option<crate::signal::TlsLibrary>,
 }
 
 /// A session: the conversation between two ends.
@@ -66,6 +68,7 @@ impl Session {
             protocol_version: None,
             tls: false,
             http_version: None,
+
             label: route.label.clone(),
             started_ns: now,
             last_ns: now,

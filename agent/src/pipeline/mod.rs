@@ -113,6 +113,7 @@ pub struct Pipeline {
     kernel_totals: BTreeMap<String, u64>,
     /// The binaries whose OpenSSL is probed, by mode (live capture with TLS only).
     tls_probed: BTreeMap<&'static str, u64>,
+    tls_probes: BTreeMap<(&'static str, &'static str), u64>,
     loss_log: crate::bounded::LogLimit,
     links_cap: usize,
     last_gc_ns: u64,
@@ -150,6 +151,7 @@ impl Pipeline {
             stats: PipelineStats::default(),
             kernel_totals: BTreeMap::new(),
             tls_probed: BTreeMap::new(),
+            tls_probes: BTreeMap::new(),
             loss_log: Default::default(),
             last_gc_ns: 0,
         }
@@ -281,8 +283,18 @@ impl Pipeline {
 
     /// How many binaries have their OpenSSL probed, by mode: for the metrics and
     /// `agent_stop`.
-    pub fn tls_probed(&mut self, binaries: BTreeMap<&'static str, u64>) {
+    pub fn tls_probed(
+        &mut self,
+        binaries: BTreeMap<&'static str, u64>,
+        states: BTreeMap<(&'static str, &'static str), u64>,
+    ) {
         self.tls_probed = binaries;
+        self.tls_probes = states;
+    }
+
+    /// The binaries whose TLS library was recognised, by (library, state), as last told.
+    pub fn tls_probe_states(&self) -> &BTreeMap<(&'static str, &'static str), u64> {
+        &self.tls_probes
     }
 
     /// The binaries whose OpenSSL is probed, by mode, as last told.
@@ -396,6 +408,11 @@ impl Pipeline {
                 "sockets": c.tls_sockets,
                 "undecrypted": c.tls_undecrypted,
                 "probed_binaries": self.tls_probed,
+                "probes": self
+                    .tls_probes
+                    .iter()
+                    .map(|((lib, state), n)| format!("{lib}:{state}={n}"))
+                    .collect::<Vec<_>>(),
             },
             "kernel": self.kernel_totals,
         })

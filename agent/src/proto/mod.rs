@@ -171,6 +171,7 @@ fn base_view<S>(
         last_exit_ns: 0,
         tls: stream.tls,
         http: None,
+        tls_library: stream.tls_library,
     }
 }
 
@@ -245,6 +246,7 @@ impl Upper for Stage<'_> {
             last_exit_ns: 0,
             tls: fd.tls.is_some(),
             http: None,
+            tls_library: None,
         };
         let mut app_cx = AppCx {
             cx,

@@ -62,6 +62,39 @@ pub enum Transport {
     WebSocket,
 }
 
+/// The TLS library whose plaintext mcptap read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsLibrary {
+    /// OpenSSL (and forks that keep its names).
+    OpenSsl,
+    /// GnuTLS.
+    GnuTls,
+    /// Go's `crypto/tls`.
+    Go,
+}
+
+impl TlsLibrary {
+    /// Its name in records, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsLibrary::OpenSsl => "openssl",
+            TlsLibrary::GnuTls => "gnutls",
+            TlsLibrary::Go => "go",
+        }
+    }
+
+    /// The library a capture record's `tls_lib` names.
+    pub fn from_abi(b: u8) -> Option<TlsLibrary> {
+        match b {
+            mcptap_abi::tls_lib::OPENSSL => Some(TlsLibrary::OpenSsl),
+            mcptap_abi::tls_lib::GNUTLS => Some(TlsLibrary::GnuTls),
+            mcptap_abi::tls_lib::GO => Some(TlsLibrary::Go),
+            _ => None,
+        }
+    }
+}
+
 /// The HTTP version a connection speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub enum HttpVersion {
@@ -347,6 +380,12 @@ pub struct Network {
     /// The HTTP version that carried them: `1.1` or `2` (HTTP, and WebSocket's handshake).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_version: Option<HttpVersion>,
+    /// The TLS library the client's plaintext was read from (`openssl`, `gnutls`, `go`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_tls_library: Option<TlsLibrary>,
+    /// The TLS library the server's plaintext was read from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_tls_library: Option<TlsLibrary>,
 }
 
 /// What mcptap worked out beyond the outcome (never a value).
@@ -624,6 +663,9 @@ pub struct LlmCall {
     /// The HTTP version that carried it: `1.1` or `2`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_version: Option<HttpVersion>,
+    /// The TLS library its plaintext was read from, when TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_library: Option<TlsLibrary>,
     /// The last message's text, only with `--payloads`, secrets redacted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,

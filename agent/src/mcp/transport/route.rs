@@ -126,6 +126,8 @@ pub struct View {
     pub tls: bool,
     /// The HTTP version that carried them (HTTP and WebSocket, which starts as HTTP/1.1).
     pub http: Option<crate::signal::HttpVersion>,
+    /// The TLS library they were read from.
+    pub tls_library: Option<crate::signal::TlsLibrary>,
 }
 
 impl View {

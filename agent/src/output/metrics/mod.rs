@@ -555,6 +555,16 @@ pub mod defs {
         "Binaries whose OpenSSL was probed since the start, by mode: internal (SSL_read/SSL_write probed at the internal functions they call, whose first instruction the kernel emulates), exported (at the exported symbols, single-stepped where they begin with an instruction the kernel cannot emulate), bio_internal or bio_exported (BIO_write alone: libcrypto)."
     );
     def!(
+        AGENT_TLS_PROBES,
+        "mcptap_tls_probes",
+        Kind::Gauge,
+        ["library", "state"],
+        "mcptap.tls.probes",
+        "{binary}",
+        ["library", "state"],
+        "Binaries whose TLS library was recognised since the start, by library (openssl, gnutls) and state: probed (its probes are set), failed (recognised, but the kernel refused a probe; the log says why, once per binary)."
+    );
+    def!(
         AGENT_EXPORT_FAILURES,
         "mcptap_export_failures_total",
         Kind::Counter,
@@ -705,6 +715,7 @@ pub mod defs {
         &AGENT_GAPS,
         &AGENT_TLS_UNDECRYPTED,
         &AGENT_TLS_PROBED,
+        &AGENT_TLS_PROBES,
         &AGENT_EXPORT_FAILURES,
         &AGENT_EXPORT_DROPPED,
         &AGENT_LABEL_OVERFLOW,

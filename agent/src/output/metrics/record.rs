@@ -320,6 +320,8 @@ pub struct AgentTotals<'a> {
     pub tls_undecrypted: u64,
     /// Binaries whose OpenSSL is probed, by mode.
     pub tls_probed: Option<&'a BTreeMap<&'static str, u64>>,
+    /// Binaries whose TLS library was recognised, by (library, state).
+    pub tls_probes: Option<&'a BTreeMap<(&'static str, &'static str), u64>>,
     /// Kernel counters.
     pub kernel: Option<&'a BTreeMap<String, u64>>,
     /// Open tools/call by (tool, server).
@@ -355,6 +357,9 @@ pub fn agent(r: &mut Registry, t: &AgentTotals<'_>) {
         for (k, v) in map.into_iter().flatten() {
             r.set(def, &[k], *v as f64);
         }
+    }
+    for ((lib, state), n) in t.tls_probes.into_iter().flatten() {
+        r.set(&defs::AGENT_TLS_PROBES, &[lib, state], *n as f64);
     }
     if let Some(k) = t.kernel {
         for (name, v) in k {

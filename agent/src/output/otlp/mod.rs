@@ -883,6 +883,15 @@ fn network_attributes(x: &Exchange, out: &mut Vec<KeyValue>) {
         // attributes; the TLS version is not known).
         out.push(KeyValue::new("tls.protocol.name", "tls"));
         out.push(KeyValue::new("tls.established", true));
+        // Which library each end's plaintext was read from (no convention names this).
+        for (key, lib) in [
+            ("mcptap.tls.client_library", x.network.client_tls_library),
+            ("mcptap.tls.server_library", x.network.server_tls_library),
+        ] {
+            if let Some(lib) = lib {
+                out.push(KeyValue::new(key, lib.as_str()));
+            }
+        }
     }
     if let Some(h) = x.http_status {
         out.push(KeyValue::new("http.response.status_code", h as i64));
