@@ -33,6 +33,7 @@
 
 mod fd;
 mod floor;
+mod gotls;
 mod maps;
 mod process;
 mod selftest;

@@ -10,6 +10,7 @@
 //! ciphertext is never shipped.
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
     },
@@ -341,14 +342,28 @@ fn try_ssl_data_ret(ctx: &RetProbeContext) -> Option<()> {
         count(counter::TLS_UNBOUND_BYTES, n);
         return None;
     };
+    ship_in_lane(ctx, key, sock, tid, &call, n)
+}
+
+/// Ship `n` plaintext bytes of `call` in this CPU's TLS lane, if it is free (a uprobe
+/// program may interrupt another on the same CPU: its bytes are then a counted hole).
+#[inline(always)]
+pub fn ship_in_lane<C: EbpfContext>(
+    ctx: &C,
+    key: SslKey,
+    sock: SslSocket,
+    tid: u32,
+    call: &SslCall,
+    n: u64,
+) -> Option<()> {
     let busy = TLS_BUSY.get_ptr_mut(0)?;
     if unsafe { *busy } != 0 {
         count(counter::TLS_BUSY, 1);
-        mark_lost(tgid, sock.fd);
+        mark_lost(key.tgid, sock.fd);
         return None;
     }
     unsafe { *busy = 1 };
-    ship_tls(ctx, key, sock, tid, &call, n);
+    ship_tls(ctx, key, sock, tid, call, n);
     // Not reached when shipping went on in a tail call: `ssl_ship_more` frees the lane then.
     unsafe { *busy = 0 };
     Some(())
@@ -387,8 +402,8 @@ fn plaintext_len(call: &SslCall, ret: i32, tgid: u32, sock: Option<SslSocket>) -
 /// Ship `n` plaintext bytes of `call` as records of its SSL object's socket, in the TLS lane
 /// (which the caller holds).
 #[inline(always)]
-fn ship_tls(
-    ctx: &RetProbeContext,
+fn ship_tls<C: EbpfContext>(
+    ctx: &C,
     key: SslKey,
     sock: SslSocket,
     tid: u32,

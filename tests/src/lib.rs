@@ -563,11 +563,15 @@ pub fn hashed_session(id: &str) -> String {
 /// own measurement.
 pub fn check_calls(records: &Records, run: &ClientRun, sides: Sides) {
     const CHECKED: [&str; 3] = ["tools/call", "resources/read", "prompts/get"];
-    let mine: Vec<&Value> = records
+    let mut mine: Vec<&Value> = records
         .exchanges_of_client(run.pid)
         .into_iter()
         .filter(|r| CHECKED.contains(&r["method"].as_str().unwrap_or("")))
         .collect();
+    // The client made its calls one after another: pair them with the records in the order
+    // they started (records come out as exchanges complete, which over HTTP/2 and
+    // WebSocket need not be that order).
+    mine.sort_by(|a, b| a["ts"].as_str().cmp(&b["ts"].as_str()));
     let mut used = vec![false; mine.len()];
     for call in &run.calls {
         let found = mine.iter().enumerate().find(|(i, r)| {

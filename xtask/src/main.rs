@@ -207,6 +207,8 @@ fn test(filter: Option<String>) -> Result<()> {
         "--exclude",
         "mcptap-ebpf",
     ]);
+    // The Go unit tests read the Go peer's builds.
+    unit.env("MCPTAP_PEERS", &peers);
     if let Some(f) = &filter {
         unit.arg(f);
     }

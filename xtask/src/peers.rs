@@ -68,15 +68,22 @@ pub fn python_venv(dir: &Path, req: &str) -> Result<()> {
 /// Debian packages the tests use: (a command it provides, the package). Prometheus (2.42,
 /// with promtool): the telemetry tests scrape mcptap with it; gnutls-bin: `gnutls-cli`, the
 /// GnuTLS client of the TLS tests.
-const DEBIAN: &[(&str, &str)] = &[("promtool", "prometheus"), ("gnutls-cli", "gnutls-bin")];
+/// golang-go: Go 1.19, which builds the Go peers (tests/fixtures/go_mcp).
+const DEBIAN: &[(&str, &str)] = &[
+    ("promtool", "prometheus"),
+    ("gnutls-cli", "gnutls-bin"),
+    ("go", "golang-go"),
+];
 
 /// Install the Debian packages whose commands are missing.
 fn debian_packages() -> Result<()> {
     let missing: Vec<&str> = DEBIAN
         .iter()
         .filter(|(cmd, _)| {
+            // `go version` is how Go says it; the others take --version.
+            let arg = if *cmd == "go" { "version" } else { "--version" };
             !Command::new(cmd)
-                .arg("--version")
+                .arg(arg)
                 .output()
                 .is_ok_and(|o| o.status.success())
         })
@@ -100,6 +107,54 @@ fn debian_packages() -> Result<()> {
     Ok(())
 }
 
+/// The Go peer (tests/fixtures/go_mcp: an MCP server and client on net/http and crypto/tls)
+/// built by Debian's Go, standard library only, as the TLS tests and the Go unit tests use it:
+/// (name, `go build` arguments).
+const GO_BUILDS: &[(&str, &[&str])] = &[
+    ("mcpgo", &[]),
+    ("mcpgo-stripped", &["-ldflags=-s -w"]),
+    ("mcpgo-pie", &["-buildmode=pie"]),
+    ("mcpgo-pie-stripped", &["-buildmode=pie", "-ldflags=-s -w"]),
+];
+
+/// Build the Go peer into `dir`, unless its sources and Go are what the stamp says.
+fn go_peers(dir: &Path) -> Result<()> {
+    let src = root().join("tests/fixtures/go_mcp");
+    let version = Command::new("go")
+        .arg("version")
+        .output()
+        .context("go version")?;
+    let mut spec = String::from_utf8_lossy(&version.stdout).into_owned();
+    for f in ["go.mod", "main.go"] {
+        spec.push_str(&std::fs::read_to_string(src.join(f)).context("reading the Go peer")?);
+    }
+    // A digest of Go's version and the sources (a new toolchain may only rebuild them).
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(&spec, &mut h);
+    let spec = format!("{:016x}", std::hash::Hasher::finish(&h));
+    if stamped(dir, &spec) {
+        step(&format!("ok: the Go peer in {}", dir.display()));
+        return Ok(());
+    }
+    step(&format!("building the Go peer into {}", dir.display()));
+    std::fs::create_dir_all(dir)?;
+    for (name, args) in GO_BUILDS {
+        run(Command::new("go")
+            .current_dir(&src)
+            .args(["build", "-o"])
+            .arg(dir.join(name))
+            .args(*args)
+            .arg(".")
+            // No module proxy is reachable here, and the peer needs none.
+            .env("GOPROXY", "off")
+            .env("GOFLAGS", "-mod=mod")
+            .env("GOCACHE", dir.join("cache"))
+            .env("GOPATH", dir.join("gopath")))
+        .with_context(|| format!("go build of {name}"))?;
+    }
+    stamp(dir, &spec)
+}
+
 /// Install every peer; returns the cache directory.
 pub fn install() -> Result<PathBuf> {
     debian_packages()?;
@@ -113,6 +168,7 @@ pub fn install() -> Result<PathBuf> {
         }
         python_venv(&dir, req)?;
     }
+    go_peers(&base.join("go"))?;
     let node = base.join("node");
     let spec = NPM.join(" ");
     if stamped(&node, &spec) {

@@ -262,6 +262,43 @@ pub mod tls_lib {
     pub const GO: u8 = 3;
 }
 
+/// A Go `crypto/tls.(*Conn).Read`/`Write` call between its entry and one of its `ret`s,
+/// keyed by process and goroutine (an [`SslKey`] whose `ssl` is the `g`): a goroutine may
+/// move to another thread while it blocks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoCall {
+    /// The `*tls.Conn` (an identity, like an `SSL *`).
+    pub conn: u64,
+    /// User address of the plaintext buffer.
+    pub buf: u64,
+    /// CLOCK_MONOTONIC at entry.
+    pub ts_enter_ns: u64,
+    /// The socket's fd, read through [`GO_CONN_OFFSETS`] at entry; -1 when it could not be.
+    pub fd: i32,
+    /// [`syscall::SSL_READ`] or [`syscall::SSL_WRITE`].
+    pub op: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 3],
+}
+
+/// From a Go `*tls.Conn` to its socket's fd, in bytes: the data word of `Conn.conn` (a
+/// `net.Conn` interface), the `*netFD` in the `net.TCPConn` (or `UnixConn`) it points to,
+/// `pfd.Sysfd` in the `netFD`. The same in every Go release with the register ABI (1.17+);
+/// userspace checks each binary against them before probing it.
+pub const GO_CONN_OFFSETS: [u64; 3] = [8, 0, 16];
+
+/// The Go `crypto/tls` probes: (function, program, at its returns). The return program goes
+/// on every `ret` instruction of Read (plain uprobes: a uretprobe rewrites the return address
+/// on a stack Go may move). Write's plaintext is shipped at its entry, whole: its goroutine
+/// may be descheduled between the socket write and its return for longer than the peer takes
+/// to answer, so a record shipped at the return could come after the answer's.
+pub const GO_PROBES: [(&str, &str, bool); 3] = [
+    ("crypto/tls.(*Conn).Read", "go_tls_read_enter", false),
+    ("crypto/tls.(*Conn).Read", "go_tls_ret", true),
+    ("crypto/tls.(*Conn).Write", "go_tls_write_enter", false),
+];
+
 /// Key of the SSL binding map: one SSL object of one process.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -831,7 +868,7 @@ mod tests {
 
     #[test]
     fn tls_probes_name_each_program_once_per_symbol() {
-        for list in [&OPENSSL_PROBES[..], &GNUTLS_PROBES[..]] {
+        for list in [&OPENSSL_PROBES[..], &GNUTLS_PROBES[..], &GO_PROBES[..]] {
             for (i, a) in list.iter().enumerate() {
                 assert!(
                     list[i + 1..].iter().all(|b| (a.0, a.2) != (b.0, b.2)),

@@ -50,6 +50,7 @@ pub fn plan(data: &[u8]) -> Result<Option<Plan>> {
             }
         ),
         probes,
+        blocked: None,
     }))
 }
 

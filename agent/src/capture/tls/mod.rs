@@ -22,6 +22,7 @@
 mod detach;
 mod elf;
 mod gnutls;
+mod go;
 mod openssl;
 mod procs;
 mod x86;
@@ -38,7 +39,7 @@ use aya::maps::{Array, MapData, ProgramArray};
 use aya::programs::UProbe;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeLink, UProbeLinkId, UProbeScope};
 use log::{debug, info, warn};
-use mcptap_abi::{GNUTLS_PROBES, OPENSSL_PROBES, TAIL_SHIP_MORE, names};
+use mcptap_abi::{GNUTLS_PROBES, GO_PROBES, OPENSSL_PROBES, TAIL_SHIP_MORE, names};
 
 use detach::{Detacher, release_after_exit};
 use elf::Mapped;
@@ -64,6 +65,8 @@ pub struct Plan {
     pub mode: &'static str,
     /// What the log says of it.
     pub detail: String,
+    /// Why it is recognised but cannot be probed, if it cannot.
+    pub blocked: Option<String>,
 }
 
 /// One library's part: which mapped files may hold it, where its probes go in a binary, and
@@ -97,6 +100,13 @@ const LIBRARIES: &[LibraryPlanner] = &[
         plan: gnutls::plan,
         system: gnutls::system_libraries,
         programs: &GNUTLS_PROBES,
+    },
+    LibraryPlanner {
+        library: Library::Go,
+        maybe_in: go::maybe_in,
+        plan: go::plan,
+        system: go::system_libraries,
+        programs: &GO_PROBES,
     },
 ];
 
@@ -405,6 +415,9 @@ impl Tls {
         scope: UProbeScope,
         path: &Path,
     ) -> Result<Links> {
+        if let Some(why) = &plan.blocked {
+            anyhow::bail!("{why}");
+        }
         let mut links = Vec::new();
         for &(prog, offset, symbol) in &plan.probes {
             let attached = uprobe(ebpf, prog).and_then(|p| {

@@ -172,6 +172,7 @@ pub fn plan(data: &[u8]) -> Result<Option<Plan>> {
             plan.bio.map_or("(none)", Mode::name),
         ),
         probes: plan.probes,
+        blocked: None,
     }))
 }
 

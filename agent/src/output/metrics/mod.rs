@@ -562,7 +562,7 @@ pub mod defs {
         "mcptap.tls.probes",
         "{binary}",
         ["library", "state"],
-        "Binaries whose TLS library was recognised since the start, by library (openssl, gnutls) and state: probed (its probes are set), failed (recognised, but the kernel refused a probe; the log says why, once per binary)."
+        "Binaries whose TLS library was recognised since the start, by library (openssl, gnutls, go) and state: probed (its probes are set), failed (recognised, but the kernel refused a probe; the log says why, once per binary)."
     );
     def!(
         AGENT_EXPORT_FAILURES,
