@@ -87,7 +87,7 @@ fn agent_metrics(outputs: &Outputs, p: &Pipeline, live: Option<(&[TableStat], u6
         parse_errors: Some(&p.protocols.mcp.stats.parse_errors),
         rejected: Some(&p.conns.stats.rejected),
         gaps: Some(&p.conns.stats.gaps),
-        tls_undecrypted: p.conns.stats.tls_undecrypted,
+        tls_undecrypted: Some(&p.conns.stats.tls_undecrypted_by_library),
         tls_probed: Some(p.tls_probed_binaries()),
         tls_probes: Some(p.tls_probe_states()),
         kernel: full.then(|| p.kernel_totals()),
@@ -214,10 +214,12 @@ pub fn live(args: &LiveArgs, output: &OutputArgs) -> Result<()> {
     if let Some(r) = recorder.as_mut() {
         r.clock(&clock)?;
     }
+    let mut host = ProcHost::default();
+    host.tls_libraries = probes.tls_libraries();
     let mut live = Live {
         probes,
         pipeline: Pipeline::new(pipeline_config(output, clock)),
-        host: ProcHost::default(),
+        host,
         recorder,
         outputs,
         health,

@@ -368,7 +368,8 @@ fn tlslite_server(dir: &Path, port: u16, cert: &Path, key: &Path) -> Server {
 }
 
 /// TLS the probes cannot decrypt (a server on tlslite-ng, a TLS stack other than OpenSSL):
-/// the socket is counted in mcptap_tls_undecrypted_streams_total and its ciphertext never
+/// the socket is counted in mcptap_tls_undecrypted_streams_total{library="unknown"} (no
+/// library the probes read is in that process) and its ciphertext never
 /// reaches the pipeline; curl's end of the same connection is decrypted.
 #[test]
 fn tls_that_cannot_be_decrypted_is_counted_not_shipped() {
@@ -378,11 +379,14 @@ fn tls_that_cannot_be_decrypted_is_counted_not_shipped() {
     let agent = Agent::start_with_env(&dir, &[], DEBUG);
     let server = tlslite_server(&dir, port, &cert, &key);
     const UNDECRYPTED: &str = "mcptap_tls_undecrypted_streams_total";
-    let before = metric_reaching(&agent, UNDECRYPTED, &[], 0.0);
+    // Labelled by the library found in the process: none the probes read, in tlslite's.
+    let unknown = [("library", "unknown")];
+    metric_reaching(&agent, "mcptap_tls_probes", &[], 0.0);
+    let before = prom_value(&agent.metrics(), UNDECRYPTED, &unknown).unwrap_or(0.0);
     let curl_pid = curl_fetch(&cert, &format!("https://127.0.0.1:{port}/"));
     let server_pid = server.pid();
     // Counted when the connection ends: the server closes it after the page.
-    let after = metric_reaching(&agent, UNDECRYPTED, &[], before + 1.0);
+    let after = metric_reaching(&agent, UNDECRYPTED, &unknown, before + 1.0);
     let log = agent.log();
     drop(server);
     let recs = agent.stop();

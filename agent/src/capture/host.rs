@@ -68,7 +68,17 @@ pub trait Host {
     fn process(&mut self, pid: u32) -> Option<ProcInfo>;
     /// Processes that hold pipe or socket `inode` open.
     fn holders(&mut self, kind: HolderKind, inode: u64) -> Vec<Holder>;
+    /// The TLS library the probes found in process `pid`, if any (not recorded: a replay
+    /// knows none).
+    fn tls_library(&mut self, _pid: u32) -> Option<crate::signal::TlsLibrary> {
+        None
+    }
 }
+
+/// What the TLS probes found in each process, shared by the probes (which fill it) and the
+/// live host (which answers from it); same thread, so a `RefCell`.
+pub type TlsLibraries =
+    std::rc::Rc<std::cell::RefCell<crate::FastMap<u32, crate::signal::TlsLibrary>>>;
 
 /// A host that knows nothing: for work that happens without a record to answer for (timers).
 pub struct NoHost;
@@ -96,6 +106,8 @@ pub struct ProcHost {
     forced: std::collections::HashSet<(HolderKind, u64)>,
     /// Scans forced in the current second, and when it began.
     forced_window: Option<(Instant, u32)>,
+    /// What the TLS probes found in each process.
+    pub tls_libraries: TlsLibraries,
 }
 
 /// Minimum time between two scans of every process's fd table, so that a burst of questions
@@ -193,6 +205,10 @@ fn fd_writes(pid: u32, fd: &str) -> bool {
 }
 
 impl Host for ProcHost {
+    fn tls_library(&mut self, pid: u32) -> Option<crate::signal::TlsLibrary> {
+        self.tls_libraries.borrow().get(&pid).copied()
+    }
+
     fn process(&mut self, pid: u32) -> Option<ProcInfo> {
         let p = procfs::process::Process::new(pid as i32).ok()?;
         let stat = p.stat().ok()?;

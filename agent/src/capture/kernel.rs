@@ -394,6 +394,11 @@ impl Probes {
             .unwrap_or_default()
     }
 
+    /// What the TLS probes found in each process (empty without TLS).
+    pub fn tls_libraries(&self) -> super::host::TlsLibraries {
+        self.tls.as_ref().map(Tls::libraries).unwrap_or_default()
+    }
+
     /// The binaries whose TLS library was recognised, by library and how their probes fared.
     pub fn tls_probe_states(&self) -> BTreeMap<(&'static str, &'static str), u64> {
         self.tls.as_ref().map(Tls::probe_states).unwrap_or_default()

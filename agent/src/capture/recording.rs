@@ -241,6 +241,10 @@ impl<H: Host, W: Write> Host for RecordingHost<'_, H, W> {
         Some(p)
     }
 
+    fn tls_library(&mut self, pid: u32) -> Option<crate::signal::TlsLibrary> {
+        self.inner.tls_library(pid)
+    }
+
     fn holders(&mut self, kind: HolderKind, inode: u64) -> Vec<Holder> {
         let holders = self.inner.holders(kind, inode);
         if let Err(e) = self.out.holders(&Holders {

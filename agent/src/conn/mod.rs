@@ -15,6 +15,7 @@ pub mod verdict;
 use log::debug;
 
 use crate::bounded::{LogLimit, TableStat, held_back};
+use crate::capture::host::Host;
 use crate::capture::{Dir, FdKind, ProcessNote, Record, RecordKind};
 use crate::signal::{Ctx, Signal, What};
 use fd::{Fd, FdKey, FdTable, SocketEnds};
@@ -127,6 +128,9 @@ pub struct Stats {
     /// OpenSSL SSL object, or whose ciphertext reached the agent: another TLS library, or a
     /// connection older than the probes.
     pub tls_undecrypted: u64,
+    /// The same, by the TLS library the process was found to have (`unknown` when none
+    /// that mcptap reads was found: rustls, BoringSSL, Java, ...).
+    pub tls_undecrypted_by_library: std::collections::BTreeMap<&'static str, u64>,
     /// Records of rejected fds that were already on their way when the kernel was told.
     pub after_reject: u64,
     /// Times the kernel's fd map had forgotten an fd known here (LRU eviction): the stream
@@ -331,7 +335,7 @@ impl<S: Default, C: ?Sized> Conns<S, C> {
                 if fd.shared.is_some() && reason == Reason::HttpGap {
                     up.close(*fk, fd, rec.hdr.ts_exit_ns, cx);
                 }
-                self.reject(fk, fd, reason);
+                self.reject(fk, fd, reason, Some(&mut *cx.host));
             }
             None => *fd.stream(dir) = Some(stream),
         }
@@ -452,7 +456,7 @@ impl<S: Default, C: ?Sized> Conns<S, C> {
                 self.report_gap(&fk.stream(Dir::In), gap(held_shared), held_shared, ts, cx);
             }
             up.close(*fk, fd, ts, cx);
-            self.reject(fk, fd, Reason::BufferBudget);
+            self.reject(fk, fd, Reason::BufferBudget, Some(&mut *cx.host));
         }
     }
 
@@ -478,12 +482,18 @@ impl<S: Default, C: ?Sized> Conns<S, C> {
 
     /// Stop reading an fd (both directions) and tell the kernel; it becomes a tombstone once
     /// its record is done.
-    fn reject(&mut self, fk: &FdKey, fd: &mut Fd<S, C>, reason: Reason) {
+    fn reject(
+        &mut self,
+        fk: &FdKey,
+        fd: &mut Fd<S, C>,
+        reason: Reason,
+        host: Option<&mut dyn Host>,
+    ) {
         *self.stats.rejected.entry(reason.as_str()).or_default() += 1;
         // Ciphertext that reached the agent (a connection older than the kernel's TLS check)
         // is a TLS stream not decrypted; a decrypted one is done with.
         if reason == Reason::Tls || fd.tls == Some(false) {
-            self.stats.tls_undecrypted += 1;
+            self.undecrypted(fk.tgid, host);
         }
         fd.tls = None;
         debug!("fd {fk:?} is not MCP ({})", reason.as_str());
@@ -491,6 +501,19 @@ impl<S: Default, C: ?Sized> Conns<S, C> {
         fd.streams = [None, None];
         fd.shared = None;
         self.push_reject(fk);
+    }
+
+    /// A TLS connection of process `tgid` ended without its plaintext: counted, by the
+    /// library the host found in the process.
+    fn undecrypted(&mut self, tgid: u32, host: Option<&mut dyn Host>) {
+        self.stats.tls_undecrypted += 1;
+        let lib = host.and_then(|h| h.tls_library(tgid));
+        let label = lib.map_or("unknown", crate::signal::TlsLibrary::as_str);
+        *self
+            .stats
+            .tls_undecrypted_by_library
+            .entry(label)
+            .or_default() += 1;
     }
 
     /// An fd is gone (closed, its process exited, idle, or evicted): finish what it held.
@@ -517,7 +540,7 @@ impl<S: Default, C: ?Sized> Conns<S, C> {
         }
         if fd.tls == Some(false) {
             debug!("TLS socket {fk:?} ended without being decrypted");
-            self.stats.tls_undecrypted += 1;
+            self.undecrypted(fk.tgid, Some(&mut *cx.host));
         }
     }
 
@@ -580,7 +603,7 @@ impl<S: Default, C: ?Sized> Conns<S, C> {
         for (fk, fd) in self.fds.drain() {
             if fd.tls == Some(false) {
                 debug!("TLS socket {fk:?} open at stop, never decrypted");
-                self.stats.tls_undecrypted += 1;
+                self.undecrypted(fk.tgid, None);
             }
         }
         self.buffered = 0;

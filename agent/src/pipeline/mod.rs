@@ -407,6 +407,7 @@ impl Pipeline {
             "tls": {
                 "sockets": c.tls_sockets,
                 "undecrypted": c.tls_undecrypted,
+                "undecrypted_by_library": c.tls_undecrypted_by_library,
                 "probed_binaries": self.tls_probed,
                 "probes": self
                     .tls_probes

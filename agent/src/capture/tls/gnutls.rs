@@ -51,6 +51,7 @@ pub fn plan(data: &[u8]) -> Result<Option<Plan>> {
         ),
         probes,
         blocked: None,
+        carries_data: true,
     }))
 }
 

@@ -151,6 +151,7 @@ pub fn plan(data: &[u8]) -> Result<Option<Plan>> {
         ),
         probes,
         blocked,
+        carries_data: true,
     }))
 }
 

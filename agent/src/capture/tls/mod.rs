@@ -41,6 +41,7 @@ use aya::programs::uprobe::{UProbeAttachLocation, UProbeLink, UProbeLinkId, UPro
 use log::{debug, info, warn};
 use mcptap_abi::{GNUTLS_PROBES, GO_PROBES, OPENSSL_PROBES, TAIL_SHIP_MORE, names};
 
+use super::host::TlsLibraries;
 use detach::{Detacher, release_after_exit};
 use elf::Mapped;
 
@@ -67,6 +68,8 @@ pub struct Plan {
     pub detail: String,
     /// Why it is recognised but cannot be probed, if it cannot.
     pub blocked: Option<String>,
+    /// Its probes read plaintext (OpenSSL's libcrypto alone only binds SSL objects).
+    pub carries_data: bool,
 }
 
 /// One library's part: which mapped files may hold it, where its probes go in a binary, and
@@ -192,8 +195,13 @@ pub struct Tls {
     /// When each process's mappings were last looked at because of a TLS socket: a busy
     /// HTTPS server opens many, and its libraries rarely change.
     rescanned: HashMap<u32, std::time::Instant>,
+    /// The library found in each process.
+    libraries: TlsLibraries,
     detacher: Detacher,
 }
+
+/// Processes whose TLS library is remembered.
+const MAX_PROCESS_LIBRARIES: usize = 65_536;
 
 /// How long a TLS socket does not bring another look at the same process's mappings.
 const RESCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
@@ -233,6 +241,7 @@ impl Tls {
             outcomes: HashMap::new(),
             refused: None,
             rescanned: HashMap::new(),
+            libraries: TlsLibraries::default(),
             detacher: Detacher::start()?,
         };
         for path in LIBRARIES.iter().flat_map(|l| (l.system)()) {
@@ -323,13 +332,15 @@ impl Tls {
     /// the system's in per-pid mode) wherever that is not done yet.
     fn process(&mut self, ebpf: &mut Ebpf, pid: u32) {
         let mut files = Vec::new();
-        let mut paths = procs::mapped_libraries(pid, maybe_tls);
-        paths.extend(procs::program(pid));
+        // The program first: a library it links in is the one its connections use.
+        let mut paths: Vec<PathBuf> = procs::program(pid).into_iter().collect();
+        paths.extend(procs::mapped_libraries(pid, maybe_tls));
         for path in paths {
             if let Some(id) = self.examine(&path) {
                 files.push((id, path));
             }
         }
+        self.note_library(pid, &files);
         let owner = if self.per_pid {
             files.extend(self.system.iter().cloned());
             Owner::Pid(pid)
@@ -339,6 +350,32 @@ impl Tls {
         for (id, path) in files {
             self.attach(ebpf, owner, id, &path);
         }
+    }
+
+    /// Remember the first library found in `pid`'s own files, for the undecrypted count's
+    /// label; at most [`MAX_PROCESS_LIBRARIES`] processes (the others stay `unknown`).
+    fn note_library(&mut self, pid: u32, files: &[(FileId, PathBuf)]) {
+        let found = files
+            .iter()
+            .filter_map(|(id, _)| self.examined.get(id)?.as_ref())
+            .flat_map(|plans| plans.iter())
+            .find(|plan| plan.carries_data)
+            .map(|plan| plan.library);
+        let mut known = self.libraries.borrow_mut();
+        match found {
+            Some(lib) if known.len() < MAX_PROCESS_LIBRARIES || known.contains_key(&pid) => {
+                known.insert(pid, lib);
+            }
+            Some(_) => {}
+            None => {
+                known.remove(&pid);
+            }
+        }
+    }
+
+    /// What the probes found in each process (the live host answers from it).
+    pub fn libraries(&self) -> TlsLibraries {
+        self.libraries.clone()
     }
 
     /// Detach everything.
@@ -489,6 +526,7 @@ impl Tls {
     /// A watched process exited: its own probes go (per-pid mode).
     pub fn exit(&mut self, ebpf: &mut Ebpf, pid: u32) {
         self.rescanned.remove(&pid);
+        self.libraries.borrow_mut().remove(&pid);
         if let Some(files) = self.links.remove(&Owner::Pid(pid)) {
             self.detach(ebpf, files.into_values().flatten());
         }
@@ -537,6 +575,9 @@ impl Tls {
     /// scope by exec).
     pub fn reap(&mut self, ebpf: &mut Ebpf) {
         self.rescanned.retain(|_, t| t.elapsed() < RESCAN_EVERY);
+        self.libraries
+            .borrow_mut()
+            .retain(|pid, _| Path::new(&format!("/proc/{pid}")).exists());
         let gone: Vec<u32> = self
             .links
             .keys()

@@ -173,6 +173,7 @@ pub fn plan(data: &[u8]) -> Result<Option<Plan>> {
         ),
         probes: plan.probes,
         blocked: None,
+        carries_data: plan.ssl.is_some(),
     }))
 }
 

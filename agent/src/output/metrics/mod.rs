@@ -538,11 +538,11 @@ pub mod defs {
         AGENT_TLS_UNDECRYPTED,
         "mcptap_tls_undecrypted_streams_total",
         Kind::Counter,
-        [],
+        ["library"],
         "mcptap.tls.undecrypted_streams",
         "{stream}",
-        [],
-        "TLS connections that ended with no plaintext captured: a TLS library other than OpenSSL (Go, rustls, Java, BoringSSL), OpenSSL without exported symbols, or a connection older than the probes."
+        ["library"],
+        "TLS connections that ended with no plaintext captured, by the TLS library the probes found in the process (openssl, gnutls, go; unknown when none they read: rustls, BoringSSL, Java, ...): a library not read, one that could not be probed, or a connection older than the probes."
     );
     def!(
         AGENT_TLS_PROBED,

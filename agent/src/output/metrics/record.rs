@@ -316,8 +316,8 @@ pub struct AgentTotals<'a> {
     pub rejected: Option<&'a BTreeMap<&'static str, u64>>,
     /// Stream gaps by reason.
     pub gaps: Option<&'a BTreeMap<&'static str, u64>>,
-    /// TLS streams with no plaintext captured.
-    pub tls_undecrypted: u64,
+    /// TLS streams with no plaintext captured, by the library found in the process.
+    pub tls_undecrypted: Option<&'a BTreeMap<&'static str, u64>>,
     /// Binaries whose OpenSSL is probed, by mode.
     pub tls_probed: Option<&'a BTreeMap<&'static str, u64>>,
     /// Binaries whose TLS library was recognised, by (library, state).
@@ -347,12 +347,12 @@ pub fn agent(r: &mut Registry, t: &AgentTotals<'_>) {
     r.set(&defs::AGENT_RECORDS, &[], t.records as f64);
     r.set(&defs::AGENT_BYTES, &[], t.bytes as f64);
     r.set(&defs::AGENT_TRUNCATED, &[], t.truncated as f64);
-    r.set(&defs::AGENT_TLS_UNDECRYPTED, &[], t.tls_undecrypted as f64);
     for (def, map) in [
         (&defs::AGENT_PARSE_ERRORS, t.parse_errors),
         (&defs::AGENT_REJECTED, t.rejected),
         (&defs::AGENT_GAPS, t.gaps),
         (&defs::AGENT_TLS_PROBED, t.tls_probed),
+        (&defs::AGENT_TLS_UNDECRYPTED, t.tls_undecrypted),
     ] {
         for (k, v) in map.into_iter().flatten() {
             r.set(def, &[k], *v as f64);
