@@ -90,6 +90,10 @@ pub const FRAMINGS: &[Framing] = &[
         detect: super::http::detect_http2,
     },
     Framing {
+        name: "http/2 mid-way",
+        detect: super::http::refuse_http2_midstream,
+    },
+    Framing {
         name: "tls",
         detect: refuse_tls,
     },
@@ -135,5 +139,49 @@ fn refuse_binary(first: &First<'_>) -> Detected {
         Detected::Refuse(Reason::Binary)
     } else {
         Detected::No
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn first(kind: FdKind, dir: Dir, bytes: &[u8]) -> Detected {
+        choose(&First {
+            kind,
+            dir,
+            bytes,
+            max_message: 1 << 20,
+        })
+    }
+
+    fn name(d: &Detected) -> String {
+        match d {
+            Detected::Conn(c) => c.name().to_string(),
+            Detected::Lines => "lines".into(),
+            Detected::Refuse(r) => format!("refuse {}", r.as_str()),
+            Detected::No => "no".into(),
+        }
+    }
+
+    #[test]
+    fn the_list_decides_by_first_bytes() {
+        let tcp = |dir, b: &[u8]| name(&first(FdKind::Tcp, dir, b));
+        assert_eq!(tcp(Dir::Out, b"POST /mcp HTTP/1.1\r\n"), "http/1.1");
+        assert_eq!(tcp(Dir::In, b"HTTP/1.1 200 OK\r\n"), "http/1.1");
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+        assert_eq!(tcp(Dir::Out, preface), "http/2");
+        // A server's first SETTINGS frame (empty).
+        assert_eq!(tcp(Dir::Out, b"\0\0\0\x04\0\0\0\0\0"), "http/2");
+        // A DATA frame on stream 1 with 4 bytes: a connection older than the agent.
+        let data = b"\0\0\x04\0\x01\0\0\0\x01{}\r\n";
+        assert_eq!(tcp(Dir::In, data), "refuse http2_midstream");
+        assert_eq!(tcp(Dir::Out, b"\x16\x03\x01\x02\0"), "refuse tls");
+        assert_eq!(tcp(Dir::Out, b"\x01\x02\x03binary"), "refuse binary");
+        assert_eq!(tcp(Dir::Out, b"{\"jsonrpc\":\"2.0\"}\n"), "lines");
+        // Over pipes only lines (and refusals): no HTTP.
+        let pipe = |b: &[u8]| name(&first(FdKind::Pipe, Dir::Out, b));
+        assert_eq!(pipe(b"POST /mcp HTTP/1.1\r\n"), "lines");
+        assert_eq!(pipe(preface), "refuse binary");
     }
 }

@@ -494,6 +494,18 @@ pub fn detect_http2(first: &First<'_>) -> Detected {
     }
 }
 
+/// HTTP/2 frames that do not start a connection (the agent started after it did): counted
+/// and refused, since their header blocks cannot be decoded.
+pub fn refuse_http2_midstream(first: &First<'_>) -> Detected {
+    if first.kind != FdKind::Pipe
+        && http2::frames::looks_like(first.bytes) == http2::frames::Looks::Frame
+    {
+        Detected::Refuse(Reason::Http2Midstream)
+    } else {
+        Detected::No
+    }
+}
+
 impl ConnFraming for Http {
     fn name(&self) -> &'static str {
         match self.http.version() {
