@@ -36,33 +36,41 @@ fn conn_fd(conn: u64) -> Option<i32> {
     i32::try_from(fd).ok().filter(|fd| *fd >= 0)
 }
 
-/// Entry of `crypto/tls.(*Conn).Read`: remember the call until one of its `ret`s.
-#[uprobe]
-pub fn go_tls_read_enter(ctx: ProbeContext) -> u32 {
+/// The call being entered, when its process is watched: the `*tls.Conn`, the buffer, the
+/// time and the socket's fd; with the process, the thread and the goroutine.
+#[inline(always)]
+fn entered(ctx: &ProbeContext, op: u8) -> Option<(SslKey, u32, GoCall)> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if !watched(tgid) {
-        return 0;
+        return None;
     }
-    let r = regs(&ctx);
-    let conn = r.rax;
+    let r = regs(ctx);
     let call = GoCall {
-        conn,
+        conn: r.rax,
         buf: r.rbx,
         ts_enter_ns: unsafe { bpf_ktime_get_ns() },
-        fd: conn_fd(conn).unwrap_or(-1),
-        op: syscall::SSL_READ,
+        fd: conn_fd(r.rax).unwrap_or(-1),
+        op,
         _pad: [0; 3],
     };
-    let key = SslKey {
+    let goroutine = SslKey {
         tgid,
         _pad: 0,
         ssl: r.r14,
     };
-    // A second entry before a return (the stack grew, and the function started over)
-    // replaces the first.
-    if GO_CALLS.insert(key, call, 0).is_err() {
-        count(counter::STASH_FULL, 1);
+    Some((goroutine, pid_tgid as u32, call))
+}
+
+/// Entry of `crypto/tls.(*Conn).Read`: remember the call until one of its `ret`s.
+#[uprobe]
+pub fn go_tls_read_enter(ctx: ProbeContext) -> u32 {
+    if let Some((goroutine, _, call)) = entered(&ctx, syscall::SSL_READ) {
+        // A second entry before a return (the stack grew, and the function started over)
+        // replaces the first.
+        if GO_CALLS.insert(goroutine, call, 0).is_err() {
+            count(counter::STASH_FULL, 1);
+        }
     }
     0
 }
@@ -71,21 +79,9 @@ pub fn go_tls_read_enter(ctx: ProbeContext) -> u32 {
 /// fails is reported as sent).
 #[uprobe]
 pub fn go_tls_write_enter(ctx: ProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    if !watched(tgid) {
-        return 0;
+    if let Some((goroutine, tid, call)) = entered(&ctx, syscall::SSL_WRITE) {
+        let _ = ship_go(&ctx, goroutine.tgid, tid, &call, regs(&ctx).rcx as i64);
     }
-    let r = regs(&ctx);
-    let call = GoCall {
-        conn: r.rax,
-        buf: r.rbx,
-        ts_enter_ns: unsafe { bpf_ktime_get_ns() },
-        fd: conn_fd(r.rax).unwrap_or(-1),
-        op: syscall::SSL_WRITE,
-        _pad: [0; 3],
-    };
-    let _ = ship_go(&ctx, tgid, pid_tgid as u32, &call, r.rcx as i64);
     0
 }
 

@@ -749,3 +749,19 @@ pub fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
     );
     (cert, key)
 }
+
+/// No stream of process `pid` had a hole, carried something that is not a message, or a
+/// message over the size limit.
+pub fn assert_no_trouble(records: &Records, pid: u32) {
+    let trouble: Vec<_> = records
+        .mentioning(pid)
+        .into_iter()
+        .filter(|r| {
+            matches!(
+                r["event"].as_str(),
+                Some("stream_gap" | "stream_corruption" | "message_truncated")
+            )
+        })
+        .collect();
+    assert!(trouble.is_empty(), "{trouble:#?}");
+}

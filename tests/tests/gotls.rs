@@ -80,17 +80,7 @@ fn check_go(recs: &Records, run: &ClientRun, port: u16, version: &str) {
         assert_eq!(r["server_tls_library"], "go", "{r}");
     }
     for pid in [run.pid, run.server_pid.expect("server pid")] {
-        let trouble: Vec<_> = recs
-            .mentioning(pid)
-            .into_iter()
-            .filter(|r| {
-                matches!(
-                    r["event"].as_str(),
-                    Some("stream_gap" | "stream_corruption" | "message_truncated")
-                )
-            })
-            .collect();
-        assert!(trouble.is_empty(), "{trouble:#?}");
+        assert_no_trouble(recs, pid);
     }
 }
 

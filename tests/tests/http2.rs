@@ -63,17 +63,7 @@ fn check(recs: &Records, run: &ClientRun, port: u16, tls: bool) {
     }
     let server = run.server_pid.expect("server pid");
     for pid in [run.pid, server] {
-        let trouble: Vec<_> = recs
-            .mentioning(pid)
-            .into_iter()
-            .filter(|r| {
-                matches!(
-                    r["event"].as_str(),
-                    Some("stream_gap" | "stream_corruption" | "message_truncated")
-                )
-            })
-            .collect();
-        assert!(trouble.is_empty(), "{trouble:#?}");
+        assert_no_trouble(recs, pid);
     }
 }
 

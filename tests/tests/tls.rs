@@ -130,17 +130,7 @@ fn check_tls(recs: &Records, run: &ClientRun, port: u16, log: &str, libs: (&str,
     }
     let server = run.server_pid.expect("server pid");
     for pid in [run.pid, server] {
-        let trouble: Vec<_> = recs
-            .mentioning(pid)
-            .into_iter()
-            .filter(|r| {
-                matches!(
-                    r["event"].as_str(),
-                    Some("stream_gap" | "stream_corruption" | "message_truncated")
-                )
-            })
-            .collect();
-        assert!(trouble.is_empty(), "{trouble:#?}");
+        assert_no_trouble(recs, pid);
         assert_decrypted(log, pid);
     }
 }

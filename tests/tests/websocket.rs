@@ -81,17 +81,7 @@ fn check_ws(recs: &Records, log: &str, run: &ClientRun, port: u16, deflate: &str
             "want {deflate:?}: {}",
             switched[0]
         );
-        let trouble: Vec<_> = recs
-            .mentioning(pid)
-            .into_iter()
-            .filter(|r| {
-                matches!(
-                    r["event"].as_str(),
-                    Some("stream_gap" | "stream_corruption" | "message_truncated")
-                )
-            })
-            .collect();
-        assert!(trouble.is_empty(), "{trouble:#?}");
+        assert_no_trouble(recs, pid);
     }
 }
 

@@ -255,3 +255,66 @@ pub(crate) fn gather_capped(body: &mut Vec<u8>, len: &mut u64, data: &[u8], max:
         body.extend_from_slice(data);
     }
 }
+
+/// A complete body as gathered (up to the size limit) and its whole length.
+pub(crate) struct Whole<'a> {
+    /// Its bytes (empty past the limit).
+    pub body: &'a [u8],
+    /// Its length.
+    pub len: u64,
+    /// Entry time of its message's first byte (its head).
+    pub first_enter_ns: u64,
+    /// Exit time of its last byte.
+    pub last_exit_ns: u64,
+}
+
+/// Deliver a complete request (`request`) or response body: `Oversize` past `max`, the body
+/// when it has bytes.
+pub(crate) fn deliver_whole(
+    txn: &Txn,
+    request: bool,
+    w: Whole<'_>,
+    max: usize,
+    emit: &mut dyn FnMut(ConnEvent<'_>),
+) {
+    let (first_enter_ns, last_exit_ns, body) = (w.first_enter_ns, w.last_exit_ns, w.body);
+    if w.len > max as u64 {
+        emit(ConnEvent::Oversize { txn, len: w.len });
+    } else if body.is_empty() {
+    } else if request {
+        emit(ConnEvent::RequestBody {
+            txn,
+            body,
+            first_enter_ns,
+            last_exit_ns,
+        });
+    } else {
+        emit(ConnEvent::ResponseBody {
+            txn,
+            body,
+            first_enter_ns,
+            last_exit_ns,
+        });
+    }
+}
+
+/// Response body bytes: the events of an event stream (`sse`), or the body gathered into
+/// `body` (its length in `len`) up to `max`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn response_bytes(
+    txn: &Txn,
+    sse: Option<&mut sse::Parser>,
+    (body, len): (&mut Vec<u8>, &mut u64),
+    data: &[u8],
+    (enter_ns, exit_ns): (u64, u64),
+    max: usize,
+    emit: &mut dyn FnMut(ConnEvent<'_>),
+) {
+    match sse {
+        Some(p) => p.push(data, enter_ns, exit_ns, |o| match o {
+            sse::Output::Event(event) => emit(ConnEvent::Sse { txn, event }),
+            sse::Output::Oversize { len } => emit(ConnEvent::Oversize { txn, len }),
+        }),
+        None => gather_capped(body, len, data, max),
+    }
+}

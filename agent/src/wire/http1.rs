@@ -15,7 +15,9 @@ use std::collections::VecDeque;
 use memchr::memmem;
 
 pub use super::http::{ConnEvent, Head, Headers, Role, Txn};
-use super::http::{HttpWire, Upgrade, Version, gather_capped};
+use super::http::{
+    HttpWire, Upgrade, Version, Whole, deliver_whole, gather_capped, response_bytes,
+};
 use super::sse;
 use crate::capture::Dir;
 
@@ -605,16 +607,13 @@ impl Conn {
             OwnedEvent::End { exit_ns } => {
                 if let Some((mut txn, body, len)) = self.req.take() {
                     txn.request.body_bytes = len;
-                    if len > self.max_body as u64 {
-                        emit(ConnEvent::Oversize { txn: &txn, len });
-                    } else if !body.is_empty() {
-                        emit(ConnEvent::RequestBody {
-                            txn: &txn,
-                            body: &body,
-                            first_enter_ns: txn.request.first_enter_ns,
-                            last_exit_ns: exit_ns,
-                        });
-                    }
+                    let whole = Whole {
+                        body: &body,
+                        len,
+                        first_enter_ns: txn.request.first_enter_ns,
+                        last_exit_ns: exit_ns,
+                    };
+                    deliver_whole(&txn, true, whole, self.max_body, emit);
                     self.open.push_back(txn);
                 }
             }
@@ -691,15 +690,9 @@ impl Conn {
         if let Some(r) = txn.response.as_mut() {
             r.body_bytes += data.len() as u64;
         }
-        let txn = &*txn;
-        if let Some(p) = &mut self.sse {
-            p.push(data, enter_ns, exit_ns, |o| match o {
-                sse::Output::Event(event) => emit(ConnEvent::Sse { txn, event }),
-                sse::Output::Oversize { len } => emit(ConnEvent::Oversize { txn, len }),
-            });
-        } else {
-            gather_capped(&mut self.resp_body, &mut self.resp_len, data, self.max_body);
-        }
+        let body = (&mut self.resp_body, &mut self.resp_len);
+        let times = (enter_ns, exit_ns);
+        response_bytes(txn, self.sse.as_mut(), body, data, times, self.max_body, emit);
     }
 
     /// The response is complete: deliver its body (unless it was an event stream) and close
@@ -709,19 +702,13 @@ impl Conn {
             return;
         };
         if self.sse.take().is_none() {
-            if self.resp_len > self.max_body as u64 {
-                emit(ConnEvent::Oversize {
-                    txn: &txn,
-                    len: self.resp_len,
-                });
-            } else if !self.resp_body.is_empty() {
-                emit(ConnEvent::ResponseBody {
-                    txn: &txn,
-                    body: &self.resp_body,
-                    first_enter_ns: self.resp_first_enter_ns,
-                    last_exit_ns: exit_ns,
-                });
-            }
+            let whole = Whole {
+                body: &self.resp_body,
+                len: self.resp_len,
+                first_enter_ns: self.resp_first_enter_ns,
+                last_exit_ns: exit_ns,
+            };
+            deliver_whole(&txn, false, whole, self.max_body, emit);
         }
         self.resp_body.clear();
         emit(ConnEvent::Done(&txn));
