@@ -11,8 +11,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use mcptap_abi::{
-    Comm, Config, FD_MAP_ENTRIES, FdKey, FdState, GoCall, KernelOffsets, SCRATCH_SIZE, SKIP_SLOTS,
-    SelfTest, SslCall, SslKey, SslSocket, Stash, counter, id_byte, id_word,
+    Comm, Config, FD_MAP_ENTRIES, FdKey, FdState, GoCall, KernelOffsets, RecentRead, SCRATCH_SIZE,
+    SKIP_SLOTS, SelfTest, SslCall, SslKey, SslSocket, Stash, counter, id_byte, id_word,
 };
 
 use crate::ship::Job;
@@ -55,6 +55,9 @@ pub static TAILS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 pub static TLS_TAILS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map]
 pub static SSL_CALLS: HashMap<u32, SslCall> = HashMap::with_max_entries(32768, 0);
+/// Each thread's latest read of a TLS socket, by thread id.
+#[map]
+pub static RECENT_TLS_READS: LruHashMap<u32, RecentRead> = LruHashMap::with_max_entries(16384, 0);
 /// Go `crypto/tls` calls in progress, by (process, goroutine).
 #[map]
 pub static GO_CALLS: LruHashMap<SslKey, GoCall> = LruHashMap::with_max_entries(32768, 0);

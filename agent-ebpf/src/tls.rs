@@ -20,15 +20,15 @@ use aya_ebpf::{
 use mcptap_abi::{
     CIPHER_KEY_BYTES, DIR_IN, DIR_OUT, EventHeader, FD_TCP, FDSTATE_PENDING_MARKS,
     FDSTATE_REJECTED, FDSTATE_SEEN, FDSTATE_TLS, FDSTATE_TLS_BOUND, FLAG_TLS, FdKey, FdState,
-    RECORD_DATA, RECORD_TLS, SslCall, SslKey, SslSocket, Stash, cipher_key, counter, looks_tls,
-    syscall, tls_lib,
+    RECENT_READ_NS, RECORD_DATA, RECORD_TLS, RecentRead, SslCall, SslKey, SslSocket, Stash,
+    cipher_key, counter, looks_tls, syscall, tls_lib,
 };
 
 use crate::{
     fd::{Fd, fd_state, mark_lost, record_marks},
     maps::{
-        CIPHER_KEYS, FDS, GEN, JOB_TLS, JOBS, SCRATCH_TLS, SSL_CALLS, SSL_SOCKETS, TLS_BUSY,
-        TLS_TAILS, byte_of, count, watched,
+        CIPHER_KEYS, FDS, GEN, JOB_TLS, JOBS, RECENT_TLS_READS, SCRATCH_TLS, SSL_CALLS,
+        SSL_SOCKETS, TLS_BUSY, TLS_TAILS, byte_of, count, watched,
     },
     ship::{output_header, ship},
 };
@@ -82,17 +82,27 @@ pub fn tls_ciphertext(tgid: u32, tid: u32, stash: &Stash, ret: u64) -> bool {
         count(counter::TLS_SOCKETS, 1);
         output_tls_record(tgid, tid, stash, 0);
     }
-    if let Some(call) = SSL_CALLS.get_ptr(tid)
-        && unsafe { (*call).op } != 0
-    {
-        // The socket syscall of a data call's own transport (GnuTLS's default push and
-        // pull functions, OpenSSL's socket BIO): this thread's call is on this socket.
+    if stash.dir == DIR_IN {
+        let recent = RecentRead {
+            sock: SslSocket {
+                inode: stash.fd.inode,
+                fd: stash.fdnum,
+                _pad: 0,
+            },
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        };
+        let _ = RECENT_TLS_READS.insert(tid, recent, 0);
+    }
+    if let Some(call) = SSL_CALLS.get_ptr(tid) {
+        // The socket syscall of a TLS call's own transport (GnuTLS's default push and pull
+        // functions, OpenSSL's socket BIO, the BIO Bun's sockets give BoringSSL), a data call
+        // or a handshake: this thread's call is on this socket.
         let key = SslKey {
             tgid,
             _pad: 0,
             ssl: unsafe { (*call).ssl },
         };
-        if SSL_SOCKETS.get_ptr(key).is_none() {
+        if !bound_live(key) {
             bind(st, tgid, tid, stash, key);
         }
         if stash.dir == DIR_OUT && n >= CIPHER_KEY_BYTES as u64 {
@@ -161,6 +171,9 @@ pub fn ssl_enter(ctx: &ProbeContext, op: u8, ex: bool, lib: u8) {
     if !watched((pid_tgid >> 32) as u32) {
         return;
     }
+    if lib == tls_lib::BORINGSSL && op == syscall::SSL_READ {
+        bind_recent_read(pid_tgid, ctx.arg(0).unwrap_or(0));
+    }
     let call = SslCall {
         ssl: ctx.arg(0).unwrap_or(0),
         buf: ctx.arg(1).unwrap_or(0),
@@ -174,6 +187,45 @@ pub fn ssl_enter(ctx: &ProbeContext, op: u8, ex: bool, lib: u8) {
     // Replaces a call whose return never ran (the thread unwound past it).
     if SSL_CALLS.insert(pid_tgid as u32, call, 0).is_err() {
         count(counter::STASH_FULL, 1);
+    }
+}
+
+/// Whether SSL object `key` is bound to a socket that is still open as that fd (a freed SSL
+/// object's address is reused for a new connection's).
+#[inline(always)]
+fn bound_live(key: SslKey) -> bool {
+    let Some(sock) = SSL_SOCKETS.get_ptr(key) else {
+        return false;
+    };
+    let sock = unsafe { *sock };
+    FDS.get_ptr(FdKey {
+        tgid: key.tgid,
+        fd: sock.fd,
+    })
+    .is_some_and(|st| unsafe { (*st).inode } == sock.inode)
+}
+
+/// A BoringSSL `SSL_read` on an SSL object with no socket yet (a server's, whose handshake
+/// and writes make no syscall inside a call): the socket this thread read ciphertext from
+/// just before is its.
+#[inline(always)]
+fn bind_recent_read(pid_tgid: u64, ssl: u64) {
+    let key = SslKey {
+        tgid: (pid_tgid >> 32) as u32,
+        _pad: 0,
+        ssl,
+    };
+    if bound_live(key) {
+        return;
+    }
+    let Some(recent) = RECENT_TLS_READS.get_ptr(pid_tgid as u32) else {
+        return;
+    };
+    let recent = unsafe { *recent };
+    if unsafe { bpf_ktime_get_ns() }.saturating_sub(recent.ts_ns) < RECENT_READ_NS
+        && SSL_SOCKETS.insert(key, recent.sock, 0).is_ok()
+    {
+        count(counter::TLS_BINDS, 1);
     }
 }
 
@@ -212,6 +264,20 @@ pub fn gnutls_read_enter(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn gnutls_write_enter(ctx: ProbeContext) -> u32 {
     ssl_enter(&ctx, syscall::SSL_WRITE, false, tls_lib::GNUTLS);
+    0
+}
+
+/// Entry of BoringSSL's `SSL_read` (found, not exported).
+#[uprobe]
+pub fn boringssl_read_enter(ctx: ProbeContext) -> u32 {
+    ssl_enter(&ctx, syscall::SSL_READ, false, tls_lib::BORINGSSL);
+    0
+}
+
+/// Entry of BoringSSL's `SSL_write`.
+#[uprobe]
+pub fn boringssl_write_enter(ctx: ProbeContext) -> u32 {
+    ssl_enter(&ctx, syscall::SSL_WRITE, false, tls_lib::BORINGSSL);
     0
 }
 
@@ -293,15 +359,8 @@ fn try_bio_write_enter(ctx: &ProbeContext) -> Option<()> {
         _pad: 0,
         ssl: unsafe { (*call).ssl },
     };
-    if let Some(sock) = SSL_SOCKETS.get_ptr(key) {
-        let sock = unsafe { *sock };
-        // Bound, unless that fd has been closed or reused since (a freed SSL's address
-        // reused for a new connection).
-        if let Some(st) = FDS.get_ptr(FdKey { tgid, fd: sock.fd })
-            && unsafe { (*st).inode } == sock.inode
-        {
-            return None;
-        }
+    if bound_live(key) {
+        return None;
     }
     let buf: u64 = ctx.arg(1).unwrap_or(0);
     if let Ok(head) = unsafe { bpf_probe_read_user(buf as *const [u64; 2]) } {

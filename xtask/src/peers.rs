@@ -42,6 +42,8 @@ const NPM: &[&str] = &[
     "@anthropic-ai/sdk@1.17.0",
     // A WebSocket for the SDK's WebSocketClientTransport (Node 20 has no global one).
     "ws@8.23.1",
+    // Bun (its package carries the binary): BoringSSL linked in and stripped.
+    "bun@1.4.4",
 ];
 
 pub fn stamped(dir: &Path, spec: &str) -> bool {

@@ -260,6 +260,8 @@ pub mod tls_lib {
     pub const GNUTLS: u8 = 2;
     /// Go's `crypto/tls`.
     pub const GO: u8 = 3;
+    /// BoringSSL linked into a stripped binary (Bun).
+    pub const BORINGSSL: u8 = 4;
 }
 
 /// A Go `crypto/tls.(*Conn).Read`/`Write` call between its entry and one of its `ret`s,
@@ -298,6 +300,21 @@ pub const GO_PROBES: [(&str, &str, bool); 3] = [
     ("crypto/tls.(*Conn).Read", "go_tls_ret", true),
     ("crypto/tls.(*Conn).Write", "go_tls_write_enter", false),
 ];
+
+/// A thread's latest read of a TLS socket's ciphertext: BoringSSL under Bun's sockets reads
+/// it there just before `SSL_read` decrypts it, with no syscall inside the call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecentRead {
+    /// The socket.
+    pub sock: SslSocket,
+    /// CLOCK_MONOTONIC at the read's exit.
+    pub ts_ns: u64,
+}
+
+/// How long after a thread's read of a TLS socket a BoringSSL `SSL_read` with no socket yet
+/// is taken to be that socket's (ns): the event loop decrypts what it read at once.
+pub const RECENT_READ_NS: u64 = 10_000_000;
 
 /// Key of the SSL binding map: one SSL object of one process.
 #[repr(C)]
@@ -605,6 +622,19 @@ pub const GNUTLS_PROBES: [(&str, &str, bool); 4] = [
     ("gnutls_record_send", "ssl_data_ret", true),
 ];
 
+/// The BoringSSL probes, for a binary that links it statically and exports none of its names
+/// (Bun): the functions are found by their error-reporting sites, and named here as BoringSSL
+/// names them. They take OpenSSL's arguments, so the return programs are OpenSSL's; the
+/// handshake's own socket writes bind an SSL object to its socket.
+pub const BORINGSSL_PROBES: [(&str, &str, bool); 6] = [
+    ("SSL_read", "boringssl_read_enter", false),
+    ("SSL_read", "ssl_data_ret", true),
+    ("SSL_write", "boringssl_write_enter", false),
+    ("SSL_write", "ssl_data_ret", true),
+    ("SSL_do_handshake", "ssl_handshake_enter", false),
+    ("SSL_do_handshake", "ssl_handshake_ret", true),
+];
+
 /// The OpenSSL probes: (symbol, program, is a return probe). Symbols are looked up in each
 /// binary's dynamic symbol table: `SSL_*` in libssl (or a binary with OpenSSL linked in, such
 /// as `node`), `BIO_write` in libcrypto (or that same binary).
@@ -868,7 +898,13 @@ mod tests {
 
     #[test]
     fn tls_probes_name_each_program_once_per_symbol() {
-        for list in [&OPENSSL_PROBES[..], &GNUTLS_PROBES[..], &GO_PROBES[..]] {
+        let lists = [
+            &OPENSSL_PROBES[..],
+            &GNUTLS_PROBES[..],
+            &GO_PROBES[..],
+            &BORINGSSL_PROBES[..],
+        ];
+        for list in lists {
             for (i, a) in list.iter().enumerate() {
                 assert!(
                     list[i + 1..].iter().all(|b| (a.0, a.2) != (b.0, b.2)),

@@ -72,6 +72,8 @@ pub enum TlsLibrary {
     GnuTls,
     /// Go's `crypto/tls`.
     Go,
+    /// BoringSSL linked into a stripped binary (Bun).
+    BoringSsl,
 }
 
 impl TlsLibrary {
@@ -81,6 +83,7 @@ impl TlsLibrary {
             TlsLibrary::OpenSsl => "openssl",
             TlsLibrary::GnuTls => "gnutls",
             TlsLibrary::Go => "go",
+            TlsLibrary::BoringSsl => "boringssl",
         }
     }
 
@@ -90,6 +93,7 @@ impl TlsLibrary {
             mcptap_abi::tls_lib::OPENSSL => Some(TlsLibrary::OpenSsl),
             mcptap_abi::tls_lib::GNUTLS => Some(TlsLibrary::GnuTls),
             mcptap_abi::tls_lib::GO => Some(TlsLibrary::Go),
+            mcptap_abi::tls_lib::BORINGSSL => Some(TlsLibrary::BoringSsl),
             _ => None,
         }
     }

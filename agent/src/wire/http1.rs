@@ -692,7 +692,15 @@ impl Conn {
         }
         let body = (&mut self.resp_body, &mut self.resp_len);
         let times = (enter_ns, exit_ns);
-        response_bytes(txn, self.sse.as_mut(), body, data, times, self.max_body, emit);
+        response_bytes(
+            txn,
+            self.sse.as_mut(),
+            body,
+            data,
+            times,
+            self.max_body,
+            emit,
+        );
     }
 
     /// The response is complete: deliver its body (unless it was an event stream) and close

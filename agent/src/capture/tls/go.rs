@@ -191,15 +191,16 @@ struct Elf<'a> {
 impl<'a> Elf<'a> {
     /// The address ranges of Read and Write: from `.symtab`, else from the function table.
     fn functions(&self) -> Option<[Range; 2]> {
+        // Every other executable a host runs is spared the walk of its symbol table.
+        if !self.looks_like_go() {
+            return None;
+        }
         let [read, write] = self.symbols([READ, WRITE]);
         if let (Some(r), Some(w)) = (read, write)
             && r.1 > 0
             && w.1 > 0
         {
             return Some([r, w]);
-        }
-        if !self.looks_like_go() {
-            return None;
         }
         let text = self.symbols(["runtime.text"])[0].map(|s| s.0);
         let pcln = self.pclntab(text)?;

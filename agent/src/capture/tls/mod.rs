@@ -19,6 +19,7 @@
 //! The other concerns are modules of their own: ELF reading ([`elf`]), the x86 decoding
 //! that places probes ([`x86`]), `/proc` ([`procs`]) and detaching ([`detach`]).
 
+mod boringssl;
 mod detach;
 mod elf;
 mod gnutls;
@@ -39,7 +40,9 @@ use aya::maps::{Array, MapData, ProgramArray};
 use aya::programs::UProbe;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeLink, UProbeLinkId, UProbeScope};
 use log::{debug, info, warn};
-use mcptap_abi::{GNUTLS_PROBES, GO_PROBES, OPENSSL_PROBES, TAIL_SHIP_MORE, names};
+use mcptap_abi::{
+    BORINGSSL_PROBES, GNUTLS_PROBES, GO_PROBES, OPENSSL_PROBES, TAIL_SHIP_MORE, names,
+};
 
 use super::host::TlsLibraries;
 use detach::{Detacher, release_after_exit};
@@ -111,6 +114,13 @@ const LIBRARIES: &[LibraryPlanner] = &[
         system: go::system_libraries,
         programs: &GO_PROBES,
     },
+    LibraryPlanner {
+        library: Library::BoringSsl,
+        maybe_in: boringssl::maybe_in,
+        plan: boringssl::plan,
+        system: boringssl::system_libraries,
+        programs: &BORINGSSL_PROBES,
+    },
 ];
 
 /// Whether a mapped file may hold any library read.
@@ -161,6 +171,28 @@ fn plans_of(path: &Path, data: &[u8]) -> Option<Offsets> {
         }
     }
     (!plans.is_empty()).then(|| Rc::new(plans))
+}
+
+/// `path`, or the same file through this process's root when `path` (a `/proc/PID/root/...`
+/// path of a process that is gone) no longer leads to it; `None` when neither is file `id`.
+fn reachable(path: &Path, id: FileId) -> Option<PathBuf> {
+    let is_it = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| {
+            FileId {
+                dev: m.dev(),
+                ino: m.ino(),
+            } == id
+        })
+    };
+    if is_it(path) {
+        return Some(path.to_path_buf());
+    }
+    let rest = path.strip_prefix("/proc").ok()?;
+    let mut parts = rest.components();
+    parts.next()?;
+    let inside = parts.as_path().strip_prefix("root").ok()?;
+    let ours = Path::new("/").join(inside);
+    is_it(&ours).then_some(ours)
 }
 
 /// The probes attached to one file, by program.
@@ -400,6 +432,14 @@ impl Tls {
                 None => return,
             },
         };
+        // A process that exited while its binary was examined took its `/proc/PID/root`
+        // path along: the file is reached through ours if it is the same one, and otherwise
+        // left for the next process that runs it (not counted as refused).
+        let Some(path) = reachable(path, id) else {
+            debug!("TLS: {} is gone before its probes were set", path.display());
+            return;
+        };
+        let path = path.as_path();
         let started = std::time::Instant::now();
         let mut links = Vec::new();
         for plan in offsets.iter() {

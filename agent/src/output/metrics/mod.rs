@@ -542,7 +542,7 @@ pub mod defs {
         "mcptap.tls.undecrypted_streams",
         "{stream}",
         ["library"],
-        "TLS connections that ended with no plaintext captured, by the TLS library the probes found in the process (openssl, gnutls, go; unknown when none they read: rustls, BoringSSL, Java, ...): a library not read, one that could not be probed, or a connection older than the probes."
+        "TLS connections that ended with no plaintext captured, by the TLS library the probes found in the process (openssl, gnutls, go, boringssl; unknown when none they read: rustls, BoringSSL, Java, ...): a library not read, one that could not be probed, or a connection older than the probes."
     );
     def!(
         AGENT_TLS_PROBED,
@@ -562,7 +562,7 @@ pub mod defs {
         "mcptap.tls.probes",
         "{binary}",
         ["library", "state"],
-        "Binaries whose TLS library was recognised since the start, by library (openssl, gnutls, go) and state: probed (its probes are set), failed (recognised, but the kernel refused a probe; the log says why, once per binary)."
+        "Binaries whose TLS library was recognised since the start, by library (openssl, gnutls, go, boringssl) and state: probed (its probes are set), failed (recognised, but the kernel refused a probe; the log says why, once per binary)."
     );
     def!(
         AGENT_EXPORT_FAILURES,
