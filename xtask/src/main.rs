@@ -6,7 +6,8 @@
 //! - `peers`: install the real MCP peers the end-to-end tests drive.
 //! - `lint`: rustfmt check and clippy (the eBPF crate separately, on nightly).
 //! - `bench [--smoke] [--baseline REV] [--only LIST]`: the benchmark suite; rewrites
-//!   BENCHMARKS.md (a smoke, partial or compared run writes to target/ instead).
+//!   BENCHMARKS.md (a smoke or compared run writes to target/ instead; a partial run writes
+//!   target/bench-partial.md and replaces its own sections in BENCHMARKS.md, marked).
 //! - `fuzz [--seconds N] [TARGET...]`: every cargo-fuzz target, N seconds each.
 //! - `soak [--minutes N]`: steady real MCP load; RSS, loss and accounting over time.
 
@@ -67,9 +68,10 @@ enum Task {
         /// goes to target/bench-baseline.md, never to BENCHMARKS.md.
         #[arg(long, value_name = "REV")]
         baseline: Option<String>,
-        /// Only these sections, comma-separated (names or numbers 1-6), e.g.
-        /// `--only capacity,replay`; the report then goes to target/ (bench-partial.md, or
-        /// bench-baseline.md with --baseline).
+        /// Only these sections, comma-separated (names or numbers 1-8), e.g.
+        /// `--only capacity,replay` or `--only tls-calls,transports`; the report goes to
+        /// target/bench-partial.md and replaces those sections in BENCHMARKS.md, each marked
+        /// with its command, commit and machine (with --baseline: bench-baseline.md only).
         #[arg(long, value_name = "LIST", value_delimiter = ',')]
         only: Vec<bench::Section>,
     },

@@ -14,10 +14,18 @@
 //!    ([`footprint`]).
 //! 6. How cost grows: agent CPU against rate, RSS against sessions and message size, drawn
 //!    as SVG images beside the report ([`growth`]).
+//! 7. What one TLS read or write costs, per TLS library (OpenSSL, GnuTLS, Go): client CPU
+//!    per call with no agent, with `--no-tls` and with the probes set ([`tls_calls`]).
+//! 8. The userspace pipeline on HTTP/2 and WebSocket captures beside HTTP/1.1, as MB/s,
+//!    calls/s and instructions a call ([`transports`]).
 //!
 //! With `--baseline REV` ([`baseline`]), an older revision's agent is built from its own
 //! tree and measured beside this tree's, interleaved in the same run, and the report gains a
-//! "Before and after" section; `--only LIST` runs only some sections.
+//! "Before and after" section; `--only LIST` runs only some sections, and then (not a smoke
+//! run, no baseline) also rewrites those sections in BENCHMARKS.md, each marked with the run
+//! it comes from, leaving the others as they were ([`splice`]). `MCPTAP_BENCH_BINARY=PATH`
+//! measures that agent binary instead of building this tree's (a copy taken aside keeps a
+//! long run's figures from a tree others are changing).
 //!
 //! This module holds the scale of a run, the orchestration and the report's frame; [`env`]
 //! starts and reads the agent, [`stats`] makes figures of rounds, and [`soak`] is
@@ -30,9 +38,13 @@ mod env;
 mod footprint;
 mod growth;
 mod latency;
+mod recfile;
 mod replay;
 mod soak;
+mod splice;
 mod stats;
+mod tls_calls;
+mod transports;
 mod unwatched;
 mod uprobe;
 
@@ -139,6 +151,12 @@ pub enum Section {
     /// Section 6, how cost grows (curves drawn as images).
     #[value(alias = "6")]
     Growth,
+    /// Section 7, what one TLS read or write costs, per TLS library.
+    #[value(alias = "7")]
+    TlsCalls,
+    /// Section 8, the userspace pipeline on HTTP/2 and WebSocket captures.
+    #[value(alias = "8")]
+    Transports,
 }
 
 impl Section {
@@ -183,6 +201,22 @@ impl Options {
         !self.smoke || self.baseline.is_some()
     }
 
+    /// The command line of the run (its flags, without the report's glosses).
+    fn command(&self) -> String {
+        let mut c = String::from("cargo xtask bench");
+        if self.smoke {
+            c.push_str(" --smoke");
+        }
+        if let Some(rev) = &self.baseline {
+            let _ = write!(c, " --baseline {rev}");
+        }
+        if self.partial() {
+            let names: Vec<String> = self.only.iter().map(|s| s.name()).collect();
+            let _ = write!(c, " --only {}", names.join(","));
+        }
+        c
+    }
+
     /// The flags, as the report's first line repeats them.
     fn flags(&self) -> String {
         let mut f = String::new();
@@ -214,6 +248,8 @@ struct Results {
     model_traffic: agentic::ModelTraffic,
     footprint: Footprint,
     growth: growth::Growth,
+    tls_calls: tls_calls::TlsCalls,
+    transports: transports::Transports,
 }
 
 /// A run: the current binary's environment, the baseline's if there is one, the scale.
@@ -310,6 +346,16 @@ impl Run<'_> {
             } else {
                 growth::Growth::default()
             },
+            tls_calls: if want(Section::TlsCalls) {
+                tls_calls::measure(self.env, self.s)?
+            } else {
+                tls_calls::TlsCalls::default()
+            },
+            transports: if want(Section::Transports) {
+                transports::measure(self.env, self.s)?
+            } else {
+                transports::Transports::default()
+            },
         };
         Ok((results, compared))
     }
@@ -328,9 +374,10 @@ fn report(
     let _ = writeln!(md, "# mcptap benchmarks\n");
     let _ = writeln!(
         md,
-        "Written by `cargo xtask bench`{}; every figure is a median of interleaved rounds measured in the same run. {}\n",
+        "Written by `cargo xtask bench`{}; every figure is a median of interleaved rounds measured in the same run. {}{}\n",
         opts.flags(),
-        machine()
+        machine(),
+        agent_note()
     );
     let want = |sec| !opts.partial() || opts.wants(sec);
     if want(Section::Unwatched) {
@@ -352,6 +399,15 @@ fn report(
     }
     if want(Section::Growth) {
         growth::write_section(&mut md, s, images, &r.capacity, &r.growth)?;
+    }
+    if want(Section::TlsCalls) {
+        tls_calls::write_section(&mut md, s, &r.tls_calls);
+    }
+    if want(Section::Transports) {
+        let pipe = opts
+            .wants(Section::Replay)
+            .then_some((r.replay.messages, r.replay.seconds));
+        transports::write_section(&mut md, &r.transports, pipe);
     }
     if let Some((b, c)) = before_after {
         baseline::write_section(&mut md, b, c);
@@ -415,6 +471,30 @@ fn machine() -> String {
     )
 }
 
+/// The agent binary `MCPTAP_BENCH_BINARY` names, if it does: measured instead of a build.
+fn given_agent() -> Option<PathBuf> {
+    std::env::var_os("MCPTAP_BENCH_BINARY")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// What the report's head (or a spliced section) says of the agent measured, when it is not
+/// this tree's build.
+fn agent_note() -> String {
+    given_agent().map_or_else(String::new, |p| {
+        let built = Command::new("date")
+            .args(["-u", "+%Y-%m-%d %H:%M UTC", "-r"])
+            .arg(&p)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        format!(
+            " The agent measured is `{}` (`MCPTAP_BENCH_BINARY`, built {built}), not a build of this tree.",
+            p.display()
+        )
+    })
+}
+
 /// Bootstrap, install the peers and build what the run measures; its [`Env`].
 fn prepare(opts: &Options) -> Result<Env> {
     crate::bootstrap::all()?;
@@ -424,8 +504,12 @@ fn prepare(opts: &Options) -> Result<Env> {
     // the figures it writes are not measurements. Beside a baseline it builds release: the
     // baseline is a release build, and the comparison should run as a real one would.
     let profile = if opts.release() { "release" } else { "debug" };
+    let given = given_agent();
     let mut build = crate::cargo();
-    build.args(["build", "--package", "mcptap", "--package", "xtask"]);
+    build.args(["build", "--package", "xtask"]);
+    if given.is_none() {
+        build.args(["--package", "mcptap"]);
+    }
     if opts.release() {
         build.arg("--release");
     }
@@ -433,7 +517,7 @@ fn prepare(opts: &Options) -> Result<Env> {
     let dir = root().join("target").join("bench");
     std::fs::create_dir_all(&dir)?;
     Ok(Env {
-        mcptap: root().join("target").join(profile).join("mcptap"),
+        mcptap: given.unwrap_or_else(|| root().join("target").join(profile).join("mcptap")),
         peer: root().join("target").join(profile).join("bench_peer"),
         peers,
         dir,
@@ -466,7 +550,14 @@ pub fn bench(opts: &Options) -> Result<()> {
         .transpose()?;
     let base_env = baseline.as_ref().map(|b| b.env(&env)).transpose()?;
     // Another agent would add its own cost to every state, "no agent" included.
-    let others = processes_named("mcptap");
+    let mut others = processes_named("mcptap");
+    if let Some(name) = given_agent().and_then(|p| Some(p.file_name()?.to_str()?.to_string())) {
+        // The kernel keeps 15 bytes of a comm.
+        let comm: String = name.chars().take(15).collect();
+        if comm != "mcptap" {
+            others.extend(processes_named(&comm));
+        }
+    }
     if !others.is_empty() {
         bail!(
             "mcptap is already running (pid {others:?}): stop it first, or every figure includes its cost"
@@ -490,6 +581,20 @@ pub fn bench(opts: &Options) -> Result<()> {
     )?;
     std::fs::write(&out, &md)?;
     step(&format!("wrote {}", out.display()));
+    if opts.partial() && !opts.smoke && opts.baseline.is_none() {
+        // The sections again, with their images (if any) beside BENCHMARKS.md.
+        let main = root().join("BENCHMARKS.md");
+        let md = report(s, opts, &results, None, &images_of(&main))?;
+        let from = format!(
+            "*This section is from `{}`, not from the run the head of this file names. {}{}*",
+            opts.command(),
+            machine(),
+            agent_note()
+        );
+        let old = std::fs::read_to_string(&main).unwrap_or_default();
+        std::fs::write(&main, splice::splice(&old, &md, &from))?;
+        step(&format!("rewrote its sections in {}", main.display()));
+    }
     print!("{md}");
     step(&format!(
         "bench took {:.0} s ({:.0} s measuring)",

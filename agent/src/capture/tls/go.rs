@@ -55,8 +55,14 @@ pub struct GoTls {
 /// A Go function as uprobes are set on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GoFunc {
-    /// File offset of the function's first instruction (what a uprobe is set at).
+    /// File offset of the function's first instruction.
     pub entry: u64,
+    /// Where its entry probe goes: the stack check's conditional jump when the function
+    /// begins with one (the kernel emulates a `jcc`, where it single-steps the `cmp` the
+    /// function begins with), else the entry. The arguments' registers and R14 are the same
+    /// there; a stack that grows runs the check again (the probe fires again, and its second
+    /// hit replaces the first).
+    pub probe_at: u64,
     /// File offsets of every `ret` instruction in the function, in address order.
     pub returns: Vec<u64>,
 }
@@ -135,7 +141,7 @@ pub fn plan(data: &[u8]) -> Result<Option<Plan>> {
             if at_ret {
                 probes.extend(f.returns.iter().map(|&r| (prog, r, symbol)));
             } else {
-                probes.push((prog, f.entry, symbol));
+                probes.push((prog, f.probe_at, symbol));
             }
         }
     }
@@ -153,6 +159,33 @@ pub fn plan(data: &[u8]) -> Result<Option<Plan>> {
         blocked,
         carries_data: true,
     }))
+}
+
+/// The offset in `code` (a Go function from its entry) of the `jbe` of its stack check
+/// (`[lea -N(%rsp),%r12;] cmp 0x10(%r14),%rsp|%r12; jbe morestack`), or 0 when it does not
+/// begin that way. None of those instructions writes RAX, RBX, RCX or R14.
+fn past_stack_check(code: &[u8]) -> u64 {
+    let window = &code[..code.len().min(32)];
+    let mut decoder = Decoder::with_ip(64, window, 0, DecoderOptions::NONE);
+    let mut checked = false;
+    for _ in 0..4 {
+        if !decoder.can_decode() {
+            break;
+        }
+        let i = decoder.decode();
+        match i.mnemonic() {
+            iced_x86::Mnemonic::Lea if i.op0_register() == iced_x86::Register::R12 => {}
+            iced_x86::Mnemonic::Cmp
+                if i.memory_base() == iced_x86::Register::R14
+                    && i.memory_displacement64() == 0x10 =>
+            {
+                checked = true;
+            }
+            iced_x86::Mnemonic::Jbe if checked => return i.ip(),
+            _ => break,
+        }
+    }
+    0
 }
 
 /// The struct offsets for a Go release. `tls.Conn` has begun with `conn net.Conn` in every
@@ -291,6 +324,7 @@ impl<'a> Elf<'a> {
             .with_context(|| format!("{name} at {addr:#x} is not in the file"))?;
         Ok(GoFunc {
             entry,
+            probe_at: entry + past_stack_check(code),
             returns: returns(code, entry),
         })
     }
@@ -555,6 +589,10 @@ mod tests {
         let tls = find(data).unwrap().expect("crypto/tls found");
         for f in [&tls.read, &tls.write] {
             assert_entry_checks_stack_through_r14(data, f.entry);
+            // The entry probe sits on the stack check's `jbe` (emulated, not single-stepped).
+            assert!(f.probe_at > f.entry && f.probe_at < f.entry + 32, "{f:?}");
+            let at = f.probe_at as usize;
+            assert!(data[at] == 0x76 || data[at..at + 2] == [0x0f, 0x86], "jbe at {at:#x}");
             assert!(!f.returns.is_empty(), "{f:?} has no ret");
             for &ret in &f.returns {
                 assert!(ret > f.entry && ret < f.entry + MAX_FUNC_SIZE);

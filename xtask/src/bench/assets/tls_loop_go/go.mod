@@ -1,0 +1,3 @@
+module tlsloop
+
+go 1.19
