@@ -6,7 +6,7 @@
 //! `agent/fuzz` (cargo fuzz) calls these, and `agent/tests/fuzz_regressions.rs` replays every
 //! input that ever broke one, so a fixed crash stays fixed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 
 use mcptap_abi::{
@@ -17,7 +17,8 @@ use crate::capture::host::FixedHost;
 use crate::capture::{Dir, encode_record, recording as record};
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::signal::{Signal, Status};
-use crate::wire::{http1 as http, ndjson, sse};
+use crate::wire::http::Role;
+use crate::wire::{http1 as http, http2, ndjson, sse, websocket};
 
 /// Chunk sizes from a seed: a small generator, so the same input always splits the same way.
 struct Chunks(u32);
@@ -199,6 +200,281 @@ pub fn http(data: &[u8]) {
     assert_eq!(
         whole, split,
         "transactions depend on how the bytes were split"
+    );
+}
+
+/// What one run of an HTTP/2 connection said, and the transactions left to `finish`.
+type H2Run = (Vec<String>, Vec<u64>);
+
+/// The bytes of an h2c connection (`client` after the preface, `server`), pushed in
+/// `pushes` (`true`: the client's bytes), into a connection seen by a process at `role`.
+/// Checks what must hold whatever the bytes: one `Error` at most and nothing after it; a
+/// transaction's events between its `RequestHead` and its `Done`, a response's parts after
+/// its head; bodies within the limit; never more held than was given; `finish` returns the
+/// transactions still open.
+fn http2_events(
+    client: &[u8],
+    server: &[u8],
+    pushes: &[(bool, usize)],
+    role: Role,
+    max_body: usize,
+) -> H2Run {
+    use crate::wire::http::{ConnEvent, HttpWire};
+    let (client_dir, server_dir) = match role {
+        Role::Client => (Dir::Out, Dir::In),
+        Role::Server => (Dir::In, Dir::Out),
+    };
+    let mut conn = http2::Conn::detect(client_dir, client, max_body).expect("a preface");
+    assert_eq!(conn.role(), role);
+    // Each open transaction, and whether its response head came.
+    let mut open: BTreeMap<u64, bool> = BTreeMap::new();
+    let mut out = Vec::new();
+    let mut broken = false;
+    let (mut at, mut pushed, mut t) = ([0usize; 2], 0usize, 0u64);
+    for &(from_client, n) in pushes {
+        let (side, dir, bytes) = if from_client {
+            (0, client_dir, client)
+        } else {
+            (1, server_dir, server)
+        };
+        let piece = &bytes[at[side]..at[side] + n];
+        at[side] += n;
+        pushed += n;
+        t += 10;
+        conn.push(dir, piece, t, t + 5, &mut |e| {
+            assert!(!broken, "an event after the connection broke: {e:?}");
+            match &e {
+                ConnEvent::RequestHead(txn) => {
+                    assert!(open.insert(txn.seq, false).is_none(), "stream reopened");
+                }
+                ConnEvent::Error(_) => {
+                    broken = true;
+                    open.clear();
+                }
+                ConnEvent::ResponseHead(txn) => {
+                    let head = open
+                        .get_mut(&txn.seq)
+                        .expect("a response to an open stream");
+                    assert!(!*head, "two response heads");
+                    *head = true;
+                }
+                ConnEvent::Done(txn) => {
+                    assert!(open.remove(&txn.seq).is_some(), "done twice");
+                }
+                ConnEvent::RequestBody { txn, .. } | ConnEvent::Oversize { txn, .. } => {
+                    assert!(open.contains_key(&txn.seq), "an event of no open stream");
+                }
+                ConnEvent::ResponseBody { txn, .. } | ConnEvent::Sse { txn, .. } => {
+                    assert_eq!(open.get(&txn.seq), Some(&true), "a body before its head");
+                }
+            }
+            match &e {
+                ConnEvent::RequestBody {
+                    body,
+                    first_enter_ns,
+                    last_exit_ns,
+                    ..
+                }
+                | ConnEvent::ResponseBody {
+                    body,
+                    first_enter_ns,
+                    last_exit_ns,
+                    ..
+                } => {
+                    assert!(body.len() <= max_body, "body past the limit");
+                    assert!(first_enter_ns <= last_exit_ns);
+                }
+                ConnEvent::Sse { event, .. } => {
+                    assert!(event.data.len() <= max_body, "event past the limit");
+                    assert!(event.first_enter_ns <= event.last_exit_ns);
+                }
+                ConnEvent::Oversize { len, .. } => assert!(*len >= max_body as u64),
+                _ => {}
+            }
+            out.push(describe(&e));
+        });
+        assert!(
+            conn.buffered() <= pushed,
+            "held {} of {pushed} bytes given",
+            conn.buffered()
+        );
+    }
+    let left: Vec<u64> = conn
+        .finish(t + 10, &mut |e| panic!("finish said {e:?}"))
+        .iter()
+        .map(|txn| txn.seq)
+        .collect();
+    let still: Vec<u64> = open.keys().copied().collect();
+    assert_eq!(left, still, "finish returns the streams still open");
+    (out, left)
+}
+
+/// `(from client, length)` pushes: pieces of 1..=`max` bytes, the client's and the server's
+/// in turn, the rest of one side once the other ran out.
+fn alternate(chunks: &mut Chunks, client: usize, server: usize, max: usize) -> Vec<(bool, usize)> {
+    let mut out = Vec::new();
+    let mut left = [client, server];
+    let mut side = 0;
+    while left != [0, 0] {
+        if left[side] > 0 {
+            let n = chunks.next(max).min(left[side]);
+            left[side] -= n;
+            out.push((side == 0, n));
+        }
+        side ^= 1;
+    }
+    out
+}
+
+/// HTTP/2 (frames, HPACK, streams as transactions) as both ends see it. The first byte seeds
+/// how the bytes are cut and sets the body limit; the next two say where the client's bytes
+/// (after the preface, which is prepended) end and the server's begin. The two directions
+/// are pushed in turn; the same events, and the same transactions left over, whichever end
+/// watches and however each push is cut further.
+pub fn http2(data: &[u8]) {
+    let [a, l0, l1, rest @ ..] = data else {
+        return;
+    };
+    let split_at = (u16::from_le_bytes([*l0, *l1]) as usize).min(rest.len());
+    let (c, server) = rest.split_at(split_at);
+    let client = [http2::frames::PREFACE.as_slice(), c].concat();
+    let max_body = 32 + (*a as usize % 16) * 128;
+    let pushes = alternate(
+        &mut Chunks(u32::from(*a)),
+        client.len(),
+        server.len(),
+        1 + (*a as usize) * 16,
+    );
+    let mut finer = Vec::new();
+    let mut chunks = Chunks(u32::from(*a) ^ 0x5a5a);
+    for &(side, n) in &pushes {
+        let mut left = n;
+        while left > 0 {
+            let k = chunks.next(1 + *a as usize % 7).min(left);
+            finer.push((side, k));
+            left -= k;
+        }
+    }
+    let want = http2_events(&client, server, &pushes, Role::Client, max_body);
+    for (cut, role) in [
+        (&pushes, Role::Server),
+        (&finer, Role::Client),
+        (&finer, Role::Server),
+    ] {
+        let got = http2_events(&client, server, cut, role, max_body);
+        assert_eq!(
+            got, want,
+            "events depend on the watching end or on how the bytes were split"
+        );
+    }
+}
+
+/// What a WebSocket reader made of `pieces`, and how it ended. A message within the limit,
+/// an oversize one past it, never more held than a message and a frame header (and the
+/// inflater's state), times in order; a broken reader stays broken and says nothing more.
+fn websocket_messages(
+    masked: bool,
+    deflate: websocket::Deflate,
+    max: usize,
+    pieces: &[&[u8]],
+) -> (Vec<String>, Result<(), &'static str>) {
+    let mut r = websocket::Reader::new(masked, deflate, max);
+    let mut out = Vec::new();
+    let mut res = Ok(());
+    for (i, piece) in pieces.iter().enumerate() {
+        let (enter, exit) = (i as u64 * 10, i as u64 * 10 + 5);
+        res = r.push(piece, enter, exit, &mut |m| {
+            out.push(match m {
+                websocket::Message::Text {
+                    data,
+                    first_enter_ns,
+                    last_exit_ns,
+                }
+                | websocket::Message::Binary {
+                    data,
+                    first_enter_ns,
+                    last_exit_ns,
+                } => {
+                    assert!(data.len() <= max, "message past the limit");
+                    assert!(first_enter_ns <= last_exit_ns);
+                    let text = matches!(m, websocket::Message::Text { .. });
+                    format!("{} {data:?}", if text { "text" } else { "binary" })
+                }
+                websocket::Message::Oversize { len, .. } => {
+                    assert!(len > max as u64, "an oversize message within the limit");
+                    if deflate.on && deflate.no_context_takeover {
+                        // The rest of it is skipped: its length is a lower bound, counted
+                        // as far as the inflater got, which depends on the split.
+                        "oversize".into()
+                    } else {
+                        format!("oversize {len}")
+                    }
+                }
+                websocket::Message::Close { code, .. } => format!("close {code:?}"),
+                websocket::Message::Control { opcode, .. } => format!("control {opcode}"),
+            })
+        });
+        assert!(
+            r.buffered() <= max + 15 + 64 * 1024,
+            "held {} bytes",
+            r.buffered()
+        );
+        if res.is_err() {
+            let again = r.push(piece, exit, exit, &mut |m| {
+                panic!("a broken reader said {m:?}")
+            });
+            assert_eq!(again, res);
+            break;
+        }
+    }
+    (out, res)
+}
+
+/// WebSocket frames of one direction. The first byte chooses permessage-deflate (bit 0),
+/// without context takeover (bit 1), masking (bit 2) and the message limit (the rest); the
+/// second seeds the split. The same messages, and the same end, however the bytes are split
+/// (but for corrupt compressed bytes in a message skipped past the limit, see below).
+pub fn websocket(data: &[u8]) {
+    let [a, b, input @ ..] = data else {
+        return;
+    };
+    let deflate = websocket::Deflate {
+        on: a & 1 != 0,
+        no_context_takeover: a & 2 != 0,
+        window_bits: 15,
+    };
+    let masked = a & 4 != 0;
+    let max = 16 + (*a as usize >> 3) * 512;
+    let whole = websocket_messages(masked, deflate, max, &[input]);
+    let pieces = Chunks(u32::from(*b)).split(input, 1 + *b as usize % 32);
+    let split = websocket_messages(masked, deflate, max, &pieces);
+    if whole == split {
+        return;
+    }
+    // Without context takeover, the rest of a compressed message past the limit is skipped,
+    // not inflated: corrupt bytes there are found only if the inflater already ran over them
+    // (it decodes ahead of the output it is given room for, as far as its input goes, so the
+    // more bytes a push brought, the further). The run that found them ends there; up to
+    // the message it was in, both runs said the same, and the other dropped that message
+    // (after any control frames sent between its fragments).
+    let inflate_error =
+        |r: &(Vec<String>, Result<(), &str>)| r.1.is_err_and(|e| e.contains("inflate"));
+    let (short, long) = match (inflate_error(&whole), inflate_error(&split)) {
+        (true, false) => (&whole, &split),
+        (false, true) => (&split, &whole),
+        _ if split.0.len() < whole.0.len() => (&split, &whole),
+        _ => (&whole, &split),
+    };
+    assert!(
+        deflate.on
+            && deflate.no_context_takeover
+            && inflate_error(short)
+            && long.0.starts_with(&short.0)
+            && long.0[short.0.len()..]
+                .iter()
+                .find(|m| !m.starts_with("control") && !m.starts_with("close"))
+                .is_none_or(|m| m == "oversize"),
+        "messages depend on how the bytes were split:\n{whole:?}\n{split:?}"
     );
 }
 

@@ -51,3 +51,13 @@ fn record() {
 fn llm() {
     replay("llm", mcptap::fuzz::llm);
 }
+
+#[test]
+fn http2() {
+    replay("http2", mcptap::fuzz::http2);
+}
+
+#[test]
+fn websocket() {
+    replay("websocket", mcptap::fuzz::websocket);
+}

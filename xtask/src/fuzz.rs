@@ -14,7 +14,16 @@ use anyhow::{Context as _, Result, bail};
 use crate::{root, step};
 
 /// The targets, in `agent/fuzz/Cargo.toml` and `mcptap::fuzz`.
-pub const TARGETS: &[&str] = &["ndjson", "http", "sse", "mcp", "record", "llm"];
+pub const TARGETS: &[&str] = &[
+    "ndjson",
+    "http",
+    "sse",
+    "mcp",
+    "record",
+    "llm",
+    "http2",
+    "websocket",
+];
 
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     let Ok(entries) = std::fs::read_dir(from) else {

@@ -82,7 +82,7 @@ enum Task {
         #[arg(long, default_value_t = 10)]
         minutes: u64,
     },
-    /// Fuzz the parsers (ndjson, http, sse, mcp, record) with cargo fuzz, N seconds each,
+    /// Fuzz the parsers (ndjson, http, sse, mcp, record, llm, http2, websocket) with cargo fuzz, N seconds each,
     /// from the seeds in agent/fuzz/seeds; a crash stops with the input that caused it.
     Fuzz {
         /// Seconds per target.

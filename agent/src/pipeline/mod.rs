@@ -433,6 +433,8 @@ impl Pipeline {
 #[cfg(test)]
 mod agentic_tests;
 #[cfg(test)]
+mod h2ws_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tls_tests;

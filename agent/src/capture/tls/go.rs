@@ -592,7 +592,10 @@ mod tests {
             // The entry probe sits on the stack check's `jbe` (emulated, not single-stepped).
             assert!(f.probe_at > f.entry && f.probe_at < f.entry + 32, "{f:?}");
             let at = f.probe_at as usize;
-            assert!(data[at] == 0x76 || data[at..at + 2] == [0x0f, 0x86], "jbe at {at:#x}");
+            assert!(
+                data[at] == 0x76 || data[at..at + 2] == [0x0f, 0x86],
+                "jbe at {at:#x}"
+            );
             assert!(!f.returns.is_empty(), "{f:?} has no ret");
             for &ret in &f.returns {
                 assert!(ret > f.entry && ret < f.entry + MAX_FUNC_SIZE);

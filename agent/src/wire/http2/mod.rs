@@ -10,7 +10,10 @@
 
 pub mod frames;
 
-use super::http::{ConnEvent, Head, Headers, HttpWire, Role, Txn, Version, gather_capped};
+use super::http::{
+    ConnEvent, Head, Headers, HttpWire, Role, Txn, Version, Whole, deliver_whole, gather_capped,
+    response_bytes,
+};
 use super::sse;
 use crate::FastMap;
 use crate::capture::Dir;
@@ -282,19 +285,13 @@ impl Streams<'_> {
         s.req_done = true;
         s.txn.request.body_bytes = s.req_len;
         let body = std::mem::take(&mut s.req_body);
-        if s.req_len > max as u64 {
-            emit(ConnEvent::Oversize {
-                txn: &s.txn,
-                len: s.req_len,
-            });
-        } else if !body.is_empty() {
-            emit(ConnEvent::RequestBody {
-                txn: &s.txn,
-                body: &body,
-                first_enter_ns: s.txn.request.first_enter_ns,
-                last_exit_ns: exit_ns,
-            });
-        }
+        let whole = Whole {
+            body: &body,
+            len: s.req_len,
+            first_enter_ns: s.txn.request.first_enter_ns,
+            last_exit_ns: exit_ns,
+        };
+        deliver_whole(&s.txn, true, whole, max, emit);
     }
 
     /// A server's header block: an interim head (ignored), the response head, or trailers.
@@ -340,14 +337,16 @@ impl Streams<'_> {
             return;
         };
         r.body_bytes += data.len() as u64;
-        let txn = &s.txn;
-        match &mut s.sse {
-            Some(p) => p.push(data, enter_ns, exit_ns, |o| match o {
-                sse::Output::Event(event) => emit(ConnEvent::Sse { txn, event }),
-                sse::Output::Oversize { len } => emit(ConnEvent::Oversize { txn, len }),
-            }),
-            None => gather_capped(&mut s.resp_body, &mut s.resp_len, data, max),
-        }
+        let body = (&mut s.resp_body, &mut s.resp_len);
+        response_bytes(
+            &s.txn,
+            s.sse.as_mut(),
+            body,
+            data,
+            (enter_ns, exit_ns),
+            max,
+            emit,
+        );
     }
 
     /// END_STREAM from the server: the body (unless an event stream), and the transaction
@@ -358,21 +357,1026 @@ impl Streams<'_> {
         };
         let txn = &s.txn;
         if s.sse.is_none() {
-            let first = txn.response.as_ref().map_or(0, |r| r.first_enter_ns);
-            if s.resp_len > self.max_body as u64 {
-                emit(ConnEvent::Oversize {
-                    txn,
-                    len: s.resp_len,
-                });
-            } else if !s.resp_body.is_empty() {
-                emit(ConnEvent::ResponseBody {
-                    txn,
-                    body: &s.resp_body,
-                    first_enter_ns: first,
-                    last_exit_ns: exit_ns,
-                });
-            }
+            let whole = Whole {
+                body: &s.resp_body,
+                len: s.resp_len,
+                first_enter_ns: txn.response.as_ref().map_or(0, |r| r.first_enter_ns),
+                last_exit_ns: exit_ns,
+            };
+            deliver_whole(txn, false, whole, self.max_body, emit);
         }
         emit(ConnEvent::Done(txn));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! `Conn` fed real HTTP/2 byte streams (loona-hpack's encoder on both ends): the events
+    //! and their times are worked out from where each frame lies in its direction's bytes,
+    //! so that any way of cutting and interleaving the pushes can be checked against them.
+
+    use super::*;
+    use loona_hpack::Encoder;
+    use loona_hpack::encoder::encode_integer_into;
+    use std::ops::Range;
+
+    const T_DATA: u8 = 0;
+    const T_HEADERS: u8 = 1;
+    const T_RST_STREAM: u8 = 3;
+    const T_SETTINGS: u8 = 4;
+    const T_PING: u8 = 6;
+    const T_GOAWAY: u8 = 7;
+    const T_WINDOW_UPDATE: u8 = 8;
+    const T_CONTINUATION: u8 = 9;
+    const F_END_STREAM: u8 = 0x1;
+    const F_ACK: u8 = 0x1;
+    const F_END_HEADERS: u8 = 0x4;
+
+    const MAX: usize = 64 * 1024;
+
+    fn frame(typ: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut v = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        v.push(typ);
+        v.push(flags);
+        v.extend_from_slice(&stream.to_be_bytes());
+        v.extend_from_slice(payload);
+        v
+    }
+
+    fn settings(list: &[(u16, u32)]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for (id, val) in list {
+            v.extend_from_slice(&id.to_be_bytes());
+            v.extend_from_slice(&val.to_be_bytes());
+        }
+        frame(T_SETTINGS, 0, 0, &v)
+    }
+
+    fn enc(e: &mut Encoder<'_>, list: &[(&str, &str)]) -> Vec<u8> {
+        e.encode(list.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
+    }
+
+    /// An HPACK dynamic table size update (RFC 7541 §6.3).
+    fn size_update(n: usize) -> Vec<u8> {
+        let mut v = Vec::new();
+        encode_integer_into(n, 5, 0x20, &mut v).expect("vec write");
+        v
+    }
+
+    /// Who wrote the bytes.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Side {
+        C,
+        S,
+    }
+
+    /// What a `ConnEvent` said, owned, with its times.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    enum Got {
+        ReqHead {
+            seq: u64,
+            method: String,
+            path: String,
+            session: Option<String>,
+            t: (u64, u64),
+        },
+        ReqBody {
+            seq: u64,
+            body: String,
+            t: (u64, u64),
+        },
+        RespHead {
+            seq: u64,
+            status: u16,
+            sse: bool,
+            session: Option<String>,
+            t: (u64, u64),
+        },
+        RespBody {
+            seq: u64,
+            body: String,
+            t: (u64, u64),
+        },
+        Sse {
+            seq: u64,
+            event: String,
+            data: String,
+            t: (u64, u64),
+        },
+        Done(u64),
+        Oversize {
+            seq: u64,
+            len: u64,
+        },
+        Error(&'static str),
+    }
+
+    fn text(b: &[u8]) -> String {
+        String::from_utf8_lossy(b).into_owned()
+    }
+
+    fn own(e: ConnEvent<'_>) -> Got {
+        match e {
+            ConnEvent::RequestHead(t) => Got::ReqHead {
+                seq: t.seq,
+                method: t.request.method.clone().unwrap_or_default(),
+                path: t.request.target.clone().unwrap_or_default(),
+                session: t.request.headers.session_id.clone(),
+                t: (t.request.first_enter_ns, t.request.last_exit_ns),
+            },
+            ConnEvent::RequestBody {
+                txn,
+                body,
+                first_enter_ns,
+                last_exit_ns,
+            } => Got::ReqBody {
+                seq: txn.seq,
+                body: text(body),
+                t: (first_enter_ns, last_exit_ns),
+            },
+            ConnEvent::ResponseHead(t) => {
+                let r = t.response.as_ref().expect("a response head");
+                Got::RespHead {
+                    seq: t.seq,
+                    status: r.status.unwrap_or(0),
+                    sse: r.headers.is_sse(),
+                    session: r.headers.session_id.clone(),
+                    t: (r.first_enter_ns, r.last_exit_ns),
+                }
+            }
+            ConnEvent::ResponseBody {
+                txn,
+                body,
+                first_enter_ns,
+                last_exit_ns,
+            } => Got::RespBody {
+                seq: txn.seq,
+                body: text(body),
+                t: (first_enter_ns, last_exit_ns),
+            },
+            ConnEvent::Sse { txn, event } => Got::Sse {
+                seq: txn.seq,
+                event: event.event.to_string(),
+                data: text(event.data),
+                t: (event.first_enter_ns, event.last_exit_ns),
+            },
+            ConnEvent::Done(t) => Got::Done(t.seq),
+            ConnEvent::Oversize { txn, len } => Got::Oversize { seq: txn.seq, len },
+            ConnEvent::Error(why) => Got::Error(why),
+        }
+    }
+
+    /// An expected event: it fires with the push that carries byte `end - 1` of `side`, and its
+    /// times are those of the pushes carrying bytes `start` (enter) and `end - 1` (exit).
+    /// `make` builds it from those times; `sub` orders the events one frame fires.
+    struct Want {
+        side: Side,
+        start: usize,
+        end: usize,
+        sub: u8,
+        make: Box<dyn Fn((u64, u64)) -> Got>,
+    }
+
+    /// Both directions' bytes, cut into phases: within a phase the client's and the server's
+    /// bytes do not depend on each other (they may interleave any way); each phase depends on
+    /// the ones before (a response follows its request).
+    #[derive(Default)]
+    struct Script {
+        c: Vec<u8>,
+        s: Vec<u8>,
+        /// End offsets of (client, server) at the end of each phase.
+        phases: Vec<(usize, usize)>,
+        want: Vec<Want>,
+    }
+
+    impl Script {
+        fn bytes(&mut self, side: Side) -> &mut Vec<u8> {
+            match side {
+                Side::C => &mut self.c,
+                Side::S => &mut self.s,
+            }
+        }
+
+        /// Appends raw bytes; returns their span.
+        fn raw(&mut self, side: Side, b: &[u8]) -> (usize, usize) {
+            let v = self.bytes(side);
+            let start = v.len();
+            v.extend_from_slice(b);
+            (start, v.len())
+        }
+
+        fn frame(
+            &mut self,
+            side: Side,
+            typ: u8,
+            flags: u8,
+            stream: u32,
+            p: &[u8],
+        ) -> (usize, usize) {
+            self.raw(side, &frame(typ, flags, stream, p))
+        }
+
+        fn phase(&mut self) {
+            self.phases.push((self.c.len(), self.s.len()));
+        }
+
+        fn want(
+            &mut self,
+            side: Side,
+            (start, end): (usize, usize),
+            sub: u8,
+            make: impl Fn((u64, u64)) -> Got + 'static,
+        ) {
+            self.want.push(Want {
+                side,
+                start,
+                end,
+                sub,
+                make: Box::new(make),
+            });
+        }
+
+        fn side(&self, side: Side) -> &[u8] {
+            match side {
+                Side::C => &self.c,
+                Side::S => &self.s,
+            }
+        }
+
+        /// The phases in order, the client's part of each first (or the server's).
+        fn by_phase(&self, server_first: bool) -> Vec<(Side, Range<usize>)> {
+            let mut out = Vec::new();
+            let mut at = (0, 0);
+            let mut ends = self.phases.clone();
+            ends.push((self.c.len(), self.s.len()));
+            for (c, s) in ends {
+                let parts = [(Side::C, at.0..c), (Side::S, at.1..s)];
+                let order = if server_first { [1, 0] } else { [0, 1] };
+                for i in order {
+                    let (side, r) = parts[i].clone();
+                    if !r.is_empty() {
+                        out.push((side, r));
+                    }
+                }
+                at = (c, s);
+            }
+            out
+        }
+
+        /// Within each phase, `k` bytes of the client's part, then `k` of the server's, and
+        /// so on.
+        fn zipped(&self, k: usize) -> Vec<(Side, Range<usize>)> {
+            let mut out = Vec::new();
+            let mut at = (0, 0);
+            let mut ends = self.phases.clone();
+            ends.push((self.c.len(), self.s.len()));
+            for (c, s) in ends {
+                while at.0 < c || at.1 < s {
+                    if at.0 < c {
+                        let n = (at.0 + k).min(c);
+                        out.push((Side::C, at.0..n));
+                        at.0 = n;
+                    }
+                    if at.1 < s {
+                        let n = (at.1 + k).min(s);
+                        out.push((Side::S, at.1..n));
+                        at.1 = n;
+                    }
+                }
+                at = (c, s);
+            }
+            out
+        }
+
+        /// The events `pushes` must produce, in order.
+        fn expected(&self, pushes: &[(Side, Range<usize>)]) -> Vec<Got> {
+            let index = |side: Side| {
+                let mut v = vec![usize::MAX; self.side(side).len()];
+                for (j, (s, r)) in pushes.iter().enumerate() {
+                    if *s == side {
+                        for i in r.clone() {
+                            v[i] = j;
+                        }
+                    }
+                }
+                assert!(v.iter().all(|&j| j != usize::MAX), "every byte pushed");
+                v
+            };
+            let (ci, si) = (index(Side::C), index(Side::S));
+            let push_of = |side: Side, off: usize| match side {
+                Side::C => ci[off],
+                Side::S => si[off],
+            };
+            let mut keyed: Vec<((usize, usize, u8), Got)> = self
+                .want
+                .iter()
+                .map(|w| {
+                    let last = push_of(w.side, w.end - 1);
+                    let t = (enter_t(push_of(w.side, w.start)), exit_t(last));
+                    ((last, w.end, w.sub), (w.make)(t))
+                })
+                .collect();
+            keyed.sort_by_key(|(k, _)| *k);
+            keyed.into_iter().map(|(_, g)| g).collect()
+        }
+    }
+
+    fn enter_t(j: usize) -> u64 {
+        1_000 * (j as u64 + 1)
+    }
+
+    fn exit_t(j: usize) -> u64 {
+        1_000 * (j as u64 + 1) + 7
+    }
+
+    /// The direction a side's bytes have for a process at `role`.
+    fn dir_of(role: Role, side: Side) -> Dir {
+        match (role, side) {
+            (Role::Client, Side::C) | (Role::Server, Side::S) => Dir::Out,
+            _ => Dir::In,
+        }
+    }
+
+    /// A connection seen by a process at `role`, detected from the client's preface.
+    fn conn(role: Role, max_body: usize) -> Conn {
+        let c = Conn::detect(dir_of(role, Side::C), frames::PREFACE, max_body).expect("h2");
+        assert_eq!(c.role(), role);
+        assert_eq!(c.version(), Version::Http2);
+        c
+    }
+
+    fn feed(sc: &Script, c: &mut Conn, pushes: &[(Side, Range<usize>)]) -> Vec<Got> {
+        let mut got = Vec::new();
+        for (j, (side, r)) in pushes.iter().enumerate() {
+            let data = &sc.side(*side)[r.clone()];
+            let dir = dir_of(c.role(), *side);
+            c.push(dir, data, enter_t(j), exit_t(j), &mut |e| got.push(own(e)));
+        }
+        got
+    }
+
+    /// Both roles see exactly the expected events, nothing is left over, nothing held.
+    fn check(sc: &Script, pushes: &[(Side, Range<usize>)], what: &str) {
+        let want = sc.expected(pushes);
+        for role in [Role::Client, Role::Server] {
+            let mut c = conn(role, MAX);
+            let got = feed(sc, &mut c, pushes);
+            assert_eq!(got, want, "{what} ({role:?})");
+            assert_eq!(c.buffered(), 0, "{what} ({role:?})");
+            let mut late = Vec::new();
+            assert!(c.finish(9, &mut |e| late.push(own(e))).is_empty(), "{what}");
+            assert!(late.is_empty(), "{what}");
+        }
+    }
+
+    /// `pushes` with every push cut at the global byte offsets `cuts` (counted over all the
+    /// pushes' bytes in order).
+    fn cut(pushes: &[(Side, Range<usize>)], cuts: &[usize]) -> Vec<(Side, Range<usize>)> {
+        let mut out = Vec::new();
+        let mut base = 0;
+        for (side, r) in pushes {
+            let mut start = r.start;
+            for &c in cuts {
+                let at = r.start + c.saturating_sub(base);
+                if c > base && at > start && at < r.end {
+                    out.push((*side, start..at));
+                    start = at;
+                }
+            }
+            out.push((*side, start..r.end));
+            base += r.len();
+        }
+        out
+    }
+
+    /// One byte per push, in the order of `pushes`.
+    fn bytewise(pushes: &[(Side, Range<usize>)]) -> Vec<(Side, Range<usize>)> {
+        pushes
+            .iter()
+            .flat_map(|(s, r)| r.clone().map(move |i| (*s, i..i + 1)))
+            .collect()
+    }
+
+    const BODY1: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    const BODY3: &str = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}"#;
+    const BODY5: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    const RESP1: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-06-18","capabilities":{},"serverInfo":{"name":"s","version":"2"}}}"#;
+    const EV1: &str = r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":3,"progress":1}}"#;
+    const EV2: &str =
+        r#"{"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"hi"}]}}"#;
+
+    fn request(path: &str) -> Vec<(&'static str, String)> {
+        vec![
+            (":method", "POST".into()),
+            (":scheme", "http".into()),
+            (":authority", "127.0.0.1:8000".into()),
+            (":path", path.into()),
+            ("content-type", "application/json".into()),
+            ("accept", "application/json, text/event-stream".into()),
+            ("mcp-session-id", "S1".into()),
+        ]
+    }
+
+    fn pairs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+        v.iter().map(|(n, x)| (*n, x.as_str())).collect()
+    }
+
+    fn req_head(seq: u64) -> impl Fn((u64, u64)) -> Got {
+        move |t| Got::ReqHead {
+            seq,
+            method: "POST".into(),
+            path: "/mcp".into(),
+            session: Some("S1".into()),
+            t,
+        }
+    }
+
+    fn req_body(seq: u64, body: &'static str) -> impl Fn((u64, u64)) -> Got {
+        move |t| Got::ReqBody {
+            seq,
+            body: body.into(),
+            t,
+        }
+    }
+
+    fn resp_head(seq: u64, status: u16, sse: bool) -> impl Fn((u64, u64)) -> Got {
+        move |t| Got::RespHead {
+            seq,
+            status,
+            sse,
+            session: (status == 200).then(|| "S1".into()),
+            t,
+        }
+    }
+
+    fn done(seq: u64) -> impl Fn((u64, u64)) -> Got {
+        move |_| Got::Done(seq)
+    }
+
+    /// Offset of the size update in the client's bytes, with the end of the HEADERS frame
+    /// it starts in (it ends in the CONTINUATION after).
+    struct Marks {
+        update: usize,
+        headers_end: usize,
+    }
+
+    /// An MCP session over h2c: the client's preface and SETTINGS, requests on streams 1, 3
+    /// and 5 (stream 3's frames between stream 1's; stream 3's header block begins with a
+    /// dynamic table size update cut by the HEADERS/CONTINUATION boundary); the server's
+    /// SETTINGS, a JSON response on 1, an event stream on 3 with two events cut across DATA
+    /// frames, and a 202 on 5 whose HEADERS carry END_STREAM.
+    fn session() -> (Script, Marks) {
+        use Side::{C, S};
+        let mut ce = Encoder::new();
+        let mut se = Encoder::new();
+        let mut sc = Script::default();
+        // Phase 1.
+        sc.raw(C, frames::PREFACE);
+        sc.raw(C, &settings(&[(1, 4096), (3, 100), (4, 65_535)]));
+        let h1 = sc.frame(
+            C,
+            T_HEADERS,
+            F_END_HEADERS,
+            1,
+            &enc(&mut ce, &pairs(&request("/mcp"))),
+        );
+        sc.want(C, h1, 0, req_head(1));
+        let (b1a, b1b) = BODY1.as_bytes().split_at(40);
+        sc.frame(C, T_DATA, 0, 1, b1a);
+        // Stream 3: the size update's three bytes cut after the second.
+        ce.set_max_table_size(1024);
+        let mut block = size_update(1024);
+        assert_eq!(block, [0x3f, 0xe1, 0x07]);
+        let mut req3 = request("/mcp");
+        req3.push(("mcp-protocol-version", "2025-06-18".into()));
+        block.extend(enc(&mut ce, &pairs(&req3)));
+        // It names entries stream 1's block put in the dynamic table.
+        assert!(loona_hpack::Decoder::new().decode(&block[3..]).is_err());
+        let h3 = sc.frame(C, T_HEADERS, 0, 3, &block[..2]);
+        let marks = Marks {
+            update: h3.0 + 9,
+            headers_end: h3.1,
+        };
+        let c3 = sc.frame(C, T_CONTINUATION, F_END_HEADERS, 3, &block[2..]);
+        sc.want(C, (h3.0, c3.1), 0, req_head(3));
+        let d3 = sc.frame(C, T_DATA, F_END_STREAM, 3, BODY3.as_bytes());
+        sc.want(C, (h3.0, d3.1), 0, req_body(3, BODY3));
+        let d1 = sc.frame(C, T_DATA, F_END_STREAM, 1, b1b);
+        sc.want(C, (h1.0, d1.1), 0, req_body(1, BODY1));
+        sc.raw(S, &settings(&[(3, 128), (4, 65_535), (5, 16_384)]));
+        sc.frame(S, T_WINDOW_UPDATE, 0, 0, &(1u32 << 20).to_be_bytes());
+        sc.phase();
+        // Phase 2.
+        sc.frame(C, T_SETTINGS, F_ACK, 0, &[]);
+        let block5 = enc(&mut ce, &pairs(&request("/mcp")));
+        let h5 = sc.frame(C, T_HEADERS, F_END_HEADERS, 5, &block5);
+        sc.want(C, h5, 0, req_head(5));
+        let d5 = sc.frame(C, T_DATA, F_END_STREAM, 5, BODY5.as_bytes());
+        sc.want(C, (h5.0, d5.1), 0, req_body(5, BODY5));
+        sc.frame(S, T_SETTINGS, F_ACK, 0, &[]);
+        let json = [
+            (":status", "200"),
+            ("content-type", "application/json"),
+            ("mcp-session-id", "S1"),
+        ];
+        let r1 = sc.frame(S, T_HEADERS, F_END_HEADERS, 1, &enc(&mut se, &json));
+        sc.want(S, r1, 0, resp_head(1, 200, false));
+        let (r1a, r1b) = RESP1.as_bytes().split_at(50);
+        sc.frame(S, T_DATA, 0, 1, r1a);
+        let stream = [
+            (":status", "200"),
+            ("content-type", "text/event-stream"),
+            ("mcp-session-id", "S1"),
+        ];
+        let block = enc(&mut se, &stream);
+        // It names entries the first response put in the table.
+        assert!(loona_hpack::Decoder::new().decode(&block).is_err());
+        let r3 = sc.frame(S, T_HEADERS, F_END_HEADERS, 3, &block);
+        sc.want(S, r3, 0, resp_head(3, 200, true));
+        let events =
+            format!("event: message\ndata: {EV1}\n\nevent: message\r\ndata: {EV2}\r\n\r\n");
+        let (e1, rest) = events.as_bytes().split_at(30);
+        let (e2, e3) = rest.split_at(EV1.len());
+        let x1 = sc.frame(S, T_DATA, 0, 3, e1);
+        let x3 = sc.frame(S, T_DATA, F_END_STREAM, 1, r1b);
+        sc.want(S, (r1.0, x3.1), 0, |t| Got::RespBody {
+            seq: 1,
+            body: RESP1.into(),
+            t,
+        });
+        sc.want(S, x3, 1, done(1));
+        let x2 = sc.frame(S, T_DATA, 0, 3, e2);
+        sc.want(S, (x1.0, x2.1), 0, |t| Got::Sse {
+            seq: 3,
+            event: "message".into(),
+            data: EV1.into(),
+            t,
+        });
+        sc.phase();
+        // Phase 3.
+        sc.frame(C, T_WINDOW_UPDATE, 0, 0, &1000u32.to_be_bytes());
+        sc.frame(C, T_WINDOW_UPDATE, 0, 3, &100u32.to_be_bytes());
+        let x4 = sc.frame(S, T_DATA, F_END_STREAM, 3, e3);
+        sc.want(S, (x2.0, x4.1), 0, |t| Got::Sse {
+            seq: 3,
+            event: "message".into(),
+            data: EV2.into(),
+            t,
+        });
+        sc.want(S, x4, 1, done(3));
+        let r5 = sc.frame(
+            S,
+            T_HEADERS,
+            F_END_HEADERS | F_END_STREAM,
+            5,
+            &enc(&mut se, &[(":status", "202")]),
+        );
+        sc.want(S, r5, 0, resp_head(5, 202, false));
+        sc.want(S, r5, 1, done(5));
+        sc.frame(S, T_PING, 0, 0, &[1; 8]);
+        (sc, marks)
+    }
+
+    /// The events in order, as a reader of the code would list them.
+    #[test]
+    fn session_events_in_order() {
+        let (sc, _) = session();
+        let whole = [(Side::C, 0..sc.c.len()), (Side::S, 0..sc.s.len())];
+        let got = sc.expected(&whole);
+        let names: Vec<String> = got
+            .iter()
+            .map(|g| match g {
+                Got::ReqHead { seq, t, .. } => format!("req {seq} {t:?}"),
+                Got::ReqBody { seq, t, .. } => format!("reqbody {seq} {t:?}"),
+                Got::RespHead { seq, status, t, .. } => format!("resp {seq} {status} {t:?}"),
+                Got::RespBody { seq, t, .. } => format!("respbody {seq} {t:?}"),
+                Got::Sse { seq, t, .. } => format!("sse {seq} {t:?}"),
+                Got::Done(seq) => format!("done {seq}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        let (c, s) = ((1000, 1007), (2000, 2007));
+        assert_eq!(
+            names,
+            [
+                format!("req 1 {c:?}"),
+                format!("req 3 {c:?}"),
+                format!("reqbody 3 {c:?}"),
+                format!("reqbody 1 {c:?}"),
+                format!("req 5 {c:?}"),
+                format!("reqbody 5 {c:?}"),
+                format!("resp 1 200 {s:?}"),
+                format!("resp 3 200 {s:?}"),
+                format!("respbody 1 {s:?}"),
+                "done 1".into(),
+                format!("sse 3 {s:?}"),
+                format!("sse 3 {s:?}"),
+                "done 3".into(),
+                format!("resp 5 202 {s:?}"),
+                "done 5".into(),
+            ]
+        );
+        check(&sc, &whole, "each direction whole");
+    }
+
+    #[test]
+    fn each_direction_split_at_every_boundary() {
+        let (sc, _) = session();
+        let whole = [(Side::C, 0..sc.c.len()), (Side::S, 0..sc.s.len())];
+        for i in 0..=sc.c.len() + sc.s.len() {
+            check(&sc, &cut(&whole, &[i]), &format!("cut at {i}"));
+        }
+        check(&sc, &bytewise(&whole), "byte by byte");
+    }
+
+    #[test]
+    fn directions_interleaved() {
+        let (sc, _) = session();
+        for server_first in [false, true] {
+            let phased = sc.by_phase(server_first);
+            check(&sc, &phased, "by phase");
+            for i in 0..=sc.c.len() + sc.s.len() {
+                check(&sc, &cut(&phased, &[i]), &format!("by phase, cut at {i}"));
+            }
+            check(&sc, &bytewise(&phased), "by phase, byte by byte");
+        }
+        for k in [1, 2, 3, 5, 8, 13, 64, 1000] {
+            check(&sc, &sc.zipped(k), &format!("zipped by {k}"));
+        }
+    }
+
+    /// The size update's bytes in three pushes, one of them also cut at the frame boundary.
+    #[test]
+    fn size_update_across_continuation_and_pushes() {
+        let (sc, m) = session();
+        let whole = [(Side::C, 0..sc.c.len()), (Side::S, 0..sc.s.len())];
+        for cuts in [
+            vec![m.update + 1, m.update + 2],
+            vec![m.update + 1, m.headers_end],
+            vec![
+                m.update + 2,
+                m.headers_end + 4,
+                m.headers_end + 9,
+                m.headers_end + 10,
+            ],
+        ] {
+            check(&sc, &cut(&whole, &cuts), &format!("cuts {cuts:?}"));
+        }
+    }
+
+    /// A size update above what the other side's SETTINGS allowed breaks the connection; the
+    /// same bytes decode once those SETTINGS were seen.
+    #[test]
+    fn size_update_follows_the_peers_settings() {
+        let mut ce = Encoder::new();
+        let mut client = frames::PREFACE.to_vec();
+        client.extend(settings(&[]));
+        ce.set_max_table_size(8192);
+        let mut block = size_update(8192);
+        block.extend(enc(&mut ce, &pairs(&request("/mcp"))));
+        client.extend(frame(T_HEADERS, F_END_HEADERS | F_END_STREAM, 1, &block));
+        let server = settings(&[(1, 8192)]);
+        let run = |order: &[(Dir, &[u8])]| {
+            let mut c = Conn::detect(Dir::Out, &client, MAX).expect("h2");
+            let mut got = Vec::new();
+            for (dir, b) in order {
+                c.push(*dir, b, 1, 2, &mut |e| got.push(own(e)));
+            }
+            got
+        };
+        let got = run(&[(Dir::In, &server), (Dir::Out, &client)]);
+        assert!(matches!(&got[..], [Got::ReqHead { seq: 1, .. }]), "{got:?}");
+        let got = run(&[(Dir::Out, &client), (Dir::In, &server)]);
+        assert_eq!(
+            got,
+            [Got::Error("an HTTP/2 header block could not be decoded")]
+        );
+    }
+
+    /// Bodies over `max_body` are reported by their length: a request, a response, an event.
+    #[test]
+    fn oversize_bodies() {
+        let mut ce = Encoder::new();
+        let mut se = Encoder::new();
+        let mut client = frames::PREFACE.to_vec();
+        client.extend(settings(&[]));
+        client.extend(frame(
+            T_HEADERS,
+            F_END_HEADERS,
+            1,
+            &enc(&mut ce, &pairs(&request("/mcp"))),
+        ));
+        client.extend(frame(T_DATA, 0, 1, &[b'a'; 60]));
+        client.extend(frame(T_DATA, F_END_STREAM, 1, &[b'b'; 40]));
+        client.extend(frame(
+            T_HEADERS,
+            F_END_HEADERS,
+            3,
+            &enc(&mut ce, &pairs(&request("/mcp"))),
+        ));
+        client.extend(frame(T_DATA, F_END_STREAM, 3, b"{}"));
+        let mut server = settings(&[]);
+        let json = [(":status", "200"), ("content-type", "application/json")];
+        server.extend(frame(T_HEADERS, F_END_HEADERS, 1, &enc(&mut se, &json)));
+        for _ in 0..10 {
+            server.extend(frame(T_DATA, 0, 1, &[b'x'; 50]));
+        }
+        let events = [(":status", "200"), ("content-type", "text/event-stream")];
+        server.extend(frame(T_HEADERS, F_END_HEADERS, 3, &enc(&mut se, &events)));
+        let big = format!("data: {}\n\n", "y".repeat(100));
+        server.extend(frame(T_DATA, 0, 3, big.as_bytes()));
+        server.extend(frame(T_DATA, F_END_STREAM, 3, b"data: {}\n\n"));
+        server.extend(frame(T_DATA, F_END_STREAM, 1, b"z"));
+        for pieces in [1, 7] {
+            let mut c = Conn::detect(Dir::Out, &client, 64).expect("h2");
+            let mut got = Vec::new();
+            for ch in client.chunks(client.len().div_ceil(pieces)) {
+                c.push(Dir::Out, ch, 1, 2, &mut |e| got.push(own(e)));
+            }
+            for ch in server.chunks(server.len().div_ceil(pieces)) {
+                c.push(Dir::In, ch, 3, 4, &mut |e| got.push(own(e)));
+                // A body past the limit is counted, not held.
+                assert!(c.buffered() < 2 * 64 + 9 + 200, "{}", c.buffered());
+            }
+            let got: Vec<Got> = got
+                .into_iter()
+                .filter(|g| !matches!(g, Got::ReqHead { .. } | Got::RespHead { .. }))
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    Got::Oversize { seq: 1, len: 100 },
+                    Got::ReqBody {
+                        seq: 3,
+                        body: "{}".into(),
+                        t: (1, 2)
+                    },
+                    Got::Oversize { seq: 3, len: 106 },
+                    Got::Sse {
+                        seq: 3,
+                        event: "message".into(),
+                        data: "{}".into(),
+                        t: (3, 4)
+                    },
+                    Got::Done(3),
+                    Got::Oversize { seq: 1, len: 501 },
+                    Got::Done(1),
+                ],
+                "{pieces} pieces"
+            );
+        }
+    }
+
+    /// RST_STREAM and GOAWAY leave their streams open: `finish` returns them, in stream
+    /// order, with what was seen of their responses.
+    #[test]
+    fn reset_streams_are_left_to_finish() {
+        let mut ce = Encoder::new();
+        let mut se = Encoder::new();
+        let mut client = frames::PREFACE.to_vec();
+        client.extend(settings(&[]));
+        for s in [1, 3, 5] {
+            client.extend(frame(
+                T_HEADERS,
+                F_END_HEADERS,
+                s,
+                &enc(&mut ce, &pairs(&request("/mcp"))),
+            ));
+        }
+        client.extend(frame(T_DATA, F_END_STREAM, 3, b"{}"));
+        client.extend(frame(T_DATA, F_END_STREAM, 1, b"{}"));
+        client.extend(frame(T_DATA, 0, 5, b"{\"half\""));
+        let mut server = settings(&[]);
+        let json = [(":status", "200"), ("content-type", "application/json")];
+        server.extend(frame(T_HEADERS, F_END_HEADERS, 1, &enc(&mut se, &json)));
+        server.extend(frame(T_DATA, F_END_STREAM, 1, b"{\"ok\":1}"));
+        server.extend(frame(T_RST_STREAM, 0, 5, &8u32.to_be_bytes()));
+        server.extend(frame(T_HEADERS, F_END_HEADERS, 3, &enc(&mut se, &json)));
+        server.extend(frame(T_DATA, 0, 3, b"{\"partial\""));
+        server.extend(frame(T_RST_STREAM, 0, 3, &2u32.to_be_bytes()));
+        let mut away = 3u32.to_be_bytes().to_vec();
+        away.extend_from_slice(&0u32.to_be_bytes());
+        server.extend(frame(T_GOAWAY, 0, 0, &away));
+        let mut c = Conn::detect(Dir::In, &client, MAX).expect("h2");
+        assert_eq!(c.role(), Role::Server);
+        let mut got = Vec::new();
+        c.push(Dir::In, &client, 10, 20, &mut |e| got.push(own(e)));
+        c.push(Dir::Out, &server, 30, 40, &mut |e| got.push(own(e)));
+        let kinds: Vec<String> = got
+            .iter()
+            .map(|g| match g {
+                Got::ReqHead { seq, .. } => format!("req {seq}"),
+                Got::ReqBody { seq, .. } => format!("reqbody {seq}"),
+                Got::RespHead { seq, .. } => format!("resp {seq}"),
+                Got::RespBody { seq, .. } => format!("respbody {seq}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "req 1",
+                "req 3",
+                "req 5",
+                "reqbody 3",
+                "reqbody 1",
+                "resp 1",
+                "respbody 1",
+                "Done(1)",
+                "resp 3"
+            ]
+        );
+        // The partial bodies are held until the end.
+        assert_eq!(c.buffered(), 7 + 10);
+        let mut late = Vec::new();
+        let left = c.finish(50, &mut |e| late.push(own(e)));
+        assert!(late.is_empty());
+        let seqs: Vec<(u64, Option<u16>)> = left
+            .iter()
+            .map(|t| (t.seq, t.response.as_ref().and_then(|r| r.status)))
+            .collect();
+        assert_eq!(seqs, [(3, Some(200)), (5, None)]);
+        assert_eq!(left[0].response.as_ref().map(|r| r.body_bytes), Some(10));
+        assert_eq!(left[1].request.first_enter_ns, 10);
+        assert_eq!(c.buffered(), 0);
+    }
+
+    /// A connection that cannot be read on gives exactly one `Error`, however its bytes are
+    /// cut, and nothing after it (nor anything left to `finish`).
+    #[test]
+    fn broken_header_block_is_one_error() {
+        let mut ce = Encoder::new();
+        let mut client = frames::PREFACE.to_vec();
+        client.extend(settings(&[]));
+        client.extend(frame(
+            T_HEADERS,
+            F_END_HEADERS,
+            1,
+            &enc(&mut ce, &pairs(&request("/mcp"))),
+        ));
+        client.extend(frame(T_DATA, 0, 1, b"{\"jsonrpc\""));
+        let mut after = frame(
+            T_HEADERS,
+            F_END_HEADERS,
+            5,
+            &enc(&mut ce, &[(":path", "/")]),
+        );
+        after.extend(frame(T_DATA, F_END_STREAM, 1, b"}"));
+        let mut se = Encoder::new();
+        let mut server = settings(&[]);
+        server.extend(frame(
+            T_HEADERS,
+            F_END_HEADERS | F_END_STREAM,
+            1,
+            &enc(&mut se, &[(":status", "200")]),
+        ));
+        let broken: [(&[u8], &str); 4] = [
+            // An index past the tables.
+            (
+                &frame(T_HEADERS, F_END_HEADERS, 3, &[0xbf]),
+                "an HTTP/2 header block could not be decoded",
+            ),
+            // A literal whose length runs past the block, in a CONTINUATION.
+            (
+                &[
+                    frame(T_HEADERS, 0, 3, &[0x82]),
+                    frame(T_CONTINUATION, F_END_HEADERS, 3, &[0x40, 0x7f]),
+                ]
+                .concat(),
+                "an HTTP/2 header block could not be decoded",
+            ),
+            // A block that decodes to a head HTTP does not accept.
+            (
+                &frame(
+                    T_HEADERS,
+                    F_END_HEADERS,
+                    3,
+                    &enc(
+                        &mut Encoder::new(),
+                        &[(":method", "POST"), ("content-length", "x")],
+                    ),
+                ),
+                "bad Content-Length",
+            ),
+            // Frames out of order.
+            (
+                &frame(T_CONTINUATION, F_END_HEADERS, 3, &[0x82]),
+                "CONTINUATION without HEADERS",
+            ),
+        ];
+        for (bad, why) in broken {
+            let mut bytes = client.clone();
+            bytes.extend_from_slice(bad);
+            bytes.extend_from_slice(&after);
+            for i in 0..=bytes.len() {
+                let mut c = Conn::detect(Dir::Out, &client, MAX).expect("h2");
+                let mut got = Vec::new();
+                c.push(Dir::Out, &bytes[..i], 1, 2, &mut |e| got.push(own(e)));
+                c.push(Dir::Out, &bytes[i..], 3, 4, &mut |e| got.push(own(e)));
+                c.push(Dir::In, &server, 5, 6, &mut |e| got.push(own(e)));
+                assert!(
+                    matches!(&got[0], Got::ReqHead { seq: 1, .. }),
+                    "{why} {i}: {got:?}"
+                );
+                assert_eq!(got[1..], [Got::Error(why)], "{why} cut at {i}");
+                assert!(c.finish(7, &mut |_| panic!("an event")).is_empty());
+                // A block that fails above the frame reader (lost, or a head HTTP refuses)
+                // leaves the reader whole: it keeps the partial frame the breaking push
+                // ended in (never more than that push's bytes), until the connection goes.
+                assert!(c.buffered() <= after.len(), "{why} cut at {i}");
+            }
+        }
+        // The server's bytes break it too, once.
+        let mut c = Conn::detect(Dir::Out, &client, MAX).expect("h2");
+        let mut got = Vec::new();
+        c.push(Dir::Out, &client, 1, 2, &mut |e| got.push(own(e)));
+        let ping_on_stream = frame(T_PING, 0, 1, &[0; 8]);
+        for _ in 0..3 {
+            c.push(Dir::In, &ping_on_stream, 3, 4, &mut |e| got.push(own(e)));
+            c.push(Dir::Out, &after, 3, 4, &mut |e| got.push(own(e)));
+        }
+        assert_eq!(got[1..], [Got::Error("connection frame on a stream")]);
+    }
+
+    #[test]
+    fn detect() {
+        let preface = [frames::PREFACE.as_slice(), &settings(&[(3, 100)])].concat();
+        let server_settings = [
+            settings(&[(3, 128), (4, 65_535), (5, 16_384)]),
+            frame(T_WINDOW_UPDATE, 0, 0, &65_535u32.to_be_bytes()),
+        ]
+        .concat();
+        let role = |dir, b: &[u8]| Conn::detect(dir, b, MAX).map(|c| c.role());
+        assert_eq!(role(Dir::Out, frames::PREFACE), Some(Role::Client));
+        assert_eq!(role(Dir::Out, &preface), Some(Role::Client));
+        assert_eq!(role(Dir::In, &preface), Some(Role::Server));
+        assert_eq!(role(Dir::Out, &server_settings), Some(Role::Server));
+        assert_eq!(role(Dir::In, &server_settings), Some(Role::Client));
+        assert_eq!(
+            role(Dir::In, &frame(T_SETTINGS, F_ACK, 0, &[])),
+            Some(Role::Client)
+        );
+        let no: [&[u8]; 8] = [
+            b"",
+            // Too short to tell.
+            &frames::PREFACE[..16],
+            b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            b"PRI * HTTP/1.1\r\n\r\n\r\n\r\n\r\n\r\n",
+            br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"ping"}\n{"jsonrpc":"2.0","id":2}"#,
+            // A connection joined mid-way: its header blocks cannot be read.
+            &frame(T_HEADERS, F_END_HEADERS, 7, &[0x82, 0x86]),
+        ];
+        for b in no {
+            for dir in [Dir::In, Dir::Out] {
+                assert_eq!(role(dir, b), None, "{dir:?} {:?}", text(b));
+            }
+        }
+    }
+
+    /// A server whose first record is its own SETTINGS (written before it read the preface)
+    /// reads the client's preface and request after it.
+    #[test]
+    fn server_settings_first() {
+        let mut ce = Encoder::new();
+        let mut se = Encoder::new();
+        let server = settings(&[(3, 100)]);
+        let mut c = Conn::detect(Dir::Out, &server, MAX).expect("h2");
+        assert_eq!(c.role(), Role::Server);
+        let mut got = Vec::new();
+        c.push(Dir::Out, &server, 1, 2, &mut |e| got.push(own(e)));
+        let mut client = frames::PREFACE.to_vec();
+        client.extend(settings(&[]));
+        client.extend(frame(
+            T_HEADERS,
+            F_END_HEADERS,
+            1,
+            &enc(&mut ce, &pairs(&request("/mcp"))),
+        ));
+        client.extend(frame(T_DATA, F_END_STREAM, 1, b"{}"));
+        c.push(Dir::In, &client, 3, 4, &mut |e| got.push(own(e)));
+        let resp = frame(
+            T_HEADERS,
+            F_END_HEADERS | F_END_STREAM,
+            1,
+            &enc(&mut se, &[(":status", "202")]),
+        );
+        c.push(Dir::Out, &resp, 5, 6, &mut |e| got.push(own(e)));
+        assert_eq!(
+            got,
+            [
+                req_head(1)((3, 4)),
+                req_body(1, "{}")((3, 4)),
+                Got::RespHead {
+                    seq: 1,
+                    status: 202,
+                    sse: false,
+                    session: None,
+                    t: (5, 6)
+                },
+                Got::Done(1),
+            ]
+        );
     }
 }

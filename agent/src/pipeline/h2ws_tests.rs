@@ -1,0 +1,511 @@
+//! Pipeline tests of HTTP/2 and WebSocket: MCP over h2c and over WebSocket (with
+//! permessage-deflate), both ends watched, as synthetic socket records through every stage.
+
+use super::*;
+use crate::capture::encode_record;
+use crate::capture::host::FixedHost;
+use crate::signal::{HttpVersion, Status, Transport};
+use flate2::{Compress, Compression, FlushCompress};
+use loona_hpack::Encoder;
+use mcptap_abi::{DIR_IN, DIR_OUT, EventHeader, FD_TCP, RECORD_DATA, RECORD_SOCKET};
+
+const LO: [u8; 4] = [127, 0, 0, 1];
+const CLIENT: u32 = 700;
+const SERVER: u32 = 800;
+const PORT: u16 = 8000;
+
+/// A TCP socket's data record.
+fn data(tgid: u32, fd: i32, dir: u8, inode: u64, enter: u64, exit: u64, bytes: &[u8]) -> Vec<u8> {
+    encode_record(
+        &EventHeader {
+            record: RECORD_DATA,
+            dir,
+            fd_kind: FD_TCP,
+            tgid,
+            tid: tgid,
+            fd,
+            ts_enter_ns: enter,
+            ts_exit_ns: exit,
+            inode,
+            total: bytes.len() as u64,
+            ..Default::default()
+        },
+        bytes,
+    )
+}
+
+/// The kernel's word on where a loopback TCP socket's ends are.
+fn sock(tgid: u32, fd: i32, inode: u64, local: u16, remote: u16) -> Vec<u8> {
+    let mut si = mcptap_abi::SocketInfo {
+        family: 2,
+        local_port: local,
+        remote_port: remote,
+        ..Default::default()
+    };
+    si.local_addr[..4].copy_from_slice(&LO);
+    si.remote_addr[..4].copy_from_slice(&LO);
+    // SAFETY: SocketInfo is repr(C) plain integers.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            (&si as *const mcptap_abi::SocketInfo).cast::<u8>(),
+            std::mem::size_of::<mcptap_abi::SocketInfo>(),
+        )
+    };
+    encode_record(
+        &EventHeader {
+            record: RECORD_SOCKET,
+            fd_kind: FD_TCP,
+            tgid,
+            tid: tgid,
+            fd,
+            inode,
+            ..Default::default()
+        },
+        bytes,
+    )
+}
+
+/// Both views of one TCP connection: the client's fd 5 and the server's fd 7, client port
+/// `cport`.
+struct Link {
+    cport: u16,
+    recs: Vec<Vec<u8>>,
+    t: u64,
+}
+
+impl Link {
+    fn new(cport: u16) -> Self {
+        let mut l = Link {
+            cport,
+            recs: Vec::new(),
+            t: 1_000_000 * u64::from(cport - 40_000),
+        };
+        let (ci, si) = l.inodes();
+        l.recs.push(sock(CLIENT, 5, ci, cport, PORT));
+        l.recs.push(sock(SERVER, 7, si, PORT, cport));
+        l
+    }
+
+    fn inodes(&self) -> (u64, u64) {
+        (
+            u64::from(self.cport) * 10 + 1,
+            u64::from(self.cport) * 10 + 2,
+        )
+    }
+
+    /// The client writes `bytes`; the server reads them.
+    fn client(&mut self, bytes: &[u8]) -> &mut Self {
+        let (ci, si) = self.inodes();
+        self.t += 100;
+        let t = self.t;
+        self.recs
+            .push(data(CLIENT, 5, DIR_OUT, ci, t, t + 10, bytes));
+        self.recs
+            .push(data(SERVER, 7, DIR_IN, si, t - 50, t + 20, bytes));
+        self
+    }
+
+    /// The server writes `bytes`; the client reads them.
+    fn server(&mut self, bytes: &[u8]) -> &mut Self {
+        let (ci, si) = self.inodes();
+        self.t += 1_000;
+        let t = self.t;
+        self.recs
+            .push(data(SERVER, 7, DIR_OUT, si, t, t + 10, bytes));
+        self.recs
+            .push(data(CLIENT, 5, DIR_IN, ci, t - 500, t + 20, bytes));
+        self
+    }
+}
+
+fn run(recs: &[Vec<u8>]) -> (Vec<Signal>, Pipeline) {
+    let mut p = Pipeline::new(PipelineConfig::default());
+    let mut host = FixedHost::default();
+    for r in recs {
+        p.ingest(&mut host, r);
+    }
+    p.finish(10_000_000_000_000, 0);
+    let out = p.drain_signals().collect();
+    (out, p)
+}
+
+fn exchanges(s: &[Signal]) -> Vec<&crate::signal::Exchange> {
+    s.iter()
+        .filter_map(|s| match s {
+            Signal::Exchange(x) => Some(x),
+            _ => None,
+        })
+        .collect()
+}
+
+fn notifications(s: &[Signal]) -> Vec<&str> {
+    s.iter()
+        .filter_map(|s| match s {
+            Signal::Notification(n) => Some(n.method.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+const INIT: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+const INIT_OK: &str = r#"{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":"2025-06-18","capabilities":{"tools":{}},"serverInfo":{"name":"s","version":"2"}}}"#;
+const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+const CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello hello hello hello"},"_meta":{"progressToken":1}}}"#;
+const PROGRESS: &str = r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}"#;
+const CALL_OK: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hello hello hello hello"}]}}"#;
+const LIST: &str = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+const LIST_OK: &str = r#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"echo","inputSchema":{"type":"object"}}]}}"#;
+
+// HTTP/2 frames.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const DATA: u8 = 0;
+const HEADERS: u8 = 1;
+const SETTINGS: u8 = 4;
+const CONTINUATION: u8 = 9;
+const WINDOW_UPDATE: u8 = 8;
+const END_STREAM: u8 = 0x1;
+const ACK: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+fn frame(typ: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut v = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    v.push(typ);
+    v.push(flags);
+    v.extend_from_slice(&stream.to_be_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+fn settings(list: &[(u16, u32)]) -> Vec<u8> {
+    let p: Vec<u8> = list
+        .iter()
+        .flat_map(|(id, v)| [id.to_be_bytes().as_slice(), &v.to_be_bytes()].concat())
+        .collect();
+    frame(SETTINGS, 0, 0, &p)
+}
+
+/// A request's HEADERS (and DATA with END_STREAM): a POST of `body` to /mcp, in the session
+/// if one is named. The header block is cut into HEADERS + CONTINUATION when `continued`.
+fn h2_post(
+    e: &mut Encoder<'_>,
+    stream: u32,
+    session: Option<&str>,
+    body: &str,
+    continued: bool,
+) -> Vec<u8> {
+    let len = body.len().to_string();
+    let mut h = vec![
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":authority", "127.0.0.1:8000"),
+        (":path", "/mcp"),
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+        ("content-length", len.as_str()),
+    ];
+    if let Some(s) = session {
+        h.push(("mcp-session-id", s));
+        h.push(("mcp-protocol-version", "2025-06-18"));
+    }
+    let block = e.encode(h.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+    let mut out = if continued {
+        let (a, b) = block.split_at(block.len() / 2);
+        [
+            frame(HEADERS, 0, stream, a),
+            frame(CONTINUATION, END_HEADERS, stream, b),
+        ]
+        .concat()
+    } else {
+        frame(HEADERS, END_HEADERS, stream, &block)
+    };
+    // The body in two DATA frames.
+    let (a, b) = body.as_bytes().split_at(body.len() / 3);
+    out.extend(frame(DATA, 0, stream, a));
+    out.extend(frame(DATA, END_STREAM, stream, b));
+    out
+}
+
+/// A response's HEADERS, with END_STREAM when it has no body.
+fn h2_head(e: &mut Encoder<'_>, stream: u32, status: &str, ctype: Option<&str>) -> Vec<u8> {
+    let mut h = vec![(":status", status), ("mcp-session-id", "S1")];
+    if let Some(c) = ctype {
+        h.push(("content-type", c));
+    }
+    let block = e.encode(h.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+    let flags = if ctype.is_some() {
+        END_HEADERS
+    } else {
+        END_HEADERS | END_STREAM
+    };
+    frame(HEADERS, flags, stream, &block)
+}
+
+/// MCP over h2c, both ends watched: initialize answered in JSON (naming the session), the
+/// initialized notification answered 202 (HEADERS with END_STREAM), a tool call answered by
+/// an event stream (progress, then the result, cut across DATA frames) while a tools/list on
+/// another stream is answered in between.
+#[test]
+fn mcp_over_h2c_both_views() {
+    let mut ce = Encoder::new();
+    let mut se = Encoder::new();
+    let mut link = Link::new(40_101);
+    let mut first = PREFACE.to_vec();
+    first.extend(settings(&[(3, 100), (4, 65_535)]));
+    first.extend(h2_post(&mut ce, 1, None, INIT, false));
+    link.client(&first);
+    let mut answer = settings(&[(3, 128)]);
+    answer.extend(frame(WINDOW_UPDATE, 0, 0, &1_000_000u32.to_be_bytes()));
+    answer.extend(frame(SETTINGS, ACK, 0, &[]));
+    answer.extend(h2_head(&mut se, 1, "200", Some("application/json")));
+    answer.extend(frame(DATA, END_STREAM, 1, INIT_OK.as_bytes()));
+    link.server(&answer);
+    let mut next = frame(SETTINGS, ACK, 0, &[]);
+    next.extend(h2_post(&mut ce, 3, Some("S1"), INITIALIZED, true));
+    link.client(&next);
+    link.server(&h2_head(&mut se, 3, "202", None));
+    // Two requests in flight; the client's write is read by the server in two pieces.
+    let mut both = h2_post(&mut ce, 5, Some("S1"), CALL, true);
+    both.extend(h2_post(&mut ce, 7, Some("S1"), LIST, false));
+    let cut = both.len() / 2 + 3;
+    link.client(&both[..cut]).client(&both[cut..]);
+    let events = format!("event: message\ndata: {PROGRESS}\n\nevent: message\ndata: {CALL_OK}\n\n");
+    let (e1, e2) = events.as_bytes().split_at(40);
+    let mut reply = h2_head(&mut se, 5, "200", Some("text/event-stream"));
+    reply.extend(frame(DATA, 0, 5, e1));
+    reply.extend(h2_head(&mut se, 7, "200", Some("application/json")));
+    reply.extend(frame(DATA, END_STREAM, 7, LIST_OK.as_bytes()));
+    link.server(&reply);
+    link.server(&frame(DATA, END_STREAM, 5, e2));
+
+    let (out, p) = run(&link.recs);
+    let xs = exchanges(&out);
+    let methods: Vec<&str> = xs.iter().map(|x| x.method.as_str()).collect();
+    assert_eq!(methods.len(), 3, "{out:#?}");
+    let label = crate::mcp::privacy::session_label("S1", false);
+    for x in &xs {
+        assert_eq!(x.transport, Transport::Http, "{x:#?}");
+        assert_eq!(x.network.http_version, Some(HttpVersion::Http2), "{x:#?}");
+        assert_eq!(x.status, Status::Ok, "{x:#?}");
+        assert_eq!(x.http_status, Some(200), "{x:#?}");
+        assert_eq!(x.session.as_deref(), Some(label.as_str()), "{x:#?}");
+        // Both views.
+        assert_eq!(x.client.pid, Some(CLIENT));
+        assert_eq!(x.server.pid, Some(SERVER));
+        assert!(x.timing.client_duration_ms.is_some(), "{x:#?}");
+        assert!(x.timing.server_duration_ms.is_some(), "{x:#?}");
+        assert_eq!(x.network.server_port, Some(PORT));
+        assert_eq!(x.network.client_port, Some(40_101));
+    }
+    let find = |m: &str| xs.iter().find(|x| x.method == m).expect(m);
+    let init = find("initialize");
+    assert_eq!(init.server.name.as_deref(), Some("s"));
+    let call = find("tools/call");
+    assert_eq!(call.tool.as_deref(), Some("echo"));
+    assert_eq!(call.protocol_version.as_deref(), Some("2025-06-18"));
+    assert_eq!(call.response_bytes, Some(CALL_OK.len() as u64));
+    assert_eq!(
+        find("tools/list").response_bytes,
+        Some(LIST_OK.len() as u64)
+    );
+    assert_eq!(
+        notifications(&out),
+        ["notifications/initialized", "notifications/progress"]
+    );
+    assert!(p.conns.stats.rejected.is_empty(), "{:?}", p.conns.stats);
+    assert_eq!(p.protocols.mcp.stats.http_errors, 0);
+    assert_eq!(p.tracker.stats.late_views, 0);
+    // The JSON lines say HTTP/2.
+    let line = crate::output::jsonl::encode(&Signal::Exchange((*call).clone()));
+    assert!(line.contains(r#""http_version":"2""#), "{line}");
+}
+
+// WebSocket frames.
+const TEXT: u8 = 1;
+const CONT: u8 = 0;
+const PING: u8 = 9;
+const PONG: u8 = 10;
+
+/// One frame, masked with `key` when given (client frames are).
+fn ws(fin: bool, rsv1: bool, opcode: u8, payload: &[u8], key: Option<[u8; 4]>) -> Vec<u8> {
+    let mut out = vec![(u8::from(fin) << 7) | (u8::from(rsv1) << 6) | opcode];
+    let m = if key.is_some() { 0x80 } else { 0 };
+    let n = payload.len();
+    if n <= 125 {
+        out.push(m | n as u8);
+    } else if n <= 0xffff {
+        out.push(m | 126);
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        out.push(m | 127);
+        out.extend_from_slice(&(n as u64).to_be_bytes());
+    }
+    match key {
+        Some(k) => {
+            out.extend_from_slice(&k);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
+    out
+}
+
+/// One message compressed as RFC 7692 says: a sync flush, its 00 00 ff ff tail stripped.
+/// The compressor carries on across messages (context takeover).
+fn deflate(c: &mut Compress, msg: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(msg.len() + 64);
+    let in0 = c.total_in();
+    loop {
+        let done = (c.total_in() - in0) as usize;
+        c.compress_vec(&msg.as_bytes()[done..], &mut out, FlushCompress::Sync)
+            .expect("compress");
+        if (c.total_in() - in0) as usize == msg.len() && out.len() < out.capacity() {
+            break;
+        }
+        out.reserve(out.capacity());
+    }
+    assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+    out.truncate(out.len() - 4);
+    out
+}
+
+/// The client's masked, compressed message in one frame.
+fn client_msg(c: &mut Compress, msg: &str, key: [u8; 4]) -> Vec<u8> {
+    ws(true, true, TEXT, &deflate(c, msg), Some(key))
+}
+
+/// The server's compressed message in one frame.
+fn server_msg(c: &mut Compress, msg: &str) -> Vec<u8> {
+    ws(true, true, TEXT, &deflate(c, msg), None)
+}
+
+fn upgrade(extensions: Option<&str>) -> Vec<u8> {
+    let ext = extensions
+        .map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "GET /mcp HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: mcp\r\n{ext}\r\n"
+    )
+    .into_bytes()
+}
+
+fn switched(extensions: Option<&str>) -> Vec<u8> {
+    let ext = extensions
+        .map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: mcp\r\n{ext}\r\n"
+    )
+    .into_bytes()
+}
+
+const SRV_PING: &str = r#"{"jsonrpc":"2.0","id":"srv-1","method":"ping"}"#;
+const SRV_PONG: &str = r#"{"jsonrpc":"2.0","id":"srv-1","result":{}}"#;
+
+/// MCP over WebSocket with permessage-deflate (context takeover both ways), both ends
+/// watched: the 101 and the server's first frames (a compressed ping request and a ping
+/// control frame) in one record; the client's frames masked and compressed, its tool call in
+/// three fragments with a ping control frame between the first two. A second connection
+/// whose messages are JSON but not JSON-RPC is rejected and reports nothing.
+#[test]
+fn mcp_over_websocket_with_deflate() {
+    let mut cz = Compress::new(Compression::default(), false);
+    let mut sz = Compress::new(Compression::default(), false);
+    let mut link = Link::new(40_201);
+    link.client(&upgrade(Some("permessage-deflate; client_max_window_bits")));
+    let mut head = switched(Some("permessage-deflate"));
+    head.extend(server_msg(&mut sz, SRV_PING));
+    head.extend(ws(true, false, PING, b"hb", None));
+    link.server(&head);
+    let mut w = client_msg(&mut cz, SRV_PONG, [1, 2, 3, 4]);
+    w.extend(ws(true, false, PONG, b"hb", Some([9, 9, 9, 9])));
+    w.extend(client_msg(&mut cz, INIT, [0x37, 0xfa, 0x21, 0x3d]));
+    link.client(&w);
+    link.server(&server_msg(&mut sz, INIT_OK));
+    link.client(&client_msg(&mut cz, INITIALIZED, [5, 6, 7, 8]));
+    // The call: one compressed message in three fragments, a ping between the first two.
+    let z = deflate(&mut cz, CALL);
+    let (a, rest) = z.split_at(z.len() / 3);
+    let (b, c) = rest.split_at(rest.len() / 2);
+    link.client(&ws(false, true, TEXT, a, Some([0xa1, 0xb2, 0xc3, 0xd4])));
+    let mut w = ws(true, false, PING, b"are you there", Some([4, 3, 2, 1]));
+    w.extend(ws(false, false, CONT, b, Some([0x11, 0x22, 0x33, 0x44])));
+    link.client(&w);
+    link.client(&ws(true, false, CONT, c, Some([0xde, 0xad, 0xbe, 0xef])));
+    let mut w = ws(true, false, PONG, b"are you there", None);
+    w.extend(server_msg(&mut sz, PROGRESS));
+    w.extend(server_msg(&mut sz, CALL_OK));
+    link.server(&w);
+    let mut recs = link.recs;
+
+    // Not MCP: JSON that is not JSON-RPC, uncompressed (no extension agreed); a JSON-RPC
+    // request and response after it are not reported either.
+    let mut other = Link::new(40_202);
+    other.client(&upgrade(None));
+    let mut head = switched(None);
+    head.extend(ws(true, false, TEXT, br#"{"type":"welcome"}"#, None));
+    other.server(&head);
+    other.client(&ws(
+        true,
+        false,
+        TEXT,
+        br#"{"type":"chat","text":"hi"}"#,
+        Some([1, 1, 1, 1]),
+    ));
+    other.client(&ws(true, false, TEXT, LIST.as_bytes(), Some([2, 2, 2, 2])));
+    other.server(&ws(true, false, TEXT, LIST_OK.as_bytes(), None));
+    let (ci, si) = other.inodes();
+    recs.extend(other.recs);
+
+    let (out, mut p) = run(&recs);
+    let xs = exchanges(&out);
+    let mut methods: Vec<&str> = xs.iter().map(|x| x.method.as_str()).collect();
+    methods.sort_unstable();
+    assert_eq!(methods, ["initialize", "ping", "tools/call"], "{out:#?}");
+    for x in &xs {
+        assert_eq!(x.transport, Transport::WebSocket, "{x:#?}");
+        assert_eq!(x.status, Status::Ok, "{x:#?}");
+        assert_eq!(x.network.http_version, Some(HttpVersion::Http11), "{x:#?}");
+        assert_eq!(x.network.client_port, Some(40_201), "{x:#?}");
+        assert_eq!(x.client.pid, Some(CLIENT));
+        assert_eq!(x.server.pid, Some(SERVER));
+        assert!(x.timing.client_duration_ms.is_some(), "{x:#?}");
+        assert!(x.timing.server_duration_ms.is_some(), "{x:#?}");
+    }
+    let find = |m: &str| xs.iter().find(|x| x.method == m).expect(m);
+    let ping = find("ping");
+    assert_eq!(ping.requester, crate::signal::Role::Server);
+    assert_eq!(ping.id, r#""srv-1""#);
+    let init = find("initialize");
+    assert_eq!(init.server.name.as_deref(), Some("s"));
+    assert_eq!(init.requester, crate::signal::Role::Client);
+    let call = find("tools/call");
+    assert_eq!(call.tool.as_deref(), Some("echo"));
+    // Sizes are the inflated messages'.
+    assert_eq!(call.request_bytes, CALL.len() as u64);
+    assert_eq!(call.response_bytes, Some(CALL_OK.len() as u64));
+    assert_eq!(
+        notifications(&out),
+        ["notifications/initialized", "notifications/progress"]
+    );
+    let line = crate::output::jsonl::encode(&Signal::Exchange((*call).clone()));
+    assert!(line.contains(r#""transport":"websocket""#), "{line}");
+    // Both views of the second connection were rejected, for what their messages were.
+    assert_eq!(
+        p.conns.stats.rejected.get("json_not_jsonrpc"),
+        Some(&2),
+        "{:?}",
+        p.conns.stats
+    );
+    assert_eq!(p.conns.stats.rejected.len(), 1, "{:?}", p.conns.stats);
+    let mut rejects: Vec<(u32, i32, u64)> = p
+        .take_rejects()
+        .into_iter()
+        .map(|r| (r.tgid, r.fd, r.inode))
+        .collect();
+    rejects.sort_unstable();
+    assert_eq!(rejects, [(CLIENT, 5, ci), (SERVER, 7, si)]);
+    assert_eq!(p.protocols.mcp.stats.http_errors, 0);
+}
