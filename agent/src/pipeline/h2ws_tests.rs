@@ -2,140 +2,17 @@
 //! permessage-deflate), both ends watched, as synthetic socket records through every stage.
 
 use super::*;
-use crate::capture::encode_record;
 use crate::capture::host::FixedHost;
 use crate::signal::{HttpVersion, Status, Transport};
 use flate2::{Compress, Compression, FlushCompress};
 use loona_hpack::Encoder;
-use mcptap_abi::{DIR_IN, DIR_OUT, EventHeader, FD_TCP, RECORD_DATA, RECORD_SOCKET};
 
-const LO: [u8; 4] = [127, 0, 0, 1];
-const CLIENT: u32 = 700;
-const SERVER: u32 = 800;
+use super::tests::{Conn as Link, HTTP_CLIENT as CLIENT, HTTP_SERVER as SERVER, exchanges};
+
 const PORT: u16 = 8000;
 
-/// A TCP socket's data record.
-fn data(tgid: u32, fd: i32, dir: u8, inode: u64, enter: u64, exit: u64, bytes: &[u8]) -> Vec<u8> {
-    encode_record(
-        &EventHeader {
-            record: RECORD_DATA,
-            dir,
-            fd_kind: FD_TCP,
-            tgid,
-            tid: tgid,
-            fd,
-            ts_enter_ns: enter,
-            ts_exit_ns: exit,
-            inode,
-            total: bytes.len() as u64,
-            ..Default::default()
-        },
-        bytes,
-    )
-}
-
-/// The kernel's word on where a loopback TCP socket's ends are.
-fn sock(tgid: u32, fd: i32, inode: u64, local: u16, remote: u16) -> Vec<u8> {
-    let mut si = mcptap_abi::SocketInfo {
-        family: 2,
-        local_port: local,
-        remote_port: remote,
-        ..Default::default()
-    };
-    si.local_addr[..4].copy_from_slice(&LO);
-    si.remote_addr[..4].copy_from_slice(&LO);
-    // SAFETY: SocketInfo is repr(C) plain integers.
-    let bytes = unsafe {
-        std::slice::from_raw_parts(
-            (&si as *const mcptap_abi::SocketInfo).cast::<u8>(),
-            std::mem::size_of::<mcptap_abi::SocketInfo>(),
-        )
-    };
-    encode_record(
-        &EventHeader {
-            record: RECORD_SOCKET,
-            fd_kind: FD_TCP,
-            tgid,
-            tid: tgid,
-            fd,
-            inode,
-            ..Default::default()
-        },
-        bytes,
-    )
-}
-
-/// Both views of one TCP connection: the client's fd 5 and the server's fd 7, client port
-/// `cport`.
-struct Link {
-    cport: u16,
-    recs: Vec<Vec<u8>>,
-    t: u64,
-}
-
-impl Link {
-    fn new(cport: u16) -> Self {
-        let mut l = Link {
-            cport,
-            recs: Vec::new(),
-            t: 1_000_000 * u64::from(cport - 40_000),
-        };
-        let (ci, si) = l.inodes();
-        l.recs.push(sock(CLIENT, 5, ci, cport, PORT));
-        l.recs.push(sock(SERVER, 7, si, PORT, cport));
-        l
-    }
-
-    fn inodes(&self) -> (u64, u64) {
-        (
-            u64::from(self.cport) * 10 + 1,
-            u64::from(self.cport) * 10 + 2,
-        )
-    }
-
-    /// The client writes `bytes`; the server reads them.
-    fn client(&mut self, bytes: &[u8]) -> &mut Self {
-        let (ci, si) = self.inodes();
-        self.t += 100;
-        let t = self.t;
-        self.recs
-            .push(data(CLIENT, 5, DIR_OUT, ci, t, t + 10, bytes));
-        self.recs
-            .push(data(SERVER, 7, DIR_IN, si, t - 50, t + 20, bytes));
-        self
-    }
-
-    /// The server writes `bytes`; the client reads them.
-    fn server(&mut self, bytes: &[u8]) -> &mut Self {
-        let (ci, si) = self.inodes();
-        self.t += 1_000;
-        let t = self.t;
-        self.recs
-            .push(data(SERVER, 7, DIR_OUT, si, t, t + 10, bytes));
-        self.recs
-            .push(data(CLIENT, 5, DIR_IN, ci, t - 500, t + 20, bytes));
-        self
-    }
-}
-
 fn run(recs: &[Vec<u8>]) -> (Vec<Signal>, Pipeline) {
-    let mut p = Pipeline::new(PipelineConfig::default());
-    let mut host = FixedHost::default();
-    for r in recs {
-        p.ingest(&mut host, r);
-    }
-    p.finish(10_000_000_000_000, 0);
-    let out = p.drain_signals().collect();
-    (out, p)
-}
-
-fn exchanges(s: &[Signal]) -> Vec<&crate::signal::Exchange> {
-    s.iter()
-        .filter_map(|s| match s {
-            Signal::Exchange(x) => Some(x),
-            _ => None,
-        })
-        .collect()
+    super::tests::run(recs, &mut FixedHost::default())
 }
 
 fn notifications(s: &[Signal]) -> Vec<&str> {
@@ -252,30 +129,30 @@ fn mcp_over_h2c_both_views() {
     let mut first = PREFACE.to_vec();
     first.extend(settings(&[(3, 100), (4, 65_535)]));
     first.extend(h2_post(&mut ce, 1, None, INIT, false));
-    link.client(&first);
+    link.request(&first);
     let mut answer = settings(&[(3, 128)]);
     answer.extend(frame(WINDOW_UPDATE, 0, 0, &1_000_000u32.to_be_bytes()));
     answer.extend(frame(SETTINGS, ACK, 0, &[]));
     answer.extend(h2_head(&mut se, 1, "200", Some("application/json")));
     answer.extend(frame(DATA, END_STREAM, 1, INIT_OK.as_bytes()));
-    link.server(&answer);
+    link.response(&answer);
     let mut next = frame(SETTINGS, ACK, 0, &[]);
     next.extend(h2_post(&mut ce, 3, Some("S1"), INITIALIZED, true));
-    link.client(&next);
-    link.server(&h2_head(&mut se, 3, "202", None));
+    link.request(&next);
+    link.response(&h2_head(&mut se, 3, "202", None));
     // Two requests in flight; the client's write is read by the server in two pieces.
     let mut both = h2_post(&mut ce, 5, Some("S1"), CALL, true);
     both.extend(h2_post(&mut ce, 7, Some("S1"), LIST, false));
     let cut = both.len() / 2 + 3;
-    link.client(&both[..cut]).client(&both[cut..]);
+    link.request(&both[..cut]).request(&both[cut..]);
     let events = format!("event: message\ndata: {PROGRESS}\n\nevent: message\ndata: {CALL_OK}\n\n");
     let (e1, e2) = events.as_bytes().split_at(40);
     let mut reply = h2_head(&mut se, 5, "200", Some("text/event-stream"));
     reply.extend(frame(DATA, 0, 5, e1));
     reply.extend(h2_head(&mut se, 7, "200", Some("application/json")));
     reply.extend(frame(DATA, END_STREAM, 7, LIST_OK.as_bytes()));
-    link.server(&reply);
-    link.server(&frame(DATA, END_STREAM, 5, e2));
+    link.response(&reply);
+    link.response(&frame(DATA, END_STREAM, 5, e2));
 
     let (out, p) = run(&link.recs);
     let xs = exchanges(&out);
@@ -414,48 +291,48 @@ fn mcp_over_websocket_with_deflate() {
     let mut cz = Compress::new(Compression::default(), false);
     let mut sz = Compress::new(Compression::default(), false);
     let mut link = Link::new(40_201);
-    link.client(&upgrade(Some("permessage-deflate; client_max_window_bits")));
+    link.request(&upgrade(Some("permessage-deflate; client_max_window_bits")));
     let mut head = switched(Some("permessage-deflate"));
     head.extend(server_msg(&mut sz, SRV_PING));
     head.extend(ws(true, false, PING, b"hb", None));
-    link.server(&head);
+    link.response(&head);
     let mut w = client_msg(&mut cz, SRV_PONG, [1, 2, 3, 4]);
     w.extend(ws(true, false, PONG, b"hb", Some([9, 9, 9, 9])));
     w.extend(client_msg(&mut cz, INIT, [0x37, 0xfa, 0x21, 0x3d]));
-    link.client(&w);
-    link.server(&server_msg(&mut sz, INIT_OK));
-    link.client(&client_msg(&mut cz, INITIALIZED, [5, 6, 7, 8]));
+    link.request(&w);
+    link.response(&server_msg(&mut sz, INIT_OK));
+    link.request(&client_msg(&mut cz, INITIALIZED, [5, 6, 7, 8]));
     // The call: one compressed message in three fragments, a ping between the first two.
     let z = deflate(&mut cz, CALL);
     let (a, rest) = z.split_at(z.len() / 3);
     let (b, c) = rest.split_at(rest.len() / 2);
-    link.client(&ws(false, true, TEXT, a, Some([0xa1, 0xb2, 0xc3, 0xd4])));
+    link.request(&ws(false, true, TEXT, a, Some([0xa1, 0xb2, 0xc3, 0xd4])));
     let mut w = ws(true, false, PING, b"are you there", Some([4, 3, 2, 1]));
     w.extend(ws(false, false, CONT, b, Some([0x11, 0x22, 0x33, 0x44])));
-    link.client(&w);
-    link.client(&ws(true, false, CONT, c, Some([0xde, 0xad, 0xbe, 0xef])));
+    link.request(&w);
+    link.request(&ws(true, false, CONT, c, Some([0xde, 0xad, 0xbe, 0xef])));
     let mut w = ws(true, false, PONG, b"are you there", None);
     w.extend(server_msg(&mut sz, PROGRESS));
     w.extend(server_msg(&mut sz, CALL_OK));
-    link.server(&w);
+    link.response(&w);
     let mut recs = link.recs;
 
     // Not MCP: JSON that is not JSON-RPC, uncompressed (no extension agreed); a JSON-RPC
     // request and response after it are not reported either.
     let mut other = Link::new(40_202);
-    other.client(&upgrade(None));
+    other.request(&upgrade(None));
     let mut head = switched(None);
     head.extend(ws(true, false, TEXT, br#"{"type":"welcome"}"#, None));
-    other.server(&head);
-    other.client(&ws(
+    other.response(&head);
+    other.request(&ws(
         true,
         false,
         TEXT,
         br#"{"type":"chat","text":"hi"}"#,
         Some([1, 1, 1, 1]),
     ));
-    other.client(&ws(true, false, TEXT, LIST.as_bytes(), Some([2, 2, 2, 2])));
-    other.server(&ws(true, false, TEXT, LIST_OK.as_bytes(), None));
+    other.request(&ws(true, false, TEXT, LIST.as_bytes(), Some([2, 2, 2, 2])));
+    other.response(&ws(true, false, TEXT, LIST_OK.as_bytes(), None));
     let (ci, si) = other.inodes();
     recs.extend(other.recs);
 

@@ -22,7 +22,15 @@ fn host() -> FixedHost {
 }
 
 /// A TCP socket's data record.
-fn tcp(tgid: u32, fd: i32, dir: u8, inode: u64, enter: u64, exit: u64, data: &[u8]) -> Vec<u8> {
+pub(super) fn tcp(
+    tgid: u32,
+    fd: i32,
+    dir: u8,
+    inode: u64,
+    enter: u64,
+    exit: u64,
+    data: &[u8],
+) -> Vec<u8> {
     let mut r = rec(tgid, fd, dir, inode, enter, exit, data);
     r[2] = mcptap_abi::FD_TCP;
     r
@@ -79,7 +87,7 @@ fn rec(tgid: u32, fd: i32, dir: u8, inode: u64, enter: u64, exit: u64, data: &[u
     )
 }
 
-fn run(records: &[Vec<u8>], host: &mut FixedHost) -> (Vec<Signal>, Pipeline) {
+pub(super) fn run(records: &[Vec<u8>], host: &mut FixedHost) -> (Vec<Signal>, Pipeline) {
     let mut p = Pipeline::new(PipelineConfig::default());
     for r in records {
         p.ingest(host, r);
@@ -89,7 +97,7 @@ fn run(records: &[Vec<u8>], host: &mut FixedHost) -> (Vec<Signal>, Pipeline) {
     (out, p)
 }
 
-fn exchanges(s: &[Signal]) -> Vec<&crate::signal::Exchange> {
+pub(super) fn exchanges(s: &[Signal]) -> Vec<&crate::signal::Exchange> {
     s.iter()
         .filter_map(|s| match s {
             Signal::Exchange(x) => Some(x),
@@ -359,20 +367,20 @@ fn kernel_loss_resyncs_at_the_next_line() {
     );
 }
 
-const LO: [u8; 4] = [127, 0, 0, 1];
-const HTTP_CLIENT: u32 = 500;
-const HTTP_SERVER: u32 = 600;
+pub(super) const LO: [u8; 4] = [127, 0, 0, 1];
+pub(super) const HTTP_CLIENT: u32 = 500;
+pub(super) const HTTP_SERVER: u32 = 600;
 
 /// Both views of one HTTP connection: the client's fd 5 (inode 51) and the server's fd 7
 /// (inode 71), client port `cport`, server 8000.
-struct Conn {
+pub(super) struct Conn {
     cport: u16,
-    recs: Vec<Vec<u8>>,
+    pub(super) recs: Vec<Vec<u8>>,
     t: u64,
 }
 
 impl Conn {
-    fn new(cport: u16) -> Self {
+    pub(super) fn new(cport: u16) -> Self {
         let mut c = Conn {
             cport,
             recs: Vec::new(),
@@ -385,11 +393,11 @@ impl Conn {
             .push(sock(HTTP_SERVER, 7, si, (LO, 8000), (LO, cport)));
         c
     }
-    fn inodes(&self) -> (u64, u64) {
+    pub(super) fn inodes(&self) -> (u64, u64) {
         (self.cport as u64 * 10 + 1, self.cport as u64 * 10 + 2)
     }
     /// The client writes, the server reads.
-    fn request(&mut self, bytes: &[u8]) -> &mut Self {
+    pub(super) fn request(&mut self, bytes: &[u8]) -> &mut Self {
         let (ci, si) = self.inodes();
         self.t += 100;
         let t = self.t;
@@ -400,7 +408,7 @@ impl Conn {
         self
     }
     /// The server writes, the client reads.
-    fn response(&mut self, bytes: &[u8]) -> &mut Self {
+    pub(super) fn response(&mut self, bytes: &[u8]) -> &mut Self {
         let (ci, si) = self.inodes();
         self.t += 1_000;
         let t = self.t;
