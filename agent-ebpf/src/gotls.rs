@@ -103,8 +103,8 @@ fn try_go_ret(ctx: &ProbeContext) -> Option<()> {
         _pad: 0,
         ssl: r.r14,
     };
-    let call = unsafe { *GO_CALLS.get_ptr(&key)? };
-    let _ = GO_CALLS.remove(&key);
+    let call = unsafe { *GO_CALLS.get_ptr(key)? };
+    let _ = GO_CALLS.remove(key);
     ship_go(ctx, tgid, tid, &call, r.rax as i64)
 }
 

@@ -3,7 +3,7 @@
 //!
 //! A stream's first bytes are shown to each entry of [`FRAMINGS`] in order; the first that
 //! knows them decides: a connection framing (HTTP/1.1, HTTP/2) that keeps both directions of
-//! the fd, newline-delimited JSON (kept per direction, see [`super::Lines`]), or a refusal
+//! the fd, newline-delimited JSON (kept per direction, see [`super::StreamFraming`]), or a refusal
 //! with its reason (TLS records the kernel did not see start, binary bytes). A connection
 //! framing may hand over to another ([`ConnFraming::next`]): HTTP/1.1's `Upgrade` to
 //! WebSocket.

@@ -194,7 +194,7 @@ pub struct Txn {
     pub response: Option<Head>,
 }
 
-/// What a [`Conn`] delivers.
+/// What a connection ([`HttpWire`]) delivers.
 #[derive(Debug)]
 pub enum ConnEvent<'a> {
     /// A request head was parsed.

@@ -1,8 +1,9 @@
 //! Where the TLS libraries live, and the uprobes that capture plaintext from them.
 //!
-//! Each library mcptap reads is a module that plans where its probes go in one binary
-//! ([`LIBRARIES`], marked `TLS_LIBRARY_LIST`): OpenSSL ([`openssl`]) and GnuTLS ([`gnutls`])
-//! by their exported symbols. A uprobe is set on an inode, so one library reached through
+//! Each library mcptap reads is a module that plans where its probes go in one binary (the
+//! `LIBRARIES` list, marked `TLS_LIBRARY_LIST`): OpenSSL (`openssl`) and GnuTLS (`gnutls`) by
+//! their exported symbols, Go's `crypto/tls` (`go`) by its symbol table or function table,
+//! BoringSSL in Bun (`boringssl`) by its error-reporting sites. A uprobe is set on an inode, so one library reached through
 //! several paths or mount namespaces is one target, identified by (device, inode); a binary
 //! replaced at its path (an agent CLI updating itself) is a new inode, examined and probed
 //! afresh when a process runs or maps it.
@@ -16,8 +17,8 @@
 //! path, a child that forked without exec) brings a fresh look at its mappings, so its later
 //! connections are covered.
 //!
-//! The other concerns are modules of their own: ELF reading ([`elf`]), the x86 decoding
-//! that places probes ([`x86`]), `/proc` ([`procs`]) and detaching ([`detach`]).
+//! The other concerns are modules of their own: ELF reading (`elf`), the x86 decoding that
+//! places probes (`x86`), `/proc` (`procs`) and detaching (`detach`).
 
 mod boringssl;
 mod detach;
