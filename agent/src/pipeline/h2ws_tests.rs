@@ -4,10 +4,12 @@
 use super::*;
 use crate::capture::host::FixedHost;
 use crate::signal::{HttpVersion, Status, Transport};
-use flate2::{Compress, Compression, FlushCompress};
+use flate2::{Compress, Compression};
 use loona_hpack::Encoder;
 
 use super::tests::{Conn as Link, HTTP_CLIENT as CLIENT, HTTP_SERVER as SERVER, exchanges};
+use crate::wire::http2::frames::testing::{frame, settings_payload};
+use crate::wire::websocket::testing::{deflate_msg, frame as ws};
 
 const PORT: u16 = 8000;
 
@@ -44,21 +46,8 @@ const END_STREAM: u8 = 0x1;
 const ACK: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 
-fn frame(typ: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut v = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-    v.push(typ);
-    v.push(flags);
-    v.extend_from_slice(&stream.to_be_bytes());
-    v.extend_from_slice(payload);
-    v
-}
-
 fn settings(list: &[(u16, u32)]) -> Vec<u8> {
-    let p: Vec<u8> = list
-        .iter()
-        .flat_map(|(id, v)| [id.to_be_bytes().as_slice(), &v.to_be_bytes()].concat())
-        .collect();
-    frame(SETTINGS, 0, 0, &p)
+    frame(SETTINGS, 0, 0, &settings_payload(list))
 }
 
 /// A request's HEADERS (and DATA with END_STREAM): a POST of `body` to /mcp, in the session
@@ -202,47 +191,10 @@ const CONT: u8 = 0;
 const PING: u8 = 9;
 const PONG: u8 = 10;
 
-/// One frame, masked with `key` when given (client frames are).
-fn ws(fin: bool, rsv1: bool, opcode: u8, payload: &[u8], key: Option<[u8; 4]>) -> Vec<u8> {
-    let mut out = vec![(u8::from(fin) << 7) | (u8::from(rsv1) << 6) | opcode];
-    let m = if key.is_some() { 0x80 } else { 0 };
-    let n = payload.len();
-    if n <= 125 {
-        out.push(m | n as u8);
-    } else if n <= 0xffff {
-        out.push(m | 126);
-        out.extend_from_slice(&(n as u16).to_be_bytes());
-    } else {
-        out.push(m | 127);
-        out.extend_from_slice(&(n as u64).to_be_bytes());
-    }
-    match key {
-        Some(k) => {
-            out.extend_from_slice(&k);
-            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
-        }
-        None => out.extend_from_slice(payload),
-    }
-    out
-}
-
-/// One message compressed as RFC 7692 says: a sync flush, its 00 00 ff ff tail stripped.
-/// The compressor carries on across messages (context takeover).
+/// One message compressed as RFC 7692 says (the compressor carries on across messages:
+/// context takeover).
 fn deflate(c: &mut Compress, msg: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(msg.len() + 64);
-    let in0 = c.total_in();
-    loop {
-        let done = (c.total_in() - in0) as usize;
-        c.compress_vec(&msg.as_bytes()[done..], &mut out, FlushCompress::Sync)
-            .expect("compress");
-        if (c.total_in() - in0) as usize == msg.len() && out.len() < out.capacity() {
-            break;
-        }
-        out.reserve(out.capacity());
-    }
-    assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
-    out.truncate(out.len() - 4);
-    out
+    deflate_msg(c, msg.as_bytes())
 }
 
 /// The client's masked, compressed message in one frame.

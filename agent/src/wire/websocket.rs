@@ -738,8 +738,64 @@ fn grow(buf: &mut Vec<u8>, limit: usize) {
     buf.reserve_exact(want);
 }
 
+/// Frame builders for the tests of this module and of the stages above.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::TAIL;
+    use flate2::{Compress, FlushCompress};
+
+    /// Writes one frame (minimal length encoding), masking with `key` if given.
+    pub fn frame(
+        fin: bool,
+        rsv1: bool,
+        opcode: u8,
+        payload: &[u8],
+        key: Option<[u8; 4]>,
+    ) -> Vec<u8> {
+        let mut out = vec![(u8::from(fin) << 7) | (u8::from(rsv1) << 6) | opcode];
+        let m = if key.is_some() { 0x80 } else { 0 };
+        let n = payload.len();
+        if n <= 125 {
+            out.push(m | n as u8);
+        } else if n <= 0xffff {
+            out.push(m | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        } else {
+            out.push(m | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+        match key {
+            Some(k) => {
+                out.extend_from_slice(&k);
+                out.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
+            }
+            None => out.extend_from_slice(payload),
+        }
+        out
+    }
+
+    /// Compresses one message per RFC 7692: sync flush, trailing 00 00 ff ff stripped.
+    pub fn deflate_msg(c: &mut Compress, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(data.len() + data.len() / 2 + 1024);
+        let in0 = c.total_in();
+        loop {
+            let done = (c.total_in() - in0) as usize;
+            c.compress_vec(&data[done..], &mut out, FlushCompress::Sync)
+                .expect("compress");
+            if (c.total_in() - in0) as usize == data.len() && out.len() < out.capacity() {
+                break;
+            }
+            out.reserve(out.capacity());
+        }
+        assert!(out.ends_with(&TAIL), "sync flush ends with 00 00 ff ff");
+        out.truncate(out.len() - 4);
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::{deflate_msg, frame};
     use super::*;
     use flate2::{Compress, Compression, FlushCompress};
 
@@ -784,48 +840,6 @@ mod tests {
         fn below(&mut self, n: usize) -> usize {
             (self.next() % n.max(1) as u64) as usize
         }
-    }
-
-    /// Writes one frame (minimal length encoding), masking with `key` if given.
-    fn frame(fin: bool, rsv1: bool, opcode: u8, payload: &[u8], key: Option<[u8; 4]>) -> Vec<u8> {
-        let mut out = vec![(u8::from(fin) << 7) | (u8::from(rsv1) << 6) | opcode];
-        let m = if key.is_some() { 0x80 } else { 0 };
-        let n = payload.len();
-        if n <= 125 {
-            out.push(m | n as u8);
-        } else if n <= 0xffff {
-            out.push(m | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        } else {
-            out.push(m | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-        match key {
-            Some(k) => {
-                out.extend_from_slice(&k);
-                out.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
-            }
-            None => out.extend_from_slice(payload),
-        }
-        out
-    }
-
-    /// Compresses one message per RFC 7692: sync flush, trailing 00 00 ff ff stripped.
-    fn deflate_msg(c: &mut Compress, data: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(data.len() + data.len() / 2 + 1024);
-        let in0 = c.total_in();
-        loop {
-            let done = (c.total_in() - in0) as usize;
-            c.compress_vec(&data[done..], &mut out, FlushCompress::Sync)
-                .expect("compress");
-            if (c.total_in() - in0) as usize == data.len() && out.len() < out.capacity() {
-                break;
-            }
-            out.reserve(out.capacity());
-        }
-        assert!(out.ends_with(&TAIL), "sync flush ends with 00 00 ff ff");
-        out.truncate(out.len() - 4);
-        out
     }
 
     /// Feeds `chunks` as consecutive pushes; push i has enter 1000+10i, exit 1000+10i+5.

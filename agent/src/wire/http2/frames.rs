@@ -963,8 +963,34 @@ fn plausible_payload(h: &Hdr, p: &[u8]) -> bool {
     }
 }
 
+/// Frame builders for the tests of this module and of the stages above.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// One frame: its 9-byte header, then `payload`.
+    pub fn frame(typ: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut v = len.to_be_bytes()[1..].to_vec();
+        v.push(typ);
+        v.push(flags);
+        v.extend_from_slice(&stream.to_be_bytes());
+        v.extend_from_slice(payload);
+        v
+    }
+
+    /// A SETTINGS payload.
+    pub fn settings_payload(list: &[(u16, u32)]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for (id, val) in list {
+            v.extend_from_slice(&id.to_be_bytes());
+            v.extend_from_slice(&val.to_be_bytes());
+        }
+        v
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::{frame, settings_payload};
     use super::*;
     use loona_hpack::Encoder;
     use loona_hpack::encoder::encode_integer_into;
@@ -1038,25 +1064,6 @@ mod tests {
     fn size_update(n: usize) -> Vec<u8> {
         let mut v = Vec::new();
         encode_integer_into(n, 5, 0x20, &mut v).expect("vec write");
-        v
-    }
-
-    fn frame(typ: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let len = payload.len() as u32;
-        let mut v = len.to_be_bytes()[1..].to_vec();
-        v.push(typ);
-        v.push(flags);
-        v.extend_from_slice(&stream.to_be_bytes());
-        v.extend_from_slice(payload);
-        v
-    }
-
-    fn settings_payload(list: &[(u16, u32)]) -> Vec<u8> {
-        let mut v = Vec::new();
-        for (id, val) in list {
-            v.extend_from_slice(&id.to_be_bytes());
-            v.extend_from_slice(&val.to_be_bytes());
-        }
         v
     }
 

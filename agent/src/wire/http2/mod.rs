@@ -375,6 +375,7 @@ mod tests {
     //! and their times are worked out from where each frame lies in its direction's bytes,
     //! so that any way of cutting and interleaving the pushes can be checked against them.
 
+    use super::frames::testing::{frame, settings_payload};
     use super::*;
     use loona_hpack::Encoder;
     use loona_hpack::encoder::encode_integer_into;
@@ -394,22 +395,8 @@ mod tests {
 
     const MAX: usize = 64 * 1024;
 
-    fn frame(typ: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let mut v = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-        v.push(typ);
-        v.push(flags);
-        v.extend_from_slice(&stream.to_be_bytes());
-        v.extend_from_slice(payload);
-        v
-    }
-
     fn settings(list: &[(u16, u32)]) -> Vec<u8> {
-        let mut v = Vec::new();
-        for (id, val) in list {
-            v.extend_from_slice(&id.to_be_bytes());
-            v.extend_from_slice(&val.to_be_bytes());
-        }
-        frame(T_SETTINGS, 0, 0, &v)
+        frame(T_SETTINGS, 0, 0, &settings_payload(list))
     }
 
     fn enc(e: &mut Encoder<'_>, list: &[(&str, &str)]) -> Vec<u8> {
