@@ -401,17 +401,23 @@ pub fn node_client(extra: &[&str]) -> Command {
 /// The TypeScript SDK client, run by `node`, driving `server` (a path from the peers' node
 /// tree, or with `--python PY` in `extra` the Python fixture server) over stdio.
 pub fn node_client_of(node: &Path, server: &Path, extra: &[&str]) -> Command {
-    let node_dir = peers().join("node");
-    // ESM resolves packages next to the script, so the script runs from the peers' tree.
-    std::fs::copy(
-        fixtures().join("node_client.mjs"),
-        node_dir.join("node_client.mjs"),
-    )
-    .expect("copy node client");
+    let node_dir = node_fixture("node_client.mjs");
     let mut c = Command::new(node);
     c.current_dir(&node_dir).arg("node_client.mjs").arg(server);
     c.args(extra);
     c
+}
+
+/// Copy the Node fixture `name`, with the module the client fixtures share
+/// (`node_calls.mjs`), into the peers' node tree, and return that tree: ESM resolves
+/// packages next to the script, so the script runs from there.
+pub fn node_fixture(name: &str) -> PathBuf {
+    let node_dir = peers().join("node");
+    for f in [name, "node_calls.mjs"] {
+        std::fs::copy(fixtures().join(f), node_dir.join(f))
+            .unwrap_or_else(|e| panic!("copy {f} into {}: {e}", node_dir.display()));
+    }
+    node_dir
 }
 
 fn target_of(r: &Value) -> String {

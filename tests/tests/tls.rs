@@ -201,13 +201,7 @@ fn typescript_sdk_client_over_https() {
     let port = port();
     let agent = Agent::start_with_env(&dir, &[], DEBUG);
     let server = https_server("mcp1", &dir, port, &cert, &[]);
-    let node_dir = peers().join("node");
-    // ESM resolves packages next to the script, so the script runs from the peers' tree.
-    std::fs::copy(
-        fixtures().join("node_https_client.mjs"),
-        node_dir.join("node_https_client.mjs"),
-    )
-    .expect("copy node client");
+    let node_dir = node_fixture("node_https_client.mjs");
     let mut c = Command::new("node");
     c.current_dir(&node_dir)
         .arg("node_https_client.mjs")

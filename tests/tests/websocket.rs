@@ -142,13 +142,7 @@ fn ts_sdk_websocket_client() {
     let port = port();
     let agent = Agent::start_with_env(&dir, &[], DEBUG);
     let server = ws_server(&dir, port, true);
-    let node_dir = peers().join("node");
-    // ESM resolves packages (the SDK, ws) next to the script.
-    std::fs::copy(
-        fixtures().join("node_ws_client.mjs"),
-        node_dir.join("node_ws_client.mjs"),
-    )
-    .expect("copy node ws client");
+    let node_dir = node_fixture("node_ws_client.mjs");
     let url = format!("ws://127.0.0.1:{port}/ws");
     let mut c = Command::new("node");
     c.current_dir(&node_dir).arg("node_ws_client.mjs").args([
