@@ -141,7 +141,8 @@ fn ship_go(ctx: &ProbeContext, tgid: u32, tid: u32, call: &GoCall, n: i64) -> Op
         op: call.op,
         depth: 1,
         lib: tls_lib::GO,
-        _pad: [0; 5],
+        vectored: 0,
+        _pad: [0; 4],
     };
     let key = SslKey {
         tgid,

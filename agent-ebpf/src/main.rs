@@ -36,6 +36,7 @@ mod floor;
 mod gotls;
 mod maps;
 mod process;
+mod rustls;
 mod selftest;
 mod ship;
 mod syscall;

@@ -11,8 +11,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use mcptap_abi::{
-    Comm, Config, FD_MAP_ENTRIES, FdKey, FdState, GoCall, KernelOffsets, RecentRead, SCRATCH_SIZE,
-    SKIP_SLOTS, SelfTest, SslCall, SslKey, SslSocket, Stash, counter, id_byte, id_word,
+    Comm, Config, FD_MAP_ENTRIES, FdKey, FdState, GoCall, KernelOffsets, RecentRead, RustlsChunk,
+    RustlsParked, SCRATCH_SIZE, SKIP_SLOTS, SelfTest, SslCall, SslKey, SslSocket, Stash, counter,
+    id_byte, id_word,
 };
 
 use crate::ship::Job;
@@ -61,6 +62,12 @@ pub static RECENT_TLS_READS: LruHashMap<u32, RecentRead> = LruHashMap::with_max_
 /// Go `crypto/tls` calls in progress, by (process, goroutine).
 #[map]
 pub static GO_CALLS: LruHashMap<SslKey, GoCall> = LruHashMap::with_max_entries(32768, 0);
+/// rustls plaintext writes waiting for the flush that binds their connection, by thread id.
+#[map]
+pub static RUSTLS_PARKED: LruHashMap<u32, RustlsParked> = LruHashMap::with_max_entries(16384, 0);
+/// The chunk each thread's rustls `into_first_chunk` returned, until its `consume`.
+#[map]
+pub static RUSTLS_CHUNKS: LruHashMap<u32, RustlsChunk> = LruHashMap::with_max_entries(16384, 0);
 #[map]
 pub static SSL_SOCKETS: LruHashMap<SslKey, SslSocket> = LruHashMap::with_max_entries(65536, 0);
 #[map]

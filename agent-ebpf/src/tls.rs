@@ -103,7 +103,7 @@ pub fn tls_ciphertext(tgid: u32, tid: u32, stash: &Stash, ret: u64) -> bool {
             ssl: unsafe { (*call).ssl },
         };
         if !bound_live(key) {
-            bind(st, tgid, tid, stash, key);
+            bind(st, tgid, tid, stash, key, unsafe { (*call).lib });
         }
         if stash.dir == DIR_OUT && n >= CIPHER_KEY_BYTES as u64 {
             // What an OpenSSL socket BIO remembered of this ciphertext is not needed.
@@ -123,24 +123,37 @@ fn bind_ssl(st: *mut FdState, tgid: u32, tid: u32, stash: &Stash, k: u64) {
     let Some(ssl) = CIPHER_KEYS.get_ptr(k) else {
         return;
     };
-    bind(st, tgid, tid, stash, unsafe { *ssl });
+    bind(st, tgid, tid, stash, unsafe { *ssl }, tls_lib::OPENSSL);
     let _ = CIPHER_KEYS.remove(k);
 }
 
-/// Bind SSL object `ssl` to the stashed syscall's socket (`st`).
+/// Bind SSL object `ssl` of library `lib` to the stashed syscall's socket (`st`).
 #[inline(always)]
-fn bind(st: *mut FdState, tgid: u32, tid: u32, stash: &Stash, ssl: SslKey) {
+fn bind(st: *mut FdState, tgid: u32, tid: u32, stash: &Stash, ssl: SslKey, lib: u8) {
     let sock = SslSocket {
         inode: stash.fd.inode,
         fd: stash.fdnum,
         _pad: 0,
     };
     if SSL_SOCKETS.insert(ssl, sock, 0).is_ok() {
-        unsafe { (*st).flags |= FDSTATE_TLS_BOUND };
+        unsafe { (*st).flags |= bound_mark(lib) };
         count(counter::TLS_BINDS, 1);
         // Tell userspace the socket will be decrypted (it may carry no plaintext at all: a
         // connection closed right after its handshake).
         output_tls_record(tgid, tid, stash, FLAG_TLS);
+    }
+}
+
+/// What marks a socket whose connection is bound, by library: [`FDSTATE_TLS_BOUND`], which
+/// spares its later syscalls the syscall path, unless the library is rustls, whose
+/// connections are bound again and again by those syscalls (a connection moves in memory
+/// with the Rust value that holds it, and its reads and writes have different identities).
+#[inline(always)]
+fn bound_mark(lib: u8) -> u8 {
+    if lib == tls_lib::RUSTLS {
+        0
+    } else {
+        FDSTATE_TLS_BOUND
     }
 }
 
@@ -182,7 +195,8 @@ pub fn ssl_enter(ctx: &ProbeContext, op: u8, ex: bool, lib: u8) {
         op,
         depth: 1,
         lib,
-        _pad: [0; 5],
+        vectored: 0,
+        _pad: [0; 4],
     };
     // Replaces a call whose return never ran (the thread unwound past it).
     if SSL_CALLS.insert(pid_tgid as u32, call, 0).is_err() {
@@ -193,7 +207,7 @@ pub fn ssl_enter(ctx: &ProbeContext, op: u8, ex: bool, lib: u8) {
 /// Whether SSL object `key` is bound to a socket that is still open as that fd (a freed SSL
 /// object's address is reused for a new connection's).
 #[inline(always)]
-fn bound_live(key: SslKey) -> bool {
+pub fn bound_live(key: SslKey) -> bool {
     let Some(sock) = SSL_SOCKETS.get_ptr(key) else {
         return false;
     };
@@ -209,7 +223,7 @@ fn bound_live(key: SslKey) -> bool {
 /// and writes make no syscall inside a call): the socket this thread read ciphertext from
 /// just before is its.
 #[inline(always)]
-fn bind_recent_read(pid_tgid: u64, ssl: u64) {
+pub fn bind_recent_read(pid_tgid: u64, ssl: u64) {
     let key = SslKey {
         tgid: (pid_tgid >> 32) as u32,
         _pad: 0,
@@ -470,7 +484,7 @@ fn ship_tls<C: EbpfContext>(
     n: u64,
 ) -> Option<()> {
     let tgid = key.tgid;
-    let state = plaintext_socket(key, sock, tid)?;
+    let state = plaintext_socket(key, sock, tid, call.lib)?;
     let job = unsafe { &mut *JOBS.get_ptr_mut(JOB_TLS)? };
     job.hdr = EventHeader {
         record: RECORD_DATA,
@@ -496,10 +510,18 @@ fn ship_tls<C: EbpfContext>(
         offset: 0,
         comm: bpf_get_current_comm().unwrap_or_default(),
     };
-    job.iov_ptr = 0;
-    job.iov_left = 0;
-    job.cur_base = call.buf;
-    job.cur_left = n;
+    if call.vectored != 0 {
+        // `buf` is an array of `out` iovecs (`IoSlice` is `struct iovec` on Unix).
+        job.iov_ptr = call.buf;
+        job.iov_left = call.out;
+        job.cur_base = 0;
+        job.cur_left = 0;
+    } else {
+        job.iov_ptr = 0;
+        job.iov_left = 0;
+        job.cur_base = call.buf;
+        job.cur_left = n;
+    }
     job.shipped = 0;
     job.tail_calls = 0;
     ship(ctx, job, SCRATCH_TLS, &TLS_TAILS);
@@ -510,7 +532,7 @@ fn ship_tls<C: EbpfContext>(
 /// shipped (now marked so that its ciphertext is not, its pending marks taken for the
 /// record); `None` when nothing is to be shipped: the socket is closed, or rejected.
 #[inline(always)]
-fn plaintext_socket(key: SslKey, sock: SslSocket, tid: u32) -> Option<FdState> {
+fn plaintext_socket(key: SslKey, sock: SslSocket, tid: u32, lib: u8) -> Option<FdState> {
     let tgid = key.tgid;
     let st = match fd_state(tgid, tid, sock.fd, byte_of(&GEN, tgid), SCRATCH_TLS) {
         Fd::Tracked(st) if unsafe { (*st).inode } == sock.inode => Some(st),
@@ -531,7 +553,7 @@ fn plaintext_socket(key: SslKey, sock: SslSocket, tid: u32) -> Option<FdState> {
     // lost those marks); the pending marks travel with this record.
     unsafe {
         (*st).flags =
-            (state.flags | FDSTATE_TLS | FDSTATE_TLS_BOUND | FDSTATE_SEEN) & !FDSTATE_PENDING_MARKS;
+            (state.flags | FDSTATE_TLS | bound_mark(lib) | FDSTATE_SEEN) & !FDSTATE_PENDING_MARKS;
     }
     Some(state)
 }

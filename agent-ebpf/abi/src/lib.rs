@@ -70,7 +70,8 @@ pub const FDSTATE_LOST: u8 = 1 << 1;
 /// shipped, though they are still looked at until an SSL object is bound to the socket.
 pub const FDSTATE_TLS: u8 = 1 << 2;
 /// `FdState::flags`: an SSL object is bound to this TLS socket (its plaintext is captured), so
-/// the socket's syscalls need no more attention than a rejected fd's.
+/// the socket's syscalls need no more attention than a rejected fd's. Never set for rustls,
+/// whose connections keep being bound by their socket's syscalls.
 pub const FDSTATE_TLS_BOUND: u8 = 1 << 3;
 /// `FdState::flags`: a syscall moved data on this fd since the entry was made; the TLS check
 /// looks at the first such data only.
@@ -248,8 +249,11 @@ pub struct SslCall {
     pub depth: u8,
     /// The library called, one of the [`tls_lib`] constants.
     pub lib: u8,
+    /// Non-zero when `buf` is an array of `out` iovecs (rustls's `write_vectored`), not one
+    /// buffer.
+    pub vectored: u8,
     /// Explicit padding; always zero.
-    pub _pad: [u8; 5],
+    pub _pad: [u8; 4],
 }
 
 /// The TLS libraries whose plaintext is read (the `tls_lib` of records).
@@ -262,7 +266,65 @@ pub mod tls_lib {
     pub const GO: u8 = 3;
     /// BoringSSL linked into a stripped binary (Bun).
     pub const BORINGSSL: u8 = 4;
+    /// rustls, found by its symbols.
+    pub const RUSTLS: u8 = 5;
 }
+
+/// A rustls plaintext write whose connection has no socket yet, parked by thread until the
+/// write of its ciphertext that follows (rustls only buffers what `Writer::write` is given; the
+/// caller then flushes it, `ChunkVecBuffer::write_to`, on the same thread, the plaintext
+/// buffer still live).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RustlsParked {
+    /// The write: its connection (`ssl`), buffer and entry time.
+    pub call: SslCall,
+    /// Bytes rustls took.
+    pub n: u64,
+}
+
+/// The first chunk of plaintext a rustls `Reader::into_first_chunk` returned on a thread, kept
+/// until the `Reader::consume` that says how much of it the caller took (tokio-rustls reads
+/// this way, without `Read::read`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RustlsChunk {
+    /// The connection's received-plaintext buffer (the `Reader`'s first field): its identity.
+    pub conn: u64,
+    /// Where the chunk starts (0: none, or an error); until the return, where the call writes
+    /// its result.
+    pub ptr: u64,
+    /// Its length.
+    pub len: u64,
+    /// CLOCK_MONOTONIC at the entry of `into_first_chunk`.
+    pub ts_enter_ns: u64,
+    /// Whether the call returned (`ptr` is the chunk's).
+    pub returned: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 7],
+}
+
+/// How long a parked rustls write waits for its flush (ns); a write found older is dropped,
+/// counted as unbound.
+pub const RUSTLS_PARK_NS: u64 = 10_000_000;
+
+/// The rustls probes (by demangled name, see the agent's `capture::tls::rustls`): plaintext
+/// writes at `Writer::write`/`write_vectored` (returns: `io::Result<usize>`, tag in RAX and
+/// count in RDX), reads at `Read::read` or at the `into_first_chunk`/`consume` pair, and the
+/// flush whose socket write binds a connection that has none yet.
+pub const RUSTLS_PROBES: [(&str, &str, bool); 11] = [
+    ("Writer::write", "rustls_write_enter", false),
+    ("Writer::write", "rustls_data_ret", true),
+    ("Writer::write_vectored", "rustls_writev_enter", false),
+    ("Writer::write_vectored", "rustls_data_ret", true),
+    ("Reader::read", "rustls_read_enter", false),
+    ("Reader::read", "rustls_data_ret", true),
+    ("Reader::into_first_chunk", "rustls_chunk_enter", false),
+    ("Reader::into_first_chunk", "rustls_chunk_ret", true),
+    ("Reader::consume", "rustls_consume_enter", false),
+    ("ChunkVecBuffer::write_to", "rustls_flush_enter", false),
+    ("ChunkVecBuffer::write_to", "rustls_flush_ret", true),
+];
 
 /// A Go `crypto/tls.(*Conn).Read`/`Write` call between its entry and one of its `ret`s,
 /// keyed by process and goroutine (an [`SslKey`] whose `ssl` is the `g`): a goroutine may
@@ -903,6 +965,7 @@ mod tests {
             &GNUTLS_PROBES[..],
             &GO_PROBES[..],
             &BORINGSSL_PROBES[..],
+            &RUSTLS_PROBES[..],
         ];
         for list in lists {
             for (i, a) in list.iter().enumerate() {

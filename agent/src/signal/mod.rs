@@ -74,6 +74,8 @@ pub enum TlsLibrary {
     Go,
     /// BoringSSL linked into a stripped binary (Bun).
     BoringSsl,
+    /// rustls.
+    Rustls,
 }
 
 impl TlsLibrary {
@@ -84,6 +86,7 @@ impl TlsLibrary {
             TlsLibrary::GnuTls => "gnutls",
             TlsLibrary::Go => "go",
             TlsLibrary::BoringSsl => "boringssl",
+            TlsLibrary::Rustls => "rustls",
         }
     }
 
@@ -94,6 +97,7 @@ impl TlsLibrary {
             mcptap_abi::tls_lib::GNUTLS => Some(TlsLibrary::GnuTls),
             mcptap_abi::tls_lib::GO => Some(TlsLibrary::Go),
             mcptap_abi::tls_lib::BORINGSSL => Some(TlsLibrary::BoringSsl),
+            mcptap_abi::tls_lib::RUSTLS => Some(TlsLibrary::Rustls),
             _ => None,
         }
     }

@@ -65,15 +65,34 @@ pub fn exported_offsets_in(
     wanted: &[&'static str],
 ) -> Result<Vec<(&'static str, u64, u64)>> {
     let obj = object::File::parse(data)?;
+    defined_in(&obj, obj.dynamic_symbols(), |name| {
+        wanted.iter().find(|w| w.as_bytes() == name).copied()
+    })
+}
+
+/// What `pick` makes of the functions a binary's symbol table (`.symtab`) names, with their
+/// file offsets and section ends, as [`exported_offsets_in`].
+pub fn symbol_offsets_in<T>(
+    data: &[u8],
+    pick: impl FnMut(&[u8]) -> Option<T>,
+) -> Result<Vec<(T, u64, u64)>> {
+    let obj = object::File::parse(data)?;
+    defined_in(&obj, obj.symbols(), pick)
+}
+
+/// The defined symbols among `symbols` that `pick` names, at their file offsets.
+fn defined_in<'d, T>(
+    obj: &object::File<'d>,
+    symbols: impl Iterator<Item = object::Symbol<'d, 'd>>,
+    mut pick: impl FnMut(&[u8]) -> Option<T>,
+) -> Result<Vec<(T, u64, u64)>> {
     let mut out = Vec::new();
-    for sym in obj.dynamic_symbols() {
+    for sym in symbols {
         if !sym.is_definition() {
             continue;
         }
-        let Ok(name) = sym.name() else { continue };
-        let Some(&wanted) = wanted.iter().find(|w| **w == name) else {
-            continue;
-        };
+        let Ok(name) = sym.name_bytes() else { continue };
+        let Some(picked) = pick(name) else { continue };
         let Some(index) = sym.section_index() else {
             continue;
         };
@@ -82,7 +101,7 @@ pub fn exported_offsets_in(
             continue;
         };
         let at = sym.address() - section.address() + offset;
-        out.push((wanted, at, offset + size));
+        out.push((picked, at, offset + size));
     }
     Ok(out)
 }

@@ -3,7 +3,8 @@
 //! Each library mcptap reads is a module that plans where its probes go in one binary (the
 //! `LIBRARIES` list, marked `TLS_LIBRARY_LIST`): OpenSSL (`openssl`) and GnuTLS (`gnutls`) by
 //! their exported symbols, Go's `crypto/tls` (`go`) by its symbol table or function table,
-//! BoringSSL in Bun (`boringssl`) by its error-reporting sites. A uprobe is set on an inode, so one library reached through
+//! BoringSSL in Bun (`boringssl`) by its error-reporting sites, rustls (`rustls`) by its
+//! symbols. A uprobe is set on an inode, so one library reached through
 //! several paths or mount namespaces is one target, identified by (device, inode); a binary
 //! replaced at its path (an agent CLI updating itself) is a new inode, examined and probed
 //! afresh when a process runs or maps it.
@@ -27,6 +28,7 @@ mod gnutls;
 mod go;
 mod openssl;
 mod procs;
+mod rustls;
 mod x86;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -42,7 +44,8 @@ use aya::programs::UProbe;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeLink, UProbeLinkId, UProbeScope};
 use log::{debug, info, warn};
 use mcptap_abi::{
-    BORINGSSL_PROBES, GNUTLS_PROBES, GO_PROBES, OPENSSL_PROBES, TAIL_SHIP_MORE, names,
+    BORINGSSL_PROBES, GNUTLS_PROBES, GO_PROBES, OPENSSL_PROBES, RUSTLS_PROBES, TAIL_SHIP_MORE,
+    names,
 };
 
 use super::host::TlsLibraries;
@@ -121,6 +124,13 @@ const LIBRARIES: &[LibraryPlanner] = &[
         plan: boringssl::plan,
         system: boringssl::system_libraries,
         programs: &BORINGSSL_PROBES,
+    },
+    LibraryPlanner {
+        library: Library::Rustls,
+        maybe_in: rustls::maybe_in,
+        plan: rustls::plan,
+        system: rustls::system_libraries,
+        programs: &RUSTLS_PROBES,
     },
 ];
 
