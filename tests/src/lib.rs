@@ -756,6 +756,20 @@ pub fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+/// The value of a series of the agent's /metrics once it reaches `at_least`, or the last value
+/// seen after 30 s (generous for a loaded machine; a passing run returns once it is reached):
+/// the agent publishes its own counters about once a second.
+pub fn metric_reaching(agent: &Agent, name: &str, labels: &[(&str, &str)], at_least: f64) -> f64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let v = prom_value(&agent.metrics(), name, labels);
+        if v.is_some_and(|v| v >= at_least) || std::time::Instant::now() > deadline {
+            return v.unwrap_or_else(|| panic!("{name} is not exported"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// No stream of process `pid` had a hole, carried something that is not a message, or a
 /// message over the size limit.
 pub fn assert_no_trouble(records: &Records, pid: u32) {

@@ -79,20 +79,6 @@ fn assert_decrypted(log: &str, pid: u32) {
     );
 }
 
-/// The value of a series of the agent's /metrics once it reaches `at_least`, or the last value
-/// seen after 30 s (generous for a loaded machine; a passing run returns once it is reached):
-/// the agent publishes its own counters about once a second.
-fn metric_reaching(agent: &Agent, name: &str, labels: &[(&str, &str)], at_least: f64) -> f64 {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let v = prom_value(&agent.metrics(), name, labels);
-        if v.is_some_and(|v| v >= at_least) || std::time::Instant::now() > deadline {
-            return v.unwrap_or_else(|| panic!("{name} is not exported"));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
 /// Stop the server, then the agent, and check what every HTTPS test checks: the server the
 /// client named, each call once, the session, and TLS on every exchange. Returns the records
 /// and the agent's log.
