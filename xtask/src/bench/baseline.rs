@@ -122,6 +122,7 @@ impl Baseline {
         Ok(Env {
             mcptap: self.mcptap.clone(),
             peer: current.peer.clone(),
+            rustls_peer: current.rustls_peer.clone(),
             peers: current.peers.clone(),
             dir,
         })

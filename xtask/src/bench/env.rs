@@ -181,6 +181,8 @@ pub struct Env {
     pub mcptap: PathBuf,
     /// The synthetic peers (`bench_peer`).
     pub peer: PathBuf,
+    /// The tests' rustls MCP peer (`rustls_mcp`), the rustls client of section 7.
+    pub rustls_peer: PathBuf,
     /// The installed MCP peers (target/peers).
     pub peers: PathBuf,
     /// Scratch files: logs, captures, certificates.

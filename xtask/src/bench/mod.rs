@@ -514,11 +514,20 @@ fn prepare(opts: &Options) -> Result<Env> {
         build.arg("--release");
     }
     run(&mut build)?;
+    // The rustls client of section 7 is the tests' peer, built on its own: `--bin` would
+    // narrow the build above to it.
+    let mut peer = crate::cargo();
+    peer.args(["build", "--package", "mcptap-e2e", "--bin", "rustls_mcp"]);
+    if opts.release() {
+        peer.arg("--release");
+    }
+    run(&mut peer)?;
     let dir = root().join("target").join("bench");
     std::fs::create_dir_all(&dir)?;
     Ok(Env {
         mcptap: given.unwrap_or_else(|| root().join("target").join(profile).join("mcptap")),
         peer: root().join("target").join(profile).join("bench_peer"),
+        rustls_peer: root().join("target").join(profile).join("rustls_mcp"),
         peers,
         dir,
     })

@@ -163,6 +163,8 @@ pub fn soak(minutes: u64) -> Result<()> {
     let env = Env {
         mcptap: root().join("target/release/mcptap"),
         peer: root().join("target/release/bench_peer"),
+        // The soak runs no TLS client.
+        rustls_peer: root().join("target/release/rustls_mcp"),
         peers,
         dir: dir.clone(),
     };

@@ -2,8 +2,9 @@
 //!
 //! A client on each library makes back-to-back MCP `tools/call`s (HTTP/1.1 POSTs answered
 //! with JSON, one keep-alive connection) to one MCP server on OpenSSL: Python's `ssl`
-//! (OpenSSL), `gnutls-cli` driven through its standard input and output (GnuTLS), and a
-//! small net/http program (Go's crypto/tls) built here from `assets/tls_loop_go`. Each round
+//! (OpenSSL), `gnutls-cli` driven through its standard input and output (GnuTLS), a small
+//! net/http program (Go's crypto/tls) built here from `assets/tls_loop_go`, and the tests'
+//! rustls peer (`rustls_mcp bench`: tokio-rustls under hyper). Each round
 //! runs every client in three states, in an order that changes from round to round: no
 //! agent, mcptap with `--no-tls` (its syscall hooks, no uprobes) and mcptap watching every
 //! process with its probes set. What is timed is the client process's CPU time over the
@@ -37,16 +38,18 @@ pub enum Lib {
     OpenSsl,
     GnuTls,
     Go,
+    Rustls,
 }
 
 impl Lib {
-    const ALL: [Lib; 3] = [Lib::OpenSsl, Lib::GnuTls, Lib::Go];
+    const ALL: [Lib; 4] = [Lib::OpenSsl, Lib::GnuTls, Lib::Go, Lib::Rustls];
 
     fn label(self) -> &'static str {
         match self {
             Lib::OpenSsl => "OpenSSL (Python's `ssl`, blocking socket)",
             Lib::GnuTls => "GnuTLS (`gnutls-cli`, driven through its stdin and stdout)",
             Lib::Go => "Go crypto/tls (net/http client)",
+            Lib::Rustls => "rustls (tokio-rustls under hyper, the tests' `rustls_mcp bench`)",
         }
     }
 
@@ -55,6 +58,7 @@ impl Lib {
             Lib::OpenSsl => "OpenSSL",
             Lib::GnuTls => "GnuTLS",
             Lib::Go => "Go",
+            Lib::Rustls => "rustls",
         }
     }
 
@@ -64,6 +68,7 @@ impl Lib {
             Lib::OpenSsl => 1,
             Lib::GnuTls => 2,
             Lib::Go => 3,
+            Lib::Rustls => 5,
         }
     }
 
@@ -73,6 +78,7 @@ impl Lib {
             Lib::OpenSsl => "openssl",
             Lib::GnuTls => "gnutls",
             Lib::Go => "go",
+            Lib::Rustls => "rustls",
         }
     }
 }
@@ -209,6 +215,7 @@ fn another_agent(mine: Option<u32>) -> bool {
 struct Setup {
     script: PathBuf,
     go: PathBuf,
+    rustls: PathBuf,
     cert: PathBuf,
     port: u16,
     dir: PathBuf,
@@ -235,6 +242,16 @@ impl Setup {
             Lib::Go => {
                 let mut c = Command::new(&self.go);
                 c.arg("-url")
+                    .arg(format!("https://127.0.0.1:{port}/mcp"))
+                    .arg("-ca")
+                    .arg(&self.cert)
+                    .args(["-warmup", &w, "-calls", &n]);
+                c
+            }
+            Lib::Rustls => {
+                let mut c = Command::new(&self.rustls);
+                c.arg("bench")
+                    .arg("-url")
                     .arg(format!("https://127.0.0.1:{port}/mcp"))
                     .arg("-ca")
                     .arg(&self.cert)
@@ -310,6 +327,7 @@ fn probe_detail(log: &Path, lib: Lib) -> String {
         Lib::OpenSsl => &["/libssl.so", "/libcrypto.so"],
         Lib::GnuTls => &["/libgnutls.so"],
         Lib::Go => &["/tlsloop"],
+        Lib::Rustls => &["/rustls_mcp"],
     };
     let mut parts: Vec<String> = Vec::new();
     for l in text.lines() {
@@ -354,34 +372,65 @@ fn start_arm(env: &Env, setup: &Setup, arm: Arm, record: &Path) -> Result<Option
                 ) >= 1.0
         })?;
     }
-    // The Go client's binary is probed when it first runs under this agent, and only if
-    // the process is still there when the agent attaches (a binary whose probing failed is
-    // not tried again): a long run of it, stopped once the agent says how it went. The
-    // other states run it once too, untimed, so that every timed run finds it paged in.
-    if arm != Arm::On {
-        setup.run_client(Lib::Go, 0, 5)?;
-    } else {
-        let prime = Proc::quiet(&mut setup.client(Lib::Go, 0, 100_000_000))?;
-        let go = |t: &str, state: &str| {
-            metric(
-                t,
-                "mcptap_tls_probes",
-                &["library=\"go\"", &format!("state=\"{state}\"")],
-            )
-        };
-        let waited = wait_metrics(port, "the Go client was not probed", |t| {
-            go(t, "probed") + go(t, "failed") >= 1.0
-        });
-        prime.stop();
-        waited?;
-        if go(&http_get(port, "/metrics").unwrap_or_default(), "failed") > 0.0 {
-            bail!(
-                "the agent could not probe the Go client; see {}",
-                env.dir.join("agent.log").display()
-            );
-        }
+    // The Go and rustls clients' binaries are probed when they first run under this agent,
+    // and only if the process is still there when the agent attaches (a binary whose
+    // probing failed is not tried again): a long run of each, stopped once the agent says
+    // how it went. The other states run them once too, untimed, so that every timed run
+    // finds them paged in.
+    for lib in [Lib::Go, Lib::Rustls] {
+        prime(setup, lib, arm, port)?;
     }
     Ok(agent)
+}
+
+/// Have `lib`'s client binary probed by the agent on `port` (`arm` on), or just run once.
+/// The agent's log names the binary when it examines it and when it cannot probe it: other
+/// binaries with the same library (`rustup` has rustls) move the metrics too.
+fn prime(setup: &Setup, lib: Lib, arm: Arm, port: u16) -> Result<()> {
+    if arm != Arm::On {
+        setup.run_client(lib, 0, 5)?;
+        return Ok(());
+    }
+    let probed = |t: &str| {
+        metric(
+            t,
+            "mcptap_tls_probes",
+            &[
+                &format!("library=\"{}\"", lib.agent_name()),
+                "state=\"probed\"",
+            ],
+        )
+    };
+    let before = probed(&http_get(port, "/metrics").unwrap_or_default());
+    let running = Proc::quiet(&mut setup.client(lib, 0, 100_000_000))?;
+    let file = match lib {
+        Lib::Go => "/tlsloop",
+        _ => "/rustls_mcp",
+    };
+    let log = setup.dir.join("agent.log");
+    let said = |what: &str| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains(&format!("{file}{what}")))
+    };
+    let examined = format!(": {}: ", lib.agent_name());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !said(&examined) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let what = format!("the {} client was not probed", lib.short());
+    let waited = if said(" has ") {
+        Err(anyhow::anyhow!(
+            "the agent could not probe the {} client; see {}",
+            lib.short(),
+            log.display()
+        ))
+    } else {
+        wait_metrics(port, &what, |t| probed(t) >= before + 1.0)
+    };
+    running.stop();
+    waited
 }
 
 /// Measure the rounds.
@@ -391,6 +440,7 @@ pub fn measure(env: &Env, s: &Scale) -> Result<TlsCalls> {
     let setup = Setup {
         script: root().join("xtask/src/bench/assets/tls_loop.py"),
         go: build_go(env)?,
+        rustls: env.rustls_peer.clone(),
         cert: env.dir.join("cert.pem"),
         port: free_port(),
         dir: env.dir.clone(),
