@@ -770,6 +770,87 @@ pub fn metric_reaching(agent: &Agent, name: &str, labels: &[(&str, &str)], at_le
     }
 }
 
+/// The Python SDK's fixture server (`venv`'s SDK, Streamable HTTP) over HTTPS on `port`, with
+/// `cert` and the `key.pem` beside it, and `extra` arguments.
+pub fn python_https_server(
+    venv: &str,
+    dir: &Path,
+    port: u16,
+    cert: &Path,
+    extra: &[&str],
+) -> Server {
+    let mut c = Command::new(peers().join(venv).join("bin/python"));
+    c.arg(fixtures().join("py_server.py"))
+        .args(["--transport", "http", "--port", &port.to_string()])
+        .arg("--certfile")
+        .arg(cert)
+        .arg("--keyfile")
+        .arg(cert.with_file_name("key.pem"))
+        .args(extra);
+    Server::on_port(&mut c, dir, "server", port)
+}
+
+/// The MCP server of a peer written in the tests (the Go peer, the rustls peer: one
+/// command line), over HTTPS on `port`; HTTP/1.1 only with `http1`.
+pub fn peer_server(bin: &Path, dir: &Path, port: u16, cert: &Path, http1: bool) -> Server {
+    let mut c = Command::new(bin);
+    c.args(["server", "-addr", &format!("127.0.0.1:{port}"), "-cert"])
+        .arg(cert)
+        .arg("-key")
+        .arg(cert.with_file_name("key.pem"));
+    if http1 {
+        c.arg("-http1");
+    }
+    Server::on_port(&mut c, dir, "server", port)
+}
+
+/// The MCP client of a peer written in the tests, calling the server on `port` (five echo
+/// calls among the others), trusting `cert`.
+pub fn peer_client(bin: &Path, port: u16, cert: &Path, http1: bool) -> Command {
+    let mut c = Command::new(bin);
+    c.args(["client", "-url", &format!("https://127.0.0.1:{port}/mcp")])
+        .args(["-echo", "5", "-ca"])
+        .arg(cert);
+    if http1 {
+        c.arg("-http1");
+    }
+    c
+}
+
+/// Each of the client's exchanges went inside TLS, read from these libraries at (client,
+/// server), and neither end's streams had trouble.
+pub fn check_tls_libraries(recs: &Records, run: &ClientRun, libs: (&str, &str)) {
+    let mine = recs.exchanges_of_client(run.pid);
+    assert!(!mine.is_empty());
+    for r in mine {
+        assert_eq!(r["tls"], true, "{r}");
+        assert_eq!(r["client_tls_library"], libs.0, "{r}");
+        assert_eq!(r["server_tls_library"], libs.1, "{r}");
+    }
+    for pid in [run.pid, run.server_pid.expect("server pid")] {
+        assert_no_trouble(recs, pid);
+    }
+}
+
+/// What every test of a peer written in the tests checks of one client run over HTTPS: each
+/// call once from both ends, the session, TLS from `libs` at (client, server), the HTTP
+/// `version` and the server's `port`.
+pub fn check_peer_run(
+    recs: &Records,
+    run: &ClientRun,
+    port: u16,
+    version: &str,
+    libs: (&str, &str),
+) {
+    check_calls(recs, run, Sides::Both);
+    check_session(recs, run, "http", false);
+    check_tls_libraries(recs, run, libs);
+    for r in recs.exchanges_of_client(run.pid) {
+        assert_eq!(r["http_version"], version, "{r}");
+        assert_eq!(r["server_port"], port, "{r}");
+    }
+}
+
 /// No stream of process `pid` had a hole, carried something that is not a message, or a
 /// message over the size limit.
 pub fn assert_no_trouble(records: &Records, pid: u32) {

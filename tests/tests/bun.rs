@@ -46,37 +46,16 @@ fn probe_bun(agent: &Agent, dir: &std::path::Path) {
     drop(idle);
 }
 
-/// Each of the client's exchanges went inside TLS, read from these libraries at each end.
-fn check_libraries(recs: &Records, run: &ClientRun, libs: (&str, &str)) {
-    let mine = recs.exchanges_of_client(run.pid);
-    assert!(!mine.is_empty());
-    for r in mine {
-        assert_eq!(r["tls"], true, "{r}");
-        assert_eq!(r["client_tls_library"], libs.0, "{r}");
-        assert_eq!(r["server_tls_library"], libs.1, "{r}");
-    }
-    for pid in [run.pid, run.server_pid.expect("server pid")] {
-        assert_no_trouble(recs, pid);
-    }
-}
-
 /// The TypeScript SDK's client under Bun, over HTTPS to the Python SDK's server (OpenSSL).
 #[test]
 fn ts_sdk_client_under_bun_over_https() {
     require_root();
     let dir = scratch("bun_client");
-    let (cert, key) = certificate(&dir);
+    let (cert, _) = certificate(&dir);
     let port = port();
     let agent = Agent::start_with_env(&dir, &[], DEBUG);
     probe_bun(&agent, &dir);
-    let mut s = Command::new(peers().join("mcp1/bin/python"));
-    s.arg(fixtures().join("py_server.py"))
-        .args(["--transport", "http", "--port", &port.to_string()])
-        .arg("--certfile")
-        .arg(&cert)
-        .arg("--keyfile")
-        .arg(&key);
-    let server = Server::on_port(&mut s, &dir, "server", port);
+    let server = python_https_server("mcp1", &dir, port, &cert, &[]);
     let url = format!("https://127.0.0.1:{port}/mcp");
     let mut c = node_client_of(&bun(), std::path::Path::new("none"), &["--url", &url]);
     c.env("NODE_EXTRA_CA_CERTS", &cert);
@@ -86,7 +65,7 @@ fn ts_sdk_client_under_bun_over_https() {
     let recs = agent.stop();
     check_calls(&recs, &run, Sides::Both);
     check_session(&recs, &run, "http", false);
-    check_libraries(&recs, &run, ("boringssl", "openssl"));
+    check_tls_libraries(&recs, &run, ("boringssl", "openssl"));
 }
 
 /// The Python SDK's client (OpenSSL) over HTTPS to an MCP server on `Bun.serve`.
@@ -126,5 +105,5 @@ fn python_sdk_client_to_bun_serve_over_https() {
     let recs = agent.stop();
     check_calls(&recs, &run, Sides::Both);
     check_session(&recs, &run, "http", false);
-    check_libraries(&recs, &run, ("openssl", "boringssl"));
+    check_tls_libraries(&recs, &run, ("openssl", "boringssl"));
 }

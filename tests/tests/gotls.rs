@@ -11,8 +11,7 @@
 //! process that makes its calls within the first milliseconds of a binary's first run
 //! finishes before its probes are set (the limit the README states).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use mcptap_e2e::*;
 
@@ -45,45 +44,6 @@ fn wait_probed(agent: &Agent, name: &str, times: usize) {
 
 const DEBUG: &[(&str, &str)] = &[("RUST_LOG", "mcptap=debug")];
 
-fn go_server(bin: &Path, dir: &Path, port: u16, cert: &Path, http1: bool) -> Server {
-    let mut c = Command::new(bin);
-    c.args(["server", "-addr", &format!("127.0.0.1:{port}"), "-cert"])
-        .arg(cert)
-        .arg("-key")
-        .arg(cert.with_file_name("key.pem"));
-    if http1 {
-        c.arg("-http1");
-    }
-    Server::on_port(&mut c, dir, "server", port)
-}
-
-fn go_client(bin: &Path, port: u16, cert: &Path, http1: bool) -> Command {
-    let mut c = Command::new(bin);
-    c.args(["client", "-url", &format!("https://127.0.0.1:{port}/mcp")])
-        .args(["-echo", "5", "-ca"])
-        .arg(cert);
-    if http1 {
-        c.arg("-http1");
-    }
-    c
-}
-
-/// What every Go test checks of one client run.
-fn check_go(recs: &Records, run: &ClientRun, port: u16, version: &str) {
-    check_calls(recs, run, Sides::Both);
-    check_session(recs, run, "http", false);
-    for r in recs.exchanges_of_client(run.pid) {
-        assert_eq!(r["tls"], true, "{r}");
-        assert_eq!(r["http_version"], version, "{r}");
-        assert_eq!(r["server_port"], port, "{r}");
-        assert_eq!(r["client_tls_library"], "go", "{r}");
-        assert_eq!(r["server_tls_library"], "go", "{r}");
-    }
-    for pid in [run.pid, run.server_pid.expect("server pid")] {
-        assert_no_trouble(recs, pid);
-    }
-}
-
 fn run_go(name: &str, bin: &str, http1: bool) {
     require_root();
     let dir = scratch(name);
@@ -91,9 +51,9 @@ fn run_go(name: &str, bin: &str, http1: bool) {
     let bin = go_bin(bin);
     let port = port();
     let agent = Agent::start_with_env(&dir, &[], DEBUG);
-    let server = go_server(&bin, &dir, port, &cert, http1);
+    let server = peer_server(&bin, &dir, port, &cert, http1);
     wait_probed(&agent, bin.file_name().unwrap().to_str().unwrap(), 1);
-    let run = run_client(&mut go_client(&bin, port, &cert, http1), &dir);
+    let run = run_client(&mut peer_client(&bin, port, &cert, http1), &dir);
     assert_eq!(
         run.server_pid,
         Some(server.pid()),
@@ -101,7 +61,13 @@ fn run_go(name: &str, bin: &str, http1: bool) {
     );
     drop(server);
     let recs = agent.stop();
-    check_go(&recs, &run, port, if http1 { "1.1" } else { "2" });
+    check_peer_run(
+        &recs,
+        &run,
+        port,
+        if http1 { "1.1" } else { "2" },
+        ("go", "go"),
+    );
 }
 
 /// HTTP/2 over TLS, both ends Go, the binary with its symbol table.
@@ -135,16 +101,16 @@ fn a_go_binary_replaced_at_its_path_is_probed_again() {
             std::fs::rename(&next, &cli).unwrap();
         }
         let port = port();
-        let server = go_server(&cli, &dir, port, &cert, false);
+        let server = peer_server(&cli, &dir, port, &cert, false);
         wait_probed(&agent, "agent-cli", version);
-        let run = run_client(&mut go_client(&cli, port, &cert, false), &dir);
+        let run = run_client(&mut peer_client(&cli, port, &cert, false), &dir);
         runs.push((run, port));
         drop(server);
     }
     let log = agent.log();
     let recs = agent.stop();
     for (run, port) in &runs {
-        check_go(&recs, run, *port, "2");
+        check_peer_run(&recs, run, *port, "2", ("go", "go"));
     }
     let examined = log.lines().filter(|l| l.contains("agent-cli: go:")).count();
     assert_eq!(examined, 2, "each file examined once:\n{log}");

@@ -44,65 +44,9 @@ fn wait_examined(agent: &Agent, name: &str, what: &str) {
 /// Run `bin` as a server for a moment, so that the agent examines it (a process that exits
 /// at once is gone before its program is looked at), and wait until it says `what` of it.
 fn examine_first(agent: &Agent, bin: &Path, dir: &Path, cert: &Path, what: &str) {
-    let server = rustls_server(bin, dir, port(), cert, false);
+    let server = peer_server(bin, dir, port(), cert, false);
     wait_examined(agent, bin.file_name().unwrap().to_str().unwrap(), what);
     drop(server);
-}
-
-fn rustls_server(bin: &Path, dir: &Path, port: u16, cert: &Path, http1: bool) -> Server {
-    let mut c = Command::new(bin);
-    c.args(["server", "-addr", &format!("127.0.0.1:{port}"), "-cert"])
-        .arg(cert)
-        .arg("-key")
-        .arg(cert.with_file_name("key.pem"));
-    if http1 {
-        c.arg("-http1");
-    }
-    Server::on_port(&mut c, dir, "server", port)
-}
-
-fn rustls_client(bin: &Path, port: u16, cert: &Path, http1: bool) -> Command {
-    let mut c = Command::new(bin);
-    c.args(["client", "-url", &format!("https://127.0.0.1:{port}/mcp")])
-        .args(["-echo", "5", "-ca"])
-        .arg(cert);
-    if http1 {
-        c.arg("-http1");
-    }
-    c
-}
-
-/// The Python SDK's fixture server (mcp 1.x, uvicorn, OpenSSL) over HTTPS.
-fn python_server(dir: &Path, port: u16, cert: &Path) -> Server {
-    let mut c = Command::new(peers().join("mcp1/bin/python"));
-    c.arg(fixtures().join("py_server.py"))
-        .args(["--transport", "http", "--port", &port.to_string()])
-        .arg("--certfile")
-        .arg(cert)
-        .arg("--keyfile")
-        .arg(cert.with_file_name("key.pem"))
-        // JSON replies: the test peer, like the Go one it mirrors, reads no SSE.
-        .arg("--json");
-    Server::on_port(&mut c, dir, "server", port)
-}
-
-/// What every test checks of one client run: each call once from both ends, the session,
-/// TLS on every exchange with each end's library, and no hole in either end's streams.
-fn check_run(recs: &Records, run: &ClientRun, port: u16, version: &str, libs: (&str, &str)) {
-    check_calls(recs, run, Sides::Both);
-    check_session(recs, run, "http", false);
-    let mine = recs.exchanges_of_client(run.pid);
-    assert!(!mine.is_empty());
-    for r in mine {
-        assert_eq!(r["tls"], true, "{r}");
-        assert_eq!(r["http_version"], version, "{r}");
-        assert_eq!(r["server_port"], port, "{r}");
-        assert_eq!(r["client_tls_library"], libs.0, "{r}");
-        assert_eq!(r["server_tls_library"], libs.1, "{r}");
-    }
-    for pid in [run.pid, run.server_pid.expect("server pid")] {
-        assert_no_trouble(recs, pid);
-    }
 }
 
 /// HTTP/2 over TLS, both ends on rustls.
@@ -114,9 +58,9 @@ fn rustls_server_and_client_over_h2() {
     let bin = peer();
     let port = port();
     let agent = Agent::start_with_env(&dir, &[], DEBUG);
-    let server = rustls_server(&bin, &dir, port, &cert, false);
+    let server = peer_server(&bin, &dir, port, &cert, false);
     wait_examined(&agent, "rustls_mcp", "probes on");
-    let run = run_client(&mut rustls_client(&bin, port, &cert, false), &dir);
+    let run = run_client(&mut peer_client(&bin, port, &cert, false), &dir);
     assert_eq!(
         run.server_pid,
         Some(server.pid()),
@@ -124,7 +68,7 @@ fn rustls_server_and_client_over_h2() {
     );
     drop(server);
     let recs = agent.stop();
-    check_run(&recs, &run, port, "2", ("rustls", "rustls"));
+    check_peer_run(&recs, &run, port, "2", ("rustls", "rustls"));
 }
 
 /// HTTP/1.1 over TLS: the rustls client against the Python SDK's server.
@@ -137,8 +81,8 @@ fn rustls_client_to_python_sdk_over_http1() {
     let port = port();
     let agent = Agent::start_with_env(&dir, &[], DEBUG);
     examine_first(&agent, &bin, &dir, &cert, "probes on");
-    let server = python_server(&dir, port, &cert);
-    let run = run_client(&mut rustls_client(&bin, port, &cert, true), &dir);
+    let server = python_https_server("mcp1", &dir, port, &cert, &["--json"]);
+    let run = run_client(&mut peer_client(&bin, port, &cert, true), &dir);
     assert_eq!(
         run.server_pid,
         Some(server.pid()),
@@ -146,7 +90,7 @@ fn rustls_client_to_python_sdk_over_http1() {
     );
     drop(server);
     let recs = agent.stop();
-    check_run(&recs, &run, port, "1.1", ("rustls", "openssl"));
+    check_peer_run(&recs, &run, port, "1.1", ("rustls", "openssl"));
 }
 
 /// A stripped build: rustls is recognised by its sources' paths, reported as not readable,
@@ -173,9 +117,9 @@ fn stripped_rustls_is_recognised_and_counted() {
     let failed = [("library", "rustls"), ("state", "failed")];
     assert!(metric_reaching(&agent, "mcptap_tls_probes", &failed, 1.0) >= 1.0);
     let before = prom_value(&agent.metrics(), UNDECRYPTED, &rustls).unwrap_or(0.0);
-    let server = rustls_server(&peer(), &dir, port, &cert, false);
+    let server = peer_server(&peer(), &dir, port, &cert, false);
     wait_examined(&agent, "rustls_mcp", "probes on");
-    let run = run_client(&mut rustls_client(&stripped, port, &cert, false), &dir);
+    let run = run_client(&mut peer_client(&stripped, port, &cert, false), &dir);
     let server_pid = server.pid();
     drop(server);
     let after = metric_reaching(&agent, UNDECRYPTED, &rustls, before + 1.0);

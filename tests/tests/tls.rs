@@ -35,19 +35,6 @@ fn python(venv: &str) -> PathBuf {
     peers().join(venv).join("bin/python")
 }
 
-/// The fixture server on `venv`'s SDK over HTTPS (Streamable HTTP, `extra` arguments).
-fn https_server(venv: &str, dir: &Path, port: u16, cert: &Path, extra: &[&str]) -> Server {
-    let mut c = Command::new(python(venv));
-    c.arg(fixtures().join("py_server.py"))
-        .args(["--transport", "http", "--port", &port.to_string()])
-        .arg("--certfile")
-        .arg(cert)
-        .arg("--keyfile")
-        .arg(cert.with_file_name("key.pem"))
-        .args(extra);
-    Server::on_port(&mut c, dir, "server", port)
-}
-
 /// The fixture client on `venv`'s SDK against `url`, trusting `cert`.
 fn py_client(venv: &str, url: &str, cert: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(python(venv));
@@ -138,7 +125,7 @@ fn python_sdk_over_https() {
         "http/protobuf",
     ];
     let agent = Agent::start_with_env(&dir, &args, DEBUG);
-    let server = https_server("mcp1", &dir, port, &cert, &[]);
+    let server = python_https_server("mcp1", &dir, port, &cert, &[]);
     let url = format!("https://127.0.0.1:{port}/mcp");
     let run = run_client(
         &mut py_client("mcp1", &url, &cert, &["--big-result", "2000000"]),
@@ -186,7 +173,7 @@ fn typescript_sdk_client_over_https() {
     let (cert, _) = certificate(&dir);
     let port = port();
     let agent = Agent::start_with_env(&dir, &[], DEBUG);
-    let server = https_server("mcp1", &dir, port, &cert, &[]);
+    let server = python_https_server("mcp1", &dir, port, &cert, &[]);
     let node_dir = node_fixture("node_https_client.mjs");
     let mut c = Command::new("node");
     c.current_dir(&node_dir)
@@ -217,7 +204,7 @@ fn probes_per_watched_process_over_https() {
     let (cert, _) = certificate(&dir);
     let port = port();
     let agent = Agent::start_with_env(&dir, &["--comm", "python"], DEBUG);
-    let server = https_server("mcp2", &dir, port, &cert, &[]);
+    let server = python_https_server("mcp2", &dir, port, &cert, &[]);
     let url = format!("https://127.0.0.1:{port}/mcp");
     let run = run_client(&mut py_client("mcp2", &url, &cert, &[]), &dir);
     let (_, log) = stop_and_check(agent, server, &run, port, true);
@@ -241,7 +228,7 @@ fn gnutls_client_over_https() {
     let (cert, _) = certificate(&dir);
     let port = port();
     let agent = Agent::start_with_env(&dir, &[], DEBUG);
-    let server = https_server("mcp1", &dir, port, &cert, &["--stateless", "--json"]);
+    let server = python_https_server("mcp1", &dir, port, &cert, &["--stateless", "--json"]);
     let mut c = Command::new(python("mcp1"));
     c.arg(fixtures().join("gnutls_client.py"))
         .args(["--port", &port.to_string(), "--echo", "5", "--cafile"])
