@@ -16,7 +16,12 @@
 //!   to [`Reader::new`]).
 //! * Header blocks are decoded with `loona-hpack` once complete (after the
 //!   frame with END_HEADERS). Fragments are only copied when the block spans
-//!   several frames or pushes, and only while the reader is synced.
+//!   several frames or pushes, and only while the reader is synced (or peeks).
+//! * A reader of a connection joined mid-way ([`Reader::joined`]) never decodes
+//!   a header block: the dynamic table its indices refer to was built before
+//!   the agent came. Until the connection shows who writes which direction, it
+//!   reads the block's static table indices alone ([`static_sender`]) to tell a
+//!   request's block from a response's.
 //! * Memory is bounded: a partial frame is at most `9 + max_frame_payload`
 //!   bytes, a header block at most [`MAX_HEADER_BLOCK`], the HPACK dynamic
 //!   table at most [`MAX_HPACK_TABLE`], a decoded header list at most
@@ -159,6 +164,10 @@ pub enum Frame<'a> {
         end_stream: bool,
         /// Why the block was not decoded (field added to the brief's API).
         reason: LostReason,
+        /// Who sent the block, as its pseudo-header fields' static table indices say (see
+        /// [`static_sender`]): only while the reader peeks ([`Reader::joined`]), and only
+        /// when they say it.
+        sent_by: Option<Sender>,
         /// See the enum docs.
         enter_ns: u64,
         /// See the enum docs.
@@ -318,6 +327,9 @@ pub struct Reader {
     block_buf: Vec<u8>,
     decoder: Decoder<'static>,
     synced: bool,
+    /// Header blocks are kept while unsynced, to tell who sent them by their static table
+    /// indices ([`Reader::joined`], until [`Reader::sender_known`]).
+    peek: bool,
     lost: u64,
     advertised_table: Option<u32>,
     /// Scratch list handed out in [`Frame::Headers`].
@@ -334,6 +346,7 @@ impl fmt::Debug for Reader {
             .field("buffered", &self.buffered())
             .field("block", &self.block)
             .field("synced", &self.synced)
+            .field("peek", &self.peek)
             .field("lost", &self.lost)
             .field("advertised_table", &self.advertised_table)
             .field("broken", &self.broken)
@@ -365,11 +378,31 @@ impl Reader {
             block_buf: Vec::new(),
             decoder,
             synced: from_start,
+            peek: false,
             lost: 0,
             advertised_table: None,
             fields: Vec::new(),
             broken: None,
         }
+    }
+
+    /// Creates a reader for one direction of a connection joined mid-way, whose writer is not
+    /// known yet: the first byte pushed must be a frame boundary, and no header block is
+    /// ever decoded (the HPACK dynamic table is unknown, so an indexed field could resolve
+    /// to the wrong entry). Each block is reported as [`Frame::HeadersLost`] with who sent
+    /// it, when its static table indices tell ([`static_sender`]), until
+    /// [`Reader::sender_known`]. PUSH_PROMISE is accepted until then.
+    pub fn joined(max_frame_payload: usize) -> Reader {
+        let mut r = Reader::new(Sender::Server, false, max_frame_payload);
+        r.peek = true;
+        r
+    }
+
+    /// The connection showed who writes these bytes: PUSH_PROMISE is checked against it
+    /// from now on, and header blocks are no longer kept to tell who sent them.
+    pub fn sender_known(&mut self, sender: Sender) {
+        self.sender = sender;
+        self.peek = false;
     }
 
     /// Feeds the next bytes of this direction, in order, and calls `emit` for
@@ -682,7 +715,7 @@ impl Reader {
             return Ok(());
         }
         self.block_buf.clear();
-        if self.synced {
+        if self.synced || self.peek {
             self.block_buf.extend_from_slice(frag);
         }
         self.block = Some(b);
@@ -703,7 +736,7 @@ impl Reader {
         if b.len > MAX_HEADER_BLOCK {
             return Err("header block too large");
         }
-        if self.synced {
+        if self.synced || self.peek {
             self.block_buf.extend_from_slice(frag);
         }
         if !h.has(F_END_HEADERS) {
@@ -741,10 +774,17 @@ impl Reader {
             Err(_) if b.push => self.lost += 1,
             Err(reason) => {
                 self.lost += 1;
+                // Only the static table, which no history changes: never the dynamic one.
+                let sent_by = if self.peek && !self.synced {
+                    static_sender(block)
+                } else {
+                    None
+                };
                 emit(Frame::HeadersLost {
                     stream: b.stream,
                     end_stream: b.end_stream,
                     reason,
+                    sent_by,
                     enter_ns: b.enter_ns,
                     exit_ns: exit,
                 });
@@ -830,12 +870,26 @@ fn hpack_string(block: &[u8], at: usize) -> Option<(bool, usize)> {
     Some((huffman, end))
 }
 
-/// Counts the Huffman-coded strings of a header block by walking its
-/// representations without decoding them. Stops at the first malformed
-/// representation (the decoder will reject the block there).
-fn huffman_strings(block: &[u8]) -> usize {
+/// One representation of a header block (RFC 7541 §6), as [`walk_block`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rep {
+    /// An indexed field, or a literal whose name is indexed (index 0: a literal name), with
+    /// the number of Huffman-coded strings it carries.
+    Field {
+        /// Its (name) index: 1 to 61 are the static table's, above are the dynamic table's.
+        index: usize,
+        /// Huffman-coded strings in it.
+        huffman: usize,
+    },
+    /// A dynamic table size update.
+    SizeUpdate,
+}
+
+/// Walks the representations of a header block without decoding any: no table is looked
+/// at, no string decoded. Stops at the first malformed representation (the decoder would
+/// reject the block there).
+fn walk_block(block: &[u8], mut each: impl FnMut(Rep)) {
     let mut at = 0;
-    let mut count = 0;
     while let Some(&b) = block.get(at) {
         let (prefix, literal) = match b {
             _ if b & 0x80 != 0 => (7, false),
@@ -844,21 +898,70 @@ fn huffman_strings(block: &[u8]) -> usize {
             _ => (4, true),
         };
         let Some((index, mut next)) = hpack_int(block, at, prefix) else {
-            break;
+            return;
         };
+        if prefix == 5 {
+            each(Rep::SizeUpdate);
+            at = next;
+            continue;
+        }
+        let mut huffman = 0;
         if literal {
             let strings = if index == 0 { 2 } else { 1 };
             for _ in 0..strings {
-                let Some((huffman, after)) = hpack_string(block, next) else {
-                    return count;
+                let Some((coded, after)) = hpack_string(block, next) else {
+                    // What it had before the malformed string still counts.
+                    each(Rep::Field { index, huffman });
+                    return;
                 };
-                count += usize::from(huffman);
+                huffman += usize::from(coded);
                 next = after;
             }
         }
+        each(Rep::Field { index, huffman });
         at = next;
     }
+}
+
+/// Counts the Huffman-coded strings of a header block by walking its
+/// representations without decoding them. Stops at the first malformed
+/// representation (the decoder will reject the block there).
+fn huffman_strings(block: &[u8]) -> usize {
+    let mut count = 0;
+    walk_block(block, |r| {
+        if let Rep::Field { huffman, .. } = r {
+            count += huffman;
+        }
+    });
     count
+}
+
+/// The HPACK static table's request pseudo-header names (RFC 7541 Appendix A):
+/// `:authority`, `:method`, `:path`, `:scheme`.
+const STATIC_REQUEST: std::ops::RangeInclusive<usize> = 1..=7;
+/// The HPACK static table's `:status` entries.
+const STATIC_STATUS: std::ops::RangeInclusive<usize> = 8..=14;
+
+/// Who sent a header block, by the static table alone: a field whose name is a request's
+/// pseudo-header there (`:method`, `:scheme`, `:path`, `:authority`) says a client, one
+/// whose name is `:status` a server; `None` when no such field is there (every field
+/// indexed in the dynamic table, or a literal name) or both are (not HTTP).
+///
+/// This is not decoding: the static table is fixed, and nothing the connection did before
+/// the agent came changes what its indices mean. Dynamic indices are skipped unread.
+pub fn static_sender(block: &[u8]) -> Option<Sender> {
+    let (mut request, mut response) = (false, false);
+    walk_block(block, |r| {
+        if let Rep::Field { index, .. } = r {
+            request |= STATIC_REQUEST.contains(&index);
+            response |= STATIC_STATUS.contains(&index);
+        }
+    });
+    match (request, response) {
+        (true, false) => Some(Sender::Client),
+        (false, true) => Some(Sender::Server),
+        _ => None,
+    }
 }
 
 /// How the first bytes of one direction look; see [`looks_like`].
@@ -914,7 +1017,13 @@ pub fn looks_like(b: &[u8]) -> Looks {
 /// Strict plausibility of one frame header plus whatever part of its payload
 /// is available (`avail` may be shorter than `h.len`).
 fn plausible(h: &Hdr, avail: &[u8]) -> bool {
-    if h.reserved || h.len > LOOKS_MAX_LEN {
+    h.len <= LOOKS_MAX_LEN && plausible_shape(h, avail)
+}
+
+/// [`plausible`] but for the length cap: the reserved bit, the type's flags, stream id and
+/// length rules, and what is there of its payload.
+fn plausible_shape(h: &Hdr, avail: &[u8]) -> bool {
+    if h.reserved {
         return false;
     }
     let s = h.stream != 0;
@@ -963,6 +1072,40 @@ fn plausible_payload(h: &Hdr, p: &[u8]) -> bool {
     }
 }
 
+/// Does `b`, the first bytes seen of a connection that did not start in view, read as
+/// HTTP/2 frames from its first byte (a connection the agent joined mid-way)?
+///
+/// Stricter than [`looks_like`] in what it asks of the whole: every frame header wholly
+/// inside `b` must be plausible, however many there are; the first of a type RFC 9113
+/// defines, with the flags, stream id (SETTINGS, PING and GOAWAY on stream 0; DATA,
+/// HEADERS and the other stream frames on another) and length rules of its type; later
+/// ones of a defined type by the same rules, or of an extension's type with the reserved
+/// bit clear. A frame longer than the default SETTINGS_MAX_FRAME_SIZE (16384; a peer may
+/// have raised it before the agent came, up to [`MAX_FRAME_PAYLOAD_LIMIT`]) is taken only
+/// when `b` holds it whole: the header of a TLS record, or of most binary protocols, reads
+/// as one such frame running past the bytes. At least one whole frame header is needed.
+pub fn looks_mid_way(b: &[u8]) -> bool {
+    let mut rest = b;
+    let mut frames = 0usize;
+    while let Some(hb) = rest.first_chunk::<HDR_LEN>() {
+        let h = Hdr::parse(hb);
+        let end = HDR_LEN.saturating_add(h.len);
+        let avail = rest.get(HDR_LEN..end.min(rest.len())).unwrap_or_default();
+        let length = h.len <= LOOKS_MAX_LEN || end <= rest.len();
+        let shape = if h.typ <= T_CONTINUATION {
+            plausible_shape(&h, avail)
+        } else {
+            frames > 0 && !h.reserved
+        };
+        if !(length && shape) {
+            return false;
+        }
+        frames += 1;
+        rest = rest.get(end..).unwrap_or_default();
+    }
+    frames > 0
+}
+
 /// Frame builders for the tests of this module and of the stages above.
 #[cfg(test)]
 pub(crate) mod testing {
@@ -1000,6 +1143,8 @@ mod tests {
     enum K {
         H(u32, Vec<(String, String)>, bool),
         Lost(u32, bool, LostReason),
+        /// Not decoded, sent by this side (as its static table indices said).
+        By(u32, bool, Sender),
         D(u32, Vec<u8>, bool),
         R(u32, u32),
         G(u32, u32),
@@ -1028,9 +1173,18 @@ mod tests {
                 stream,
                 end_stream,
                 reason,
+                sent_by: None,
                 enter_ns,
                 exit_ns,
             } => (K::Lost(stream, end_stream, reason), enter_ns, exit_ns),
+            Frame::HeadersLost {
+                stream,
+                end_stream,
+                sent_by: Some(by),
+                enter_ns,
+                exit_ns,
+                ..
+            } => (K::By(stream, end_stream, by), enter_ns, exit_ns),
             Frame::Data {
                 stream,
                 data,
