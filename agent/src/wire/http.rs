@@ -459,3 +459,91 @@ pub(crate) fn response_bytes(
         None => gather_capped(body, len, data, max),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_kinds_from_first_bytes() {
+        use BodyKind::{EventStream, Json, Other};
+        let cases: [(&[u8], Option<BodyKind>); 18] = [
+            (b"{\"jsonrpc\"", Some(Json)),
+            (b" \r\n\t[{", Some(Json)),
+            (b"data: {}\n\n", Some(EventStream)),
+            (b"\r\n\nevent: message\n", Some(EventStream)),
+            (b"id:7", Some(EventStream)),
+            (b"retry: 10\n", Some(EventStream)),
+            (b": ping\n\n", Some(EventStream)),
+            (b"<html>", Some(Other)),
+            (b"datum", Some(Other)),
+            (b" data: x", Some(Other)),
+            (b"HTTP/1.1 200 OK", Some(Other)),
+            (b"\x00\x01", Some(Other)),
+            // Too short to tell.
+            (b"", None),
+            (b" \r\n", None),
+            (b"d", None),
+            (b"\ndat", None),
+            (b"retry", None),
+            (b":", Some(EventStream)),
+        ];
+        for (b, want) in cases {
+            assert_eq!(BodyKind::sniff(b), want, "{:?}", String::from_utf8_lossy(b));
+        }
+        // Past the limit, whatever comes after is not looked at.
+        let mut blank = vec![b' '; SNIFF_LIMIT - 1];
+        assert_eq!(BodyKind::sniff(&blank), None);
+        blank.push(b'{');
+        assert_eq!(BodyKind::sniff(&blank), Some(Json));
+        blank.insert(0, b'\n');
+        assert_eq!(BodyKind::sniff(&blank), Some(Other));
+        // Every prefix of a body answers as the body does, or waits.
+        let body = b"\r\n\r\nevent: message\ndata: {}\n\n";
+        for i in 0..body.len() {
+            let got = BodyKind::sniff(&body[..i]);
+            assert!(got.is_none() || got == Some(EventStream), "{i}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn heads_not_decoded() {
+        let h = Head::not_decoded(3, 4);
+        assert!(!h.decoded());
+        assert!(!h.is_sse());
+        assert_eq!(
+            (h.method, h.status, h.first_enter_ns, h.last_exit_ns),
+            (None, None, 3, 4)
+        );
+        let sse = Head {
+            fields: Fields::NotDecoded {
+                body: Some(BodyKind::EventStream),
+            },
+            ..Head::default()
+        };
+        assert!(sse.is_sse());
+        let decoded = Head {
+            headers: Headers {
+                content_type: Some("text/event-stream".into()),
+                ..Headers::default()
+            },
+            ..Head::default()
+        };
+        assert!(decoded.decoded() && decoded.is_sse());
+        let mut m = Midstream {
+            connections: 1,
+            ..Midstream::default()
+        };
+        assert!(!m.is_empty());
+        m.add(Midstream {
+            connections: 0,
+            streams_skipped: 2,
+            header_blocks_undecoded: 3,
+        });
+        assert_eq!(
+            (m.connections, m.streams_skipped, m.header_blocks_undecoded),
+            (1, 2, 3)
+        );
+        assert!(Midstream::default().is_empty());
+    }
+}

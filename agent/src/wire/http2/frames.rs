@@ -1848,4 +1848,147 @@ mod tests {
             }
         }
     }
+
+    /// A reader of a connection joined mid-way tells who sent each block by its static table
+    /// indices alone, across CONTINUATIONs and pushes, until told who writes; it decodes
+    /// nothing, whatever the block.
+    #[test]
+    fn joined_reader_tells_senders() {
+        let mut e = Encoder::new();
+        enc(&mut e, REQ1);
+        let mut w = Wire::default();
+        // A request whose fields but `:method` are dynamic entries the reader never saw.
+        let block = enc(&mut e, REQ1);
+        assert_eq!(block[0], 0x83, "POST, static");
+        let (start, _) = w.frame(T_HEADERS, 0, 1, &block[..2]);
+        let (_, end) = w.frame(T_CONTINUATION, F_END_HEADERS, 1, &block[2..]);
+        w.expect(K::By(1, false, Sender::Client), (start, end));
+        let span = w.frame(T_HEADERS, F_END_HEADERS | F_END_STREAM, 1, &[0x88, 0xc0]);
+        w.expect(K::By(1, true, Sender::Server), span);
+        // Only dynamic entries: no one can tell.
+        let span = w.frame(T_HEADERS, F_END_HEADERS, 3, &[0xbe, 0xbf]);
+        w.expect(K::Lost(3, false, LostReason::NotSynced), span);
+        // A PUSH_PROMISE is taken (the writer may be the server), never reported.
+        let mut p = 2u32.to_be_bytes().to_vec();
+        p.extend_from_slice(&[0x82, 0x84]);
+        w.frame(T_PUSH_PROMISE, F_END_HEADERS, 1, &p);
+        let span = w.frame(T_DATA, F_END_STREAM, 3, b"{}");
+        w.expect(K::D(3, b"{}".to_vec(), true), span);
+        for cuts in [vec![], vec![5], vec![9, 12], (1..w.bytes.len()).collect()] {
+            let mut r = Reader::joined(16_384);
+            let (got, res) = feed(&mut r, &w.bytes, &cuts);
+            assert_eq!(res, Ok(()));
+            assert_eq!(got, w.expected(&cuts), "cuts {cuts:?}");
+            assert!(!r.synced());
+            assert_eq!(r.headers_lost(), 4);
+            assert_eq!(r.buffered(), 0);
+        }
+        // Told, it stops telling, and a client's PUSH_PROMISE breaks it as usual.
+        let mut r = Reader::joined(16_384);
+        r.sender_known(Sender::Client);
+        let (got, res) = feed(&mut r, &frame(T_HEADERS, F_END_HEADERS, 5, &[0x83]), &[]);
+        assert_eq!(res, Ok(()));
+        assert_eq!(got[0].0, K::Lost(5, false, LostReason::NotSynced));
+        expect_err(
+            r,
+            &frame(T_PUSH_PROMISE, F_END_HEADERS, 5, &p),
+            "PUSH_PROMISE from client",
+        );
+    }
+
+    #[test]
+    fn static_senders() {
+        let req = enc(&mut Encoder::new(), REQ1);
+        assert_eq!(static_sender(&req), Some(Sender::Client));
+        let resp = enc(&mut Encoder::new(), &[(":status", "202")]);
+        assert_eq!(static_sender(&resp), Some(Sender::Server));
+        // `:path` as an indexed name with a literal value, after a size update; its name is
+        // read even when the value runs past the block.
+        assert_eq!(
+            static_sender(&[0x20, 0x44, 4, b'/', b'm', b'c', b'p']),
+            Some(Sender::Client)
+        );
+        assert_eq!(static_sender(&[0x04, 9, b'/']), Some(Sender::Client));
+        // `:status` as an indexed name, never indexed, Huffman value.
+        assert_eq!(
+            static_sender(&[0x18, 0x82, 0x64, 0x02]),
+            Some(Sender::Server)
+        );
+        // Dynamic entries, literal names, regular static fields, nothing: no one.
+        for none in [
+            &[0xbe, 0xc5][..],
+            &[0x40, 1, b':', 1, b'x'],
+            &[0x9f],
+            &[],
+            &[0x82, 0x88],
+        ] {
+            assert_eq!(static_sender(none), None, "{none:?}");
+        }
+    }
+
+    #[test]
+    fn looks_mid_way_cases() {
+        let mut run = frame(T_WINDOW_UPDATE, 0, 0, &1000u32.to_be_bytes());
+        run.extend(frame(
+            T_DATA,
+            F_END_STREAM | F_PADDED,
+            7,
+            &[2, b'{', b'}', 0, 0],
+        ));
+        run.extend(frame(T_HEADERS, F_END_HEADERS, 9, &[0x83, 0xbe]));
+        run.extend(frame(T_PING, F_ACK, 0, &[0; 8]));
+        run.extend(frame(T_RST_STREAM, 0, 5, &8u32.to_be_bytes()));
+        assert!(looks_mid_way(&run));
+        // Cut anywhere past the first header, it still reads as frames.
+        for i in 9..run.len() {
+            assert!(looks_mid_way(&run[..i]), "cut at {i}");
+        }
+        // An extension's frame after the first; a long frame held whole.
+        let ext = [run.clone(), frame(0x0b, 0xff, 3, b"origin")].concat();
+        assert!(looks_mid_way(&ext));
+        let long = frame(T_DATA, 0, 1, &[b'x'; 20_000]);
+        assert!(looks_mid_way(&long));
+        let tls = [
+            0x14, 0x03, 0x03, 0x00, 0x01, 0x01, 0x17, 0x03, 0x03, 0x00, 0x45, 0xaa, 0xbb,
+        ];
+        let no: [&[u8]; 14] = [
+            b"",
+            &run[..8],
+            // A long frame cut short: a TLS record's header reads as one.
+            &long[..16_000],
+            &tls,
+            &[
+                0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+            ],
+            b"POST /mcp HTTP/1.1\r\nHost: x\r\n\r\n",
+            br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+            // An extension's frame first.
+            &frame(0x0b, 0, 3, b"origin"),
+            // Frames that break a rule: a connection frame on a stream, a stream frame on
+            // stream 0, the reserved bit, a SETTINGS length, a flag DATA has not.
+            &frame(T_PING, 0, 1, &[0; 8]),
+            &frame(T_DATA, 0, 0, b"{}"),
+            &frame(T_HEADERS, F_END_HEADERS, 0x8000_0001, &[0x82]),
+            &frame(T_SETTINGS, 0, 0, &[0; 7]),
+            &frame(T_DATA, 0x40, 1, b"x"),
+            // Good frames, then bytes that do not go on as frames.
+            &[run.as_slice(), b"\x00\x00\x08\x06\x00\x00\x00\x00\x01rest"].concat(),
+        ];
+        for b in no {
+            assert!(!looks_mid_way(b), "{b:?}");
+        }
+    }
+
+    #[test]
+    fn looks_mid_way_random_bytes() {
+        let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+        let mut hits = 0;
+        for _ in 0..10_000 {
+            let n = 9 + rng.below(64);
+            let mut b = rng.bytes(n);
+            b[0] = 0; // a plausible length byte, the hardest case
+            hits += usize::from(looks_mid_way(&b));
+        }
+        assert!(hits < 100, "{hits}");
+    }
 }

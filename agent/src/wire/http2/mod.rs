@@ -789,6 +789,13 @@ mod tests {
         },
         Error(&'static str),
         Role(Role),
+        /// A head not decoded: a request's (`body` `None`), or a response's with what its
+        /// fields say of its body.
+        Undecoded {
+            seq: u64,
+            body: Option<Fields>,
+            t: (u64, u64),
+        },
     }
 
     fn text(b: &[u8]) -> String {
@@ -797,6 +804,20 @@ mod tests {
 
     fn own(e: ConnEvent<'_>) -> Got {
         match e {
+            ConnEvent::RequestHead(t) if !t.request.decoded() => Got::Undecoded {
+                seq: t.seq,
+                body: None,
+                t: (t.request.first_enter_ns, t.request.last_exit_ns),
+            },
+            ConnEvent::ResponseHead(Txn {
+                seq,
+                response: Some(r),
+                ..
+            }) if !r.decoded() => Got::Undecoded {
+                seq: *seq,
+                body: Some(r.fields),
+                t: (r.first_enter_ns, r.last_exit_ns),
+            },
             ConnEvent::RequestHead(t) => Got::ReqHead {
                 seq: t.seq,
                 method: t.request.method.clone().unwrap_or_default(),
@@ -819,7 +840,7 @@ mod tests {
                 Got::RespHead {
                     seq: t.seq,
                     status: r.status.unwrap_or(0),
-                    sse: r.headers.is_sse(),
+                    sse: r.is_sse(),
                     session: r.headers.session_id.clone(),
                     t: (r.first_enter_ns, r.last_exit_ns),
                 }
@@ -854,6 +875,8 @@ mod tests {
         side: Side,
         start: usize,
         end: usize,
+        /// Where it fires, when not at `end` (a head that waits for its body's first bytes).
+        fires: Option<usize>,
         sub: u8,
         make: Box<dyn Fn((u64, u64)) -> Got>,
     }
@@ -912,9 +935,23 @@ mod tests {
                 side,
                 start,
                 end,
+                fires: None,
                 sub,
                 make: Box::new(make),
             });
+        }
+
+        /// Like [`Script::want`], for an event timed by `span` that fires with the byte
+        /// before `fires`.
+        fn want_at(
+            &mut self,
+            side: Side,
+            span: (usize, usize),
+            fires: usize,
+            make: impl Fn((u64, u64)) -> Got + 'static,
+        ) {
+            self.want(side, span, 0, make);
+            self.want.last_mut().expect("just pushed").fires = Some(fires);
         }
 
         fn side(&self, side: Side) -> &[u8] {
@@ -994,7 +1031,8 @@ mod tests {
                 .map(|w| {
                     let last = push_of(w.side, w.end - 1);
                     let t = (enter_t(push_of(w.side, w.start)), exit_t(last));
-                    ((last, w.end, w.sub), (w.make)(t))
+                    let fires = w.fires.unwrap_or(w.end);
+                    ((push_of(w.side, fires - 1), fires, w.sub), (w.make)(t))
                 })
                 .collect();
             keyed.sort_by_key(|(k, _)| *k);
@@ -1699,5 +1737,286 @@ mod tests {
                 Got::Done(1),
             ]
         );
+    }
+
+    // A connection joined mid-way.
+
+    /// A header block for `list` from an encoder that already encoded it once, for
+    /// bytes the reader never saw: it names entries of a dynamic table the agent does not
+    /// have (and cannot be decoded from scratch).
+    fn warm_block(e: &mut Encoder<'_>, list: &[(&str, &str)]) -> Vec<u8> {
+        let block = enc(e, list);
+        assert!(loona_hpack::Decoder::new().decode(&block).is_err());
+        block
+    }
+
+    const OK_JSON: [(&str, &str); 3] = [
+        (":status", "200"),
+        ("content-type", "application/json"),
+        ("mcp-session-id", "S1"),
+    ];
+    const OK_SSE: [(&str, &str); 3] = [
+        (":status", "200"),
+        ("content-type", "text/event-stream"),
+        ("mcp-session-id", "S1"),
+    ];
+
+    fn undecoded(seq: u64, body: Option<Fields>) -> impl Fn((u64, u64)) -> Got {
+        move |t| Got::Undecoded { seq, body, t }
+    }
+
+    fn sniffed(kind: Option<BodyKind>) -> Option<Fields> {
+        Some(Fields::NotDecoded { body: kind })
+    }
+
+    /// An MCP session over h2c the agent joined mid-way. Already open: stream 7 (the client
+    /// still sending its body, the server answering) and stream 5 (the server's last DATA
+    /// only). Opened in view: stream 9, a POST whose JSON answer's first DATA frame is only
+    /// whitespace (its kind waits for the next one), and stream 11, whose event stream's
+    /// first DATA frame is `da` (a prefix of `data:`). Every header block names dynamic
+    /// table entries the agent never saw; the server's first one has no static `:status`
+    /// (nothing in it tells who sent it).
+    fn joined_session() -> Script {
+        use Side::{C, S};
+        let mut ce = Encoder::new();
+        let mut se = Encoder::new();
+        let req = request("/mcp");
+        enc(&mut ce, &pairs(&req));
+        let (ok, sse) = (OK_JSON, OK_SSE);
+        enc(&mut se, &ok);
+        enc(&mut se, &sse);
+        let mut sc = Script::default();
+        // Phase 1: what was in flight, and the request on 9.
+        sc.frame(C, T_WINDOW_UPDATE, 0, 0, &1000u32.to_be_bytes());
+        sc.frame(C, T_DATA, 0, 7, b"{\"jsonrpc\":\"2.0\",");
+        let h9 = sc.frame(
+            C,
+            T_HEADERS,
+            F_END_HEADERS,
+            9,
+            &warm_block(&mut ce, &pairs(&req)),
+        );
+        sc.want(C, h9, 0, undecoded(9, None));
+        let (b3a, b3b) = BODY3.as_bytes().split_at(20);
+        sc.frame(C, T_DATA, 0, 9, b3a);
+        let d9 = sc.frame(C, T_DATA, F_END_STREAM, 9, b3b);
+        sc.want(C, (h9.0, d9.1), 0, req_body(9, BODY3));
+        sc.frame(C, T_DATA, F_END_STREAM, 7, b"\"id\":7}");
+        sc.frame(S, T_PING, F_ACK, 0, &[2; 8]);
+        // Only dynamic entries: who sent it is not known from it.
+        let old = warm_block(&mut se, &[("mcp-session-id", "S1")]);
+        assert_eq!(frames::static_sender(&old), None);
+        sc.frame(S, T_HEADERS, F_END_HEADERS, 7, &old);
+        sc.frame(
+            S,
+            T_DATA,
+            F_END_STREAM,
+            7,
+            b"{\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{}}",
+        );
+        sc.phase();
+        // Phase 2: the answer on 9, an old stream's end, the request on 11.
+        let r9 = sc.frame(S, T_HEADERS, F_END_HEADERS, 9, &warm_block(&mut se, &ok));
+        sc.frame(S, T_DATA, 0, 9, b" \r\n");
+        let x9 = sc.frame(S, T_DATA, 0, 9, &RESP1.as_bytes()[..30]);
+        sc.want_at(S, r9, x9.1, undecoded(9, sniffed(Some(BodyKind::Json))));
+        let y9 = sc.frame(S, T_DATA, F_END_STREAM, 9, &RESP1.as_bytes()[30..]);
+        sc.want(S, (r9.0, y9.1), 0, |t| Got::RespBody {
+            seq: 9,
+            body: format!(" \r\n{RESP1}"),
+            t,
+        });
+        sc.want(S, y9, 1, done(9));
+        sc.frame(S, T_DATA, F_END_STREAM, 5, b"}}");
+        let h11 = sc.frame(C, T_HEADERS, F_END_HEADERS, 11, &enc(&mut ce, &pairs(&req)));
+        sc.want(C, h11, 0, undecoded(11, None));
+        let d11 = sc.frame(C, T_DATA, F_END_STREAM, 11, BODY5.as_bytes());
+        sc.want(C, (h11.0, d11.1), 0, req_body(11, BODY5));
+        sc.phase();
+        // Phase 3: the event stream on 11.
+        let r11 = sc.frame(S, T_HEADERS, F_END_HEADERS, 11, &warm_block(&mut se, &sse));
+        let x11 = sc.frame(S, T_DATA, 0, 11, b"da");
+        let rest = format!("ta: {EV1}\n\n: ping\n\nevent: message\ndata: {EV2}\n\n");
+        let y11 = sc.frame(S, T_DATA, 0, 11, rest.as_bytes());
+        sc.want_at(
+            S,
+            r11,
+            y11.1,
+            undecoded(11, sniffed(Some(BodyKind::EventStream))),
+        );
+        sc.want(S, (x11.0, y11.1), 1, sse_event(11, "message", EV1));
+        sc.want(S, y11, 2, sse_event(11, "message", EV2));
+        let z11 = sc.frame(S, T_DATA, F_END_STREAM, 11, b"");
+        sc.want(S, z11, 0, done(11));
+        sc
+    }
+
+    fn sse_event(seq: u64, event: &'static str, data: &'static str) -> impl Fn((u64, u64)) -> Got {
+        move |t| Got::Sse {
+            seq,
+            event: event.into(),
+            data: data.into(),
+            t,
+        }
+    }
+
+    /// Joined mid-way and seen by a process at either role, `pushes` give exactly the
+    /// expected events, after one `Role` telling that role; the old streams are counted,
+    /// every header block too; nothing is left over or held.
+    fn check_joined(sc: &Script, pushes: &[(Side, Range<usize>)], what: &str) {
+        let want = sc.expected(pushes);
+        for role in [Role::Client, Role::Server] {
+            let first = sc.side(pushes[0].0);
+            let mut c = Conn::joined(first, MAX).expect("frames");
+            assert_eq!(c.role(), None);
+            let mut got = Vec::new();
+            for (j, (side, r)) in pushes.iter().enumerate() {
+                let data = &sc.side(*side)[r.clone()];
+                let dir = dir_of(role, *side);
+                c.push(dir, data, enter_t(j), exit_t(j), &mut |e| got.push(own(e)));
+            }
+            let told = got.iter().position(|g| matches!(g, Got::Role(_)));
+            let told = told.unwrap_or_else(|| panic!("{what} ({role:?}): no role in {got:?}"));
+            assert_eq!(got.remove(told), Got::Role(role), "{what}");
+            assert_eq!(told, 0, "{what} ({role:?}): the role first");
+            assert_eq!(got, want, "{what} ({role:?})");
+            assert_eq!(c.role(), Some(role));
+            assert_eq!(c.buffered(), 0, "{what} ({role:?})");
+            assert!(c.finish(9, &mut |e| panic!("{e:?}")).is_empty(), "{what}");
+            let counts = Midstream {
+                connections: 1,
+                streams_skipped: 2,
+                header_blocks_undecoded: 5,
+            };
+            assert_eq!(c.take_midstream(), counts, "{what} ({role:?})");
+            assert_eq!(c.take_midstream(), Midstream::default());
+        }
+    }
+
+    #[test]
+    fn joined_mid_way_split_every_way() {
+        let sc = joined_session();
+        let whole = [(Side::C, 0..sc.c.len()), (Side::S, 0..sc.s.len())];
+        check_joined(&sc, &whole, "each direction whole");
+        for i in 0..=sc.c.len() + sc.s.len() {
+            check_joined(&sc, &cut(&whole, &[i]), &format!("cut at {i}"));
+        }
+        check_joined(&sc, &bytewise(&whole), "byte by byte");
+        for server_first in [false, true] {
+            let phased = sc.by_phase(server_first);
+            for i in 0..=sc.c.len() + sc.s.len() {
+                check_joined(&sc, &cut(&phased, &[i]), &format!("by phase, cut at {i}"));
+            }
+            check_joined(&sc, &bytewise(&phased), "by phase, byte by byte");
+        }
+        for k in [1, 2, 3, 5, 8, 13, 64, 1000] {
+            check_joined(&sc, &sc.zipped(k), &format!("zipped by {k}"));
+        }
+    }
+
+    /// Streams seen before a header block tells which end is which are skipped, even one
+    /// opened in view; the first block with a static request pseudo-header settles it.
+    #[test]
+    fn joined_before_the_role_is_known() {
+        let mut se = Encoder::new();
+        let mut ce = Encoder::new();
+        let ok = [("mcp-session-id", "S1")];
+        enc(&mut se, &ok);
+        // A response whose block names only dynamic entries, with its body; then a request.
+        let mut server = frame(T_HEADERS, F_END_HEADERS, 3, &warm_block(&mut se, &ok));
+        server.extend(frame(T_DATA, F_END_STREAM, 3, b"{}"));
+        let req = request("/mcp");
+        let mut client = frame(T_HEADERS, F_END_HEADERS, 5, &enc(&mut ce, &pairs(&req)));
+        client.extend(frame(T_DATA, F_END_STREAM, 5, BODY5.as_bytes()));
+        let mut c = Conn::joined(&server, MAX).expect("frames");
+        let mut got = Vec::new();
+        c.push(Dir::In, &server, 1, 2, &mut |e| got.push(own(e)));
+        assert!(got.is_empty(), "{got:?}");
+        assert_eq!(c.role(), None);
+        c.push(Dir::Out, &client, 3, 4, &mut |e| got.push(own(e)));
+        assert_eq!(
+            got,
+            [
+                Got::Role(Role::Client),
+                Got::Undecoded {
+                    seq: 5,
+                    body: None,
+                    t: (3, 4)
+                },
+                Got::ReqBody {
+                    seq: 5,
+                    body: BODY5.into(),
+                    t: (3, 4)
+                },
+            ]
+        );
+        let m = c.take_midstream();
+        assert_eq!((m.streams_skipped, m.header_blocks_undecoded), (1, 2));
+        // A response with no body: its head goes up without a kind.
+        let mut end = Vec::new();
+        let block = enc(&mut se, &[(":status", "202")]);
+        let head = frame(T_HEADERS, F_END_HEADERS | F_END_STREAM, 5, &block);
+        c.push(Dir::In, &head, 5, 6, &mut |e| end.push(own(e)));
+        let want = [
+            Got::Undecoded {
+                seq: 5,
+                body: sniffed(None),
+                t: (5, 6),
+            },
+            Got::Done(5),
+        ];
+        assert_eq!(end, want);
+    }
+
+    /// What a response body not decoded is told by, and where it goes then: JSON and
+    /// anything else gathered as a body, an event stream to its parser; a body too short to
+    /// tell is `Other`, one with no bytes has no kind, and one that went past the body limit
+    /// before it could be told is `Other` (reported oversize).
+    #[test]
+    fn joined_bodies_of_every_kind() {
+        let run = |body: &[&[u8]], max: usize| {
+            let mut ce = Encoder::new();
+            let req = request("/mcp");
+            let mut client = frame(T_HEADERS, F_END_HEADERS, 1, &enc(&mut ce, &pairs(&req)));
+            client.extend(frame(T_DATA, F_END_STREAM, 1, b"{}"));
+            let mut server = frame(T_HEADERS, F_END_HEADERS, 1, &[0x88]);
+            for (i, b) in body.iter().enumerate() {
+                let flags = if i + 1 == body.len() { F_END_STREAM } else { 0 };
+                server.extend(frame(T_DATA, flags, 1, b));
+            }
+            let mut c = Conn::joined(&client, max).expect("frames");
+            c.push(Dir::Out, &client, 1, 2, &mut |_| {});
+            let mut got = Vec::new();
+            c.push(Dir::In, &server, 3, 4, &mut |e| got.push(own(e)));
+            got.into_iter()
+                .map(|g| match g {
+                    Got::Undecoded { body, .. } => format!("{body:?}"),
+                    Got::RespBody { body, .. } => format!("body {body:?}"),
+                    Got::Sse { data, .. } => format!("event {data:?}"),
+                    other => format!("{other:?}"),
+                })
+                .collect::<Vec<_>>()
+        };
+        let kind = |k: Option<BodyKind>, then: &[&str]| {
+            let mut v = vec![format!("{:?}", sniffed(k))];
+            v.extend(then.iter().map(|s| s.to_string()));
+            v.push("Done(1)".into());
+            v
+        };
+        use BodyKind::{EventStream, Json, Other};
+        assert_eq!(run(&[b"[1]"], MAX), kind(Some(Json), &[r#"body "[1]""#]));
+        let sse = kind(Some(EventStream), &[r#"event "x""#]);
+        assert_eq!(run(&[b"\n\n", b"id: 1\ndata: x\n\n"], MAX), sse);
+        assert_eq!(run(&[b": hi\n\ndata: x\n\n"], MAX), sse);
+        assert_eq!(run(&[b"ret", b"ry: 5\ndata: x\n\n"], MAX), sse);
+        let other = |b: &str| kind(Some(Other), &[&format!("body {b:?}")]);
+        assert_eq!(run(&[b"<html>"], MAX), other("<html>"));
+        assert_eq!(run(&[b"  data: x\n"], MAX), other("  data: x\n"));
+        assert_eq!(run(&[b"dat"], MAX), other("dat"));
+        assert_eq!(run(&[b"  ", b""], MAX), other("  "));
+        assert_eq!(run(&[b""], MAX), kind(None, &[]));
+        let blank = vec![b'\n'; 2000];
+        let over = kind(Some(Other), &["Oversize { seq: 1, len: 2002 }"]);
+        assert_eq!(run(&[&blank, b"{}"], 64), over);
     }
 }
