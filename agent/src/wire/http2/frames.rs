@@ -971,7 +971,8 @@ pub enum Looks {
     Preface,
     /// A plausible SETTINGS frame on stream 0 (a server's first frame).
     Settings,
-    /// A plausible frame header of another known type (joining mid-way).
+    /// A plausible frame header of another known type: not a connection's start (whether
+    /// it is one joined mid-way is [`looks_mid_way`]'s to say, more strictly).
     Frame,
     /// Not HTTP/2 (or too short to tell: fewer than 9 bytes that are not a
     /// preface prefix).
