@@ -328,7 +328,7 @@ pub struct Reader {
     decoder: Decoder<'static>,
     synced: bool,
     /// Header blocks are kept while unsynced, to tell who sent them by their static table
-    /// indices ([`Reader::joined`], until [`Reader::sender_known`]).
+    /// indices ([`Reader::joined`], until [`Reader::stop_peeking`]).
     peek: bool,
     lost: u64,
     advertised_table: Option<u32>,
@@ -391,17 +391,18 @@ impl Reader {
     /// ever decoded (the HPACK dynamic table is unknown, so an indexed field could resolve
     /// to the wrong entry). Each block is reported as [`Frame::HeadersLost`] with who sent
     /// it, when its static table indices tell ([`static_sender`]), until
-    /// [`Reader::sender_known`]. PUSH_PROMISE is accepted until then.
+    /// [`Reader::stop_peeking`]. PUSH_PROMISE is accepted from either side: who the server
+    /// is may be learned later in the bytes than the frame is checked, and what becomes of
+    /// a frame must not depend on how the bytes were cut.
     pub fn joined(max_frame_payload: usize) -> Reader {
         let mut r = Reader::new(Sender::Server, false, max_frame_payload);
         r.peek = true;
         r
     }
 
-    /// The connection showed who writes these bytes: PUSH_PROMISE is checked against it
-    /// from now on, and header blocks are no longer kept to tell who sent them.
-    pub fn sender_known(&mut self, sender: Sender) {
-        self.sender = sender;
+    /// The connection showed who writes which direction: header blocks are no longer kept
+    /// to tell who sent them.
+    pub fn stop_peeking(&mut self) {
         self.peek = false;
     }
 
@@ -1884,16 +1885,20 @@ mod tests {
             assert_eq!(r.headers_lost(), 4);
             assert_eq!(r.buffered(), 0);
         }
-        // Told, it stops telling, and a client's PUSH_PROMISE breaks it as usual.
+        // Told to stop, it no longer tells; PUSH_PROMISE is still taken.
         let mut r = Reader::joined(16_384);
-        r.sender_known(Sender::Client);
-        let (got, res) = feed(&mut r, &frame(T_HEADERS, F_END_HEADERS, 5, &[0x83]), &[]);
+        r.stop_peeking();
+        let mut bytes = frame(T_HEADERS, F_END_HEADERS, 5, &[0x83]);
+        bytes.extend(frame(T_PUSH_PROMISE, F_END_HEADERS, 5, &p));
+        let (got, res) = feed(&mut r, &bytes, &[]);
         assert_eq!(res, Ok(()));
-        assert_eq!(got[0].0, K::Lost(5, false, LostReason::NotSynced));
-        expect_err(
-            r,
-            &frame(T_PUSH_PROMISE, F_END_HEADERS, 5, &p),
-            "PUSH_PROMISE from client",
+        assert_eq!(
+            got,
+            [(
+                K::Lost(5, false, LostReason::NotSynced),
+                enter_t(0),
+                exit_t(0)
+            )]
         );
     }
 

@@ -170,8 +170,9 @@ impl Conn {
         }
     }
 
-    /// After a push of a connection joined mid-way: the readers learn who writes what once
-    /// the role is known, and the header blocks they could not decode are counted.
+    /// After a push of a connection joined mid-way: the readers stop keeping header blocks
+    /// to tell who sent them once the role is known, and the blocks they could not decode
+    /// are counted.
     fn after_joined_push(&mut self) {
         let Some(j) = self.joined.as_mut() else {
             return;
@@ -179,9 +180,9 @@ impl Conn {
         let blocks = self.wrote.headers_lost() + self.read.headers_lost();
         j.counts.header_blocks_undecoded += blocks - j.blocks;
         j.blocks = blocks;
-        if let Some(role) = self.role {
-            self.wrote.sender_known(sender_of(role, Dir::Out));
-            self.read.sender_known(sender_of(role, Dir::In));
+        if self.role.is_some() {
+            self.wrote.stop_peeking();
+            self.read.stop_peeking();
         }
     }
 }
