@@ -20,8 +20,11 @@ use serde_json::value::RawValue;
 mod scan;
 
 /// A JSON-RPC id exactly as it appeared on the wire (`1`, `"abc"`): the raw JSON text.
+///
+/// Shared, not copied: correlation keeps an exchange's id in its open and recent tables, its
+/// record and the keys it is looked up by, and each copy of a `String` was an allocation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Id(pub String);
+pub struct Id(pub std::sync::Arc<str>);
 
 impl fmt::Display for Id {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -488,7 +491,7 @@ fn message(
         return Err(ParseError::NotJsonRpc);
     }
     let mut msg = Message {
-        id: id.map(|r| Id(r.0.to_string())),
+        id: id.map(|r| Id(r.0.into())),
         ..Message::default()
     };
     match body {
@@ -537,7 +540,7 @@ fn read_call(msg: &mut Message, method: Cow<'_, str>, params: Params<'_>) {
         }
     }
     if method == "notifications/cancelled" {
-        msg.cancels = params.request_id.map(|r| Id(r.0.to_string()));
+        msg.cancels = params.request_id.map(|r| Id(r.0.into()));
     }
     msg.method = Some(method.into_owned());
 }

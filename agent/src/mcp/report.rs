@@ -364,7 +364,7 @@ pub(super) fn exchange(
         transport: s.transport,
         session: s.label(procs),
         method: std::mem::take(&mut p.method),
-        id: std::mem::take(&mut p.id.0),
+        id: p.id.0.to_string(),
         tool,
         resource_uri,
         prompt,
