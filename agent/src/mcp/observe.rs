@@ -90,7 +90,11 @@ impl Tracker {
         if outcome == Outcome::DuplicateId {
             self.stats.duplicate_ids += 1;
             let what = What::DuplicateId {
-                id: msg.id.as_ref().map(|i| i.0.to_string()).unwrap_or_default(),
+                id: msg
+                    .id
+                    .as_ref()
+                    .map(|i| String::from(&*i.0))
+                    .unwrap_or_default(),
                 method: msg.method.clone().unwrap_or_default(),
             };
             cx.out

@@ -364,7 +364,8 @@ pub(super) fn exchange(
         transport: s.transport,
         session: s.label(procs),
         method: std::mem::take(&mut p.method),
-        id: p.id.0.to_string(),
+        // Not `to_string`: that goes through `Display`.
+        id: String::from(&*p.id.0),
         tool,
         resource_uri,
         prompt,

@@ -78,7 +78,7 @@ impl Tracker {
                 hung.push((
                     p.method.clone(),
                     p.target.clone(),
-                    p.id.0.to_string(),
+                    String::from(&*p.id.0),
                     elapsed,
                 ));
             }
@@ -295,7 +295,7 @@ fn expire_orphans(st: &mut State, cx: &mut Ctx<'_>, now: u64, grace: u64) -> u64
                 .msg
                 .id
                 .as_ref()
-                .map(|i| i.0.to_string())
+                .map(|i| String::from(&*i.0))
                 .unwrap_or_default(),
         };
         cx.out.push(report::session_event(
