@@ -2,7 +2,9 @@
 h2 (the HTTP/2 of httpx and hypercorn) and wsproto with permessage-deflate, both ends in
 memory, every byte each end wrote kept. Each http2 seed's first byte (how the fuzz body cuts
 and alternates the two directions, and its body limit) was picked so that requests arrive
-before their responses.
+before their responses. Its top three bits say how many frames of each direction the
+connection joined mid-way leaves unseen: `midway-skip3-session-sse` and
+`midway-skip7-session-sse` are `session-sse-202` with them set to 3 and 7.
 
     target/peers/h2ws/bin/python agent/fuzz/make_h2ws_seeds.py agent/fuzz/seeds \
       '{"initialize-json":6,"session-sse-202":11,"size-update-padding-priority":10,"continuation":10,"reset-trailers-goaway":10,"oversize":97}'

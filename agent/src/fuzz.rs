@@ -129,8 +129,8 @@ pub fn sse(data: &[u8]) {
 fn describe(e: &http::ConnEvent<'_>) -> String {
     fn head(h: &http::Head) -> String {
         format!(
-            "{:?} {:?} {:?} {:?}",
-            h.method, h.target, h.status, h.headers
+            "{:?} {:?} {:?} {:?} {:?}",
+            h.fields, h.method, h.target, h.status, h.headers
         )
     }
     match e {
@@ -153,6 +153,7 @@ fn describe(e: &http::ConnEvent<'_>) -> String {
         http::ConnEvent::Done(t) => format!("done {}", t.seq),
         http::ConnEvent::Oversize { txn, len } => format!("oversize {} {len}", txn.seq),
         http::ConnEvent::Error(e) => format!("error {e}"),
+        http::ConnEvent::Role(r) => format!("role {r:?}"),
     }
 }
 
@@ -206,30 +207,176 @@ pub fn http(data: &[u8]) {
 /// What one run of an HTTP/2 connection said, and the transactions left to `finish`.
 type H2Run = (Vec<String>, Vec<u64>);
 
-/// The bytes of an h2c connection (`client` after the preface, `server`), pushed in
-/// `pushes` (`true`: the client's bytes), into a connection seen by a process at `role`.
-/// Checks what must hold whatever the bytes: one `Error` at most and nothing after it; a
-/// transaction's events between its `RequestHead` and its `Done`, a response's parts after
-/// its head; bodies within the limit; never more held than was given; `finish` returns the
-/// transactions still open.
+/// How a fuzzed HTTP/2 connection is seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Seen {
+    /// From its start: the client's preface first.
+    Start,
+    /// Joined mid-way: each direction from a frame boundary, no header block decoded.
+    Joined,
+}
+
+/// What must hold of the events of one HTTP/2 run, whatever the bytes: one `Error` at most
+/// and nothing after it; a transaction's events between its `RequestHead` and its `Done`, a
+/// response's parts after its head; bodies within the limit. Joined mid-way, the role comes
+/// once, before any transaction (which side it takes for the client goes in the events, so
+/// that both ends must agree); no head is decoded.
+struct H2Check {
+    seen: Seen,
+    role: Role,
+    max_body: usize,
+    /// Each open transaction, and whether its response head came.
+    open: BTreeMap<u64, bool>,
+    broken: bool,
+    role_told: bool,
+    out: Vec<String>,
+}
+
+impl H2Check {
+    fn event(&mut self, e: &crate::wire::http::ConnEvent<'_>) {
+        use crate::wire::http::ConnEvent;
+        assert!(!self.broken, "an event after the connection broke: {e:?}");
+        if let ConnEvent::Role(r) = e {
+            assert_eq!(self.seen, Seen::Joined, "a role told that was known");
+            assert!(!self.role_told, "the role told twice");
+            assert!(self.open.is_empty(), "the role told after a transaction");
+            self.role_told = true;
+            // Arbitrary bytes may say the side written as the server's is the client: what
+            // must hold is that whichever end watches, the same side is taken for the client.
+            let side = if *r == self.role { "client" } else { "server" };
+            self.out.push(format!("the {side}'s side is the client"));
+            return;
+        }
+        if let Some(txn) = txn_of(e) {
+            assert!(
+                self.seen == Seen::Start || self.role_told,
+                "a transaction before the role"
+            );
+            let heads = [Some(&txn.request), txn.response.as_ref()];
+            let decoded = heads.into_iter().flatten().any(|h| h.decoded());
+            assert!(
+                self.seen == Seen::Start || !decoded,
+                "a head decoded mid-way"
+            );
+        }
+        self.order(e);
+        self.sizes(e);
+        self.out.push(describe(e));
+    }
+
+    fn order(&mut self, e: &crate::wire::http::ConnEvent<'_>) {
+        use crate::wire::http::ConnEvent;
+        let open = &mut self.open;
+        match e {
+            ConnEvent::RequestHead(txn) => {
+                assert!(open.insert(txn.seq, false).is_none(), "stream reopened");
+            }
+            ConnEvent::Error(_) => {
+                self.broken = true;
+                open.clear();
+            }
+            ConnEvent::ResponseHead(txn) => {
+                let head = open
+                    .get_mut(&txn.seq)
+                    .expect("a response to an open stream");
+                assert!(!*head, "two response heads");
+                *head = true;
+            }
+            ConnEvent::Done(txn) => {
+                assert!(open.remove(&txn.seq).is_some(), "done twice");
+            }
+            ConnEvent::RequestBody { txn, .. } | ConnEvent::Oversize { txn, .. } => {
+                assert!(open.contains_key(&txn.seq), "an event of no open stream");
+            }
+            ConnEvent::ResponseBody { txn, .. } | ConnEvent::Sse { txn, .. } => {
+                assert_eq!(open.get(&txn.seq), Some(&true), "a body before its head");
+            }
+            ConnEvent::Role(_) => {}
+        }
+    }
+
+    fn sizes(&self, e: &crate::wire::http::ConnEvent<'_>) {
+        use crate::wire::http::ConnEvent;
+        match e {
+            ConnEvent::RequestBody {
+                body,
+                first_enter_ns,
+                last_exit_ns,
+                ..
+            }
+            | ConnEvent::ResponseBody {
+                body,
+                first_enter_ns,
+                last_exit_ns,
+                ..
+            } => {
+                assert!(body.len() <= self.max_body, "body past the limit");
+                assert!(first_enter_ns <= last_exit_ns);
+            }
+            ConnEvent::Sse { event, .. } => {
+                assert!(event.data.len() <= self.max_body, "event past the limit");
+                assert!(event.first_enter_ns <= event.last_exit_ns);
+            }
+            ConnEvent::Oversize { len, .. } => assert!(*len >= self.max_body as u64),
+            _ => {}
+        }
+    }
+}
+
+/// The transaction an HTTP event is about.
+fn txn_of<'a>(e: &crate::wire::http::ConnEvent<'a>) -> Option<&'a crate::wire::http::Txn> {
+    use crate::wire::http::ConnEvent;
+    match e {
+        ConnEvent::RequestHead(t) | ConnEvent::ResponseHead(t) | ConnEvent::Done(t) => Some(t),
+        ConnEvent::RequestBody { txn, .. }
+        | ConnEvent::ResponseBody { txn, .. }
+        | ConnEvent::Sse { txn, .. }
+        | ConnEvent::Oversize { txn, .. } => Some(txn),
+        ConnEvent::Error(_) | ConnEvent::Role(_) => None,
+    }
+}
+
+/// The bytes of an HTTP/2 connection (`client`, `server`), pushed in `pushes` (`true`: the
+/// client's bytes), into a connection seen by a process at `role`, from its start (the
+/// client's bytes then begin with the preface) or joined mid-way. Checks [`H2Check`], never
+/// more held than was given, and that `finish` returns the transactions still open; what
+/// was counted as unread ends the events.
 fn http2_events(
-    client: &[u8],
-    server: &[u8],
+    (client, server): (&[u8], &[u8]),
     pushes: &[(bool, usize)],
     role: Role,
     max_body: usize,
+    seen: Seen,
 ) -> H2Run {
-    use crate::wire::http::{ConnEvent, HttpWire};
+    use crate::wire::http::HttpWire;
     let (client_dir, server_dir) = match role {
         Role::Client => (Dir::Out, Dir::In),
         Role::Server => (Dir::In, Dir::Out),
     };
-    let mut conn = http2::Conn::detect(client_dir, client, max_body).expect("a preface");
-    assert_eq!(conn.role(), role);
-    // Each open transaction, and whether its response head came.
-    let mut open: BTreeMap<u64, bool> = BTreeMap::new();
-    let mut out = Vec::new();
-    let mut broken = false;
+    let mut conn = match seen {
+        Seen::Start => {
+            let c = http2::Conn::detect(client_dir, client, max_body).expect("a preface");
+            assert_eq!(c.role(), Some(role));
+            c
+        }
+        Seen::Joined => {
+            let first = if pushes.first().is_some_and(|p| p.0) {
+                client
+            } else {
+                server
+            };
+            http2::Conn::joined(first, max_body).expect("frames, as the caller checked")
+        }
+    };
+    let mut check = H2Check {
+        seen,
+        role,
+        max_body,
+        open: BTreeMap::new(),
+        broken: false,
+        role_told: false,
+        out: Vec::new(),
+    };
     let (mut at, mut pushed, mut t) = ([0usize; 2], 0usize, 0u64);
     for &(from_client, n) in pushes {
         let (side, dir, bytes) = if from_client {
@@ -241,58 +388,7 @@ fn http2_events(
         at[side] += n;
         pushed += n;
         t += 10;
-        conn.push(dir, piece, t, t + 5, &mut |e| {
-            assert!(!broken, "an event after the connection broke: {e:?}");
-            match &e {
-                ConnEvent::RequestHead(txn) => {
-                    assert!(open.insert(txn.seq, false).is_none(), "stream reopened");
-                }
-                ConnEvent::Error(_) => {
-                    broken = true;
-                    open.clear();
-                }
-                ConnEvent::ResponseHead(txn) => {
-                    let head = open
-                        .get_mut(&txn.seq)
-                        .expect("a response to an open stream");
-                    assert!(!*head, "two response heads");
-                    *head = true;
-                }
-                ConnEvent::Done(txn) => {
-                    assert!(open.remove(&txn.seq).is_some(), "done twice");
-                }
-                ConnEvent::RequestBody { txn, .. } | ConnEvent::Oversize { txn, .. } => {
-                    assert!(open.contains_key(&txn.seq), "an event of no open stream");
-                }
-                ConnEvent::ResponseBody { txn, .. } | ConnEvent::Sse { txn, .. } => {
-                    assert_eq!(open.get(&txn.seq), Some(&true), "a body before its head");
-                }
-            }
-            match &e {
-                ConnEvent::RequestBody {
-                    body,
-                    first_enter_ns,
-                    last_exit_ns,
-                    ..
-                }
-                | ConnEvent::ResponseBody {
-                    body,
-                    first_enter_ns,
-                    last_exit_ns,
-                    ..
-                } => {
-                    assert!(body.len() <= max_body, "body past the limit");
-                    assert!(first_enter_ns <= last_exit_ns);
-                }
-                ConnEvent::Sse { event, .. } => {
-                    assert!(event.data.len() <= max_body, "event past the limit");
-                    assert!(event.first_enter_ns <= event.last_exit_ns);
-                }
-                ConnEvent::Oversize { len, .. } => assert!(*len >= max_body as u64),
-                _ => {}
-            }
-            out.push(describe(&e));
-        });
+        conn.push(dir, piece, t, t + 5, &mut |e| check.event(&e));
         assert!(
             conn.buffered() <= pushed,
             "held {} of {pushed} bytes given",
@@ -304,9 +400,12 @@ fn http2_events(
         .iter()
         .map(|txn| txn.seq)
         .collect();
-    let still: Vec<u64> = open.keys().copied().collect();
+    let still: Vec<u64> = check.open.keys().copied().collect();
     assert_eq!(left, still, "finish returns the streams still open");
-    (out, left)
+    let unread = conn.take_midstream();
+    assert_eq!(unread.connections, u64::from(seen == Seen::Joined));
+    check.out.push(format!("{unread:?}"));
+    (check.out, left)
 }
 
 /// `(from client, length)` pushes: pieces of 1..=`max` bytes, the client's and the server's
@@ -326,11 +425,61 @@ fn alternate(chunks: &mut Chunks, client: usize, server: usize, max: usize) -> V
     out
 }
 
+/// Where the `n`th frame of `b` starts, reading frame headers from its first byte (its end,
+/// when it has fewer).
+fn frame_at(b: &[u8], n: usize) -> usize {
+    let mut at = 0;
+    for _ in 0..n {
+        let Some(h) = b.get(at..at + 9) else {
+            break;
+        };
+        let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+        at = (at + 9 + len).min(b.len());
+    }
+    at
+}
+
+/// One connection's bytes pushed as the pieces `a` picks, and again each piece cut finer:
+/// the same events, and the same transactions left over, whichever end watches and however
+/// the pushes are cut.
+fn http2_both_ends(sides: (&[u8], &[u8]), a: u8, max_body: usize, seen: Seen) {
+    let pushes = alternate(
+        &mut Chunks(u32::from(a)),
+        sides.0.len(),
+        sides.1.len(),
+        1 + (a as usize) * 16,
+    );
+    let mut finer = Vec::new();
+    let mut chunks = Chunks(u32::from(a) ^ 0x5a5a);
+    for &(side, n) in &pushes {
+        let mut left = n;
+        while left > 0 {
+            let k = chunks.next(1 + a as usize % 7).min(left);
+            finer.push((side, k));
+            left -= k;
+        }
+    }
+    let want = http2_events(sides, &pushes, Role::Client, max_body, seen);
+    for (cut, role) in [
+        (&pushes, Role::Server),
+        (&finer, Role::Client),
+        (&finer, Role::Server),
+    ] {
+        let got = http2_events(sides, cut, role, max_body, seen);
+        assert_eq!(
+            got, want,
+            "events depend on the watching end or on how the bytes were split"
+        );
+    }
+}
+
 /// HTTP/2 (frames, HPACK, streams as transactions) as both ends see it. The first byte seeds
 /// how the bytes are cut and sets the body limit; the next two say where the client's bytes
 /// (after the preface, which is prepended) end and the server's begin. The two directions
 /// are pushed in turn; the same events, and the same transactions left over, whichever end
-/// watches and however each push is cut further.
+/// watches and however each push is cut further. Then the same connection joined mid-way:
+/// each direction from a frame boundary past its first few frames (as many as the first
+/// byte's top bits say), when those bytes read as frames.
 pub fn http2(data: &[u8]) {
     let [a, l0, l1, rest @ ..] = data else {
         return;
@@ -339,33 +488,12 @@ pub fn http2(data: &[u8]) {
     let (c, server) = rest.split_at(split_at);
     let client = [http2::frames::PREFACE.as_slice(), c].concat();
     let max_body = 32 + (*a as usize % 16) * 128;
-    let pushes = alternate(
-        &mut Chunks(u32::from(*a)),
-        client.len(),
-        server.len(),
-        1 + (*a as usize) * 16,
-    );
-    let mut finer = Vec::new();
-    let mut chunks = Chunks(u32::from(*a) ^ 0x5a5a);
-    for &(side, n) in &pushes {
-        let mut left = n;
-        while left > 0 {
-            let k = chunks.next(1 + *a as usize % 7).min(left);
-            finer.push((side, k));
-            left -= k;
-        }
-    }
-    let want = http2_events(&client, server, &pushes, Role::Client, max_body);
-    for (cut, role) in [
-        (&pushes, Role::Server),
-        (&finer, Role::Client),
-        (&finer, Role::Server),
-    ] {
-        let got = http2_events(&client, server, cut, role, max_body);
-        assert_eq!(
-            got, want,
-            "events depend on the watching end or on how the bytes were split"
-        );
+    http2_both_ends((&client, server), *a, max_body, Seen::Start);
+    let skip = usize::from(*a >> 5);
+    let (c, s) = (&c[frame_at(c, skip)..], &server[frame_at(server, skip)..]);
+    let first = if c.is_empty() { s } else { c };
+    if http2::Conn::joined(first, max_body).is_some() {
+        http2_both_ends((c, s), *a, max_body, Seen::Joined);
     }
 }
 

@@ -87,6 +87,7 @@ fn agent_metrics(outputs: &Outputs, p: &Pipeline, live: Option<(&[TableStat], u6
         parse_errors: Some(&p.protocols.mcp.stats.parse_errors),
         rejected: Some(&p.conns.stats.rejected),
         gaps: Some(&p.conns.stats.gaps),
+        http2_midstream: Some(p.protocols.http.http2_midstream),
         tls_undecrypted: Some(&p.conns.stats.tls_undecrypted_by_library),
         tls_probed: Some(p.tls_probed_binaries()),
         tls_probes: Some(p.tls_probe_states()),

@@ -2,7 +2,8 @@
 //! SDK's client on httpx with HTTP/2 only, over cleartext with prior knowledge (h2c) and over
 //! TLS with ALPN `h2` (plaintext from OpenSSL), and by a hand-written client on Node's own
 //! `node:http2` (nghttp2) over h2c. Every call once, with its session, status, duration, both
-//! ends' views, and `http_version` 2 on every exchange.
+//! ends' views, and `http_version` 2 on every exchange. And an h2c connection mcptap joins
+//! mid-way: read without its headers, every later call still reported.
 
 use std::path::Path;
 use std::process::Command;
@@ -108,4 +109,67 @@ fn python_sdk_over_h2_tls() {
 #[test]
 fn node_http2_client_over_h2c() {
     run_h2("http2_node_h2c", false, node_h2_client);
+}
+
+/// mcptap starts while an h2c connection is open (the SDK's client on httpx, HTTP/2 only,
+/// initialized and waiting, to hypercorn): the connection is joined mid-way, its header
+/// blocks are not decoded, and the calls made on new streams are still reported, each once,
+/// with its status, over HTTP/2, and the connection is counted.
+#[test]
+fn an_h2c_connection_joined_mid_way_is_read_without_its_headers() {
+    use std::io::Read as _;
+    use std::process::Stdio;
+    require_root();
+    let dir = scratch("http2_midway");
+    let port = port();
+    let server = hypercorn_server(&dir, port, None);
+    let flag = dir.join("go");
+    let log = dir.join("client.log");
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let mut client = h2_client(&url, None)
+        .args(["--wait-for", flag.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for(60, || std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("waiting")),
+        "client never initialized"
+    );
+    let agent = Agent::start(&dir, &[]);
+    std::fs::write(&flag, "").unwrap();
+    let mut stdout = String::new();
+    client
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    assert!(client.wait().unwrap().success(), "client failed");
+    let mut run: ClientRun = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    run.server_pid = Some(server.pid());
+    drop(server);
+    let recs = agent.stop();
+    let stop = recs.kind("event");
+    let stop = stop
+        .iter()
+        .find(|e| e["event"] == "agent_stop")
+        .expect("agent_stop");
+    let midway = &stop["stats"]["http2_midstream"];
+    assert!(midway["connections"].as_u64() >= Some(1), "{midway}");
+    assert!(
+        midway["header_blocks_undecoded"].as_u64() >= Some(1),
+        "{midway}"
+    );
+    // Every call made after the agent came, once, with its status and both ends' views.
+    check_calls(&recs, &run, Sides::Both);
+    for r in recs.exchanges_of_client(run.pid) {
+        assert_eq!(r["http_version"], "2", "{r}");
+        assert_eq!(r["server_port"], port, "{r}");
+        // The status line was in a header block that was not decoded.
+        assert!(r.get("http_status").is_none(), "{r}");
+    }
+    assert_no_trouble(&recs, run.pid);
 }

@@ -13,9 +13,6 @@
 pub enum Reason {
     /// TLS records: ciphertext of a connection the kernel did not see start.
     Tls,
-    /// HTTP/2 first seen mid-way (the agent started after it did): its header blocks
-    /// cannot be decoded without the compression state its start set up.
-    Http2Midstream,
     /// Binary bytes.
     Binary,
     /// Two lines that are not JSON.
@@ -41,7 +38,6 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Tls => "tls",
-            Reason::Http2Midstream => "http2_midstream",
             Reason::Binary => "binary",
             Reason::NotJson => "not_json",
             Reason::JsonNotJsonrpc => "json_not_jsonrpc",

@@ -165,7 +165,7 @@ impl HttpApp for LlmHttp<'_> {
                 if let (Some(p), Some(r)) = (conn.open.get_mut(&txn.seq), &txn.response) {
                     p.status = r.status;
                     p.retry_after = r.headers.retry_after;
-                    if r.headers.is_sse() {
+                    if r.is_sse() {
                         p.stream = Some(p.api.stream(opts));
                     }
                 }
@@ -211,7 +211,8 @@ impl HttpApp for LlmHttp<'_> {
                     self.report(cx, p, &Txn::default(), false);
                 }
             }
-            ConnEvent::RequestHead(_) | ConnEvent::RequestBody { .. } => {}
+            // `Role` is the router's, never handed to an app.
+            ConnEvent::RequestHead(_) | ConnEvent::RequestBody { .. } | ConnEvent::Role(_) => {}
         }
         Verdict::Kept
     }

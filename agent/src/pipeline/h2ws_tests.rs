@@ -338,3 +338,200 @@ fn mcp_over_websocket_with_deflate() {
     assert_eq!(rejects, [(CLIENT, 5, ci), (SERVER, 7, si)]);
     assert_eq!(p.protocols.mcp.stats.http_errors, 0);
 }
+
+/// A header block for `list` from an encoder that encoded it once already, in bytes the
+/// agent never saw: it names dynamic table entries the agent does not have.
+fn warm_block(e: &mut Encoder<'_>, list: &[(&str, &str)]) -> Vec<u8> {
+    let block = e.encode(list.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+    assert!(loona_hpack::Decoder::new().decode(&block).is_err());
+    block
+}
+
+/// The bytes of an h2c connection older than the agent, from the agent's first record on:
+/// (the client's first write, the server's answer on the old and the new stream, the
+/// client's tool call, the server's event stream). Stream 7 was open before: the client
+/// still sends its body, the server answers it. Stream 9 is a tools/list answered in JSON,
+/// stream 11 a tools/call answered by an event stream (a progress notification, then the
+/// result). Every header block names dynamic table entries the agent never saw.
+fn h2_midway() -> [Vec<u8>; 4] {
+    let mut ce = Encoder::new();
+    let mut se = Encoder::new();
+    let req = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":authority", "127.0.0.1:8000"),
+        (":path", "/mcp"),
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+        ("mcp-session-id", "S1"),
+        ("mcp-protocol-version", "2025-06-18"),
+    ];
+    let json = [
+        (":status", "200"),
+        ("content-type", "application/json"),
+        ("mcp-session-id", "S1"),
+    ];
+    let sse = [
+        (":status", "200"),
+        ("content-type", "text/event-stream"),
+        ("mcp-session-id", "S1"),
+    ];
+    // What went by before the agent came.
+    ce.encode(req.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+    se.encode(json.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+    se.encode(sse.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+    let mut first = frame(WINDOW_UPDATE, 0, 0, &65_535u32.to_be_bytes());
+    first.extend(frame(
+        DATA,
+        0,
+        7,
+        br#"{"jsonrpc":"2.0","id":70,"method":"tools/call","#,
+    ));
+    first.extend(frame(HEADERS, END_HEADERS, 9, &warm_block(&mut ce, &req)));
+    first.extend(frame(DATA, END_STREAM, 9, LIST.as_bytes()));
+    let mut answer = frame(HEADERS, END_HEADERS, 7, &warm_block(&mut se, &json));
+    answer.extend(frame(
+        DATA,
+        END_STREAM,
+        7,
+        br#"{"jsonrpc":"2.0","id":70,"result":{}}"#,
+    ));
+    answer.extend(frame(HEADERS, END_HEADERS, 9, &warm_block(&mut se, &json)));
+    answer.extend(frame(DATA, END_STREAM, 9, LIST_OK.as_bytes()));
+    let mut call = frame(HEADERS, END_HEADERS, 11, &warm_block(&mut ce, &req));
+    let (a, b) = CALL.as_bytes().split_at(30);
+    call.extend(frame(DATA, 0, 11, a));
+    call.extend(frame(DATA, END_STREAM, 11, b));
+    let mut events = frame(HEADERS, END_HEADERS, 11, &warm_block(&mut se, &sse));
+    let text = format!("event: message\ndata: {PROGRESS}\n\nevent: message\ndata: {CALL_OK}\n\n");
+    let (a, b) = text.as_bytes().split_at(50);
+    events.extend(frame(DATA, 0, 11, a));
+    events.extend(frame(DATA, END_STREAM, 11, b));
+    [first, answer, call, events]
+}
+
+/// What a run of the connection joined mid-way must give: the tools/list and tools/call
+/// exchanges, both views, over HTTP/2 with no HTTP status and no session id (the
+/// connection is the session); the progress notification; the old stream skipped on each
+/// end, counted with the connections and header blocks; nothing rejected.
+fn check_midway(out: &[Signal], p: &Pipeline, what: &str) {
+    let xs = exchanges(out);
+    let mut methods: Vec<&str> = xs.iter().map(|x| x.method.as_str()).collect();
+    methods.sort_unstable();
+    assert_eq!(methods, ["tools/call", "tools/list"], "{what}: {out:#?}");
+    for x in &xs {
+        assert_eq!(x.transport, Transport::Http, "{what}: {x:#?}");
+        assert_eq!(x.network.http_version, Some(HttpVersion::Http2), "{what}");
+        assert_eq!(x.status, Status::Ok, "{what}: {x:#?}");
+        assert_eq!(x.http_status, None, "{what}");
+        assert_eq!(x.session, None, "{what}");
+        assert_eq!(x.client.pid, Some(CLIENT), "{what}");
+        assert_eq!(x.server.pid, Some(SERVER), "{what}");
+        assert!(x.timing.client_duration_ms.is_some(), "{what}: {x:#?}");
+        assert!(x.timing.server_duration_ms.is_some(), "{what}: {x:#?}");
+    }
+    let call = xs.iter().find(|x| x.method == "tools/call").expect("call");
+    assert_eq!(call.tool.as_deref(), Some("echo"), "{what}");
+    assert_eq!(call.response_bytes, Some(CALL_OK.len() as u64), "{what}");
+    assert_eq!(notifications(out), ["notifications/progress"], "{what}");
+    let m = p.protocols.http.http2_midstream;
+    assert_eq!(
+        (m.connections, m.streams_skipped, m.header_blocks_undecoded),
+        (2, 2, 10),
+        "{what}"
+    );
+    assert!(
+        p.conns.stats.rejected.is_empty(),
+        "{what}: {:?}",
+        p.conns.stats
+    );
+    assert_eq!(p.protocols.mcp.stats.http_errors, 0, "{what}");
+    assert_eq!(p.tracker.stats.orphan_responses, 0, "{what}");
+}
+
+/// MCP over an h2c connection older than the agent, both ends watched: framed without its
+/// headers, one correlated exchange per request (a JSON and an event-stream answer), the
+/// stream already open skipped and counted; the first records cut at every boundary past
+/// one frame header (a shorter first record cannot be told from other binary bytes), the
+/// tool call and the event stream at every boundary.
+#[test]
+fn mcp_over_h2c_joined_mid_way() {
+    let [first, answer, call, events] = h2_midway();
+    let run_with = |pieces: [&[&[u8]]; 4]| {
+        let mut link = Link::new(40_111);
+        for (i, piece) in pieces.iter().enumerate() {
+            for b in *piece {
+                if i % 2 == 0 {
+                    link.request(b);
+                } else {
+                    link.response(b);
+                }
+            }
+        }
+        run(&link.recs)
+    };
+    let (out, p) = run_with([&[&first], &[&answer], &[&call], &[&events]]);
+    check_midway(&out, &p, "whole");
+    let stop = p.summary();
+    assert_eq!(stop["http2_midstream"]["streams_skipped"], 2, "{stop}");
+    let call_x = exchanges(&out)
+        .into_iter()
+        .find(|x| x.method == "tools/call")
+        .expect("call");
+    let line = crate::output::jsonl::encode(&Signal::Exchange(call_x.clone()));
+    assert!(line.contains(r#""http_version":"2""#), "{line}");
+    assert!(line.contains(r#""transport":"http""#), "{line}");
+    for cut in 9..first.len() {
+        let (a, b) = first.split_at(cut);
+        let (out, p) = run_with([&[a, b], &[&answer], &[&call], &[&events]]);
+        check_midway(&out, &p, &format!("first cut at {cut}"));
+    }
+    for cut in 1..call.len() {
+        let (a, b) = call.split_at(cut);
+        let (out, p) = run_with([&[&first], &[&answer], &[a, b], &[&events]]);
+        check_midway(&out, &p, &format!("call cut at {cut}"));
+    }
+    for cut in 1..events.len() {
+        let (a, b) = events.split_at(cut);
+        let (out, p) = run_with([&[&first], &[&answer], &[&call], &[a, b]]);
+        check_midway(&out, &p, &format!("events cut at {cut}"));
+    }
+}
+
+/// Bytes that start like HTTP/2 frames but do not go on like them are not taken for a
+/// connection joined mid-way: each end is refused as binary, nothing is counted as
+/// HTTP/2, nothing reported.
+#[test]
+fn almost_frames_are_not_http2() {
+    let mut recs = Vec::new();
+    let mut almost = [
+        // A DATA frame, then a header no frame has (a length past the bytes).
+        [
+            frame(DATA, 0, 1, b"{}"),
+            b"HTTP/1.1 200 OK\r\n\r\n".to_vec(),
+        ]
+        .concat(),
+        // A PING on a stream.
+        frame(6, 0, 1, &[0; 8]),
+        // A frame of a type HTTP/2 does not define first.
+        frame(0x2a, 0, 1, LIST.as_bytes()),
+        // A long frame cut short, as a TLS record's header reads.
+        frame(DATA, 0, 1, &[b'x'; 20_000])[..100].to_vec(),
+    ];
+    almost[0].extend_from_slice(LIST.as_bytes());
+    for (i, bytes) in almost.iter().enumerate() {
+        let mut link = Link::new(40_120 + i as u16);
+        link.request(bytes);
+        link.response(&frame(DATA, END_STREAM, 1, LIST_OK.as_bytes()));
+        recs.extend(link.recs);
+    }
+    let (out, p) = run(&recs);
+    assert!(exchanges(&out).is_empty(), "{out:#?}");
+    assert!(p.protocols.http.http2_midstream.is_empty());
+    assert_eq!(
+        p.conns.stats.rejected.get("binary"),
+        Some(&(2 * almost.len() as u64)),
+        "{:?}",
+        p.conns.stats
+    );
+}

@@ -370,6 +370,7 @@ impl Pipeline {
         let l = &self.protocols.llm.stats;
         let a = &self.agentic.stats;
         let t = &self.tracker.stats;
+        let m = &self.protocols.http.http2_midstream;
         serde_json::json!({
             "records": s.records,
             "bytes": s.bytes,
@@ -392,6 +393,11 @@ impl Pipeline {
             "messages_truncated": b.oversize,
             "streams_unterminated": b.unterminated,
             "http_errors": b.http_errors,
+            "http2_midstream": {
+                "connections": m.connections,
+                "streams_skipped": m.streams_skipped,
+                "header_blocks_undecoded": m.header_blocks_undecoded,
+            },
             "llm": {
                 "calls": l.calls,
                 "cut_off": l.cut_off,

@@ -2,9 +2,10 @@
 //! [`ConnFraming`], chosen by a stream's first bytes.
 //!
 //! A stream's first bytes are shown to each entry of [`FRAMINGS`] in order; the first that
-//! knows them decides: a connection framing (HTTP/1.1, HTTP/2) that keeps both directions of
-//! the fd, newline-delimited JSON (kept per direction, see [`super::StreamFraming`]), or a refusal
-//! with its reason (TLS records the kernel did not see start, binary bytes). A connection
+//! knows them decides: a connection framing (HTTP/1.1, HTTP/2 from its start or first seen
+//! mid-way) that keeps both directions of the fd, newline-delimited JSON (kept per
+//! direction, see [`super::StreamFraming`]), or a refusal with its reason (TLS records the
+//! kernel did not see start, binary bytes). A connection
 //! framing may hand over to another ([`ConnFraming::next`]): HTTP/1.1's `Upgrade` to
 //! WebSocket.
 
@@ -89,13 +90,15 @@ pub const FRAMINGS: &[Framing] = &[
         name: "http/2",
         detect: super::http::detect_http2,
     },
-    Framing {
-        name: "http/2 mid-way",
-        detect: super::http::refuse_http2_midstream,
-    },
+    // Before HTTP/2 mid-way: a TLS record's header could pass for a long frame's.
     Framing {
         name: "tls",
         detect: refuse_tls,
+    },
+    // Before binary: frames are binary bytes.
+    Framing {
+        name: "http/2 mid-way",
+        detect: super::http::detect_http2_midstream,
     },
     Framing {
         name: "binary",
@@ -173,9 +176,14 @@ mod tests {
         assert_eq!(tcp(Dir::Out, preface), "http/2");
         // A server's first SETTINGS frame (empty).
         assert_eq!(tcp(Dir::Out, b"\0\0\0\x04\0\0\0\0\0"), "http/2");
-        // A DATA frame on stream 1 with 4 bytes: a connection older than the agent.
+        // A DATA frame on stream 1 with 4 bytes: a connection older than the agent, framed.
         let data = b"\0\0\x04\0\x01\0\0\0\x01{}\r\n";
-        assert_eq!(tcp(Dir::In, data), "refuse http2_midstream");
+        assert_eq!(tcp(Dir::In, data), "http/2");
+        // Bytes that start like a frame but do not go on like frames are binary.
+        assert_eq!(
+            tcp(Dir::In, b"\0\0\x04\0\x01\0\0\0\x01{}\r\nxyzwxyzwxyzw"),
+            "refuse binary"
+        );
         assert_eq!(tcp(Dir::Out, b"\x16\x03\x01\x02\0"), "refuse tls");
         assert_eq!(tcp(Dir::Out, b"\x01\x02\x03binary"), "refuse binary");
         assert_eq!(tcp(Dir::Out, b"{\"jsonrpc\":\"2.0\"}\n"), "lines");

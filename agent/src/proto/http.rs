@@ -11,12 +11,14 @@
 
 use super::AppCx;
 use super::framing::{ConnFraming, Detected, First, Parts};
+use crate::bounded::{LogLimit, held_back};
 use crate::capture::FdKind;
 use crate::conn::Bytes;
+use crate::conn::stream::StreamKey;
 use crate::conn::verdict::{Reason, Verdict};
 use crate::llm;
 use crate::mcp::transport;
-use crate::wire::http::{ConnEvent, HttpWire, Role, Txn};
+use crate::wire::http::{ConnEvent, HttpWire, Midstream, Role, Txn};
 use crate::wire::{http1, http2};
 
 /// How an app judges a transaction from its request head.
@@ -142,10 +144,11 @@ fn bit(id: AppId) -> u8 {
     1 << id as u8
 }
 
-/// A request with no body to judge: its head settles it.
+/// A request with no body to judge: its head settles it. A head not decoded says nothing
+/// of its body: one may follow.
 fn bodiless(txn: &Txn) -> bool {
     let h = &txn.request.headers;
-    !h.chunked && h.content_length.unwrap_or(0) == 0
+    txn.request.decoded() && !h.chunked && h.content_length.unwrap_or(0) == 0
 }
 
 impl<L: Default, M: Default> HttpConn<L, M> {
@@ -230,6 +233,10 @@ impl<L: Default, M: Default> HttpConn<L, M> {
         };
         cx.base.http = Some(http.version());
         let left = http.finish(ts, &mut |e| route.event(apps, cx, e));
+        // No app took anything before the role was known.
+        let Some(role) = role else {
+            return;
+        };
         for id in APPS {
             let mine: Vec<Txn> = left
                 .iter()
@@ -258,7 +265,8 @@ struct Router<'r, L, M> {
     conns: &'r mut AppConns<L, M>,
     refused: &'r mut u8,
     verdict: &'r mut Verdict,
-    role: Role,
+    /// This process's role: `None` until the framing says (no transaction comes before).
+    role: Option<Role>,
 }
 
 /// The transaction an event is about, if any.
@@ -269,7 +277,7 @@ fn txn_of<'a>(e: &ConnEvent<'a>) -> Option<&'a Txn> {
         | ConnEvent::ResponseBody { txn, .. }
         | ConnEvent::Sse { txn, .. }
         | ConnEvent::Oversize { txn, .. } => Some(txn),
-        ConnEvent::Error(_) => None,
+        ConnEvent::Error(_) | ConnEvent::Role(_) => None,
     }
 }
 
@@ -280,6 +288,12 @@ impl<L: Default, M: Default> Router<'_, L, M> {
         B: HttpApp<Conn = M>,
     {
         if self.verdict.rejected().is_some() {
+            return;
+        }
+        if let ConnEvent::Role(role) = e {
+            // The framing learned it (HTTP/2 joined mid-way): about the connection, not for
+            // the apps, which are told the role with every event.
+            self.role = Some(role);
             return;
         }
         if let ConnEvent::Error(why) = e {
@@ -294,6 +308,10 @@ impl<L: Default, M: Default> Router<'_, L, M> {
             return;
         }
         let txn = txn_of(&e).expect("every other event has a transaction");
+        if self.role.is_none() {
+            // Never: the framing says the role before any transaction's event.
+            return;
+        }
         if txn.request.headers.switches() {
             // A protocol switch's handshake: whatever it carries is the next framing's to
             // judge, not an application's.
@@ -336,13 +354,16 @@ impl<L: Default, M: Default> Router<'_, L, M> {
     {
         let mut open = 0u8;
         let mut owner = Owner::Nobody;
+        let Some(role) = self.role else {
+            return owner;
+        };
         for id in APPS {
             if *self.refused & bit(id) != 0 {
                 continue;
             }
             let claim = match id {
-                AppId::Llm => apps.llm.claim(self.role, txn),
-                AppId::Mcp => apps.mcp.claim(self.role, txn),
+                AppId::Llm => apps.llm.claim(role, txn),
+                AppId::Mcp => apps.mcp.claim(role, txn),
             };
             match claim {
                 Claim::Yes if open == 0 => {
@@ -420,7 +441,9 @@ impl<L: Default, M: Default> Router<'_, L, M> {
         if *self.refused & bit(id) != 0 {
             return;
         }
-        let role = self.role;
+        let Some(role) = self.role else {
+            return;
+        };
         let conns = &mut *self.conns;
         let v = with_app!(apps, conns, id, |a, c| a.event(c, cx, role, e));
         match v {
@@ -494,15 +517,56 @@ pub fn detect_http2(first: &First<'_>) -> Detected {
     }
 }
 
-/// HTTP/2 frames that do not start a connection (the agent started after it did): counted
-/// and refused, since their header blocks cannot be decoded.
-pub fn refuse_http2_midstream(first: &First<'_>) -> Detected {
-    if first.kind != FdKind::Pipe
-        && http2::frames::looks_like(first.bytes) == http2::frames::Looks::Frame
-    {
-        Detected::Refuse(Reason::Http2Midstream)
-    } else {
-        Detected::No
+/// HTTP/2 frames that do not start a connection (the agent started after it did; not over
+/// pipes): framed without decoding its header blocks, its streams opened in view as
+/// transactions whose heads are not decoded, and what it cannot read counted
+/// ([`Stats::http2_midstream`]).
+pub fn detect_http2_midstream(first: &First<'_>) -> Detected {
+    if first.kind == FdKind::Pipe {
+        return Detected::No;
+    }
+    match http2::Conn::joined(first.bytes, first.max_message) {
+        Some(conn) => Detected::Conn(Box::new(Http::new(Box::new(conn)))),
+        None => Detected::No,
+    }
+}
+
+/// What the HTTP framings counted across connections.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// HTTP/2 connections first seen mid-way, and what they could not read
+    /// (`mcptap_http2_midstream_*`, `agent_stop`'s `http2_midstream`).
+    pub http2_midstream: Midstream,
+    log: LogLimit,
+}
+
+impl Stats {
+    /// Counts what a connection (of the process and fd in `key`) first seen mid-way could not
+    /// read since the last time, and says so in the log.
+    fn midstream(&mut self, m: Midstream, key: &StreamKey) {
+        if m.is_empty() {
+            return;
+        }
+        self.http2_midstream.add(m);
+        let (pid, fd) = (key.tgid, key.fd);
+        if m.connections > 0
+            && let Some(held) = self.log.allow()
+        {
+            log::info!(
+                "pid {pid} fd {fd}: HTTP/2 connection first seen mid-way: its header blocks \
+                 are not decoded and the streams open before are skipped \
+                 (mcptap_http2_midstream_*){}",
+                held_back(held)
+            );
+        }
+        if m.streams_skipped > 0 || m.header_blocks_undecoded > 0 {
+            log::debug!(
+                "pid {pid} fd {fd}: HTTP/2 joined mid-way: {} streams skipped, {} header \
+                 blocks not decoded",
+                m.streams_skipped,
+                m.header_blocks_undecoded
+            );
+        }
     }
 }
 
@@ -516,7 +580,10 @@ impl ConnFraming for Http {
 
     fn push(&mut self, parts: &mut Parts<'_>, cx: &mut AppCx<'_, '_>, data: Bytes<'_>) -> Verdict {
         let mut apps = apps(parts);
-        HttpConn::push(self, &mut apps, cx, data)
+        let verdict = HttpConn::push(self, &mut apps, cx, data);
+        let midstream = self.http.take_midstream();
+        parts.protocols.http.midstream(midstream, &cx.key);
+        verdict
     }
 
     fn next(
@@ -525,7 +592,8 @@ impl ConnFraming for Http {
         cx: &mut AppCx<'_, '_>,
     ) -> Option<Box<dyn ConnFraming>> {
         let up = self.http.upgraded()?;
-        super::websocket::after_upgrade(up, self.http.role(), parts, cx)
+        let role = self.http.role()?;
+        super::websocket::after_upgrade(up, role, parts, cx)
     }
 
     fn close(self: Box<Self>, parts: &mut Parts<'_>, cx: &mut AppCx<'_, '_>, ts: u64) {

@@ -1,9 +1,9 @@
 //! Stage 4, application protocols: which framing each stream speaks, and, for HTTP, which
 //! application protocol each transaction carries.
 //!
-//! A stream picks its framing from its first bytes: HTTP/1.x, or newline-delimited JSON
-//! (MCP's stdio transport, and MCP over plain sockets); TLS records, HTTP/2 and binary bytes
-//! are refused. Lines go to MCP's stdio binding ([`crate::mcp::transport::stdio`]); HTTP
+//! A stream picks its framing from its first bytes: HTTP/1.x, HTTP/2 (from its start, or
+//! first seen mid-way), or newline-delimited JSON (MCP's stdio transport, and MCP over plain
+//! sockets); TLS records and binary bytes are refused. Lines go to MCP's stdio binding ([`crate::mcp::transport::stdio`]); HTTP
 //! transactions go, one by one, to the application protocol that claims them ([`http`]):
 //! MCP's HTTP binding ([`crate::mcp::transport::http`]) or a model API
 //! ([`crate::llm::http`]). [`Stage`] is what `conn` hands every stream to.
@@ -60,6 +60,8 @@ pub struct Protocols {
     pub mcp: Transport,
     /// The model APIs.
     pub llm: llm::http::Llm,
+    /// What the HTTP framings counted.
+    pub http: http::Stats,
 }
 
 impl Protocols {
@@ -68,6 +70,7 @@ impl Protocols {
         Protocols {
             mcp: Transport::new(mcp),
             llm: llm::http::Llm::new(llm),
+            http: http::Stats::default(),
         }
     }
 

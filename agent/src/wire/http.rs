@@ -12,8 +12,10 @@ pub use crate::signal::HttpVersion as Version;
 pub trait HttpWire: std::fmt::Debug {
     /// The version it frames.
     fn version(&self) -> Version;
-    /// This process's role.
-    fn role(&self) -> Role;
+    /// This process's role; `None` while it is not known yet (an HTTP/2 connection first seen
+    /// mid-way, until a header block shows which end sent it). No transaction's event comes
+    /// before it is known: a [`ConnEvent::Role`] says when it becomes known during a push.
+    fn role(&self) -> Option<Role>;
     /// Bytes held for messages not complete yet.
     fn buffered(&self) -> usize;
     /// Feed bytes this process moved in direction `dir`.
@@ -31,6 +33,39 @@ pub trait HttpWire: std::fmt::Debug {
     /// Protocols`): it, and the bytes each direction carried after it, taken once.
     fn upgraded(&mut self) -> Option<Upgrade> {
         None
+    }
+    /// What a connection first seen mid-way could not read since the last call (nothing for
+    /// one seen from its start), for the caller to count.
+    fn take_midstream(&mut self) -> Midstream {
+        Midstream::default()
+    }
+}
+
+/// What connections first seen mid-way (an HTTP/2 connection older than the agent) could not
+/// read: their header blocks are never decoded, and the streams already open when capture
+/// began are skipped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Midstream {
+    /// Connections first seen mid-way (each watched end of one counts once).
+    pub connections: u64,
+    /// Streams skipped: already open when capture began (or opened before the connection
+    /// showed which end is which), so their bodies are not whole.
+    pub streams_skipped: u64,
+    /// Header blocks (HEADERS, PUSH_PROMISE, with their CONTINUATIONs) not decoded.
+    pub header_blocks_undecoded: u64,
+}
+
+impl Midstream {
+    /// Adds `other`'s counts.
+    pub fn add(&mut self, other: Midstream) {
+        self.connections += other.connections;
+        self.streams_skipped += other.streams_skipped;
+        self.header_blocks_undecoded += other.header_blocks_undecoded;
+    }
+
+    /// Nothing counted.
+    pub fn is_empty(&self) -> bool {
+        *self == Midstream::default()
     }
 }
 
@@ -154,9 +189,84 @@ impl Headers {
     }
 }
 
+/// What a body's first bytes say it is, for a head whose headers were not decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyKind {
+    /// JSON: `{` or `[` after whitespace.
+    Json,
+    /// An event stream: a `data:`, `event:`, `id:` or `retry:` field or a `:` comment at the
+    /// start of a line (after blank lines).
+    EventStream,
+    /// Anything else.
+    Other,
+}
+
+/// Bytes of a body looked at before its kind is settled as [`BodyKind::Other`]: past them
+/// it is not waiting for more (only whitespace or blank lines can make it wait that long).
+pub const SNIFF_LIMIT: usize = 1024;
+
+/// The fields an event stream's lines start with.
+const SSE_FIELDS: [&[u8]; 4] = [b"data:", b"event:", b"id:", b"retry:"];
+
+impl BodyKind {
+    /// What a body that starts with `b` is; `None` while `b` is too short to tell (empty,
+    /// whitespace, or a prefix of an event stream's field name) and under [`SNIFF_LIMIT`].
+    ///
+    /// Only the first [`SNIFF_LIMIT`] bytes are looked at, so that the answer for a body does
+    /// not depend on how much of it came at once: a longer prefix of the same body never
+    /// changes an answer given.
+    pub fn sniff(b: &[u8]) -> Option<BodyKind> {
+        let b = b.get(..SNIFF_LIMIT).unwrap_or(b);
+        let undecided = || (b.len() >= SNIFF_LIMIT).then_some(BodyKind::Other);
+        match b.trim_ascii_start().first() {
+            None => return undecided(),
+            Some(b'{' | b'[') => return Some(BodyKind::Json),
+            Some(_) => {}
+        }
+        // An event stream may start with blank lines, never with other whitespace.
+        let line = after_blank_lines(b);
+        if line.starts_with(b":") {
+            return Some(BodyKind::EventStream);
+        }
+        for field in SSE_FIELDS {
+            if line.starts_with(field) {
+                return Some(BodyKind::EventStream);
+            }
+            if field.starts_with(line) {
+                return undecided();
+            }
+        }
+        Some(BodyKind::Other)
+    }
+}
+
+/// The bytes after any leading CR and LF (the blank lines an event stream may start with).
+fn after_blank_lines(b: &[u8]) -> &[u8] {
+    let n = b.iter().take_while(|&&c| c == b'\r' || c == b'\n').count();
+    &b[n..]
+}
+
+/// What is known of a head's fields.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fields {
+    /// Read from the wire: method, target, status and headers are what was sent.
+    #[default]
+    Decoded,
+    /// Not decoded: the head's header block came on an HTTP/2 connection first seen mid-way,
+    /// whose HPACK dynamic table is unknown (an indexed field could resolve to the wrong
+    /// entry). Method, target, status and headers are absent, not empty.
+    NotDecoded {
+        /// What the body's first bytes say it is (a response's, once they came; `None` for a
+        /// request, or a response with no body).
+        body: Option<BodyKind>,
+    },
+}
+
 /// A request line or status line with its headers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Head {
+    /// Whether the fields below were decoded; when they were not, they are all absent.
+    pub fields: Fields,
     /// Request method.
     pub method: Option<String>,
     /// Request target (path and query).
@@ -172,6 +282,33 @@ pub struct Head {
     /// Bytes of the message's body (de-chunked), counted as it arrives: the whole body once
     /// the message ended, what came so far before that.
     pub body_bytes: u64,
+}
+
+impl Head {
+    /// A head whose header block was not decoded (see [`Fields::NotDecoded`]), read by
+    /// syscalls from `first_enter_ns` to `last_exit_ns`.
+    pub fn not_decoded(first_enter_ns: u64, last_exit_ns: u64) -> Head {
+        Head {
+            fields: Fields::NotDecoded { body: None },
+            first_enter_ns,
+            last_exit_ns,
+            ..Head::default()
+        }
+    }
+
+    /// Its fields were decoded.
+    pub fn decoded(&self) -> bool {
+        self.fields == Fields::Decoded
+    }
+
+    /// Its body is an event stream: by its `Content-Type`, or, when its fields were not
+    /// decoded, by the body's first bytes.
+    pub fn is_sse(&self) -> bool {
+        match self.fields {
+            Fields::Decoded => self.headers.is_sse(),
+            Fields::NotDecoded { body } => body == Some(BodyKind::EventStream),
+        }
+    }
 }
 
 /// Which end of the connection this process is.
@@ -197,6 +334,10 @@ pub struct Txn {
 /// What a connection ([`HttpWire`]) delivers.
 #[derive(Debug)]
 pub enum ConnEvent<'a> {
+    /// Which end of the connection this process is became known (an HTTP/2 connection first
+    /// seen mid-way, at the first header block that shows who sent it): it comes once, before
+    /// any transaction's event, and is about the connection, not a transaction.
+    Role(Role),
     /// A request head was parsed.
     RequestHead(&'a Txn),
     /// A complete request body (not delivered when empty).
@@ -316,5 +457,93 @@ pub(crate) fn response_bytes(
             sse::Output::Oversize { len } => emit(ConnEvent::Oversize { txn, len }),
         }),
         None => gather_capped(body, len, data, max),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_kinds_from_first_bytes() {
+        use BodyKind::{EventStream, Json, Other};
+        let cases: [(&[u8], Option<BodyKind>); 18] = [
+            (b"{\"jsonrpc\"", Some(Json)),
+            (b" \r\n\t[{", Some(Json)),
+            (b"data: {}\n\n", Some(EventStream)),
+            (b"\r\n\nevent: message\n", Some(EventStream)),
+            (b"id:7", Some(EventStream)),
+            (b"retry: 10\n", Some(EventStream)),
+            (b": ping\n\n", Some(EventStream)),
+            (b"<html>", Some(Other)),
+            (b"datum", Some(Other)),
+            (b" data: x", Some(Other)),
+            (b"HTTP/1.1 200 OK", Some(Other)),
+            (b"\x00\x01", Some(Other)),
+            // Too short to tell.
+            (b"", None),
+            (b" \r\n", None),
+            (b"d", None),
+            (b"\ndat", None),
+            (b"retry", None),
+            (b":", Some(EventStream)),
+        ];
+        for (b, want) in cases {
+            assert_eq!(BodyKind::sniff(b), want, "{:?}", String::from_utf8_lossy(b));
+        }
+        // Past the limit, whatever comes after is not looked at.
+        let mut blank = vec![b' '; SNIFF_LIMIT - 1];
+        assert_eq!(BodyKind::sniff(&blank), None);
+        blank.push(b'{');
+        assert_eq!(BodyKind::sniff(&blank), Some(Json));
+        blank.insert(0, b'\n');
+        assert_eq!(BodyKind::sniff(&blank), Some(Other));
+        // Every prefix of a body answers as the body does, or waits.
+        let body = b"\r\n\r\nevent: message\ndata: {}\n\n";
+        for i in 0..body.len() {
+            let got = BodyKind::sniff(&body[..i]);
+            assert!(got.is_none() || got == Some(EventStream), "{i}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn heads_not_decoded() {
+        let h = Head::not_decoded(3, 4);
+        assert!(!h.decoded());
+        assert!(!h.is_sse());
+        assert_eq!(
+            (h.method, h.status, h.first_enter_ns, h.last_exit_ns),
+            (None, None, 3, 4)
+        );
+        let sse = Head {
+            fields: Fields::NotDecoded {
+                body: Some(BodyKind::EventStream),
+            },
+            ..Head::default()
+        };
+        assert!(sse.is_sse());
+        let decoded = Head {
+            headers: Headers {
+                content_type: Some("text/event-stream".into()),
+                ..Headers::default()
+            },
+            ..Head::default()
+        };
+        assert!(decoded.decoded() && decoded.is_sse());
+        let mut m = Midstream {
+            connections: 1,
+            ..Midstream::default()
+        };
+        assert!(!m.is_empty());
+        m.add(Midstream {
+            connections: 0,
+            streams_skipped: 2,
+            header_blocks_undecoded: 3,
+        });
+        assert_eq!(
+            (m.connections, m.streams_skipped, m.header_blocks_undecoded),
+            (1, 2, 3)
+        );
+        assert!(Midstream::default().is_empty());
     }
 }

@@ -751,8 +751,8 @@ impl HttpWire for Conn {
         Version::Http11
     }
 
-    fn role(&self) -> Role {
-        self.role
+    fn role(&self) -> Option<Role> {
+        Some(self.role)
     }
 
     fn buffered(&self) -> usize {
@@ -856,6 +856,7 @@ mod tests {
             ConnEvent::Done(t) => Got::Done(t.seq),
             ConnEvent::Oversize { .. } => Got::Oversize,
             ConnEvent::Error(e) => Got::Error(e),
+            ConnEvent::Role(r) => panic!("HTTP/1.1 knows its role from the start: {r:?}"),
         });
     }
 

@@ -3,8 +3,9 @@
 //!
 //! BoringSSL's `OPENSSL_PUT_ERROR(lib, reason)` expands to
 //! `ERR_put_error(lib, 0, reason, __FILE__, __LINE__)`. Every call site
-//! therefore materialises the address of the `".../boringssl/ssl/ssl_lib.cc"`
-//! string (`mov r32, imm32` in non-PIE builds, `lea r64, [rip+disp32]` in PIE
+//! therefore materialises the address of the `".../ssl/ssl_lib.cc"` string of
+//! a BoringSSL source tree (`vendor/boringssl/ssl/` in Bun,
+//! `third_party/boringssl/src/ssl/` in Chromium) (`mov r32, imm32` in non-PIE builds, `lea r64, [rip+disp32]` in PIE
 //! builds) together with immediate `lib`/`reason`/`line` arguments. We:
 //!
 //! 1. find the path string with `memmem` and map it to virtual addresses;
@@ -111,7 +112,11 @@ const R_UNINIT: u64 = 0xe2;
 /// `SSL_R_CONNECTION_TYPE_NOT_SET`.
 const R_CONN_TYPE_NOT_SET: u64 = 0x86;
 
-const NEEDLE: &[u8] = b"boringssl/ssl/ssl_lib.cc\0";
+/// The end of the path of `ssl_lib.cc`, whose whole path must name a `boringssl` directory
+/// (Bun's `.../boringssl/ssl/ssl_lib.cc`, Chromium's `.../boringssl/src/ssl/ssl_lib.cc`).
+const NEEDLE: &[u8] = b"/ssl/ssl_lib.cc\0";
+/// What the path before [`NEEDLE`] must contain.
+const TREE: &[u8] = b"boringssl";
 /// Furthest we walk back from an error site looking for the function entry.
 const MAX_FUNC_WALK: u64 = 0x4000;
 /// Longest function body we decode.
@@ -196,8 +201,8 @@ impl Image<'_> {
         self.data.get(start as usize..end as usize)
     }
 
-    /// Virtual address ranges of every `.../boringssl/ssl/ssl_lib.cc` string:
-    /// from the string's first byte up to the start of `boringssl/`, so that
+    /// Virtual address ranges of every `.../boringssl/.../ssl/ssl_lib.cc`
+    /// string: from the string's first byte up to the start of `/ssl/`, so that
     /// a reference to any suffix still naming the file counts. Read-only
     /// segments are searched first; executable ones only if that finds none.
     fn path_strings(&self) -> Vec<StrRange> {
@@ -207,6 +212,9 @@ impl Image<'_> {
                 let seg = &self.data[s.offset as usize..(s.offset + s.filesz) as usize];
                 for pos in memchr::memmem::find_iter(seg, NEEDLE) {
                     let start = memchr::memrchr(0, &seg[..pos]).map_or(0, |z| z + 1);
+                    if memchr::memmem::find(&seg[start..pos], TREE).is_none() {
+                        continue;
+                    }
                     let lo = s.vaddr + start as u64;
                     out.push(StrRange {
                         lo,
@@ -679,7 +687,7 @@ mod tests {
         assert!(find(&[]).is_err());
         assert!(find(&rnd(4096)).is_err());
         // A valid image with random bytes mutated everywhere after the header.
-        let good = synth(true);
+        let good = synth(true, BUN);
         for round in 0..200 {
             let mut d = good.clone();
             let noise = rnd(d.len());
@@ -698,10 +706,25 @@ mod tests {
         }
     }
 
+    /// `ssl_lib.cc`'s path as Bun's build of BoringSSL has it.
+    const BUN: &[u8] = b"/src/vendor/boringssl/ssl/ssl_lib.cc\0";
+
+    /// Chromium's tree (and Electron's) keeps BoringSSL's sources one level down; another
+    /// library's `ssl/ssl_lib.cc` is not BoringSSL's.
+    #[test]
+    fn chromium_tree_is_boringssl_and_another_tree_is_not() {
+        let chromium = b"../../third_party/boringssl/src/ssl/ssl_lib.cc\0";
+        let f = find(&synth(true, chromium)).unwrap().expect("found");
+        assert_eq!(f.ssl_read, 0x1300);
+        assert_eq!(f.ssl_write, 0x1400);
+        let other = b"../../third_party/wolfssl/src/ssl/ssl_lib.cc\0";
+        assert!(find(&synth(true, other)).unwrap().is_none());
+    }
+
     #[test]
     fn synthetic_pie_both_layouts() {
         for new_layout in [true, false] {
-            let f = find(&synth(new_layout)).unwrap().expect("found");
+            let f = find(&synth(new_layout, BUN)).unwrap().expect("found");
             assert_eq!(
                 f,
                 Found {
@@ -717,12 +740,11 @@ mod tests {
     /// A tiny PIE-style ELF: R segment with the path string at 0x200, RX
     /// segment at file 0x1000 / vaddr 0x11000 with hs, impl, read, write, err
     /// in 0x100-byte slots from 0x11100, each referencing the string with `lea [rip+..]`.
-    fn synth(new_layout: bool) -> Vec<u8> {
+    fn synth(new_layout: bool, path: &[u8]) -> Vec<u8> {
         const CODE: u64 = 0x11000;
         const STR: u64 = 0x200;
         let slot = |i: u64| CODE + (i + 1) * 0x100; // slot 0: int3 padding
         let mut d = vec![0u8; 0x2000];
-        let path = b"/src/vendor/boringssl/ssl/ssl_lib.cc\0";
         d[STR as usize..STR as usize + path.len()].copy_from_slice(path);
         elf_header(&mut d, CODE);
         d[0x1000..].fill(0xcc);

@@ -6,6 +6,11 @@
 //! JSON-RPC; a connection where such a transaction turns out not to be MCP is refused (and, if
 //! no other protocol keeps it, rejected: the kernel stops shipping it). A 4xx/5xx reply with no
 //! JSON-RPC answer ends the requests of its transaction as errors with that status.
+//!
+//! A transaction whose heads were not decoded (HTTP/2 first seen mid-way) has no method,
+//! path, status or headers: its bodies alone say whether it is MCP, its session is the
+//! connection (as for a server that names none), and a status it does not have is never an
+//! HTTP error.
 
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -162,7 +167,8 @@ impl<D: Deliver + ?Sized> HttpApp for McpHttp<'_, D> {
         let method = txn.request.method.as_deref().unwrap_or("");
         if streamable::mcp_headers(h) {
             Claim::Yes
-        } else if streamable::may_be_mcp(method, h) {
+        } else if !txn.request.decoded() || streamable::may_be_mcp(method, h) {
+            // A head not decoded says nothing: its body decides.
             // POSTs are decided by their body, GETs by their event stream.
             Claim::Maybe
         } else {
@@ -219,8 +225,10 @@ fn event<D: Deliver + ?Sized>(c: &mut ConnAt<'_>, at: &mut At<'_, '_, D>, e: Con
             last_exit_ns,
         } => request_body(c, at, txn, body, (first_enter_ns, last_exit_ns)),
         ConnEvent::ResponseHead(txn) => {
-            if c.meta.verdict.probing() {
-                let sse = txn.response.as_ref().is_some_and(|r| r.headers.is_sse());
+            // A head not decoded leaves it to the body.
+            let decoded = txn.response.as_ref().is_some_and(|r| r.decoded());
+            if c.meta.verdict.probing() && decoded {
+                let sse = txn.response.as_ref().is_some_and(|r| r.is_sse());
                 let get = txn.request.method.as_deref() == Some("GET");
                 if !(get && sse) {
                     c.meta.verdict = Verdict::Rejected(Reason::HttpNotMcp);
@@ -253,6 +261,8 @@ fn event<D: Deliver + ?Sized>(c: &mut ConnAt<'_>, at: &mut At<'_, '_, D>, e: Con
             at.oversize(&big, Verdict::Kept);
         }
         ConnEvent::Error(why) => broken(c, at, why),
+        // The router's: about the connection, never handed to an app.
+        ConnEvent::Role(_) => {}
     }
 }
 
@@ -264,7 +274,7 @@ fn request_head(c: &mut ConnAt<'_>, txn: &Txn) {
     let method = txn.request.method.as_deref().unwrap_or("");
     if streamable::mcp_headers(h) {
         c.meta.verdict = Verdict::Kept;
-    } else if !streamable::may_be_mcp(method, h) {
+    } else if txn.request.decoded() && !streamable::may_be_mcp(method, h) {
         // POSTs are decided by their body, GETs by their event stream; nothing else is MCP.
         c.meta.verdict = Verdict::Rejected(Reason::HttpNotMcp);
     }
@@ -323,8 +333,11 @@ fn response_body<D: Deliver + ?Sized>(
 ) {
     at.stats.frames += 1;
     let view = c.view(c.dirs().1, first, last);
+    let probing = c.meta.verdict.probing();
     match message::parse_with(body, at.parse_opts()) {
         Ok(parsed) => {
+            // Only a transaction whose heads were not decoded gets here undecided.
+            c.meta.verdict = Verdict::Kept;
             if let Some((_, answered)) = c.meta.ids.get_mut(&txn.seq) {
                 answered.extend(response_ids(&parsed));
             }
@@ -333,6 +346,7 @@ fn response_body<D: Deliver + ?Sized>(
             let route = c.route(at, txn, false);
             at.deliver(&route, &view, &parsed, body, body.len() as u64);
         }
+        Err(_) if probing => c.meta.verdict = Verdict::Rejected(Reason::HttpNotMcp),
         Err(err) => {
             let failed = txn
                 .response

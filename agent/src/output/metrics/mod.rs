@@ -536,6 +536,36 @@ pub mod defs {
         "Holes in MCP streams, by reason."
     );
     def!(
+        AGENT_H2_MIDSTREAM,
+        "mcptap_http2_midstream_connections_total",
+        Kind::Counter,
+        [],
+        "mcptap.http2.midstream.connections",
+        "{connection}",
+        [],
+        "HTTP/2 connections first seen mid-way (older than the agent), per watched end: framed, but their header blocks are never decoded (the HPACK state they need went by before the agent came)."
+    );
+    def!(
+        AGENT_H2_SKIPPED,
+        "mcptap_http2_midstream_streams_skipped_total",
+        Kind::Counter,
+        [],
+        "mcptap.http2.midstream.streams_skipped",
+        "{stream}",
+        [],
+        "Streams of HTTP/2 connections first seen mid-way that were already open when the agent came (or before the connection showed which end is which): skipped, since their bodies are not whole."
+    );
+    def!(
+        AGENT_H2_UNDECODED,
+        "mcptap_http2_midstream_header_blocks_total",
+        Kind::Counter,
+        [],
+        "mcptap.http2.midstream.header_blocks",
+        "{block}",
+        [],
+        "Header blocks of HTTP/2 connections first seen mid-way, not decoded: their transactions go up without method, path, status or headers."
+    );
+    def!(
         AGENT_TLS_UNDECRYPTED,
         "mcptap_tls_undecrypted_streams_total",
         Kind::Counter,
@@ -714,6 +744,9 @@ pub mod defs {
         &AGENT_PARSE_ERRORS,
         &AGENT_REJECTED,
         &AGENT_GAPS,
+        &AGENT_H2_MIDSTREAM,
+        &AGENT_H2_SKIPPED,
+        &AGENT_H2_UNDECODED,
         &AGENT_TLS_UNDECRYPTED,
         &AGENT_TLS_PROBED,
         &AGENT_TLS_PROBES,

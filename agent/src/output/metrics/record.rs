@@ -316,6 +316,8 @@ pub struct AgentTotals<'a> {
     pub rejected: Option<&'a BTreeMap<&'static str, u64>>,
     /// Stream gaps by reason.
     pub gaps: Option<&'a BTreeMap<&'static str, u64>>,
+    /// HTTP/2 connections first seen mid-way, and what they could not read.
+    pub http2_midstream: Option<crate::wire::http::Midstream>,
     /// TLS streams with no plaintext captured, by the library found in the process.
     pub tls_undecrypted: Option<&'a BTreeMap<&'static str, u64>>,
     /// Binaries whose OpenSSL is probed, by mode.
@@ -347,6 +349,15 @@ pub fn agent(r: &mut Registry, t: &AgentTotals<'_>) {
     r.set(&defs::AGENT_RECORDS, &[], t.records as f64);
     r.set(&defs::AGENT_BYTES, &[], t.bytes as f64);
     r.set(&defs::AGENT_TRUNCATED, &[], t.truncated as f64);
+    if let Some(m) = t.http2_midstream {
+        r.set(&defs::AGENT_H2_MIDSTREAM, &[], m.connections as f64);
+        r.set(&defs::AGENT_H2_SKIPPED, &[], m.streams_skipped as f64);
+        r.set(
+            &defs::AGENT_H2_UNDECODED,
+            &[],
+            m.header_blocks_undecoded as f64,
+        );
+    }
     for (def, map) in [
         (&defs::AGENT_PARSE_ERRORS, t.parse_errors),
         (&defs::AGENT_REJECTED, t.rejected),

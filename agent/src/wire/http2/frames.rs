@@ -16,7 +16,12 @@
 //!   to [`Reader::new`]).
 //! * Header blocks are decoded with `loona-hpack` once complete (after the
 //!   frame with END_HEADERS). Fragments are only copied when the block spans
-//!   several frames or pushes, and only while the reader is synced.
+//!   several frames or pushes, and only while the reader is synced (or peeks).
+//! * A reader of a connection joined mid-way ([`Reader::joined`]) never decodes
+//!   a header block: the dynamic table its indices refer to was built before
+//!   the agent came. Until the connection shows who writes which direction, it
+//!   reads the block's static table indices alone ([`static_sender`]) to tell a
+//!   request's block from a response's.
 //! * Memory is bounded: a partial frame is at most `9 + max_frame_payload`
 //!   bytes, a header block at most [`MAX_HEADER_BLOCK`], the HPACK dynamic
 //!   table at most [`MAX_HPACK_TABLE`], a decoded header list at most
@@ -159,6 +164,10 @@ pub enum Frame<'a> {
         end_stream: bool,
         /// Why the block was not decoded (field added to the brief's API).
         reason: LostReason,
+        /// Who sent the block, as its pseudo-header fields' static table indices say (see
+        /// [`static_sender`]): only while the reader peeks ([`Reader::joined`]), and only
+        /// when they say it.
+        sent_by: Option<Sender>,
         /// See the enum docs.
         enter_ns: u64,
         /// See the enum docs.
@@ -318,6 +327,9 @@ pub struct Reader {
     block_buf: Vec<u8>,
     decoder: Decoder<'static>,
     synced: bool,
+    /// Header blocks are kept while unsynced, to tell who sent them by their static table
+    /// indices ([`Reader::joined`], until [`Reader::stop_peeking`]).
+    peek: bool,
     lost: u64,
     advertised_table: Option<u32>,
     /// Scratch list handed out in [`Frame::Headers`].
@@ -334,6 +346,7 @@ impl fmt::Debug for Reader {
             .field("buffered", &self.buffered())
             .field("block", &self.block)
             .field("synced", &self.synced)
+            .field("peek", &self.peek)
             .field("lost", &self.lost)
             .field("advertised_table", &self.advertised_table)
             .field("broken", &self.broken)
@@ -365,11 +378,32 @@ impl Reader {
             block_buf: Vec::new(),
             decoder,
             synced: from_start,
+            peek: false,
             lost: 0,
             advertised_table: None,
             fields: Vec::new(),
             broken: None,
         }
+    }
+
+    /// Creates a reader for one direction of a connection joined mid-way, whose writer is not
+    /// known yet: the first byte pushed must be a frame boundary, and no header block is
+    /// ever decoded (the HPACK dynamic table is unknown, so an indexed field could resolve
+    /// to the wrong entry). Each block is reported as [`Frame::HeadersLost`] with who sent
+    /// it, when its static table indices tell ([`static_sender`]), until
+    /// [`Reader::stop_peeking`]. PUSH_PROMISE is accepted from either side: who the server
+    /// is may be learned later in the bytes than the frame is checked, and what becomes of
+    /// a frame must not depend on how the bytes were cut.
+    pub fn joined(max_frame_payload: usize) -> Reader {
+        let mut r = Reader::new(Sender::Server, false, max_frame_payload);
+        r.peek = true;
+        r
+    }
+
+    /// The connection showed who writes which direction: header blocks are no longer kept
+    /// to tell who sent them.
+    pub fn stop_peeking(&mut self) {
+        self.peek = false;
     }
 
     /// Feeds the next bytes of this direction, in order, and calls `emit` for
@@ -682,7 +716,7 @@ impl Reader {
             return Ok(());
         }
         self.block_buf.clear();
-        if self.synced {
+        if self.synced || self.peek {
             self.block_buf.extend_from_slice(frag);
         }
         self.block = Some(b);
@@ -703,7 +737,7 @@ impl Reader {
         if b.len > MAX_HEADER_BLOCK {
             return Err("header block too large");
         }
-        if self.synced {
+        if self.synced || self.peek {
             self.block_buf.extend_from_slice(frag);
         }
         if !h.has(F_END_HEADERS) {
@@ -741,10 +775,17 @@ impl Reader {
             Err(_) if b.push => self.lost += 1,
             Err(reason) => {
                 self.lost += 1;
+                // Only the static table, which no history changes: never the dynamic one.
+                let sent_by = if self.peek && !self.synced {
+                    static_sender(block)
+                } else {
+                    None
+                };
                 emit(Frame::HeadersLost {
                     stream: b.stream,
                     end_stream: b.end_stream,
                     reason,
+                    sent_by,
                     enter_ns: b.enter_ns,
                     exit_ns: exit,
                 });
@@ -830,12 +871,26 @@ fn hpack_string(block: &[u8], at: usize) -> Option<(bool, usize)> {
     Some((huffman, end))
 }
 
-/// Counts the Huffman-coded strings of a header block by walking its
-/// representations without decoding them. Stops at the first malformed
-/// representation (the decoder will reject the block there).
-fn huffman_strings(block: &[u8]) -> usize {
+/// One representation of a header block (RFC 7541 §6), as [`walk_block`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rep {
+    /// An indexed field, or a literal whose name is indexed (index 0: a literal name), with
+    /// the number of Huffman-coded strings it carries.
+    Field {
+        /// Its (name) index: 1 to 61 are the static table's, above are the dynamic table's.
+        index: usize,
+        /// Huffman-coded strings in it.
+        huffman: usize,
+    },
+    /// A dynamic table size update.
+    SizeUpdate,
+}
+
+/// Walks the representations of a header block without decoding any: no table is looked
+/// at, no string decoded. Stops at the first malformed representation (the decoder would
+/// reject the block there).
+fn walk_block(block: &[u8], mut each: impl FnMut(Rep)) {
     let mut at = 0;
-    let mut count = 0;
     while let Some(&b) = block.get(at) {
         let (prefix, literal) = match b {
             _ if b & 0x80 != 0 => (7, false),
@@ -844,21 +899,70 @@ fn huffman_strings(block: &[u8]) -> usize {
             _ => (4, true),
         };
         let Some((index, mut next)) = hpack_int(block, at, prefix) else {
-            break;
+            return;
         };
+        if prefix == 5 {
+            each(Rep::SizeUpdate);
+            at = next;
+            continue;
+        }
+        let mut huffman = 0;
         if literal {
             let strings = if index == 0 { 2 } else { 1 };
             for _ in 0..strings {
-                let Some((huffman, after)) = hpack_string(block, next) else {
-                    return count;
+                let Some((coded, after)) = hpack_string(block, next) else {
+                    // What it had before the malformed string still counts.
+                    each(Rep::Field { index, huffman });
+                    return;
                 };
-                count += usize::from(huffman);
+                huffman += usize::from(coded);
                 next = after;
             }
         }
+        each(Rep::Field { index, huffman });
         at = next;
     }
+}
+
+/// Counts the Huffman-coded strings of a header block by walking its
+/// representations without decoding them. Stops at the first malformed
+/// representation (the decoder will reject the block there).
+fn huffman_strings(block: &[u8]) -> usize {
+    let mut count = 0;
+    walk_block(block, |r| {
+        if let Rep::Field { huffman, .. } = r {
+            count += huffman;
+        }
+    });
     count
+}
+
+/// The HPACK static table's request pseudo-header names (RFC 7541 Appendix A):
+/// `:authority`, `:method`, `:path`, `:scheme`.
+const STATIC_REQUEST: std::ops::RangeInclusive<usize> = 1..=7;
+/// The HPACK static table's `:status` entries.
+const STATIC_STATUS: std::ops::RangeInclusive<usize> = 8..=14;
+
+/// Who sent a header block, by the static table alone: a field whose name is a request's
+/// pseudo-header there (`:method`, `:scheme`, `:path`, `:authority`) says a client, one
+/// whose name is `:status` a server; `None` when no such field is there (every field
+/// indexed in the dynamic table, or a literal name) or both are (not HTTP).
+///
+/// This is not decoding: the static table is fixed, and nothing the connection did before
+/// the agent came changes what its indices mean. Dynamic indices are skipped unread.
+pub fn static_sender(block: &[u8]) -> Option<Sender> {
+    let (mut request, mut response) = (false, false);
+    walk_block(block, |r| {
+        if let Rep::Field { index, .. } = r {
+            request |= STATIC_REQUEST.contains(&index);
+            response |= STATIC_STATUS.contains(&index);
+        }
+    });
+    match (request, response) {
+        (true, false) => Some(Sender::Client),
+        (false, true) => Some(Sender::Server),
+        _ => None,
+    }
 }
 
 /// How the first bytes of one direction look; see [`looks_like`].
@@ -868,7 +972,8 @@ pub enum Looks {
     Preface,
     /// A plausible SETTINGS frame on stream 0 (a server's first frame).
     Settings,
-    /// A plausible frame header of another known type (joining mid-way).
+    /// A plausible frame header of another known type: not a connection's start (whether
+    /// it is one joined mid-way is [`looks_mid_way`]'s to say, more strictly).
     Frame,
     /// Not HTTP/2 (or too short to tell: fewer than 9 bytes that are not a
     /// preface prefix).
@@ -914,7 +1019,13 @@ pub fn looks_like(b: &[u8]) -> Looks {
 /// Strict plausibility of one frame header plus whatever part of its payload
 /// is available (`avail` may be shorter than `h.len`).
 fn plausible(h: &Hdr, avail: &[u8]) -> bool {
-    if h.reserved || h.len > LOOKS_MAX_LEN {
+    h.len <= LOOKS_MAX_LEN && plausible_shape(h, avail)
+}
+
+/// [`plausible`] but for the length cap: the reserved bit, the type's flags, stream id and
+/// length rules, and what is there of its payload.
+fn plausible_shape(h: &Hdr, avail: &[u8]) -> bool {
+    if h.reserved {
         return false;
     }
     let s = h.stream != 0;
@@ -963,6 +1074,40 @@ fn plausible_payload(h: &Hdr, p: &[u8]) -> bool {
     }
 }
 
+/// Does `b`, the first bytes seen of a connection that did not start in view, read as
+/// HTTP/2 frames from its first byte (a connection the agent joined mid-way)?
+///
+/// Stricter than [`looks_like`] in what it asks of the whole: every frame header wholly
+/// inside `b` must be plausible, however many there are; the first of a type RFC 9113
+/// defines, with the flags, stream id (SETTINGS, PING and GOAWAY on stream 0; DATA,
+/// HEADERS and the other stream frames on another) and length rules of its type; later
+/// ones of a defined type by the same rules, or of an extension's type with the reserved
+/// bit clear. A frame longer than the default SETTINGS_MAX_FRAME_SIZE (16384; a peer may
+/// have raised it before the agent came, up to [`MAX_FRAME_PAYLOAD_LIMIT`]) is taken only
+/// when `b` holds it whole: the header of a TLS record, or of most binary protocols, reads
+/// as one such frame running past the bytes. At least one whole frame header is needed.
+pub fn looks_mid_way(b: &[u8]) -> bool {
+    let mut rest = b;
+    let mut frames = 0usize;
+    while let Some(hb) = rest.first_chunk::<HDR_LEN>() {
+        let h = Hdr::parse(hb);
+        let end = HDR_LEN.saturating_add(h.len);
+        let avail = rest.get(HDR_LEN..end.min(rest.len())).unwrap_or_default();
+        let length = h.len <= LOOKS_MAX_LEN || end <= rest.len();
+        let shape = if h.typ <= T_CONTINUATION {
+            plausible_shape(&h, avail)
+        } else {
+            frames > 0 && !h.reserved
+        };
+        if !(length && shape) {
+            return false;
+        }
+        frames += 1;
+        rest = rest.get(end..).unwrap_or_default();
+    }
+    frames > 0
+}
+
 /// Frame builders for the tests of this module and of the stages above.
 #[cfg(test)]
 pub(crate) mod testing {
@@ -1000,6 +1145,8 @@ mod tests {
     enum K {
         H(u32, Vec<(String, String)>, bool),
         Lost(u32, bool, LostReason),
+        /// Not decoded, sent by this side (as its static table indices said).
+        By(u32, bool, Sender),
         D(u32, Vec<u8>, bool),
         R(u32, u32),
         G(u32, u32),
@@ -1028,9 +1175,18 @@ mod tests {
                 stream,
                 end_stream,
                 reason,
+                sent_by: None,
                 enter_ns,
                 exit_ns,
             } => (K::Lost(stream, end_stream, reason), enter_ns, exit_ns),
+            Frame::HeadersLost {
+                stream,
+                end_stream,
+                sent_by: Some(by),
+                enter_ns,
+                exit_ns,
+                ..
+            } => (K::By(stream, end_stream, by), enter_ns, exit_ns),
             Frame::Data {
                 stream,
                 data,
@@ -1693,5 +1849,152 @@ mod tests {
                 assert!(r.buffered() <= HDR_LEN + max + MAX_HEADER_BLOCK);
             }
         }
+    }
+
+    /// A reader of a connection joined mid-way tells who sent each block by its static table
+    /// indices alone, across CONTINUATIONs and pushes, until told who writes; it decodes
+    /// nothing, whatever the block.
+    #[test]
+    fn joined_reader_tells_senders() {
+        let mut e = Encoder::new();
+        enc(&mut e, REQ1);
+        let mut w = Wire::default();
+        // A request whose fields but `:method` are dynamic entries the reader never saw.
+        let block = enc(&mut e, REQ1);
+        assert_eq!(block[0], 0x83, "POST, static");
+        let (start, _) = w.frame(T_HEADERS, 0, 1, &block[..2]);
+        let (_, end) = w.frame(T_CONTINUATION, F_END_HEADERS, 1, &block[2..]);
+        w.expect(K::By(1, false, Sender::Client), (start, end));
+        let span = w.frame(T_HEADERS, F_END_HEADERS | F_END_STREAM, 1, &[0x88, 0xc0]);
+        w.expect(K::By(1, true, Sender::Server), span);
+        // Only dynamic entries: no one can tell.
+        let span = w.frame(T_HEADERS, F_END_HEADERS, 3, &[0xbe, 0xbf]);
+        w.expect(K::Lost(3, false, LostReason::NotSynced), span);
+        // A PUSH_PROMISE is taken (the writer may be the server), never reported.
+        let mut p = 2u32.to_be_bytes().to_vec();
+        p.extend_from_slice(&[0x82, 0x84]);
+        w.frame(T_PUSH_PROMISE, F_END_HEADERS, 1, &p);
+        let span = w.frame(T_DATA, F_END_STREAM, 3, b"{}");
+        w.expect(K::D(3, b"{}".to_vec(), true), span);
+        for cuts in [vec![], vec![5], vec![9, 12], (1..w.bytes.len()).collect()] {
+            let mut r = Reader::joined(16_384);
+            let (got, res) = feed(&mut r, &w.bytes, &cuts);
+            assert_eq!(res, Ok(()));
+            assert_eq!(got, w.expected(&cuts), "cuts {cuts:?}");
+            assert!(!r.synced());
+            assert_eq!(r.headers_lost(), 4);
+            assert_eq!(r.buffered(), 0);
+        }
+        // Told to stop, it no longer tells; PUSH_PROMISE is still taken.
+        let mut r = Reader::joined(16_384);
+        r.stop_peeking();
+        let mut bytes = frame(T_HEADERS, F_END_HEADERS, 5, &[0x83]);
+        bytes.extend(frame(T_PUSH_PROMISE, F_END_HEADERS, 5, &p));
+        let (got, res) = feed(&mut r, &bytes, &[]);
+        assert_eq!(res, Ok(()));
+        assert_eq!(
+            got,
+            [(
+                K::Lost(5, false, LostReason::NotSynced),
+                enter_t(0),
+                exit_t(0)
+            )]
+        );
+    }
+
+    #[test]
+    fn static_senders() {
+        let req = enc(&mut Encoder::new(), REQ1);
+        assert_eq!(static_sender(&req), Some(Sender::Client));
+        let resp = enc(&mut Encoder::new(), &[(":status", "202")]);
+        assert_eq!(static_sender(&resp), Some(Sender::Server));
+        // `:path` as an indexed name with a literal value, after a size update; its name is
+        // read even when the value runs past the block.
+        assert_eq!(
+            static_sender(&[0x20, 0x44, 4, b'/', b'm', b'c', b'p']),
+            Some(Sender::Client)
+        );
+        assert_eq!(static_sender(&[0x04, 9, b'/']), Some(Sender::Client));
+        // `:status` as an indexed name, never indexed, Huffman value.
+        assert_eq!(
+            static_sender(&[0x18, 0x82, 0x64, 0x02]),
+            Some(Sender::Server)
+        );
+        // Dynamic entries, literal names, regular static fields, nothing: no one.
+        for none in [
+            &[0xbe, 0xc5][..],
+            &[0x40, 1, b':', 1, b'x'],
+            &[0x9f],
+            &[],
+            &[0x82, 0x88],
+        ] {
+            assert_eq!(static_sender(none), None, "{none:?}");
+        }
+    }
+
+    #[test]
+    fn looks_mid_way_cases() {
+        let mut run = frame(T_WINDOW_UPDATE, 0, 0, &1000u32.to_be_bytes());
+        run.extend(frame(
+            T_DATA,
+            F_END_STREAM | F_PADDED,
+            7,
+            &[2, b'{', b'}', 0, 0],
+        ));
+        run.extend(frame(T_HEADERS, F_END_HEADERS, 9, &[0x83, 0xbe]));
+        run.extend(frame(T_PING, F_ACK, 0, &[0; 8]));
+        run.extend(frame(T_RST_STREAM, 0, 5, &8u32.to_be_bytes()));
+        assert!(looks_mid_way(&run));
+        // Cut anywhere past the first header, it still reads as frames.
+        for i in 9..run.len() {
+            assert!(looks_mid_way(&run[..i]), "cut at {i}");
+        }
+        // An extension's frame after the first; a long frame held whole.
+        let ext = [run.clone(), frame(0x0b, 0xff, 3, b"origin")].concat();
+        assert!(looks_mid_way(&ext));
+        let long = frame(T_DATA, 0, 1, &[b'x'; 20_000]);
+        assert!(looks_mid_way(&long));
+        let tls = [
+            0x14, 0x03, 0x03, 0x00, 0x01, 0x01, 0x17, 0x03, 0x03, 0x00, 0x45, 0xaa, 0xbb,
+        ];
+        let no: [&[u8]; 14] = [
+            b"",
+            &run[..8],
+            // A long frame cut short: a TLS record's header reads as one.
+            &long[..16_000],
+            &tls,
+            &[
+                0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+            ],
+            b"POST /mcp HTTP/1.1\r\nHost: x\r\n\r\n",
+            br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+            // An extension's frame first.
+            &frame(0x0b, 0, 3, b"origin"),
+            // Frames that break a rule: a connection frame on a stream, a stream frame on
+            // stream 0, the reserved bit, a SETTINGS length, a flag DATA has not.
+            &frame(T_PING, 0, 1, &[0; 8]),
+            &frame(T_DATA, 0, 0, b"{}"),
+            &frame(T_HEADERS, F_END_HEADERS, 0x8000_0001, &[0x82]),
+            &frame(T_SETTINGS, 0, 0, &[0; 7]),
+            &frame(T_DATA, 0x40, 1, b"x"),
+            // Good frames, then bytes that do not go on as frames.
+            &[run.as_slice(), b"\x00\x00\x08\x06\x00\x00\x00\x00\x01rest"].concat(),
+        ];
+        for b in no {
+            assert!(!looks_mid_way(b), "{b:?}");
+        }
+    }
+
+    #[test]
+    fn looks_mid_way_random_bytes() {
+        let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+        let mut hits = 0;
+        for _ in 0..10_000 {
+            let n = 9 + rng.below(64);
+            let mut b = rng.bytes(n);
+            b[0] = 0; // a plausible length byte, the hardest case
+            hits += usize::from(looks_mid_way(&b));
+        }
+        assert!(hits < 100, "{hits}");
     }
 }

@@ -4,15 +4,27 @@
 //! HTTP/1.1 ([`super::http::ConnEvent`]), so every application protocol above reads both
 //! alike.
 //!
-//! Seen from its start only: a connection first seen mid-way cannot decode its header
-//! blocks (the dynamic table is lost), and is refused by the framing list. A header block
+//! A connection seen from its start ([`Conn::detect`]) decodes its header blocks; a block
 //! that cannot be decoded breaks the connection (an `Error` event, counted above).
+//!
+//! A connection first seen mid-way ([`Conn::joined`]: the agent started after it did)
+//! never decodes a header block: the HPACK dynamic table its indices refer to was built
+//! before the agent came, so an indexed field could resolve to the wrong entry. Its frames
+//! are read all the same. A stream whose request HEADERS came in view is a transaction
+//! whose heads say their fields were not decoded ([`Fields::NotDecoded`]); its response
+//! head goes up once the body's first bytes tell what it is ([`BodyKind::sniff`]: JSON, an
+//! event stream, or something else). A stream already open when capture began (DATA, or
+//! its response, with no request HEADERS seen) is skipped: its bodies are not whole. Which
+//! end this process is comes from the first header block whose static table indices tell a
+//! request from a response ([`frames::static_sender`]); the streams before it are skipped
+//! too. What it could not read is counted ([`Midstream`], handed up by
+//! [`HttpWire::take_midstream`]).
 
 pub mod frames;
 
 use super::http::{
-    ConnEvent, Head, Headers, HttpWire, Role, Txn, Version, Whole, deliver_whole, gather_capped,
-    response_bytes,
+    BodyKind, ConnEvent, Fields, Head, Headers, HttpWire, Midstream, Role, SNIFF_LIMIT, Txn,
+    Version, Whole, deliver_whole, gather_capped, response_bytes,
 };
 use super::sse;
 use crate::FastMap;
@@ -34,29 +46,72 @@ struct H2Stream {
     resp_body: Vec<u8>,
     resp_len: u64,
     sse: Option<sse::Parser>,
+    /// The response head was not decoded and waits for its body's first bytes to tell what
+    /// the body is.
+    sniffing: bool,
+    /// Those bytes, held meanwhile (fewer than [`SNIFF_LIMIT`]).
+    held: Vec<u8>,
+    /// Entry time of the first of them.
+    sniff_enter: u64,
+}
+
+/// What a connection joined mid-way keeps besides its streams.
+#[derive(Debug, Default)]
+struct Joined {
+    /// Streams skipped, open when they were first seen, each with the directions whose
+    /// END_STREAM came (a bit per [`Dir`]): forgotten once both did, or at a reset.
+    skipped: FastMap<u32, u8>,
+    /// The highest client stream id a HEADERS or DATA frame named: a stream the client
+    /// opens in view has a higher one.
+    highest: u32,
+    /// The first stream opened in view: the client's streams below it were open before.
+    first_opened: Option<u32>,
+    /// Counted, not taken yet.
+    counts: Midstream,
+    /// Header blocks counted so far (both readers').
+    blocks: u64,
 }
 
 /// One process's view of one HTTP/2 connection: both directions' frames, streams paired
 /// into transactions.
 #[derive(Debug)]
 pub struct Conn {
-    role: Role,
-    /// What the client wrote.
-    client: Reader,
-    /// What the server wrote.
-    server: Reader,
+    /// This process's role; `None` until a connection joined mid-way shows it.
+    role: Option<Role>,
+    /// What this process wrote.
+    wrote: Reader,
+    /// What it read.
+    read: Reader,
     streams: FastMap<u32, H2Stream>,
     max_body: usize,
     broken: bool,
+    /// Set when the connection was joined mid-way.
+    joined: Option<Box<Joined>>,
 }
 
 /// Largest frame payload accepted (HTTP/2 allows up to 2^24 - 1 once a peer asks).
 const MAX_FRAME: usize = frames::MAX_FRAME_PAYLOAD_LIMIT;
 
+/// Who wrote the bytes a process at `role` moved in direction `dir`.
+fn sender_of(role: Role, dir: Dir) -> Sender {
+    match (role, dir) {
+        (Role::Client, Dir::Out) | (Role::Server, Dir::In) => Sender::Client,
+        _ => Sender::Server,
+    }
+}
+
+/// The role of a process that moved in direction `dir` bytes `sender` wrote.
+fn role_of(sender: Sender, dir: Dir) -> Role {
+    match (sender, dir) {
+        (Sender::Client, Dir::Out) | (Sender::Server, Dir::In) => Role::Client,
+        _ => Role::Server,
+    }
+}
+
 impl Conn {
     /// A connection seen from a process whose first bytes in direction `dir` were `first`:
     /// the client's preface, or the server's first SETTINGS frame. `None` otherwise (a
-    /// connection joined mid-way included).
+    /// connection joined mid-way included: see [`Conn::joined`]).
     pub fn detect(dir: Dir, first: &[u8], max_body: usize) -> Option<Conn> {
         let role = match (frames::looks_like(first), dir) {
             // Only a whole preface: a prefix of it is too short to tell.
@@ -66,28 +121,68 @@ impl Conn {
             (Looks::Settings, Dir::In) => Role::Client,
             _ => return None,
         };
+        let reader = |dir| Reader::new(sender_of(role, dir), true, MAX_FRAME);
         Some(Conn {
-            role,
-            client: Reader::new(Sender::Client, true, MAX_FRAME),
-            server: Reader::new(Sender::Server, true, MAX_FRAME),
+            role: Some(role),
+            wrote: reader(Dir::Out),
+            read: reader(Dir::In),
             streams: FastMap::default(),
             max_body,
             broken: false,
+            joined: None,
         })
     }
 
-    fn sender(&self, dir: Dir) -> Sender {
-        match (self.role, dir) {
-            (Role::Client, Dir::Out) | (Role::Server, Dir::In) => Sender::Client,
-            _ => Sender::Server,
+    /// A connection joined mid-way, whose first bytes seen (in either direction) were
+    /// `first`: frames from their first byte ([`frames::looks_mid_way`]), not a preface nor
+    /// a first SETTINGS (ask [`Conn::detect`] first). `None` when they do not read as
+    /// HTTP/2 frames. Its header blocks are never decoded (see the module docs).
+    pub fn joined(first: &[u8], max_body: usize) -> Option<Conn> {
+        if !frames::looks_mid_way(first) {
+            return None;
         }
+        let joined = Joined {
+            counts: Midstream {
+                connections: 1,
+                ..Midstream::default()
+            },
+            ..Joined::default()
+        };
+        Some(Conn {
+            role: None,
+            wrote: Reader::joined(MAX_FRAME),
+            read: Reader::joined(MAX_FRAME),
+            streams: FastMap::default(),
+            max_body,
+            broken: false,
+            joined: Some(Box::new(joined)),
+        })
     }
 
     fn fail(&mut self, why: &'static str, emit: &mut dyn FnMut(ConnEvent<'_>)) {
         if !self.broken {
             self.broken = true;
             self.streams.clear();
+            if let Some(j) = self.joined.as_mut() {
+                j.skipped = FastMap::default();
+            }
             emit(ConnEvent::Error(why));
+        }
+    }
+
+    /// After a push of a connection joined mid-way: the readers stop keeping header blocks
+    /// to tell who sent them once the role is known, and the blocks they could not decode
+    /// are counted.
+    fn after_joined_push(&mut self) {
+        let Some(j) = self.joined.as_mut() else {
+            return;
+        };
+        let blocks = self.wrote.headers_lost() + self.read.headers_lost();
+        j.counts.header_blocks_undecoded += blocks - j.blocks;
+        j.blocks = blocks;
+        if self.role.is_some() {
+            self.wrote.stop_peeking();
+            self.read.stop_peeking();
         }
     }
 }
@@ -97,7 +192,7 @@ impl HttpWire for Conn {
         Version::Http2
     }
 
-    fn role(&self) -> Role {
+    fn role(&self) -> Option<Role> {
         self.role
     }
 
@@ -108,10 +203,11 @@ impl HttpWire for Conn {
             .map(|s| {
                 s.req_body.len()
                     + s.resp_body.len()
+                    + s.held.len()
                     + s.sse.as_ref().map_or(0, sse::Parser::buffered)
             })
             .sum();
-        self.client.buffered() + self.server.buffered() + streams
+        self.wrote.buffered() + self.read.buffered() + streams
     }
 
     fn push(
@@ -125,30 +221,34 @@ impl HttpWire for Conn {
         if self.broken {
             return;
         }
-        let sender = self.sender(dir);
         let Conn {
-            client,
-            server,
+            role,
+            wrote,
+            read,
             streams,
             max_body,
+            joined,
             ..
         } = self;
-        let (reader, other) = match sender {
-            Sender::Client => (client, server),
-            Sender::Server => (server, client),
+        let (reader, other) = match dir {
+            Dir::Out => (wrote, read),
+            Dir::In => (read, wrote),
         };
         let mut failed = None;
         let mut on = Streams {
             streams,
             max_body: *max_body,
+            role,
+            joined: joined.as_deref_mut(),
         };
         let r = reader.push(data, enter_ns, exit_ns, &mut |f| {
             if failed.is_none() {
-                failed = on.frame(sender, f, emit).err();
+                failed = on.frame(dir, f, emit).err();
             }
         });
         // What this side asked of the other's header table.
         other.set_max_table_size(reader.advertised_header_table_size().unwrap_or(4096));
+        self.after_joined_push();
         if let Some(why) = failed.or(r.err()) {
             self.fail(why, emit);
         }
@@ -159,12 +259,21 @@ impl HttpWire for Conn {
         left.sort_by_key(|t| t.seq);
         left
     }
+
+    fn take_midstream(&mut self) -> Midstream {
+        self.joined
+            .as_mut()
+            .map(|j| std::mem::take(&mut j.counts))
+            .unwrap_or_default()
+    }
 }
 
 /// The streams of a connection, while one direction's frames are read.
 struct Streams<'a> {
     streams: &'a mut FastMap<u32, H2Stream>,
     max_body: usize,
+    role: &'a mut Option<Role>,
+    joined: Option<&'a mut Joined>,
 }
 
 /// A head from a decoded header block: pseudo-headers to the request or status line, the
@@ -189,14 +298,58 @@ fn head_of(fields: &[Field], enter_ns: u64, exit_ns: u64) -> Result<Head, &'stat
     Ok(head)
 }
 
+/// What a body whose first bytes were `held` and then `data` is, looking at no more than
+/// [`SNIFF_LIMIT`] of them (without copying `data` whole).
+fn sniff_with(held: &[u8], data: &[u8]) -> Option<BodyKind> {
+    if held.is_empty() {
+        return BodyKind::sniff(data);
+    }
+    let more = SNIFF_LIMIT.saturating_sub(held.len()).min(data.len());
+    BodyKind::sniff(&[held, &data[..more]].concat())
+}
+
+/// A response head not decoded, once its body's first bytes told what the body is (`None`:
+/// it has none): the head goes up, an event stream gets its parser, and the bytes held to
+/// tell go where every later byte goes.
+fn settle_sniffed(
+    s: &mut H2Stream,
+    kind: Option<BodyKind>,
+    exit_ns: u64,
+    max: usize,
+    emit: &mut dyn FnMut(ConnEvent<'_>),
+) {
+    s.sniffing = false;
+    if let Some(r) = s.txn.response.as_mut() {
+        r.fields = Fields::NotDecoded { body: kind };
+    }
+    emit(ConnEvent::ResponseHead(&s.txn));
+    if kind == Some(BodyKind::EventStream) {
+        s.sse = Some(sse::Parser::new(max));
+    }
+    let held = std::mem::take(&mut s.held);
+    if !held.is_empty() {
+        let body = (&mut s.resp_body, &mut s.resp_len);
+        let times = (s.sniff_enter, exit_ns);
+        response_bytes(&s.txn, s.sse.as_mut(), body, &held, times, max, emit);
+    }
+}
+
 impl Streams<'_> {
-    /// One frame from `sender`.
+    /// One frame that went in direction `dir`.
     fn frame(
         &mut self,
-        sender: Sender,
+        dir: Dir,
         f: Frame<'_>,
         emit: &mut dyn FnMut(ConnEvent<'_>),
     ) -> Result<(), &'static str> {
+        if self.joined.is_some() {
+            return self.joined_frame(dir, f, emit);
+        }
+        let Some(role) = *self.role else {
+            // Never: a connection seen from its start knows its role.
+            return Err("HTTP/2 connection of unknown role");
+        };
+        let sender = sender_of(role, dir);
         match f {
             Frame::Headers {
                 stream,
@@ -219,20 +372,181 @@ impl Streams<'_> {
                 enter_ns,
                 exit_ns,
             } => {
-                match sender {
-                    Sender::Client => self.request_data(stream, data, end_stream, exit_ns, emit),
-                    Sender::Server => {
-                        self.response_data(stream, data, enter_ns, exit_ns, emit);
-                        if end_stream {
-                            self.response_end(stream, exit_ns, emit);
-                        }
-                    }
-                }
+                self.data(sender, stream, data, end_stream, (enter_ns, exit_ns), emit);
                 Ok(())
             }
             // A stream cut short stays open: it is reported with the connection's leftovers.
             Frame::Reset { .. } | Frame::GoAway { .. } => Ok(()),
         }
+    }
+
+    /// DATA from `sender` on a stream in view.
+    fn data(
+        &mut self,
+        sender: Sender,
+        stream: u32,
+        data: &[u8],
+        end_stream: bool,
+        (enter_ns, exit_ns): (u64, u64),
+        emit: &mut dyn FnMut(ConnEvent<'_>),
+    ) {
+        match sender {
+            Sender::Client => self.request_data(stream, data, end_stream, exit_ns, emit),
+            Sender::Server => {
+                self.response_data(stream, data, enter_ns, exit_ns, emit);
+                if end_stream {
+                    self.response_end(stream, exit_ns, emit);
+                }
+            }
+        }
+    }
+
+    /// One frame of a connection joined mid-way: header blocks were not decoded; a stream
+    /// whose request HEADERS came in view is a transaction, any other is skipped.
+    fn joined_frame(
+        &mut self,
+        dir: Dir,
+        f: Frame<'_>,
+        emit: &mut dyn FnMut(ConnEvent<'_>),
+    ) -> Result<(), &'static str> {
+        match f {
+            Frame::HeadersLost {
+                stream,
+                end_stream,
+                sent_by,
+                enter_ns,
+                exit_ns,
+                ..
+            } => {
+                if self.role.is_none()
+                    && let Some(by) = sent_by
+                {
+                    let role = role_of(by, dir);
+                    *self.role = Some(role);
+                    emit(ConnEvent::Role(role));
+                }
+                let head = Head::not_decoded(enter_ns, exit_ns);
+                let r = self.joined_headers(dir, stream, head, end_stream, emit);
+                self.saw(stream);
+                r
+            }
+            Frame::Data {
+                stream,
+                data,
+                end_stream,
+                enter_ns,
+                exit_ns,
+            } => {
+                let r = match *self.role {
+                    Some(role) if self.streams.contains_key(&stream) => {
+                        let sender = sender_of(role, dir);
+                        self.data(sender, stream, data, end_stream, (enter_ns, exit_ns), emit);
+                        Ok(())
+                    }
+                    _ => self.skip(stream, dir, end_stream),
+                };
+                self.saw(stream);
+                r
+            }
+            Frame::Reset { stream, .. } => {
+                if let Some(j) = self.joined.as_deref_mut() {
+                    j.skipped.remove(&stream);
+                }
+                Ok(())
+            }
+            Frame::GoAway { .. } => Ok(()),
+            // Never: a reader of a connection joined mid-way does not decode.
+            Frame::Headers { .. } => Err("a header block decoded on a connection joined mid-way"),
+        }
+    }
+
+    /// A header block not decoded, on a connection joined mid-way: the request head of a
+    /// stream the client opens in view, trailers or a response head of a stream in view, or
+    /// a block of a stream skipped.
+    fn joined_headers(
+        &mut self,
+        dir: Dir,
+        stream: u32,
+        head: Head,
+        end_stream: bool,
+        emit: &mut dyn FnMut(ConnEvent<'_>),
+    ) -> Result<(), &'static str> {
+        let known = self.streams.contains_key(&stream);
+        match self.role.map(|r| sender_of(r, dir)) {
+            Some(Sender::Client) if known || self.opens(stream) => {
+                self.request_headers(stream, head, end_stream, emit)
+            }
+            Some(Sender::Server) if known => {
+                let exit_ns = head.last_exit_ns;
+                let s = self.streams.get_mut(&stream).expect("known");
+                if s.txn.response.is_none() {
+                    // Its head goes up with its body's kind (see `response_data`).
+                    s.txn.response = Some(head);
+                    s.sniffing = true;
+                }
+                if end_stream {
+                    self.response_end(stream, exit_ns, emit);
+                }
+                Ok(())
+            }
+            _ => self.skip(stream, dir, end_stream),
+        }
+    }
+
+    /// Whether a client's header block on `stream`, not in view, opens it: a client stream
+    /// id above every one seen (a client opens its streams in increasing order, so one
+    /// opened before the agent came has a lower id).
+    fn opens(&mut self, stream: u32) -> bool {
+        let Some(j) = self.joined.as_deref_mut() else {
+            return false;
+        };
+        let opens = stream % 2 == 1 && stream > j.highest;
+        if opens {
+            j.first_opened.get_or_insert(stream);
+        }
+        opens
+    }
+
+    /// A HEADERS or DATA frame named `stream`.
+    fn saw(&mut self, stream: u32) {
+        if let Some(j) = self.joined.as_deref_mut()
+            && stream % 2 == 1
+        {
+            j.highest = j.highest.max(stream);
+        }
+    }
+
+    /// A frame of a stream not in view, on a connection joined mid-way: a stream of the
+    /// client's opened before the agent came (or before the connection showed which end is
+    /// which) is skipped, and counted the first time. Anything else (a pushed stream, a late
+    /// frame of one already done) is ignored as a connection seen from its start does.
+    fn skip(&mut self, stream: u32, dir: Dir, end_stream: bool) -> Result<(), &'static str> {
+        let Some(j) = self.joined.as_deref_mut() else {
+            return Ok(());
+        };
+        let end = match (end_stream, dir) {
+            (false, _) => 0,
+            (true, Dir::Out) => 1,
+            (true, Dir::In) => 2,
+        };
+        if let Some(ended) = j.skipped.get_mut(&stream) {
+            *ended |= end;
+            if *ended == 3 {
+                j.skipped.remove(&stream);
+            }
+            return Ok(());
+        }
+        let before = stream % 2 == 1 && j.first_opened.is_none_or(|f| stream < f);
+        if !before {
+            return Ok(());
+        }
+        j.counts.streams_skipped += 1;
+        // Remembered so that it is counted once; past the cap a stream whose end is never
+        // seen (its client's END_STREAM came before the agent) may be counted again.
+        if j.skipped.len() < MAX_STREAMS {
+            j.skipped.insert(stream, end);
+        }
+        Ok(())
     }
 
     /// A client's header block: a request head, or its trailers.
@@ -320,7 +634,8 @@ impl Streams<'_> {
         Ok(())
     }
 
-    /// Response body bytes: events of an event stream, or the body gathered.
+    /// Response body bytes: events of an event stream, or the body gathered; for a head not
+    /// decoded, first held until they tell what the body is.
     fn response_data(
         &mut self,
         stream: u32,
@@ -337,6 +652,18 @@ impl Streams<'_> {
             return;
         };
         r.body_bytes += data.len() as u64;
+        if s.sniffing {
+            if s.held.is_empty() {
+                s.sniff_enter = enter_ns;
+            }
+            let kind = sniff_with(&s.held, data);
+            let Some(kind) = kind else {
+                // Short of SNIFF_LIMIT (past it the answer is `Other`): little is held.
+                s.held.extend_from_slice(data);
+                return;
+            };
+            settle_sniffed(s, Some(kind), exit_ns, max, emit);
+        }
         let body = (&mut s.resp_body, &mut s.resp_len);
         response_bytes(
             &s.txn,
@@ -349,12 +676,18 @@ impl Streams<'_> {
         );
     }
 
-    /// END_STREAM from the server: the body (unless an event stream), and the transaction
-    /// is done.
+    /// END_STREAM from the server: the response head if it was waiting for its body's kind,
+    /// the body (unless an event stream), and the transaction is done.
     fn response_end(&mut self, stream: u32, exit_ns: u64, emit: &mut dyn FnMut(ConnEvent<'_>)) {
-        let Some(s) = self.streams.remove(&stream) else {
+        let Some(mut s) = self.streams.remove(&stream) else {
             return;
         };
+        if s.sniffing {
+            // Too short to tell: something else, unless there was no body at all.
+            let kind = BodyKind::sniff(&s.held)
+                .or_else(|| (!s.held.is_empty()).then_some(BodyKind::Other));
+            settle_sniffed(&mut s, kind, exit_ns, self.max_body, emit);
+        }
         let txn = &s.txn;
         if s.sse.is_none() {
             let whole = Whole {
@@ -456,6 +789,14 @@ mod tests {
             len: u64,
         },
         Error(&'static str),
+        Role(Role),
+        /// A head not decoded: a request's (`body` `None`), or a response's with what its
+        /// fields say of its body.
+        Undecoded {
+            seq: u64,
+            body: Option<Fields>,
+            t: (u64, u64),
+        },
     }
 
     fn text(b: &[u8]) -> String {
@@ -464,6 +805,20 @@ mod tests {
 
     fn own(e: ConnEvent<'_>) -> Got {
         match e {
+            ConnEvent::RequestHead(t) if !t.request.decoded() => Got::Undecoded {
+                seq: t.seq,
+                body: None,
+                t: (t.request.first_enter_ns, t.request.last_exit_ns),
+            },
+            ConnEvent::ResponseHead(Txn {
+                seq,
+                response: Some(r),
+                ..
+            }) if !r.decoded() => Got::Undecoded {
+                seq: *seq,
+                body: Some(r.fields),
+                t: (r.first_enter_ns, r.last_exit_ns),
+            },
             ConnEvent::RequestHead(t) => Got::ReqHead {
                 seq: t.seq,
                 method: t.request.method.clone().unwrap_or_default(),
@@ -486,7 +841,7 @@ mod tests {
                 Got::RespHead {
                     seq: t.seq,
                     status: r.status.unwrap_or(0),
-                    sse: r.headers.is_sse(),
+                    sse: r.is_sse(),
                     session: r.headers.session_id.clone(),
                     t: (r.first_enter_ns, r.last_exit_ns),
                 }
@@ -510,6 +865,7 @@ mod tests {
             ConnEvent::Done(t) => Got::Done(t.seq),
             ConnEvent::Oversize { txn, len } => Got::Oversize { seq: txn.seq, len },
             ConnEvent::Error(why) => Got::Error(why),
+            ConnEvent::Role(r) => Got::Role(r),
         }
     }
 
@@ -520,6 +876,8 @@ mod tests {
         side: Side,
         start: usize,
         end: usize,
+        /// Where it fires, when not at `end` (a head that waits for its body's first bytes).
+        fires: Option<usize>,
         sub: u8,
         make: Box<dyn Fn((u64, u64)) -> Got>,
     }
@@ -578,9 +936,23 @@ mod tests {
                 side,
                 start,
                 end,
+                fires: None,
                 sub,
                 make: Box::new(make),
             });
+        }
+
+        /// Like [`Script::want`], for an event timed by `span` that fires with the byte
+        /// before `fires`.
+        fn want_at(
+            &mut self,
+            side: Side,
+            span: (usize, usize),
+            fires: usize,
+            make: impl Fn((u64, u64)) -> Got + 'static,
+        ) {
+            self.want(side, span, 0, make);
+            self.want.last_mut().expect("just pushed").fires = Some(fires);
         }
 
         fn side(&self, side: Side) -> &[u8] {
@@ -660,7 +1032,8 @@ mod tests {
                 .map(|w| {
                     let last = push_of(w.side, w.end - 1);
                     let t = (enter_t(push_of(w.side, w.start)), exit_t(last));
-                    ((last, w.end, w.sub), (w.make)(t))
+                    let fires = w.fires.unwrap_or(w.end);
+                    ((push_of(w.side, fires - 1), fires, w.sub), (w.make)(t))
                 })
                 .collect();
             keyed.sort_by_key(|(k, _)| *k);
@@ -687,7 +1060,7 @@ mod tests {
     /// A connection seen by a process at `role`, detected from the client's preface.
     fn conn(role: Role, max_body: usize) -> Conn {
         let c = Conn::detect(dir_of(role, Side::C), frames::PREFACE, max_body).expect("h2");
-        assert_eq!(c.role(), role);
+        assert_eq!(c.role(), Some(role));
         assert_eq!(c.version(), Version::Http2);
         c
     }
@@ -696,7 +1069,7 @@ mod tests {
         let mut got = Vec::new();
         for (j, (side, r)) in pushes.iter().enumerate() {
             let data = &sc.side(*side)[r.clone()];
-            let dir = dir_of(c.role(), *side);
+            let dir = dir_of(c.role().expect("seen from its start"), *side);
             c.push(dir, data, enter_t(j), exit_t(j), &mut |e| got.push(own(e)));
         }
         got
@@ -1145,7 +1518,7 @@ mod tests {
         away.extend_from_slice(&0u32.to_be_bytes());
         server.extend(frame(T_GOAWAY, 0, 0, &away));
         let mut c = Conn::detect(Dir::In, &client, MAX).expect("h2");
-        assert_eq!(c.role(), Role::Server);
+        assert_eq!(c.role(), Some(Role::Server));
         let mut got = Vec::new();
         c.push(Dir::In, &client, 10, 20, &mut |e| got.push(own(e)));
         c.push(Dir::Out, &server, 30, 40, &mut |e| got.push(own(e)));
@@ -1293,7 +1666,7 @@ mod tests {
             frame(T_WINDOW_UPDATE, 0, 0, &65_535u32.to_be_bytes()),
         ]
         .concat();
-        let role = |dir, b: &[u8]| Conn::detect(dir, b, MAX).map(|c| c.role());
+        let role = |dir, b: &[u8]| Conn::detect(dir, b, MAX).and_then(|c| c.role());
         assert_eq!(role(Dir::Out, frames::PREFACE), Some(Role::Client));
         assert_eq!(role(Dir::Out, &preface), Some(Role::Client));
         assert_eq!(role(Dir::In, &preface), Some(Role::Server));
@@ -1330,7 +1703,7 @@ mod tests {
         let mut se = Encoder::new();
         let server = settings(&[(3, 100)]);
         let mut c = Conn::detect(Dir::Out, &server, MAX).expect("h2");
-        assert_eq!(c.role(), Role::Server);
+        assert_eq!(c.role(), Some(Role::Server));
         let mut got = Vec::new();
         c.push(Dir::Out, &server, 1, 2, &mut |e| got.push(own(e)));
         let mut client = frames::PREFACE.to_vec();
@@ -1365,5 +1738,286 @@ mod tests {
                 Got::Done(1),
             ]
         );
+    }
+
+    // A connection joined mid-way.
+
+    /// A header block for `list` from an encoder that already encoded it once, for
+    /// bytes the reader never saw: it names entries of a dynamic table the agent does not
+    /// have (and cannot be decoded from scratch).
+    fn warm_block(e: &mut Encoder<'_>, list: &[(&str, &str)]) -> Vec<u8> {
+        let block = enc(e, list);
+        assert!(loona_hpack::Decoder::new().decode(&block).is_err());
+        block
+    }
+
+    const OK_JSON: [(&str, &str); 3] = [
+        (":status", "200"),
+        ("content-type", "application/json"),
+        ("mcp-session-id", "S1"),
+    ];
+    const OK_SSE: [(&str, &str); 3] = [
+        (":status", "200"),
+        ("content-type", "text/event-stream"),
+        ("mcp-session-id", "S1"),
+    ];
+
+    fn undecoded(seq: u64, body: Option<Fields>) -> impl Fn((u64, u64)) -> Got {
+        move |t| Got::Undecoded { seq, body, t }
+    }
+
+    fn sniffed(kind: Option<BodyKind>) -> Option<Fields> {
+        Some(Fields::NotDecoded { body: kind })
+    }
+
+    /// An MCP session over h2c the agent joined mid-way. Already open: stream 7 (the client
+    /// still sending its body, the server answering) and stream 5 (the server's last DATA
+    /// only). Opened in view: stream 9, a POST whose JSON answer's first DATA frame is only
+    /// whitespace (its kind waits for the next one), and stream 11, whose event stream's
+    /// first DATA frame is `da` (a prefix of `data:`). Every header block names dynamic
+    /// table entries the agent never saw; the server's first one has no static `:status`
+    /// (nothing in it tells who sent it).
+    fn joined_session() -> Script {
+        use Side::{C, S};
+        let mut ce = Encoder::new();
+        let mut se = Encoder::new();
+        let req = request("/mcp");
+        enc(&mut ce, &pairs(&req));
+        let (ok, sse) = (OK_JSON, OK_SSE);
+        enc(&mut se, &ok);
+        enc(&mut se, &sse);
+        let mut sc = Script::default();
+        // Phase 1: what was in flight, and the request on 9.
+        sc.frame(C, T_WINDOW_UPDATE, 0, 0, &1000u32.to_be_bytes());
+        sc.frame(C, T_DATA, 0, 7, b"{\"jsonrpc\":\"2.0\",");
+        let h9 = sc.frame(
+            C,
+            T_HEADERS,
+            F_END_HEADERS,
+            9,
+            &warm_block(&mut ce, &pairs(&req)),
+        );
+        sc.want(C, h9, 0, undecoded(9, None));
+        let (b3a, b3b) = BODY3.as_bytes().split_at(20);
+        sc.frame(C, T_DATA, 0, 9, b3a);
+        let d9 = sc.frame(C, T_DATA, F_END_STREAM, 9, b3b);
+        sc.want(C, (h9.0, d9.1), 0, req_body(9, BODY3));
+        sc.frame(C, T_DATA, F_END_STREAM, 7, b"\"id\":7}");
+        sc.frame(S, T_PING, F_ACK, 0, &[2; 8]);
+        // Only dynamic entries: who sent it is not known from it.
+        let old = warm_block(&mut se, &[("mcp-session-id", "S1")]);
+        assert_eq!(frames::static_sender(&old), None);
+        sc.frame(S, T_HEADERS, F_END_HEADERS, 7, &old);
+        sc.frame(
+            S,
+            T_DATA,
+            F_END_STREAM,
+            7,
+            b"{\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{}}",
+        );
+        sc.phase();
+        // Phase 2: the answer on 9, an old stream's end, the request on 11.
+        let r9 = sc.frame(S, T_HEADERS, F_END_HEADERS, 9, &warm_block(&mut se, &ok));
+        sc.frame(S, T_DATA, 0, 9, b" \r\n");
+        let x9 = sc.frame(S, T_DATA, 0, 9, &RESP1.as_bytes()[..30]);
+        sc.want_at(S, r9, x9.1, undecoded(9, sniffed(Some(BodyKind::Json))));
+        let y9 = sc.frame(S, T_DATA, F_END_STREAM, 9, &RESP1.as_bytes()[30..]);
+        sc.want(S, (r9.0, y9.1), 0, |t| Got::RespBody {
+            seq: 9,
+            body: format!(" \r\n{RESP1}"),
+            t,
+        });
+        sc.want(S, y9, 1, done(9));
+        sc.frame(S, T_DATA, F_END_STREAM, 5, b"}}");
+        let h11 = sc.frame(C, T_HEADERS, F_END_HEADERS, 11, &enc(&mut ce, &pairs(&req)));
+        sc.want(C, h11, 0, undecoded(11, None));
+        let d11 = sc.frame(C, T_DATA, F_END_STREAM, 11, BODY5.as_bytes());
+        sc.want(C, (h11.0, d11.1), 0, req_body(11, BODY5));
+        sc.phase();
+        // Phase 3: the event stream on 11.
+        let r11 = sc.frame(S, T_HEADERS, F_END_HEADERS, 11, &warm_block(&mut se, &sse));
+        let x11 = sc.frame(S, T_DATA, 0, 11, b"da");
+        let rest = format!("ta: {EV1}\n\n: ping\n\nevent: message\ndata: {EV2}\n\n");
+        let y11 = sc.frame(S, T_DATA, 0, 11, rest.as_bytes());
+        sc.want_at(
+            S,
+            r11,
+            y11.1,
+            undecoded(11, sniffed(Some(BodyKind::EventStream))),
+        );
+        sc.want(S, (x11.0, y11.1), 1, sse_event(11, "message", EV1));
+        sc.want(S, y11, 2, sse_event(11, "message", EV2));
+        let z11 = sc.frame(S, T_DATA, F_END_STREAM, 11, b"");
+        sc.want(S, z11, 0, done(11));
+        sc
+    }
+
+    fn sse_event(seq: u64, event: &'static str, data: &'static str) -> impl Fn((u64, u64)) -> Got {
+        move |t| Got::Sse {
+            seq,
+            event: event.into(),
+            data: data.into(),
+            t,
+        }
+    }
+
+    /// Joined mid-way and seen by a process at either role, `pushes` give exactly the
+    /// expected events, after one `Role` telling that role; the old streams are counted,
+    /// every header block too; nothing is left over or held.
+    fn check_joined(sc: &Script, pushes: &[(Side, Range<usize>)], what: &str) {
+        let want = sc.expected(pushes);
+        for role in [Role::Client, Role::Server] {
+            let first = sc.side(pushes[0].0);
+            let mut c = Conn::joined(first, MAX).expect("frames");
+            assert_eq!(c.role(), None);
+            let mut got = Vec::new();
+            for (j, (side, r)) in pushes.iter().enumerate() {
+                let data = &sc.side(*side)[r.clone()];
+                let dir = dir_of(role, *side);
+                c.push(dir, data, enter_t(j), exit_t(j), &mut |e| got.push(own(e)));
+            }
+            let told = got.iter().position(|g| matches!(g, Got::Role(_)));
+            let told = told.unwrap_or_else(|| panic!("{what} ({role:?}): no role in {got:?}"));
+            assert_eq!(got.remove(told), Got::Role(role), "{what}");
+            assert_eq!(told, 0, "{what} ({role:?}): the role first");
+            assert_eq!(got, want, "{what} ({role:?})");
+            assert_eq!(c.role(), Some(role));
+            assert_eq!(c.buffered(), 0, "{what} ({role:?})");
+            assert!(c.finish(9, &mut |e| panic!("{e:?}")).is_empty(), "{what}");
+            let counts = Midstream {
+                connections: 1,
+                streams_skipped: 2,
+                header_blocks_undecoded: 5,
+            };
+            assert_eq!(c.take_midstream(), counts, "{what} ({role:?})");
+            assert_eq!(c.take_midstream(), Midstream::default());
+        }
+    }
+
+    #[test]
+    fn joined_mid_way_split_every_way() {
+        let sc = joined_session();
+        let whole = [(Side::C, 0..sc.c.len()), (Side::S, 0..sc.s.len())];
+        check_joined(&sc, &whole, "each direction whole");
+        for i in 0..=sc.c.len() + sc.s.len() {
+            check_joined(&sc, &cut(&whole, &[i]), &format!("cut at {i}"));
+        }
+        check_joined(&sc, &bytewise(&whole), "byte by byte");
+        for server_first in [false, true] {
+            let phased = sc.by_phase(server_first);
+            for i in 0..=sc.c.len() + sc.s.len() {
+                check_joined(&sc, &cut(&phased, &[i]), &format!("by phase, cut at {i}"));
+            }
+            check_joined(&sc, &bytewise(&phased), "by phase, byte by byte");
+        }
+        for k in [1, 2, 3, 5, 8, 13, 64, 1000] {
+            check_joined(&sc, &sc.zipped(k), &format!("zipped by {k}"));
+        }
+    }
+
+    /// Streams seen before a header block tells which end is which are skipped, even one
+    /// opened in view; the first block with a static request pseudo-header settles it.
+    #[test]
+    fn joined_before_the_role_is_known() {
+        let mut se = Encoder::new();
+        let mut ce = Encoder::new();
+        let ok = [("mcp-session-id", "S1")];
+        enc(&mut se, &ok);
+        // A response whose block names only dynamic entries, with its body; then a request.
+        let mut server = frame(T_HEADERS, F_END_HEADERS, 3, &warm_block(&mut se, &ok));
+        server.extend(frame(T_DATA, F_END_STREAM, 3, b"{}"));
+        let req = request("/mcp");
+        let mut client = frame(T_HEADERS, F_END_HEADERS, 5, &enc(&mut ce, &pairs(&req)));
+        client.extend(frame(T_DATA, F_END_STREAM, 5, BODY5.as_bytes()));
+        let mut c = Conn::joined(&server, MAX).expect("frames");
+        let mut got = Vec::new();
+        c.push(Dir::In, &server, 1, 2, &mut |e| got.push(own(e)));
+        assert!(got.is_empty(), "{got:?}");
+        assert_eq!(c.role(), None);
+        c.push(Dir::Out, &client, 3, 4, &mut |e| got.push(own(e)));
+        assert_eq!(
+            got,
+            [
+                Got::Role(Role::Client),
+                Got::Undecoded {
+                    seq: 5,
+                    body: None,
+                    t: (3, 4)
+                },
+                Got::ReqBody {
+                    seq: 5,
+                    body: BODY5.into(),
+                    t: (3, 4)
+                },
+            ]
+        );
+        let m = c.take_midstream();
+        assert_eq!((m.streams_skipped, m.header_blocks_undecoded), (1, 2));
+        // A response with no body: its head goes up without a kind.
+        let mut end = Vec::new();
+        let block = enc(&mut se, &[(":status", "202")]);
+        let head = frame(T_HEADERS, F_END_HEADERS | F_END_STREAM, 5, &block);
+        c.push(Dir::In, &head, 5, 6, &mut |e| end.push(own(e)));
+        let want = [
+            Got::Undecoded {
+                seq: 5,
+                body: sniffed(None),
+                t: (5, 6),
+            },
+            Got::Done(5),
+        ];
+        assert_eq!(end, want);
+    }
+
+    /// What a response body not decoded is told by, and where it goes then: JSON and
+    /// anything else gathered as a body, an event stream to its parser; a body too short to
+    /// tell is `Other`, one with no bytes has no kind, and one that went past the body limit
+    /// before it could be told is `Other` (reported oversize).
+    #[test]
+    fn joined_bodies_of_every_kind() {
+        let run = |body: &[&[u8]], max: usize| {
+            let mut ce = Encoder::new();
+            let req = request("/mcp");
+            let mut client = frame(T_HEADERS, F_END_HEADERS, 1, &enc(&mut ce, &pairs(&req)));
+            client.extend(frame(T_DATA, F_END_STREAM, 1, b"{}"));
+            let mut server = frame(T_HEADERS, F_END_HEADERS, 1, &[0x88]);
+            for (i, b) in body.iter().enumerate() {
+                let flags = if i + 1 == body.len() { F_END_STREAM } else { 0 };
+                server.extend(frame(T_DATA, flags, 1, b));
+            }
+            let mut c = Conn::joined(&client, max).expect("frames");
+            c.push(Dir::Out, &client, 1, 2, &mut |_| {});
+            let mut got = Vec::new();
+            c.push(Dir::In, &server, 3, 4, &mut |e| got.push(own(e)));
+            got.into_iter()
+                .map(|g| match g {
+                    Got::Undecoded { body, .. } => format!("{body:?}"),
+                    Got::RespBody { body, .. } => format!("body {body:?}"),
+                    Got::Sse { data, .. } => format!("event {data:?}"),
+                    other => format!("{other:?}"),
+                })
+                .collect::<Vec<_>>()
+        };
+        let kind = |k: Option<BodyKind>, then: &[&str]| {
+            let mut v = vec![format!("{:?}", sniffed(k))];
+            v.extend(then.iter().map(|s| s.to_string()));
+            v.push("Done(1)".into());
+            v
+        };
+        use BodyKind::{EventStream, Json, Other};
+        assert_eq!(run(&[b"[1]"], MAX), kind(Some(Json), &[r#"body "[1]""#]));
+        let sse = kind(Some(EventStream), &[r#"event "x""#]);
+        assert_eq!(run(&[b"\n\n", b"id: 1\ndata: x\n\n"], MAX), sse);
+        assert_eq!(run(&[b": hi\n\ndata: x\n\n"], MAX), sse);
+        assert_eq!(run(&[b"ret", b"ry: 5\ndata: x\n\n"], MAX), sse);
+        let other = |b: &str| kind(Some(Other), &[&format!("body {b:?}")]);
+        assert_eq!(run(&[b"<html>"], MAX), other("<html>"));
+        assert_eq!(run(&[b"  data: x\n"], MAX), other("  data: x\n"));
+        assert_eq!(run(&[b"dat"], MAX), other("dat"));
+        assert_eq!(run(&[b"  ", b""], MAX), other("  "));
+        assert_eq!(run(&[b""], MAX), kind(None, &[]));
+        let blank = vec![b'\n'; 2000];
+        let over = kind(Some(Other), &["Oversize { seq: 1, len: 2002 }"]);
+        assert_eq!(run(&[&blank, b"{}"], 64), over);
     }
 }
