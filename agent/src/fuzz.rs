@@ -810,6 +810,13 @@ fn check_exchanges(signals: &[Signal], model: &IdModel) {
     }
 }
 
+/// One frame read as a JSON-RPC message: whatever the one-scan reading accepts, serde_json
+/// reads into the same message, payloads kept or not (`mcp::message`'s fast path may never
+/// change a verdict or a value, only its cost).
+pub fn message(data: &[u8]) {
+    let _answered = crate::mcp::message::check_scan(data);
+}
+
 /// The `--record` file format: any bytes are read without a panic, and whatever frames they
 /// hold replay through the pipeline.
 pub fn record(data: &[u8]) {

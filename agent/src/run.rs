@@ -424,7 +424,8 @@ fn recorded_host(path: &std::path::Path) -> Result<(FixedHost, ClockAnchor)> {
             Frame::Holders(h) => {
                 host.holders.entry((h.kind, h.inode)).or_insert(h.holders);
             }
-            Frame::Record(_) | Frame::Counters(_) => {}
+            Frame::Record(raw) => reader.recycle(raw),
+            Frame::Counters(_) => {}
         }
     }
     Ok((host, clock))
@@ -457,6 +458,7 @@ pub fn replay(path: &std::path::Path, output: &OutputArgs) -> Result<()> {
                     latest = latest.max(r.hdr.ts_exit_ns);
                 }
                 ingest_replayed(&mut p, &mut host, &raw);
+                reader.recycle(raw);
                 if latest.saturating_sub(last_tick) >= TICK.as_nanos() as u64 {
                     last_tick = latest;
                     p.tick(latest);

@@ -61,3 +61,8 @@ fn http2() {
 fn websocket() {
     replay("websocket", mcptap::fuzz::websocket);
 }
+
+#[test]
+fn message() {
+    replay("message", mcptap::fuzz::message);
+}

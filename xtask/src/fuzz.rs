@@ -23,6 +23,7 @@ pub const TARGETS: &[&str] = &[
     "llm",
     "http2",
     "websocket",
+    "message",
 ];
 
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {

@@ -168,6 +168,8 @@ impl std::error::Error for ReadError {}
 /// Reads frames from a record file.
 pub struct Reader<R: Read> {
     inp: R,
+    /// A buffer given back by [`Reader::recycle`], for the next frame.
+    spare: Vec<u8>,
 }
 
 impl<R: Read> Reader<R> {
@@ -181,7 +183,17 @@ impl<R: Read> Reader<R> {
         if &magic != MAGIC {
             return Err(ReadError::BadMagic);
         }
-        Ok(Reader { inp })
+        Ok(Reader {
+            inp,
+            spare: Vec::new(),
+        })
+    }
+
+    /// Give back a record's buffer once done with it: the next frame is read into it. A
+    /// replay reads a record per syscall, and allocating each (zeroed) cost more than
+    /// copying its bytes. Frames are at most [`MAX_FRAME`] bytes, so the buffer kept is too.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.spare = buf;
     }
 
     /// The next frame, `None` at a clean end of file.
@@ -203,7 +215,9 @@ impl<R: Read> Reader<R> {
             if len > MAX_FRAME {
                 return Err(ReadError::FrameTooLarge(len));
             }
-            let mut payload = vec![0u8; len];
+            let mut payload = std::mem::take(&mut self.spare);
+            payload.clear();
+            payload.resize(len, 0);
             self.inp
                 .read_exact(&mut payload)
                 .map_err(|e| match e.kind() {

@@ -321,7 +321,7 @@ impl<S: Default, C: ?Sized> Conns<S, C> {
             verdict = self.gap(&mut io, gap, rec.hdr.ts_exit_ns, up, cx);
         }
         if step.has_bytes && verdict.rejected().is_none() {
-            cx.procs.note(cx.host, key.tgid, &rec.comm());
+            cx.procs.note_with(cx.host, key.tgid, || rec.comm());
             let bytes = Bytes {
                 data: rec.data,
                 enter_ns: rec.hdr.ts_enter_ns,

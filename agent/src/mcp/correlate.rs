@@ -459,6 +459,12 @@ impl Correlator {
             let mut i = 0;
             while i < list.len() {
                 if ready(&list[i]) {
+                    // Room for one at first, not the four a first push makes: nearly always
+                    // one exchange is ready, and four `Pending`s are an allocation too large
+                    // for the allocator's fast path.
+                    if out.is_empty() {
+                        out.reserve_exact(1);
+                    }
                     out.push(list.remove(i).expect("index in range"));
                 } else {
                     i += 1;

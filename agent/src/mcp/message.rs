@@ -3,17 +3,28 @@
 //! Only the fields that matter are extracted (id, method, the tool/resource/prompt named by
 //! the params, error code, `isError`, initialize identities, `_meta`); everything else is
 //! skipped without being materialised. Argument and result values are never kept.
-//! serde_json's recursion limit makes deeply nested input an error, not a stack overflow.
+//!
+//! Each message is read once, by `message::scan`: one walk of the text that finds the envelope's
+//! fields and reads params, result and error as it passes them. What the scan cannot vouch
+//! for (malformed or oddly typed input, escaped keys, duplicate fields, deep nesting) goes to
+//! serde_json, whose reading defines the results: the scan fills the same structures, and
+//! accepts only text serde_json would read into the same values. serde_json's recursion
+//! limit makes deeply nested input an error, not a stack overflow.
 
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
+mod scan;
+
 /// A JSON-RPC id exactly as it appeared on the wire (`1`, `"abc"`): the raw JSON text.
+///
+/// Shared, not copied: correlation keeps an exchange's id in its open and recent tables, its
+/// record and the keys it is looked up by, and each copy of a `String` was an allocation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Id(pub String);
+pub struct Id(pub std::sync::Arc<str>);
 
 impl fmt::Display for Id {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -174,6 +185,17 @@ impl std::ops::Deref for Str<'_> {
     }
 }
 
+/// A JSON value's text as written (`RawValue`'s, without its type, so that the scan can make
+/// one from a slice of the frame).
+#[derive(Clone, Copy)]
+struct Raw<'a>(&'a str);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Raw<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <&RawValue>::deserialize(d).map(|r| Raw(r.get()))
+    }
+}
+
 /// A JSON-RPC envelope, its params read as `P` and its result as `R`.
 #[derive(Deserialize)]
 #[serde(bound(deserialize = "P: Deserialize<'de>, R: Deserialize<'de>"))]
@@ -181,7 +203,7 @@ struct Envelope<'a, P, R> {
     #[serde(borrow)]
     jsonrpc: Option<Str<'a>>,
     #[serde(borrow)]
-    id: Option<&'a RawValue>,
+    id: Option<Raw<'a>>,
     #[serde(borrow)]
     method: Option<Str<'a>>,
     params: Option<P>,
@@ -196,7 +218,7 @@ struct Envelope<'a, P, R> {
 type Typed<'a> = Envelope<'a, Params<'a>, ResultFields<'a>>;
 
 /// The envelope with params and result kept as raw text, each read on its own after.
-type RawEnvelope<'a> = Envelope<'a, &'a RawValue, &'a RawValue>;
+type RawEnvelope<'a> = Envelope<'a, Raw<'a>, Raw<'a>>;
 
 #[derive(Deserialize)]
 struct ErrorObject<'a> {
@@ -217,11 +239,11 @@ struct Params<'a> {
     #[serde(rename = "clientInfo", borrow)]
     client_info: Option<Info<'a>>,
     #[serde(rename = "requestId", borrow)]
-    request_id: Option<&'a RawValue>,
+    request_id: Option<Raw<'a>>,
     #[serde(rename = "_meta", borrow)]
     meta: Option<Meta<'a>>,
     #[serde(borrow)]
-    arguments: Option<&'a RawValue>,
+    arguments: Option<Raw<'a>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -271,7 +293,7 @@ struct ResultFields<'a> {
     #[serde(borrow)]
     content: Option<Vec<ContentRaw<'a>>>,
     #[serde(rename = "structuredContent", borrow)]
-    structured_content: Option<&'a RawValue>,
+    structured_content: Option<Raw<'a>>,
     #[serde(borrow)]
     contents: Option<Vec<ContentRaw<'a>>>,
 }
@@ -283,7 +305,7 @@ struct ToolRaw<'a> {
     #[serde(default, borrow)]
     description: Option<Str<'a>>,
     #[serde(default, rename = "inputSchema", borrow)]
-    input_schema: Option<&'a RawValue>,
+    input_schema: Option<Raw<'a>>,
 }
 
 impl From<ToolRaw<'_>> for ToolDef {
@@ -291,7 +313,7 @@ impl From<ToolRaw<'_>> for ToolDef {
         ToolDef {
             name: t.name.into_owned(),
             description: t.description.map(Str::into_owned),
-            input_schema: t.input_schema.map(|s| s.get().to_string()),
+            input_schema: t.input_schema.map(|s| s.0.to_string()),
         }
     }
 }
@@ -301,15 +323,15 @@ impl From<ToolRaw<'_>> for ToolDef {
 #[serde(default)]
 struct ContentRaw<'a> {
     #[serde(borrow)]
-    text: Option<&'a RawValue>,
+    text: Option<Raw<'a>>,
     #[serde(borrow)]
-    blob: Option<&'a RawValue>,
+    blob: Option<Raw<'a>>,
 }
 
 impl ContentRaw<'_> {
     fn len(&self) -> u64 {
         // The JSON-encoded length less the quotes: escapes make it a slight overestimate.
-        let l = |r: &Option<&RawValue>| r.map_or(0, |r| r.get().len().saturating_sub(2) as u64);
+        let l = |r: &Option<Raw<'_>>| r.map_or(0, |r| r.0.len().saturating_sub(2) as u64);
         l(&self.text) + l(&self.blob)
     }
 }
@@ -346,14 +368,14 @@ pub fn parse_with(bytes: &[u8], opts: Options) -> Result<Parsed, ParseError> {
     let first = text.bytes().find(|b| !b.is_ascii_whitespace());
     match first {
         Some(b'[') => {
-            let items: Vec<&RawValue> =
+            let items: Vec<Raw<'_>> =
                 serde_json::from_str(text).map_err(|e| ParseError::NotJson(e.to_string()))?;
             if items.is_empty() {
                 return Err(ParseError::Invalid("empty batch"));
             }
             let msgs = items
                 .into_iter()
-                .map(|raw| parse_one(raw.get(), opts))
+                .map(|raw| parse_one(raw.0, opts))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(Parsed::Batch(msgs))
         }
@@ -369,19 +391,56 @@ pub fn parse_with(bytes: &[u8], opts: Options) -> Result<Parsed, ParseError> {
 }
 
 fn parse_one(text: &str, opts: Options) -> Result<Message, ParseError> {
+    if let Ok((t, raw_result)) = scan::envelope(text) {
+        return typed_message(t, raw_result.filter(|_| opts.payloads));
+    }
+    parse_serde(text, opts)
+}
+
+/// The scan's reading of `bytes` is serde_json's, with and without payloads: whatever the
+/// scan accepts, serde_json reads into the same message (a panic says where they part). For
+/// the fuzzer and the tests. True if the scan answered.
+pub(crate) fn check_scan(bytes: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return false;
+    };
+    let mut answered = false;
+    for payloads in [false, true] {
+        let opts = Options { payloads };
+        if let Ok((t, raw_result)) = scan::envelope(text) {
+            let fast = typed_message(t, raw_result.filter(|_| payloads));
+            assert_eq!(
+                fast,
+                parse_serde(text, opts),
+                "{text:?} payloads={payloads}"
+            );
+            answered = true;
+        }
+    }
+    answered
+}
+
+/// What serde_json makes of one message: the reading the scan must agree with.
+fn parse_serde(text: &str, opts: Options) -> Result<Message, ParseError> {
     // The result's text is only kept with payloads, and only the two-pass read has it.
     if !opts.payloads
         && let Ok(t) = serde_json::from_str::<Typed<'_>>(text)
     {
-        let body = match (t.method, t.error, t.result) {
-            (Some(method), ..) => Body::Call(method.0, t.params.unwrap_or_default()),
-            (None, Some(err), _) => Body::Error(err),
-            (None, None, Some(result)) => Body::Result(result, None),
-            (None, None, None) => Body::Neither,
-        };
-        return message(t.jsonrpc, t.id, body);
+        return typed_message(t, None);
     }
     parse_two_pass(text, opts)
+}
+
+/// The message a typed envelope makes, with the result's text `raw_result` when payloads are
+/// kept.
+fn typed_message(t: Typed<'_>, raw_result: Option<Raw<'_>>) -> Result<Message, ParseError> {
+    let body = match (t.method, t.error, t.result) {
+        (Some(method), ..) => Body::Call(method.0, t.params.unwrap_or_default()),
+        (None, Some(err), _) => Body::Error(err),
+        (None, None, Some(result)) => Body::Result(result, raw_result),
+        (None, None, None) => Body::Neither,
+    };
+    message(t.jsonrpc, t.id, body)
 }
 
 /// What a message carries besides its envelope.
@@ -391,7 +450,7 @@ enum Body<'a> {
     /// An error.
     Error(ErrorObject<'a>),
     /// A result, and its raw text when payloads are kept.
-    Result(ResultFields<'a>, Option<&'a RawValue>),
+    Result(ResultFields<'a>, Option<Raw<'a>>),
     /// None of these.
     Neither,
 }
@@ -408,13 +467,13 @@ fn parse_two_pass(text: &str, opts: Options) -> Result<Message, ParseError> {
         (Some(method), ..) => {
             let params = env
                 .params
-                .and_then(|raw| serde_json::from_str(raw.get()).ok())
+                .and_then(|raw| serde_json::from_str(raw.0).ok())
                 .unwrap_or_default();
             Body::Call(method.0, params)
         }
         (None, Some(err), _) => Body::Error(err),
         (None, None, Some(raw)) => {
-            let fields = serde_json::from_str(raw.get()).unwrap_or_default();
+            let fields = serde_json::from_str(raw.0).unwrap_or_default();
             Body::Result(fields, opts.payloads.then_some(raw))
         }
         (None, None, None) => Body::Neither,
@@ -425,14 +484,14 @@ fn parse_two_pass(text: &str, opts: Options) -> Result<Message, ParseError> {
 /// The message an envelope's version, id and body make.
 fn message(
     jsonrpc: Option<Str<'_>>,
-    id: Option<&RawValue>,
+    id: Option<Raw<'_>>,
     body: Body<'_>,
 ) -> Result<Message, ParseError> {
     if jsonrpc.as_deref() != Some("2.0") {
         return Err(ParseError::NotJsonRpc);
     }
     let mut msg = Message {
-        id: id.map(|r| Id(r.get().to_string())),
+        id: id.map(|r| Id(r.0.into())),
         ..Message::default()
     };
     match body {
@@ -467,7 +526,7 @@ fn read_call(msg: &mut Message, method: Cow<'_, str>, params: Params<'_>) {
         msg.peer_info = params.client_info.map(PeerInfo::from);
     }
     if method == "tools/call" || method == "prompts/get" {
-        msg.arguments = params.arguments.map(|a| a.get().to_string());
+        msg.arguments = params.arguments.map(|a| a.0.to_string());
     }
     if let Some(meta) = params.meta {
         msg.traceparent = meta.traceparent.map(Str::into_owned);
@@ -481,7 +540,7 @@ fn read_call(msg: &mut Message, method: Cow<'_, str>, params: Params<'_>) {
         }
     }
     if method == "notifications/cancelled" {
-        msg.cancels = params.request_id.map(|r| Id(r.get().to_string()));
+        msg.cancels = params.request_id.map(|r| Id(r.0.into()));
     }
     msg.method = Some(method.into_owned());
 }
@@ -508,7 +567,7 @@ fn target_of(method: &str, params: &Params<'_>) -> Target {
 /// The facts of a successful response: `isError`, the server's identity, advertised tools,
 /// result sizes and (with `--payloads`) the result itself, `raw`. A result that is not an
 /// object still makes a response, with none of these facts.
-fn read_result(msg: &mut Message, r: ResultFields<'_>, raw: Option<&RawValue>) {
+fn read_result(msg: &mut Message, r: ResultFields<'_>, raw: Option<Raw<'_>>) {
     msg.kind = Kind::Response;
     msg.is_error = r.is_error == Some(true);
     msg.protocol_version = r.protocol_version.map(Str::into_owned);
@@ -521,14 +580,13 @@ fn read_result(msg: &mut Message, r: ResultFields<'_>, raw: Option<&RawValue>) {
     }
     if let Some(content) = &r.content {
         let text: u64 = content.iter().map(ContentRaw::len).sum();
-        let structured = r.structured_content.map_or(0, |s| s.get().len() as u64);
+        let structured = r.structured_content.map_or(0, |s| s.0.len() as u64);
         msg.result_text_bytes = Some(if text > 0 { text } else { structured });
     }
     if let Some(contents) = &r.contents {
         msg.contents_bytes = Some(contents.iter().map(ContentRaw::len).sum());
     }
-    if let Some(raw) = raw {
-        let raw = raw.get();
+    if let Some(Raw(raw)) = raw {
         msg.result = Some(if raw.len() <= PAYLOAD_LIMIT {
             raw.to_string()
         } else {
@@ -713,6 +771,20 @@ mod tests {
             "\"error\":VALUE",
             "\"extra\":VALUE",
         ];
+        random_messages(VALUES, FIELDS, 200_000, |text| {
+            let opts = Options::default();
+            assert_eq!(parse_one(text, opts), parse_two_pass(text, opts), "{text}");
+        });
+    }
+
+    /// Messages made at random from `fields` (each `VALUE` in them one of `values`), then cut
+    /// or bitten at random; `check` sees each that is still UTF-8.
+    fn random_messages(
+        values: &[&str],
+        fields: &[&str],
+        count: usize,
+        mut check: impl FnMut(&str),
+    ) {
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move |n: usize| {
             state ^= state << 13;
@@ -720,14 +792,14 @@ mod tests {
             state ^= state << 17;
             (state % n as u64) as usize
         };
-        for _ in 0..200_000 {
+        for _ in 0..count {
             let mut text = String::from("{");
             for i in 0..1 + next(5) {
                 if i > 0 {
                     text.push(',');
                 }
-                let value = VALUES[next(VALUES.len())];
-                text.push_str(&FIELDS[next(FIELDS.len())].replace("VALUE", value));
+                let value = values[next(values.len())];
+                text.push_str(&fields[next(fields.len())].replace("VALUE", value));
             }
             text.push('}');
             let mut bytes = text.into_bytes();
@@ -739,11 +811,107 @@ mod tests {
                 }
                 _ => {}
             }
-            let Ok(text) = std::str::from_utf8(&bytes) else {
-                continue;
-            };
-            let opts = Options::default();
-            assert_eq!(parse_one(text, opts), parse_two_pass(text, opts), "{text}");
+            if let Ok(text) = std::str::from_utf8(&bytes) {
+                check(text);
+            }
+        }
+    }
+
+    /// The scan answers exactly as serde_json does whenever it answers: on every field
+    /// mcptap reads, well and badly typed, duplicated, null, escaped (keys too), with huge
+    /// numbers, deep nesting, stray whitespace and control characters, cut and bitten.
+    #[test]
+    fn the_scan_reads_as_serde_json_does() {
+        const VALUES: &[&str] = &[
+            "null",
+            "1",
+            "-0",
+            "1.5e3",
+            "123456789012345678901234567890",
+            "-9223372036854775808",
+            "\"x\"",
+            "\"\\u00e9\\n\\/\"",
+            "\"\\ud83d\\ude00\"",
+            "\"\\ud800\"",
+            "\"\\x\"",
+            "\"tab\there\"",
+            "[]",
+            "{}",
+            "true",
+            "false",
+            " { \"name\" : \"n\" , \"version\" : \"v\" } ",
+            "[\"n\",\"v\"]",
+            "{\"a\":[1,{\"b\":[[[[[[[[[[[[]]]]]]]]]]]]}]}",
+            "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
+            "01",
+            "tru",
+        ];
+        const FIELDS: &[&str] = &[
+            "\"jsonrpc\":\"2.0\"",
+            "\"jsonrpc\":\"2\\u002e0\"",
+            "\"json\\u0072pc\":\"2.0\"",
+            "\"jsonrpc\":VALUE",
+            "\"id\":7",
+            "\"id\":VALUE",
+            " \"method\" : \"tools/call\" ",
+            "\"method\":\"initialize\"",
+            "\"method\":\"notifications/cancelled\"",
+            "\"method\":VALUE",
+            "\"params\":{\"name\":\"echo\",\"arguments\":{\"x\":VALUE},\"_meta\":{\"traceparent\":VALUE,\"tracestate\":\"s\"}}",
+            "\"params\":{\"protocolVersion\":VALUE,\"clientInfo\":VALUE}",
+            "\"params\":{\"_meta\":{\"io.modelcontextprotocol/protocolVersion\":\"2026-07-28\",\"io.modelcontextprotocol/clientInfo\":VALUE}}",
+            "\"params\":{\"requestId\":VALUE,\"uri\":VALUE}",
+            "\"params\":{\"name\":VALUE,\"name\":\"x\"}",
+            "\"params\":{\"na\\u006de\":\"x\"}",
+            "\"params\":VALUE",
+            "\"result\":{\"content\":[{\"type\":\"text\",\"text\":VALUE}],\"isError\":VALUE}",
+            "\"result\":{\"content\":VALUE,\"structuredContent\":VALUE}",
+            "\"result\":{\"contents\":[{\"blob\":VALUE},VALUE]}",
+            "\"result\":{\"tools\":[{\"name\":\"echo\",\"description\":VALUE,\"inputSchema\":VALUE}]}",
+            "\"result\":{\"tools\":[{\"name\":VALUE}]}",
+            "\"result\":{\"serverInfo\":VALUE,\"protocolVersion\":\"2025-06-18\"}",
+            "\"result\":{\"_meta\":{\"io.modelcontextprotocol/serverInfo\":VALUE}}",
+            "\"result\":VALUE",
+            "\"error\":{\"code\":-32602,\"message\":\"bad \\\"x\\\"\"}",
+            "\"error\":{\"code\":VALUE,\"message\":VALUE}",
+            "\"error\":VALUE",
+            "\"extra\":VALUE",
+        ];
+        let (mut all, mut answered) = (0, 0);
+        random_messages(VALUES, FIELDS, 300_000, |text| {
+            all += 1;
+            answered += check_scan(text.as_bytes()) as u32;
+        });
+        // Both ways are exercised: most of these messages are broken on purpose, so the scan
+        // answers for a few percent (some 20,000), serde_json for the rest.
+        assert!(
+            answered > all / 25 && answered < all / 2,
+            "{answered} of {all}"
+        );
+    }
+
+    /// The scan itself answers the messages every SDK sends, not serde_json behind it.
+    #[test]
+    fn the_scan_reads_ordinary_messages_itself() {
+        for text in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x\"y"}}}"#,
+            r#"{"method":"notifications/cancelled","params":{"requestId":7},"jsonrpc":"2.0"}"#,
+            r#"{"jsonrpc":"2.0","id":"a","result":{"content":[{"type":"text","text":"ok"}],"isError":false}}"#,
+            r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error"}}"#,
+            r#"{"jsonrpc":"2.0","id":0,"result":{"tools":[{"name":"echo","inputSchema":{"type":"object"}}]}}"#,
+            "{\"jsonrpc\":\"2.0\",\"method\":\"x\"}  \r\n",
+        ] {
+            assert!(check_scan(text.as_bytes()), "{text}");
+        }
+        for refused in [
+            r#"{"jsonrpc":"2.0","jsonrpc":"2.0","method":"x"}"#,
+            r#"{"json\u0072pc":"2.0","method":"x"}"#,
+            r#"{"jsonrpc":"2.0","method":"x","params":{"name":null}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"error":{"code":1.5}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"error":["x"]}"#,
+            r#"{"jsonrpc":"2.0","method":"x"} x"#,
+        ] {
+            assert!(!check_scan(refused.as_bytes()), "{refused}");
         }
     }
 }

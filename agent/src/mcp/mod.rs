@@ -266,6 +266,8 @@ impl Tracker {
             }
             self.states.insert(route.key.clone(), State::new(session));
         }
+        // One lookup for the rest: the pid index is a field of its own.
+        let by_pid = &mut self.by_pid;
         let st = self.states.get_mut(&route.key).expect("just made");
         st.session.last_ns = st.session.last_ns.max(now);
         let mut learned = [None, None];
@@ -285,12 +287,9 @@ impl Tracker {
             cx.procs.note(cx.host, peer, "");
         }
         for pid in learned.into_iter().flatten() {
-            self.by_pid
-                .entry(pid)
-                .or_default()
-                .insert(route.key.clone());
+            by_pid.entry(pid).or_default().insert(route.key.clone());
         }
-        self.states.get_mut(&route.key).expect("just made")
+        st
     }
 
     /// The route as its session's sides are: a renamed session may have them the other way

@@ -90,7 +90,11 @@ impl Tracker {
         if outcome == Outcome::DuplicateId {
             self.stats.duplicate_ids += 1;
             let what = What::DuplicateId {
-                id: msg.id.as_ref().map(|i| i.0.clone()).unwrap_or_default(),
+                id: msg
+                    .id
+                    .as_ref()
+                    .map(|i| String::from(&*i.0))
+                    .unwrap_or_default(),
                 method: msg.method.clone().unwrap_or_default(),
             };
             cx.out
@@ -239,7 +243,7 @@ fn derive_request(
     payloads: bool,
 ) -> Derived {
     let method = msg.method.as_deref().unwrap_or("");
-    let id = msg.id.as_ref().map(|i| i.0.as_str()).unwrap_or("");
+    let id = msg.id.as_ref().map(|i| &*i.0).unwrap_or("");
     let mut d = Derived {
         traceparent: msg.traceparent.clone(),
         tracestate: msg.tracestate.clone(),

@@ -364,7 +364,8 @@ pub(super) fn exchange(
         transport: s.transport,
         session: s.label(procs),
         method: std::mem::take(&mut p.method),
-        id: std::mem::take(&mut p.id.0),
+        // Not `to_string`: that goes through `Display`.
+        id: String::from(&*p.id.0),
         tool,
         resource_uri,
         prompt,

@@ -75,7 +75,12 @@ impl Tracker {
             {
                 p.derived.timeout_reported = true;
                 let elapsed = now - p.first_seen();
-                hung.push((p.method.clone(), p.target.clone(), p.id.0.clone(), elapsed));
+                hung.push((
+                    p.method.clone(),
+                    p.target.clone(),
+                    String::from(&*p.id.0),
+                    elapsed,
+                ));
             }
         }
         for (method, target, id, elapsed) in hung {
@@ -286,7 +291,12 @@ fn expire_orphans(st: &mut State, cx: &mut Ctx<'_>, now: u64, grace: u64) -> u64
     let gone = st.corr.expire_orphans(now, grace);
     for o in &gone {
         let what = What::OrphanResponse {
-            id: o.msg.id.clone().map(|i| i.0).unwrap_or_default(),
+            id: o
+                .msg
+                .id
+                .as_ref()
+                .map(|i| String::from(&*i.0))
+                .unwrap_or_default(),
         };
         cx.out.push(report::session_event(
             st, cx.procs, cx.clock, o.seen.ts, what,

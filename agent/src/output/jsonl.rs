@@ -6,13 +6,13 @@ use std::io::Write;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::rfc3339_micros;
+use super::{RFC3339_MICROS_LEN, rfc3339_micros_in};
 use crate::signal::{Signal, Sink};
 
 #[derive(Serialize)]
 struct Line<'a, T: Serialize> {
     kind: &'static str,
-    ts: String,
+    ts: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<Box<RawValue>>,
     #[serde(flatten)]
@@ -21,44 +21,71 @@ struct Line<'a, T: Serialize> {
 
 /// Encode one signal as a JSON line (without the newline).
 pub fn encode(signal: &Signal) -> String {
+    let mut out = Vec::new();
+    encode_into(signal, &mut out);
+    String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
+/// Append one signal's JSON line (without the newline) to `out`: the writer reuses one
+/// buffer for every line.
+pub fn encode_into(signal: &Signal, out: &mut Vec<u8>) {
+    let start = out.len();
+    let mut ts = [0; RFC3339_MICROS_LEN];
     let r = match signal {
-        Signal::Exchange(x) => serde_json::to_string(&Line {
-            kind: "exchange",
-            ts: rfc3339_micros(x.ts_ns),
-            // The id exactly as it was on the wire: a number stays a number.
-            id: RawValue::from_string(x.id.clone()).ok(),
-            body: x,
-        }),
-        Signal::Notification(n) => serde_json::to_string(&Line {
-            kind: "notification",
-            ts: rfc3339_micros(n.ts_ns),
-            id: None,
-            body: n,
-        }),
-        Signal::LlmCall(c) => serde_json::to_string(&Line {
-            kind: "llm_call",
-            ts: rfc3339_micros(c.ts_ns),
-            id: None,
-            body: &**c,
-        }),
-        Signal::Event(e) => serde_json::to_string(&Line {
-            kind: "event",
-            ts: rfc3339_micros(e.ts_ns),
-            id: None,
-            body: e,
-        }),
+        Signal::Exchange(x) => serde_json::to_writer(
+            &mut *out,
+            &Line {
+                kind: "exchange",
+                ts: rfc3339_micros_in(x.ts_ns, &mut ts),
+                // The id exactly as it was on the wire: a number stays a number.
+                id: RawValue::from_string(x.id.clone()).ok(),
+                body: x,
+            },
+        ),
+        Signal::Notification(n) => serde_json::to_writer(
+            &mut *out,
+            &Line {
+                kind: "notification",
+                ts: rfc3339_micros_in(n.ts_ns, &mut ts),
+                id: None,
+                body: n,
+            },
+        ),
+        Signal::LlmCall(c) => serde_json::to_writer(
+            &mut *out,
+            &Line {
+                kind: "llm_call",
+                ts: rfc3339_micros_in(c.ts_ns, &mut ts),
+                id: None,
+                body: &**c,
+            },
+        ),
+        Signal::Event(e) => serde_json::to_writer(
+            &mut *out,
+            &Line {
+                kind: "event",
+                ts: rfc3339_micros_in(e.ts_ns, &mut ts),
+                id: None,
+                body: e,
+            },
+        ),
     };
-    r.unwrap_or_else(|e| {
-        format!(
+    if let Err(e) = r {
+        // What was written before the failure is dropped with it.
+        out.truncate(start);
+        let line = format!(
             r#"{{"kind":"event","event":"encode_error","error":{:?}}}"#,
             e.to_string()
-        )
-    })
+        );
+        out.extend_from_slice(line.as_bytes());
+    }
 }
 
 /// Writes JSON lines to a file or stdout.
 pub struct JsonLines {
     out: Box<dyn Write + Send>,
+    /// The line being written, kept between lines for its allocation.
+    line: Vec<u8>,
     /// Lines that could not be written.
     pub write_errors: u64,
 }
@@ -68,6 +95,7 @@ impl JsonLines {
     pub fn new(out: Box<dyn Write + Send>) -> Self {
         JsonLines {
             out,
+            line: Vec::new(),
             write_errors: 0,
         }
     }
@@ -75,9 +103,10 @@ impl JsonLines {
 
 impl Sink for JsonLines {
     fn emit(&mut self, signal: &Signal) {
-        let mut line = encode(signal);
-        line.push('\n');
-        if let Err(e) = self.out.write_all(line.as_bytes()) {
+        self.line.clear();
+        encode_into(signal, &mut self.line);
+        self.line.push(b'\n');
+        if let Err(e) = self.out.write_all(&self.line) {
             self.write_errors += 1;
             if self.write_errors == 1 {
                 log::error!("--jsonl: write failed: {e} (further failures are only counted)");

@@ -33,18 +33,32 @@ pub struct Processes {
 impl Processes {
     /// Make sure `pid` is known; `comm` is the kernel's word for it if /proc has none.
     pub fn note(&mut self, host: &mut dyn Host, pid: u32, comm: &str) {
+        self.note_with(host, pid, || comm.into());
+    }
+
+    /// [`Processes::note`], the comm worked out only if it is needed: the pipeline notes the
+    /// process of every record, and nearly always knows it and its name already.
+    pub fn note_with<'c>(
+        &mut self,
+        host: &mut dyn Host,
+        pid: u32,
+        comm: impl FnOnce() -> std::borrow::Cow<'c, str>,
+    ) {
         if let Some(p) = self.procs.get_mut(&pid)
             && !p.exited
         {
             p.used_ns = self.now;
-            if p.info.comm.is_empty() && !comm.is_empty() {
-                Arc::make_mut(&mut p.info).comm = comm.to_string();
+            if p.info.comm.is_empty() {
+                let comm = comm();
+                if !comm.is_empty() {
+                    Arc::make_mut(&mut p.info).comm = comm.into_owned();
+                }
             }
             return;
         }
         let info = host.process(pid).unwrap_or_else(|| ProcInfo {
             pid,
-            comm: comm.to_string(),
+            comm: comm().into_owned(),
             ..Default::default()
         });
         self.insert(info);
