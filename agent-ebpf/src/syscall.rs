@@ -134,9 +134,17 @@ fn try_sys_enter(ctx: &BtfTracePointContext) -> Option<()> {
     let (st, mut state) = capturable_fd(tgid, pid_tgid as u32, fd, gen_, slot, skip)?;
     let tid = pid_tgid as u32;
     note_missed_exit(tgid, tid, fd, &mut state);
-    // The pending marks travel with this syscall's first record; clear them in the map
-    // (`sys_exit` puts them back if the syscall ships nothing).
-    unsafe { (*st).flags &= !FDSTATE_PENDING_MARKS };
+    if state.flags & FDSTATE_TLS == 0 {
+        // The pending marks travel with this syscall's first record; clear them in the map
+        // (`sys_exit` puts them back if the syscall ships nothing).
+        unsafe { (*st).flags &= !FDSTATE_PENDING_MARKS };
+    } else {
+        // A TLS socket's syscalls ship nothing (its ciphertext never travels): its marks stay
+        // in the map for its plaintext's first record, which another thread may ship while
+        // this syscall runs; taken here and put back at exit, they would reach a later
+        // record too, and mark a stream already under way as new.
+        state.flags &= !FDSTATE_PENDING_MARKS;
+    }
     let stash = Stash {
         ptr: syscall_arg(regs, 1),
         count: syscall_arg(regs, 2),
