@@ -247,7 +247,7 @@ impl H2Check {
             self.out.push(format!("the {side}'s side is the client"));
             return;
         }
-        if let Some(txn) = txn_of(e) {
+        if let Some(txn) = e.txn() {
             assert!(
                 self.seen == Seen::Start || self.role_told,
                 "a transaction before the role"
@@ -320,19 +320,6 @@ impl H2Check {
             ConnEvent::Oversize { len, .. } => assert!(*len >= self.max_body as u64),
             _ => {}
         }
-    }
-}
-
-/// The transaction an HTTP event is about.
-fn txn_of<'a>(e: &crate::wire::http::ConnEvent<'a>) -> Option<&'a crate::wire::http::Txn> {
-    use crate::wire::http::ConnEvent;
-    match e {
-        ConnEvent::RequestHead(t) | ConnEvent::ResponseHead(t) | ConnEvent::Done(t) => Some(t),
-        ConnEvent::RequestBody { txn, .. }
-        | ConnEvent::ResponseBody { txn, .. }
-        | ConnEvent::Sse { txn, .. }
-        | ConnEvent::Oversize { txn, .. } => Some(txn),
-        ConnEvent::Error(_) | ConnEvent::Role(_) => None,
     }
 }
 

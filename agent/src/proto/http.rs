@@ -269,18 +269,6 @@ struct Router<'r, L, M> {
     role: Option<Role>,
 }
 
-/// The transaction an event is about, if any.
-fn txn_of<'a>(e: &ConnEvent<'a>) -> Option<&'a Txn> {
-    match e {
-        ConnEvent::RequestHead(t) | ConnEvent::ResponseHead(t) | ConnEvent::Done(t) => Some(t),
-        ConnEvent::RequestBody { txn, .. }
-        | ConnEvent::ResponseBody { txn, .. }
-        | ConnEvent::Sse { txn, .. }
-        | ConnEvent::Oversize { txn, .. } => Some(txn),
-        ConnEvent::Error(_) | ConnEvent::Role(_) => None,
-    }
-}
-
 impl<L: Default, M: Default> Router<'_, L, M> {
     fn event<A, B>(&mut self, apps: &mut Apps<A, B>, cx: &mut AppCx<'_, '_>, e: ConnEvent<'_>)
     where
@@ -307,7 +295,7 @@ impl<L: Default, M: Default> Router<'_, L, M> {
             *self.verdict = Verdict::Rejected(Reason::HttpBroken);
             return;
         }
-        let txn = txn_of(&e).expect("every other event has a transaction");
+        let txn = e.txn().expect("every other event has a transaction");
         if self.role.is_none() {
             // Never: the framing says the role before any transaction's event.
             return;

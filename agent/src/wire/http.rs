@@ -384,6 +384,21 @@ pub enum ConnEvent<'a> {
     Error(&'static str),
 }
 
+impl<'a> ConnEvent<'a> {
+    /// The transaction the event is about; `None` for what is about the connection (an
+    /// error, the role).
+    pub fn txn(&self) -> Option<&'a Txn> {
+        match self {
+            ConnEvent::RequestHead(t) | ConnEvent::ResponseHead(t) | ConnEvent::Done(t) => Some(t),
+            ConnEvent::RequestBody { txn, .. }
+            | ConnEvent::ResponseBody { txn, .. }
+            | ConnEvent::Sse { txn, .. }
+            | ConnEvent::Oversize { txn, .. } => Some(txn),
+            ConnEvent::Error(_) | ConnEvent::Role(_) => None,
+        }
+    }
+}
+
 /// Adds `data` to a body being gathered and to its length `len`. Past `max` bytes the body is
 /// dropped (and its memory freed) and only the length is counted, so that the size of an
 /// oversized body can still be reported.
