@@ -81,20 +81,20 @@ const HDR_LEN: usize = 9;
 /// SETTINGS_MAX_FRAME_SIZE).
 const LOOKS_MAX_LEN: usize = 16_384;
 
-const T_DATA: u8 = 0;
-const T_HEADERS: u8 = 1;
+pub(crate) const T_DATA: u8 = 0;
+pub(crate) const T_HEADERS: u8 = 1;
 const T_PRIORITY: u8 = 2;
-const T_RST_STREAM: u8 = 3;
-const T_SETTINGS: u8 = 4;
+pub(crate) const T_RST_STREAM: u8 = 3;
+pub(crate) const T_SETTINGS: u8 = 4;
 const T_PUSH_PROMISE: u8 = 5;
-const T_PING: u8 = 6;
-const T_GOAWAY: u8 = 7;
-const T_WINDOW_UPDATE: u8 = 8;
-const T_CONTINUATION: u8 = 9;
+pub(crate) const T_PING: u8 = 6;
+pub(crate) const T_GOAWAY: u8 = 7;
+pub(crate) const T_WINDOW_UPDATE: u8 = 8;
+pub(crate) const T_CONTINUATION: u8 = 9;
 
-const F_END_STREAM: u8 = 0x1;
-const F_ACK: u8 = 0x1;
-const F_END_HEADERS: u8 = 0x4;
+pub(crate) const F_END_STREAM: u8 = 0x1;
+pub(crate) const F_ACK: u8 = 0x1;
+pub(crate) const F_END_HEADERS: u8 = 0x4;
 const F_PADDED: u8 = 0x8;
 const F_PRIORITY: u8 = 0x20;
 

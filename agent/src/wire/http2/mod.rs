@@ -714,17 +714,10 @@ mod tests {
     use loona_hpack::encoder::encode_integer_into;
     use std::ops::Range;
 
-    const T_DATA: u8 = 0;
-    const T_HEADERS: u8 = 1;
-    const T_RST_STREAM: u8 = 3;
-    const T_SETTINGS: u8 = 4;
-    const T_PING: u8 = 6;
-    const T_GOAWAY: u8 = 7;
-    const T_WINDOW_UPDATE: u8 = 8;
-    const T_CONTINUATION: u8 = 9;
-    const F_END_STREAM: u8 = 0x1;
-    const F_ACK: u8 = 0x1;
-    const F_END_HEADERS: u8 = 0x4;
+    use super::frames::{
+        F_ACK, F_END_HEADERS, F_END_STREAM, T_CONTINUATION, T_DATA, T_GOAWAY, T_HEADERS, T_PING,
+        T_RST_STREAM, T_SETTINGS, T_WINDOW_UPDATE,
+    };
 
     const MAX: usize = 64 * 1024;
 
@@ -1339,29 +1332,34 @@ mod tests {
         check(&sc, &whole, "each direction whole");
     }
 
-    #[test]
-    fn each_direction_split_at_every_boundary() {
-        let (sc, _) = session();
-        let whole = [(Side::C, 0..sc.c.len()), (Side::S, 0..sc.s.len())];
-        for i in 0..=sc.c.len() + sc.s.len() {
-            check(&sc, &cut(&whole, &[i]), &format!("cut at {i}"));
+    /// Every arrangement of a script's bytes the tests feed: each direction whole, cut at
+    /// every boundary and byte by byte; the directions by phase (either first), whole, cut
+    /// and byte by byte; and zipped in pieces of several sizes. With what each is.
+    fn every_split(sc: &Script) -> Vec<(Vec<(Side, Range<usize>)>, String)> {
+        let whole = vec![(Side::C, 0..sc.c.len()), (Side::S, 0..sc.s.len())];
+        let mut out = Vec::new();
+        for (pushes, name) in [
+            (whole, "each direction"),
+            (sc.by_phase(false), "by phase, client first"),
+            (sc.by_phase(true), "by phase, server first"),
+        ] {
+            for i in 0..=sc.c.len() + sc.s.len() {
+                out.push((cut(&pushes, &[i]), format!("{name}, cut at {i}")));
+            }
+            out.push((bytewise(&pushes), format!("{name}, byte by byte")));
+            out.push((pushes, format!("{name}, whole")));
         }
-        check(&sc, &bytewise(&whole), "byte by byte");
+        for k in [1, 2, 3, 5, 8, 13, 64, 1000] {
+            out.push((sc.zipped(k), format!("zipped by {k}")));
+        }
+        out
     }
 
     #[test]
-    fn directions_interleaved() {
+    fn split_every_way() {
         let (sc, _) = session();
-        for server_first in [false, true] {
-            let phased = sc.by_phase(server_first);
-            check(&sc, &phased, "by phase");
-            for i in 0..=sc.c.len() + sc.s.len() {
-                check(&sc, &cut(&phased, &[i]), &format!("by phase, cut at {i}"));
-            }
-            check(&sc, &bytewise(&phased), "by phase, byte by byte");
-        }
-        for k in [1, 2, 3, 5, 8, 13, 64, 1000] {
-            check(&sc, &sc.zipped(k), &format!("zipped by {k}"));
+        for (pushes, what) in every_split(&sc) {
+            check(&sc, &pushes, &what);
         }
     }
 
@@ -1897,21 +1895,8 @@ mod tests {
     #[test]
     fn joined_mid_way_split_every_way() {
         let sc = joined_session();
-        let whole = [(Side::C, 0..sc.c.len()), (Side::S, 0..sc.s.len())];
-        check_joined(&sc, &whole, "each direction whole");
-        for i in 0..=sc.c.len() + sc.s.len() {
-            check_joined(&sc, &cut(&whole, &[i]), &format!("cut at {i}"));
-        }
-        check_joined(&sc, &bytewise(&whole), "byte by byte");
-        for server_first in [false, true] {
-            let phased = sc.by_phase(server_first);
-            for i in 0..=sc.c.len() + sc.s.len() {
-                check_joined(&sc, &cut(&phased, &[i]), &format!("by phase, cut at {i}"));
-            }
-            check_joined(&sc, &bytewise(&phased), "by phase, byte by byte");
-        }
-        for k in [1, 2, 3, 5, 8, 13, 64, 1000] {
-            check_joined(&sc, &sc.zipped(k), &format!("zipped by {k}"));
+        for (pushes, what) in every_split(&sc) {
+            check_joined(&sc, &pushes, &what);
         }
     }
 
