@@ -80,6 +80,17 @@ fn label_of(mangled: &[u8]) -> Option<&'static str> {
         .map(|f| f.0)
 }
 
+/// Where a binary keeps its constant strings (`.rodata`), or the whole file when it has no
+/// such section: every program the host runs without rustls's symbols is searched, and its
+/// code and debug sections are most of it.
+fn read_only_data(data: &[u8]) -> &[u8] {
+    use object::{Object as _, ObjectSection as _};
+    object::File::parse(data)
+        .ok()
+        .and_then(|o| o.section_by_name(".rodata")?.data().ok())
+        .unwrap_or(data)
+}
+
 /// Where the probes go in a binary: every function found, when they cover both directions;
 /// a blocked plan for rustls without them; `None` for a binary without rustls.
 pub fn plan(data: &[u8]) -> Result<Option<Plan>> {
@@ -115,7 +126,7 @@ pub fn plan(data: &[u8]) -> Result<Option<Plan>> {
              (link-time optimisation), or the program never reads or writes through rustls",
             labels.join(", ")
         )
-    } else if memmem::find(data, b"/rustls-0.").is_some() {
+    } else if memmem::find(read_only_data(data), b"/rustls-0.").is_some() {
         // Where rustls's sources were (a registry's `rustls-0.23.46/src/...`), as its panic
         // messages name them: rustls is in there even when its symbols are not.
         "rustls is linked in, but its functions have no symbols (a stripped binary): its \
