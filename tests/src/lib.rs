@@ -440,6 +440,49 @@ pub enum Sides {
     ClientOnly,
 }
 
+/// A `py_client.py` held after its session's initialize (`--wait-for`), so that a test can
+/// start mcptap in the middle of the session.
+pub struct HeldClient {
+    child: Child,
+    flag: PathBuf,
+}
+
+impl HeldClient {
+    /// Start the `py_client.py` command `client` makes of the arguments that hold it
+    /// (`--wait-for FILE`, which go before a stdio server's `--`), with its files in `dir`;
+    /// returns once the client says it is waiting (up to 60 s).
+    pub fn start(dir: &Path, client: impl FnOnce(&[&str]) -> Command) -> HeldClient {
+        let flag = dir.join("go");
+        let log = dir.join("client.log");
+        let child = client(&["--wait-for", flag.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        assert!(
+            wait_for(60, || std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("waiting")),
+            "client never initialized"
+        );
+        HeldClient { child, flag }
+    }
+
+    /// Let the client go on; its report once it exits successfully.
+    pub fn release(mut self) -> ClientRun {
+        std::fs::write(&self.flag, "").unwrap();
+        let mut stdout = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut stdout)
+            .unwrap();
+        assert!(self.child.wait().unwrap().success(), "client failed");
+        serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+    }
+}
+
 /// A server process started by a test (HTTP servers), stopped when dropped.
 pub struct Server {
     child: std::process::Child,

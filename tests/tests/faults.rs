@@ -2,7 +2,6 @@
 //! middle of a session, an OTLP backend that is down, slow or failing, and SIGTERM under load.
 //! Root, real kernel, real MCP peers.
 
-use std::io::Read as _;
 use std::process::{Command, Stdio};
 
 use mcptap_e2e::otlp::{Proto, Receiver, attr};
@@ -304,34 +303,11 @@ fn writer_gone_mid_message_is_unterminated() {
 #[test]
 fn agent_started_mid_session_tracks_calls() {
     let dir = scratch("mid_session");
-    let flag = dir.join("go");
-    let log = dir.join("client.log");
-    let mut client = python_client(
-        "mcp1",
-        &python("mcp1"),
-        &["--echo", "3", "--wait-for", flag.to_str().unwrap()],
-    )
-    .stdout(Stdio::piped())
-    .stderr(std::fs::File::create(&log).unwrap())
-    .spawn()
-    .unwrap();
-    assert!(
-        wait_for(60, || std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("waiting")),
-        "client never initialized"
-    );
+    let client = HeldClient::start(&dir, |hold| {
+        python_client("mcp1", &python("mcp1"), &[&["--echo", "3"], hold].concat())
+    });
     let agent = Agent::start(&dir, &["--comm", "python"]);
-    std::fs::write(&flag, "").unwrap();
-    let mut stdout = String::new();
-    client
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    assert!(client.wait().unwrap().success(), "client failed");
-    let mut run: ClientRun = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let mut run = client.release();
     let recs = agent.stop();
     // The server was already blocked in read(2) when the probes attached: that read's entry
     // was never seen, so the first request has only the client's view. It is still reported

@@ -117,38 +117,18 @@ fn node_http2_client_over_h2c() {
 /// with its status, over HTTP/2, and the connection is counted.
 #[test]
 fn an_h2c_connection_joined_mid_way_is_read_without_its_headers() {
-    use std::io::Read as _;
-    use std::process::Stdio;
     require_root();
     let dir = scratch("http2_midway");
     let port = port();
     let server = hypercorn_server(&dir, port, None);
-    let flag = dir.join("go");
-    let log = dir.join("client.log");
     let url = format!("http://127.0.0.1:{port}/mcp");
-    let mut client = h2_client(&url, None)
-        .args(["--wait-for", flag.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    assert!(
-        wait_for(60, || std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("waiting")),
-        "client never initialized"
-    );
+    let client = HeldClient::start(&dir, |hold| {
+        let mut c = h2_client(&url, None);
+        c.args(hold);
+        c
+    });
     let agent = Agent::start(&dir, &[]);
-    std::fs::write(&flag, "").unwrap();
-    let mut stdout = String::new();
-    client
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    assert!(client.wait().unwrap().success(), "client failed");
-    let mut run: ClientRun = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let mut run = client.release();
     run.server_pid = Some(server.pid());
     drop(server);
     let recs = agent.stop();
