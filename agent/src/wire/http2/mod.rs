@@ -1332,10 +1332,14 @@ mod tests {
         check(&sc, &whole, "each direction whole");
     }
 
+    /// Bytes fed to a connection, in order: which end wrote them, and where they are in its
+    /// script.
+    type Pushes = Vec<(Side, Range<usize>)>;
+
     /// Every arrangement of a script's bytes the tests feed: each direction whole, cut at
     /// every boundary and byte by byte; the directions by phase (either first), whole, cut
     /// and byte by byte; and zipped in pieces of several sizes. With what each is.
-    fn every_split(sc: &Script) -> Vec<(Vec<(Side, Range<usize>)>, String)> {
+    fn every_split(sc: &Script) -> Vec<(Pushes, String)> {
         let whole = vec![(Side::C, 0..sc.c.len()), (Side::S, 0..sc.s.len())];
         let mut out = Vec::new();
         for (pushes, name) in [
