@@ -97,6 +97,10 @@ pub struct SocketEnds {
     pub local_bound: bool,
     /// The far end is bound to a path.
     pub remote_bound: bool,
+    /// `local` and `remote` as text, formatted once per socket: newline-delimited JSON over
+    /// TCP names its session by them on every message, and formatting two addresses cost
+    /// more than the rest of the message's pipeline.
+    pub text: (std::sync::Arc<str>, std::sync::Arc<str>),
 }
 
 impl SocketEnds {
@@ -104,6 +108,7 @@ impl SocketEnds {
     pub fn of(si: &SocketInfo) -> Self {
         let (local, remote) = socket_addrs(si);
         SocketEnds {
+            text: (local.to_string().into(), remote.to_string().into()),
             local,
             remote,
             unix: si.family == 1,

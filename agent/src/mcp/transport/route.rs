@@ -239,13 +239,20 @@ pub fn unix_addrs(s: &SocketEnds) -> Addrs {
 /// The route of newline-delimited JSON over TCP. No standard transport frames MCP this way;
 /// roles come from the messages, sides from the address order so that both ends agree.
 pub fn tcp_route(v: &View, socket: Option<&SocketEnds>) -> Route {
-    let (local, remote) = socket
-        .map(|s| (s.local.clone(), s.remote.clone()))
-        .unwrap_or((
-            Addr::Unix(format!("inode:{}", v.inode)),
-            Addr::Unix("?".into()),
-        ));
-    let (l, r) = (local.to_string(), remote.to_string());
+    let ((local, remote), (l, r)) = match socket {
+        Some(s) => (
+            (s.local.clone(), s.remote.clone()),
+            (s.text.0.to_string(), s.text.1.to_string()),
+        ),
+        None => {
+            let ends = (
+                Addr::Unix(format!("inode:{}", v.inode)),
+                Addr::Unix("?".into()),
+            );
+            let text = (ends.0.to_string(), ends.1.to_string());
+            (ends, text)
+        }
+    };
     let viewer = if l <= r { 0 } else { 1 };
     let (a, b) = if l <= r { (l, r) } else { (r, l) };
     Route {
