@@ -118,10 +118,9 @@ pub struct SocketEnds {
     pub local_bound: bool,
     /// The far end is bound to a path.
     pub remote_bound: bool,
-    /// `local` and `remote` as text, formatted once per socket: newline-delimited JSON over
-    /// TCP names its session by them on every message, and formatting two addresses cost
-    /// more than the rest of the message's pipeline.
-    pub text: (std::sync::Arc<str>, std::sync::Arc<str>),
+    /// `local` and `remote` as text, formatted once per socket and only when asked (see
+    /// [`SocketEnds::text`]).
+    text: std::cell::OnceCell<(std::sync::Arc<str>, std::sync::Arc<str>)>,
 }
 
 impl SocketEnds {
@@ -129,13 +128,26 @@ impl SocketEnds {
     pub fn of(si: &SocketInfo) -> Self {
         let (local, remote) = socket_addrs(si);
         SocketEnds {
-            text: (local.to_string().into(), remote.to_string().into()),
+            text: std::cell::OnceCell::new(),
             local,
             remote,
             unix: si.family == 1,
             local_bound: si.family == 1 && si.local_path_len > 0,
             remote_bound: si.family == 1 && si.remote_path_len > 0,
         }
+    }
+
+    /// `local` and `remote` as text. Formatted on first use and kept: a connection's session
+    /// is named by them on every message, and formatting two addresses cost more than the
+    /// rest of the message's pipeline.
+    pub fn text(&self) -> (&str, &str) {
+        let (l, r) = self.text.get_or_init(|| {
+            (
+                self.local.to_string().into(),
+                self.remote.to_string().into(),
+            )
+        });
+        (l, r)
     }
 
     /// A named AF_UNIX socket (either end bound to a path) rather than a socketpair.

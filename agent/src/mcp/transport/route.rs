@@ -242,7 +242,7 @@ pub fn tcp_route(v: &View, socket: Option<&SocketEnds>) -> Route {
     let ((local, remote), (l, r)) = match socket {
         Some(s) => (
             (s.local.clone(), s.remote.clone()),
-            (s.text.0.to_string(), s.text.1.to_string()),
+            (s.text().0.to_string(), s.text().1.to_string()),
         ),
         None => {
             let ends = (
@@ -336,7 +336,14 @@ pub fn http_route(n: &HttpNaming<'_>) -> Route {
             server: local,
         },
     };
-    let server = addrs.server.to_string();
+    // The socket's ends as text were formatted once, when the socket was first described.
+    let text = |a: &Addr, local: bool| match n.socket {
+        Some(s) if local => s.text().0.to_string(),
+        Some(s) => s.text().1.to_string(),
+        None => a.to_string(),
+    };
+    let server_is_local = n.end == HttpEnd::Server;
+    let server = text(&addrs.server, server_is_local);
     let label = |id: &str| Some(crate::mcp::privacy::session_label(id, n.raw_ids));
     let (key, label, mut transport) = if let Some(id) = n.session_id {
         let key = SessionKey::Http {
@@ -359,7 +366,7 @@ pub fn http_route(n: &HttpNaming<'_>) -> Route {
             };
             format!("socket:{client_inode}")
         } else {
-            addrs.client.to_string()
+            text(&addrs.client, !server_is_local)
         };
         (SessionKey::Conn { client, server }, None, Transport::Http)
     };
