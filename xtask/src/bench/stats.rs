@@ -37,17 +37,6 @@ pub fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "**not met**" }
 }
 
-/// A target judged on a figure's rounds (`values`, each round's figure): "met" only when the
-/// whole quartile range is on the good side of `limit`, "not met" when the whole range is on
-/// the bad side. Otherwise "inconclusive", with why: the range straddles the limit (this
-/// machine's noise decides nothing then), there is one round (no spread to judge), or a round's
-/// figure is zero, negative or not a number (a cost or a ratio of costs can be none of these:
-/// the noise is larger than what is measured, and its median means nothing).
-pub fn against(values: &[f64], limit: f64, better: Better) -> String {
-    let r = Ratio::of(values.to_vec());
-    r.against(limit, better)
-}
-
 /// Which way a before/after ratio (current over baseline) improves.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Better {
@@ -138,7 +127,13 @@ impl Ratio {
         }
     }
 
-    /// This figure against a target (see [`against`]).
+    /// This figure (its rounds' figures) against a target: "met" only when the whole quartile
+    /// range is on the good side of `limit`, "not met" when the whole range is on the bad
+    /// side. Otherwise "inconclusive", with why: the range straddles the limit (this
+    /// machine's noise decides nothing then), there is one round (no spread to judge), or a
+    /// round's figure is zero, negative or not a number (a cost or a ratio of costs can be
+    /// none of these: the noise is larger than what is measured, and its median means
+    /// nothing).
     pub fn against(&self, limit: f64, better: Better) -> String {
         if let Some(why) = self.meaningless() {
             return format!("inconclusive: {why}");
@@ -172,7 +167,11 @@ impl Ratio {
 
 #[cfg(test)]
 mod tests {
-    use super::{Better, Ratio, against, change, median, quartiles};
+    use super::{Better, Ratio, change, median, quartiles};
+
+    fn against(v: &[f64], limit: f64, better: Better) -> String {
+        Ratio::of(v.to_vec()).against(limit, better)
+    }
 
     #[test]
     fn a_target_is_met_only_when_the_quartiles_are_inside_it() {
