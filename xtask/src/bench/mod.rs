@@ -102,8 +102,8 @@ const FULL: Scale = Scale {
     ping_count: 1_000_000,
     sock_count: 200_000,
     rounds: 5,
-    latency_rounds: 16,
-    calls: 1000,
+    latency_rounds: 12,
+    calls: 600,
     warmup: 200,
     capacity_secs: 3.0,
     small_rates: &[10_000, 25_000, 50_000, 75_000, 100_000, 150_000, 200_000],
@@ -128,7 +128,7 @@ const SMOKE: Scale = Scale {
     capacity_secs: 0.5,
     small_rates: &[5_000],
     large_rates: &[500],
-    sessions: &[50, 25_000],
+    sessions: &[50, 16_000],
     session_curve: &[10, 50],
     size_curve: &[256, 65_536],
     size_curve_rate: 100,
@@ -244,6 +244,14 @@ impl Options {
     }
 }
 
+/// Run a section's measurement and say how long it took (a full run's length is the sum).
+fn timed<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let t = std::time::Instant::now();
+    let out = f()?;
+    step(&format!("{name} took {:.0} s", t.elapsed().as_secs_f64()));
+    Ok(out)
+}
+
 /// Everything one run measured (a section not run holds its empty figures).
 struct Results {
     unwatched: Unwatched,
@@ -313,14 +321,18 @@ impl Run<'_> {
     fn measure(&self, opts: &Options) -> Result<(Results, Compared)> {
         let mut compared = Compared::default();
         let unwatched = if opts.wants(Section::Unwatched) {
-            let (u, c) = unwatched::measure(self.env, self.base, self.s)?;
+            let (u, c) = timed("section 1", || {
+                unwatched::measure(self.env, self.base, self.s)
+            })?;
             compared.unwatched = c;
             u
         } else {
             Unwatched::empty()
         };
         let latency = if opts.wants(Section::Latency) {
-            let (l, c) = latency::measure(self.env, self.base, self.s)?;
+            let (l, c) = timed("section 2", || {
+                latency::measure(self.env, self.base, self.s)
+            })?;
             compared.latency = c;
             l
         } else {
@@ -331,42 +343,46 @@ impl Run<'_> {
             unwatched,
             latency,
             uprobe: if want(Section::Latency) {
-                uprobe::measure(self.env, self.s)?
+                timed("section 2's uprobe hit", || {
+                    uprobe::measure(self.env, self.s)
+                })?
             } else {
                 uprobe::UprobeCost::default()
             },
             capacity: if want(Section::Capacity) {
-                self.capacity(&mut compared)?
+                timed("section 3", || self.capacity(&mut compared))?
             } else {
                 Vec::new()
             },
             replay: if want(Section::Replay) {
-                self.replay(&mut compared)?
+                timed("section 4", || self.replay(&mut compared))?
             } else {
                 Replay::empty()
             },
             model_traffic: if want(Section::Replay) {
-                agentic::measure(self.env, self.s)?
+                timed("section 4's agentic replay", || {
+                    agentic::measure(self.env, self.s)
+                })?
             } else {
                 agentic::ModelTraffic::default()
             },
             footprint: if want(Section::Footprint) {
-                self.footprint(&mut compared)?
+                timed("section 5", || self.footprint(&mut compared))?
             } else {
                 Vec::new()
             },
             growth: if want(Section::Growth) {
-                growth::measure(self.env, self.s)?
+                timed("section 6", || growth::measure(self.env, self.s))?
             } else {
                 growth::Growth::default()
             },
             tls_calls: if want(Section::TlsCalls) {
-                tls_calls::measure(self.env, self.s)?
+                timed("section 7", || tls_calls::measure(self.env, self.s))?
             } else {
                 tls_calls::TlsCalls::default()
             },
             transports: if want(Section::Transports) {
-                transports::measure(self.env, self.s)?
+                timed("section 8", || transports::measure(self.env, self.s))?
             } else {
                 transports::Transports::default()
             },
