@@ -22,6 +22,8 @@ use crate::step;
 pub struct Growth {
     /// (sessions open, agent RSS in KiB, sessions the agent tracked).
     pub sessions: Vec<(u64, u64, f64)>,
+    /// The agent's RSS with no session open, KiB (the same steps, none made).
+    pub idle_kb: u64,
     /// (message size in bytes, agent peak RSS in KiB, passed).
     pub sizes: Vec<(usize, u64, bool)>,
     /// (echoed payload in bytes, the rounds' p50 on/off ratios).
@@ -30,7 +32,10 @@ pub struct Growth {
 
 /// Measure RSS against sessions and against message size.
 pub fn measure(env: &Env, s: &Scale) -> Result<Growth> {
-    let mut g = Growth::default();
+    let mut g = Growth {
+        idle_kb: footprint::measure(env, 0)?.rss_kb,
+        ..Growth::default()
+    };
     for &count in s.session_curve {
         let f = footprint::measure(env, count)?;
         g.sessions.push((count, f.rss_kb, f.tracked));
@@ -231,10 +236,16 @@ pub fn write_section(
     );
     let _ = writeln!(
         md,
-        "| sessions open | tracked | agent RSS MiB |\n|---|---|---|"
+        "| sessions open | tracked | agent RSS MiB | per session KiB (RSS less idle {:.1} MiB, over the sessions) |\n|---|---|---|---|",
+        g.idle_kb as f64 / 1024.0
     );
     for (count, rss, tracked) in &g.sessions {
-        let _ = writeln!(md, "| {count} | {tracked} | {:.1} |", *rss as f64 / 1024.0);
+        let _ = writeln!(
+            md,
+            "| {count} | {tracked} | {:.1} | {:.2} |",
+            *rss as f64 / 1024.0,
+            (*rss as f64 - g.idle_kb as f64) / *count as f64
+        );
     }
     let _ = writeln!(
         md,

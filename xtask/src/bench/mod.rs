@@ -3,15 +3,18 @@
 //!
 //! 1. Cost to unwatched processes: a pipe and a socket micro-benchmark with no agent, with
 //!    empty programs on mcptap's hooks (the floor), with mcptap watching other processes, and
-//!    with mcptap watching every process ([`unwatched`]).
+//!    with mcptap watching every process ([`unwatched`]), judged on the programs' run time
+//!    the kernel counts (`bpf_stats`, [`kstats`]) plus the hooks' trap.
 //! 2. Overhead on watched MCP traffic: p50/p99 of back-to-back tools/call, agent off vs on
-//!    (stdio, HTTP, and HTTPS through the OpenSSL uprobes) ([`latency`]), and what one
-//!    OpenSSL uprobe hit costs ([`uprobe`]).
+//!    (stdio, HTTP, and HTTPS through the OpenSSL uprobes), also pinned to one CPU, with the
+//!    kernel programs' time per call ([`latency`]), and what one OpenSSL uprobe hit costs
+//!    ([`uprobe`]).
 //! 3. Capacity: the highest rate with no kernel loss and every exchange correlated
 //!    ([`capacity`]).
-//! 4. The userspace pipeline alone, on a recorded capture, with a profile ([`replay`]).
-//! 5. Footprint: agent CPU and RSS under load, and RSS with 10,000 sessions open
-//!    ([`footprint`]).
+//! 4. The userspace pipeline alone, on a recorded capture, with callgrind's instructions per
+//!    message view by pipeline stage ([`replay`], [`stages`]).
+//! 5. Footprint: agent CPU and RSS under load, and RSS idle and with 10,000 and 100,000
+//!    sessions open ([`footprint`]).
 //! 6. How cost grows: agent CPU against rate, RSS against sessions and message size, drawn
 //!    as SVG images beside the report ([`growth`]).
 //! 7. What one TLS read or write costs, per TLS library (OpenSSL, GnuTLS, Go): client CPU
@@ -37,11 +40,13 @@ mod capacity;
 mod env;
 mod footprint;
 mod growth;
+mod kstats;
 mod latency;
 mod recfile;
 mod replay;
 mod soak;
 mod splice;
+mod stages;
 mod stats;
 mod tls_calls;
 mod transports;
@@ -78,7 +83,8 @@ pub struct Scale {
     capacity_secs: f64,
     small_rates: &'static [u64],
     large_rates: &'static [u64],
-    sessions: u64,
+    /// Session counts of section 5's RSS (the first is also the before/after comparison's).
+    sessions: &'static [u64],
     /// Session counts of the RSS curve (section 6).
     session_curve: &'static [u64],
     /// Message sizes of the RSS curve, sent at `size_curve_rate` messages/s over a pipe.
@@ -97,13 +103,13 @@ const FULL: Scale = Scale {
     sock_count: 200_000,
     rounds: 5,
     latency_rounds: 12,
-    calls: 2000,
+    calls: 600,
     warmup: 200,
     capacity_secs: 3.0,
     small_rates: &[10_000, 25_000, 50_000, 75_000, 100_000, 150_000, 200_000],
-    large_rates: &[1_000, 2_000, 4_000, 8_000, 12_000, 16_000],
-    sessions: 10_000,
-    session_curve: &[10, 100, 1000, 10_000],
+    large_rates: &[1_000, 2_000, 4_000, 8_000, 12_000, 16_000, 20_000],
+    sessions: &[10_000, 100_000],
+    session_curve: &[10, 100, 1000, 10_000, 100_000],
     size_curve: &[256, 4096, 65_536, 262_144, 1_048_576],
     size_curve_rate: 200,
     payload_curve: &[16, 1024, 16_384, 262_144],
@@ -122,7 +128,7 @@ const SMOKE: Scale = Scale {
     capacity_secs: 0.5,
     small_rates: &[5_000],
     large_rates: &[500],
-    sessions: 50,
+    sessions: &[50, 16_000],
     session_curve: &[10, 50],
     size_curve: &[256, 65_536],
     size_curve_rate: 100,
@@ -238,6 +244,14 @@ impl Options {
     }
 }
 
+/// Run a section's measurement and say how long it took (a full run's length is the sum).
+fn timed<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let t = std::time::Instant::now();
+    let out = f()?;
+    step(&format!("{name} took {:.0} s", t.elapsed().as_secs_f64()));
+    Ok(out)
+}
+
 /// Everything one run measured (a section not run holds its empty figures).
 struct Results {
     unwatched: Unwatched,
@@ -246,7 +260,8 @@ struct Results {
     capacity: Vec<(Series, Vec<CapacityRun>)>,
     replay: Replay,
     model_traffic: agentic::ModelTraffic,
-    footprint: Footprint,
+    /// Section 5: the idle agent (0 sessions), then each of the scale's session counts.
+    footprint: Vec<(u64, Footprint)>,
     growth: growth::Growth,
     tls_calls: tls_calls::TlsCalls,
     transports: transports::Transports,
@@ -286,27 +301,38 @@ impl Run<'_> {
         Ok(r)
     }
 
-    fn footprint(&self, compared: &mut Compared) -> Result<Footprint> {
-        let Some(base) = self.base else {
-            return footprint::measure(self.env, self.s.sessions);
-        };
-        let (f, c) = footprint::measure_pair(self.env, base, self.s.sessions, self.s.rounds)?;
-        compared.footprint = Some(c);
-        Ok(f)
+    fn footprint(&self, compared: &mut Compared) -> Result<Vec<(u64, Footprint)>> {
+        let mut out = vec![(0, footprint::measure(self.env, 0)?)];
+        for (i, &n) in self.s.sessions.iter().enumerate() {
+            let f = match self.base {
+                Some(base) if i == 0 => {
+                    let (f, c) = footprint::measure_pair(self.env, base, n, self.s.rounds)?;
+                    compared.footprint = Some(c);
+                    f
+                }
+                _ => footprint::measure(self.env, n)?,
+            };
+            out.push((n, f));
+        }
+        Ok(out)
     }
 
     /// Run the sections `opts` takes; with a baseline, also its before/after figures.
     fn measure(&self, opts: &Options) -> Result<(Results, Compared)> {
         let mut compared = Compared::default();
         let unwatched = if opts.wants(Section::Unwatched) {
-            let (u, c) = unwatched::measure(self.env, self.base, self.s)?;
+            let (u, c) = timed("section 1", || {
+                unwatched::measure(self.env, self.base, self.s)
+            })?;
             compared.unwatched = c;
             u
         } else {
             Unwatched::empty()
         };
         let latency = if opts.wants(Section::Latency) {
-            let (l, c) = latency::measure(self.env, self.base, self.s)?;
+            let (l, c) = timed("section 2", || {
+                latency::measure(self.env, self.base, self.s)
+            })?;
             compared.latency = c;
             l
         } else {
@@ -317,42 +343,46 @@ impl Run<'_> {
             unwatched,
             latency,
             uprobe: if want(Section::Latency) {
-                uprobe::measure(self.env, self.s)?
+                timed("section 2's uprobe hit", || {
+                    uprobe::measure(self.env, self.s)
+                })?
             } else {
                 uprobe::UprobeCost::default()
             },
             capacity: if want(Section::Capacity) {
-                self.capacity(&mut compared)?
+                timed("section 3", || self.capacity(&mut compared))?
             } else {
                 Vec::new()
             },
             replay: if want(Section::Replay) {
-                self.replay(&mut compared)?
+                timed("section 4", || self.replay(&mut compared))?
             } else {
                 Replay::empty()
             },
             model_traffic: if want(Section::Replay) {
-                agentic::measure(self.env, self.s)?
+                timed("section 4's agentic replay", || {
+                    agentic::measure(self.env, self.s)
+                })?
             } else {
                 agentic::ModelTraffic::default()
             },
             footprint: if want(Section::Footprint) {
-                self.footprint(&mut compared)?
+                timed("section 5", || self.footprint(&mut compared))?
             } else {
-                Footprint::default()
+                Vec::new()
             },
             growth: if want(Section::Growth) {
-                growth::measure(self.env, self.s)?
+                timed("section 6", || growth::measure(self.env, self.s))?
             } else {
                 growth::Growth::default()
             },
             tls_calls: if want(Section::TlsCalls) {
-                tls_calls::measure(self.env, self.s)?
+                timed("section 7", || tls_calls::measure(self.env, self.s))?
             } else {
                 tls_calls::TlsCalls::default()
             },
             transports: if want(Section::Transports) {
-                transports::measure(self.env, self.s)?
+                timed("section 8", || transports::measure(self.env, self.s))?
             } else {
                 transports::Transports::default()
             },
@@ -395,7 +425,7 @@ fn report(
         agentic::write_part(&mut md, &r.model_traffic);
     }
     if want(Section::Footprint) {
-        footprint::write_section(&mut md, s, &r.footprint);
+        footprint::write_section(&mut md, &r.footprint);
     }
     if want(Section::Growth) {
         growth::write_section(&mut md, s, images, &r.capacity, &r.growth)?;

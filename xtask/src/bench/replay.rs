@@ -1,10 +1,11 @@
 //! Section 4: the userspace pipeline alone. A capture recorded (`mcptap --record`) from the
 //! 200 B pipe workload is run through `mcptap replay` on one core, and, with valgrind, the
-//! replay of a smaller one is profiled with callgrind.
+//! instructions a message view costs in the replay of a smaller one are counted by pipeline
+//! stage with callgrind ([`stages`]), for the baseline's binary too when there is one.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -12,6 +13,7 @@ use anyhow::Result;
 use super::Scale;
 use super::capacity::{Step, capacity_run};
 use super::env::Env;
+use super::stages::{self, Counts, STAGES};
 use super::stats::{Better, Ratio, median, verdict};
 use crate::step;
 
@@ -19,7 +21,10 @@ use crate::step;
 pub struct Replay {
     pub messages: u64,
     pub seconds: f64,
-    pub profile: String,
+    /// Instructions per view by stage (callgrind), or why there are none.
+    pub instructions: Result<Counts, String>,
+    /// The same for the baseline's binary, when there is one.
+    pub baseline_instructions: Option<Result<Counts, String>>,
 }
 
 impl Replay {
@@ -28,7 +33,8 @@ impl Replay {
         Replay {
             messages: 0,
             seconds: f64::NAN,
-            profile: String::new(),
+            instructions: Err(String::new()),
+            baseline_instructions: None,
         }
     }
 }
@@ -75,98 +81,123 @@ pub fn measure(env: &Env, s: &Scale) -> Result<Replay> {
         times.push(t);
         messages = m;
     }
+    let small = small_capture(env, s)?;
     Ok(Replay {
         messages,
         seconds: median(times),
-        profile: profile(env, s)?,
+        instructions: instructions(&env.mcptap, small.as_deref(), env, "current")?,
+        baseline_instructions: None,
     })
 }
 
-/// The callgrind profile's rows (a note in brackets instead when there is none; nothing
-/// for a smoke run).
-pub fn profile(env: &Env, s: &Scale) -> Result<String> {
-    if s.smoke {
-        return Ok(String::new());
-    }
+/// The smaller capture callgrind replays (recorded by `env`'s agent), if valgrind is there
+/// (`None` otherwise: no count).
+fn small_capture(env: &Env, s: &Scale) -> Result<Option<PathBuf>> {
     let have_valgrind = Command::new("valgrind")
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
     if !have_valgrind {
-        return Ok("(no profile: valgrind is not installed)\n".into());
+        return Ok(None);
     }
-    step("bench 4/5: profiling the replay with callgrind");
+    step("bench 4/5: recording a smaller capture for callgrind");
     let small = env.dir.join("small.mcptap");
     let st = Step {
         tcp: false,
-        rate: 5_000,
+        rate: if s.smoke { 200 } else { 5_000 },
         size: 200,
         secs: 1.0,
     };
     capacity_run(env, st, Some(&small))?;
-    let cg = env.dir.join("callgrind.out");
-    let status = Command::new("valgrind")
-        .args([
-            "--tool=callgrind",
-            &format!("--callgrind-out-file={}", cg.display()),
-        ])
-        .arg(&env.mcptap)
-        .args(["replay", small.to_str().unwrap(), "--quiet"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?;
-    let mut profile = String::new();
-    if status.success() {
-        let out = Command::new("callgrind_annotate")
-            .args(["--inclusive=yes", "--threshold=100"])
-            .arg(&cg)
-            .output()?;
-        let mut rows = profile_rows(&String::from_utf8_lossy(&out.stdout));
-        rows.truncate(15);
-        for (pct, f) in rows {
-            let _ = writeln!(profile, "| {pct:.1}% | `{}` |", f.replace('|', "\\|"));
-        }
-    }
-    if profile.is_empty() {
-        profile = "(no profile: callgrind did not produce mcptap's functions)\n".into();
-    }
-    Ok(profile)
+    Ok(Some(small))
 }
 
-/// mcptap's functions in `callgrind_annotate --inclusive=yes` output, as (share of the
-/// program's instructions in %, function), in the file's order (most inclusive first).
-fn profile_rows(text: &str) -> Vec<(f64, String)> {
-    let total: f64 = text
-        .lines()
-        .find(|l| l.contains("PROGRAM TOTALS"))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.replace(',', "").parse().ok())
-        .unwrap_or(0.0);
-    let mut rows = Vec::new();
-    if total <= 0.0 {
-        return rows;
+/// `mcptap`'s instructions per view of `small` by stage, or why there are none.
+fn instructions(
+    mcptap: &Path,
+    small: Option<&Path>,
+    env: &Env,
+    tag: &str,
+) -> Result<Result<Counts, String>> {
+    let Some(small) = small else {
+        return Ok(Err("valgrind is not installed".into()));
+    };
+    step(&format!(
+        "bench 4/5: counting the {tag} binary's instructions with callgrind"
+    ));
+    let (_, views) = replay_once(mcptap, small)?;
+    if views == 0 {
+        return Ok(Err(format!("{} read no messages", mcptap.display())));
     }
-    for l in text.lines() {
-        // "  356,568,911 (99.78%)  ???:mcptap::main [/path/to/mcptap]"
-        let Some((head, rest)) = l.split_once(')') else {
-            continue;
-        };
-        let Some(Ok(n)) = head
-            .split_whitespace()
-            .next()
-            .map(|n| n.replace(',', "").parse::<f64>())
-        else {
-            continue;
-        };
-        // "file:function [object]": the file has no colon, the function may have many.
-        let place = rest.trim();
-        let place = place.rsplit_once(" [").map_or(place, |(p, _)| p);
-        let f = place.split_once(':').map_or(place, |(_, f)| f);
-        if f.starts_with("mcptap::") || f.starts_with("<mcptap::") {
-            rows.push((n / total * 100.0, f.to_string()));
+    Ok(stages::count(mcptap, small, views, &env.dir, tag)?
+        .ok_or_else(|| "callgrind did not run the replay".to_string()))
+}
+
+/// The instruction targets per view, quiet and with JSONL.
+const QUIET_TARGET: f64 = 5_000.0;
+const JSONL_TARGET: f64 = 7_000.0;
+
+/// The replay rate target, views/s on one core.
+const RATE_TARGET: f64 = 1_000_000.0;
+
+/// The instructions table: a column pair (quiet, JSONL) per binary.
+fn write_instructions(md: &mut String, cols: &[(&str, &Counts)]) {
+    let Some((_, first)) = cols.first() else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "Instructions per message view by pipeline stage (callgrind: `mcptap replay` of a smaller capture of the same workload, {} views, `--quiet` and `--quiet --jsonl -`, less an empty recording's; each stage is its entry point's inclusive count less the stage it calls, as `xtask/src/bench/profile-round3.md` describes; a stage whose entry point a build does not have reads 0, and its cost lands in \"rest\"). Callgrind counts are repeatable to the instruction: one run is the figure, no quartiles.{}\n",
+        first.views,
+        if cols.len() > 1 {
+            " Before (the baseline's binary) and after (this tree's), on the same file."
+        } else {
+            ""
         }
+    );
+    let head: Vec<String> = cols
+        .iter()
+        .map(|(who, _)| format!("{who} quiet | {who} JSONL").trim().to_string())
+        .collect();
+    let _ = writeln!(
+        md,
+        "| stage | {} |\n|---|{}",
+        head.join(" | "),
+        "---:|---:|".repeat(cols.len())
+    );
+    for (i, name) in STAGES.iter().enumerate() {
+        let cells: Vec<String> = cols
+            .iter()
+            // `+ 0.0`: a stage of nothing prints 0, not -0.
+            .map(|(_, c)| {
+                format!(
+                    "{:.0} | {:.0}",
+                    c.quiet.stages[i] + 0.0,
+                    c.jsonl.stages[i] + 0.0
+                )
+            })
+            .collect();
+        let _ = writeln!(md, "| {name} | {} |", cells.join(" | "));
     }
-    rows
+    let totals: Vec<String> = cols
+        .iter()
+        .map(|(_, c)| format!("**{:.0}** | **{:.0}**", c.quiet.total, c.jsonl.total))
+        .collect();
+    let _ = writeln!(
+        md,
+        "| **total less empty recording** | {} |",
+        totals.join(" | ")
+    );
+    let (_, now) = cols[cols.len() - 1];
+    let _ = writeln!(
+        md,
+        "\nInstructions per view{}: **{:.0}** quiet ({}; target at most {QUIET_TARGET:.0}), **{:.0}** with JSONL ({}; target at most {JSONL_TARGET:.0}).\n",
+        if cols.len() > 1 { ", this tree" } else { "" },
+        now.quiet.total,
+        verdict(now.quiet.total <= QUIET_TARGET),
+        now.jsonl.total,
+        verdict(now.jsonl.total <= JSONL_TARGET)
+    );
 }
 
 /// The report's section 4.
@@ -175,49 +206,30 @@ pub fn write_section(md: &mut String, replay: &Replay) {
     let rate = replay.messages as f64 / replay.seconds;
     let _ = writeln!(
         md,
-        "`mcptap replay` of a capture recorded from the 200 B pipe workload: {} messages (both views of every message) in {:.2} s: **{:.0} messages/s** on one core ({}; target 600,000).\n",
+        "`mcptap replay --quiet --jsonl -` of a capture recorded from the 200 B pipe workload: {} messages (both views of every message) in {:.2} s: **{:.0} messages/s** on one core ({}; target {RATE_TARGET:.0}).\n",
         replay.messages,
         replay.seconds,
         rate,
-        verdict(rate >= 600_000.0)
+        verdict(rate >= RATE_TARGET)
     );
-    if replay.profile.starts_with('(') {
-        let _ = writeln!(md, "{}", replay.profile);
-    } else if !replay.profile.is_empty() {
-        let _ = writeln!(
-            md,
-            "Where the time goes (callgrind, inclusive instructions of the replay):\n\n| share | function |\n|---|---|\n{}",
-            replay.profile
-        );
+    let mut cols = Vec::new();
+    if let Some(b) = &replay.baseline_instructions {
+        match b {
+            Ok(c) => cols.push(("baseline", c)),
+            Err(why) => {
+                let _ = writeln!(md, "(no instruction counts for the baseline: {why})\n");
+            }
+        }
     }
-}
-
-#[cfg(test)]
-mod tests {
-    /// Lines as callgrind_annotate 3.19 prints them (from a real profile of `mcptap replay`).
-    #[test]
-    fn reads_mcptaps_functions_from_callgrind_annotate() {
-        let text = "\
---------------------------------------------------------------------------------
-357,350,275 (100.0%)  PROGRAM TOTALS
---------------------------------------------------------------------------------
-357,350,275 (100.0%)  ???:0x000000000001ab70 [/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2]
-356,677,944 (99.81%)  ???:main [/work/main/target/release/mcptap]
-356,568,911 (99.78%)  ???:mcptap::main [/work/main/target/release/mcptap]
-247,185,433 (69.17%)  ???:mcptap::pipeline::Pipeline::ingest [/work/main/target/release/mcptap]
- 72,407,555 (20.26%)  ???:<mcptap::signals::telemetry::Recorder as mcptap::signals::Sink>::emit [/work/main/target/release/mcptap]
-";
-        let rows = super::profile_rows(text);
-        let names: Vec<&str> = rows.iter().map(|(_, f)| f.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "mcptap::main",
-                "mcptap::pipeline::Pipeline::ingest",
-                "<mcptap::signals::telemetry::Recorder as mcptap::signals::Sink>::emit"
-            ]
-        );
-        assert!((rows[1].0 - 69.17).abs() < 0.01, "{rows:?}");
+    match &replay.instructions {
+        Ok(c) => {
+            cols.push((if cols.is_empty() { "" } else { "current" }, c));
+            write_instructions(md, &cols);
+        }
+        Err(why) if !why.is_empty() => {
+            let _ = writeln!(md, "(no instruction counts: {why})\n");
+        }
+        Err(_) => {}
     }
 }
 
@@ -304,10 +316,17 @@ pub fn measure_pair(
         }
         c.ratios.push(tb / tc);
     }
+    let small = small_capture(current, s)?;
     let replay = Replay {
         messages: c.current.messages.last().copied().unwrap_or(0),
         seconds: median(c.current.seconds.clone()),
-        profile: profile(current, s)?,
+        instructions: instructions(&current.mcptap, small.as_deref(), current, "current")?,
+        baseline_instructions: Some(instructions(
+            &baseline.mcptap,
+            small.as_deref(),
+            baseline,
+            "baseline",
+        )?),
     };
     Ok((replay, c))
 }

@@ -25,7 +25,7 @@ use anyhow::{Context as _, Result, bail};
 use super::Scale;
 use super::env::{Env, Proc, free_port, http_get, metric, processes_named, wait_for_port};
 use super::recfile;
-use super::stats::{Better, against, median, quartiles};
+use super::stats::{Better, Ratio, median};
 use crate::{root, run, step};
 
 /// The target for the probes' cost of one call, µs (section 2's target for one probe hit,
@@ -533,8 +533,8 @@ pub fn measure(env: &Env, s: &Scale) -> Result<TlsCalls> {
 
 /// `median [q1–q3]` of µs figures.
 fn show(v: &[f64]) -> String {
-    let q = quartiles(v.to_vec());
-    format!("{:.2} [{:.2}–{:.2}]", median(v.to_vec()), q.0, q.1)
+    let r = Ratio::of(v.to_vec());
+    format!("{:.2} [{:.2}–{:.2}]", r.median, r.spread.0, r.spread.1)
 }
 
 /// The report's section 7.
@@ -599,13 +599,14 @@ pub fn write_section(md: &mut String, s: &Scale, t: &TlsCalls) {
         .iter()
         .map(|(lib, f)| {
             let v = f.added_per_call(&f.no_tls);
+            let r = Ratio::of(v);
             format!(
                 "{} **{:.2} µs** [{:.2}–{:.2}] ({})",
                 lib.short(),
-                median(v.clone()),
-                quartiles(v.clone()).0,
-                quartiles(v.clone()).1,
-                against(quartiles(v), TARGET_US, Better::Lower)
+                r.median,
+                r.spread.0,
+                r.spread.1,
+                r.against(TARGET_US, Better::Lower)
             )
         })
         .collect();

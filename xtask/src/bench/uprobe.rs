@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::Scale;
 use super::env::{Env, State, free_port, http_get, metric};
-use super::stats::{Better, against, median, quartiles};
+use super::stats::{Better, Ratio, median};
 use crate::{root, step};
 
 /// Probe hits in one pair: entry and return of `ssl_write_internal` (the client's
@@ -115,7 +115,7 @@ pub fn write_part(md: &mut String, c: &UprobeCost) {
         return;
     }
     let per = c.per_hit();
-    let q = quartiles(per.clone());
+    let r = Ratio::of(per);
     let _ = writeln!(
         md,
         "\nOne OpenSSL uprobe hit: {} SSL_write + SSL_read pairs between in-memory TLS ends in one Python process (`tests/fixtures/tls_pairs.py`, no socket), agent off and on, {} rounds: {:.2} µs a pair off, {:.2} on; over the {HITS_PER_PAIR} probe hits of a pair, **{:.2} µs a hit** [{:.2}–{:.2}], the kernel's trap and the program together ({}; target at most {TARGET_US} µs). The TLS ends are bound to no socket, so the programs count each call as unbound and return without shipping: this is a hit's floor; the HTTPS row above is the whole cost on real traffic.",
@@ -123,9 +123,9 @@ pub fn write_part(md: &mut String, c: &UprobeCost) {
         c.on.len(),
         median(c.off.clone()) / 1000.0,
         median(c.on.clone()) / 1000.0,
-        median(per),
-        q.0,
-        q.1,
-        against(q, TARGET_US, Better::Lower)
+        r.median,
+        r.spread.0,
+        r.spread.1,
+        r.against(TARGET_US, Better::Lower)
     );
 }

@@ -5,7 +5,11 @@
 //!   bench_peer client-stdio RATE SIZE SECONDS     spawns `bench_peer server-stdio`
 //!   bench_peer client-tcp PORT RATE SIZE SECONDS
 //!   bench_peer server-tcp PORT                    serves until killed
-//!   bench_peer sessions PORT COUNT HOLD_SECONDS   COUNT connections, one exchange each, held
+//!   bench_peer server-sessions PORT[,PORT...] COUNT  answers COUNT connections once each, in
+//!                                                  the order `sessions` makes them, holds them
+//!   bench_peer sessions PORT[,PORT...] COUNT HOLD_SECONDS
+//!                                                  COUNT connections, one exchange each, held,
+//!                                                  made to the ports in turn
 //!   bench_peer syscalls pipe|unix|socket COUNT        COUNT 64-byte writes, each read back by the same thread
 //!
 //! Clients print `{"sent":N,"received":N,"seconds":S}`.
@@ -175,17 +179,84 @@ fn client_tcp(a: &Args) {
     drive(Half(s), r, a.num(3), a.num(4) as usize, a.float(5));
 }
 
-/// `sessions PORT COUNT HOLD_SECONDS`: COUNT connections, one exchange each, held open.
+/// The ports of a `PORT[,PORT...]` argument.
+fn ports(arg: &str) -> Vec<u16> {
+    arg.split(',')
+        .map(|p| p.parse().expect("a port number"))
+        .collect()
+}
+
+/// Raise this process's open-file limit to the most the kernel allows (`fs.nr_open`): a
+/// hundred thousand held sessions are a hundred thousand fds. Raising the hard limit needs
+/// root; without it the soft limit goes up to the hard one.
+fn raise_nofile() {
+    let most = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    let want = libc::rlimit {
+        rlim_cur: most,
+        rlim_max: most,
+    };
+    // SAFETY: a valid rlimit struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } != 0 {
+        let mut now = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: valid rlimit structs.
+        unsafe {
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut now);
+            now.rlim_cur = now.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &now);
+        }
+    }
+}
+
+/// `server-sessions PORT[,PORT...] COUNT`: one thread answers one request on each of COUNT
+/// connections, accepted from the ports in turn (the order `sessions` connects in, one at a
+/// time), and holds them until killed: a hundred thousand sessions without a thread each.
+fn server_sessions(a: &Args) {
+    raise_nofile();
+    let listeners: Vec<TcpListener> = ports(&a.0[2])
+        .into_iter()
+        .map(|p| TcpListener::bind(("127.0.0.1", p)).expect("bind"))
+        .collect();
+    let count = a.num(3) as usize;
+    let mut held = Vec::with_capacity(count);
+    while held.len() < count {
+        let Ok((mut s, _)) = listeners[held.len() % listeners.len()].accept() else {
+            break;
+        };
+        let mut line = Vec::new();
+        // A connection closed without a request (someone checking the port listens) is
+        // not a session, and not the next port's turn.
+        if BufReader::new(&s)
+            .read_until(b'\n', &mut line)
+            .is_ok_and(|n| n > 0)
+        {
+            let _ = s.write_all(&response(&line));
+            held.push(s);
+        }
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// `sessions PORT[,PORT...] COUNT HOLD_SECONDS`: COUNT connections, one exchange each, held
+/// open, made to the ports in turn (a port takes at most the ephemeral range's worth of
+/// connections from one address).
 fn sessions(a: &Args) {
-    let (port, count, hold) = (a.num(2) as u16, a.num(3), a.num(4));
+    raise_nofile();
+    let (ports, count, hold) = (ports(&a.0[2]), a.num(3), a.num(4));
     let mut conns = Vec::new();
     for i in 0..count {
+        let port = ports[i as usize % ports.len()];
         let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         s.write_all(&request(i + 1, 200)).unwrap();
         let mut line = Vec::new();
-        BufReader::new(s.try_clone().unwrap())
-            .read_until(b'\n', &mut line)
-            .unwrap();
+        BufReader::new(&s).read_until(b'\n', &mut line).unwrap();
         conns.push(s);
     }
     println!("{{\"open\":{}}}", conns.len());
@@ -252,6 +323,7 @@ fn main() {
         Some("server-tcp") => server_tcp(&a),
         Some("client-tcp") => client_tcp(&a),
         Some("sessions") => sessions(&a),
+        Some("server-sessions") => server_sessions(&a),
         Some("syscalls") => syscalls(&a),
         _ => {
             eprintln!("usage: bench_peer client-stdio|client-tcp|server-tcp|sessions|syscalls ...");
