@@ -939,7 +939,32 @@ impl<'a> From<&'a str> for Lv<'a> {
 #[derive(Default)]
 struct Metric {
     labels: Vec<Kept>,
-    series: WordMap<LabelIds, Value>,
+    /// Where each series is in `series`, by its label ids.
+    index: WordMap<LabelIds, u32>,
+    /// Every series, in the order they were made: never removed, so a [`Handle`] to one
+    /// stays valid.
+    series: Vec<(LabelIds, Value)>,
+}
+
+impl Metric {
+    /// Every series, in `index`'s order.
+    fn each(&self) -> impl Iterator<Item = (&LabelIds, &Value)> {
+        self.index.values().map(|&i| {
+            let (ids, v) = &self.series[i as usize];
+            (ids, v)
+        })
+    }
+}
+
+/// Where one series is in the registry, for a caller that updates it again and again
+/// without looking its labels up each time ([`record`] keeps them per exchange shape). Given
+/// only for a series whose label values were all kept, none folded into `other`: the same
+/// values then always name the same series, and nothing is counted in the overflow metrics
+/// by updating it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Handle {
+    at: u32,
+    series: u32,
 }
 
 /// All series of all metrics.
@@ -960,6 +985,8 @@ pub struct Registry {
     max_series: usize,
     series: usize,
     hook: Option<ObserveHook>,
+    /// The series each shape of exchange updates ([`record`]).
+    exchanges: record::ExchangeSeries,
 }
 
 /// One series copied out of the registry: its label values and its value.
@@ -975,6 +1002,21 @@ impl Snapshot {
     /// ordered by label values.
     pub fn metrics(&self) -> impl Iterator<Item = (&'static Def, &[SeriesCopy])> {
         self.metrics.iter().map(|(d, s)| (*d, s.as_slice()))
+    }
+}
+
+/// Count `v` in a histogram with these bounds.
+fn add_observation(entry: &mut Value, bounds: &[f64], v: f64) {
+    if let Value::Histogram {
+        buckets,
+        sum,
+        count,
+    } = entry
+    {
+        let i = bounds.iter().position(|b| v <= *b).unwrap_or(bounds.len());
+        buckets[i] += 1;
+        *sum += v;
+        *count += 1;
     }
 }
 
@@ -1006,6 +1048,7 @@ impl Registry {
             max_series: max_series.max(1),
             series: 0,
             hook: None,
+            exchanges: record::ExchangeSeries::default(),
         }
     }
 
@@ -1015,9 +1058,8 @@ impl Registry {
         let overflow = self
             .metric(defs::AGENT_SERIES_OVERFLOW.name)
             .map(|m| {
-                m.series
-                    .values()
-                    .map(|v| match v {
+                m.each()
+                    .map(|(_, v)| match v {
                         Value::Number(n) => *n as u64,
                         Value::Histogram { count, .. } => *count,
                     })
@@ -1034,8 +1076,7 @@ impl Registry {
             .filter_map(|def| {
                 let m = self.metric(def.name)?;
                 let mut series: Vec<SeriesCopy> = m
-                    .series
-                    .iter()
+                    .each()
                     .map(|(ids, v)| (self.values.of(ids, def.labels.len()), v.clone()))
                     .collect();
                 series.sort_by(|a, b| a.0.cmp(&b.0));
@@ -1064,20 +1105,31 @@ impl Registry {
         }
     }
 
-    /// The ids and value of the series `labels` name, made by `fresh` if it is new.
+    /// The ids and value of the series `labels` name, made by `fresh` if it is new, and its
+    /// [`Handle`] if no label value was folded into `other`.
     fn slot(
         &mut self,
         def: &'static Def,
         labels: &[Lv<'_>],
         fresh: impl FnOnce() -> Value,
-    ) -> (LabelIds, &mut Value) {
+    ) -> (Option<Handle>, LabelIds, &mut Value) {
         debug_assert_eq!(labels.len(), def.labels.len(), "{}", def.name);
         let (at, ids, overflowed, folded) = self.place(def, labels);
-        if overflowed.iter().any(|o| *o) || folded.is_some() {
+        let clean = !overflowed.iter().any(|o| *o) && folded.is_none();
+        if !clean {
             self.count_folds(def, &overflowed, folded);
         }
-        let value = self.metrics[at].series.entry(ids).or_insert_with(fresh);
-        (ids, value)
+        let m = &mut self.metrics[at];
+        let next = m.series.len() as u32;
+        let i = *m.index.entry(ids).or_insert(next);
+        if i == next {
+            m.series.push((ids, fresh()));
+        }
+        let handle = clean.then_some(Handle {
+            at: at as u32,
+            series: i,
+        });
+        (handle, ids, &mut m.series[i as usize].1)
     }
 
     /// The metric's place in `metrics`, the ids of a series' labels, which labels
@@ -1114,7 +1166,7 @@ impl Registry {
             };
         }
         // The agent's own `mcptap_*` metrics have labels the code bounds.
-        if def.name.starts_with("mcptap_") || m.series.contains_key(&ids) {
+        if def.name.starts_with("mcptap_") || m.index.contains_key(&ids) {
             return (at, ids, overflowed, None);
         }
         if self.series < self.max_series {
@@ -1122,7 +1174,7 @@ impl Registry {
             return (at, ids, overflowed, None);
         }
         ids[..def.labels.len()].fill(OTHER_ID);
-        let first = !m.series.contains_key(&ids);
+        let first = !m.index.contains_key(&ids);
         self.series += first as usize;
         (at, ids, overflowed, Some(first))
     }
@@ -1161,12 +1213,23 @@ impl Registry {
 
     /// Add to a counter.
     pub fn inc(&mut self, def: &'static Def, labels: &[&str], by: f64) {
-        with_lvs(labels, |l| self.inc_lv(def, l, by));
+        with_lvs(labels, |l| {
+            self.inc_lv(def, l, by);
+        });
     }
 
-    /// Add to a counter, the labels given as [`Lv`]s.
-    pub fn inc_lv(&mut self, def: &'static Def, labels: &[Lv<'_>], by: f64) {
-        if let Value::Number(n) = self.slot(def, labels, || Value::Number(0.0)).1 {
+    /// Add to a counter, the labels given as [`Lv`]s; the series' [`Handle`] if it has one.
+    pub fn inc_lv(&mut self, def: &'static Def, labels: &[Lv<'_>], by: f64) -> Option<Handle> {
+        let (handle, _, value) = self.slot(def, labels, || Value::Number(0.0));
+        if let Value::Number(n) = value {
+            *n += by;
+        }
+        handle
+    }
+
+    /// Add to the counter series `h` (from [`Registry::inc_lv`]).
+    pub fn inc_at(&mut self, h: Handle, by: f64) {
+        if let Value::Number(n) = &mut self.metrics[h.at as usize].series[h.series as usize].1 {
             *n += by;
         }
     }
@@ -1174,7 +1237,7 @@ impl Registry {
     /// Set a gauge, or a counter to a total kept elsewhere.
     pub fn set(&mut self, def: &'static Def, labels: &[&str], v: f64) {
         with_lvs(labels, |l| {
-            *self.slot(def, l, || Value::Number(0.0)).1 = Value::Number(v);
+            *self.slot(def, l, || Value::Number(0.0)).2 = Value::Number(v);
         });
     }
 
@@ -1186,7 +1249,7 @@ impl Registry {
         values: impl IntoIterator<Item = (Vec<String>, f64)>,
     ) {
         if let Some(&at) = self.index.get(def.name) {
-            for v in self.metrics[at].series.values_mut() {
+            for (_, v) in &mut self.metrics[at].series {
                 *v = Value::Number(0.0);
             }
         }
@@ -1194,7 +1257,7 @@ impl Registry {
             let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
             // Values past the limit add up in `other`.
             with_lvs(&refs, |l| {
-                if let Value::Number(n) = self.slot(def, l, || Value::Number(0.0)).1 {
+                if let Value::Number(n) = self.slot(def, l, || Value::Number(0.0)).2 {
                     *n += v;
                 }
             });
@@ -1203,34 +1266,46 @@ impl Registry {
 
     /// Record a histogram observation.
     pub fn observe(&mut self, def: &'static Def, labels: &[&str], v: f64) {
-        with_lvs(labels, |l| self.observe_lv(def, l, v));
+        with_lvs(labels, |l| {
+            self.observe_lv(def, l, v);
+        });
     }
 
-    /// Record a histogram observation, the labels given as [`Lv`]s.
-    pub fn observe_lv(&mut self, def: &'static Def, labels: &[Lv<'_>], v: f64) {
+    /// Record a histogram observation, the labels given as [`Lv`]s; the series' [`Handle`]
+    /// if it has one.
+    pub fn observe_lv(&mut self, def: &'static Def, labels: &[Lv<'_>], v: f64) -> Option<Handle> {
         let Kind::Histogram(bounds) = def.kind else {
             debug_assert!(false, "{} is not a histogram", def.name);
-            return;
+            return None;
         };
-        let (ids, entry) = self.slot(def, labels, || Value::Histogram {
+        let (handle, ids, entry) = self.slot(def, labels, || Value::Histogram {
             buckets: vec![0; bounds.len() + 1],
             sum: 0.0,
             count: 0,
         });
-        if let Value::Histogram {
-            buckets,
-            sum,
-            count,
-        } = entry
-        {
-            let i = bounds.iter().position(|b| v <= *b).unwrap_or(bounds.len());
-            buckets[i] += 1;
-            *sum += v;
-            *count += 1;
-        }
+        add_observation(entry, bounds, v);
+        self.call_hook(def, &ids, v);
+        handle
+    }
+
+    /// Record an observation in the histogram series `h` of `def` (from
+    /// [`Registry::observe_lv`]).
+    pub fn observe_at(&mut self, def: &'static Def, h: Handle, v: f64) {
+        let Kind::Histogram(bounds) = def.kind else {
+            debug_assert!(false, "{} is not a histogram", def.name);
+            return;
+        };
+        let (ids, entry) = &mut self.metrics[h.at as usize].series[h.series as usize];
+        add_observation(entry, bounds, v);
+        let ids = *ids;
+        self.call_hook(def, &ids, v);
+    }
+
+    /// Show an observation of the series `ids` of `def` to the hook, if there is one.
+    fn call_hook(&self, def: &'static Def, ids: &LabelIds, v: f64) {
         if let Some(hook) = &self.hook {
             // The hook sees the bounded values, as the registry keeps them.
-            hook(def, &self.values.names(&ids, def.labels.len()), v);
+            hook(def, &self.values.names(ids, def.labels.len()), v);
         }
     }
 
@@ -1239,8 +1314,7 @@ impl Registry {
         let Some(m) = self.metric(def.name) else {
             return Vec::new();
         };
-        m.series
-            .iter()
+        m.each()
             .map(|(ids, v)| (self.values.of(ids, def.labels.len()), v.clone()))
             .collect()
     }
@@ -1252,8 +1326,7 @@ impl Registry {
         };
         let n = def.labels.len();
         let mut out: Vec<_> = m
-            .series
-            .iter()
+            .each()
             .map(|(ids, v)| (self.values.names(ids, n), v))
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));

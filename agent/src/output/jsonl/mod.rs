@@ -3,6 +3,8 @@
 
 use std::io::Write;
 
+mod exchange;
+
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -32,16 +34,10 @@ pub fn encode_into(signal: &Signal, out: &mut Vec<u8>) {
     let start = out.len();
     let mut ts = [0; RFC3339_MICROS_LEN];
     let r = match signal {
-        Signal::Exchange(x) => serde_json::to_writer(
-            &mut *out,
-            &Line {
-                kind: "exchange",
-                ts: rfc3339_micros_in(x.ts_ns, &mut ts),
-                // The id exactly as it was on the wire: a number stays a number.
-                id: RawValue::from_string(x.id.clone()).ok(),
-                body: x,
-            },
-        ),
+        Signal::Exchange(x) => {
+            exchange::write(x, rfc3339_micros_in(x.ts_ns, &mut ts), out);
+            Ok(())
+        }
         Signal::Notification(n) => serde_json::to_writer(
             &mut *out,
             &Line {
