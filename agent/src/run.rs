@@ -107,11 +107,11 @@ fn agent_metrics(outputs: &Outputs, p: &Pipeline, live: Option<(&[TableStat], u6
     };
     let mut r = lock(&outputs.registry);
     if full {
-        let series = r.table();
+        let tables = r.tables();
         telemetry::agent(
             &mut r,
             &telemetry::AgentTotals {
-                tables: vec![series],
+                tables,
                 ..Default::default()
             },
         );

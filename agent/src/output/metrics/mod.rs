@@ -673,7 +673,7 @@ pub mod defs {
         "mcptap.table.entries",
         "{entry}",
         ["table"],
-        "Entries each bounded table holds now (table: streams, rejected_fds, buffered_bytes, sessions, pending_requests, notification_views, processes, links, tool_servers, metric_series, kernel_fds, agent_processes, agent_threads, agent_tool_calls, agent_held_calls)."
+        "Entries each bounded table holds now (table: streams, rejected_fds, buffered_bytes, sessions, pending_requests, notification_views, processes, links, tool_servers, metric_series, metric_handles, kernel_fds, agent_processes, agent_threads, agent_tool_calls, agent_held_calls)."
     );
     def!(
         AGENT_TABLE_CAPACITY,
@@ -1052,9 +1052,16 @@ impl Registry {
         }
     }
 
+    /// The registry's tables: the series held of the bounded metrics (their cap, and the
+    /// observations folded into `other` because of it), and the cache of series handles by
+    /// exchange shape.
+    pub fn tables(&self) -> Vec<crate::bounded::TableStat> {
+        vec![self.series_table(), self.exchanges.table()]
+    }
+
     /// Series held of the bounded metrics, their cap, and the observations folded into
     /// `other` because of it.
-    pub fn table(&self) -> crate::bounded::TableStat {
+    pub fn series_table(&self) -> crate::bounded::TableStat {
         let overflow = self
             .metric(defs::AGENT_SERIES_OVERFLOW.name)
             .map(|m| {
@@ -1140,7 +1147,11 @@ impl Registry {
         def: &'static Def,
         labels: &[Lv<'_>],
     ) -> (usize, LabelIds, [bool; MAX_LABELS], Option<bool>) {
-        let limit = self.label_limit;
+        // The agent's own `mcptap_*` metrics have labels the code bounds: the limit is for
+        // values from the wire. (Limiting them too made counting an overflow of
+        // `mcptap_label_overflow_total`'s own `metric` label recurse without end.)
+        let own = def.name.starts_with("mcptap_");
+        let limit = if own { usize::MAX } else { self.label_limit };
         let at = self.at(def.name);
         let m = &mut self.metrics[at];
         if m.labels.len() < labels.len() {
@@ -1165,8 +1176,7 @@ impl Registry {
                 }
             };
         }
-        // The agent's own `mcptap_*` metrics have labels the code bounds.
-        if def.name.starts_with("mcptap_") || m.index.contains_key(&ids) {
+        if own || m.index.contains_key(&ids) {
             return (at, ids, overflowed, None);
         }
         if self.series < self.max_series {
@@ -1411,6 +1421,28 @@ mod tests {
         );
     }
 
+    /// More metrics overflowing than the label limit lets `mcptap_label_overflow_total` name:
+    /// its own labels are the agent's, never limited, so counting the overflow ends (it
+    /// overflowed the stack when they were limited too).
+    #[test]
+    fn overflows_of_more_metrics_than_the_limit_are_each_counted() {
+        let mut r = Registry::new(1, 1000);
+        for uri in ["a", "b"] {
+            r.inc(&defs::RESOURCE_READS, &[uri, "srv", "success", "", ""], 1.0);
+            r.inc(&defs::SCHEMA_CHECKED, &[uri, "srv"], 1.0);
+        }
+        for (metric, label) in [
+            ("mcp_resource_reads_total", "resource_uri"),
+            (defs::SCHEMA_CHECKED.name, defs::SCHEMA_CHECKED.labels[0]),
+        ] {
+            assert_eq!(
+                r.value(&defs::AGENT_LABEL_OVERFLOW, &[metric, label]),
+                Some(1.0),
+                "{metric}"
+            );
+        }
+    }
+
     /// A definition whose name text sits at another address (a copy of the literal) is still
     /// the same metric: the address is only a shortcut to the name.
     #[test]
@@ -1426,7 +1458,7 @@ mod tests {
         r.inc(moved, &["u", "srv"], 1.0);
         assert_eq!(r.value(&defs::SCHEMA_CHECKED, &["t", "srv"]), Some(2.0));
         assert_eq!(r.value(&defs::SCHEMA_CHECKED, &["u", "srv"]), Some(1.0));
-        assert_eq!(r.table().len, 2);
+        assert_eq!(r.series_table().len, 2);
     }
 
     #[test]
@@ -1442,7 +1474,7 @@ mod tests {
             Some(2.0),
             "the two past the cap, in the all-other series"
         );
-        let t = r.table();
+        let t = r.series_table();
         assert_eq!((t.len, t.cap, t.evicted), (4, 3, 2));
         // The agent's own metrics are not held to the cap.
         r.set(&defs::AGENT_RECORDS, &[], 1.0);

@@ -164,9 +164,21 @@ pub(super) struct ExchangeSeries {
     by_shape: HashMap<Box<[u8]>, Handles, foldhash::fast::FixedState>,
     /// The shape being looked up, kept for its allocation.
     shape: Vec<u8>,
+    /// Shapes forgotten because the cache was full.
+    pub(super) evicted: u64,
 }
 
 impl ExchangeSeries {
+    /// Shapes held, their cap, and those forgotten.
+    pub(super) fn table(&self) -> crate::bounded::TableStat {
+        crate::bounded::TableStat::new(
+            "metric_handles",
+            self.by_shape.len(),
+            MAX_SHAPES,
+            self.evicted,
+        )
+    }
+
     /// Remember the `handles` of `shape`.
     fn keep(&mut self, shape: &[u8], handles: Handles) {
         if let Some(known) = self.by_shape.get_mut(shape) {
@@ -177,6 +189,7 @@ impl ExchangeSeries {
             return;
         }
         if self.by_shape.len() >= MAX_SHAPES {
+            self.evicted += self.by_shape.len() as u64;
             self.by_shape.clear();
         }
         self.by_shape.insert(shape.into(), handles);
