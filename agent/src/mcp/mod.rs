@@ -187,7 +187,9 @@ impl State {
 /// Sessions and correlation for every MCP conversation on the host.
 pub struct Tracker {
     cfg: TrackerConfig,
-    states: crate::FastMap<SessionKey, State>,
+    /// Boxed: the table holds a key and a pointer per bucket, not a whole state, so its
+    /// spare buckets and its copies while it grows cost little.
+    states: crate::FastMap<SessionKey, Box<State>>,
     /// The sessions each process is an end of, for exits.
     by_pid: crate::FastMap<u32, crate::FastSet<SessionKey>>,
     book: ToolBook,
@@ -264,7 +266,8 @@ impl Tracker {
                     cx.procs.revalidate(cx.host, pid);
                 }
             }
-            self.states.insert(route.key.clone(), State::new(session));
+            self.states
+                .insert(route.key.clone(), Box::new(State::new(session)));
         }
         // One lookup for the rest: the pid index is a field of its own.
         let by_pid = &mut self.by_pid;
