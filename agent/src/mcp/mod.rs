@@ -441,3 +441,19 @@ impl Deliver for Tracker {
         self.rename(old, new);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::size_of;
+
+    /// What an idle session costs is mostly these: the table's bucket (key and box) and the
+    /// boxed state. A field that makes them bigger should be boxed or made lazy instead.
+    #[test]
+    fn per_session_entries_stay_small() {
+        assert!(size_of::<(SessionKey, Box<State>)>() <= 64);
+        assert!(size_of::<State>() <= 736);
+        assert!(size_of::<Correlator>() <= 240);
+        assert!(size_of::<Repeats>() <= 32);
+    }
+}

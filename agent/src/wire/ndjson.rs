@@ -262,6 +262,12 @@ impl Framer {
 mod tests {
     use super::*;
 
+    /// Every stream of newline-delimited JSON holds a framer: it stays small.
+    #[test]
+    fn framer_stays_small() {
+        assert!(std::mem::size_of::<Framer>() <= 56);
+    }
+
     #[derive(Debug, PartialEq)]
     enum Got {
         Line(Vec<u8>, u64, u64, bool),
