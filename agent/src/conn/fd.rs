@@ -435,6 +435,14 @@ mod tests {
 
     use super::*;
 
+    /// Every fd and stream held costs these (plus the layers' own per-stream state): they
+    /// stay small, the rare parts boxed.
+    #[test]
+    fn entries_stay_small() {
+        assert!(std::mem::size_of::<(FdKey, Fd<(), ()>)>() <= 80);
+        assert!(std::mem::size_of::<super::super::stream::Stream<()>>() <= 48);
+    }
+
     fn key(tgid: u32, fd: i32) -> FdKey {
         FdKey {
             tgid,

@@ -496,6 +496,11 @@ impl Correlator {
                 .recent_keys
                 .entry((p.requester, p.id.clone()))
                 .or_default() += 1;
+            // Most sessions have one exchange: room for one, not the four a first push makes
+            // (the ring grows on demand, to `RECENT`).
+            if self.recent.capacity() == 0 {
+                self.recent.reserve_exact(1);
+            }
             self.recent.push_back(Done {
                 requester: p.requester,
                 id: p.id.clone(),
@@ -532,6 +537,27 @@ impl Correlator {
     /// Open exchanges.
     pub fn open_count(&self) -> usize {
         self.open.values().map(VecDeque::len).sum()
+    }
+
+    /// Give back the tables' room when they are empty: an idle session holds no space for
+    /// the exchanges, orphans and evictions it had. (On a tick, not when a table empties, so
+    /// that a busy session does not allocate its tables again for every exchange.)
+    pub fn release_spare(&mut self) {
+        if self.open.is_empty() {
+            self.open.shrink_to_fit();
+        }
+        if self.orphans.is_empty() {
+            self.orphans.shrink_to_fit();
+        }
+        if self.orphan_order.is_empty() {
+            self.orphan_order.shrink_to_fit();
+        }
+        if self.orphans_over.is_empty() {
+            self.orphans_over.shrink_to_fit();
+        }
+        if self.evicted.is_empty() {
+            self.evicted.shrink_to_fit();
+        }
     }
 }
 

@@ -237,6 +237,10 @@ impl Repeats {
         if self.recent.len() == REMEMBERED_CALLS {
             self.recent.pop_front();
         }
+        // Room for one at first, not four: most sessions make one call.
+        if self.recent.capacity() == 0 {
+            self.recent.reserve_exact(1);
+        }
         self.recent.push_back((key, id.to_string()));
         earlier
     }

@@ -187,7 +187,9 @@ impl State {
 /// Sessions and correlation for every MCP conversation on the host.
 pub struct Tracker {
     cfg: TrackerConfig,
-    states: crate::FastMap<SessionKey, State>,
+    /// Boxed: the table holds a key and a pointer per bucket, not a whole state, so its
+    /// spare buckets and its copies while it grows cost little.
+    states: crate::FastMap<SessionKey, Box<State>>,
     /// The sessions each process is an end of, for exits.
     by_pid: crate::FastMap<u32, crate::FastSet<SessionKey>>,
     book: ToolBook,
@@ -264,7 +266,8 @@ impl Tracker {
                     cx.procs.revalidate(cx.host, pid);
                 }
             }
-            self.states.insert(route.key.clone(), State::new(session));
+            self.states
+                .insert(route.key.clone(), Box::new(State::new(session)));
         }
         // One lookup for the rest: the pid index is a field of its own.
         let by_pid = &mut self.by_pid;
@@ -436,5 +439,21 @@ impl Deliver for Tracker {
 
     fn session_renamed(&mut self, old: &SessionKey, new: &SessionKey) {
         self.rename(old, new);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::size_of;
+
+    /// What an idle session costs is mostly these: the table's bucket (key and box) and the
+    /// boxed state. A field that makes them bigger should be boxed or made lazy instead.
+    #[test]
+    fn per_session_entries_stay_small() {
+        assert!(size_of::<(SessionKey, Box<State>)>() <= 64);
+        assert!(size_of::<State>() <= 736);
+        assert!(size_of::<Correlator>() <= 240);
+        assert!(size_of::<Repeats>() <= 32);
     }
 }

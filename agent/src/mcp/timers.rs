@@ -56,6 +56,7 @@ impl Tracker {
                 cx.out.push(e);
             }
             self.stats.evicted_views += forget_views(st, self.now, self.cfg.twin_grace_ns);
+            st.corr.release_spare();
             if let Some(reason) = self.ended(&key) {
                 self.remove_session(&key, self.now, reason, cx);
             }
@@ -311,6 +312,10 @@ fn forget_views(st: &mut State, now: u64, grace: u64) -> u64 {
     st.seen
         .retain(|_, (_, last)| now.saturating_sub(*last) < 10 * grace);
     if st.seen.len() <= SEEN_CAP {
+        // An idle session holds no room for views it forgot.
+        if st.seen.is_empty() {
+            st.seen.shrink_to_fit();
+        }
         return 0;
     }
     let before = st.seen.len();

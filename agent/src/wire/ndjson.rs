@@ -48,14 +48,19 @@ pub enum Output<'a> {
     },
 }
 
+/// Most room a stream's line buffer keeps once its line is out: lines split across
+/// syscalls up to this size reuse it, bigger ones give it back.
+const KEPT_BUFFER: usize = 4096;
+
 /// Per-stream line framer.
 #[derive(Debug)]
 pub struct Framer {
     buf: Vec<u8>,
     first_enter_ns: u64,
     after_gap: bool,
-    /// Set while dropping an oversized line: its length so far and prefix.
-    oversize: Option<(u64, Vec<u8>)>,
+    /// Set while dropping an oversized line: its length so far and prefix. Boxed: rare,
+    /// and every stream holds a framer.
+    oversize: Option<Box<(u64, Vec<u8>)>>,
     max_line: usize,
 }
 
@@ -158,12 +163,14 @@ impl Framer {
         exit_ns: u64,
         emit: &mut impl FnMut(Output<'_>),
     ) -> bool {
-        let Some((len, prefix)) = &mut self.oversize else {
+        let Some(o) = &mut self.oversize else {
             return false;
         };
+        let (len, prefix) = &mut **o;
         *len += piece.len() as u64;
         keep_prefix(prefix, piece);
-        if ends && let Some((len, prefix)) = self.oversize.take() {
+        if ends && let Some(o) = self.oversize.take() {
+            let (len, prefix) = *o;
             self.emit_oversize(len, prefix, exit_ns, emit);
         }
         true
@@ -186,7 +193,7 @@ impl Framer {
         if ends {
             self.emit_oversize(len, prefix, exit_ns, emit);
         } else {
-            self.oversize = Some((len, prefix));
+            self.oversize = Some(Box::new((len, prefix)));
         }
     }
 
@@ -226,8 +233,8 @@ impl Framer {
         self.buf.extend_from_slice(piece);
         emit_line(&self.buf, self.first_enter_ns, exit_ns, after_gap, emit);
         self.buf.clear();
-        if self.buf.capacity() > 1 << 20 {
-            // Do not keep a huge buffer around for a stream that sent one big message.
+        if self.buf.capacity() > KEPT_BUFFER {
+            // A stream that sent one big message does not keep its room while it idles.
             self.buf = Vec::new();
         }
     }
@@ -254,6 +261,12 @@ impl Framer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every stream of newline-delimited JSON holds a framer: it stays small.
+    #[test]
+    fn framer_stays_small() {
+        assert!(std::mem::size_of::<Framer>() <= 56);
+    }
 
     #[derive(Debug, PartialEq)]
     enum Got {
