@@ -349,12 +349,10 @@ struct ResultFields<'a> {
     meta: Option<ResultMeta<'a>>,
     #[serde(borrow)]
     tools: Option<Vec<ToolRaw<'a>>>,
-    #[serde(borrow)]
-    content: Option<Vec<ContentRaw<'a>>>,
+    content: Option<Sizes>,
     #[serde(rename = "structuredContent", borrow)]
     structured_content: Option<Raw<'a>>,
-    #[serde(borrow)]
-    contents: Option<Vec<ContentRaw<'a>>>,
+    contents: Option<Sizes>,
 }
 
 #[derive(Deserialize)]
@@ -392,6 +390,31 @@ impl ContentRaw<'_> {
         // The JSON-encoded length less the quotes: escapes make it a slight overestimate.
         let l = |r: &Option<Raw<'_>>| r.map_or(0, |r| r.0.len().saturating_sub(2) as u64);
         l(&self.text) + l(&self.blob)
+    }
+}
+
+/// The summed [`ContentRaw::len`] of a list of content items: what a result's `content` and
+/// `contents` are read for, without keeping the items (a `Vec` was an allocation a response).
+#[derive(Clone, Copy, Default)]
+struct Sizes(u64);
+
+impl<'de> Deserialize<'de> for Sizes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Items;
+        impl<'de> serde::de::Visitor<'de> for Items {
+            type Value = Sizes;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sequence")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Sizes, A::Error> {
+                let mut total = 0u64;
+                while let Some(item) = seq.next_element::<ContentRaw<'de>>()? {
+                    total += item.len();
+                }
+                Ok(Sizes(total))
+            }
+        }
+        d.deserialize_seq(Items)
     }
 }
 
@@ -633,13 +656,12 @@ fn read_result<'a>(msg: &mut Message<'a>, r: ResultFields<'a>, raw: Option<Raw<'
     if let Some(tools) = r.tools {
         msg.tools = Some(tools.into_iter().map(ToolDef::from).collect());
     }
-    if let Some(content) = &r.content {
-        let text: u64 = content.iter().map(ContentRaw::len).sum();
+    if let Some(Sizes(text)) = r.content {
         let structured = r.structured_content.map_or(0, |s| s.0.len() as u64);
         msg.result_text_bytes = Some(if text > 0 { text } else { structured });
     }
-    if let Some(contents) = &r.contents {
-        msg.contents_bytes = Some(contents.iter().map(ContentRaw::len).sum());
+    if let Some(Sizes(contents)) = r.contents {
+        msg.contents_bytes = Some(contents);
     }
     if let Some(Raw(raw)) = raw {
         msg.result = Some(if raw.len() <= PAYLOAD_LIMIT {
