@@ -407,10 +407,7 @@ impl Correlator {
     }
 
     fn hold_orphan(&mut self, o: Orphan) {
-        let key = (
-            o.seen.sender,
-            o.msg.id().expect("responses with ids only"),
-        );
+        let key = (o.seen.sender, o.msg.id().expect("responses with ids only"));
         if self.orphans_held >= MAX_ORPHANS
             && let Some(oldest) = self.pop_oldest_orphan()
         {

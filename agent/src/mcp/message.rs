@@ -406,7 +406,10 @@ impl<'de> Deserialize<'de> for Sizes {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a sequence")
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Sizes, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Sizes, A::Error> {
                 let mut total = 0u64;
                 while let Some(item) = seq.next_element::<ContentRaw<'de>>()? {
                     total += item.len();
@@ -515,10 +518,7 @@ fn parse_serde(text: &str, opts: Options) -> Result<Message<'_>, ParseError> {
 
 /// The message a typed envelope makes, with the result's text `raw_result` when payloads are
 /// kept.
-fn typed_message<'a>(
-    t: Typed<'a>,
-    raw_result: Option<Raw<'a>>,
-) -> Result<Message<'a>, ParseError> {
+fn typed_message<'a>(t: Typed<'a>, raw_result: Option<Raw<'a>>) -> Result<Message<'a>, ParseError> {
     let body = match (t.method, t.error, t.result) {
         (Some(method), ..) => Body::Call(method.0, t.params.unwrap_or_default()),
         (None, Some(err), _) => Body::Error(err),

@@ -414,7 +414,14 @@ impl Tracker {
 }
 
 impl Deliver for Tracker {
-    fn message(&mut self, cx: &mut Ctx<'_>, route: &Route, v: &View, msg: &Message<'_>, seen: Seen) {
+    fn message(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        route: &Route,
+        v: &View,
+        msg: &Message<'_>,
+        seen: Seen,
+    ) {
         let route = self.oriented(route);
         self.observe(cx, &route, v, msg, seen);
     }

@@ -197,7 +197,14 @@ impl<D: Deliver + ?Sized> At<'_, '_, D> {
     }
 
     /// Hand parsed messages to the tracker, `size` being the bytes they took on the wire.
-    pub fn deliver(&mut self, route: &Route, v: &View, parsed: &Parsed<'_>, bytes: &[u8], size: u64) {
+    pub fn deliver(
+        &mut self,
+        route: &Route,
+        v: &View,
+        parsed: &Parsed<'_>,
+        bytes: &[u8],
+        size: u64,
+    ) {
         let hash = xxh3_64(bytes);
         match parsed {
             Parsed::One(m) => {
