@@ -8,7 +8,9 @@
 //! a grace period; a view arriving after its exchange was emitted is recognised and dropped,
 //! never turned into a second exchange.
 
+use std::borrow::Borrow;
 use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
 
 use super::message::{Id, Kind, Message, Target};
 use super::transport::route::{Addrs, Side, other};
@@ -90,7 +92,7 @@ pub struct Pending {
     /// Method.
     pub method: String,
     /// What it is about.
-    pub target: Target,
+    pub target: Target<'static>,
     /// Side that sent the request.
     pub requester: Side,
     /// Hash of the request bytes.
@@ -172,11 +174,59 @@ pub struct Orphan {
     /// How it was seen (its sender is the responder).
     pub seen: Sighting,
     /// The response.
-    pub msg: Message,
+    pub msg: Message<'static>,
     /// When it arrived.
     pub since: u64,
     /// Status of the HTTP response that carried it.
     pub http_status: Option<u16>,
+}
+
+/// An exchange's key, (requester, id), with the id borrowed from a view's frame: the maps,
+/// keyed by `(Side, Id)`, are searched with it without copying the id (most views look an
+/// exchange up and keep nothing).
+pub type KeyRef<'a> = (Side, &'a str);
+
+/// A key the maps can be searched by: theirs, or a [`KeyRef`].
+trait AsKey {
+    fn key(&self) -> KeyRef<'_>;
+}
+
+impl AsKey for (Side, Id) {
+    fn key(&self) -> KeyRef<'_> {
+        (self.0, &self.1.0)
+    }
+}
+
+impl AsKey for KeyRef<'_> {
+    fn key(&self) -> KeyRef<'_> {
+        *self
+    }
+}
+
+// Hashes and compares as the owned key does (an `Arc<str>` hashes as its `str`).
+impl<'a> Borrow<dyn AsKey + 'a> for (Side, Id) {
+    fn borrow(&self) -> &(dyn AsKey + 'a) {
+        self
+    }
+}
+
+impl Hash for dyn AsKey + '_ {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.key().hash(h)
+    }
+}
+
+impl PartialEq for dyn AsKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for dyn AsKey + '_ {}
+
+/// `key` as the maps are searched by.
+fn by<'a>(key: &'a KeyRef<'a>) -> &'a (dyn AsKey + 'a) {
+    key
 }
 
 /// Completed exchanges remembered per session to absorb late views.
@@ -212,7 +262,7 @@ pub struct Correlator {
 
 impl Correlator {
     /// A request view.
-    pub fn request(&mut self, seen: Sighting, msg: &Message, addrs: Option<&Addrs>) -> Outcome {
+    pub fn request(&mut self, seen: Sighting, msg: &Message<'_>, addrs: Option<&Addrs>) -> Outcome {
         let Sighting {
             sender,
             viewer_is_sender,
@@ -220,36 +270,33 @@ impl Correlator {
             hash,
             bytes,
         } = seen;
-        let id = msg.id.clone().expect("requests have ids");
-        let key = (sender, id);
-        // The second view of a request, the commonest case, costs no more copies of its id.
-        if let Some(p) = self.open.get_mut(&key).and_then(|list| {
+        let id = msg.id.as_deref().expect("requests have ids");
+        let found = (sender, id);
+        // The second view of a request, the commonest case, costs no copy of its id.
+        if let Some(p) = self.open.get_mut(by(&found)).and_then(|list| {
             list.iter_mut()
                 .find(|p| p.req_hash == hash && p.req.get(viewer_is_sender).is_none())
         }) {
             *p.req.slot(viewer_is_sender) = Some(ts);
             return Outcome::Twin;
         }
-        let id = key.1.clone();
-        // Nearly every id has one exchange: room for one, not the default four.
-        let list = self
-            .open
-            .entry(key.clone())
-            .or_insert_with(|| VecDeque::with_capacity(1));
-        if self.recent_keys.contains_key(&key)
+        if self.recent_keys.contains_key(by(&found))
             && let Some(d) = self.recent.iter_mut().find(|d| {
                 d.requester == sender
-                    && d.id == id
+                    && *d.id.0 == *id
                     && d.req_hash == hash
                     && d.req.get(viewer_is_sender).is_none()
             })
         {
             *d.req.slot(viewer_is_sender) = Some(ts);
-            if list.is_empty() {
-                self.open.remove(&key);
-            }
             return Outcome::Late;
         }
+        let id = Id::from(id);
+        // Nearly every id has one exchange: room for one, not the default four.
+        let list = self
+            .open
+            .entry((sender, id.clone()))
+            .or_insert_with(|| VecDeque::with_capacity(1));
         let outcome = if list.is_empty() {
             Outcome::New
         } else {
@@ -262,8 +309,8 @@ impl Correlator {
         }
         let mut p = Pending {
             id: id.clone(),
-            method: msg.method.clone().unwrap_or_default(),
-            target: msg.target.clone(),
+            method: String::from(msg.method.as_deref().unwrap_or_default()),
+            target: msg.target.to_owned(),
             requester: sender,
             req_hash: hash,
             req_bytes: bytes,
@@ -281,7 +328,7 @@ impl Correlator {
         // A response that arrived before this request view belongs to it.
         let adopted = self
             .orphans
-            .remove(&(other(sender), id))
+            .remove(by(&(other(sender), &*id.0)))
             .unwrap_or_default();
         self.orphans_held -= adopted.len();
         for o in adopted {
@@ -295,7 +342,7 @@ impl Correlator {
     pub fn response(
         &mut self,
         seen: Sighting,
-        msg: &Message,
+        msg: &Message<'_>,
         now: u64,
         http_status: Option<u16>,
     ) -> Outcome {
@@ -306,11 +353,12 @@ impl Correlator {
             hash,
             bytes,
         } = seen;
-        let Some(id) = msg.id.clone() else {
+        let Some(id) = msg.id.as_deref() else {
             return Outcome::Orphan;
         };
         let requester = other(sender);
-        if let Some(list) = self.open.get_mut(&(requester, id.clone()))
+        let found = (requester, id);
+        if let Some(list) = self.open.get_mut(by(&found))
             && let Some(p) = list.iter_mut().find(|p| {
                 p.resp.get(viewer_is_sender).is_none()
                     && p.response.as_ref().is_none_or(|r| r.hash == hash)
@@ -332,16 +380,16 @@ impl Correlator {
                     http_status,
                     text_bytes: msg.result_text_bytes,
                     contents_bytes: msg.contents_bytes,
-                    result: msg.result.clone(),
+                    result: msg.result.as_deref().map(String::from),
                 });
                 p.response_seen_ns = Some(now);
             }
             return outcome;
         }
-        if self.recent_keys.contains_key(&(requester, id.clone()))
+        if self.recent_keys.contains_key(by(&found))
             && let Some(d) = self.recent.iter_mut().find(|d| {
                 d.requester == requester
-                    && d.id == id
+                    && *d.id.0 == *id
                     && d.resp_hash.is_none_or(|h| h == hash)
                     && d.resp.get(viewer_is_sender).is_none()
             })
@@ -351,7 +399,7 @@ impl Correlator {
         }
         self.hold_orphan(Orphan {
             seen,
-            msg: msg.clone(),
+            msg: msg.clone().into_owned(),
             since: now,
             http_status,
         });
@@ -359,10 +407,7 @@ impl Correlator {
     }
 
     fn hold_orphan(&mut self, o: Orphan) {
-        let key = (
-            o.seen.sender,
-            o.msg.id.clone().expect("responses with ids only"),
-        );
+        let key = (o.seen.sender, o.msg.id().expect("responses with ids only"));
         if self.orphans_held >= MAX_ORPHANS
             && let Some(oldest) = self.pop_oldest_orphan()
         {
@@ -415,8 +460,8 @@ impl Correlator {
     }
 
     /// The requester cancelled `id`.
-    pub fn cancel(&mut self, requester: Side, id: &Id, ts: u64) {
-        if let Some(list) = self.open.get_mut(&(requester, id.clone()))
+    pub fn cancel(&mut self, requester: Side, id: &str, ts: u64) {
+        if let Some(list) = self.open.get_mut(by(&(requester, id)))
             && let Some(p) = list.iter_mut().find(|p| p.cancelled_ns.is_none())
         {
             p.cancelled_ns = Some(ts);
@@ -424,8 +469,8 @@ impl Correlator {
     }
 
     /// The newest open exchange for (`requester`, `id`): the one a request just created.
-    pub fn newest_mut(&mut self, requester: Side, id: &Id) -> Option<&mut Pending> {
-        self.open.get_mut(&(requester, id.clone()))?.back_mut()
+    pub fn newest_mut(&mut self, requester: Side, id: &str) -> Option<&mut Pending> {
+        self.open.get_mut(by(&(requester, id)))?.back_mut()
     }
 
     /// Every open exchange.
@@ -451,7 +496,7 @@ impl Correlator {
     /// among all the open ones, or `only` those of one (requester, id).
     pub fn take_ready(
         &mut self,
-        only: Option<&(Side, Id)>,
+        only: Option<KeyRef<'_>>,
         mut ready: impl FnMut(&Pending) -> bool,
     ) -> Vec<Pending> {
         let mut out = Vec::new();
@@ -475,10 +520,10 @@ impl Correlator {
         match only {
             None => self.open.retain(|_, list| take(list)),
             Some(k) => {
-                if let Some(list) = self.open.get_mut(k)
+                if let Some(list) = self.open.get_mut(by(&k))
                     && !take(list)
                 {
-                    self.open.remove(k);
+                    self.open.remove(by(&k));
                 }
             }
         }
@@ -566,7 +611,7 @@ mod tests {
     use super::*;
     use crate::mcp::message::{Parsed, parse};
 
-    fn msg(s: &str) -> Message {
+    fn msg(s: &str) -> Message<'_> {
         match parse(s.as_bytes()).unwrap() {
             Parsed::One(m) => m,
             _ => unreachable!(),

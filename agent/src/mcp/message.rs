@@ -26,6 +26,12 @@ mod scan;
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Id(pub std::sync::Arc<str>);
 
+impl From<&str> for Id {
+    fn from(s: &str) -> Self {
+        Id(s.into())
+    }
+}
+
 impl fmt::Display for Id {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -41,18 +47,32 @@ pub struct PeerInfo {
     pub version: String,
 }
 
-/// What a request or notification is about.
+/// What a request or notification is about: borrowed from the frame in a [`Message`], owned
+/// (`Target<'static>`) where correlation keeps it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum Target {
+pub enum Target<'a> {
     /// Nothing in particular.
     #[default]
     None,
     /// `tools/call` params.name
-    Tool(String),
+    Tool(Cow<'a, str>),
     /// `resources/read` (and subscribe) params.uri
-    Resource(String),
+    Resource(Cow<'a, str>),
     /// `prompts/get` params.name
-    Prompt(String),
+    Prompt(Cow<'a, str>),
+}
+
+impl Target<'_> {
+    /// The same target, owning its name.
+    pub fn to_owned(&self) -> Target<'static> {
+        let own = |s: &Cow<'_, str>| Cow::Owned(String::from(&**s));
+        match self {
+            Target::None => Target::None,
+            Target::Tool(t) => Target::Tool(own(t)),
+            Target::Resource(u) => Target::Resource(own(u)),
+            Target::Prompt(n) => Target::Prompt(own(n)),
+        }
+    }
 }
 
 /// Kind of JSON-RPC message.
@@ -80,38 +100,41 @@ pub struct ToolDef {
     pub input_schema: Option<String>,
 }
 
-/// The facts of one JSON-RPC message.
+/// The facts of one JSON-RPC message, borrowed from its frame wherever the text is: most
+/// views use little past the id (the second view of a message nothing else), so what a
+/// consumer keeps it copies itself ([`Message::into_owned`], or field by field).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Message {
+pub struct Message<'a> {
     /// Kind.
     pub kind: Kind,
-    /// Id, for requests and responses (absent for notifications and `"id": null` errors).
-    pub id: Option<Id>,
+    /// Id, for requests and responses (absent for notifications and `"id": null` errors):
+    /// the raw JSON text, as [`Id`] holds it.
+    pub id: Option<Cow<'a, str>>,
     /// Method, for requests and notifications.
-    pub method: Option<String>,
+    pub method: Option<Cow<'a, str>>,
     /// Tool, resource or prompt named by the params.
-    pub target: Target,
+    pub target: Target<'a>,
     /// `result.isError == true`.
     pub is_error: bool,
     /// `error.code`.
     pub error_code: Option<i64>,
     /// `error.message`.
-    pub error_message: Option<String>,
+    pub error_message: Option<Cow<'a, str>>,
     /// `protocolVersion` of an initialize request/result, or of 2026-07-28 `_meta`.
-    pub protocol_version: Option<String>,
+    pub protocol_version: Option<Cow<'a, str>>,
     /// `clientInfo` (initialize params or `_meta`) or `serverInfo` (results).
     pub peer_info: Option<PeerInfo>,
     /// Which of the two `peer_info` is: true for serverInfo.
     pub peer_info_is_server: bool,
-    /// `notifications/cancelled` params.requestId.
-    pub cancels: Option<Id>,
+    /// `notifications/cancelled` params.requestId, raw JSON text as `id`.
+    pub cancels: Option<Cow<'a, str>>,
     /// `tools/call` and `prompts/get` params.arguments, as JSON text (kept only to check them
     /// against the tool's schema and to hash them; never exported unless `--payloads`).
-    pub arguments: Option<String>,
+    pub arguments: Option<Cow<'a, str>>,
     /// W3C `traceparent` from params._meta.
-    pub traceparent: Option<String>,
+    pub traceparent: Option<Cow<'a, str>>,
     /// W3C `tracestate` from params._meta.
-    pub tracestate: Option<String>,
+    pub tracestate: Option<Cow<'a, str>>,
     /// The tools of a `tools/list` result.
     pub tools: Option<Vec<ToolDef>>,
     /// JSON-encoded length of the text in a tool result (`content[].text`, or
@@ -120,18 +143,54 @@ pub struct Message {
     /// JSON-encoded length of a `resources/read` result's `contents[]` text and blobs.
     pub contents_bytes: Option<u64>,
     /// The whole `result`, as JSON text, when payloads are kept (`--payloads`).
-    pub result: Option<String>,
+    pub result: Option<Cow<'a, str>>,
+}
+
+/// An owned copy of a borrowed string.
+fn owned(s: Option<Cow<'_, str>>) -> Option<Cow<'static, str>> {
+    s.map(|s| Cow::Owned(s.into_owned()))
+}
+
+impl Message<'_> {
+    /// The id, as correlation keeps it.
+    pub fn id(&self) -> Option<Id> {
+        self.id.as_deref().map(Id::from)
+    }
+
+    /// The same message, owning its text (for one held beyond its frame).
+    pub fn into_owned(self) -> Message<'static> {
+        Message {
+            kind: self.kind,
+            id: owned(self.id),
+            method: owned(self.method),
+            target: self.target.to_owned(),
+            is_error: self.is_error,
+            error_code: self.error_code,
+            error_message: owned(self.error_message),
+            protocol_version: owned(self.protocol_version),
+            peer_info: self.peer_info,
+            peer_info_is_server: self.peer_info_is_server,
+            cancels: owned(self.cancels),
+            arguments: owned(self.arguments),
+            traceparent: owned(self.traceparent),
+            tracestate: owned(self.tracestate),
+            tools: self.tools,
+            result_text_bytes: self.result_text_bytes,
+            contents_bytes: self.contents_bytes,
+            result: owned(self.result),
+        }
+    }
 }
 
 /// Result of parsing one frame.
 #[derive(Debug, PartialEq, Eq)]
 // Boxing the single message would cost an allocation per message for the rare batch's sake.
 #[allow(clippy::large_enum_variant)]
-pub enum Parsed {
+pub enum Parsed<'a> {
     /// A single message.
-    One(Message),
+    One(Message<'a>),
     /// A batch (protocol 2025-03-26 only).
-    Batch(Vec<Message>),
+    Batch(Vec<Message<'a>>),
 }
 
 /// Why a frame is not a JSON-RPC message.
@@ -290,12 +349,10 @@ struct ResultFields<'a> {
     meta: Option<ResultMeta<'a>>,
     #[serde(borrow)]
     tools: Option<Vec<ToolRaw<'a>>>,
-    #[serde(borrow)]
-    content: Option<Vec<ContentRaw<'a>>>,
+    content: Option<Sizes>,
     #[serde(rename = "structuredContent", borrow)]
     structured_content: Option<Raw<'a>>,
-    #[serde(borrow)]
-    contents: Option<Vec<ContentRaw<'a>>>,
+    contents: Option<Sizes>,
 }
 
 #[derive(Deserialize)]
@@ -336,6 +393,34 @@ impl ContentRaw<'_> {
     }
 }
 
+/// The summed [`ContentRaw::len`] of a list of content items: what a result's `content` and
+/// `contents` are read for, without keeping the items (a `Vec` was an allocation a response).
+#[derive(Clone, Copy, Default)]
+struct Sizes(u64);
+
+impl<'de> Deserialize<'de> for Sizes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Items;
+        impl<'de> serde::de::Visitor<'de> for Items {
+            type Value = Sizes;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sequence")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Sizes, A::Error> {
+                let mut total = 0u64;
+                while let Some(item) = seq.next_element::<ContentRaw<'de>>()? {
+                    total += item.len();
+                }
+                Ok(Sizes(total))
+            }
+        }
+        d.deserialize_seq(Items)
+    }
+}
+
 /// `_meta` of a 2026-07-28 result (`server/discover` names the server there).
 #[derive(Deserialize, Default)]
 #[serde(default)]
@@ -355,12 +440,12 @@ pub struct Options {
 pub const PAYLOAD_LIMIT: usize = 64 * 1024;
 
 /// Parse one frame.
-pub fn parse(bytes: &[u8]) -> Result<Parsed, ParseError> {
+pub fn parse(bytes: &[u8]) -> Result<Parsed<'_>, ParseError> {
     parse_with(bytes, Options::default())
 }
 
 /// Parse one frame, keeping what `opts` asks for.
-pub fn parse_with(bytes: &[u8], opts: Options) -> Result<Parsed, ParseError> {
+pub fn parse_with(bytes: &[u8], opts: Options) -> Result<Parsed<'_>, ParseError> {
     // The whole frame must be UTF-8, as JSON requires and every SDK checks: serde_json skips
     // the strings of fields nobody reads without looking at them.
     let text = std::str::from_utf8(bytes)
@@ -390,7 +475,7 @@ pub fn parse_with(bytes: &[u8], opts: Options) -> Result<Parsed, ParseError> {
     }
 }
 
-fn parse_one(text: &str, opts: Options) -> Result<Message, ParseError> {
+fn parse_one(text: &str, opts: Options) -> Result<Message<'_>, ParseError> {
     if let Ok((t, raw_result)) = scan::envelope(text) {
         return typed_message(t, raw_result.filter(|_| opts.payloads));
     }
@@ -421,7 +506,7 @@ pub(crate) fn check_scan(bytes: &[u8]) -> bool {
 }
 
 /// What serde_json makes of one message: the reading the scan must agree with.
-fn parse_serde(text: &str, opts: Options) -> Result<Message, ParseError> {
+fn parse_serde(text: &str, opts: Options) -> Result<Message<'_>, ParseError> {
     // The result's text is only kept with payloads, and only the two-pass read has it.
     if !opts.payloads
         && let Ok(t) = serde_json::from_str::<Typed<'_>>(text)
@@ -433,7 +518,7 @@ fn parse_serde(text: &str, opts: Options) -> Result<Message, ParseError> {
 
 /// The message a typed envelope makes, with the result's text `raw_result` when payloads are
 /// kept.
-fn typed_message(t: Typed<'_>, raw_result: Option<Raw<'_>>) -> Result<Message, ParseError> {
+fn typed_message<'a>(t: Typed<'a>, raw_result: Option<Raw<'a>>) -> Result<Message<'a>, ParseError> {
     let body = match (t.method, t.error, t.result) {
         (Some(method), ..) => Body::Call(method.0, t.params.unwrap_or_default()),
         (None, Some(err), _) => Body::Error(err),
@@ -457,7 +542,7 @@ enum Body<'a> {
 
 /// Read the envelope with params and result as raw text, then each of them on its own:
 /// params or a result that do not parse are taken as absent.
-fn parse_two_pass(text: &str, opts: Options) -> Result<Message, ParseError> {
+fn parse_two_pass(text: &str, opts: Options) -> Result<Message<'_>, ParseError> {
     let env: RawEnvelope<'_> = match serde_json::from_str(text) {
         Ok(e) => e,
         Err(e) if e.is_data() => return Err(ParseError::NotJsonRpc),
@@ -482,16 +567,16 @@ fn parse_two_pass(text: &str, opts: Options) -> Result<Message, ParseError> {
 }
 
 /// The message an envelope's version, id and body make.
-fn message(
-    jsonrpc: Option<Str<'_>>,
-    id: Option<Raw<'_>>,
-    body: Body<'_>,
-) -> Result<Message, ParseError> {
+fn message<'a>(
+    jsonrpc: Option<Str<'a>>,
+    id: Option<Raw<'a>>,
+    body: Body<'a>,
+) -> Result<Message<'a>, ParseError> {
     if jsonrpc.as_deref() != Some("2.0") {
         return Err(ParseError::NotJsonRpc);
     }
     let mut msg = Message {
-        id: id.map(|r| Id(r.0.into())),
+        id: id.map(|r| Cow::Borrowed(r.0)),
         ..Message::default()
     };
     match body {
@@ -499,7 +584,7 @@ fn message(
         Body::Error(err) => {
             msg.kind = Kind::Error;
             msg.error_code = err.code;
-            msg.error_message = err.message.map(Str::into_owned);
+            msg.error_message = err.message.map(|m| m.0);
         }
         Body::Result(fields, raw) => {
             if msg.id.is_none() {
@@ -514,52 +599,45 @@ fn message(
 
 /// The facts of a request or notification: its target, identities, trace context and what
 /// the method says beyond that. Params that do not parse are taken as absent.
-fn read_call(msg: &mut Message, method: Cow<'_, str>, params: Params<'_>) {
+fn read_call<'a>(msg: &mut Message<'a>, method: Cow<'a, str>, params: Params<'a>) {
     msg.kind = if msg.id.is_some() {
         Kind::Request
     } else {
         Kind::Notification
     };
-    msg.target = target_of(&method, &params);
     if method == "initialize" {
-        msg.protocol_version = params.protocol_version.map(Str::into_owned);
+        msg.protocol_version = params.protocol_version.map(|v| v.0);
         msg.peer_info = params.client_info.map(PeerInfo::from);
     }
     if method == "tools/call" || method == "prompts/get" {
-        msg.arguments = params.arguments.map(|a| a.0.to_string());
+        msg.arguments = params.arguments.map(|a| Cow::Borrowed(a.0));
     }
     if let Some(meta) = params.meta {
-        msg.traceparent = meta.traceparent.map(Str::into_owned);
-        msg.tracestate = meta.tracestate.map(Str::into_owned);
+        msg.traceparent = meta.traceparent.map(|t| t.0);
+        msg.tracestate = meta.tracestate.map(|t| t.0);
         // Protocol 2026-07-28 has no initialize: every request says who and which version.
         if msg.protocol_version.is_none() {
-            msg.protocol_version = meta.protocol_version.map(Str::into_owned);
+            msg.protocol_version = meta.protocol_version.map(|v| v.0);
         }
         if msg.peer_info.is_none() {
             msg.peer_info = meta.client_info.map(PeerInfo::from);
         }
     }
     if method == "notifications/cancelled" {
-        msg.cancels = params.request_id.map(|r| Id(r.0.into()));
+        msg.cancels = params.request_id.map(|r| Cow::Borrowed(r.0));
     }
-    msg.method = Some(method.into_owned());
+    msg.target = target_of(&method, params.name, params.uri);
+    msg.method = Some(method);
 }
 
-/// The tool, resource or prompt that a call of `method` names in its params.
-fn target_of(method: &str, params: &Params<'_>) -> Target {
+/// The tool, resource or prompt that a call of `method` names in its params (`name`, `uri`).
+fn target_of<'a>(method: &str, name: Option<Str<'a>>, uri: Option<Str<'a>>) -> Target<'a> {
     match method {
-        "tools/call" => params
-            .name
-            .as_deref()
-            .map_or(Target::None, |n| Target::Tool(n.to_string())),
-        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => params
-            .uri
-            .as_deref()
-            .map_or(Target::None, |u| Target::Resource(u.to_string())),
-        "prompts/get" => params
-            .name
-            .as_deref()
-            .map_or(Target::None, |n| Target::Prompt(n.to_string())),
+        "tools/call" => name.map_or(Target::None, |n| Target::Tool(n.0)),
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+            uri.map_or(Target::None, |u| Target::Resource(u.0))
+        }
+        "prompts/get" => name.map_or(Target::None, |n| Target::Prompt(n.0)),
         _ => Target::None,
     }
 }
@@ -567,10 +645,10 @@ fn target_of(method: &str, params: &Params<'_>) -> Target {
 /// The facts of a successful response: `isError`, the server's identity, advertised tools,
 /// result sizes and (with `--payloads`) the result itself, `raw`. A result that is not an
 /// object still makes a response, with none of these facts.
-fn read_result(msg: &mut Message, r: ResultFields<'_>, raw: Option<Raw<'_>>) {
+fn read_result<'a>(msg: &mut Message<'a>, r: ResultFields<'a>, raw: Option<Raw<'a>>) {
     msg.kind = Kind::Response;
     msg.is_error = r.is_error == Some(true);
-    msg.protocol_version = r.protocol_version.map(Str::into_owned);
+    msg.protocol_version = r.protocol_version.map(|v| v.0);
     if let Some(info) = r.server_info.or(r.meta.and_then(|m| m.server_info)) {
         msg.peer_info = Some(info.into());
         msg.peer_info_is_server = true;
@@ -578,19 +656,18 @@ fn read_result(msg: &mut Message, r: ResultFields<'_>, raw: Option<Raw<'_>>) {
     if let Some(tools) = r.tools {
         msg.tools = Some(tools.into_iter().map(ToolDef::from).collect());
     }
-    if let Some(content) = &r.content {
-        let text: u64 = content.iter().map(ContentRaw::len).sum();
+    if let Some(Sizes(text)) = r.content {
         let structured = r.structured_content.map_or(0, |s| s.0.len() as u64);
         msg.result_text_bytes = Some(if text > 0 { text } else { structured });
     }
-    if let Some(contents) = &r.contents {
-        msg.contents_bytes = Some(contents.iter().map(ContentRaw::len).sum());
+    if let Some(Sizes(contents)) = r.contents {
+        msg.contents_bytes = Some(contents);
     }
     if let Some(Raw(raw)) = raw {
         msg.result = Some(if raw.len() <= PAYLOAD_LIMIT {
-            raw.to_string()
+            Cow::Borrowed(raw)
         } else {
-            format!("{{\"mcptap.truncated\":{}}}", raw.len())
+            Cow::Owned(format!("{{\"mcptap.truncated\":{}}}", raw.len()))
         });
     }
 }
@@ -599,7 +676,7 @@ fn read_result(msg: &mut Message, r: ResultFields<'_>, raw: Option<Raw<'_>>) {
 mod tests {
     use super::*;
 
-    fn one(s: &str) -> Message {
+    fn one(s: &str) -> Message<'_> {
         match parse(s.as_bytes()).unwrap() {
             Parsed::One(m) => m,
             other => panic!("{other:?}"),
@@ -615,9 +692,9 @@ mod tests {
         let b =
             one(r#"{"jsonrpc":"2.0","id":"s-3","method":"tools/call","params":{"name":"echo"}}"#);
         assert_eq!(a.kind, Kind::Request);
-        assert_eq!(a.id, Some(Id("3".into())));
+        assert_eq!(a.id.as_deref(), Some("3"));
         assert_eq!(a.target, Target::Tool("echo".into()));
-        assert_eq!(b.id, Some(Id("\"s-3\"".into())));
+        assert_eq!(b.id.as_deref(), Some("\"s-3\""));
         assert_eq!(b.method.as_deref(), Some("tools/call"));
         let r = one(
             r#"{"jsonrpc":"2.0","id":0,"method":"resources/read","params":{"uri":"file:///a b"}}"#,
@@ -678,7 +755,7 @@ mod tests {
             r#"{"method":"notifications/cancelled","params":{"requestId":7,"reason":"x"},"jsonrpc":"2.0"}"#,
         );
         assert_eq!(n.kind, Kind::Notification);
-        assert_eq!(n.cancels, Some(Id("7".into())));
+        assert_eq!(n.cancels.as_deref(), Some("7"));
         match parse(br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"notifications/initialized"}]"#).unwrap() {
             Parsed::Batch(v) => {
                 assert_eq!(v.len(), 2);

@@ -387,7 +387,7 @@ impl Tracker {
             for p in st.corr.open_iter() {
                 if let (message::Target::Tool(t), None) = (&p.target, &p.response) {
                     let server = Self::server_of(st, procs);
-                    *out.entry((t.clone(), server)).or_insert(0) += 1;
+                    *out.entry((t.to_string(), server)).or_insert(0) += 1;
                 }
             }
         }
@@ -417,7 +417,14 @@ impl Tracker {
 }
 
 impl Deliver for Tracker {
-    fn message(&mut self, cx: &mut Ctx<'_>, route: &Route, v: &View, msg: &Message, seen: Seen) {
+    fn message(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        route: &Route,
+        v: &View,
+        msg: &Message<'_>,
+        seen: Seen,
+    ) {
         let route = self.oriented(route);
         self.observe(cx, &route, v, msg, seen);
     }

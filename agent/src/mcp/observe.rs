@@ -1,9 +1,9 @@
 //! One view of one message: what it says of the session's ends, then correlation (requests,
 //! responses) or reporting (notifications).
 
-use super::correlate::{Derived, Outcome, Sighting};
+use super::correlate::{Derived, KeyRef, Outcome, Sighting};
 use super::derive::{self, Advertised, Repeats, ToolBook};
-use super::message::{self, Id, Kind, Message, Target};
+use super::message::{self, Kind, Message, Target};
 use super::report;
 use super::session::Session;
 use super::transport::Seen;
@@ -18,7 +18,7 @@ impl Tracker {
         cx: &mut Ctx<'_>,
         route: &Route,
         v: &View,
-        msg: &Message,
+        msg: &Message<'_>,
         seen: Seen,
     ) {
         self.stats.views += 1;
@@ -41,7 +41,7 @@ impl Tracker {
         // wait for the tick (looking at all of them per message would cost a flood of open
         // requests dearly).
         if let Some(t) = touched(msg, route.sender) {
-            self.emit_ready_for(&route.key, Some(&t), cx);
+            self.emit_ready_for(&route.key, Some(t), cx);
         }
         if self.states.len() > self.cfg.max_sessions || self.pending_estimate > self.cfg.max_pending
         {
@@ -49,7 +49,7 @@ impl Tracker {
         }
     }
 
-    fn request(&mut self, cx: &mut Ctx<'_>, route: &Route, msg: &Message, seen: Sighting) {
+    fn request(&mut self, cx: &mut Ctx<'_>, route: &Route, msg: &Message<'_>, seen: Sighting) {
         let st = self.states.get_mut(&route.key).expect("made by observe");
         let outcome = st.corr.request(seen, msg, route.addrs.as_ref());
         if outcome == Outcome::Late {
@@ -65,7 +65,7 @@ impl Tracker {
         }
         if matches!(outcome, Outcome::New | Outcome::DuplicateId) {
             self.pending_estimate += 1;
-            let id = msg.id.clone().expect("requests have ids");
+            let id = msg.id.as_deref().expect("requests have ids");
             let derived = derive_request(
                 &mut self.book,
                 st.tools.as_ref(),
@@ -74,13 +74,13 @@ impl Tracker {
                 self.cfg.payloads,
             );
             self.stats.bad_schemas = self.book.bad_schemas;
-            if let Some(p) = st.corr.newest_mut(seen.sender, &id) {
+            if let Some(p) = st.corr.newest_mut(seen.sender, id) {
                 p.derived = derived;
             }
             if msg.method.as_deref() == Some("initialize") {
                 st.handshake = Some(Handshake {
                     start_ns: seen.ts,
-                    requested: msg.protocol_version.clone(),
+                    requested: msg.protocol_version.as_deref().map(String::from),
                     answered: None,
                     initialized_ns: None,
                     done: false,
@@ -90,19 +90,15 @@ impl Tracker {
         if outcome == Outcome::DuplicateId {
             self.stats.duplicate_ids += 1;
             let what = What::DuplicateId {
-                id: msg
-                    .id
-                    .as_ref()
-                    .map(|i| String::from(&*i.0))
-                    .unwrap_or_default(),
-                method: msg.method.clone().unwrap_or_default(),
+                id: String::from(msg.id.as_deref().unwrap_or_default()),
+                method: String::from(msg.method.as_deref().unwrap_or_default()),
             };
             cx.out
                 .push(report::session_event(st, cx.procs, cx.clock, seen.ts, what));
         }
     }
 
-    fn response(&mut self, cx: &mut Ctx<'_>, route: &Route, msg: &Message, seen: Sighting) {
+    fn response(&mut self, cx: &mut Ctx<'_>, route: &Route, msg: &Message<'_>, seen: Sighting) {
         let st = self.states.get_mut(&route.key).expect("made by observe");
         if msg.id.is_none() {
             // e.g. -32700 parse errors: nothing to correlate with. Reported from one view.
@@ -141,7 +137,7 @@ impl Tracker {
         }
     }
 
-    fn notification(&mut self, cx: &mut Ctx<'_>, route: &Route, msg: &Message, seen: Sighting) {
+    fn notification(&mut self, cx: &mut Ctx<'_>, route: &Route, msg: &Message<'_>, seen: Sighting) {
         let now = self.now;
         let st = self.states.get_mut(&route.key).expect("made by observe");
         if !st.first_view(seen.sender, seen.viewer_is_sender, seen.hash, now) {
@@ -162,7 +158,7 @@ impl Tracker {
             ts_ns: cx.clock.wall_ns(seen.ts),
             transport: s.transport,
             session: s.label(cx.procs),
-            method: msg.method.clone().unwrap_or_default(),
+            method: String::from(msg.method.as_deref().unwrap_or_default()),
             from,
             tls: s.tls,
             client: s.endpoint(c, cx.procs),
@@ -191,7 +187,7 @@ fn initialized(st: &mut State, cx: &mut Ctx<'_>, ts: u64) {
 
 /// What a message says of its session: the roles its method implies, the peer's info, the
 /// protocol version, TLS.
-fn learn(s: &mut Session, route: &Route, v: &View, msg: &Message) {
+fn learn(s: &mut Session, route: &Route, v: &View, msg: &Message<'_>) {
     let sender = route.sender;
     s.tls |= v.tls;
     if v.http.is_some() {
@@ -220,17 +216,17 @@ fn learn(s: &mut Session, route: &Route, v: &View, msg: &Message) {
         // The initialize result's version is the negotiated one; a request's is a proposal
         // that a result may override.
         if msg.kind == Kind::Response || s.protocol_version.is_none() {
-            s.protocol_version = Some(pv.clone());
+            s.protocol_version = Some(String::from(&**pv));
         }
     }
 }
 
 /// The exchange a message can have completed: (requester, id).
-fn touched(msg: &Message, sender: Side) -> Option<(Side, Id)> {
+fn touched<'m>(msg: &'m Message<'_>, sender: Side) -> Option<KeyRef<'m>> {
     match msg.kind {
-        Kind::Request => msg.id.clone().map(|id| (sender, id)),
-        Kind::Response | Kind::Error => msg.id.clone().map(|id| (other(sender), id)),
-        Kind::Notification => msg.cancels.clone().map(|id| (sender, id)),
+        Kind::Request => msg.id.as_deref().map(|id| (sender, id)),
+        Kind::Response | Kind::Error => msg.id.as_deref().map(|id| (other(sender), id)),
+        Kind::Notification => msg.cancels.as_deref().map(|id| (sender, id)),
     }
 }
 
@@ -239,14 +235,14 @@ fn derive_request(
     book: &mut ToolBook,
     tools: Option<&Advertised>,
     repeats: &mut Repeats,
-    msg: &Message,
+    msg: &Message<'_>,
     payloads: bool,
 ) -> Derived {
     let method = msg.method.as_deref().unwrap_or("");
-    let id = msg.id.as_ref().map(|i| &*i.0).unwrap_or("");
+    let id = msg.id.as_deref().unwrap_or("");
     let mut d = Derived {
-        traceparent: msg.traceparent.clone(),
-        tracestate: msg.tracestate.clone(),
+        traceparent: msg.traceparent.as_deref().map(String::from),
+        tracestate: msg.tracestate.as_deref().map(String::from),
         ..Derived::default()
     };
     match &msg.target {
@@ -267,7 +263,7 @@ fn derive_request(
     if payloads {
         d.arguments = msg.arguments.as_ref().map(|a| {
             if a.len() <= message::PAYLOAD_LIMIT {
-                a.clone()
+                String::from(&**a)
             } else {
                 format!("{{\"mcptap.truncated\":{}}}", a.len())
             }

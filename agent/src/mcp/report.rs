@@ -1,8 +1,8 @@
 //! What the tracker reports: finished exchanges (once every view that can arrive has), the
 //! handshake, session starts, and the events about a session.
 
-use super::correlate::Pending;
-use super::message::{Id, Kind, Target};
+use super::correlate::{KeyRef, Pending};
+use super::message::{Kind, Target};
 use super::session::Session;
 use super::transport::route::{Side, other};
 use super::{GIVE_UP_FACTOR, State, Tracker, TrackerConfig, client_method, ms, privacy};
@@ -66,7 +66,7 @@ impl Tracker {
     pub(super) fn emit_ready_for(
         &mut self,
         key: &super::SessionKey,
-        only: Option<&(Side, Id)>,
+        only: Option<KeyRef<'_>>,
         cx: &mut Ctx<'_>,
     ) {
         let (cfg, now) = (&self.cfg, self.now);
@@ -321,12 +321,15 @@ fn requester_role(s: &mut Session, procs: &Processes, p: &Pending) -> (Role, Sid
 }
 
 /// What the exchange was about: (tool, resource URI, prompt); URIs are trimmed unless asked.
-fn target_fields(t: Target, full_uris: bool) -> (Option<String>, Option<String>, Option<String>) {
+fn target_fields(
+    t: Target<'static>,
+    full_uris: bool,
+) -> (Option<String>, Option<String>, Option<String>) {
     match t {
-        Target::Tool(t) => (Some(t), None, None),
-        Target::Resource(u) if full_uris => (None, Some(u), None),
+        Target::Tool(t) => (Some(t.into_owned()), None, None),
+        Target::Resource(u) if full_uris => (None, Some(u.into_owned()), None),
         Target::Resource(u) => (None, Some(privacy::trim_uri(&u).into_owned()), None),
-        Target::Prompt(n) => (None, None, Some(n)),
+        Target::Prompt(n) => (None, None, Some(n.into_owned())),
         Target::None => (None, None, None),
     }
 }

@@ -93,7 +93,7 @@ impl Tracker {
                 id,
                 elapsed_ms: ms(elapsed),
                 tool: match target {
-                    Target::Tool(t) => Some(t),
+                    Target::Tool(t) => Some(t.into_owned()),
                     _ => None,
                 },
                 server_name: server_identity(&st.session, server, cx.procs),
@@ -292,12 +292,7 @@ fn expire_orphans(st: &mut State, cx: &mut Ctx<'_>, now: u64, grace: u64) -> u64
     let gone = st.corr.expire_orphans(now, grace);
     for o in &gone {
         let what = What::OrphanResponse {
-            id: o
-                .msg
-                .id
-                .as_ref()
-                .map(|i| String::from(&*i.0))
-                .unwrap_or_default(),
+            id: String::from(o.msg.id.as_deref().unwrap_or_default()),
         };
         cx.out.push(report::session_event(
             st, cx.procs, cx.clock, o.seen.ts, what,

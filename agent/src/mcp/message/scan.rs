@@ -11,8 +11,8 @@
 //! field's, and a structure written as an array (serde_json reads a struct from a sequence).
 
 use super::{
-    ContentRaw, Envelope, ErrorObject, Info, Meta, Params, Raw, ResultFields, ResultMeta, Str,
-    ToolRaw, Typed,
+    ContentRaw, Envelope, ErrorObject, Info, Meta, Params, Raw, ResultFields, ResultMeta, Sizes,
+    Str, ToolRaw, Typed,
 };
 use crate::wire::jscan::{Cursor, JsonStr, Refused, Scan};
 
@@ -154,9 +154,9 @@ fn result<'a>(c: &mut Cursor<'a>, r: &mut ResultFields<'a>) -> Scan<()> {
             once(&mut r.meta, m)
         }
         "tools" => once(&mut r.tools, list(c, tool)?),
-        "content" => once(&mut r.content, list(c, content)?),
+        "content" => once(&mut r.content, sizes(c)?),
         "structuredContent" => once(&mut r.structured_content, raw(c)?),
-        "contents" => once(&mut r.contents, list(c, content)?),
+        "contents" => once(&mut r.contents, sizes(c)?),
         _ => skip(c),
     })
 }
@@ -169,6 +169,16 @@ fn list<'a, T>(c: &mut Cursor<'a>, item: fn(&mut Cursor<'a>) -> Scan<T>) -> Scan
         Ok(())
     })?;
     Ok(v)
+}
+
+/// A list of content items, as their summed sizes.
+fn sizes(c: &mut Cursor<'_>) -> Scan<Sizes> {
+    let mut total = 0;
+    c.array(|c| {
+        total += content(c)?.len();
+        Ok(())
+    })?;
+    Ok(Sizes(total))
 }
 
 /// One tool of a `tools/list` result; its name is required.

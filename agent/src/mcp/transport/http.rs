@@ -50,19 +50,19 @@ impl Holds for McpConn {
     }
 }
 
-fn ids_of(parsed: &Parsed, want: impl Fn(&Message) -> bool) -> Vec<Id> {
-    let one = |m: &Message| want(m).then(|| m.id.clone()).flatten();
+fn ids_of(parsed: &Parsed<'_>, want: impl Fn(&Message<'_>) -> bool) -> Vec<Id> {
+    let one = |m: &Message<'_>| want(m).then(|| m.id()).flatten();
     match parsed {
         Parsed::One(m) => one(m).into_iter().collect(),
         Parsed::Batch(ms) => ms.iter().filter_map(one).collect(),
     }
 }
 
-fn request_ids(parsed: &Parsed) -> Vec<Id> {
+fn request_ids(parsed: &Parsed<'_>) -> Vec<Id> {
     ids_of(parsed, |m| m.kind == Kind::Request)
 }
 
-fn response_ids(parsed: &Parsed) -> Vec<Id> {
+fn response_ids(parsed: &Parsed<'_>) -> Vec<Id> {
     ids_of(parsed, |m| matches!(m.kind, Kind::Response | Kind::Error))
 }
 
@@ -420,7 +420,7 @@ fn done<D: Deliver + ?Sized>(c: &mut ConnAt<'_>, at: &mut At<'_, '_, D>, txn: &T
     for id in ids.into_iter().filter(|id| !answered.contains(id)) {
         let msg = Message {
             kind: Kind::Error,
-            id: Some(id.clone()),
+            id: Some(std::borrow::Cow::Borrowed(&id.0)),
             ..Message::default()
         };
         let hash = xxh3_64(format!("http {status} {}", id.0).as_bytes());

@@ -51,7 +51,7 @@ pub struct Seen {
 /// Where the bindings hand what they find: the tracker.
 pub trait Deliver {
     /// One view of one message.
-    fn message(&mut self, cx: &mut Ctx<'_>, route: &Route, v: &View, msg: &Message, seen: Seen);
+    fn message(&mut self, cx: &mut Ctx<'_>, route: &Route, v: &View, msg: &Message<'_>, seen: Seen);
     /// A frame on an MCP stream that is not a message; false when it is the other side's
     /// view of one already reported.
     fn stray(&mut self, cx: &mut Ctx<'_>, route: &Route, v: &View, hash: u64) -> bool;
@@ -197,7 +197,14 @@ impl<D: Deliver + ?Sized> At<'_, '_, D> {
     }
 
     /// Hand parsed messages to the tracker, `size` being the bytes they took on the wire.
-    pub fn deliver(&mut self, route: &Route, v: &View, parsed: &Parsed, bytes: &[u8], size: u64) {
+    pub fn deliver(
+        &mut self,
+        route: &Route,
+        v: &View,
+        parsed: &Parsed<'_>,
+        bytes: &[u8],
+        size: u64,
+    ) {
         let hash = xxh3_64(bytes);
         match parsed {
             Parsed::One(m) => {

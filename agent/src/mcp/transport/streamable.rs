@@ -22,8 +22,8 @@ pub fn may_be_mcp(method: &str, h: &Headers) -> bool {
 
 /// Whether a request body must wait for its response's head: an initialize whose session is
 /// not named yet (the response assigns it).
-pub fn held_for_session(parsed: &Parsed, named: bool, answered: bool) -> bool {
-    let one = |m: &Message| m.method.as_deref() == Some("initialize");
+pub fn held_for_session(parsed: &Parsed<'_>, named: bool, answered: bool) -> bool {
+    let one = |m: &Message<'_>| m.method.as_deref() == Some("initialize");
     let initialize = match parsed {
         Parsed::One(m) => one(m),
         Parsed::Batch(ms) => ms.iter().any(one),
