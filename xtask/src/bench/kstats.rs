@@ -41,6 +41,9 @@ impl Snapshot {
     pub fn of(pid: u32) -> Snapshot {
         let at = Instant::now();
         let (mut run_time_ns, mut run_cnt) = (0, 0);
+        // A loader may hold two fds of one program (mcptap keeps its own beside aya's): each
+        // program counts once, by its id.
+        let mut seen = std::collections::HashSet::new();
         let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
             .into_iter()
             .flatten();
@@ -61,6 +64,9 @@ impl Snapshot {
                     .and_then(|v| v.trim().parse().ok())
                     .unwrap_or(0)
             };
+            if !seen.insert(field("prog_id:")) {
+                continue;
+            }
             run_time_ns += field("run_time_ns:");
             run_cnt += field("run_cnt:");
         }
