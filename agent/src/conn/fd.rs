@@ -120,7 +120,7 @@ pub struct SocketEnds {
     pub remote_bound: bool,
     /// `local` and `remote` as text, formatted once per socket and only when asked (see
     /// [`SocketEnds::text`]).
-    text: std::cell::OnceCell<(std::sync::Arc<str>, std::sync::Arc<str>)>,
+    text: std::cell::OnceCell<(String, String)>,
 }
 
 impl SocketEnds {
@@ -141,12 +141,9 @@ impl SocketEnds {
     /// is named by them on every message, and formatting two addresses cost more than the
     /// rest of the message's pipeline.
     pub fn text(&self) -> (&str, &str) {
-        let (l, r) = self.text.get_or_init(|| {
-            (
-                self.local.to_string().into(),
-                self.remote.to_string().into(),
-            )
-        });
+        let (l, r) = self
+            .text
+            .get_or_init(|| (self.local.to_string(), self.remote.to_string()));
         (l, r)
     }
 
@@ -420,6 +417,8 @@ impl<S, C: ?Sized> FdTable<S, C> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn ipv4_text_writes_what_display_writes() {
         for raw in [
@@ -429,11 +428,9 @@ mod tests {
             [192, 168, 20, 99],
         ] {
             let ip = std::net::Ipv4Addr::from(raw);
-            assert_eq!(super::ipv4_text(&ip), ip.to_string());
+            assert_eq!(ipv4_text(&ip), ip.to_string());
         }
     }
-
-    use super::*;
 
     /// Every fd and stream held costs these (plus the layers' own per-stream state): they
     /// stay small, the rare parts boxed.
