@@ -123,6 +123,18 @@ pub struct OutputArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 300.0, value_parser = parse_seconds, global = true)]
     pub task_idle: f64,
 
+    /// How often the processes that serve MCP are sampled from /proc (CPU, resident memory,
+    /// open fds and their limit, threads) for the `mcp_server_process_*` metrics and the
+    /// `server_process` JSON lines: seconds, or with a unit (`500ms`, `15s`, `1m`); `off`
+    /// never samples. Exits are seen at once either way (`mcp_server_up`).
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_interval, global = true)]
+    pub process_interval: f64,
+
+    /// A server name no process has served for this long is forgotten: its
+    /// `mcp_server_up` series (0 since its last exit) and restart count go.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_seconds, global = true)]
+    pub server_forget: f64,
+
     /// Include argument and result values in JSON lines and spans. Off by default: values
     /// never leave the host unless asked for, and even then secrets are redacted: the values
     /// of keys that look like secrets (password, token, secret, authorization, key, api key,
@@ -310,11 +322,33 @@ fn parse_ring(s: &str) -> Result<u32, String> {
     Ok(v as u32)
 }
 
+/// Seconds: a plain number, or a number with a unit (`us`, `ms`, `s`, `m`, `h`).
 fn parse_seconds(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
-        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    let t = s.trim();
+    let (num, scale) = [
+        ("us", 1e-6),
+        ("ms", 1e-3),
+        ("s", 1.0),
+        ("m", 60.0),
+        ("h", 3600.0),
+    ]
+    .iter()
+    .find_map(|(unit, scale)| t.strip_suffix(unit).map(|n| (n, *scale)))
+    .unwrap_or((t, 1.0));
+    match num.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && (v * scale).is_finite() => Ok(v * scale),
+        _ => Err(format!(
+            "{s:?} is not a positive duration: seconds (`15`, `0.5`) or with a unit (`250ms`, `90s`, `5m`, `1h`)"
+        )),
     }
+}
+
+/// A sampling interval: a duration, or `off` (0: never).
+fn parse_interval(s: &str) -> Result<f64, String> {
+    if s.trim() == "off" {
+        return Ok(0.0);
+    }
+    parse_seconds(s)
 }
 
 impl OutputArgs {
@@ -348,6 +382,27 @@ mod tests {
         assert!(parse_ring("3M").is_err());
         assert!(parse_ring("1K").is_err());
         assert_eq!(parse_ring("8M"), Ok(8 << 20));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_seconds("15"), Ok(15.0));
+        assert_eq!(parse_seconds("0.5"), Ok(0.5));
+        assert_eq!(parse_seconds("250ms"), Ok(0.25));
+        assert_eq!(parse_seconds("90s"), Ok(90.0));
+        assert_eq!(parse_seconds("5m"), Ok(300.0));
+        assert_eq!(parse_seconds("1h"), Ok(3600.0));
+        assert_eq!(parse_seconds("1us"), Ok(1e-6));
+        for bad in ["0", "-1s", "soon", "ms", "5 parsecs", "inf"] {
+            assert!(parse_seconds(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_interval("off"), Ok(0.0));
+        assert_eq!(parse_interval("1s"), Ok(1.0));
+        let c = Cli::try_parse_from(["mcptap"]).unwrap();
+        assert_eq!(
+            (c.output.process_interval, c.output.server_forget),
+            (15.0, 3600.0)
+        );
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //!    routes; every route is built in [`mcp::transport::route`].
 //! 5. [`mcp`]: correlation, sessions and what is derived from them, in the [`mcp::Tracker`].
 //! 6. [`signal`]: the one model of what is reported (exchanges, notifications, typed
-//!    events) and the processes it names.
+//!    events) and the processes it names. Above the stages that make signals sit
+//!    [`agentic`] (model calls joined to the exchanges they caused) and [`health`] (the
+//!    processes that serve MCP: what they use, whether each server is up).
 //! 7. [`enrich`]: pods and containers, a value handed to the outputs.
 //! 8. [`output`]: console, JSON lines, the metrics (`/metrics`) and OTLP, all behind
 //!    [`signal::Sink`], shared by live capture and replay.
@@ -32,6 +34,7 @@ pub mod conn;
 pub mod enrich;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod health;
 pub mod llm;
 pub mod mcp;
 pub mod output;

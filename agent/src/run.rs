@@ -62,6 +62,8 @@ fn pipeline_config(output: &OutputArgs, clock: ClockAnchor) -> PipelineConfig {
     cfg.tracker.response_timeout_ns = (output.response_timeout * 1e9) as u64;
     cfg.tracker.payloads = output.payloads;
     cfg.agentic.task_idle_ns = (output.task_idle * 1e9) as u64;
+    cfg.health.interval_ns = (output.process_interval * 1e9) as u64;
+    cfg.health.forget_ns = (output.server_forget * 1e9) as u64;
     cfg.clock = clock;
     cfg
 }
@@ -316,7 +318,9 @@ impl Live {
         self.health.beat();
         if self.last_tick.elapsed() >= TICK {
             self.last_tick = Instant::now();
-            self.pipeline.tick(monotonic_ns());
+            let now = monotonic_ns();
+            self.pipeline.tick(now);
+            self.pipeline.sample_processes(&mut self.host, now);
         }
         let full = force || self.last_counters.elapsed() >= COUNTERS_EVERY;
         if full {

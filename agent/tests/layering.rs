@@ -39,6 +39,8 @@ fn place(module: &str) -> Place {
         ("mcp", 5),
         // Model calls joined to the MCP exchanges they caused: above both.
         ("agentic", 6),
+        // The processes that serve MCP, followed from the signals that name them.
+        ("health", 6),
         ("enrich", 7),
         ("output", 8),
     ];

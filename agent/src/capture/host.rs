@@ -43,6 +43,22 @@ impl ProcInfo {
     }
 }
 
+/// What a process is using, read from `/proc/PID` (stat, fd, limits).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessUsage {
+    /// CPU time, user and system, in seconds since the process started.
+    pub cpu_seconds: f64,
+    /// Resident memory in bytes.
+    pub resident_bytes: u64,
+    /// Open file descriptors.
+    pub open_fds: u64,
+    /// The soft limit on open file descriptors (`RLIMIT_NOFILE`); absent when unlimited or
+    /// unreadable.
+    pub max_fds: Option<u64>,
+    /// Threads.
+    pub threads: u64,
+}
+
 /// What kind of inode a holder holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -73,6 +89,11 @@ pub trait Host {
     fn tls_library(&mut self, _pid: u32) -> Option<crate::signal::TlsLibrary> {
         None
     }
+    /// What process `pid` uses now, if it is still the process that started at
+    /// `start_time` (0: whichever it is). Not recorded: a replay knows none.
+    fn usage(&mut self, _pid: u32, _start_time: u64) -> Option<ProcessUsage> {
+        None
+    }
 }
 
 /// What the TLS probes found in each process, shared by the probes (which fill it) and the
@@ -90,6 +111,32 @@ impl Host for NoHost {
     fn holders(&mut self, _kind: HolderKind, _inode: u64) -> Vec<Holder> {
         Vec::new()
     }
+}
+
+/// Read what process `pid` uses from /proc (four small files): `None` when it is gone, or
+/// the pid now names a process that started at another time than `start_time`.
+pub fn proc_usage(pid: u32, start_time: u64) -> Option<ProcessUsage> {
+    use procfs::process::LimitValue;
+    let p = procfs::process::Process::new(pid as i32).ok()?;
+    let stat = p.stat().ok()?;
+    if start_time != 0 && stat.starttime != start_time {
+        return None;
+    }
+    let ticks = procfs::ticks_per_second().max(1) as f64;
+    let max_fds = p
+        .limits()
+        .ok()
+        .and_then(|l| match l.max_open_files.soft_limit {
+            LimitValue::Value(n) => Some(n),
+            LimitValue::Unlimited => None,
+        });
+    Some(ProcessUsage {
+        cpu_seconds: (stat.utime + stat.stime) as f64 / ticks,
+        resident_bytes: stat.rss.saturating_mul(procfs::page_size()),
+        open_fds: p.fd_count().ok()? as u64,
+        max_fds,
+        threads: stat.num_threads.max(0) as u64,
+    })
 }
 
 /// Most pipe and socket inodes one scan of `/proc/*/fd` indexes: a host with millions of
@@ -207,6 +254,10 @@ fn fd_writes(pid: u32, fd: &str) -> bool {
 impl Host for ProcHost {
     fn tls_library(&mut self, pid: u32) -> Option<crate::signal::TlsLibrary> {
         self.tls_libraries.borrow().get(&pid).copied()
+    }
+
+    fn usage(&mut self, pid: u32, start_time: u64) -> Option<ProcessUsage> {
+        proc_usage(pid, start_time)
     }
 
     fn process(&mut self, pid: u32) -> Option<ProcInfo> {

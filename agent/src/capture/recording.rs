@@ -259,6 +259,10 @@ impl<H: Host, W: Write> Host for RecordingHost<'_, H, W> {
         self.inner.tls_library(pid)
     }
 
+    fn usage(&mut self, pid: u32, start_time: u64) -> Option<crate::capture::host::ProcessUsage> {
+        self.inner.usage(pid, start_time)
+    }
+
     fn holders(&mut self, kind: HolderKind, inode: u64) -> Vec<Holder> {
         let holders = self.inner.holders(kind, inode);
         if let Err(e) = self.out.holders(&Holders {

@@ -149,6 +149,9 @@ struct State {
     started: bool,
     /// Exchanges reported.
     exchanges: u64,
+    /// Of them, those that failed (errors, tool errors, no response); u32 keeps the state
+    /// in its size class.
+    errors: u32,
     /// Its sides are the other way round from its key's order (it was renamed).
     flip: bool,
 }
@@ -164,7 +167,20 @@ impl State {
             handshake: None,
             started: false,
             exchanges: 0,
+            errors: 0,
             flip: false,
+        }
+    }
+
+    /// One more exchange of this session reported, ending as `status`.
+    fn count_exchange(&mut self, status: crate::signal::Status) {
+        use crate::signal::Status;
+        self.exchanges += 1;
+        if matches!(
+            status,
+            Status::Error | Status::ToolError | Status::NoResponse
+        ) {
+            self.errors = self.errors.saturating_add(1);
         }
     }
 
@@ -446,6 +462,25 @@ impl Deliver for Tracker {
 
     fn session_renamed(&mut self, old: &SessionKey, new: &SessionKey) {
         self.rename(old, new);
+    }
+
+    fn http_request(&mut self, cx: &mut Ctx<'_>, route: &Route, seen: &transport::HttpSeen<'_>) {
+        let route = self.oriented(route);
+        let mut unknown;
+        let session = match self.states.get_mut(&route.key) {
+            Some(st) => &mut st.session,
+            None => {
+                // No message of it was seen (a refused GET, a DELETE after the end): its
+                // ends as this view names them, and no session is made for it.
+                unknown = Session::new(&route, seen.start_ns);
+                unknown.ends[route.viewer].pid = Some(route.viewer_pid);
+                unknown.ends[other(route.viewer)].pid = route.peer_pid;
+                &mut unknown
+            }
+        };
+        if let Some(s) = report::http_request(session, cx.procs, cx.clock, &route, seen) {
+            cx.out.push(s);
+        }
     }
 }
 

@@ -59,8 +59,8 @@ impl Tracker {
         for p in st.corr.take_evicted() {
             self.stats.evicted_pending += 1;
             self.stats.exchanges += 1;
-            st.exchanges += 1;
             let rec = report::exchange(&mut st.session, cx.procs, p, &self.cfg, cx.clock);
+            st.count_exchange(rec.status);
             cx.out.push(Signal::Exchange(rec));
         }
         if matches!(outcome, Outcome::New | Outcome::DuplicateId) {

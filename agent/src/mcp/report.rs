@@ -90,7 +90,7 @@ impl Tracker {
             let first_seen = p.first_seen();
             let rec = exchange(&mut st.session, cx.procs, p, cfg, cx.clock);
             self.stats.exchanges += 1;
-            st.exchanges += 1;
+            st.count_exchange(rec.status);
             push_started(st, cx.procs, cx.clock, first_seen, cx.out);
             let initialize = rec.method == "initialize";
             let (status, duration) = (rec.status, rec.timing.duration_ms);
@@ -178,6 +178,40 @@ pub(super) fn unfinished_handshake(
         requested: h.requested.clone(),
     };
     Some(handshake_event(st, procs, clock, ts, outcome))
+}
+
+/// An HTTP request of a session's connection, once: from the server's view when the server
+/// is watched, else from the client's.
+pub(super) fn http_request(
+    s: &mut Session,
+    procs: &Processes,
+    clock: ClockAnchor,
+    route: &super::Route,
+    seen: &super::transport::HttpSeen<'_>,
+) -> Option<Signal> {
+    let server = s.side_with_role(Role::Server, procs, route.sender);
+    let client = other(server);
+    let seen_by = if route.viewer == server {
+        Role::Server
+    } else {
+        Role::Client
+    };
+    if seen_by == Role::Client && s.ends[server].observed {
+        return None;
+    }
+    let req = signal::health::HttpRequest {
+        ts_ns: clock.wall_ns(seen.start_ns),
+        transport: s.transport,
+        session: s.label(procs),
+        http_method: seen.method.to_string(),
+        endpoint: signal::health::endpoint_of(seen.target),
+        http_status: seen.status,
+        duration_ms: ms(seen.end_ns.saturating_sub(seen.start_ns)),
+        seen_by,
+        client: s.endpoint(client, procs),
+        server: s.endpoint(server, procs),
+    };
+    Some(Signal::Http(Box::new(req)))
 }
 
 /// An event about a session, labelled with it.

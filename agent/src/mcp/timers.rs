@@ -277,6 +277,7 @@ fn session_end(
         reason,
         duration_ms: ms(end.saturating_sub(s.started_ns)),
         exchanges: st.exchanges,
+        errors: u64::from(st.errors),
         client_observed: s.ends[c].observed,
         server_observed: s.ends[other(c)].observed,
         client: s.endpoint(c, procs),

@@ -36,9 +36,10 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-/// Render one signal as a console line (without the newline).
-pub fn render(signal: &Signal) -> String {
-    match signal {
+/// Render one signal as a console line (without the newline); none for what is only
+/// counted (HTTP requests, the health stage's samples).
+pub fn render(signal: &Signal) -> Option<String> {
+    Some(match signal {
         Signal::Exchange(x) => {
             let time = &rfc3339_micros(x.ts_ns)[11..];
             let target = x
@@ -91,7 +92,8 @@ pub fn render(signal: &Signal) -> String {
             }
             line
         }
-    }
+        Signal::Http(_) | Signal::Servers(_) => return None,
+    })
 }
 
 /// A model call: who called which model, in which task and turn, how it ended, what it
@@ -145,7 +147,10 @@ impl Console {
 
 impl Sink for Console {
     fn emit(&mut self, signal: &Signal) {
-        if let Err(e) = writeln!(self.out, "{}", render(signal)) {
+        let Some(line) = render(signal) else {
+            return;
+        };
+        if let Err(e) = writeln!(self.out, "{line}") {
             self.failed(e);
         }
     }
@@ -171,7 +176,7 @@ mod tests {
             tool: Some("evil\u{1b}[2J\u{7}\u{9b}31m".into()),
             ..Default::default()
         };
-        let line = render(&Signal::Exchange(x));
+        let line = render(&Signal::Exchange(x)).unwrap();
         assert!(!line.chars().any(char::is_control), "{line:?}");
         assert!(line.contains("evil\\u{1b}[2J"), "{line}");
         assert_eq!(escape("plain/tool-name"), "plain/tool-name");

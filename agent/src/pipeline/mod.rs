@@ -25,6 +25,7 @@ use crate::capture::host::{Host, NoHost};
 use crate::capture::recording::ClockAnchor;
 use crate::capture::{ProcessNote, Record, RecordKind};
 use crate::conn::{self, Conns};
+use crate::health::{self, Health};
 use crate::llm;
 use crate::mcp::transport;
 use crate::mcp::{Tracker, TrackerConfig};
@@ -55,6 +56,8 @@ pub struct PipelineConfig {
     pub clock: ClockAnchor,
     /// The agentic layer's settings.
     pub agentic: agentic::Config,
+    /// The server health stage's settings.
+    pub health: health::Config,
 }
 
 impl Default for PipelineConfig {
@@ -68,6 +71,7 @@ impl Default for PipelineConfig {
             raw_session_ids: false,
             clock: ClockAnchor::default(),
             agentic: agentic::Config::default(),
+            health: health::Config::default(),
         }
     }
 }
@@ -103,6 +107,10 @@ pub struct Pipeline {
     pub procs: Processes,
     /// The agentic layer: model calls joined to the exchanges they caused.
     pub agentic: Joiner,
+    /// The processes that serve MCP.
+    pub health: Health,
+    /// Signals the health stage made, on their way to `out`.
+    health_out: Vec<Signal>,
     clock: ClockAnchor,
     /// Signals the stages made, before the agentic layer.
     raw: Vec<Signal>,
@@ -144,6 +152,8 @@ impl Pipeline {
             tracker: Tracker::new(cfg.tracker),
             procs: Processes::default(),
             agentic: Joiner::new(cfg.agentic, cfg.clock),
+            health: Health::new(cfg.health, cfg.clock),
+            health_out: Vec::new(),
             clock: cfg.clock,
             raw: Vec::new(),
             out: Vec::new(),
@@ -202,6 +212,10 @@ impl Pipeline {
                 self.tracker.process_exit(tgid, ts, &mut cx);
                 self.agentic.process_exit(tgid, ts);
                 self.notes.push(ProcessNote::Exit(tgid));
+                // After the tracker: the sessions it ends name the server one last time.
+                self.join();
+                self.health.exited(tgid, ts, &mut self.health_out);
+                self.out.append(&mut self.health_out);
             }
             _ => {
                 self.conns.ingest(&rec, &mut stage, &mut cx);
@@ -215,7 +229,11 @@ impl Pipeline {
     /// What the stages made goes through the agentic layer to the outputs' queue.
     fn join(&mut self) {
         if !self.raw.is_empty() {
+            let from = self.out.len();
             self.agentic.take(&mut self.raw, &mut self.out, &self.procs);
+            let new = &self.out[from..];
+            self.health.observe(new, &self.procs, &mut self.health_out);
+            self.out.append(&mut self.health_out);
         }
     }
 
@@ -240,6 +258,7 @@ impl Pipeline {
         self.conns.tick(now, &mut stage, &mut cx);
         self.join();
         self.agentic.tick(now, &mut self.out);
+        self.health.tick(now, None, &mut self.out);
         self.release_links();
         self.procs.set_now(now);
         if now.saturating_sub(self.last_gc_ns) >= PROCESS_GC_NS {
@@ -250,6 +269,12 @@ impl Pipeline {
             self.procs.collect(named, PROCESS_IDLE_NS, MAX_PROCESSES);
             self.protocols.mcp.links.collect(named, self.links_cap);
         }
+    }
+
+    /// Sample the processes that serve MCP from `host`, when the interval says so (monotonic
+    /// `now`).
+    pub fn sample_processes(&mut self, host: &mut dyn Host, now: u64) {
+        self.health.tick(now, Some(host), &mut self.out);
     }
 
     /// New kernel counter totals: report every loss counter that went up.
@@ -312,6 +337,7 @@ impl Pipeline {
         let mut v = self.conns.tables();
         v.extend(self.tracker.tables());
         v.extend(self.agentic.tables());
+        v.extend(self.health.tables());
         let links = &self.protocols.mcp.links;
         v.push(TableStat::new(
             "processes",
@@ -403,6 +429,10 @@ impl Pipeline {
                 "cut_off": l.cut_off,
                 "not_this_api": l.not_this_api,
                 "oversize": l.oversize,
+            },
+            "servers": {
+                "samples": self.health.stats.samples,
+                "vanished": self.health.stats.vanished,
             },
             "agentic": {
                 "tasks": a.tasks,

@@ -3,6 +3,7 @@
 //! looks further upstream. Process identity lives here too ([`process`]), and [`Ctx`] is what
 //! the stages that make signals work with.
 
+pub mod health;
 pub mod llm;
 pub mod process;
 
@@ -218,14 +219,24 @@ pub struct Endpoint {
 impl Endpoint {
     /// Process `pid` as the process table knows it (no MCP identity).
     pub fn of_process(pid: u32, procs: &process::Processes) -> Endpoint {
-        let proc = procs.get(pid);
+        match procs.get(pid) {
+            Some(p) => Endpoint::of_info(p),
+            None => Endpoint {
+                pid: Some(pid),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// The process `info` describes (no MCP identity).
+    pub fn of_info(info: &crate::capture::host::ProcInfo) -> Endpoint {
         Endpoint {
-            pid: Some(pid),
-            comm: proc.map(|p| p.comm.clone()).unwrap_or_default(),
-            exe: proc.map(|p| p.exe.clone()).unwrap_or_default(),
+            pid: Some(info.pid),
+            comm: info.comm.clone(),
+            exe: info.exe.clone(),
             name: None,
             version: None,
-            k8s: proc.and_then(|p| p.k8s.clone()),
+            k8s: info.k8s.clone(),
         }
     }
 }
@@ -857,6 +868,27 @@ pub enum What {
     },
     /// An agent task ended (the agentic layer).
     TaskEnd(TaskEnd),
+    /// The last process serving a server name exited: the server is down.
+    ServerDown {
+        /// The server name.
+        server: String,
+        /// The process that exited.
+        pid: u32,
+        /// How long it had been seen serving, in seconds.
+        served_s: f64,
+    },
+    /// A new process serves a server name whose process exited before: a restart.
+    ServerRestart {
+        /// The server name.
+        server: String,
+        /// The new process.
+        pid: u32,
+        /// Restarts of that name so far.
+        restarts: u64,
+        /// How long the name was down (no process serving it), in seconds; 0 when another
+        /// process served it meanwhile.
+        down_s: f64,
+    },
     /// mcptap stopped: everything it counted.
     AgentStop {
         /// The counters, userspace and kernel.
@@ -938,6 +970,8 @@ pub struct SessionEnd {
     pub duration_ms: f64,
     /// Exchanges reported.
     pub exchanges: u64,
+    /// Of them, those that failed: a JSON-RPC error, a tool error, or no response.
+    pub errors: u64,
     /// The client's own records were seen.
     pub client_observed: bool,
     /// The server's own records were seen.
@@ -982,6 +1016,8 @@ impl Event {
             What::ToolDrift { .. } => "tool_drift",
             What::CallTimeout { .. } => "call_timeout",
             What::TaskEnd(_) => "task_end",
+            What::ServerDown { .. } => "server_down",
+            What::ServerRestart { .. } => "server_restart",
             What::AgentStop { .. } => "agent_stop",
         }
     }
@@ -1021,6 +1057,10 @@ pub enum Signal {
     LlmCall(Box<LlmCall>),
     /// An agent event.
     Event(Event),
+    /// An HTTP request an MCP server served.
+    Http(Box<health::HttpRequest>),
+    /// A round of the server health stage.
+    Servers(Box<health::ServerReport>),
 }
 
 /// A consumer of signals: an exporter.

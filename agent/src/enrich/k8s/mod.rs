@@ -117,6 +117,18 @@ impl Resolver {
                 self.endpoint(&mut n.server);
             }
             Signal::LlmCall(c) => self.endpoint(&mut c.process),
+            Signal::Http(h) => {
+                self.endpoint(&mut h.client);
+                self.endpoint(&mut h.server);
+            }
+            Signal::Servers(r) => {
+                for s in &mut r.samples {
+                    self.endpoint(&mut s.process);
+                }
+                for u in r.usage.iter_mut().flatten() {
+                    self.endpoint(&mut u.server);
+                }
+            }
             Signal::Event(e) => {
                 for ep in e.endpoints_mut() {
                     self.endpoint(ep);

@@ -16,7 +16,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::links::Links;
 use super::route::{HttpEnd, HttpNaming, Route, View, http_route};
-use super::{At, Config, Deliver, Oversize, Seen, Stats, Stray, legacy_sse, streamable};
+use super::{At, Config, Deliver, HttpSeen, Oversize, Seen, Stats, Stray, legacy_sse, streamable};
 use crate::capture::{Dir, FdKind};
 use crate::conn::verdict::{Reason, Verdict};
 use crate::mcp::message::{self, Id, Kind, Message, Parsed};
@@ -211,6 +211,8 @@ impl<D: Deliver + ?Sized> HttpApp for McpHttp<'_, D> {
         };
         for txn in left {
             release(&mut c, &mut at, txn);
+            let end = at.now;
+            served(&mut c, &mut at, txn, end);
         }
     }
 }
@@ -399,8 +401,27 @@ fn sse_event<D: Deliver + ?Sized>(
     }
 }
 
+/// Report the HTTP request `txn` itself, ended at `end_ns` (a request whose head was not
+/// decoded has no method or path to report).
+fn served<D: Deliver + ?Sized>(c: &mut ConnAt<'_>, at: &mut At<'_, '_, D>, txn: &Txn, end_ns: u64) {
+    let (Some(method), Some(target)) = (&txn.request.method, &txn.request.target) else {
+        return;
+    };
+    let route = c.route(at, txn, false);
+    let seen = HttpSeen {
+        method,
+        target,
+        status: txn.response.as_ref().and_then(|r| r.status),
+        start_ns: txn.request.first_enter_ns,
+        end_ns,
+    };
+    at.tracker.http_request(at.cx, &route, &seen);
+}
+
 fn done<D: Deliver + ?Sized>(c: &mut ConnAt<'_>, at: &mut At<'_, '_, D>, txn: &Txn) {
     release(c, at, txn);
+    let end = at.now;
+    served(c, at, txn, end);
     if streamable::ends_session(txn) {
         // The client ended the session.
         let route = c.route(at, txn, false);

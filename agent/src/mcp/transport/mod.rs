@@ -62,6 +62,23 @@ pub trait Deliver {
     /// A session given a provisional key (a link's far end not named yet) is known by `new`
     /// from now on.
     fn session_renamed(&mut self, old: &SessionKey, new: &SessionKey);
+    /// An HTTP transaction of an MCP connection ended, as the route's viewer saw it.
+    fn http_request(&mut self, cx: &mut Ctx<'_>, route: &Route, txn: &HttpSeen<'_>);
+}
+
+/// One HTTP transaction of an MCP connection, as one end saw it.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpSeen<'a> {
+    /// Request method.
+    pub method: &'a str,
+    /// Request target.
+    pub target: &'a str,
+    /// Response status, if a response head came.
+    pub status: Option<u16>,
+    /// Entry time of the request's first byte (monotonic ns).
+    pub start_ns: u64,
+    /// When the response ended, or the connection (monotonic ns).
+    pub end_ns: u64,
 }
 
 /// A transport binding: a stream's bytes in (it frames them with `wire`), MCP messages and

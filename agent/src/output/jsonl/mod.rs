@@ -1,5 +1,7 @@
 //! JSON lines: one object per signal. The schema is documented in the README; every record
-//! has `kind` (`exchange`, `notification`, `llm_call` or `event`) and `ts` (RFC 3339 UTC, microseconds).
+//! has `kind` (`exchange`, `notification`, `llm_call`, `event`, `http_request` or
+//! `server_process`) and `ts` (RFC 3339 UTC, microseconds). A round of the server health
+//! stage is one `server_process` line per process it sampled (none when it sampled none).
 
 use std::io::Write;
 
@@ -65,6 +67,30 @@ pub fn encode_into(signal: &Signal, out: &mut Vec<u8>) {
                 body: e,
             },
         ),
+        Signal::Http(h) => serde_json::to_writer(
+            &mut *out,
+            &Line {
+                kind: "http_request",
+                ts: rfc3339_micros_in(h.ts_ns, &mut ts),
+                id: None,
+                body: &**h,
+            },
+        ),
+        Signal::Servers(r) => {
+            let ts = rfc3339_micros_in(r.ts_ns, &mut ts);
+            r.samples.iter().enumerate().try_for_each(|(n, sample)| {
+                if n > 0 {
+                    out.push(b'\n');
+                }
+                let line = Line {
+                    kind: "server_process",
+                    ts,
+                    id: None,
+                    body: sample,
+                };
+                serde_json::to_writer(&mut *out, &line)
+            })
+        }
     };
     if let Err(e) = r {
         // What was written before the failure is dropped with it.
@@ -101,6 +127,10 @@ impl Sink for JsonLines {
     fn emit(&mut self, signal: &Signal) {
         self.line.clear();
         encode_into(signal, &mut self.line);
+        if self.line.is_empty() {
+            // A health round that sampled nothing.
+            return;
+        }
         self.line.push(b'\n');
         if let Err(e) = self.out.write_all(&self.line) {
             self.write_errors += 1;

@@ -78,6 +78,7 @@ macro_rules! def {
 }
 
 pub mod agent;
+pub mod health;
 
 /// Every metric.
 pub mod defs {
@@ -673,7 +674,7 @@ pub mod defs {
         "mcptap.table.entries",
         "{entry}",
         ["table"],
-        "Entries each bounded table holds now (table: streams, rejected_fds, buffered_bytes, sessions, pending_requests, notification_views, processes, links, tool_servers, metric_series, metric_handles, kernel_fds, agent_processes, agent_threads, agent_tool_calls, agent_held_calls)."
+        "Entries each bounded table holds now (table: streams, rejected_fds, buffered_bytes, sessions, pending_requests, notification_views, processes, links, tool_servers, metric_series, metric_handles, kernel_fds, agent_processes, agent_threads, agent_tool_calls, agent_held_calls, server_processes, server_names)."
     );
     def!(
         AGENT_TABLE_CAPACITY,
@@ -778,6 +779,17 @@ pub mod defs {
         &super::agent::SELF_CORRECTIONS,
         &super::agent::RESULT_TOKENS,
         &super::agent::UNREQUESTED,
+        &super::health::CPU,
+        &super::health::RESIDENT,
+        &super::health::OPEN_FDS,
+        &super::health::FD_USAGE,
+        &super::health::THREADS,
+        &super::health::PROCESSES,
+        &super::health::UP,
+        &super::health::RESTARTS,
+        &super::health::HTTP_REQUESTS,
+        &super::health::HTTP_DURATION,
+        &super::health::SESSION_ERRORS,
     ];
 }
 
@@ -944,6 +956,9 @@ struct Metric {
     /// Every series, in the order they were made: never removed, so a [`Handle`] to one
     /// stays valid.
     series: Vec<(LabelIds, Value)>,
+    /// Series [`Registry::replace_all`] took out of `index`, by where they are in `series`:
+    /// one that comes back takes its old place (so `series` grows only with new label sets).
+    retired: WordMap<LabelIds, u32>,
 }
 
 impl Metric {
@@ -1128,10 +1143,26 @@ impl Registry {
         }
         let m = &mut self.metrics[at];
         let next = m.series.len() as u32;
-        let i = *m.index.entry(ids).or_insert(next);
-        if i == next {
-            m.series.push((ids, fresh()));
-        }
+        let Metric {
+            index,
+            series,
+            retired,
+            ..
+        } = m;
+        let i = match index.get(&ids) {
+            Some(&i) => i,
+            None => {
+                // New, or back from retirement: made fresh either way.
+                let i = retired.remove(&ids).unwrap_or(next);
+                index.insert(ids, i);
+                if i == next {
+                    series.push((ids, fresh()));
+                } else {
+                    series[i as usize].1 = fresh();
+                }
+                i
+            }
+        };
         let handle = clean.then_some(Handle {
             at: at as u32,
             series: i,
@@ -1272,6 +1303,24 @@ impl Registry {
                 }
             });
         }
+    }
+
+    /// Replace every series of a metric with `values`: series absent from them go (they are
+    /// no longer reported), unlike [`Registry::set_all`], where they read 0.
+    pub fn replace_all(
+        &mut self,
+        def: &'static Def,
+        values: impl IntoIterator<Item = (Vec<String>, f64)>,
+    ) {
+        if let Some(&at) = self.index.get(def.name) {
+            let m = &mut self.metrics[at];
+            let gone = m.index.len();
+            m.retired.extend(m.index.drain());
+            if !def.name.starts_with("mcptap_") {
+                self.series = self.series.saturating_sub(gone);
+            }
+        }
+        self.set_all(def, values);
     }
 
     /// Record a histogram observation.

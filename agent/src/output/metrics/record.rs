@@ -466,6 +466,7 @@ fn event(r: &mut Registry, e: &Event) {
             transport, server, ..
         } => r.inc(&defs::SESSIONS, &[transport.as_str(), name(server)], 1.0),
         What::SessionEnd(end) => {
+            super::health::session_end(r, end);
             let labels = [end.transport.as_str(), name(&end.server)];
             let secs = end.duration_ms / 1000.0;
             r.observe(&defs::SESSION_DURATION, &labels, secs);
@@ -510,6 +511,8 @@ pub fn record(r: &mut Registry, s: &Signal) {
         Signal::Notification(n) => notification(r, n),
         Signal::LlmCall(c) => super::agent::llm_call(r, c),
         Signal::Event(e) => event(r, e),
+        Signal::Http(h) => super::health::http_request(r, h),
+        Signal::Servers(rep) => super::health::servers(r, rep),
     }
 }
 

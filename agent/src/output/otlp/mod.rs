@@ -314,7 +314,7 @@ impl Sink for Otlp {
                     self.queue(vec![agent::task_span(t)]);
                 }
             }
-            Signal::Notification(_) => {}
+            Signal::Notification(_) | Signal::Http(_) | Signal::Servers(_) => {}
         }
     }
 
