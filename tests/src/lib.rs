@@ -380,6 +380,18 @@ pub fn run_report<T: serde::de::DeserializeOwned>(cmd: &mut Command, dir: &Path,
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{name} output {line:?}: {e}"))
 }
 
+/// The Python of the peers' virtualenv `venv` (`mcp1`, `mcp2`, ...).
+pub fn venv_python(venv: &str) -> PathBuf {
+    peers().join(venv).join("bin/python")
+}
+
+/// A Python fixture (`py_server.py`, `py_client.py`, ...) run by `venv`'s Python with `args`.
+pub fn py_fixture(venv: &str, script: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(venv_python(venv));
+    c.arg(fixtures().join(script)).args(args);
+    c
+}
+
 /// A Python SDK client (`venv` is `mcp1` or `mcp2`) driving the fixture server over stdio.
 pub fn python_client(venv: &str, server_python: &Path, extra: &[&str]) -> Command {
     let py = peers().join(venv).join("bin/python");
@@ -489,10 +501,11 @@ pub struct Server {
 }
 
 impl Server {
-    /// Start `cmd` and wait until `ready` says it is listening (up to 30 s).
+    /// Start `cmd` (its stdout to `NAME.out`, its stderr to `NAME.log` in `dir`) and wait
+    /// until `ready` says it is listening (up to 30 s).
     pub fn start(cmd: &mut Command, dir: &Path, name: &str, ready: impl Fn() -> bool) -> Server {
         let mut child = cmd
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(dir.join(format!("{name}.out"))).unwrap())
             .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
             .spawn()
             .expect("start server");

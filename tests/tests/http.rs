@@ -6,22 +6,14 @@ use std::process::Command;
 
 use mcptap_e2e::*;
 
-fn python(venv: &str) -> std::path::PathBuf {
-    peers().join(venv).join("bin/python")
-}
-
 /// The fixture server on `venv`'s SDK, serving `args` (after `--transport`).
 fn py_server(venv: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(python(venv));
-    c.arg(fixtures().join("py_server.py")).args(args);
-    c
+    py_fixture(venv, "py_server.py", args)
 }
 
 /// The fixture client on `venv`'s SDK with `args`.
 fn py_client(venv: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(python(venv));
-    c.arg(fixtures().join("py_client.py")).args(args);
-    c
+    py_fixture(venv, "py_client.py", args)
 }
 
 /// Run a Python SDK server/client pair over HTTP and check every call and the session.

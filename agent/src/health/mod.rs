@@ -196,7 +196,9 @@ impl Health {
             self.join(pid, p.info, mcp_name.map(str::to_string), p.first_ns, out);
             return;
         }
-        let Some(info) = procs.get(pid) else {
+        // Signals about a process can follow its exit (its sessions end after it): they
+        // do not bring it back.
+        let Some(info) = procs.get(pid).filter(|_| !procs.has_exited(pid)) else {
             return;
         };
         if self.procs.len() >= MAX_PROCESSES {
@@ -231,17 +233,15 @@ impl Health {
             .down_since
             .take()
             .map_or(0.0, |t| now.saturating_sub(t) as f64 / 1e9);
-        if name.unreplaced > 0 {
+        let restart = (name.unreplaced > 0).then(|| {
             name.unreplaced -= 1;
             name.restarts += 1;
-            let what = What::ServerRestart {
+            What::ServerRestart {
                 server: server.clone(),
-                pid,
                 restarts: name.restarts,
                 down_s,
-            };
-            out.push(self.event(what, pid));
-        }
+            }
+        });
         self.changed = true;
         if named {
             self.last_named = Some(pid);
@@ -255,6 +255,9 @@ impl Health {
             last: None,
         };
         self.procs.insert(pid, p);
+        if let Some(what) = restart {
+            out.push(self.event(what, pid));
+        }
     }
 
     /// A process leaves `server`: by its exit (`exited`), or to serve under its MCP name.
@@ -303,7 +306,6 @@ impl Health {
         let event = self.event(
             What::ServerDown {
                 server: p.server.clone(),
-                pid,
                 served_s: self.now.saturating_sub(p.first_ns) as f64 / 1e9,
             },
             pid,

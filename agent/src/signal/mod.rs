@@ -868,21 +868,19 @@ pub enum What {
     },
     /// An agent task ended (the agentic layer).
     TaskEnd(TaskEnd),
-    /// The last process serving a server name exited: the server is down.
+    /// The last process serving a server name exited (the event's `pid`): the server is
+    /// down.
     ServerDown {
         /// The server name.
         server: String,
-        /// The process that exited.
-        pid: u32,
         /// How long it had been seen serving, in seconds.
         served_s: f64,
     },
-    /// A new process serves a server name whose process exited before: a restart.
+    /// A new process (the event's `pid`) serves a server name whose process exited before:
+    /// a restart.
     ServerRestart {
         /// The server name.
         server: String,
-        /// The new process.
-        pid: u32,
         /// Restarts of that name so far.
         restarts: u64,
         /// How long the name was down (no process serving it), in seconds; 0 when another

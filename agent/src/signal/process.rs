@@ -101,6 +101,11 @@ impl Processes {
         }
     }
 
+    /// Whether the process known as `pid` exited (signals about it may still follow).
+    pub fn has_exited(&self, pid: u32) -> bool {
+        self.procs.get(&pid).is_some_and(|p| p.exited)
+    }
+
     /// The process is gone.
     pub fn forget(&mut self, pid: u32) {
         self.procs.remove(&pid);
