@@ -432,3 +432,84 @@ fn stdio_sessions_count_their_errors_and_each_spawn_restarts_the_server() {
         );
     }
 }
+
+/// Requests by endpoint over both HTTP transports (mcp 1.x): the legacy transport's event
+/// stream GET and its POSTs to `/messages/` (their session query dropped), and Streamable
+/// HTTP's POSTs, GET stream and closing DELETE, counted as the servers' access logs list them.
+#[test]
+fn http_requests_by_endpoint_over_both_http_transports() {
+    let dir = scratch("health_endpoints");
+    let agent = Agent::start(&dir, &[]);
+    let (sse_port, http_port) = (port(), port());
+    let (a, b) = (sse_port.to_string(), http_port.to_string());
+    let sse = Server::on_port(
+        &mut py_fixture(
+            "mcp1",
+            "py_server.py",
+            &["--transport", "sse", "--port", &a, "--access-log"],
+        ),
+        &dir,
+        "sse",
+        sse_port,
+    );
+    let http = Server::on_port(
+        &mut py_fixture(
+            "mcp1",
+            "py_server.py",
+            &["--transport", "http", "--port", &b, "--access-log"],
+        ),
+        &dir,
+        "http",
+        http_port,
+    );
+    let (sse_pid, http_pid) = (sse.pid(), http.pid());
+    let sse_url = format!("http://127.0.0.1:{sse_port}/sse");
+    let http_url = format!("http://127.0.0.1:{http_port}/mcp");
+    for args in [
+        vec!["--echo", "3", "--url", &sse_url, "--legacy-sse"],
+        vec!["--echo", "3", "--url", &http_url],
+    ] {
+        run_client(&mut py_fixture("mcp1", "py_client.py", &args), &dir);
+    }
+    let logged = || {
+        let mut all = access_log(&dir.join("sse.out"));
+        for (k, n) in access_log(&dir.join("http.out")) {
+            *all.entry(k).or_default() += n;
+        }
+        all
+    };
+    assert!(
+        wait_for(20, || http_requests(&agent) == logged()),
+        "mcp_http_requests_total {:?} against the access logs {:?}",
+        http_requests(&agent),
+        logged()
+    );
+    let seen = logged();
+    let has = |m: &str, p: &str| seen.keys().any(|(a, b, _)| a == m && b == p);
+    assert!(
+        has("GET", "/sse") && has("POST", "/messages/") && has("POST", "/mcp"),
+        "the workload reaches each endpoint: {seen:?}"
+    );
+    let text = agent.metrics();
+    let count = prom_value(
+        &text,
+        "mcp_http_request_duration_seconds_count",
+        &[
+            ("server", FIXTURE),
+            ("method", "POST"),
+            ("endpoint", "/mcp"),
+        ],
+    );
+    let posts: u64 = seen
+        .iter()
+        .filter(|((m, p, _), _)| m == "POST" && p == "/mcp")
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(count, Some(posts as f64), "one duration per request");
+    drop((sse, http));
+    let recs = agent.stop();
+    // The legacy transport's `202 Accepted` bodies are not stream corruption.
+    for server in [sse_pid, http_pid] {
+        assert_no_trouble(&recs, server);
+    }
+}

@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 
 use crate::bounded::TableStat;
 use crate::signal::process::Processes;
-use crate::signal::{Ctx, Role};
+use crate::signal::{Ctx, Role, Signal};
 use correlate::Correlator;
 use derive::{Advertised, Repeats, ToolBook};
 use message::Message;
@@ -112,6 +112,8 @@ pub struct TrackerStats {
     pub evicted_pending: u64,
     /// Notification views forgotten early because a session held `SEEN_CAP` of them.
     pub evicted_views: u64,
+    /// Ended HTTP sessions forgotten before the requests that outlived them ended.
+    pub evicted_ended: u64,
 }
 
 /// Most notification and junk-line views one session remembers for pairing both sides'
@@ -152,6 +154,9 @@ struct State {
     /// Of them, those that failed (errors, tool errors, no response); u32 keeps the state
     /// in its size class.
     errors: u32,
+    /// HTTP requests that ended before the initialize answer named the server (legacy SSE
+    /// answers on the event stream, after the POST): held for its name.
+    held_http: Option<Box<Vec<Signal>>>,
     /// Its sides are the other way round from its key's order (it was renamed).
     flip: bool,
 }
@@ -168,6 +173,7 @@ impl State {
             started: false,
             exchanges: 0,
             errors: 0,
+            held_http: None,
             flip: false,
         }
     }
@@ -181,6 +187,38 @@ impl State {
             Status::Error | Status::ToolError | Status::NoResponse
         ) {
             self.errors = self.errors.saturating_add(1);
+        }
+    }
+
+    /// An initialize is on its way and has not named the server yet.
+    fn naming_server(&self) -> bool {
+        self.handshake
+            .as_ref()
+            .is_some_and(|h| h.answered.is_none())
+            && self
+                .session
+                .ends
+                .iter()
+                .all(|e| e.role != Some(Role::Server) || e.info.is_none())
+    }
+
+    /// The HTTP requests held for the server's name go out, named as the session now knows
+    /// its ends.
+    fn release_http(&mut self, procs: &Processes, out: &mut Vec<Signal>) {
+        let Some(held) = self.held_http.take() else {
+            return;
+        };
+        let server = self.session.side_with_role(Role::Server, procs, 0);
+        let (client, server) = (
+            self.session.endpoint(other(server), procs),
+            self.session.endpoint(server, procs),
+        );
+        for mut sig in *held {
+            if let Signal::Http(h) = &mut sig {
+                h.server = server.clone();
+                h.client = client.clone();
+            }
+            out.push(sig);
         }
     }
 
@@ -219,7 +257,16 @@ pub struct Tracker {
     logs: [crate::bounded::LogLimit; 2],
     /// Processes that left their last session since the last [`Tracker::take_released`].
     released: Vec<u32>,
+    /// HTTP sessions that ended, for the requests that outlive them (a GET stream, the
+    /// DELETE): who their ends were. The [`ENDED_CAP`] latest.
+    ended: crate::FastMap<SessionKey, Session>,
+    ended_order: std::collections::VecDeque<SessionKey>,
 }
+
+/// Ended HTTP sessions remembered for the requests that outlive them.
+const ENDED_CAP: usize = 1024;
+/// HTTP requests one session holds for its server's name; past it they go out unnamed.
+const HELD_HTTP_CAP: usize = 64;
 
 /// Methods only a client sends.
 fn client_method(m: &str) -> bool {
@@ -263,6 +310,24 @@ impl Tracker {
             pending_estimate: 0,
             logs: Default::default(),
             released: Vec::new(),
+            ended: Default::default(),
+            ended_order: Default::default(),
+        }
+    }
+
+    /// Remember an ended HTTP session's ends for the requests still open on its
+    /// connections; the oldest go past [`ENDED_CAP`] (counted).
+    fn bury(&mut self, key: SessionKey, session: Session) {
+        if self.ended.insert(key.clone(), session).is_none() {
+            self.ended_order.push_back(key);
+        }
+        while self.ended.len() > ENDED_CAP {
+            let Some(old) = self.ended_order.pop_front() else {
+                break;
+            };
+            if self.ended.remove(&old).is_some() {
+                self.stats.evicted_ended += 1;
+            }
         }
     }
 
@@ -383,6 +448,12 @@ impl Tracker {
                 self.stats.evicted_views,
             ),
             self.book.table(),
+            TableStat::new(
+                "ended_sessions",
+                self.ended.len(),
+                ENDED_CAP,
+                self.stats.evicted_ended,
+            ),
         ]
     }
 
@@ -467,8 +538,23 @@ impl Deliver for Tracker {
     fn http_request(&mut self, cx: &mut Ctx<'_>, route: &Route, seen: &transport::HttpSeen<'_>) {
         let route = self.oriented(route);
         let mut unknown;
+        let known = self.states.contains_key(&route.key) || self.ended.contains_key(&route.key);
         let session = match self.states.get_mut(&route.key) {
+            Some(st) if st.naming_server() => {
+                let s = &mut st.session;
+                if let Some(sig) = report::http_request(s, cx.procs, cx.clock, &route, (seen, true))
+                {
+                    let held = st.held_http.get_or_insert_default();
+                    if held.len() < HELD_HTTP_CAP {
+                        held.push(sig);
+                    } else {
+                        cx.out.push(sig);
+                    }
+                }
+                return;
+            }
             Some(st) => &mut st.session,
+            None if known => self.ended.get_mut(&route.key).expect("known"),
             None => {
                 // No message of it was seen (a refused GET, a DELETE after the end): its
                 // ends as this view names them, and no session is made for it.
@@ -478,7 +564,7 @@ impl Deliver for Tracker {
                 &mut unknown
             }
         };
-        if let Some(s) = report::http_request(session, cx.procs, cx.clock, &route, seen) {
+        if let Some(s) = report::http_request(session, cx.procs, cx.clock, &route, (seen, known)) {
             cx.out.push(s);
         }
     }
@@ -494,7 +580,8 @@ mod tests {
     #[test]
     fn per_session_entries_stay_small() {
         assert!(size_of::<(SessionKey, Box<State>)>() <= 64);
-        assert!(size_of::<State>() <= 736);
+        // 736 until the lazy box of HTTP requests held for the server's name (8 bytes).
+        assert!(size_of::<State>() <= 744);
         assert!(size_of::<Correlator>() <= 240);
         assert!(size_of::<Repeats>() <= 32);
     }

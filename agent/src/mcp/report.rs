@@ -97,6 +97,7 @@ impl Tracker {
             cx.out.push(Signal::Exchange(rec));
             if initialize {
                 answered(st, cx, (status, duration), now);
+                st.release_http(cx.procs, cx.out);
             }
         }
     }
@@ -181,13 +182,14 @@ pub(super) fn unfinished_handshake(
 }
 
 /// An HTTP request of a session's connection, once: from the server's view when the server
-/// is watched, else from the client's.
+/// is watched, else from the client's. `known`: the session is in the table (not one made up
+/// for a request that outlived it).
 pub(super) fn http_request(
     s: &mut Session,
     procs: &Processes,
     clock: ClockAnchor,
     route: &super::Route,
-    seen: &super::transport::HttpSeen<'_>,
+    (seen, known): (&super::transport::HttpSeen<'_>, bool),
 ) -> Option<Signal> {
     let server = s.side_with_role(Role::Server, procs, route.sender);
     let client = other(server);
@@ -196,7 +198,11 @@ pub(super) fn http_request(
     } else {
         Role::Client
     };
-    if seen_by == Role::Client && s.ends[server].observed {
+    // The server's own view counts it when the server is watched. A session already ended
+    // (a GET stream or DELETE that outlived it) no longer says whether it was: a server on
+    // this host (a peer the socket names) is taken to be.
+    let local_server = !known && route.peer_pid.is_some();
+    if seen_by == Role::Client && (s.ends[server].observed || local_server) {
         return None;
     }
     let req = signal::health::HttpRequest {

@@ -218,6 +218,7 @@ impl Tracker {
         let Some(mut st) = self.states.remove(key) else {
             return;
         };
+        st.release_http(cx.procs, cx.out);
         if let Some(e) = report::unfinished_handshake(&mut st, cx.procs, cx.clock, now) {
             cx.out.push(e);
         }
@@ -226,6 +227,9 @@ impl Tracker {
                 .push(session_end(&mut st, cx.procs, cx.clock, (now, reason)));
         }
         let ends = [st.session.ends[0].pid, st.session.ends[1].pid];
+        if st.session.transport.is_http() && st.is_session() {
+            self.bury(key.clone(), st.session);
+        }
         for pid in ends.into_iter().flatten() {
             let Some(set) = self.by_pid.get_mut(&pid) else {
                 continue;

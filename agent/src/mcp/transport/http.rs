@@ -350,14 +350,17 @@ fn response_body<D: Deliver + ?Sized>(
         }
         Err(_) if probing => c.meta.verdict = Verdict::Rejected(Reason::HttpNotMcp),
         Err(err) => {
-            let failed = txn
-                .response
-                .as_ref()
-                .and_then(|r| r.status)
-                .is_some_and(|s| s >= 400);
+            let resp = txn.response.as_ref();
+            let failed = resp.and_then(|r| r.status).is_some_and(|s| s >= 400);
+            // A 202 carries no message (the legacy transport's says `Accepted` in text), nor
+            // does a body that says it is not JSON.
+            let not_json = resp.and_then(|r| r.status) == Some(202)
+                || resp
+                    .and_then(|r| r.headers.content_type.as_deref())
+                    .is_some_and(|t| !t.contains("json"));
             // An error page is reported as the HTTP failure it is; anything else that is not
             // JSON-RPC corrupts the stream.
-            if !failed {
+            if !failed && !not_json {
                 let route = c.route(at, txn, false);
                 at.stray(&Stray::of(view, body, err.class()), &route, false);
             }

@@ -1511,6 +1511,37 @@ mod tests {
     }
 
     #[test]
+    fn replaced_series_go_and_come_back_in_their_old_place() {
+        let mut r = Registry::new(100, 3);
+        let up = &super::health::UP;
+        let names = |ns: &[(&str, f64)]| -> Vec<(Vec<String>, f64)> {
+            ns.iter().map(|(n, v)| (vec![n.to_string()], *v)).collect()
+        };
+        r.replace_all(up, names(&[("a", 1.0), ("b", 0.0)]));
+        assert_eq!(
+            (r.value(up, &["a"]), r.value(up, &["b"])),
+            (Some(1.0), Some(0.0))
+        );
+        r.replace_all(up, names(&[("b", 1.0)]));
+        assert_eq!(r.value(up, &["a"]), None, "gone, not 0");
+        assert_eq!(r.series(up).len(), 1);
+        // Back, fresh, in its old slot: the store does not grow with churn, and the series
+        // cap (3) counts only what is reported.
+        for _ in 0..10 {
+            r.replace_all(up, names(&[("a", 2.0), ("b", 1.0), ("c", 1.0)]));
+            r.replace_all(up, names(&[("c", 1.0)]));
+        }
+        r.replace_all(up, names(&[("a", 2.0), ("b", 1.0), ("c", 1.0)]));
+        assert_eq!(r.value(up, &["a"]), Some(2.0));
+        assert_eq!(r.series(up).len(), 3);
+        assert_eq!(r.metrics[r.index[up.name]].series.len(), 3);
+        assert_eq!(
+            r.value(&defs::AGENT_SERIES_OVERFLOW, &["mcp_server_up"]),
+            None
+        );
+    }
+
+    #[test]
     fn series_past_the_cap_fold_into_other_and_are_counted() {
         let mut r = Registry::new(100, 3);
         for tool in ["a", "b", "c", "d", "e"] {
