@@ -380,14 +380,9 @@ pub fn run_report<T: serde::de::DeserializeOwned>(cmd: &mut Command, dir: &Path,
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{name} output {line:?}: {e}"))
 }
 
-/// The Python of the peers' virtualenv `venv` (`mcp1`, `mcp2`, ...).
-pub fn venv_python(venv: &str) -> PathBuf {
-    peers().join(venv).join("bin/python")
-}
-
 /// A Python fixture (`py_server.py`, `py_client.py`, ...) run by `venv`'s Python with `args`.
 pub fn py_fixture(venv: &str, script: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(venv_python(venv));
+    let mut c = Command::new(agentic::venv_python(venv));
     c.arg(fixtures().join(script)).args(args);
     c
 }

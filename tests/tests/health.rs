@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use mcptap_e2e::agentic::venv_python;
 use mcptap_e2e::*;
 use serde_json::Value;
 
