@@ -165,6 +165,9 @@ const KEY_PANELS: &[(&str, Want)] = &[
     ("Error rate", (|v| v > 0.0 && v <= 1.0, "in (0, 1]")),
     ("Tasks by outcome", (|v| v > 0.0, "> 0")),
     ("Hallucinated tools", (|v| v > 0.0 && v <= 1.0, "in (0, 1]")),
+    // The fixture's HTTP server lives through the test, sampled every second.
+    ("Server up", (|v| v == 1.0, "= 1")),
+    ("Server resident memory", (|v| v > 1048576.0, "> 1 MiB")),
 ];
 
 /// Agent runs the test can make: a model asks for `echo`, then for a tool it was not
@@ -234,8 +237,30 @@ fn dashboard_and_alerts_query_real_mcptap_metrics() {
     assert_eq!(alerts.len(), rule_count, "one expr per rule: {alerts:#?}");
     assert!(rule_count >= 10 && panels.len() >= 10);
 
-    let agent = Agent::start(&dir, &[]);
+    let agent = Agent::start(&dir, &["--process-interval", "1s"]);
     let (_prom, prom_port) = start_prometheus(&dir, agent.port, Some(&rules_path));
+    // The fixture server over Streamable HTTP, alive to the end: the server process and
+    // HTTP panels show it.
+    let http_port = port();
+    let hp = http_port.to_string();
+    let _http = Server::on_port(
+        &mut py_fixture(
+            "mcp2",
+            "py_server.py",
+            &["--transport", "http", "--port", &hp],
+        ),
+        &dir,
+        "http_server",
+        http_port,
+    );
+    let http_url = format!("http://127.0.0.1:{http_port}/mcp");
+    let http_run = || {
+        run_client(
+            &mut py_fixture("mcp2", "py_client.py", &["--echo", "1", "--url", &http_url]),
+            &dir,
+        )
+    };
+    http_run();
     assert!(
         wait_for(60, || promql(prom_port, "up{job=\"mcptap\"}")
             .is_ok_and(|s| s.first().is_some_and(|(_, v)| *v == 1.0))),
@@ -328,6 +353,7 @@ fn dashboard_and_alerts_query_real_mcptap_metrics() {
             );
             more_runs += 1;
             agent_run(&model, &dir, more_runs.min(AGENT_RUNS - 1));
+            http_run();
             fed = Instant::now();
         }
         std::thread::sleep(Duration::from_secs(1));

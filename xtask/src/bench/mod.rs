@@ -21,6 +21,8 @@
 //!    per call with no agent, with `--no-tls` and with the probes set ([`tls_calls`]).
 //! 8. The userspace pipeline on HTTP/2 and WebSocket captures beside HTTP/1.1, as MB/s,
 //!    calls/s and instructions a call ([`transports`]).
+//! 9. Server health sampling: the agent's CPU with 100 followed stdio servers read from
+//!    /proc every second against not at all, and so the cost of one sample ([`health`]).
 //!
 //! With `--baseline REV` ([`baseline`]), an older revision's agent is built from its own
 //! tree and measured beside this tree's, interleaved in the same run, and the report gains a
@@ -40,6 +42,7 @@ mod capacity;
 mod env;
 mod footprint;
 mod growth;
+mod health;
 mod kstats;
 mod latency;
 mod recfile;
@@ -163,6 +166,9 @@ pub enum Section {
     /// Section 8, the userspace pipeline on HTTP/2 and WebSocket captures.
     #[value(alias = "8")]
     Transports,
+    /// Section 9, what sampling the processes that serve MCP costs the agent.
+    #[value(alias = "9")]
+    Health,
 }
 
 impl Section {
@@ -265,6 +271,7 @@ struct Results {
     growth: growth::Growth,
     tls_calls: tls_calls::TlsCalls,
     transports: transports::Transports,
+    health: health::Sampling,
 }
 
 /// A run: the current binary's environment, the baseline's if there is one, the scale.
@@ -386,6 +393,11 @@ impl Run<'_> {
             } else {
                 transports::Transports::default()
             },
+            health: if want(Section::Health) {
+                timed("section 9", || health::measure(self.env, self.s))?
+            } else {
+                health::Sampling::default()
+            },
         };
         Ok((results, compared))
     }
@@ -438,6 +450,9 @@ fn report(
             .wants(Section::Replay)
             .then_some((r.replay.messages, r.replay.seconds));
         transports::write_section(&mut md, &r.transports, pipe);
+    }
+    if want(Section::Health) {
+        health::write_section(&mut md, &r.health);
     }
     if let Some((b, c)) = before_after {
         baseline::write_section(&mut md, b, c);

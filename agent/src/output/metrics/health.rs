@@ -4,6 +4,7 @@
 //! attribute), whether each server name is up, the HTTP requests MCP servers serve, and the
 //! errors of each ended session.
 
+use super::record::name;
 use super::{Def, Kind, LATENCY, Registry};
 use crate::signal::health::{HttpRequest, ServerReport};
 use crate::signal::{Endpoint, SessionEnd};
@@ -151,15 +152,6 @@ def!(
     ["network.transport", "server"],
     "Failed exchanges (JSON-RPC errors, tool errors, no response) of each ended session: whether errors spread over sessions or gather in a few."
 );
-
-/// The server name a metric labels an endpoint by: its MCP name, else its comm.
-fn name(e: &Endpoint) -> &str {
-    match e.name.as_deref() {
-        Some(n) if !n.is_empty() => n,
-        _ if !e.comm.is_empty() => &e.comm,
-        _ => "unknown",
-    }
-}
 
 /// The labels of a server's process metrics: name, namespace, pod, container.
 fn group_labels(e: &Endpoint) -> Vec<String> {

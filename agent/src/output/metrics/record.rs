@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use super::{Def, Handle, Lv, Registry, defs};
 use crate::signal::{Endpoint, Event, Exchange, Notification, Role, Signal, Status, What};
 
-fn name(e: &Endpoint) -> &str {
+/// The name a metric labels an endpoint by: its MCP name, else its comm.
+pub(super) fn name(e: &Endpoint) -> &str {
     match e.name.as_deref() {
         Some(n) if !n.is_empty() => n,
         _ if !e.comm.is_empty() => &e.comm,
