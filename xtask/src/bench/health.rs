@@ -4,8 +4,9 @@
 //! over a window is measured with `--process-interval 1s` (every server read from /proc once
 //! a second, fifteen times the default rate) and with `off`, in rounds that alternate which
 //! goes first. The difference over the samples taken is the cost of one process sample.
-//! Sampling is the agent's own userspace work on its timer: no kernel program changes, so
-//! it cannot move what section 1 measures beyond the agent's own few /proc reads.
+//! Sampling is the agent's own userspace work on its timer: no kernel program changes; what
+//! it adds to section 1's figures is the agent's own /proc reads (about a dozen syscalls a
+//! sample).
 
 use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader};
@@ -138,7 +139,7 @@ pub fn write_section(md: &mut String, r: &Sampling) {
     let _ = writeln!(md, "## 9. Server health sampling\n");
     let _ = writeln!(
         md,
-        "What following the processes that serve MCP costs the agent. One holder starts {n} minimal stdio servers (`xtask/src/bench/assets/stdio_servers.py`) and makes the initialize handshake with each, so the agent follows {n} server processes; then the agent's CPU (utime + stime from /proc) over {w:.0} s windows, with `--process-interval 1s` (each server read from /proc once a second: `stat`, `limits`, the `fd` directory) and with `off`, {rounds} rounds that alternate which goes first. Per sample = (on − off) / {n} samples a second. Sampling runs in the agent's own thread on its timer and adds no kernel program: it cannot move section 1's figures beyond the agent's own reads of /proc, a few syscalls a second. Target: at most {TARGET_US} µs a sample (at the default 15 s interval, 100 servers then cost at most {:.2}% of a core).\n",
+        "What following the processes that serve MCP costs the agent. One holder starts {n} minimal stdio servers (`xtask/src/bench/assets/stdio_servers.py`) and makes the initialize handshake with each, so the agent follows {n} server processes; then the agent's CPU (utime + stime from /proc) over {w:.0} s windows, with `--process-interval 1s` (each server read from /proc once a second: `stat`, `limits`, the `fd` directory) and with `off`, {rounds} rounds that alternate which goes first. Per sample = (on − off) / {n} samples a second. Sampling runs in the agent's own thread on its timer and adds no kernel program: what it adds to section 1's figures is the agent's own reads of /proc, about a dozen syscalls a sample, hooked and filtered out in the kernel like any other unwatched process's. Target: at most {TARGET_US} µs a sample (at the default 15 s interval, 100 servers then cost at most {:.2}% of a core).\n",
         TARGET_US * 100.0 / 15.0 / 1e4,
         n = r.servers,
         w = r.window_s,
