@@ -18,7 +18,14 @@ struct Known {
     used_ns: u64,
     /// Its exit was seen: forgotten once no session names it.
     exited: bool,
+    /// Questions left to ask the host again: it runs its parent's program, so it may have
+    /// been described between its fork and its exec (an exec into a program no longer
+    /// watched sends no record), and the next notes ask again until the program changes.
+    rechecks: u8,
 }
+
+/// How many more times a process described with its parent's program is asked about.
+const RECHECKS: u8 = 8;
 
 /// Processes seen, by pid, from the host and, failing that, from the kernel's comm.
 #[derive(Default)]
@@ -28,6 +35,19 @@ pub struct Processes {
     now: u64,
     /// Forgotten because the cap was reached.
     pub evicted: u64,
+}
+
+/// Ask the host about `p` again: if it now runs another program (the same process, by its
+/// start time), that is what it is.
+fn recheck(host: &mut dyn Host, p: &mut Known) {
+    p.rechecks -= 1;
+    if let Some(fresh) = host.process(p.info.pid)
+        && fresh.start_time == p.info.start_time
+        && fresh.exe != p.info.exe
+    {
+        p.info = Arc::new(fresh);
+        p.rechecks = 0;
+    }
 }
 
 impl Processes {
@@ -48,6 +68,9 @@ impl Processes {
             && !p.exited
         {
             p.used_ns = self.now;
+            if p.rechecks > 0 {
+                recheck(host, p);
+            }
             if p.info.comm.is_empty() {
                 let comm = comm();
                 if !comm.is_empty() {
@@ -65,10 +88,13 @@ impl Processes {
     }
 
     fn insert(&mut self, info: ProcInfo) {
+        let parent = self.procs.get(&info.ppid).filter(|_| info.ppid != 0);
+        let forked = parent.is_some_and(|p| !info.exe.is_empty() && p.info.exe == info.exe);
         let known = Known {
             info: Arc::new(info),
             used_ns: self.now,
             exited: false,
+            rechecks: if forked { RECHECKS } else { 0 },
         };
         self.procs.insert(known.info.pid, known);
     }
@@ -159,5 +185,60 @@ impl Processes {
     /// True when no process is known.
     pub fn is_empty(&self) -> bool {
         self.procs.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::host::FixedHost;
+
+    fn info(pid: u32, ppid: u32, comm: &str, exe: &str) -> ProcInfo {
+        ProcInfo {
+            pid,
+            ppid,
+            comm: comm.into(),
+            exe: exe.into(),
+            start_time: 7,
+            ..Default::default()
+        }
+    }
+
+    /// A child described between its fork and its exec (its parent's program) is asked about
+    /// again until it runs its own: an exec into a program no longer watched sends no record.
+    #[test]
+    fn a_child_seen_before_its_exec_is_described_again() {
+        let mut host = FixedHost::default();
+        host.recorded(info(10, 1, "node", "/usr/bin/node"));
+        host.recorded(info(11, 10, "node", "/usr/bin/node"));
+        host.recorded(info(11, 10, "node", "/usr/bin/node"));
+        host.recorded(info(11, 10, "mcpsrv-py", "/usr/bin/python3"));
+        let mut procs = Processes::default();
+        procs.note(&mut host, 10, "");
+        procs.note(&mut host, 11, "");
+        assert_eq!(procs.get(11).unwrap().comm, "node");
+        procs.note(&mut host, 11, "");
+        assert_eq!(procs.get(11).unwrap().comm, "node", "not yet");
+        procs.note(&mut host, 11, "");
+        assert_eq!(procs.get(11).unwrap().comm, "mcpsrv-py");
+        // Its own program now: not asked about again.
+        host.recorded(info(11, 10, "other", "/bin/other"));
+        procs.note(&mut host, 11, "");
+        assert_eq!(procs.get(11).unwrap().comm, "mcpsrv-py");
+    }
+
+    /// A child that keeps its parent's program is asked about a bounded number of times.
+    #[test]
+    fn a_child_running_its_parents_program_is_asked_a_few_times_only() {
+        let mut host = FixedHost::default();
+        host.recorded(info(20, 1, "node", "/usr/bin/node"));
+        host.recorded(info(21, 20, "node", "/usr/bin/node"));
+        let mut procs = Processes::default();
+        procs.note(&mut host, 20, "");
+        for _ in 0..100 {
+            procs.note(&mut host, 21, "");
+        }
+        assert_eq!(procs.procs[&21].rechecks, 0);
+        assert_eq!(procs.procs[&20].rechecks, 0, "a parent not known: never");
     }
 }
