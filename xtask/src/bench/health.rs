@@ -6,7 +6,9 @@
 //! goes first. The difference over the samples taken is the cost of one process sample.
 //! Sampling is the agent's own userspace work on its timer: no kernel program changes; what
 //! it adds to section 1's figures is the agent's own /proc reads (about a dozen syscalls a
-//! sample).
+//! sample). To show it, each window then times section 1's pipe workload (a process the
+//! agent watches nothing of once its pipe is found not to carry MCP) while the sampling
+//! goes on, and the report gives its ns a syscall sampling against not.
 
 use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader};
@@ -31,10 +33,16 @@ pub struct Sampling {
     pub servers: u64,
     /// Seconds each window lasted.
     pub window_s: f64,
+    /// Syscalls of each pipe timing.
+    pub syscalls: f64,
     /// Agent CPU, % of a core, sampling every second, per round.
     pub on: Vec<f64>,
     /// The same, not sampling, per round.
     pub off: Vec<f64>,
+    /// Section 1's pipe workload, ns a syscall, sampling, per round.
+    pub pipe_on: Vec<f64>,
+    /// The same, not sampling.
+    pub pipe_off: Vec<f64>,
 }
 
 impl Sampling {
@@ -81,8 +89,14 @@ impl Drop for Holder {
     }
 }
 
-/// One window: the agent's CPU (% of a core) with `interval`, N servers followed.
-fn window(env: &Env, n: u64, interval: &str, secs: f64) -> Result<f64> {
+/// One window: the agent's CPU (% of a core) with `interval`, N servers followed; then the
+/// ns a syscall of `pings` of section 1's pipe workload, the sampling going on.
+fn window(
+    env: &Env,
+    n: u64,
+    interval: &str,
+    (secs, pings): (f64, u64),
+) -> Result<(f64, super::unwatched::Timed)> {
     let port = free_port();
     let agent = env.agent(port, &["--process-interval", interval])?;
     let holder = Holder::start(n)?;
@@ -102,14 +116,17 @@ fn window(env: &Env, n: u64, interval: &str, secs: f64) -> Result<f64> {
     let meter = CpuMeter::start(&agent);
     std::thread::sleep(Duration::from_secs_f64(secs));
     let (cpu, _) = meter.read(&agent);
+    let pipe = super::unwatched::ping(env, "pipe", pings)?;
     drop(holder);
     agent.stop();
-    Ok(cpu)
+    Ok((cpu, pipe))
 }
 
 /// Section 9's rounds.
 pub fn measure(env: &Env, s: &Scale) -> Result<Sampling> {
     let (n, secs) = if s.smoke { (5, 2.0) } else { (100, 20.0) };
+    // Several seconds of pipe syscalls, so that each timing spans several samples.
+    let pings = 4 * s.ping_count;
     let mut r = Sampling {
         servers: n,
         window_s: secs,
@@ -123,11 +140,15 @@ pub fn measure(env: &Env, s: &Scale) -> Result<Sampling> {
         ));
         let on_first = round % 2 == 0;
         for on in [on_first, !on_first] {
-            let cpu = window(env, n, if on { "1s" } else { "off" }, secs)?;
+            let (cpu, timed) = window(env, n, if on { "1s" } else { "off" }, (secs, pings))?;
+            let pipe = timed.ns;
+            r.syscalls = timed.syscalls;
             if on {
                 r.on.push(cpu);
+                r.pipe_on.push(pipe);
             } else {
                 r.off.push(cpu);
+                r.pipe_off.push(pipe);
             }
         }
     }
@@ -159,4 +180,23 @@ pub fn write_section(md: &mut String, r: &Sampling) {
         per.show(),
         per.against(TARGET_US, Better::Lower)
     );
+    let moved = Ratio::of(
+        r.pipe_on
+            .iter()
+            .zip(&r.pipe_off)
+            .map(|(on, off)| on / off)
+            .collect(),
+    );
+    let _ = writeln!(
+        md,
+        "Section 1's pipe workload (64-byte `write` then `read` on one pipe, {:.0} syscalls a timing), timed right after each window while the sampling goes on: {:.0} ns a syscall sampling, {:.0} not; sampling / not **{}**, against at most {MOVED}×: {}.\n",
+        r.syscalls,
+        median(r.pipe_on.clone()),
+        median(r.pipe_off.clone()),
+        moved.show(),
+        moved.against(MOVED, Better::Lower)
+    );
 }
+
+/// How far sampling may move an unwatched process's cost: this machine's noise.
+const MOVED: f64 = 1.03;

@@ -24,9 +24,9 @@ use super::stats::{Better, Ratio, median};
 use crate::step;
 
 /// One workload run: wall ns per syscall and how many syscalls it timed.
-struct Timed {
-    ns: f64,
-    syscalls: f64,
+pub struct Timed {
+    pub ns: f64,
+    pub syscalls: f64,
 }
 
 /// `dd bs=64 | cat` (dd's reads and writes; cat runs on the other core): ns per dd syscall.
@@ -50,7 +50,7 @@ fn dd(count: u64) -> Result<Timed> {
 
 /// `bench_peer syscalls KIND`: one thread writing 64 bytes into a pipe or a loopback TCP
 /// connection and reading them back, so nothing blocks or waits for a wake-up.
-fn ping(env: &Env, kind: &str, count: u64) -> Result<Timed> {
+pub fn ping(env: &Env, kind: &str, count: u64) -> Result<Timed> {
     let out = Command::new(&env.peer)
         .args(["syscalls", kind, &count.to_string()])
         .output()?;
