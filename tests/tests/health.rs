@@ -290,9 +290,9 @@ fn an_http_server_from_first_call_to_kill_and_restart() {
     // SAFETY: signalling the server this test started.
     unsafe { libc::kill(spid as i32, libc::SIGKILL) };
     let killed = Instant::now();
-    // At least 64 scrapes after the kill: the alert's `for: 1m` must pass on what mcptap
+    // At least 66 scrapes after the kill: the alert's `for: 1m` must pass on what mcptap
     // exported, one scrape a second (each at least a second apart).
-    while up.len() < killed_at + 64 || killed.elapsed() < Duration::from_secs(64) {
+    while up.len() < killed_at + 66 || killed.elapsed() < Duration::from_secs(66) {
         scrape(&agent, &mut up);
     }
     let _ = held.kill();
