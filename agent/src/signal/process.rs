@@ -18,9 +18,10 @@ struct Known {
     used_ns: u64,
     /// Its exit was seen: forgotten once no session names it.
     exited: bool,
-    /// Questions left to ask the host again: it runs its parent's program, so it may have
-    /// been described between its fork and its exec (an exec into a program no longer
-    /// watched sends no record), and the next notes ask again until the program changes.
+    /// Questions left to ask the host again: it runs its parent's program or bears its
+    /// parent's comm, so it may have been described between its fork and its exec, or inside
+    /// the exec (an exec into a program no longer watched sends no record), and the next
+    /// notes ask again until that changes.
     rechecks: u8,
 }
 
@@ -37,13 +38,13 @@ pub struct Processes {
     pub evicted: u64,
 }
 
-/// Ask the host about `p` again: if it now runs another program (the same process, by its
-/// start time), that is what it is.
+/// Ask the host about `p` again: if it now runs another program or has another comm (the
+/// same process, by its start time), that is what it is.
 fn recheck(host: &mut dyn Host, p: &mut Known) {
     p.rechecks -= 1;
     if let Some(fresh) = host.process(p.info.pid)
         && fresh.start_time == p.info.start_time
-        && fresh.exe != p.info.exe
+        && (fresh.exe != p.info.exe || fresh.comm != p.info.comm)
     {
         p.info = Arc::new(fresh);
         p.rechecks = 0;
@@ -88,8 +89,14 @@ impl Processes {
     }
 
     fn insert(&mut self, info: ProcInfo) {
+        // Its parent's program, or its parent's comm with another program: the host read
+        // it before its exec, or inside it (the kernel switches the executable before the
+        // comm).
         let parent = self.procs.get(&info.ppid).filter(|_| info.ppid != 0);
-        let forked = parent.is_some_and(|p| !info.exe.is_empty() && p.info.exe == info.exe);
+        let forked = parent.is_some_and(|p| {
+            (!info.exe.is_empty() && p.info.exe == info.exe)
+                || (!info.comm.is_empty() && p.info.comm == info.comm)
+        });
         let known = Known {
             info: Arc::new(info),
             used_ns: self.now,
@@ -225,6 +232,21 @@ mod tests {
         host.recorded(info(11, 10, "other", "/bin/other"));
         procs.note(&mut host, 11, "");
         assert_eq!(procs.get(11).unwrap().comm, "mcpsrv-py");
+    }
+
+    /// Read inside its exec: the new program, the old comm.
+    #[test]
+    fn a_child_read_inside_its_exec_gets_its_new_comm() {
+        let mut host = FixedHost::default();
+        host.recorded(info(30, 1, "mcpcli-node", "/usr/bin/node"));
+        host.recorded(info(31, 30, "mcpcli-node", "/usr/bin/python3"));
+        host.recorded(info(31, 30, "mcpsrv-py", "/usr/bin/python3"));
+        let mut procs = Processes::default();
+        procs.note(&mut host, 30, "");
+        procs.note(&mut host, 31, "");
+        assert_eq!(procs.get(31).unwrap().comm, "mcpcli-node");
+        procs.note(&mut host, 31, "");
+        assert_eq!(procs.get(31).unwrap().comm, "mcpsrv-py");
     }
 
     /// A child that keeps its parent's program is asked about a bounded number of times.

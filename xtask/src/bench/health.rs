@@ -6,9 +6,9 @@
 //! goes first. The difference over the samples taken is the cost of one process sample.
 //! Sampling is the agent's own userspace work on its timer: no kernel program changes; what
 //! it adds to section 1's figures is the agent's own /proc reads (about a dozen syscalls a
-//! sample). To show it, each window then times section 1's pipe workload (a process the
-//! agent watches nothing of once its pipe is found not to carry MCP) while the sampling
-//! goes on, and the report gives its ns a syscall sampling against not.
+//! sample). To show it, section 1's pipe workload (a process the agent watches nothing of
+//! once its pipe is found not to carry MCP) is timed under one agent sampling every second,
+//! with the N servers to sample and with none, in rounds that alternate which goes first.
 
 use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader};
@@ -39,9 +39,9 @@ pub struct Sampling {
     pub on: Vec<f64>,
     /// The same, not sampling, per round.
     pub off: Vec<f64>,
-    /// Section 1's pipe workload, ns a syscall, sampling, per round.
+    /// Section 1's pipe workload, ns a syscall, with servers being sampled, per round.
     pub pipe_on: Vec<f64>,
-    /// The same, not sampling.
+    /// The same, under the same agent with no server to sample.
     pub pipe_off: Vec<f64>,
 }
 
@@ -89,37 +89,72 @@ impl Drop for Holder {
     }
 }
 
-/// One window: the agent's CPU (% of a core) with `interval`, N servers followed; then the
-/// ns a syscall of `pings` of section 1's pipe workload, the sampling going on.
-fn window(
-    env: &Env,
-    n: u64,
-    interval: &str,
-    (secs, pings): (f64, u64),
-) -> Result<(f64, super::unwatched::Timed)> {
-    let port = free_port();
-    let agent = env.agent(port, &["--process-interval", interval])?;
-    let holder = Holder::start(n)?;
+/// Wait (at most 60 s) until the agent on `port` follows `n` bench servers.
+fn await_followed(port: u16, n: u64) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let followed = || {
         let text = http_get(port, "/metrics").unwrap_or_default();
         metric(&text, "mcp_server_processes", &["server=\"bench-server\""])
     };
-    while followed() < n as f64 {
+    while followed() != n as f64 {
         if Instant::now() > deadline {
-            bail!("the agent followed {} of {n} servers", followed());
+            bail!("the agent followed {} bench servers, not {n}", followed());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    Ok(())
+}
+
+/// One window: the agent's CPU (% of a core) with `interval`, N servers followed.
+fn window(env: &Env, n: u64, interval: &str, secs: f64) -> Result<f64> {
+    let port = free_port();
+    let agent = env.agent(port, &["--process-interval", interval])?;
+    let holder = Holder::start(n)?;
+    await_followed(port, n)?;
     // One interval passes first, so that every window holds as many samples.
     std::thread::sleep(Duration::from_secs(1));
     let meter = CpuMeter::start(&agent);
     std::thread::sleep(Duration::from_secs_f64(secs));
     let (cpu, _) = meter.read(&agent);
-    let pipe = super::unwatched::ping(env, "pipe", pings)?;
     drop(holder);
     agent.stop();
-    Ok((cpu, pipe))
+    Ok(cpu)
+}
+
+/// Section 1's pipe workload under one agent sampling every second, with N servers to
+/// sample and with none, alternating which goes first: (with, without) ns a syscall per
+/// round, and the syscalls a timing makes.
+fn pipe_rounds(env: &Env, n: u64, rounds: usize, pings: u64) -> Result<(Vec<f64>, Vec<f64>, f64)> {
+    let port = free_port();
+    let agent = env.agent(port, &["--process-interval", "1s"])?;
+    let (mut with, mut without, mut syscalls) = (Vec::new(), Vec::new(), 0.0);
+    for round in 0..rounds {
+        step(&format!(
+            "bench: the pipe workload beside sampling, round {} of {rounds}",
+            round + 1,
+        ));
+        let sampled_first = round % 2 == 0;
+        for sampled in [sampled_first, !sampled_first] {
+            let holder = if sampled {
+                let h = Holder::start(n)?;
+                await_followed(port, n)?;
+                Some(h)
+            } else {
+                None
+            };
+            let t = super::unwatched::ping(env, "pipe", pings)?;
+            syscalls = t.syscalls;
+            if sampled {
+                with.push(t.ns);
+            } else {
+                without.push(t.ns);
+            }
+            drop(holder);
+            await_followed(port, 0)?;
+        }
+    }
+    agent.stop();
+    Ok((with, without, syscalls))
 }
 
 /// Section 9's rounds.
@@ -140,18 +175,15 @@ pub fn measure(env: &Env, s: &Scale) -> Result<Sampling> {
         ));
         let on_first = round % 2 == 0;
         for on in [on_first, !on_first] {
-            let (cpu, timed) = window(env, n, if on { "1s" } else { "off" }, (secs, pings))?;
-            let pipe = timed.ns;
-            r.syscalls = timed.syscalls;
+            let cpu = window(env, n, if on { "1s" } else { "off" }, secs)?;
             if on {
                 r.on.push(cpu);
-                r.pipe_on.push(pipe);
             } else {
                 r.off.push(cpu);
-                r.pipe_off.push(pipe);
             }
         }
     }
+    (r.pipe_on, r.pipe_off, r.syscalls) = pipe_rounds(env, n, 2 * s.rounds, pings)?;
     Ok(r)
 }
 
@@ -189,8 +221,10 @@ pub fn write_section(md: &mut String, r: &Sampling) {
     );
     let _ = writeln!(
         md,
-        "Section 1's pipe workload (64-byte `write` then `read` on one pipe, {:.0} syscalls a timing), timed right after each window while the sampling goes on: {:.0} ns a syscall sampling, {:.0} not; sampling / not **{}**, against at most {MOVED}×: {}.\n",
+        "Section 1's pipe workload (64-byte `write` then `read` on one pipe, {:.0} syscalls a timing) under one agent with `--process-interval 1s`, timed with the {} servers alive (sampled every second) and with none, {} rounds that alternate which goes first: {:.0} ns a syscall sampling, {:.0} not; sampling / not **{}**, against at most {MOVED}×: {}.\n",
         r.syscalls,
+        r.servers,
+        r.pipe_on.len(),
         median(r.pipe_on.clone()),
         median(r.pipe_off.clone()),
         moved.show(),
