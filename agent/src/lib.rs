@@ -31,6 +31,7 @@ pub mod bounded;
 pub mod capture;
 pub mod cli;
 pub mod conn;
+pub mod detect;
 pub mod enrich;
 #[doc(hidden)]
 pub mod fuzz;

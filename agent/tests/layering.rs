@@ -27,6 +27,8 @@ fn place(module: &str) -> Place {
         ("capture", 1),
         ("conn", 2),
         ("wire", 3),
+        // What the security rules match in text: pure, used by the MCP and model API readers.
+        ("detect", 3),
         ("mcp::transport", 4),
         // The parsed message is what the bindings produce; privacy decides how ids and
         // values are named where they are first read.
@@ -41,6 +43,8 @@ fn place(module: &str) -> Place {
         ("agentic", 6),
         // The processes that serve MCP, followed from the signals that name them.
         ("health", 6),
+        // Findings that need more than one message: new executables, leaks to a model.
+        ("security", 6),
         ("enrich", 7),
         ("output", 8),
     ];

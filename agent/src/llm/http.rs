@@ -364,5 +364,6 @@ fn build(
             stop: r.stop,
             trace: None,
         },
+        findings: Vec::new(),
     }
 }

@@ -82,6 +82,18 @@ pub struct Derived {
     pub tracestate: Option<String>,
     /// A `call_timeout` event was emitted for it.
     pub timeout_reported: bool,
+    /// What the security rules found in the request and its response, their session,
+    /// server, method and process filled in when the exchange is reported.
+    pub findings: Vec<Found>,
+}
+
+/// A finding in a request or its response.
+#[derive(Clone, Debug)]
+pub struct Found {
+    /// The finding, as far as the message alone says.
+    pub finding: crate::signal::security::Finding,
+    /// It is in the response (sent by the side that did not send the request).
+    pub in_response: bool,
 }
 
 /// A request on its way to a record.

@@ -1,7 +1,7 @@
 //! What the tracker reports: finished exchanges (once every view that can arrive has), the
 //! handshake, session starts, and the events about a session.
 
-use super::correlate::{KeyRef, Pending};
+use super::correlate::{Found, KeyRef, Pending};
 use super::message::{Kind, Target};
 use super::session::Session;
 use super::transport::route::{Side, other};
@@ -402,6 +402,7 @@ pub(super) fn exchange(
         (p.req.received, p.req.sent)
     };
     let (schema_valid, unknown_tool) = (d.check.schema_valid, d.check.unknown_tool);
+    let findings = place_findings(s, procs, &p, c, tool.as_deref(), d.findings);
     signal::Exchange {
         ts_ns: clock.wall_ns(p.first_seen()),
         transport: s.transport,
@@ -465,7 +466,44 @@ pub(super) fn exchange(
             traceparent: d.traceparent,
             tracestate: d.tracestate,
         },
+        findings,
     }
+}
+
+/// Findings of an exchange with what the session says of them: its label, the server's
+/// name, the method, and the process that sent the message each was found in (the server,
+/// for definitions: they are in responses).
+fn place_findings(
+    s: &mut Session,
+    procs: &Processes,
+    p: &Pending,
+    client: Side,
+    tool: Option<&str>,
+    found: Vec<Found>,
+) -> Vec<signal::security::Finding> {
+    if found.is_empty() {
+        return Vec::new();
+    }
+    let session = s.label(procs);
+    let server = server_identity(s, other(client), procs);
+    found
+        .into_iter()
+        .map(|Found { mut finding, in_response }| {
+            let sender = if in_response {
+                other(p.requester)
+            } else {
+                p.requester
+            };
+            finding.session = finding.session.or_else(|| session.clone());
+            finding.server = finding.server.or_else(|| Some(server.clone()));
+            finding.tool = finding.tool.or_else(|| tool.map(String::from));
+            finding.method = finding.method.or_else(|| Some(p.method.clone()));
+            if finding.process.pid.is_none() && finding.process.comm.is_empty() {
+                finding.process = s.endpoint(sender, procs);
+            }
+            finding
+        })
+        .collect()
 }
 
 fn split_addr(a: Option<&Addr>) -> (Option<String>, Option<u16>) {

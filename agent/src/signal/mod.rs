@@ -6,6 +6,7 @@
 pub mod health;
 pub mod llm;
 pub mod process;
+pub mod security;
 
 use serde::Serialize;
 
@@ -355,6 +356,9 @@ pub struct Exchange {
     /// JSON lines).
     #[serde(skip)]
     pub trace: TraceContext,
+    /// What the security rules found in it (written as their own `finding` lines).
+    #[serde(skip)]
+    pub findings: Vec<security::Finding>,
 }
 
 /// How long it took, from each side watched.
@@ -694,6 +698,9 @@ pub struct LlmCall {
     /// What the agentic layer works with.
     #[serde(skip)]
     pub facts: LlmFacts,
+    /// What the security rules found in it (written as their own `finding` lines).
+    #[serde(skip)]
+    pub findings: Vec<security::Finding>,
 }
 
 /// A notification, reported once even when both sides saw it.
