@@ -1,7 +1,8 @@
 //! The deployment files against a real mcptap and a real Prometheus (Debian's): every PromQL
 //! expression of the Grafana dashboard and of the alerting rules runs without error on what
 //! mcptap exports, the key panels show the workload, Prometheus loads and evaluates every
-//! rule cleanly, and the drift alert fires on a real tool-definition change.
+//! rule cleanly, the drift alert fires on a real tool-definition change, and the card-number
+//! alert on a real card number in a tool's result.
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -119,6 +120,19 @@ fn rule_expr_parser_reads_block_and_plain_scalars() {
     );
 }
 
+/// Whether alert `name` fires for the fixture server (`server="mcptap-fixture"`).
+fn firing(prom_port: u16, name: &str) -> bool {
+    prom_api(prom_port, "/api/v1/alerts")["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| {
+            a["labels"]["alertname"] == name
+                && a["labels"]["server"] == "mcptap-fixture"
+                && a["state"] == "firing"
+        })
+}
+
 /// What a key panel's values must satisfy, and how to say it.
 type Want = (fn(f64) -> bool, &'static str);
 
@@ -168,10 +182,18 @@ const KEY_PANELS: &[(&str, Want)] = &[
     // The fixture's HTTP server lives through the test, sampled every second.
     ("Server up", (|v| v == 1.0, "= 1")),
     ("Server resident memory", (|v| v > 1048576.0, "> 1 MiB")),
+    // The agent runs' echo carries a card number and an email address ([`ECHO_FINDINGS`]).
+    ("High and critical findings", (|v| v >= 1.0, ">= 1")),
+    ("Findings by server", (|v| v >= 1.0, ">= 1")),
 ];
 
-/// Agent runs the test can make: a model asks for `echo`, then for a tool it was not
-/// offered, then answers.
+/// What the agent runs' `echo` carries, so that mcptap finds personal data in the call's
+/// arguments and result: a card number that passes the Luhn check (pii, high) and an email
+/// address (pii, low), `{n}` the run's number, so that every run's address is new.
+const ECHO_FINDINGS: &str = "invoice {n}: card 4111 1111 1111 1111, billing contact dana.whitfield{n}@northwind-logistics.com";
+
+/// Agent runs the test can make: a model asks for `echo` (with [`ECHO_FINDINGS`]), then for a
+/// tool it was not offered, then answers.
 const AGENT_RUNS: usize = 8;
 
 /// One agent run (the Anthropic client library's tool loop over the fixture server), the
@@ -306,8 +328,9 @@ fn dashboard_and_alerts_query_real_mcptap_metrics() {
     // fresh increments in the panels' window).
     let scripts: serde_json::Map<String, Value> = (0..AGENT_RUNS)
         .map(|n| {
+            let text = ECHO_FINDINGS.replace("{n}", &n.to_string());
             let steps = serde_json::json!([
-                {"tools": [{"name": "echo", "arguments": {"text": "d"}}]},
+                {"tools": [{"name": "echo", "arguments": {"text": text}}]},
                 {"tools": [{"name": "not_offered", "arguments": {}}]},
                 {"text": "done"}
             ]);
@@ -446,6 +469,12 @@ fn dashboard_and_alerts_query_real_mcptap_metrics() {
                 })
         }),
         "MCPToolDefinitionsChanged did not fire: {}",
+        prom_api(prom_port, "/api/v1/alerts")
+    );
+    // The agent runs' echo carried a card number through the fixture server.
+    assert!(
+        wait_for(30, || firing(prom_port, "MCPPersonalDataInFlight")),
+        "MCPPersonalDataInFlight did not fire: {}",
         prom_api(prom_port, "/api/v1/alerts")
     );
     agent.stop();

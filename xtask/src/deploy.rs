@@ -23,7 +23,12 @@ use crate::{root, run, step};
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
 /// The dashboard's rows and template variables that the README and the e2e test rely on.
-const DASHBOARD_ROWS: &[&str] = &["Service health", "Tool performance", "Agent behaviour"];
+const DASHBOARD_ROWS: &[&str] = &[
+    "Service health",
+    "Tool performance",
+    "Agent behaviour",
+    "Security",
+];
 const DASHBOARD_VARIABLES: &[&str] = &["datasource", "server", "client"];
 
 /// Every check, in order.

@@ -68,7 +68,7 @@ enum Task {
         /// goes to target/bench-baseline.md, never to BENCHMARKS.md.
         #[arg(long, value_name = "REV")]
         baseline: Option<String>,
-        /// Only these sections, comma-separated (names or numbers 1-9), e.g.
+        /// Only these sections, comma-separated (names or numbers 1-10), e.g.
         /// `--only capacity,replay` or `--only tls-calls,transports`; the report goes to
         /// target/bench-partial.md and replaces those sections in BENCHMARKS.md, each marked
         /// with its command, commit and machine (with --baseline: bench-baseline.md only).

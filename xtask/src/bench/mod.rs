@@ -23,6 +23,8 @@
 //!    calls/s and instructions a call ([`transports`]).
 //! 9. Server health sampling: the agent's CPU with 100 followed stdio servers read from
 //!    /proc every second against not at all, and so the cost of one sample ([`health`]).
+//! 10. Security scanning: the replay of a content-bearing capture with the default rules
+//!     against `--rule-off all`, and the findings it must report ([`security`]).
 //!
 //! With `--baseline REV` ([`baseline`]), an older revision's agent is built from its own
 //! tree and measured beside this tree's, interleaved in the same run, and the report gains a
@@ -47,6 +49,7 @@ mod kstats;
 mod latency;
 mod recfile;
 mod replay;
+mod security;
 mod soak;
 mod splice;
 mod stages;
@@ -169,6 +172,9 @@ pub enum Section {
     /// Section 9, what sampling the processes that serve MCP costs the agent.
     #[value(alias = "9")]
     Health,
+    /// Section 10, what the security rules cost the userspace pipeline.
+    #[value(alias = "10")]
+    Security,
 }
 
 impl Section {
@@ -272,6 +278,7 @@ struct Results {
     tls_calls: tls_calls::TlsCalls,
     transports: transports::Transports,
     health: health::Sampling,
+    security: security::Scanning,
 }
 
 /// A run: the current binary's environment, the baseline's if there is one, the scale.
@@ -398,6 +405,11 @@ impl Run<'_> {
             } else {
                 health::Sampling::default()
             },
+            security: if want(Section::Security) {
+                timed("section 10", || security::measure(self.env, self.s))?
+            } else {
+                security::Scanning::default()
+            },
         };
         Ok((results, compared))
     }
@@ -453,6 +465,9 @@ fn report(
     }
     if want(Section::Health) {
         health::write_section(&mut md, &r.health);
+    }
+    if want(Section::Security) {
+        security::write_section(&mut md, &r.security);
     }
     if let Some((b, c)) = before_after {
         baseline::write_section(&mut md, b, c);
