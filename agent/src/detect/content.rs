@@ -5,9 +5,12 @@
 //! This runs on every tool call's arguments and result, so the common case, nothing to
 //! find, is made cheap: before anything is parsed, [`might_match`] looks at the raw text
 //! with one literal-led pattern for the secrets and the exact email and card checks (which
-//! read the same in JSON text as in the strings it holds), allocating nothing. Only a value
-//! that passes is parsed and walked, and each string in it passes the same test before the
-//! per-format patterns run on it.
+//! read the same in JSON text as in the strings it holds; the card check behind a scan for
+//! long digit runs), allocating nothing. Only a value that passes is parsed and walked, and
+//! each string in it passes the same test before the per-format patterns run on it. Measured
+//! roughly (release build, 64 KiB values, a loaded 2-core machine): 2 to 4 GB/s over prose,
+//! about 1 GB/s over logs and API objects full of ids and dates, 0.5 GB/s over an array of
+//! nothing but 13-digit timestamps; parsing the same values took 10 to 300 µs.
 //!
 //! Known gaps: a secret whose characters are written as JSON `\u` escapes is not seen (the
 //! raw test reads the text as sent); a card number is looked for in strings and in integers,
@@ -105,7 +108,7 @@ pub(crate) fn might_match(text: &str, rules: RuleSet) -> bool {
         return true;
     }
     let email = rules.on(Rule::Email) && memchr::memchr(b'@', text.as_bytes()).is_some();
-    let card = rules.on(Rule::CardNumber);
+    let card = rules.on(Rule::CardNumber) && formats::may_hold_card(text);
     (email || card)
         && formats()
             .filter(|(f, _)| {
@@ -182,8 +185,10 @@ impl Scan<'_> {
     fn text_for(&mut self, text: &str, which: impl Fn(&Format) -> bool) {
         let first = self.out.len();
         let mut claimed: Vec<std::ops::Range<usize>> = Vec::new();
+        let cards = formats::may_hold_card(text);
         for (format, regex) in formats() {
-            if !self.rules.on(format.rule) || !which(format) {
+            let skip = format.rule == Rule::CardNumber && !cards;
+            if skip || !self.rules.on(format.rule) || !which(format) {
                 continue;
             }
             for m in regex.find_iter(text) {

@@ -1,4 +1,4 @@
-use super::formats::{card_network, luhn};
+use super::formats::{card_network, luhn, may_hold_card};
 use super::*;
 
 fn hasher() -> MatchHasher {
@@ -272,6 +272,32 @@ fn card_numbers_by_network_length_and_luhn() {
         "digits only"
     );
     assert_eq!(ids_of_json(r#"{"n":4111111111111111}"#), ["card-number"]);
+}
+
+#[test]
+fn the_digit_run_scan_lets_every_card_through() {
+    for text in [
+        "4111111111111111",
+        "x 4111 1111 1111 1111",
+        "12 4111-1111-1111-1111 y",
+        "3782 822463 10005",
+        "a,4222222222222,b",
+        &format!("{}card 5555555555554444", "word ".repeat(20)),
+        &format!("{} 6011111111111117", "1".repeat(12)),
+    ] {
+        assert!(may_hold_card(text), "{text}");
+    }
+    for text in [
+        "1712345678901 1712345678902 1712345678903",
+        "[1712345678901,1712345678902]",
+        "4111 1111",
+        "4 1 1 1 1 1 1 1 1 1 1 1",
+        "2024-01-15T14:30:25.123Z",
+        "",
+        "no digits here at all, just words and more words",
+    ] {
+        assert!(!may_hold_card(text), "{text}");
+    }
 }
 
 fn ids_of_json(raw: &str) -> Vec<&'static str> {
