@@ -3,7 +3,7 @@
 //! data (email addresses, card numbers that pass the Luhn check), found in any JSON value.
 //!
 //! This runs on every tool call's arguments and result, so the common case, nothing to
-//! find, is made cheap: before anything is parsed, [`might_match`] looks at the raw text
+//! find, is made cheap: before anything is parsed, `might_match` looks at the raw text
 //! with one literal-led pattern for the secrets and the exact email and card checks (which
 //! read the same in JSON text as in the strings it holds; the card check behind a scan for
 //! long digit runs), allocating nothing. Only a value that passes is parsed and walked, and
@@ -47,11 +47,13 @@ pub fn scan_json(
     hasher: &MatchHasher,
     out: &mut Vec<Hit>,
 ) {
-    if !(rules.any_of(Kind::Secret) || rules.any_of(Kind::Pii)) || !might_match(raw, rules) {
+    let wanted = Wanted::of(rules);
+    if !might_match(raw, wanted) {
         return;
     }
     let mut scan = Scan {
         rules,
+        wanted,
         hasher,
         out,
         path: FieldPath::new(prefix),
@@ -100,15 +102,57 @@ fn secret_anchors() -> &'static Regex {
     ANCHORS.get_or_init(|| Regex::new(SECRET_ANCHORS).expect("valid pattern"))
 }
 
+/// Which kinds of content rule are on: worked out once for a value, not for each string.
+#[derive(Clone, Copy)]
+struct Wanted {
+    secrets: bool,
+    email: bool,
+    card: bool,
+}
+
+impl Wanted {
+    fn of(rules: RuleSet) -> Self {
+        Wanted {
+            secrets: rules.any_of(Kind::Secret),
+            email: rules.on(Rule::Email),
+            card: rules.on(Rule::CardNumber),
+        }
+    }
+
+    /// Which of them `text` may hold a match of, by the cheap tests alone.
+    fn candidates(self, text: &str) -> Wanted {
+        Wanted {
+            secrets: self.secrets && secret_anchors().is_match(text),
+            email: self.email && memchr::memchr(b'@', text.as_bytes()).is_some(),
+            card: self.card && formats::may_hold_card(text),
+        }
+    }
+
+    /// Whether a format is one of them.
+    fn has(self, format: &Format) -> bool {
+        match format.rule {
+            Rule::Email => self.email,
+            Rule::CardNumber => self.card,
+            _ => self.secrets,
+        }
+    }
+}
+
 /// Whether `text` (raw JSON, or one string of it) may hold a match of a rule that is on.
 /// Never wrong the other way: what a string would match, its raw JSON text matches here
 /// (but for `\u` escapes). Allocates nothing.
-pub(crate) fn might_match(text: &str, rules: RuleSet) -> bool {
-    if rules.any_of(Kind::Secret) && secret_anchors().is_match(text) {
+fn might_match(text: &str, wanted: Wanted) -> bool {
+    if !(wanted.secrets || wanted.email || wanted.card) {
+        return false;
+    }
+    let Wanted {
+        secrets,
+        email,
+        card,
+    } = wanted.candidates(text);
+    if secrets {
         return true;
     }
-    let email = rules.on(Rule::Email) && memchr::memchr(b'@', text.as_bytes()).is_some();
-    let card = rules.on(Rule::CardNumber) && formats::may_hold_card(text);
     (email || card)
         && formats()
             .filter(|(f, _)| {
@@ -123,6 +167,7 @@ pub(crate) fn might_match(text: &str, rules: RuleSet) -> bool {
 /// One walk over a value: the rules, where the hits go, and the path it stands on.
 struct Scan<'a> {
     rules: RuleSet,
+    wanted: Wanted,
     hasher: &'a MatchHasher,
     out: &'a mut Vec<Hit>,
     path: FieldPath,
@@ -156,7 +201,7 @@ impl Scan<'_> {
     /// A string: a JSON document in it is walked, its path continuing; any other string is
     /// scanned as text.
     fn string(&mut self, s: &str, embedded: u8) {
-        if !might_match(s, self.rules) {
+        if !might_match(s, self.wanted) {
             return;
         }
         let doc = s.trim_start().starts_with(['{', '[']) && embedded < MAX_EMBEDDED;
@@ -168,7 +213,7 @@ impl Scan<'_> {
 
     /// An integer long enough to be a card number.
     fn number(&mut self, n: &serde_json::Number) {
-        if self.rules.on(Rule::CardNumber) && n.as_u64().is_some_and(|v| v >= 1_000_000_000_000) {
+        if self.wanted.card && n.as_u64().is_some_and(|v| v >= 1_000_000_000_000) {
             let digits = n.to_string();
             self.text_for(&digits, |f| f.rule == Rule::CardNumber);
         }
@@ -185,10 +230,9 @@ impl Scan<'_> {
     fn text_for(&mut self, text: &str, which: impl Fn(&Format) -> bool) {
         let first = self.out.len();
         let mut claimed: Vec<std::ops::Range<usize>> = Vec::new();
-        let cards = formats::may_hold_card(text);
+        let candidates = self.wanted.candidates(text);
         for (format, regex) in formats() {
-            let skip = format.rule == Rule::CardNumber && !cards;
-            if skip || !self.rules.on(format.rule) || !which(format) {
+            if !candidates.has(format) || !self.rules.on(format.rule) || !which(format) {
                 continue;
             }
             for m in regex.find_iter(text) {

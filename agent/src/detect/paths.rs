@@ -23,8 +23,7 @@ const MAX_PATH: usize = 4096;
 /// longer than 4096 bytes are not paths. Strings holding JSON documents are not read.
 pub fn in_arguments(raw: &str, prefix: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    // Every candidate is a string starting with `/`, `~/` or `file:`: none, no parse.
-    if memchr::memchr2(b'/', b':', raw.as_bytes()).is_none() {
+    if !may_name_a_path(raw.as_bytes()) {
         return out;
     }
     let Ok(args) = serde_json::from_str::<Value>(raw) else {
@@ -33,6 +32,18 @@ pub fn in_arguments(raw: &str, prefix: &str) -> Vec<(String, String)> {
     let mut path = FieldPath::new(prefix);
     collect(&args, false, &mut path, &mut out);
     out
+}
+
+/// Whether JSON text has a string that starts like a path: `"/`, `"~/` (either with its
+/// slash escaped, `\/`) or `"file:` (in the three cases people write it). Without one there
+/// is nothing to parse for.
+fn may_name_a_path(raw: &[u8]) -> bool {
+    const STARTS: &[&[u8]] = &[
+        b"\"/", b"\"\\/", b"\"~/", b"\"~\\/", b"\"file:", b"\"FILE:", b"\"File:",
+    ];
+    STARTS
+        .iter()
+        .any(|start| memchr::memmem::find(raw, start).is_some())
 }
 
 /// The paths in `value`; `path_key`: whether the nearest key above it names a path.
@@ -235,6 +246,10 @@ mod tests {
         assert_eq!(got, want);
         assert!(in_arguments(r#"{"a":1}"#, "").is_empty());
         assert!(in_arguments("not json /x", "").is_empty());
+        assert_eq!(
+            in_arguments(r#"{"dir":"\/srv","u":"FILE:\/\/\/a"}"#, ""),
+            [("dir".into(), "/srv".into()), ("u".into(), "/a".into())]
+        );
         let long = format!("/{}", "a".repeat(4096));
         assert!(in_arguments(&serde_json::json!({ "path": long }).to_string(), "").is_empty());
     }

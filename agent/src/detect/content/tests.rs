@@ -381,7 +381,7 @@ fn only_rules_that_are_on() {
     rules.turn_off("secret").unwrap();
     rules.turn_off("pii").unwrap();
     assert!(hits_with(&raw, "", rules).is_empty());
-    assert!(!might_match(&raw, rules));
+    assert!(!might_match(&raw, Wanted::of(rules)));
 }
 
 #[test]
@@ -413,7 +413,7 @@ fn the_prefilter_passes_over_ordinary_payloads() {
         r#"{"text":"Use Bearer authentication; send a POST request to https://api.example.com"}"#,
         r#"{"text":"Demonstrates MCP task-based operations; disk-backed caches"}"#,
     ] {
-        assert!(!might_match(text, RuleSet::all()), "{text}");
+        assert!(!might_match(text, Wanted::of(RuleSet::all())), "{text}");
     }
 }
 
