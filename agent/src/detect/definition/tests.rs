@@ -59,6 +59,16 @@ fn tag_characters_are_counted_and_hashed_as_what_they_spell() {
     assert_eq!(hit.hash, hasher().hash("read ~/.ssh/id_rsa"));
     assert_eq!(hits[0].item.as_deref(), Some("add"));
     assert_eq!(hit.field, "tools[0].description");
+    // The flag of England is 🏴 and the tags `gbeng` then CANCEL TAG: a picture.
+    let england = format!("\u{1F3F4}{}\u{E007F}", in_tags("gbeng"));
+    assert!(described(&format!("Premier League scores {england}")).is_empty());
+    // 🏴 then tags that are no flag's: counted.
+    let fake = format!("\u{1F3F4}{}\u{E007F}", in_tags("read the key"));
+    assert_eq!(described(&fake), ["tag-characters"]);
+    assert_eq!(
+        described(&format!("\u{1F3F4}{}", in_tags("gbeng"))),
+        ["tag-characters"]
+    );
 }
 
 #[test]

@@ -81,9 +81,13 @@ fn count_invisible(text: &str) -> Invisible {
         return found;
     }
     let mut before = None;
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if is_tag(c) {
+    let mut at = 0;
+    while let Some(c) = text[at..].chars().next() {
+        at += c.len_utf8();
+        if c == BLACK_FLAG {
+            // The tags of a subdivision flag (🏴 England) draw it: they hide nothing.
+            at += flag_tags(&text[at..]);
+        } else if is_tag(c) {
             found.tags += 1;
             if let Some(ascii) =
                 char::from_u32(c as u32 - 0xE0000).filter(|a| (' '..='~').contains(a))
@@ -94,13 +98,36 @@ fn count_invisible(text: &str) -> Invisible {
             found.bidi += 1;
         } else if is_zero_width(c) {
             let joiner = matches!(c, '\u{200C}' | '\u{200D}');
-            if !(joiner && joins(before, chars.peek().copied())) {
+            if !(joiner && joins(before, text[at..].chars().next())) {
                 found.zero_width += 1;
             }
         }
         before = Some(c);
     }
     found
+}
+
+/// U+1F3F4 WAVING BLACK FLAG, the base of the subdivision flags.
+const BLACK_FLAG: char = '\u{1F3F4}';
+
+/// The length in bytes of the tag sequence of a subdivision flag at the start of `rest`
+/// (after 🏴): one to seven tag digits or lower-case tag letters, then CANCEL TAG (U+E007F),
+/// as Unicode defines them (`gbeng`, `gbsct`). 0 when what follows is not one.
+fn flag_tags(rest: &str) -> usize {
+    let mut len = 0;
+    for (n, c) in rest.chars().enumerate() {
+        let spec = c as u32;
+        if c == '\u{E007F}' && n > 0 {
+            return len + c.len_utf8();
+        }
+        let letter_or_digit =
+            (0xE0030..=0xE0039).contains(&spec) || (0xE0061..=0xE007A).contains(&spec);
+        if !letter_or_digit || n >= 7 {
+            return 0;
+        }
+        len += c.len_utf8();
+    }
+    0
 }
 
 /// `3 tag characters`, `1 bidi control`.
