@@ -1,34 +1,15 @@
 //! Security findings through every stage: MCP conversations over stdio pipes (and a model
 //! call over TCP) as synthetic kernel records, and what the rules find in them.
 
+use super::tests::rec;
 use super::*;
-use crate::capture::encode_record;
 use crate::capture::host::FixedHost;
 use crate::signal::security::{Finding, Kind, Rule};
-use mcptap_abi::{DIR_IN, DIR_OUT, EventHeader, FD_PIPE, RECORD_DATA};
+use mcptap_abi::{DIR_IN, DIR_OUT};
 
 const CLIENT: u32 = 100;
 const SERVER: u32 = 200;
 const SERVER2: u32 = 300;
-
-fn rec(tgid: u32, fd: i32, dir: u8, inode: u64, ts: u64, data: &[u8]) -> Vec<u8> {
-    encode_record(
-        &EventHeader {
-            record: RECORD_DATA,
-            dir,
-            fd_kind: FD_PIPE,
-            tgid,
-            tid: tgid,
-            fd,
-            ts_enter_ns: ts,
-            ts_exit_ns: ts + 10,
-            inode,
-            total: data.len() as u64,
-            ..Default::default()
-        },
-        data,
-    )
-}
 
 /// A conversation between `CLIENT` and `server` over pipes `(requests, responses)`: each
 /// line is sent by the client (`true`) or the server, and both views are recorded.
@@ -42,8 +23,16 @@ fn talk(server: u32, pipes: (u64, u64), lines: &[(bool, String)], t0: u64) -> Ve
         } else {
             (server, CLIENT, pipes.1)
         };
-        out.push(rec(writer, 5, DIR_OUT, pipe, ts, data.as_bytes()));
-        out.push(rec(reader, 6, DIR_IN, pipe, ts + 100, data.as_bytes()));
+        out.push(rec(writer, 5, DIR_OUT, pipe, ts, ts + 10, data.as_bytes()));
+        out.push(rec(
+            reader,
+            6,
+            DIR_IN,
+            pipe,
+            ts + 100,
+            ts + 110,
+            data.as_bytes(),
+        ));
     }
     out
 }
