@@ -252,10 +252,11 @@ fn python_expected(run: &PyRun) -> Vec<Found> {
     };
     let text = "result.content[0].text";
     let motd = "file:///srv/shared/motd.txt";
-    // The second listing: forecast changed after its call and lost its readOnlyHint.
+    // The second listing: forecast changed after its call (the whole definition) and lost
+    // its readOnlyHint.
     let relist = |rule: &str, part: &str| {
         let i = run.lists[1].iter().position(|t| t == "forecast").unwrap();
-        let field = format!("result.tools[{i}].{part}");
+        let field = format!("result.tools[{i}]{part}");
         Found::want(rule, PY_SERVER, "forecast", "tools/list", &field, server)
     };
     vec![
@@ -312,8 +313,8 @@ fn python_expected(run: &PyRun) -> Vec<Found> {
             "result.messages[0].content.text",
             server,
         ),
-        relist("changed-after-use", "description"),
-        relist("annotations-weakened", "annotations"),
+        relist("changed-after-use", ""),
+        relist("annotations-weakened", ".annotations"),
     ]
 }
 
@@ -363,6 +364,9 @@ fn python_sdk_server_findings() {
         );
         if f["rule"] == "annotations-weakened" {
             assert_eq!(f["detail"], "readOnlyHint: true → false", "{f}");
+        }
+        if f["rule"] == "changed-after-use" {
+            assert_eq!(f["detail"], "changed: description, annotations", "{f}");
         }
     }
     let console = std::fs::read_to_string(dir.join("console.log")).unwrap();
@@ -438,14 +442,15 @@ fn typescript_sdk_servers_shadowing_each_other() {
             &format!("result.tools[{}].name", at(mail, "search_notes")),
             mail.pid,
         ),
-        // notes-hub's summarize names send_email, which only mail-hub offers.
+        // notes-hub's summarize names send_email, which only mail-hub offers: seen when
+        // mail-hub's listing came, so found in mail-hub's message.
         Found::want(
             "cross-server-reference",
             &notes.name,
             "summarize",
             "tools/list",
             &format!("result.tools[{}].description", at(notes, "summarize")),
-            notes.pid,
+            mail.pid,
         ),
     ];
     let pids = [client, notes.pid, mail.pid];
@@ -614,6 +619,7 @@ fn new_executable_reported_once_then_known() {
     (got.server, got.tool, got.method, got.field) = (None, None, None, None);
     assert_eq!(got, want, "{:#?}", lines[0]);
     assert_eq!(lines[0]["process"]["exe"], python.to_str().unwrap());
+    assert_eq!(lines[0]["server"], "mcptap-fixture", "{}", lines[0]);
     let listed = std::fs::read_to_string(&known).unwrap();
     let lines: Vec<&str> = listed.lines().collect();
     assert_eq!(
@@ -680,7 +686,7 @@ fn secret_from_mcp_sent_to_the_model() {
             "sent-to-model",
             PY_SERVER,
             "fetch_deploy_key",
-            "tools/call",
+            "",
             "request.messages[2].content[0].content",
             host,
         ),
