@@ -143,6 +143,25 @@ pub struct OutputArgs {
     #[arg(long, global = true)]
     pub payloads: bool,
 
+    /// Turn a security rule off: a rule id, a kind (definition, shadowing, rug_pull,
+    /// secret, pii, leak_to_model, access) or `all`. Repeatable; commas separate several.
+    /// Every rule is on by default; findings carry where and a keyed hash of the match,
+    /// never the matched text. The rules: hidden-instructions, concealment,
+    /// sensitive-file-reference, exfiltration-url, tag-characters, bidi-control, zero-width,
+    /// homoglyph-name, base64-blob (definitions); shadowed-tool, cross-server-reference;
+    /// changed-after-use, annotations-weakened; private-key, cloud-key, git-token,
+    /// ai-api-key, jwt, chat-token, bearer-token (secrets); email, card-number (pii);
+    /// sent-to-model; outside-roots, new-executable. The README says what each matches and
+    /// its known false positives.
+    #[arg(long = "rule-off", value_name = "RULE", value_parser = parse_rule_off, value_delimiter = ',', global = true)]
+    pub rules_off: Vec<String>,
+
+    /// Executables known to speak MCP on this host, one path a line. The first MCP traffic
+    /// of one not listed is a `new-executable` finding, and the file learns it (created if
+    /// missing). Without it that rule reports nothing: it needs a memory of the host.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub known_executables: Option<PathBuf>,
+
     /// Report HTTP session ids (Mcp-Session-Id, legacy SSE session ids) as they are. By
     /// default outputs carry `sha256:` and 16 hex digits of their SHA-256: stable, so that
     /// records of one session still group, but not the bearer-like id itself.
@@ -322,6 +341,12 @@ fn parse_ring(s: &str) -> Result<u32, String> {
     Ok(v as u32)
 }
 
+/// A `--rule-off` value: a rule id, a kind or `all`.
+fn parse_rule_off(s: &str) -> Result<String, String> {
+    crate::signal::security::RuleSet::all().turn_off(s)?;
+    Ok(s.trim().to_string())
+}
+
 /// Seconds: a plain number, or a number with a unit (`us`, `ms`, `s`, `m`, `h`).
 fn parse_seconds(s: &str) -> Result<f64, String> {
     let t = s.trim();
@@ -382,6 +407,15 @@ mod tests {
         assert!(parse_ring("3M").is_err());
         assert!(parse_ring("1K").is_err());
         assert_eq!(parse_ring("8M"), Ok(8 << 20));
+    }
+
+    #[test]
+    fn rules_turn_off_by_name_and_bad_names_are_refused() {
+        let c = Cli::try_parse_from(["mcptap", "--rule-off", "email,secret", "--rule-off", "all"])
+            .unwrap();
+        assert_eq!(c.output.rules_off, ["email", "secret", "all"]);
+        let e = Cli::try_parse_from(["mcptap", "--rule-off", "nope"]).unwrap_err();
+        assert!(e.to_string().contains("private-key"), "{e}");
     }
 
     #[test]

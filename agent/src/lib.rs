@@ -42,6 +42,7 @@ pub mod output;
 pub mod pipeline;
 pub mod proto;
 pub mod run;
+pub mod security;
 pub mod signal;
 pub mod wire;
 

@@ -48,7 +48,9 @@ const STOP_DRAIN: Duration = Duration::from_millis(400);
 /// ...and then longest what is left is read and counted, unprocessed.
 const STOP_DISCARD: Duration = Duration::from_millis(100);
 
-fn pipeline_config(output: &OutputArgs, clock: ClockAnchor) -> PipelineConfig {
+/// The pipeline's settings from the command line; the known-executables file must be
+/// writable.
+fn pipeline_config(output: &OutputArgs, clock: ClockAnchor) -> Result<PipelineConfig> {
     let mut cfg = PipelineConfig {
         max_message_bytes: output.max_message_bytes.min(usize::MAX as u64) as usize,
         max_streams: output.max_streams as usize,
@@ -64,8 +66,16 @@ fn pipeline_config(output: &OutputArgs, clock: ClockAnchor) -> PipelineConfig {
     cfg.agentic.task_idle_ns = (output.task_idle * 1e9) as u64;
     cfg.health.interval_ns = (output.process_interval * 1e9) as u64;
     cfg.health.forget_ns = (output.server_forget * 1e9) as u64;
+    for name in &output.rules_off {
+        // Checked when the command line was parsed.
+        let _ = cfg.security.rules.turn_off(name);
+    }
+    if let Some(path) = &output.known_executables {
+        crate::security::Security::check_file(path).map_err(anyhow::Error::msg)?;
+    }
+    cfg.security.known_executables = output.known_executables.clone();
     cfg.clock = clock;
-    cfg
+    Ok(cfg)
 }
 
 fn lock(registry: &Mutex<Registry>) -> std::sync::MutexGuard<'_, Registry> {
@@ -221,7 +231,7 @@ pub fn live(args: &LiveArgs, output: &OutputArgs) -> Result<()> {
     host.tls_libraries = probes.tls_libraries();
     let mut live = Live {
         probes,
-        pipeline: Pipeline::new(pipeline_config(output, clock)),
+        pipeline: Pipeline::new(pipeline_config(output, clock)?),
         host,
         recorder,
         outputs,
@@ -439,7 +449,7 @@ fn recorded_host(path: &std::path::Path) -> Result<(FixedHost, ClockAnchor)> {
 pub fn replay(path: &std::path::Path, output: &OutputArgs) -> Result<()> {
     let (mut host, clock) = recorded_host(path)?;
     let mut outputs = Outputs::open(&output.settings())?;
-    let mut p = Pipeline::new(pipeline_config(output, clock));
+    let mut p = Pipeline::new(pipeline_config(output, clock)?);
     let mut reader = open_replay(path)?;
     let mut last_tick = 0u64;
     let mut latest = 0u64;

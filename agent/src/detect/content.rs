@@ -11,7 +11,13 @@ use crate::signal::security::RuleSet;
 /// as JSON text), their paths continuing inside them. A value that is not JSON is scanned as
 /// one string at `prefix`. Cheap when nothing matches: a prefilter over the raw text decides
 /// whether the value is parsed at all.
-pub fn scan_json(raw: &str, prefix: &str, rules: RuleSet, hasher: &MatchHasher, out: &mut Vec<Hit>) {
+pub fn scan_json(
+    raw: &str,
+    prefix: &str,
+    rules: RuleSet,
+    hasher: &MatchHasher,
+    out: &mut Vec<Hit>,
+) {
     let _ = (raw, prefix, rules, hasher, out);
 }
 

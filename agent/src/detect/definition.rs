@@ -41,10 +41,7 @@ pub fn mentions(text: &str, name: &str) -> bool {
 /// `readOnlyHint: true → false` (a hint dropped counts as its default: readOnlyHint false,
 /// destructiveHint true, idempotentHint false, openWorldHint true). `None` annotations are
 /// all defaults.
-pub fn weakened(
-    old: Option<&serde_json::Value>,
-    new: Option<&serde_json::Value>,
-) -> Vec<String> {
+pub fn weakened(old: Option<&serde_json::Value>, new: Option<&serde_json::Value>) -> Vec<String> {
     let _ = (old, new);
     Vec::new()
 }

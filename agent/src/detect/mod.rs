@@ -49,7 +49,11 @@ impl std::fmt::Debug for MatchHasher {
 impl MatchHasher {
     /// A hasher with a random key.
     pub fn random() -> Self {
-        todo!()
+        let mut key = [0u8; 32];
+        if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+            let _ = std::io::Read::read_exact(&mut f, &mut key);
+        }
+        MatchHasher { key }
     }
 
     /// A hasher with a given key (tests, and replays that must agree).
@@ -59,7 +63,26 @@ impl MatchHasher {
 
     /// The hash of `text`.
     pub fn hash(&self, text: &str) -> String {
-        let _ = (&self.key, text);
-        todo!()
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(self.key);
+        h.update(text.as_bytes());
+        let d = h.finalize();
+        let mut out = String::from("hmac:");
+        for b in &d[..8] {
+            out.push_str(&format!("{b:02x}"));
+        }
+        out
     }
+}
+
+/// The rules that are on and the hasher of their matches: what every stage that applies the
+/// rules holds (one hasher for all, so that a match in an MCP result and the same text in a
+/// model request hash the same).
+#[derive(Clone, Debug)]
+pub struct Scanner {
+    /// The rules that are on.
+    pub rules: crate::signal::security::RuleSet,
+    /// The hasher of matches.
+    pub hasher: MatchHasher,
 }

@@ -14,6 +14,7 @@ use super::{Request, Response};
 use crate::conn::verdict::Verdict;
 use crate::proto::AppCx;
 use crate::proto::http::{Claim, Holds, HttpApp};
+use crate::signal::security::Finding;
 use crate::signal::{Endpoint, LlmCall, LlmFacts, LlmStatus, LlmToolCall, LlmToolResult, Signal};
 use crate::wire::http::{ConnEvent, Role, Txn};
 
@@ -22,6 +23,8 @@ use crate::wire::http::{ConnEvent, Role, Txn};
 pub struct Config {
     /// Keep prompt, completion and argument text (`--payloads`), redacted.
     pub payloads: bool,
+    /// The security rules for secrets and personal data in request and reply bodies.
+    pub scanner: Option<crate::detect::Scanner>,
 }
 
 /// What the binding counted.
@@ -83,6 +86,8 @@ struct Pending {
     last_ns: u64,
     response: Option<Response>,
     oversize: bool,
+    /// What the content rules found in the request and the reply, as it came.
+    hits: Vec<crate::detect::Hit>,
 }
 
 /// The calls in progress on one connection, by transaction.
@@ -104,6 +109,16 @@ impl LlmHttp<'_> {
     fn opts(&self) -> Options {
         Options {
             payloads: self.cfg.payloads,
+        }
+    }
+
+    /// Secrets and personal data in a body (or a streamed event's data), named under
+    /// `prefix`. Findings say where in the body, never what.
+    fn scan(&self, body: &[u8], prefix: &str, hits: &mut Vec<crate::detect::Hit>) {
+        if let Some(sc) = &self.cfg.scanner
+            && let Ok(text) = std::str::from_utf8(body)
+        {
+            crate::detect::content::scan_json(text, prefix, sc.rules, &sc.hasher, hits);
         }
     }
 }
@@ -128,6 +143,8 @@ impl HttpApp for LlmHttp<'_> {
         };
         match api.request(target, body, self.opts()) {
             Ok(request) => {
+                let mut hits = Vec::new();
+                self.scan(body, "request", &mut hits);
                 let p = Pending {
                     api,
                     request,
@@ -140,6 +157,7 @@ impl HttpApp for LlmHttp<'_> {
                     last_ns: txn.request.first_enter_ns,
                     response: None,
                     oversize: false,
+                    hits,
                 };
                 conn.open.insert(txn.seq, p);
                 true
@@ -178,6 +196,7 @@ impl HttpApp for LlmHttp<'_> {
                     if acc.event(event.event, event.data) && p.first_chunk_ns.is_none() {
                         p.first_chunk_ns = Some(event.last_exit_ns);
                     }
+                    self.scan(event.data, "response", &mut p.hits);
                 }
             }
             ConnEvent::ResponseBody {
@@ -191,6 +210,7 @@ impl HttpApp for LlmHttp<'_> {
                     let status = p.status.unwrap_or(0);
                     p.response = Some(p.api.response(status, body, opts));
                     p.last_ns = p.last_ns.max(last_exit_ns);
+                    self.scan(body, "response", &mut p.hits);
                 }
             }
             ConnEvent::Oversize { txn, .. } => {
@@ -319,8 +339,21 @@ fn build(
         .collect();
     let remote = cx.socket.map(|s| s.remote.split());
     let pid = cx.key.tgid;
+    let process = Endpoint::of_process(pid, cx.cx.procs);
+    let ts_ns = cx.cx.wall(p.start_ns);
+    let findings = p
+        .hits
+        .into_iter()
+        .map(|h| {
+            let mut f = Finding::new(h.rule, ts_ns, process.clone());
+            f.field = Some(h.field);
+            f.match_hash = Some(h.hash);
+            f.detail = h.detail;
+            f
+        })
+        .collect();
     LlmCall {
-        ts_ns: cx.cx.wall(p.start_ns),
+        ts_ns,
         provider: Some(api.provider()),
         api: Some(api),
         model: req.model,
@@ -346,7 +379,7 @@ fn build(
         self_corrections: 0,
         request_bytes: p.request_bytes,
         response_bytes: txn.response.as_ref().map_or(0, |h| h.body_bytes),
-        process: Endpoint::of_process(pid, cx.cx.procs),
+        process,
         server_address: remote.as_ref().map(|(a, _)| a.clone()),
         server_port: remote.and_then(|(_, port)| port),
         tls: cx.base.tls,
@@ -364,6 +397,6 @@ fn build(
             stop: r.stop,
             trace: None,
         },
-        findings: Vec::new(),
+        findings,
     }
 }

@@ -485,6 +485,15 @@ impl Correlator {
         self.open.get_mut(by(&(requester, id)))?.back_mut()
     }
 
+    /// The open exchange whose response (sent by the side opposite `requester`) hashed
+    /// `hash`: the one a response view just answered.
+    pub fn answered_mut(&mut self, requester: Side, id: &str, hash: u64) -> Option<&mut Pending> {
+        self.open
+            .get_mut(by(&(requester, id)))?
+            .iter_mut()
+            .find(|p| p.response.as_ref().is_some_and(|r| r.hash == hash))
+    }
+
     /// Every open exchange.
     pub fn open_iter(&self) -> impl Iterator<Item = &Pending> {
         self.open.values().flatten()

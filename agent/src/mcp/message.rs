@@ -144,6 +144,10 @@ pub struct Message<'a> {
     pub contents_bytes: Option<u64>,
     /// The whole `result`, as JSON text, when payloads are kept (`--payloads`).
     pub result: Option<Cow<'a, str>>,
+    /// The whole `result` as JSON text, borrowed from the frame, for the security rules to
+    /// read where it is first seen; never kept past the frame ([`Message::into_owned`]
+    /// drops it).
+    pub raw_result: Option<&'a str>,
 }
 
 /// An owned copy of a borrowed string.
@@ -178,6 +182,7 @@ impl Message<'_> {
             result_text_bytes: self.result_text_bytes,
             contents_bytes: self.contents_bytes,
             result: owned(self.result),
+            raw_result: None,
         }
     }
 }
@@ -477,7 +482,7 @@ pub fn parse_with(bytes: &[u8], opts: Options) -> Result<Parsed<'_>, ParseError>
 
 fn parse_one(text: &str, opts: Options) -> Result<Message<'_>, ParseError> {
     if let Ok((t, raw_result)) = scan::envelope(text) {
-        return typed_message(t, raw_result.filter(|_| opts.payloads));
+        return typed_message(t, raw_result, opts);
     }
     parse_serde(text, opts)
 }
@@ -493,7 +498,7 @@ pub(crate) fn check_scan(bytes: &[u8]) -> bool {
     for payloads in [false, true] {
         let opts = Options { payloads };
         if let Ok((t, raw_result)) = scan::envelope(text) {
-            let fast = typed_message(t, raw_result.filter(|_| payloads));
+            let fast = typed_message(t, raw_result, opts);
             assert_eq!(
                 fast,
                 parse_serde(text, opts),
@@ -505,27 +510,25 @@ pub(crate) fn check_scan(bytes: &[u8]) -> bool {
     answered
 }
 
-/// What serde_json makes of one message: the reading the scan must agree with.
+/// What serde_json makes of one message: the reading the scan must agree with. Only the
+/// two-pass read has the result's text, which the security rules read.
 fn parse_serde(text: &str, opts: Options) -> Result<Message<'_>, ParseError> {
-    // The result's text is only kept with payloads, and only the two-pass read has it.
-    if !opts.payloads
-        && let Ok(t) = serde_json::from_str::<Typed<'_>>(text)
-    {
-        return typed_message(t, None);
-    }
     parse_two_pass(text, opts)
 }
 
-/// The message a typed envelope makes, with the result's text `raw_result` when payloads are
-/// kept.
-fn typed_message<'a>(t: Typed<'a>, raw_result: Option<Raw<'a>>) -> Result<Message<'a>, ParseError> {
+/// The message a typed envelope makes, with the result's text `raw_result`.
+fn typed_message<'a>(
+    t: Typed<'a>,
+    raw_result: Option<Raw<'a>>,
+    opts: Options,
+) -> Result<Message<'a>, ParseError> {
     let body = match (t.method, t.error, t.result) {
         (Some(method), ..) => Body::Call(method.0, t.params.unwrap_or_default()),
         (None, Some(err), _) => Body::Error(err),
         (None, None, Some(result)) => Body::Result(result, raw_result),
         (None, None, None) => Body::Neither,
     };
-    message(t.jsonrpc, t.id, body)
+    message(t.jsonrpc, t.id, body, opts)
 }
 
 /// What a message carries besides its envelope.
@@ -534,7 +537,7 @@ enum Body<'a> {
     Call(Cow<'a, str>, Params<'a>),
     /// An error.
     Error(ErrorObject<'a>),
-    /// A result, and its raw text when payloads are kept.
+    /// A result, and its raw text.
     Result(ResultFields<'a>, Option<Raw<'a>>),
     /// None of these.
     Neither,
@@ -559,11 +562,11 @@ fn parse_two_pass(text: &str, opts: Options) -> Result<Message<'_>, ParseError> 
         (None, Some(err), _) => Body::Error(err),
         (None, None, Some(raw)) => {
             let fields = serde_json::from_str(raw.0).unwrap_or_default();
-            Body::Result(fields, opts.payloads.then_some(raw))
+            Body::Result(fields, Some(raw))
         }
         (None, None, None) => Body::Neither,
     };
-    message(env.jsonrpc, env.id, body)
+    message(env.jsonrpc, env.id, body, opts)
 }
 
 /// The message an envelope's version, id and body make.
@@ -571,6 +574,7 @@ fn message<'a>(
     jsonrpc: Option<Str<'a>>,
     id: Option<Raw<'a>>,
     body: Body<'a>,
+    opts: Options,
 ) -> Result<Message<'a>, ParseError> {
     if jsonrpc.as_deref() != Some("2.0") {
         return Err(ParseError::NotJsonRpc);
@@ -590,7 +594,7 @@ fn message<'a>(
             if msg.id.is_none() {
                 return Err(ParseError::Invalid("response without id"));
             }
-            read_result(&mut msg, fields, raw);
+            read_result(&mut msg, fields, raw, opts);
         }
         Body::Neither => return Err(ParseError::Invalid("neither method, result nor error")),
     }
@@ -645,7 +649,12 @@ fn target_of<'a>(method: &str, name: Option<Str<'a>>, uri: Option<Str<'a>>) -> T
 /// The facts of a successful response: `isError`, the server's identity, advertised tools,
 /// result sizes and (with `--payloads`) the result itself, `raw`. A result that is not an
 /// object still makes a response, with none of these facts.
-fn read_result<'a>(msg: &mut Message<'a>, r: ResultFields<'a>, raw: Option<Raw<'a>>) {
+fn read_result<'a>(
+    msg: &mut Message<'a>,
+    r: ResultFields<'a>,
+    raw: Option<Raw<'a>>,
+    opts: Options,
+) {
     msg.kind = Kind::Response;
     msg.is_error = r.is_error == Some(true);
     msg.protocol_version = r.protocol_version.map(|v| v.0);
@@ -663,7 +672,8 @@ fn read_result<'a>(msg: &mut Message<'a>, r: ResultFields<'a>, raw: Option<Raw<'
     if let Some(Sizes(contents)) = r.contents {
         msg.contents_bytes = Some(contents);
     }
-    if let Some(Raw(raw)) = raw {
+    msg.raw_result = raw.map(|r| r.0);
+    if let Some(Raw(raw)) = raw.filter(|_| opts.payloads) {
         msg.result = Some(if raw.len() <= PAYLOAD_LIMIT {
             Cow::Borrowed(raw)
         } else {

@@ -17,6 +17,7 @@ pub mod privacy;
 pub mod session;
 pub mod transport;
 
+mod inspect;
 mod observe;
 mod report;
 mod timers;
@@ -60,6 +61,8 @@ pub struct TrackerConfig {
     /// Most requests awaiting an answer, over all sessions; past it the oldest end as
     /// `no_response` and are counted.
     pub max_pending: usize,
+    /// The security rules to apply, and the hasher of their matches (`None`: none).
+    pub scanner: Option<crate::detect::Scanner>,
 }
 
 impl Default for TrackerConfig {
@@ -74,6 +77,7 @@ impl Default for TrackerConfig {
             full_resource_uris: false,
             max_sessions: 20_000,
             max_pending: 50_000,
+            scanner: None,
         }
     }
 }
@@ -161,6 +165,8 @@ struct State {
     held_http: Option<Box<Vec<Signal>>>,
     /// Its sides are the other way round from its key's order (it was renamed).
     flip: bool,
+    /// What the security rules remember of it (made when a rule first needs it).
+    watch: Option<Box<inspect::SessionWatch>>,
 }
 
 impl State {
@@ -177,6 +183,7 @@ impl State {
             errors: 0,
             held_http: None,
             flip: false,
+            watch: None,
         }
     }
 
@@ -263,6 +270,8 @@ pub struct Tracker {
     /// DELETE): who their ends were. The [`ENDED_CAP`] latest.
     ended: crate::FastMap<SessionKey, Session>,
     ended_order: std::collections::VecDeque<SessionKey>,
+    /// The security rules' memory.
+    inspect: inspect::Inspector,
 }
 
 /// Ended HTTP sessions remembered for the requests that outlive them.
@@ -303,7 +312,6 @@ impl Tracker {
     /// A tracker with no sessions.
     pub fn new(cfg: TrackerConfig) -> Self {
         Tracker {
-            cfg,
             states: Default::default(),
             by_pid: Default::default(),
             book: ToolBook::default(),
@@ -314,6 +322,8 @@ impl Tracker {
             released: Vec::new(),
             ended: Default::default(),
             ended_order: Default::default(),
+            inspect: inspect::Inspector::new(cfg.scanner.clone()),
+            cfg,
         }
     }
 
@@ -457,6 +467,14 @@ impl Tracker {
                 self.stats.evicted_ended,
             ),
         ]
+        .into_iter()
+        .chain(self.inspect.tables())
+        .collect()
+    }
+
+    /// Security findings made so far.
+    pub fn findings(&self) -> u64 {
+        self.inspect.stats.findings
     }
 
     /// The server each open session is with, for the gauges.
@@ -582,8 +600,9 @@ mod tests {
     #[test]
     fn per_session_entries_stay_small() {
         assert!(size_of::<(SessionKey, Box<State>)>() <= 64);
-        // 736 until the lazy box of HTTP requests held for the server's name (8 bytes).
-        assert!(size_of::<State>() <= 744);
+        // 736 until the lazy box of HTTP requests held for the server's name (8 bytes), 744
+        // until the lazy box of what the security rules remember (8 more).
+        assert!(size_of::<State>() <= 752);
         assert!(size_of::<Correlator>() <= 240);
         assert!(size_of::<Repeats>() <= 32);
     }

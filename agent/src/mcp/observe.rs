@@ -3,6 +3,7 @@
 
 use super::correlate::{Derived, KeyRef, Outcome, Sighting};
 use super::derive::{self, Advertised, Repeats, ToolBook};
+use super::inspect::Answer;
 use super::message::{self, Kind, Message, Target};
 use super::report;
 use super::session::Session;
@@ -74,8 +75,12 @@ impl Tracker {
                 self.cfg.payloads,
             );
             self.stats.bad_schemas = self.book.bad_schemas;
+            let found = self
+                .inspect
+                .request(&mut st.watch, msg, cx.clock.wall_ns(seen.ts));
             if let Some(p) = st.corr.newest_mut(seen.sender, id) {
                 p.derived = derived;
+                p.derived.findings = found;
             }
             if msg.method.as_deref() == Some("initialize") {
                 st.handshake = Some(Handshake {
@@ -115,6 +120,10 @@ impl Tracker {
         if outcome == Outcome::Late {
             self.stats.late_views += 1;
         }
+        if outcome == Outcome::New {
+            self.inspect_response(cx, route, msg, seen);
+        }
+        let st = self.states.get_mut(&route.key).expect("made by observe");
         let Some(tools) = &msg.tools else {
             return;
         };
@@ -135,6 +144,28 @@ impl Tracker {
             cx.out
                 .push(report::session_event(st, cx.procs, cx.clock, seen.ts, what));
         }
+    }
+
+    /// A new response goes past the security rules; what they find rides on its exchange.
+    fn inspect_response(&mut self, cx: &Ctx<'_>, route: &Route, msg: &Message<'_>, seen: Sighting) {
+        let st = self.states.get_mut(&route.key).expect("made by observe");
+        let id = msg
+            .id
+            .as_deref()
+            .expect("responses with no id return earlier");
+        let Some(p) = st.corr.answered_mut(other(seen.sender), id, seen.hash) else {
+            return;
+        };
+        let server = report::server_identity(&st.session, seen.sender, cx.procs);
+        let answer = Answer {
+            method: &p.method,
+            server: &server,
+            client_pid: st.session.ends[other(seen.sender)].pid,
+            msg,
+            ts_ns: cx.clock.wall_ns(seen.ts),
+        };
+        let found = self.inspect.response(&mut st.watch, &answer);
+        p.derived.findings.extend(found);
     }
 
     fn notification(&mut self, cx: &mut Ctx<'_>, route: &Route, msg: &Message<'_>, seen: Sighting) {

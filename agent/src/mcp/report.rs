@@ -488,21 +488,26 @@ fn place_findings(
     let server = server_identity(s, other(client), procs);
     found
         .into_iter()
-        .map(|Found { mut finding, in_response }| {
-            let sender = if in_response {
-                other(p.requester)
-            } else {
-                p.requester
-            };
-            finding.session = finding.session.or_else(|| session.clone());
-            finding.server = finding.server.or_else(|| Some(server.clone()));
-            finding.tool = finding.tool.or_else(|| tool.map(String::from));
-            finding.method = finding.method.or_else(|| Some(p.method.clone()));
-            if finding.process.pid.is_none() && finding.process.comm.is_empty() {
-                finding.process = s.endpoint(sender, procs);
-            }
-            finding
-        })
+        .map(
+            |Found {
+                 mut finding,
+                 in_response,
+             }| {
+                let sender = if in_response {
+                    other(p.requester)
+                } else {
+                    p.requester
+                };
+                finding.session = finding.session.or_else(|| session.clone());
+                finding.server = finding.server.or_else(|| Some(server.clone()));
+                finding.tool = finding.tool.or_else(|| tool.map(String::from));
+                finding.method = finding.method.or_else(|| Some(p.method.clone()));
+                if finding.process.pid.is_none() && finding.process.comm.is_empty() {
+                    finding.process = s.endpoint(sender, procs);
+                }
+                finding
+            },
+        )
         .collect()
 }
 

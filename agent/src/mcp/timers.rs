@@ -17,6 +17,7 @@ impl Tracker {
     pub fn process_exit(&mut self, pid: u32, ts: u64, cx: &mut Ctx<'_>) {
         self.now = self.now.max(ts);
         cx.procs.exited(pid);
+        self.inspect.process_exit(pid);
         let keys: Vec<SessionKey> = self
             .by_pid
             .get(&pid)

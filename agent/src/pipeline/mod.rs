@@ -25,11 +25,13 @@ use crate::capture::host::{Host, NoHost};
 use crate::capture::recording::ClockAnchor;
 use crate::capture::{ProcessNote, Record, RecordKind};
 use crate::conn::{self, Conns};
+use crate::detect::{MatchHasher, Scanner};
 use crate::health::{self, Health};
 use crate::llm;
 use crate::mcp::transport;
 use crate::mcp::{Tracker, TrackerConfig};
 use crate::proto::{self, Protocols, StreamFraming};
+use crate::security::{self, Security};
 use crate::signal::process::{MAX_PROCESSES, Processes};
 use crate::signal::{Ctx, Event, Signal, What};
 use mcptap_abi::counter;
@@ -58,6 +60,8 @@ pub struct PipelineConfig {
     pub agentic: agentic::Config,
     /// The server health stage's settings.
     pub health: health::Config,
+    /// The security rules' settings.
+    pub security: security::Config,
 }
 
 impl Default for PipelineConfig {
@@ -72,6 +76,7 @@ impl Default for PipelineConfig {
             clock: ClockAnchor::default(),
             agentic: agentic::Config::default(),
             health: health::Config::default(),
+            security: security::Config::default(),
         }
     }
 }
@@ -111,6 +116,8 @@ pub struct Pipeline {
     pub health: Health,
     /// Signals the health stage made, on their way to `out`.
     health_out: Vec<Signal>,
+    /// Findings that need more than one message.
+    pub security: Security,
     clock: ClockAnchor,
     /// Signals the stages made, before the agentic layer.
     raw: Vec<Signal>,
@@ -129,7 +136,13 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// An empty pipeline.
-    pub fn new(cfg: PipelineConfig) -> Self {
+    pub fn new(mut cfg: PipelineConfig) -> Self {
+        // One hasher for every stage that applies the rules: equal matches hash the same.
+        let scanner = cfg.security.rules.any().then(|| Scanner {
+            rules: cfg.security.rules,
+            hasher: MatchHasher::random(),
+        });
+        cfg.tracker.scanner = scanner.clone();
         let conns = conn::Config {
             idle_ns: cfg.stream_idle_ns,
             max_fds: cfg.max_streams,
@@ -146,6 +159,7 @@ impl Pipeline {
                 bindings,
                 llm::http::Config {
                     payloads: cfg.tracker.payloads,
+                    scanner,
                 },
             ),
             links_cap: cfg.tracker.max_sessions.saturating_mul(4).max(1024),
@@ -154,6 +168,7 @@ impl Pipeline {
             agentic: Joiner::new(cfg.agentic, cfg.clock),
             health: Health::new(cfg.health, cfg.clock),
             health_out: Vec::new(),
+            security: Security::new(cfg.security),
             clock: cfg.clock,
             raw: Vec::new(),
             out: Vec::new(),
@@ -231,6 +246,7 @@ impl Pipeline {
         if !self.raw.is_empty() {
             let from = self.out.len();
             self.agentic.take(&mut self.raw, &mut self.out, &self.procs);
+            self.security.observe(&mut self.out[from..]);
             let new = &self.out[from..];
             self.health.observe(new, &self.procs, &mut self.health_out);
             self.out.append(&mut self.health_out);
@@ -257,7 +273,10 @@ impl Pipeline {
         let mut stage = self.protocols.stage(&mut self.tracker);
         self.conns.tick(now, &mut stage, &mut cx);
         self.join();
+        // Model calls the agentic layer held for their links go out now.
+        let from = self.out.len();
         self.agentic.tick(now, &mut self.out);
+        self.security.observe(&mut self.out[from..]);
         self.health.tick(now, None, &mut self.out);
         self.release_links();
         self.procs.set_now(now);
@@ -338,6 +357,7 @@ impl Pipeline {
         v.extend(self.tracker.tables());
         v.extend(self.agentic.tables());
         v.extend(self.health.tables());
+        v.extend(self.security.tables());
         let links = &self.protocols.mcp.links;
         v.push(TableStat::new(
             "processes",
@@ -374,7 +394,9 @@ impl Pipeline {
     pub fn finish(&mut self, now: u64, grace: u64) {
         self.tick(now + grace);
         self.conns.finish();
+        let from = self.out.len();
         self.agentic.finish(&mut self.out);
+        self.security.observe(&mut self.out[from..]);
         let open = self.tracker.open_exchanges();
         if open > 0 {
             let what = What::InFlightAtStop {
@@ -470,6 +492,8 @@ impl Pipeline {
 mod agentic_tests;
 #[cfg(test)]
 mod h2ws_tests;
+#[cfg(test)]
+mod security_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
