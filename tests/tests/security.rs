@@ -706,6 +706,10 @@ fn secret_from_mcp_sent_to_the_model() {
         .find(|f| f["finding"] == "secret")
         .unwrap();
     assert_eq!(leak["match_hash"], secret["match_hash"], "the same text");
+    assert_eq!(
+        leak["detail"], "private-key first seen in an MCP message",
+        "{leak}"
+    );
     let texts: Vec<String> = key
         .lines()
         .filter(|l| !l.starts_with("-----"))
