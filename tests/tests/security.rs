@@ -370,9 +370,10 @@ fn python_sdk_server_findings() {
         }
     }
     let console = std::fs::read_to_string(dir.join("console.log")).unwrap();
+    let ours = format!("server={PY_SERVER} ");
     let flagged = console
         .lines()
-        .filter(|l| l.starts_with("! finding"))
+        .filter(|l| l.contains(" ! finding ") && l.contains(&ours))
         .count();
     assert_eq!(flagged, python_expected(&run).len(), "{console}");
     assert_never_written(&dir, &metrics, &python_matched_texts(&run));
@@ -542,7 +543,15 @@ fn clean_reference_servers_report_nothing() {
     ];
     assert_eq!(names[0], "mcp-servers/everything");
     let console = std::fs::read_to_string(dir.join("console.log")).unwrap();
-    assert!(!console.contains("! finding"), "{console}");
+    for name in names {
+        let ours = format!("server={name} ");
+        assert!(
+            !console
+                .lines()
+                .any(|l| l.contains(" ! finding ") && l.contains(&ours)),
+            "{console}"
+        );
+    }
 }
 
 /// A copy of the Python interpreter at a path of its own (a virtualenv with `--copies`) that
