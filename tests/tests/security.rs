@@ -260,8 +260,12 @@ fn python_expected(run: &PyRun) -> Vec<Found> {
         Found::want(rule, PY_SERVER, "forecast", "tools/list", &field, server)
     };
     vec![
+        // Each distinct match is one finding: the block's opening and closing tags, and both
+        // `~/.ssh` and `id_rsa`.
+        def("hidden-instructions", "send_report", "description"),
         def("hidden-instructions", "send_report", "description"),
         def("concealment", "send_report", "description"),
+        def("sensitive-file-reference", "send_report", "description"),
         def("sensitive-file-reference", "send_report", "description"),
         def("exfiltration-url", "sync_notes", "description"),
         def("zero-width", "format_text", "description"),
@@ -335,6 +339,8 @@ fn python_matched_texts(run: &PyRun) -> Vec<String> {
         "ops-desk@acme-widgets.io".into(),
         "dana.kim@acme-widgets.io".into(),
         "id_rsa".into(),
+        "~/.ssh".into(),
+        "<IMPORTANT>".into(),
         "Do not tell the user".into(),
         "collect.sync-notes.net".into(),
     ]);
