@@ -157,6 +157,13 @@ fn assert_never_written(dir: &Path, metrics: &str, texts: &[String]) {
     }
 }
 
+/// Whether `c` is one of the characters the definition rules call invisible: Unicode tags,
+/// bidirectional controls, zero-width characters.
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{E0000}'..='\u{E007F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+        || matches!(c, '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}')
+}
+
 /// `mcp_security_findings_total` counts, per (kind, severity, server), the findings that
 /// name a server.
 fn assert_counted(agent: &Agent, want: &[Found]) {
@@ -382,6 +389,16 @@ fn python_sdk_server_findings() {
         .filter(|l| l.contains(" ! finding ") && l.contains(&ours))
         .count();
     assert_eq!(flagged, python_expected(&run).len(), "{console}");
+    // The tag characters of the tool's name spell hidden text: the console, read by a person
+    // in a terminal, shows them escaped (as it does control characters), never raw.
+    let hidden: Vec<&str> = console
+        .lines()
+        .filter(|l| l.chars().any(invisible))
+        .collect();
+    assert!(
+        hidden.is_empty(),
+        "invisible characters on the console: {hidden:#?}"
+    );
     assert_never_written(&dir, &metrics, &python_matched_texts(&run));
 }
 
