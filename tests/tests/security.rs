@@ -231,8 +231,45 @@ fn python_run(name: &str, args: &[&str]) -> (Agent, PathBuf, PyRun, ClientRun) {
     (agent, dir, run, calls)
 }
 
+/// The Python fixture's resource, outside the client's root.
+const MOTD: &str = "file:///srv/shared/motd.txt";
+
+/// Who sent a message: the client or the server.
+#[derive(Clone, Copy)]
+enum By {
+    Client,
+    Server,
+}
+
+/// The findings in the Python fixture's calls, reads and prompts: (rule, tool, method,
+/// field, who sent the message).
+#[rustfmt::skip]
+const PY_MESSAGES: &[(&str, &str, &str, &str, By)] = &[
+    ("outside-roots", "read_file", "tools/call", "params.arguments.path", By::Client),
+    ("outside-roots", MOTD, "resources/read", "params.uri", By::Client),
+    ("email", MOTD, "resources/read", "result.contents[0].text", By::Server),
+    ("private-key", "fetch_deploy_key", "tools/call", "result.content[0].text", By::Server),
+    ("cloud-key", "cloud_config", "tools/call", "result.content[0].text", By::Server),
+    ("card-number", "billing_profile", "tools/call", "result.content[0].text", By::Server),
+    ("email", "store_note", "tools/call", "params.arguments.note", By::Client),
+    ("email", "contact_card", "prompts/get", "result.messages[0].content.text", By::Server),
+];
+
 /// Every finding the Python fixture's run makes, worked out from the client's report.
 fn python_expected(run: &PyRun) -> Vec<Found> {
+    let mut want = python_definitions(run);
+    for &(rule, tool, method, field, by) in PY_MESSAGES {
+        let pid = match by {
+            By::Client => run.pid,
+            By::Server => run.server_pid,
+        };
+        want.push(Found::want(rule, PY_SERVER, tool, method, field, pid));
+    }
+    want
+}
+
+/// The findings in the Python fixture's two tools/list results.
+fn python_definitions(run: &PyRun) -> Vec<Found> {
     let first = &run.lists[0];
     let at = |name: &str| {
         first
@@ -244,27 +281,24 @@ fn python_expected(run: &PyRun) -> Vec<Found> {
     // letter in `search_notes`.
     let tagged = first.iter().find(|t| t.starts_with("lookup")).unwrap();
     let homoglyph = first.iter().find(|t| t.ends_with("arch_notes")).unwrap();
-    assert!(
-        tagged
-            .chars()
-            .any(|c| ('\u{E0000}'..='\u{E007F}').contains(&c))
-    );
-    let (client, server) = (run.pid, run.server_pid);
+    assert!(tagged.chars().any(invisible) && homoglyph != "search_notes");
     let def = |rule: &str, tool: &str, part: &str| {
         let field = format!("result.tools[{}].{part}", at(tool));
-        Found::want(rule, PY_SERVER, tool, "tools/list", &field, server)
+        Found::want(rule, PY_SERVER, tool, "tools/list", &field, run.server_pid)
     };
-    let call = |rule: &str, tool: &str, method: &str, field: &str, pid: u32| {
-        Found::want(rule, PY_SERVER, tool, method, field, pid)
-    };
-    let text = "result.content[0].text";
-    let motd = "file:///srv/shared/motd.txt";
     // The second listing: forecast changed after its call (the whole definition) and lost
     // its readOnlyHint.
     let relist = |rule: &str, part: &str| {
         let i = run.lists[1].iter().position(|t| t == "forecast").unwrap();
         let field = format!("result.tools[{i}]{part}");
-        Found::want(rule, PY_SERVER, "forecast", "tools/list", &field, server)
+        Found::want(
+            rule,
+            PY_SERVER,
+            "forecast",
+            "tools/list",
+            &field,
+            run.server_pid,
+        )
     };
     vec![
         // Each distinct match is one finding: the block's opening and closing tags, and both
@@ -280,50 +314,6 @@ fn python_expected(run: &PyRun) -> Vec<Found> {
         def("base64-blob", "encode_blob", "description"),
         def("tag-characters", tagged, "name"),
         def("homoglyph-name", homoglyph, "name"),
-        call(
-            "outside-roots",
-            "read_file",
-            "tools/call",
-            "params.arguments.path",
-            client,
-        ),
-        call(
-            "outside-roots",
-            motd,
-            "resources/read",
-            "params.uri",
-            client,
-        ),
-        call(
-            "email",
-            motd,
-            "resources/read",
-            "result.contents[0].text",
-            server,
-        ),
-        call(
-            "private-key",
-            "fetch_deploy_key",
-            "tools/call",
-            text,
-            server,
-        ),
-        call("cloud-key", "cloud_config", "tools/call", text, server),
-        call("card-number", "billing_profile", "tools/call", text, server),
-        call(
-            "email",
-            "store_note",
-            "tools/call",
-            "params.arguments.note",
-            client,
-        ),
-        call(
-            "email",
-            "contact_card",
-            "prompts/get",
-            "result.messages[0].content.text",
-            server,
-        ),
         relist("changed-after-use", ""),
         relist("annotations-weakened", ".annotations"),
     ]
