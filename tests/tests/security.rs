@@ -301,12 +301,10 @@ fn python_definitions(run: &PyRun) -> Vec<Found> {
         )
     };
     vec![
-        // Each distinct match is one finding: the block's opening and closing tags, and both
-        // `~/.ssh` and `id_rsa`.
-        def("hidden-instructions", "send_report", "description"),
+        // A field is named once per rule, however many matches it holds: the block's two
+        // tags, both `~/.ssh` and `id_rsa`.
         def("hidden-instructions", "send_report", "description"),
         def("concealment", "send_report", "description"),
-        def("sensitive-file-reference", "send_report", "description"),
         def("sensitive-file-reference", "send_report", "description"),
         def("exfiltration-url", "sync_notes", "description"),
         def("zero-width", "format_text", "description"),
