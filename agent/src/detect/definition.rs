@@ -172,6 +172,12 @@ impl ItemScan<'_> {
     }
 }
 
+/// Whether `c` hides or reorders text when displayed (a tag character, a bidi control, a
+/// zero-width character): a terminal shows it escaped.
+pub fn is_invisible(c: char) -> bool {
+    text::is_invisible(c)
+}
+
 /// Whether a tool name is distinctive enough that naming it in another server's description
 /// means that tool (`send_email`, `readFile`), not a word (`add`, `search`): four characters
 /// or more, with a `_`, `-` or `.` in it, or a lower-case letter followed by an upper-case

@@ -27,15 +27,19 @@ fn who(e: &Endpoint) -> String {
 }
 
 /// Text from the wire (tool names, URIs, methods, process names) made safe for a terminal:
-/// control characters, which could move the cursor or recolour the screen, are written as
-/// escapes.
+/// control characters, which could move the cursor or recolour the screen, and characters
+/// that hide or reorder text (tag characters, bidi controls, zero-width characters), are
+/// written as escapes.
 pub fn escape(s: &str) -> String {
-    if !s.chars().any(char::is_control) {
+    // Invisible and reordering characters too: a tool name could hide text, or turn a line
+    // around, on the operator's screen.
+    let hidden = |c: char| c.is_control() || crate::detect::definition::is_invisible(c);
+    if !s.chars().any(hidden) {
         return s.to_string();
     }
     let mut out = String::with_capacity(s.len() + 8);
     for c in s.chars() {
-        if c.is_control() {
+        if hidden(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);

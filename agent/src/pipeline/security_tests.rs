@@ -235,7 +235,7 @@ fn paths_outside_the_declared_roots_are_found() {
             (
                 Rule::OutsideRoots,
                 "fs".into(),
-                "".into(),
+                "file:///etc/hosts".into(),
                 "resources/read".into(),
                 "params.uri".into()
             ),

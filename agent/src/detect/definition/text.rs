@@ -50,6 +50,12 @@ struct Invisible {
     zero_width: usize,
 }
 
+/// Whether `c` hides or reorders text when displayed: a tag character, a bidi control, a
+/// zero-width character (what the invisible-text rules count).
+pub(super) fn is_invisible(c: char) -> bool {
+    is_tag(c) || is_bidi_control(c) || is_zero_width(c)
+}
+
 fn is_tag(c: char) -> bool {
     ('\u{E0000}'..='\u{E007F}').contains(&c)
 }
