@@ -7,15 +7,17 @@
 //!    out; what the host says of processes and pipes ([`capture::host`]).
 //! 2. [`conn`]: the table of process fds, each stream's bytes in order with every hole
 //!    named, the one verdict on whether a stream carries MCP, expiry and caps.
-//! 3. [`wire`]: framing, pure: newline-delimited JSON, HTTP/1.1, server-sent events.
+//! 3. [`wire`]: framing, pure: newline-delimited JSON, HTTP/1.1, server-sent events; and
+//!    [`detect`], what the security rules match in text, pure too.
 //! 4. [`mcp::transport`]: one module per MCP transport binding (stdio, Streamable HTTP,
 //!    legacy HTTP+SSE) behind one trait, turning frames into [`mcp::message`]s with their
 //!    routes; every route is built in [`mcp::transport::route`].
 //! 5. [`mcp`]: correlation, sessions and what is derived from them, in the [`mcp::Tracker`].
 //! 6. [`signal`]: the one model of what is reported (exchanges, notifications, typed
 //!    events) and the processes it names. Above the stages that make signals sit
-//!    [`agentic`] (model calls joined to the exchanges they caused) and [`health`] (the
-//!    processes that serve MCP: what they use, whether each server is up).
+//!    [`agentic`] (model calls joined to the exchanges they caused), [`health`] (the
+//!    processes that serve MCP: what they use, whether each server is up) and [`security`]
+//!    (findings that need more than one message: leaks to a model, new executables).
 //! 7. [`enrich`]: pods and containers, a value handed to the outputs.
 //! 8. [`output`]: console, JSON lines, the metrics (`/metrics`) and OTLP, all behind
 //!    [`signal::Sink`], shared by live capture and replay.

@@ -166,18 +166,40 @@ impl Agent {
         args: &[&str],
         envs: &[(&str, &str)],
     ) -> Agent {
+        Self::launch(dir, wrapper, args, envs, false)
+    }
+
+    /// [`Agent::start`] without `--quiet`: the console view goes to `dir/console.log`
+    /// (complete once the agent has stopped).
+    pub fn start_with_console(dir: &Path, args: &[&str]) -> Agent {
+        Self::launch(dir, &[], args, &[], true)
+    }
+
+    fn launch(
+        dir: &Path,
+        wrapper: &[&str],
+        args: &[&str],
+        envs: &[(&str, &str)],
+        console: bool,
+    ) -> Agent {
         require_root();
         wait_for_released_probes();
         let jsonl = dir.join("out.jsonl");
         let stderr = dir.join("agent.log");
         let port = free_port();
+        let stdout = if console {
+            Stdio::from(std::fs::File::create(dir.join("console.log")).unwrap())
+        } else {
+            Stdio::null()
+        };
         let child = mcptap_command(wrapper)
             .args(args)
             .arg("--jsonl")
             .arg(&jsonl)
-            .args(["--quiet", "--listen", &format!("127.0.0.1:{port}")])
+            .args(if console { &[][..] } else { &["--quiet"][..] })
+            .args(["--listen", &format!("127.0.0.1:{port}")])
             .envs(envs.iter().copied())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .expect("start mcptap");

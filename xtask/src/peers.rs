@@ -37,6 +37,8 @@ const PYTHON: &[(&str, &str)] = &[
 const NPM: &[&str] = &[
     "@modelcontextprotocol/sdk@1.32.2",
     "@modelcontextprotocol/server-everything@2026.8.31",
+    // A clean server with roots: the security tests' no-findings baseline.
+    "@modelcontextprotocol/server-filesystem@2026.8.31",
     // The model APIs' Node client libraries (openai 7 declares node >= 22, and runs on 20).
     "openai@7.60.0",
     "@anthropic-ai/sdk@1.17.0",

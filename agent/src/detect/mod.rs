@@ -15,6 +15,10 @@ pub mod content;
 pub mod definition;
 pub mod paths;
 
+mod field;
+
+use sha2::{Digest as _, Sha256};
+
 use crate::signal::security::Rule;
 
 /// One match: the rule, where (a JSON path below the prefix the caller gave), and the keyed
@@ -47,11 +51,15 @@ impl std::fmt::Debug for MatchHasher {
 }
 
 impl MatchHasher {
-    /// A hasher with a random key.
+    /// A hasher with a random key, from the kernel's random source. Should that fail (a
+    /// kernel too old for `getrandom(2)` with no `/dev/urandom`), the key is derived from
+    /// what this process cannot predict about itself before it runs (the clock, its pid,
+    /// where the loader placed it): weaker, and said so in the log, but not a known key.
     pub fn random() -> Self {
         let mut key = [0u8; 32];
-        if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-            let _ = std::io::Read::read_exact(&mut f, &mut key);
+        if let Err(e) = getrandom::fill(&mut key) {
+            log::warn!("no random source for the findings' hash key ({e}); deriving one");
+            key = fallback_key();
         }
         MatchHasher { key }
     }
@@ -61,18 +69,61 @@ impl MatchHasher {
         MatchHasher { key }
     }
 
-    /// The hash of `text`.
+    /// The hash of `text`: `hmac:` and the first 16 hex digits of SHA-256(key ‖ text). The
+    /// key has a fixed length, so no two (key, text) pairs share the hashed bytes; the
+    /// digest is truncated, so length extension gains nothing.
     pub fn hash(&self, text: &str) -> String {
-        use sha2::Digest as _;
-        let mut h = sha2::Sha256::new();
-        h.update(self.key);
-        h.update(text.as_bytes());
-        let d = h.finalize();
-        let mut out = String::from("hmac:");
-        for b in &d[..8] {
-            out.push_str(&format!("{b:02x}"));
+        let mut sha = Sha256::new();
+        sha.update(self.key);
+        sha.update(text.as_bytes());
+        let digest = sha.finalize();
+        let mut out = String::with_capacity(5 + 16);
+        out.push_str("hmac:");
+        for b in &digest[..8] {
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 0xf)] as char);
         }
         out
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// A key from the clock, the pid and addresses the loader chose (ASLR), hashed.
+fn fallback_key() -> [u8; 32] {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let stack = 0u8;
+    let mut sha = Sha256::new();
+    sha.update(now.to_le_bytes());
+    sha.update(std::process::id().to_le_bytes());
+    sha.update((&stack as *const u8 as usize).to_le_bytes());
+    sha.update((fallback_key as fn() -> [u8; 32] as usize).to_le_bytes());
+    sha.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_are_keyed_stable_and_short() {
+        let zero = MatchHasher::with_key([0; 32]);
+        // `printf '\0%.0s' {1..32}; printf abc` through `sha256sum`, its first 8 bytes.
+        assert_eq!(zero.hash("abc"), "hmac:365aa7d8f7f9402c");
+        let counting = MatchHasher::with_key(std::array::from_fn(|i| i as u8));
+        assert_eq!(counting.hash("abc"), "hmac:42fd4a8c529fdb40");
+        assert_eq!(zero.hash("abc"), zero.clone().hash("abc"));
+        assert_ne!(zero.hash("abc"), zero.hash("abd"));
+        let (a, b) = (MatchHasher::random(), MatchHasher::random());
+        assert_ne!(a.hash("abc"), b.hash("abc"), "a random key per hasher");
+        assert_eq!(
+            format!("{a:?}"),
+            "MatchHasher(..)",
+            "the key stays out of logs"
+        );
+        assert_ne!(fallback_key(), fallback_key());
     }
 }
 

@@ -276,6 +276,19 @@ impl LlmHttp<'_> {
     }
 }
 
+/// The findings of a call's content hits, about the process that made it.
+fn findings_of(hits: Vec<crate::detect::Hit>, ts_ns: u64, process: &Endpoint) -> Vec<Finding> {
+    hits.into_iter()
+        .map(|h| {
+            let mut f = Finding::new(h.rule, ts_ns, process.clone());
+            f.field = Some(h.field);
+            f.match_hash = Some(h.hash);
+            f.detail = h.detail;
+            f
+        })
+        .collect()
+}
+
 /// How a call ended: an API error (an error body, an error event, or a failing status with a
 /// body that said nothing), cut off (no whole body, no final event, or too large to read), or
 /// whole.
@@ -341,17 +354,7 @@ fn build(
     let pid = cx.key.tgid;
     let process = Endpoint::of_process(pid, cx.cx.procs);
     let ts_ns = cx.cx.wall(p.start_ns);
-    let findings = p
-        .hits
-        .into_iter()
-        .map(|h| {
-            let mut f = Finding::new(h.rule, ts_ns, process.clone());
-            f.field = Some(h.field);
-            f.match_hash = Some(h.hash);
-            f.detail = h.detail;
-            f
-        })
-        .collect();
+    let findings = findings_of(p.hits, ts_ns, &process);
     LlmCall {
         ts_ns,
         provider: Some(api.provider()),

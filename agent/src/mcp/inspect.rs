@@ -492,19 +492,16 @@ fn changed_parts(before: &Parts, now: &Parts) -> String {
     }
 }
 
-/// The dedupe key of a definition finding.
+/// The dedupe key of a definition finding: its rule and where (a field is named once per
+/// rule, however many matches it holds).
 fn finding_key(f: &Finding) -> u64 {
-    let text = format!(
-        "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
+    let text = [
         f.rule.id(),
         f.server.as_deref().unwrap_or(""),
         f.tool.as_deref().unwrap_or(""),
         f.field.as_deref().unwrap_or(""),
-        f.match_hash
-            .as_deref()
-            .or(f.detail.as_deref())
-            .unwrap_or("")
-    );
+    ]
+    .join("\u{0}");
     xxh3_64(text.as_bytes())
 }
 

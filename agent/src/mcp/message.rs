@@ -2,7 +2,8 @@
 //!
 //! Only the fields that matter are extracted (id, method, the tool/resource/prompt named by
 //! the params, error code, `isError`, initialize identities, `_meta`); everything else is
-//! skipped without being materialised. Argument and result values are never kept.
+//! skipped without being materialised. Argument and result values are never kept: the
+//! security rules read them borrowed from the frame, while it is at hand.
 //!
 //! Each message is read once, by `message::scan`: one walk of the text that finds the envelope's
 //! fields and reads params, result and error as it passes them. What the scan cannot vouch

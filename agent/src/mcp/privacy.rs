@@ -6,7 +6,8 @@
 //!   fragment ([`trim_uri`]); `--full-resource-uris` keeps it whole.
 //! - With `--payloads`, argument and result values are exported with secrets redacted
 //!   ([`redact`]): the values of secret-looking keys, the `value` of `{"name": "Authorization",
-//!   "value": ...}` pairs, and bearer tokens, API keys and URL credentials inside any string.
+//!   "value": ...}` pairs, and bearer tokens, API keys, private keys, webhooks and URL
+//!   credentials inside any string.
 
 use std::borrow::Cow;
 use std::sync::OnceLock;
@@ -14,6 +15,8 @@ use std::sync::OnceLock;
 use regex::Regex;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
+
+use crate::detect;
 
 /// What replaces a redacted value.
 pub const REDACTED: &str = "[REDACTED]";
@@ -103,7 +106,17 @@ pub fn secret_key(k: &str) -> bool {
     w.iter().any(|w| whole.contains(&w.as_str())) || w.first().is_some_and(|w| w == "aws")
 }
 
-/// Secrets that show by their shape wherever they stand in a string.
+/// Secrets that show by their shape wherever they stand in a string: redaction's own
+/// patterns, then the credential formats the security rules detect
+/// ([`detect::content::secret_patterns`]: PEM private keys, AWS and Google keys, Git and chat
+/// tokens, webhooks, model provider keys, JWTs, bearer tokens), so that one place says what
+/// each secret looks like.
+///
+/// Redaction errs toward hiding and detection toward precision, so where the two differ
+/// redaction keeps its looser pattern here, ahead of detection's (which then finds nothing
+/// left of what it matches): bearer tokens from 8 characters, JWTs with any signature, and
+/// shorter `sk-`, GitHub, GitLab and Google keys. What only redaction hides follows them:
+/// `Basic` credentials, credentials in a URL, `password=...`.
 fn secret_patterns() -> &'static [Regex] {
     static P: OnceLock<Vec<Regex>> = OnceLock::new();
     P.get_or_init(|| {
@@ -111,14 +124,12 @@ fn secret_patterns() -> &'static [Regex] {
             // An HTTP authorization value: `Bearer <token>`, `Basic <base64>`.
             r"(?i)\bbearer\s+[A-Za-z0-9\-._~+/]{8,}=*",
             r"\bBasic\s+[A-Za-z0-9+/]{8,}={0,2}",
-            // JSON Web Tokens.
+            // JSON Web Tokens, however short their signature.
             r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*",
-            // Model providers' and hosting services' API keys.
+            // Model providers' and hosting services' API keys, shorter than detection's.
             r"\bsk-(?:ant-|proj-)?[A-Za-z0-9_-]{16,}",
             r"\b(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{20,}",
             r"\bgithub_pat_[A-Za-z0-9_]{20,}",
-            r"\bxox[abposr]-[A-Za-z0-9-]{10,}",
-            r"\bAKIA[0-9A-Z]{16}\b",
             r"\bAIza[0-9A-Za-z_-]{30,}",
             r"\bglpat-[A-Za-z0-9_-]{16,}",
             // Credentials in a URL: `scheme://user:password@host`.
@@ -128,6 +139,7 @@ fn secret_patterns() -> &'static [Regex] {
         ]
         .iter()
         .map(|p| Regex::new(p).expect("valid pattern"))
+        .chain(detect::content::secret_patterns().iter().cloned())
         .collect()
     })
 }
@@ -255,6 +267,26 @@ mod tests {
         ] {
             assert!(!secret_key(k), "{k}");
         }
+    }
+
+    #[test]
+    fn the_detected_credential_formats_are_redacted_too() {
+        let v = redact(
+            r#"{"pem":"-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\nbye",
+            "sts":"ASIAY34FZKBOKMUTVV7A","hook":"see https://hooks.slack.com/services/T0001/B0002/XXXXXXXXXXXXXXXXXXXXXXXX",
+            "slack":"xoxb-1234567890-abcdefghij"}"#,
+        );
+        let s = v.to_string();
+        for secret in [
+            "b3BlbnNzaC1rZXkt",
+            "ASIAY34FZKBOKMUTVV7A",
+            "XXXXXXXX",
+            "xoxb-",
+        ] {
+            assert!(!s.contains(secret), "{secret} leaked: {s}");
+        }
+        assert_eq!(v["pem"], "[REDACTED]\nbye", "{s}");
+        assert_eq!(v["hook"], "see [REDACTED]", "{s}");
     }
 
     #[test]

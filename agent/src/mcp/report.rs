@@ -402,7 +402,12 @@ pub(super) fn exchange(
         (p.req.received, p.req.sent)
     };
     let (schema_valid, unknown_tool) = (d.check.schema_valid, d.check.unknown_tool);
-    let findings = place_findings(s, procs, &p, c, tool.as_deref(), d.findings);
+    // A finding names what it is about: the tool, else the prompt or resource.
+    let about = tool
+        .as_deref()
+        .or(prompt.as_deref())
+        .or(resource_uri.as_deref());
+    let findings = place_findings(s, procs, &p, c, about, d.findings);
     signal::Exchange {
         ts_ns: clock.wall_ns(p.first_seen()),
         transport: s.transport,

@@ -456,6 +456,12 @@ impl Pipeline {
                 "samples": self.health.stats.samples,
                 "vanished": self.health.stats.vanished,
             },
+            "security": {
+                "message_findings": self.tracker.findings(),
+                "leaks_to_model": self.security.stats.leaks,
+                "model_repeats": self.security.stats.repeats,
+                "known_executables_write_errors": self.security.stats.write_errors,
+            },
             "agentic": {
                 "tasks": a.tasks,
                 "links": a.links,

@@ -68,7 +68,15 @@ fn sock(tgid: u32, fd: i32, inode: u64, local: ([u8; 4], u16), remote: ([u8; 4],
 }
 
 /// One syscall's record: `(tgid, fd, dir, pipe, enter, exit, bytes)`.
-fn rec(tgid: u32, fd: i32, dir: u8, inode: u64, enter: u64, exit: u64, data: &[u8]) -> Vec<u8> {
+pub(super) fn rec(
+    tgid: u32,
+    fd: i32,
+    dir: u8,
+    inode: u64,
+    enter: u64,
+    exit: u64,
+    data: &[u8],
+) -> Vec<u8> {
     encode_record(
         &EventHeader {
             record: RECORD_DATA,

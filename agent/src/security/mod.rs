@@ -224,20 +224,23 @@ impl Security {
             };
             let from_mcp = f.field.as_deref().is_some_and(|p| p.starts_with("request"))
                 && self.cfg.rules.on(Rule::SentToModel);
-            if let Some(origin) = self.matches.get(&h).filter(|_| from_mcp) {
+            let origin = self.matches.get(&h).filter(|_| from_mcp);
+            if let Some(origin) = origin {
                 f.detail = Some(format!("{} first seen in an MCP message", f.rule.id()));
                 f.rule = Rule::SentToModel;
                 f.finding = Rule::SentToModel.kind();
                 f.severity = Rule::SentToModel.severity();
                 f.server = origin.server.clone();
                 f.tool = origin.tool.clone();
-                self.stats.leaks += 1;
             }
             self.seq += 1;
             let key = (pid, f.rule, h);
             if self.model_seen.contains_key(&key) {
                 self.stats.repeats += 1;
                 continue;
+            }
+            if f.rule == Rule::SentToModel {
+                self.stats.leaks += 1;
             }
             insert_capped(
                 &mut self.model_seen,
@@ -276,5 +279,148 @@ fn insert_capped<K: Clone + Eq + std::hash::Hash, V>(
     *evicted += old.len() as u64;
     for k in old {
         map.remove(&k);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finding(rule: Rule, hash: &str, field: &str, pid: u32) -> Finding {
+        let mut f = Finding::new(
+            rule,
+            1,
+            Endpoint {
+                pid: Some(pid),
+                ..Default::default()
+            },
+        );
+        f.match_hash = Some(hash.into());
+        f.field = Some(field.into());
+        f
+    }
+
+    fn call(pid: u32, findings: Vec<Finding>) -> Signal {
+        Signal::LlmCall(Box::new(LlmCall {
+            process: Endpoint {
+                pid: Some(pid),
+                ..Default::default()
+            },
+            findings,
+            ..Default::default()
+        }))
+    }
+
+    fn findings_of(s: &Signal) -> Vec<(Rule, Option<String>)> {
+        match s {
+            Signal::LlmCall(c) => c
+                .findings
+                .iter()
+                .map(|f| (f.rule, f.server.clone()))
+                .collect(),
+            Signal::Exchange(x) => x
+                .findings
+                .iter()
+                .map(|f| (f.rule, f.server.clone()))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_mcp_match_in_a_model_request_is_a_leak_reported_once_per_process() {
+        let mut st = Security::new(Config::default());
+        let mut from_mcp = finding(Rule::PrivateKey, "hmac:aa", "result.content[0].text", 2);
+        from_mcp.server = Some("vault".into());
+        let mut signals = vec![
+            Signal::Exchange(Exchange {
+                findings: vec![from_mcp],
+                ..Default::default()
+            }),
+            call(
+                1,
+                vec![
+                    finding(
+                        Rule::PrivateKey,
+                        "hmac:aa",
+                        "request.messages[2].content",
+                        1,
+                    ),
+                    finding(Rule::Email, "hmac:bb", "request.messages[0].content", 1),
+                ],
+            ),
+            // The next turn sends the conversation again.
+            call(
+                1,
+                vec![finding(
+                    Rule::PrivateKey,
+                    "hmac:aa",
+                    "request.messages[2].content",
+                    1,
+                )],
+            ),
+            // A reply that holds it is not a request that sent it.
+            call(
+                3,
+                vec![finding(
+                    Rule::PrivateKey,
+                    "hmac:aa",
+                    "response.content[0].text",
+                    3,
+                )],
+            ),
+        ];
+        st.observe(&mut signals);
+        assert_eq!(
+            findings_of(&signals[1]),
+            [
+                (Rule::SentToModel, Some("vault".into())),
+                (Rule::Email, None)
+            ]
+        );
+        assert!(findings_of(&signals[2]).is_empty());
+        assert_eq!(findings_of(&signals[3]), [(Rule::PrivateKey, None)]);
+        assert_eq!((st.stats.leaks, st.stats.repeats), (1, 1));
+    }
+
+    #[test]
+    fn executables_not_known_are_found_once_and_learned() {
+        let dir = std::env::temp_dir().join(format!("mcptap-known-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("known");
+        std::fs::write(&file, "/usr/bin/client\n").unwrap();
+        let cfg = Config {
+            known_executables: Some(file.clone()),
+            ..Default::default()
+        };
+        let x = |exe: &str| {
+            Signal::Exchange(Exchange {
+                client: Endpoint {
+                    exe: "/usr/bin/client".into(),
+                    ..Default::default()
+                },
+                server: Endpoint {
+                    exe: exe.into(),
+                    name: Some("srv".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            })
+        };
+        let mut st = Security::new(cfg.clone());
+        let mut signals = vec![x("/opt/new-server"), x("/opt/new-server")];
+        st.observe(&mut signals);
+        assert_eq!(
+            findings_of(&signals[0]),
+            [(Rule::NewExecutable, Some("srv".into()))]
+        );
+        assert!(findings_of(&signals[1]).is_empty());
+        let known = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(known, "/usr/bin/client\n/opt/new-server\n");
+        // The next run knows it.
+        let mut again = vec![x("/opt/new-server")];
+        Security::new(cfg).observe(&mut again);
+        assert!(findings_of(&again[0]).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -111,12 +111,20 @@ impl Resolver {
             Signal::Exchange(x) => {
                 self.endpoint(&mut x.client);
                 self.endpoint(&mut x.server);
+                for f in &mut x.findings {
+                    self.endpoint(&mut f.process);
+                }
             }
             Signal::Notification(n) => {
                 self.endpoint(&mut n.client);
                 self.endpoint(&mut n.server);
             }
-            Signal::LlmCall(c) => self.endpoint(&mut c.process),
+            Signal::LlmCall(c) => {
+                self.endpoint(&mut c.process);
+                for f in &mut c.findings {
+                    self.endpoint(&mut f.process);
+                }
+            }
             Signal::Http(h) => {
                 self.endpoint(&mut h.client);
                 self.endpoint(&mut h.server);

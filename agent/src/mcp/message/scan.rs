@@ -16,7 +16,8 @@ use super::{
 };
 use crate::wire::jscan::{Cursor, JsonStr, Refused, Scan};
 
-/// The envelope of the JSON-RPC object `text`, and the text of its result (for `--payloads`).
+/// The envelope of the JSON-RPC object `text`, and the text of its result (for the security
+/// rules, and `--payloads`).
 pub(super) fn envelope(text: &str) -> Scan<(Typed<'_>, Option<Raw<'_>>)> {
     let mut c = Cursor::new(text);
     let mut t = Envelope {

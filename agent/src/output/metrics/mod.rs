@@ -79,6 +79,7 @@ macro_rules! def {
 
 pub mod agent;
 pub mod health;
+pub mod security;
 
 /// Every metric.
 pub mod defs {
@@ -790,6 +791,7 @@ pub mod defs {
         &super::health::HTTP_REQUESTS,
         &super::health::HTTP_DURATION,
         &super::health::SESSION_ERRORS,
+        &super::security::FINDINGS,
     ];
 }
 

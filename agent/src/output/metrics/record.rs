@@ -1,5 +1,6 @@
-//! From signals to metrics: every exchange, notification and event updates the [`Registry`];
-//! gauges and the agent's own counters are refreshed on each tick.
+//! From signals to metrics: every exchange, notification, model call and event updates the
+//! [`Registry`] (an exchange's and a model call's security findings too); gauges and the
+//! agent's own counters are refreshed on each tick.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -508,9 +509,15 @@ fn event(r: &mut Registry, e: &Event) {
 /// Update the metrics for one signal.
 pub fn record(r: &mut Registry, s: &Signal) {
     match s {
-        Signal::Exchange(x) => exchange(r, x),
+        Signal::Exchange(x) => {
+            exchange(r, x);
+            super::security::findings(r, &x.findings);
+        }
         Signal::Notification(n) => notification(r, n),
-        Signal::LlmCall(c) => super::agent::llm_call(r, c),
+        Signal::LlmCall(c) => {
+            super::agent::llm_call(r, c);
+            super::security::findings(r, &c.findings);
+        }
         Signal::Event(e) => event(r, e),
         Signal::Http(h) => super::health::http_request(r, h),
         Signal::Servers(rep) => super::health::servers(r, rep),

@@ -13,7 +13,7 @@ use opentelemetry::trace::{
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
-use super::{process_attributes, time};
+use super::{findings, process_attributes, push_known, time};
 use crate::llm::Api;
 use crate::output::metrics::agent::error_type;
 use crate::signal::trace_ids::{span, tool_part};
@@ -78,16 +78,13 @@ fn call_attributes(c: &LlmCall, out: &mut Vec<KeyValue>) {
     if let Some(p) = c.provider {
         out.push(s("gen_ai.provider.name", p.otel_name()));
     }
-    for (k, v) in [
+    let known = [
         ("gen_ai.request.model", &c.model),
         ("gen_ai.response.model", &c.response_model),
         ("gen_ai.response.id", &c.response_id),
         ("server.address", &c.server_address),
-    ] {
-        if let Some(v) = v {
-            out.push(s(k, v));
-        }
-    }
+    ];
+    push_known(known, out);
     if let Some(p) = c.server_port {
         out.push(KeyValue::new("server.port", i64::from(p)));
     }
@@ -130,8 +127,8 @@ fn call_attributes(c: &LlmCall, out: &mut Vec<KeyValue>) {
     }
 }
 
-/// A turn's `chat` span and its tool calls' `execute_tool` spans; none for a call that
-/// belongs to no task.
+/// A turn's `chat` span, its security findings as events on it, and its tool calls'
+/// `execute_tool` spans; none for a call that belongs to no task.
 pub fn turn_spans(c: &LlmCall, payloads: bool) -> Vec<SpanData> {
     let (Some(trace), Some(turn)) = (c.facts.trace, c.turn) else {
         return Vec::new();
@@ -149,7 +146,7 @@ pub fn turn_spans(c: &LlmCall, payloads: bool) -> Vec<SpanData> {
     }
     let model = c.model.as_deref().unwrap_or("");
     let end = c.ts_ns + (c.duration_ms * 1e6) as u64;
-    let mut out = vec![build(Shape {
+    let mut chat = build(Shape {
         trace,
         id: turn_id,
         parent: span(trace, 0),
@@ -158,7 +155,11 @@ pub fn turn_spans(c: &LlmCall, payloads: bool) -> Vec<SpanData> {
         window: (c.ts_ns, end),
         attributes,
         error: (c.status != LlmStatus::Ok).then(|| err.to_string()),
-    })];
+    });
+    for f in &c.findings {
+        findings::add(&mut chat, f);
+    }
+    let mut out = vec![chat];
     for (i, t) in c.tool_calls.iter().enumerate() {
         let mut attributes = vec![
             KeyValue::new("gen_ai.operation.name", "execute_tool"),

@@ -1,7 +1,8 @@
 //! OpenTelemetry over OTLP: a span per watched side of every exchange, following the MCP
 //! semantic conventions, the agentic layer's task, turn and tool call spans (the `agent` submodule),
-//! following the GenAI ones, and every metric of the registry, exported with
-//! `opentelemetry-otlp` over gRPC or HTTP/protobuf.
+//! following the GenAI ones, security findings as events on those spans (`findings`), and
+//! every metric of the registry, exported with `opentelemetry-otlp` over gRPC or
+//! HTTP/protobuf.
 //!
 //! Configured as OpenTelemetry SDKs are: `OTEL_EXPORTER_OTLP_ENDPOINT` (and the per-signal
 //! `_TRACES_`/`_METRICS_` variants), `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc` or
@@ -37,6 +38,7 @@ use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLink
 use xxhash_rust::xxh3::xxh3_128;
 
 mod agent;
+mod findings;
 
 use crate::output::metrics::record as telemetry;
 use crate::output::metrics::{Kind, Registry, Value, defs};
@@ -572,7 +574,7 @@ pub(crate) fn process_attributes(e: &Endpoint, out: &mut Vec<KeyValue>) {
     let Some(k) = e.k8s.as_deref() else {
         return;
     };
-    for (key, v) in [
+    let known = [
         ("container.id", &k.container_id),
         ("container.runtime.name", &k.container_runtime),
         ("k8s.pod.uid", &k.pod_uid),
@@ -580,8 +582,18 @@ pub(crate) fn process_attributes(e: &Endpoint, out: &mut Vec<KeyValue>) {
         ("k8s.namespace.name", &k.namespace),
         ("k8s.container.name", &k.container),
         ("k8s.node.name", &k.node),
-    ] {
-        if let Some(v) = v {
+    ];
+    push_known(known, out);
+}
+
+/// A string attribute for each key whose value is known; none for the others (OpenTelemetry
+/// has no null: an unknown value is an absent attribute).
+pub(crate) fn push_known<'a>(
+    attributes: impl IntoIterator<Item = (&'static str, &'a Option<String>)>,
+    out: &mut Vec<KeyValue>,
+) {
+    for (key, value) in attributes {
+        if let Some(v) = value {
             out.push(KeyValue::new(key, v.clone()));
         }
     }
@@ -603,22 +615,24 @@ pub(crate) fn time(ns: u64) -> SystemTime {
 }
 
 /// The spans of an exchange: CLIENT for the side that sent the request, SERVER for the side
-/// that received it, one per watched side. Ids are derived from the exchange, so a replay
-/// produces the same trace.
+/// that received it, one per watched side, its security findings as events on them. Ids are
+/// derived from the exchange, so a replay produces the same trace.
 pub fn spans_of(x: &Exchange, payloads: bool) -> Vec<SpanData> {
     let ids = Ids::of(x);
     let shared = Shared::of(x, ids.trace, payloads);
     let (requester, responder) = sides(x);
+    // Each span with the process it ran in, for the findings to find theirs.
     let mut out = Vec::new();
     if let Some((start, ms)) = requester.window {
-        out.push(shared.span(Placed {
+        let span = shared.span(Placed {
             kind: SpanKind::Client,
             span: ids.client,
             parent: ids.caller,
             start,
             ms,
             side: requester.endpoint,
-        }));
+        });
+        out.push((span, requester.endpoint));
     }
     if let Some((start, ms)) = responder.window {
         // Child of our CLIENT span when the requester was watched, else of the caller's.
@@ -629,16 +643,18 @@ pub fn spans_of(x: &Exchange, payloads: bool) -> Vec<SpanData> {
             },
             None => ids.caller,
         };
-        out.push(shared.span(Placed {
+        let span = shared.span(Placed {
             kind: SpanKind::Server,
             span: ids.server,
             parent,
             start,
             ms,
             side: responder.endpoint,
-        }));
+        });
+        out.push((span, responder.endpoint));
     }
-    out
+    findings::place(&x.findings, &mut out);
+    out.into_iter().map(|(span, _)| span).collect()
 }
 
 /// A span's parent, and whether it lives in another process.
@@ -922,8 +938,95 @@ fn payload_attributes(x: &Exchange, out: &mut Vec<KeyValue>) {
 
 #[cfg(test)]
 mod tests {
+    use opentelemetry_sdk::error::OTelSdkResult;
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+
     use super::*;
     use crate::capture::cgroup::Identity;
+    use crate::output::metrics::security::FINDINGS;
+    use crate::signal::security::{Finding, Rule};
+
+    /// A point of a sum as an export carried it: the metric's name, whether the sum is
+    /// monotonic, the point's attributes (sorted) and value.
+    type SumPoint = (String, bool, Vec<(String, String)>, f64);
+
+    /// A metric exporter that keeps the sums it is handed.
+    #[derive(Clone, Default)]
+    struct Sums(Arc<Mutex<Vec<SumPoint>>>);
+
+    impl PushMetricExporter for Sums {
+        async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+            let mut kept = self.0.lock().unwrap();
+            let all = metrics.scope_metrics().flat_map(|s| s.metrics());
+            for m in all {
+                let AggregatedMetrics::F64(MetricData::Sum(sum)) = m.data() else {
+                    continue;
+                };
+                for p in sum.data_points() {
+                    let kv = p.attributes();
+                    let mut attrs: Vec<_> = kv
+                        .map(|kv| (kv.key.to_string(), kv.value.as_str().into_owned()))
+                        .collect();
+                    attrs.sort();
+                    kept.push((m.name().into(), sum.is_monotonic(), attrs, p.value()));
+                }
+            }
+            Ok(())
+        }
+        fn force_flush(&self) -> OTelSdkResult {
+            Ok(())
+        }
+        fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
+            Ok(())
+        }
+        fn temporality(&self) -> Temporality {
+            Temporality::Cumulative
+        }
+    }
+
+    /// The findings counter goes out as the monotonic sum `mcp.security.findings`, its
+    /// attributes the semantic names, the server's absent when the finding names none.
+    #[test]
+    fn findings_are_a_monotonic_sum_over_otlp() {
+        let registry = Arc::new(Mutex::new(Registry::new(100, 1000)));
+        let sums = Sums::default();
+        let reader = PeriodicReader::builder(sums.clone())
+            .with_interval(Duration::from_secs(3600))
+            .build();
+        let provider = SdkMeterProvider::builder().with_reader(reader).build();
+        register_instruments(&provider, &registry);
+        let named = Finding {
+            server: Some("fixture".into()),
+            ..Finding::new(Rule::PrivateKey, 1, Endpoint::default())
+        };
+        let unnamed = Finding::new(Rule::NewExecutable, 1, Endpoint::default());
+        let x = Exchange {
+            findings: vec![named.clone(), named, unnamed],
+            ..Default::default()
+        };
+        telemetry::record(&mut registry.lock().unwrap(), &Signal::Exchange(x));
+        provider.force_flush().unwrap();
+        let mut got: Vec<SumPoint> = sums.0.lock().unwrap().clone();
+        got.retain(|(name, ..)| name == FINDINGS.otel_name);
+        got.sort_by(|a, b| a.2.cmp(&b.2));
+        let point = |kind: &str, severity: &str, server: Option<&str>, n: f64| {
+            let mut attrs = vec![
+                ("mcp.security.finding.kind".to_string(), kind.to_string()),
+                ("mcp.security.finding.severity".into(), severity.into()),
+            ];
+            attrs.extend(server.map(|s| ("server".to_string(), s.to_string())));
+            attrs.sort();
+            (FINDINGS.otel_name.to_string(), true, attrs, n)
+        };
+        assert_eq!(
+            got,
+            vec![
+                point("access", "low", None, 1.0),
+                point("secret", "critical", Some("fixture"), 2.0),
+            ]
+        );
+        provider.shutdown().unwrap();
+    }
 
     fn attr(span: &SpanData, key: &str) -> Option<String> {
         span.attributes
