@@ -2,7 +2,7 @@
 //! expression of the Grafana dashboard and of the alerting rules runs without error on what
 //! mcptap exports, the key panels show the workload, Prometheus loads and evaluates every
 //! rule cleanly, the drift alert fires on a real tool-definition change, and the card-number
-//! alert on a real card number in a tool's result.
+//! and leak alerts on a real card number in a tool's result that the model is then sent.
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -471,11 +471,14 @@ fn dashboard_and_alerts_query_real_mcptap_metrics() {
         "MCPToolDefinitionsChanged did not fire: {}",
         prom_api(prom_port, "/api/v1/alerts")
     );
-    // The agent runs' echo carried a card number through the fixture server.
-    assert!(
-        wait_for(30, || firing(prom_port, "MCPPersonalDataInFlight")),
-        "MCPPersonalDataInFlight did not fire: {}",
-        prom_api(prom_port, "/api/v1/alerts")
-    );
+    // The agent runs' echo carried a card number through the fixture server, and the model's
+    // next request carried the result back to the model.
+    for alert in ["MCPPersonalDataInFlight", "MCPSecretLeakToModel"] {
+        assert!(
+            wait_for(30, || firing(prom_port, alert)),
+            "{alert} did not fire: {}",
+            prom_api(prom_port, "/api/v1/alerts")
+        );
+    }
     agent.stop();
 }
