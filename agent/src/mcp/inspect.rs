@@ -205,14 +205,17 @@ impl Inspector {
                 }
             }
         }
+        // Only a session that listed its tools has definitions to call a tool under.
         if let Target::Tool(tool) = &msg.target
             && sc.rules.on(Rule::ChangedAfterUse)
+            && let Some(w) = watch.as_mut()
         {
-            let w = watch.get_or_insert_with(Default::default);
-            if let Some(def) = w.listed.get(&**tool).copied()
+            // Looked up before the name is copied: most calls repeat a tool already called.
+            if !w.called.contains_key(&**tool)
+                && let Some(def) = w.listed.get(&**tool).copied()
                 && w.called.len() < TOOLS_PER_SESSION
             {
-                w.called.entry(tool.to_string()).or_insert(def);
+                w.called.insert(tool.to_string(), def);
             }
         }
         self.stats.findings += out.len() as u64;

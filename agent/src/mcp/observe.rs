@@ -156,7 +156,12 @@ impl Tracker {
         let Some(p) = st.corr.answered_mut(other(seen.sender), id, seen.hash) else {
             return;
         };
-        let server = report::server_identity(&st.session, seen.sender, cx.procs);
+        // Only the lists' rules use the server's name: no copy of it for every result.
+        let server = if p.method.ends_with("/list") {
+            report::server_identity(&st.session, seen.sender, cx.procs)
+        } else {
+            String::new()
+        };
         let answer = Answer {
             method: &p.method,
             server: &server,

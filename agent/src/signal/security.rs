@@ -359,6 +359,17 @@ impl Rule {
     }
 }
 
+/// Each kind's rules as a mask of [`RuleSet`] bits, by `Kind as usize`.
+const KIND_MASKS: [u64; 7] = {
+    let mut masks = [0u64; 7];
+    let mut i = 0;
+    while i < RULES.len() {
+        masks[RULES[i].kind as usize] |= 1 << RULES[i].rule as u8;
+        i += 1;
+    }
+    masks
+};
+
 /// Which rules are on: all by default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RuleSet(u64);
@@ -390,9 +401,10 @@ impl RuleSet {
         self.0 != 0
     }
 
-    /// Whether any rule of `kind` is on.
+    /// Whether any rule of `kind` is on (a mask test: the content rules ask it for every
+    /// message).
     pub fn any_of(self, kind: Kind) -> bool {
-        RULES.iter().any(|i| i.kind == kind && self.on(i.rule))
+        self.0 & KIND_MASKS[kind as usize] != 0
     }
 
     /// Turn off what `name` names: a rule id, a kind (`secret`, `rug_pull`, ...) or `all`.
