@@ -43,6 +43,32 @@ pub fn least_recent<K>(entries: impl ExactSizeIterator<Item = (u64, K)>, cap: us
     all.into_iter().map(|(_, k)| k).collect()
 }
 
+/// Insert `key` into a table with a cap; past the cap the entries least recently active (by
+/// `at` of each value) go, down to 90% of it, and are counted in `evicted`. The entry just
+/// inserted stays when `at` says it is the newest.
+pub fn insert_capped<K, V, S>(
+    map: &mut std::collections::HashMap<K, V, S>,
+    key: K,
+    value: V,
+    cap: usize,
+    at: impl Fn(&V) -> u64,
+    evicted: &mut u64,
+) where
+    K: Clone + Eq + std::hash::Hash,
+    S: std::hash::BuildHasher,
+{
+    map.insert(key, value);
+    if map.len() <= cap {
+        return;
+    }
+    let all: Vec<(u64, K)> = map.iter().map(|(k, v)| (at(v), k.clone())).collect();
+    let old = least_recent(all.into_iter(), cap);
+    *evicted += old.len() as u64;
+    for k in old {
+        map.remove(&k);
+    }
+}
+
 /// The `n`th smallest of `values` (1-based), or 0 when there are none: the cutoff below
 /// which the `n` oldest entries lie (ties may take a few more).
 pub fn nth_oldest(values: impl Iterator<Item = u64>, n: usize) -> u64 {

@@ -190,18 +190,15 @@ pub fn distinctive(name: &str) -> bool {
     name.chars().count() >= 4 && (name.contains(['_', '-', '.']) || camel)
 }
 
-/// Whether `text` names `name` as a whole word (not inside a longer identifier): the
-/// characters either side of it are not letters, digits, `_` or `-`. Case-sensitive.
-pub fn mentions(text: &str, name: &str) -> bool {
-    if name.is_empty() {
-        return false;
-    }
-    let part_of_name = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-    text.match_indices(name).any(|(at, _)| {
-        let before = text[..at].chars().next_back();
-        let after = text[at + name.len()..].chars().next();
-        !before.is_some_and(part_of_name) && !after.is_some_and(part_of_name)
-    })
+/// The whole words of `text` that could name a tool ([`distinctive`] ones): a word is a run
+/// of letters, digits, `_`, `-` and `.`, less the `.` and `-` that end a sentence or a dash
+/// (so `send_email.` names `send_email`, and neither `send_email_v2` nor `resend_email`
+/// does). Words, not a search for each name: a server's description is reduced to them
+/// once, and compared with other servers' tool names as they come. Case-sensitive.
+pub fn distinctive_words(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-' || c == '.'))
+        .map(|w| w.trim_matches(|c| c == '.' || c == '-'))
+        .filter(|w| distinctive(w))
 }
 
 /// The four hints with the value each has when it is left out, and whether it only means

@@ -20,7 +20,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::correlate::Found;
 use super::message::{Message, Target};
-use crate::bounded::TableStat;
+use crate::bounded::{TableStat, insert_capped};
 use crate::detect::{self, Hit, Scanner, definition, paths};
 use crate::signal::Endpoint;
 use crate::signal::security::{Finding, Rule};
@@ -368,7 +368,7 @@ impl Inspector {
                 annotations: t.get("annotations").cloned(),
             });
             let desc = t.get("description").and_then(Value::as_str).unwrap_or("");
-            for word in distinctive_words(desc) {
+            for word in definition::distinctive_words(desc) {
                 if l.mentions.len() < TOOLS_PER_SERVER && word != name {
                     l.mentions.push(Mention {
                         word: word.to_string(),
@@ -383,45 +383,36 @@ impl Inspector {
 
     /// Keep a server's listing and its client's link to it, within the caps.
     fn remember(&mut self, a: &Answer<'_, '_>, listing: Listing) {
-        if !self.catalogue.contains_key(a.server) && self.catalogue.len() >= MAX_SERVERS {
-            let old = crate::bounded::least_recent(
-                self.catalogue
-                    .iter()
-                    .map(|(k, l)| (l.at, k.clone()))
-                    .collect::<Vec<_>>()
-                    .into_iter(),
-                MAX_SERVERS - 1,
-            );
-            self.stats.evicted_servers += old.len() as u64;
-            for k in old {
-                self.catalogue.remove(&k);
-            }
-        }
-        self.catalogue.insert(a.server.to_string(), listing);
+        let at = |l: &Listing| l.at;
+        let evicted = &mut self.stats.evicted_servers;
+        let catalogue = &mut self.catalogue;
+        insert_capped(
+            catalogue,
+            a.server.to_string(),
+            listing,
+            MAX_SERVERS,
+            at,
+            evicted,
+        );
         let Some(pid) = a.client_pid else {
             return;
         };
-        if !self.clients.contains_key(&pid) && self.clients.len() >= MAX_CLIENTS {
-            let old = crate::bounded::least_recent(
-                self.clients
-                    .iter()
-                    .map(|(k, (_, at))| (*at, *k))
-                    .collect::<Vec<_>>()
-                    .into_iter(),
-                MAX_CLIENTS - 1,
-            );
-            self.stats.evicted_clients += old.len() as u64;
-            for k in old {
-                self.clients.remove(&k);
-            }
-        }
-        let (names, at) = self.clients.entry(pid).or_default();
-        *at = self.lists;
+        let (mut names, _) = self.clients.remove(&pid).unwrap_or_default();
         names.retain(|n| n != a.server);
         names.push(a.server.to_string());
         if names.len() > SERVERS_PER_CLIENT {
             names.remove(0);
         }
+        let at = |(_, at): &(Vec<String>, u64)| *at;
+        let evicted = &mut self.stats.evicted_clients;
+        insert_capped(
+            &mut self.clients,
+            pid,
+            (names, self.lists),
+            MAX_CLIENTS,
+            at,
+            evicted,
+        );
     }
 
     /// A client process exited: the servers it talked to no longer meet through it.
@@ -471,13 +462,6 @@ fn references(
         }
     }
     out
-}
-
-/// The words of a description that could be a tool's name: distinctive ones only.
-fn distinctive_words(text: &str) -> impl Iterator<Item = &str> {
-    text.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-' || c == '.'))
-        .map(|w| w.trim_matches(|c| c == '.' || c == '-'))
-        .filter(|w| definition::distinctive(w))
 }
 
 /// Which parts of a tool's definition changed: named, never quoted.

@@ -503,13 +503,13 @@ fn place_findings(
                 } else {
                     p.requester
                 };
-                finding.session = finding.session.or_else(|| session.clone());
+                // The inspector names a server and a tool only where they differ from the
+                // exchange's (a listed item, another server's description).
+                finding.session = session.clone();
                 finding.server = finding.server.or_else(|| Some(server.clone()));
                 finding.tool = finding.tool.or_else(|| tool.map(String::from));
-                finding.method = finding.method.or_else(|| Some(p.method.clone()));
-                if finding.process.pid.is_none() && finding.process.comm.is_empty() {
-                    finding.process = s.endpoint(sender, procs);
-                }
+                finding.method = Some(p.method.clone());
+                finding.process = s.endpoint(sender, procs);
                 finding
             },
         )

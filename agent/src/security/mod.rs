@@ -151,7 +151,7 @@ impl Security {
                     tool: f.tool.clone(),
                     at: self.seq,
                 };
-                insert_capped(
+                crate::bounded::insert_capped(
                     &mut self.matches,
                     h.clone(),
                     origin,
@@ -162,15 +162,15 @@ impl Security {
             }
         }
         if self.cfg.known_executables.is_some() && self.cfg.rules.on(Rule::NewExecutable) {
-            let server = x
-                .server
-                .name
-                .clone()
-                .or_else(|| Some(x.server.comm.clone()));
-            for end in [x.client.clone(), x.server.clone()] {
+            // Borrowed: an endpoint is copied only into a finding, for an executable new here.
+            for end in [&x.client, &x.server] {
                 if let Some(mut f) = self.new_executable(end, x.ts_ns) {
                     f.session = x.session.clone();
-                    f.server = server.clone();
+                    f.server = x
+                        .server
+                        .name
+                        .clone()
+                        .or_else(|| Some(x.server.comm.clone()));
                     f.method = Some(x.method.clone());
                     x.findings.push(f);
                 }
@@ -179,13 +179,13 @@ impl Security {
     }
 
     /// A finding when `end`'s executable is new to MCP on this host; it is learned.
-    fn new_executable(&mut self, end: Endpoint, ts_ns: u64) -> Option<Finding> {
+    fn new_executable(&mut self, end: &Endpoint, ts_ns: u64) -> Option<Finding> {
         if end.exe.is_empty() || self.executables.contains_key(&end.exe) {
             return None;
         }
         self.seq += 1;
         let exe = end.exe.clone();
-        insert_capped(
+        crate::bounded::insert_capped(
             &mut self.executables,
             exe.clone(),
             self.seq,
@@ -194,7 +194,7 @@ impl Security {
             &mut self.stats.evicted[2],
         );
         self.append_known(&exe);
-        Some(Finding::new(Rule::NewExecutable, ts_ns, end))
+        Some(Finding::new(Rule::NewExecutable, ts_ns, end.clone()))
     }
 
     fn append_known(&mut self, exe: &str) {
@@ -242,7 +242,7 @@ impl Security {
             if f.rule == Rule::SentToModel {
                 self.stats.leaks += 1;
             }
-            insert_capped(
+            crate::bounded::insert_capped(
                 &mut self.model_seen,
                 key,
                 self.seq,
@@ -253,32 +253,6 @@ impl Security {
             kept.push(f);
         }
         c.findings = kept;
-    }
-}
-
-/// Insert into a table with a cap: past it the least recently inserted 10% go (counted).
-fn insert_capped<K: Clone + Eq + std::hash::Hash, V>(
-    map: &mut FastMap<K, V>,
-    key: K,
-    value: V,
-    cap: usize,
-    at: impl Fn(&V) -> u64,
-    evicted: &mut u64,
-) {
-    map.insert(key, value);
-    if map.len() <= cap {
-        return;
-    }
-    let old = crate::bounded::least_recent(
-        map.iter()
-            .map(|(k, v)| (at(v), k.clone()))
-            .collect::<Vec<_>>()
-            .into_iter(),
-        cap,
-    );
-    *evicted += old.len() as u64;
-    for k in old {
-        map.remove(&k);
     }
 }
 

@@ -367,6 +367,7 @@ fn distinctive_names() {
 
 #[test]
 fn mentions_are_whole_words() {
+    let mentions = |text: &str, name: &str| distinctive_words(text).any(|w| w == name);
     assert!(mentions("Use send_email to notify", "send_email"));
     assert!(mentions("send_email", "send_email"));
     assert!(mentions("(send_email).", "send_email"));
@@ -379,6 +380,8 @@ fn mentions_are_whole_words() {
     assert!(!mentions("send_email-fast", "send_email"));
     assert!(!mentions("Send_Email", "send_email"));
     assert!(!mentions("anything", ""));
+    // Words that are no tool's name by their shape are not offered at all.
+    assert_eq!(distinctive_words("add the numbers").count(), 0);
 }
 
 #[test]
