@@ -32,17 +32,18 @@ pub struct ItemHit {
 const LISTS: &[&str] = &["tools", "prompts", "resources", "resourceTemplates"];
 
 /// Every match of the definition rules that `rules` has on in a `tools/list`, `prompts/list`,
-/// `resources/list` or `resources/templates/list` result (its JSON text `raw`): names are
+/// `resources/list` or `resources/templates/list` result (parsed by the caller, which reads
+/// the tools' annotations from the same value): names are
 /// checked for invisible and look-alike characters, every other string of each item
 /// (description, title, schema text, argument descriptions) for hidden instructions,
 /// concealment, sensitive files, exfiltration URLs, invisible characters and base64 blobs.
 /// Paths start at the result (`tools[0].inputSchema.properties.a.description`).
-pub fn scan_list(raw: &str, rules: RuleSet, hasher: &MatchHasher) -> Vec<ItemHit> {
+pub fn scan_list(result: &Value, rules: RuleSet, hasher: &MatchHasher) -> Vec<ItemHit> {
     let mut out = Vec::new();
     if !rules.any_of(Kind::Definition) {
         return out;
     }
-    let Ok(Value::Object(result)) = serde_json::from_str::<Value>(raw) else {
+    let Value::Object(result) = result else {
         return out;
     };
     let mut item = ItemScan {

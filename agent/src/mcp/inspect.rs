@@ -256,14 +256,15 @@ impl Inspector {
     fn listing(&mut self, w: &mut SessionWatch, a: &Answer<'_, '_>, raw: &str) -> Vec<Found> {
         let sc = self.scanner.as_ref().expect("checked by the caller");
         let mut out = Vec::new();
-        for ih in definition::scan_list(raw, sc.rules, &sc.hasher) {
+        // Parsed once, for the definition rules and the tools' annotations both.
+        let v: Value = serde_json::from_str(raw).unwrap_or(Value::Null);
+        for ih in definition::scan_list(&v, sc.rules, &sc.hasher) {
             let mut f = from_hit(ih.hit, a.ts_ns, true);
             f.finding.tool = ih.item;
             f.finding.field = f.finding.field.map(|p| format!("result.{p}"));
             out.push(f);
         }
         if a.method == "tools/list"
-            && let Ok(v) = serde_json::from_str::<Value>(raw)
             && let Some(tools) = v.get("tools").and_then(Value::as_array)
         {
             out.extend(self.rug_pulls(w, a, tools));

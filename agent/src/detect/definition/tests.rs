@@ -8,7 +8,7 @@ fn hasher() -> MatchHasher {
 }
 
 fn scan(result: &Value) -> Vec<ItemHit> {
-    scan_list(&result.to_string(), RuleSet::all(), &hasher())
+    scan_list(&result, RuleSet::all(), &hasher())
 }
 
 /// The rule ids that a tool with this description gets.
@@ -348,11 +348,11 @@ fn rules_off_and_one_hit_per_match() {
     assert_eq!(hits.len(), 2, "{hits:?}");
     let mut rules = RuleSet::all();
     rules.turn_off("hidden-instructions").unwrap();
-    assert!(scan_list(&result.to_string(), rules, &hasher()).is_empty());
+    assert!(scan_list(&result, rules, &hasher()).is_empty());
     rules.turn_off("definition").unwrap();
     let poisoned = json!({"tools": [{"name": "re\u{0430}d", "description": "\u{202E}"}]});
-    assert!(scan_list(&poisoned.to_string(), rules, &hasher()).is_empty());
-    assert!(scan_list("not json", RuleSet::all(), &hasher()).is_empty());
+    assert!(scan_list(&poisoned, rules, &hasher()).is_empty());
+    assert!(scan_list(&Value::from("not json"), RuleSet::all(), &hasher()).is_empty());
 }
 
 #[test]
