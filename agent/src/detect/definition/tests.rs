@@ -8,7 +8,7 @@ fn hasher() -> MatchHasher {
 }
 
 fn scan(result: &Value) -> Vec<ItemHit> {
-    scan_list(&result, RuleSet::all(), &hasher())
+    scan_list(result, RuleSet::all(), &hasher())
 }
 
 /// The rule ids that a tool with this description gets.
